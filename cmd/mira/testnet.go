@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mira-market/mira/node"
+	"github.com/mira-market/mira/testnet"
+)
+
+func newTestnetCmd(g *globals) *cobra.Command {
+	var (
+		nodes  int
+		dir    string
+		runFor time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "testnet",
+		Short: "Run a private network of several nodes in this process, on loopback",
+		Long: `Run a private network of several real nodes in this process: each has its
+own identity, data dir and database, listens on loopback TCP, and
+bootstraps to the first node. Without --dir the data lives in a temporary
+dir removed at exit; with --dir it stays and a later run reuses it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !cmd.Flags().Changed("log-level") {
+				g.logLevel = "warn" // keep the status output readable
+			}
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			if dir == "" {
+				tmp, err := os.MkdirTemp("", "mira-testnet-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(tmp)
+				dir = tmp
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			if runFor > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, runFor)
+				defer cancel()
+			}
+			out := cmd.OutOrStdout()
+			start := time.Now()
+			tn, err := testnet.Start(ctx, testnet.Options{Nodes: nodes, Dir: dir, Log: log})
+			if err != nil {
+				return err
+			}
+			defer tn.Close()
+			fmt.Fprintf(out, "testnet of %d nodes in %s (started in %v)\n", nodes, dir, time.Since(start).Round(time.Millisecond))
+			for i, n := range tn.Nodes() {
+				fmt.Fprintf(out, "  node%-2d %s  api http://%s  token %s\n", i, n.ID(), n.APIAddr(), filepath.Join(tn.Dir(i), node.TokenFile))
+			}
+			formedAt := watchStatus(ctx, out, tn, start)
+			printSummary(out, tn, start, formedAt)
+			if err := tn.Close(); err != nil {
+				return err
+			}
+			if formedAt == 0 {
+				return fmt.Errorf("the network did not form")
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&nodes, "nodes", 5, "number of nodes")
+	f.StringVar(&dir, "dir", "", "keep the nodes' data dirs here (default: a temporary dir)")
+	f.DurationVar(&runFor, "for", 0, "run for this long, print a summary and exit (default: until Ctrl-C)")
+	return cmd
+}
+
+// watchStatus prints a status line every second until ctx ends, rewriting
+// one line on a terminal. It returns how long the network took to form (0
+// if it never did).
+func watchStatus(ctx context.Context, out io.Writer, tn *testnet.Testnet, start time.Time) time.Duration {
+	var formedAt time.Duration
+	tty := isTerminal(out)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		if formedAt == 0 && tn.Formed() == nil {
+			formedAt = time.Since(start)
+			fmt.Fprintf(out, "network formed after %v\n", formedAt.Round(time.Millisecond))
+		}
+		line := statusLine(tn, start)
+		if tty {
+			fmt.Fprintf(out, "\r\033[K%s", line)
+		}
+		select {
+		case <-ctx.Done():
+			if tty {
+				fmt.Fprintln(out)
+			}
+			return formedAt
+		case <-t.C:
+			if !tty && int(time.Since(start).Seconds())%5 == 0 {
+				fmt.Fprintln(out, line)
+			}
+		}
+	}
+}
+
+func statusLine(tn *testnet.Testnet, start time.Time) string {
+	nodes := tn.Nodes()
+	minPeers, maxPeers, minRT := -1, 0, -1
+	for _, n := range nodes {
+		p, rt := len(n.ConnectedPeers()), n.RoutingTableSize()
+		if minPeers < 0 || p < minPeers {
+			minPeers = p
+		}
+		maxPeers = max(maxPeers, p)
+		if minRT < 0 || rt < minRT {
+			minRT = rt
+		}
+	}
+	return fmt.Sprintf("[%5.0fs] nodes up %d/%d  peers per node %d..%d  dht routing table >= %d",
+		time.Since(start).Seconds(), len(nodes), tn.Len(), minPeers, maxPeers, minRT)
+}
+
+func printSummary(out io.Writer, tn *testnet.Testnet, start time.Time, formedAt time.Duration) {
+	fmt.Fprintf(out, "summary after %v:\n", time.Since(start).Round(time.Second))
+	if formedAt > 0 {
+		fmt.Fprintf(out, "  network formed after %v\n", formedAt.Round(time.Millisecond))
+	} else {
+		fmt.Fprintln(out, "  network did NOT form:", tn.Formed())
+	}
+	for i, n := range tn.Nodes() {
+		fmt.Fprintf(out, "  node%-2d %s  ready in %v  peers %d  dht %d\n", i, n.ID(),
+			n.StartupTime().Round(time.Millisecond), len(n.ConnectedPeers()), n.RoutingTableSize())
+	}
+	if rss, err := residentSetSize(); err == nil {
+		fmt.Fprintf(out, "  process RSS %.1f MiB\n", float64(rss)/(1<<20))
+	}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,115 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Client talks to a node's local API.
+type Client struct {
+	// BaseURL is like "http://127.0.0.1:7410".
+	BaseURL string
+	// Token is the bearer token from the node's api.token file.
+	Token string
+	HTTP  *http.Client
+}
+
+// NewClientFromDataDir reads api.addr and api.token from a running node's
+// data dir.
+func NewClientFromDataDir(dataDir string) (*Client, error) {
+	addr, err := os.ReadFile(filepath.Join(dataDir, "api.addr"))
+	if err != nil {
+		return nil, fmt.Errorf("is the node running? %w", err)
+	}
+	token, err := os.ReadFile(filepath.Join(dataDir, "api.token"))
+	if err != nil {
+		return nil, fmt.Errorf("is the node running? %w", err)
+	}
+	return &Client{
+		BaseURL: "http://" + strings.TrimSpace(string(addr)),
+		Token:   strings.TrimSpace(string(token)),
+	}, nil
+}
+
+// StatusError is an error response from the API.
+type StatusError struct {
+	Code    int
+	Message string
+}
+
+func (e *StatusError) Error() string { return fmt.Sprintf("api: %d: %s", e.Code, e.Message) }
+
+// Do sends a request with a JSON body (if in is not nil) and decodes a JSON
+// response into out (if not nil).
+func (c *Client) Do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
+	if err != nil {
+		return fmt.Errorf("build request: %w", err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		var e Error
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, MaxBodyBytes))
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(b))
+		}
+		return &StatusError{Code: resp.StatusCode, Message: e.Error}
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode %s %s response: %w", method, path, err)
+	}
+	return nil
+}
+
+// Node returns the node's identity.
+func (c *Client) Node(ctx context.Context) (NodeInfo, error) {
+	var info NodeInfo
+	err := c.Do(ctx, http.MethodGet, "/v1/node", nil, &info)
+	return info, err
+}
+
+// Peers lists the node's connected peers.
+func (c *Client) Peers(ctx context.Context) ([]PeerInfo, error) {
+	var peers []PeerInfo
+	err := c.Do(ctx, http.MethodGet, "/v1/peers", nil, &peers)
+	return peers, err
+}
+
+// Connect asks the node to dial a peer.
+func (c *Client) Connect(ctx context.Context, addr string) (string, error) {
+	var out struct {
+		PeerID string `json:"peer_id"`
+	}
+	err := c.Do(ctx, http.MethodPost, "/v1/peers", ConnectRequest{Addr: addr}, &out)
+	return out.PeerID, err
+}

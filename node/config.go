@@ -1,0 +1,179 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/mira-market/mira/protocol"
+)
+
+// Files in a node's data dir.
+const (
+	ConfigFile   = "config.toml"
+	IdentityFile = "identity.key"
+	SwarmKeyFile = "swarm.key"
+	TokenFile    = "api.token"
+	APIAddrFile  = "api.addr"
+	dbDir        = "db"
+)
+
+// Config is a node's configuration, stored as TOML in DataDir/config.toml.
+type Config struct {
+	// DataDir holds the identity, config, swarm key, API token and database.
+	// It is not stored in the file: it is where the file is.
+	DataDir string `toml:"-"`
+
+	// Network names the network; it prefixes the DHT protocol and topics.
+	Network string `toml:"network"`
+	// Listen are the libp2p listen multiaddrs.
+	Listen []string `toml:"listen"`
+	// API is the host:port of the local HTTP API.
+	API string `toml:"api"`
+	// Bootstrap are multiaddrs with /p2p/ peer IDs that the node dials on
+	// start and re-dials whenever the connection drops.
+	Bootstrap []string `toml:"bootstrap"`
+	// Private makes the node require DataDir/swarm.key and join only the
+	// private network that key defines.
+	Private bool `toml:"private"`
+
+	// RedialInterval is how often unconnected bootstrap peers are re-dialed.
+	RedialInterval Duration `toml:"redial_interval"`
+	// PingInterval is how often connected peers' round-trip time is measured.
+	PingInterval Duration `toml:"ping_interval"`
+	// ConnLow and ConnHigh are the connection manager's watermarks.
+	ConnLow  int `toml:"conn_low"`
+	ConnHigh int `toml:"conn_high"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("5s") in TOML.
+type Duration time.Duration
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// DefaultConfig is the configuration `mira init` writes for a public node.
+func DefaultConfig(dataDir string) Config {
+	return Config{
+		DataDir:        dataDir,
+		Network:        protocol.DefaultNetwork,
+		Listen:         []string{"/ip4/0.0.0.0/tcp/4410", "/ip4/0.0.0.0/udp/4410/quic-v1"},
+		API:            "127.0.0.1:7410",
+		RedialInterval: Duration(10 * time.Second),
+		PingInterval:   Duration(15 * time.Second),
+		ConnLow:        64,
+		ConnHigh:       192,
+	}
+}
+
+// DefaultConfigPrivate is the configuration `mira init` writes for a member
+// of a private network: TCP only, since a swarm key cannot protect QUIC.
+func DefaultConfigPrivate(dataDir string) Config {
+	cfg := DefaultConfig(dataDir)
+	cfg.Private = true
+	cfg.Listen = []string{"/ip4/0.0.0.0/tcp/4410"}
+	return cfg
+}
+
+// LoadConfig reads dataDir/config.toml. Unknown keys are an error, so a typo
+// in the file is reported instead of silently ignored.
+func LoadConfig(dataDir string) (Config, error) {
+	cfg := DefaultConfig(dataDir)
+	path := filepath.Join(dataDir, ConfigFile)
+	md, err := toml.DecodeFile(path, &cfg)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return Config{}, fmt.Errorf("no config at %s: run `mira init --data %s` first", path, dataDir)
+		}
+		return Config{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		keys := make([]string, len(undecoded))
+		for i, k := range undecoded {
+			keys[i] = k.String()
+		}
+		return Config{}, fmt.Errorf("%s: unknown keys: %s", path, strings.Join(keys, ", "))
+	}
+	cfg.DataDir = dataDir
+	return cfg, cfg.Validate()
+}
+
+// Validate checks the configuration for mistakes a node would only find
+// later, with messages that name the field.
+func (c Config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("config: data dir is empty")
+	}
+	if err := protocol.ValidateNetworkName(c.Network); err != nil {
+		return fmt.Errorf("config: network: %w", err)
+	}
+	if len(c.Listen) == 0 {
+		return errors.New("config: listen: at least one address is needed")
+	}
+	for _, s := range c.Listen {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return fmt.Errorf("config: listen %q: %w", s, err)
+		}
+		if c.Private && !isTCP(a) {
+			return fmt.Errorf("config: listen %q: a private network (swarm key) runs over TCP only; QUIC, WebTransport and WebRTC cannot use a pre-shared key", s)
+		}
+	}
+	if _, err := parseBootstrap(c.Bootstrap); err != nil {
+		return fmt.Errorf("config: bootstrap: %w", err)
+	}
+	if c.API == "" {
+		return errors.New("config: api: address is empty")
+	}
+	if c.RedialInterval <= 0 || c.PingInterval <= 0 {
+		return errors.New("config: redial_interval and ping_interval must be positive")
+	}
+	if c.ConnLow <= 0 || c.ConnHigh < c.ConnLow {
+		return fmt.Errorf("config: conn_low (%d) and conn_high (%d): need 0 < low <= high", c.ConnLow, c.ConnHigh)
+	}
+	return nil
+}
+
+// Save writes the configuration to DataDir/config.toml.
+func (c Config) Save() error {
+	var b strings.Builder
+	b.WriteString("# mira node configuration. Edit, then restart the node.\n")
+	if err := toml.NewEncoder(&b).Encode(c); err != nil {
+		return fmt.Errorf("encode config: %w", err)
+	}
+	path := filepath.Join(c.DataDir, ConfigFile)
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+func isTCP(a ma.Multiaddr) bool {
+	hasTCP := false
+	for _, c := range a {
+		switch c.Protocol().Code {
+		case ma.P_TCP:
+			hasTCP = true
+		case ma.P_WS, ma.P_WSS, ma.P_IP4, ma.P_IP6, ma.P_DNS, ma.P_DNS4, ma.P_DNS6, ma.P_P2P:
+		default:
+			return false
+		}
+	}
+	return hasTCP
+}

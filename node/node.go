@@ -1,0 +1,315 @@
+// Package node assembles a running mira node from its parts: a libp2p host
+// (private when a swarm key is configured), the Kademlia DHT, gossipsub,
+// Badger storage and the local HTTP API. It owns every goroutine, socket and
+// file; the packages it assembles (market, storage's algorithms) stay pure.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/mira-market/mira/node/api"
+	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/storage"
+)
+
+// Version is the mira version this binary reports.
+const Version = "0.1.0-dev"
+
+// Node is a running mira node. Create it with Start; stop it with Close.
+type Node struct {
+	cfg       Config
+	log       *slog.Logger
+	host      host.Host
+	dht       *dht.IpfsDHT
+	pubsub    *pubsub.PubSub
+	db        *storage.DB
+	metrics   *prometheus.Registry
+	api       *http.Server
+	apiAddr   string
+	bootstrap []peer.AddrInfo
+	started   time.Time
+	readyAt   time.Duration
+
+	ready  atomic.Bool
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closed sync.Once
+	redial chan peer.ID
+}
+
+// Option adjusts how Start builds a node.
+type Option func(*options)
+
+type options struct {
+	log *slog.Logger
+}
+
+// WithLogger sets the node's logger; the default discards logs.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// Start builds and starts a node from cfg: it opens the database, starts the
+// libp2p host, DHT and gossipsub, dials the bootstrap peers, and serves the
+// API. The context bounds start-up only; the node runs until Close.
+func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error) {
+	started := time.Now()
+	o := options{log: slog.New(slog.DiscardHandler)}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	bootstrap, err := parseBootstrap(cfg.Bootstrap)
+	if err != nil {
+		return nil, fmt.Errorf("config: bootstrap: %w", err)
+	}
+	priv, err := LoadIdentity(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+
+	runCtx, cancel := context.WithCancel(context.Background())
+	n := &Node{
+		cfg:       cfg,
+		log:       o.log,
+		bootstrap: bootstrap,
+		started:   started,
+		metrics:   prometheus.NewRegistry(),
+		cancel:    cancel,
+		redial:    make(chan peer.ID, 16),
+	}
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	n.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	n.db, err = storage.Open(filepath.Join(cfg.DataDir, dbDir), storage.Options{Network: cfg.Network, Logger: o.log})
+	if err != nil {
+		return nil, err
+	}
+
+	hostOpts := []libp2p.Option{
+		libp2p.Identity(priv),
+		libp2p.ListenAddrStrings(cfg.Listen...),
+		libp2p.UserAgent("mira/" + Version),
+		libp2p.PrometheusRegisterer(n.metrics),
+	}
+	cm, err := connmgr.NewConnManager(cfg.ConnLow, cfg.ConnHigh, connmgr.WithGracePeriod(time.Minute))
+	if err != nil {
+		return nil, fmt.Errorf("connection manager: %w", err)
+	}
+	hostOpts = append(hostOpts, libp2p.ConnectionManager(cm))
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), rcmgr.WithMetricsDisabled())
+	if err != nil {
+		return nil, fmt.Errorf("resource manager: %w", err)
+	}
+	hostOpts = append(hostOpts, libp2p.ResourceManager(rm))
+	if cfg.Private {
+		psk, err := LoadSwarmKey(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		// A pre-shared key works over TCP only (QUIC and friends refuse it).
+		hostOpts = append(hostOpts, libp2p.PrivateNetwork(psk), libp2p.DefaultPrivateTransports)
+	}
+	n.host, err = libp2p.New(hostOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("libp2p host: %w", err)
+	}
+	for _, b := range bootstrap {
+		n.host.Peerstore().AddAddrs(b.ID, b.Addrs, time.Hour*24*365)
+		cm.Protect(b.ID, "bootstrap")
+	}
+
+	n.dht, err = dht.New(n.host,
+		dht.Mode(dht.ModeServer),
+		dht.ProtocolPrefix(libp2pproto.ID(protocol.Prefix(cfg.Network))),
+		dht.BootstrapPeers(bootstrap...),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("dht: %w", err)
+	}
+	n.pubsub, err = pubsub.NewGossipSub(runCtx, n.host, pubsub.WithFloodPublish(true))
+	if err != nil {
+		return nil, fmt.Errorf("gossipsub: %w", err)
+	}
+	n.registerMetrics()
+
+	n.host.Network().Notify(&network.NotifyBundle{
+		DisconnectedF: func(_ network.Network, c network.Conn) { n.onDisconnect(c.RemotePeer()) },
+	})
+	n.dialBootstrap(ctx)
+	if err := n.dht.Bootstrap(runCtx); err != nil {
+		return nil, fmt.Errorf("dht bootstrap: %w", err)
+	}
+	if err := n.serveAPI(); err != nil {
+		return nil, err
+	}
+	n.wg.Add(2)
+	go n.maintainBootstrap(runCtx)
+	go n.measureLatency(runCtx)
+
+	n.readyAt = time.Since(started)
+	n.ready.Store(true)
+	n.log.Info("node ready", "peer_id", n.host.ID(), "network", cfg.Network, "private", cfg.Private,
+		"addrs", n.host.Addrs(), "api", n.apiAddr, "took", n.readyAt)
+	return n, nil
+}
+
+// Close stops the node: the API, the background loops, the libp2p host and
+// the database, in that order. It is safe to call more than once.
+func (n *Node) Close() error {
+	var errs []error
+	n.closed.Do(func() {
+		n.ready.Store(false)
+		if n.api != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			errs = append(errs, n.api.Shutdown(ctx))
+			cancel()
+			os.Remove(filepath.Join(n.cfg.DataDir, APIAddrFile))
+			os.Remove(filepath.Join(n.cfg.DataDir, TokenFile))
+		}
+		n.cancel()
+		n.wg.Wait()
+		if n.dht != nil {
+			errs = append(errs, n.dht.Close())
+		}
+		if n.host != nil {
+			errs = append(errs, n.host.Close())
+		}
+		if n.db != nil {
+			errs = append(errs, n.db.Close())
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// ID is the node's peer ID.
+func (n *Node) ID() peer.ID { return n.host.ID() }
+
+// Host is the node's libp2p host.
+func (n *Node) Host() host.Host { return n.host }
+
+// DHT is the node's Kademlia DHT.
+func (n *Node) DHT() *dht.IpfsDHT { return n.dht }
+
+// Config is the configuration the node runs with.
+func (n *Node) Config() Config { return n.cfg }
+
+// APIAddr is the host:port the API listens on.
+func (n *Node) APIAddr() string { return n.apiAddr }
+
+// StartupTime is how long Start took to make the node ready.
+func (n *Node) StartupTime() time.Duration { return n.readyAt }
+
+// ListenAddrs are the addresses the host listens on, with /p2p/ appended:
+// what another node needs to bootstrap from this one.
+func (n *Node) ListenAddrs() []string {
+	addrs := n.host.Network().ListenAddresses()
+	out := make([]string, 0, len(addrs))
+	for _, a := range addrs {
+		if _, err := a.ValueForProtocol(ma.P_CIRCUIT); err == nil {
+			continue // relay addresses need a relay; peers dial us directly
+		}
+		out = append(out, a.String()+"/p2p/"+n.host.ID().String())
+	}
+	return out
+}
+
+// ConnectedPeers lists the peers with at least one open connection.
+func (n *Node) ConnectedPeers() []peer.ID { return n.host.Network().Peers() }
+
+// RoutingTableSize is the number of peers in the DHT routing table.
+func (n *Node) RoutingTableSize() int { return n.dht.RoutingTable().Size() }
+
+func (n *Node) registerMetrics() {
+	n.metrics.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mira_peers_connected", Help: "Peers with an open connection."},
+			func() float64 { return float64(len(n.host.Network().Peers())) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mira_dht_routing_table_peers", Help: "Peers in the DHT routing table."},
+			func() float64 { return float64(n.dht.RoutingTable().Size()) }),
+	)
+}
+
+func (n *Node) serveAPI() error {
+	ln, err := net.Listen("tcp", n.cfg.API)
+	if err != nil {
+		return fmt.Errorf("api: listen on %s: %w", n.cfg.API, err)
+	}
+	if host, _, _ := net.SplitHostPort(n.cfg.API); !isLoopback(host) {
+		n.log.Warn("API listens beyond loopback; anyone who can reach it and holds the token controls this node", "addr", n.cfg.API)
+	}
+	token, err := api.NewToken()
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	n.apiAddr = ln.Addr().String()
+	if err := writeFileAtomic(filepath.Join(n.cfg.DataDir, TokenFile), []byte(token+"\n"), 0o600); err != nil {
+		ln.Close()
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(n.cfg.DataDir, APIAddrFile), []byte(n.apiAddr+"\n"), 0o644); err != nil {
+		ln.Close()
+		return err
+	}
+	handler := api.NewServer(api.Config{Backend: apiBackend{n}, Token: token, Metrics: n.metrics, Log: n.log})
+	n.api = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := n.api.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("api server stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// writeFileAtomic replaces path with data through a rename, so a reader
+// never sees a half-written token.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, perm); err != nil {
+		return fmt.Errorf("write %s: %w", tmp, err)
+	}
+	if err := os.Chmod(tmp, perm); err != nil {
+		return fmt.Errorf("chmod %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("rename %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,280 @@
+// Package testnet runs several real mira nodes in one process: each with its
+// own data dir, identity and Badger database, listening on loopback TCP and
+// bootstrapped to the first node. Tests and `mira testnet` use it; helpers
+// stop and restart members and wait for conditions without fixed sleeps.
+package testnet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mira-market/mira/node"
+)
+
+// Options configure Start.
+type Options struct {
+	// Nodes is the number of members; at least 1.
+	Nodes int
+	// Dir holds one data dir per member (node0, node1, ...). Existing data
+	// dirs are reused, so a testnet can be stopped and started again.
+	Dir string
+	// Network names the network; default "testnet".
+	Network string
+	// Public runs without a swarm key. By default a testnet is private:
+	// its members share a fresh swarm key.
+	Public bool
+	// Log receives every node's logs, tagged with the member index.
+	Log *slog.Logger
+	// Configure, if set, adjusts member i's config before its first start.
+	Configure func(i int, cfg *node.Config)
+}
+
+// Testnet is a running set of nodes.
+type Testnet struct {
+	opts    Options
+	mu      sync.Mutex
+	members []*member
+}
+
+type member struct {
+	dir  string
+	cfg  node.Config
+	node *node.Node // nil while stopped
+}
+
+// Start initializes (where needed) and starts opts.Nodes nodes. Member 0
+// starts first; the others bootstrap to it and start in parallel.
+func Start(ctx context.Context, opts Options) (*Testnet, error) {
+	if opts.Nodes < 1 {
+		return nil, errors.New("testnet: need at least one node")
+	}
+	if opts.Dir == "" {
+		return nil, errors.New("testnet: Dir is required")
+	}
+	if opts.Network == "" {
+		opts.Network = "testnet"
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	tn := &Testnet{opts: opts, members: make([]*member, opts.Nodes)}
+	swarmKey, err := tn.swarmKey()
+	if err != nil {
+		return nil, err
+	}
+	for i := range tn.members {
+		m, err := tn.prepare(i, swarmKey)
+		if err != nil {
+			return nil, err
+		}
+		tn.members[i] = m
+	}
+	if err := tn.startMember(ctx, 0); err != nil {
+		return nil, err
+	}
+	// Pin member 0 to the port it got, so it can restart at the same
+	// address and the others' bootstrap entries stay valid.
+	first := tn.members[0]
+	if addrs := first.node.ListenAddrs(); len(addrs) > 0 {
+		first.cfg.Listen = []string{trimP2P(addrs[0])}
+	}
+	if err := first.cfg.Save(); err != nil {
+		tn.Close()
+		return nil, err
+	}
+	bootstrap := first.node.ListenAddrs()
+	errs := make([]error, opts.Nodes)
+	var wg sync.WaitGroup
+	for i := 1; i < opts.Nodes; i++ {
+		m := tn.members[i]
+		m.cfg.Bootstrap = bootstrap
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := m.cfg.Save(); err != nil {
+				errs[i] = err
+				return
+			}
+			errs[i] = tn.startMember(ctx, i)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		tn.Close()
+		return nil, err
+	}
+	return tn, nil
+}
+
+func trimP2P(addr string) string {
+	if i := strings.LastIndex(addr, "/p2p/"); i >= 0 {
+		return addr[:i]
+	}
+	return addr
+}
+
+// swarmKey returns the key every member shares: the one already in member
+// 0's data dir when the testnet is restarted, else a new one.
+func (tn *Testnet) swarmKey() ([]byte, error) {
+	if tn.opts.Public {
+		return nil, nil
+	}
+	b, err := os.ReadFile(filepath.Join(tn.opts.Dir, "node0", node.SwarmKeyFile))
+	if err == nil {
+		return b, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("testnet: %w", err)
+	}
+	return node.NewSwarmKey()
+}
+
+// prepare initializes member i's data dir unless it exists, and loads its
+// config.
+func (tn *Testnet) prepare(i int, swarmKey []byte) (*member, error) {
+	dir := filepath.Join(tn.opts.Dir, fmt.Sprintf("node%d", i))
+	if _, err := os.Stat(filepath.Join(dir, node.ConfigFile)); errors.Is(err, os.ErrNotExist) {
+		cfg := DefaultConfig(dir, tn.opts.Network)
+		if tn.opts.Configure != nil {
+			tn.opts.Configure(i, &cfg)
+		}
+		if _, err := node.Init(node.InitOptions{Config: cfg, SwarmKey: swarmKey}); err != nil {
+			return nil, fmt.Errorf("testnet: init node %d: %w", i, err)
+		}
+	}
+	cfg, err := node.LoadConfig(dir)
+	if err != nil {
+		return nil, fmt.Errorf("testnet: node %d: %w", i, err)
+	}
+	return &member{dir: dir, cfg: cfg}, nil
+}
+
+// DefaultConfig is a member's config: loopback TCP on a free port, API on a
+// free loopback port, and short redial and ping intervals so the network
+// heals quickly.
+func DefaultConfig(dir, network string) node.Config {
+	cfg := node.DefaultConfig(dir)
+	cfg.Network = network
+	cfg.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.API = "127.0.0.1:0"
+	cfg.RedialInterval = node.Duration(time.Second)
+	cfg.PingInterval = node.Duration(2 * time.Second)
+	return cfg
+}
+
+func (tn *Testnet) startMember(ctx context.Context, i int) error {
+	m := tn.members[i]
+	n, err := node.Start(ctx, m.cfg, node.WithLogger(tn.opts.Log.With("node", i)))
+	if err != nil {
+		return fmt.Errorf("testnet: start node %d: %w", i, err)
+	}
+	tn.mu.Lock()
+	m.node = n
+	tn.mu.Unlock()
+	return nil
+}
+
+// Len is the number of members, running or stopped.
+func (tn *Testnet) Len() int { return len(tn.members) }
+
+// Node returns member i, or nil while it is stopped.
+func (tn *Testnet) Node(i int) *node.Node {
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	return tn.members[i].node
+}
+
+// Nodes returns the running members.
+func (tn *Testnet) Nodes() []*node.Node {
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	var out []*node.Node
+	for _, m := range tn.members {
+		if m.node != nil {
+			out = append(out, m.node)
+		}
+	}
+	return out
+}
+
+// Dir is member i's data dir.
+func (tn *Testnet) Dir(i int) string { return tn.members[i].dir }
+
+// Stop stops member i; its data dir stays.
+func (tn *Testnet) Stop(i int) error {
+	tn.mu.Lock()
+	n := tn.members[i].node
+	tn.members[i].node = nil
+	tn.mu.Unlock()
+	if n == nil {
+		return fmt.Errorf("testnet: node %d is not running", i)
+	}
+	return n.Close()
+}
+
+// Restart starts a stopped member i again from its data dir: same identity,
+// same config, same database.
+func (tn *Testnet) Restart(ctx context.Context, i int) error {
+	if tn.Node(i) != nil {
+		return fmt.Errorf("testnet: node %d is running", i)
+	}
+	return tn.startMember(ctx, i)
+}
+
+// Close stops every running member.
+func (tn *Testnet) Close() error {
+	var errs []error
+	for i, m := range tn.members {
+		if m != nil && tn.Node(i) != nil {
+			errs = append(errs, tn.Stop(i))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// WaitFor polls cond until it returns nil or timeout passes; then it returns
+// cond's last error. Use it instead of sleeping.
+func WaitFor(ctx context.Context, timeout time.Duration, cond func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	delay := 10 * time.Millisecond
+	for {
+		err := cond()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("after %v: %w", timeout, err)
+		case <-time.After(delay):
+		}
+		if delay < 200*time.Millisecond {
+			delay *= 2
+		}
+	}
+}
+
+// Formed reports nil once every running member has at least one peer and a
+// non-empty DHT routing table.
+func (tn *Testnet) Formed() error {
+	for i, m := range tn.members {
+		n := tn.Node(i)
+		if n == nil {
+			continue
+		}
+		if len(n.ConnectedPeers()) == 0 {
+			return fmt.Errorf("node %d (%s) has no peers", i, m.dir)
+		}
+		if n.RoutingTableSize() == 0 {
+			return fmt.Errorf("node %d (%s) has an empty routing table", i, m.dir)
+		}
+	}
+	return nil
+}
