@@ -4,7 +4,10 @@ import (
 	"context"
 	"sort"
 
+	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
+	"github.com/mira-market/mira/node/gpu"
+	"github.com/mira-market/mira/protocol"
 )
 
 // apiBackend adapts a Node to api.Backend, which speaks in strings.
@@ -22,11 +25,13 @@ func (n *Node) NodeInfo() api.NodeInfo {
 		addrs = append(addrs, a.String())
 	}
 	return api.NodeInfo{
-		PeerID:  n.host.ID().String(),
-		Network: n.cfg.Network,
-		Addrs:   addrs,
-		Version: Version,
-		Private: n.cfg.Private,
+		PeerID:   n.host.ID().String(),
+		Network:  n.cfg.Network,
+		Addrs:    addrs,
+		Version:  Version,
+		Private:  n.cfg.Private,
+		GPUs:     n.GPUs(),
+		Provider: n.IsProvider(),
 	}
 }
 
@@ -50,4 +55,41 @@ func (n *Node) Peers() []api.PeerInfo {
 func (b apiBackend) Connect(ctx context.Context, addr string) (string, error) {
 	id, err := b.Node.Connect(ctx, addr)
 	return id.String(), err
+}
+
+// Providers answers GET /v1/providers.
+func (b apiBackend) Providers(ctx context.Context, q api.ProviderQuery) ([]api.ProviderInfo, error) {
+	model := q.GPU
+	if model != "" && model != market.AnyGPU {
+		model = gpu.NormalizeModel(model)
+	}
+	recs, err := b.FindProviders(ctx, market.Requirements{GPUModel: model, GPUs: q.Count, MinVRAMMiB: q.VRAMMiB})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.ProviderInfo, 0, len(recs))
+	for _, r := range recs {
+		info := api.ProviderInfo{
+			PeerID: r.Provider.String(),
+			Prices: map[string]float64{
+				protocol.TierInteractive: float64(r.PriceInteractive) / 1e6,
+				protocol.TierBatch:       float64(r.PriceBatch) / 1e6,
+			},
+			FreeSlots: r.FreeSlots,
+			Executors: r.Executors,
+			CPUCores:  r.CPUCores,
+			MemoryMiB: r.MemoryMiB,
+			ExpiresAt: r.Expires.UTC(),
+			GPUs:      []api.ProviderGPU{},
+		}
+		for _, g := range r.GPUs {
+			src := gpu.SourceDeclared
+			if g.Detected {
+				src = gpu.SourceDetected
+			}
+			info.GPUs = append(info.GPUs, api.ProviderGPU{Model: g.Model, VRAMMiB: g.VRAMMiB, Count: g.Count, Source: src})
+		}
+		out = append(out, info)
+	}
+	return out, nil
 }

@@ -3,14 +3,17 @@ package node
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/protocol"
 )
 
@@ -50,6 +53,33 @@ type Config struct {
 	// ConnLow and ConnHigh are the connection manager's watermarks.
 	ConnLow  int `toml:"conn_low"`
 	ConnHigh int `toml:"conn_high"`
+	// BlockedPeers are peer IDs this node never connects to.
+	BlockedPeers []string `toml:"blocked_peers"`
+
+	// DetectGPUs runs GPU discovery (NVML, nvidia-smi, rocm-smi) on start.
+	DetectGPUs bool `toml:"detect_gpus"`
+	// GPUs declares GPUs by hand, for machines where discovery cannot see
+	// them (and for testnets): [[gpu]] model, vram_mib, count.
+	GPUs []gpu.Declared `toml:"gpu"`
+	// Provider is how this node sells its capacity.
+	Provider ProviderConfig `toml:"provider"`
+}
+
+// ProviderConfig is the [provider] table: what a node offers and for how much.
+type ProviderConfig struct {
+	// Slots is how many leases the node runs at once; 0 means it does not
+	// sell capacity even if it has GPUs.
+	Slots int `toml:"slots"`
+	// PriceInteractive and PriceBatch are asking prices in credits per
+	// GPU-second.
+	PriceInteractive float64 `toml:"price_interactive"`
+	PriceBatch       float64 `toml:"price_batch"`
+	// Executors the node allows jobs to use.
+	Executors []string `toml:"executors"`
+	// CapacityTTL is how long an announcement stays valid; the node
+	// re-announces at half of it. Short TTLs make a stopped provider vanish
+	// from lookups sooner at the cost of more DHT traffic.
+	CapacityTTL Duration `toml:"capacity_ttl"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("5s") in TOML.
@@ -79,6 +109,14 @@ func DefaultConfig(dataDir string) Config {
 		PingInterval:   Duration(15 * time.Second),
 		ConnLow:        64,
 		ConnHigh:       192,
+		DetectGPUs:     true,
+		Provider: ProviderConfig{
+			Slots:            1,
+			PriceInteractive: 0.002,
+			PriceBatch:       0.001,
+			Executors:        []string{"wasm"},
+			CapacityTTL:      Duration(10 * time.Minute),
+		},
 	}
 }
 
@@ -144,8 +182,32 @@ func (c Config) Validate() error {
 	if c.RedialInterval <= 0 || c.PingInterval <= 0 {
 		return errors.New("config: redial_interval and ping_interval must be positive")
 	}
+	for _, s := range c.BlockedPeers {
+		if _, err := peer.Decode(s); err != nil {
+			return fmt.Errorf("config: blocked_peers %q: %w", s, err)
+		}
+	}
+	if _, err := gpu.FromDeclared(c.GPUs); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := c.Provider.validate(); err != nil {
+		return fmt.Errorf("config: provider: %w", err)
+	}
 	if c.ConnLow <= 0 || c.ConnHigh < c.ConnLow {
 		return fmt.Errorf("config: conn_low (%d) and conn_high (%d): need 0 < low <= high", c.ConnLow, c.ConnHigh)
+	}
+	return nil
+}
+
+func (p ProviderConfig) validate() error {
+	if p.Slots < 0 || p.Slots > 1024 {
+		return fmt.Errorf("slots %d out of range 0..1024", p.Slots)
+	}
+	if p.PriceInteractive < 0 || p.PriceBatch < 0 || math.IsNaN(p.PriceInteractive) || math.IsNaN(p.PriceBatch) {
+		return errors.New("prices must be non-negative numbers")
+	}
+	if time.Duration(p.CapacityTTL) < time.Second || time.Duration(p.CapacityTTL) > protocol.MaxCapacityTTL {
+		return fmt.Errorf("capacity_ttl %v out of range 1s..%v", time.Duration(p.CapacityTTL), protocol.MaxCapacityTTL)
 	}
 	return nil
 }

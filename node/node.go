@@ -20,6 +20,7 @@ import (
 	"github.com/libp2p/go-libp2p"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -30,7 +31,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
+	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/storage"
 )
@@ -42,6 +45,9 @@ const Version = "0.1.0-dev"
 type Node struct {
 	cfg       Config
 	log       *slog.Logger
+	priv      crypto.PrivKey
+	gater     *gater
+	capacity  capacity
 	host      host.Host
 	dht       *dht.IpfsDHT
 	pubsub    *pubsub.PubSub
@@ -98,9 +104,22 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		bootstrap: bootstrap,
 		started:   started,
 		metrics:   prometheus.NewRegistry(),
+		priv:      priv,
 		cancel:    cancel,
 		redial:    make(chan peer.ID, 16),
 	}
+	n.capacity.changed = make(chan struct{}, 1)
+	n.capacity.cache = market.NewProviderCache()
+	n.capacity.freeSlots = cfg.Provider.Slots
+	if n.capacity.gpus, err = n.discoverGPUs(ctx); err != nil {
+		return nil, err
+	}
+	var blocked []peer.ID
+	for _, s := range cfg.BlockedPeers {
+		p, _ := peer.Decode(s) // checked by Validate
+		blocked = append(blocked, p)
+	}
+	n.gater = newGater(blocked)
 	defer func() {
 		if err != nil {
 			n.Close()
@@ -118,6 +137,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		libp2p.ListenAddrStrings(cfg.Listen...),
 		libp2p.UserAgent("mira/" + Version),
 		libp2p.PrometheusRegisterer(n.metrics),
+		libp2p.ConnectionGater(n.gater),
 	}
 	cm, err := connmgr.NewConnManager(cfg.ConnLow, cfg.ConnHigh, connmgr.WithGracePeriod(time.Minute))
 	if err != nil {
@@ -152,6 +172,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		dht.Mode(dht.ModeServer),
 		dht.ProtocolPrefix(libp2pproto.ID(protocol.Prefix(cfg.Network))),
 		dht.BootstrapPeers(bootstrap...),
+		dht.NamespacedValidator(protocol.CapacityNamespace, protocol.CapacityValidator{Network: cfg.Network}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("dht: %w", err)
@@ -175,12 +196,30 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	n.wg.Add(2)
 	go n.maintainBootstrap(runCtx)
 	go n.measureLatency(runCtx)
+	if n.IsProvider() {
+		n.wg.Add(1)
+		go n.announceLoop(runCtx)
+	}
 
 	n.readyAt = time.Since(started)
 	n.ready.Store(true)
 	n.log.Info("node ready", "peer_id", n.host.ID(), "network", cfg.Network, "private", cfg.Private,
 		"addrs", n.host.Addrs(), "api", n.apiAddr, "took", n.readyAt)
 	return n, nil
+}
+
+// discoverGPUs detects the machine's GPUs (if configured to) and adds the
+// declared ones.
+func (n *Node) discoverGPUs(ctx context.Context) ([]gpu.Device, error) {
+	declared, err := gpu.FromDeclared(n.cfg.GPUs)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if !n.cfg.DetectGPUs {
+		return declared, nil
+	}
+	detected := gpu.Detect(ctx, gpu.Options{Log: n.log})
+	return append(detected, declared...), nil
 }
 
 // Close stops the node: the API, the background loops, the libp2p host and

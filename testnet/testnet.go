@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mira-market/mira/node"
+	"github.com/mira-market/mira/node/gpu"
 )
 
 // Options configure Start.
@@ -166,6 +167,7 @@ func DefaultConfig(dir, network string) node.Config {
 	cfg.API = "127.0.0.1:0"
 	cfg.RedialInterval = node.Duration(time.Second)
 	cfg.PingInterval = node.Duration(2 * time.Second)
+	cfg.DetectGPUs = false // members declare their GPUs, so runs are the same on every machine
 	return cfg
 }
 
@@ -277,4 +279,22 @@ func (tn *Testnet) Formed() error {
 		}
 	}
 	return nil
+}
+
+// SampleGPUs are the GPUs `mira testnet` and the benchmarks declare on
+// providers, cycling through a few models so that queries by model differ.
+var SampleGPUs = []gpu.Declared{
+	{Model: "NVIDIA H100 80GB HBM3", VRAMMiB: 81559, Count: 2},
+	{Model: "NVIDIA GeForce RTX 4090", VRAMMiB: 24564, Count: 1},
+	{Model: "NVIDIA A100-SXM4-40GB", VRAMMiB: 40960, Count: 4},
+}
+
+// WithProviders returns a Configure function that makes members 1..n
+// providers, each declaring one entry of SampleGPUs in turn.
+func WithProviders(n int) func(int, *node.Config) {
+	return func(i int, cfg *node.Config) {
+		if i >= 1 && i <= n {
+			cfg.GPUs = []gpu.Declared{SampleGPUs[(i-1)%len(SampleGPUs)]}
+		}
+	}
 }

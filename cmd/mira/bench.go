@@ -1,17 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"runtime"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/testnet"
 )
 
@@ -20,7 +19,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 		Use:   "bench",
 		Short: "Run a benchmark scenario and print its figures",
 	}
-	cmd.AddCommand(newBenchStartupCmd(g))
+	cmd.AddCommand(newBenchStartupCmd(g), newBenchProvidersCmd(g))
 	return cmd
 }
 
@@ -40,7 +39,7 @@ func newBenchStartupCmd(g *globals) *cobra.Command {
 			}
 			defer os.RemoveAll(dir)
 			ctx := cmd.Context()
-			rssBefore, _ := residentSetSize()
+			rssBefore, _ := node.ResidentSetSize()
 			start := time.Now()
 			tn, err := testnet.Start(ctx, testnet.Options{Nodes: nodes, Dir: dir})
 			if err != nil {
@@ -65,7 +64,7 @@ func newBenchStartupCmd(g *globals) *cobra.Command {
 				return ctx.Err()
 			}
 			runtime.GC()
-			rss, err := residentSetSize()
+			rss, err := node.ResidentSetSize()
 			if err != nil {
 				return err
 			}
@@ -87,23 +86,66 @@ func newBenchStartupCmd(g *globals) *cobra.Command {
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
 
-// residentSetSize reads this process's resident set size from /proc.
-func residentSetSize() (int64, error) {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0, fmt.Errorf("read RSS: %w", err)
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if rest, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("parse VmRSS %q: %w", rest, err)
+func newBenchProvidersCmd(g *globals) *cobra.Command {
+	var nodes, providers, queries int
+	cmd := &cobra.Command{
+		Use:   "providers",
+		Short: "Time provider lookups through the DHT from a node that is no provider",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if providers < 1 || providers >= nodes {
+				return fmt.Errorf("--providers must be in 1..%d", nodes-1)
 			}
-			return kb << 10, nil
-		}
+			dir, err := os.MkdirTemp("", "mira-bench-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir)
+			ctx := cmd.Context()
+			tn, err := testnet.Start(ctx, testnet.Options{Nodes: nodes, Dir: dir, Configure: testnet.WithProviders(providers)})
+			if err != nil {
+				return err
+			}
+			defer tn.Close()
+			asker := tn.Node(nodes - 1)
+			all := market.Requirements{GPUModel: market.AnyGPU, GPUs: 1}
+			// Wait until every provider has announced, so each timed query
+			// measures a lookup, not the network's warm-up.
+			if err := testnet.WaitFor(ctx, time.Minute, func() error {
+				found, err := asker.FindProviders(ctx, all)
+				if err == nil && len(found) != providers {
+					err = fmt.Errorf("found %d of %d providers", len(found), providers)
+				}
+				return err
+			}); err != nil {
+				return err
+			}
+			var took []time.Duration
+			incomplete := 0
+			for range queries {
+				start := time.Now()
+				found, err := asker.FindProviders(ctx, all)
+				took = append(took, time.Since(start))
+				if err != nil || len(found) != providers {
+					incomplete++
+				}
+			}
+			slices.Sort(took)
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "nodes %d, providers %d, queries %d (gpu=any), incomplete %d\n", nodes, providers, queries, incomplete)
+			fmt.Fprintf(out, "query time  median %v  p90 %v  p99 %v  max %v\n",
+				pct(took, 50), pct(took, 90), pct(took, 99), took[len(took)-1].Round(time.Microsecond*10))
+			return tn.Close()
+		},
 	}
-	return 0, fmt.Errorf("no VmRSS in /proc/self/status")
+	cmd.Flags().IntVar(&nodes, "nodes", 10, "number of nodes")
+	cmd.Flags().IntVar(&providers, "providers", 3, "number of providers among them")
+	cmd.Flags().IntVar(&queries, "queries", 100, "number of timed queries")
+	return cmd
 }
 
+// pct is the p-th percentile of sorted durations (nearest rank).
+func pct(sorted []time.Duration, p int) time.Duration {
+	i := (len(sorted)*p + 99) / 100
+	return sorted[max(i-1, 0)].Round(time.Microsecond * 10)
+}

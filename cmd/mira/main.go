@@ -41,6 +41,7 @@ func newRootCmd() *cobra.Command {
 		newInitCmd(g),
 		newNodeCmd(g),
 		newPeersCmd(g),
+		newProvidersCmd(g),
 		newTestnetCmd(g),
 		newBenchCmd(g),
 	)

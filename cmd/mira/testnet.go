@@ -12,15 +12,17 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/testnet"
 )
 
 func newTestnetCmd(g *globals) *cobra.Command {
 	var (
-		nodes  int
-		dir    string
-		runFor time.Duration
+		nodes     int
+		providers int
+		dir       string
+		runFor    time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "testnet",
@@ -55,14 +57,22 @@ dir removed at exit; with --dir it stays and a later run reuses it.`,
 			}
 			out := cmd.OutOrStdout()
 			start := time.Now()
-			tn, err := testnet.Start(ctx, testnet.Options{Nodes: nodes, Dir: dir, Log: log})
+			tn, err := testnet.Start(ctx, testnet.Options{
+				Nodes: nodes, Dir: dir, Log: log,
+				Configure: testnet.WithProviders(min(providers, nodes-1)),
+			})
 			if err != nil {
 				return err
 			}
 			defer tn.Close()
 			fmt.Fprintf(out, "testnet of %d nodes in %s (started in %v)\n", nodes, dir, time.Since(start).Round(time.Millisecond))
 			for i, n := range tn.Nodes() {
-				fmt.Fprintf(out, "  node%-2d %s  api http://%s  token %s\n", i, n.ID(), n.APIAddr(), filepath.Join(tn.Dir(i), node.TokenFile))
+				role := "requester"
+				if n.IsProvider() {
+					g := n.GPUs()[0]
+					role = fmt.Sprintf("provider %dx %s", g.Count, g.Model)
+				}
+				fmt.Fprintf(out, "  node%-2d %s  %-28s api http://%s  token %s\n", i, n.ID(), role, n.APIAddr(), filepath.Join(tn.Dir(i), node.TokenFile))
 			}
 			formedAt := watchStatus(ctx, out, tn, start)
 			printSummary(out, tn, start, formedAt)
@@ -77,6 +87,7 @@ dir removed at exit; with --dir it stays and a later run reuses it.`,
 	}
 	f := cmd.Flags()
 	f.IntVar(&nodes, "nodes", 5, "number of nodes")
+	f.IntVar(&providers, "providers", 3, "how many nodes (after node0) declare GPUs and sell capacity")
 	f.StringVar(&dir, "dir", "", "keep the nodes' data dirs here (default: a temporary dir)")
 	f.DurationVar(&runFor, "for", 0, "run for this long, print a summary and exit (default: until Ctrl-C)")
 	return cmd
@@ -126,8 +137,17 @@ func statusLine(tn *testnet.Testnet, start time.Time) string {
 			minRT = rt
 		}
 	}
-	return fmt.Sprintf("[%5.0fs] nodes up %d/%d  peers per node %d..%d  dht routing table >= %d",
-		time.Since(start).Seconds(), len(nodes), tn.Len(), minPeers, maxPeers, minRT)
+	found := "?"
+	if n0 := tn.Node(0); n0 != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		recs, err := n0.FindProviders(ctx, market.Requirements{GPUModel: market.AnyGPU})
+		cancel()
+		if err == nil {
+			found = fmt.Sprint(len(recs))
+		}
+	}
+	return fmt.Sprintf("[%5.0fs] nodes up %d/%d  peers per node %d..%d  dht routing table >= %d  providers seen by node0 %s",
+		time.Since(start).Seconds(), len(nodes), tn.Len(), minPeers, maxPeers, minRT, found)
 }
 
 func printSummary(out io.Writer, tn *testnet.Testnet, start time.Time, formedAt time.Duration) {
@@ -141,7 +161,19 @@ func printSummary(out io.Writer, tn *testnet.Testnet, start time.Time, formedAt 
 		fmt.Fprintf(out, "  node%-2d %s  ready in %v  peers %d  dht %d\n", i, n.ID(),
 			n.StartupTime().Round(time.Millisecond), len(n.ConnectedPeers()), n.RoutingTableSize())
 	}
-	if rss, err := residentSetSize(); err == nil {
+	if n0 := tn.Node(0); n0 != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		recs, err := n0.FindProviders(ctx, market.Requirements{GPUModel: market.AnyGPU})
+		cancel()
+		if err != nil {
+			fmt.Fprintln(out, "  provider lookup from node0 failed:", err)
+		}
+		for _, r := range recs {
+			fmt.Fprintf(out, "  node0 finds provider %s: %dx %s, %d free slot(s), batch price %g credits/GPU-s\n",
+				r.Provider, r.GPUs[0].Count, r.GPUs[0].Model, r.FreeSlots, float64(r.PriceBatch)/1e6)
+		}
+	}
+	if rss, err := node.ResidentSetSize(); err == nil {
 		fmt.Fprintf(out, "  process RSS %.1f MiB\n", float64(rss)/(1<<20))
 	}
 }

@@ -14,10 +14,14 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/mira-market/mira/node/gpu"
 )
 
 // MaxBodyBytes bounds every request body.
@@ -30,6 +34,37 @@ type NodeInfo struct {
 	Addrs   []string `json:"addrs"`
 	Version string   `json:"version"`
 	Private bool     `json:"private"`
+	// GPUs are the node's own GPUs, detected or declared.
+	GPUs []gpu.Device `json:"gpus"`
+	// Provider says whether the node sells capacity.
+	Provider bool `json:"provider"`
+}
+
+// ProviderQuery is the query of GET /v1/providers.
+type ProviderQuery struct {
+	GPU     string // model key or "any"
+	Count   int
+	VRAMMiB int
+}
+
+// ProviderInfo is one element of GET /v1/providers.
+type ProviderInfo struct {
+	PeerID    string             `json:"peer_id"`
+	GPUs      []ProviderGPU      `json:"gpus"`
+	Prices    map[string]float64 `json:"prices"`
+	FreeSlots int                `json:"free_slots"`
+	Executors []string           `json:"executors"`
+	CPUCores  int                `json:"cpu_cores"`
+	MemoryMiB int64              `json:"memory_mib"`
+	ExpiresAt time.Time          `json:"expires_at"`
+}
+
+// ProviderGPU is a GPU entry of ProviderInfo.
+type ProviderGPU struct {
+	Model   string `json:"model"`
+	VRAMMiB int    `json:"vram_mib"`
+	Count   int    `json:"count"`
+	Source  string `json:"source"`
 }
 
 // PeerInfo is one element of GET /v1/peers.
@@ -50,6 +85,7 @@ type Backend interface {
 	NodeInfo() NodeInfo
 	Peers() []PeerInfo
 	Connect(ctx context.Context, addr string) (string, error)
+	Providers(ctx context.Context, q ProviderQuery) ([]ProviderInfo, error)
 }
 
 // Config configures NewServer.
@@ -96,6 +132,7 @@ func NewServer(cfg Config) http.Handler {
 	s.mux.Handle("GET /v1/node", s.auth(http.HandlerFunc(s.getNode)))
 	s.mux.Handle("GET /v1/peers", s.auth(http.HandlerFunc(s.getPeers)))
 	s.mux.Handle("POST /v1/peers", s.auth(http.HandlerFunc(s.postPeers)))
+	s.mux.Handle("GET /v1/providers", s.auth(http.HandlerFunc(s.getProviders)))
 	return s
 }
 
@@ -168,6 +205,39 @@ func (s *server) postPeers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"peer_id": id})
+}
+
+func (s *server) getProviders(w http.ResponseWriter, r *http.Request) {
+	q := ProviderQuery{GPU: r.URL.Query().Get("gpu")}
+	for _, p := range []struct {
+		name string
+		dst  *int
+	}{{"count", &q.Count}, {"vram_mib", &q.VRAMMiB}} {
+		v := r.URL.Query().Get(p.name)
+		if v == "" {
+			continue
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("%s: %q is not a non-negative integer", p.name, v))
+			return
+		}
+		*p.dst = n
+	}
+	if q.GPU != "" && q.Count == 0 {
+		q.Count = 1
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	providers, err := s.cfg.Backend.Providers(ctx, q)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if providers == nil {
+		providers = []ProviderInfo{}
+	}
+	writeJSON(w, http.StatusOK, providers)
 }
 
 // decodeJSON decodes one JSON object from the body into v, rejecting unknown

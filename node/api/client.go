@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -112,4 +114,21 @@ func (c *Client) Connect(ctx context.Context, addr string) (string, error) {
 	}
 	err := c.Do(ctx, http.MethodPost, "/v1/peers", ConnectRequest{Addr: addr}, &out)
 	return out.PeerID, err
+}
+
+// Providers looks up providers that fit q.
+func (c *Client) Providers(ctx context.Context, q ProviderQuery) ([]ProviderInfo, error) {
+	v := url.Values{}
+	if q.GPU != "" {
+		v.Set("gpu", q.GPU)
+	}
+	if q.Count > 0 {
+		v.Set("count", strconv.Itoa(q.Count))
+	}
+	if q.VRAMMiB > 0 {
+		v.Set("vram_mib", strconv.Itoa(q.VRAMMiB))
+	}
+	var out []ProviderInfo
+	err := c.Do(ctx, http.MethodGet, "/v1/providers?"+v.Encode(), nil, &out)
+	return out, err
 }
