@@ -3,4 +3,4 @@
 // and validates them; nothing else should use them directly.
 package pb
 
-//go:generate protoc --go_out=. --go_opt=paths=source_relative capacity.proto
+//go:generate protoc --go_out=. --go_opt=paths=source_relative capacity.proto market.proto

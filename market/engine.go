@@ -1,0 +1,660 @@
+package market
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"slices"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
+)
+
+// State is a job's place in its life, as its requester sees it.
+type State string
+
+// Job states.
+const (
+	Pending   State = "pending"
+	Bidding   State = "bidding"
+	Assigned  State = "assigned"
+	Running   State = "running"
+	Succeeded State = "succeeded"
+	Failed    State = "failed"
+	Cancelled State = "cancelled"
+	Expired   State = "expired"
+)
+
+// Terminal reports whether a job in state s is finished for good.
+func (s State) Terminal() bool {
+	return s == Succeeded || s == Failed || s == Cancelled || s == Expired
+}
+
+// Decline reasons a provider sends.
+const (
+	ReasonNoGPU       = "no fitting GPU"
+	ReasonPrice       = "max price below floor"
+	ReasonNoSlot      = "no free slot"
+	ReasonExecutor    = "executor not allowed"
+	ReasonExpired     = "expired"
+	ReasonUnknownJob  = "unknown job"
+	ReasonLeaseFailed = "lease failed"
+)
+
+// Config sets the engine's timing and, for a provider, its bid strategy.
+type Config struct {
+	Self peer.ID
+	// InteractiveWindow is how long an interactive job waits for a first
+	// acceptable bid before it is offered again; BatchWindow is how long a
+	// batch job collects bids before the cheapest wins.
+	InteractiveWindow time.Duration
+	BatchWindow       time.Duration
+	// AcceptTimeout bounds award → acceptance; HeartbeatTimeout bounds the
+	// silence of a running provider. Either expiring returns the job to
+	// the market without that provider.
+	AcceptTimeout     time.Duration
+	HeartbeatTimeout  time.Duration
+	HeartbeatInterval time.Duration
+	// MaxCandidates is how many providers an interactive offer goes to
+	// directly.
+	MaxCandidates int
+	// Provider is nil for a node that sells nothing.
+	Provider *ProviderPolicy
+}
+
+// ProviderPolicy is a provider's bid strategy.
+type ProviderPolicy struct {
+	GPUs      []protocol.GPU
+	Slots     int
+	Executors []string
+	// Floors in micro-credits per GPU-second; the provider bids its floor.
+	FloorInteractive uint64
+	FloorBatch       uint64
+}
+
+// Bid is a bid a job received.
+type Bid struct {
+	Provider peer.ID   `json:"provider"`
+	Price    uint64    `json:"price"`
+	At       time.Time `json:"at"`
+}
+
+// Decline is a provider's reason for not bidding.
+type Decline struct {
+	Provider peer.ID   `json:"provider"`
+	Reason   string    `json:"reason"`
+	At       time.Time `json:"at"`
+}
+
+// Job is a requester's job: what the API shows and the node persists.
+type Job struct {
+	ID protocol.JobID `json:"-"`
+	// Offer is the first signed offer; offer is its body, re-sent (with a
+	// new round) whenever the job returns to the market.
+	Offer    []byte    `json:"offer"`
+	offer    *pb.Offer
+	Round    uint32    `json:"round"`
+	Tier     string         `json:"tier"`
+	MaxPrice uint64         `json:"max_price"`
+	Deadline time.Time      `json:"deadline"`
+	State    State          `json:"state"`
+	Provider peer.ID        `json:"provider,omitempty"`
+	Price    uint64         `json:"price"`
+	// Attempt counts awards; a result must carry the current one.
+	Attempt    uint32    `json:"attempt"`
+	Leases     int       `json:"leases"`
+	Bids       []Bid     `json:"bids"`
+	Declines   []Decline `json:"declines"`
+	Excluded   []peer.ID `json:"excluded,omitempty"`
+	Candidates []peer.ID `json:"candidates,omitempty"`
+	ExitCode   int32     `json:"exit_code"`
+	Output     []byte    `json:"output,omitempty"`
+	Error      string    `json:"error,omitempty"`
+	Created    time.Time `json:"created"`
+	Updated    time.Time `json:"updated"`
+	// Timers; zero when not running.
+	WindowEnds  time.Time `json:"window_ends"`
+	AcceptBy    time.Time `json:"accept_by"`
+	HeartbeatBy time.Time `json:"heartbeat_by"`
+	// RefusedResults counts results from providers that no longer held
+	// the lease.
+	RefusedResults int `json:"refused_results"`
+}
+
+// Lease is a provider's running job.
+type Lease struct {
+	Job       protocol.JobID
+	Requester peer.ID
+	Spec      *pb.JobSpec
+	Attempt   uint32
+	Price     uint64
+	Deadline  time.Time
+	nextBeat  time.Time
+}
+
+// Outbound is a message for the caller to sign and send: to one peer, or
+// published on a tier's topic when To is empty.
+type Outbound struct {
+	To   peer.ID
+	Tier string
+	Msg  *pb.MarketMessage
+}
+
+// Ready is the work the engine asks of its caller after an input. The
+// caller persists Save before it sends Send and Publish (a lease must be on
+// disk before the acceptance goes out), then starts Run and stops Stop.
+type Ready struct {
+	Save    []*Job
+	Send    []Outbound
+	Publish []Outbound
+	Run     []*Lease
+	Stop    []protocol.JobID
+}
+
+// Empty reports whether there is nothing to do.
+func (r Ready) Empty() bool {
+	return len(r.Save)+len(r.Send)+len(r.Publish)+len(r.Run)+len(r.Stop) == 0
+}
+
+// offerSeen is what a provider remembers of an offer it answered.
+type offerSeen struct {
+	requester peer.ID
+	spec      *pb.JobSpec
+	deadline  time.Time
+}
+
+// Engine is the market state machine of one node, requester and provider
+// sides both. It is not safe for concurrent use: one goroutine feeds it.
+type Engine struct {
+	cfg    Config
+	jobs   map[protocol.JobID]*Job
+	offers map[protocol.JobID]*offerSeen
+	seen   map[[32]byte]time.Time // offer messages answered, until they expire
+	leases map[protocol.JobID]*Lease
+	rtt    map[peer.ID]time.Duration
+	ready  Ready
+}
+
+// NewEngine returns an engine with no jobs.
+func NewEngine(cfg Config) *Engine {
+	return &Engine{
+		cfg:    cfg,
+		jobs:   map[protocol.JobID]*Job{},
+		offers: map[protocol.JobID]*offerSeen{},
+		seen:   map[[32]byte]time.Time{},
+		leases: map[protocol.JobID]*Lease{},
+		rtt:    map[peer.ID]time.Duration{},
+	}
+}
+
+// Ready returns the pending work and clears it.
+func (e *Engine) Ready() Ready {
+	r := e.ready
+	e.ready = Ready{}
+	return r
+}
+
+// Job returns a job by ID.
+func (e *Engine) Job(id protocol.JobID) (*Job, bool) {
+	j, ok := e.jobs[id]
+	return j, ok
+}
+
+// Jobs returns every job of this requester.
+func (e *Engine) Jobs() []*Job {
+	out := make([]*Job, 0, len(e.jobs))
+	for _, j := range e.jobs {
+		out = append(out, j)
+	}
+	slices.SortFunc(out, func(a, b *Job) int { return a.Created.Compare(b.Created) })
+	return out
+}
+
+// ActiveLeases is the number of leases this provider is running.
+func (e *Engine) ActiveLeases() int { return len(e.leases) }
+
+// SetRTT records the measured round-trip time to a peer, for ranking.
+func (e *Engine) SetRTT(p peer.ID, d time.Duration) { e.rtt[p] = d }
+
+func (e *Engine) save(j *Job, now time.Time) {
+	j.Updated = now
+	if !slices.Contains(e.ready.Save, j) {
+		e.ready.Save = append(e.ready.Save, j)
+	}
+}
+
+func (e *Engine) send(to peer.ID, m *pb.MarketMessage) {
+	e.ready.Send = append(e.ready.Send, Outbound{To: to, Msg: m})
+}
+
+// Submit starts a job from its signed offer. Candidates are the providers
+// an interactive offer goes to directly, best first; batch offers only go
+// to gossip.
+func (e *Engine) Submit(now time.Time, offer *protocol.Signed, candidates []peer.ID) *Job {
+	o := offer.Msg.GetOffer()
+	if j, ok := e.jobs[offer.Job]; ok {
+		return j // a resubmitted offer is the same job
+	}
+	j := &Job{
+		ID:       offer.Job,
+		Offer:    offer.Raw,
+		offer:    o,
+		Tier:     o.Spec.Tier,
+		MaxPrice: o.Spec.MaxPrice,
+		Deadline: time.UnixMilli(o.DeadlineUnixMs),
+		State:    Pending,
+		Created:  now,
+		Bids:     []Bid{},
+		Declines: []Decline{},
+	}
+	if len(candidates) > e.cfg.MaxCandidates && e.cfg.MaxCandidates > 0 {
+		candidates = candidates[:e.cfg.MaxCandidates]
+	}
+	j.Candidates = candidates
+	e.jobs[j.ID] = j
+	e.offer(j, now)
+	return j
+}
+
+// Restore puts a persisted job back after a restart; its timers run on.
+// offer is the job's verified first offer.
+func (e *Engine) Restore(j *Job, offer *protocol.Signed) {
+	j.ID, j.offer = offer.Job, offer.Msg.GetOffer()
+	e.jobs[j.ID] = j
+}
+
+// offer (re)opens bidding: direct to candidates for interactive jobs,
+// gossip for both tiers.
+func (e *Engine) offer(j *Job, now time.Time) {
+	j.State = Bidding
+	j.Provider, j.Price = "", 0
+	j.AcceptBy, j.HeartbeatBy = time.Time{}, time.Time{}
+	j.WindowEnds = now.Add(e.window(j.Tier))
+	j.Round++
+	msg := &pb.MarketMessage{Round: j.Round, Body: &pb.MarketMessage_Offer{Offer: j.offer}}
+	if j.Tier == protocol.TierInteractive {
+		for _, c := range j.Candidates {
+			if !slices.Contains(j.Excluded, c) {
+				e.send(c, msg)
+			}
+		}
+	}
+	e.ready.Publish = append(e.ready.Publish, Outbound{Tier: j.Tier, Msg: msg})
+	e.save(j, now)
+}
+
+func (e *Engine) window(tier string) time.Duration {
+	if tier == protocol.TierInteractive {
+		return e.cfg.InteractiveWindow
+	}
+	return e.cfg.BatchWindow
+}
+
+// Cancel cancels a job wherever it is; a provider holding it is told.
+func (e *Engine) Cancel(now time.Time, id protocol.JobID, reason string) bool {
+	j, ok := e.jobs[id]
+	if !ok || j.State.Terminal() {
+		return false
+	}
+	e.finish(j, now, Cancelled, reason)
+	return true
+}
+
+// finish ends a job; a provider that holds it is told to stop.
+func (e *Engine) finish(j *Job, now time.Time, s State, reason string) {
+	if (j.State == Assigned || j.State == Running) && j.Provider != "" && s != Succeeded && s != Failed {
+		e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Cancel{Cancel: &pb.Cancel{JobId: j.ID[:], Reason: reason}}})
+	}
+	j.State = s
+	if reason != "" && j.Error == "" && s != Succeeded {
+		j.Error = reason
+	}
+	j.WindowEnds, j.AcceptBy, j.HeartbeatBy = time.Time{}, time.Time{}, time.Time{}
+	e.save(j, now)
+}
+
+// Step feeds one verified message from the network into the engine.
+func (e *Engine) Step(now time.Time, m *protocol.Signed) {
+	switch b := m.Msg.Body.(type) {
+	case *pb.MarketMessage_Offer:
+		e.onOffer(now, m, b.Offer)
+	case *pb.MarketMessage_Bid:
+		e.onBid(now, m, b.Bid)
+	case *pb.MarketMessage_Decline:
+		e.onDecline(now, m, b.Decline)
+	case *pb.MarketMessage_Award:
+		e.onAward(now, m, b.Award)
+	case *pb.MarketMessage_Accept:
+		e.onAccept(now, m, b.Accept.Attempt)
+	case *pb.MarketMessage_Heartbeat:
+		if j := e.leaseHolderJob(m, b.Heartbeat.Attempt); j != nil {
+			e.markRunning(j, now)
+		}
+	case *pb.MarketMessage_Result:
+		e.onResult(now, m, b.Result)
+	case *pb.MarketMessage_Cancel:
+		e.onCancel(m)
+	case *pb.MarketMessage_Taken:
+		if o, ok := e.offers[m.Job]; ok && o.requester == m.Signer {
+			delete(e.offers, m.Job)
+		}
+	}
+}
+
+// --- requester side ---
+
+func (e *Engine) onBid(now time.Time, m *protocol.Signed, b *pb.Bid) {
+	j, ok := e.jobs[m.Job]
+	if !ok || j.State != Bidding || slices.Contains(j.Excluded, m.Signer) {
+		return
+	}
+	for _, old := range j.Bids {
+		if old.Provider == m.Signer {
+			return // one bid per provider
+		}
+	}
+	j.Bids = append(j.Bids, Bid{Provider: m.Signer, Price: b.Price, At: now})
+	if b.Price > j.MaxPrice {
+		e.save(j, now)
+		return
+	}
+	if j.Tier == protocol.TierInteractive {
+		e.award(j, now, m.Signer, b.Price)
+		return
+	}
+	e.save(j, now)
+}
+
+func (e *Engine) onDecline(now time.Time, m *protocol.Signed, d *pb.Decline) {
+	j, ok := e.jobs[m.Job]
+	if !ok || j.State.Terminal() {
+		return
+	}
+	if !slices.ContainsFunc(j.Declines, func(old Decline) bool { return old.Provider == m.Signer && old.Reason == d.Reason }) {
+		j.Declines = append(j.Declines, Decline{Provider: m.Signer, Reason: d.Reason, At: now})
+	}
+	if j.State == Assigned && j.Provider == m.Signer {
+		e.reoffer(j, now) // the awarded provider turned the award down
+		return
+	}
+	e.save(j, now)
+}
+
+func (e *Engine) award(j *Job, now time.Time, p peer.ID, price uint64) {
+	j.Attempt++
+	j.State = Assigned
+	j.Provider, j.Price = p, price
+	j.WindowEnds = time.Time{}
+	j.AcceptBy = now.Add(e.cfg.AcceptTimeout)
+	e.send(p, &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
+		JobId: j.ID[:], Provider: []byte(p), Price: price, Attempt: j.Attempt,
+	}}})
+	e.save(j, now)
+}
+
+// leaseHolderJob returns the job m is about if m's signer holds its
+// current lease with the given attempt.
+func (e *Engine) leaseHolderJob(m *protocol.Signed, attempt uint32) *Job {
+	j, ok := e.jobs[m.Job]
+	if !ok || j.Provider != m.Signer || j.Attempt != attempt || (j.State != Assigned && j.State != Running) {
+		return nil
+	}
+	return j
+}
+
+func (e *Engine) onAccept(now time.Time, m *protocol.Signed, attempt uint32) {
+	if j := e.leaseHolderJob(m, attempt); j != nil && j.State == Assigned {
+		e.markRunning(j, now)
+	}
+}
+
+func (e *Engine) markRunning(j *Job, now time.Time) {
+	if j.State == Assigned {
+		j.State = Running
+		j.Leases++
+		j.AcceptBy = time.Time{}
+		e.ready.Publish = append(e.ready.Publish, Outbound{Tier: j.Tier, Msg: &pb.MarketMessage{
+			Body: &pb.MarketMessage_Taken{Taken: &pb.Taken{JobId: j.ID[:], Provider: []byte(j.Provider)}},
+		}})
+	}
+	j.HeartbeatBy = now.Add(e.cfg.HeartbeatTimeout)
+	e.save(j, now)
+}
+
+func (e *Engine) onResult(now time.Time, m *protocol.Signed, r *pb.Result) {
+	j := e.leaseHolderJob(m, r.Attempt)
+	if j == nil {
+		if j, ok := e.jobs[m.Job]; ok {
+			j.RefusedResults++ // a late result from a lease that ended
+			e.save(j, now)
+		}
+		return
+	}
+	if j.State == Assigned { // the result overtook the acceptance
+		e.markRunning(j, now)
+	}
+	j.ExitCode, j.Output, j.Error = r.ExitCode, r.Output, r.Error
+	if r.ExitCode == 0 && r.Error == "" {
+		e.finish(j, now, Succeeded, "")
+	} else {
+		e.finish(j, now, Failed, "")
+	}
+}
+
+// reoffer takes the job from its provider and returns it to the market.
+func (e *Engine) reoffer(j *Job, now time.Time) {
+	if j.Provider != "" {
+		j.Excluded = append(j.Excluded, j.Provider)
+		e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Cancel{Cancel: &pb.Cancel{JobId: j.ID[:], Reason: "lease revoked"}}})
+	}
+	j.Bids = j.Bids[:0]
+	e.offer(j, now)
+}
+
+// --- provider side ---
+
+func (e *Engine) onOffer(now time.Time, m *protocol.Signed, o *pb.Offer) {
+	p := e.cfg.Provider
+	if p == nil || m.Signer == e.cfg.Self {
+		return
+	}
+	msgID := sha256.Sum256(m.Raw)
+	if _, dup := e.seen[msgID]; dup {
+		return // the same round came directly and by gossip
+	}
+	if _, leased := e.leases[m.Job]; leased {
+		return
+	}
+	deadline := time.UnixMilli(o.DeadlineUnixMs)
+	e.seen[msgID] = deadline
+	e.offers[m.Job] = &offerSeen{requester: m.Signer, spec: o.Spec, deadline: deadline}
+	reply := func(body any) {
+		msg := &pb.MarketMessage{}
+		switch b := body.(type) {
+		case *pb.Bid:
+			msg.Body = &pb.MarketMessage_Bid{Bid: b}
+		case *pb.Decline:
+			msg.Body = &pb.MarketMessage_Decline{Decline: b}
+		}
+		e.send(m.Signer, msg)
+	}
+	if reason := e.declineReason(now, o.Spec, deadline); reason != "" {
+		reply(&pb.Decline{JobId: m.Job[:], Provider: []byte(e.cfg.Self), Reason: reason})
+		return
+	}
+	reply(&pb.Bid{JobId: m.Job[:], Provider: []byte(e.cfg.Self), Price: e.floor(o.Spec.Tier)})
+}
+
+func (e *Engine) floor(tier string) uint64 {
+	if tier == protocol.TierInteractive {
+		return e.cfg.Provider.FloorInteractive
+	}
+	return e.cfg.Provider.FloorBatch
+}
+
+func (e *Engine) declineReason(now time.Time, s *pb.JobSpec, deadline time.Time) string {
+	p := e.cfg.Provider
+	var r Requirements
+	if s.Resources != nil {
+		r = Requirements{GPUModel: s.Resources.GpuModel, GPUs: int(s.Resources.Gpus), MinVRAMMiB: int(s.Resources.VramMib)}
+	}
+	switch {
+	case !deadline.After(now):
+		return ReasonExpired
+	case !slices.Contains(p.Executors, s.Executor):
+		return ReasonExecutor
+	case !Fits(&protocol.Capacity{GPUs: p.GPUs}, r):
+		return ReasonNoGPU
+	case s.MaxPrice < e.floor(s.Tier):
+		return ReasonPrice
+	case len(e.leases) >= p.Slots:
+		return ReasonNoSlot
+	}
+	return ""
+}
+
+func (e *Engine) onAward(now time.Time, m *protocol.Signed, a *pb.Award) {
+	o, ok := e.offers[m.Job]
+	if e.cfg.Provider == nil || string(a.Provider) != string(e.cfg.Self) {
+		return
+	}
+	decline := func(reason string) {
+		e.send(m.Signer, &pb.MarketMessage{Body: &pb.MarketMessage_Decline{Decline: &pb.Decline{
+			JobId: m.Job[:], Provider: []byte(e.cfg.Self), Reason: reason,
+		}}})
+	}
+	switch {
+	case !ok || o.requester != m.Signer:
+		decline(ReasonUnknownJob)
+		return
+	case !o.deadline.After(now):
+		decline(ReasonExpired)
+		return
+	case len(e.leases) >= e.cfg.Provider.Slots:
+		decline(ReasonNoSlot)
+		return
+	case a.Price < e.floor(o.spec.Tier):
+		decline(ReasonPrice)
+		return
+	}
+	delete(e.offers, m.Job)
+	l := &Lease{Job: m.Job, Requester: m.Signer, Spec: o.spec, Attempt: a.Attempt, Price: a.Price,
+		Deadline: o.deadline, nextBeat: now.Add(e.cfg.HeartbeatInterval)}
+	e.leases[m.Job] = l
+	e.send(m.Signer, &pb.MarketMessage{Body: &pb.MarketMessage_Accept{Accept: &pb.Accept{JobId: m.Job[:], Attempt: a.Attempt}}})
+	e.ready.Run = append(e.ready.Run, l)
+}
+
+func (e *Engine) onCancel(m *protocol.Signed) {
+	if l, ok := e.leases[m.Job]; ok && l.Requester == m.Signer {
+		delete(e.leases, m.Job)
+		e.ready.Stop = append(e.ready.Stop, m.Job)
+	}
+	if o, ok := e.offers[m.Job]; ok && o.requester == m.Signer {
+		delete(e.offers, m.Job)
+	}
+}
+
+// Finished reports that a provider's run of a lease ended.
+func (e *Engine) Finished(now time.Time, id protocol.JobID, exitCode int32, output []byte, errMsg string) {
+	l, ok := e.leases[id]
+	if !ok {
+		return // cancelled meanwhile
+	}
+	delete(e.leases, id)
+	if len(output) > protocol.MaxResultOutput {
+		output = output[len(output)-protocol.MaxResultOutput:]
+	}
+	e.send(l.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Result{Result: &pb.Result{
+		JobId: id[:], Attempt: l.Attempt, ExitCode: exitCode, Output: output, Error: errMsg,
+	}}})
+}
+
+// --- time ---
+
+// Tick advances the engine's clock: bidding windows close, timeouts fire,
+// deadlines expire jobs, providers send heartbeats.
+func (e *Engine) Tick(now time.Time) {
+	for _, j := range e.jobs {
+		if j.State.Terminal() {
+			continue
+		}
+		switch {
+		case !j.Deadline.After(now):
+			e.finish(j, now, Expired, "deadline passed")
+		case j.State == Bidding && !j.WindowEnds.IsZero() && !now.Before(j.WindowEnds):
+			e.closeWindow(j, now)
+		case j.State == Assigned && !now.Before(j.AcceptBy):
+			e.reoffer(j, now)
+		case j.State == Running && !now.Before(j.HeartbeatBy):
+			e.reoffer(j, now)
+		}
+	}
+	for id, o := range e.offers {
+		if !o.deadline.After(now) {
+			delete(e.offers, id)
+		}
+	}
+	for id, until := range e.seen {
+		if !until.After(now) {
+			delete(e.seen, id)
+		}
+	}
+	for _, l := range e.leases {
+		if !now.Before(l.nextBeat) {
+			l.nextBeat = now.Add(e.cfg.HeartbeatInterval)
+			e.send(l.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Heartbeat{Heartbeat: &pb.Heartbeat{JobId: l.Job[:], Attempt: l.Attempt}}})
+		}
+	}
+}
+
+// closeWindow awards a batch job to its cheapest acceptable bid (ties: lower
+// RTT, then peer ID), or offers it again when nobody bid.
+func (e *Engine) closeWindow(j *Job, now time.Time) {
+	var best *Bid
+	for i := range j.Bids {
+		b := &j.Bids[i]
+		if b.Price > j.MaxPrice || slices.Contains(j.Excluded, b.Provider) {
+			continue
+		}
+		if best == nil || cmp.Or(
+			cmp.Compare(b.Price, best.Price),
+			cmp.Compare(e.rtt[b.Provider], e.rtt[best.Provider]),
+			cmp.Compare(b.Provider, best.Provider),
+		) < 0 {
+			best = b
+		}
+	}
+	if best == nil {
+		j.Bids = j.Bids[:0]
+		e.offer(j, now)
+		return
+	}
+	e.award(j, now, best.Provider, best.Price)
+}
+
+// NextDeadline is the earliest time Tick has work, for the caller's timer;
+// zero when nothing waits.
+func (e *Engine) NextDeadline() time.Time {
+	var next time.Time
+	consider := func(t time.Time) {
+		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
+			next = t
+		}
+	}
+	for _, j := range e.jobs {
+		if j.State.Terminal() {
+			continue
+		}
+		consider(j.Deadline)
+		consider(j.WindowEnds)
+		consider(j.AcceptBy)
+		consider(j.HeartbeatBy)
+	}
+	for _, l := range e.leases {
+		consider(l.nextBeat)
+	}
+	return next
+}

@@ -1,0 +1,313 @@
+package market
+
+import (
+	"crypto/rand"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
+)
+
+const simNet = "sim"
+
+// sim is a deterministic network of engines: messages are really signed
+// and verified, delivered in order, and links can be cut.
+type sim struct {
+	t       *testing.T
+	now     time.Time
+	keys    map[peer.ID]crypto.PrivKey
+	engines map[peer.ID]*Engine
+	order   []peer.ID
+	cut     map[peer.ID]bool // messages from or to these peers are lost
+	runs    map[peer.ID][]protocol.JobID
+	stops   map[peer.ID][]protocol.JobID
+}
+
+func newSim(t *testing.T) *sim {
+	return &sim{t: t, now: t0, keys: map[peer.ID]crypto.PrivKey{}, engines: map[peer.ID]*Engine{},
+		cut: map[peer.ID]bool{}, runs: map[peer.ID][]protocol.JobID{}, stops: map[peer.ID][]protocol.JobID{}}
+}
+
+var simTiming = Config{
+	InteractiveWindow: 200 * time.Millisecond, BatchWindow: time.Second,
+	AcceptTimeout: time.Second, HeartbeatTimeout: 3 * time.Second, HeartbeatInterval: time.Second,
+	MaxCandidates: 3,
+}
+
+func (s *sim) add(policy *ProviderPolicy) peer.ID {
+	k, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	id, _ := peer.IDFromPrivateKey(k)
+	cfg := simTiming
+	cfg.Self, cfg.Provider = id, policy
+	s.keys[id], s.engines[id] = k, NewEngine(cfg)
+	s.order = append(s.order, id)
+	return id
+}
+
+func provider(floor uint64, gpus ...protocol.GPU) *ProviderPolicy {
+	if len(gpus) == 0 {
+		gpus = []protocol.GPU{{Model: "nvidia-h100", VRAMMiB: 80000, Count: 1}}
+	}
+	return &ProviderPolicy{GPUs: gpus, Slots: 1, Executors: []string{"noop"}, FloorInteractive: floor, FloorBatch: floor}
+}
+
+// sign seals and re-opens a message, as the wire does.
+func (s *sim) sign(from peer.ID, m *pb.MarketMessage) *protocol.Signed {
+	s.t.Helper()
+	expires := s.now.Add(time.Hour)
+	if o := m.GetOffer(); o != nil {
+		expires = time.UnixMilli(o.DeadlineUnixMs)
+	}
+	raw, err := protocol.SealMarket(s.keys[from], simNet, expires, m)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	signed, err := protocol.OpenMarket(raw, simNet, s.now)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return signed
+}
+
+// submit makes a signed offer from requester and submits it.
+func (s *sim) submit(requester peer.ID, tier string, maxPrice uint64, deadline time.Duration, gpus uint32, candidates ...peer.ID) *Job {
+	s.t.Helper()
+	nonce := make([]byte, 16)
+	rand.Read(nonce)
+	offer := s.sign(requester, &pb.MarketMessage{Body: &pb.MarketMessage_Offer{Offer: &pb.Offer{
+		Requester: []byte(requester), Network: simNet, Nonce: nonce,
+		CreatedUnixMs: s.now.UnixMilli(), DeadlineUnixMs: s.now.Add(deadline).UnixMilli(),
+		Spec: &pb.JobSpec{Executor: "noop", Tier: tier, MaxPrice: maxPrice, MaxDurationMs: 1000,
+			Resources: &pb.Resources{Gpus: gpus}},
+	}}})
+	j := s.engines[requester].Submit(s.now, offer, candidates)
+	s.flush()
+	return j
+}
+
+// flush delivers messages until every engine is quiet.
+func (s *sim) flush() {
+	for round := 0; round < 100; round++ {
+		quiet := true
+		for _, from := range s.order {
+			r := s.engines[from].Ready()
+			if r.Empty() {
+				continue
+			}
+			quiet = false
+			s.runs[from] = append(s.runs[from], leaseIDs(r.Run)...)
+			s.stops[from] = append(s.stops[from], r.Stop...)
+			for _, o := range r.Send {
+				s.deliver(from, o.To, o)
+			}
+			for _, o := range r.Publish {
+				for _, to := range s.order {
+					if to != from {
+						s.deliver(from, to, o)
+					}
+				}
+			}
+		}
+		if quiet {
+			return
+		}
+	}
+	s.t.Fatal("engines did not settle")
+}
+
+func leaseIDs(ls []*Lease) []protocol.JobID {
+	var out []protocol.JobID
+	for _, l := range ls {
+		out = append(out, l.Job)
+	}
+	return out
+}
+
+func (s *sim) deliver(from, to peer.ID, o Outbound) {
+	if s.cut[from] || s.cut[to] {
+		return
+	}
+	s.engines[to].Step(s.now, s.sign(from, o.Msg))
+}
+
+func (s *sim) advance(d time.Duration) {
+	s.now = s.now.Add(d)
+	for _, id := range s.order {
+		s.engines[id].Tick(s.now)
+	}
+	s.flush()
+}
+
+func (s *sim) finish(p peer.ID, id protocol.JobID) {
+	s.engines[p].Finished(s.now, id, 0, []byte("ok"), "")
+	s.flush()
+}
+
+func wantState(t *testing.T, j *Job, want State) {
+	t.Helper()
+	if j.State != want {
+		t.Fatalf("job state %s, want %s (error %q, declines %v)", j.State, want, j.Error, j.Declines)
+	}
+}
+
+func TestBatchGoesToLowestBid(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	s.add(provider(30))
+	cheap := s.add(provider(10))
+	s.add(provider(20))
+	j := s.submit(req, protocol.TierBatch, 50, time.Minute, 1)
+	wantState(t, j, Bidding)
+	if len(j.Bids) != 3 {
+		t.Fatalf("bids = %v", j.Bids)
+	}
+	s.advance(simTiming.BatchWindow)
+	wantState(t, j, Running) // awarded, accepted, taken
+	if j.Provider != cheap || j.Price != 10 {
+		t.Fatalf("awarded to %s at %d, want the cheapest", j.Provider, j.Price)
+	}
+	s.finish(cheap, j.ID)
+	wantState(t, j, Succeeded)
+	if j.Leases != 1 || string(j.Output) != "ok" {
+		t.Fatalf("leases %d, output %q", j.Leases, j.Output)
+	}
+	for _, id := range s.order {
+		if id != cheap && len(s.runs[id]) != 0 {
+			t.Fatalf("job ran on %s too", id)
+		}
+	}
+}
+
+func TestInteractiveFirstAcceptableBidWins(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	pricey := s.add(provider(90))
+	ok := s.add(provider(40))
+	j := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, pricey, ok)
+	wantState(t, j, Running)
+	if j.Provider != ok {
+		t.Fatalf("interactive job went to %s, want the first acceptable bidder", j.Provider)
+	}
+	s.finish(ok, j.ID)
+	wantState(t, j, Succeeded)
+}
+
+func TestAcceptTimeoutReassigns(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	first := s.add(provider(10))
+	second := s.add(provider(20))
+	j := s.submit(req, protocol.TierBatch, 50, time.Minute, 1)
+	s.cut[first] = true // first bid, then went silent
+	s.advance(simTiming.BatchWindow)
+	wantState(t, j, Assigned)
+	if j.Provider != first {
+		t.Fatalf("awarded to %s", j.Provider)
+	}
+	s.advance(simTiming.AcceptTimeout) // no acceptance: back to the market
+	wantState(t, j, Bidding)
+	s.advance(simTiming.BatchWindow)
+	wantState(t, j, Running)
+	if j.Provider != second || j.Attempt != 2 {
+		t.Fatalf("reassigned to %s attempt %d", j.Provider, j.Attempt)
+	}
+}
+
+func TestHeartbeatLossReassignsAndRefusesLateResult(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	first := s.add(provider(10))
+	second := s.add(provider(20))
+	j := s.submit(req, protocol.TierBatch, 50, time.Minute, 1)
+	s.advance(simTiming.BatchWindow)
+	wantState(t, j, Running)
+	s.advance(simTiming.HeartbeatInterval) // heartbeats keep it alive
+	s.advance(simTiming.HeartbeatInterval)
+	s.advance(simTiming.HeartbeatInterval)
+	s.advance(simTiming.HeartbeatInterval)
+	wantState(t, j, Running)
+
+	s.cut[first] = true
+	s.advance(simTiming.HeartbeatTimeout)
+	wantState(t, j, Bidding)
+	s.advance(simTiming.BatchWindow)
+	wantState(t, j, Running)
+	if j.Provider != second {
+		t.Fatalf("reassigned to %s", j.Provider)
+	}
+	s.finish(second, j.ID)
+	wantState(t, j, Succeeded)
+
+	// The first provider comes back with its late result: refused.
+	s.cut[first] = false
+	s.finish(first, j.ID)
+	if j.RefusedResults != 1 || j.Provider != second || j.Leases != 2 {
+		t.Fatalf("refused %d, provider %s, leases %d", j.RefusedResults, j.Provider, j.Leases)
+	}
+	wantState(t, j, Succeeded)
+}
+
+func TestUnservableJobExpiresWithDeclines(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	s.add(provider(10, protocol.GPU{Model: "nvidia-rtx-4090", VRAMMiB: 24000, Count: 1}))
+	s.add(provider(99))
+	j := s.submit(req, protocol.TierBatch, 50, 5*time.Second, 2)
+	for range 6 {
+		s.advance(time.Second)
+	}
+	wantState(t, j, Expired)
+	reasons := map[string]bool{}
+	for _, d := range j.Declines {
+		reasons[d.Reason] = true
+	}
+	if !reasons[ReasonNoGPU] || len(j.Declines) < 2 {
+		t.Fatalf("declines = %v", j.Declines)
+	}
+}
+
+func TestCancelStopsRunningJob(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	p := s.add(provider(10))
+	j := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, p)
+	wantState(t, j, Running)
+	if !s.engines[req].Cancel(s.now, j.ID, "user") {
+		t.Fatal("cancel refused")
+	}
+	s.flush()
+	wantState(t, j, Cancelled)
+	if len(s.stops[p]) != 1 || s.engines[p].ActiveLeases() != 0 {
+		t.Fatalf("provider stops %v, leases %d", s.stops[p], s.engines[p].ActiveLeases())
+	}
+	// Cancelling while bidding needs no provider.
+	j2 := s.submit(req, protocol.TierBatch, 50, time.Minute, 1)
+	s.engines[req].Cancel(s.now, j2.ID, "user")
+	s.flush()
+	wantState(t, j2, Cancelled)
+	s.advance(simTiming.BatchWindow)
+	wantState(t, j2, Cancelled)
+}
+
+func TestBusyProviderDeclinesAndDuplicateOfferIsIgnored(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	p := s.add(provider(10))
+	j1 := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, p)
+	wantState(t, j1, Running)
+	j2 := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, p)
+	// The offer reached p directly and by gossip; p answered once.
+	if len(j2.Declines) != 1 || j2.Declines[0].Reason != ReasonNoSlot {
+		t.Fatalf("declines = %v", j2.Declines)
+	}
+	s.finish(p, j1.ID)
+	s.advance(simTiming.InteractiveWindow) // re-offered: now p has a slot
+	wantState(t, j2, Running)
+}

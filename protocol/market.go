@@ -1,0 +1,256 @@
+package protocol
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/mira-market/mira/protocol/pb"
+)
+
+// Market message limits and names.
+const (
+	// MarketVersion is the version of market messages this code speaks.
+	MarketVersion = 1
+	// MaxMarketMessageSize bounds any signed market message.
+	MaxMarketMessageSize = 64 << 10
+	// MaxResultOutput bounds the output a result carries inline.
+	MaxResultOutput = 32 << 10
+	// MaxMessageTTL bounds how far ahead a message may expire.
+	MaxMessageTTL = 25 * time.Hour
+	// MaxJobDuration bounds a job's max_duration.
+	MaxJobDuration = 24 * time.Hour
+
+	marketDomain = "mira-market"
+	maxArgs      = 64
+	maxArgLen    = 4096
+)
+
+var marketCodec = []byte("/mira/market/1")
+
+// Topic names of the offer gossip, one per network and tier.
+func JobsTopic(network, tier string) string { return Prefix(network) + "/jobs/" + tier + "/1" }
+
+// MarketProtocol is the stream protocol ID of direct market messages.
+func MarketProtocol(network string) string { return Prefix(network) + "/market/1" }
+
+// JobID names a job: the SHA-256 of its offer's deterministic encoding, so
+// the same offer always has the same ID and a replay is recognised.
+type JobID [32]byte
+
+// String is the hex form used in the API.
+func (id JobID) String() string { return hex.EncodeToString(id[:]) }
+
+// ParseJobID reads the hex form.
+func ParseJobID(s string) (JobID, error) {
+	var id JobID
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(id) {
+		return id, fmt.Errorf("job id %q: want 64 hex digits", s)
+	}
+	copy(id[:], b)
+	return id, nil
+}
+
+func jobIDFrom(b []byte) (JobID, error) {
+	var id JobID
+	if len(b) != len(id) {
+		return id, fmt.Errorf("%w: job id of %d bytes", ErrBadMessage, len(b))
+	}
+	copy(id[:], b)
+	return id, nil
+}
+
+// OfferJobID computes an offer's job ID.
+func OfferJobID(o *pb.Offer) (JobID, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(o)
+	if err != nil {
+		return JobID{}, fmt.Errorf("%w: encode offer: %v", ErrBadMessage, err)
+	}
+	return sha256.Sum256(b), nil
+}
+
+// Signed is a verified market message.
+type Signed struct {
+	// Signer is the author; OpenMarket has checked the signature.
+	Signer peer.ID
+	Msg    *pb.MarketMessage
+	// Raw is the envelope as received.
+	Raw []byte
+	// Job is the job the message is about.
+	Job JobID
+}
+
+// SealMarket signs a market message body for network, valid until expires.
+func SealMarket(key crypto.PrivKey, network string, expires time.Time, msg *pb.MarketMessage) ([]byte, error) {
+	msg.Version = MarketVersion
+	msg.Network = network
+	msg.ExpiresUnixMs = expires.UnixMilli()
+	b, err := seal(key, marketDomain, marketCodec, msg)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxMarketMessageSize {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), MaxMarketMessageSize)
+	}
+	return b, nil
+}
+
+// OpenMarket verifies a signed market message: size, signature, version,
+// network, expiry, that the author it names is the signer, and the body's
+// fields. What it returns is safe to hand to the market engine.
+func OpenMarket(data []byte, network string, now time.Time) (*Signed, error) {
+	msg := &pb.MarketMessage{}
+	signer, err := open(data, MaxMarketMessageSize, marketDomain, marketCodec, msg)
+	if err != nil {
+		return nil, fmt.Errorf("market: %w", err)
+	}
+	s := &Signed{Signer: signer, Msg: msg, Raw: data}
+	if err := s.check(network, now); err != nil {
+		return nil, fmt.Errorf("market: %w", err)
+	}
+	return s, nil
+}
+
+func (s *Signed) check(network string, now time.Time) error {
+	m := s.Msg
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrBadMessage, fmt.Sprintf(format, a...))
+	}
+	if m.Version != MarketVersion {
+		return bad("version %d, want %d", m.Version, MarketVersion)
+	}
+	if m.Network != network {
+		return bad("network %q, want %q", m.Network, network)
+	}
+	expires := time.UnixMilli(m.ExpiresUnixMs)
+	if !expires.After(now) {
+		return fmt.Errorf("%w at %v", ErrExpired, expires.UTC())
+	}
+	if expires.Sub(now) > MaxMessageTTL {
+		return bad("expires %v ahead, limit %v", expires.Sub(now), MaxMessageTTL)
+	}
+	var err error
+	switch b := m.Body.(type) {
+	case *pb.MarketMessage_Offer:
+		if s.Job, err = OfferJobID(b.Offer); err != nil {
+			return err
+		}
+		return checkOffer(b.Offer, s.Signer, network)
+	case *pb.MarketMessage_Bid:
+		s.Job, err = jobIDFrom(b.Bid.JobId)
+		if err == nil {
+			err = isAuthor(b.Bid.Provider, s.Signer)
+		}
+	case *pb.MarketMessage_Decline:
+		s.Job, err = jobIDFrom(b.Decline.JobId)
+		if err == nil {
+			err = isAuthor(b.Decline.Provider, s.Signer)
+		}
+		if err == nil && len(b.Decline.Reason) > 256 {
+			err = bad("decline reason of %d bytes", len(b.Decline.Reason))
+		}
+	case *pb.MarketMessage_Award:
+		s.Job, err = jobIDFrom(b.Award.JobId)
+		if err == nil {
+			if _, perr := peer.IDFromBytes(b.Award.Provider); perr != nil {
+				err = bad("award names no provider")
+			}
+		}
+	case *pb.MarketMessage_Accept:
+		s.Job, err = jobIDFrom(b.Accept.JobId)
+	case *pb.MarketMessage_Taken:
+		s.Job, err = jobIDFrom(b.Taken.JobId)
+		if err == nil {
+			if _, perr := peer.IDFromBytes(b.Taken.Provider); perr != nil {
+				err = bad("taken notice names no provider")
+			}
+		}
+	case *pb.MarketMessage_Cancel:
+		s.Job, err = jobIDFrom(b.Cancel.JobId)
+		if err == nil && len(b.Cancel.Reason) > 256 {
+			err = bad("cancel reason of %d bytes", len(b.Cancel.Reason))
+		}
+	case *pb.MarketMessage_Heartbeat:
+		s.Job, err = jobIDFrom(b.Heartbeat.JobId)
+	case *pb.MarketMessage_Result:
+		s.Job, err = jobIDFrom(b.Result.JobId)
+		if err == nil && (len(b.Result.Output) > MaxResultOutput || len(b.Result.Error) > 1024) {
+			err = bad("result output of %d bytes, limit %d", len(b.Result.Output), MaxResultOutput)
+		}
+	default:
+		return bad("no body")
+	}
+	return err
+}
+
+// isAuthor checks that the peer a message names as its author signed it.
+func isAuthor(named []byte, signer peer.ID) error {
+	p, err := peer.IDFromBytes(named)
+	if err != nil {
+		return fmt.Errorf("%w: author: %v", ErrBadMessage, err)
+	}
+	if p != signer {
+		return fmt.Errorf("%w: names %s, signed by %s", ErrSigner, p, signer)
+	}
+	return nil
+}
+
+func checkOffer(o *pb.Offer, signer peer.ID, network string) error {
+	if err := isAuthor(o.Requester, signer); err != nil {
+		return err
+	}
+	if o.Network != network {
+		return fmt.Errorf("%w: offer for network %q", ErrBadMessage, o.Network)
+	}
+	if len(o.Nonce) != 16 {
+		return fmt.Errorf("%w: nonce of %d bytes, want 16", ErrBadMessage, len(o.Nonce))
+	}
+	if o.Spec == nil {
+		return fmt.Errorf("%w: offer without a spec", ErrBadMessage)
+	}
+	if err := CheckSpec(o.Spec); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadMessage, err)
+	}
+	if o.DeadlineUnixMs <= o.CreatedUnixMs {
+		return fmt.Errorf("%w: deadline before creation", ErrBadMessage)
+	}
+	return nil
+}
+
+// CheckSpec validates a job spec; its errors name the field, for API users.
+func CheckSpec(s *pb.JobSpec) error {
+	switch {
+	case s.Executor == "" || len(s.Executor) > 32:
+		return fmt.Errorf("executor: required, at most 32 characters")
+	case s.Tier != TierInteractive && s.Tier != TierBatch:
+		return fmt.Errorf("tier: %q is not %q or %q", s.Tier, TierInteractive, TierBatch)
+	case s.MaxDurationMs <= 0 || time.Duration(s.MaxDurationMs)*time.Millisecond > MaxJobDuration:
+		return fmt.Errorf("max_duration: must be positive and at most %v", MaxJobDuration)
+	case len(s.Image) > 512 || len(s.Module) > 512:
+		return fmt.Errorf("image/module: at most 512 characters")
+	case len(s.Command)+len(s.Args) > maxArgs || len(s.Env) > maxArgs:
+		return fmt.Errorf("args: at most %d command, args and env entries", maxArgs)
+	}
+	for _, a := range append(append([]string{}, s.Command...), s.Args...) {
+		if len(a) > maxArgLen {
+			return fmt.Errorf("args: an argument over %d bytes", maxArgLen)
+		}
+	}
+	for _, e := range s.Env {
+		if e.Name == "" || len(e.Name)+len(e.Value) > maxArgLen {
+			return fmt.Errorf("env: empty name or entry over %d bytes", maxArgLen)
+		}
+	}
+	if r := s.Resources; r != nil {
+		if r.Gpus > 64 || len(r.GpuModel) > 64 {
+			return fmt.Errorf("resources.gpus: at most 64, gpu_model at most 64 characters")
+		}
+	}
+	return nil
+}

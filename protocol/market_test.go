@@ -1,0 +1,115 @@
+package protocol
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/mira-market/mira/protocol/pb"
+)
+
+func sampleOffer(requester peer.ID) *pb.MarketMessage {
+	return &pb.MarketMessage{Body: &pb.MarketMessage_Offer{Offer: &pb.Offer{
+		Requester: []byte(requester), Network: "lab", Nonce: bytes.Repeat([]byte{7}, 16),
+		CreatedUnixMs: testNow.UnixMilli(), DeadlineUnixMs: testNow.Add(time.Minute).UnixMilli(),
+		Spec: &pb.JobSpec{Executor: "noop", Tier: TierBatch, MaxPrice: 10, MaxDurationMs: 1000},
+	}}}
+}
+
+func TestOpenMarket(t *testing.T) {
+	k, id := newKey(t)
+	_, other := newKey(t)
+	seal := func(m *pb.MarketMessage, expires time.Time) []byte {
+		b, err := SealMarket(k, "lab", expires, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	later := testNow.Add(time.Minute)
+	offer := seal(sampleOffer(id), later)
+	flipped := bytes.Clone(offer)
+	flipped[len(flipped)-1] ^= 1
+	forgedOffer := sampleOffer(other) // names another requester
+	forgedBid := &pb.MarketMessage{Body: &pb.MarketMessage_Bid{Bid: &pb.Bid{JobId: make([]byte, 32), Provider: []byte(other), Price: 1}}}
+	badTier := sampleOffer(id)
+	badTier.GetOffer().Spec.Tier = "urgent"
+	hugeArgs := sampleOffer(id)
+	hugeArgs.GetOffer().Spec.Args = []string{strings.Repeat("a", 4000), strings.Repeat("a", 4000)}
+	for range 20 {
+		hugeArgs.GetOffer().Spec.Args = append(hugeArgs.GetOffer().Spec.Args, strings.Repeat("b", 4000))
+	}
+	shortID := &pb.MarketMessage{Body: &pb.MarketMessage_Accept{Accept: &pb.Accept{JobId: []byte{1}}}}
+
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want error
+	}{
+		{"valid offer", offer, nil},
+		{"bad signature", flipped, ErrSignature},
+		{"expired", seal(sampleOffer(id), testNow.Add(-time.Millisecond)), ErrExpired},
+		{"expiry too far ahead", seal(sampleOffer(id), testNow.Add(MaxMessageTTL+time.Hour)), ErrBadMessage},
+		{"forged offer", seal(forgedOffer, later), ErrSigner},
+		{"forged bid", seal(forgedBid, later), ErrSigner},
+		{"bad tier", seal(badTier, later), ErrBadMessage},
+		{"short job id", seal(shortID, later), ErrBadMessage},
+		{"no body", seal(&pb.MarketMessage{}, later), ErrBadMessage},
+		{"garbage", []byte("garbage"), ErrBadMessage},
+		{"oversized", bytes.Repeat([]byte{1}, MaxMarketMessageSize+1), ErrTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := OpenMarket(tc.data, "lab", testNow)
+			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+	if _, err := SealMarket(k, "lab", later, hugeArgs); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("sealing an oversized offer: err = %v", err)
+	}
+	if _, err := OpenMarket(offer, "other-net", testNow); !errors.Is(err, ErrBadMessage) {
+		t.Fatalf("offer of another network: err = %v", err)
+	}
+}
+
+func TestOfferJobIDIsStableAcrossRounds(t *testing.T) {
+	k, id := newKey(t)
+	m1, m2 := sampleOffer(id), sampleOffer(id)
+	m2.Round = 2
+	b1, _ := SealMarket(k, "lab", testNow.Add(time.Minute), m1)
+	b2, _ := SealMarket(k, "lab", testNow.Add(time.Minute), m2)
+	s1, err1 := OpenMarket(b1, "lab", testNow)
+	s2, err2 := OpenMarket(b2, "lab", testNow)
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	if bytes.Equal(b1, b2) || s1.Job != s2.Job {
+		t.Fatalf("rounds must differ as messages but share the job ID")
+	}
+	other := sampleOffer(id)
+	other.GetOffer().Nonce[0] = 8
+	b3, _ := SealMarket(k, "lab", testNow.Add(time.Minute), other)
+	s3, _ := OpenMarket(b3, "lab", testNow)
+	if s3.Job == s1.Job {
+		t.Fatal("different offers share a job ID")
+	}
+}
+
+func FuzzOpenMarket(f *testing.F) {
+	k, id := newKey(f)
+	b, _ := SealMarket(k, "lab", testNow.Add(time.Minute), sampleOffer(id))
+	f.Add(b)
+	bid, _ := SealMarket(k, "lab", testNow.Add(time.Minute), &pb.MarketMessage{Body: &pb.MarketMessage_Bid{Bid: &pb.Bid{JobId: make([]byte, 32), Provider: []byte(id)}}})
+	f.Add(bid)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := OpenMarket(data, "lab", testNow)
+		if err == nil && (s.Signer == "" || s.Msg.Body == nil) {
+			t.Fatalf("opened an incomplete message")
+		}
+	})
+}
