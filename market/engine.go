@@ -93,15 +93,15 @@ type Job struct {
 	ID protocol.JobID `json:"-"`
 	// Offer is the first signed offer; offer is its body, re-sent (with a
 	// new round) whenever the job returns to the market.
-	Offer    []byte    `json:"offer"`
+	Offer    []byte `json:"offer"`
 	offer    *pb.Offer
 	Round    uint32    `json:"round"`
-	Tier     string         `json:"tier"`
-	MaxPrice uint64         `json:"max_price"`
-	Deadline time.Time      `json:"deadline"`
-	State    State          `json:"state"`
-	Provider peer.ID        `json:"provider,omitempty"`
-	Price    uint64         `json:"price"`
+	Tier     string    `json:"tier"`
+	MaxPrice uint64    `json:"max_price"`
+	Deadline time.Time `json:"deadline"`
+	State    State     `json:"state"`
+	Provider peer.ID   `json:"provider,omitempty"`
+	Price    uint64    `json:"price"`
 	// Attempt counts awards; a result must carry the current one.
 	Attempt    uint32    `json:"attempt"`
 	Leases     int       `json:"leases"`
@@ -376,7 +376,9 @@ func (e *Engine) onDecline(now time.Time, m *protocol.Signed, d *pb.Decline) {
 		j.Declines = append(j.Declines, Decline{Provider: m.Signer, Reason: d.Reason, At: now})
 	}
 	if j.State == Assigned && j.Provider == m.Signer {
-		e.reoffer(j, now) // the awarded provider turned the award down
+		// The awarded provider turned the award down (it filled up since
+		// it bid): offer again, and it may bid again once it has room.
+		e.reoffer(j, now, false)
 		return
 	}
 	e.save(j, now)
@@ -443,9 +445,10 @@ func (e *Engine) onResult(now time.Time, m *protocol.Signed, r *pb.Result) {
 	}
 }
 
-// reoffer takes the job from its provider and returns it to the market.
-func (e *Engine) reoffer(j *Job, now time.Time) {
-	if j.Provider != "" {
+// reoffer takes the job from its provider and returns it to the market. A
+// provider that failed the job (silence) is excluded from it for good.
+func (e *Engine) reoffer(j *Job, now time.Time, exclude bool) {
+	if j.Provider != "" && exclude {
 		j.Excluded = append(j.Excluded, j.Provider)
 		e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Cancel{Cancel: &pb.Cancel{JobId: j.ID[:], Reason: "lease revoked"}}})
 	}
@@ -587,9 +590,9 @@ func (e *Engine) Tick(now time.Time) {
 		case j.State == Bidding && !j.WindowEnds.IsZero() && !now.Before(j.WindowEnds):
 			e.closeWindow(j, now)
 		case j.State == Assigned && !now.Before(j.AcceptBy):
-			e.reoffer(j, now)
+			e.reoffer(j, now, true)
 		case j.State == Running && !now.Before(j.HeartbeatBy):
-			e.reoffer(j, now)
+			e.reoffer(j, now, true)
 		}
 	}
 	for id, o := range e.offers {

@@ -2,12 +2,17 @@ package node
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sort"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
 )
 
 // apiBackend adapts a Node to api.Backend, which speaks in strings.
@@ -91,5 +96,125 @@ func (b apiBackend) Providers(ctx context.Context, q api.ProviderQuery) ([]api.P
 		}
 		out = append(out, info)
 	}
+	return out, nil
+}
+
+func jobInfo(j market.Job) api.JobInfo {
+	info := api.JobInfo{
+		ID: j.ID.String(), State: string(j.State), Tier: j.Tier, Provider: peerString(j.Provider),
+		Price: float64(j.Price) / 1e6, MaxPrice: float64(j.MaxPrice) / 1e6, Attempt: int(j.Attempt), Leases: j.Leases,
+		Bids: []api.BidInfo{}, Declines: []api.DeclineInfo{}, ExitCode: int(j.ExitCode), Output: string(j.Output),
+		Error: j.Error, RefusedResults: j.RefusedResults, Created: j.Created, Updated: j.Updated, Deadline: j.Deadline,
+	}
+	for _, b := range j.Bids {
+		info.Bids = append(info.Bids, api.BidInfo{Provider: b.Provider.String(), Price: float64(b.Price) / 1e6, At: b.At})
+	}
+	for _, d := range j.Declines {
+		info.Declines = append(info.Declines, api.DeclineInfo{Provider: d.Provider.String(), Reason: d.Reason, At: d.At})
+	}
+	return info
+}
+
+func peerString(p peer.ID) string {
+	if p == "" {
+		return ""
+	}
+	return p.String()
+}
+
+// SubmitJob answers POST /v1/jobs.
+func (b apiBackend) SubmitJob(ctx context.Context, p api.ParsedJob) (api.JobInfo, error) {
+	spec := &pb.JobSpec{
+		Executor: p.Executor, Image: p.Image, Module: p.Module, Command: p.Command, Args: p.Args,
+		Tier: p.Tier, MaxPrice: microCredits(p.MaxPrice), MaxDurationMs: p.MaxDurationD.Milliseconds(),
+		Resources: &pb.Resources{
+			Gpus: uint32(p.Resources.GPUs), GpuModel: p.Resources.GPUModel, VramMib: uint32(p.Resources.VRAMMiB),
+			CpuMillis: uint32(p.Resources.CPUMillis), MemoryMib: uint32(p.Resources.MemoryMiB),
+		},
+	}
+	if m := spec.Resources.GpuModel; m != "" && m != market.AnyGPU {
+		spec.Resources.GpuModel = gpu.NormalizeModel(m)
+	}
+	names := make([]string, 0, len(p.Env))
+	for k := range p.Env {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		spec.Env = append(spec.Env, &pb.EnvVar{Name: k, Value: p.Env[k]})
+	}
+	j, err := b.Node.SubmitJob(ctx, spec, p.DeadlineT)
+	if err != nil {
+		return api.JobInfo{}, err
+	}
+	return jobInfo(j), nil
+}
+
+// Jobs answers GET /v1/jobs.
+func (b apiBackend) Jobs(ctx context.Context) ([]api.JobInfo, error) {
+	jobs, err := b.Node.Jobs(ctx)
+	out := make([]api.JobInfo, 0, len(jobs))
+	for _, j := range jobs {
+		out = append(out, jobInfo(j))
+	}
+	return out, err
+}
+
+func parseJobID(id string) (protocol.JobID, error) {
+	jid, err := protocol.ParseJobID(id)
+	if err != nil {
+		return jid, fmt.Errorf("%w: %v", api.ErrNotFound, err)
+	}
+	return jid, nil
+}
+
+func notFound(err error) error {
+	if errors.Is(err, ErrNoJob) {
+		return fmt.Errorf("%w: %v", api.ErrNotFound, err)
+	}
+	return err
+}
+
+// Job answers GET /v1/jobs/{id}.
+func (b apiBackend) Job(ctx context.Context, id string) (api.JobInfo, error) {
+	jid, err := parseJobID(id)
+	if err != nil {
+		return api.JobInfo{}, err
+	}
+	j, err := b.Node.Job(ctx, jid)
+	return jobInfo(j), notFound(err)
+}
+
+// CancelJob answers DELETE /v1/jobs/{id}.
+func (b apiBackend) CancelJob(ctx context.Context, id string) (api.JobInfo, error) {
+	jid, err := parseJobID(id)
+	if err != nil {
+		return api.JobInfo{}, err
+	}
+	j, _, err := b.Node.CancelJob(ctx, jid)
+	return jobInfo(j), notFound(err)
+}
+
+// WatchJob answers GET /v1/jobs/{id}/events.
+func (b apiBackend) WatchJob(ctx context.Context, id string) (<-chan api.JobInfo, error) {
+	jid, err := parseJobID(id)
+	if err != nil {
+		return nil, err
+	}
+	ch, err := b.Node.WatchJob(ctx, jid)
+	if err != nil {
+		return nil, notFound(err)
+	}
+	out := make(chan api.JobInfo)
+	go func() {
+		defer close(out)
+		for j := range ch {
+			select {
+			case out <- jobInfo(j):
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	return out, nil
 }

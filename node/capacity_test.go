@@ -76,7 +76,7 @@ func TestFindProvidersThroughDHT(t *testing.T) {
 
 	all := queryUntil(t, c, api.ProviderQuery{GPU: "any", Count: 1}, []string{id(1), id(2), id(3)})
 	for _, p := range all {
-		if p.FreeSlots != 1 || len(p.GPUs) != 1 || p.GPUs[0].Source != gpu.SourceDeclared || p.Prices["batch"] == 0 {
+		if p.FreeSlots < 1 || len(p.GPUs) != 1 || p.GPUs[0].Source != gpu.SourceDeclared || p.Prices["batch"] == 0 {
 			t.Fatalf("provider entry %+v", p)
 		}
 	}

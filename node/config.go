@@ -63,6 +63,22 @@ type Config struct {
 	GPUs []gpu.Declared `toml:"gpu"`
 	// Provider is how this node sells its capacity.
 	Provider ProviderConfig `toml:"provider"`
+	// Market sets the market's timing.
+	Market MarketConfig `toml:"market"`
+}
+
+// MarketConfig is the [market] table: bidding windows and timeouts.
+type MarketConfig struct {
+	// InteractiveWindow is how long an interactive job waits for a first
+	// acceptable bid before it is offered again.
+	InteractiveWindow Duration `toml:"interactive_window"`
+	// BatchWindow is how long a batch job collects bids.
+	BatchWindow Duration `toml:"batch_window"`
+	// AcceptTimeout bounds award to acceptance.
+	AcceptTimeout Duration `toml:"accept_timeout"`
+	// HeartbeatTimeout is how long a running provider may stay silent
+	// before its job returns to the market; it beats at a third of it.
+	HeartbeatTimeout Duration `toml:"heartbeat_timeout"`
 }
 
 // ProviderConfig is the [provider] table: what a node offers and for how much.
@@ -116,6 +132,12 @@ func DefaultConfig(dataDir string) Config {
 			PriceBatch:       0.001,
 			Executors:        []string{"wasm"},
 			CapacityTTL:      Duration(10 * time.Minute),
+		},
+		Market: MarketConfig{
+			InteractiveWindow: Duration(time.Second),
+			BatchWindow:       Duration(3 * time.Second),
+			AcceptTimeout:     Duration(5 * time.Second),
+			HeartbeatTimeout:  Duration(15 * time.Second),
 		},
 	}
 }
@@ -192,6 +214,12 @@ func (c Config) Validate() error {
 	}
 	if err := c.Provider.validate(); err != nil {
 		return fmt.Errorf("config: provider: %w", err)
+	}
+	for name, d := range map[string]Duration{"interactive_window": c.Market.InteractiveWindow, "batch_window": c.Market.BatchWindow,
+		"accept_timeout": c.Market.AcceptTimeout, "heartbeat_timeout": c.Market.HeartbeatTimeout} {
+		if d <= 0 {
+			return fmt.Errorf("config: market.%s must be positive", name)
+		}
 	}
 	if c.ConnLow <= 0 || c.ConnHigh < c.ConnLow {
 		return fmt.Errorf("config: conn_low (%d) and conn_high (%d): need 0 < low <= high", c.ConnLow, c.ConnHigh)

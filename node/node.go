@@ -48,6 +48,7 @@ type Node struct {
 	priv      crypto.PrivKey
 	gater     *gater
 	capacity  capacity
+	market    *marketDriver
 	host      host.Host
 	dht       *dht.IpfsDHT
 	pubsub    *pubsub.PubSub
@@ -177,7 +178,14 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err != nil {
 		return nil, fmt.Errorf("dht: %w", err)
 	}
-	n.pubsub, err = pubsub.NewGossipSub(runCtx, n.host, pubsub.WithFloodPublish(true))
+	n.pubsub, err = pubsub.NewGossipSub(runCtx, n.host,
+		pubsub.WithFloodPublish(true),
+		// Market messages carry their own signatures; a content-hash
+		// message ID makes a replayed message a duplicate.
+		pubsub.WithMessageSignaturePolicy(pubsub.StrictNoSign),
+		pubsub.WithMessageIdFn(messageID),
+		pubsub.WithPeerScore(peerScoreParams(cfg.Network), peerScoreThresholds),
+	)
 	if err != nil {
 		return nil, fmt.Errorf("gossipsub: %w", err)
 	}
@@ -189,6 +197,9 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	n.dialBootstrap(ctx)
 	if err := n.dht.Bootstrap(runCtx); err != nil {
 		return nil, fmt.Errorf("dht bootstrap: %w", err)
+	}
+	if err := n.startMarket(runCtx); err != nil {
+		return nil, err
 	}
 	if err := n.serveAPI(); err != nil {
 		return nil, err

@@ -168,6 +168,14 @@ func DefaultConfig(dir, network string) node.Config {
 	cfg.RedialInterval = node.Duration(time.Second)
 	cfg.PingInterval = node.Duration(2 * time.Second)
 	cfg.DetectGPUs = false // members declare their GPUs, so runs are the same on every machine
+	cfg.Provider.Executors = []string{"noop"}
+	cfg.Provider.Slots = 4
+	cfg.Market = node.MarketConfig{
+		InteractiveWindow: node.Duration(300 * time.Millisecond),
+		BatchWindow:       node.Duration(300 * time.Millisecond),
+		AcceptTimeout:     node.Duration(2 * time.Second),
+		HeartbeatTimeout:  node.Duration(3 * time.Second),
+	}
 	return cfg
 }
 

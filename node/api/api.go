@@ -86,6 +86,7 @@ type Backend interface {
 	Peers() []PeerInfo
 	Connect(ctx context.Context, addr string) (string, error)
 	Providers(ctx context.Context, q ProviderQuery) ([]ProviderInfo, error)
+	JobBackend
 }
 
 // Config configures NewServer.
@@ -133,6 +134,7 @@ func NewServer(cfg Config) http.Handler {
 	s.mux.Handle("GET /v1/peers", s.auth(http.HandlerFunc(s.getPeers)))
 	s.mux.Handle("POST /v1/peers", s.auth(http.HandlerFunc(s.postPeers)))
 	s.mux.Handle("GET /v1/providers", s.auth(http.HandlerFunc(s.getProviders)))
+	s.routeJobs()
 	return s
 }
 

@@ -132,3 +132,31 @@ func (c *Client) Providers(ctx context.Context, q ProviderQuery) ([]ProviderInfo
 	err := c.Do(ctx, http.MethodGet, "/v1/providers?"+v.Encode(), nil, &out)
 	return out, err
 }
+
+// SubmitJob posts a job and returns its ID and first state.
+func (c *Client) SubmitJob(ctx context.Context, req JobRequest) (JobInfo, error) {
+	var out JobInfo
+	err := c.Do(ctx, http.MethodPost, "/v1/jobs", req, &out)
+	return out, err
+}
+
+// Job returns one job.
+func (c *Client) Job(ctx context.Context, id string) (JobInfo, error) {
+	var out JobInfo
+	err := c.Do(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(id), nil, &out)
+	return out, err
+}
+
+// Jobs lists the node's jobs.
+func (c *Client) Jobs(ctx context.Context) ([]JobInfo, error) {
+	var out []JobInfo
+	err := c.Do(ctx, http.MethodGet, "/v1/jobs", nil, &out)
+	return out, err
+}
+
+// CancelJob cancels a job.
+func (c *Client) CancelJob(ctx context.Context, id string) (JobInfo, error) {
+	var out JobInfo
+	err := c.Do(ctx, http.MethodDelete, "/v1/jobs/"+url.PathEscape(id), nil, &out)
+	return out, err
+}

@@ -1,0 +1,513 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	pubsubpb "github.com/libp2p/go-libp2p-pubsub/pb"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
+)
+
+// messageTTL bounds the life of a market message other than an offer.
+const messageTTL = time.Minute
+
+// marketDriver runs the market engine: one goroutine owns it and executes
+// the closures sent on in; streams, gossip, timers and executors feed it.
+type marketDriver struct {
+	n       *Node
+	eng     *market.Engine
+	in      chan func()
+	topics  map[string]*pubsub.Topic
+	running map[protocol.JobID]context.CancelFunc
+	// rejected counts messages refused by validation, by reason.
+	rejected atomic.Int64
+	watchers map[protocol.JobID][]chan market.Job
+}
+
+func messageID(m *pubsubpb.Message) string {
+	sum := sha256.Sum256(m.Data)
+	return string(sum[:])
+}
+
+func (n *Node) marketEngineConfig() market.Config {
+	cfg := market.Config{
+		Self:              n.host.ID(),
+		InteractiveWindow: time.Duration(n.cfg.Market.InteractiveWindow),
+		BatchWindow:       time.Duration(n.cfg.Market.BatchWindow),
+		AcceptTimeout:     time.Duration(n.cfg.Market.AcceptTimeout),
+		HeartbeatTimeout:  time.Duration(n.cfg.Market.HeartbeatTimeout),
+		HeartbeatInterval: time.Duration(n.cfg.Market.HeartbeatTimeout) / 3,
+		MaxCandidates:     3,
+	}
+	if n.IsProvider() {
+		var gpus []protocol.GPU
+		for _, g := range n.capacity.gpus {
+			gpus = append(gpus, protocol.GPU{Model: g.Model, VRAMMiB: g.VRAMMiB, Count: g.Count})
+		}
+		cfg.Provider = &market.ProviderPolicy{
+			GPUs: gpus, Slots: n.cfg.Provider.Slots, Executors: n.cfg.Provider.Executors,
+			FloorInteractive: microCredits(n.cfg.Provider.PriceInteractive),
+			FloorBatch:       microCredits(n.cfg.Provider.PriceBatch),
+		}
+	}
+	return cfg
+}
+
+// startMarket joins the tier topics (validators first), opens the market
+// stream protocol, restores persisted jobs and starts the engine loop.
+func (n *Node) startMarket(ctx context.Context) error {
+	d := &marketDriver{
+		n: n, eng: market.NewEngine(n.marketEngineConfig()), in: make(chan func(), 256),
+		topics: map[string]*pubsub.Topic{}, running: map[protocol.JobID]context.CancelFunc{},
+		watchers: map[protocol.JobID][]chan market.Job{},
+	}
+	n.market = d
+	if err := d.restore(); err != nil {
+		return err
+	}
+	for _, tier := range []string{protocol.TierInteractive, protocol.TierBatch} {
+		name := protocol.JobsTopic(n.cfg.Network, tier)
+		if err := n.pubsub.RegisterTopicValidator(name, d.validateGossip); err != nil {
+			return fmt.Errorf("topic validator %s: %w", name, err)
+		}
+		t, err := n.pubsub.Join(name)
+		if err != nil {
+			return fmt.Errorf("join %s: %w", name, err)
+		}
+		sub, err := t.Subscribe()
+		if err != nil {
+			return fmt.Errorf("subscribe %s: %w", name, err)
+		}
+		d.topics[tier] = t
+		n.wg.Add(1)
+		go d.readTopic(ctx, sub)
+	}
+	n.host.SetStreamHandler(libp2pproto.ID(protocol.MarketProtocol(n.cfg.Network)), d.handleStream)
+	n.wg.Add(1)
+	go d.loop(ctx)
+	return nil
+}
+
+// validateGossip runs before a gossip message is forwarded: only verified
+// offers and taken notices pass; anything else is rejected (and the sender
+// penalised by peer scoring). Repeats are dropped by the message-ID cache.
+func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	s, err := protocol.OpenMarket(m.Data, d.n.cfg.Network, time.Now())
+	if err != nil {
+		d.rejected.Add(1)
+		d.n.log.Debug("gossip message rejected", "from", m.ReceivedFrom, "err", err)
+		if errors.Is(err, protocol.ErrExpired) {
+			return pubsub.ValidationIgnore
+		}
+		return pubsub.ValidationReject
+	}
+	switch s.Msg.Body.(type) {
+	case *pb.MarketMessage_Offer, *pb.MarketMessage_Taken:
+	default:
+		d.rejected.Add(1)
+		return pubsub.ValidationReject
+	}
+	m.ValidatorData = s
+	return pubsub.ValidationAccept
+}
+
+func (d *marketDriver) readTopic(ctx context.Context, sub *pubsub.Subscription) {
+	defer d.n.wg.Done()
+	defer sub.Cancel()
+	for {
+		m, err := sub.Next(ctx)
+		if err != nil {
+			return
+		}
+		if s, ok := m.ValidatorData.(*protocol.Signed); ok {
+			d.step(s)
+		}
+	}
+}
+
+func (d *marketDriver) handleStream(st network.Stream) {
+	defer st.Close()
+	st.SetReadDeadline(time.Now().Add(10 * time.Second))
+	data, err := io.ReadAll(io.LimitReader(st, protocol.MaxMarketMessageSize+1))
+	if err != nil {
+		st.Reset()
+		return
+	}
+	s, err := protocol.OpenMarket(data, d.n.cfg.Network, time.Now())
+	if err != nil || s.Signer != st.Conn().RemotePeer() {
+		d.rejected.Add(1)
+		d.n.log.Debug("market message rejected", "from", st.Conn().RemotePeer(), "err", err)
+		return
+	}
+	d.step(s)
+}
+
+// do runs fn in the engine goroutine and waits for it.
+func (d *marketDriver) do(ctx context.Context, fn func()) error {
+	done := make(chan struct{})
+	select {
+	case d.in <- func() { fn(); close(done) }:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (d *marketDriver) step(s *protocol.Signed) {
+	select {
+	case d.in <- func() {
+		d.eng.SetRTT(s.Signer, d.n.host.Peerstore().LatencyEWMA(s.Signer))
+		d.eng.Step(time.Now(), s)
+	}:
+	default:
+		d.n.log.Warn("market input queue full; message dropped", "from", s.Signer)
+	}
+}
+
+func (d *marketDriver) loop(ctx context.Context) {
+	defer d.n.wg.Done()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			for _, cancel := range d.running {
+				cancel()
+			}
+			return
+		case fn := <-d.in:
+			fn()
+		case <-timer.C:
+			d.eng.Tick(time.Now())
+		}
+		d.process(ctx)
+		timer.Reset(time.Hour)
+		if next := d.eng.NextDeadline(); !next.IsZero() {
+			timer.Reset(max(time.Until(next), time.Millisecond))
+		}
+	}
+}
+
+// process carries out the engine's Ready in the order it asks: persist,
+// then send and publish, then start and stop runs.
+func (d *marketDriver) process(ctx context.Context) {
+	r := d.eng.Ready()
+	if r.Empty() {
+		return
+	}
+	if len(r.Save) > 0 {
+		recs := map[string][]byte{}
+		for _, j := range r.Save {
+			b, err := json.Marshal(j)
+			if err != nil {
+				d.n.log.Error("encode job", "err", err)
+				continue
+			}
+			recs[j.ID.String()] = b
+			d.notify(j)
+		}
+		if err := d.n.db.PutJobs(recs); err != nil {
+			d.n.log.Error("persist jobs; not sending", "err", err)
+			return
+		}
+	}
+	for _, o := range r.Send {
+		raw, err := d.sign(o.Msg)
+		if err != nil {
+			d.n.log.Error("sign market message", "err", err)
+			continue
+		}
+		go d.sendTo(ctx, o.To, raw)
+	}
+	for _, o := range r.Publish {
+		raw, err := d.sign(o.Msg)
+		if err != nil {
+			d.n.log.Error("sign market message", "err", err)
+			continue
+		}
+		if err := d.topics[o.Tier].Publish(ctx, raw); err != nil {
+			d.n.log.Debug("publish", "err", err)
+		}
+	}
+	for _, l := range r.Run {
+		d.run(ctx, l)
+	}
+	for _, id := range r.Stop {
+		if cancel, ok := d.running[id]; ok {
+			cancel()
+			delete(d.running, id)
+		}
+	}
+	if len(r.Run)+len(r.Stop) > 0 {
+		d.n.SetFreeSlots(d.n.cfg.Provider.Slots - d.eng.ActiveLeases())
+	}
+}
+
+func (d *marketDriver) sign(m *pb.MarketMessage) ([]byte, error) {
+	expires := time.Now().Add(messageTTL)
+	if o := m.GetOffer(); o != nil {
+		expires = time.UnixMilli(o.DeadlineUnixMs)
+	}
+	return protocol.SealMarket(d.n.priv, d.n.cfg.Network, expires, m)
+}
+
+func (d *marketDriver) sendTo(ctx context.Context, to peer.ID, raw []byte) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := d.n.host.NewStream(ctx, to, libp2pproto.ID(protocol.MarketProtocol(d.n.cfg.Network)))
+	if err != nil {
+		d.n.log.Debug("market stream", "to", to, "err", err)
+		return
+	}
+	st.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := st.Write(raw); err != nil {
+		st.Reset()
+		return
+	}
+	st.Close()
+}
+
+// run starts a lease's job on its executor; the result goes back into the
+// engine, which sends it to the requester.
+func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
+	rctx, cancel := context.WithTimeout(ctx, time.Duration(l.Spec.MaxDurationMs)*time.Millisecond)
+	d.running[l.Job] = cancel
+	go func() {
+		defer cancel()
+		exit, out, err := runExecutor(rctx, l.Spec)
+		msg := ""
+		if err != nil {
+			msg = err.Error()
+		}
+		d.in <- func() {
+			delete(d.running, l.Job)
+			d.eng.Finished(time.Now(), l.Job, exit, out, msg)
+		}
+	}()
+}
+
+// runExecutor runs a job spec. The noop executor sleeps for args[0] (a Go
+// duration, default 0) and reports a fixed output: enough to run leases and
+// to benchmark the market without the cost of real work.
+func runExecutor(ctx context.Context, spec *pb.JobSpec) (int32, []byte, error) {
+	switch spec.Executor {
+	case "noop":
+		var d time.Duration
+		if len(spec.Args) > 0 {
+			var err error
+			if d, err = time.ParseDuration(spec.Args[0]); err != nil {
+				return 2, nil, fmt.Errorf("noop: args[0]: %w", err)
+			}
+		}
+		select {
+		case <-time.After(d):
+			return 0, []byte("noop: done after " + d.String() + "\n"), nil
+		case <-ctx.Done():
+			return 1, nil, fmt.Errorf("noop: %w", ctx.Err())
+		}
+	default:
+		return 127, nil, fmt.Errorf("executor %q is not available on this node", spec.Executor)
+	}
+}
+
+// restore loads persisted jobs into the engine after a restart.
+func (d *marketDriver) restore() error {
+	return d.n.db.Jobs(func(id string, rec []byte) error {
+		var j market.Job
+		if err := json.Unmarshal(rec, &j); err != nil {
+			return fmt.Errorf("job %s: %w", id, err)
+		}
+		offer, err := protocol.OpenMarket(j.Offer, d.n.cfg.Network, j.Created)
+		if err != nil {
+			d.n.log.Warn("stored job has an invalid offer; skipped", "job", id, "err", err)
+			return nil
+		}
+		d.eng.Restore(&j, offer)
+		return nil
+	})
+}
+
+// notify passes a job's new state to its watchers.
+func (d *marketDriver) notify(j *market.Job) {
+	for _, ch := range d.watchers[j.ID] {
+		select {
+		case ch <- *j:
+		default: // a slow watcher misses intermediate states, not the last
+		}
+	}
+	if j.State.Terminal() {
+		for _, ch := range d.watchers[j.ID] {
+			close(ch)
+		}
+		delete(d.watchers, j.ID)
+	}
+}
+
+// SubmitJob signs an offer for spec and hands it to the market: an
+// interactive job also goes directly to the best fitting providers (by
+// price, then measured RTT).
+func (n *Node) SubmitJob(ctx context.Context, spec *pb.JobSpec, deadline time.Time) (market.Job, error) {
+	if err := protocol.CheckSpec(spec); err != nil {
+		return market.Job{}, err
+	}
+	now := time.Now()
+	if !deadline.After(now) {
+		return market.Job{}, errors.New("deadline: already passed")
+	}
+	var candidates []peer.ID
+	if spec.Tier == protocol.TierInteractive {
+		var err error
+		if candidates, err = n.rankCandidates(ctx, spec); err != nil {
+			return market.Job{}, err
+		}
+	}
+	nonce := make([]byte, 16)
+	rand.Read(nonce)
+	raw, err := protocol.SealMarket(n.priv, n.cfg.Network, deadline, &pb.MarketMessage{Round: 0, Body: &pb.MarketMessage_Offer{Offer: &pb.Offer{
+		Requester: []byte(n.host.ID()), Network: n.cfg.Network, Spec: spec,
+		CreatedUnixMs: now.UnixMilli(), DeadlineUnixMs: deadline.UnixMilli(), Nonce: nonce,
+	}}})
+	if err != nil {
+		return market.Job{}, err
+	}
+	offer, err := protocol.OpenMarket(raw, n.cfg.Network, now)
+	if err != nil {
+		return market.Job{}, err
+	}
+	var job market.Job
+	err = n.market.do(ctx, func() { job = *n.market.eng.Submit(time.Now(), offer, candidates) })
+	return job, err
+}
+
+func (n *Node) rankCandidates(ctx context.Context, spec *pb.JobSpec) ([]peer.ID, error) {
+	var r market.Requirements
+	if res := spec.Resources; res != nil {
+		r = market.Requirements{GPUModel: res.GpuModel, GPUs: int(res.Gpus), MinVRAMMiB: int(res.VramMib)}
+	}
+	recs, err := n.FindProviders(ctx, r)
+	if err != nil {
+		return nil, fmt.Errorf("find providers: %w", err)
+	}
+	recs = slices.DeleteFunc(recs, func(c *protocol.Capacity) bool {
+		return c.Provider == n.host.ID() || c.PriceInteractive > spec.MaxPrice || !slices.Contains(c.Executors, spec.Executor)
+	})
+	lat := n.host.Peerstore().LatencyEWMA
+	slices.SortFunc(recs, func(a, b *protocol.Capacity) int {
+		if a.PriceInteractive != b.PriceInteractive {
+			return compare(a.PriceInteractive, b.PriceInteractive)
+		}
+		return compare(lat(a.Provider), lat(b.Provider))
+	})
+	out := make([]peer.ID, 0, len(recs))
+	for _, c := range recs {
+		out = append(out, c.Provider)
+	}
+	return out, nil
+}
+
+func compare[T int64 | uint64 | time.Duration](a, b T) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// Jobs returns copies of this node's jobs as requester.
+func (n *Node) Jobs(ctx context.Context) ([]market.Job, error) {
+	var out []market.Job
+	err := n.market.do(ctx, func() {
+		for _, j := range n.market.eng.Jobs() {
+			out = append(out, *j)
+		}
+	})
+	return out, err
+}
+
+// ErrNoJob is returned for a job ID this node does not know.
+var ErrNoJob = errors.New("no such job")
+
+// Job returns a copy of one job.
+func (n *Node) Job(ctx context.Context, id protocol.JobID) (market.Job, error) {
+	var (
+		out market.Job
+		ok  bool
+	)
+	err := n.market.do(ctx, func() {
+		var j *market.Job
+		if j, ok = n.market.eng.Job(id); ok {
+			out = *j
+		}
+	})
+	if err == nil && !ok {
+		err = ErrNoJob
+	}
+	return out, err
+}
+
+// CancelJob cancels a job; it reports false if the job had already ended.
+func (n *Node) CancelJob(ctx context.Context, id protocol.JobID) (market.Job, bool, error) {
+	var (
+		out       market.Job
+		found, ok bool
+	)
+	err := n.market.do(ctx, func() {
+		var j *market.Job
+		if j, found = n.market.eng.Job(id); found {
+			ok = n.market.eng.Cancel(time.Now(), id, "cancelled by requester")
+			out = *j
+		}
+	})
+	if err == nil && !found {
+		err = ErrNoJob
+	}
+	return out, ok, err
+}
+
+// WatchJob returns a channel of a job's states, closed when it ends.
+func (n *Node) WatchJob(ctx context.Context, id protocol.JobID) (<-chan market.Job, error) {
+	ch := make(chan market.Job, 16)
+	found := false
+	err := n.market.do(ctx, func() {
+		j, ok := n.market.eng.Job(id)
+		if !ok {
+			return
+		}
+		found = true
+		ch <- *j
+		if j.State.Terminal() {
+			close(ch)
+			return
+		}
+		n.market.watchers[id] = append(n.market.watchers[id], ch)
+	})
+	if err == nil && !found {
+		err = ErrNoJob
+	}
+	return ch, err
+}
+
+// RejectedMessages counts market messages refused by validation.
+func (n *Node) RejectedMessages() int64 { return n.market.rejected.Load() }

@@ -1,0 +1,196 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mira-market/mira/node/api"
+	"github.com/mira-market/mira/testnet"
+)
+
+func noopJob(tier, sleep, deadline string) api.JobRequest {
+	return api.JobRequest{
+		Executor: "noop", Args: []string{sleep}, Tier: tier, MaxPrice: 0.01,
+		Resources:   api.Resources{GPUs: 1},
+		MaxDuration: "30s", Deadline: deadline,
+	}
+}
+
+// waitJobs polls until every job is in state want.
+func waitJobs(t *testing.T, c *api.Client, ids []string, want string, timeout time.Duration) map[string]api.JobInfo {
+	t.Helper()
+	final := map[string]api.JobInfo{}
+	err := testnet.WaitFor(context.Background(), timeout, func() error {
+		for _, id := range ids {
+			if _, done := final[id]; done {
+				continue
+			}
+			j, err := c.Job(context.Background(), id)
+			if err != nil {
+				return err
+			}
+			if j.State != want {
+				return fmt.Errorf("job %s is %s (declines %v, error %q)", id[:8], j.State, j.Declines, j.Error)
+			}
+			final[id] = j
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return final
+}
+
+func TestJobsOfBothTiersSucceedOnce(t *testing.T) {
+	const perTier = 50
+	tn := startTestnet(t, 10, testnet.WithProviders(3))
+	ctx := context.Background()
+	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	c, err := api.NewClientFromDataDir(tn.Dir(9))
+	if err != nil {
+		t.Fatal(err)
+	}
+	queryUntil(t, c, api.ProviderQuery{GPU: "any"}, []string{tn.Node(1).ID().String(), tn.Node(2).ID().String(), tn.Node(3).ID().String()})
+
+	var (
+		mu  sync.Mutex
+		ids []string
+		wg  sync.WaitGroup
+	)
+	for _, tier := range []string{"interactive", "batch"} {
+		for range perTier {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				j, err := c.SubmitJob(ctx, noopJob(tier, "10ms", "2m"))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				ids = append(ids, j.ID)
+				mu.Unlock()
+			}()
+		}
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	final := waitJobs(t, c, ids, "succeeded", 2*time.Minute)
+	providers := map[string]bool{}
+	for id, j := range final {
+		// Awards a full provider turned down are not leases: exactly one
+		// lease, whatever the number of awards.
+		if j.Leases != 1 || j.Provider == "" || j.Output == "" {
+			t.Errorf("job %s: leases %d, provider %q, output %q", id[:8], j.Leases, j.Provider, j.Output)
+		}
+		providers[j.Provider] = true
+	}
+	if len(final) != 2*perTier {
+		t.Fatalf("%d jobs ended, want %d", len(final), 2*perTier)
+	}
+	t.Logf("%d jobs over %d providers", len(final), len(providers))
+}
+
+func TestProviderStoppedMidLeaseJobMovesOn(t *testing.T) {
+	tn := startTestnet(t, 5, testnet.WithProviders(2))
+	ctx := context.Background()
+	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	c, err := api.NewClientFromDataDir(tn.Dir(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	queryUntil(t, c, api.ProviderQuery{GPU: "any"}, []string{tn.Node(1).ID().String(), tn.Node(2).ID().String()})
+	j, err := c.SubmitJob(ctx, noopJob("interactive", "20s", "2m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := waitJobs(t, c, []string{j.ID}, "running", deadline)[j.ID]
+	victim := 1
+	if running.Provider == tn.Node(2).ID().String() {
+		victim = 2
+	}
+	if err := tn.Stop(victim); err != nil {
+		t.Fatal(err)
+	}
+	// Heartbeats stop; the job returns to the market and the other
+	// provider runs it to the end (20 s of noop).
+	done := waitJobs(t, c, []string{j.ID}, "succeeded", time.Minute)[j.ID]
+	if done.Provider == running.Provider || done.Attempt < 2 || done.Leases != 2 {
+		t.Fatalf("after the stop: provider %s (was %s), attempt %d, leases %d", done.Provider, running.Provider, done.Attempt, done.Leases)
+	}
+}
+
+func TestUnservableJobExpiresWithDeclines(t *testing.T) {
+	tn := startTestnet(t, 3, testnet.WithProviders(1)) // one H100 provider
+	ctx := context.Background()
+	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	c, err := api.NewClientFromDataDir(tn.Dir(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	queryUntil(t, c, api.ProviderQuery{GPU: "any"}, []string{tn.Node(1).ID().String()})
+	req := noopJob("batch", "0s", "3s")
+	req.Resources.GPUs = 8 // more than anyone has
+	j, err := c.SubmitJob(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	final := waitJobs(t, c, []string{j.ID}, "expired", deadline)[j.ID]
+	if len(final.Declines) == 0 || final.Declines[0].Reason != "no fitting GPU" {
+		t.Fatalf("declines = %+v", final.Declines)
+	}
+}
+
+func TestJobAPIErrors(t *testing.T) {
+	tn := startTestnet(t, 1, nil)
+	c, err := api.NewClientFromDataDir(tn.Dir(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		req   api.JobRequest
+		field string
+	}{
+		{"no executor", api.JobRequest{Tier: "batch", MaxDuration: "1s", Deadline: "1m"}, "executor"},
+		{"bad tier", api.JobRequest{Executor: "noop", Tier: "urgent", MaxDuration: "1s", Deadline: "1m"}, "tier"},
+		{"bad duration", api.JobRequest{Executor: "noop", Tier: "batch", MaxDuration: "soon", Deadline: "1m"}, "max_duration"},
+		{"bad deadline", api.JobRequest{Executor: "noop", Tier: "batch", MaxDuration: "1s", Deadline: "tomorrow"}, "deadline"},
+		{"past deadline", api.JobRequest{Executor: "noop", Tier: "batch", MaxDuration: "1s", Deadline: "2020-01-01T00:00:00Z"}, "deadline"},
+		{"negative gpus", api.JobRequest{Executor: "noop", Tier: "batch", MaxDuration: "1s", Deadline: "1m", Resources: api.Resources{GPUs: -1}}, "resources"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := c.SubmitJob(ctx, tc.req)
+			se, ok := err.(*api.StatusError)
+			if !ok || se.Code != 400 || !strings.Contains(se.Message, tc.field) {
+				t.Fatalf("err = %v, want a 400 naming %q", err, tc.field)
+			}
+		})
+	}
+	if _, err := c.Job(ctx, "nope"); err == nil || err.(*api.StatusError).Code != 404 {
+		t.Fatalf("unknown job: %v", err)
+	}
+	j, err := c.SubmitJob(ctx, noopJob("batch", "0s", "1m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancelled, err := c.CancelJob(ctx, j.ID)
+	if err != nil || cancelled.State != "cancelled" {
+		t.Fatalf("cancel: %+v, %v", cancelled, err)
+	}
+}
+
