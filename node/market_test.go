@@ -193,4 +193,3 @@ func TestJobAPIErrors(t *testing.T) {
 		t.Fatalf("cancel: %+v, %v", cancelled, err)
 	}
 }
-
