@@ -11,6 +11,8 @@ import (
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node"
+	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
 	"github.com/mira-market/mira/testnet"
 )
 
@@ -19,7 +21,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 		Use:   "bench",
 		Short: "Run a benchmark scenario and print its figures",
 	}
-	cmd.AddCommand(newBenchStartupCmd(g), newBenchProvidersCmd(g))
+	cmd.AddCommand(newBenchStartupCmd(g), newBenchProvidersCmd(g), newBenchMarketCmd(g))
 	return cmd
 }
 
@@ -148,4 +150,67 @@ func newBenchProvidersCmd(g *globals) *cobra.Command {
 func pct(sorted []time.Duration, p int) time.Duration {
 	i := (len(sorted)*p + 99) / 100
 	return sorted[max(i-1, 0)].Round(time.Microsecond * 10)
+}
+
+func newBenchMarketCmd(g *globals) *cobra.Command {
+	var nodes, providers, jobs int
+	cmd := &cobra.Command{
+		Use:   "market",
+		Short: "Time submit-to-lease for noop jobs of each tier on an in-process testnet",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir, err := os.MkdirTemp("", "mira-bench-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir)
+			ctx := cmd.Context()
+			tn, err := testnet.Start(ctx, testnet.Options{Nodes: nodes, Dir: dir, Configure: testnet.WithProviders(providers)})
+			if err != nil {
+				return err
+			}
+			defer tn.Close()
+			asker := tn.Node(nodes - 1)
+			if err := testnet.WaitFor(ctx, time.Minute, func() error {
+				found, err := asker.FindProviders(ctx, market.Requirements{GPUModel: market.AnyGPU, GPUs: 1})
+				if err == nil && len(found) != providers {
+					err = fmt.Errorf("found %d of %d providers", len(found), providers)
+				}
+				return err
+			}); err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			for _, tier := range []string{protocol.TierInteractive, protocol.TierBatch} {
+				var took []time.Duration
+				for range jobs {
+					spec := &pb.JobSpec{Executor: "noop", Tier: tier, MaxPrice: 10000, MaxDurationMs: 10000, Resources: &pb.Resources{Gpus: 1}}
+					start := time.Now()
+					j, err := asker.SubmitJob(ctx, spec, start.Add(time.Minute))
+					if err != nil {
+						return err
+					}
+					ch, err := asker.WatchJob(ctx, j.ID)
+					if err != nil {
+						return err
+					}
+					leased := time.Duration(0)
+					for s := range ch {
+						if leased == 0 && (s.State == market.Running || s.State.Terminal()) {
+							leased = time.Since(start)
+						}
+					}
+					took = append(took, leased)
+				}
+				slices.Sort(took)
+				fmt.Fprintf(out, "%-11s %d jobs one at a time: submit->lease p50 %v  p99 %v  max %v\n",
+					tier, jobs, pct(took, 50), pct(took, 99), took[len(took)-1].Round(10*time.Microsecond))
+			}
+			return tn.Close()
+		},
+	}
+	cmd.Flags().IntVar(&nodes, "nodes", 10, "number of nodes")
+	cmd.Flags().IntVar(&providers, "providers", 3, "number of providers among them")
+	cmd.Flags().IntVar(&jobs, "jobs", 100, "jobs per tier")
+	return cmd
 }
