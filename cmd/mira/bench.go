@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"runtime"
@@ -95,33 +96,13 @@ func newBenchProvidersCmd(g *globals) *cobra.Command {
 		Short: "Time provider lookups through the DHT from a node that is no provider",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if providers < 1 || providers >= nodes {
-				return fmt.Errorf("--providers must be in 1..%d", nodes-1)
-			}
-			dir, err := os.MkdirTemp("", "mira-bench-")
-			if err != nil {
-				return err
-			}
-			defer os.RemoveAll(dir)
 			ctx := cmd.Context()
-			tn, err := testnet.Start(ctx, testnet.Options{Nodes: nodes, Dir: dir, Configure: testnet.WithProviders(providers)})
+			tn, asker, cleanup, err := startProviderNet(ctx, nodes, providers)
 			if err != nil {
 				return err
 			}
-			defer tn.Close()
-			asker := tn.Node(nodes - 1)
+			defer cleanup()
 			all := market.Requirements{GPUModel: market.AnyGPU, GPUs: 1}
-			// Wait until every provider has announced, so each timed query
-			// measures a lookup, not the network's warm-up.
-			if err := testnet.WaitFor(ctx, time.Minute, func() error {
-				found, err := asker.FindProviders(ctx, all)
-				if err == nil && len(found) != providers {
-					err = fmt.Errorf("found %d of %d providers", len(found), providers)
-				}
-				return err
-			}); err != nil {
-				return err
-			}
 			var took []time.Duration
 			incomplete := 0
 			for range queries {
@@ -159,27 +140,12 @@ func newBenchMarketCmd(g *globals) *cobra.Command {
 		Short: "Time submit-to-lease for noop jobs of each tier on an in-process testnet",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dir, err := os.MkdirTemp("", "mira-bench-")
-			if err != nil {
-				return err
-			}
-			defer os.RemoveAll(dir)
 			ctx := cmd.Context()
-			tn, err := testnet.Start(ctx, testnet.Options{Nodes: nodes, Dir: dir, Configure: testnet.WithProviders(providers)})
+			tn, asker, cleanup, err := startProviderNet(ctx, nodes, providers)
 			if err != nil {
 				return err
 			}
-			defer tn.Close()
-			asker := tn.Node(nodes - 1)
-			if err := testnet.WaitFor(ctx, time.Minute, func() error {
-				found, err := asker.FindProviders(ctx, market.Requirements{GPUModel: market.AnyGPU, GPUs: 1})
-				if err == nil && len(found) != providers {
-					err = fmt.Errorf("found %d of %d providers", len(found), providers)
-				}
-				return err
-			}); err != nil {
-				return err
-			}
+			defer cleanup()
 			out := cmd.OutOrStdout()
 			for _, tier := range []string{protocol.TierInteractive, protocol.TierBatch} {
 				var took []time.Duration
@@ -213,4 +179,35 @@ func newBenchMarketCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&providers, "providers", 3, "number of providers among them")
 	cmd.Flags().IntVar(&jobs, "jobs", 100, "jobs per tier")
 	return cmd
+}
+
+// startProviderNet starts a testnet whose members 1..providers sell
+// capacity, and waits until its last member (the asker) finds them all, so
+// timed runs measure the market, not the network's warm-up.
+func startProviderNet(ctx context.Context, nodes, providers int) (*testnet.Testnet, *node.Node, func(), error) {
+	if providers < 1 || providers >= nodes {
+		return nil, nil, nil, fmt.Errorf("--providers must be in 1..%d", nodes-1)
+	}
+	dir, err := os.MkdirTemp("", "mira-bench-")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	tn, err := testnet.Start(ctx, testnet.Options{Nodes: nodes, Dir: dir, Configure: testnet.WithProviders(providers)})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, nil, err
+	}
+	cleanup := func() { tn.Close(); os.RemoveAll(dir) }
+	asker := tn.Node(nodes - 1)
+	if err := testnet.WaitFor(ctx, time.Minute, func() error {
+		found, err := asker.FindProviders(ctx, market.Requirements{GPUModel: market.AnyGPU, GPUs: 1})
+		if err == nil && len(found) != providers {
+			err = fmt.Errorf("found %d of %d providers", len(found), providers)
+		}
+		return err
+	}); err != nil {
+		cleanup()
+		return nil, nil, nil, err
+	}
+	return tn, asker, cleanup, nil
 }
