@@ -372,7 +372,8 @@ func (e *Engine) onDecline(now time.Time, m *protocol.Signed, d *pb.Decline) {
 	if !ok || j.State.Terminal() {
 		return
 	}
-	if !slices.ContainsFunc(j.Declines, func(old Decline) bool { return old.Provider == m.Signer && old.Reason == d.Reason }) {
+	known := slices.ContainsFunc(j.Declines, func(old Decline) bool { return old.Provider == m.Signer && old.Reason == d.Reason })
+	if !known {
 		j.Declines = append(j.Declines, Decline{Provider: m.Signer, Reason: d.Reason, At: now})
 	}
 	if j.State == Assigned && j.Provider == m.Signer {
@@ -381,7 +382,9 @@ func (e *Engine) onDecline(now time.Time, m *protocol.Signed, d *pb.Decline) {
 		e.reoffer(j, now, false)
 		return
 	}
-	e.save(j, now)
+	if !known {
+		e.save(j, now)
+	}
 }
 
 func (e *Engine) award(j *Job, now time.Time, p peer.ID, price uint64) {

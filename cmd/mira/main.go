@@ -42,6 +42,7 @@ func newRootCmd() *cobra.Command {
 		newNodeCmd(g),
 		newPeersCmd(g),
 		newProvidersCmd(g),
+		newJobCmd(g),
 		newTestnetCmd(g),
 		newBenchCmd(g),
 	)

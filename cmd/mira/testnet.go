@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -21,6 +22,7 @@ func newTestnetCmd(g *globals) *cobra.Command {
 	var (
 		nodes     int
 		providers int
+		jobs      int
 		dir       string
 		runFor    time.Duration
 	)
@@ -74,7 +76,11 @@ dir removed at exit; with --dir it stays and a later run reuses it.`,
 				}
 				fmt.Fprintf(out, "  node%-2d %s  %-28s api http://%s  token %s\n", i, n.ID(), role, n.APIAddr(), filepath.Join(tn.Dir(i), node.TokenFile))
 			}
-			formedAt := watchStatus(ctx, out, tn, start)
+			var mu sync.Mutex // one writer at a time: status line and job lines
+			if jobs > 0 {
+				go runSampleJobs(ctx, out, &mu, tn, jobs, min(providers, nodes-1))
+			}
+			formedAt := watchStatus(ctx, out, &mu, tn, start)
 			printSummary(out, tn, start, formedAt)
 			if err := tn.Close(); err != nil {
 				return err
@@ -88,6 +94,7 @@ dir removed at exit; with --dir it stays and a later run reuses it.`,
 	f := cmd.Flags()
 	f.IntVar(&nodes, "nodes", 5, "number of nodes")
 	f.IntVar(&providers, "providers", 3, "how many nodes (after node0) declare GPUs and sell capacity")
+	f.IntVar(&jobs, "jobs", 4, "sample noop jobs the last node posts once the providers are found")
 	f.StringVar(&dir, "dir", "", "keep the nodes' data dirs here (default: a temporary dir)")
 	f.DurationVar(&runFor, "for", 0, "run for this long, print a summary and exit (default: until Ctrl-C)")
 	return cmd
@@ -96,7 +103,7 @@ dir removed at exit; with --dir it stays and a later run reuses it.`,
 // watchStatus prints a status line every second until ctx ends, rewriting
 // one line on a terminal. It returns how long the network took to form (0
 // if it never did).
-func watchStatus(ctx context.Context, out io.Writer, tn *testnet.Testnet, start time.Time) time.Duration {
+func watchStatus(ctx context.Context, out io.Writer, mu *sync.Mutex, tn *testnet.Testnet, start time.Time) time.Duration {
 	var formedAt time.Duration
 	tty := isTerminal(out)
 	t := time.NewTicker(time.Second)
@@ -104,11 +111,15 @@ func watchStatus(ctx context.Context, out io.Writer, tn *testnet.Testnet, start 
 	for {
 		if formedAt == 0 && tn.Formed() == nil {
 			formedAt = time.Since(start)
-			fmt.Fprintf(out, "network formed after %v\n", formedAt.Round(time.Millisecond))
+			mu.Lock()
+			fmt.Fprintf(out, "\r\033[K"[:clearLen(tty)]+"network formed after %v\n", formedAt.Round(time.Millisecond))
+			mu.Unlock()
 		}
 		line := statusLine(tn, start)
 		if tty {
+			mu.Lock()
 			fmt.Fprintf(out, "\r\033[K%s", line)
+			mu.Unlock()
 		}
 		select {
 		case <-ctx.Done():
@@ -118,7 +129,9 @@ func watchStatus(ctx context.Context, out io.Writer, tn *testnet.Testnet, start 
 			return formedAt
 		case <-t.C:
 			if !tty && int(time.Since(start).Seconds())%5 == 0 {
+				mu.Lock()
 				fmt.Fprintln(out, line)
+				mu.Unlock()
 			}
 		}
 	}
@@ -185,4 +198,14 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// clearLen is how much of "\r\033[K" (go to column 0, clear the line) to
+// print before a line: all of it on a terminal, where a status line may
+// be there, none of it elsewhere.
+func clearLen(tty bool) int {
+	if tty {
+		return 4
+	}
+	return 0
 }
