@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sync/atomic"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -17,6 +16,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/protocol"
@@ -34,8 +35,10 @@ type marketDriver struct {
 	in      chan func()
 	topics  map[string]*pubsub.Topic
 	running map[protocol.JobID]context.CancelFunc
-	// rejected counts messages refused by validation, by reason.
-	rejected atomic.Int64
+	// stepped counts verified messages fed to the engine, by kind;
+	// rejected counts messages refused before it, by reason.
+	stepped  *prometheus.CounterVec
+	rejected *prometheus.CounterVec
 	watchers map[protocol.JobID][]chan market.Job
 }
 
@@ -75,7 +78,14 @@ func (n *Node) startMarket(ctx context.Context) error {
 		n: n, eng: market.NewEngine(n.marketEngineConfig()), in: make(chan func(), 256),
 		topics: map[string]*pubsub.Topic{}, running: map[protocol.JobID]context.CancelFunc{},
 		watchers: map[protocol.JobID][]chan market.Job{},
+		stepped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mira_market_messages_total", Help: "Verified market messages fed to the engine, by kind.",
+		}, []string{"kind"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mira_market_rejected_total", Help: "Market messages refused by validation, by reason.",
+		}, []string{"reason"}),
 	}
+	n.metrics.MustRegister(d.stepped, d.rejected)
 	n.market = d
 	if err := d.restore(); err != nil {
 		return err
@@ -109,7 +119,7 @@ func (n *Node) startMarket(ctx context.Context) error {
 func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 	s, err := protocol.OpenMarket(m.Data, d.n.cfg.Network, time.Now())
 	if err != nil {
-		d.rejected.Add(1)
+		d.reject(err)
 		d.n.log.Debug("gossip message rejected", "from", m.ReceivedFrom, "err", err)
 		if errors.Is(err, protocol.ErrExpired) {
 			return pubsub.ValidationIgnore
@@ -119,7 +129,7 @@ func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Me
 	switch s.Msg.Body.(type) {
 	case *pb.MarketMessage_Offer, *pb.MarketMessage_Taken:
 	default:
-		d.rejected.Add(1)
+		d.rejected.WithLabelValues("not for gossip").Inc()
 		return pubsub.ValidationReject
 	}
 	m.ValidatorData = s
@@ -149,8 +159,11 @@ func (d *marketDriver) handleStream(st network.Stream) {
 		return
 	}
 	s, err := protocol.OpenMarket(data, d.n.cfg.Network, time.Now())
-	if err != nil || s.Signer != st.Conn().RemotePeer() {
-		d.rejected.Add(1)
+	if err == nil && s.Signer != st.Conn().RemotePeer() {
+		err = fmt.Errorf("%w: sent by %s, signed by %s", protocol.ErrSigner, st.Conn().RemotePeer(), s.Signer)
+	}
+	if err != nil {
+		d.reject(err)
 		d.n.log.Debug("market message rejected", "from", st.Conn().RemotePeer(), "err", err)
 		return
 	}
@@ -173,7 +186,23 @@ func (d *marketDriver) do(ctx context.Context, fn func()) error {
 	}
 }
 
+// reject counts a refused message under the reason its error names.
+func (d *marketDriver) reject(err error) {
+	reason := "malformed"
+	for _, r := range []struct {
+		err  error
+		name string
+	}{{protocol.ErrTooLarge, "oversized"}, {protocol.ErrSignature, "bad signature"}, {protocol.ErrSigner, "wrong signer"}, {protocol.ErrExpired, "expired"}} {
+		if errors.Is(err, r.err) {
+			reason = r.name
+			break
+		}
+	}
+	d.rejected.WithLabelValues(reason).Inc()
+}
+
 func (d *marketDriver) step(s *protocol.Signed) {
+	d.stepped.WithLabelValues(kindOf(s.Msg)).Inc()
 	select {
 	case d.in <- func() {
 		d.eng.SetRTT(s.Signer, d.n.host.Peerstore().LatencyEWMA(s.Signer))
@@ -509,5 +538,46 @@ func (n *Node) WatchJob(ctx context.Context, id protocol.JobID) (<-chan market.J
 	return ch, err
 }
 
-// RejectedMessages counts market messages refused by validation.
-func (n *Node) RejectedMessages() int64 { return n.market.rejected.Load() }
+// kindOf names a market message's body for metrics.
+func kindOf(m *pb.MarketMessage) string {
+	switch m.Body.(type) {
+	case *pb.MarketMessage_Offer:
+		return "offer"
+	case *pb.MarketMessage_Bid:
+		return "bid"
+	case *pb.MarketMessage_Decline:
+		return "decline"
+	case *pb.MarketMessage_Award:
+		return "award"
+	case *pb.MarketMessage_Accept:
+		return "accept"
+	case *pb.MarketMessage_Taken:
+		return "taken"
+	case *pb.MarketMessage_Cancel:
+		return "cancel"
+	case *pb.MarketMessage_Heartbeat:
+		return "heartbeat"
+	case *pb.MarketMessage_Result:
+		return "result"
+	}
+	return "unknown"
+}
+
+// MarketStats returns how many market messages of each kind reached the
+// engine, and how many were refused before it, by reason.
+func (n *Node) MarketStats() (stepped, rejected map[string]int) {
+	return counts(n.market.stepped), counts(n.market.rejected)
+}
+
+func counts(v *prometheus.CounterVec) map[string]int {
+	out := map[string]int{}
+	ch := make(chan prometheus.Metric, 64)
+	go func() { v.Collect(ch); close(ch) }()
+	for m := range ch {
+		var pm dto.Metric
+		if m.Write(&pm) == nil && len(pm.Label) == 1 {
+			out[pm.Label[0].GetValue()] = int(pm.Counter.GetValue())
+		}
+	}
+	return out
+}

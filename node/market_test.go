@@ -193,3 +193,50 @@ func TestJobAPIErrors(t *testing.T) {
 		t.Fatalf("cancel: %+v, %v", cancelled, err)
 	}
 }
+
+func clientFor(t *testing.T, tn *testnet.Testnet, i int) *api.Client {
+	t.Helper()
+	c, err := api.NewClientFromDataDir(tn.Dir(i))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestJobsSurviveRequesterRestart(t *testing.T) {
+	tn := startTestnet(t, 3, testnet.WithProviders(1))
+	ctx := context.Background()
+	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	c := clientFor(t, tn, 2)
+	queryUntil(t, c, api.ProviderQuery{GPU: "any"}, []string{tn.Node(1).ID().String()})
+	done, err := c.SubmitJob(ctx, noopJob("batch", "0s", "1m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := waitJobs(t, c, []string{done.ID}, "succeeded", deadline)[done.ID]
+	long, err := c.SubmitJob(ctx, noopJob("interactive", "3s", "1m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitJobs(t, c, []string{long.ID}, "running", deadline)
+
+	if err := tn.Stop(2); err != nil {
+		t.Fatal(err)
+	}
+	if err := tn.Restart(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	c = clientFor(t, tn, 2) // new token and port
+	after, err := c.Job(ctx, done.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.State != "succeeded" || after.Provider != before.Provider || after.Output != before.Output || len(after.Bids) != len(before.Bids) {
+		t.Fatalf("finished job after restart: %+v, before %+v", after, before)
+	}
+	// The running job carries on: its provider's result (or, if that was
+	// lost while the requester was down, a re-run) completes it.
+	waitJobs(t, c, []string{long.ID}, "succeeded", time.Minute)
+}
