@@ -34,13 +34,13 @@ func (s State) Terminal() bool {
 
 // Decline reasons a provider sends.
 const (
-	ReasonNoGPU       = "no fitting GPU"
-	ReasonPrice       = "max price below floor"
-	ReasonNoSlot      = "no free slot"
-	ReasonExecutor    = "executor not allowed"
-	ReasonExpired     = "expired"
-	ReasonUnknownJob  = "unknown job"
-	ReasonLeaseFailed = "lease failed"
+	ReasonNoGPU      = "no fitting GPU"
+	ReasonPrice      = "max price below floor"
+	ReasonNoSlot     = "no free slot"
+	ReasonExecutor   = "executor not allowed"
+	ReasonExpired    = "expired"
+	ReasonUnknownJob = "unknown job"
+	ReasonPreempted  = "preempted by interactive work"
 )
 
 // Config sets the engine's timing and, for a provider, its bid strategy.
@@ -118,6 +118,8 @@ type Job struct {
 	WindowEnds  time.Time `json:"window_ends"`
 	AcceptBy    time.Time `json:"accept_by"`
 	HeartbeatBy time.Time `json:"heartbeat_by"`
+	// Preemptions counts leases given up for interactive work.
+	Preemptions int `json:"preemptions"`
 	// RefusedResults counts results from providers that no longer held
 	// the lease.
 	RefusedResults int `json:"refused_results"`
@@ -131,6 +133,7 @@ type Lease struct {
 	Attempt   uint32
 	Price     uint64
 	Deadline  time.Time
+	started   time.Time
 	nextBeat  time.Time
 }
 
@@ -376,9 +379,13 @@ func (e *Engine) onDecline(now time.Time, m *protocol.Signed, d *pb.Decline) {
 	if !known {
 		j.Declines = append(j.Declines, Decline{Provider: m.Signer, Reason: d.Reason, At: now})
 	}
-	if j.State == Assigned && j.Provider == m.Signer {
-		// The awarded provider turned the award down (it filled up since
-		// it bid): offer again, and it may bid again once it has room.
+	if (j.State == Assigned || j.State == Running) && j.Provider == m.Signer {
+		// The provider turned the award down (it filled up since it bid)
+		// or gave the lease up for interactive work: offer again; it may
+		// bid again once it has room.
+		if j.State == Running && d.Reason == ReasonPreempted {
+			j.Preemptions++
+		}
 		e.reoffer(j, now, false)
 		return
 	}
@@ -515,10 +522,32 @@ func (e *Engine) declineReason(now time.Time, s *pb.JobSpec, deadline time.Time)
 		return ReasonNoGPU
 	case s.MaxPrice < e.floor(s.Tier):
 		return ReasonPrice
-	case len(e.leases) >= p.Slots:
+	case len(e.leases) >= p.Slots && (s.Tier != protocol.TierInteractive || e.preemptible() == nil):
 		return ReasonNoSlot
 	}
 	return ""
+}
+
+// preemptible is the batch lease that interactive work would displace: the
+// most recently started, which has lost the least work.
+func (e *Engine) preemptible() *Lease {
+	var victim *Lease
+	for _, l := range e.leases {
+		if l.Spec.Tier == protocol.TierBatch && (victim == nil || l.started.After(victim.started)) {
+			victim = l
+		}
+	}
+	return victim
+}
+
+// preempt stops a batch lease and hands its job back to its requester,
+// which returns it to the market.
+func (e *Engine) preempt(l *Lease) {
+	delete(e.leases, l.Job)
+	e.ready.Stop = append(e.ready.Stop, l.Job)
+	e.send(l.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Decline{Decline: &pb.Decline{
+		JobId: l.Job[:], Provider: []byte(e.cfg.Self), Reason: ReasonPreempted,
+	}}})
 }
 
 func (e *Engine) onAward(now time.Time, m *protocol.Signed, a *pb.Award) {
@@ -538,16 +567,20 @@ func (e *Engine) onAward(now time.Time, m *protocol.Signed, a *pb.Award) {
 	case !o.deadline.After(now):
 		decline(ReasonExpired)
 		return
-	case len(e.leases) >= e.cfg.Provider.Slots:
-		decline(ReasonNoSlot)
-		return
 	case a.Price < e.floor(o.spec.Tier):
 		decline(ReasonPrice)
 		return
+	case len(e.leases) >= e.cfg.Provider.Slots:
+		victim := e.preemptible()
+		if o.spec.Tier != protocol.TierInteractive || victim == nil {
+			decline(ReasonNoSlot)
+			return
+		}
+		e.preempt(victim)
 	}
 	delete(e.offers, m.Job)
 	l := &Lease{Job: m.Job, Requester: m.Signer, Spec: o.spec, Attempt: a.Attempt, Price: a.Price,
-		Deadline: o.deadline, nextBeat: now.Add(e.cfg.HeartbeatInterval)}
+		Deadline: o.deadline, started: now, nextBeat: now.Add(e.cfg.HeartbeatInterval)}
 	e.leases[m.Job] = l
 	e.send(m.Signer, &pb.MarketMessage{Body: &pb.MarketMessage_Accept{Accept: &pb.Accept{JobId: m.Job[:], Attempt: a.Attempt}}})
 	e.ready.Run = append(e.ready.Run, l)

@@ -311,3 +311,40 @@ func TestBusyProviderDeclinesAndDuplicateOfferIsIgnored(t *testing.T) {
 	s.advance(simTiming.InteractiveWindow) // re-offered: now p has a slot
 	wantState(t, j2, Running)
 }
+
+func TestInteractiveWorkPreemptsBatchLease(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	p := s.add(provider(10)) // one slot
+	batch := s.submit(req, protocol.TierBatch, 50, time.Minute, 1)
+	s.advance(simTiming.BatchWindow)
+	wantState(t, batch, Running)
+
+	inter := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, p)
+	wantState(t, inter, Running)
+	if inter.Provider != p {
+		t.Fatalf("interactive job on %s", inter.Provider)
+	}
+	// The batch lease was stopped and its job went back to the market,
+	// without holding the preemption against the provider.
+	if len(s.stops[p]) != 1 || s.stops[p][0] != batch.ID {
+		t.Fatalf("provider stopped %v", s.stops[p])
+	}
+	wantState(t, batch, Bidding)
+	if len(batch.Excluded) != 0 {
+		t.Fatalf("preempting provider excluded: %v", batch.Excluded)
+	}
+	// A batch offer does not preempt anything: it waits for the slot.
+	s.advance(simTiming.BatchWindow)
+	wantState(t, batch, Bidding)
+	s.finish(p, inter.ID)
+	wantState(t, inter, Succeeded)
+	s.advance(simTiming.BatchWindow)
+	s.advance(simTiming.BatchWindow)
+	wantState(t, batch, Running)
+	s.finish(p, batch.ID)
+	wantState(t, batch, Succeeded)
+	if batch.Leases != 2 || batch.Preemptions != 1 {
+		t.Fatalf("batch leases = %d, want 2 (preempted once)", batch.Leases)
+	}
+}

@@ -102,7 +102,7 @@ func (b apiBackend) Providers(ctx context.Context, q api.ProviderQuery) ([]api.P
 func jobInfo(j market.Job) api.JobInfo {
 	info := api.JobInfo{
 		ID: j.ID.String(), State: string(j.State), Tier: j.Tier, Provider: peerString(j.Provider),
-		Price: float64(j.Price) / 1e6, MaxPrice: float64(j.MaxPrice) / 1e6, Attempt: int(j.Attempt), Leases: j.Leases,
+		Price: float64(j.Price) / 1e6, MaxPrice: float64(j.MaxPrice) / 1e6, Attempt: int(j.Attempt), Leases: j.Leases, Preemptions: j.Preemptions,
 		Bids: []api.BidInfo{}, Declines: []api.DeclineInfo{}, ExitCode: int(j.ExitCode), Output: string(j.Output),
 		Error: j.Error, RefusedResults: j.RefusedResults, Created: j.Created, Updated: j.Updated, Deadline: j.Deadline,
 	}

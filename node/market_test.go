@@ -87,17 +87,23 @@ func TestJobsOfBothTiersSucceedOnce(t *testing.T) {
 	final := waitJobs(t, c, ids, "succeeded", 2*time.Minute)
 	providers := map[string]bool{}
 	for id, j := range final {
-		// Awards a full provider turned down are not leases: exactly one
-		// lease, whatever the number of awards.
-		if j.Leases != 1 || j.Provider == "" || j.Output == "" {
-			t.Errorf("job %s: leases %d, provider %q, output %q", id[:8], j.Leases, j.Provider, j.Output)
+		// Awards a full provider turned down are not leases, and a batch
+		// lease given up for interactive work ended before the next began:
+		// exactly one lease ran to its result.
+		if j.Leases-j.Preemptions != 1 || j.Provider == "" || j.Output == "" || j.RefusedResults != 0 {
+			t.Errorf("job %s: leases %d, preemptions %d, provider %q, output %q, refused results %d",
+				id[:8], j.Leases, j.Preemptions, j.Provider, j.Output, j.RefusedResults)
 		}
 		providers[j.Provider] = true
 	}
 	if len(final) != 2*perTier {
 		t.Fatalf("%d jobs ended, want %d", len(final), 2*perTier)
 	}
-	t.Logf("%d jobs over %d providers", len(final), len(providers))
+	preempted := 0
+	for _, j := range final {
+		preempted += j.Preemptions
+	}
+	t.Logf("%d jobs over %d providers, %d batch leases preempted", len(final), len(providers), preempted)
 }
 
 func TestProviderStoppedMidLeaseJobMovesOn(t *testing.T) {

@@ -89,6 +89,7 @@ type JobInfo struct {
 	MaxPrice       float64       `json:"max_price"`
 	Attempt        int           `json:"attempt"`
 	Leases         int           `json:"leases"`
+	Preemptions    int           `json:"preemptions"`
 	Bids           []BidInfo     `json:"bids"`
 	Declines       []DeclineInfo `json:"declines"`
 	ExitCode       int           `json:"exit_code"`
