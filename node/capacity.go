@@ -6,6 +6,7 @@ import (
 	"math"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	dht "github.com/libp2p/go-libp2p-kad-dht"
@@ -26,6 +27,8 @@ type capacity struct {
 	own       *protocol.Capacity // last announced
 	cache     *market.ProviderCache
 	changed   chan struct{}
+	// refreshing is set while a background lookup runs (see candidates).
+	refreshing atomic.Bool
 }
 
 // microCredits converts a price in credits to the wire's integer unit.
@@ -165,6 +168,32 @@ func (n *Node) FindProviders(ctx context.Context, r market.Requirements) ([]*pro
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.cache.Find(r, time.Now()), nil
+}
+
+// candidates answers from the cache of announcements when it holds fitting
+// providers, so an interactive submit does not wait for a DHT lookup, and
+// refreshes the cache in the background; with nothing cached it looks up
+// the DHT at once. Stale free-slot counts cost little: a full provider
+// declines, and the offer is gossiped to everyone as well.
+func (n *Node) candidates(ctx context.Context, r market.Requirements) ([]*protocol.Capacity, error) {
+	c := &n.capacity
+	c.mu.Lock()
+	cached := c.cache.Find(r, time.Now())
+	c.mu.Unlock()
+	if len(cached) == 0 {
+		return n.FindProviders(ctx, r)
+	}
+	if c.refreshing.CompareAndSwap(false, true) {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			defer c.refreshing.Store(false)
+			rctx, cancel := context.WithTimeout(n.runCtx, 10*time.Second)
+			defer cancel()
+			n.FindProviders(rctx, market.Requirements{GPUModel: market.AnyGPU})
+		}()
+	}
+	return cached, nil
 }
 
 func (n *Node) fetchCapacity(ctx context.Context, p peer.ID) {

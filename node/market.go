@@ -7,13 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
+	"sync"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	pubsubpb "github.com/libp2p/go-libp2p-pubsub/pb"
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +39,8 @@ type marketDriver struct {
 	stepped  *prometheus.CounterVec
 	rejected *prometheus.CounterVec
 	watchers map[protocol.JobID][]chan market.Job
+	outbox   *outbox
+	verified *verifiedCache
 }
 
 func messageID(m *pubsubpb.Message) string {
@@ -78,6 +79,8 @@ func (n *Node) startMarket(ctx context.Context) error {
 		n: n, eng: market.NewEngine(n.marketEngineConfig()), in: make(chan func(), 256),
 		topics: map[string]*pubsub.Topic{}, running: map[protocol.JobID]context.CancelFunc{},
 		watchers: map[protocol.JobID][]chan market.Job{},
+		outbox:   newOutbox(n),
+		verified: &verifiedCache{m: map[[32]byte]*protocol.Signed{}},
 		stepped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mira_market_messages_total", Help: "Verified market messages fed to the engine, by kind.",
 		}, []string{"kind"}),
@@ -117,7 +120,7 @@ func (n *Node) startMarket(ctx context.Context) error {
 // offers and taken notices pass; anything else is rejected (and the sender
 // penalised by peer scoring). Repeats are dropped by the message-ID cache.
 func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-	s, err := protocol.OpenMarket(m.Data, d.n.cfg.Network, time.Now())
+	s, err := d.open(m.Data)
 	if err != nil {
 		d.reject(err)
 		d.n.log.Debug("gossip message rejected", "from", m.ReceivedFrom, "err", err)
@@ -150,21 +153,56 @@ func (d *marketDriver) readTopic(ctx context.Context, sub *pubsub.Subscription) 
 	}
 }
 
-func (d *marketDriver) handleStream(st network.Stream) {
-	defer st.Close()
-	st.SetReadDeadline(time.Now().Add(10 * time.Second))
-	data, err := io.ReadAll(io.LimitReader(st, protocol.MaxMarketMessageSize+1))
-	if err != nil {
-		st.Reset()
-		return
+// open verifies a market message, or recalls that the same bytes passed
+// before: an interactive offer reaches a provider both directly and by
+// gossip, and a signature check is the dearest step on the hot path.
+func (d *marketDriver) open(data []byte) (*protocol.Signed, error) {
+	key := sha256.Sum256(data)
+	if s, ok := d.verified.get(key); ok && time.UnixMilli(s.Msg.ExpiresUnixMs).After(time.Now()) {
+		return s, nil
 	}
 	s, err := protocol.OpenMarket(data, d.n.cfg.Network, time.Now())
-	if err == nil && s.Signer != st.Conn().RemotePeer() {
-		err = fmt.Errorf("%w: sent by %s, signed by %s", protocol.ErrSigner, st.Conn().RemotePeer(), s.Signer)
+	if err == nil {
+		d.verified.put(key, s)
+	}
+	return s, err
+}
+
+// verifiedCache remembers recently verified messages by content hash. It
+// is bounded: when full it starts over.
+type verifiedCache struct {
+	mu sync.Mutex
+	m  map[[32]byte]*protocol.Signed
+}
+
+const verifiedCacheSize = 4096
+
+func (c *verifiedCache) get(k [32]byte) (*protocol.Signed, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.m[k]
+	return s, ok
+}
+
+func (c *verifiedCache) put(k [32]byte, s *protocol.Signed) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= verifiedCacheSize {
+		clear(c.m)
+	}
+	c.m[k] = s
+}
+
+// receive verifies one direct message; its signer must be the peer that
+// sent it.
+func (d *marketDriver) receive(from peer.ID, data []byte) {
+	s, err := d.open(data)
+	if err == nil && s.Signer != from {
+		err = fmt.Errorf("%w: sent by %s, signed by %s", protocol.ErrSigner, from, s.Signer)
 	}
 	if err != nil {
 		d.reject(err)
-		d.n.log.Debug("market message rejected", "from", st.Conn().RemotePeer(), "err", err)
+		d.n.log.Debug("market message rejected", "from", from, "err", err)
 		return
 	}
 	d.step(s)
@@ -203,13 +241,15 @@ func (d *marketDriver) reject(err error) {
 
 func (d *marketDriver) step(s *protocol.Signed) {
 	d.stepped.WithLabelValues(kindOf(s.Msg)).Inc()
+	// Block rather than drop: a full queue pushes back on the stream or
+	// topic reader, and so on the sender, instead of losing a bid or an
+	// award that a timeout would later blame on an honest peer.
 	select {
 	case d.in <- func() {
 		d.eng.SetRTT(s.Signer, d.n.host.Peerstore().LatencyEWMA(s.Signer))
 		d.eng.Step(time.Now(), s)
 	}:
-	default:
-		d.n.log.Warn("market input queue full; message dropped", "from", s.Signer)
+	case <-d.n.runCtx.Done():
 	}
 }
 
@@ -260,16 +300,27 @@ func (d *marketDriver) process(ctx context.Context) {
 			return
 		}
 	}
+	// One message may go to several peers and to gossip (an interactive
+	// offer); sign it once.
+	signed := map[*pb.MarketMessage][]byte{}
+	sign := func(m *pb.MarketMessage) ([]byte, error) {
+		if raw, ok := signed[m]; ok {
+			return raw, nil
+		}
+		raw, err := d.sign(m)
+		signed[m] = raw
+		return raw, err
+	}
 	for _, o := range r.Send {
-		raw, err := d.sign(o.Msg)
+		raw, err := sign(o.Msg)
 		if err != nil {
 			d.n.log.Error("sign market message", "err", err)
 			continue
 		}
-		go d.sendTo(ctx, o.To, raw)
+		d.outbox.send(ctx, o.To, raw)
 	}
 	for _, o := range r.Publish {
-		raw, err := d.sign(o.Msg)
+		raw, err := sign(o.Msg)
 		if err != nil {
 			d.n.log.Error("sign market message", "err", err)
 			continue
@@ -300,22 +351,6 @@ func (d *marketDriver) sign(m *pb.MarketMessage) ([]byte, error) {
 	return protocol.SealMarket(d.n.priv, d.n.cfg.Network, expires, m)
 }
 
-func (d *marketDriver) sendTo(ctx context.Context, to peer.ID, raw []byte) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	st, err := d.n.host.NewStream(ctx, to, libp2pproto.ID(protocol.MarketProtocol(d.n.cfg.Network)))
-	if err != nil {
-		d.n.log.Debug("market stream", "to", to, "err", err)
-		return
-	}
-	st.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := st.Write(raw); err != nil {
-		st.Reset()
-		return
-	}
-	st.Close()
-}
-
 // run starts a lease's job on its executor; the result goes back into the
 // engine, which sends it to the requester.
 func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
@@ -328,9 +363,12 @@ func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
 		if err != nil {
 			msg = err.Error()
 		}
-		d.in <- func() {
+		select {
+		case d.in <- func() {
 			delete(d.running, l.Job)
 			d.eng.Finished(time.Now(), l.Job, exit, out, msg)
+		}:
+		case <-d.n.runCtx.Done():
 		}
 	}()
 }
@@ -433,7 +471,7 @@ func (n *Node) rankCandidates(ctx context.Context, spec *pb.JobSpec) ([]peer.ID,
 	if res := spec.Resources; res != nil {
 		r = market.Requirements{GPUModel: res.GpuModel, GPUs: int(res.Gpus), MinVRAMMiB: int(res.VramMib)}
 	}
-	recs, err := n.FindProviders(ctx, r)
+	recs, err := n.candidates(ctx, r)
 	if err != nil {
 		return nil, fmt.Errorf("find providers: %w", err)
 	}

@@ -61,6 +61,7 @@ type Node struct {
 	readyAt   time.Duration
 
 	ready  atomic.Bool
+	runCtx context.Context // ends when Close begins
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	closed sync.Once
@@ -106,6 +107,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		started:   started,
 		metrics:   prometheus.NewRegistry(),
 		priv:      priv,
+		runCtx:    runCtx,
 		cancel:    cancel,
 		redial:    make(chan peer.ID, 16),
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-msgio"
 
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/protocol"
@@ -116,11 +117,12 @@ func TestBadMessagesNeverReachTheEngine(t *testing.T) {
 		JobId: make([]byte, 32), Provider: []byte(tn.Node(2).ID()), Price: 1,
 	}}})
 	for _, b := range [][]byte{forged, broken, expired, oversized, []byte("garbage"), stolen} {
+		// One stream each: an oversized frame ends its stream.
 		st, err := r.host.NewStream(ctx, provider.ID(), libp2pproto.ID(protocol.MarketProtocol("testnet")))
 		if err != nil {
 			t.Fatal(err)
 		}
-		st.Write(b)
+		msgio.NewVarintWriter(st).WriteMsg(b)
 		st.Close()
 	}
 

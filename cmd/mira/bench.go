@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"slices"
@@ -97,7 +98,7 @@ func newBenchProvidersCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			tn, asker, cleanup, err := startProviderNet(ctx, nodes, providers)
+			tn, asker, cleanup, err := startProviderNet(ctx, nodes, providers, nil)
 			if err != nil {
 				return err
 			}
@@ -134,14 +135,14 @@ func pct(sorted []time.Duration, p int) time.Duration {
 }
 
 func newBenchMarketCmd(g *globals) *cobra.Command {
-	var nodes, providers, jobs int
+	var nodes, providers, jobs, burst, slots int
 	cmd := &cobra.Command{
 		Use:   "market",
 		Short: "Time submit-to-lease for noop jobs of each tier on an in-process testnet",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			tn, asker, cleanup, err := startProviderNet(ctx, nodes, providers)
+			tn, asker, cleanup, err := startProviderNet(ctx, nodes, providers, func(c *node.Config) { c.Provider.Slots = slots })
 			if err != nil {
 				return err
 			}
@@ -172,19 +173,64 @@ func newBenchMarketCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(out, "%-11s %d jobs one at a time: submit->lease p50 %v  p99 %v  max %v\n",
 					tier, jobs, pct(took, 50), pct(took, 99), took[len(took)-1].Round(10*time.Microsecond))
 			}
+			if burst > 0 {
+				if err := benchBurst(ctx, out, asker, burst); err != nil {
+					return err
+				}
+			}
 			return tn.Close()
 		},
 	}
 	cmd.Flags().IntVar(&nodes, "nodes", 10, "number of nodes")
 	cmd.Flags().IntVar(&providers, "providers", 3, "number of providers among them")
-	cmd.Flags().IntVar(&jobs, "jobs", 100, "jobs per tier")
+	cmd.Flags().IntVar(&jobs, "jobs", 100, "jobs per tier, one at a time")
+	cmd.Flags().IntVar(&burst, "burst", 1000, "batch jobs posted at once, for leases/s (0: skip)")
+	cmd.Flags().IntVar(&slots, "slots", 1024, "slots per provider")
 	return cmd
+}
+
+// benchBurst posts n batch noop jobs at once and times until every one
+// has been leased.
+func benchBurst(ctx context.Context, out io.Writer, asker *node.Node, n int) error {
+	start := time.Now()
+	var chans []<-chan market.Job
+	for range n {
+		spec := &pb.JobSpec{Executor: "noop", Tier: protocol.TierBatch, MaxPrice: 10000, MaxDurationMs: 10000, Resources: &pb.Resources{Gpus: 1}}
+		j, err := asker.SubmitJob(ctx, spec, time.Now().Add(5*time.Minute))
+		if err != nil {
+			return err
+		}
+		ch, err := asker.WatchJob(ctx, j.ID)
+		if err != nil {
+			return err
+		}
+		chans = append(chans, ch)
+	}
+	posted := time.Since(start)
+	var lastLease time.Duration
+	succeeded := 0
+	for _, ch := range chans {
+		leased := false
+		for s := range ch {
+			if !leased && (s.State == market.Running || s.State.Terminal()) {
+				leased = true
+				lastLease = max(lastLease, time.Since(start))
+			}
+			if s.State == market.Succeeded {
+				succeeded++
+			}
+		}
+	}
+	took := time.Since(start)
+	fmt.Fprintf(out, "burst: %d batch jobs posted in %v; all leased after %v (%.0f leases/s), all ended after %v, %d succeeded\n",
+		n, posted.Round(time.Millisecond), lastLease.Round(time.Millisecond), float64(n)/lastLease.Seconds(), took.Round(time.Millisecond), succeeded)
+	return nil
 }
 
 // startProviderNet starts a testnet whose members 1..providers sell
 // capacity, and waits until its last member (the asker) finds them all, so
 // timed runs measure the market, not the network's warm-up.
-func startProviderNet(ctx context.Context, nodes, providers int) (*testnet.Testnet, *node.Node, func(), error) {
+func startProviderNet(ctx context.Context, nodes, providers int, adjust func(*node.Config)) (*testnet.Testnet, *node.Node, func(), error) {
 	if providers < 1 || providers >= nodes {
 		return nil, nil, nil, fmt.Errorf("--providers must be in 1..%d", nodes-1)
 	}
@@ -192,7 +238,14 @@ func startProviderNet(ctx context.Context, nodes, providers int) (*testnet.Testn
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	tn, err := testnet.Start(ctx, testnet.Options{Nodes: nodes, Dir: dir, Configure: testnet.WithProviders(providers)})
+	withProviders := testnet.WithProviders(providers)
+	configure := func(i int, c *node.Config) {
+		withProviders(i, c)
+		if adjust != nil {
+			adjust(c)
+		}
+	}
+	tn, err := testnet.Start(ctx, testnet.Options{Nodes: nodes, Dir: dir, Configure: configure})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, nil, nil, err
