@@ -173,6 +173,7 @@ type offerSeen struct {
 type Engine struct {
 	cfg    Config
 	jobs   map[protocol.JobID]*Job
+	active map[protocol.JobID]*Job // jobs not yet terminal: what Tick scans
 	offers map[protocol.JobID]*offerSeen
 	seen   map[[32]byte]time.Time // offer messages answered, until they expire
 	leases map[protocol.JobID]*Lease
@@ -185,6 +186,7 @@ func NewEngine(cfg Config) *Engine {
 	return &Engine{
 		cfg:    cfg,
 		jobs:   map[protocol.JobID]*Job{},
+		active: map[protocol.JobID]*Job{},
 		offers: map[protocol.JobID]*offerSeen{},
 		seen:   map[[32]byte]time.Time{},
 		leases: map[protocol.JobID]*Lease{},
@@ -257,6 +259,7 @@ func (e *Engine) Submit(now time.Time, offer *protocol.Signed, candidates []peer
 	}
 	j.Candidates = candidates
 	e.jobs[j.ID] = j
+	e.active[j.ID] = j
 	e.offer(j, now)
 	return j
 }
@@ -266,6 +269,9 @@ func (e *Engine) Submit(now time.Time, offer *protocol.Signed, candidates []peer
 func (e *Engine) Restore(j *Job, offer *protocol.Signed) {
 	j.ID, j.offer = offer.Job, offer.Msg.GetOffer()
 	e.jobs[j.ID] = j
+	if !j.State.Terminal() {
+		e.active[j.ID] = j
+	}
 }
 
 // offer (re)opens bidding: direct to candidates for interactive jobs,
@@ -311,6 +317,7 @@ func (e *Engine) finish(j *Job, now time.Time, s State, reason string) {
 		e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Cancel{Cancel: &pb.Cancel{JobId: j.ID[:], Reason: reason}}})
 	}
 	j.State = s
+	delete(e.active, j.ID)
 	if reason != "" && j.Error == "" && s != Succeeded {
 		j.Error = reason
 	}
@@ -616,10 +623,7 @@ func (e *Engine) Finished(now time.Time, id protocol.JobID, exitCode int32, outp
 // Tick advances the engine's clock: bidding windows close, timeouts fire,
 // deadlines expire jobs, providers send heartbeats.
 func (e *Engine) Tick(now time.Time) {
-	for _, j := range e.jobs {
-		if j.State.Terminal() {
-			continue
-		}
+	for _, j := range e.active {
 		switch {
 		case !j.Deadline.After(now):
 			e.finish(j, now, Expired, "deadline passed")
@@ -683,10 +687,7 @@ func (e *Engine) NextDeadline() time.Time {
 			next = t
 		}
 	}
-	for _, j := range e.jobs {
-		if j.State.Terminal() {
-			continue
-		}
+	for _, j := range e.active {
 		consider(j.Deadline)
 		consider(j.WindowEnds)
 		consider(j.AcceptBy)
