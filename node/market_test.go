@@ -89,8 +89,10 @@ func TestJobsOfBothTiersSucceedOnce(t *testing.T) {
 	for id, j := range final {
 		// Awards a full provider turned down are not leases, and a batch
 		// lease given up for interactive work ended before the next began:
-		// exactly one lease ran to its result.
-		if j.Leases-j.Preemptions != 1 || j.Provider == "" || j.Output == "" || j.RefusedResults != 0 {
+		// exactly one lease ran to its result. (A provider whose
+		// acceptance came after the accept timeout may still have run the
+		// job; its result is refused and counted, not accepted.)
+		if j.Leases-j.Preemptions != 1 || j.Provider == "" || j.Output == "" {
 			t.Errorf("job %s: leases %d, preemptions %d, provider %q, output %q, refused results %d",
 				id[:8], j.Leases, j.Preemptions, j.Provider, j.Output, j.RefusedResults)
 		}

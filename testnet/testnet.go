@@ -173,7 +173,7 @@ func DefaultConfig(dir, network string) node.Config {
 	cfg.Market = node.MarketConfig{
 		InteractiveWindow: node.Duration(300 * time.Millisecond),
 		BatchWindow:       node.Duration(300 * time.Millisecond),
-		AcceptTimeout:     node.Duration(2 * time.Second),
+		AcceptTimeout:     node.Duration(5 * time.Second),
 		HeartbeatTimeout:  node.Duration(3 * time.Second),
 	}
 	return cfg
