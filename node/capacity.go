@@ -183,7 +183,7 @@ func (n *Node) candidates(ctx context.Context, r market.Requirements) ([]*protoc
 	if len(cached) == 0 {
 		return n.FindProviders(ctx, r)
 	}
-	if c.refreshing.CompareAndSwap(false, true) {
+	if n.runCtx.Err() == nil && c.refreshing.CompareAndSwap(false, true) {
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()

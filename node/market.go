@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -450,17 +451,21 @@ func (n *Node) SubmitJob(ctx context.Context, spec *pb.JobSpec, deadline time.Ti
 	}
 	nonce := make([]byte, 16)
 	rand.Read(nonce)
-	raw, err := protocol.SealMarket(n.priv, n.cfg.Network, deadline, &pb.MarketMessage{Round: 0, Body: &pb.MarketMessage_Offer{Offer: &pb.Offer{
+	o := &pb.Offer{
 		Requester: []byte(n.host.ID()), Network: n.cfg.Network, Spec: spec,
 		CreatedUnixMs: now.UnixMilli(), DeadlineUnixMs: deadline.UnixMilli(), Nonce: nonce,
-	}}})
+	}
+	msg := &pb.MarketMessage{Body: &pb.MarketMessage_Offer{Offer: o}}
+	raw, err := protocol.SealMarket(n.priv, n.cfg.Network, deadline, msg)
 	if err != nil {
 		return market.Job{}, err
 	}
-	offer, err := protocol.OpenMarket(raw, n.cfg.Network, now)
+	id, err := protocol.OfferJobID(o)
 	if err != nil {
 		return market.Job{}, err
 	}
+	// Our own, just signed: no need to verify it again.
+	offer := &protocol.Signed{Signer: n.host.ID(), Msg: msg, Raw: raw, Job: id}
 	var job market.Job
 	err = n.market.do(ctx, func() { job = *n.market.eng.Submit(time.Now(), offer, candidates) })
 	return job, err
@@ -480,26 +485,13 @@ func (n *Node) rankCandidates(ctx context.Context, spec *pb.JobSpec) ([]peer.ID,
 	})
 	lat := n.host.Peerstore().LatencyEWMA
 	slices.SortFunc(recs, func(a, b *protocol.Capacity) int {
-		if a.PriceInteractive != b.PriceInteractive {
-			return compare(a.PriceInteractive, b.PriceInteractive)
-		}
-		return compare(lat(a.Provider), lat(b.Provider))
+		return cmp.Or(cmp.Compare(a.PriceInteractive, b.PriceInteractive), cmp.Compare(lat(a.Provider), lat(b.Provider)))
 	})
 	out := make([]peer.ID, 0, len(recs))
 	for _, c := range recs {
 		out = append(out, c.Provider)
 	}
 	return out, nil
-}
-
-func compare[T int64 | uint64 | time.Duration](a, b T) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Jobs returns copies of this node's jobs as requester.

@@ -65,11 +65,10 @@ func newJobSubmitCmd(g *globals) *cobra.Command {
 					req.Env[k] = v
 				}
 			}
-			c, err := api.NewClientFromDataDir(g.dataDir)
+			c, ctx, cancel, err := g.client(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := withTimeout(cmd.Context())
 			defer cancel()
 			j, err := c.SubmitJob(ctx, req)
 			if err != nil {
@@ -106,11 +105,10 @@ func newJobLsCmd(g *globals) *cobra.Command {
 		Short: "List this node's jobs",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := api.NewClientFromDataDir(g.dataDir)
+			c, ctx, cancel, err := g.client(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := withTimeout(cmd.Context())
 			defer cancel()
 			jobs, err := c.Jobs(ctx)
 			if err != nil {
@@ -139,11 +137,10 @@ func newJobGetCmd(g *globals) *cobra.Command {
 		Short: "Show one job as JSON",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := api.NewClientFromDataDir(g.dataDir)
+			c, ctx, cancel, err := g.client(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := withTimeout(cmd.Context())
 			defer cancel()
 			j, err := c.Job(ctx, args[0])
 			if err != nil {
@@ -177,11 +174,10 @@ func newJobCancelCmd(g *globals) *cobra.Command {
 		Short: "Cancel a job wherever it is",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := api.NewClientFromDataDir(g.dataDir)
+			c, ctx, cancel, err := g.client(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := withTimeout(cmd.Context())
 			defer cancel()
 			j, err := c.CancelJob(ctx, args[0])
 			if err != nil {

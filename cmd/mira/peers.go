@@ -14,8 +14,15 @@ import (
 // apiTimeout bounds one CLI call to the local API.
 const apiTimeout = 30 * time.Second
 
-func withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, apiTimeout)
+// client connects to the running node of --data, with a context that
+// bounds the call.
+func (g *globals) client(cmd *cobra.Command) (*api.Client, context.Context, context.CancelFunc, error) {
+	c, err := api.NewClientFromDataDir(g.dataDir)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), apiTimeout)
+	return c, ctx, cancel, nil
 }
 
 func newPeersCmd(g *globals) *cobra.Command {
@@ -24,11 +31,10 @@ func newPeersCmd(g *globals) *cobra.Command {
 		Short: "List the running node's connected peers",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := api.NewClientFromDataDir(g.dataDir)
+			c, ctx, cancel, err := g.client(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := withTimeout(cmd.Context())
 			defer cancel()
 			peers, err := c.Peers(ctx)
 			if err != nil {
@@ -51,11 +57,10 @@ func newPeersCmd(g *globals) *cobra.Command {
 		Short: "Dial a peer (a multiaddr ending in /p2p/<peer id>)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := api.NewClientFromDataDir(g.dataDir)
+			c, ctx, cancel, err := g.client(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := withTimeout(cmd.Context())
 			defer cancel()
 			id, err := c.Connect(ctx, args[0])
 			if err != nil {

@@ -18,11 +18,10 @@ func newProvidersCmd(g *globals) *cobra.Command {
 		Short: "List the providers that fit a GPU requirement, found through the DHT",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := api.NewClientFromDataDir(g.dataDir)
+			c, ctx, cancel, err := g.client(cmd)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := withTimeout(cmd.Context())
 			defer cancel()
 			providers, err := c.Providers(ctx, q)
 			if err != nil {
