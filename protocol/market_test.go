@@ -113,3 +113,24 @@ func FuzzOpenMarket(f *testing.F) {
 		}
 	})
 }
+
+func FuzzReadBlobRequest(f *testing.F) {
+	id, _ := BlobID(make([]byte, 32))
+	f.Add(Frame(BlobRequest{ID: id, Offset: 42}.Encode()))
+	f.Add(Frame(BlobHeader{Status: BlobOK, Size: 7, Message: "x"}.Encode()))
+	f.Add([]byte{0xff, 0xff, 0x03})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if req, err := ReadBlobRequest(bytes.NewReader(b)); err == nil {
+			again, err := ReadBlobRequest(bytes.NewReader(Frame(req.Encode())))
+			if err != nil || again.ID != req.ID || again.Offset != req.Offset {
+				t.Fatalf("request does not round-trip: %v", err)
+			}
+		}
+		if h, err := ReadBlobHeader(bytes.NewReader(b)); err == nil {
+			again, err := ReadBlobHeader(bytes.NewReader(Frame(h.Encode())))
+			if err != nil || again != h {
+				t.Fatalf("header does not round-trip: %v", err)
+			}
+		}
+	})
+}

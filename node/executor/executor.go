@@ -1,0 +1,132 @@
+// Package executor runs the jobs a provider wins. One Executor interface
+// has an implementation per kind of job: wasm (WASI modules under wazero,
+// the sandboxed default), docker (containers through the Docker Engine
+// API), process (host commands, for operators of a trusted private network)
+// and noop (sleeps; for tests and benchmarks of the market).
+//
+// An executor knows nothing of the market or the network: it is given a
+// job's spec, a scratch directory and writers for its output, and reports
+// how the run ended and what it used.
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/mira-market/mira/protocol/pb"
+)
+
+// Job is one run of a leased job.
+type Job struct {
+	// ID names the job (hex of its job ID); executors use it to name
+	// containers and for logs.
+	ID string
+	// Spec is the job as its requester posted it.
+	Spec *pb.JobSpec
+	// Module is the WASI module's bytes for the wasm executor, already
+	// fetched and checked against its content ID by the caller.
+	Module []byte
+	// GPUs lists the device indices ("0", "1", ...) of the GPUs leased to
+	// the job; empty for a CPU job.
+	GPUs []string
+	// Dir is a per-job scratch directory that exists and is empty; it is
+	// the job's working directory and the only host path it may see.
+	Dir string
+	// Stdout and Stderr receive the job's output as it runs. They must be
+	// safe to call from another goroutine than the one calling Run.
+	Stdout, Stderr io.Writer
+}
+
+// Result is how a run ended and what it used.
+type Result struct {
+	// ExitCode is the job's exit status; -1 when it was killed.
+	ExitCode int32
+	// Reason says why a run failed ("out of memory", "max_duration
+	// exceeded", "cancelled", ...); empty when it exited by itself.
+	Reason string
+	// Wall is the time from start to exit.
+	Wall time.Duration
+	// FirstOutput is the time from start to the first byte of output; zero
+	// when there was none.
+	FirstOutput time.Duration
+	// PeakMemory is the job's peak memory in bytes, where the executor can
+	// tell; zero otherwise.
+	PeakMemory uint64
+}
+
+// Failed reports whether the run did not end with exit status 0.
+func (r Result) Failed() bool { return r.ExitCode != 0 || r.Reason != "" }
+
+// Executor runs jobs of one kind.
+type Executor interface {
+	// Name is the executor's name as job specs give it.
+	Name() string
+	// Run runs the job until it exits, ctx is done (cancel or
+	// max_duration) or a limit kills it, and cleans up after it. A job that
+	// ran and failed is a Result with a Reason, not an error; an error
+	// means the job could not be run at all (bad spec, missing image).
+	Run(ctx context.Context, job *Job) (Result, error)
+}
+
+// Common reasons for a failed run.
+const (
+	ReasonTimeout   = "max_duration exceeded"
+	ReasonCancelled = "cancelled"
+	ReasonOOM       = "out of memory"
+)
+
+// ErrNotAllowed is returned for an executor a provider does not allow or
+// does not have.
+var ErrNotAllowed = errors.New("executor not available on this node")
+
+// Set is the executors a provider allows, by name.
+type Set map[string]Executor
+
+// Run runs job on the executor its spec names.
+func (s Set) Run(ctx context.Context, job *Job) (Result, error) {
+	e, ok := s[job.Spec.GetExecutor()]
+	if !ok {
+		return Result{ExitCode: -1}, fmt.Errorf("%w: %q", ErrNotAllowed, job.Spec.GetExecutor())
+	}
+	return e.Run(ctx, job)
+}
+
+// ctxReason maps a done context to a failure reason: a deadline is the
+// job's max_duration, anything else a cancel.
+func ctxReason(ctx context.Context) string {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return ReasonTimeout
+	}
+	return ReasonCancelled
+}
+
+// Noop sleeps for args[0] (a Go duration, default 0) and writes a fixed
+// line: enough to run leases and benchmark the market without real work.
+type Noop struct{}
+
+// Name implements Executor.
+func (Noop) Name() string { return "noop" }
+
+// Run implements Executor.
+func (Noop) Run(ctx context.Context, job *Job) (Result, error) {
+	var d time.Duration
+	if args := job.Spec.GetArgs(); len(args) > 0 {
+		var err error
+		if d, err = time.ParseDuration(args[0]); err != nil {
+			return Result{ExitCode: -1}, fmt.Errorf("noop: args[0]: %w", err)
+		}
+	}
+	start := time.Now()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		_, err := io.WriteString(job.Stdout, "noop: done after "+d.String()+"\n")
+		return Result{Wall: time.Since(start), FirstOutput: time.Since(start)}, err
+	case <-ctx.Done():
+		return Result{ExitCode: -1, Reason: ctxReason(ctx), Wall: time.Since(start)}, nil
+	}
+}
