@@ -1,8 +1,10 @@
 package market
 
 import (
+	"bytes"
 	"cmp"
 	"crypto/sha256"
+	"fmt"
 	"slices"
 	"time"
 
@@ -112,6 +114,12 @@ type Job struct {
 	ExitCode   int32     `json:"exit_code"`
 	Output     []byte    `json:"output,omitempty"`
 	Error      string    `json:"error,omitempty"`
+	// ResultID and ResultSize name the result blob; Usage is the metered
+	// usage; Receipt is the provider's signed result that says so.
+	ResultID   string    `json:"result_id,omitempty"`
+	ResultSize uint64    `json:"result_size,omitempty"`
+	Usage      *pb.Usage `json:"usage,omitempty"`
+	Receipt    []byte    `json:"receipt,omitempty"`
 	Created    time.Time `json:"created"`
 	Updated    time.Time `json:"updated"`
 	// Timers; zero when not running.
@@ -125,6 +133,9 @@ type Job struct {
 	RefusedResults int `json:"refused_results"`
 }
 
+// Spec is the job's spec as offered.
+func (j *Job) Spec() *pb.JobSpec { return j.offer.GetSpec() }
+
 // Lease is a provider's running job.
 type Lease struct {
 	Job       protocol.JobID
@@ -132,9 +143,12 @@ type Lease struct {
 	Spec      *pb.JobSpec
 	Attempt   uint32
 	Price     uint64
-	Deadline  time.Time
-	started   time.Time
-	nextBeat  time.Time
+	// Hold is the requester's signed escrow entry from the award; the
+	// caller checks it against its ledger before it runs the job.
+	Hold     []byte
+	Deadline time.Time
+	started  time.Time
+	nextBeat time.Time
 }
 
 // Outbound is a message for the caller to sign and send: to one peer, or
@@ -455,7 +469,11 @@ func (e *Engine) onResult(now time.Time, m *protocol.Signed, r *pb.Result) {
 		e.markRunning(j, now)
 	}
 	j.ExitCode, j.Output, j.Error = r.ExitCode, r.Output, r.Error
-	if r.ExitCode == 0 && r.Error == "" {
+	j.ResultID, j.ResultSize, j.Usage, j.Receipt = r.ResultId, r.ResultSize, r.Usage, m.Raw
+	if err := checkInline(r); err != nil && j.Error == "" {
+		j.Error = err.Error()
+	}
+	if r.ExitCode == 0 && j.Error == "" {
 		e.finish(j, now, Succeeded, "")
 	} else {
 		e.finish(j, now, Failed, "")
@@ -586,7 +604,7 @@ func (e *Engine) onAward(now time.Time, m *protocol.Signed, a *pb.Award) {
 		e.preempt(victim)
 	}
 	delete(e.offers, m.Job)
-	l := &Lease{Job: m.Job, Requester: m.Signer, Spec: o.spec, Attempt: a.Attempt, Price: a.Price,
+	l := &Lease{Job: m.Job, Requester: m.Signer, Spec: o.spec, Attempt: a.Attempt, Price: a.Price, Hold: a.Hold,
 		Deadline: o.deadline, started: now, nextBeat: now.Add(e.cfg.HeartbeatInterval)}
 	e.leases[m.Job] = l
 	e.send(m.Signer, &pb.MarketMessage{Body: &pb.MarketMessage_Accept{Accept: &pb.Accept{JobId: m.Job[:], Attempt: a.Attempt}}})
@@ -603,19 +621,52 @@ func (e *Engine) onCancel(m *protocol.Signed) {
 	}
 }
 
-// Finished reports that a provider's run of a lease ended.
-func (e *Engine) Finished(now time.Time, id protocol.JobID, exitCode int32, output []byte, errMsg string) {
+// Outcome is how a provider's run of a lease ended: the receipt it signs.
+type Outcome struct {
+	ExitCode int32
+	// Error says why the run failed, if it did.
+	Error string
+	// ResultID and ResultSize name the result blob; Output is the result
+	// inline when it is at most protocol.MaxResultOutput bytes.
+	ResultID   string
+	ResultSize uint64
+	Output     []byte
+	Usage      *pb.Usage
+}
+
+// Finished reports that a provider's run of a lease ended; the engine sends
+// the outcome to the requester as the signed result.
+func (e *Engine) Finished(now time.Time, id protocol.JobID, o Outcome) {
 	l, ok := e.leases[id]
 	if !ok {
 		return // cancelled meanwhile
 	}
 	delete(e.leases, id)
-	if len(output) > protocol.MaxResultOutput {
-		output = output[len(output)-protocol.MaxResultOutput:]
+	if len(o.Output) > protocol.MaxResultOutput {
+		o.Output = nil // too big to inline: the requester fetches the blob
+	}
+	if len(o.Error) > 1024 {
+		o.Error = o.Error[:1024]
 	}
 	e.send(l.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Result{Result: &pb.Result{
-		JobId: id[:], Attempt: l.Attempt, ExitCode: exitCode, Output: output, Error: errMsg,
+		JobId: id[:], Attempt: l.Attempt, ExitCode: o.ExitCode, Output: o.Output, Error: o.Error,
+		ResultId: o.ResultID, ResultSize: o.ResultSize, Usage: o.Usage,
 	}}})
+}
+
+// checkInline checks that a result's inline output is the blob it names.
+func checkInline(r *pb.Result) error {
+	if len(r.Output) == 0 {
+		return nil
+	}
+	_, want, err := protocol.ParseBlobID(r.ResultId)
+	if err != nil {
+		return err
+	}
+	if sum := sha256.Sum256(r.Output); !bytes.Equal(sum[:], want) || uint64(len(r.Output)) != r.ResultSize {
+		return fmt.Errorf("inline output does not match result %s", r.ResultId)
+	}
+	return nil
 }
 
 // --- time ---

@@ -2,6 +2,7 @@ package market
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"testing"
 	"time"
 
@@ -146,7 +147,7 @@ func (s *sim) advance(d time.Duration) {
 }
 
 func (s *sim) finish(p peer.ID, id protocol.JobID) {
-	s.engines[p].Finished(s.now, id, 0, []byte("ok"), "")
+	s.engines[p].Finished(s.now, id, Outcome{Output: []byte("ok"), ResultID: okID, ResultSize: 2})
 	s.flush()
 }
 
@@ -346,5 +347,25 @@ func TestInteractiveWorkPreemptsBatchLease(t *testing.T) {
 	wantState(t, batch, Succeeded)
 	if batch.Leases != 2 || batch.Preemptions != 1 {
 		t.Fatalf("batch leases = %d, want 2 (preempted once)", batch.Leases)
+	}
+}
+
+// okID is the content ID of the output "ok" that simulated providers return.
+var okID = func() string {
+	sum := sha256.Sum256([]byte("ok"))
+	id, _ := protocol.BlobID(sum[:])
+	return id.String()
+}()
+
+func TestResultWithForgedInlineOutputFails(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	prov := s.add(provider(10))
+	j := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, prov)
+	wantState(t, j, Running)
+	s.engines[prov].Finished(s.now, j.ID, Outcome{Output: []byte("forged"), ResultID: okID, ResultSize: 6})
+	s.flush()
+	if j.State != Failed || j.Error == "" {
+		t.Fatalf("state %s error %q, want failed with a reason", j.State, j.Error)
 	}
 }

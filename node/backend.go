@@ -105,6 +105,10 @@ func jobInfo(j market.Job) api.JobInfo {
 		Price: float64(j.Price) / 1e6, MaxPrice: float64(j.MaxPrice) / 1e6, Attempt: int(j.Attempt), Leases: j.Leases, Preemptions: j.Preemptions,
 		Bids: []api.BidInfo{}, Declines: []api.DeclineInfo{}, ExitCode: int(j.ExitCode), Output: string(j.Output),
 		Error: j.Error, RefusedResults: j.RefusedResults, Created: j.Created, Updated: j.Updated, Deadline: j.Deadline,
+		ResultID: j.ResultID, ResultSize: j.ResultSize,
+	}
+	if u := j.Usage; u != nil {
+		info.Usage = &api.UsageInfo{WallMS: u.WallMs, GPUMS: u.GpuMs, PeakMemoryBytes: u.PeakMemoryBytes, FirstOutputMS: u.FirstOutputMs}
 	}
 	for _, b := range j.Bids {
 		info.Bids = append(info.Bids, api.BidInfo{Provider: b.Provider.String(), Price: float64(b.Price) / 1e6, At: b.At})
@@ -125,7 +129,7 @@ func peerString(p peer.ID) string {
 // SubmitJob answers POST /v1/jobs.
 func (b apiBackend) SubmitJob(ctx context.Context, p api.ParsedJob) (api.JobInfo, error) {
 	spec := &pb.JobSpec{
-		Executor: p.Executor, Image: p.Image, Module: p.Module, Command: p.Command, Args: p.Args,
+		Executor: p.Executor, Image: p.Image, Module: p.Module, Command: p.Command, Args: p.Args, Inputs: p.Inputs,
 		Tier: p.Tier, MaxPrice: microCredits(p.MaxPrice), MaxDurationMs: p.MaxDurationD.Milliseconds(),
 		Resources: &pb.Resources{
 			Gpus: uint32(p.Resources.GPUs), GpuModel: p.Resources.GPUModel, VramMib: uint32(p.Resources.VRAMMiB),

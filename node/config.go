@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -25,6 +26,8 @@ const (
 	TokenFile    = "api.token"
 	APIAddrFile  = "api.addr"
 	dbDir        = "db"
+	blobsDir     = "blobs"
+	logsDir      = "logs"
 )
 
 // Config is a node's configuration, stored as TOML in DataDir/config.toml.
@@ -35,6 +38,12 @@ type Config struct {
 
 	// Network names the network; it prefixes the DHT protocol and topics.
 	Network string `toml:"network"`
+	// ReconcileInterval is how often the node reconciles its ledger with
+	// a random peer (and it does with every peer it connects to).
+	ReconcileInterval Duration `toml:"reconcile_interval"`
+	// MaxBlobSize bounds a blob (job input or result) this node stores or
+	// fetches, in bytes.
+	MaxBlobSize int64 `toml:"max_blob_size"`
 	// Listen are the libp2p listen multiaddrs.
 	Listen []string `toml:"listen"`
 	// API is the host:port of the local HTTP API.
@@ -90,8 +99,12 @@ type ProviderConfig struct {
 	// GPU-second.
 	PriceInteractive float64 `toml:"price_interactive"`
 	PriceBatch       float64 `toml:"price_batch"`
-	// Executors the node allows jobs to use.
+	// Executors the node allows jobs to use: "wasm" (sandboxed), "docker",
+	// "process" (runs host commands: only for a trusted private network),
+	// "noop" (for tests and benchmarks).
 	Executors []string `toml:"executors"`
+	// DockerNetwork gives docker jobs a network; by default they have none.
+	DockerNetwork bool `toml:"docker_network"`
 	// CapacityTTL is how long an announcement stays valid; the node
 	// re-announces at half of it. Short TTLs make a stopped provider vanish
 	// from lookups sooner at the cost of more DHT traffic.
@@ -117,15 +130,17 @@ func (d *Duration) UnmarshalText(b []byte) error {
 // DefaultConfig is the configuration `mira init` writes for a public node.
 func DefaultConfig(dataDir string) Config {
 	return Config{
-		DataDir:        dataDir,
-		Network:        protocol.DefaultNetwork,
-		Listen:         []string{"/ip4/0.0.0.0/tcp/4410", "/ip4/0.0.0.0/udp/4410/quic-v1"},
-		API:            "127.0.0.1:7410",
-		RedialInterval: Duration(10 * time.Second),
-		PingInterval:   Duration(15 * time.Second),
-		ConnLow:        64,
-		ConnHigh:       192,
-		DetectGPUs:     true,
+		DataDir:           dataDir,
+		Network:           protocol.DefaultNetwork,
+		Listen:            []string{"/ip4/0.0.0.0/tcp/4410", "/ip4/0.0.0.0/udp/4410/quic-v1"},
+		API:               "127.0.0.1:7410",
+		RedialInterval:    Duration(10 * time.Second),
+		PingInterval:      Duration(15 * time.Second),
+		ConnLow:           64,
+		ConnHigh:          192,
+		DetectGPUs:        true,
+		MaxBlobSize:       1 << 30,
+		ReconcileInterval: Duration(10 * time.Second),
 		Provider: ProviderConfig{
 			Slots:            1,
 			PriceInteractive: 0.002,
@@ -201,8 +216,8 @@ func (c Config) Validate() error {
 	if c.API == "" {
 		return errors.New("config: api: address is empty")
 	}
-	if c.RedialInterval <= 0 || c.PingInterval <= 0 {
-		return errors.New("config: redial_interval and ping_interval must be positive")
+	if c.RedialInterval <= 0 || c.PingInterval <= 0 || c.ReconcileInterval <= 0 {
+		return errors.New("config: redial_interval, ping_interval and reconcile_interval must be positive")
 	}
 	for _, s := range c.BlockedPeers {
 		if _, err := peer.Decode(s); err != nil {
@@ -221,6 +236,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("config: market.%s must be positive", name)
 		}
 	}
+	if c.MaxBlobSize <= 0 {
+		return errors.New("config: max_blob_size must be positive")
+	}
 	if c.ConnLow <= 0 || c.ConnHigh < c.ConnLow {
 		return fmt.Errorf("config: conn_low (%d) and conn_high (%d): need 0 < low <= high", c.ConnLow, c.ConnHigh)
 	}
@@ -233,6 +251,11 @@ func (p ProviderConfig) validate() error {
 	}
 	if p.PriceInteractive < 0 || p.PriceBatch < 0 || math.IsNaN(p.PriceInteractive) || math.IsNaN(p.PriceBatch) {
 		return errors.New("prices must be non-negative numbers")
+	}
+	for _, e := range p.Executors {
+		if !slices.Contains([]string{"wasm", "docker", "process", "noop"}, e) {
+			return fmt.Errorf("executors: unknown executor %q (known: wasm, docker, process, noop)", e)
+		}
 	}
 	if time.Duration(p.CapacityTTL) < time.Second || time.Duration(p.CapacityTTL) > protocol.MaxCapacityTTL {
 		return fmt.Errorf("capacity_ttl %v out of range 1s..%v", time.Duration(p.CapacityTTL), protocol.MaxCapacityTTL)

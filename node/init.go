@@ -8,6 +8,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/mira-market/mira/storage"
 )
 
 // InitOptions configure Init.
@@ -16,6 +18,9 @@ type InitOptions struct {
 	Config Config
 	// SwarmKey, if set, is written to swarm.key and makes the node private.
 	SwarmKey []byte
+	// Genesis, if set, is the network's genesis file's content, written to
+	// genesis.json; it must be for the config's network.
+	Genesis []byte
 }
 
 // ErrAlreadyInitialized is returned by Init when the data dir already holds
@@ -37,7 +42,19 @@ func Init(opt InitOptions) (peer.ID, error) {
 	if err := cfg.Validate(); err != nil {
 		return "", err
 	}
-	for _, name := range []string{IdentityFile, ConfigFile, SwarmKeyFile} {
+	if opt.Genesis != nil {
+		g, err := storage.ParseGenesis(opt.Genesis)
+		if err != nil {
+			return "", err
+		}
+		if g.Network != cfg.Network {
+			return "", fmt.Errorf("genesis is for network %q, not %q", g.Network, cfg.Network)
+		}
+		if opt.SwarmKey != nil && g.SwarmKeyFingerprint != "" && g.SwarmKeyFingerprint != storage.SwarmKeyFingerprint(opt.SwarmKey) {
+			return "", errors.New("genesis is for another swarm key")
+		}
+	}
+	for _, name := range []string{IdentityFile, ConfigFile, SwarmKeyFile, GenesisFile} {
 		path := filepath.Join(dir, name)
 		if _, err := os.Lstat(path); err == nil {
 			return "", fmt.Errorf("%w: %s exists; refusing to overwrite it (use another --data dir, or remove it yourself)", ErrAlreadyInitialized, path)
@@ -65,6 +82,11 @@ func Init(opt InitOptions) (peer.ID, error) {
 	}
 	if opt.SwarmKey != nil {
 		if err := writeNew(filepath.Join(dir, SwarmKeyFile), opt.SwarmKey, 0o600); err != nil {
+			return "", err
+		}
+	}
+	if opt.Genesis != nil {
+		if err := writeNew(filepath.Join(dir, GenesisFile), opt.Genesis, 0o644); err != nil {
 			return "", err
 		}
 	}

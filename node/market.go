@@ -42,6 +42,8 @@ type marketDriver struct {
 	watchers map[protocol.JobID][]chan market.Job
 	outbox   *outbox
 	verified *verifiedCache
+	// collecting marks finished jobs whose result is being fetched.
+	collecting map[protocol.JobID]bool
 }
 
 func messageID(m *pubsubpb.Message) string {
@@ -79,9 +81,10 @@ func (n *Node) startMarket(ctx context.Context) error {
 	d := &marketDriver{
 		n: n, eng: market.NewEngine(n.marketEngineConfig()), in: make(chan func(), 256),
 		topics: map[string]*pubsub.Topic{}, running: map[protocol.JobID]context.CancelFunc{},
-		watchers: map[protocol.JobID][]chan market.Job{},
-		outbox:   newOutbox(n),
-		verified: &verifiedCache{m: map[[32]byte]*protocol.Signed{}},
+		watchers:   map[protocol.JobID][]chan market.Job{},
+		outbox:     newOutbox(n),
+		verified:   &verifiedCache{m: map[[32]byte]*protocol.Signed{}},
+		collecting: map[protocol.JobID]bool{},
 		stepped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mira_market_messages_total", Help: "Verified market messages fed to the engine, by kind.",
 		}, []string{"kind"}),
@@ -281,10 +284,19 @@ func (d *marketDriver) loop(ctx context.Context) {
 // process carries out the engine's Ready in the order it asks: persist,
 // then send and publish, then start and stop runs.
 func (d *marketDriver) process(ctx context.Context) {
-	r := d.eng.Ready()
-	if r.Empty() {
-		return
+	// Settlement can change the engine (an award without funds is
+	// cancelled); go on until it is quiet.
+	for range 8 {
+		r := d.eng.Ready()
+		if r.Empty() || !d.processReady(ctx, r) {
+			return
+		}
 	}
+}
+
+// processReady carries out one Ready and reports whether it changed the
+// engine, so that there is more to process.
+func (d *marketDriver) processReady(ctx context.Context, r market.Ready) (changed bool) {
 	if len(r.Save) > 0 {
 		recs := map[string][]byte{}
 		for _, j := range r.Save {
@@ -295,10 +307,14 @@ func (d *marketDriver) process(ctx context.Context) {
 			}
 			recs[j.ID.String()] = b
 			d.notify(j)
+			d.collectResult(j)
 		}
 		if err := d.n.db.PutJobs(recs); err != nil {
 			d.n.log.Error("persist jobs; not sending", "err", err)
-			return
+			return false
+		}
+		for _, j := range r.Save {
+			d.n.settle(j)
 		}
 	}
 	// One message may go to several peers and to gossip (an interactive
@@ -313,10 +329,17 @@ func (d *marketDriver) process(ctx context.Context) {
 		return raw, err
 	}
 	for _, o := range r.Send {
+		if a := o.Msg.GetAward(); a != nil && !d.attachHold(a) {
+			changed = true
+			continue
+		}
 		raw, err := sign(o.Msg)
 		if err != nil {
 			d.n.log.Error("sign market message", "err", err)
 			continue
+		}
+		if res := o.Msg.GetResult(); res != nil {
+			d.n.recordReceipt(res, raw)
 		}
 		d.outbox.send(ctx, o.To, raw)
 	}
@@ -342,6 +365,26 @@ func (d *marketDriver) process(ctx context.Context) {
 	if len(r.Run)+len(r.Stop) > 0 {
 		d.n.SetFreeSlots(d.n.cfg.Provider.Slots - d.eng.ActiveLeases())
 	}
+	return changed
+}
+
+// attachHold escrows an award's maximum cost in the ledger and puts the
+// hold entry into the award. Without the funds the job is cancelled and
+// the award not sent.
+func (d *marketDriver) attachHold(a *pb.Award) bool {
+	id := protocol.JobID(a.JobId)
+	j, ok := d.eng.Job(id)
+	if !ok {
+		return false
+	}
+	hold, err := d.n.escrow(id, j.Provider, a.Price, j.Spec())
+	if err != nil {
+		d.n.log.Warn("no escrow for an award; job cancelled", "job", id, "err", err)
+		d.eng.Cancel(time.Now(), id, "escrow failed: "+err.Error())
+		return false
+	}
+	a.Hold = hold
+	return true
 }
 
 func (d *marketDriver) sign(m *pb.MarketMessage) ([]byte, error) {
@@ -352,50 +395,39 @@ func (d *marketDriver) sign(m *pb.MarketMessage) ([]byte, error) {
 	return protocol.SealMarket(d.n.priv, d.n.cfg.Network, expires, m)
 }
 
-// run starts a lease's job on its executor; the result goes back into the
-// engine, which sends it to the requester.
+// run starts a lease's job on its executor; the outcome goes back into the
+// engine, which sends it to the requester as the signed result.
 func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
 	rctx, cancel := context.WithTimeout(ctx, time.Duration(l.Spec.MaxDurationMs)*time.Millisecond)
 	d.running[l.Job] = cancel
 	go func() {
 		defer cancel()
-		exit, out, err := runExecutor(rctx, l.Spec)
-		msg := ""
-		if err != nil {
-			msg = err.Error()
+		var out market.Outcome
+		if err := d.n.checkHold(rctx, l); err != nil {
+			out = market.Outcome{ExitCode: -1, Error: err.Error()}
+		} else {
+			d.n.recordLease(l)
+			out = d.n.execute(rctx, l)
 		}
 		select {
 		case d.in <- func() {
 			delete(d.running, l.Job)
-			d.eng.Finished(time.Now(), l.Job, exit, out, msg)
+			d.eng.Finished(time.Now(), l.Job, out)
 		}:
 		case <-d.n.runCtx.Done():
 		}
 	}()
 }
 
-// runExecutor runs a job spec. The noop executor sleeps for args[0] (a Go
-// duration, default 0) and reports a fixed output: enough to run leases and
-// to benchmark the market without the cost of real work.
-func runExecutor(ctx context.Context, spec *pb.JobSpec) (int32, []byte, error) {
-	switch spec.Executor {
-	case "noop":
-		var d time.Duration
-		if len(spec.Args) > 0 {
-			var err error
-			if d, err = time.ParseDuration(spec.Args[0]); err != nil {
-				return 2, nil, fmt.Errorf("noop: args[0]: %w", err)
-			}
-		}
-		select {
-		case <-time.After(d):
-			return 0, []byte("noop: done after " + d.String() + "\n"), nil
-		case <-ctx.Done():
-			return 1, nil, fmt.Errorf("noop: %w", ctx.Err())
-		}
-	default:
-		return 127, nil, fmt.Errorf("executor %q is not available on this node", spec.Executor)
-	}
+// isLeaseHolder reports whether p holds the lease of this node's job with
+// the given attempt.
+func (d *marketDriver) isLeaseHolder(id protocol.JobID, attempt uint32, p peer.ID) bool {
+	ok := false
+	d.do(d.n.runCtx, func() {
+		j, found := d.eng.Job(id)
+		ok = found && j.Provider == p && j.Attempt == attempt
+	})
+	return ok
 }
 
 // restore loads persisted jobs into the engine after a restart.

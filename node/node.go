@@ -33,6 +33,8 @@ import (
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
+	"github.com/mira-market/mira/node/blob"
+	"github.com/mira-market/mira/node/executor"
 	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/storage"
@@ -43,22 +45,35 @@ const Version = "0.1.0-dev"
 
 // Node is a running mira node. Create it with Start; stop it with Close.
 type Node struct {
-	cfg       Config
-	log       *slog.Logger
-	priv      crypto.PrivKey
-	gater     *gater
-	capacity  capacity
-	market    *marketDriver
-	host      host.Host
-	dht       *dht.IpfsDHT
-	pubsub    *pubsub.PubSub
-	db        *storage.DB
-	metrics   *prometheus.Registry
-	api       *http.Server
-	apiAddr   string
-	bootstrap []peer.AddrInfo
-	started   time.Time
-	readyAt   time.Duration
+	cfg      Config
+	log      *slog.Logger
+	priv     crypto.PrivKey
+	gater    *gater
+	capacity capacity
+	market   *marketDriver
+	host     host.Host
+	dht      *dht.IpfsDHT
+	pubsub   *pubsub.PubSub
+	db       *storage.DB
+	blobs    *blob.Service
+	ledger   *storage.Ledger
+	// ledgerTopic carries new ledger entries and fraud proofs.
+	ledgerTopic    *pubsub.Topic
+	ledgerRejected prometheus.Counter
+	rset           *ledgerSet
+	reconcileMu    sync.Mutex
+	reconcileStats ReconcileStats
+	connected      chan peer.ID
+	logs           *logBook
+	executors      executor.Set
+	gpuMu          sync.Mutex
+	nextGPU        int
+	metrics        *prometheus.Registry
+	api            *http.Server
+	apiAddr        string
+	bootstrap      []peer.AddrInfo
+	started        time.Time
+	readyAt        time.Duration
 
 	ready  atomic.Bool
 	runCtx context.Context // ends when Close begins
@@ -110,6 +125,8 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		runCtx:    runCtx,
 		cancel:    cancel,
 		redial:    make(chan peer.ID, 16),
+		connected: make(chan peer.ID, 16),
+		rset:      &ledgerSet{set: storage.NewReconcileSet(reconcileCapacity)},
 	}
 	n.capacity.changed = make(chan struct{}, 1)
 	n.capacity.cache = market.NewProviderCache()
@@ -132,6 +149,14 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 
 	n.db, err = storage.Open(filepath.Join(cfg.DataDir, dbDir), storage.Options{Network: cfg.Network, Logger: o.log})
 	if err != nil {
+		return nil, err
+	}
+
+	blobs, err := blob.NewStore(filepath.Join(cfg.DataDir, blobsDir), cfg.MaxBlobSize)
+	if err != nil {
+		return nil, err
+	}
+	if n.logs, err = newLogBook(filepath.Join(cfg.DataDir, logsDir)); err != nil {
 		return nil, err
 	}
 
@@ -192,13 +217,33 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		return nil, fmt.Errorf("gossipsub: %w", err)
 	}
 	n.registerMetrics()
+	n.blobs = blob.NewService(n.host, cfg.Network, blobs, o.log)
+	n.host.SetStreamHandler(libp2pproto.ID(protocol.LogsProtocol(cfg.Network)), n.handleLogs)
 
 	n.host.Network().Notify(&network.NotifyBundle{
 		DisconnectedF: func(_ network.Network, c network.Conn) { n.onDisconnect(c.RemotePeer()) },
+		ConnectedF: func(_ network.Network, c network.Conn) {
+			select {
+			case n.connected <- c.RemotePeer():
+			default: // reconciled with a random peer soon anyway
+			}
+		},
 	})
 	n.dialBootstrap(ctx)
 	if err := n.dht.Bootstrap(runCtx); err != nil {
 		return nil, fmt.Errorf("dht bootstrap: %w", err)
+	}
+	n.ledgerRejected = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "mira_ledger_rejected_total", Help: "Ledger entries and fraud proofs from peers refused by validation.",
+	})
+	n.metrics.MustRegister(n.ledgerRejected)
+	if err := n.startLedger(runCtx); err != nil {
+		return nil, err
+	}
+	if n.IsProvider() {
+		if n.executors, err = n.startExecutors(runCtx); err != nil {
+			return nil, err
+		}
 	}
 	if err := n.startMarket(runCtx); err != nil {
 		return nil, err
@@ -206,7 +251,9 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err := n.serveAPI(); err != nil {
 		return nil, err
 	}
-	n.wg.Add(2)
+	n.host.SetStreamHandler(n.syncProtocol(), n.handleSync)
+	n.wg.Add(3)
+	go n.reconcileLoop(runCtx, n.connected)
 	go n.maintainBootstrap(runCtx)
 	go n.measureLatency(runCtx)
 	if n.IsProvider() {
@@ -258,6 +305,9 @@ func (n *Node) Close() error {
 		}
 		if n.db != nil {
 			errs = append(errs, n.db.Close())
+		}
+		if n.logs != nil {
+			n.logs.close()
 		}
 	})
 	return errors.Join(errs...)

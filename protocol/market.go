@@ -23,11 +23,14 @@ const (
 	MaxResultOutput = 32 << 10
 	// MaxMessageTTL bounds how far ahead a message may expire.
 	MaxMessageTTL = 25 * time.Hour
+	// MaxHoldEntry bounds the ledger entry an award carries.
+	MaxHoldEntry = 4 << 10
 	// MaxJobDuration bounds a job's max_duration.
 	MaxJobDuration = 24 * time.Hour
 
 	marketDomain = "mira-market"
 	maxArgs      = 64
+	maxInputs    = 16
 	maxArgLen    = 4096
 )
 
@@ -162,6 +165,9 @@ func (s *Signed) check(network string, now time.Time) error {
 				err = bad("award names no provider")
 			}
 		}
+		if err == nil && len(b.Award.Hold) > MaxHoldEntry {
+			err = bad("award hold of %d bytes, limit %d", len(b.Award.Hold), MaxHoldEntry)
+		}
 	case *pb.MarketMessage_Accept:
 		s.Job, err = jobIDFrom(b.Accept.JobId)
 	case *pb.MarketMessage_Taken:
@@ -180,13 +186,34 @@ func (s *Signed) check(network string, now time.Time) error {
 		s.Job, err = jobIDFrom(b.Heartbeat.JobId)
 	case *pb.MarketMessage_Result:
 		s.Job, err = jobIDFrom(b.Result.JobId)
-		if err == nil && (len(b.Result.Output) > MaxResultOutput || len(b.Result.Error) > 1024) {
-			err = bad("result output of %d bytes, limit %d", len(b.Result.Output), MaxResultOutput)
+		if err == nil {
+			err = checkResult(b.Result)
 		}
 	default:
 		return bad("no body")
 	}
 	return err
+}
+
+// checkResult checks a result's shape; whether its inline output hashes to
+// its content ID is the requester's check.
+func checkResult(r *pb.Result) error {
+	switch {
+	case len(r.Output) > MaxResultOutput:
+		return fmt.Errorf("%w: result output of %d bytes, limit %d", ErrBadMessage, len(r.Output), MaxResultOutput)
+	case len(r.Error) > 1024:
+		return fmt.Errorf("%w: result error of %d bytes", ErrBadMessage, len(r.Error))
+	case r.ResultId == "" && len(r.Output) > 0:
+		return fmt.Errorf("%w: result output without a content ID", ErrBadMessage)
+	case r.Usage != nil && (r.Usage.WallMs < 0 || r.Usage.GpuMs < 0 || r.Usage.FirstOutputMs < 0):
+		return fmt.Errorf("%w: negative usage", ErrBadMessage)
+	}
+	if r.ResultId != "" {
+		if _, _, err := ParseBlobID(r.ResultId); err != nil {
+			return fmt.Errorf("%w: result_id: %w", ErrBadMessage, err)
+		}
+	}
+	return nil
 }
 
 // isAuthor checks that the peer a message names as its author signed it.
@@ -245,6 +272,14 @@ func CheckSpec(s *pb.JobSpec) error {
 	for _, e := range s.Env {
 		if e.Name == "" || len(e.Name)+len(e.Value) > maxArgLen {
 			return fmt.Errorf("env: empty name or entry over %d bytes", maxArgLen)
+		}
+	}
+	if len(s.Inputs) > maxInputs {
+		return fmt.Errorf("inputs: at most %d", maxInputs)
+	}
+	for _, in := range s.Inputs {
+		if _, _, err := ParseBlobID(in); err != nil {
+			return fmt.Errorf("inputs: %w", err)
 		}
 	}
 	if r := s.Resources; r != nil {

@@ -15,8 +15,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/node/gpu"
+	"github.com/mira-market/mira/storage"
 )
 
 // Options configure Start.
@@ -35,7 +38,13 @@ type Options struct {
 	Log *slog.Logger
 	// Configure, if set, adjusts member i's config before its first start.
 	Configure func(i int, cfg *node.Config)
+	// Credits each member is granted by the testnet's genesis, in
+	// micro-credits; default DefaultCredits.
+	Credits uint64
 }
+
+// DefaultCredits is each member's genesis grant: 1,000 credits.
+const DefaultCredits = 1_000_000_000
 
 // Testnet is a running set of nodes.
 type Testnet struct {
@@ -77,6 +86,9 @@ func Start(ctx context.Context, opts Options) (*Testnet, error) {
 		}
 		tn.members[i] = m
 	}
+	if err := tn.writeGenesis(swarmKey); err != nil {
+		return nil, err
+	}
 	if err := tn.startMember(ctx, 0); err != nil {
 		return nil, err
 	}
@@ -112,6 +124,44 @@ func Start(ctx context.Context, opts Options) (*Testnet, error) {
 		return nil, err
 	}
 	return tn, nil
+}
+
+// writeGenesis gives the testnet a genesis, unless its members have one: a
+// grant of Options.Credits to every member, bound to the swarm key.
+func (tn *Testnet) writeGenesis(swarmKey []byte) error {
+	if _, err := os.Stat(filepath.Join(tn.members[0].dir, node.GenesisFile)); err == nil {
+		return nil
+	}
+	credits := tn.opts.Credits
+	if credits == 0 {
+		credits = DefaultCredits
+	}
+	g := &storage.Genesis{Network: tn.opts.Network}
+	if swarmKey != nil {
+		g.SwarmKeyFingerprint = storage.SwarmKeyFingerprint(swarmKey)
+	}
+	for i, m := range tn.members {
+		priv, err := node.LoadIdentity(m.dir)
+		if err != nil {
+			return fmt.Errorf("testnet: genesis: node %d: %w", i, err)
+		}
+		id, err := peer.IDFromPrivateKey(priv)
+		if err != nil {
+			return fmt.Errorf("testnet: genesis: node %d: %w", i, err)
+		}
+		g.Grants = append(g.Grants, storage.GenesisGrant{Peer: id, Amount: credits})
+	}
+	for _, m := range tn.members {
+		if err := g.Save(filepath.Join(m.dir, node.GenesisFile)); err != nil {
+			return fmt.Errorf("testnet: %w", err)
+		}
+	}
+	return nil
+}
+
+// Genesis returns the testnet's genesis.
+func (tn *Testnet) Genesis() (*storage.Genesis, error) {
+	return storage.LoadGenesis(filepath.Join(tn.members[0].dir, node.GenesisFile))
 }
 
 func trimP2P(addr string) string {
@@ -167,8 +217,9 @@ func DefaultConfig(dir, network string) node.Config {
 	cfg.API = "127.0.0.1:0"
 	cfg.RedialInterval = node.Duration(time.Second)
 	cfg.PingInterval = node.Duration(2 * time.Second)
+	cfg.ReconcileInterval = node.Duration(time.Second)
 	cfg.DetectGPUs = false // members declare their GPUs, so runs are the same on every machine
-	cfg.Provider.Executors = []string{"noop"}
+	cfg.Provider.Executors = []string{"noop", "wasm"}
 	cfg.Provider.Slots = 4
 	cfg.Market = node.MarketConfig{
 		InteractiveWindow: node.Duration(300 * time.Millisecond),

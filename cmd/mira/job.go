@@ -22,7 +22,8 @@ func newJobCmd(g *globals) *cobra.Command {
 		Use:   "job",
 		Short: "Submit, list, inspect, watch and cancel jobs through the local node",
 	}
-	cmd.AddCommand(newJobSubmitCmd(g), newJobLsCmd(g), newJobGetCmd(g), newJobWatchCmd(g), newJobCancelCmd(g))
+	cmd.AddCommand(newJobSubmitCmd(g), newJobLsCmd(g), newJobGetCmd(g), newJobWatchCmd(g), newJobCancelCmd(g),
+		newJobLogsCmd(g), newJobResultCmd(g))
 	return cmd
 }
 
@@ -88,6 +89,9 @@ func newJobSubmitCmd(g *globals) *cobra.Command {
 	f.StringVar(&req.Module, "module", "", "wasm module (content ID or sample name)")
 	f.StringSliceVar(&req.Command, "command", nil, "command (docker, process)")
 	f.StringArrayVar(&env, "env", nil, "NAME=VALUE for the job's environment (repeatable)")
+	f.StringArrayVar(&req.Inputs, "input", nil, "content ID of an input blob (from `mira blob put`; repeatable)")
+	f.IntVar(&req.Resources.MemoryMiB, "memory-mib", 0, "memory limit")
+	f.IntVar(&req.Resources.CPUMillis, "cpu-millis", 0, "CPU limit in thousandths of a core (docker)")
 	f.IntVar(&req.Resources.GPUs, "gpus", 0, "GPUs needed")
 	f.StringVar(&req.Resources.GPUModel, "gpu-model", "", "GPU model, e.g. nvidia-h100 (default any)")
 	f.IntVar(&req.Resources.VRAMMiB, "vram-mib", 0, "least VRAM per GPU")
@@ -187,6 +191,72 @@ func newJobCancelCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func newJobLogsCmd(g *globals) *cobra.Command {
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs ID",
+		Short: "Print a job's output (stdout and stderr) as its provider streams it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := api.NewClientFromDataDir(g.dataDir)
+			if err != nil {
+				return err
+			}
+			rc, err := c.JobLogs(cmd.Context(), args[0], follow)
+			if err != nil {
+				return err
+			}
+			defer rc.Close()
+			_, err = io.Copy(cmd.OutOrStdout(), rc)
+			return err
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing until the run ends")
+	return cmd
+}
+
+func newJobResultCmd(g *globals) *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   "result ID",
+		Short: "Fetch a finished job's result (its stdout), checked against the provider's receipt",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := api.NewClientFromDataDir(g.dataDir)
+			if err != nil {
+				return err
+			}
+			rc, id, err := c.JobResult(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			defer rc.Close()
+			return writeOut(cmd, out, rc, id)
+		},
+	}
+	cmd.Flags().StringVarP(&out, "output", "o", "", "write to this file instead of stdout")
+	return cmd
+}
+
+// writeOut copies r to the file path (or stdout if empty), naming the
+// content ID on stderr when it goes to a file.
+func writeOut(cmd *cobra.Command, path string, r io.Reader, id string) error {
+	if path == "" {
+		_, err := io.Copy(cmd.OutOrStdout(), r)
+		return err
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return err
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s (%s)\n", path, id)
+	return f.Close()
 }
 
 // watchJob prints one line per state change from the job's event stream.

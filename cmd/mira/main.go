@@ -43,6 +43,7 @@ func newRootCmd() *cobra.Command {
 		newPeersCmd(g),
 		newProvidersCmd(g),
 		newJobCmd(g),
+		newBlobCmd(g),
 		newTestnetCmd(g),
 		newBenchCmd(g),
 	)

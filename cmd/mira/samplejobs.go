@@ -24,16 +24,18 @@ type sampleJob struct {
 
 func sampleJobs(n int) []sampleJob {
 	kinds := []sampleJob{
-		{"interactive, any GPU", &pb.JobSpec{Tier: protocol.TierInteractive, Args: []string{"1s"}, Resources: &pb.Resources{Gpus: 1}}},
-		{"batch, 2x nvidia-h100", &pb.JobSpec{Tier: protocol.TierBatch, Args: []string{"2s"}, Resources: &pb.Resources{Gpus: 2, GpuModel: "nvidia-h100"}}},
-		{"batch, 32 GiB VRAM", &pb.JobSpec{Tier: protocol.TierBatch, Args: []string{"1s"}, Resources: &pb.Resources{Gpus: 1, VramMib: 32 << 10}}},
-		{"interactive, 16 GPUs (nobody has them)", &pb.JobSpec{Tier: protocol.TierInteractive, Resources: &pb.Resources{Gpus: 16}}},
+		{"interactive wasm hash, any GPU", &pb.JobSpec{Executor: "wasm", Module: "sample", Tier: protocol.TierInteractive,
+			Args: []string{"hash", "16"}, Resources: &pb.Resources{Gpus: 1}}},
+		{"batch noop, 2x nvidia-h100", &pb.JobSpec{Executor: "noop", Tier: protocol.TierBatch, Args: []string{"2s"}, Resources: &pb.Resources{Gpus: 2, GpuModel: "nvidia-h100"}}},
+		{"batch wasm echo, 32 GiB VRAM", &pb.JobSpec{Executor: "wasm", Module: "sample", Tier: protocol.TierBatch,
+			Args: []string{"echo", "hello from a sandbox"}, Resources: &pb.Resources{Gpus: 1, VramMib: 32 << 10}}},
+		{"interactive, 16 GPUs (nobody has them)", &pb.JobSpec{Executor: "noop", Tier: protocol.TierInteractive, Resources: &pb.Resources{Gpus: 16}}},
 	}
 	out := make([]sampleJob, 0, n)
 	for i := range n {
 		k := kinds[i%len(kinds)]
 		spec := proto.Clone(k.spec).(*pb.JobSpec)
-		spec.Executor, spec.MaxPrice, spec.MaxDurationMs = "noop", 10_000, 30_000
+		spec.MaxPrice, spec.MaxDurationMs = 10_000, 30_000
 		out = append(out, sampleJob{label: k.label, spec: spec})
 	}
 	return out

@@ -94,7 +94,7 @@ dir removed at exit; with --dir it stays and a later run reuses it.`,
 	f := cmd.Flags()
 	f.IntVar(&nodes, "nodes", 5, "number of nodes")
 	f.IntVar(&providers, "providers", 3, "how many nodes (after node0) declare GPUs and sell capacity")
-	f.IntVar(&jobs, "jobs", 4, "sample noop jobs the last node posts once the providers are found")
+	f.IntVar(&jobs, "jobs", 4, "sample jobs (wasm and noop) the last node posts once the providers are found")
 	f.StringVar(&dir, "dir", "", "keep the nodes' data dirs here (default: a temporary dir)")
 	f.DurationVar(&runFor, "for", 0, "run for this long, print a summary and exit (default: until Ctrl-C)")
 	return cmd

@@ -155,7 +155,9 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, rec.code, msg)
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	if r.URL.Path != blobsPath { // a blob upload is bounded by the blob store
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	}
 	s.mux.ServeHTTP(w, r)
 }
 

@@ -160,3 +160,78 @@ func (c *Client) CancelJob(ctx context.Context, id string) (JobInfo, error) {
 	err := c.Do(ctx, http.MethodDelete, "/v1/jobs/"+url.PathEscape(id), nil, &out)
 	return out, err
 }
+
+// stream sends a request and returns the response body for the caller to
+// read and close; an error status becomes a StatusError.
+func (c *Client) stream(ctx context.Context, method, path string, body io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.BaseURL+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("build request: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/octet-stream")
+	}
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		var e Error
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, MaxBodyBytes))
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(b))
+		}
+		return nil, &StatusError{Code: resp.StatusCode, Message: e.Error}
+	}
+	return resp, nil
+}
+
+// PutBlob uploads a blob and returns its content ID.
+func (c *Client) PutBlob(ctx context.Context, r io.Reader) (BlobInfo, error) {
+	var info BlobInfo
+	resp, err := c.stream(ctx, http.MethodPost, blobsPath, r)
+	if err != nil {
+		return info, err
+	}
+	defer resp.Body.Close()
+	err = json.NewDecoder(resp.Body).Decode(&info)
+	return info, err
+}
+
+// Blob opens a stored blob; the caller closes it.
+func (c *Client) Blob(ctx context.Context, id string) (io.ReadCloser, error) {
+	resp, err := c.stream(ctx, http.MethodGet, blobsPath+"/"+url.PathEscape(id), nil)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+// JobResult opens a finished job's result; the caller closes it. The
+// second value is the result's content ID.
+func (c *Client) JobResult(ctx context.Context, id string) (io.ReadCloser, string, error) {
+	resp, err := c.stream(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(id)+"/result", nil)
+	if err != nil {
+		return nil, "", err
+	}
+	return resp.Body, resp.Header.Get("X-Mira-Content-Id"), nil
+}
+
+// JobLogs opens a job's log; with follow it streams until the run ends.
+func (c *Client) JobLogs(ctx context.Context, id string, follow bool) (io.ReadCloser, error) {
+	path := "/v1/jobs/" + url.PathEscape(id) + "/logs"
+	if follow {
+		path += "?follow=1"
+	}
+	resp, err := c.stream(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}

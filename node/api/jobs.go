@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"time"
 )
@@ -22,6 +23,9 @@ type JobRequest struct {
 	MaxPrice    float64           `json:"max_price"`
 	MaxDuration string            `json:"max_duration"`
 	Deadline    string            `json:"deadline"`
+	// Inputs are content IDs of blobs uploaded with POST /v1/blobs; the
+	// provider fetches them into the job's working dir under inputs/.
+	Inputs []string `json:"inputs,omitempty"`
 }
 
 // Resources are what a job needs from one provider.
@@ -96,9 +100,22 @@ type JobInfo struct {
 	Output         string        `json:"output,omitempty"`
 	Error          string        `json:"error,omitempty"`
 	RefusedResults int           `json:"refused_results"`
-	Created        time.Time     `json:"created"`
-	Updated        time.Time     `json:"updated"`
-	Deadline       time.Time     `json:"deadline"`
+	// ResultID names the result blob (the job's stdout), ResultSize its
+	// size; GET /v1/jobs/{id}/result returns it.
+	ResultID   string     `json:"result_id,omitempty"`
+	ResultSize uint64     `json:"result_size,omitempty"`
+	Usage      *UsageInfo `json:"usage,omitempty"`
+	Created    time.Time  `json:"created"`
+	Updated    time.Time  `json:"updated"`
+	Deadline   time.Time  `json:"deadline"`
+}
+
+// UsageInfo is what a run used, as its provider metered it.
+type UsageInfo struct {
+	WallMS          int64  `json:"wall_ms"`
+	GPUMS           int64  `json:"gpu_ms"`
+	PeakMemoryBytes uint64 `json:"peak_memory_bytes,omitempty"`
+	FirstOutputMS   int64  `json:"first_output_ms"`
 }
 
 // BidInfo is a bid a job received.
@@ -118,6 +135,17 @@ type DeclineInfo struct {
 // ErrNotFound marks a backend error for a missing resource (404).
 var ErrNotFound = errors.New("not found")
 
+// ErrNotReady is returned for what exists but is not there yet, such as the
+// result of a running job.
+var ErrNotReady = errors.New("not ready")
+
+// ErrTooLarge is returned for an upload over a limit.
+var ErrTooLarge = errors.New("too large")
+
+// ErrUnavailable is returned when a peer that holds what was asked for
+// cannot be reached.
+var ErrUnavailable = errors.New("unavailable")
+
 // JobBackend is the job part of Backend.
 type JobBackend interface {
 	SubmitJob(ctx context.Context, j ParsedJob) (JobInfo, error)
@@ -125,6 +153,13 @@ type JobBackend interface {
 	Job(ctx context.Context, id string) (JobInfo, error)
 	CancelJob(ctx context.Context, id string) (JobInfo, error)
 	WatchJob(ctx context.Context, id string) (<-chan JobInfo, error)
+	// JobLogs sends a job's log to w as it grows; with follow, until the
+	// run ends.
+	JobLogs(ctx context.Context, id string, follow bool, w func([]byte) error) error
+	// JobResult opens a finished job's result, fetching it from the
+	// provider if needed. ErrNotReady if the job has not finished.
+	JobResult(ctx context.Context, id string) (io.ReadCloser, BlobInfo, error)
+	BlobBackend
 }
 
 func (s *server) routeJobs() {
@@ -133,6 +168,9 @@ func (s *server) routeJobs() {
 	s.mux.Handle("GET /v1/jobs/{id}", s.auth(http.HandlerFunc(s.getJob)))
 	s.mux.Handle("DELETE /v1/jobs/{id}", s.auth(http.HandlerFunc(s.deleteJob)))
 	s.mux.Handle("GET /v1/jobs/{id}/events", s.auth(http.HandlerFunc(s.jobEvents)))
+	s.mux.Handle("GET /v1/jobs/{id}/logs", s.auth(http.HandlerFunc(s.jobLogs)))
+	s.mux.Handle("GET /v1/jobs/{id}/result", s.auth(http.HandlerFunc(s.jobResult)))
+	s.routeBlobs()
 }
 
 func (s *server) postJob(w http.ResponseWriter, r *http.Request) {
@@ -166,11 +204,62 @@ func (s *server) getJobs(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) jobError(w http.ResponseWriter, err error) {
-	if errors.Is(err, ErrNotFound) {
+	switch {
+	case errors.Is(err, ErrNotFound):
 		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, ErrNotReady):
+		writeError(w, http.StatusConflict, err.Error())
+	case errors.Is(err, ErrTooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, err.Error())
+	case errors.Is(err, ErrUnavailable):
+		writeError(w, http.StatusBadGateway, err.Error())
+	default:
+		writeError(w, http.StatusBadRequest, err.Error())
+	}
+}
+
+// jobLogs sends a job's log as plain text; ?follow=1 keeps the response
+// open and streams the log until the run ends.
+func (s *server) jobLogs(w http.ResponseWriter, r *http.Request) {
+	follow := r.URL.Query().Get("follow")
+	if follow != "" && follow != "0" && follow != "1" && follow != "true" && follow != "false" {
+		writeError(w, http.StatusBadRequest, "follow: 1 or 0")
 		return
 	}
-	writeError(w, http.StatusBadRequest, err.Error())
+	started := false
+	flusher, _ := w.(http.Flusher)
+	err := s.cfg.Backend.JobLogs(r.Context(), r.PathValue("id"), follow == "1" || follow == "true", func(b []byte) error {
+		if !started {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.WriteHeader(http.StatusOK)
+			started = true
+		}
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		return nil
+	})
+	switch {
+	case err != nil && !started:
+		s.jobError(w, err)
+	case !started:
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusOK)
+	}
+}
+
+// jobResult sends a finished job's result blob.
+func (s *server) jobResult(w http.ResponseWriter, r *http.Request) {
+	rc, info, err := s.cfg.Backend.JobResult(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.jobError(w, err)
+		return
+	}
+	defer rc.Close()
+	sendBlob(w, rc, info)
 }
 
 func (s *server) getJob(w http.ResponseWriter, r *http.Request) {

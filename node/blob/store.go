@@ -12,7 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	
+
 	"github.com/ipfs/go-cid"
 
 	"github.com/mira-market/mira/protocol"

@@ -164,6 +164,9 @@ type JobSpec struct {
 	// max_price in micro-credits per GPU-second.
 	MaxPrice      uint64 `protobuf:"varint,9,opt,name=max_price,json=maxPrice,proto3" json:"max_price,omitempty"`
 	MaxDurationMs int64  `protobuf:"varint,10,opt,name=max_duration_ms,json=maxDurationMs,proto3" json:"max_duration_ms,omitempty"`
+	// inputs are content IDs of blobs the requester serves; the provider
+	// fetches them into the job's scratch dir under inputs/<content ID>.
+	Inputs        []string `protobuf:"bytes,11,rep,name=inputs,proto3" json:"inputs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -266,6 +269,13 @@ func (x *JobSpec) GetMaxDurationMs() int64 {
 		return x.MaxDurationMs
 	}
 	return 0
+}
+
+func (x *JobSpec) GetInputs() []string {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
 }
 
 // Offer is a requester's job offer; the job ID is the SHA-256 of its
@@ -475,11 +485,14 @@ func (x *Decline) GetReason() string {
 }
 
 type Award struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         []byte                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Provider      []byte                 `protobuf:"bytes,2,opt,name=provider,proto3" json:"provider,omitempty"`
-	Price         uint64                 `protobuf:"varint,3,opt,name=price,proto3" json:"price,omitempty"`
-	Attempt       uint32                 `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	JobId    []byte                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Provider []byte                 `protobuf:"bytes,2,opt,name=provider,proto3" json:"provider,omitempty"`
+	Price    uint64                 `protobuf:"varint,3,opt,name=price,proto3" json:"price,omitempty"`
+	Attempt  uint32                 `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// hold is the requester's signed ledger entry escrowing the job's
+	// maximum cost; the provider starts only once it has validated it.
+	Hold          []byte `protobuf:"bytes,5,opt,name=hold,proto3" json:"hold,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -540,6 +553,13 @@ func (x *Award) GetAttempt() uint32 {
 		return x.Attempt
 	}
 	return 0
+}
+
+func (x *Award) GetHold() []byte {
+	if x != nil {
+		return x.Hold
+	}
+	return nil
 }
 
 type Accept struct {
@@ -750,20 +770,98 @@ func (x *Heartbeat) GetAttempt() uint32 {
 	return 0
 }
 
+// Usage is what a run used, as the provider metered it.
+type Usage struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	WallMs int64                  `protobuf:"varint,1,opt,name=wall_ms,json=wallMs,proto3" json:"wall_ms,omitempty"`
+	// gpu_ms is GPUs x wall time.
+	GpuMs           int64  `protobuf:"varint,2,opt,name=gpu_ms,json=gpuMs,proto3" json:"gpu_ms,omitempty"`
+	PeakMemoryBytes uint64 `protobuf:"varint,3,opt,name=peak_memory_bytes,json=peakMemoryBytes,proto3" json:"peak_memory_bytes,omitempty"`
+	FirstOutputMs   int64  `protobuf:"varint,4,opt,name=first_output_ms,json=firstOutputMs,proto3" json:"first_output_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Usage) Reset() {
+	*x = Usage{}
+	mi := &file_market_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Usage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Usage) ProtoMessage() {}
+
+func (x *Usage) ProtoReflect() protoreflect.Message {
+	mi := &file_market_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Usage.ProtoReflect.Descriptor instead.
+func (*Usage) Descriptor() ([]byte, []int) {
+	return file_market_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Usage) GetWallMs() int64 {
+	if x != nil {
+		return x.WallMs
+	}
+	return 0
+}
+
+func (x *Usage) GetGpuMs() int64 {
+	if x != nil {
+		return x.GpuMs
+	}
+	return 0
+}
+
+func (x *Usage) GetPeakMemoryBytes() uint64 {
+	if x != nil {
+		return x.PeakMemoryBytes
+	}
+	return 0
+}
+
+func (x *Usage) GetFirstOutputMs() int64 {
+	if x != nil {
+		return x.FirstOutputMs
+	}
+	return 0
+}
+
+// Result ends a lease. Signed by the provider, it is the job's receipt:
+// the result's content ID, its size, the exit status and the usage that
+// the payment is computed from.
 type Result struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         []byte                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Attempt       uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	ExitCode      int32                  `protobuf:"varint,3,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
-	Output        []byte                 `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
-	Error         string                 `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	JobId    []byte                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Attempt  uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	ExitCode int32                  `protobuf:"varint,3,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	// output is the result inline when it is small (at most 32 KiB); it
+	// hashes to result_id.
+	Output        []byte `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
+	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	ResultId      string `protobuf:"bytes,6,opt,name=result_id,json=resultId,proto3" json:"result_id,omitempty"`
+	ResultSize    uint64 `protobuf:"varint,7,opt,name=result_size,json=resultSize,proto3" json:"result_size,omitempty"`
+	Usage         *Usage `protobuf:"bytes,8,opt,name=usage,proto3" json:"usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_market_proto_msgTypes[11]
+	mi := &file_market_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -775,7 +873,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[11]
+	mi := &file_market_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -788,7 +886,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{11}
+	return file_market_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Result) GetJobId() []byte {
@@ -826,6 +924,27 @@ func (x *Result) GetError() string {
 	return ""
 }
 
+func (x *Result) GetResultId() string {
+	if x != nil {
+		return x.ResultId
+	}
+	return ""
+}
+
+func (x *Result) GetResultSize() uint64 {
+	if x != nil {
+		return x.ResultSize
+	}
+	return 0
+}
+
+func (x *Result) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
 // MarketMessage is what travels, signed, on market streams and topics: the
 // signer is the message's author, and expires bounds its replay.
 type MarketMessage struct {
@@ -854,7 +973,7 @@ type MarketMessage struct {
 
 func (x *MarketMessage) Reset() {
 	*x = MarketMessage{}
-	mi := &file_market_proto_msgTypes[12]
+	mi := &file_market_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +985,7 @@ func (x *MarketMessage) String() string {
 func (*MarketMessage) ProtoMessage() {}
 
 func (x *MarketMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[12]
+	mi := &file_market_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +998,7 @@ func (x *MarketMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarketMessage.ProtoReflect.Descriptor instead.
 func (*MarketMessage) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{12}
+	return file_market_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MarketMessage) GetVersion() uint32 {
@@ -1071,7 +1190,7 @@ const file_market_proto_rawDesc = "" +
 	"memory_mib\x18\x05 \x01(\rR\tmemoryMib\"2\n" +
 	"\x06EnvVar\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xa9\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xc1\x02\n" +
 	"\aJobSpec\x12\x1a\n" +
 	"\bexecutor\x18\x01 \x01(\tR\bexecutor\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12\x16\n" +
@@ -1083,7 +1202,8 @@ const file_market_proto_rawDesc = "" +
 	"\x04tier\x18\b \x01(\tR\x04tier\x12\x1b\n" +
 	"\tmax_price\x18\t \x01(\x04R\bmaxPrice\x12&\n" +
 	"\x0fmax_duration_ms\x18\n" +
-	" \x01(\x03R\rmaxDurationMs\"\xca\x01\n" +
+	" \x01(\x03R\rmaxDurationMs\x12\x16\n" +
+	"\x06inputs\x18\v \x03(\tR\x06inputs\"\xca\x01\n" +
 	"\x05Offer\x12\x1c\n" +
 	"\trequester\x18\x01 \x01(\fR\trequester\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12!\n" +
@@ -1098,12 +1218,13 @@ const file_market_proto_rawDesc = "" +
 	"\aDecline\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\fR\bprovider\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"j\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"~\n" +
 	"\x05Award\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\fR\bprovider\x12\x14\n" +
 	"\x05price\x18\x03 \x01(\x04R\x05price\x12\x18\n" +
-	"\aattempt\x18\x04 \x01(\rR\aattempt\"9\n" +
+	"\aattempt\x18\x04 \x01(\rR\aattempt\x12\x12\n" +
+	"\x04hold\x18\x05 \x01(\fR\x04hold\"9\n" +
 	"\x06Accept\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\":\n" +
@@ -1115,13 +1236,22 @@ const file_market_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"<\n" +
 	"\tHeartbeat\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x18\n" +
-	"\aattempt\x18\x02 \x01(\rR\aattempt\"\x84\x01\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\"\x8b\x01\n" +
+	"\x05Usage\x12\x17\n" +
+	"\awall_ms\x18\x01 \x01(\x03R\x06wallMs\x12\x15\n" +
+	"\x06gpu_ms\x18\x02 \x01(\x03R\x05gpuMs\x12*\n" +
+	"\x11peak_memory_bytes\x18\x03 \x01(\x04R\x0fpeakMemoryBytes\x12&\n" +
+	"\x0ffirst_output_ms\x18\x04 \x01(\x03R\rfirstOutputMs\"\xe5\x01\n" +
 	"\x06Result\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x1b\n" +
 	"\texit_code\x18\x03 \x01(\x05R\bexitCode\x12\x16\n" +
 	"\x06output\x18\x04 \x01(\fR\x06output\x12\x14\n" +
-	"\x05error\x18\x05 \x01(\tR\x05error\"\xeb\x03\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\x12\x1b\n" +
+	"\tresult_id\x18\x06 \x01(\tR\bresultId\x12\x1f\n" +
+	"\vresult_size\x18\a \x01(\x04R\n" +
+	"resultSize\x12!\n" +
+	"\x05usage\x18\b \x01(\v2\v.mira.UsageR\x05usage\"\xeb\x03\n" +
 	"\rMarketMessage\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12&\n" +
@@ -1151,7 +1281,7 @@ func file_market_proto_rawDescGZIP() []byte {
 	return file_market_proto_rawDescData
 }
 
-var file_market_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_market_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_market_proto_goTypes = []any{
 	(*Resources)(nil),     // 0: mira.Resources
 	(*EnvVar)(nil),        // 1: mira.EnvVar
@@ -1164,27 +1294,29 @@ var file_market_proto_goTypes = []any{
 	(*Taken)(nil),         // 8: mira.Taken
 	(*Cancel)(nil),        // 9: mira.Cancel
 	(*Heartbeat)(nil),     // 10: mira.Heartbeat
-	(*Result)(nil),        // 11: mira.Result
-	(*MarketMessage)(nil), // 12: mira.MarketMessage
+	(*Usage)(nil),         // 11: mira.Usage
+	(*Result)(nil),        // 12: mira.Result
+	(*MarketMessage)(nil), // 13: mira.MarketMessage
 }
 var file_market_proto_depIdxs = []int32{
 	1,  // 0: mira.JobSpec.env:type_name -> mira.EnvVar
 	0,  // 1: mira.JobSpec.resources:type_name -> mira.Resources
 	2,  // 2: mira.Offer.spec:type_name -> mira.JobSpec
-	3,  // 3: mira.MarketMessage.offer:type_name -> mira.Offer
-	4,  // 4: mira.MarketMessage.bid:type_name -> mira.Bid
-	5,  // 5: mira.MarketMessage.decline:type_name -> mira.Decline
-	6,  // 6: mira.MarketMessage.award:type_name -> mira.Award
-	7,  // 7: mira.MarketMessage.accept:type_name -> mira.Accept
-	8,  // 8: mira.MarketMessage.taken:type_name -> mira.Taken
-	9,  // 9: mira.MarketMessage.cancel:type_name -> mira.Cancel
-	10, // 10: mira.MarketMessage.heartbeat:type_name -> mira.Heartbeat
-	11, // 11: mira.MarketMessage.result:type_name -> mira.Result
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	11, // 3: mira.Result.usage:type_name -> mira.Usage
+	3,  // 4: mira.MarketMessage.offer:type_name -> mira.Offer
+	4,  // 5: mira.MarketMessage.bid:type_name -> mira.Bid
+	5,  // 6: mira.MarketMessage.decline:type_name -> mira.Decline
+	6,  // 7: mira.MarketMessage.award:type_name -> mira.Award
+	7,  // 8: mira.MarketMessage.accept:type_name -> mira.Accept
+	8,  // 9: mira.MarketMessage.taken:type_name -> mira.Taken
+	9,  // 10: mira.MarketMessage.cancel:type_name -> mira.Cancel
+	10, // 11: mira.MarketMessage.heartbeat:type_name -> mira.Heartbeat
+	12, // 12: mira.MarketMessage.result:type_name -> mira.Result
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_market_proto_init() }
@@ -1192,7 +1324,7 @@ func file_market_proto_init() {
 	if File_market_proto != nil {
 		return
 	}
-	file_market_proto_msgTypes[12].OneofWrappers = []any{
+	file_market_proto_msgTypes[13].OneofWrappers = []any{
 		(*MarketMessage_Offer)(nil),
 		(*MarketMessage_Bid)(nil),
 		(*MarketMessage_Decline)(nil),
@@ -1209,7 +1341,7 @@ func file_market_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_market_proto_rawDesc), len(file_market_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,58 @@
+package api
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strconv"
+)
+
+const blobsPath = "/v1/blobs"
+
+// BlobInfo names a stored blob.
+type BlobInfo struct {
+	ID   string `json:"id"`
+	Size int64  `json:"size"`
+}
+
+// BlobBackend stores and serves content-addressed blobs: job inputs and
+// modules uploaded by scripts, results fetched from providers.
+type BlobBackend interface {
+	// PutBlob stores what r yields; ErrTooLarge over the node's limit.
+	PutBlob(ctx context.Context, r io.Reader) (BlobInfo, error)
+	// OpenBlob opens a stored blob; ErrNotFound if the node lacks it.
+	OpenBlob(ctx context.Context, id string) (io.ReadCloser, BlobInfo, error)
+}
+
+func (s *server) routeBlobs() {
+	s.mux.Handle("POST "+blobsPath, s.auth(http.HandlerFunc(s.postBlob)))
+	s.mux.Handle("GET "+blobsPath+"/{id}", s.auth(http.HandlerFunc(s.getBlob)))
+}
+
+// postBlob stores the raw request body and answers 201 {"id","size"}.
+func (s *server) postBlob(w http.ResponseWriter, r *http.Request) {
+	info, err := s.cfg.Backend.PutBlob(r.Context(), r.Body)
+	if err != nil {
+		s.jobError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, info)
+}
+
+func (s *server) getBlob(w http.ResponseWriter, r *http.Request) {
+	rc, info, err := s.cfg.Backend.OpenBlob(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.jobError(w, err)
+		return
+	}
+	defer rc.Close()
+	sendBlob(w, rc, info)
+}
+
+func sendBlob(w http.ResponseWriter, rc io.Reader, info BlobInfo) {
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(info.Size, 10))
+	w.Header().Set("X-Mira-Content-Id", info.ID)
+	w.WriteHeader(http.StatusOK)
+	io.Copy(w, rc)
+}

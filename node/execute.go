@@ -1,0 +1,231 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/node/executor"
+	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
+)
+
+// logGrace is how long a provider keeps trying to deliver a run's log
+// after the lease's deadline.
+const logGrace = time.Minute
+
+// startExecutors builds the executors the provider's config allows. One
+// that cannot start (no Docker engine) is left out with a warning, so the
+// node does not bid for work it cannot run.
+func (n *Node) startExecutors(ctx context.Context) (executor.Set, error) {
+	set := executor.Set{}
+	for _, name := range n.cfg.Provider.Executors {
+		var (
+			e   executor.Executor
+			err error
+		)
+		switch name {
+		case "noop":
+			e = executor.Noop{}
+		case "wasm":
+			e, err = executor.NewWasm(executor.WasmOptions{CacheDir: filepath.Join(n.cfg.DataDir, "wasm-cache")})
+		case "docker":
+			e, err = executor.NewDocker(ctx, executor.DockerOptions{AllowNetwork: n.cfg.Provider.DockerNetwork})
+		case "process":
+			e = executor.NewProcess(executor.ProcessOptions{})
+		default:
+			return nil, fmt.Errorf("config: provider.executors: unknown executor %q", name)
+		}
+		if err != nil {
+			n.log.Warn("executor unavailable; not offered", "executor", name, "err", err)
+			continue
+		}
+		set[name] = e
+	}
+	return set, nil
+}
+
+// execute runs a lease on its executor: it stages the module and inputs
+// from the requester, streams the log to the requester while the job runs,
+// stores stdout as the result blob, and returns what the signed result
+// (the receipt) says.
+func (n *Node) execute(ctx context.Context, l *market.Lease) market.Outcome {
+	start := time.Now()
+	out := n.executeRun(ctx, l)
+	if out.Usage == nil {
+		out.Usage = &pb.Usage{WallMs: time.Since(start).Milliseconds()}
+	}
+	return out
+}
+
+func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
+	failed := func(err error) market.Outcome { return market.Outcome{ExitCode: -1, Error: err.Error()} }
+	workDir := filepath.Join(n.cfg.DataDir, "work", fmt.Sprintf("%s.%d", l.Job, l.Attempt))
+	if err := os.MkdirAll(filepath.Join(workDir, "job"), 0o700); err != nil {
+		return failed(fmt.Errorf("scratch dir: %w", err))
+	}
+	defer os.RemoveAll(workDir)
+	job := &executor.Job{ID: l.Job.String(), Spec: l.Spec, Dir: filepath.Join(workDir, "job"), GPUs: n.assignGPUs(l.Spec)}
+	if err := n.stage(ctx, l, job); err != nil {
+		return failed(err)
+	}
+
+	log, err := n.logs.get(l.Job, l.Attempt)
+	if err != nil {
+		return failed(err)
+	}
+	defer log.finish()
+	logCtx, stopLog := context.WithDeadline(n.runCtx, l.Deadline.Add(logGrace))
+	n.wg.Add(1)
+	go func() { defer stopLog(); n.streamLogs(logCtx, l.Requester, l.Job, l.Attempt, log) }()
+
+	stdout, err := os.Create(filepath.Join(workDir, "stdout"))
+	if err != nil {
+		return failed(fmt.Errorf("result file: %w", err))
+	}
+	defer stdout.Close()
+	result := &cappedWriter{w: stdout, limit: n.blobs.Store().MaxSize()}
+	job.Stdout, job.Stderr = io.MultiWriter(result, log), log
+
+	res, err := n.executors.Run(ctx, job)
+	log.finish()
+	if err != nil {
+		return failed(err)
+	}
+	o := market.Outcome{ExitCode: res.ExitCode, Error: res.Reason, Usage: &pb.Usage{
+		WallMs: res.Wall.Milliseconds(), GpuMs: int64(len(job.GPUs)) * res.Wall.Milliseconds(),
+		PeakMemoryBytes: res.PeakMemory, FirstOutputMs: res.FirstOutput.Milliseconds(),
+	}}
+	if result.over {
+		o.ExitCode, o.Error = -1, fmt.Sprintf("result over the %d-byte blob limit", result.limit)
+	}
+	if _, err := stdout.Seek(0, io.SeekStart); err != nil {
+		return failed(fmt.Errorf("result file: %w", err))
+	}
+	id, size, err := n.blobs.Store().Put(stdout)
+	if err != nil {
+		return failed(fmt.Errorf("store result: %w", err))
+	}
+	o.ResultID, o.ResultSize = id.String(), uint64(size)
+	if size <= protocol.MaxResultOutput {
+		o.Output, _ = n.blobs.Store().ReadAll(id)
+	}
+	return o
+}
+
+// stage fetches what the job needs from its requester: the wasm module (a
+// content ID, or the name of a sample module this binary ships) and the
+// inputs, which land in the scratch dir under inputs/.
+func (n *Node) stage(ctx context.Context, l *market.Lease, job *executor.Job) error {
+	if l.Spec.Executor == "wasm" {
+		mod, err := n.module(ctx, l)
+		if err != nil {
+			return fmt.Errorf("module: %w", err)
+		}
+		job.Module = mod
+	}
+	if len(l.Spec.Inputs) == 0 {
+		return nil
+	}
+	dir := filepath.Join(job.Dir, "inputs")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("inputs: %w", err)
+	}
+	for _, in := range l.Spec.Inputs {
+		id, _, err := protocol.ParseBlobID(in)
+		if err != nil {
+			return fmt.Errorf("input: %w", err)
+		}
+		if _, err := n.blobs.Fetch(ctx, id, l.Requester); err != nil {
+			return fmt.Errorf("input: %w", err)
+		}
+		// A copy, not a link: the job may write to its inputs.
+		if err := n.copyBlob(id.String(), filepath.Join(dir, id.String())); err != nil {
+			return fmt.Errorf("input %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+func (n *Node) module(ctx context.Context, l *market.Lease) ([]byte, error) {
+	id, _, err := protocol.ParseBlobID(l.Spec.Module)
+	if err != nil {
+		return executor.SampleModule(l.Spec.Module)
+	}
+	if _, err := n.blobs.Fetch(ctx, id, l.Requester); err != nil {
+		return nil, err
+	}
+	return n.blobs.Store().ReadAll(id)
+}
+
+func (n *Node) copyBlob(id, dst string) error {
+	c, _, err := protocol.ParseBlobID(id)
+	if err != nil {
+		return err
+	}
+	src, _, err := n.blobs.Store().Open(c)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	f, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, src)
+	return errors.Join(err, f.Close())
+}
+
+// assignGPUs picks device indices for a job's GPUs, round-robin over the
+// node's GPUs: with more slots than GPUs, leases share devices.
+func (n *Node) assignGPUs(spec *pb.JobSpec) []string {
+	want := int(spec.GetResources().GetGpus())
+	total := 0
+	for _, g := range n.capacity.gpus {
+		total += g.Count
+	}
+	if want == 0 || total == 0 {
+		return nil
+	}
+	n.gpuMu.Lock()
+	defer n.gpuMu.Unlock()
+	out := make([]string, 0, want)
+	for range min(want, total) {
+		out = append(out, strconv.Itoa(n.nextGPU%total))
+		n.nextGPU++
+	}
+	return out
+}
+
+// cappedWriter writes at most limit bytes to w and notes when more came.
+type cappedWriter struct {
+	mu    sync.Mutex
+	w     io.Writer
+	n     int64
+	limit int64
+	over  bool
+}
+
+func (c *cappedWriter) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	size := len(p)
+	room := c.limit - c.n
+	if int64(size) > room {
+		c.over = true
+		p = p[:max(room, 0)]
+	}
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	if err != nil {
+		return n, err
+	}
+	return size, nil
+}

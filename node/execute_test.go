@@ -1,0 +1,170 @@
+package node_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mira-market/mira/node"
+	"github.com/mira-market/mira/node/api"
+	"github.com/mira-market/mira/node/executor"
+	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/testnet"
+)
+
+// execNet starts a requester (node 0) and one provider (node 1) whose
+// executors are the given ones.
+func execNet(t *testing.T, executors ...string) (*testnet.Testnet, *api.Client) {
+	t.Helper()
+	tn := startTestnet(t, 2, func(i int, cfg *node.Config) {
+		testnet.WithProviders(1)(i, cfg)
+		cfg.Provider.Executors = executors
+	})
+	if err := testnet.WaitFor(context.Background(), deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	c := clientFor(t, tn, 0)
+	queryUntil(t, c, api.ProviderQuery{GPU: "any"}, []string{tn.Node(1).ID().String()})
+	return tn, c
+}
+
+func wasmJob(module string, args ...string) api.JobRequest {
+	return api.JobRequest{
+		Executor: "wasm", Module: module, Args: args, Tier: "interactive", MaxPrice: 0.01,
+		Resources: api.Resources{GPUs: 1}, MaxDuration: "30s", Deadline: "2m",
+	}
+}
+
+// result fetches a job's result and checks it against the content ID in
+// the provider's signed receipt.
+func result(t *testing.T, c *api.Client, j api.JobInfo) []byte {
+	t.Helper()
+	rc, id, err := c.JobResult(context.Background(), j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	want, _ := protocol.BlobID(sum[:])
+	if id != j.ResultID || want.String() != j.ResultID || uint64(len(b)) != j.ResultSize {
+		t.Fatalf("result %s (%d bytes) hashes to %s; receipt names %s (%d bytes)", id, len(b), want, j.ResultID, j.ResultSize)
+	}
+	return b
+}
+
+func logs(t *testing.T, c *api.Client, id string) string {
+	t.Helper()
+	rc, err := c.JobLogs(context.Background(), id, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestWasmJobEndToEnd(t *testing.T) {
+	_, c := execNet(t, "wasm")
+	ctx := context.Background()
+
+	// A sample module the binary ships, by name.
+	j, err := c.SubmitJob(ctx, wasmJob("sample", "echo", "hello", "market"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := waitJobs(t, c, []string{j.ID}, "succeeded", time.Minute)[j.ID]
+	if got := string(result(t, c, done)); got != "hello market\n" {
+		t.Fatalf("result %q", got)
+	}
+	if done.Usage == nil || done.Usage.WallMS < 0 || done.Usage.GPUMS < done.Usage.WallMS {
+		t.Fatalf("usage %+v", done.Usage)
+	}
+	if got := logs(t, c, j.ID); !strings.Contains(got, "hello market") {
+		t.Fatalf("logs %q", got)
+	}
+
+	// The module and an input uploaded as blobs: the provider fetches both
+	// from the requester. The input is larger than a result carried inline,
+	// so the result comes over the blob protocol too.
+	mod, err := executor.SampleModule("sample")
+	if err != nil {
+		t.Fatal(err)
+	}
+	modInfo, err := c.PutBlob(ctx, bytes.NewReader(mod))
+	if err != nil {
+		t.Fatal(err)
+	}
+	input := bytes.Repeat([]byte("mira input line\n"), 8<<10) // 128 KiB
+	inInfo, err := c.PutBlob(ctx, bytes.NewReader(input))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := wasmJob(modInfo.ID, "readfile", "/inputs/"+inInfo.ID)
+	req.Inputs = []string{inInfo.ID}
+	j, err = c.SubmitJob(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done = waitJobs(t, c, []string{j.ID}, "succeeded", time.Minute)[j.ID]
+	if got := result(t, c, done); !bytes.Equal(got, input) || done.Output != "" {
+		t.Fatalf("result of %d bytes (inline %d), want the %d-byte input", len(got), len(done.Output), len(input))
+	}
+}
+
+func TestWasmJobFailures(t *testing.T) {
+	_, c := execNet(t, "wasm")
+	ctx := context.Background()
+	over := wasmJob("sample", "spin")
+	over.MaxDuration = "1s"
+	oom := wasmJob("sample", "alloc", "512")
+	oom.Resources.MemoryMiB = 64
+	cases := []struct {
+		name string
+		req  api.JobRequest
+		want string
+	}{
+		{"sandboxed file", wasmJob("sample", "readfile", "/etc/passwd"), ""},
+		{"max_duration", over, executor.ReasonTimeout},
+		{"memory", oom, executor.ReasonOOM},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			j, err := c.SubmitJob(ctx, tc.req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := waitJobs(t, c, []string{j.ID}, "failed", time.Minute)[j.ID]
+			if !strings.Contains(done.Error, tc.want) || (tc.want == "" && done.ExitCode == 0) {
+				t.Fatalf("error %q exit %d, want %q", done.Error, done.ExitCode, tc.want)
+			}
+		})
+	}
+}
+
+func TestProcessJobRefusedUnlessAllowed(t *testing.T) {
+	_, c := execNet(t, "wasm")
+	ctx := context.Background()
+	req := api.JobRequest{
+		Executor: "process", Command: []string{"/bin/sh", "-c", "echo ran on the host"}, Tier: "batch",
+		MaxPrice: 0.01, Resources: api.Resources{GPUs: 1}, MaxDuration: "10s", Deadline: "3s",
+	}
+	j, err := c.SubmitJob(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := waitJobs(t, c, []string{j.ID}, "expired", time.Minute)[j.ID]
+	if len(done.Declines) == 0 || !strings.Contains(done.Declines[0].Reason, "executor") {
+		t.Fatalf("declines %+v, want the provider to refuse the executor", done.Declines)
+	}
+}

@@ -1,0 +1,356 @@
+package executor
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/pkg/stdcopy"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/mount"
+	"github.com/moby/moby/client"
+)
+
+// Labels on every container the docker executor creates.
+const (
+	// LabelJob holds the job ID.
+	LabelJob = "mira.job"
+	// LabelOwner holds DockerOptions.Owner, when set.
+	LabelOwner = "mira.owner"
+)
+
+// ErrNoImage is returned for a job whose image is not present on this
+// provider. Images are never pulled: the operator chooses what runs.
+var ErrNoImage = errors.New("image not present on this provider")
+
+// DockerOptions configures the docker executor. The zero value is usable.
+type DockerOptions struct {
+	// AllowNetwork lets containers use a network; without it they have
+	// none (network mode "none").
+	AllowNetwork bool
+	// Network is the network mode or network name containers are attached
+	// to when AllowNetwork is set; "bridge" when empty.
+	Network string
+	// DefaultMemoryMib is the memory limit of a job whose spec gives no
+	// resources.memory_mib; 1024 when zero.
+	DefaultMemoryMib uint32
+	// PidsLimit caps the processes of a container; 512 when zero.
+	PidsLimit int64
+	// User is the user containers run as ("uid:gid"); the image's when
+	// empty. job.Dir must be writable by it.
+	User string
+	// Owner, when set, labels this executor's containers (LabelOwner) and
+	// limits Cleanup to them, so that nodes sharing one engine (a testnet)
+	// do not remove each other's containers. A node's peer ID is a good
+	// choice.
+	Owner string
+	// Logger receives debug logs; none when nil.
+	Logger *slog.Logger
+}
+
+// Docker runs jobs as containers through the Docker Engine API; it is the
+// executor for GPU jobs.
+//
+// A job's spec.image must already be on the host. spec.command, when
+// given, replaces the image's entrypoint and spec.args are its arguments;
+// without a command, spec.args replace the image's CMD and the image's
+// entrypoint (if any) runs them. The container gets: the spec's env and no
+// other variable but those the image sets, job.Dir bind-mounted read-write
+// at /work as its working directory and only mount, a read-only root
+// filesystem, no capabilities, no-new-privileges, a pids limit, memory =
+// resources.memory_mib with no swap, NanoCPUs = resources.cpu_millis, no
+// network unless allowed, and the job's GPUs (job.GPUs, via the nvidia
+// driver). Output is read by attaching to the container (as `docker run`
+// does); the daemon does not log it. The container is removed after every
+// run, however it ended.
+//
+// A container killed by the kernel for using more than its memory (the
+// engine's OOMKilled, or exit status 137 that the executor did not cause)
+// is reported as ReasonOOM. PeakMemory is not reported (zero): the
+// container's cgroup is gone when it has exited.
+type Docker struct {
+	c    *client.Client
+	opts DockerOptions
+	log  *slog.Logger
+}
+
+var _ Executor = (*Docker)(nil)
+
+// NewDocker connects to the Docker engine given by the environment
+// (DOCKER_HOST and friends, else the local socket) and checks that it
+// answers.
+func NewDocker(ctx context.Context, opts DockerOptions) (*Docker, error) {
+	if opts.Network == "" {
+		opts.Network = "bridge"
+	}
+	if opts.DefaultMemoryMib == 0 {
+		opts.DefaultMemoryMib = 1024
+	}
+	if opts.PidsLimit == 0 {
+		opts.PidsLimit = 512
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c, err := client.New(client.FromEnv)
+	if err != nil {
+		return nil, fmt.Errorf("docker: client: %w", err)
+	}
+	if _, err := c.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("docker: engine not reachable: %w", err)
+	}
+	return &Docker{c: c, opts: opts, log: log}, nil
+}
+
+// Name implements Executor.
+func (*Docker) Name() string { return "docker" }
+
+// Close closes the connection to the engine.
+func (d *Docker) Close() error { return d.c.Close() }
+
+// Client is the engine client the executor uses.
+func (d *Docker) Client() *client.Client { return d.c }
+
+// Run implements Executor.
+func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
+	fail := Result{ExitCode: -1}
+	spec := job.Spec
+	if spec.GetImage() == "" {
+		return fail, errors.New("docker: job has no image")
+	}
+	if job.Dir == "" {
+		return fail, errors.New("docker: job has no directory")
+	}
+	dir, err := filepath.Abs(job.Dir)
+	if err != nil {
+		return fail, fmt.Errorf("docker: job directory: %w", err)
+	}
+	if _, err := d.c.ImageInspect(ctx, spec.GetImage()); err != nil {
+		if cerrdefs.IsNotFound(err) {
+			return fail, fmt.Errorf("docker: %q: %w", spec.GetImage(), ErrNoImage)
+		}
+		if ctx.Err() != nil {
+			return Result{ExitCode: -1, Reason: ctxReason(ctx)}, nil
+		}
+		return fail, fmt.Errorf("docker: inspect image %q: %w", spec.GetImage(), err)
+	}
+
+	start := time.Now()
+	clock := newOutputClock(start)
+	id, err := d.create(ctx, job, dir)
+	if err != nil {
+		if ctx.Err() != nil {
+			return Result{ExitCode: -1, Reason: ctxReason(ctx), Wall: time.Since(start)}, nil
+		}
+		return fail, err
+	}
+	// However the run ends, the container goes: with a context of its own,
+	// since ctx may be what ended it.
+	defer d.remove(id)
+
+	att, err := d.c.ContainerAttach(ctx, id, client.ContainerAttachOptions{Stream: true, Stdout: true, Stderr: true})
+	if err != nil {
+		return d.failed(ctx, start, fmt.Errorf("docker: attach: %w", err))
+	}
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		if _, err := stdcopy.StdCopy(clock.wrap(job.Stdout), clock.wrap(job.Stderr), att.Reader); err != nil {
+			d.log.Debug("docker: output stream", "job", job.ID, "err", err)
+		}
+	}()
+	// No write to the job's writers after Run returns.
+	defer func() {
+		att.Close()
+		<-copied
+	}()
+	// Wait is registered before the start so that a fast exit is not missed.
+	wait := d.c.ContainerWait(ctx, id, client.ContainerWaitOptions{Condition: container.WaitConditionNextExit})
+	if _, err := d.c.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
+		return d.failed(ctx, start, fmt.Errorf("docker: start: %w", err))
+	}
+
+	var status int64
+	select {
+	case w := <-wait.Result:
+		if w.Error != nil && w.Error.Message != "" {
+			return d.failed(ctx, start, fmt.Errorf("docker: wait: %s", w.Error.Message))
+		}
+		status = w.StatusCode
+	case err := <-wait.Error:
+		return d.failed(ctx, start, fmt.Errorf("docker: wait: %w", err))
+	case <-ctx.Done():
+		return d.failed(ctx, start, ctx.Err())
+	}
+	res := Result{ExitCode: int32(status), Wall: time.Since(start)}
+	// The output stream ends when the container has exited; give it a
+	// moment to drain.
+	select {
+	case <-copied:
+	case <-time.After(5 * time.Second):
+		d.log.Warn("docker: output did not end after exit", "job", job.ID)
+	}
+	res.FirstOutput = clock.firstOutput()
+
+	// The engine's OOMKilled flag is not reliable (it misses kills under
+	// load, moby#38352, kubernetes#19825), so a SIGKILL that the executor
+	// did not send (status 137) counts as the kernel's OOM killer too:
+	// nothing inside a container can SIGKILL its init process.
+	oom := status == 128+9
+	if !oom {
+		ictx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		in, err := d.c.ContainerInspect(ictx, id, client.ContainerInspectOptions{})
+		oom = err == nil && in.Container.State != nil && in.Container.State.OOMKilled
+	}
+	if oom {
+		res.ExitCode, res.Reason = -1, ReasonOOM
+	}
+	return res, nil
+}
+
+// failed ends a run that did not get to an exit: a done ctx is a killed
+// job, anything else an error.
+func (d *Docker) failed(ctx context.Context, start time.Time, err error) (Result, error) {
+	if ctx.Err() != nil {
+		return Result{ExitCode: -1, Reason: ctxReason(ctx), Wall: time.Since(start)}, nil
+	}
+	return Result{ExitCode: -1}, err
+}
+
+// create creates the job's container and returns its ID.
+func (d *Docker) create(ctx context.Context, job *Job, dir string) (string, error) {
+	spec := job.Spec
+	cfg := &container.Config{
+		Image:        spec.GetImage(),
+		Cmd:          spec.GetArgs(),
+		WorkingDir:   "/work",
+		User:         d.opts.User,
+		Labels:       d.labels(job.ID),
+		AttachStdout: true,
+		AttachStderr: true,
+	}
+	if len(spec.GetCommand()) > 0 {
+		cfg.Entrypoint = spec.GetCommand()
+	}
+	for _, e := range spec.GetEnv() {
+		cfg.Env = append(cfg.Env, e.GetName()+"="+e.GetValue())
+	}
+	memMib := d.opts.DefaultMemoryMib
+	if m := spec.GetResources().GetMemoryMib(); m > 0 {
+		memMib = m
+	}
+	mem := int64(memMib) << 20
+	pids := d.opts.PidsLimit
+	network := "none"
+	if d.opts.AllowNetwork {
+		network = d.opts.Network
+	}
+	hc := &container.HostConfig{
+		Mounts:         []mount.Mount{{Type: mount.TypeBind, Source: dir, Target: "/work"}},
+		NetworkMode:    container.NetworkMode(network),
+		Privileged:     false,
+		CapDrop:        []string{"ALL"},
+		SecurityOpt:    []string{"no-new-privileges"},
+		ReadonlyRootfs: true,
+		LogConfig:      container.LogConfig{Type: "none"},
+		Resources: container.Resources{
+			Memory:     mem,
+			MemorySwap: mem, // memory+swap = memory: no swap
+			NanoCPUs:   int64(spec.GetResources().GetCpuMillis()) * 1_000_000,
+			PidsLimit:  &pids,
+		},
+	}
+	if len(job.GPUs) > 0 {
+		hc.DeviceRequests = []container.DeviceRequest{{
+			Driver:       "nvidia",
+			DeviceIDs:    job.GPUs,
+			Capabilities: [][]string{{"gpu"}},
+		}}
+	}
+	name, err := containerName(job.ID)
+	if err != nil {
+		return "", err
+	}
+	c, err := d.c.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: hc, Name: name})
+	if err != nil {
+		return "", fmt.Errorf("docker: create: %w", err)
+	}
+	d.log.Debug("docker: created container", "job", job.ID, "name", name, "id", c.ID, "warnings", c.Warnings)
+	return c.ID, nil
+}
+
+func (d *Docker) labels(jobID string) map[string]string {
+	l := map[string]string{LabelJob: jobID}
+	if d.opts.Owner != "" {
+		l[LabelOwner] = d.opts.Owner
+	}
+	return l
+}
+
+// remove kills and removes a container, whatever its state.
+func (d *Docker) remove(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := d.c.ContainerRemove(ctx, id, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !cerrdefs.IsNotFound(err) {
+		d.log.Warn("docker: remove container", "id", id, "err", err)
+	}
+}
+
+// Cleanup removes every container labeled LabelJob (and, with an Owner,
+// this owner's LabelOwner), running or not: the leftovers of a node that
+// stopped mid-run. Call it when a node starts. It returns how many it
+// removed.
+func (d *Docker) Cleanup(ctx context.Context) (int, error) {
+	filters := client.Filters{}.Add("label", LabelJob)
+	if d.opts.Owner != "" {
+		filters.Add("label", LabelOwner+"="+d.opts.Owner)
+	}
+	list, err := d.c.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: filters})
+	if err != nil {
+		return 0, fmt.Errorf("docker: list containers: %w", err)
+	}
+	n := 0
+	var errs []error
+	for _, c := range list.Items {
+		_, err := d.c.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
+		switch {
+		case err == nil:
+			n++
+		case !cerrdefs.IsNotFound(err):
+			errs = append(errs, fmt.Errorf("docker: remove %s: %w", c.ID, err))
+		}
+	}
+	return n, errors.Join(errs...)
+}
+
+// containerName is "mira-" + the job ID's first characters + a random
+// suffix, so that two runs of one job never clash.
+func containerName(jobID string) (string, error) {
+	var b strings.Builder
+	for _, r := range jobID {
+		if b.Len() == 24 {
+			break
+		}
+		if r < 0x80 && (r == '-' || r == '_' || r == '.' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			b.WriteRune(r)
+		}
+	}
+	suffix := make([]byte, 4)
+	if _, err := rand.Read(suffix); err != nil {
+		return "", fmt.Errorf("docker: container name: %w", err)
+	}
+	if b.Len() == 0 {
+		return "mira-" + hex.EncodeToString(suffix), nil
+	}
+	return "mira-" + b.String() + "-" + hex.EncodeToString(suffix), nil
+}

@@ -1,0 +1,443 @@
+package executor
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/api/pkg/stdcopy"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+
+	"github.com/mira-market/mira/protocol/pb"
+)
+
+// testImage is the image the docker tests build: the sample program,
+// static, alone in a FROM scratch image.
+const testImage = "mira-test-job:latest"
+
+// dockerFixture is the engine and the test image, set up once per test
+// binary; TestMain removes the image at the end.
+type dockerFixture struct {
+	c       *client.Client
+	skip    string // why docker tests cannot run
+	err     error  // a failure to build the image
+	built   bool
+	buildMu sync.Mutex
+}
+
+var testDockerFixture = sync.OnceValue(func() *dockerFixture {
+	f := &dockerFixture{}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := client.New(client.FromEnv)
+	if err == nil {
+		_, err = c.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true})
+	}
+	if err != nil {
+		f.skip = fmt.Sprintf("docker engine not reachable: %v", err)
+		return f
+	}
+	f.c = c
+	return f
+})
+
+// builtFixture is set once the test image exists, for TestMain to remove.
+var builtFixture *dockerFixture
+
+// dockerOrSkip returns the engine client with the test image built, or
+// skips the test (fails it with MIRA_REQUIRE_DOCKER=1) where there is no
+// engine.
+func dockerOrSkip(t testing.TB) *client.Client {
+	t.Helper()
+	f := testDockerFixture()
+	if f.skip != "" {
+		if os.Getenv("MIRA_REQUIRE_DOCKER") == "1" {
+			t.Fatal(f.skip)
+		}
+		t.Skip(f.skip)
+	}
+	f.buildMu.Lock()
+	defer f.buildMu.Unlock()
+	if !f.built && f.err == nil {
+		f.err = buildTestImage(f.c)
+		f.built = f.err == nil
+		if f.built {
+			builtFixture = f
+		}
+	}
+	if f.err != nil {
+		t.Fatal(f.err)
+	}
+	return f.c
+}
+
+// buildTestImage builds testImage around the static sample program
+// through the Engine API.
+func buildTestImage(c *client.Client) error {
+	bin, err := testSampleBin()
+	if err != nil {
+		return err
+	}
+	binBytes, err := os.ReadFile(bin)
+	if err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	files := []struct {
+		name string
+		mode int64
+		data []byte
+	}{
+		{"Dockerfile", 0o644, []byte("FROM scratch\nCOPY job /job\nENTRYPOINT [\"/job\"]\n")},
+		{"job", 0o755, binBytes},
+	}
+	for _, f := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data))}); err != nil {
+			return err
+		}
+		if _, err := tw.Write(f.data); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	res, err := c.ImageBuild(ctx, &buf, client.ImageBuildOptions{Tags: []string{testImage}, Remove: true, ForceRemove: true})
+	if err != nil {
+		return fmt.Errorf("image build: %w", err)
+	}
+	defer res.Body.Close()
+	// The body is a stream of JSON messages; a failed build says so in one.
+	dec := json.NewDecoder(res.Body)
+	for {
+		var msg struct {
+			Stream string `json:"stream"`
+			Error  string `json:"error"`
+		}
+		if err := dec.Decode(&msg); err == io.EOF {
+			break
+		} else if err != nil {
+			return fmt.Errorf("image build output: %w", err)
+		}
+		if msg.Error != "" {
+			return fmt.Errorf("image build: %s", msg.Error)
+		}
+	}
+	if _, err := c.ImageInspect(ctx, testImage); err != nil {
+		return fmt.Errorf("image build: %w", err)
+	}
+	return nil
+}
+
+// newTestDocker returns a docker executor with a unique owner.
+func newTestDocker(t testing.TB, opts DockerOptions) *Docker {
+	t.Helper()
+	dockerOrSkip(t)
+	opts.Owner = "test-" + randHex(t, 4)
+	d, err := NewDocker(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.Cleanup(context.Background())
+		d.Close()
+	})
+	return d
+}
+
+func randHex(t testing.TB, n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// containersOf lists the containers, running or not, labeled with jobID.
+func containersOf(t testing.TB, c *client.Client, jobID string) []container.Summary {
+	t.Helper()
+	l, err := c.ContainerList(context.Background(), client.ContainerListOptions{All: true, Filters: client.Filters{}.Add("label", LabelJob+"="+jobID)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Items
+}
+
+// cancelOnOutput is a writer that cancels a context at its first write.
+type cancelOnOutput struct {
+	syncBuffer
+	once   sync.Once
+	cancel context.CancelFunc
+}
+
+func (w *cancelOnOutput) Write(p []byte) (int, error) {
+	w.once.Do(w.cancel)
+	return w.syncBuffer.Write(p)
+}
+
+func TestDocker(t *testing.T) {
+	t.Parallel()
+	d := newTestDocker(t, DockerOptions{})
+	cases := []runCase{
+		{
+			name: "echo",
+			args: []string{"echo", "hello", "docker"},
+			check: func(t *testing.T, r Result, stdout, _, _ string) {
+				wantOK(t, r)
+				if stdout != "hello docker\n" {
+					t.Errorf("stdout %q", stdout)
+				}
+				if r.FirstOutput <= 0 || r.FirstOutput > r.Wall {
+					t.Errorf("FirstOutput %v, Wall %v", r.FirstOutput, r.Wall)
+				}
+			},
+		},
+		{
+			name: "exit code and stderr",
+			args: []string{"readfile", "/nonexistent"},
+			check: func(t *testing.T, r Result, stdout, stderr, _ string) {
+				wantExit(t, r, 1, "")
+				if stdout != "" || !strings.Contains(stderr, "no such file") {
+					t.Errorf("stdout %q stderr %q", stdout, stderr)
+				}
+			},
+		},
+		{
+			name: "exit 7",
+			args: []string{"exit", "7"},
+			check: func(t *testing.T, r Result, _, _, _ string) {
+				wantExit(t, r, 7, "")
+			},
+		},
+		{
+			name: "write lands in job dir",
+			args: []string{"write", "out.txt", "from a container"},
+			check: func(t *testing.T, r Result, stdout, _, dir string) {
+				wantOK(t, r)
+				b, err := os.ReadFile(filepath.Join(dir, "out.txt"))
+				if err != nil || string(b) != "from a container" {
+					t.Errorf("out.txt on the host: %q, %v", b, err)
+				}
+			},
+		},
+		{
+			name: "root filesystem is read-only",
+			args: []string{"write", "/out.txt", "x"},
+			check: func(t *testing.T, r Result, _, stderr, _ string) {
+				wantExit(t, r, 1, "")
+				if !strings.Contains(stderr, "read-only file system") {
+					t.Errorf("stderr %q", stderr)
+				}
+			},
+		},
+		{
+			name: "env",
+			args: []string{"env"},
+			env:  map[string]string{"A": "1"},
+			check: func(t *testing.T, r Result, stdout, _, _ string) {
+				wantOK(t, r)
+				found := false
+				for _, kv := range strings.Fields(stdout) {
+					k, _, _ := strings.Cut(kv, "=")
+					switch k {
+					case "A":
+						found = kv == "A=1"
+					case "PATH", "HOSTNAME", "HOME": // set by the engine
+					default:
+						t.Errorf("unexpected variable %q", kv)
+					}
+				}
+				if !found {
+					t.Errorf("A=1 missing from %q", stdout)
+				}
+			},
+		},
+		{
+			name:   "memory limit",
+			args:   []string{"alloc", "256"},
+			memMib: 32,
+			check: func(t *testing.T, r Result, stdout, _, _ string) {
+				if !r.Failed() || r.Reason != ReasonOOM {
+					t.Errorf("got %+v, want failed with %q", r, ReasonOOM)
+				}
+			},
+		},
+		{
+			name:    "max_duration",
+			args:    []string{"sleep", "1h"},
+			timeout: 2 * time.Second,
+			check: func(t *testing.T, r Result, _, _, _ string) {
+				wantExit(t, r, -1, ReasonTimeout)
+				if r.Wall > 15*time.Second {
+					t.Errorf("took %v", r.Wall)
+				}
+			},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			r, stdout, stderr, dir := runJob(t, d, &pb.JobSpec{Executor: "docker", Image: testImage}, nil, c)
+			c.check(t, r, stdout, stderr, dir)
+			// Whatever the ending, no container is left.
+			id := "t" + strings.ReplaceAll(strings.ToLower(t.Name()), "/", "-")
+			if left := containersOf(t, d.Client(), id); len(left) > 0 {
+				t.Errorf("%d container(s) left after the run", len(left))
+			}
+		})
+	}
+}
+
+func TestDockerCancel(t *testing.T) {
+	t.Parallel()
+	d := newTestDocker(t, DockerOptions{})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	// serve prints a line once running, then serves forever: the writer
+	// cancels the run at that line, so the cancel comes mid-run.
+	out := &cancelOnOutput{cancel: cancel}
+	jobID := "cancel-" + randHex(t, 4)
+	job := &Job{ID: jobID, Spec: &pb.JobSpec{Executor: "docker", Image: testImage, Args: []string{"serve", "8080"}}, Dir: t.TempDir(), Stdout: out, Stderr: &syncBuffer{}}
+	r, err := d.Run(ctx, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantExit(t, r, -1, ReasonCancelled)
+	if left := containersOf(t, d.Client(), jobID); len(left) > 0 {
+		t.Fatalf("%d container(s) labeled %s=%s left after cancel", len(left), LabelJob, jobID)
+	}
+}
+
+func TestDockerMissingImage(t *testing.T) {
+	t.Parallel()
+	d := newTestDocker(t, DockerOptions{})
+	job := &Job{ID: "missing", Spec: &pb.JobSpec{Executor: "docker", Image: "mira-no-such-image:" + randHex(t, 4)}, Dir: t.TempDir(), Stdout: io.Discard, Stderr: io.Discard}
+	if _, err := d.Run(t.Context(), job); !errors.Is(err, ErrNoImage) {
+		t.Fatalf("err = %v, want ErrNoImage", err)
+	}
+}
+
+func TestDockerCleanup(t *testing.T) {
+	t.Parallel()
+	d := newTestDocker(t, DockerOptions{})
+	other := newTestDocker(t, DockerOptions{})
+	c := d.Client()
+	ctx := t.Context()
+	// A leftover of d and one of another owner.
+	for _, e := range []*Docker{d, other} {
+		_, err := c.ContainerCreate(ctx, client.ContainerCreateOptions{
+			Config:     &container.Config{Image: testImage, Cmd: []string{"sleep", "1h"}, Labels: e.labels("leftover")},
+			HostConfig: &container.HostConfig{NetworkMode: "none"},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := d.Cleanup(ctx)
+	if err != nil || n != 1 {
+		t.Fatalf("Cleanup = %d, %v; want 1, nil", n, err)
+	}
+	if left := containersOf(t, c, "leftover"); len(left) != 1 || left[0].Labels[LabelOwner] != other.opts.Owner {
+		t.Fatalf("after cleanup: %d leftover(s), want only the other owner's", len(left))
+	}
+}
+
+// TestDockerNetwork runs a server container on a network of its own, then
+// jobs that dial it: without network access they must fail, with it (on
+// that network) succeed.
+func TestDockerNetwork(t *testing.T) {
+	t.Parallel()
+	c := dockerOrSkip(t)
+	ctx := t.Context()
+	netName := "mira-test-" + randHex(t, 4)
+	if _, err := c.NetworkCreate(ctx, netName, client.NetworkCreateOptions{Driver: "bridge"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.NetworkRemove(context.Background(), netName, client.NetworkRemoveOptions{}) })
+
+	srv, err := c.ContainerCreate(ctx, client.ContainerCreateOptions{
+		Config:     &container.Config{Image: testImage, Cmd: []string{"serve", "8080"}, Labels: map[string]string{"mira.test": t.Name()}},
+		HostConfig: &container.HostConfig{NetworkMode: container.NetworkMode(netName)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.ContainerRemove(context.Background(), srv.ID, client.ContainerRemoveOptions{Force: true})
+	})
+	if _, err := c.ContainerStart(ctx, srv.ID, client.ContainerStartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitForLog(t, c, srv.ID, "listening on", 30*time.Second)
+	in, err := c.ContainerInspect(ctx, srv.ID, client.ContainerInspectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := in.Container.NetworkSettings.Networks[netName]
+	if ep == nil || !ep.IPAddress.IsValid() {
+		t.Fatalf("server has no address on %s", netName)
+	}
+	addr := ep.IPAddress.String() + ":8080"
+
+	cases := []struct {
+		name    string
+		opts    DockerOptions
+		args    []string
+		wantOK  bool
+		wantOut string
+	}{
+		{"no network", DockerOptions{}, []string{"dial", addr}, false, ""},
+		{"network allowed", DockerOptions{AllowNetwork: true, Network: netName}, []string{"dial", addr, "10s"}, true, "hello from sample"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d := newTestDocker(t, tc.opts)
+			r, stdout, stderr, _ := runJob(t, d, &pb.JobSpec{Executor: "docker", Image: testImage}, nil, runCase{args: tc.args})
+			if r.Failed() == tc.wantOK || !strings.Contains(stdout, tc.wantOut) {
+				t.Fatalf("dial %s: %+v stdout %q stderr %q", addr, r, stdout, stderr)
+			}
+		})
+	}
+}
+
+// waitForLog polls a container's logs until a line contains want.
+func waitForLog(t *testing.T, c *client.Client, id, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for delay := 10 * time.Millisecond; ; delay = min(2*delay, 500*time.Millisecond) {
+		logs, err := c.ContainerLogs(t.Context(), id, client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out, errOut bytes.Buffer
+		stdcopy.StdCopy(&out, &errOut, logs)
+		logs.Close()
+		sc := bufio.NewScanner(&out)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), want) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the logs of %s after %v: %q %q", want, id, timeout, out.String(), errOut.String())
+		}
+		time.Sleep(delay)
+	}
+}

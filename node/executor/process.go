@@ -1,0 +1,229 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ProcessOptions configures the process executor. The zero value is
+// usable.
+type ProcessOptions struct {
+	// OutputGrace is how long output from processes that escaped the job's
+	// process group is still read after the job ended; 2s when zero.
+	OutputGrace time.Duration
+	// Logger receives debug logs; none when nil.
+	Logger *slog.Logger
+}
+
+// Process runs jobs as host processes: spec.command[0] with the rest of
+// spec.command and then spec.args as arguments, in job.Dir. It is no
+// sandbox, only for operators who trust their requesters (a private
+// network).
+//
+// The process's environment is exactly the spec's env. A command without a
+// slash is looked up in the spec's PATH when it gives one, else in the
+// node's. The job runs in a process group of its own; when its main process
+// exits, or ctx is done, the whole group is killed (SIGKILL), so nothing it
+// started outlives it. A job's memory is limited with RLIMIT_AS (address
+// space, which is more than resident memory: some runtimes reserve a lot
+// of it) set right after the start, so inherited by every process it
+// starts later; memory the first process allocated in the instant before
+// is not undone. PeakMemory is the maximum resident set size (getrusage) of
+// the main process or of the largest of the children it waited for; Linux
+// counts the node's own RSS at fork in it (the high-water mark survives
+// exec), so for small jobs it is the node's size, an upper bound.
+type Process struct {
+	opts ProcessOptions
+	log  *slog.Logger
+}
+
+var _ Executor = (*Process)(nil)
+
+// NewProcess returns a process executor.
+func NewProcess(opts ProcessOptions) *Process {
+	if opts.OutputGrace == 0 {
+		opts.OutputGrace = 2 * time.Second
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Process{opts: opts, log: log}
+}
+
+// Name implements Executor.
+func (*Process) Name() string { return "process" }
+
+// Run implements Executor.
+func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
+	fail := Result{ExitCode: -1}
+	spec := job.Spec
+	argv := append(append([]string(nil), spec.GetCommand()...), spec.GetArgs()...)
+	if len(spec.GetCommand()) == 0 || argv[0] == "" {
+		return fail, errors.New("process: job has no command")
+	}
+	if job.Dir == "" {
+		return fail, errors.New("process: job has no directory")
+	}
+	env := make([]string, 0, len(spec.GetEnv())) // not nil: nil would inherit the node's
+	pathEnv, hasPath := "", false
+	for _, e := range spec.GetEnv() {
+		env = append(env, e.GetName()+"="+e.GetValue())
+		if e.GetName() == "PATH" {
+			pathEnv, hasPath = e.GetValue(), true
+		}
+	}
+	bin, err := lookPath(argv[0], pathEnv, hasPath)
+	if err != nil {
+		return fail, fmt.Errorf("process: %w", err)
+	}
+	if ctx.Err() != nil {
+		return Result{ExitCode: -1, Reason: ctxReason(ctx)}, nil
+	}
+
+	// The job writes into pipes of our own rather than those of os/exec,
+	// so that Wait returns when the main process exits even if something
+	// it started holds the pipes open.
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return fail, fmt.Errorf("process: %w", err)
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return fail, fmt.Errorf("process: %w", err)
+	}
+	cmd := &exec.Cmd{
+		Path:        bin,
+		Args:        argv,
+		Env:         env,
+		Dir:         job.Dir,
+		Stdout:      outW,
+		Stderr:      errW,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+	}
+	start := time.Now()
+	clock := newOutputClock(start)
+	err = cmd.Start()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		return fail, fmt.Errorf("process: start: %w", err)
+	}
+	pid := cmd.Process.Pid
+	var copies sync.WaitGroup
+	for _, c := range []struct {
+		r *os.File
+		w io.Writer
+	}{{outR, job.Stdout}, {errR, job.Stderr}} {
+		copies.Go(func() {
+			io.Copy(clock.wrap(c.w), c.r)
+		})
+	}
+
+	if m := spec.GetResources().GetMemoryMib(); m > 0 {
+		lim := &unix.Rlimit{Cur: uint64(m) << 20, Max: uint64(m) << 20}
+		if err := unix.Prlimit(pid, unix.RLIMIT_AS, lim, nil); err != nil {
+			p.log.Warn("process: memory limit not applied", "job", job.ID, "err", err)
+		}
+	}
+
+	// On ctx done, kill the group; Wait then returns.
+	waited := make(chan struct{})
+	killedByCtx := make(chan bool, 1)
+	go func() {
+		select {
+		case <-ctx.Done():
+			p.killGroup(pid)
+			killedByCtx <- true
+		case <-waited:
+			killedByCtx <- false
+		}
+	}()
+	werr := cmd.Wait()
+	close(waited)
+	wall := time.Since(start)
+	// Whatever the main process left running goes with it.
+	p.killGroup(pid)
+	killed := <-killedByCtx
+
+	// Read what is left in the pipes. Processes that left the group could
+	// hold them open: stop reading after a grace period.
+	copied := make(chan struct{})
+	go func() { copies.Wait(); close(copied) }()
+	select {
+	case <-copied:
+	case <-time.After(p.opts.OutputGrace):
+		p.log.Warn("process: output still open after the job ended", "job", job.ID)
+		outR.Close()
+		errR.Close()
+		<-copied
+	}
+	outR.Close()
+	errR.Close()
+
+	// Output read after the exit was written before it.
+	res := Result{Wall: wall, FirstOutput: min(clock.firstOutput(), wall)}
+	if ps := cmd.ProcessState; ps != nil {
+		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok && ru != nil {
+			res.PeakMemory = uint64(ru.Maxrss) * 1024
+		}
+		res.ExitCode = int32(ps.ExitCode()) // -1 when killed by a signal
+	}
+	var exitErr *exec.ExitError
+	switch {
+	case killed:
+		res.ExitCode, res.Reason = -1, ctxReason(ctx)
+	case werr != nil && !errors.As(werr, &exitErr):
+		return Result{ExitCode: -1}, fmt.Errorf("process: wait: %w", werr)
+	case res.ExitCode == -1:
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			res.Reason = "killed by signal " + ws.Signal().String()
+		}
+	}
+	return res, nil
+}
+
+// killGroup sends SIGKILL to the process group pgid.
+func (p *Process) killGroup(pgid int) {
+	if err := syscall.Kill(-pgid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		p.log.Warn("process: kill group", "pgid", pgid, "err", err)
+	}
+}
+
+// lookPath finds the executable name: as is when it has a slash (a
+// relative one is relative to the job's directory), else in path when the
+// job gave a PATH, else in the node's PATH.
+func lookPath(name, path string, hasPath bool) (string, error) {
+	if strings.Contains(name, "/") {
+		return name, nil
+	}
+	if !hasPath {
+		return exec.LookPath(name)
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" || !filepath.IsAbs(dir) {
+			continue // a relative PATH entry would depend on the node's cwd
+		}
+		f := filepath.Join(dir, name)
+		if fi, err := os.Stat(f); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return f, nil
+		}
+	}
+	return "", fmt.Errorf("%q not found in the job's PATH", name)
+}

@@ -1,0 +1,409 @@
+package executor
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/experimental"
+	experimentalsys "github.com/tetratelabs/wazero/experimental/sys"
+	"github.com/tetratelabs/wazero/experimental/sysfs"
+	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+	"github.com/tetratelabs/wazero/sys"
+	"golang.org/x/sys/unix"
+)
+
+// wasmPageSize is the size of a WebAssembly memory page.
+const wasmPageSize = 64 << 10
+
+// WasmOptions configures the wasm executor. The zero value is usable.
+type WasmOptions struct {
+	// DefaultMemoryMib is the memory limit of a job whose spec gives no
+	// resources.memory_mib; 256 when zero.
+	DefaultMemoryMib uint32
+	// MaxMemoryMib is the most memory any job may ask for, and the limit
+	// the runtime itself enforces (WithMemoryLimitPages); 4096, the wasm32
+	// maximum, when zero or larger.
+	MaxMemoryMib uint32
+	// CompiledModules bounds how many compiled modules are kept in memory
+	// (least recently used are dropped); 8 when zero.
+	CompiledModules int
+	// CacheDir, if set, is a directory where compiled machine code is kept
+	// across processes (wazero.NewCompilationCacheWithDir), so a restarted
+	// node does not compile a module again.
+	CacheDir string
+	// Logger receives debug logs; none when nil.
+	Logger *slog.Logger
+}
+
+// Wasm runs WASI preview1 command modules (a Go GOOS=wasip1 program, for
+// instance) with wazero, the sandboxed default executor.
+//
+// A guest sees no host file but job.Dir, mounted as its "/" and its working
+// directory (PWD=/), and may not create symbolic links there (a relative
+// link could lead out of the mount). It has no network: WASI preview1 has
+// no way to open a socket and no other host functions are provided. Its
+// environment is exactly the spec's env (plus PWD=/ unless the spec sets
+// PWD), its arguments are "job" then the spec's args, its clocks and random
+// source are the host's (a sleep ends early when ctx is done). Memory is capped at the spec's
+// resources.memory_mib; a guest whose memory.grow is refused and that then
+// fails is reported as ReasonOOM. ctx stops a running guest.
+//
+// Modules are compiled once per process: compiled modules are cached by the
+// SHA-256 of their bytes.
+type Wasm struct {
+	opts    WasmOptions
+	maxMem  uint64 // bytes
+	rt      wazero.Runtime
+	ccache  wazero.CompilationCache // nil without CacheDir
+	log     *slog.Logger
+	mu      sync.Mutex
+	modules map[[sha256.Size]byte]*compiledModule
+	tick    uint64 // LRU clock, under mu
+}
+
+// compiledModule is an entry of the compiled-module cache.
+type compiledModule struct {
+	ready   chan struct{} // closed once cm or err is set
+	cm      wazero.CompiledModule
+	err     error
+	refs    int    // runs using cm, under Wasm.mu
+	used    uint64 // Wasm.tick at last use, under Wasm.mu
+	evicted bool   // dropped from the cache; closed when refs drops to 0
+}
+
+var _ Executor = (*Wasm)(nil)
+
+// NewWasm returns a wasm executor. Close it to release compiled code.
+func NewWasm(opts WasmOptions) (*Wasm, error) {
+	if opts.DefaultMemoryMib == 0 {
+		opts.DefaultMemoryMib = 256
+	}
+	if opts.MaxMemoryMib == 0 || opts.MaxMemoryMib > 4096 {
+		opts.MaxMemoryMib = 4096
+	}
+	if opts.DefaultMemoryMib > opts.MaxMemoryMib {
+		opts.DefaultMemoryMib = opts.MaxMemoryMib
+	}
+	if opts.CompiledModules <= 0 {
+		opts.CompiledModules = 8
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	maxMem := uint64(opts.MaxMemoryMib) << 20
+	cfg := wazero.NewRuntimeConfig().
+		WithCloseOnContextDone(true).
+		WithMemoryLimitPages(uint32(maxMem / wasmPageSize))
+	var ccache wazero.CompilationCache
+	if opts.CacheDir != "" {
+		var err error
+		if ccache, err = wazero.NewCompilationCacheWithDir(opts.CacheDir); err != nil {
+			return nil, fmt.Errorf("wasm: compilation cache %s: %w", opts.CacheDir, err)
+		}
+		cfg = cfg.WithCompilationCache(ccache)
+	}
+	ctx := context.Background()
+	rt := wazero.NewRuntimeWithConfig(ctx, cfg)
+	if _, err := wasi_snapshot_preview1.Instantiate(ctx, rt); err != nil {
+		rt.Close(ctx)
+		return nil, fmt.Errorf("wasm: instantiate WASI: %w", err)
+	}
+	return &Wasm{
+		opts:    opts,
+		maxMem:  maxMem,
+		rt:      rt,
+		ccache:  ccache,
+		log:     log,
+		modules: make(map[[sha256.Size]byte]*compiledModule),
+	}, nil
+}
+
+// Name implements Executor.
+func (*Wasm) Name() string { return "wasm" }
+
+// Close releases the runtime and every compiled module. Runs in progress
+// are stopped.
+func (w *Wasm) Close(ctx context.Context) error {
+	err := w.rt.Close(ctx)
+	if w.ccache != nil {
+		err = errors.Join(err, w.ccache.Close(ctx))
+	}
+	return err
+}
+
+// Compile compiles module into the cache ahead of its first run, so that a
+// run does not pay for it.
+func (w *Wasm) Compile(ctx context.Context, module []byte) error {
+	_, release, err := w.acquire(ctx, module)
+	if err != nil {
+		return err
+	}
+	release()
+	return nil
+}
+
+// Run implements Executor.
+func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
+	fail := Result{ExitCode: -1}
+	if len(job.Module) == 0 {
+		return fail, errors.New("wasm: job has no module")
+	}
+	if job.Dir == "" {
+		return fail, errors.New("wasm: job has no directory")
+	}
+	limit := uint64(w.opts.DefaultMemoryMib) << 20
+	if m := job.Spec.GetResources().GetMemoryMib(); m > 0 {
+		limit = uint64(m) << 20
+	}
+	if limit > w.maxMem {
+		return fail, fmt.Errorf("wasm: memory_mib %d is over this provider's limit of %d", limit>>20, w.maxMem>>20)
+	}
+
+	cm, release, err := w.acquire(ctx, job.Module)
+	if err != nil {
+		if ctx.Err() != nil {
+			return Result{ExitCode: -1, Reason: ctxReason(ctx)}, nil
+		}
+		return fail, err
+	}
+	defer release()
+	if need := minMemory(cm); need > limit {
+		return Result{ExitCode: -1, Reason: ReasonOOM + fmt.Sprintf(": module needs %d MiB to start, limit %d MiB", need>>20, limit>>20)}, nil
+	}
+
+	start := time.Now()
+	clock := newOutputClock(start)
+	mem := &jobMemory{limit: limit}
+	fsys := sandboxFS{sysfs.DirFS(job.Dir)}
+	cfg := wazero.NewModuleConfig().
+		WithName("").
+		WithStartFunctions(). // _start is called below, to tell link errors from runs
+		WithArgs(append([]string{"job"}, job.Spec.GetArgs()...)...).
+		WithStdout(clock.wrap(job.Stdout)).
+		WithStderr(clock.wrap(job.Stderr)).
+		WithFSConfig(wazero.NewFSConfig().(sysfs.FSConfig).WithSysFSMount(fsys, "/")).
+		WithSysWalltime().
+		WithSysNanotime().
+		WithNanosleep(func(ns int64) { sleepCtx(ctx, time.Duration(ns)) }).
+		WithRandSource(rand.Reader)
+	hasPWD := false
+	for _, e := range job.Spec.GetEnv() {
+		hasPWD = hasPWD || e.GetName() == "PWD"
+		cfg = cfg.WithEnv(e.GetName(), e.GetValue())
+	}
+	if !hasPWD {
+		cfg = cfg.WithEnv("PWD", "/")
+	}
+
+	mod, err := w.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, mem), cm, cfg)
+	if err != nil {
+		if ctx.Err() != nil {
+			return Result{ExitCode: -1, Reason: ctxReason(ctx), Wall: time.Since(start)}, nil
+		}
+		return fail, fmt.Errorf("wasm: instantiate: %w", err)
+	}
+	defer mod.Close(context.Background())
+	startFn := mod.ExportedFunction("_start")
+	if startFn == nil {
+		return fail, errors.New("wasm: module is not a WASI command (no _start export)")
+	}
+	_, err = startFn.Call(ctx)
+	res := Result{Wall: time.Since(start), FirstOutput: clock.firstOutput(), PeakMemory: mem.peak.Load()}
+	var exit *sys.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &exit) && exit.ExitCode() != sys.ExitCodeContextCanceled && exit.ExitCode() != sys.ExitCodeDeadlineExceeded:
+		res.ExitCode = int32(exit.ExitCode())
+	case ctx.Err() != nil:
+		res.ExitCode, res.Reason = -1, ctxReason(ctx)
+	default:
+		res.ExitCode, res.Reason = -1, "wasm trap: "+firstLine(err.Error())
+	}
+	if res.Failed() && mem.refused.Load() && res.Reason != ReasonTimeout && res.Reason != ReasonCancelled {
+		res.Reason = ReasonOOM
+	}
+	return res, nil
+}
+
+// acquire returns the compiled module for module, compiling it if it is not
+// cached, and a func to call once the run no longer needs it.
+func (w *Wasm) acquire(ctx context.Context, module []byte) (wazero.CompiledModule, func(), error) {
+	key := sha256.Sum256(module)
+	w.mu.Lock()
+	e, ok := w.modules[key]
+	if !ok {
+		e = &compiledModule{ready: make(chan struct{})}
+		w.modules[key] = e
+	}
+	e.refs++
+	w.tick++
+	e.used = w.tick
+	w.mu.Unlock()
+	release := func() { w.release(key, e) }
+
+	if !ok {
+		t := time.Now()
+		// Compile with a context of its own: runs waiting for the same
+		// module must not fail because the first one was cancelled.
+		e.cm, e.err = w.rt.CompileModule(context.Background(), module)
+		if e.err != nil {
+			e.err = fmt.Errorf("wasm: compile: %w", e.err)
+		}
+		w.log.Debug("wasm: compiled module", "sha256", fmt.Sprintf("%x", key[:8]), "bytes", len(module), "took", time.Since(t), "err", e.err)
+		close(e.ready)
+		w.mu.Lock()
+		if e.err != nil && w.modules[key] == e {
+			delete(w.modules, key) // a later run tries again
+		}
+		w.evictLocked()
+		w.mu.Unlock()
+	}
+	select {
+	case <-e.ready:
+	case <-ctx.Done():
+		release()
+		return nil, nil, ctx.Err()
+	}
+	if e.err != nil {
+		release()
+		return nil, nil, e.err
+	}
+	return e.cm, release, nil
+}
+
+// release drops one reference to e, closing it if it was evicted meanwhile.
+func (w *Wasm) release(key [sha256.Size]byte, e *compiledModule) {
+	w.mu.Lock()
+	e.refs--
+	closeIt := e.evicted && e.refs == 0 && e.cm != nil
+	w.mu.Unlock()
+	if closeIt {
+		e.cm.Close(context.Background())
+	}
+}
+
+// evictLocked drops the least recently used compiled modules over the
+// bound; those in use are closed when their last run releases them.
+func (w *Wasm) evictLocked() {
+	for len(w.modules) > w.opts.CompiledModules {
+		var oldKey [sha256.Size]byte
+		var old *compiledModule
+		for k, e := range w.modules {
+			select {
+			case <-e.ready:
+			default:
+				continue // still compiling
+			}
+			if old == nil || e.used < old.used {
+				oldKey, old = k, e
+			}
+		}
+		if old == nil {
+			return
+		}
+		delete(w.modules, oldKey)
+		old.evicted = true
+		if old.refs == 0 && old.cm != nil {
+			go old.cm.Close(context.Background())
+		}
+	}
+}
+
+// minMemory is the initial memory in bytes that a module declares.
+func minMemory(cm wazero.CompiledModule) uint64 {
+	for _, m := range cm.ExportedMemories() {
+		return uint64(m.Min()) * wasmPageSize
+	}
+	for _, m := range cm.ImportedMemories() {
+		return uint64(m.Min()) * wasmPageSize
+	}
+	return 0
+}
+
+// jobMemory allocates a guest's linear memory up to a limit, and records
+// its peak size and whether a grow was refused.
+type jobMemory struct {
+	limit   uint64
+	peak    atomic.Uint64
+	refused atomic.Bool
+}
+
+// Allocate implements experimental.MemoryAllocator. The memory is an
+// anonymous mapping of the job's whole limit, reserved but not committed:
+// the guest's pages cost host memory only once touched, and growing never
+// copies.
+func (m *jobMemory) Allocate(_, _ uint64) experimental.LinearMemory {
+	return &linearMemory{job: m}
+}
+
+// linearMemory is one guest memory; wazero calls it from the guest's
+// goroutine only.
+type linearMemory struct {
+	job *jobMemory
+	buf []byte // the mapping, len = limit
+}
+
+// Reallocate implements experimental.LinearMemory: nil refuses the grow,
+// which the guest sees as memory.grow returning -1.
+func (l *linearMemory) Reallocate(size uint64) []byte {
+	if size > l.job.limit {
+		l.job.refused.Store(true)
+		return nil
+	}
+	if l.buf == nil {
+		b, err := unix.Mmap(-1, 0, int(l.job.limit), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+		if err != nil {
+			l.job.refused.Store(true)
+			return nil
+		}
+		l.buf = b
+	}
+	if size > l.job.peak.Load() {
+		l.job.peak.Store(size)
+	}
+	return l.buf[:size:size]
+}
+
+// Free implements experimental.LinearMemory.
+func (l *linearMemory) Free() {
+	if l.buf != nil {
+		unix.Munmap(l.buf)
+		l.buf = nil
+	}
+}
+
+// sandboxFS is a guest's view of its job directory: the directory as is,
+// except that it may not create symbolic links, which could point out of it
+// and would be followed by the host.
+type sandboxFS struct{ experimentalsys.FS }
+
+// Symlink implements sys.FS by refusing.
+func (sandboxFS) Symlink(_, _ string) experimentalsys.Errno { return experimentalsys.EPERM }
+
+// sleepCtx sleeps for d or until ctx is done; a guest's sleep must not
+// outlive its job (the guest is closed at its next instruction check).
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}

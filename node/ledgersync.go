@@ -1,0 +1,166 @@
+package node
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/mira-market/mira/protocol"
+)
+
+// The ledger sync stream protocol carries one request per stream: a type
+// byte, then the request's frames. Every frame is a uvarint length and at
+// most maxSyncFrame bytes; an empty frame ends a list.
+const (
+	syncChain     = 1 // account, after seq → that account's entries
+	syncReconcile = 2 // a set reconciliation session, then the entries each side lacks
+	syncList      = 3 // every entry hash; then hashes asked for → their entries
+
+	maxSyncFrame   = 64 << 10
+	maxChainBatch  = 1024
+	syncTimeout    = 30 * time.Second
+	maxSyncEntries = 1 << 16 // entries moved in one session, each way
+)
+
+func (n *Node) syncProtocol() libp2pproto.ID {
+	return libp2pproto.ID(protocol.Prefix(n.cfg.Network) + "/reconcile/1")
+}
+
+func writeFrame(w io.Writer, b []byte) error {
+	_, err := w.Write(append(binary.AppendUvarint(nil, uint64(len(b))), b...))
+	return err
+}
+
+func readFrame(r *bufio.Reader) ([]byte, error) {
+	size, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, err
+	}
+	if size > maxSyncFrame {
+		return nil, fmt.Errorf("frame of %d bytes, limit %d", size, maxSyncFrame)
+	}
+	b := make([]byte, size)
+	_, err = io.ReadFull(r, b)
+	return b, err
+}
+
+// handleSync answers a ledger sync request from a peer.
+func (n *Node) handleSync(st network.Stream) {
+	defer st.Close()
+	st.SetDeadline(time.Now().Add(syncTimeout))
+	br := bufio.NewReader(st)
+	bw := bufio.NewWriter(st)
+	kind, err := br.ReadByte()
+	if err == nil {
+		switch kind {
+		case syncChain:
+			err = n.serveChain(br, bw)
+		case syncReconcile:
+			err = n.serveReconcile(br, bw)
+		case syncList:
+			err = n.serveListing(br, bw)
+		default:
+			err = fmt.Errorf("unknown request %d", kind)
+		}
+	}
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
+		n.log.Debug("ledger sync request", "peer", st.Conn().RemotePeer(), "err", err)
+		st.Reset()
+	}
+}
+
+func (n *Node) serveChain(br *bufio.Reader, bw *bufio.Writer) error {
+	req, err := readFrame(br)
+	if err != nil {
+		return err
+	}
+	if len(req) < 9 {
+		return errors.New("short chain request")
+	}
+	after := binary.BigEndian.Uint64(req[:8])
+	account, err := peer.IDFromBytes(req[8:])
+	if err != nil {
+		return fmt.Errorf("chain request: %w", err)
+	}
+	es, err := n.ledger.Entries(account, after, maxChainBatch)
+	if err != nil {
+		return err
+	}
+	for _, e := range es {
+		if err := writeFrame(bw, e.Encode()); err != nil {
+			return err
+		}
+	}
+	return writeFrame(bw, nil)
+}
+
+// syncChain fetches an account's chain from p, from this node's head of it
+// on, and ingests it: what a provider does when an award's hold follows
+// entries it has not seen.
+func (n *Node) syncChain(ctx context.Context, account peer.ID) error {
+	for range 64 { // bounded: 64 batches of maxChainBatch entries
+		head, err := n.ledger.Head(account)
+		if err != nil {
+			return err
+		}
+		raws, err := n.fetchChain(ctx, account, account, head.Seq)
+		if err != nil {
+			return err
+		}
+		if len(raws) == 0 {
+			return nil
+		}
+		if _, err := n.ledger.IngestMany(raws); err != nil {
+			return err
+		}
+		if len(raws) < maxChainBatch {
+			return nil
+		}
+	}
+	return nil
+}
+
+func (n *Node) fetchChain(ctx context.Context, from, account peer.ID, after uint64) ([][]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
+	st, err := n.host.NewStream(ctx, from, n.syncProtocol())
+	if err != nil {
+		return nil, fmt.Errorf("ledger sync with %s: %w", from, err)
+	}
+	defer st.Close()
+	st.SetDeadline(time.Now().Add(syncTimeout))
+	req := binary.BigEndian.AppendUint64(nil, after)
+	req = append(req, account...)
+	var w bytes.Buffer
+	w.WriteByte(syncChain)
+	writeFrame(&w, req)
+	if _, err := st.Write(w.Bytes()); err != nil {
+		return nil, err
+	}
+	st.CloseWrite()
+	br := bufio.NewReader(st)
+	var raws [][]byte
+	for len(raws) <= maxChainBatch {
+		b, err := readFrame(br)
+		if err != nil {
+			return nil, fmt.Errorf("chain from %s: %w", from, err)
+		}
+		if len(b) == 0 {
+			return raws, nil
+		}
+		raws = append(raws, b)
+	}
+	return nil, fmt.Errorf("chain from %s: more than %d entries", from, maxChainBatch)
+}

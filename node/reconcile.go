@@ -1,0 +1,350 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/mira-market/mira/storage"
+)
+
+// reconcileCapacity is the coded symbols a node keeps of its ledger: about
+// 12 MiB at most, decoding a difference of up to ~46,000 entries in one
+// session. A larger difference (a new node) falls back to a listing.
+const reconcileCapacity = storage.DefaultReconcileCapacity
+
+// ledgerSet is the node's reconciliation summary of its ledger: every
+// stored entry's hash, kept current by the ledger's store hook.
+type ledgerSet struct {
+	mu  sync.Mutex
+	set *storage.ReconcileSet
+}
+
+func (s *ledgerSet) add(h storage.Hash) {
+	s.mu.Lock()
+	s.set.Add(h)
+	s.mu.Unlock()
+}
+
+func (s *ledgerSet) snapshot() *storage.ReconcileSet {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.set.Snapshot()
+}
+
+// ReconcileStats counts a node's reconciliation sessions.
+type ReconcileStats struct {
+	Sessions, Failures, Fallbacks int
+	// Sent and Received count entries moved by reconciliation.
+	Sent, Received int
+}
+
+// reconcileLoop reconciles the ledger with a random connected peer every
+// interval, and with each newly connected peer.
+func (n *Node) reconcileLoop(ctx context.Context, connected <-chan peer.ID) {
+	defer n.wg.Done()
+	interval := time.Duration(n.cfg.ReconcileInterval)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		var p peer.ID
+		select {
+		case <-ctx.Done():
+			return
+		case p = <-connected:
+		case <-t.C:
+			peers := n.host.Network().Peers()
+			if len(peers) == 0 {
+				continue
+			}
+			p = peers[rand.IntN(len(peers))]
+		}
+		if err := n.Reconcile(ctx, p); err != nil && ctx.Err() == nil {
+			n.log.Debug("reconcile", "peer", p, "err", err)
+		}
+	}
+}
+
+// Reconcile runs one reconciliation session with p: both ledgers end up
+// with the union of their entries (those that validate).
+func (n *Node) Reconcile(ctx context.Context, p peer.ID) error {
+	err := n.reconcile(ctx, p)
+	if errors.Is(err, storage.ErrDifferenceTooLarge) || errors.Is(err, storage.ErrReconcileAborted) {
+		n.countReconcile(func(s *ReconcileStats) { s.Fallbacks++ })
+		err = n.fetchListing(ctx, p)
+	}
+	n.countReconcile(func(s *ReconcileStats) {
+		s.Sessions++
+		if err != nil {
+			s.Failures++
+		}
+	})
+	return err
+}
+
+func (n *Node) countReconcile(f func(*ReconcileStats)) {
+	n.reconcileMu.Lock()
+	f(&n.reconcileStats)
+	n.reconcileMu.Unlock()
+}
+
+// ReconcileStats returns the node's reconciliation counters.
+func (n *Node) ReconcileStats() ReconcileStats {
+	n.reconcileMu.Lock()
+	defer n.reconcileMu.Unlock()
+	return n.reconcileStats
+}
+
+func (n *Node) openSync(ctx context.Context, p peer.ID, kind byte) (network.Stream, *bufio.Reader, *bufio.Writer, error) {
+	st, err := n.host.NewStream(ctx, p, n.syncProtocol())
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("ledger sync with %s: %w", p, err)
+	}
+	st.SetDeadline(time.Now().Add(syncTimeout))
+	bw := bufio.NewWriter(st)
+	bw.WriteByte(kind)
+	return st, bufio.NewReader(st), bw, nil
+}
+
+// reconcile is the initiator's side: it streams its coded symbols, the
+// peer decodes the difference, then each side sends the entries the other
+// lacks, the initiator first.
+func (n *Node) reconcile(ctx context.Context, p peer.ID) error {
+	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
+	st, br, bw, err := n.openSync(ctx, p, syncReconcile)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	stop := context.AfterFunc(ctx, func() { st.Reset() })
+	defer stop()
+	x := storage.NewReconcileInitiator(n.rset.snapshot(), storage.ReconcileConfig{})
+	if err := writeFrame(bw, x.Start()); err != nil {
+		return err
+	}
+	for done := false; !done; {
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		frame, err := readFrame(br)
+		if err != nil {
+			return fmt.Errorf("reconcile: %w", err)
+		}
+		var out [][]byte
+		if out, done, err = x.Step(frame); err != nil {
+			return err
+		}
+		for _, o := range out {
+			if err := writeFrame(bw, o); err != nil {
+				return err
+			}
+		}
+	}
+	return n.exchangeEntries(br, bw, x.Extra(), true)
+}
+
+// serveReconcile is the responder's side of reconcile.
+func (n *Node) serveReconcile(br *bufio.Reader, bw *bufio.Writer) error {
+	r := storage.NewReconcileResponder(n.rset.snapshot(), storage.ReconcileConfig{})
+	for done := false; !done; {
+		frame, err := readFrame(br)
+		if err != nil {
+			return fmt.Errorf("reconcile: %w", err)
+		}
+		var out [][]byte
+		out, done, err = r.Step(frame)
+		for _, o := range out {
+			if werr := writeFrame(bw, o); werr != nil {
+				return werr
+			}
+		}
+		if ferr := bw.Flush(); ferr != nil {
+			return ferr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return n.exchangeEntries(br, bw, r.Extra(), false)
+}
+
+// exchangeEntries sends the entries of extra (which the peer lacks) and
+// receives the peer's, in turn: the initiator sends first, so neither side
+// writes while the other has unread data.
+func (n *Node) exchangeEntries(br *bufio.Reader, bw *bufio.Writer, extra [][32]byte, first bool) error {
+	if first {
+		if err := n.sendEntries(bw, extra); err != nil {
+			return err
+		}
+		return n.receiveEntries(br)
+	}
+	if err := n.receiveEntries(br); err != nil {
+		return err
+	}
+	return n.sendEntries(bw, extra)
+}
+
+func (n *Node) sendEntries(bw *bufio.Writer, hashes [][32]byte) error {
+	sent := 0
+	for _, h := range hashes[:min(len(hashes), maxSyncEntries)] {
+		e, err := n.ledger.EntryByHash(h)
+		if err != nil {
+			continue // e.g. pruned by a fraud proof since the snapshot
+		}
+		if err := writeFrame(bw, e.Encode()); err != nil {
+			return err
+		}
+		sent++
+	}
+	if err := writeFrame(bw, nil); err != nil {
+		return err
+	}
+	n.countReconcile(func(s *ReconcileStats) { s.Sent += sent })
+	return bw.Flush()
+}
+
+func (n *Node) receiveEntries(br *bufio.Reader) error {
+	var raws [][]byte
+	for {
+		b, err := readFrame(br)
+		if err != nil {
+			return fmt.Errorf("reconcile entries: %w", err)
+		}
+		if len(b) == 0 {
+			break
+		}
+		if len(raws) == maxSyncEntries {
+			return fmt.Errorf("reconcile entries: more than %d", maxSyncEntries)
+		}
+		raws = append(raws, b)
+	}
+	return n.ingestSynced(raws)
+}
+
+func (n *Node) ingestSynced(raws [][]byte) error {
+	if len(raws) == 0 {
+		return nil
+	}
+	res, err := n.ledger.IngestMany(raws)
+	if err != nil {
+		return err
+	}
+	for _, p := range res.Fraud {
+		n.publishLedger(ledgerMsgFraud, p.Encode())
+	}
+	if len(res.Rejected) > 0 {
+		n.ledgerRejected.Add(float64(len(res.Rejected)))
+	}
+	n.countReconcile(func(s *ReconcileStats) { s.Received += len(res.Accepted) })
+	return nil
+}
+
+// hashesPerFrame fits a frame of a listing.
+const hashesPerFrame = maxSyncFrame / 32
+
+// fetchListing is the fallback for a difference too large to decode (a new
+// node): the peer lists every entry hash it holds, and this node asks for
+// the entries it lacks, up to maxSyncEntries a session.
+func (n *Node) fetchListing(ctx context.Context, p peer.ID) error {
+	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
+	st, br, bw, err := n.openSync(ctx, p, syncList)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	stop := context.AfterFunc(ctx, func() { st.Reset() })
+	defer stop()
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	var want [][32]byte
+	for {
+		frame, err := readFrame(br)
+		if err != nil {
+			return fmt.Errorf("listing: %w", err)
+		}
+		if len(frame) == 0 {
+			break
+		}
+		if len(frame)%32 != 0 {
+			return errors.New("listing: frame is not a list of hashes")
+		}
+		for i := 0; i < len(frame) && len(want) < maxSyncEntries; i += 32 {
+			h := storage.Hash(frame[i : i+32])
+			if _, err := n.ledger.EntryByHash(h); err != nil {
+				want = append(want, h)
+			}
+		}
+	}
+	for i := 0; i < len(want); i += hashesPerFrame {
+		var frame []byte
+		for _, h := range want[i:min(i+hashesPerFrame, len(want))] {
+			frame = append(frame, h[:]...)
+		}
+		if err := writeFrame(bw, frame); err != nil {
+			return err
+		}
+	}
+	if err := writeFrame(bw, nil); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	return n.receiveEntries(br)
+}
+
+// serveListing answers fetchListing: every entry hash, then the entries
+// asked for.
+func (n *Node) serveListing(br *bufio.Reader, bw *bufio.Writer) error {
+	var frame []byte
+	for item, err := range n.ledger.Items() {
+		if err != nil {
+			return err
+		}
+		frame = append(frame, item.Hash[:]...)
+		if len(frame) == hashesPerFrame*32 {
+			if err := writeFrame(bw, frame); err != nil {
+				return err
+			}
+			frame = frame[:0]
+		}
+	}
+	if len(frame) > 0 {
+		if err := writeFrame(bw, frame); err != nil {
+			return err
+		}
+	}
+	if err := writeFrame(bw, nil); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	var asked [][32]byte
+	for {
+		frame, err := readFrame(br)
+		if err != nil {
+			return fmt.Errorf("listing request: %w", err)
+		}
+		if len(frame) == 0 {
+			break
+		}
+		if len(frame)%32 != 0 || len(asked)+len(frame)/32 > maxSyncEntries {
+			return errors.New("listing request: not a bounded list of hashes")
+		}
+		for i := 0; i < len(frame); i += 32 {
+			asked = append(asked, [32]byte(frame[i:i+32]))
+		}
+	}
+	return n.sendEntries(bw, asked)
+}

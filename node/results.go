@@ -1,0 +1,172 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/node/api"
+	"github.com/mira-market/mira/node/blob"
+	"github.com/mira-market/mira/protocol"
+)
+
+// logLinger is how long a follower of a finished job's log waits for the
+// provider's last bytes before it stops.
+const logLinger = 2 * time.Second
+
+// collectResult keeps a finished job's result in the blob store: an inline
+// result, already checked against its content ID by the engine, is stored
+// at once; a larger one is fetched from the provider in the background.
+func (d *marketDriver) collectResult(j *market.Job) {
+	if !j.State.Terminal() || j.ResultID == "" || d.collecting[j.ID] {
+		return
+	}
+	id, _, err := protocol.ParseBlobID(j.ResultID)
+	if err != nil || d.n.blobs.Store().Has(id) {
+		return
+	}
+	if len(j.Output) > 0 {
+		if _, err := d.n.blobs.Store().PutBytes(j.Output); err != nil {
+			d.n.log.Warn("store inline result", "job", j.ID, "err", err)
+		}
+		return
+	}
+	d.collecting[j.ID] = true
+	provider := j.Provider
+	d.n.wg.Add(1)
+	go func() {
+		defer d.n.wg.Done()
+		ctx, cancel := context.WithTimeout(d.n.runCtx, 10*time.Minute)
+		defer cancel()
+		if _, err := d.n.blobs.Fetch(ctx, id, provider); err != nil {
+			d.n.log.Warn("fetch result", "job", j.ID, "provider", provider, "err", err)
+		}
+		d.do(d.n.runCtx, func() { delete(d.collecting, j.ID) })
+	}()
+}
+
+// JobResult opens a finished job's result blob, fetching it from the
+// provider if this node does not hold it yet.
+func (n *Node) JobResult(ctx context.Context, id protocol.JobID) (io.ReadCloser, api.BlobInfo, error) {
+	j, err := n.Job(ctx, id)
+	if err != nil {
+		return nil, api.BlobInfo{}, err
+	}
+	if !j.State.Terminal() {
+		return nil, api.BlobInfo{}, fmt.Errorf("%w: job is %s", api.ErrNotReady, j.State)
+	}
+	if j.ResultID == "" {
+		return nil, api.BlobInfo{}, fmt.Errorf("%w: job %s ended %s without a result", api.ErrNotFound, id, j.State)
+	}
+	c, _, err := protocol.ParseBlobID(j.ResultID)
+	if err != nil {
+		return nil, api.BlobInfo{}, err
+	}
+	if _, err := n.blobs.Fetch(ctx, c, j.Provider); err != nil {
+		return nil, api.BlobInfo{}, fmt.Errorf("%w: result %s: %w", api.ErrUnavailable, c, err)
+	}
+	f, size, err := n.blobs.Store().Open(c)
+	if err != nil {
+		return nil, api.BlobInfo{}, err
+	}
+	return f, api.BlobInfo{ID: c.String(), Size: size}, nil
+}
+
+// JobLogs sends the log of a job's current run to w; with follow, as it
+// grows, until the run's log is complete or the job has ended.
+func (n *Node) JobLogs(ctx context.Context, id protocol.JobID, follow bool, w func([]byte) error) error {
+	j, err := n.Job(ctx, id)
+	if err != nil {
+		return err
+	}
+	if j.Attempt == 0 {
+		return nil // never awarded: no run, no log
+	}
+	l, err := n.logs.get(id, j.Attempt)
+	if err != nil {
+		return err
+	}
+	if !follow {
+		_, err := l.follow(ctx, 0, false, w)
+		return err
+	}
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if states, err := n.WatchJob(fctx, id); err == nil {
+		go func() {
+			for range states {
+			}
+			// The job ended: give the provider's last bytes a moment.
+			select {
+			case <-time.After(logLinger):
+			case <-fctx.Done():
+			}
+			cancel()
+		}()
+	}
+	_, err = l.follow(fctx, 0, true, w)
+	if errors.Is(err, context.Canceled) && ctx.Err() == nil {
+		return nil
+	}
+	return err
+}
+
+// PutBlob stores an uploaded blob.
+func (n *Node) PutBlob(r io.Reader) (api.BlobInfo, error) {
+	c, size, err := n.blobs.Store().Put(r)
+	if errors.Is(err, blob.ErrTooLarge) {
+		return api.BlobInfo{}, fmt.Errorf("%w: %w", api.ErrTooLarge, err)
+	}
+	if err != nil {
+		return api.BlobInfo{}, err
+	}
+	return api.BlobInfo{ID: c.String(), Size: size}, nil
+}
+
+// OpenBlob opens a stored blob.
+func (n *Node) OpenBlob(id string) (io.ReadCloser, api.BlobInfo, error) {
+	c, _, err := protocol.ParseBlobID(id)
+	if err != nil {
+		return nil, api.BlobInfo{}, fmt.Errorf("%w: %w", api.ErrNotFound, err)
+	}
+	f, size, err := n.blobs.Store().Open(c)
+	if errors.Is(err, blob.ErrNotFound) {
+		return nil, api.BlobInfo{}, fmt.Errorf("%w: %w", api.ErrNotFound, err)
+	}
+	if err != nil {
+		return nil, api.BlobInfo{}, err
+	}
+	return f, api.BlobInfo{ID: c.String(), Size: size}, nil
+}
+
+// JobLogs answers GET /v1/jobs/{id}/logs.
+func (b apiBackend) JobLogs(ctx context.Context, id string, follow bool, w func([]byte) error) error {
+	jid, err := parseJobID(id)
+	if err != nil {
+		return err
+	}
+	return notFound(b.Node.JobLogs(ctx, jid, follow, w))
+}
+
+// JobResult answers GET /v1/jobs/{id}/result.
+func (b apiBackend) JobResult(ctx context.Context, id string) (io.ReadCloser, api.BlobInfo, error) {
+	jid, err := parseJobID(id)
+	if err != nil {
+		return nil, api.BlobInfo{}, err
+	}
+	rc, info, err := b.Node.JobResult(ctx, jid)
+	return rc, info, notFound(err)
+}
+
+// PutBlob answers POST /v1/blobs.
+func (b apiBackend) PutBlob(_ context.Context, r io.Reader) (api.BlobInfo, error) {
+	return b.Node.PutBlob(r)
+}
+
+// OpenBlob answers GET /v1/blobs/{id}.
+func (b apiBackend) OpenBlob(_ context.Context, id string) (io.ReadCloser, api.BlobInfo, error) {
+	return b.Node.OpenBlob(id)
+}

@@ -1,0 +1,538 @@
+package storage
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// The wire form of a ledger entry, version 1. Integers are big-endian;
+// variable-size fields carry a 2-byte length prefix, which makes the encoding
+// canonical: one entry has exactly one encoding, so its hash is well defined.
+//
+//	version   1 byte, entryVersion
+//	account   u16 length, peer ID bytes (an Ed25519 peer ID, 38 bytes)
+//	seq       8 bytes, ≥ 1
+//	prev      32 bytes, the hash of entry seq-1 (zeros for seq 1)
+//	kind      1 byte
+//	time      8 bytes, Unix nanoseconds, < 2^63
+//	body      u16 length, the kind's body (see the *Body types)
+//	signature u16 length, 64 bytes of Ed25519 signature
+//
+// The signature covers signingDomain, the network name (u16 length prefixed)
+// and every byte of the encoding before the signature field, so an entry is
+// bound to one network.
+const (
+	entryVersion = 1
+	// MaxEntrySize is the largest encoded entry accepted.
+	MaxEntrySize = 4096
+	// maxResultLen bounds a receipt's result content ID.
+	maxResultLen  = 512
+	signingDomain = "mira-ledger-entry/1"
+)
+
+// ed25519PeerPrefix is how every Ed25519 peer ID starts: an identity
+// multihash (0x00, length 36) of the protobuf PublicKey{Type: Ed25519,
+// Data: 32 bytes}. The public key is the 32 bytes that follow.
+const ed25519PeerPrefix = "\x00\x24\x08\x01\x12\x20"
+
+const ed25519PeerLen = 38
+
+// Errors of decoding and signatures.
+var (
+	// ErrMalformed marks bytes that are not a well-formed entry (or body, or
+	// fraud proof): truncated, oversized, trailing bytes, unknown kind or
+	// version, a field out of range.
+	ErrMalformed = errors.New("malformed ledger entry")
+	// ErrBadSignature marks an entry whose signature does not verify under
+	// its account's key for this network. An entry signed for another
+	// network fails here too: the network is part of what is signed.
+	ErrBadSignature = errors.New("bad ledger entry signature")
+	// ErrBadAccount marks an account that is not an Ed25519 peer ID.
+	ErrBadAccount = errors.New("ledger account is not an Ed25519 peer ID")
+)
+
+// Hash is a SHA-256 digest: an entry's hash, a job ID, a receipt hash.
+type Hash [32]byte
+
+// String returns the hash in hex.
+func (h Hash) String() string { return hex.EncodeToString(h[:]) }
+
+// MarshalText encodes the hash as hex (for JSON).
+func (h Hash) MarshalText() ([]byte, error) { return []byte(h.String()), nil }
+
+// UnmarshalText parses a hash written by MarshalText.
+func (h *Hash) UnmarshalText(b []byte) error {
+	if len(b) != 2*len(h) {
+		return fmt.Errorf("hash: want %d hex digits, got %d", 2*len(h), len(b))
+	}
+	_, err := hex.Decode(h[:], b)
+	if err != nil {
+		return fmt.Errorf("hash: %w", err)
+	}
+	return nil
+}
+
+// IsZero reports whether h is all zeros.
+func (h Hash) IsZero() bool { return h == Hash{} }
+
+// Kind is the type of a ledger entry.
+type Kind uint8
+
+// The kinds of ledger entries.
+const (
+	// KindGrant credits an account with what genesis grants it (its own
+	// first entry).
+	KindGrant Kind = 1
+	// KindHold escrows credits for a job the account posted.
+	KindHold Kind = 2
+	// KindRelease closes a hold without paying.
+	KindRelease Kind = 3
+	// KindPayment pays a provider out of a hold and closes the hold.
+	KindPayment Kind = 4
+	// KindLease records, in the provider's chain, that it took a job.
+	KindLease Kind = 5
+	// KindReceipt records, in the provider's chain, a job's result and usage.
+	KindReceipt Kind = 6
+)
+
+// String names the kind.
+func (k Kind) String() string {
+	switch k {
+	case KindGrant:
+		return "grant"
+	case KindHold:
+		return "hold"
+	case KindRelease:
+		return "release"
+	case KindPayment:
+		return "payment"
+	case KindLease:
+		return "lease"
+	case KindReceipt:
+		return "receipt"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Body is the kind-specific part of an entry: one of GrantBody, HoldBody,
+// ReleaseBody, PaymentBody, LeaseBody, ReceiptBody.
+type Body interface {
+	// Kind is the entry kind this body belongs to.
+	Kind() Kind
+	appendBody(b []byte) []byte
+}
+
+// GrantBody credits the account with what genesis grants it. Amounts are
+// micro-credits.
+type GrantBody struct {
+	Amount uint64
+}
+
+// HoldBody escrows Amount for Job, a job the account posted and awarded to
+// Provider.
+type HoldBody struct {
+	Job      Hash
+	Provider peer.ID
+	Amount   uint64
+}
+
+// ReleaseBody closes the account's open hold for Job without paying.
+type ReleaseBody struct {
+	Job Hash
+}
+
+// PaymentBody pays Amount to To out of the account's open hold for Job and
+// closes the hold; what the hold had beyond Amount is released. Receipt is
+// the hash of the provider's receipt the payment settles.
+type PaymentBody struct {
+	Job     Hash
+	To      peer.ID
+	Receipt Hash
+	Amount  uint64
+}
+
+// LeaseBody records, in a provider's chain, that it took Job from Requester
+// at Price.
+type LeaseBody struct {
+	Job       Hash
+	Requester peer.ID
+	Price     uint64
+}
+
+// Usage is what a job consumed.
+type Usage struct {
+	WallMS   uint64
+	GPUMS    uint64
+	ExitCode int32
+}
+
+// ReceiptBody records, in a provider's chain, the outcome of Job: the
+// receipt's hash, the result's content ID and the metered usage.
+type ReceiptBody struct {
+	Job     Hash
+	Receipt Hash
+	Result  string
+	Usage   Usage
+}
+
+// Kind implements Body.
+func (GrantBody) Kind() Kind { return KindGrant }
+
+// Kind implements Body.
+func (HoldBody) Kind() Kind { return KindHold }
+
+// Kind implements Body.
+func (ReleaseBody) Kind() Kind { return KindRelease }
+
+// Kind implements Body.
+func (PaymentBody) Kind() Kind { return KindPayment }
+
+// Kind implements Body.
+func (LeaseBody) Kind() Kind { return KindLease }
+
+// Kind implements Body.
+func (ReceiptBody) Kind() Kind { return KindReceipt }
+
+func (b GrantBody) appendBody(out []byte) []byte {
+	return binary.BigEndian.AppendUint64(out, b.Amount)
+}
+
+func (b HoldBody) appendBody(out []byte) []byte {
+	out = append(out, b.Job[:]...)
+	out = appendField(out, []byte(b.Provider))
+	return binary.BigEndian.AppendUint64(out, b.Amount)
+}
+
+func (b ReleaseBody) appendBody(out []byte) []byte {
+	return append(out, b.Job[:]...)
+}
+
+func (b PaymentBody) appendBody(out []byte) []byte {
+	out = append(out, b.Job[:]...)
+	out = appendField(out, []byte(b.To))
+	out = append(out, b.Receipt[:]...)
+	return binary.BigEndian.AppendUint64(out, b.Amount)
+}
+
+func (b LeaseBody) appendBody(out []byte) []byte {
+	out = append(out, b.Job[:]...)
+	out = appendField(out, []byte(b.Requester))
+	return binary.BigEndian.AppendUint64(out, b.Price)
+}
+
+func (b ReceiptBody) appendBody(out []byte) []byte {
+	out = append(out, b.Job[:]...)
+	out = append(out, b.Receipt[:]...)
+	out = appendField(out, []byte(b.Result))
+	out = binary.BigEndian.AppendUint64(out, b.Usage.WallMS)
+	out = binary.BigEndian.AppendUint64(out, b.Usage.GPUMS)
+	return binary.BigEndian.AppendUint32(out, uint32(b.Usage.ExitCode))
+}
+
+// EncodeBody returns a body's wire form.
+func EncodeBody(b Body) []byte { return b.appendBody(nil) }
+
+// DecodeBody parses a body of the given kind, strictly: every field in
+// range, no trailing bytes. Errors wrap ErrMalformed.
+func DecodeBody(kind Kind, data []byte) (Body, error) {
+	r := reader{b: data}
+	var body Body
+	switch kind {
+	case KindGrant:
+		g := GrantBody{Amount: r.u64()}
+		if r.err == nil && g.Amount == 0 {
+			r.fail("grant of zero")
+		}
+		body = g
+	case KindHold:
+		h := HoldBody{Job: r.hash(), Provider: r.peer(), Amount: r.u64()}
+		if r.err == nil && h.Amount == 0 {
+			r.fail("hold of zero")
+		}
+		body = h
+	case KindRelease:
+		body = ReleaseBody{Job: r.hash()}
+	case KindPayment:
+		body = PaymentBody{Job: r.hash(), To: r.peer(), Receipt: r.hash(), Amount: r.u64()}
+	case KindLease:
+		body = LeaseBody{Job: r.hash(), Requester: r.peer(), Price: r.u64()}
+	case KindReceipt:
+		rc := ReceiptBody{Job: r.hash(), Receipt: r.hash(), Result: string(r.field(maxResultLen))}
+		rc.Usage = Usage{WallMS: r.u64(), GPUMS: r.u64(), ExitCode: int32(r.u32())}
+		if r.err == nil && !utf8.ValidString(rc.Result) {
+			r.fail("result is not UTF-8")
+		}
+		body = rc
+	default:
+		return nil, fmt.Errorf("%w: unknown kind %d", ErrMalformed, kind)
+	}
+	if err := r.end(); err != nil {
+		return nil, fmt.Errorf("%s body: %w", kind, err)
+	}
+	return body, nil
+}
+
+// Entry is one link of an account's hash chain.
+type Entry struct {
+	// Account is the peer ID of the Ed25519 key that signs the chain.
+	Account peer.ID
+	// Seq numbers the account's entries from 1, without gaps.
+	Seq uint64
+	// Prev is the hash of entry Seq-1; zero for Seq 1.
+	Prev Hash
+	// Time is when the account wrote the entry (nanosecond precision).
+	Time time.Time
+	// Body is the kind-specific content; its type gives the entry's kind.
+	Body Body
+	// Signature is the account's Ed25519 signature (see SigningBytes).
+	Signature []byte
+}
+
+// Kind returns the kind of the entry's body (0 without a body).
+func (e Entry) Kind() Kind {
+	if e.Body == nil {
+		return 0
+	}
+	return e.Body.Kind()
+}
+
+// appendUnsigned appends the encoding of everything but the signature.
+func (e Entry) appendUnsigned(out []byte) []byte {
+	out = append(out, entryVersion)
+	out = appendField(out, []byte(e.Account))
+	out = binary.BigEndian.AppendUint64(out, e.Seq)
+	out = append(out, e.Prev[:]...)
+	out = append(out, byte(e.Kind()))
+	out = binary.BigEndian.AppendUint64(out, uint64(e.Time.UnixNano()))
+	if e.Body == nil {
+		return appendField(out, nil)
+	}
+	// The body's length prefix is filled in once the body is written.
+	at := len(out)
+	out = append(out, 0, 0)
+	out = e.Body.appendBody(out)
+	binary.BigEndian.PutUint16(out[at:], uint16(len(out)-at-2))
+	return out
+}
+
+// Encode returns the entry's wire form. Decoding it gives the entry back.
+func (e Entry) Encode() []byte {
+	out := e.appendUnsigned(make([]byte, 0, 256))
+	return appendField(out, e.Signature)
+}
+
+// Hash returns the SHA-256 of the entry's encoding.
+func (e Entry) Hash() Hash { return sha256.Sum256(e.Encode()) }
+
+// SigningBytes returns what the account signs: a domain tag, the network
+// name and the entry's encoding without the signature.
+func (e Entry) SigningBytes(network string) []byte {
+	return e.appendUnsigned(signingPrefix(make([]byte, 0, 256), network))
+}
+
+func signingPrefix(out []byte, network string) []byte {
+	out = append(out, signingDomain...)
+	out = append(out, 0)
+	return appendField(out, []byte(network))
+}
+
+// Sign sets the entry's Account (when empty) and Signature with priv, an
+// Ed25519 key, for network.
+func (e *Entry) Sign(network string, priv crypto.PrivKey) error {
+	id, err := accountOf(priv)
+	if err != nil {
+		return err
+	}
+	if e.Account == "" {
+		e.Account = id
+	}
+	if e.Account != id {
+		return fmt.Errorf("sign entry of %s with the key of %s", e.Account, id)
+	}
+	sig, err := priv.Sign(e.SigningBytes(network))
+	if err != nil {
+		return fmt.Errorf("sign entry: %w", err)
+	}
+	e.Signature = sig
+	return nil
+}
+
+// VerifySignature checks the entry's signature for network. The error
+// wraps ErrBadSignature (or ErrBadAccount).
+func (e Entry) VerifySignature(network string) error {
+	pub, err := accountKey(e.Account)
+	if err != nil {
+		return err
+	}
+	if len(e.Signature) != ed25519.SignatureSize || !ed25519.Verify(pub, e.SigningBytes(network), e.Signature) {
+		return fmt.Errorf("%w: %s seq %d", ErrBadSignature, e.Account, e.Seq)
+	}
+	return nil
+}
+
+// DecodeEntry parses an entry's wire form strictly: known version and kind,
+// every field in range, the body well formed, no trailing bytes, at most
+// MaxEntrySize bytes. It does not check the signature. Errors wrap
+// ErrMalformed.
+func DecodeEntry(data []byte) (Entry, error) {
+	if len(data) > MaxEntrySize {
+		return Entry{}, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformed, len(data), MaxEntrySize)
+	}
+	r := reader{b: data}
+	if v := r.u8(); r.err == nil && v != entryVersion {
+		return Entry{}, fmt.Errorf("%w: version %d", ErrMalformed, v)
+	}
+	var e Entry
+	e.Account = r.peer()
+	e.Seq = r.u64()
+	e.Prev = r.hash()
+	kind := Kind(r.u8())
+	nanos := r.u64()
+	body := r.field(MaxEntrySize)
+	e.Signature = r.field(ed25519.SignatureSize)
+	if err := r.end(); err != nil {
+		return Entry{}, err
+	}
+	switch {
+	case e.Seq == 0:
+		return Entry{}, fmt.Errorf("%w: seq 0", ErrMalformed)
+	case e.Seq == 1 && !e.Prev.IsZero():
+		return Entry{}, fmt.Errorf("%w: seq 1 with a previous hash", ErrMalformed)
+	case nanos >= 1<<63:
+		return Entry{}, fmt.Errorf("%w: timestamp out of range", ErrMalformed)
+	case len(e.Signature) != ed25519.SignatureSize:
+		return Entry{}, fmt.Errorf("%w: signature of %d bytes", ErrMalformed, len(e.Signature))
+	}
+	e.Time = time.Unix(0, int64(nanos)).UTC()
+	b, err := DecodeBody(kind, body)
+	if err != nil {
+		return Entry{}, err
+	}
+	e.Body = b
+	return e, nil
+}
+
+// accountKey returns the Ed25519 public key inside an Ed25519 peer ID.
+func accountKey(id peer.ID) (ed25519.PublicKey, error) {
+	if !isEd25519Peer([]byte(id)) {
+		return nil, fmt.Errorf("%w: %q", ErrBadAccount, id)
+	}
+	return ed25519.PublicKey(id[len(ed25519PeerPrefix):]), nil
+}
+
+func isEd25519Peer(b []byte) bool {
+	return len(b) == ed25519PeerLen && string(b[:len(ed25519PeerPrefix)]) == ed25519PeerPrefix
+}
+
+// accountOf returns the account (peer ID) of an Ed25519 private key.
+func accountOf(priv crypto.PrivKey) (peer.ID, error) {
+	if priv == nil || priv.Type() != crypto.Ed25519 {
+		return "", fmt.Errorf("%w: ledger keys are Ed25519", ErrBadAccount)
+	}
+	id, err := peer.IDFromPrivateKey(priv)
+	if err != nil {
+		return "", fmt.Errorf("peer ID of key: %w", err)
+	}
+	if !isEd25519Peer([]byte(id)) {
+		return "", fmt.Errorf("%w: %s", ErrBadAccount, id)
+	}
+	return id, nil
+}
+
+func appendField(out, f []byte) []byte {
+	out = binary.BigEndian.AppendUint16(out, uint16(len(f)))
+	return append(out, f...)
+}
+
+// reader decodes fixed and length-prefixed fields; the first error sticks
+// and later reads return zero values.
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) fail(format string, a ...any) {
+	if r.err == nil {
+		r.err = fmt.Errorf("%w: %s", ErrMalformed, fmt.Sprintf(format, a...))
+	}
+}
+
+func (r *reader) take(n int) []byte {
+	if r.err != nil {
+		return nil
+	}
+	if len(r.b) < n {
+		r.fail("truncated")
+		return nil
+	}
+	v := r.b[:n:n]
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) u8() uint8 {
+	if v := r.take(1); v != nil {
+		return v[0]
+	}
+	return 0
+}
+
+func (r *reader) u32() uint32 {
+	if v := r.take(4); v != nil {
+		return binary.BigEndian.Uint32(v)
+	}
+	return 0
+}
+
+func (r *reader) u64() uint64 {
+	if v := r.take(8); v != nil {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
+}
+
+func (r *reader) hash() (h Hash) {
+	copy(h[:], r.take(len(h)))
+	return h
+}
+
+// field reads a length-prefixed field of at most max bytes; the result is
+// a copy.
+func (r *reader) field(max int) []byte {
+	v := r.take(2)
+	if v == nil {
+		return nil
+	}
+	n := int(binary.BigEndian.Uint16(v))
+	if n > max {
+		r.fail("field of %d bytes, limit %d", n, max)
+		return nil
+	}
+	return bytes.Clone(r.take(n))
+}
+
+// peer reads a length-prefixed Ed25519 peer ID.
+func (r *reader) peer() peer.ID {
+	v := r.field(ed25519PeerLen)
+	if r.err == nil && !isEd25519Peer(v) {
+		r.fail("peer is not an Ed25519 peer ID")
+	}
+	return peer.ID(v)
+}
+
+func (r *reader) end() error {
+	if r.err == nil && len(r.b) != 0 {
+		r.fail("%d trailing bytes", len(r.b))
+	}
+	return r.err
+}

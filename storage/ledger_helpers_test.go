@@ -1,0 +1,103 @@
+package storage
+
+import (
+	"crypto/ed25519"
+	"crypto/sha256"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+const testNet = "test"
+
+// testKey returns a deterministic Ed25519 key for name.
+func testKey(t testing.TB, name string) (crypto.PrivKey, peer.ID) {
+	t.Helper()
+	seed := sha256.Sum256([]byte("mira test key " + name))
+	priv, err := crypto.UnmarshalEd25519PrivateKey(ed25519.NewKeyFromSeed(seed[:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := peer.IDFromPrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return priv, id
+}
+
+// fakeClock is a settable clock.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock {
+	return &fakeClock{t: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// openTestLedger opens a ledger over an in-memory database.
+func openTestLedger(t testing.TB, g *Genesis, clock func() time.Time, opts ...LedgerOption) *Ledger {
+	t.Helper()
+	db, err := Open("", Options{Network: g.Network, InMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	l, err := OpenLedger(db, g.Network, g, clock, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// chain writes an account's entries outside any ledger, for ingesting.
+type chain struct {
+	net  string
+	priv crypto.PrivKey
+	id   peer.ID
+	seq  uint64
+	prev Hash
+	at   time.Time
+}
+
+func newChain(t testing.TB, name string, at time.Time) *chain {
+	priv, id := testKey(t, name)
+	return &chain{net: testNet, priv: priv, id: id, at: at}
+}
+
+// entry signs the chain's next entry without advancing the chain.
+func (c *chain) entry(t testing.TB, body Body) Entry {
+	t.Helper()
+	e := Entry{Account: c.id, Seq: c.seq + 1, Prev: c.prev, Time: c.at, Body: body}
+	if err := e.Sign(c.net, c.priv); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// next signs the chain's next entry and advances the chain.
+func (c *chain) next(t testing.TB, body Body) []byte {
+	t.Helper()
+	e := c.entry(t, body)
+	raw := e.Encode()
+	c.seq, c.prev = e.Seq, sha256.Sum256(raw)
+	c.at = c.at.Add(time.Millisecond)
+	return raw
+}
+
+func job(name string) Hash { return sha256.Sum256([]byte("job " + name)) }

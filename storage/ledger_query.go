@@ -1,0 +1,269 @@
+package storage
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"iter"
+	"math"
+	"math/bits"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Balance is an account's derived balance, in micro-credits: Balance is
+// grants + payments received − payments sent; Held is the sum of its open
+// holds, which it may not spend again.
+type Balance struct {
+	Balance uint64 `json:"balance"`
+	Held    uint64 `json:"held"`
+}
+
+// Available is what the account may still hold for new jobs.
+func (b Balance) Available() uint64 { return b.Balance - b.Held }
+
+// Head is the last entry of an account's chain; Seq 0 for an account
+// without entries.
+type Head struct {
+	Seq  uint64    `json:"seq"`
+	Hash Hash      `json:"hash"`
+	Time time.Time `json:"time"`
+}
+
+// LedgerItem is what set reconciliation compares: an entry's time (Unix
+// nanoseconds) and hash. Items come ordered by (Time, Hash).
+type LedgerItem struct {
+	Time int64
+	Hash Hash
+}
+
+func (l *Ledger) get(k []byte) ([]byte, error) {
+	var v []byte
+	err := l.db.bdb.View(func(txn *badger.Txn) error {
+		var err error
+		v, err = getValue(txn, k)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ledger read: %w", err)
+	}
+	return v, nil
+}
+
+func (l *Ledger) hasHash(h Hash) (bool, error) {
+	v, err := l.get(hashKey(h))
+	return v != nil, err
+}
+
+// committed returns an account's committed state, read from the store
+// (not the writers' cache, so readers never wait for a batch).
+func (l *Ledger) committed(id peer.ID) (acctState, error) {
+	v, err := l.get(acctKey(id))
+	if err != nil || v == nil {
+		return acctState{}, err
+	}
+	a, err := decodeAcctState(v)
+	if err != nil {
+		return acctState{}, fmt.Errorf("account %s: %w", id, err)
+	}
+	return a, nil
+}
+
+// Balance returns an account's balance and holds.
+func (l *Ledger) Balance(account peer.ID) (Balance, error) {
+	a, err := l.committed(account)
+	return Balance{Balance: a.balance, Held: a.held}, err
+}
+
+// Head returns the last entry of an account's chain.
+func (l *Ledger) Head(account peer.ID) (Head, error) {
+	a, err := l.committed(account)
+	h := Head{Seq: a.lastSeq, Hash: a.lastHash}
+	if a.lastSeq > 0 {
+		h.Time = time.Unix(0, a.lastTime).UTC()
+	}
+	return h, err
+}
+
+// Frozen reports whether the account is frozen for equivocation.
+func (l *Ledger) Frozen(account peer.ID) (bool, error) {
+	a, err := l.committed(account)
+	return a.frozen, err
+}
+
+// HoldFor returns the account's open hold for job. A provider checks it
+// before it runs the job: the hold exists, names it as provider, and
+// covers the price.
+func (l *Ledger) HoldFor(account peer.ID, job Hash) (HoldBody, bool, error) {
+	v, err := l.get(holdKey(account, job))
+	if err != nil || v == nil {
+		return HoldBody{}, false, err
+	}
+	h, err := decodeHoldRec(v)
+	if err != nil {
+		return HoldBody{}, false, fmt.Errorf("hold of %s: %w", account, err)
+	}
+	return HoldBody{Job: job, Provider: h.provider, Amount: h.amount}, true, nil
+}
+
+// Count returns how many entries the ledger stores.
+func (l *Ledger) Count() uint64 { return l.count.Load() }
+
+// PendingLen returns how many out-of-order entries wait in memory.
+func (l *Ledger) PendingLen() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.pending.len()
+}
+
+// Entries returns up to limit entries of the account's chain after
+// afterSeq, in order (limit ≤ 0: all).
+func (l *Ledger) Entries(account peer.ID, afterSeq uint64, limit int) ([]Entry, error) {
+	var out []Entry
+	prefix := append([]byte(keyEntryPrefix), account...)
+	err := l.db.bdb.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true, PrefetchSize: 64})
+		defer it.Close()
+		for it.Seek(entryKey(account, afterSeq+1)); it.Valid(); it.Next() {
+			if limit > 0 && len(out) >= limit {
+				return nil
+			}
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			e, err := DecodeEntry(v)
+			if err != nil {
+				return fmt.Errorf("stored entry %x: %w", it.Item().Key(), err)
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("entries of %s: %w", account, err)
+	}
+	return out, nil
+}
+
+// EntryByHash returns the entry with hash h, or an error wrapping
+// ErrNotFound. Its Encode() gives its exact bytes back.
+func (l *Ledger) EntryByHash(h Hash) (Entry, error) {
+	var e Entry
+	err := l.db.bdb.View(func(txn *badger.Txn) error {
+		ref, err := getValue(txn, hashKey(h))
+		if err != nil {
+			return err
+		}
+		if len(ref) < 8 {
+			return fmt.Errorf("%w: %s", ErrNotFound, h)
+		}
+		v, err := getValue(txn, entryKey(peer.ID(ref[8:]), binary.BigEndian.Uint64(ref)))
+		if err != nil {
+			return err
+		}
+		if v == nil {
+			return fmt.Errorf("%w: %s (index without entry)", ErrNotFound, h)
+		}
+		e, err = DecodeEntry(v)
+		return err
+	})
+	if err != nil {
+		return Entry{}, fmt.Errorf("entry by hash: %w", err)
+	}
+	return e, nil
+}
+
+// Items returns every entry's (time, hash), ordered.
+func (l *Ledger) Items() iter.Seq2[LedgerItem, error] { return l.ItemsRange(0, math.MaxInt64) }
+
+// ItemsSince returns the (time, hash) of entries dated since, ordered.
+func (l *Ledger) ItemsSince(since time.Time) iter.Seq2[LedgerItem, error] {
+	return l.ItemsRange(max(since.UnixNano(), 0), math.MaxInt64)
+}
+
+// ItemsRange returns the (time, hash) of entries with from ≤ time < to
+// (Unix nanoseconds), ordered by (time, hash). The sequence reads one
+// consistent snapshot; an error ends it.
+func (l *Ledger) ItemsRange(from, to int64) iter.Seq2[LedgerItem, error] {
+	return func(yield func(LedgerItem, error) bool) {
+		stopped := false
+		err := l.db.bdb.View(func(txn *badger.Txn) error {
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(keyTimePrefix)})
+			defer it.Close()
+			for it.Seek(timeKey(max(from, 0), Hash{})); it.Valid(); it.Next() {
+				k := it.Item().Key()[len(keyTimePrefix):]
+				if len(k) != 8+len(Hash{}) {
+					return fmt.Errorf("time index key of %d bytes", len(k))
+				}
+				item := LedgerItem{Time: int64(binary.BigEndian.Uint64(k))}
+				if item.Time >= to {
+					return nil
+				}
+				copy(item.Hash[:], k[8:])
+				if !yield(item, nil) {
+					stopped = true
+					return nil
+				}
+			}
+			return nil
+		})
+		if err != nil && !stopped {
+			yield(LedgerItem{}, fmt.Errorf("ledger items: %w", err))
+		}
+	}
+}
+
+// Digest returns a digest of the whole entry set: SHA-256 over the entry
+// hashes in (time, hash) order. Two ledgers with the same entries have the
+// same digest.
+func (l *Ledger) Digest() (Hash, error) {
+	d := sha256.New()
+	for item, err := range l.Items() {
+		if err != nil {
+			return Hash{}, err
+		}
+		d.Write(item.Hash[:])
+	}
+	return Hash(d.Sum(nil)), nil
+}
+
+// Total returns the sum of all balances. It equals Granted: payments move
+// credits, only grants create them.
+func (l *Ledger) Total() (uint64, error) {
+	return l.sumAccounts(func(a acctState) uint64 { return a.balance })
+}
+
+// Granted returns the sum of the Grant entries stored.
+func (l *Ledger) Granted() (uint64, error) {
+	return l.sumAccounts(func(a acctState) uint64 { return a.granted })
+}
+
+func (l *Ledger) sumAccounts(f func(acctState) uint64) (uint64, error) {
+	var sum uint64
+	err := l.db.bdb.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(keyAcctPrefix), PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			a, err := decodeAcctState(v)
+			if err != nil {
+				return fmt.Errorf("account record %x: %w", it.Item().Key(), err)
+			}
+			var c uint64
+			if sum, c = bits.Add64(sum, f(a), 0); c != 0 {
+				return ErrOverflow
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("sum ledger accounts: %w", err)
+	}
+	return sum, nil
+}

@@ -1,0 +1,779 @@
+package storage
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// ledgerEnv is a ledger whose genesis grants a 1000 and b 500; p (a
+// provider) has no grant.
+type ledgerEnv struct {
+	t       *testing.T
+	clock   *fakeClock
+	g       *Genesis
+	l       *Ledger
+	a, b, p *chain
+}
+
+func newLedgerEnv(t *testing.T, opts ...LedgerOption) *ledgerEnv {
+	t.Helper()
+	clock := newFakeClock()
+	env := &ledgerEnv{t: t, clock: clock}
+	env.a = newChain(t, "a", clock.Now())
+	env.b = newChain(t, "b", clock.Now())
+	env.p = newChain(t, "p", clock.Now())
+	env.g = &Genesis{Network: testNet, Grants: []GenesisGrant{{Peer: env.a.id, Amount: 1000}, {Peer: env.b.id, Amount: 500}}}
+	env.l = openTestLedger(t, env.g, clock.Now, opts...)
+	return env
+}
+
+// ok ingests raw and fails the test on error.
+func (env *ledgerEnv) ok(raw []byte) Entry {
+	env.t.Helper()
+	e, err := env.l.Ingest(raw)
+	if err != nil {
+		env.t.Fatalf("ingest %s seq %d: %v", e.Account, e.Seq, err)
+	}
+	return e
+}
+
+func (env *ledgerEnv) balance(id peer.ID) Balance {
+	env.t.Helper()
+	b, err := env.l.Balance(id)
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	return b
+}
+
+// noProblems runs Verify and fails on any problem.
+func (env *ledgerEnv) noProblems() {
+	env.t.Helper()
+	probs, err := env.l.Verify(context.Background())
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	for _, p := range probs {
+		env.t.Errorf("verify: %v", p)
+	}
+}
+
+func TestLedgerRules(t *testing.T) {
+	cases := []struct {
+		name string
+		// run writes what the case needs and returns the outcome of the
+		// entry under test.
+		run  func(env *ledgerEnv) error
+		want error
+	}{
+		{"grant", func(env *ledgerEnv) error {
+			_, err := env.l.Ingest(env.a.next(env.t, GrantBody{Amount: 1000}))
+			return err
+		}, nil},
+		{"grant of another amount", func(env *ledgerEnv) error {
+			_, err := env.l.Ingest(env.a.next(env.t, GrantBody{Amount: 1001}))
+			return err
+		}, ErrBadGrant},
+		{"grant to an account genesis does not list", func(env *ledgerEnv) error {
+			_, err := env.l.Ingest(env.p.next(env.t, GrantBody{Amount: 1000}))
+			return err
+		}, ErrBadGrant},
+		{"second grant", func(env *ledgerEnv) error {
+			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
+			_, err := env.l.Ingest(env.a.next(env.t, GrantBody{Amount: 1000}))
+			return err
+		}, ErrBadGrant},
+		{"overdraft", func(env *ledgerEnv) error {
+			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
+			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 600}))
+			_, err := env.l.Ingest(env.a.next(env.t, HoldBody{Job: job("2"), Provider: env.p.id, Amount: 401}))
+			return err
+		}, ErrOverdraft},
+		{"hold of all that is available", func(env *ledgerEnv) error {
+			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
+			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 600}))
+			_, err := env.l.Ingest(env.a.next(env.t, HoldBody{Job: job("2"), Provider: env.p.id, Amount: 400}))
+			return err
+		}, nil},
+		{"second open hold for a job", func(env *ledgerEnv) error {
+			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
+			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 1}))
+			_, err := env.l.Ingest(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 1}))
+			return err
+		}, ErrHoldExists},
+		{"payment above hold", func(env *ledgerEnv) error {
+			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
+			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
+			_, err := env.l.Ingest(env.a.next(env.t, PaymentBody{Job: job("1"), To: env.p.id, Amount: 101}))
+			return err
+		}, ErrPaymentAboveHold},
+		{"payment without hold", func(env *ledgerEnv) error {
+			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
+			_, err := env.l.Ingest(env.a.next(env.t, PaymentBody{Job: job("1"), To: env.p.id, Amount: 1}))
+			return err
+		}, ErrNoHold},
+		{"release then payment", func(env *ledgerEnv) error {
+			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
+			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
+			env.ok(env.a.next(env.t, ReleaseBody{Job: job("1")}))
+			_, err := env.l.Ingest(env.a.next(env.t, PaymentBody{Job: job("1"), To: env.p.id, Amount: 1}))
+			return err
+		}, ErrNoHold},
+		{"release without hold", func(env *ledgerEnv) error {
+			_, err := env.l.Ingest(env.a.next(env.t, ReleaseBody{Job: job("1")}))
+			return err
+		}, ErrNoHold},
+		{"double payment", func(env *ledgerEnv) error {
+			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
+			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
+			env.ok(env.a.next(env.t, PaymentBody{Job: job("1"), To: env.p.id, Amount: 100}))
+			_, err := env.l.Ingest(env.a.next(env.t, PaymentBody{Job: job("1"), To: env.p.id, Amount: 100}))
+			return err
+		}, ErrAlreadyPaid},
+		{"hold for a paid job", func(env *ledgerEnv) error {
+			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
+			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
+			env.ok(env.a.next(env.t, PaymentBody{Job: job("1"), To: env.p.id, Amount: 100}))
+			_, err := env.l.Ingest(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
+			return err
+		}, ErrAlreadyPaid},
+		{"hold again after release (job re-assigned)", func(env *ledgerEnv) error {
+			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
+			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
+			env.ok(env.a.next(env.t, ReleaseBody{Job: job("1")}))
+			_, err := env.l.Ingest(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.b.id, Amount: 100}))
+			return err
+		}, nil},
+		{"forged signature", func(env *ledgerEnv) error {
+			e := env.a.entry(env.t, GrantBody{Amount: 1000})
+			e.Signature = nil
+			if err := e.Sign(testNet, env.b.priv); err == nil {
+				env.t.Fatal("signed a's entry with b's key")
+			}
+			sig, _ := env.b.priv.Sign(e.SigningBytes(testNet))
+			e.Signature = sig
+			_, err := env.l.Ingest(e.Encode())
+			return err
+		}, ErrBadSignature},
+		{"flipped signature bit", func(env *ledgerEnv) error {
+			e := env.a.entry(env.t, GrantBody{Amount: 1000})
+			e.Signature[10] ^= 1
+			_, err := env.l.Ingest(e.Encode())
+			return err
+		}, ErrBadSignature},
+		{"body changed after signing", func(env *ledgerEnv) error {
+			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
+			e := env.a.entry(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100})
+			e.Body = HoldBody{Job: job("1"), Provider: env.p.id, Amount: 1}
+			_, err := env.l.Ingest(e.Encode())
+			return err
+		}, ErrBadSignature},
+		{"wrong network", func(env *ledgerEnv) error {
+			env.a.net = "other"
+			_, err := env.l.Ingest(env.a.next(env.t, GrantBody{Amount: 1000}))
+			return err
+		}, ErrBadSignature},
+		{"broken chain", func(env *ledgerEnv) error {
+			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
+			env.a.prev = job("elsewhere")
+			_, err := env.l.Ingest(env.a.next(env.t, ReleaseBody{Job: job("1")}))
+			return err
+		}, ErrBrokenChain},
+		{"gap", func(env *ledgerEnv) error {
+			env.a.next(env.t, GrantBody{Amount: 1000})
+			_, err := env.l.Ingest(env.a.next(env.t, LeaseBody{Job: job("1"), Requester: env.b.id, Price: 1}))
+			return err
+		}, ErrGap},
+		{"duplicate", func(env *ledgerEnv) error {
+			raw := env.a.next(env.t, GrantBody{Amount: 1000})
+			env.ok(raw)
+			_, err := env.l.Ingest(raw)
+			return err
+		}, ErrDuplicate},
+		{"time in the future", func(env *ledgerEnv) error {
+			env.a.at = env.clock.Now().Add(DefaultMaxClockSkew + time.Second)
+			_, err := env.l.Ingest(env.a.next(env.t, GrantBody{Amount: 1000}))
+			return err
+		}, ErrBadTimestamp},
+		{"time before predecessor", func(env *ledgerEnv) error {
+			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
+			env.a.at = env.a.at.Add(-time.Hour)
+			_, err := env.l.Ingest(env.a.next(env.t, LeaseBody{Job: job("1"), Requester: env.b.id, Price: 1}))
+			return err
+		}, ErrBadTimestamp},
+		{"malformed", func(env *ledgerEnv) error {
+			raw := env.a.next(env.t, GrantBody{Amount: 1000})
+			_, err := env.l.Ingest(raw[:len(raw)-3])
+			return err
+		}, ErrMalformed},
+		{"oversized", func(env *ledgerEnv) error {
+			_, err := env.l.Ingest(make([]byte, MaxEntrySize+1))
+			return err
+		}, ErrMalformed},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			env := newLedgerEnv(t)
+			err := tc.run(env)
+			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			env.noProblems()
+		})
+	}
+}
+
+func TestLedgerGapFilled(t *testing.T) {
+	env := newLedgerEnv(t)
+	raws := [][]byte{
+		env.a.next(t, GrantBody{Amount: 1000}),
+		env.a.next(t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 300}),
+		env.a.next(t, PaymentBody{Job: job("1"), To: env.p.id, Amount: 200}),
+	}
+	for _, raw := range [][]byte{raws[2], raws[1]} {
+		if _, err := env.l.Ingest(raw); !errors.Is(err, ErrGap) {
+			t.Fatalf("err = %v, want ErrGap", err)
+		}
+	}
+	if _, err := env.l.Ingest(raws[2]); !errors.Is(err, ErrGap) {
+		t.Fatalf("pending again: err = %v, want ErrGap", err)
+	}
+	if n := env.l.PendingLen(); n != 2 {
+		t.Fatalf("pending %d, want 2", n)
+	}
+	env.ok(raws[0])
+	if h, _ := env.l.Head(env.a.id); h.Seq != 3 || h.Hash != sha256.Sum256(raws[2]) {
+		t.Fatalf("head %+v, want seq 3", h)
+	}
+	if _, err := env.l.Ingest(raws[2]); !errors.Is(err, ErrDuplicate) {
+		t.Fatalf("err = %v, want ErrDuplicate", err)
+	}
+	if b := env.balance(env.p.id); b.Balance != 200 {
+		t.Fatalf("provider balance %+v", b)
+	}
+	if env.l.PendingLen() != 0 || env.l.Count() != 3 {
+		t.Fatalf("pending %d, count %d", env.l.PendingLen(), env.l.Count())
+	}
+	env.noProblems()
+}
+
+func TestLedgerEquivocation(t *testing.T) {
+	env := newLedgerEnv(t)
+	env.ok(env.a.next(t, GrantBody{Amount: 1000}))
+	fork := *env.a
+	env.ok(env.a.next(t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
+	second := fork.next(t, HoldBody{Job: job("1"), Provider: env.b.id, Amount: 900})
+
+	_, err := env.l.Ingest(second)
+	var eq *EquivocationError
+	if !errors.As(err, &eq) || !errors.Is(err, ErrEquivocation) {
+		t.Fatalf("err = %v, want an EquivocationError", err)
+	}
+	if who, err := eq.Proof.Verify(testNet); err != nil || who != env.a.id {
+		t.Fatalf("proof: %v, %v", who, err)
+	}
+	if _, err := eq.Proof.Verify("other"); !errors.Is(err, ErrBadFraudProof) {
+		t.Fatalf("proof on another network: %v", err)
+	}
+	if frozen, _ := env.l.Frozen(env.a.id); !frozen {
+		t.Fatal("account not frozen")
+	}
+	if p, ok, _ := env.l.FraudProofFor(env.a.id); !ok || p.Encode() == nil {
+		t.Fatal("no stored proof")
+	}
+	// Later entries are refused, the past stays.
+	if _, err := env.l.Ingest(env.a.next(t, ReleaseBody{Job: job("1")})); !errors.Is(err, ErrFrozen) {
+		t.Fatalf("later entry: err = %v, want ErrFrozen", err)
+	}
+	if _, err := env.l.Append(env.a.priv, ReleaseBody{Job: job("1")}); !errors.Is(err, ErrFrozen) {
+		t.Fatalf("append: err = %v, want ErrFrozen", err)
+	}
+	if _, err := env.l.Ingest(second); !errors.Is(err, ErrFrozen) {
+		t.Fatalf("proof entry again: err = %v, want ErrFrozen", err)
+	}
+	if b := env.balance(env.a.id); b.Balance != 1000 || b.Held != 100 {
+		t.Fatalf("balance %+v", b)
+	}
+	env.noProblems()
+
+	// Another node learns of it from the proof alone.
+	other := newLedgerEnv(t)
+	if err := other.l.IngestFraudProof(eq.Proof); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.l.IngestFraudProof(eq.Proof); !errors.Is(err, ErrDuplicate) {
+		t.Fatalf("second time: err = %v, want ErrDuplicate", err)
+	}
+	if frozen, _ := other.l.Frozen(env.a.id); !frozen {
+		t.Fatal("not frozen by the proof")
+	}
+	if err := other.l.IngestFraudProof(FraudProof{A: second, B: second}); !errors.Is(err, ErrBadFraudProof) {
+		t.Fatalf("same entry twice: err = %v", err)
+	}
+	decoded, err := DecodeFraudProof(eq.Proof.Encode())
+	if err != nil || string(decoded.A) != string(eq.Proof.A) || string(decoded.B) != string(eq.Proof.B) {
+		t.Fatalf("proof round trip: %v", err)
+	}
+	other.noProblems()
+
+	// IngestMany reports the proof too.
+	third := newLedgerEnv(t)
+	if _, err := third.l.IngestMany([][]byte{mustEntry(t, env.l, env.a.id, 1), mustEntry(t, env.l, env.a.id, 2)}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := third.l.IngestMany([][]byte{second})
+	if err != nil || len(res.Fraud) != 1 || len(res.Accepted) != 0 {
+		t.Fatalf("IngestMany: %+v, %v", res, err)
+	}
+	third.noProblems()
+}
+
+func mustEntry(t *testing.T, l *Ledger, id peer.ID, seq uint64) []byte {
+	t.Helper()
+	es, err := l.Entries(id, seq-1, 1)
+	if err != nil || len(es) != 1 {
+		t.Fatalf("entry %d: %v", seq, err)
+	}
+	return es[0].Encode()
+}
+
+// TestLedgerJobFlow follows one job's ledger entries and the balances.
+func TestLedgerJobFlow(t *testing.T) {
+	env := newLedgerEnv(t)
+	l := env.l
+	must := func(e Entry, err error) Entry {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	must(l.Append(env.a.priv, GrantBody{Amount: 1000}))
+	must(l.Append(env.b.priv, GrantBody{Amount: 500}))
+	// Award: the requester holds, the provider checks the hold.
+	must(l.Append(env.a.priv, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 300}))
+	if h, ok, err := l.HoldFor(env.a.id, job("1")); err != nil || !ok || h.Provider != env.p.id || h.Amount != 300 {
+		t.Fatalf("HoldFor = %+v, %v, %v", h, ok, err)
+	}
+	must(l.Append(env.p.priv, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 250}))
+	rc := must(l.Append(env.p.priv, ReceiptBody{Job: job("1"), Receipt: job("r1"), Result: "bafy", Usage: Usage{WallMS: 10, GPUMS: 9}}))
+	if b := env.balance(env.a.id); b.Balance != 1000 || b.Held != 300 || b.Available() != 700 {
+		t.Fatalf("a while held: %+v", b)
+	}
+	// Accepted: pay 250 out of 300; the rest is released.
+	must(l.Append(env.a.priv, PaymentBody{Job: job("1"), To: env.p.id, Receipt: rc.Hash(), Amount: 250}))
+	if _, ok, _ := l.HoldFor(env.a.id, job("1")); ok {
+		t.Fatal("hold still open after payment")
+	}
+	// A job re-assigned: paid to another provider than the hold named.
+	must(l.Append(env.a.priv, HoldBody{Job: job("2"), Provider: env.p.id, Amount: 100}))
+	must(l.Append(env.a.priv, PaymentBody{Job: job("2"), To: env.b.id, Amount: 100}))
+	// Failed job: released.
+	must(l.Append(env.b.priv, HoldBody{Job: job("3"), Provider: env.p.id, Amount: 500}))
+	must(l.Append(env.b.priv, ReleaseBody{Job: job("3")}))
+	// The provider spends what it earned.
+	must(l.Append(env.p.priv, HoldBody{Job: job("4"), Provider: env.b.id, Amount: 250}))
+	if _, err := l.Append(env.p.priv, HoldBody{Job: job("5"), Provider: env.b.id, Amount: 1}); !errors.Is(err, ErrOverdraft) {
+		t.Fatalf("provider overdraft: err = %v", err)
+	}
+
+	want := map[peer.ID]Balance{
+		env.a.id: {Balance: 650},
+		env.b.id: {Balance: 600},
+		env.p.id: {Balance: 250, Held: 250},
+	}
+	for id, w := range want {
+		if b := env.balance(id); b != w {
+			t.Errorf("%s: %+v, want %+v", id, b, w)
+		}
+	}
+	total, err := l.Total()
+	if err != nil {
+		t.Fatal(err)
+	}
+	granted, _ := l.Granted()
+	if total != 1500 || granted != 1500 || env.g.Total([]peer.ID{env.a.id, env.b.id}) != total {
+		t.Fatalf("total %d, granted %d", total, granted)
+	}
+	if l.Count() != 11 {
+		t.Fatalf("count %d", l.Count())
+	}
+	env.noProblems()
+
+	// Queries.
+	es, err := l.Entries(env.a.id, 2, 2)
+	if err != nil || len(es) != 2 || es[0].Seq != 3 || es[1].Seq != 4 {
+		t.Fatalf("Entries = %v, %v", es, err)
+	}
+	got, err := l.EntryByHash(rc.Hash())
+	if err != nil || got.Hash() != rc.Hash() {
+		t.Fatalf("EntryByHash: %v", err)
+	}
+	if _, err := l.EntryByHash(job("none")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("EntryByHash(none): %v", err)
+	}
+	n, last := 0, int64(0)
+	for item, err := range l.Items() {
+		if err != nil || item.Time < last {
+			t.Fatalf("items out of order: %v", err)
+		}
+		last = item.Time
+		n++
+	}
+	if n != 11 {
+		t.Fatalf("%d items", n)
+	}
+}
+
+func TestAppendBatchAtomic(t *testing.T) {
+	env := newLedgerEnv(t)
+	if _, err := env.l.AppendBatch(env.a.priv, []Body{
+		GrantBody{Amount: 1000},
+		HoldBody{Job: job("1"), Provider: env.p.id, Amount: 1001},
+	}); !errors.Is(err, ErrOverdraft) {
+		t.Fatalf("err = %v", err)
+	}
+	if env.l.Count() != 0 {
+		t.Fatal("a refused batch left entries")
+	}
+	es, err := env.l.AppendBatch(env.a.priv, []Body{GrantBody{Amount: 1000}, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 1000}})
+	if err != nil || len(es) != 2 || es[1].Seq != 2 {
+		t.Fatalf("%v, %v", es, err)
+	}
+	// Own entries never go back in time, even when the clock does.
+	env.clock.Advance(-time.Hour)
+	e, err := env.l.Append(env.a.priv, ReleaseBody{Job: job("1")})
+	if err != nil || e.Time.Before(es[1].Time) {
+		t.Fatalf("%v, %v", e, err)
+	}
+	env.noProblems()
+}
+
+// TestLedgerConvergence feeds the same entries to ledgers in different
+// orders and batches: they end up equal, including a hold that relies on
+// a payment from another chain arriving after it.
+func TestLedgerConvergence(t *testing.T) {
+	env := newLedgerEnv(t)
+	var raws [][]byte
+	add := func(raw []byte) { raws = append(raws, raw) }
+	add(env.a.next(t, GrantBody{Amount: 1000}))
+	add(env.b.next(t, GrantBody{Amount: 500}))
+	for i := range 20 {
+		j := job(string(rune('A' + i)))
+		add(env.a.next(t, HoldBody{Job: j, Provider: env.p.id, Amount: 40}))
+		add(env.p.next(t, LeaseBody{Job: j, Requester: env.a.id, Price: 40}))
+		add(env.a.next(t, PaymentBody{Job: j, To: env.p.id, Amount: 35}))
+		// The provider spends its earnings at once: valid only after the
+		// payment above.
+		add(env.p.next(t, HoldBody{Job: j, Provider: env.b.id, Amount: 30}))
+		add(env.p.next(t, PaymentBody{Job: j, To: env.b.id, Amount: 30}))
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	var digest Hash
+	for round := range 6 {
+		l := openTestLedger(t, env.g, env.clock.Now)
+		order := append([][]byte(nil), raws...)
+		if round > 0 {
+			rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+		}
+		for len(order) > 0 {
+			n := min(len(order), 1+rng.IntN(16))
+			if round%2 == 0 {
+				if _, err := l.IngestMany(order[:n]); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				for _, raw := range order[:n] {
+					if _, err := l.Ingest(raw); err != nil && !errors.Is(err, ErrGap) && !errors.Is(err, ErrOverdraft) {
+						t.Fatalf("round %d: %v", round, err)
+					}
+				}
+			}
+			order = order[n:]
+		}
+		d, err := l.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if round == 0 {
+			digest = d
+		}
+		if d != digest || l.Count() != uint64(len(raws)) || l.PendingLen() != 0 {
+			t.Fatalf("round %d: digest %s, count %d of %d, pending %d", round, d, l.Count(), len(raws), l.PendingLen())
+		}
+		if b, _ := l.Balance(env.p.id); b != (Balance{Balance: 100}) {
+			t.Fatalf("round %d: provider %+v", round, b)
+		}
+		if total, _ := l.Total(); total != 1500 {
+			t.Fatalf("round %d: total %d", round, total)
+		}
+		probs, err := l.Verify(context.Background())
+		if err != nil || len(probs) != 0 {
+			t.Fatalf("round %d: verify %v, %v", round, probs, err)
+		}
+	}
+}
+
+func TestIngestManyResult(t *testing.T) {
+	env := newLedgerEnv(t, WithPendingLimit(3))
+	var raws [][]byte
+	raws = append(raws, env.a.next(t, GrantBody{Amount: 1000}))
+	for i := range 6 {
+		raws = append(raws, env.a.next(t, LeaseBody{Job: job(string(rune('a' + i))), Requester: env.b.id, Price: 1}))
+	}
+	// Seqs 2..7 without 1: all wait, the bound keeps the newest 3.
+	res, err := env.l.IngestMany(raws[1:])
+	if err != nil || res.Pending != 3 || len(res.Accepted) != 0 {
+		t.Fatalf("%+v, %v", res, err)
+	}
+	bad := env.b.next(t, GrantBody{Amount: 1})
+	res, err = env.l.IngestMany([][]byte{raws[0], raws[0], bad, {1, 2, 3}, raws[1]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Accepted) != 2 || res.Duplicates != 1 || len(res.Rejected) != 2 || res.Pending != 3 {
+		t.Fatalf("%+v", res)
+	}
+	if !errors.Is(res.Rejected[0].Err, ErrMalformed) && !errors.Is(res.Rejected[1].Err, ErrMalformed) {
+		t.Fatalf("rejections %+v", res.Rejected)
+	}
+	// The missing seqs 3 and 4 (dropped) arrive: the rest follows from the
+	// buffer.
+	res, err = env.l.IngestMany([][]byte{raws[3], raws[2]})
+	if err != nil || len(res.Accepted) != 5 || res.Pending != 0 {
+		t.Fatalf("%+v, %v", res, err)
+	}
+	env.noProblems()
+}
+
+func TestLedgerVerifyTampered(t *testing.T) {
+	cases := map[string]struct {
+		tamper func(env *ledgerEnv, txn *badger.Txn) error
+		want   error
+	}{
+		"garbage entry": {func(env *ledgerEnv, txn *badger.Txn) error {
+			return txn.Set(entryKey(env.a.id, 2), []byte("garbage"))
+		}, ErrMalformed},
+		"entry with a bad signature": {func(env *ledgerEnv, txn *badger.Txn) error {
+			e, _ := DecodeEntry(mustEntry(env.t, env.l, env.a.id, 2))
+			e.Body = HoldBody{Job: job("1"), Provider: env.p.id, Amount: 999}
+			return txn.Set(entryKey(env.a.id, 2), e.Encode())
+		}, ErrBadSignature},
+		"validly signed entry that breaks a rule": {func(env *ledgerEnv, txn *badger.Txn) error {
+			e := Entry{Account: env.a.id, Seq: 4, Prev: env.l.mustHead(env.t, env.a.id), Time: env.a.at,
+				Body: PaymentBody{Job: job("none"), To: env.p.id, Amount: 1}}
+			if err := e.Sign(testNet, env.a.priv); err != nil {
+				return err
+			}
+			return txn.Set(entryKey(env.a.id, 4), e.Encode())
+		}, ErrNoHold},
+		"missing entry": {func(env *ledgerEnv, txn *badger.Txn) error {
+			return txn.Delete(entryKey(env.a.id, 2))
+		}, ErrGap},
+		"balance edited": {func(env *ledgerEnv, txn *badger.Txn) error {
+			a, _ := env.l.committed(env.p.id)
+			a.balance += 1000
+			return txn.Set(acctKey(env.p.id), a.encode())
+		}, ErrInconsistent},
+		"hold index deleted": {func(env *ledgerEnv, txn *badger.Txn) error {
+			return txn.Delete(holdKey(env.b.id, job("2")))
+		}, ErrInconsistent},
+		"count edited": {func(env *ledgerEnv, txn *badger.Txn) error {
+			return txn.Set([]byte(keyLedgerCount), []byte{0, 0, 0, 0, 0, 0, 0, 1})
+		}, ErrInconsistent},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			env := newLedgerEnv(t)
+			env.ok(env.a.next(t, GrantBody{Amount: 1000}))
+			env.ok(env.a.next(t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 300}))
+			env.ok(env.a.next(t, PaymentBody{Job: job("1"), To: env.p.id, Amount: 300}))
+			env.ok(env.b.next(t, GrantBody{Amount: 500}))
+			env.ok(env.b.next(t, HoldBody{Job: job("2"), Provider: env.p.id, Amount: 10}))
+			env.noProblems()
+			if err := env.l.db.bdb.Update(func(txn *badger.Txn) error { return tc.tamper(env, txn) }); err != nil {
+				t.Fatal(err)
+			}
+			probs, err := env.l.Verify(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, p := range probs {
+				found = found || errors.Is(p, tc.want)
+			}
+			if !found {
+				t.Fatalf("problems %v, want one with %v", probs, tc.want)
+			}
+		})
+	}
+}
+
+func (l *Ledger) mustHead(t *testing.T, id peer.ID) Hash {
+	t.Helper()
+	h, err := l.Head(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h.Hash
+}
+
+func TestLedgerReopen(t *testing.T) {
+	dir := t.TempDir()
+	clock := newFakeClock()
+	a := newChain(t, "a", clock.Now())
+	g := &Genesis{Network: testNet, Grants: []GenesisGrant{{Peer: a.id, Amount: 10}}}
+	open := func(g *Genesis) (*DB, *Ledger, error) {
+		db, err := Open(dir, Options{Network: testNet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := OpenLedger(db, testNet, g, clock.Now)
+		if err != nil {
+			db.Close()
+		}
+		return db, l, err
+	}
+	db, l, err := open(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Ingest(a.next(t, GrantBody{Amount: 10})); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	other := *g
+	other.Faucet = &GenesisFaucet{Amount: 1}
+	if _, _, err := open(&other); !errors.Is(err, ErrGenesis) {
+		t.Fatalf("another genesis: err = %v", err)
+	}
+	db, l, err = open(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if b, _ := l.Balance(a.id); b.Balance != 10 || l.Count() != 1 {
+		t.Fatalf("after reopen: %+v, count %d", b, l.Count())
+	}
+	if _, err := l.Ingest(a.next(t, LeaseBody{Job: job("x"), Requester: a.id, Price: 1})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenLedger(db, "other", g, nil); !errors.Is(err, ErrGenesis) {
+		t.Fatalf("genesis of another network: %v", err)
+	}
+}
+
+func TestLedgerFaucet(t *testing.T) {
+	clock := newFakeClock()
+	g := &Genesis{Network: testNet, Faucet: &GenesisFaucet{Amount: 50}}
+	l := openTestLedger(t, g, clock.Now)
+	var ids []peer.ID
+	for _, name := range []string{"x", "y", "z"} {
+		priv, id := testKey(t, name)
+		if _, err := l.Append(priv, GrantBody{Amount: 50}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Append(priv, GrantBody{Amount: 50}); !errors.Is(err, ErrBadGrant) {
+			t.Fatalf("second claim: %v", err)
+		}
+		ids = append(ids, id)
+	}
+	if total, _ := l.Total(); total != g.Total(ids) || total != 150 {
+		t.Fatalf("total %d", total)
+	}
+}
+
+// TestLedgerConcurrent ingests one set of entries from several goroutines
+// at once, while another reads: the end state is the same as in order.
+func TestLedgerConcurrent(t *testing.T) {
+	env := newLedgerEnv(t)
+	var raws [][]byte
+	raws = append(raws, env.a.next(t, GrantBody{Amount: 1000}), env.b.next(t, GrantBody{Amount: 500}))
+	for i := range 30 {
+		j := job(string(rune('A' + i)))
+		raws = append(raws,
+			env.a.next(t, HoldBody{Job: j, Provider: env.p.id, Amount: 20}),
+			env.a.next(t, PaymentBody{Job: j, To: env.p.id, Amount: 20}),
+			env.p.next(t, HoldBody{Job: j, Provider: env.b.id, Amount: 15}),
+			env.p.next(t, PaymentBody{Job: j, To: env.b.id, Amount: 15}),
+			env.b.next(t, LeaseBody{Job: j, Requester: env.p.id, Price: 15}))
+	}
+	ref := openTestLedger(t, env.g, env.clock.Now)
+	if _, err := ref.IngestMany(raws); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := ref.Digest()
+
+	l := env.l
+	done := make(chan struct{})
+	errs := make(chan error, 8)
+	go func() {
+		for {
+			select {
+			case <-done:
+				errs <- nil
+				return
+			default:
+			}
+			if _, err := l.Balance(env.p.id); err != nil {
+				errs <- err
+				return
+			}
+			for _, err := range l.Items() {
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}
+	}()
+	const workers = 4
+	finished := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			mine := append([][]byte(nil), raws...)
+			rng.Shuffle(len(mine), func(i, j int) { mine[i], mine[j] = mine[j], mine[i] })
+			for len(mine) > 0 {
+				n := min(len(mine), 1+rng.IntN(8))
+				if w%2 == 0 {
+					if _, err := l.IngestMany(mine[:n]); err != nil {
+						finished <- err
+						return
+					}
+				} else {
+					for _, raw := range mine[:n] {
+						_, err := l.Ingest(raw)
+						if err != nil && !errors.Is(err, ErrGap) && !errors.Is(err, ErrOverdraft) && !errors.Is(err, ErrDuplicate) {
+							finished <- err
+							return
+						}
+					}
+				}
+				mine = mine[n:]
+			}
+			finished <- nil
+		}()
+	}
+	for range workers {
+		if err := <-finished; err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(done)
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := l.Digest(); got != want || l.Count() != uint64(len(raws)) || l.PendingLen() != 0 {
+		t.Fatalf("count %d of %d, pending %d", l.Count(), len(raws), l.PendingLen())
+	}
+	env.noProblems()
+}

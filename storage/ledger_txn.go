@@ -1,0 +1,223 @@
+package storage
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	badger "github.com/dgraph-io/badger/v4"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Badger keys of the ledger. Accounts are raw peer ID bytes, seqs and
+// times 8 bytes big-endian, so prefix scans come out in order.
+const (
+	keyEntryPrefix   = "ledger/e/"    // <account><seq> → entry bytes
+	keyHashPrefix    = "ledger/h/"    // <hash> → <seq><account>
+	keyAcctPrefix    = "ledger/acct/" // <account> → acctState
+	keyHoldPrefix    = "ledger/hold/" // <account><job> → holdRec
+	keyPaidPrefix    = "ledger/paid/" // <account><job> → payment seq
+	keyTimePrefix    = "ledger/t/"    // <unix nanos><hash> → empty
+	keyFraudPrefix   = "ledger/fraud/"
+	keyLedgerCount   = "ledger/meta/count"
+	keyLedgerGenesis = "ledger/meta/genesis"
+)
+
+func entryKey(id peer.ID, seq uint64) []byte {
+	k := make([]byte, 0, len(keyEntryPrefix)+len(id)+8)
+	k = append(append(k, keyEntryPrefix...), id...)
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+func hashKey(h Hash) []byte { return append([]byte(keyHashPrefix), h[:]...) }
+
+func acctKey(id peer.ID) []byte { return append([]byte(keyAcctPrefix), id...) }
+
+func holdKey(id peer.ID, job Hash) []byte {
+	return append(append([]byte(keyHoldPrefix), id...), job[:]...)
+}
+
+func paidKey(id peer.ID, job Hash) []byte {
+	return append(append([]byte(keyPaidPrefix), id...), job[:]...)
+}
+
+func timeKey(nanos int64, h Hash) []byte {
+	k := binary.BigEndian.AppendUint64([]byte(keyTimePrefix), uint64(nanos))
+	return append(k, h[:]...)
+}
+
+func fraudKey(id peer.ID) []byte { return append([]byte(keyFraudPrefix), id...) }
+
+// hashRef is the value under ledger/h/: where the entry is.
+func hashRef(id peer.ID, seq uint64) []byte {
+	return append(binary.BigEndian.AppendUint64(nil, seq), id...)
+}
+
+// storeError marks a failure of the store (not of an entry): it aborts the
+// batch.
+type storeError struct{ err error }
+
+func (e *storeError) Error() string { return "ledger store: " + e.err.Error() }
+func (e *storeError) Unwrap() error { return e.err }
+
+func storeErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var se *storeError
+	if errors.As(err, &se) {
+		return err
+	}
+	return &storeError{err}
+}
+
+// staged is an account's state within a transaction, with the committed
+// state it started from.
+type staged struct {
+	orig, cur acctState
+}
+
+// ledgerTxn is the live ruleState: a Badger update transaction plus the
+// accounts it changed. Account records are written once, at flush.
+type ledgerTxn struct {
+	l      *Ledger
+	txn    *badger.Txn
+	staged map[peer.ID]*staged
+	added  uint64 // entries stored
+	// size and count estimate the transaction's size the way Badger does,
+	// to commit before it refuses with ErrTxnTooBig.
+	size, count int64
+	fresh       []Entry // entries stored in this transaction
+}
+
+func (l *Ledger) begin() *ledgerTxn {
+	return &ledgerTxn{l: l, txn: l.db.bdb.NewTransaction(true), staged: make(map[peer.ID]*staged)}
+}
+
+// full reports whether the transaction should be committed before another
+// entry goes in: a margin for one more entry and the account records.
+func (t *ledgerTxn) full() bool {
+	maxSize, maxCount := t.l.db.bdb.MaxBatchSize(), t.l.db.bdb.MaxBatchCount()
+	accts := int64(len(t.staged)+2) * (acctStateLen + 64)
+	return t.size+accts+2*MaxEntrySize >= maxSize/2 || t.count+int64(len(t.staged))+16 >= maxCount/2
+}
+
+func (t *ledgerTxn) set(k, v []byte) error {
+	t.size += int64(len(k) + len(v) + 12)
+	t.count++
+	return storeErr(t.txn.Set(k, v))
+}
+
+func (t *ledgerTxn) del(k []byte) error {
+	t.size += int64(len(k) + 12)
+	t.count++
+	return storeErr(t.txn.Delete(k))
+}
+
+// get returns a copy of the value under k, or nil if there is none.
+func (t *ledgerTxn) get(k []byte) ([]byte, error) {
+	item, err := t.txn.Get(k)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	v, err := item.ValueCopy(nil)
+	if v == nil {
+		v = []byte{}
+	}
+	return v, storeErr(err)
+}
+
+func (t *ledgerTxn) account(id peer.ID) (*acctState, error) {
+	if s, ok := t.staged[id]; ok {
+		return &s.cur, nil
+	}
+	a, ok := t.l.accts[id]
+	if !ok {
+		v, err := t.get(acctKey(id))
+		if err != nil {
+			return nil, err
+		}
+		if v != nil {
+			if a, err = decodeAcctState(v); err != nil {
+				return nil, storeErr(fmt.Errorf("account %s: %w", id, err))
+			}
+		}
+		t.l.accts[id] = a
+	}
+	s := &staged{orig: a, cur: a}
+	t.staged[id] = s
+	return &s.cur, nil
+}
+
+func (t *ledgerTxn) hold(id peer.ID, job Hash) (holdRec, bool, error) {
+	v, err := t.get(holdKey(id, job))
+	if err != nil || v == nil {
+		return holdRec{}, false, err
+	}
+	h, err := decodeHoldRec(v)
+	if err != nil {
+		return holdRec{}, false, storeErr(fmt.Errorf("hold of %s: %w", id, err))
+	}
+	return h, true, nil
+}
+
+func (t *ledgerTxn) putHold(id peer.ID, job Hash, h holdRec) error {
+	return t.set(holdKey(id, job), h.encode())
+}
+
+func (t *ledgerTxn) delHold(id peer.ID, job Hash) error { return t.del(holdKey(id, job)) }
+
+func (t *ledgerTxn) paid(id peer.ID, job Hash) (bool, error) {
+	v, err := t.get(paidKey(id, job))
+	return v != nil, err
+}
+
+func (t *ledgerTxn) putPaid(id peer.ID, job Hash, seq uint64) error {
+	return t.set(paidKey(id, job), binary.BigEndian.AppendUint64(nil, seq))
+}
+
+// storeEntry writes an accepted entry and its hash and time indexes.
+func (t *ledgerTxn) storeEntry(c *cand) error {
+	if err := t.set(entryKey(c.e.Account, c.e.Seq), c.raw); err != nil {
+		return err
+	}
+	if err := t.set(hashKey(c.hash), hashRef(c.e.Account, c.e.Seq)); err != nil {
+		return err
+	}
+	if err := t.set(timeKey(c.e.Time.UnixNano(), c.hash), nil); err != nil {
+		return err
+	}
+	t.added++
+	t.fresh = append(t.fresh, c.e)
+	return nil
+}
+
+// commit writes the changed account records and the entry count, commits,
+// and on success makes the staged accounts the cached committed state. It
+// does not sync.
+func (t *ledgerTxn) commit() error {
+	defer t.txn.Discard()
+	for id, s := range t.staged {
+		if s.cur != s.orig {
+			if err := t.set(acctKey(id), s.cur.encode()); err != nil {
+				return err
+			}
+		}
+	}
+	if t.added > 0 {
+		if err := t.set([]byte(keyLedgerCount), binary.BigEndian.AppendUint64(nil, t.l.count.Load()+t.added)); err != nil {
+			return err
+		}
+	}
+	if err := t.txn.Commit(); err != nil {
+		return storeErr(fmt.Errorf("commit: %w", err))
+	}
+	for id, s := range t.staged {
+		t.l.accts[id] = s.cur
+	}
+	t.l.count.Add(t.added)
+	return nil
+}

@@ -1,0 +1,39 @@
+package storage
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// HoldEntry returns the entry of account's open hold for job: what a
+// requester attaches to an award.
+func (l *Ledger) HoldEntry(account peer.ID, job Hash) (Entry, bool, error) {
+	v, err := l.get(holdKey(account, job))
+	if err != nil || v == nil {
+		return Entry{}, false, err
+	}
+	h, err := decodeHoldRec(v)
+	if err != nil {
+		return Entry{}, false, fmt.Errorf("hold of %s: %w", account, err)
+	}
+	return l.entryAt(account, h.seq)
+}
+
+// PaymentFor returns account's payment entry for job, if it paid it.
+func (l *Ledger) PaymentFor(account peer.ID, job Hash) (Entry, bool, error) {
+	v, err := l.get(paidKey(account, job))
+	if err != nil || len(v) != 8 {
+		return Entry{}, false, err
+	}
+	return l.entryAt(account, binary.BigEndian.Uint64(v))
+}
+
+func (l *Ledger) entryAt(account peer.ID, seq uint64) (Entry, bool, error) {
+	es, err := l.Entries(account, seq-1, 1)
+	if err != nil || len(es) == 0 || es[0].Seq != seq {
+		return Entry{}, false, err
+	}
+	return es[0], true, nil
+}
