@@ -99,7 +99,7 @@ func (b apiBackend) Providers(ctx context.Context, q api.ProviderQuery) ([]api.P
 	return out, nil
 }
 
-func jobInfo(j market.Job) api.JobInfo {
+func (b apiBackend) jobInfo(j market.Job) api.JobInfo {
 	info := api.JobInfo{
 		ID: j.ID.String(), State: string(j.State), Tier: j.Tier, Provider: peerString(j.Provider),
 		Price: float64(j.Price) / 1e6, MaxPrice: float64(j.MaxPrice) / 1e6, Attempt: int(j.Attempt), Leases: j.Leases, Preemptions: j.Preemptions,
@@ -110,8 +110,9 @@ func jobInfo(j market.Job) api.JobInfo {
 	if u := j.Usage; u != nil {
 		info.Usage = &api.UsageInfo{WallMS: u.WallMs, GPUMS: u.GpuMs, PeakMemoryBytes: u.PeakMemoryBytes, FirstOutputMS: u.FirstOutputMs}
 	}
-	for _, b := range j.Bids {
-		info.Bids = append(info.Bids, api.BidInfo{Provider: b.Provider.String(), Price: float64(b.Price) / 1e6, At: b.At})
+	info.Cost, info.Payment = b.payment(j)
+	for _, bid := range j.Bids {
+		info.Bids = append(info.Bids, api.BidInfo{Provider: bid.Provider.String(), Price: float64(bid.Price) / 1e6, At: bid.At})
 	}
 	for _, d := range j.Declines {
 		info.Declines = append(info.Declines, api.DeclineInfo{Provider: d.Provider.String(), Reason: d.Reason, At: d.At})
@@ -151,7 +152,7 @@ func (b apiBackend) SubmitJob(ctx context.Context, p api.ParsedJob) (api.JobInfo
 	if err != nil {
 		return api.JobInfo{}, err
 	}
-	return jobInfo(j), nil
+	return b.jobInfo(j), nil
 }
 
 // Jobs answers GET /v1/jobs.
@@ -159,7 +160,7 @@ func (b apiBackend) Jobs(ctx context.Context) ([]api.JobInfo, error) {
 	jobs, err := b.Node.Jobs(ctx)
 	out := make([]api.JobInfo, 0, len(jobs))
 	for _, j := range jobs {
-		out = append(out, jobInfo(j))
+		out = append(out, b.jobInfo(j))
 	}
 	return out, err
 }
@@ -186,7 +187,7 @@ func (b apiBackend) Job(ctx context.Context, id string) (api.JobInfo, error) {
 		return api.JobInfo{}, err
 	}
 	j, err := b.Node.Job(ctx, jid)
-	return jobInfo(j), notFound(err)
+	return b.jobInfo(j), notFound(err)
 }
 
 // CancelJob answers DELETE /v1/jobs/{id}.
@@ -196,7 +197,7 @@ func (b apiBackend) CancelJob(ctx context.Context, id string) (api.JobInfo, erro
 		return api.JobInfo{}, err
 	}
 	j, _, err := b.Node.CancelJob(ctx, jid)
-	return jobInfo(j), notFound(err)
+	return b.jobInfo(j), notFound(err)
 }
 
 // WatchJob answers GET /v1/jobs/{id}/events.
@@ -214,7 +215,7 @@ func (b apiBackend) WatchJob(ctx context.Context, id string) (<-chan api.JobInfo
 		defer close(out)
 		for j := range ch {
 			select {
-			case out <- jobInfo(j):
+			case out <- b.jobInfo(j):
 			case <-ctx.Done():
 				return
 			}

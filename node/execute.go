@@ -37,7 +37,14 @@ func (n *Node) startExecutors(ctx context.Context) (executor.Set, error) {
 		case "wasm":
 			e, err = executor.NewWasm(executor.WasmOptions{CacheDir: filepath.Join(n.cfg.DataDir, "wasm-cache")})
 		case "docker":
-			e, err = executor.NewDocker(ctx, executor.DockerOptions{AllowNetwork: n.cfg.Provider.DockerNetwork})
+			var d *executor.Docker
+			if d, err = executor.NewDocker(ctx, executor.DockerOptions{AllowNetwork: n.cfg.Provider.DockerNetwork}); err == nil {
+				// Containers a crash left behind.
+				if removed, cerr := d.Cleanup(ctx); cerr != nil || removed > 0 {
+					n.log.Info("removed leftover job containers", "count", removed, "err", cerr)
+				}
+			}
+			e = d
 		case "process":
 			e = executor.NewProcess(executor.ProcessOptions{})
 		default:
@@ -50,6 +57,19 @@ func (n *Node) startExecutors(ctx context.Context) (executor.Set, error) {
 		set[name] = e
 	}
 	return set, nil
+}
+
+// closeExecutors releases what the executors hold (compiled modules, the
+// Docker client).
+func (n *Node) closeExecutors() {
+	for _, e := range n.executors {
+		switch c := e.(type) {
+		case interface{ Close(context.Context) error }:
+			c.Close(context.Background())
+		case interface{ Close() error }:
+			c.Close()
+		}
+	}
 }
 
 // execute runs a lease on its executor: it stages the module and inputs
@@ -94,7 +114,11 @@ func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 	result := &cappedWriter{w: stdout, limit: n.blobs.Store().MaxSize()}
 	job.Stdout, job.Stderr = io.MultiWriter(result, log), log
 
-	res, err := n.executors.Run(ctx, job)
+	// max_duration counts from here: fetching and compiling are the
+	// provider's overhead, not the job's time.
+	runCtx, stop := context.WithTimeout(ctx, time.Duration(l.Spec.MaxDurationMs)*time.Millisecond)
+	res, err := n.executors.Run(runCtx, job)
+	stop()
 	log.finish()
 	if err != nil {
 		return failed(err)
@@ -120,6 +144,31 @@ func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 	return o
 }
 
+// compiler is an executor that can prepare a module ahead of its run.
+type compiler interface {
+	Compile(ctx context.Context, module []byte) error
+}
+
+// precompile compiles the sample modules in the background, so the first
+// job that uses one does not wait for it.
+func (n *Node) precompile(ctx context.Context) {
+	c, ok := n.executors["wasm"].(compiler)
+	if !ok {
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		for _, name := range executor.SampleNames() {
+			if mod, err := executor.SampleModule(name); err == nil {
+				if err := c.Compile(ctx, mod); err != nil && ctx.Err() == nil {
+					n.log.Warn("compile sample module", "module", name, "err", err)
+				}
+			}
+		}
+	}()
+}
+
 // stage fetches what the job needs from its requester: the wasm module (a
 // content ID, or the name of a sample module this binary ships) and the
 // inputs, which land in the scratch dir under inputs/.
@@ -128,6 +177,11 @@ func (n *Node) stage(ctx context.Context, l *market.Lease, job *executor.Job) er
 		mod, err := n.module(ctx, l)
 		if err != nil {
 			return fmt.Errorf("module: %w", err)
+		}
+		if c, ok := n.executors[l.Spec.Executor].(compiler); ok {
+			if err := c.Compile(ctx, mod); err != nil {
+				return fmt.Errorf("module: %w", err)
+			}
 		}
 		job.Module = mod
 	}

@@ -50,8 +50,11 @@ func Init(opt InitOptions) (peer.ID, error) {
 		if g.Network != cfg.Network {
 			return "", fmt.Errorf("genesis is for network %q, not %q", g.Network, cfg.Network)
 		}
-		if opt.SwarmKey != nil && g.SwarmKeyFingerprint != "" && g.SwarmKeyFingerprint != storage.SwarmKeyFingerprint(opt.SwarmKey) {
-			return "", errors.New("genesis is for another swarm key")
+		if opt.SwarmKey != nil && g.SwarmKeyFingerprint != "" {
+			psk, _ := ParseSwarmKey(opt.SwarmKey) // checked above
+			if g.SwarmKeyFingerprint != SwarmKeyFingerprint(psk) {
+				return "", errors.New("genesis is for another swarm key")
+			}
 		}
 	}
 	for _, name := range []string{IdentityFile, ConfigFile, SwarmKeyFile, GenesisFile} {

@@ -41,11 +41,11 @@ func loadGenesis(cfg Config) (*storage.Genesis, error) {
 		return nil, fmt.Errorf("genesis is for network %q, config says %q", g.Network, cfg.Network)
 	}
 	if cfg.Private && g.SwarmKeyFingerprint != "" {
-		key, err := os.ReadFile(filepath.Join(cfg.DataDir, SwarmKeyFile))
+		psk, err := LoadSwarmKey(cfg.DataDir)
 		if err != nil {
 			return nil, fmt.Errorf("genesis: %w", err)
 		}
-		if got := storage.SwarmKeyFingerprint(key); got != g.SwarmKeyFingerprint {
+		if got := SwarmKeyFingerprint(psk); got != g.SwarmKeyFingerprint {
 			return nil, fmt.Errorf("genesis is for swarm key %s, this node has %s", g.SwarmKeyFingerprint, got)
 		}
 	}
@@ -60,8 +60,18 @@ func (n *Node) startLedger(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if n.ledger, err = storage.OpenLedger(n.db, n.cfg.Network, g, time.Now); err != nil {
+	n.ledger, err = storage.OpenLedger(n.db, n.cfg.Network, g, time.Now,
+		storage.WithStoreHook(func(e storage.Entry) { n.rset.add(e.Hash()) }))
+	if err != nil {
 		return err
+	}
+	// Nothing writes to the ledger yet: the summary starts from what is
+	// stored, and the hook keeps it current from here on.
+	for item, err := range n.ledger.Items() {
+		if err != nil {
+			return fmt.Errorf("ledger summary: %w", err)
+		}
+		n.rset.add(item.Hash)
 	}
 	name := protocol.Prefix(n.cfg.Network) + "/ledger/1"
 	if err := n.pubsub.RegisterTopicValidator(name, n.validateLedgerGossip); err != nil {

@@ -398,7 +398,9 @@ func (d *marketDriver) sign(m *pb.MarketMessage) ([]byte, error) {
 // run starts a lease's job on its executor; the outcome goes back into the
 // engine, which sends it to the requester as the signed result.
 func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
-	rctx, cancel := context.WithTimeout(ctx, time.Duration(l.Spec.MaxDurationMs)*time.Millisecond)
+	// The job's deadline bounds staging and the run; max_duration bounds
+	// the run alone (see execute).
+	rctx, cancel := context.WithDeadline(ctx, l.Deadline)
 	d.running[l.Job] = cancel
 	go func() {
 		defer cancel()

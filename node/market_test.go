@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mira-market/mira/node/api"
+	"github.com/mira-market/mira/storage"
 	"github.com/mira-market/mira/testnet"
 )
 
@@ -106,6 +107,31 @@ func TestJobsOfBothTiersSucceedOnce(t *testing.T) {
 		preempted += j.Preemptions
 	}
 	t.Logf("%d jobs over %d providers, %d batch leases preempted", len(final), len(providers), preempted)
+
+	// Settlement: each succeeded job is paid exactly once, to the provider
+	// whose result was accepted, and every ledger ends with the same
+	// entries and the genesis total.
+	paid := 0
+	for id, j := range final {
+		if j.Payment == nil || j.Payment.State != "paid" || j.Payment.To != j.Provider || j.Cost <= 0 {
+			t.Errorf("job %s: payment %+v, cost %v", id[:8], j.Payment, j.Cost)
+			continue
+		}
+		paid++
+	}
+	ledgersAgree(t, tn)
+	jobIDs := map[string]int{}
+	for _, e := range allEntries(t, tn.Node(9)) {
+		if e.Kind() == storage.KindPayment {
+			jobIDs[e.Body.(storage.PaymentBody).Job.String()]++
+		}
+	}
+	for id := range final {
+		if jobIDs[id] != 1 {
+			t.Errorf("job %s paid %d times in the ledger", id[:8], jobIDs[id])
+		}
+	}
+	t.Logf("%d jobs paid", paid)
 }
 
 func TestProviderStoppedMidLeaseJobMovesOn(t *testing.T) {

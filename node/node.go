@@ -244,6 +244,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		if n.executors, err = n.startExecutors(runCtx); err != nil {
 			return nil, err
 		}
+		n.precompile(runCtx)
 	}
 	if err := n.startMarket(runCtx); err != nil {
 		return nil, err
@@ -309,6 +310,7 @@ func (n *Node) Close() error {
 		if n.logs != nil {
 			n.logs.close()
 		}
+		n.closeExecutors()
 	})
 	return errors.Join(errs...)
 }

@@ -12,6 +12,7 @@ import (
 	"math/bits"
 	"os"
 	"slices"
+	"strings"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -116,8 +117,8 @@ func (g *Genesis) Validate() error {
 		return fmt.Errorf("%w: network name must have 1 to %d bytes", ErrGenesis, maxNetworkName)
 	}
 	if f := g.SwarmKeyFingerprint; f != "" {
-		if b, err := hex.DecodeString(f); err != nil || len(b) != sha256.Size {
-			return fmt.Errorf("%w: swarm_key_fingerprint must be a hex SHA-256", ErrGenesis)
+		if b, err := hex.DecodeString(f); err != nil || len(b) < 8 || len(b) > sha256.Size {
+			return fmt.Errorf("%w: swarm_key_fingerprint must be 8 to 32 bytes in hex (as `mira init` prints it)", ErrGenesis)
 		}
 	}
 	seen := make(map[peer.ID]bool, len(g.Grants))
@@ -186,7 +187,7 @@ func (g *Genesis) Total(accounts []peer.ID) uint64 {
 // differ only in layout or grant order hash the same.
 func (g *Genesis) Hash() Hash {
 	grants := slices.Clone(g.Grants)
-	slices.SortFunc(grants, func(a, b GenesisGrant) int { return bytes.Compare([]byte(a.Peer), []byte(b.Peer)) })
+	slices.SortFunc(grants, func(a, b GenesisGrant) int { return strings.Compare(string(a.Peer), string(b.Peer)) })
 	out := []byte("mira-genesis/1\x00")
 	out = appendField(out, []byte(g.Network))
 	out = appendField(out, []byte(g.SwarmKeyFingerprint))

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,6 +55,7 @@ type Ledger struct {
 	maxSkew  time.Duration
 	workers  int
 	pendingN int
+	onStore  func(Entry)
 
 	mu      sync.Mutex
 	accts   map[peer.ID]acctState // committed account states, loaded lazily
@@ -320,7 +322,7 @@ func (l *Ledger) IngestMany(raws [][]byte) (IngestResult, error) {
 		cs[i] = c
 	}
 	slices.SortStableFunc(cs, func(a, b *cand) int {
-		if c := bytes.Compare([]byte(a.e.Account), []byte(b.e.Account)); c != 0 {
+		if c := strings.Compare(string(a.e.Account), string(b.e.Account)); c != 0 {
 			return c
 		}
 		if a.e.Seq != b.e.Seq {
@@ -427,6 +429,11 @@ func (r *run) commit() error {
 		return err
 	}
 	r.res.Accepted = append(r.res.Accepted, fresh...)
+	if r.l.onStore != nil {
+		for _, e := range fresh {
+			r.l.onStore(e)
+		}
+	}
 	r.dirty = r.dirty || r.t.count > 0
 	r.t = r.l.begin()
 	return nil

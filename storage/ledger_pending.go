@@ -1,7 +1,6 @@
 package storage
 
 import (
-	"bytes"
 	"container/list"
 	"slices"
 
@@ -102,6 +101,6 @@ func (p *pendingBuf) accounts() []peer.ID {
 	for id := range p.slots {
 		ids = append(ids, id)
 	}
-	slices.SortFunc(ids, func(a, b peer.ID) int { return bytes.Compare([]byte(a), []byte(b)) })
+	slices.Sort(ids)
 	return ids
 }

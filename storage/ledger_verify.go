@@ -130,7 +130,7 @@ func (l *Ledger) Verify(ctx context.Context) ([]Problem, error) {
 	for id := range s.chains {
 		ids = append(ids, id)
 	}
-	slices.SortFunc(ids, func(a, b peer.ID) int { return bytes.Compare([]byte(a), []byte(b)) })
+	slices.Sort(ids)
 	next := make(map[peer.ID]int, len(ids))
 	broken := make(map[peer.ID]bool)
 	for progress := true; progress; {

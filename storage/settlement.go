@@ -37,3 +37,13 @@ func (l *Ledger) entryAt(account peer.ID, seq uint64) (Entry, bool, error) {
 	}
 	return es[0], true, nil
 }
+
+// WithStoreHook has the ledger call f with every entry it stores, own or
+// received, once it is committed; f runs under the ledger's lock and must
+// not call the ledger. A node keeps its reconciliation set current with it.
+func WithStoreHook(f func(Entry)) LedgerOption {
+	return func(l *Ledger) error {
+		l.onStore = f
+		return nil
+	}
+}

@@ -138,7 +138,11 @@ func (tn *Testnet) writeGenesis(swarmKey []byte) error {
 	}
 	g := &storage.Genesis{Network: tn.opts.Network}
 	if swarmKey != nil {
-		g.SwarmKeyFingerprint = storage.SwarmKeyFingerprint(swarmKey)
+		psk, err := node.ParseSwarmKey(swarmKey)
+		if err != nil {
+			return fmt.Errorf("testnet: %w", err)
+		}
+		g.SwarmKeyFingerprint = node.SwarmKeyFingerprint(psk)
 	}
 	for i, m := range tn.members {
 		priv, err := node.LoadIdentity(m.dir)

@@ -15,6 +15,7 @@ func newInitCmd(g *globals) *cobra.Command {
 		network     string
 		swarmKey    string
 		newSwarmKey bool
+		genesis     string
 		api         string
 		listen      []string
 		bootstrap   []string
@@ -56,7 +57,14 @@ func newInitCmd(g *globals) *cobra.Command {
 				cfg.Listen = listen
 			}
 			cfg.Bootstrap = bootstrap
-			id, err := node.Init(node.InitOptions{Config: cfg, SwarmKey: key})
+			var gen []byte
+			if genesis != "" {
+				var err error
+				if gen, err = os.ReadFile(genesis); err != nil {
+					return fmt.Errorf("--genesis: %w", err)
+				}
+			}
+			id, err := node.Init(node.InitOptions{Config: cfg, SwarmKey: key, Genesis: gen})
 			if err != nil {
 				return err
 			}
@@ -75,6 +83,7 @@ func newInitCmd(g *globals) *cobra.Command {
 	f.StringVar(&network, "network", "", "network name (default \"main\")")
 	f.StringVar(&swarmKey, "swarm-key", "", "join the private network of this swarm key file")
 	f.BoolVar(&newSwarmKey, "new-swarm-key", false, "start a new private network with a fresh swarm key")
+	f.StringVar(&genesis, "genesis", "", "the network's genesis file (initial credits); without one the node starts with none")
 	f.StringVar(&api, "api", "", "API listen address (default 127.0.0.1:7410)")
 	f.StringSliceVar(&listen, "listen", nil, "libp2p listen multiaddrs")
 	f.StringSliceVar(&bootstrap, "bootstrap", nil, "bootstrap peer multiaddrs (ending in /p2p/<peer id>)")

@@ -44,6 +44,7 @@ func newRootCmd() *cobra.Command {
 		newProvidersCmd(g),
 		newJobCmd(g),
 		newBlobCmd(g),
+		newLedgerCmd(g),
 		newTestnetCmd(g),
 		newBenchCmd(g),
 	)

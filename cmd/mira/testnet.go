@@ -186,9 +186,47 @@ func printSummary(out io.Writer, tn *testnet.Testnet, start time.Time, formedAt 
 				r.Provider, r.GPUs[0].Count, r.GPUs[0].Model, r.FreeSlots, float64(r.PriceBatch)/1e6)
 		}
 	}
+	printBalances(out, tn)
 	if rss, err := node.ResidentSetSize(); err == nil {
 		fmt.Fprintf(out, "  process RSS %.1f MiB\n", float64(rss)/(1<<20))
 	}
+}
+
+// printBalances ends the summary with every account's balance as each node
+// sees it, once the ledgers have had a moment to reconcile, and whether all
+// nodes agree.
+func printBalances(out io.Writer, tn *testnet.Testnet) {
+	nodes := tn.Nodes()
+	if len(nodes) == 0 {
+		return
+	}
+	agree := func() error {
+		want, err := nodes[0].Ledger().Digest()
+		if err != nil {
+			return err
+		}
+		for i, n := range nodes[1:] {
+			if got, err := n.Ledger().Digest(); err != nil || got != want {
+				return fmt.Errorf("node%d's ledger differs from node0's", i+1)
+			}
+		}
+		return nil
+	}
+	err := testnet.WaitFor(context.Background(), 10*time.Second, agree)
+	fmt.Fprintln(out, "  balances in credits (balance, held), as node0's ledger has them:")
+	for i, m := range nodes {
+		if b, berr := nodes[0].Ledger().Balance(m.ID()); berr == nil {
+			fmt.Fprintf(out, "    node%-2d %12.6f  %10.6f\n", i, float64(b.Balance)/1e6, float64(b.Held)/1e6)
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(out, "  ledgers do NOT agree yet:", err)
+		return
+	}
+	d, _ := nodes[0].Ledger().Digest()
+	total, _ := nodes[0].Ledger().Total()
+	fmt.Fprintf(out, "  all %d ledgers agree: %d entries, digest %s, total %.3f credits\n",
+		len(nodes), nodes[0].Ledger().Count(), d.String()[:16], float64(total)/1e6)
 }
 
 func isTerminal(w io.Writer) bool {

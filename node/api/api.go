@@ -87,6 +87,7 @@ type Backend interface {
 	Connect(ctx context.Context, addr string) (string, error)
 	Providers(ctx context.Context, q ProviderQuery) ([]ProviderInfo, error)
 	JobBackend
+	LedgerBackend
 }
 
 // Config configures NewServer.

@@ -235,3 +235,26 @@ func (c *Client) JobLogs(ctx context.Context, id string, follow bool) (io.ReadCl
 	}
 	return resp.Body, nil
 }
+
+// Balance returns an account's balance; "" for the node's own.
+func (c *Client) Balance(ctx context.Context, account string) (BalanceInfo, error) {
+	var out BalanceInfo
+	err := c.Do(ctx, http.MethodGet, "/v1/ledger/balance?account="+url.QueryEscape(account), nil, &out)
+	return out, err
+}
+
+// Entries returns an account's ledger entries after seq; "" for the
+// node's own.
+func (c *Client) Entries(ctx context.Context, account string, after uint64, limit int) ([]EntryInfo, error) {
+	var out []EntryInfo
+	q := url.Values{"account": {account}, "after": {strconv.FormatUint(after, 10)}, "limit": {strconv.Itoa(limit)}}
+	err := c.Do(ctx, http.MethodGet, "/v1/ledger/entries?"+q.Encode(), nil, &out)
+	return out, err
+}
+
+// VerifyLedger re-validates the node's whole ledger.
+func (c *Client) VerifyLedger(ctx context.Context) (VerifyInfo, error) {
+	var out VerifyInfo
+	err := c.Do(ctx, http.MethodGet, "/v1/ledger/verify", nil, &out)
+	return out, err
+}

@@ -105,9 +105,23 @@ type JobInfo struct {
 	ResultID   string     `json:"result_id,omitempty"`
 	ResultSize uint64     `json:"result_size,omitempty"`
 	Usage      *UsageInfo `json:"usage,omitempty"`
+	// Cost is what the job was charged, in credits; Payment says how its
+	// escrow stands.
+	Cost    float64      `json:"cost"`
+	Payment *PaymentInfo `json:"payment,omitempty"`
 	Created    time.Time  `json:"created"`
 	Updated    time.Time  `json:"updated"`
 	Deadline   time.Time  `json:"deadline"`
+}
+
+// PaymentInfo is how a job's escrow stands in the requester's ledger:
+// "held" (open hold of Amount), "paid" (payment of Amount to To, in Entry),
+// or "released" (the hold was returned).
+type PaymentInfo struct {
+	State  string  `json:"state"`
+	Amount float64 `json:"amount"`
+	To     string  `json:"to,omitempty"`
+	Entry  string  `json:"entry,omitempty"`
 }
 
 // UsageInfo is what a run used, as its provider metered it.
@@ -171,6 +185,7 @@ func (s *server) routeJobs() {
 	s.mux.Handle("GET /v1/jobs/{id}/logs", s.auth(http.HandlerFunc(s.jobLogs)))
 	s.mux.Handle("GET /v1/jobs/{id}/result", s.auth(http.HandlerFunc(s.jobResult)))
 	s.routeBlobs()
+	s.routeLedger()
 }
 
 func (s *server) postJob(w http.ResponseWriter, r *http.Request) {

@@ -55,6 +55,18 @@ type DockerOptions struct {
 	Logger *slog.Logger
 }
 
+func (o *DockerOptions) setDefaults() {
+	if o.Network == "" {
+		o.Network = "bridge"
+	}
+	if o.DefaultMemoryMib == 0 {
+		o.DefaultMemoryMib = 1024
+	}
+	if o.PidsLimit == 0 {
+		o.PidsLimit = 512
+	}
+}
+
 // Docker runs jobs as containers through the Docker Engine API; it is the
 // executor for GPU jobs.
 //
@@ -87,15 +99,7 @@ var _ Executor = (*Docker)(nil)
 // (DOCKER_HOST and friends, else the local socket) and checks that it
 // answers.
 func NewDocker(ctx context.Context, opts DockerOptions) (*Docker, error) {
-	if opts.Network == "" {
-		opts.Network = "bridge"
-	}
-	if opts.DefaultMemoryMib == 0 {
-		opts.DefaultMemoryMib = 1024
-	}
-	if opts.PidsLimit == 0 {
-		opts.PidsLimit = 512
-	}
+	opts.setDefaults()
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -199,7 +203,8 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 	case <-time.After(5 * time.Second):
 		d.log.Warn("docker: output did not end after exit", "job", job.ID)
 	}
-	res.FirstOutput = clock.firstOutput()
+	// Output can reach us after the exit is reported; it was written before.
+	res.FirstOutput = min(clock.firstOutput(), res.Wall)
 
 	// The engine's OOMKilled flag is not reliable (it misses kills under
 	// load, moby#38352, kubernetes#19825), so a SIGKILL that the executor
@@ -229,6 +234,22 @@ func (d *Docker) failed(ctx context.Context, start time.Time, err error) (Result
 
 // create creates the job's container and returns its ID.
 func (d *Docker) create(ctx context.Context, job *Job, dir string) (string, error) {
+	cfg, hc := d.containerConfig(job, dir)
+	name, err := containerName(job.ID)
+	if err != nil {
+		return "", err
+	}
+	c, err := d.c.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: hc, Name: name})
+	if err != nil {
+		return "", fmt.Errorf("docker: create: %w", err)
+	}
+	d.log.Debug("docker: created container", "job", job.ID, "name", name, "id", c.ID, "warnings", c.Warnings)
+	return c.ID, nil
+}
+
+// containerConfig is the configuration of job's container, with dir (an
+// absolute path) as its /work.
+func (d *Docker) containerConfig(job *Job, dir string) (*container.Config, *container.HostConfig) {
 	spec := job.Spec
 	cfg := &container.Config{
 		Image:        spec.GetImage(),
@@ -277,16 +298,7 @@ func (d *Docker) create(ctx context.Context, job *Job, dir string) (string, erro
 			Capabilities: [][]string{{"gpu"}},
 		}}
 	}
-	name, err := containerName(job.ID)
-	if err != nil {
-		return "", err
-	}
-	c, err := d.c.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: hc, Name: name})
-	if err != nil {
-		return "", fmt.Errorf("docker: create: %w", err)
-	}
-	d.log.Debug("docker: created container", "job", job.ID, "name", name, "id", c.ID, "warnings", c.Warnings)
-	return c.ID, nil
+	return cfg, hc
 }
 
 func (d *Docker) labels(jobID string) map[string]string {

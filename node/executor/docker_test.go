@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -301,6 +302,76 @@ func TestDocker(t *testing.T) {
 			if left := containersOf(t, d.Client(), id); len(left) > 0 {
 				t.Errorf("%d container(s) left after the run", len(left))
 			}
+		})
+	}
+}
+
+// TestDockerConfig checks the container configuration a job gets, GPUs
+// included (no GPU is needed: nothing is created).
+func TestDockerConfig(t *testing.T) {
+	t.Parallel()
+	spec := &pb.JobSpec{
+		Image:     "img",
+		Command:   []string{"/bin/train"},
+		Args:      []string{"--epochs", "3"},
+		Env:       []*pb.EnvVar{{Name: "A", Value: "1"}},
+		Resources: &pb.Resources{MemoryMib: 512, CpuMillis: 1500},
+	}
+	cases := []struct {
+		name  string
+		opts  DockerOptions
+		job   *Job
+		check func(t *testing.T, cfg *container.Config, hc *container.HostConfig)
+	}{
+		{
+			name: "sandbox",
+			job:  &Job{ID: "j1", Spec: spec, GPUs: []string{"0", "2"}},
+			check: func(t *testing.T, cfg *container.Config, hc *container.HostConfig) {
+				if !slices.Equal(cfg.Entrypoint, []string{"/bin/train"}) || !slices.Equal(cfg.Cmd, []string{"--epochs", "3"}) {
+					t.Errorf("entrypoint %q cmd %q", cfg.Entrypoint, cfg.Cmd)
+				}
+				if !slices.Equal(cfg.Env, []string{"A=1"}) || cfg.WorkingDir != "/work" || cfg.Labels[LabelJob] != "j1" {
+					t.Errorf("env %q workdir %q labels %v", cfg.Env, cfg.WorkingDir, cfg.Labels)
+				}
+				if len(hc.Mounts) != 1 || hc.Mounts[0].Source != "/jobs/j1" || hc.Mounts[0].Target != "/work" || hc.Mounts[0].ReadOnly {
+					t.Errorf("mounts %+v", hc.Mounts)
+				}
+				if len(hc.Binds) > 0 || len(hc.Tmpfs) > 0 || len(hc.VolumesFrom) > 0 {
+					t.Errorf("other mounts: %v %v %v", hc.Binds, hc.Tmpfs, hc.VolumesFrom)
+				}
+				if hc.NetworkMode != "none" || hc.Privileged || !hc.ReadonlyRootfs || !slices.Equal(hc.CapDrop, []string{"ALL"}) || len(hc.CapAdd) > 0 ||
+					!slices.Equal(hc.SecurityOpt, []string{"no-new-privileges"}) {
+					t.Errorf("sandbox: %+v", hc)
+				}
+				if hc.Memory != 512<<20 || hc.MemorySwap != 512<<20 || hc.NanoCPUs != 1_500_000_000 || hc.PidsLimit == nil || *hc.PidsLimit != 512 {
+					t.Errorf("resources %+v", hc.Resources)
+				}
+				want := []container.DeviceRequest{{Driver: "nvidia", DeviceIDs: []string{"0", "2"}, Capabilities: [][]string{{"gpu"}}}}
+				if fmt.Sprint(hc.DeviceRequests) != fmt.Sprint(want) {
+					t.Errorf("device requests %+v, want %+v", hc.DeviceRequests, want)
+				}
+			},
+		},
+		{
+			name: "network allowed, no GPU, no command",
+			opts: DockerOptions{AllowNetwork: true, Network: "jobs", Owner: "node1"},
+			job:  &Job{ID: "j2", Spec: &pb.JobSpec{Image: "img", Args: []string{"x"}}},
+			check: func(t *testing.T, cfg *container.Config, hc *container.HostConfig) {
+				if hc.NetworkMode != "jobs" || len(hc.DeviceRequests) > 0 || cfg.Entrypoint != nil || !slices.Equal(cfg.Cmd, []string{"x"}) {
+					t.Errorf("network %q devices %v entrypoint %q cmd %q", hc.NetworkMode, hc.DeviceRequests, cfg.Entrypoint, cfg.Cmd)
+				}
+				if hc.Memory != 1024<<20 || cfg.Labels[LabelOwner] != "node1" {
+					t.Errorf("default memory %d, labels %v", hc.Memory, cfg.Labels)
+				}
+			},
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			d := &Docker{opts: c.opts}
+			d.opts.setDefaults()
+			cfg, hc := d.containerConfig(c.job, "/jobs/"+c.job.ID)
+			c.check(t, cfg, hc)
 		})
 	}
 }

@@ -68,6 +68,10 @@ type Wasm struct {
 	mu      sync.Mutex
 	modules map[[sha256.Size]byte]*compiledModule
 	tick    uint64 // LRU clock, under mu
+	closed  bool   // under mu
+	runs    sync.WaitGroup
+	stop    context.Context // done when Close stops the runs
+	stopAll context.CancelFunc
 }
 
 // compiledModule is an entry of the compiled-module cache.
@@ -118,7 +122,10 @@ func NewWasm(opts WasmOptions) (*Wasm, error) {
 		rt.Close(ctx)
 		return nil, fmt.Errorf("wasm: instantiate WASI: %w", err)
 	}
+	stop, stopAll := context.WithCancel(context.Background())
 	return &Wasm{
+		stop:    stop,
+		stopAll: stopAll,
 		opts:    opts,
 		maxMem:  maxMem,
 		rt:      rt,
@@ -131,9 +138,14 @@ func NewWasm(opts WasmOptions) (*Wasm, error) {
 // Name implements Executor.
 func (*Wasm) Name() string { return "wasm" }
 
-// Close releases the runtime and every compiled module. Runs in progress
-// are stopped.
+// Close stops the runs in progress (they end as cancelled), waits for them
+// and releases the runtime and every compiled module. Later runs fail.
 func (w *Wasm) Close(ctx context.Context) error {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	w.stopAll()
+	w.runs.Wait()
 	err := w.rt.Close(ctx)
 	if w.ccache != nil {
 		err = errors.Join(err, w.ccache.Close(ctx))
@@ -169,6 +181,20 @@ func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 		return fail, fmt.Errorf("wasm: memory_mib %d is over this provider's limit of %d", limit>>20, w.maxMem>>20)
 	}
 
+	// A guest's memory is unmapped when its module closes: the runtime
+	// must not close under a running guest.
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return fail, errors.New("wasm: executor closed")
+	}
+	w.runs.Add(1)
+	w.mu.Unlock()
+	defer w.runs.Done()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(w.stop, cancel)()
+
 	cm, release, err := w.acquire(ctx, job.Module)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -178,7 +204,8 @@ func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 	}
 	defer release()
 	if need := minMemory(cm); need > limit {
-		return Result{ExitCode: -1, Reason: ReasonOOM + fmt.Sprintf(": module needs %d MiB to start, limit %d MiB", need>>20, limit>>20)}, nil
+		w.log.Debug("wasm: module's initial memory over the job's limit", "job", job.ID, "need", need, "limit", limit)
+		return Result{ExitCode: -1, Reason: ReasonOOM}, nil
 	}
 
 	start := time.Now()

@@ -340,7 +340,19 @@ func TestWasmCompileCache(t *testing.T) {
 
 // exitModule is a minimal WASI command whose _start calls proc_exit(code).
 func exitModule(code byte) []byte {
-	return []byte{
+	return wasiCommand([]byte{0x41, code, 0x10, 0x00}) // i32.const code; call proc_exit
+}
+
+// spinModule is a minimal WASI command whose _start loops forever.
+func spinModule() []byte {
+	return wasiCommand([]byte{0x03, 0x40, 0x0c, 0x00, 0x0b}) // loop; br 0; end
+}
+
+// wasiCommand is a module that imports proc_exit, has one page of memory
+// and exports _start with the given instructions (code < 0x40 bytes).
+func wasiCommand(code []byte) []byte {
+	body := append(append([]byte{0x00}, code...), 0x0b) // no locals, code, end
+	m := []byte{
 		0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
 		// type section: (i32)->(), ()->()
 		0x01, 0x08, 0x02, 0x60, 0x01, 0x7f, 0x00, 0x60, 0x00, 0x00,
@@ -356,7 +368,58 @@ func exitModule(code byte) []byte {
 		0x07, 0x13, 0x02,
 		0x06, '_', 's', 't', 'a', 'r', 't', 0x00, 0x01,
 		0x06, 'm', 'e', 'm', 'o', 'r', 'y', 0x02, 0x00,
-		// code section: i32.const code; call 0; end
-		0x0a, 0x08, 0x01, 0x06, 0x00, 0x41, code, 0x10, 0x00, 0x0b,
+	}
+	// code section: one body
+	m = append(m, 0x0a, byte(len(body)+2), 0x01, byte(len(body)))
+	return append(m, body...)
+}
+
+func TestWasmClose(t *testing.T) {
+	t.Parallel()
+	w, err := NewWasm(WasmOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := func() *Job {
+		return &Job{Spec: &pb.JobSpec{}, Module: spinModule(), Dir: t.TempDir(), Stdout: &syncBuffer{}, Stderr: &syncBuffer{}}
+	}
+	if err := w.Compile(t.Context(), spinModule()); err != nil {
+		t.Fatal(err)
+	}
+	type out struct {
+		r   Result
+		err error
+	}
+	done := make(chan out, 1)
+	go func() {
+		r, err := w.Run(t.Context(), job())
+		done <- out{r, err}
+	}()
+	// Wait until the run holds the executor, then close under it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		w.mu.Lock()
+		n := 0
+		for _, e := range w.modules {
+			n += e.refs
+		}
+		w.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the run did not start")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := w.Close(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	o := <-done
+	if o.err != nil || o.r.Reason != ReasonCancelled {
+		t.Fatalf("run under Close: %+v, %v; want cancelled", o.r, o.err)
+	}
+	if _, err := w.Run(t.Context(), job()); err == nil {
+		t.Fatal("Run after Close: no error")
 	}
 }

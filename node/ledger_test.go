@@ -1,0 +1,218 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/mira-market/mira/node"
+	"github.com/mira-market/mira/node/api"
+	"github.com/mira-market/mira/storage"
+	"github.com/mira-market/mira/testnet"
+)
+
+// ledgersAgree waits until every running node's ledger holds the same
+// entries, then checks that balances add up to the genesis total.
+func ledgersAgree(t *testing.T, tn *testnet.Testnet) {
+	t.Helper()
+	nodes := tn.Nodes()
+	err := testnet.WaitFor(context.Background(), time.Minute, func() error {
+		want, err := nodes[0].Ledger().Digest()
+		if err != nil {
+			return err
+		}
+		for i, n := range nodes[1:] {
+			got, err := n.Ledger().Digest()
+			if err != nil {
+				return err
+			}
+			if got != want {
+				return fmt.Errorf("ledger of %s (%d entries) differs from node 0's (%d entries)",
+					n.ID(), n.Ledger().Count(), nodes[0].Ledger().Count())
+			}
+			_ = i
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := tn.Genesis()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want uint64
+	for _, gr := range g.Grants {
+		want += gr.Amount
+	}
+	for _, n := range nodes {
+		total, err := n.Ledger().Total()
+		if err != nil || total != want {
+			t.Fatalf("balances on %s add up to %d, genesis granted %d (%v)", n.ID(), total, want, err)
+		}
+		if probs, err := n.Ledger().Verify(context.Background()); err != nil || len(probs) > 0 {
+			t.Fatalf("ledger of %s does not verify: %v %v", n.ID(), probs, err)
+		}
+	}
+}
+
+// allEntries returns every entry of every member's account in n's ledger.
+func allEntries(t *testing.T, n *node.Node) []storage.Entry {
+	t.Helper()
+	var out []storage.Entry
+	for item, err := range n.Ledger().Items() {
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := n.Ledger().EntryByHash(item.Hash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func TestEquivocatorIsFrozenEverywhere(t *testing.T) {
+	tn := startTestnet(t, 4, nil)
+	if err := testnet.WaitFor(context.Background(), deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	// Member 3 signs two different entries with the same seq, and each
+	// half of the network hears one of them first.
+	cheat := tn.Node(3)
+	key, err := node.LoadIdentity(tn.Dir(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var head storage.Head
+	err = testnet.WaitFor(context.Background(), deadline, func() error {
+		head, err = tn.Node(0).Ledger().Head(cheat.ID())
+		if err == nil && head.Seq != 1 {
+			err = fmt.Errorf("member 3's head on node 0 is seq %d, want its grant", head.Seq)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tn.Stop(3); err != nil {
+		t.Fatal(err)
+	}
+	sign := func(seq uint64, prev storage.Hash, to peer.ID) storage.Entry {
+		e := storage.Entry{Account: cheat.ID(), Seq: seq, Prev: prev, Time: time.Now(),
+			Body: storage.HoldBody{Job: storage.Hash{byte(seq)}, Provider: to, Amount: 1}}
+		if err := e.Sign("testnet", key); err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	first := sign(head.Seq+1, head.Hash, tn.Node(1).ID())
+	if err := tn.Node(0).IngestEntry(first.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	if err := tn.Node(2).IngestEntry(sign(head.Seq+1, head.Hash, tn.Node(2).ID()).Encode()); err != nil {
+		t.Logf("node 2 already had the first: %v", err)
+	}
+	err = testnet.WaitFor(context.Background(), deadline, func() error {
+		for i := range 3 {
+			if frozen, err := tn.Node(i).Ledger().Frozen(cheat.ID()); err != nil || !frozen {
+				return fmt.Errorf("node %d has not frozen the equivocator (%v)", i, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Its later entries are refused everywhere.
+	later := sign(head.Seq+2, first.Hash(), tn.Node(1).ID()).Encode()
+	for i := range 3 {
+		if _, err := tn.Node(i).Ledger().Ingest(later); !errors.Is(err, storage.ErrFrozen) {
+			t.Fatalf("node %d took a frozen account's later entry: %v", i, err)
+		}
+	}
+}
+
+func TestPartitionedLedgersConverge(t *testing.T) {
+	tn := startTestnet(t, 6, func(i int, cfg *node.Config) {
+		if i == 1 || i == 4 {
+			cfg.GPUs = testnet.SampleGPUs[:1]
+		}
+	})
+	ctx := context.Background()
+	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	sides := [][]int{{0, 1, 2}, {3, 4, 5}}
+	// Cut every link between the halves, both ways.
+	for _, a := range sides[0] {
+		for _, b := range sides[1] {
+			tn.Node(a).BlockPeer(tn.Node(b).ID())
+			tn.Node(b).BlockPeer(tn.Node(a).ID())
+		}
+	}
+	// Each half trades on its own.
+	var ids [2][]string
+	for s, side := range sides {
+		c := clientFor(t, tn, side[2])
+		queryUntil(t, c, api.ProviderQuery{GPU: "any"}, []string{tn.Node(side[1]).ID().String()})
+		for range 5 {
+			j, err := c.SubmitJob(ctx, noopJob("interactive", "10ms", "1m"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids[s] = append(ids[s], j.ID)
+		}
+		for _, j := range waitJobs(t, c, ids[s], "succeeded", time.Minute) {
+			if j.Provider != tn.Node(side[1]).ID().String() || j.Payment == nil || j.Payment.State != "paid" {
+				t.Fatalf("job on side %d: provider %s, payment %+v", s, j.Provider, j.Payment)
+			}
+		}
+	}
+	// While cut off, neither half has the other's payments.
+	if _, ok, _ := tn.Node(5).Ledger().PaymentFor(tn.Node(2).ID(), mustHash(t, ids[0][0])); ok {
+		t.Fatal("a payment crossed the partition")
+	}
+	// Heal: the halves reconnect and reconcile.
+	for _, a := range sides[0] {
+		for _, b := range sides[1] {
+			tn.Node(a).UnblockPeer(tn.Node(b).ID())
+			tn.Node(b).UnblockPeer(tn.Node(a).ID())
+		}
+	}
+	if _, err := tn.Node(0).Connect(ctx, tn.Node(3).ListenAddrs()[0]); err != nil {
+		t.Fatal(err)
+	}
+	ledgersAgree(t, tn)
+	// Gossip does not repeat old entries: reconciliation moved them.
+	received := 0
+	for _, n := range tn.Nodes() {
+		received += n.ReconcileStats().Received
+	}
+	if received == 0 {
+		t.Fatal("ledgers converged without reconciliation moving an entry")
+	}
+	for s, side := range sides {
+		for _, id := range ids[s] {
+			for _, n := range tn.Nodes() {
+				if _, ok, err := n.Ledger().PaymentFor(tn.Node(side[2]).ID(), mustHash(t, id)); err != nil || !ok {
+					t.Fatalf("%s lacks the payment for job %s of side %d", n.ID(), id[:8], s)
+				}
+			}
+		}
+	}
+}
+
+func mustHash(t *testing.T, s string) storage.Hash {
+	t.Helper()
+	var h storage.Hash
+	if err := h.UnmarshalText([]byte(s)); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}

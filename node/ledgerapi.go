@@ -1,0 +1,136 @@
+package node
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/node/api"
+	"github.com/mira-market/mira/storage"
+)
+
+// Ledger is the node's ledger.
+func (n *Node) Ledger() *storage.Ledger { return n.ledger }
+
+// IngestEntry validates a ledger entry from elsewhere (a tool, a test) and,
+// if this node stores it, gossips it like its own.
+func (n *Node) IngestEntry(raw []byte) error {
+	if _, err := n.ledger.Ingest(raw); err != nil {
+		return err
+	}
+	n.publishLedger(ledgerMsgEntry, raw)
+	return nil
+}
+
+func credits(micro uint64) float64 { return float64(micro) / 1e6 }
+
+func (b apiBackend) account(s string) (peer.ID, error) {
+	if s == "" {
+		return b.host.ID(), nil
+	}
+	id, err := peer.Decode(s)
+	if err != nil {
+		return "", fmt.Errorf("account: %w", err)
+	}
+	return id, nil
+}
+
+// Balance answers GET /v1/ledger/balance.
+func (b apiBackend) Balance(_ context.Context, account string) (api.BalanceInfo, error) {
+	id, err := b.account(account)
+	if err != nil {
+		return api.BalanceInfo{}, err
+	}
+	bal, err := b.ledger.Balance(id)
+	if err != nil {
+		return api.BalanceInfo{}, err
+	}
+	frozen, err := b.ledger.Frozen(id)
+	return api.BalanceInfo{
+		Account: id.String(), Balance: credits(bal.Balance), Held: credits(bal.Held),
+		Available: credits(bal.Available()), Frozen: frozen,
+	}, err
+}
+
+// Entries answers GET /v1/ledger/entries.
+func (b apiBackend) Entries(_ context.Context, account string, after uint64, limit int) ([]api.EntryInfo, error) {
+	id, err := b.account(account)
+	if err != nil {
+		return nil, err
+	}
+	es, err := b.ledger.Entries(id, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.EntryInfo, 0, len(es))
+	for _, e := range es {
+		out = append(out, entryInfo(e))
+	}
+	return out, nil
+}
+
+func entryInfo(e storage.Entry) api.EntryInfo {
+	info := api.EntryInfo{
+		Account: e.Account.String(), Seq: e.Seq, Hash: e.Hash().String(), Prev: e.Prev.String(),
+		Kind: e.Kind().String(), Time: e.Time.UTC(), Body: map[string]any{},
+	}
+	switch b := e.Body.(type) {
+	case storage.GrantBody:
+		info.Body["amount"] = credits(b.Amount)
+	case storage.HoldBody:
+		info.Body["job"], info.Body["provider"], info.Body["amount"] = b.Job.String(), b.Provider.String(), credits(b.Amount)
+	case storage.ReleaseBody:
+		info.Body["job"] = b.Job.String()
+	case storage.PaymentBody:
+		info.Body["job"], info.Body["to"], info.Body["receipt"], info.Body["amount"] = b.Job.String(), b.To.String(), b.Receipt.String(), credits(b.Amount)
+	case storage.LeaseBody:
+		info.Body["job"], info.Body["requester"], info.Body["price"] = b.Job.String(), b.Requester.String(), credits(b.Price)
+	case storage.ReceiptBody:
+		info.Body["job"], info.Body["receipt"], info.Body["result"] = b.Job.String(), b.Receipt.String(), b.Result
+		info.Body["wall_ms"], info.Body["gpu_ms"], info.Body["exit_code"] = b.Usage.WallMS, b.Usage.GPUMS, b.Usage.ExitCode
+	}
+	return info
+}
+
+// Verify answers GET /v1/ledger/verify.
+func (b apiBackend) Verify(ctx context.Context) (api.VerifyInfo, error) {
+	probs, err := b.ledger.Verify(ctx)
+	if err != nil {
+		return api.VerifyInfo{}, err
+	}
+	digest, err := b.ledger.Digest()
+	if err != nil {
+		return api.VerifyInfo{}, err
+	}
+	total, err := b.ledger.Total()
+	if err != nil {
+		return api.VerifyInfo{}, err
+	}
+	v := api.VerifyInfo{OK: len(probs) == 0, Entries: b.ledger.Count(), Digest: digest.String(), Total: credits(total), Problems: []string{}}
+	for _, p := range probs {
+		v.Problems = append(v.Problems, p.Error())
+	}
+	return v, nil
+}
+
+// payment describes how a job's escrow stands in this node's ledger.
+func (n *Node) payment(j market.Job) (float64, *api.PaymentInfo) {
+	if n.ledger == nil || j.Attempt == 0 {
+		return 0, nil
+	}
+	job := storage.Hash(j.ID)
+	if e, ok, err := n.ledger.PaymentFor(n.host.ID(), job); err == nil && ok {
+		if p, ok := e.Body.(storage.PaymentBody); ok {
+			return credits(p.Amount), &api.PaymentInfo{State: "paid", Amount: credits(p.Amount), To: p.To.String(), Entry: e.Hash().String()}
+		}
+	}
+	if h, ok, err := n.ledger.HoldFor(n.host.ID(), job); err == nil && ok {
+		return 0, &api.PaymentInfo{State: "held", Amount: credits(h.Amount)}
+	}
+	if j.State.Terminal() {
+		return 0, &api.PaymentInfo{State: "released"}
+	}
+	return 0, nil
+}
