@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -222,10 +223,64 @@ func TestJobAPIErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Not finished yet: no result.
+	if _, _, err := c.JobResult(ctx, j.ID); statusCode(err) != 409 {
+		t.Fatalf("result of a pending job: %v, want 409", err)
+	}
 	cancelled, err := c.CancelJob(ctx, j.ID)
 	if err != nil || cancelled.State != "cancelled" {
 		t.Fatalf("cancel: %+v, %v", cancelled, err)
 	}
+	// Cancelled before any run: no result, an empty log.
+	if _, _, err := c.JobResult(ctx, j.ID); statusCode(err) != 404 {
+		t.Fatalf("result of a cancelled job: %v, want 404", err)
+	}
+	for _, tc := range []struct {
+		name string
+		do   func() error
+		code int
+	}{
+		{"logs of an unknown job", func() error { _, err := c.JobLogs(ctx, "00", false); return err }, 404},
+		{"bad follow", func() error { return c.Do(ctx, "GET", "/v1/jobs/"+j.ID+"/logs?follow=maybe", nil, nil) }, 400},
+		{"unknown blob", func() error { _, err := c.Blob(ctx, "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"); return err }, 404},
+		{"not a content ID", func() error { _, err := c.Blob(ctx, "nonsense"); return err }, 404},
+		{"balance of a bad account", func() error { _, err := c.Balance(ctx, "nobody"); return err }, 400},
+		{"entries after -1", func() error { return c.Do(ctx, "GET", "/v1/ledger/entries?after=-1", nil, nil) }, 400},
+		{"entries limit 0", func() error { return c.Do(ctx, "GET", "/v1/ledger/entries?limit=0", nil, nil) }, 400},
+		{"job with a bad input", func() error {
+			req := noopJob("batch", "0s", "1m")
+			req.Inputs = []string{"nonsense"}
+			_, err := c.SubmitJob(ctx, req)
+			return err
+		}, 400},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if code := statusCode(tc.do()); code != tc.code {
+				t.Fatalf("status %d, want %d", code, tc.code)
+			}
+		})
+	}
+	// A blob round trip, and the ledger of a fresh node.
+	info, err := c.PutBlob(ctx, strings.NewReader("some input"))
+	if err != nil || info.Size != 10 {
+		t.Fatalf("put blob: %+v, %v", info, err)
+	}
+	if b, err := c.Balance(ctx, ""); err != nil || b.Balance != float64(testnet.DefaultCredits)/1e6 {
+		t.Fatalf("balance %+v, %v; want the genesis grant", b, err)
+	}
+	if v, err := c.VerifyLedger(ctx); err != nil || !v.OK || v.Entries < 1 {
+		t.Fatalf("verify: %+v, %v", v, err)
+	}
+}
+
+// statusCode is the HTTP status of an API error (0 for none or another
+// kind of error).
+func statusCode(err error) int {
+	var se *api.StatusError
+	if errors.As(err, &se) {
+		return se.Code
+	}
+	return 0
 }
 
 func clientFor(t *testing.T, tn *testnet.Testnet, i int) *api.Client {

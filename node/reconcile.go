@@ -44,6 +44,27 @@ type ReconcileStats struct {
 	Sessions, Failures, Fallbacks int
 	// Sent and Received count entries moved by reconciliation.
 	Sent, Received int
+	// Bytes counts what the sessions this node started read and wrote,
+	// symbols and entries, both ways.
+	Bytes int64
+}
+
+// countingStream counts the bytes read and written through it.
+type countingStream struct {
+	network.Stream
+	n int64
+}
+
+func (c *countingStream) Read(p []byte) (int, error) {
+	n, err := c.Stream.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingStream) Write(p []byte) (int, error) {
+	n, err := c.Stream.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // reconcileLoop reconciles the ledger with a random connected peer every
@@ -108,9 +129,18 @@ func (n *Node) openSync(ctx context.Context, p peer.ID, kind byte) (network.Stre
 		return nil, nil, nil, fmt.Errorf("ledger sync with %s: %w", p, err)
 	}
 	st.SetDeadline(time.Now().Add(syncTimeout))
-	bw := bufio.NewWriter(st)
+	cs := &countingStream{Stream: st}
+	bw := bufio.NewWriter(cs)
 	bw.WriteByte(kind)
-	return st, bufio.NewReader(st), bw, nil
+	return cs, bufio.NewReader(cs), bw, nil
+}
+
+// closeSync closes a stream from openSync and counts its bytes.
+func (n *Node) closeSync(st network.Stream) {
+	st.Close()
+	if cs, ok := st.(*countingStream); ok {
+		n.countReconcile(func(s *ReconcileStats) { s.Bytes += cs.n })
+	}
 }
 
 // reconcile is the initiator's side: it streams its coded symbols, the
@@ -123,7 +153,7 @@ func (n *Node) reconcile(ctx context.Context, p peer.ID) error {
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer n.closeSync(st)
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
 	defer stop()
 	x := storage.NewReconcileInitiator(n.rset.snapshot(), storage.ReconcileConfig{})
@@ -260,7 +290,7 @@ func (n *Node) fetchListing(ctx context.Context, p peer.ID) error {
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer n.closeSync(st)
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
 	defer stop()
 	if err := bw.Flush(); err != nil {

@@ -23,7 +23,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 		Use:   "bench",
 		Short: "Run a benchmark scenario and print its figures",
 	}
-	cmd.AddCommand(newBenchStartupCmd(g), newBenchProvidersCmd(g), newBenchMarketCmd(g))
+	cmd.AddCommand(newBenchStartupCmd(g), newBenchProvidersCmd(g), newBenchMarketCmd(g), newBenchLedgerCmd(g))
 	return cmd
 }
 

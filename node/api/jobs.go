@@ -107,11 +107,11 @@ type JobInfo struct {
 	Usage      *UsageInfo `json:"usage,omitempty"`
 	// Cost is what the job was charged, in credits; Payment says how its
 	// escrow stands.
-	Cost    float64      `json:"cost"`
-	Payment *PaymentInfo `json:"payment,omitempty"`
-	Created    time.Time  `json:"created"`
-	Updated    time.Time  `json:"updated"`
-	Deadline   time.Time  `json:"deadline"`
+	Cost     float64      `json:"cost"`
+	Payment  *PaymentInfo `json:"payment,omitempty"`
+	Created  time.Time    `json:"created"`
+	Updated  time.Time    `json:"updated"`
+	Deadline time.Time    `json:"deadline"`
 }
 
 // PaymentInfo is how a job's escrow stands in the requester's ledger:

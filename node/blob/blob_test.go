@@ -22,7 +22,9 @@ import (
 
 const testNet = "blobtest"
 
-func newHost(t *testing.T) host.Host {
+func newHost(t *testing.T) host.Host { return newHostTB(t) }
+
+func newHostTB(t testing.TB) host.Host {
 	t.Helper()
 	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
 	if err != nil {

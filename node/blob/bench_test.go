@@ -1,0 +1,48 @@
+package blob
+
+import (
+	"context"
+	"crypto/rand"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// BenchmarkFetch256MiB moves a 256 MiB blob between two libp2p hosts over
+// loopback TCP (Noise, yamux), checked against its content ID on arrival.
+// Compare with curl of the same file from a local HTTP server (see
+// docs/BENCHMARKS.md).
+func BenchmarkFetch256MiB(b *testing.B) {
+	const size = 256 << 20
+	server, client := newBenchService(b), newBenchService(b)
+	if err := client.host.Connect(context.Background(), server.host.Peerstore().PeerInfo(server.host.ID())); err != nil {
+		b.Fatal(err)
+	}
+	id, _, err := server.store.Put(io.LimitReader(rand.Reader, size))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(size)
+	b.ResetTimer()
+	for range b.N {
+		if _, err := client.Fetch(context.Background(), id, server.host.ID()); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		p, _ := client.store.path(id)
+		os.Remove(p)
+		b.StartTimer()
+	}
+}
+
+func newBenchService(b *testing.B) *Service {
+	b.Helper()
+	st, err := NewStore(filepath.Join(b.TempDir(), "blobs"), 1<<30)
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := newHostTB(b)
+	return NewService(h, testNet, st, slog.New(slog.DiscardHandler))
+}
