@@ -13,6 +13,7 @@ import (
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/executor"
+	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
 )
@@ -124,7 +125,9 @@ func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 		return failed(err)
 	}
 	o := market.Outcome{ExitCode: res.ExitCode, Error: res.Reason, Usage: &pb.Usage{
-		WallMs: res.Wall.Milliseconds(), GpuMs: int64(len(job.GPUs)) * res.Wall.Milliseconds(),
+		// The lease's GPUs, whether or not devices were handed over; a
+		// job without GPUs is metered as one, as maxCost holds for it.
+		WallMs: res.Wall.Milliseconds(), GpuMs: int64(max(l.Spec.GetResources().GetGpus(), 1)) * res.Wall.Milliseconds(),
 		PeakMemoryBytes: res.PeakMemory, FirstOutputMs: res.FirstOutput.Milliseconds(),
 	}}
 	if result.over {
@@ -238,12 +241,16 @@ func (n *Node) copyBlob(id, dst string) error {
 }
 
 // assignGPUs picks device indices for a job's GPUs, round-robin over the
-// node's GPUs: with more slots than GPUs, leases share devices.
+// node's detected GPUs: with more slots than GPUs, leases share devices.
+// Declared GPUs are sold but not handed to containers: without detection
+// the node cannot tell that a container runtime could reach them.
 func (n *Node) assignGPUs(spec *pb.JobSpec) []string {
 	want := int(spec.GetResources().GetGpus())
 	total := 0
 	for _, g := range n.capacity.gpus {
-		total += g.Count
+		if g.Source == gpu.SourceDetected {
+			total += g.Count
+		}
 	}
 	if want == 0 || total == 0 {
 		return nil

@@ -5,9 +5,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moby/moby/client"
 
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/node/api"
@@ -166,5 +171,73 @@ func TestProcessJobRefusedUnlessAllowed(t *testing.T) {
 	done := waitJobs(t, c, []string{j.ID}, "expired", time.Minute)[j.ID]
 	if len(done.Declines) == 0 || !strings.Contains(done.Declines[0].Reason, "executor") {
 		t.Fatalf("declines %+v, want the provider to refuse the executor", done.Declines)
+	}
+}
+
+// sampleImage builds the sample job program for Linux, statically, and
+// wraps it in a FROM scratch image named tag.
+func sampleImage(t *testing.T, tag string) {
+	t.Helper()
+	c, err := client.New(client.FromEnv)
+	if err == nil {
+		_, err = c.Ping(context.Background(), client.PingOptions{})
+	}
+	if err != nil {
+		if os.Getenv("MIRA_REQUIRE_DOCKER") == "1" {
+			t.Fatalf("docker engine: %v", err)
+		}
+		t.Skipf("no docker engine: %v", err)
+	}
+	defer c.Close()
+	bin := filepath.Join(t.TempDir(), "job")
+	cmd := exec.Command("go", "build", "-tags", "mirasample", "-trimpath", "-o", bin, "./executor/sample")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build sample: %v\n%s", err, out)
+	}
+	exe, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := executor.BuildScratchImage(context.Background(), c, tag, exe); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.ImageRemove(context.Background(), tag, client.ImageRemoveOptions{Force: true}) })
+}
+
+func TestDockerJobEndToEnd(t *testing.T) {
+	const image = "mira-node-test-job:latest"
+	sampleImage(t, image)
+	_, c := execNet(t, "docker")
+	j, err := c.SubmitJob(context.Background(), api.JobRequest{
+		Executor: "docker", Image: image, Args: []string{"echo", "hello", "from", "a", "container"},
+		Tier: "interactive", MaxPrice: 0.01, Resources: api.Resources{GPUs: 1, MemoryMiB: 64},
+		MaxDuration: "30s", Deadline: "2m",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := waitJobs(t, c, []string{j.ID}, "succeeded", time.Minute)[j.ID]
+	if got := string(result(t, c, done)); got != "hello from a container\n" {
+		t.Fatalf("result %q", got)
+	}
+	if done.Payment == nil || done.Payment.State != "paid" {
+		t.Fatalf("payment %+v", done.Payment)
+	}
+}
+
+func TestProcessJobEndToEnd(t *testing.T) {
+	_, c := execNet(t, "process")
+	j, err := c.SubmitJob(context.Background(), api.JobRequest{
+		Executor: "process", Command: []string{"/bin/sh", "-c", "echo ran as $WHO in $(basename $PWD)"},
+		Env: map[string]string{"WHO": "a job"}, Tier: "batch", MaxPrice: 0.01,
+		Resources: api.Resources{GPUs: 1}, MaxDuration: "30s", Deadline: "2m",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := waitJobs(t, c, []string{j.ID}, "succeeded", time.Minute)[j.ID]
+	if got := string(result(t, c, done)); got != "ran as a job in job\n" {
+		t.Fatalf("result %q", got)
 	}
 }

@@ -242,7 +242,10 @@ func TestJobAPIErrors(t *testing.T) {
 	}{
 		{"logs of an unknown job", func() error { _, err := c.JobLogs(ctx, "00", false); return err }, 404},
 		{"bad follow", func() error { return c.Do(ctx, "GET", "/v1/jobs/"+j.ID+"/logs?follow=maybe", nil, nil) }, 400},
-		{"unknown blob", func() error { _, err := c.Blob(ctx, "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"); return err }, 404},
+		{"unknown blob", func() error {
+			_, err := c.Blob(ctx, "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy")
+			return err
+		}, 404},
 		{"not a content ID", func() error { _, err := c.Blob(ctx, "nonsense"); return err }, 404},
 		{"balance of a bad account", func() error { _, err := c.Balance(ctx, "nobody"); return err }, 400},
 		{"entries after -1", func() error { return c.Do(ctx, "GET", "/v1/ledger/entries?after=-1", nil, nil) }, 400},

@@ -1,13 +1,11 @@
 package executor
 
 import (
-	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -93,58 +91,13 @@ func buildTestImage(c *client.Client) error {
 	if err != nil {
 		return err
 	}
-	binBytes, err := os.ReadFile(bin)
+	exe, err := os.ReadFile(bin)
 	if err != nil {
-		return err
-	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	files := []struct {
-		name string
-		mode int64
-		data []byte
-	}{
-		{"Dockerfile", 0o644, []byte("FROM scratch\nCOPY job /job\nENTRYPOINT [\"/job\"]\n")},
-		{"job", 0o755, binBytes},
-	}
-	for _, f := range files {
-		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data))}); err != nil {
-			return err
-		}
-		if _, err := tw.Write(f.data); err != nil {
-			return err
-		}
-	}
-	if err := tw.Close(); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	res, err := c.ImageBuild(ctx, &buf, client.ImageBuildOptions{Tags: []string{testImage}, Remove: true, ForceRemove: true})
-	if err != nil {
-		return fmt.Errorf("image build: %w", err)
-	}
-	defer res.Body.Close()
-	// The body is a stream of JSON messages; a failed build says so in one.
-	dec := json.NewDecoder(res.Body)
-	for {
-		var msg struct {
-			Stream string `json:"stream"`
-			Error  string `json:"error"`
-		}
-		if err := dec.Decode(&msg); err == io.EOF {
-			break
-		} else if err != nil {
-			return fmt.Errorf("image build output: %w", err)
-		}
-		if msg.Error != "" {
-			return fmt.Errorf("image build: %s", msg.Error)
-		}
-	}
-	if _, err := c.ImageInspect(ctx, testImage); err != nil {
-		return fmt.Errorf("image build: %w", err)
-	}
-	return nil
+	return BuildScratchImage(ctx, c, testImage, exe)
 }
 
 // newTestDocker returns a docker executor with a unique owner.
