@@ -8,8 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/executor"
@@ -36,10 +39,12 @@ func (n *Node) startExecutors(ctx context.Context) (executor.Set, error) {
 		case "noop":
 			e = executor.Noop{}
 		case "wasm":
-			e, err = executor.NewWasm(executor.WasmOptions{CacheDir: filepath.Join(n.cfg.DataDir, "wasm-cache")})
+			e, err = executor.NewWasm(executor.WasmOptions{CacheDir: filepath.Join(n.cfg.DataDir, "wasm-cache"), Logger: n.log})
 		case "docker":
 			var d *executor.Docker
-			if d, err = executor.NewDocker(ctx, executor.DockerOptions{AllowNetwork: n.cfg.Provider.DockerNetwork}); err == nil {
+			if d, err = executor.NewDocker(ctx, executor.DockerOptions{
+				AllowNetwork: n.cfg.Provider.DockerNetwork, Owner: n.host.ID().String(), Logger: n.log,
+			}); err == nil {
 				// Containers a crash left behind.
 				if removed, cerr := d.Cleanup(ctx); cerr != nil || removed > 0 {
 					n.log.Info("removed leftover job containers", "count", removed, "err", cerr)
@@ -47,7 +52,7 @@ func (n *Node) startExecutors(ctx context.Context) (executor.Set, error) {
 			}
 			e = d
 		case "process":
-			e = executor.NewProcess(executor.ProcessOptions{})
+			e = executor.NewProcess(executor.ProcessOptions{Logger: n.log})
 		default:
 			return nil, fmt.Errorf("config: provider.executors: unknown executor %q", name)
 		}
@@ -94,6 +99,12 @@ func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 	}
 	defer os.RemoveAll(workDir)
 	job := &executor.Job{ID: l.Job.String(), Spec: l.Spec, Dir: filepath.Join(workDir, "job"), GPUs: n.assignGPUs(l.Spec)}
+	if l.Spec.Executor == "process" && len(job.GPUs) > 0 {
+		// A host process sees every device; CUDA and ROCm honour these.
+		job.Spec = proto.Clone(l.Spec).(*pb.JobSpec)
+		devs := strings.Join(job.GPUs, ",")
+		job.Spec.Env = append(job.Spec.Env, &pb.EnvVar{Name: "CUDA_VISIBLE_DEVICES", Value: devs}, &pb.EnvVar{Name: "ROCR_VISIBLE_DEVICES", Value: devs})
+	}
 	if err := n.stage(ctx, l, job); err != nil {
 		return failed(err)
 	}
