@@ -592,7 +592,7 @@ func (e *Engine) onAward(now time.Time, m *protocol.Signed, a *pb.Award) {
 	case !o.deadline.After(now):
 		decline(ReasonExpired)
 		return
-	case a.Price < e.floor(o.spec.Tier):
+	case a.Price < e.floor(o.spec.Tier) || a.Price > o.spec.MaxPrice:
 		decline(ReasonPrice)
 		return
 	case len(e.leases) >= e.cfg.Provider.Slots:
@@ -623,6 +623,9 @@ func (e *Engine) onCancel(m *protocol.Signed) {
 
 // Outcome is how a provider's run of a lease ended: the receipt it signs.
 type Outcome struct {
+	// Attempt is the lease's attempt the run belonged to; an outcome of
+	// an earlier lease of the job is dropped.
+	Attempt  uint32
 	ExitCode int32
 	// Error says why the run failed, if it did.
 	Error string
@@ -638,8 +641,8 @@ type Outcome struct {
 // the outcome to the requester as the signed result.
 func (e *Engine) Finished(now time.Time, id protocol.JobID, o Outcome) {
 	l, ok := e.leases[id]
-	if !ok {
-		return // cancelled meanwhile
+	if !ok || l.Attempt != o.Attempt {
+		return // cancelled meanwhile, or re-awarded since
 	}
 	delete(e.leases, id)
 	if len(o.Output) > protocol.MaxResultOutput {

@@ -147,7 +147,11 @@ func (s *sim) advance(d time.Duration) {
 }
 
 func (s *sim) finish(p peer.ID, id protocol.JobID) {
-	s.engines[p].Finished(s.now, id, Outcome{Output: []byte("ok"), ResultID: okID, ResultSize: 2})
+	var attempt uint32
+	if l, ok := s.engines[p].leases[id]; ok {
+		attempt = l.Attempt
+	}
+	s.engines[p].Finished(s.now, id, Outcome{Attempt: attempt, Output: []byte("ok"), ResultID: okID, ResultSize: 2})
 	s.flush()
 }
 
@@ -363,9 +367,22 @@ func TestResultWithForgedInlineOutputFails(t *testing.T) {
 	prov := s.add(provider(10))
 	j := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, prov)
 	wantState(t, j, Running)
-	s.engines[prov].Finished(s.now, j.ID, Outcome{Output: []byte("forged"), ResultID: okID, ResultSize: 6})
+	s.engines[prov].Finished(s.now, j.ID, Outcome{Attempt: j.Attempt, Output: []byte("forged"), ResultID: okID, ResultSize: 6})
 	s.flush()
 	if j.State != Failed || j.Error == "" {
 		t.Fatalf("state %s error %q, want failed with a reason", j.State, j.Error)
 	}
+}
+
+func TestOutcomeOfAnEarlierLeaseIsDropped(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	prov := s.add(provider(10))
+	j := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, prov)
+	wantState(t, j, Running)
+	s.engines[prov].Finished(s.now, j.ID, Outcome{Attempt: j.Attempt - 1, Output: []byte("ok"), ResultID: okID, ResultSize: 2})
+	s.flush()
+	wantState(t, j, Running)
+	s.finish(prov, j.ID)
+	wantState(t, j, Succeeded)
 }

@@ -105,6 +105,9 @@ type ProviderConfig struct {
 	Executors []string `toml:"executors"`
 	// DockerNetwork gives docker jobs a network; by default they have none.
 	DockerNetwork bool `toml:"docker_network"`
+	// WasmCacheDir keeps compiled wasm modules across restarts; default
+	// DATA/wasm-cache. Nodes may share one (testnets do).
+	WasmCacheDir string `toml:"wasm_cache_dir,omitempty"`
 	// CapacityTTL is how long an announcement stays valid; the node
 	// re-announces at half of it. Short TTLs make a stopped provider vanish
 	// from lookups sooner at the cost of more DHT traffic.

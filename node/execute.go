@@ -39,7 +39,11 @@ func (n *Node) startExecutors(ctx context.Context) (executor.Set, error) {
 		case "noop":
 			e = executor.Noop{}
 		case "wasm":
-			e, err = executor.NewWasm(executor.WasmOptions{CacheDir: filepath.Join(n.cfg.DataDir, "wasm-cache"), Logger: n.log})
+			dir := n.cfg.Provider.WasmCacheDir
+			if dir == "" {
+				dir = filepath.Join(n.cfg.DataDir, "wasm-cache")
+			}
+			e, err = executor.NewWasm(executor.WasmOptions{CacheDir: dir, Logger: n.log})
 		case "docker":
 			var d *executor.Docker
 			if d, err = executor.NewDocker(ctx, executor.DockerOptions{

@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"math"
+	"math/bits"
 	"os"
 	"path/filepath"
 	"time"
@@ -125,7 +127,12 @@ func (n *Node) publishLedger(kind byte, b []byte) {
 // validateLedgerGossip ingests gossiped entries and fraud proofs: valid
 // ones are forwarded; repeats and entries that wait for their predecessors
 // are not; invalid ones are rejected, which costs the sender score.
-func (n *Node) validateLedgerGossip(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+func (n *Node) validateLedgerGossip(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	if from == n.host.ID() {
+		// Our own publication, already in our ledger: validating it again
+		// would find a duplicate and stop it from going out.
+		return pubsub.ValidationAccept
+	}
 	if len(m.Data) < 2 {
 		n.ledgerRejected.Inc()
 		return pubsub.ValidationReject
@@ -165,13 +172,21 @@ func (n *Node) ledgerVerdict(err error) pubsub.ValidationResult {
 
 // --- settlement ---
 
+// errCostOverflow refuses a price that makes a job's cost overflow.
+var errCostOverflow = errors.New("price times GPUs times max_duration overflows")
+
 // maxCost is what a job can cost at most: its price per GPU-second for
 // every GPU (a job without GPUs is billed as one) for its whole
 // max_duration, in micro-credits.
-func maxCost(price uint64, spec *pb.JobSpec) uint64 {
+func maxCost(price uint64, spec *pb.JobSpec) (uint64, error) {
 	gpus := max(uint64(spec.GetResources().GetGpus()), 1)
-	secs := (uint64(spec.MaxDurationMs) + 999) / 1000
-	return price * gpus * secs
+	secs := (uint64(max(spec.GetMaxDurationMs(), 0)) + 999) / 1000
+	hi, perSec := bits.Mul64(price, gpus)
+	hi2, total := bits.Mul64(perSec, secs)
+	if hi != 0 || hi2 != 0 {
+		return 0, errCostOverflow
+	}
+	return total, nil
 }
 
 // cost is what a run used at price: GPU-milliseconds metered by the
@@ -180,19 +195,41 @@ func cost(price uint64, u *pb.Usage, hold uint64) uint64 {
 	if u == nil || u.GpuMs <= 0 {
 		return 0
 	}
-	return min((price*uint64(u.GpuMs)+999)/1000, hold)
+	hi, lo := bits.Mul64(price, uint64(u.GpuMs))
+	if hi != 0 || lo > math.MaxUint64-999 {
+		return hold
+	}
+	return min((lo+999)/1000, hold)
 }
 
-// escrow returns the hold entry that backs an award: the job's open hold,
-// or a new one for its maximum cost.
+// escrow returns the hold entry that backs an award: the job's open hold
+// if it names this provider and covers the price, else a new one (the old
+// one released in the same batch: a job is re-awarded, maybe dearer).
 func (n *Node) escrow(id protocol.JobID, provider peer.ID, price uint64, spec *pb.JobSpec) ([]byte, error) {
-	if e, ok, err := n.ledger.HoldEntry(n.host.ID(), storage.Hash(id)); err != nil {
-		return nil, err
-	} else if ok {
-		return e.Encode(), nil
-	}
-	e, err := n.appendEntry(storage.HoldBody{Job: storage.Hash(id), Provider: provider, Amount: maxCost(price, spec)})
+	amount, err := maxCost(price, spec)
 	if err != nil {
+		return nil, err
+	}
+	job := storage.Hash(id)
+	hold := storage.HoldBody{Job: job, Provider: provider, Amount: amount}
+	e, ok, err := n.ledger.HoldEntry(n.host.ID(), job)
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		if h, _ := e.Body.(storage.HoldBody); h.Provider == provider && h.Amount >= amount {
+			return e.Encode(), nil
+		}
+		es, err := n.ledger.AppendBatch(n.priv, []storage.Body{storage.ReleaseBody{Job: job}, hold})
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range es {
+			n.publishLedger(ledgerMsgEntry, e.Encode())
+		}
+		return es[1].Encode(), nil
+	}
+	if e, err = n.appendEntry(hold); err != nil {
 		return nil, err
 	}
 	return e.Encode(), nil
@@ -240,13 +277,21 @@ func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 		return fmt.Errorf("escrow hold: %w", err)
 	}
 	hold, ok, err := n.ledger.HoldFor(l.Requester, storage.Hash(l.Job))
-	switch {
-	case err != nil:
+	if err != nil {
 		return fmt.Errorf("escrow hold: %w", err)
-	case !ok:
+	}
+	if !ok {
 		return errors.New("escrow hold: none open for the job")
-	case hold.Amount < maxCost(l.Price, l.Spec):
-		return fmt.Errorf("escrow hold of %d does not cover the job's %d", hold.Amount, maxCost(l.Price, l.Spec))
+	}
+	if hold.Provider != n.host.ID() {
+		return fmt.Errorf("escrow hold names provider %s, not this one", hold.Provider)
+	}
+	want, err := maxCost(l.Price, l.Spec)
+	if err != nil {
+		return fmt.Errorf("escrow hold: %w", err)
+	}
+	if hold.Amount < want {
+		return fmt.Errorf("escrow hold of %d does not cover the job's %d", hold.Amount, want)
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/storage"
 )
 
 // The ledger sync stream protocol carries one request per stream: a type
@@ -40,13 +41,16 @@ func writeFrame(w io.Writer, b []byte) error {
 	return err
 }
 
-func readFrame(r *bufio.Reader) ([]byte, error) {
+func readFrame(r *bufio.Reader) ([]byte, error) { return readFrameLimit(r, maxSyncFrame) }
+
+// readFrameLimit reads a frame of at most limit bytes.
+func readFrameLimit(r *bufio.Reader, limit uint64) ([]byte, error) {
 	size, err := binary.ReadUvarint(r)
 	if err != nil {
 		return nil, err
 	}
-	if size > maxSyncFrame {
-		return nil, fmt.Errorf("frame of %d bytes, limit %d", size, maxSyncFrame)
+	if size > limit {
+		return nil, fmt.Errorf("frame of %d bytes, limit %d", size, limit)
 	}
 	b := make([]byte, size)
 	_, err = io.ReadFull(r, b)
@@ -153,7 +157,7 @@ func (n *Node) fetchChain(ctx context.Context, from, account peer.ID, after uint
 	br := bufio.NewReader(st)
 	var raws [][]byte
 	for len(raws) <= maxChainBatch {
-		b, err := readFrame(br)
+		b, err := readFrameLimit(br, storage.MaxEntrySize)
 		if err != nil {
 			return nil, fmt.Errorf("chain from %s: %w", from, err)
 		}

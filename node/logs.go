@@ -61,7 +61,14 @@ func (b *logBook) get(job protocol.JobID, attempt uint32) (*jobLog, error) {
 		f.Close()
 		return nil, fmt.Errorf("open job log: %w", err)
 	}
-	l := &jobLog{f: f, size: size, changed: make(chan struct{})}
+	l := &jobLog{f: f, path: f.Name(), size: size, changed: make(chan struct{})}
+	l.release = func() {
+		b.mu.Lock()
+		if b.logs[name] == l {
+			delete(b.logs, name)
+		}
+		b.mu.Unlock()
+	}
 	b.logs[name] = l
 	return l, nil
 }
@@ -69,18 +76,22 @@ func (b *logBook) get(job protocol.JobID, attempt uint32) (*jobLog, error) {
 // close closes every open log file.
 func (b *logBook) close() {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	for name, l := range b.logs {
+	logs := b.logs
+	b.logs = map[string]*jobLog{}
+	b.mu.Unlock()
+	for _, l := range logs {
 		l.finish()
-		l.f.Close()
-		delete(b.logs, name)
 	}
 }
 
 // jobLog is one run's log: an append-only file and a broadcast of changes.
+// The write handle is closed, and the log leaves the book, once it is
+// complete; readers open their own.
 type jobLog struct {
-	f       *os.File
+	path    string
+	release func()
 	mu      sync.Mutex
+	f       *os.File // nil once complete
 	size    int64
 	done    bool
 	changed chan struct{} // closed and replaced on every change
@@ -97,7 +108,7 @@ func (l *jobLog) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	room := maxJobLog - l.size
-	if room <= 0 || l.done {
+	if room <= 0 || l.done || l.f == nil {
 		return len(p), nil
 	}
 	q := p[:min(int64(len(p)), room)]
@@ -116,7 +127,10 @@ func (l *jobLog) finish() {
 	defer l.mu.Unlock()
 	if !l.done {
 		l.done = true
+		l.f.Close()
+		l.f = nil
 		l.broadcast()
+		l.release()
 	}
 }
 
@@ -131,11 +145,16 @@ func (l *jobLog) state() (int64, bool, <-chan struct{}) {
 // follow sends the log from off to w as it grows, until it is complete (or,
 // without follow, until its current end).
 func (l *jobLog) follow(ctx context.Context, off int64, follow bool, w func([]byte) error) (int64, error) {
+	f, err := os.Open(l.path)
+	if err != nil {
+		return off, fmt.Errorf("read job log: %w", err)
+	}
+	defer f.Close()
 	buf := make([]byte, 64<<10)
 	for {
 		size, done, changed := l.state()
 		for off < size {
-			n, err := l.f.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
+			n, err := f.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
 			if n > 0 {
 				if werr := w(buf[:n]); werr != nil {
 					return off, werr
@@ -185,12 +204,20 @@ func (n *Node) streamLogs(ctx context.Context, to peer.ID, job protocol.JobID, a
 	}
 }
 
-func (n *Node) sendLog(ctx context.Context, to peer.ID, proto libp2pproto.ID, job protocol.JobID, attempt uint32, l *jobLog) error {
+func (n *Node) sendLog(ctx context.Context, to peer.ID, proto libp2pproto.ID, job protocol.JobID, attempt uint32, l *jobLog) (err error) {
 	st, err := n.host.NewStream(ctx, to, proto)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	// Only a complete log ends the stream cleanly: the requester takes a
+	// clean end as "the run's log is complete".
+	defer func() {
+		if err != nil {
+			st.Reset()
+		} else {
+			st.Close()
+		}
+	}()
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
 	defer stop()
 	if _, err := st.Write(protocol.Frame(logsHeader(job, attempt))); err != nil {

@@ -34,7 +34,7 @@ type marketDriver struct {
 	eng     *market.Engine
 	in      chan func()
 	topics  map[string]*pubsub.Topic
-	running map[protocol.JobID]context.CancelFunc
+	running map[protocol.JobID]runningLease
 	// stepped counts verified messages fed to the engine, by kind;
 	// rejected counts messages refused before it, by reason.
 	stepped  *prometheus.CounterVec
@@ -80,7 +80,7 @@ func (n *Node) marketEngineConfig() market.Config {
 func (n *Node) startMarket(ctx context.Context) error {
 	d := &marketDriver{
 		n: n, eng: market.NewEngine(n.marketEngineConfig()), in: make(chan func(), 256),
-		topics: map[string]*pubsub.Topic{}, running: map[protocol.JobID]context.CancelFunc{},
+		topics: map[string]*pubsub.Topic{}, running: map[protocol.JobID]runningLease{},
 		watchers:   map[protocol.JobID][]chan market.Job{},
 		outbox:     newOutbox(n),
 		verified:   &verifiedCache{m: map[[32]byte]*protocol.Signed{}},
@@ -264,8 +264,8 @@ func (d *marketDriver) loop(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			for _, cancel := range d.running {
-				cancel()
+			for _, r := range d.running {
+				r.cancel()
 			}
 			return
 		case fn := <-d.in:
@@ -357,8 +357,8 @@ func (d *marketDriver) processReady(ctx context.Context, r market.Ready) (change
 		d.run(ctx, l)
 	}
 	for _, id := range r.Stop {
-		if cancel, ok := d.running[id]; ok {
-			cancel()
+		if r, ok := d.running[id]; ok {
+			r.cancel()
 			delete(d.running, id)
 		}
 	}
@@ -401,8 +401,10 @@ func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
 	// The job's deadline bounds staging and the run; max_duration bounds
 	// the run alone (see execute).
 	rctx, cancel := context.WithDeadline(ctx, l.Deadline)
-	d.running[l.Job] = cancel
+	d.running[l.Job] = runningLease{attempt: l.Attempt, cancel: cancel}
+	d.n.wg.Add(1)
 	go func() {
+		defer d.n.wg.Done()
 		defer cancel()
 		var out market.Outcome
 		if err := d.n.checkHold(rctx, l); err != nil {
@@ -411,14 +413,25 @@ func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
 			d.n.recordLease(l)
 			out = d.n.execute(rctx, l)
 		}
+		out.Attempt = l.Attempt
 		select {
 		case d.in <- func() {
-			delete(d.running, l.Job)
+			// A newer lease of the same job (re-awarded after a cancel)
+			// is not this run's to end.
+			if r, ok := d.running[l.Job]; ok && r.attempt == l.Attempt {
+				delete(d.running, l.Job)
+			}
 			d.eng.Finished(time.Now(), l.Job, out)
 		}:
 		case <-d.n.runCtx.Done():
 		}
 	}()
+}
+
+// runningLease is a run in progress: which attempt, and how to stop it.
+type runningLease struct {
+	attempt uint32
+	cancel  context.CancelFunc
 }
 
 // isLeaseHolder reports whether p holds the lease of this node's job with
@@ -445,6 +458,9 @@ func (d *marketDriver) restore() error {
 			return nil
 		}
 		d.eng.Restore(&j, offer)
+		// A crash between persisting a job's end and settling it left its
+		// hold open: settle it now (a no-op when there is none).
+		d.n.settle(&j)
 		return nil
 	})
 }

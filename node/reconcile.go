@@ -241,23 +241,33 @@ func (n *Node) sendEntries(bw *bufio.Writer, hashes [][32]byte) error {
 	return bw.Flush()
 }
 
+// receiveEntries reads entries (each at most an entry's size) and ingests
+// them in batches, so a peer can make this node hold at most one batch.
 func (n *Node) receiveEntries(br *bufio.Reader) error {
 	var raws [][]byte
-	for {
-		b, err := readFrame(br)
+	for count := 0; ; count++ {
+		b, err := readFrameLimit(br, storage.MaxEntrySize)
 		if err != nil {
 			return fmt.Errorf("reconcile entries: %w", err)
 		}
 		if len(b) == 0 {
 			break
 		}
-		if len(raws) == maxSyncEntries {
+		if count == maxSyncEntries {
 			return fmt.Errorf("reconcile entries: more than %d", maxSyncEntries)
 		}
-		raws = append(raws, b)
+		if raws = append(raws, b); len(raws) == ingestBatch {
+			if err := n.ingestSynced(raws); err != nil {
+				return err
+			}
+			raws = nil
+		}
 	}
 	return n.ingestSynced(raws)
 }
+
+// ingestBatch is how many received entries are ingested (and synced) at once.
+const ingestBatch = 1024
 
 func (n *Node) ingestSynced(raws [][]byte) error {
 	if len(raws) == 0 {

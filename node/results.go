@@ -97,14 +97,23 @@ func (n *Node) JobLogs(ctx context.Context, id protocol.JobID, follow bool, w fu
 	defer cancel()
 	if states, err := n.WatchJob(fctx, id); err == nil {
 		go func() {
-			for range states {
+			defer cancel()
+			for {
+				select {
+				case _, ok := <-states:
+					if ok {
+						continue
+					}
+					// The job ended: give the provider's last bytes a moment.
+					select {
+					case <-time.After(logLinger):
+					case <-fctx.Done():
+					}
+					return
+				case <-fctx.Done():
+					return
+				}
 			}
-			// The job ended: give the provider's last bytes a moment.
-			select {
-			case <-time.After(logLinger):
-			case <-fctx.Done():
-			}
-			cancel()
 		}()
 	}
 	_, err = l.follow(fctx, 0, true, w)

@@ -129,7 +129,17 @@ func Start(ctx context.Context, opts Options) (*Testnet, error) {
 // writeGenesis gives the testnet a genesis, unless its members have one: a
 // grant of Options.Credits to every member, bound to the swarm key.
 func (tn *Testnet) writeGenesis(swarmKey []byte) error {
-	if _, err := os.Stat(filepath.Join(tn.members[0].dir, node.GenesisFile)); err == nil {
+	if g, err := os.ReadFile(filepath.Join(tn.members[0].dir, node.GenesisFile)); err == nil {
+		// A reused testnet: members added since get the same genesis
+		// (without a grant of their own).
+		for _, m := range tn.members[1:] {
+			p := filepath.Join(m.dir, node.GenesisFile)
+			if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
+				if err := os.WriteFile(p, g, 0o644); err != nil {
+					return fmt.Errorf("testnet: %w", err)
+				}
+			}
+		}
 		return nil
 	}
 	credits := tn.opts.Credits
@@ -224,6 +234,9 @@ func DefaultConfig(dir, network string) node.Config {
 	cfg.ReconcileInterval = node.Duration(time.Second)
 	cfg.DetectGPUs = false // members declare their GPUs, so runs are the same on every machine
 	cfg.Provider.Executors = []string{"noop", "wasm"}
+	// One compilation cache for every member and testnet on the machine:
+	// the sample module compiles once, not once per node.
+	cfg.Provider.WasmCacheDir = filepath.Join(os.TempDir(), "mira-wasm-cache")
 	cfg.Provider.Slots = 4
 	cfg.Market = node.MarketConfig{
 		InteractiveWindow: node.Duration(300 * time.Millisecond),

@@ -210,3 +210,24 @@ func TestServeRejectsGarbageRequest(t *testing.T) {
 		t.Fatalf("garbage request answered with %q", b)
 	}
 }
+
+// Concurrent fetches of one blob, one from a liar, leave the stored blob
+// intact: downloads of a blob take turns.
+func TestConcurrentFetchesDoNotMix(t *testing.T) {
+	good, client := newService(t, 64<<20), newService(t, 64<<20)
+	liar := newHost(t)
+	connect(t, client.host, good.host)
+	connect(t, client.host, liar)
+	data := randomBytes(t, 4*chunkSize)
+	id, _ := good.store.PutBytes(data)
+	serveFake(liar, uint64(len(data)), randomBytes(t, len(data)), nil)
+	done := make(chan error, 2)
+	go func() { _, err := client.Fetch(context.Background(), id, liar.ID()); done <- err }()
+	go func() { _, err := client.Fetch(context.Background(), id, good.host.ID()); done <- err }()
+	<-done
+	<-done
+	got, err := client.store.ReadAll(id)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("stored blob is not the original (%v)", err)
+	}
+}

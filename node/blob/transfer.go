@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,11 +45,15 @@ type Service struct {
 	log   *slog.Logger
 	// Stats counts transfers.
 	Stats Stats
+
+	mu       sync.Mutex
+	fetching map[cid.Cid]*fetchLock // one download per blob at a time
 }
 
 // NewService registers the blob protocol of network on h, serving store.
 func NewService(h host.Host, network string, store *Store, log *slog.Logger) *Service {
-	s := &Service{host: h, store: store, proto: libp2pproto.ID(protocol.BlobProtocol(network)), log: log}
+	s := &Service{host: h, store: store, proto: libp2pproto.ID(protocol.BlobProtocol(network)), log: log,
+		fetching: map[cid.Cid]*fetchLock{}}
 	h.SetStreamHandler(s.proto, s.serve)
 	return s
 }
@@ -97,6 +102,10 @@ func (s *Service) serve(st network.Stream) {
 // download that does not match id is deleted, counted, and fetched again
 // from the next source. It returns the blob's size.
 func (s *Service) Fetch(ctx context.Context, id cid.Cid, sources ...peer.ID) (int64, error) {
+	// Two downloads of one blob must not share its partial file: the
+	// second could write into the first's checked result.
+	unlock := s.lock(id)
+	defer unlock()
 	if f, size, err := s.store.Open(id); err == nil {
 		f.Close()
 		return size, nil
@@ -121,6 +130,34 @@ func (s *Service) Fetch(ctx context.Context, id cid.Cid, sources ...peer.ID) (in
 		}
 	}
 	return 0, fmt.Errorf("fetch %s: %w", id, errors.Join(errs...))
+}
+
+// lock takes the download lock of id; the returned func releases it.
+func (s *Service) lock(id cid.Cid) func() {
+	s.mu.Lock()
+	l, ok := s.fetching[id]
+	if !ok {
+		l = &fetchLock{}
+		s.fetching[id] = l
+	}
+	l.users++
+	s.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		s.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(s.fetching, id)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// fetchLock serialises the downloads of one blob; users counts holders and
+// waiters, so the entry goes when the last one leaves.
+type fetchLock struct {
+	sync.Mutex
+	users int
 }
 
 func (s *Service) fetchFrom(ctx context.Context, id cid.Cid, p peer.ID) (int64, error) {
