@@ -63,7 +63,11 @@ func (n *Node) startLedger(ctx context.Context) error {
 		return err
 	}
 	n.ledger, err = storage.OpenLedger(n.db, n.cfg.Network, g, time.Now,
-		storage.WithStoreHook(func(e storage.Entry) { n.rset.add(e.Hash()) }))
+		storage.WithStoreHook(func(e storage.Entry) { n.rset.add(e.Hash()) }),
+		// Peers' entries are not fsynced one by one: every node ingests
+		// every entry, and what a power loss drops, reconciliation brings
+		// back. Own entries always are.
+		storage.WithReceivedSync(false))
 	if err != nil {
 		return err
 	}
@@ -128,6 +132,12 @@ func (n *Node) publishLedger(kind byte, b []byte) {
 // ones are forwarded; repeats and entries that wait for their predecessors
 // are not; invalid ones are rejected, which costs the sender score.
 func (n *Node) validateLedgerGossip(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	res := pubsub.ValidationIgnore
+	n.withDB(func() { res = n.validateLedgerMessage(from, m) })
+	return res
+}
+
+func (n *Node) validateLedgerMessage(from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 	if from == n.host.ID() {
 		// Our own publication, already in our ledger: validating it again
 		// would find a duplicate and stop it from going out.
@@ -202,61 +212,116 @@ func cost(price uint64, u *pb.Usage, hold uint64) uint64 {
 	return min((lo+999)/1000, hold)
 }
 
-// escrow returns the hold entry that backs an award: the job's open hold
-// if it names this provider and covers the price, else a new one (the old
-// one released in the same batch: a job is re-awarded, maybe dearer).
-func (n *Node) escrow(id protocol.JobID, provider peer.ID, price uint64, spec *pb.JobSpec) ([]byte, error) {
-	amount, err := maxCost(price, spec)
-	if err != nil {
-		return nil, err
-	}
-	job := storage.Hash(id)
-	hold := storage.HoldBody{Job: job, Provider: provider, Amount: amount}
-	e, ok, err := n.ledger.HoldEntry(n.host.ID(), job)
-	if err != nil {
-		return nil, err
-	}
-	if ok {
-		if h, _ := e.Body.(storage.HoldBody); h.Provider == provider && h.Amount >= amount {
-			return e.Encode(), nil
-		}
-		es, err := n.ledger.AppendBatch(n.priv, []storage.Body{storage.ReleaseBody{Job: job}, hold})
+// escrowAll backs a Ready's awards with holds, writing the new ones with
+// one sync. It returns each award's hold entry, or the error that keeps
+// it from being sent.
+func (n *Node) escrowAll(awards []escrowRequest) ([][]byte, []error) {
+	holds, errs := make([][]byte, len(awards)), make([]error, len(awards))
+	var bodies []storage.Body
+	at := make([]int, len(awards)) // index of each new hold in bodies, or -1
+	for i, a := range awards {
+		at[i] = -1
+		job := storage.Hash(a.id)
+		amount, err := maxCost(a.price, a.spec)
 		if err != nil {
-			return nil, err
+			errs[i] = err
+			continue
 		}
-		for _, e := range es {
-			n.publishLedger(ledgerMsgEntry, e.Encode())
+		e, ok, err := n.ledger.HoldEntry(n.host.ID(), job)
+		if err != nil {
+			errs[i] = err
+			continue
 		}
-		return es[1].Encode(), nil
+		if ok {
+			if h, _ := e.Body.(storage.HoldBody); h.Provider == a.provider && h.Amount >= amount {
+				holds[i] = e.Encode()
+				continue
+			}
+			bodies = append(bodies, storage.ReleaseBody{Job: job})
+		}
+		at[i] = len(bodies)
+		bodies = append(bodies, storage.HoldBody{Job: job, Provider: a.provider, Amount: amount})
 	}
-	if e, err = n.appendEntry(hold); err != nil {
-		return nil, err
+	written := n.appendAll(bodies, "escrow")
+	for i, k := range at {
+		switch {
+		case k < 0:
+		case written[k] == nil:
+			errs[i] = errors.New("the ledger refused the hold (not enough credits?)")
+		default:
+			holds[i] = written[k].Encode()
+		}
 	}
-	return e.Encode(), nil
+	return holds, errs
+}
+
+// escrowRequest is an award to back with a hold.
+type escrowRequest struct {
+	id       protocol.JobID
+	provider peer.ID
+	price    uint64
+	spec     *pb.JobSpec
 }
 
 // settle closes a finished job's hold: a payment to the provider whose
 // result was accepted, for the usage its receipt states, or a release.
 // The hold stays open until then, so a crash between the two is settled
 // on restart.
-func (n *Node) settle(j *market.Job) {
+func (n *Node) settle(jobs ...*market.Job) {
+	var bodies []storage.Body
+	for _, j := range jobs {
+		if b := n.settlement(j); b != nil {
+			bodies = append(bodies, b)
+		}
+	}
+	n.appendAll(bodies, "settle jobs")
+}
+
+// settlement is the entry that settles a finished job's open hold; nil if
+// the job has not finished or has no open hold.
+func (n *Node) settlement(j *market.Job) storage.Body {
 	if !j.State.Terminal() {
-		return
+		return nil
 	}
 	hold, ok, err := n.ledger.HoldFor(n.host.ID(), storage.Hash(j.ID))
 	if err != nil || !ok {
-		return
+		return nil
 	}
-	var body storage.Body = storage.ReleaseBody{Job: storage.Hash(j.ID)}
 	if j.State == market.Succeeded && len(j.Receipt) > 0 {
-		body = storage.PaymentBody{
+		return storage.PaymentBody{
 			Job: storage.Hash(j.ID), To: j.Provider, Receipt: sha256.Sum256(j.Receipt),
 			Amount: cost(j.Price, j.Usage, hold.Amount),
 		}
 	}
-	if _, err := n.appendEntry(body); err != nil {
-		n.log.Error("settle job", "job", j.ID, "err", err)
+	return storage.ReleaseBody{Job: storage.Hash(j.ID)}
+}
+
+// appendAll writes bodies to this node's chain with one sync per batch and
+// gossips them; if a batch is refused (all or nothing), its bodies are
+// written one by one, so one bad entry costs only itself. It returns the
+// entries written, nil where a body was refused.
+func (n *Node) appendAll(bodies []storage.Body, what string) []*storage.Entry {
+	out := make([]*storage.Entry, len(bodies))
+	for start := 0; start < len(bodies); start += storage.MaxAppendBatch {
+		chunk := bodies[start:min(start+storage.MaxAppendBatch, len(bodies))]
+		es, err := n.ledger.AppendBatch(n.priv, chunk)
+		if err == nil {
+			for i := range es {
+				out[start+i] = &es[i]
+				n.publishLedger(ledgerMsgEntry, es[i].Encode())
+			}
+			continue
+		}
+		for i, b := range chunk {
+			e, err := n.appendEntry(b)
+			if err != nil {
+				n.log.Error(what, "kind", b.Kind(), "err", err)
+				continue
+			}
+			out[start+i] = &e
+		}
 	}
+	return out
 }
 
 // checkHold makes sure the requester escrowed a lease's maximum cost before
@@ -268,9 +333,20 @@ func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 		return errors.New("award without an escrow hold")
 	}
 	_, err := n.ledger.Ingest(l.Hold)
-	if errors.Is(err, storage.ErrGap) {
-		if err = n.syncChain(ctx, l.Requester); err == nil {
-			_, err = n.ledger.Ingest(l.Hold)
+	// A hold that waits for earlier entries of the requester's chain (they
+	// come by gossip, maybe after the award) is fetched from the requester,
+	// retrying until the lease's deadline.
+	for delay := 50 * time.Millisecond; errors.Is(err, storage.ErrGap); delay = min(2*delay, time.Second) {
+		if serr := n.syncChainOnce(ctx, l.Requester); serr != nil {
+			n.log.Debug("fetch requester's chain", "requester", l.Requester, "err", serr)
+		}
+		if _, err = n.ledger.Ingest(l.Hold); !errors.Is(err, storage.ErrGap) {
+			break
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return fmt.Errorf("escrow hold: %w", ctx.Err())
 		}
 	}
 	if err != nil && !errors.Is(err, storage.ErrDuplicate) {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -59,6 +60,12 @@ func readFrameLimit(r *bufio.Reader, limit uint64) ([]byte, error) {
 
 // handleSync answers a ledger sync request from a peer.
 func (n *Node) handleSync(st network.Stream) {
+	if !n.withDB(func() { n.serveSync(st) }) {
+		st.Reset()
+	}
+}
+
+func (n *Node) serveSync(st network.Stream) {
 	defer st.Close()
 	st.SetDeadline(time.Now().Add(syncTimeout))
 	br := bufio.NewReader(st)
@@ -108,6 +115,21 @@ func (n *Node) serveChain(br *bufio.Reader, bw *bufio.Writer) error {
 		}
 	}
 	return writeFrame(bw, nil)
+}
+
+// syncChainOnce runs syncChain for account, one caller at a time: callers
+// that queued behind a fetch find its entries already in the ledger.
+func (n *Node) syncChainOnce(ctx context.Context, account peer.ID) error {
+	n.chainMu.Lock()
+	m, ok := n.chainSyncs[account]
+	if !ok {
+		m = &sync.Mutex{}
+		n.chainSyncs[account] = m
+	}
+	n.chainMu.Unlock()
+	m.Lock()
+	defer m.Unlock()
+	return n.syncChain(ctx, account)
 }
 
 // syncChain fetches an account's chain from p, from this node's head of it

@@ -313,9 +313,7 @@ func (d *marketDriver) processReady(ctx context.Context, r market.Ready) (change
 			d.n.log.Error("persist jobs; not sending", "err", err)
 			return false
 		}
-		for _, j := range r.Save {
-			d.n.settle(j)
-		}
+		d.n.settle(r.Save...)
 	}
 	// One message may go to several peers and to gossip (an interactive
 	// offer); sign it once.
@@ -328,10 +326,12 @@ func (d *marketDriver) processReady(ctx context.Context, r market.Ready) (change
 		signed[m] = raw
 		return raw, err
 	}
+	if d.attachHolds(r.Send) {
+		changed = true
+	}
 	for _, o := range r.Send {
-		if a := o.Msg.GetAward(); a != nil && !d.attachHold(a) {
-			changed = true
-			continue
+		if a := o.Msg.GetAward(); a != nil && a.Hold == nil {
+			continue // no escrow: the job was cancelled
 		}
 		raw, err := sign(o.Msg)
 		if err != nil {
@@ -368,23 +368,42 @@ func (d *marketDriver) processReady(ctx context.Context, r market.Ready) (change
 	return changed
 }
 
-// attachHold escrows an award's maximum cost in the ledger and puts the
-// hold entry into the award. Without the funds the job is cancelled and
-// the award not sent.
-func (d *marketDriver) attachHold(a *pb.Award) bool {
-	id := protocol.JobID(a.JobId)
-	j, ok := d.eng.Job(id)
-	if !ok {
+// attachHolds escrows each award's maximum cost in the ledger (new holds
+// with one sync) and puts the hold entry into the award. A job whose award
+// cannot be backed is cancelled, and its award left without a hold (not
+// sent); it reports whether that happened.
+func (d *marketDriver) attachHolds(send []market.Outbound) (cancelled bool) {
+	var (
+		awards []*pb.Award
+		reqs   []escrowRequest
+	)
+	for _, o := range send {
+		a := o.Msg.GetAward()
+		if a == nil {
+			continue
+		}
+		id := protocol.JobID(a.JobId)
+		j, ok := d.eng.Job(id)
+		if !ok {
+			continue
+		}
+		awards = append(awards, a)
+		reqs = append(reqs, escrowRequest{id: id, provider: j.Provider, price: a.Price, spec: j.Spec()})
+	}
+	if len(reqs) == 0 {
 		return false
 	}
-	hold, err := d.n.escrow(id, j.Provider, a.Price, j.Spec())
-	if err != nil {
-		d.n.log.Warn("no escrow for an award; job cancelled", "job", id, "err", err)
-		d.eng.Cancel(time.Now(), id, "escrow failed: "+err.Error())
-		return false
+	holds, errs := d.n.escrowAll(reqs)
+	for i, a := range awards {
+		if errs[i] != nil {
+			d.n.log.Warn("no escrow for an award; job cancelled", "job", reqs[i].id, "err", errs[i])
+			d.eng.Cancel(time.Now(), reqs[i].id, "escrow failed: "+errs[i].Error())
+			cancelled = true
+			continue
+		}
+		a.Hold = holds[i]
 	}
-	a.Hold = hold
-	return true
+	return cancelled
 }
 
 func (d *marketDriver) sign(m *pb.MarketMessage) ([]byte, error) {
@@ -470,7 +489,16 @@ func (d *marketDriver) notify(j *market.Job) {
 	for _, ch := range d.watchers[j.ID] {
 		select {
 		case ch <- *j:
-		default: // a slow watcher misses intermediate states, not the last
+		default:
+			// A slow watcher misses intermediate states, not the last:
+			// the oldest queued state makes room for it.
+			if j.State.Terminal() {
+				select {
+				case <-ch:
+				default:
+				}
+				ch <- *j
+			}
 		}
 	}
 	if j.State.Terminal() {

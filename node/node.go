@@ -64,16 +64,23 @@ type Node struct {
 	reconcileMu    sync.Mutex
 	reconcileStats ReconcileStats
 	connected      chan peer.ID
-	logs           *logBook
-	executors      executor.Set
-	gpuMu          sync.Mutex
-	nextGPU        int
-	metrics        *prometheus.Registry
-	api            *http.Server
-	apiAddr        string
-	bootstrap      []peer.AddrInfo
-	started        time.Time
-	readyAt        time.Duration
+	// dbGate keeps callbacks that libp2p runs on its own goroutines (topic
+	// validators, stream handlers) off the database once Close closes it.
+	dbGate   sync.RWMutex
+	dbClosed bool
+	// chainSyncs serialises fetches of one account's chain.
+	chainMu    sync.Mutex
+	chainSyncs map[peer.ID]*sync.Mutex
+	logs       *logBook
+	executors  executor.Set
+	gpuMu      sync.Mutex
+	nextGPU    int
+	metrics    *prometheus.Registry
+	api        *http.Server
+	apiAddr    string
+	bootstrap  []peer.AddrInfo
+	started    time.Time
+	readyAt    time.Duration
 
 	ready  atomic.Bool
 	runCtx context.Context // ends when Close begins
@@ -116,17 +123,18 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	n := &Node{
-		cfg:       cfg,
-		log:       o.log,
-		bootstrap: bootstrap,
-		started:   started,
-		metrics:   prometheus.NewRegistry(),
-		priv:      priv,
-		runCtx:    runCtx,
-		cancel:    cancel,
-		redial:    make(chan peer.ID, 16),
-		connected: make(chan peer.ID, 16),
-		rset:      &ledgerSet{set: storage.NewReconcileSet(reconcileCapacity)},
+		cfg:        cfg,
+		log:        o.log,
+		bootstrap:  bootstrap,
+		started:    started,
+		metrics:    prometheus.NewRegistry(),
+		priv:       priv,
+		runCtx:     runCtx,
+		cancel:     cancel,
+		redial:     make(chan peer.ID, 16),
+		connected:  make(chan peer.ID, 16),
+		chainSyncs: map[peer.ID]*sync.Mutex{},
+		rset:       &ledgerSet{set: storage.NewReconcileSet(reconcileCapacity)},
 	}
 	n.capacity.changed = make(chan struct{}, 1)
 	n.capacity.cache = market.NewProviderCache()
@@ -304,6 +312,9 @@ func (n *Node) Close() error {
 		if n.host != nil {
 			errs = append(errs, n.host.Close())
 		}
+		n.dbGate.Lock()
+		n.dbClosed = true
+		n.dbGate.Unlock()
 		if n.db != nil {
 			errs = append(errs, n.db.Close())
 		}
@@ -313,6 +324,18 @@ func (n *Node) Close() error {
 		n.closeExecutors()
 	})
 	return errors.Join(errs...)
+}
+
+// withDB runs f unless the node's database is closed (or closing), and
+// reports whether it ran.
+func (n *Node) withDB(f func()) bool {
+	n.dbGate.RLock()
+	defer n.dbGate.RUnlock()
+	if n.dbClosed {
+		return false
+	}
+	f()
+	return true
 }
 
 // ID is the node's peer ID.

@@ -56,6 +56,9 @@ type Ledger struct {
 	workers  int
 	pendingN int
 	onStore  func(Entry)
+	// syncReceived syncs ingested entries of other accounts, not only
+	// this node's own (see WithReceivedSync).
+	syncReceived bool
 
 	mu      sync.Mutex
 	accts   map[peer.ID]acctState // committed account states, loaded lazily
@@ -127,11 +130,12 @@ func OpenLedger(db *DB, network string, genesis *Genesis, clock func() time.Time
 	}
 	l := &Ledger{
 		db: db, network: network, genesis: genesis, clock: clock,
-		grants:   make(map[peer.ID]uint64, len(genesis.Grants)),
-		maxSkew:  DefaultMaxClockSkew,
-		workers:  runtime.GOMAXPROCS(0),
-		pendingN: DefaultPendingLimit,
-		accts:    make(map[peer.ID]acctState),
+		grants:       make(map[peer.ID]uint64, len(genesis.Grants)),
+		maxSkew:      DefaultMaxClockSkew,
+		workers:      runtime.GOMAXPROCS(0),
+		pendingN:     DefaultPendingLimit,
+		syncReceived: true,
+		accts:        make(map[peer.ID]acctState),
 	}
 	for _, o := range opts {
 		if err := o(l); err != nil {
@@ -294,6 +298,7 @@ func (l *Ledger) Ingest(raw []byte) (Entry, error) {
 		return e, p.waitErr
 	}
 	r := l.newRun()
+	r.received = true
 	defer func() { r.t.txn.Discard() }()
 	err = r.process(c)
 	if isStoreErr(err) {
@@ -340,6 +345,7 @@ func (l *Ledger) IngestMany(raws [][]byte) (IngestResult, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	r := l.newRun()
+	r.received = true
 	defer func() { r.t.txn.Discard() }()
 	for i, c := range cs {
 		ready(i)
@@ -409,6 +415,7 @@ type run struct {
 	now      int64 // limit for entry times, Unix nanoseconds
 	accepted int   // entries stored so far, over all transactions
 	dirty    bool  // a transaction was committed: sync at the end
+	received bool  // only others' entries: synced if the ledger says so
 }
 
 func (l *Ledger) newRun() *run {
@@ -454,7 +461,7 @@ func (r *run) finish() error {
 		return err
 	}
 	r.res.Pending = r.l.pending.len()
-	if !r.dirty {
+	if !r.dirty || r.received && !r.l.syncReceived {
 		return nil
 	}
 	if err := r.l.db.bdb.Sync(); err != nil {

@@ -47,3 +47,15 @@ func WithStoreHook(f func(Entry)) LedgerOption {
 		return nil
 	}
 }
+
+// WithReceivedSync sets whether Ingest and IngestMany sync the entries
+// they store (default true). Append always syncs: a node's own entries
+// must survive a power loss, since it may have acted on them. Entries from
+// peers need not: a process crash loses nothing the OS holds, and what a
+// power loss drops, reconciliation fetches again.
+func WithReceivedSync(sync bool) LedgerOption {
+	return func(l *Ledger) error {
+		l.syncReceived = sync
+		return nil
+	}
+}

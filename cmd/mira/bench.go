@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"time"
 
@@ -136,7 +137,7 @@ func pct(sorted []time.Duration, p int) time.Duration {
 
 func newBenchMarketCmd(g *globals) *cobra.Command {
 	var nodes, providers, jobs, burst, slots int
-	var executor string
+	var executor, cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "market",
 		Short: "Time submit-to-lease and submit-to-done of each tier on an in-process testnet (noop or wasm jobs)",
@@ -148,6 +149,17 @@ func newBenchMarketCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer cleanup()
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			out := cmd.OutOrStdout()
 			for _, tier := range []string{protocol.TierInteractive, protocol.TierBatch} {
 				var took, done []time.Duration
@@ -197,6 +209,7 @@ func newBenchMarketCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&burst, "burst", 1000, "batch jobs posted at once, for leases/s (0: skip)")
 	cmd.Flags().IntVar(&slots, "slots", 1024, "slots per provider")
 	cmd.Flags().StringVar(&executor, "executor", "noop", "noop, or wasm (the shipped sample module, echo hi)")
+	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the timed part to this file")
 	return cmd
 }
 
@@ -220,17 +233,25 @@ func benchBurst(ctx context.Context, out io.Writer, asker *node.Node, n int) err
 	posted := time.Since(start)
 	var lastLease time.Duration
 	succeeded := 0
+	failures := map[string]int{}
 	for _, ch := range chans {
 		leased := false
+		var last market.Job
 		for s := range ch {
 			if !leased && (s.State == market.Running || s.State.Terminal()) {
 				leased = true
 				lastLease = max(lastLease, time.Since(start))
 			}
-			if s.State == market.Succeeded {
-				succeeded++
-			}
+			last = s
 		}
+		if last.State == market.Succeeded {
+			succeeded++
+		} else {
+			failures[string(last.State)+": "+last.Error]++
+		}
+	}
+	for why, count := range failures {
+		fmt.Fprintf(out, "burst: %d jobs ended %s\n", count, why)
 	}
 	took := time.Since(start)
 	fmt.Fprintf(out, "burst: %d batch jobs posted in %v; all leased after %v (%.0f leases/s), all ended after %v, %d succeeded\n",
