@@ -37,7 +37,7 @@ const maxNetworkName = 64
 //
 //	{
 //	  "network": "lab",
-//	  "swarm_key_fingerprint": "<hex SHA-256 of the swarm key file, or empty>",
+//	  "swarm_key_fingerprint": "<the swarm key fingerprint mira init prints, or empty>",
 //	  "grants": [{"peer": "12D3KooW…", "amount": 1000000}],
 //	  "faucet": {"amount": 1000}
 //	}
@@ -205,9 +205,3 @@ func (g *Genesis) Hash() Hash {
 	return sha256.Sum256(out)
 }
 
-// SwarmKeyFingerprint returns the hex SHA-256 of a swarm key file's
-// contents, the form a genesis file records.
-func SwarmKeyFingerprint(swarmKeyFile []byte) string {
-	sum := sha256.Sum256(swarmKeyFile)
-	return hex.EncodeToString(sum[:])
-}
