@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/storage"
@@ -219,4 +221,47 @@ func mustHash(t *testing.T, s string) storage.Hash {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// Garbage on the ledger-sync and log streams costs the sender its stream,
+// never the node: afterwards it still reconciles.
+func TestGarbageOnLedgerAndLogStreamsIsHarmless(t *testing.T) {
+	tn := startTestnet(t, 2, nil)
+	ctx := context.Background()
+	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	victim, rogue := tn.Node(0), tn.Node(1).Host()
+	huge := []byte{0xff, 0xff, 0xff, 0xff, 0x0f} // a frame length of 4 GiB
+	for _, tc := range []struct {
+		proto string
+		data  []byte
+	}{
+		{"/reconcile/1", append([]byte{2}, huge...)},         // reconcile, oversized frame
+		{"/reconcile/1", append([]byte{2, 5}, "junk!"...)},   // reconcile, garbage frame
+		{"/reconcile/1", []byte{1, 3, 1, 2, 3}},              // chain request too short
+		{"/reconcile/1", append([]byte{3, 4}, "abcd"...)},    // listing answered, then a bad request
+		{"/reconcile/1", []byte{99}},                         // unknown request
+		{"/logs/1", huge},                                    // oversized header
+		{"/logs/1", append([]byte{40}, make([]byte, 40)...)}, // a log for a job it does not hold
+		{"/blob/1", append([]byte{10}, make([]byte, 10)...)}, // not a content ID
+	} {
+		st, err := rogue.NewStream(ctx, victim.ID(), protocolID("testnet", tc.proto))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Write(tc.data)
+		st.CloseWrite()
+		st.SetReadDeadline(time.Now().Add(10 * time.Second))
+		io.Copy(io.Discard, st)
+		st.Close()
+	}
+	if err := tn.Node(1).Reconcile(ctx, victim.ID()); err != nil {
+		t.Fatalf("reconcile after the garbage: %v", err)
+	}
+	ledgersAgree(t, tn)
+}
+
+func protocolID(network, suffix string) libp2pproto.ID {
+	return libp2pproto.ID("/mira/" + network + suffix)
 }
