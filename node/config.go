@@ -16,6 +16,7 @@ import (
 
 	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/storage"
 )
 
 // Files in a node's data dir.
@@ -41,6 +42,11 @@ type Config struct {
 	// ReconcileInterval is how often the node reconciles its ledger with
 	// a random peer (and it does with every peer it connects to).
 	ReconcileInterval Duration `toml:"reconcile_interval"`
+	// ReconcileSymbols is how many coded symbols of its ledger the node
+	// keeps for reconciliation (48 bytes each); a session decodes a
+	// difference of up to about 70 % of it, a larger one falls back to a
+	// listing of every hash.
+	ReconcileSymbols int `toml:"reconcile_symbols"`
 	// MaxBlobSize bounds a blob (job input or result) this node stores or
 	// fetches, in bytes.
 	MaxBlobSize int64 `toml:"max_blob_size"`
@@ -144,6 +150,7 @@ func DefaultConfig(dataDir string) Config {
 		DetectGPUs:        true,
 		MaxBlobSize:       1 << 30,
 		ReconcileInterval: Duration(10 * time.Second),
+		ReconcileSymbols:  storage.DefaultReconcileCapacity,
 		Provider: ProviderConfig{
 			Slots:            1,
 			PriceInteractive: 0.002,
@@ -238,6 +245,9 @@ func (c Config) Validate() error {
 		if d <= 0 {
 			return fmt.Errorf("config: market.%s must be positive", name)
 		}
+	}
+	if c.ReconcileSymbols < 256 || c.ReconcileSymbols > storage.MaxReconcileCapacity {
+		return fmt.Errorf("config: reconcile_symbols must be in 256..%d", storage.MaxReconcileCapacity)
 	}
 	if c.MaxBlobSize <= 0 {
 		return errors.New("config: max_blob_size must be positive")

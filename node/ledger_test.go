@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 
@@ -264,4 +265,46 @@ func TestGarbageOnLedgerAndLogStreamsIsHarmless(t *testing.T) {
 
 func protocolID(network, suffix string) libp2pproto.ID {
 	return libp2pproto.ID("/mira/" + network + suffix)
+}
+
+// A difference too large for the coded symbols a node keeps falls back to
+// a listing of hashes, and the ledgers still converge.
+func TestReconcileFallsBackToListing(t *testing.T) {
+	tn := startTestnet(t, 2, func(_ int, cfg *node.Config) {
+		cfg.ReconcileSymbols = 256 // decodes ~180 differences
+		cfg.ReconcileInterval = node.Duration(time.Hour)
+	})
+	ctx := context.Background()
+	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	// 500 entries only node 0 has: lease records of 5 fresh accounts.
+	var raws [][]byte
+	for a := range 5 {
+		priv, _, err := crypto.GenerateEd25519Key(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := peer.IDFromPrivateKey(priv)
+		var prev storage.Hash
+		for seq := uint64(1); seq <= 100; seq++ {
+			e := storage.Entry{Account: id, Seq: seq, Prev: prev, Time: time.Now().Add(-time.Minute),
+				Body: storage.LeaseBody{Job: storage.Hash{byte(a), byte(seq)}, Requester: id, Price: 1}}
+			if err := e.Sign("testnet", priv); err != nil {
+				t.Fatal(err)
+			}
+			raws = append(raws, e.Encode())
+			prev = e.Hash()
+		}
+	}
+	if res, err := tn.Node(0).Ledger().IngestMany(raws); err != nil || len(res.Accepted) != len(raws) {
+		t.Fatalf("ingest: %d of %d, %v", len(res.Accepted), len(raws), err)
+	}
+	if err := tn.Node(1).Reconcile(ctx, tn.Node(0).ID()); err != nil {
+		t.Fatal(err)
+	}
+	if st := tn.Node(1).ReconcileStats(); st.Fallbacks == 0 || st.Received < len(raws) {
+		t.Fatalf("stats %+v: want a fallback that received all %d entries", st, len(raws))
+	}
+	ledgersAgree(t, tn)
 }

@@ -134,7 +134,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		redial:     make(chan peer.ID, 16),
 		connected:  make(chan peer.ID, 16),
 		chainSyncs: map[peer.ID]*sync.Mutex{},
-		rset:       &ledgerSet{set: storage.NewReconcileSet(reconcileCapacity)},
+		rset:       &ledgerSet{set: storage.NewReconcileSet(cfg.ReconcileSymbols)},
 	}
 	n.capacity.changed = make(chan struct{}, 1)
 	n.capacity.cache = market.NewProviderCache()

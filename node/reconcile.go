@@ -15,11 +15,6 @@ import (
 	"github.com/mira-market/mira/storage"
 )
 
-// reconcileCapacity is the coded symbols a node keeps of its ledger: about
-// 12 MiB at most, decoding a difference of up to ~46,000 entries in one
-// session. A larger difference (a new node) falls back to a listing.
-const reconcileCapacity = storage.DefaultReconcileCapacity
-
 // ledgerSet is the node's reconciliation summary of its ledger: every
 // stored entry's hash, kept current by the ledger's store hook.
 type ledgerSet struct {
@@ -200,7 +195,10 @@ func (n *Node) serveReconcile(br *bufio.Reader, bw *bufio.Writer) error {
 			return ferr
 		}
 		if err != nil {
-			return err
+			// The abort frame is out; ending the stream cleanly lets the
+			// initiator read it (a reset could overtake it) and fall back.
+			n.log.Debug("reconcile session ended", "err", err)
+			return nil
 		}
 	}
 	return n.exchangeEntries(br, bw, r.Extra(), false)
@@ -307,37 +305,24 @@ func (n *Node) fetchListing(ctx context.Context, p peer.ID) error {
 		return err
 	}
 	var want [][32]byte
-	for {
-		frame, err := readFrame(br)
-		if err != nil {
-			return fmt.Errorf("listing: %w", err)
-		}
-		if len(frame) == 0 {
-			break
-		}
-		if len(frame)%32 != 0 {
-			return errors.New("listing: frame is not a list of hashes")
-		}
-		for i := 0; i < len(frame) && len(want) < maxSyncEntries; i += 32 {
-			h := storage.Hash(frame[i : i+32])
+	err = readHashes(br, func(h [32]byte) error {
+		if len(want) < maxSyncEntries {
 			if _, err := n.ledger.EntryByHash(h); err != nil {
 				want = append(want, h)
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("listing: %w", err)
 	}
-	for i := 0; i < len(want); i += hashesPerFrame {
-		var frame []byte
-		for _, h := range want[i:min(i+hashesPerFrame, len(want))] {
-			frame = append(frame, h[:]...)
-		}
-		if err := writeFrame(bw, frame); err != nil {
+	hw := hashWriter{bw: bw}
+	for _, h := range want {
+		if err := hw.add(h); err != nil {
 			return err
 		}
 	}
-	if err := writeFrame(bw, nil); err != nil {
-		return err
-	}
-	if err := bw.Flush(); err != nil {
+	if err := hw.end(); err != nil {
 		return err
 	}
 	return n.receiveEntries(br)
@@ -346,45 +331,78 @@ func (n *Node) fetchListing(ctx context.Context, p peer.ID) error {
 // serveListing answers fetchListing: every entry hash, then the entries
 // asked for.
 func (n *Node) serveListing(br *bufio.Reader, bw *bufio.Writer) error {
-	var frame []byte
+	hw := hashWriter{bw: bw}
 	for item, err := range n.ledger.Items() {
 		if err != nil {
 			return err
 		}
-		frame = append(frame, item.Hash[:]...)
-		if len(frame) == hashesPerFrame*32 {
-			if err := writeFrame(bw, frame); err != nil {
-				return err
-			}
-			frame = frame[:0]
-		}
-	}
-	if len(frame) > 0 {
-		if err := writeFrame(bw, frame); err != nil {
+		if err := hw.add(item.Hash); err != nil {
 			return err
 		}
 	}
-	if err := writeFrame(bw, nil); err != nil {
-		return err
-	}
-	if err := bw.Flush(); err != nil {
+	if err := hw.end(); err != nil {
 		return err
 	}
 	var asked [][32]byte
+	err := readHashes(br, func(h [32]byte) error {
+		if len(asked) == maxSyncEntries {
+			return fmt.Errorf("more than %d hashes asked for", maxSyncEntries)
+		}
+		asked = append(asked, h)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("listing request: %w", err)
+	}
+	return n.sendEntries(bw, asked)
+}
+
+// hashWriter writes a list of hashes as full frames, then an empty frame,
+// and flushes.
+type hashWriter struct {
+	bw    *bufio.Writer
+	frame []byte
+}
+
+func (w *hashWriter) add(h [32]byte) error {
+	if w.frame = append(w.frame, h[:]...); len(w.frame) < hashesPerFrame*32 {
+		return nil
+	}
+	err := writeFrame(w.bw, w.frame)
+	w.frame = w.frame[:0]
+	return err
+}
+
+func (w *hashWriter) end() error {
+	if len(w.frame) > 0 {
+		if err := writeFrame(w.bw, w.frame); err != nil {
+			return err
+		}
+	}
+	if err := writeFrame(w.bw, nil); err != nil {
+		return err
+	}
+	return w.bw.Flush()
+}
+
+// readHashes reads hash frames until an empty one, passing each hash to
+// use; an error from use ends the read.
+func readHashes(br *bufio.Reader, use func([32]byte) error) error {
 	for {
 		frame, err := readFrame(br)
 		if err != nil {
-			return fmt.Errorf("listing request: %w", err)
+			return err
 		}
 		if len(frame) == 0 {
-			break
+			return nil
 		}
-		if len(frame)%32 != 0 || len(asked)+len(frame)/32 > maxSyncEntries {
-			return errors.New("listing request: not a bounded list of hashes")
+		if len(frame)%32 != 0 {
+			return errors.New("frame is not a list of hashes")
 		}
 		for i := 0; i < len(frame); i += 32 {
-			asked = append(asked, [32]byte(frame[i:i+32]))
+			if err := use([32]byte(frame[i : i+32])); err != nil {
+				return err
+			}
 		}
 	}
-	return n.sendEntries(bw, asked)
 }
