@@ -204,4 +204,3 @@ func (g *Genesis) Hash() Hash {
 	}
 	return sha256.Sum256(out)
 }
-
