@@ -1,6 +1,7 @@
 package node_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -12,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/moby/moby/client"
 
 	"github.com/mira-market/mira/node"
@@ -239,5 +242,63 @@ func TestProcessJobEndToEnd(t *testing.T) {
 	done := waitJobs(t, c, []string{j.ID}, "succeeded", time.Minute)[j.ID]
 	if got := string(result(t, c, done)); got != "ran as a job in job\n" {
 		t.Fatalf("result %q", got)
+	}
+}
+
+// askBlob asks p for a blob over the blob protocol from n's host and
+// returns the answer's status.
+func askBlob(t *testing.T, n *node.Node, p peer.ID, id string) byte {
+	t.Helper()
+	c, _, err := protocol.ParseBlobID(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := n.Host().NewStream(context.Background(), p, libp2pproto.ID(protocol.BlobProtocol("testnet")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.Write(protocol.Frame(protocol.BlobRequest{ID: c}.Encode()))
+	st.CloseWrite()
+	h, err := protocol.ReadBlobHeader(bufio.NewReader(st))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h.Status
+}
+
+func TestBlobsAreSharedOnlyWithTheJob(t *testing.T) {
+	tn := startTestnet(t, 3, func(i int, cfg *node.Config) {
+		testnet.WithProviders(1)(i, cfg)
+		cfg.Provider.Executors = []string{"wasm"}
+	})
+	if err := testnet.WaitFor(context.Background(), deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	c := clientFor(t, tn, 0)
+	queryUntil(t, c, api.ProviderQuery{GPU: "any"}, []string{tn.Node(1).ID().String()})
+	in, err := c.PutBlob(context.Background(), strings.NewReader("private input\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := wasmJob("sample", "readfile", "/inputs/"+in.ID)
+	req.Inputs = []string{in.ID}
+	j, err := c.SubmitJob(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := waitJobs(t, c, []string{j.ID}, "succeeded", time.Minute)[j.ID]
+	if got := string(result(t, c, done)); got != "private input\n" {
+		t.Fatalf("result %q", got)
+	}
+	outsider, requester, provider := tn.Node(2), tn.Node(0), tn.Node(1)
+	if s := askBlob(t, outsider, provider.ID(), done.ResultID); s != protocol.BlobRefused {
+		t.Fatalf("an outsider asking the provider for the result got status %d", s)
+	}
+	if s := askBlob(t, outsider, requester.ID(), in.ID); s != protocol.BlobRefused {
+		t.Fatalf("an outsider asking the requester for the input got status %d", s)
+	}
+	if s := askBlob(t, requester, provider.ID(), done.ResultID); s != protocol.BlobOK {
+		t.Fatalf("the requester asking for its result got status %d", s)
 	}
 }

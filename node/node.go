@@ -71,6 +71,9 @@ type Node struct {
 	// chainSyncs serialises fetches of one account's chain.
 	chainMu    sync.Mutex
 	chainSyncs map[peer.ID]*sync.Mutex
+	// results maps the content ID of each result this provider produced to
+	// the requester it belongs to (see blobAllowed).
+	results sync.Map
 	logs       *logBook
 	executors  executor.Set
 	gpuMu      sync.Mutex
@@ -226,6 +229,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	}
 	n.registerMetrics()
 	n.blobs = blob.NewService(n.host, cfg.Network, blobs, o.log)
+	n.blobs.SetAllow(n.blobAllowed)
 	n.host.SetStreamHandler(libp2pproto.ID(protocol.LogsProtocol(cfg.Network)), n.handleLogs)
 
 	n.host.Network().Notify(&network.NotifyBundle{

@@ -5,7 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
@@ -46,6 +50,34 @@ func (d *marketDriver) collectResult(j *market.Job) {
 		}
 		d.do(d.n.runCtx, func() { delete(d.collecting, j.ID) })
 	}()
+}
+
+// blobAllowed decides who may fetch a blob from this node: a job's
+// requester its result, from the provider that produced it; a lease holder
+// the module and inputs of the job it holds, from the job's requester.
+// Nothing else is shared: a content ID alone (the ledger's receipts name
+// results) is not a right to the content.
+func (n *Node) blobAllowed(p peer.ID, id cid.Cid) bool {
+	if r, ok := n.results.Load(id); ok {
+		return r.(peer.ID) == p
+	}
+	if n.market == nil {
+		return false
+	}
+	allowed := false
+	n.market.do(n.runCtx, func() {
+		for _, j := range n.market.eng.Jobs() {
+			if j.Provider != p || j.State.Terminal() {
+				continue
+			}
+			spec := j.Spec()
+			if spec.GetModule() == id.String() || slices.Contains(spec.GetInputs(), id.String()) {
+				allowed = true
+				return
+			}
+		}
+	})
+	return allowed
 }
 
 // JobResult opens a finished job's result blob, fetching it from the

@@ -48,7 +48,13 @@ type Service struct {
 
 	mu       sync.Mutex
 	fetching map[cid.Cid]*fetchLock // one download per blob at a time
+
+	allow func(peer.ID, cid.Cid) bool
 }
+
+// SetAllow sets who may fetch what: a request for id from p is served only
+// if allow(p, id). Without it every peer may fetch every blob.
+func (s *Service) SetAllow(allow func(p peer.ID, id cid.Cid) bool) { s.allow = allow }
 
 // NewService registers the blob protocol of network on h, serving store.
 func NewService(h host.Host, network string, store *Store, log *slog.Logger) *Service {
@@ -71,6 +77,10 @@ func (s *Service) serve(st network.Stream) {
 	if err != nil {
 		s.log.Debug("bad blob request", "peer", st.Conn().RemotePeer(), "err", err)
 		st.Reset()
+		return
+	}
+	if s.allow != nil && !s.allow(st.Conn().RemotePeer(), req.ID) {
+		st.Write(protocol.Frame(protocol.BlobHeader{Status: protocol.BlobRefused, Message: "not shared with this peer"}.Encode()))
 		return
 	}
 	f, size, err := s.store.Open(req.ID)
@@ -187,7 +197,9 @@ func (s *Service) fetchFrom(ctx context.Context, id cid.Cid, p peer.ID) (int64, 
 	case h.Status == protocol.BlobNotFound:
 		return 0, fmt.Errorf("%w: %s", ErrNotFound, h.Message)
 	case h.Status != protocol.BlobOK:
-		s.store.dropPartial(id) // e.g. our partial is longer than the blob
+		if h.Size > 0 && h.Size < uint64(off) {
+			s.store.dropPartial(id) // our partial is longer than the blob
+		}
 		return 0, fmt.Errorf("refused: %s", h.Message)
 	case h.Size > uint64(s.store.maxSize):
 		return 0, fmt.Errorf("%w: peer offers %d bytes, limit %d", ErrTooLarge, h.Size, s.store.maxSize)
