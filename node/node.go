@@ -73,17 +73,17 @@ type Node struct {
 	chainSyncs map[peer.ID]*sync.Mutex
 	// results maps the content ID of each result this provider produced to
 	// the requester it belongs to (see blobAllowed).
-	results sync.Map
-	logs       *logBook
-	executors  executor.Set
-	gpuMu      sync.Mutex
-	nextGPU    int
-	metrics    *prometheus.Registry
-	api        *http.Server
-	apiAddr    string
-	bootstrap  []peer.AddrInfo
-	started    time.Time
-	readyAt    time.Duration
+	results   sync.Map
+	logs      *logBook
+	executors executor.Set
+	gpuMu     sync.Mutex
+	nextGPU   int
+	metrics   *prometheus.Registry
+	api       *http.Server
+	apiAddr   string
+	bootstrap []peer.AddrInfo
+	started   time.Time
+	readyAt   time.Duration
 
 	ready  atomic.Bool
 	runCtx context.Context // ends when Close begins
