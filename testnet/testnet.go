@@ -242,7 +242,9 @@ func DefaultConfig(dir, network string) node.Config {
 		InteractiveWindow: node.Duration(300 * time.Millisecond),
 		BatchWindow:       node.Duration(300 * time.Millisecond),
 		AcceptTimeout:     node.Duration(5 * time.Second),
-		HeartbeatTimeout:  node.Duration(3 * time.Second),
+		// Generous for 2 cores under -race: a missed beat re-assigns a job
+		// that is running fine (and refuses its result).
+		HeartbeatTimeout: node.Duration(10 * time.Second),
 	}
 	return cfg
 }
