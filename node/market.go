@@ -339,7 +339,10 @@ func (d *marketDriver) processReady(ctx context.Context, r market.Ready) (change
 			continue
 		}
 		if res := o.Msg.GetResult(); res != nil {
-			d.n.recordReceipt(res, raw)
+			// Its synced write stays off the loop: the loop's heartbeats
+			// must not wait for a disk.
+			d.n.wg.Add(1)
+			go func() { defer d.n.wg.Done(); d.n.recordReceipt(res, raw) }()
 		}
 		d.outbox.send(ctx, o.To, raw)
 	}
