@@ -132,9 +132,9 @@ func (n *Node) syncChainOnce(ctx context.Context, account peer.ID) error {
 	return n.syncChain(ctx, account)
 }
 
-// syncChain fetches an account's chain from p, from this node's head of it
-// on, and ingests it: what a provider does when an award's hold follows
-// entries it has not seen.
+// syncChain fetches an account's chain from that account's node, from this
+// node's head of it on, and ingests it: what a provider does when an award's
+// hold follows entries it has not seen.
 func (n *Node) syncChain(ctx context.Context, account peer.ID) error {
 	for range 64 { // bounded: 64 batches of maxChainBatch entries
 		head, err := n.ledger.Head(account)

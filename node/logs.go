@@ -240,7 +240,7 @@ func (n *Node) handleLogs(st network.Stream) {
 	defer st.Close()
 	st.SetReadDeadline(time.Now().Add(10 * time.Second))
 	br := bufio.NewReader(st)
-	raw, err := readUvarintFrame(br, 48)
+	raw, err := readFrameLimit(br, 48)
 	if err != nil || len(raw) < 33 {
 		st.Reset()
 		return
@@ -265,17 +265,4 @@ func (n *Node) handleLogs(st network.Stream) {
 	if _, err := io.Copy(l, io.LimitReader(br, maxJobLog)); err == nil {
 		l.finish() // the provider closes the stream only after the run ended
 	}
-}
-
-func readUvarintFrame(br *bufio.Reader, limit uint64) ([]byte, error) {
-	size, err := binary.ReadUvarint(br)
-	if err != nil {
-		return nil, err
-	}
-	if size > limit {
-		return nil, fmt.Errorf("frame of %d bytes, limit %d", size, limit)
-	}
-	b := make([]byte, size)
-	_, err = io.ReadFull(br, b)
-	return b, err
 }

@@ -23,11 +23,7 @@ func newLedgerCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer cancel()
-			account := ""
-			if len(args) == 1 {
-				account = args[0]
-			}
-			b, err := c.Balance(ctx, account)
+			b, err := c.Balance(ctx, accountArg(args))
 			if err != nil {
 				return err
 			}
@@ -51,11 +47,7 @@ func newLedgerCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer cancel()
-			account := ""
-			if len(args) == 1 {
-				account = args[0]
-			}
-			es, err := c.Entries(ctx, account, after, limit)
+			es, err := c.Entries(ctx, accountArg(args), after, limit)
 			if err != nil {
 				return err
 			}
@@ -98,4 +90,12 @@ func newLedgerCmd(g *globals) *cobra.Command {
 	}
 	cmd.AddCommand(balance, entries, verify)
 	return cmd
+}
+
+// accountArg is the optional ACCOUNT argument; "" means the node's own.
+func accountArg(args []string) string {
+	if len(args) == 1 {
+		return args[0]
+	}
+	return ""
 }
