@@ -212,69 +212,104 @@ func cost(price uint64, u *pb.Usage, hold uint64) uint64 {
 	return min((lo+999)/1000, hold)
 }
 
-// escrowAll backs a Ready's awards with holds, writing the new ones with
-// one sync. It returns each award's hold entry, or the error that keeps
-// it from being sent.
-func (n *Node) escrowAll(awards []escrowRequest) ([][]byte, []error) {
+// escrowWrite is the ledger write that backs awards with holds: a new
+// hold for each (after a release of an old one that does not fit), or the
+// open hold that already covers it. done gets each award's hold entry, or
+// the error that keeps it from being sent.
+func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, errs []error)) *ledgerWrite {
 	holds, errs := make([][]byte, len(awards)), make([]error, len(awards))
-	var bodies []storage.Body
-	at := make([]int, len(awards)) // index of each new hold in bodies, or -1
-	for i, a := range awards {
-		at[i] = -1
-		job := storage.Hash(a.id)
-		amount, err := maxCost(a.price, a.spec)
-		if err != nil {
-			errs[i] = err
-			continue
-		}
-		e, ok, err := n.ledger.HoldEntry(n.host.ID(), job)
-		if err != nil {
-			errs[i] = err
-			continue
-		}
-		if ok {
-			if h, _ := e.Body.(storage.HoldBody); h.Provider == a.provider && h.Amount >= amount {
-				holds[i] = e.Encode()
+	at := make([]int, len(awards)) // index of each new hold in the bodies, or -1
+	w := &ledgerWrite{sends: true}
+	for _, a := range awards {
+		w.jobs = append(w.jobs, a.id)
+	}
+	w.bodies = func() []storage.Body {
+		var bodies []storage.Body
+		for i, a := range awards {
+			at[i] = -1
+			job := storage.Hash(a.id)
+			amount, err := maxCost(a.price, a.spec)
+			if err != nil {
+				errs[i] = err
 				continue
 			}
-			bodies = append(bodies, storage.ReleaseBody{Job: job})
+			e, ok, err := n.ledger.HoldEntry(n.host.ID(), job)
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			if ok {
+				if h, _ := e.Body.(storage.HoldBody); h.Provider == a.provider && h.Amount >= amount {
+					holds[i] = e.Encode()
+					continue
+				}
+				bodies = append(bodies, storage.ReleaseBody{Job: job})
+			}
+			at[i] = len(bodies)
+			bodies = append(bodies, storage.HoldBody{Job: job, Provider: a.provider, Amount: amount})
 		}
-		at[i] = len(bodies)
-		bodies = append(bodies, storage.HoldBody{Job: job, Provider: a.provider, Amount: amount})
+		return bodies
 	}
-	written := n.appendAll(bodies, "escrow")
-	for i, k := range at {
-		switch {
-		case k < 0:
-		case written[k] == nil:
-			errs[i] = errors.New("the ledger refused the hold (not enough credits?)")
-		default:
-			holds[i] = written[k].Encode()
+	w.done = func(written []*storage.Entry) {
+		for i, k := range at {
+			switch {
+			case k < 0:
+			case written[k] == nil:
+				errs[i] = errors.New("the ledger refused the hold (not enough credits?)")
+			default:
+				holds[i] = written[k].Encode()
+			}
 		}
+		done(holds, errs)
 	}
-	return holds, errs
+	return w
 }
 
 // escrowRequest is an award to back with a hold.
 type escrowRequest struct {
 	id       protocol.JobID
+	award    *pb.Award
 	provider peer.ID
 	price    uint64
 	spec     *pb.JobSpec
 }
 
-// settle closes a finished job's hold: a payment to the provider whose
+// settle closes finished jobs' holds now: a payment to the provider whose
 // result was accepted, for the usage its receipt states, or a release.
 // The hold stays open until then, so a crash between the two is settled
 // on restart.
 func (n *Node) settle(jobs ...*market.Job) {
+	n.appendAll(n.settlements(jobs), "settle jobs")
+}
+
+// settleWrite is the ledger write that settles the finished ones among
+// jobs; nil if none has finished.
+func (n *Node) settleWrite(jobs []*market.Job) *ledgerWrite {
+	var ended []*market.Job
+	for _, j := range jobs {
+		if j.State.Terminal() {
+			c := *j // the engine's job may change while the writer reads it
+			ended = append(ended, &c)
+		}
+	}
+	if len(ended) == 0 {
+		return nil
+	}
+	w := &ledgerWrite{bodies: func() []storage.Body { return n.settlements(ended) }}
+	for _, j := range ended {
+		w.jobs = append(w.jobs, j.ID)
+	}
+	return w
+}
+
+func (n *Node) settlements(jobs []*market.Job) []storage.Body {
 	var bodies []storage.Body
 	for _, j := range jobs {
 		if b := n.settlement(j); b != nil {
 			bodies = append(bodies, b)
 		}
 	}
-	n.appendAll(bodies, "settle jobs")
+	return bodies
 }
 
 // settlement is the entry that settles a finished job's open hold; nil if

@@ -22,6 +22,7 @@ import (
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
+	"github.com/mira-market/mira/storage"
 )
 
 // messageTTL bounds the life of a market message other than an offer.
@@ -41,6 +42,7 @@ type marketDriver struct {
 	rejected *prometheus.CounterVec
 	watchers map[protocol.JobID][]chan market.Job
 	outbox   *outbox
+	writer   *ledgerWriter
 	verified *verifiedCache
 	// collecting marks finished jobs whose result is being fetched.
 	collecting map[protocol.JobID]bool
@@ -83,6 +85,7 @@ func (n *Node) startMarket(ctx context.Context) error {
 		topics: map[string]*pubsub.Topic{}, running: map[protocol.JobID]runningLease{},
 		watchers:   map[protocol.JobID][]chan market.Job{},
 		outbox:     newOutbox(n),
+		writer:     newLedgerWriter(n),
 		verified:   &verifiedCache{m: map[[32]byte]*protocol.Signed{}},
 		collecting: map[protocol.JobID]bool{},
 		stepped: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -115,7 +118,8 @@ func (n *Node) startMarket(ctx context.Context) error {
 		go d.readTopic(ctx, sub)
 	}
 	n.host.SetStreamHandler(libp2pproto.ID(protocol.MarketProtocol(n.cfg.Network)), d.handleStream)
-	n.wg.Add(1)
+	n.wg.Add(2)
+	go d.writer.run(ctx)
 	go d.loop(ctx)
 	return nil
 }
@@ -282,21 +286,14 @@ func (d *marketDriver) loop(ctx context.Context) {
 }
 
 // process carries out the engine's Ready in the order it asks: persist,
-// then send and publish, then start and stop runs.
+// then send and publish, then start and stop runs. Ledger writes (holds,
+// settlements) go to the ledger writer; an award leaves once its hold is
+// on disk, and the messages after it wait their turn behind it.
 func (d *marketDriver) process(ctx context.Context) {
-	// Settlement can change the engine (an award without funds is
-	// cancelled); go on until it is quiet.
-	for range 8 {
-		r := d.eng.Ready()
-		if r.Empty() || !d.processReady(ctx, r) {
-			return
-		}
+	r := d.eng.Ready()
+	if r.Empty() {
+		return
 	}
-}
-
-// processReady carries out one Ready and reports whether it changed the
-// engine, so that there is more to process.
-func (d *marketDriver) processReady(ctx context.Context, r market.Ready) (changed bool) {
 	if len(r.Save) > 0 {
 		recs := map[string][]byte{}
 		for _, j := range r.Save {
@@ -311,51 +308,23 @@ func (d *marketDriver) processReady(ctx context.Context, r market.Ready) (change
 		}
 		if err := d.n.db.PutJobs(recs); err != nil {
 			d.n.log.Error("persist jobs; not sending", "err", err)
-			return false
+			return
 		}
-		d.n.settle(r.Save...)
-	}
-	// One message may go to several peers and to gossip (an interactive
-	// offer); sign it once.
-	signed := map[*pb.MarketMessage][]byte{}
-	sign := func(m *pb.MarketMessage) ([]byte, error) {
-		if raw, ok := signed[m]; ok {
-			return raw, nil
-		}
-		raw, err := d.sign(m)
-		signed[m] = raw
-		return raw, err
-	}
-	if d.attachHolds(r.Send) {
-		changed = true
-	}
-	for _, o := range r.Send {
-		if a := o.Msg.GetAward(); a != nil && a.Hold == nil {
-			continue // no escrow: the job was cancelled
-		}
-		raw, err := sign(o.Msg)
-		if err != nil {
-			d.n.log.Error("sign market message", "err", err)
-			continue
-		}
-		if res := o.Msg.GetResult(); res != nil {
-			// Its synced write stays off the loop: the loop's heartbeats
-			// must not wait for a disk.
-			d.n.wg.Add(1)
-			go func() { defer d.n.wg.Done(); d.n.recordReceipt(res, raw) }()
-		}
-		d.outbox.send(ctx, o.To, raw)
-	}
-	for _, o := range r.Publish {
-		raw, err := sign(o.Msg)
-		if err != nil {
-			d.n.log.Error("sign market message", "err", err)
-			continue
-		}
-		if err := d.topics[o.Tier].Publish(ctx, raw); err != nil {
-			d.n.log.Debug("publish", "err", err)
+		if w := d.n.settleWrite(r.Save); w != nil {
+			d.writer.add(w)
 		}
 	}
+	if reqs := d.escrowRequests(r.Send); len(reqs) > 0 {
+		d.writer.add(d.n.escrowWrite(reqs, func(holds [][]byte, errs []error) {
+			d.attachHolds(ctx, reqs, holds, errs)
+			d.send(ctx, r.Send)
+		}))
+	} else if d.writer.sending() {
+		d.writer.add(&ledgerWrite{sends: true, done: func([]*storage.Entry) { d.send(ctx, r.Send) }})
+	} else {
+		d.send(ctx, r.Send)
+	}
+	d.publish(ctx, r.Publish)
 	for _, l := range r.Run {
 		d.run(ctx, l)
 	}
@@ -368,45 +337,77 @@ func (d *marketDriver) processReady(ctx context.Context, r market.Ready) (change
 	if len(r.Run)+len(r.Stop) > 0 {
 		d.n.SetFreeSlots(d.n.cfg.Provider.Slots - d.eng.ActiveLeases())
 	}
-	return changed
 }
 
-// attachHolds escrows each award's maximum cost in the ledger (new holds
-// with one sync) and puts the hold entry into the award. A job whose award
-// cannot be backed is cancelled, and its award left without a hold (not
-// sent); it reports whether that happened.
-func (d *marketDriver) attachHolds(send []market.Outbound) (cancelled bool) {
-	var (
-		awards []*pb.Award
-		reqs   []escrowRequest
-	)
+// send signs and sends a Ready's direct messages, in order. An award
+// without a hold (its escrow failed) is not sent.
+func (d *marketDriver) send(ctx context.Context, send []market.Outbound) {
+	for _, o := range send {
+		if a := o.Msg.GetAward(); a != nil && a.Hold == nil {
+			continue
+		}
+		raw, err := d.sign(o.Msg)
+		if err != nil {
+			d.n.log.Error("sign market message", "err", err)
+			continue
+		}
+		if res := o.Msg.GetResult(); res != nil {
+			// Its synced write stays off the loop: the loop's heartbeats
+			// must not wait for a disk.
+			d.n.wg.Add(1)
+			go func() { defer d.n.wg.Done(); d.n.recordReceipt(res, raw) }()
+		}
+		d.outbox.send(ctx, o.To, raw)
+	}
+}
+
+// publish signs and gossips a Ready's messages.
+func (d *marketDriver) publish(ctx context.Context, pub []market.Outbound) {
+	for _, o := range pub {
+		raw, err := d.sign(o.Msg)
+		if err != nil {
+			d.n.log.Error("sign market message", "err", err)
+			continue
+		}
+		if err := d.topics[o.Tier].Publish(ctx, raw); err != nil {
+			d.n.log.Debug("publish", "err", err)
+		}
+	}
+}
+
+// escrowRequests lists the awards among send, each with what its hold
+// must cover.
+func (d *marketDriver) escrowRequests(send []market.Outbound) []escrowRequest {
+	var reqs []escrowRequest
 	for _, o := range send {
 		a := o.Msg.GetAward()
 		if a == nil {
 			continue
 		}
 		id := protocol.JobID(a.JobId)
-		j, ok := d.eng.Job(id)
-		if !ok {
+		if j, ok := d.eng.Job(id); ok {
+			reqs = append(reqs, escrowRequest{id: id, award: a, provider: j.Provider, price: a.Price, spec: j.Spec()})
+		}
+	}
+	return reqs
+}
+
+// attachHolds puts each award's hold entry into it; a job whose award
+// cannot be backed is cancelled (on the loop), its award left without a
+// hold, so not sent.
+func (d *marketDriver) attachHolds(ctx context.Context, reqs []escrowRequest, holds [][]byte, errs []error) {
+	for i, r := range reqs {
+		if errs[i] == nil {
+			r.award.Hold = holds[i]
 			continue
 		}
-		awards = append(awards, a)
-		reqs = append(reqs, escrowRequest{id: id, provider: j.Provider, price: a.Price, spec: j.Spec()})
-	}
-	if len(reqs) == 0 {
-		return false
-	}
-	holds, errs := d.n.escrowAll(reqs)
-	for i, a := range awards {
-		if errs[i] != nil {
-			d.n.log.Warn("no escrow for an award; job cancelled", "job", reqs[i].id, "err", errs[i])
-			d.eng.Cancel(time.Now(), reqs[i].id, "escrow failed: "+errs[i].Error())
-			cancelled = true
-			continue
+		d.n.log.Warn("no escrow for an award; job cancelled", "job", r.id, "err", errs[i])
+		reason := "escrow failed: " + errs[i].Error()
+		select {
+		case d.in <- func() { d.eng.Cancel(time.Now(), r.id, reason) }:
+		case <-ctx.Done():
 		}
-		a.Hold = holds[i]
 	}
-	return cancelled
 }
 
 func (d *marketDriver) sign(m *pb.MarketMessage) ([]byte, error) {

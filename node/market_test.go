@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/storage"
 	"github.com/mira-market/mira/testnet"
@@ -22,7 +23,8 @@ func noopJob(tier, sleep, deadline string) api.JobRequest {
 	}
 }
 
-// waitJobs polls until every job is in state want.
+// waitJobs polls until every job is in state want, and its hold (if it
+// has one) settled once it has ended.
 func waitJobs(t *testing.T, c *api.Client, ids []string, want string, timeout time.Duration) map[string]api.JobInfo {
 	t.Helper()
 	final := map[string]api.JobInfo{}
@@ -37,6 +39,10 @@ func waitJobs(t *testing.T, c *api.Client, ids []string, want string, timeout ti
 			}
 			if j.State != want {
 				return fmt.Errorf("job %s is %s (declines %v, error %q)", id[:8], j.State, j.Declines, j.Error)
+			}
+			// Its hold is settled right after it ends, off the market loop.
+			if market.State(want).Terminal() && j.Payment != nil && j.Payment.State == "held" {
+				return fmt.Errorf("job %s is %s, its hold not settled yet", id[:8], j.State)
 			}
 			final[id] = j
 		}

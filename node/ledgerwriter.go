@@ -1,0 +1,141 @@
+package node
+
+import (
+	"context"
+	"sync"
+
+	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/storage"
+)
+
+// ledgerWriter writes this node's own ledger entries for the market (the
+// escrow holds of awards, the settlements of finished jobs) off the market
+// loop, so the loop never waits for a disk. Writes queued while one is on
+// disk go together in the next batch, with one sync (group commit).
+// Batches are written in the order they were queued, and what a write
+// sends afterwards (an award carrying its hold) goes out in that order.
+type ledgerWriter struct {
+	n    *Node
+	wake chan struct{}
+
+	mu    sync.Mutex
+	queue []*ledgerWrite
+	sends int // queued or active writes that send messages when done
+}
+
+// ledgerWrite is one queued write: the entries it makes, computed just
+// before the write (so they see every earlier write), and what to do once
+// they are on disk.
+type ledgerWrite struct {
+	// jobs are the jobs the entries are about: a write is never batched
+	// with an earlier one about the same job, which it must see on disk.
+	jobs   []protocol.JobID
+	bodies func() []storage.Body
+	// done gets the entries written, nil where a body was refused.
+	done func(written []*storage.Entry)
+	// sends marks a write whose done sends market messages: while one is
+	// pending, the market loop queues its messages behind it.
+	sends bool
+}
+
+func newLedgerWriter(n *Node) *ledgerWriter {
+	return &ledgerWriter{n: n, wake: make(chan struct{}, 1)}
+}
+
+// add queues w; it never blocks.
+func (lw *ledgerWriter) add(w *ledgerWrite) {
+	lw.mu.Lock()
+	lw.queue = append(lw.queue, w)
+	if w.sends {
+		lw.sends++
+	}
+	lw.mu.Unlock()
+	select {
+	case lw.wake <- struct{}{}:
+	default:
+	}
+}
+
+// sending reports whether a write that sends messages is pending: then the
+// market loop must queue its messages too, not overtake an award.
+func (lw *ledgerWriter) sending() bool {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	return lw.sends > 0
+}
+
+// run writes queued batches until ctx ends; what is still queued then is
+// dropped (holds unsent, settlements redone by restore at the next start).
+func (lw *ledgerWriter) run(ctx context.Context) {
+	defer lw.n.wg.Done()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-lw.wake:
+		}
+		for {
+			batch := lw.next()
+			if batch == nil {
+				break
+			}
+			if ctx.Err() == nil {
+				lw.n.withDB(func() { lw.write(batch) })
+			}
+			lw.mu.Lock()
+			for _, w := range batch {
+				if w.sends {
+					lw.sends--
+				}
+			}
+			lw.mu.Unlock()
+		}
+	}
+}
+
+// next takes the longest prefix of the queue whose writes are about
+// different jobs.
+func (lw *ledgerWriter) next() []*ledgerWrite {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	seen := map[protocol.JobID]bool{}
+	k := 0
+prefix:
+	for ; k < len(lw.queue); k++ {
+		for _, id := range lw.queue[k].jobs {
+			if seen[id] {
+				break prefix
+			}
+		}
+		for _, id := range lw.queue[k].jobs {
+			seen[id] = true
+		}
+	}
+	if k == 0 {
+		return nil
+	}
+	batch := lw.queue[:k:k]
+	lw.queue = lw.queue[k:]
+	return batch
+}
+
+// write appends the batch's entries with one sync and hands each write
+// its share.
+func (lw *ledgerWriter) write(batch []*ledgerWrite) {
+	var all []storage.Body
+	ends := make([]int, len(batch))
+	for i, w := range batch {
+		if w.bodies != nil {
+			all = append(all, w.bodies()...)
+		}
+		ends[i] = len(all)
+	}
+	written := lw.n.appendAll(all, "market ledger write")
+	start := 0
+	for i, w := range batch {
+		if w.done != nil {
+			w.done(written[start:ends[i]])
+		}
+		start = ends[i]
+	}
+}
