@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -23,11 +24,16 @@ import (
 // GenesisFile is the network's genesis in a node's data dir.
 const GenesisFile = "genesis.json"
 
-// Ledger gossip messages: a type byte, then an encoded entry or fraud proof.
+// Ledger gossip messages: a type byte, then entries (each after its
+// uvarint length) or a fraud proof.
 const (
-	ledgerMsgEntry = 1
-	ledgerMsgFraud = 2
+	ledgerMsgEntries = 1
+	ledgerMsgFraud   = 2
 )
+
+// maxGossipEntries bounds the entries of one ledger gossip message, so one
+// stays under pubsub's 1 MiB message limit (entries are at most 4 KiB).
+const maxGossipEntries = 128
 
 // loadGenesis reads the data dir's genesis file. Without one the node has
 // an empty genesis: no grants, so it can earn credits but not spend them.
@@ -115,8 +121,42 @@ func (n *Node) appendEntry(body storage.Body) (storage.Entry, error) {
 	if err != nil {
 		return e, err
 	}
-	n.publishLedger(ledgerMsgEntry, e.Encode())
+	n.publishEntries([][]byte{e.Encode()})
 	return e, nil
+}
+
+// publishEntries gossips entries, as few messages as the size limit
+// allows: a node's batch of writes costs its peers one validation.
+func (n *Node) publishEntries(raws [][]byte) {
+	for len(raws) > 0 {
+		k := min(len(raws), maxGossipEntries)
+		var msg []byte
+		for _, raw := range raws[:k] {
+			msg = append(msg, protocol.Frame(raw)...)
+		}
+		n.publishLedger(ledgerMsgEntries, msg)
+		raws = raws[k:]
+	}
+}
+
+// decodeGossipEntries splits a gossiped batch into its entries' bytes.
+func decodeGossipEntries(b []byte) ([][]byte, error) {
+	var raws [][]byte
+	for len(b) > 0 {
+		size, k := binary.Uvarint(b)
+		switch {
+		case k <= 0 || size == 0 || size > storage.MaxEntrySize || size > uint64(len(b)-k):
+			return nil, fmt.Errorf("entry %d: bad length", len(raws))
+		case len(raws) == maxGossipEntries:
+			return nil, fmt.Errorf("more than %d entries", maxGossipEntries)
+		}
+		raws = append(raws, b[k:k+int(size)])
+		b = b[k+int(size):]
+	}
+	if len(raws) == 0 {
+		return nil, errors.New("no entries")
+	}
+	return raws, nil
 }
 
 func (n *Node) publishLedger(kind byte, b []byte) {
@@ -148,9 +188,19 @@ func (n *Node) validateLedgerMessage(from peer.ID, m *pubsub.Message) pubsub.Val
 		return pubsub.ValidationReject
 	}
 	switch m.Data[0] {
-	case ledgerMsgEntry:
-		_, err := n.ledger.Ingest(m.Data[1:])
-		return n.ledgerVerdict(err)
+	case ledgerMsgEntries:
+		raws, err := decodeGossipEntries(m.Data[1:])
+		if err != nil {
+			n.ledgerRejected.Inc()
+			n.log.Debug("ledger gossip rejected", "from", from, "err", err)
+			return pubsub.ValidationReject
+		}
+		res, err := n.ledger.IngestMany(raws)
+		if err != nil {
+			n.log.Warn("ingest gossiped entries", "err", err)
+			return pubsub.ValidationIgnore // our store failed, not the sender
+		}
+		return n.batchVerdict(from, res)
 	case ledgerMsgFraud:
 		p, err := storage.DecodeFraudProof(m.Data[1:])
 		if err == nil {
@@ -160,6 +210,26 @@ func (n *Node) validateLedgerMessage(from peer.ID, m *pubsub.Message) pubsub.Val
 	}
 	n.ledgerRejected.Inc()
 	return pubsub.ValidationReject
+}
+
+// batchVerdict judges a gossiped batch by what became of its entries: one
+// refused entry rejects the message (an honest peer forwards only batches
+// it accepted); one stored, or a fraud found, forwards it.
+func (n *Node) batchVerdict(from peer.ID, res storage.IngestResult) pubsub.ValidationResult {
+	for _, p := range res.Fraud {
+		account, _ := p.Verify(n.cfg.Network)
+		n.log.Warn("equivocation: account frozen", "account", account)
+		n.publishLedger(ledgerMsgFraud, p.Encode())
+	}
+	if len(res.Rejected) > 0 {
+		n.ledgerRejected.Add(float64(len(res.Rejected)))
+		n.log.Debug("ledger gossip rejected", "from", from, "err", res.Rejected[0].Err)
+		return pubsub.ValidationReject
+	}
+	if len(res.Accepted)+len(res.Fraud) > 0 {
+		return pubsub.ValidationAccept
+	}
+	return pubsub.ValidationIgnore
 }
 
 func (n *Node) ledgerVerdict(err error) pubsub.ValidationResult {
@@ -341,10 +411,12 @@ func (n *Node) appendAll(bodies []storage.Body, what string) []*storage.Entry {
 		chunk := bodies[start:min(start+storage.MaxAppendBatch, len(bodies))]
 		es, err := n.ledger.AppendBatch(n.priv, chunk)
 		if err == nil {
+			raws := make([][]byte, len(es))
 			for i := range es {
 				out[start+i] = &es[i]
-				n.publishLedger(ledgerMsgEntry, es[i].Encode())
+				raws[i] = es[i].Encode()
 			}
+			n.publishEntries(raws)
 			continue
 		}
 		for i, b := range chunk {
@@ -407,19 +479,18 @@ func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 	return nil
 }
 
-// recordLease writes, in this provider's chain, that it took a lease.
-func (n *Node) recordLease(l *market.Lease) {
-	if _, err := n.appendEntry(storage.LeaseBody{Job: storage.Hash(l.Job), Requester: l.Requester, Price: l.Price}); err != nil {
-		n.log.Warn("record lease", "job", l.Job, "err", err)
-	}
+// leaseWrite is the ledger write that records, in this provider's chain,
+// that it took a lease.
+func (n *Node) leaseWrite(l *market.Lease) *ledgerWrite {
+	body := storage.LeaseBody{Job: storage.Hash(l.Job), Requester: l.Requester, Price: l.Price}
+	return &ledgerWrite{bodies: func() []storage.Body { return []storage.Body{body} }}
 }
 
-// recordReceipt writes, in this provider's chain, the receipt it signed:
-// the signed result's hash, the result's content ID and the usage.
-func (n *Node) recordReceipt(r *pb.Result, raw []byte) {
+// receiptWrite is the ledger write that records, in this provider's
+// chain, the receipt it signed: the signed result's hash, the result's
+// content ID and the usage.
+func (n *Node) receiptWrite(r *pb.Result, raw []byte) *ledgerWrite {
 	body := storage.ReceiptBody{Job: storage.Hash(r.JobId), Receipt: sha256.Sum256(raw), Result: r.ResultId,
 		Usage: storage.Usage{WallMS: uint64(r.GetUsage().GetWallMs()), GPUMS: uint64(r.GetUsage().GetGpuMs()), ExitCode: r.ExitCode}}
-	if _, err := n.appendEntry(body); err != nil {
-		n.log.Warn("record receipt", "job", protocol.JobID(r.JobId), "err", err)
-	}
+	return &ledgerWrite{bodies: func() []storage.Body { return []storage.Body{body} }}
 }

@@ -20,7 +20,7 @@ func (n *Node) IngestEntry(raw []byte) error {
 	if _, err := n.ledger.Ingest(raw); err != nil {
 		return err
 	}
-	n.publishLedger(ledgerMsgEntry, raw)
+	n.publishEntries([][]byte{raw})
 	return nil
 }
 

@@ -352,10 +352,7 @@ func (d *marketDriver) send(ctx context.Context, send []market.Outbound) {
 			continue
 		}
 		if res := o.Msg.GetResult(); res != nil {
-			// Its synced write stays off the loop: the loop's heartbeats
-			// must not wait for a disk.
-			d.n.wg.Add(1)
-			go func() { defer d.n.wg.Done(); d.n.recordReceipt(res, raw) }()
+			d.writer.add(d.n.receiptWrite(res, raw))
 		}
 		d.outbox.send(ctx, o.To, raw)
 	}
@@ -433,7 +430,7 @@ func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
 		if err := d.n.checkHold(rctx, l); err != nil {
 			out = market.Outcome{ExitCode: -1, Error: err.Error()}
 		} else {
-			d.n.recordLease(l)
+			d.writer.add(d.n.leaseWrite(l))
 			out = d.n.execute(rctx, l)
 		}
 		out.Attempt = l.Attempt

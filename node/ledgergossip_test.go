@@ -1,0 +1,71 @@
+package node
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/storage"
+)
+
+func TestDecodeGossipEntries(t *testing.T) {
+	join := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	a, b := []byte("entry a"), bytes.Repeat([]byte{7}, 300)
+	many := func(k int) []byte {
+		var msg []byte
+		for range k {
+			msg = append(msg, protocol.Frame(a)...)
+		}
+		return msg
+	}
+	for _, tc := range []struct {
+		name string
+		msg  []byte
+		want int // entries, or -1 for an error
+	}{
+		{"one", protocol.Frame(a), 1},
+		{"two", join(protocol.Frame(a), protocol.Frame(b)), 2},
+		{"limit", many(maxGossipEntries), maxGossipEntries},
+		{"over the limit", many(maxGossipEntries + 1), -1},
+		{"empty", nil, -1},
+		{"zero length", []byte{0}, -1},
+		{"truncated", protocol.Frame(b)[:100], -1},
+		{"length past the end", join(protocol.Frame(a), []byte{5, 1}), -1},
+		{"bad varint", []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, -1},
+		{"entry over the size limit", protocol.Frame(make([]byte, storage.MaxEntrySize+1)), -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			raws, err := decodeGossipEntries(tc.msg)
+			if tc.want < 0 {
+				if err == nil {
+					t.Fatalf("decoded %d entries, want an error", len(raws))
+				}
+				return
+			}
+			if err != nil || len(raws) != tc.want {
+				t.Fatalf("got %d entries, %v; want %d", len(raws), err, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzDecodeGossipEntries(f *testing.F) {
+	f.Add(protocol.Frame([]byte("x")))
+	f.Add([]byte{0x80})
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		raws, err := decodeGossipEntries(msg)
+		if err != nil {
+			return
+		}
+		var again []byte
+		for _, r := range raws {
+			if len(r) == 0 || len(r) > storage.MaxEntrySize {
+				t.Fatalf("entry of %d bytes", len(r))
+			}
+			again = append(again, protocol.Frame(r)...)
+		}
+		if !bytes.Equal(again, msg) {
+			t.Fatal("entries do not re-encode to the message")
+		}
+	})
+}
