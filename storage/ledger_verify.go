@@ -109,15 +109,13 @@ func (l *Ledger) Verify(ctx context.Context) ([]Problem, error) {
 	}
 	add := func(id peer.ID, seq uint64, err error) { probs = append(probs, Problem{id, seq, err}) }
 
-	// Signatures, in parallel.
+	// Signatures, in parallel, in batches as IngestMany checks them.
 	var all []*cand
 	for _, ch := range s.chains {
 		all = append(all, ch...)
 	}
-	parallel(l.workers, len(all), func(i int) {
-		if c := all[i]; c.err == nil {
-			c.err = c.e.VerifySignature(l.network)
-		}
+	parallel(l.workers, (len(all)+SignatureBatch-1)/SignatureBatch, func(k int) {
+		verifyBatch(l.network, all[k*SignatureBatch:min((k+1)*SignatureBatch, len(all))])
 	})
 	if err := ctx.Err(); err != nil {
 		return nil, err
