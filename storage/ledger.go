@@ -340,7 +340,7 @@ func (l *Ledger) IngestMany(raws [][]byte) (IngestResult, error) {
 	})
 	// Signatures are checked on the workers while the entries already
 	// checked are applied: the cores stay busy.
-	ready, wait := l.verifyAsync(cs)
+	ready, checked, wait := l.verifyAsync(cs)
 	defer wait()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -348,6 +348,15 @@ func (l *Ledger) IngestMany(raws [][]byte) (IngestResult, error) {
 	r.received = true
 	defer func() { r.t.txn.Discard() }()
 	for i, c := range cs {
+		if r.t.count > 0 && !checked(i) {
+			// Commit what is applied while the workers check what
+			// follows: Badger's writes then overlap the checks instead
+			// of all coming after them. A chunk of sorted entries
+			// spans few accounts, so this adds few account records.
+			if err := r.commit(); err != nil {
+				return r.res, err
+			}
+		}
 		ready(i)
 		if c.err != nil {
 			r.res.Rejected = append(r.res.Rejected, Rejection{Account: c.e.Account, Seq: c.e.Seq, Err: c.err})
@@ -372,8 +381,9 @@ const SignatureBatch = 64
 
 // verifyAsync checks the signatures of cs (those decoded) on the ledger's
 // workers, in chunks of SignatureBatch, each checked as one batch, in
-// order. ready(i) waits until cs[i] is checked; wait waits for all.
-func (l *Ledger) verifyAsync(cs []*cand) (ready func(i int), wait func()) {
+// order. ready(i) waits until cs[i] is checked; checked(i) reports whether
+// it is, without waiting; wait waits for all.
+func (l *Ledger) verifyAsync(cs []*cand) (ready func(i int), checked func(i int) bool, wait func()) {
 	const chunk = SignatureBatch
 	n := (len(cs) + chunk - 1) / chunk
 	dones := make([]chan struct{}, n)
@@ -394,12 +404,20 @@ func (l *Ledger) verifyAsync(cs []*cand) (ready func(i int), wait func()) {
 		}()
 	}
 	ready = func(i int) { <-dones[i/chunk] }
+	checked = func(i int) bool {
+		select {
+		case <-dones[i/chunk]:
+			return true
+		default:
+			return false
+		}
+	}
 	wait = func() {
 		for _, d := range dones {
 			<-d
 		}
 	}
-	return ready, wait
+	return ready, checked, wait
 }
 
 func isStoreErr(err error) bool {
