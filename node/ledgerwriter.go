@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/storage"
@@ -75,6 +76,9 @@ func (lw *ledgerWriter) run(ctx context.Context) {
 			return
 		case <-lw.wake:
 		}
+		if !lw.waitForCompany(ctx) {
+			return
+		}
 		for {
 			batch := lw.next()
 			if batch == nil {
@@ -92,6 +96,28 @@ func (lw *ledgerWriter) run(ctx context.Context) {
 			lw.mu.Unlock()
 		}
 	}
+}
+
+// lazyWrite is how long writes that send nothing (settlements, lease and
+// receipt records) wait to share a sync with others; a write that sends
+// (an award waiting for its hold) goes at once and takes them along.
+const lazyWrite = 50 * time.Millisecond
+
+// waitForCompany waits up to lazyWrite unless a write that sends is
+// queued; false if ctx ended.
+func (lw *ledgerWriter) waitForCompany(ctx context.Context) bool {
+	timer := time.NewTimer(lazyWrite)
+	defer timer.Stop()
+	for !lw.sending() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-timer.C:
+			return true
+		case <-lw.wake:
+		}
+	}
+	return true
 }
 
 // next takes the longest prefix of the queue whose writes are about

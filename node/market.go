@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -426,6 +427,9 @@ func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
 	go func() {
 		defer d.n.wg.Done()
 		defer cancel()
+		// A new goroutine runs before the ones already woken: let the
+		// outbox send the acceptance before the run takes the CPU.
+		runtime.Gosched()
 		var out market.Outcome
 		if err := d.n.checkHold(rctx, l); err != nil {
 			out = market.Outcome{ExitCode: -1, Error: err.Error()}

@@ -21,9 +21,9 @@ import (
 // provider's last bytes before it stops.
 const logLinger = 2 * time.Second
 
-// collectResult keeps a finished job's result in the blob store: an inline
-// result, already checked against its content ID by the engine, is stored
-// at once; a larger one is fetched from the provider in the background.
+// collectResult keeps a finished job's result in the blob store, in the
+// background: an inline result, already checked against its content ID by
+// the engine, is stored; a larger one is fetched from the provider.
 func (d *marketDriver) collectResult(j *market.Job) {
 	if !j.State.Terminal() || j.ResultID == "" || d.collecting[j.ID] {
 		return
@@ -32,23 +32,24 @@ func (d *marketDriver) collectResult(j *market.Job) {
 	if err != nil || d.n.blobs.Store().Has(id) {
 		return
 	}
-	if len(j.Output) > 0 {
-		if _, err := d.n.blobs.Store().PutBytes(j.Output); err != nil {
-			d.n.log.Warn("store inline result", "job", j.ID, "err", err)
-		}
-		return
-	}
+	// Storing (a synced write) or fetching happens off the market loop.
 	d.collecting[j.ID] = true
-	provider := j.Provider
+	job, provider, output := j.ID, j.Provider, j.Output
 	d.n.wg.Add(1)
 	go func() {
 		defer d.n.wg.Done()
-		ctx, cancel := context.WithTimeout(d.n.runCtx, 10*time.Minute)
-		defer cancel()
-		if _, err := d.n.blobs.Fetch(ctx, id, provider); err != nil {
-			d.n.log.Warn("fetch result", "job", j.ID, "provider", provider, "err", err)
+		if len(output) > 0 {
+			if _, err := d.n.blobs.Store().PutBytes(output); err != nil {
+				d.n.log.Warn("store inline result", "job", job, "err", err)
+			}
+		} else {
+			ctx, cancel := context.WithTimeout(d.n.runCtx, 10*time.Minute)
+			defer cancel()
+			if _, err := d.n.blobs.Fetch(ctx, id, provider); err != nil {
+				d.n.log.Warn("fetch result", "job", job, "provider", provider, "err", err)
+			}
 		}
-		d.do(d.n.runCtx, func() { delete(d.collecting, j.ID) })
+		d.do(d.n.runCtx, func() { delete(d.collecting, job) })
 	}()
 }
 
