@@ -376,7 +376,9 @@ func (l *Ledger) IngestMany(raws [][]byte) (IngestResult, error) {
 // SignatureBatch is how many signatures IngestMany and Verify check as one
 // batch, on one worker. Larger batches cost less per signature but make
 // IngestMany wait longer for its first checked entries; curve25519-voi
-// uses its faster expanded public keys only in batches below 94.
+// uses its faster expanded public keys only in batches below 94. In
+// `mira bench ledger` on 2 cores, 64 ingested as fast as 16 or faster,
+// and faster than 32 and 90.
 const SignatureBatch = 64
 
 // verifyAsync checks the signatures of cs (those decoded) on the ledger's
