@@ -27,9 +27,16 @@ type capacity struct {
 	own       *protocol.Capacity // last announced
 	cache     *market.ProviderCache
 	changed   chan struct{}
-	// refreshing is set while a background lookup runs (see candidates).
-	refreshing atomic.Bool
+	// refreshing is set while a background lookup runs (see candidates);
+	// lastRefresh is when the last one started, in Unix nanoseconds.
+	refreshing  atomic.Bool
+	lastRefresh atomic.Int64
 }
+
+// cacheRefreshEvery spaces background lookups: each one queries the DHT
+// for every provider's record, which costs the whole network CPU, while
+// records change only when providers re-announce.
+const cacheRefreshEvery = 5 * time.Second
 
 // microCredits converts a price in credits to the wire's integer unit.
 func microCredits(credits float64) uint64 { return uint64(math.Round(credits * 1e6)) }
@@ -91,6 +98,7 @@ func (n *Node) announceLoop(ctx context.Context) {
 	retry := 100 * time.Millisecond
 	for {
 		wait := ttl / 2
+		last := time.Now()
 		if err := n.announce(ctx); err != nil {
 			if ctx.Err() != nil {
 				return
@@ -109,9 +117,21 @@ func (n *Node) announceLoop(ctx context.Context) {
 		case <-t.C:
 		case <-n.capacity.changed:
 			t.Stop()
+			// Slot counts change with every lease; announce them at most
+			// every announceGap (they are hints: a full provider declines).
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(announceGap - time.Since(last)):
+			}
 		}
 	}
 }
+
+// announceGap is the least time between announcements prompted by a
+// change of free slots: each one is a DHT put that every receiving peer
+// validates.
+const announceGap = 2 * time.Second
 
 func (n *Node) announce(ctx context.Context) error {
 	rec := n.capacityRecord(time.Now())
@@ -172,8 +192,8 @@ func (n *Node) FindProviders(ctx context.Context, r market.Requirements) ([]*pro
 
 // candidates answers from the cache of announcements when it holds fitting
 // providers, so an interactive submit does not wait for a DHT lookup, and
-// refreshes the cache in the background; with nothing cached it looks up
-// the DHT at once. Stale free-slot counts cost little: a full provider
+// refreshes the cache in the background (at most every cacheRefreshEvery);
+// with nothing cached it looks up the DHT at once. Stale free-slot counts cost little: a full provider
 // declines, and the offer is gossiped to everyone as well.
 func (n *Node) candidates(ctx context.Context, r market.Requirements) ([]*protocol.Capacity, error) {
 	c := &n.capacity
@@ -183,7 +203,9 @@ func (n *Node) candidates(ctx context.Context, r market.Requirements) ([]*protoc
 	if len(cached) == 0 {
 		return n.FindProviders(ctx, r)
 	}
-	if n.runCtx.Err() == nil && c.refreshing.CompareAndSwap(false, true) {
+	now := time.Now()
+	if n.runCtx.Err() == nil && now.UnixNano()-c.lastRefresh.Load() >= int64(cacheRefreshEvery) && c.refreshing.CompareAndSwap(false, true) {
+		c.lastRefresh.Store(now.UnixNano())
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
