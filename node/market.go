@@ -315,17 +315,42 @@ func (d *marketDriver) process(ctx context.Context) {
 			d.writer.add(w)
 		}
 	}
+	// A message bound for several peers and gossip (an interactive offer)
+	// is signed once, here; an award only once its hold is attached.
+	signed := map[*pb.MarketMessage][]byte{}
+	sign := func(m *pb.MarketMessage) []byte {
+		raw, ok := signed[m]
+		if !ok {
+			raw = d.sign(m)
+			signed[m] = raw
+		}
+		return raw
+	}
+	sends := make([]outgoing, 0, len(r.Send))
+	for _, o := range r.Send {
+		out := outgoing{to: o.To, msg: o.Msg}
+		if o.Msg.GetAward() == nil {
+			out.raw = sign(o.Msg)
+		}
+		sends = append(sends, out)
+	}
 	if reqs := d.escrowRequests(r.Send); len(reqs) > 0 {
 		d.writer.add(d.n.escrowWrite(reqs, func(holds [][]byte, errs []error) {
 			d.attachHolds(ctx, reqs, holds, errs)
-			d.send(ctx, r.Send)
+			d.send(ctx, sends)
 		}))
 	} else if d.writer.sending() {
-		d.writer.add(&ledgerWrite{sends: true, done: func([]*storage.Entry) { d.send(ctx, r.Send) }})
+		d.writer.add(&ledgerWrite{sends: true, done: func([]*storage.Entry) { d.send(ctx, sends) }})
 	} else {
-		d.send(ctx, r.Send)
+		d.send(ctx, sends)
 	}
-	d.publish(ctx, r.Publish)
+	for _, o := range r.Publish {
+		if raw := sign(o.Msg); raw != nil {
+			if err := d.topics[o.Tier].Publish(ctx, raw); err != nil {
+				d.n.log.Debug("publish", "err", err)
+			}
+		}
+	}
 	for _, l := range r.Run {
 		d.run(ctx, l)
 	}
@@ -340,36 +365,32 @@ func (d *marketDriver) process(ctx context.Context) {
 	}
 }
 
-// send signs and sends a Ready's direct messages, in order. An award
-// without a hold (its escrow failed) is not sent.
-func (d *marketDriver) send(ctx context.Context, send []market.Outbound) {
-	for _, o := range send {
-		if a := o.Msg.GetAward(); a != nil && a.Hold == nil {
-			continue
-		}
-		raw, err := d.sign(o.Msg)
-		if err != nil {
-			d.n.log.Error("sign market message", "err", err)
-			continue
-		}
-		if res := o.Msg.GetResult(); res != nil {
-			d.writer.add(d.n.receiptWrite(res, raw))
-		}
-		d.outbox.send(ctx, o.To, raw)
-	}
+// outgoing is a direct message: signed, or (an award) to be signed when
+// its hold is attached.
+type outgoing struct {
+	to  peer.ID
+	msg *pb.MarketMessage
+	raw []byte
 }
 
-// publish signs and gossips a Ready's messages.
-func (d *marketDriver) publish(ctx context.Context, pub []market.Outbound) {
-	for _, o := range pub {
-		raw, err := d.sign(o.Msg)
-		if err != nil {
-			d.n.log.Error("sign market message", "err", err)
-			continue
+// send sends a Ready's direct messages, in order, signing the awards. An
+// award without a hold (its escrow failed) is not sent.
+func (d *marketDriver) send(ctx context.Context, sends []outgoing) {
+	for _, o := range sends {
+		raw := o.raw
+		if a := o.msg.GetAward(); a != nil {
+			if a.Hold == nil {
+				continue
+			}
+			raw = d.sign(o.msg)
 		}
-		if err := d.topics[o.Tier].Publish(ctx, raw); err != nil {
-			d.n.log.Debug("publish", "err", err)
+		if raw == nil {
+			continue // signing failed (logged)
 		}
+		if res := o.msg.GetResult(); res != nil {
+			d.writer.add(d.n.receiptWrite(res, raw))
+		}
+		d.outbox.send(ctx, o.to, raw)
 	}
 }
 
@@ -408,12 +429,18 @@ func (d *marketDriver) attachHolds(ctx context.Context, reqs []escrowRequest, ho
 	}
 }
 
-func (d *marketDriver) sign(m *pb.MarketMessage) ([]byte, error) {
+// sign seals m for the network; nil (logged) if that fails.
+func (d *marketDriver) sign(m *pb.MarketMessage) []byte {
 	expires := time.Now().Add(messageTTL)
 	if o := m.GetOffer(); o != nil {
 		expires = time.UnixMilli(o.DeadlineUnixMs)
 	}
-	return protocol.SealMarket(d.n.priv, d.n.cfg.Network, expires, m)
+	raw, err := protocol.SealMarket(d.n.priv, d.n.cfg.Network, expires, m)
+	if err != nil {
+		d.n.log.Error("sign market message", "err", err)
+		return nil
+	}
+	return raw
 }
 
 // run starts a lease's job on its executor; the outcome goes back into the
