@@ -85,7 +85,7 @@ func (n *Node) startLedger(ctx context.Context) error {
 		}
 		n.rset.add(item.Hash)
 	}
-	name := protocol.Prefix(n.cfg.Network) + "/ledger/1"
+	name := protocol.Prefix(n.cfg.Network) + "/ledger/2"
 	if err := n.pubsub.RegisterTopicValidator(name, n.validateLedgerGossip); err != nil {
 		return fmt.Errorf("topic validator %s: %w", name, err)
 	}
@@ -195,12 +195,23 @@ func (n *Node) validateLedgerMessage(from peer.ID, m *pubsub.Message) pubsub.Val
 			n.log.Debug("ledger gossip rejected", "from", from, "err", err)
 			return pubsub.ValidationReject
 		}
-		res, err := n.ledger.IngestMany(raws)
+		// Entries already stored need no signature check: a batch of
+		// old entries costs a lookup each, not a verification.
+		fresh := raws[:0:0]
+		for _, raw := range raws {
+			if ok, err := n.ledger.Has(sha256.Sum256(raw)); err != nil || !ok {
+				fresh = append(fresh, raw)
+			}
+		}
+		if len(fresh) == 0 {
+			return pubsub.ValidationIgnore
+		}
+		res, err := n.ledger.IngestMany(fresh)
 		if err != nil {
 			n.log.Warn("ingest gossiped entries", "err", err)
 			return pubsub.ValidationIgnore // our store failed, not the sender
 		}
-		return n.batchVerdict(from, res)
+		return n.batchVerdict(from, fresh, res)
 	case ledgerMsgFraud:
 		p, err := storage.DecodeFraudProof(m.Data[1:])
 		if err == nil {
@@ -213,23 +224,39 @@ func (n *Node) validateLedgerMessage(from peer.ID, m *pubsub.Message) pubsub.Val
 }
 
 // batchVerdict judges a gossiped batch by what became of its entries: one
-// refused entry rejects the message (an honest peer forwards only batches
-// it accepted); one stored, or a fraud found, forwards it.
-func (n *Node) batchVerdict(from peer.ID, res storage.IngestResult) pubsub.ValidationResult {
+// of them refused rejects the message (an honest peer forwards only
+// batches it accepted); one stored, or a fraud found, forwards it. Entries
+// of other accounts that waited and were refused when this batch let them
+// through are not the sender's doing: they count, but do not reject.
+func (n *Node) batchVerdict(from peer.ID, raws [][]byte, res storage.IngestResult) pubsub.ValidationResult {
 	for _, p := range res.Fraud {
 		account, _ := p.Verify(n.cfg.Network)
 		n.log.Warn("equivocation: account frozen", "account", account)
 		n.publishLedger(ledgerMsgFraud, p.Encode())
 	}
-	if len(res.Rejected) > 0 {
-		n.ledgerRejected.Add(float64(len(res.Rejected)))
-		n.log.Debug("ledger gossip rejected", "from", from, "err", res.Rejected[0].Err)
-		return pubsub.ValidationReject
+	n.ledgerRejected.Add(float64(len(res.Rejected)))
+	inBatch := map[accountSeq]bool{}
+	for _, raw := range raws {
+		if e, err := storage.DecodeEntry(raw); err == nil {
+			inBatch[accountSeq{e.Account, e.Seq}] = true
+		}
+	}
+	for _, r := range res.Rejected {
+		if r.Account == "" || inBatch[accountSeq{r.Account, r.Seq}] {
+			n.log.Debug("ledger gossip rejected", "from", from, "err", r.Err)
+			return pubsub.ValidationReject
+		}
 	}
 	if len(res.Accepted)+len(res.Fraud) > 0 {
 		return pubsub.ValidationAccept
 	}
 	return pubsub.ValidationIgnore
+}
+
+// accountSeq names an entry's place: its account and seq.
+type accountSeq struct {
+	account peer.ID
+	seq     uint64
 }
 
 func (n *Node) ledgerVerdict(err error) pubsub.ValidationResult {

@@ -2,7 +2,15 @@ package node
 
 import (
 	"bytes"
+	"crypto/rand"
+	"log/slog"
 	"testing"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/storage"
@@ -68,4 +76,41 @@ func FuzzDecodeGossipEntries(f *testing.F) {
 			t.Fatal("entries do not re-encode to the message")
 		}
 	})
+}
+
+func TestBatchVerdictJudgesOnlyTheBatchsEntries(t *testing.T) {
+	priv, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := peer.IDFromPrivateKey(priv)
+	e := storage.Entry{Account: id, Seq: 1, Time: time.Unix(1, 0), Body: storage.LeaseBody{Job: storage.Hash{1}, Requester: id, Price: 1}}
+	if err := e.Sign("net", priv); err != nil {
+		t.Fatal(err)
+	}
+	raws := [][]byte{e.Encode()}
+	if _, err := storage.DecodeEntry(raws[0]); err != nil {
+		t.Fatal(err)
+	}
+	other := peer.ID("someone else")
+	n := &Node{cfg: Config{Network: "net"}, log: slog.New(slog.DiscardHandler),
+		ledgerRejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})}
+	for _, tc := range []struct {
+		name string
+		res  storage.IngestResult
+		want pubsub.ValidationResult
+	}{
+		{"stored", storage.IngestResult{Accepted: []storage.Entry{e}}, pubsub.ValidationAccept},
+		{"nothing new", storage.IngestResult{Duplicates: 1}, pubsub.ValidationIgnore},
+		{"its entry refused", storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBrokenChain}}}, pubsub.ValidationReject},
+		{"undecodable entry", storage.IngestResult{Rejected: []storage.Rejection{{Err: storage.ErrMalformed}}}, pubsub.ValidationReject},
+		{"another account's waiting entry refused", storage.IngestResult{Accepted: []storage.Entry{e},
+			Rejected: []storage.Rejection{{Account: other, Seq: 3, Err: storage.ErrBrokenChain}}}, pubsub.ValidationAccept},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := n.batchVerdict("peer", raws, tc.res); got != tc.want {
+				t.Fatalf("verdict %v, want %v", got, tc.want)
+			}
+		})
+	}
 }

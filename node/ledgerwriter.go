@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -66,35 +67,38 @@ func (lw *ledgerWriter) sending() bool {
 	return lw.sends > 0
 }
 
-// run writes queued batches until ctx ends; what is still queued then is
-// dropped (holds unsent, settlements redone by restore at the next start).
+// run writes queued batches until ctx ends, and then what is still
+// queued (see drain).
 func (lw *ledgerWriter) run(ctx context.Context) {
 	defer lw.n.wg.Done()
-	for {
+	for ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
-			return
 		case <-lw.wake:
+			lw.waitForCompany(ctx)
 		}
-		if !lw.waitForCompany(ctx) {
-			return
+		lw.drain(ctx)
+	}
+}
+
+// drain writes the queued batches. Once ctx has ended, writes that would
+// send messages are dropped (their awards unsent, their holds unwritten,
+// the jobs re-offered after a restart), while settlements and lease and
+// receipt records are still written: a node that stops keeps its records.
+func (lw *ledgerWriter) drain(ctx context.Context) {
+	for batch := lw.next(); batch != nil; batch = lw.next() {
+		keep := batch
+		if ctx.Err() != nil {
+			keep = slices.DeleteFunc(slices.Clone(batch), func(w *ledgerWrite) bool { return w.sends })
 		}
-		for {
-			batch := lw.next()
-			if batch == nil {
-				break
+		lw.n.withDB(func() { lw.write(keep) })
+		lw.mu.Lock()
+		for _, w := range batch {
+			if w.sends {
+				lw.sends--
 			}
-			if ctx.Err() == nil {
-				lw.n.withDB(func() { lw.write(batch) })
-			}
-			lw.mu.Lock()
-			for _, w := range batch {
-				if w.sends {
-					lw.sends--
-				}
-			}
-			lw.mu.Unlock()
 		}
+		lw.mu.Unlock()
 	}
 }
 
@@ -104,20 +108,19 @@ func (lw *ledgerWriter) run(ctx context.Context) {
 const lazyWrite = 50 * time.Millisecond
 
 // waitForCompany waits up to lazyWrite unless a write that sends is
-// queued; false if ctx ended.
-func (lw *ledgerWriter) waitForCompany(ctx context.Context) bool {
+// queued or ctx ends.
+func (lw *ledgerWriter) waitForCompany(ctx context.Context) {
 	timer := time.NewTimer(lazyWrite)
 	defer timer.Stop()
 	for !lw.sending() {
 		select {
 		case <-ctx.Done():
-			return false
+			return
 		case <-timer.C:
-			return true
+			return
 		case <-lw.wake:
 		}
 	}
-	return true
 }
 
 // next takes the longest prefix of the queue whose writes are about

@@ -52,6 +52,9 @@ func (l *Ledger) get(k []byte) ([]byte, error) {
 	return v, nil
 }
 
+// Has reports whether the entry with hash h is stored.
+func (l *Ledger) Has(h Hash) (bool, error) { return l.hasHash(h) }
+
 func (l *Ledger) hasHash(h Hash) (bool, error) {
 	v, err := l.get(hashKey(h))
 	return v != nil, err
