@@ -147,6 +147,10 @@ func decodeGossipEntries(b []byte) ([][]byte, error) {
 		switch {
 		case k <= 0 || size == 0 || size > storage.MaxEntrySize || size > uint64(len(b)-k):
 			return nil, fmt.Errorf("entry %d: bad length", len(raws))
+		case k != len(binary.AppendUvarint(nil, size)):
+			// One encoding per batch: the same entries never travel as
+			// different messages.
+			return nil, fmt.Errorf("entry %d: length not minimally encoded", len(raws))
 		case len(raws) == maxGossipEntries:
 			return nil, fmt.Errorf("more than %d entries", maxGossipEntries)
 		}

@@ -39,6 +39,7 @@ func TestDecodeGossipEntries(t *testing.T) {
 		{"zero length", []byte{0}, -1},
 		{"truncated", protocol.Frame(b)[:100], -1},
 		{"length past the end", join(protocol.Frame(a), []byte{5, 1}), -1},
+		{"length not minimally encoded", []byte{0x81, 0x00, 7}, -1},
 		{"bad varint", []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, -1},
 		{"entry over the size limit", protocol.Frame(make([]byte, storage.MaxEntrySize+1)), -1},
 	} {
