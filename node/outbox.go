@@ -36,6 +36,7 @@ func newOutbox(n *Node) *outbox {
 // recover from lost messages).
 func (o *outbox) send(ctx context.Context, to peer.ID, raw []byte) {
 	o.mu.Lock()
+	defer o.mu.Unlock()
 	ch, ok := o.peers[to]
 	if !ok {
 		ch = make(chan []byte, 4096)
@@ -43,7 +44,9 @@ func (o *outbox) send(ctx context.Context, to peer.ID, raw []byte) {
 		o.n.wg.Add(1)
 		go o.run(ctx, to, ch)
 	}
-	o.mu.Unlock()
+	// Queued under the lock: the peer's goroutine retires only while
+	// holding it with an empty queue, so nothing lands in a queue that
+	// nobody reads any more.
 	select {
 	case ch <- raw:
 	default:
