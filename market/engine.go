@@ -427,6 +427,17 @@ func (e *Engine) award(j *Job, now time.Time, p peer.ID, price uint64) {
 	e.save(j, now)
 }
 
+// AwardSent restarts the accept timeout of a job's award of attempt when
+// the award actually leaves: the driver holds an award back until its
+// escrow hold is on disk, and that wait is not the provider's to answer
+// for. The new time is kept in memory only; after a restart the stored,
+// earlier one applies.
+func (e *Engine) AwardSent(now time.Time, id protocol.JobID, attempt uint32) {
+	if j, ok := e.jobs[id]; ok && j.State == Assigned && j.Attempt == attempt {
+		j.AcceptBy = now.Add(e.cfg.AcceptTimeout)
+	}
+}
+
 // leaseHolderJob returns the job m is about if m's signer holds its
 // current lease with the given attempt.
 func (e *Engine) leaseHolderJob(m *protocol.Signed, attempt uint32) *Job {

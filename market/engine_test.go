@@ -225,6 +225,24 @@ func TestAcceptTimeoutReassigns(t *testing.T) {
 	}
 }
 
+func TestAcceptTimeoutCountsFromTheAwardLeaving(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	first := s.add(provider(10))
+	s.add(provider(20))
+	j := s.submit(req, protocol.TierBatch, 50, time.Minute, 1)
+	s.cut[first] = true // bid, then silent
+	s.advance(simTiming.BatchWindow)
+	wantState(t, j, Assigned)
+	s.advance(simTiming.AcceptTimeout / 2)
+	s.engines[req].AwardSent(s.now, j.ID, j.Attempt+1) // another attempt's: ignored
+	s.engines[req].AwardSent(s.now, j.ID, j.Attempt)   // the award left only now
+	s.advance(simTiming.AcceptTimeout * 3 / 4)
+	wantState(t, j, Assigned)
+	s.advance(simTiming.AcceptTimeout / 2)
+	wantState(t, j, Bidding)
+}
+
 func TestHeartbeatLossReassignsAndRefusesLateResult(t *testing.T) {
 	s := newSim(t)
 	req := s.add(nil)

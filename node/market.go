@@ -378,7 +378,8 @@ type outgoing struct {
 func (d *marketDriver) send(ctx context.Context, sends []outgoing) {
 	for _, o := range sends {
 		raw := o.raw
-		if a := o.msg.GetAward(); a != nil {
+		a := o.msg.GetAward()
+		if a != nil {
 			if a.Hold == nil {
 				continue
 			}
@@ -391,6 +392,17 @@ func (d *marketDriver) send(ctx context.Context, sends []outgoing) {
 			d.writer.add(d.n.receiptWrite(res, raw))
 		}
 		d.outbox.send(ctx, o.to, raw)
+		if a != nil {
+			// The provider's time to accept starts now, not when the
+			// engine made the award. (An award with a hold is sent by
+			// the ledger writer, never by the loop, which would block
+			// here on its own queue.)
+			id, attempt, sent := protocol.JobID(a.JobId), a.Attempt, time.Now()
+			select {
+			case d.in <- func() { d.eng.AwardSent(sent, id, attempt) }:
+			case <-ctx.Done():
+			}
+		}
 	}
 }
 
