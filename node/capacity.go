@@ -193,8 +193,9 @@ func (n *Node) FindProviders(ctx context.Context, r market.Requirements) ([]*pro
 // candidates answers from the cache of announcements when it holds fitting
 // providers, so an interactive submit does not wait for a DHT lookup, and
 // refreshes the cache in the background (at most every cacheRefreshEvery);
-// with nothing cached it looks up the DHT at once. Stale free-slot counts cost little: a full provider
-// declines, and the offer is gossiped to everyone as well.
+// with nothing cached it looks up the DHT at once. Stale free-slot counts
+// cost little: a full provider declines, and the offer is gossiped to
+// everyone as well.
 func (n *Node) candidates(ctx context.Context, r market.Requirements) ([]*protocol.Capacity, error) {
 	c := &n.capacity
 	c.mu.Lock()
