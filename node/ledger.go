@@ -313,9 +313,35 @@ func cost(price uint64, u *pb.Usage, hold uint64) uint64 {
 	return min((lo+999)/1000, hold)
 }
 
-// escrowWrite is the ledger write that backs awards with holds: a new
-// hold for each (after a release of an old one that does not fit), or the
-// open hold that already covers it. done gets each award's hold entry, or
+// offerHoldWrite is the ledger write that escrows a job's maximum cost at
+// its max price as soon as it is posted, naming no provider: it is synced
+// while the offer collects bids, so the award finds it on disk and leaves
+// without waiting for a sync. Without the credits for it, nothing is
+// written and the award writes a hold at the winning price instead.
+func (n *Node) offerHoldWrite(id protocol.JobID, spec *pb.JobSpec) *ledgerWrite {
+	amount, err := maxCost(spec.GetMaxPrice(), spec)
+	if err != nil || amount == 0 {
+		return nil
+	}
+	body := storage.HoldBody{Job: storage.Hash(id), Amount: amount}
+	return &ledgerWrite{
+		jobs:   []protocol.JobID{id},
+		urgent: true,
+		bodies: func() []storage.Body {
+			if _, ok, err := n.ledger.HoldFor(n.host.ID(), body.Job); err != nil || ok {
+				return nil
+			}
+			if b, err := n.ledger.Balance(n.host.ID()); err != nil || b.Available() < amount {
+				return nil
+			}
+			return []storage.Body{body}
+		},
+	}
+}
+
+// escrowWrite is the ledger write that backs awards with holds: the open
+// hold that already covers it (one written at posting names no provider),
+// or a new one (after a release of an old one that does not fit). done gets each award's hold entry, or
 // the error that keeps it from being sent.
 func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, errs []error)) *ledgerWrite {
 	holds, errs := make([][]byte, len(awards)), make([]error, len(awards))
@@ -340,7 +366,7 @@ func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, err
 				continue
 			}
 			if ok {
-				if h, _ := e.Body.(storage.HoldBody); h.Provider == a.provider && h.Amount >= amount {
+				if h, _ := e.Body.(storage.HoldBody); (h.Provider == "" || h.Provider == a.provider) && h.Amount >= amount {
 					holds[i] = e.Encode()
 					continue
 				}
@@ -497,7 +523,7 @@ func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 	if !ok {
 		return errors.New("escrow hold: none open for the job")
 	}
-	if hold.Provider != n.host.ID() {
+	if hold.Provider != "" && hold.Provider != n.host.ID() {
 		return fmt.Errorf("escrow hold names provider %s, not this one", hold.Provider)
 	}
 	want, err := maxCost(l.Price, l.Spec)

@@ -21,9 +21,10 @@ type ledgerWriter struct {
 	n    *Node
 	wake chan struct{}
 
-	mu    sync.Mutex
-	queue []*ledgerWrite
-	sends int // queued or active writes that send messages when done
+	mu     sync.Mutex
+	queue  []*ledgerWrite
+	sends  int // queued or active writes that send messages when done
+	urgent int // queued writes that must not wait for company
 }
 
 // ledgerWrite is one queued write: the entries it makes, computed just
@@ -39,6 +40,10 @@ type ledgerWrite struct {
 	// sends marks a write whose done sends market messages: while one is
 	// pending, the market loop queues its messages behind it.
 	sends bool
+	// urgent marks a write that goes at once, without waiting for company
+	// (a job's escrow hold, which its award will need); a write that
+	// sends is urgent too.
+	urgent bool
 }
 
 func newLedgerWriter(n *Node) *ledgerWriter {
@@ -51,6 +56,9 @@ func (lw *ledgerWriter) add(w *ledgerWrite) {
 	lw.queue = append(lw.queue, w)
 	if w.sends {
 		lw.sends++
+	}
+	if w.urgent {
+		lw.urgent++
 	}
 	lw.mu.Unlock()
 	select {
@@ -65,6 +73,13 @@ func (lw *ledgerWriter) sending() bool {
 	lw.mu.Lock()
 	defer lw.mu.Unlock()
 	return lw.sends > 0
+}
+
+// hurried reports whether a queued write must go at once.
+func (lw *ledgerWriter) hurried() bool {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	return lw.sends > 0 || lw.urgent > 0
 }
 
 // run writes queued batches until ctx ends, and then what is still
@@ -97,6 +112,9 @@ func (lw *ledgerWriter) drain(ctx context.Context) {
 			if w.sends {
 				lw.sends--
 			}
+			if w.urgent {
+				lw.urgent--
+			}
 		}
 		lw.mu.Unlock()
 	}
@@ -104,15 +122,16 @@ func (lw *ledgerWriter) drain(ctx context.Context) {
 
 // lazyWrite is how long writes that send nothing (settlements, lease and
 // receipt records) wait to share a sync with others; a write that sends
-// (an award waiting for its hold) goes at once and takes them along.
+// (an award waiting for its hold) or is urgent goes at once and takes them
+// along.
 const lazyWrite = 50 * time.Millisecond
 
-// waitForCompany waits up to lazyWrite unless a write that sends is
-// queued or ctx ends.
+// waitForCompany waits up to lazyWrite unless a write that sends or is
+// urgent is queued, or ctx ends.
 func (lw *ledgerWriter) waitForCompany(ctx context.Context) {
 	timer := time.NewTimer(lazyWrite)
 	defer timer.Stop()
-	for !lw.sending() {
+	for !lw.hurried() {
 		select {
 		case <-ctx.Done():
 			return

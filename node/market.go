@@ -589,7 +589,15 @@ func (n *Node) SubmitJob(ctx context.Context, spec *pb.JobSpec, deadline time.Ti
 	// Our own, just signed: no need to verify it again.
 	offer := &protocol.Signed{Signer: n.host.ID(), Msg: msg, Raw: raw, Job: id}
 	var job market.Job
-	err = n.market.do(ctx, func() { job = *n.market.eng.Submit(time.Now(), offer, candidates) })
+	hold := n.offerHoldWrite(id, spec)
+	err = n.market.do(ctx, func() {
+		// Queued before the engine's first Ready of the job, so before
+		// any award of it.
+		if hold != nil {
+			n.market.writer.add(hold)
+		}
+		job = *n.market.eng.Submit(time.Now(), offer, candidates)
+	})
 	return job, err
 }
 

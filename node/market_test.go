@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -127,15 +128,22 @@ func TestJobsOfBothTiersSucceedOnce(t *testing.T) {
 		paid++
 	}
 	ledgersAgree(t, tn)
-	jobIDs := map[string]int{}
+	payments, holds := map[string]int{}, map[string]int{}
 	for _, e := range allEntries(t, tn.Node(9)) {
-		if e.Kind() == storage.KindPayment {
-			jobIDs[e.Body.(storage.PaymentBody).Job.String()]++
+		switch b := e.Body.(type) {
+		case storage.PaymentBody:
+			payments[b.Job.String()]++
+		case storage.HoldBody:
+			// Written when the job was posted, naming no provider, and
+			// reused by the award.
+			if b.Provider == "" {
+				holds[b.Job.String()]++
+			}
 		}
 	}
 	for id := range final {
-		if jobIDs[id] != 1 {
-			t.Errorf("job %s paid %d times in the ledger", id[:8], jobIDs[id])
+		if payments[id] != 1 || holds[id] != 1 {
+			t.Errorf("job %s paid %d times in the ledger, %d holds from its posting", id[:8], payments[id], holds[id])
 		}
 	}
 	t.Logf("%d jobs paid", paid)
@@ -169,6 +177,17 @@ func TestProviderStoppedMidLeaseJobMovesOn(t *testing.T) {
 	done := waitJobs(t, c, []string{j.ID}, "succeeded", time.Minute)[j.ID]
 	if done.Provider == running.Provider || done.Attempt < 2 || done.Leases != 2 {
 		t.Fatalf("after the stop: provider %s (was %s), attempt %d, leases %d", done.Provider, running.Provider, done.Attempt, done.Leases)
+	}
+	// One hold, from the posting, backed both awards; only the second
+	// provider is paid.
+	var kinds []storage.Kind
+	for _, e := range allEntries(t, tn.Node(4)) {
+		if e.Account == tn.Node(4).ID() && e.Kind() != storage.KindGrant {
+			kinds = append(kinds, e.Kind())
+		}
+	}
+	if want := []storage.Kind{storage.KindHold, storage.KindPayment}; !slices.Equal(kinds, want) || done.Payment == nil || done.Payment.To != done.Provider {
+		t.Fatalf("requester's entries %v (want %v), payment %+v", kinds, want, done.Payment)
 	}
 }
 

@@ -140,8 +140,9 @@ type GrantBody struct {
 	Amount uint64
 }
 
-// HoldBody escrows Amount for Job, a job the account posted and awarded to
-// Provider.
+// HoldBody escrows Amount for Job, a job the account posted, awarded to
+// Provider, or to whichever provider wins it when Provider is empty (a hold
+// written when the job is posted).
 type HoldBody struct {
 	Job      Hash
 	Provider peer.ID
@@ -257,7 +258,7 @@ func DecodeBody(kind Kind, data []byte) (Body, error) {
 		}
 		body = g
 	case KindHold:
-		h := HoldBody{Job: r.hash(), Provider: r.peer(), Amount: r.u64()}
+		h := HoldBody{Job: r.hash(), Provider: r.optionalPeer(), Amount: r.u64()}
 		if r.err == nil && h.Amount == 0 {
 			r.fail("hold of zero")
 		}
@@ -617,6 +618,15 @@ func (r *reader) field(max int) []byte {
 func (r *reader) peer() peer.ID {
 	v := r.field(ed25519PeerLen)
 	if r.err == nil && !isEd25519Peer(v) {
+		r.fail("peer is not an Ed25519 peer ID")
+	}
+	return peer.ID(v)
+}
+
+// optionalPeer reads a length-prefixed Ed25519 peer ID or an empty field.
+func (r *reader) optionalPeer() peer.ID {
+	v := r.field(ed25519PeerLen)
+	if r.err == nil && len(v) > 0 && !isEd25519Peer(v) {
 		r.fail("peer is not an Ed25519 peer ID")
 	}
 	return peer.ID(v)

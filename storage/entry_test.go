@@ -17,6 +17,7 @@ func sampleBodies(t testing.TB) []Body {
 	return []Body{
 		GrantBody{Amount: 1_000_000},
 		HoldBody{Job: job("a"), Provider: p, Amount: 42},
+		HoldBody{Job: job("b"), Amount: 42}, // any provider
 		ReleaseBody{Job: job("a")},
 		PaymentBody{Job: job("a"), To: p, Receipt: job("receipt"), Amount: 41},
 		LeaseBody{Job: job("a"), Requester: p, Price: 7},

@@ -107,7 +107,7 @@ func (h holdRec) encode() []byte {
 
 func decodeHoldRec(b []byte) (holdRec, error) {
 	r := reader{b: b}
-	h := holdRec{provider: r.peer(), amount: r.u64(), seq: r.u64()}
+	h := holdRec{provider: r.optionalPeer(), amount: r.u64(), seq: r.u64()}
 	return h, r.end()
 }
 

@@ -374,9 +374,15 @@ func TestLedgerJobFlow(t *testing.T) {
 	}
 	// A job re-assigned: paid to another provider than the hold named.
 	must(l.Append(env.a.priv, HoldBody{Job: job("2"), Provider: env.p.id, Amount: 100}))
+	if h, ok, err := l.HoldFor(env.a.id, job("2")); err != nil || !ok || h.Provider != env.p.id {
+		t.Fatalf("HoldFor = %+v, %v, %v", h, ok, err)
+	}
 	must(l.Append(env.a.priv, PaymentBody{Job: job("2"), To: env.b.id, Amount: 100}))
-	// Failed job: released.
-	must(l.Append(env.b.priv, HoldBody{Job: job("3"), Provider: env.p.id, Amount: 500}))
+	// Failed job, held when it was posted (no provider named): released.
+	must(l.Append(env.b.priv, HoldBody{Job: job("3"), Amount: 500}))
+	if h, ok, err := l.HoldFor(env.b.id, job("3")); err != nil || !ok || h.Provider != "" || h.Amount != 500 {
+		t.Fatalf("HoldFor = %+v, %v, %v", h, ok, err)
+	}
 	must(l.Append(env.b.priv, ReleaseBody{Job: job("3")}))
 	// The provider spends what it earned.
 	must(l.Append(env.p.priv, HoldBody{Job: job("4"), Provider: env.b.id, Amount: 250}))
