@@ -68,6 +68,7 @@ func (n *Node) startLedger(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	n.entryGossip = newEntryGossip(n)
 	n.ledger, err = storage.OpenLedger(n.db, n.cfg.Network, g, time.Now,
 		storage.WithStoreHook(func(e storage.Entry) { n.rset.add(e.Hash()) }),
 		// Peers' entries are not fsynced one by one: every node ingests
@@ -96,7 +97,7 @@ func (n *Node) startLedger(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("subscribe %s: %w", name, err)
 	}
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go func() {
 		defer n.wg.Done()
 		for {
@@ -105,6 +106,7 @@ func (n *Node) startLedger(ctx context.Context) error {
 			}
 		}
 	}()
+	go n.entryGossip.run(ctx)
 	if amount, ok := g.GrantFor(n.host.ID()); ok {
 		if head, err := n.ledger.Head(n.host.ID()); err == nil && head.Seq == 0 {
 			if _, err := n.appendEntry(storage.GrantBody{Amount: amount}); err != nil {
@@ -121,7 +123,7 @@ func (n *Node) appendEntry(body storage.Body) (storage.Entry, error) {
 	if err != nil {
 		return e, err
 	}
-	n.publishEntries([][]byte{e.Encode()})
+	n.entryGossip.add([][]byte{e.Encode()})
 	return e, nil
 }
 
@@ -473,7 +475,7 @@ func (n *Node) appendAll(bodies []storage.Body, what string) []*storage.Entry {
 				out[start+i] = &es[i]
 				raws[i] = es[i].Encode()
 			}
-			n.publishEntries(raws)
+			n.entryGossip.add(raws)
 			continue
 		}
 		for i, b := range chunk {

@@ -59,6 +59,7 @@ type Node struct {
 	ledger   *storage.Ledger
 	// ledgerTopic carries new ledger entries and fraud proofs.
 	ledgerTopic    *pubsub.Topic
+	entryGossip    *entryGossip // own new entries, gossiped in batches
 	ledgerRejected prometheus.Counter
 	rset           *ledgerSet
 	reconcileMu    sync.Mutex
