@@ -131,6 +131,10 @@ type Job struct {
 	// RefusedResults counts results from providers that no longer held
 	// the lease.
 	RefusedResults int `json:"refused_results"`
+
+	// gossipLater is the first direct round's offer of an interactive
+	// job, still to be gossiped.
+	gossipLater *pb.MarketMessage
 }
 
 // Spec is the job's spec as offered.
@@ -297,15 +301,31 @@ func (e *Engine) offer(j *Job, now time.Time) {
 	j.WindowEnds = now.Add(e.window(j.Tier))
 	j.Round++
 	msg := &pb.MarketMessage{Round: j.Round, Body: &pb.MarketMessage_Offer{Offer: j.offer}}
+	direct := 0
 	if j.Tier == protocol.TierInteractive {
 		for _, c := range j.Candidates {
 			if !slices.Contains(j.Excluded, c) {
 				e.send(c, msg)
+				direct++
 			}
 		}
 	}
-	e.ready.Publish = append(e.ready.Publish, Outbound{Tier: j.Tier, Msg: msg})
+	j.gossipLater = nil
+	if direct > 0 && j.Round == 1 {
+		// The first direct round usually ends in a lease within
+		// milliseconds: its gossip copy, there for visibility, goes out
+		// just before the taken notice instead of landing on every node
+		// while the candidates bid. A round without a lease is gossiped
+		// at once (see closeWindow and reoffer).
+		j.gossipLater = msg
+	} else {
+		e.publish(j, msg)
+	}
 	e.save(j, now)
+}
+
+func (e *Engine) publish(j *Job, msg *pb.MarketMessage) {
+	e.ready.Publish = append(e.ready.Publish, Outbound{Tier: j.Tier, Msg: msg})
 }
 
 func (e *Engine) window(tier string) time.Duration {
@@ -336,6 +356,7 @@ func (e *Engine) finish(j *Job, now time.Time, s State, reason string) {
 		j.Error = reason
 	}
 	j.WindowEnds, j.AcceptBy, j.HeartbeatBy = time.Time{}, time.Time{}, time.Time{}
+	j.gossipLater = nil
 	e.save(j, now)
 }
 
@@ -459,9 +480,13 @@ func (e *Engine) markRunning(j *Job, now time.Time) {
 		j.State = Running
 		j.Leases++
 		j.AcceptBy = time.Time{}
-		e.ready.Publish = append(e.ready.Publish, Outbound{Tier: j.Tier, Msg: &pb.MarketMessage{
+		if j.gossipLater != nil {
+			e.publish(j, j.gossipLater)
+			j.gossipLater = nil
+		}
+		e.publish(j, &pb.MarketMessage{
 			Body: &pb.MarketMessage_Taken{Taken: &pb.Taken{JobId: j.ID[:], Provider: []byte(j.Provider)}},
-		}})
+		})
 	}
 	j.HeartbeatBy = now.Add(e.cfg.HeartbeatTimeout)
 	e.save(j, now)

@@ -3,6 +3,9 @@ package market
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,11 +29,13 @@ type sim struct {
 	cut     map[peer.ID]bool // messages from or to these peers are lost
 	runs    map[peer.ID][]protocol.JobID
 	stops   map[peer.ID][]protocol.JobID
+	log     map[peer.ID][]string // "send|publish <kind> <round>", in order
 }
 
 func newSim(t *testing.T) *sim {
 	return &sim{t: t, now: t0, keys: map[peer.ID]crypto.PrivKey{}, engines: map[peer.ID]*Engine{},
-		cut: map[peer.ID]bool{}, runs: map[peer.ID][]protocol.JobID{}, stops: map[peer.ID][]protocol.JobID{}}
+		cut: map[peer.ID]bool{}, runs: map[peer.ID][]protocol.JobID{}, stops: map[peer.ID][]protocol.JobID{},
+		log: map[peer.ID][]string{}}
 }
 
 var simTiming = Config{
@@ -106,9 +111,11 @@ func (s *sim) flush() {
 			s.runs[from] = append(s.runs[from], leaseIDs(r.Run)...)
 			s.stops[from] = append(s.stops[from], r.Stop...)
 			for _, o := range r.Send {
+				s.record(from, "send", o.Msg)
 				s.deliver(from, o.To, o)
 			}
 			for _, o := range r.Publish {
+				s.record(from, "publish", o.Msg)
 				for _, to := range s.order {
 					if to != from {
 						s.deliver(from, to, o)
@@ -121,6 +128,11 @@ func (s *sim) flush() {
 		}
 	}
 	s.t.Fatal("engines did not settle")
+}
+
+func (s *sim) record(from peer.ID, how string, m *pb.MarketMessage) {
+	kind := strings.TrimPrefix(fmt.Sprintf("%T", m.Body), "*pb.MarketMessage_")
+	s.log[from] = append(s.log[from], fmt.Sprintf("%s %s %d", how, kind, m.Round))
 }
 
 func leaseIDs(ls []*Lease) []protocol.JobID {
@@ -403,4 +415,34 @@ func TestOutcomeOfAnEarlierLeaseIsDropped(t *testing.T) {
 	wantState(t, j, Running)
 	s.finish(prov, j.ID)
 	wantState(t, j, Succeeded)
+}
+
+// An interactive job's first round goes only to its candidates; its
+// gossip copy follows when the job is leased, just before the taken
+// notice. A round after one that found no provider is gossiped at once.
+func TestInteractiveOfferIsGossipedAtItsLease(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	cand := s.add(provider(10))
+	other := s.add(provider(10)) // not a candidate: sees the job only by gossip
+	j := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, cand)
+	wantState(t, j, Running)
+	want := []string{"send Offer 1", "send Award 0", "publish Offer 1", "publish Taken 0"}
+	if !slices.Equal(s.log[req], want) || j.Provider != cand || j.Leases != 1 {
+		t.Fatalf("requester sent %v (want %v); provider %s, leases %d", s.log[req], want, j.Provider, j.Leases)
+	}
+
+	s = newSim(t)
+	req = s.add(nil)
+	cand = s.add(provider(10))
+	other = s.add(provider(10))
+	s.cut[cand] = true
+	j = s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, cand)
+	wantState(t, j, Bidding)
+	s.advance(simTiming.InteractiveWindow)
+	wantState(t, j, Running)
+	want = []string{"send Offer 1", "send Offer 2", "publish Offer 2", "send Award 0", "publish Taken 0"}
+	if !slices.Equal(s.log[req], want) || j.Provider != other {
+		t.Fatalf("requester sent %v (want %v); provider %s", s.log[req], want, j.Provider)
+	}
 }
