@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,6 +52,17 @@ func benchEntries(b *testing.B, n int) ([][]byte, *Genesis) {
 	return raws, g
 }
 
+// cpuTime returns the CPU time (user and system, all threads) the process
+// has used so far.
+func cpuTime(b *testing.B) time.Duration {
+	b.Helper()
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 func benchLedger(b *testing.B, g *Genesis, opts ...LedgerOption) *Ledger {
 	b.Helper()
 	db, err := Open(b.TempDir(), Options{Network: testNet})
@@ -69,6 +81,9 @@ func benchLedger(b *testing.B, g *Genesis, opts ...LedgerOption) *Ledger {
 // IngestMany in batches of 256, on disk, synced once per batch ("nosync":
 // not synced, as a node ingests peers' entries). Run with a fixed count
 // (-benchtime=50000x): signing the entries is not timed but takes a while.
+// Beside the rate it reports the CPU time of the whole process (workers,
+// Badger's goroutines, GC) per entry: set against the cores × the time per
+// entry, it tells how busy the cores were.
 func BenchmarkLedgerIngest(b *testing.B) {
 	b.Run("parallel", func(b *testing.B) { benchIngest(b) })
 	b.Run("parallel-nosync", func(b *testing.B) { benchIngest(b, WithReceivedSync(false)) })
@@ -81,6 +96,7 @@ func benchIngest(b *testing.B, opts ...LedgerOption) {
 	raws, g := benchEntries(b, b.N)
 	l := benchLedger(b, g, opts...)
 	b.ReportAllocs()
+	cpu0 := cpuTime(b)
 	b.ResetTimer()
 	for i := 0; i < len(raws); i += 256 {
 		res, err := l.IngestMany(raws[i:min(i+256, len(raws))])
@@ -93,6 +109,7 @@ func benchIngest(b *testing.B, opts ...LedgerOption) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "entries/s")
+	b.ReportMetric(float64((cpuTime(b)-cpu0).Microseconds())/float64(b.N), "cpu-µs/entry")
 	if l.Count() != uint64(b.N) {
 		b.Fatalf("stored %d of %d", l.Count(), b.N)
 	}
