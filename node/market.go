@@ -41,7 +41,7 @@ type marketDriver struct {
 	// rejected counts messages refused before it, by reason.
 	stepped  *prometheus.CounterVec
 	rejected *prometheus.CounterVec
-	watchers map[protocol.JobID][]chan market.Job
+	watchers map[protocol.JobID][]*watcher
 	outbox   *outbox
 	writer   *ledgerWriter
 	verified *verifiedCache
@@ -84,7 +84,7 @@ func (n *Node) startMarket(ctx context.Context) error {
 	d := &marketDriver{
 		n: n, eng: market.NewEngine(n.marketEngineConfig()), in: make(chan func(), 256),
 		topics: map[string]*pubsub.Topic{}, running: map[protocol.JobID]runningLease{},
-		watchers:   map[protocol.JobID][]chan market.Job{},
+		watchers:   map[protocol.JobID][]*watcher{},
 		outbox:     newOutbox(n),
 		writer:     newLedgerWriter(n),
 		verified:   &verifiedCache{m: map[[32]byte]*protocol.Signed{}},
@@ -528,28 +528,52 @@ func (d *marketDriver) restore() error {
 	})
 }
 
+// watcher is a WatchJob caller's channel, and how to stop waiting for the
+// end of its context.
+type watcher struct {
+	ch   chan market.Job
+	stop func() bool
+}
+
 // notify passes a job's new state to its watchers.
 func (d *marketDriver) notify(j *market.Job) {
-	for _, ch := range d.watchers[j.ID] {
+	for _, w := range d.watchers[j.ID] {
 		select {
-		case ch <- *j:
+		case w.ch <- *j:
 		default:
 			// A slow watcher misses intermediate states, not the last:
 			// the oldest queued state makes room for it.
 			if j.State.Terminal() {
 				select {
-				case <-ch:
+				case <-w.ch:
 				default:
 				}
-				ch <- *j
+				w.ch <- *j
 			}
 		}
 	}
 	if j.State.Terminal() {
-		for _, ch := range d.watchers[j.ID] {
-			close(ch)
+		for _, w := range d.watchers[j.ID] {
+			w.stop()
+			close(w.ch)
 		}
 		delete(d.watchers, j.ID)
+	}
+}
+
+// unwatch drops a watcher whose context ended (a client that went away)
+// and closes its channel.
+func (d *marketDriver) unwatch(id protocol.JobID, w *watcher) {
+	ws := d.watchers[id]
+	i := slices.Index(ws, w)
+	if i < 0 {
+		return // the job ended first
+	}
+	close(w.ch)
+	if ws = slices.Delete(ws, i, i+1); len(ws) == 0 {
+		delete(d.watchers, id)
+	} else {
+		d.watchers[id] = ws
 	}
 }
 
@@ -675,7 +699,8 @@ func (n *Node) CancelJob(ctx context.Context, id protocol.JobID) (market.Job, bo
 	return out, ok, err
 }
 
-// WatchJob returns a channel of a job's states, closed when it ends.
+// WatchJob returns a channel of a job's states, closed when the job ends
+// or ctx does.
 func (n *Node) WatchJob(ctx context.Context, id protocol.JobID) (<-chan market.Job, error) {
 	ch := make(chan market.Job, 16)
 	found := false
@@ -690,7 +715,11 @@ func (n *Node) WatchJob(ctx context.Context, id protocol.JobID) (<-chan market.J
 			close(ch)
 			return
 		}
-		n.market.watchers[id] = append(n.market.watchers[id], ch)
+		w := &watcher{ch: ch}
+		n.market.watchers[id] = append(n.market.watchers[id], w)
+		w.stop = context.AfterFunc(ctx, func() {
+			n.market.do(n.runCtx, func() { n.market.unwatch(id, w) })
+		})
 	})
 	if err == nil && !found {
 		err = ErrNoJob

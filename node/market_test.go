@@ -12,6 +12,7 @@ import (
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
+	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/storage"
 	"github.com/mira-market/mira/testnet"
 )
@@ -356,4 +357,41 @@ func TestJobsSurviveRequesterRestart(t *testing.T) {
 	// The running job carries on: its provider's result (or, if that was
 	// lost while the requester was down, a re-run) completes it.
 	waitJobs(t, c, []string{long.ID}, "succeeded", time.Minute)
+}
+
+// A watcher that goes away (an events client that disconnects) is dropped
+// at once, not kept until its job ends.
+func TestWatchEndsWithItsContext(t *testing.T) {
+	tn := startTestnet(t, 2, testnet.WithProviders(1))
+	ctx := context.Background()
+	c := clientFor(t, tn, 0)
+	queryUntil(t, c, api.ProviderQuery{GPU: "any"}, []string{tn.Node(1).ID().String()})
+	j, err := c.SubmitJob(ctx, noopJob("interactive", "20s", "2m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := protocol.ParseJobID(j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	states, err := tn.Node(0).WatchJob(wctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	timeout := time.After(deadline)
+	for {
+		select {
+		case s, ok := <-states:
+			if !ok {
+				return
+			}
+			if s.State.Terminal() {
+				t.Fatalf("job ended (%s) before the watch was dropped", s.State)
+			}
+		case <-timeout:
+			t.Fatal("the watch's channel stayed open after its context ended")
+		}
+	}
 }
