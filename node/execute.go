@@ -156,7 +156,9 @@ func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 		return failed(fmt.Errorf("store result: %w", err))
 	}
 	o.ResultID, o.ResultSize = id.String(), uint64(size)
-	n.results.Store(id, l.Requester)
+	if err := n.db.PutResultReader(id.String(), []byte(l.Requester)); err != nil {
+		return failed(err)
+	}
 	if size <= protocol.MaxResultOutput {
 		o.Output, _ = n.blobs.Store().ReadAll(id)
 	}

@@ -301,4 +301,21 @@ func TestBlobsAreSharedOnlyWithTheJob(t *testing.T) {
 	if s := askBlob(t, requester, provider.ID(), done.ResultID); s != protocol.BlobOK {
 		t.Fatalf("the requester asking for its result got status %d", s)
 	}
+	// The provider still knows whose result it is after a restart.
+	if err := tn.Stop(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := tn.Restart(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := testnet.WaitFor(context.Background(), deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	provider = tn.Node(1)
+	if s := askBlob(t, requester, provider.ID(), done.ResultID); s != protocol.BlobOK {
+		t.Fatalf("after the provider's restart, the requester asking for its result got status %d", s)
+	}
+	if s := askBlob(t, outsider, provider.ID(), done.ResultID); s != protocol.BlobRefused {
+		t.Fatalf("after the provider's restart, an outsider asking for the result got status %d", s)
+	}
 }

@@ -72,19 +72,16 @@ type Node struct {
 	// chainSyncs serialises fetches of one account's chain.
 	chainMu    sync.Mutex
 	chainSyncs map[peer.ID]*sync.Mutex
-	// results maps the content ID of each result this provider produced to
-	// the requester it belongs to (see blobAllowed).
-	results   sync.Map
-	logs      *logBook
-	executors executor.Set
-	gpuMu     sync.Mutex
-	nextGPU   int
-	metrics   *prometheus.Registry
-	api       *http.Server
-	apiAddr   string
-	bootstrap []peer.AddrInfo
-	started   time.Time
-	readyAt   time.Duration
+	logs       *logBook
+	executors  executor.Set
+	gpuMu      sync.Mutex
+	nextGPU    int
+	metrics    *prometheus.Registry
+	api        *http.Server
+	apiAddr    string
+	bootstrap  []peer.AddrInfo
+	started    time.Time
+	readyAt    time.Duration
 
 	ready  atomic.Bool
 	runCtx context.Context // ends when Close begins

@@ -54,18 +54,25 @@ func (d *marketDriver) collectResult(j *market.Job) {
 }
 
 // blobAllowed decides who may fetch a blob from this node: a job's
-// requester its result, from the provider that produced it; a lease holder
-// the module and inputs of the job it holds, from the job's requester.
+// requester its result, from the provider that produced it (recorded in
+// the database, so also after a restart); a lease holder the module and
+// inputs of the job it holds, from the job's requester.
 // Nothing else is shared: a content ID alone (the ledger's receipts name
 // results) is not a right to the content.
 func (n *Node) blobAllowed(p peer.ID, id cid.Cid) bool {
-	if r, ok := n.results.Load(id); ok {
-		return r.(peer.ID) == p
+	allowed := false
+	n.withDB(func() {
+		var err error
+		if allowed, err = n.db.MayReadResult(id.String(), []byte(p)); err != nil {
+			n.log.Warn("blob request", "blob", id, "err", err)
+		}
+	})
+	if allowed {
+		return true
 	}
 	if n.market == nil {
 		return false
 	}
-	allowed := false
 	n.market.do(n.runCtx, func() {
 		for _, j := range n.market.eng.Jobs() {
 			if j.Provider != p || j.State.Terminal() {
