@@ -315,8 +315,8 @@ func (e *Engine) offer(j *Job, now time.Time) {
 		// The first direct round usually ends in a lease within
 		// milliseconds: its gossip copy, there for visibility, goes out
 		// just before the taken notice instead of landing on every node
-		// while the candidates bid. A round without a lease is gossiped
-		// at once (see closeWindow and reoffer).
+		// while the candidates bid, or once they have all declined. A
+		// later round (after one without a lease) is gossiped at once.
 		j.gossipLater = msg
 	} else {
 		e.publish(j, msg)
@@ -431,9 +431,26 @@ func (e *Engine) onDecline(now time.Time, m *protocol.Signed, d *pb.Decline) {
 		e.reoffer(j, now, false)
 		return
 	}
+	if j.State == Bidding && j.gossipLater != nil && allDeclined(j) {
+		// Every candidate turned the job down: the rest of the market
+		// sees it now, not when the window ends.
+		e.publish(j, j.gossipLater)
+		j.gossipLater = nil
+	}
 	if !known {
 		e.save(j, now)
 	}
+}
+
+// allDeclined reports whether every candidate still in the running has
+// declined j.
+func allDeclined(j *Job) bool {
+	for _, c := range j.Candidates {
+		if !slices.Contains(j.Excluded, c) && !slices.ContainsFunc(j.Declines, func(d Decline) bool { return d.Provider == c }) {
+			return false
+		}
+	}
+	return true
 }
 
 func (e *Engine) award(j *Job, now time.Time, p peer.ID, price uint64) {

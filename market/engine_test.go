@@ -445,4 +445,17 @@ func TestInteractiveOfferIsGossipedAtItsLease(t *testing.T) {
 	if !slices.Equal(s.log[req], want) || j.Provider != other {
 		t.Fatalf("requester sent %v (want %v); provider %s", s.log[req], want, j.Provider)
 	}
+
+	// A candidate that declines (no room) lets the rest of the market see
+	// the job at once.
+	s = newSim(t)
+	req = s.add(nil)
+	cand = s.add(provider(10, protocol.GPU{Model: "nvidia-rtx-4090", VRAMMiB: 24000, Count: 1}))
+	other = s.add(provider(10, protocol.GPU{Model: "nvidia-h100", VRAMMiB: 80000, Count: 2}))
+	j = s.submit(req, protocol.TierInteractive, 50, time.Minute, 2, cand)
+	wantState(t, j, Running)
+	want = []string{"send Offer 1", "publish Offer 1", "send Award 0", "publish Taken 0"}
+	if !slices.Equal(s.log[req], want) || j.Provider != other {
+		t.Fatalf("requester sent %v (want %v); provider %s", s.log[req], want, j.Provider)
+	}
 }

@@ -316,10 +316,11 @@ func cost(price uint64, u *pb.Usage, hold uint64) uint64 {
 }
 
 // offerHoldWrite is the ledger write that escrows a job's maximum cost at
-// its max price as soon as it is posted, naming no provider: it is synced
-// while the offer collects bids, so the award finds it on disk and leaves
-// without waiting for a sync. Without the credits for it, nothing is
-// written and the award writes a hold at the winning price instead.
+// its max price once the job is posted (and persisted), naming no
+// provider: it is synced while the offer collects bids, so the first award
+// finds it on disk and leaves without waiting for a sync. Without the
+// credits for it, nothing is written and the award writes a hold at the
+// winning price instead.
 func (n *Node) offerHoldWrite(id protocol.JobID, spec *pb.JobSpec) *ledgerWrite {
 	amount, err := maxCost(spec.GetMaxPrice(), spec)
 	if err != nil || amount == 0 {
@@ -333,9 +334,13 @@ func (n *Node) offerHoldWrite(id protocol.JobID, spec *pb.JobSpec) *ledgerWrite 
 			if _, ok, err := n.ledger.HoldFor(n.host.ID(), body.Job); err != nil || ok {
 				return nil
 			}
-			if b, err := n.ledger.Balance(n.host.ID()); err != nil || b.Available() < amount {
+			// Holds computed earlier in the same batch are not applied
+			// yet: count them, so this one does not make the batch fail.
+			b, err := n.ledger.Balance(n.host.ID())
+			if err != nil || b.Available() < n.market.writer.batchHeld+amount {
 				return nil
 			}
+			n.market.writer.batchHeld += amount
 			return []storage.Body{body}
 		},
 	}
@@ -368,7 +373,10 @@ func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, err
 				continue
 			}
 			if ok {
-				if h, _ := e.Body.(storage.HoldBody); (h.Provider == "" || h.Provider == a.provider) && h.Amount >= amount {
+				// A hold naming no provider backs only the first award:
+				// a provider then knows no other award shares it.
+				h, _ := e.Body.(storage.HoldBody)
+				if (h.Provider == a.provider || h.Provider == "" && a.award.Attempt == 1) && h.Amount >= amount {
 					holds[i] = e.Encode()
 					continue
 				}
@@ -452,9 +460,16 @@ func (n *Node) settlement(j *market.Job) storage.Body {
 		return nil
 	}
 	if j.State == market.Succeeded && len(j.Receipt) > 0 {
+		// A hold from the posting covers the max price: the payment is
+		// capped at the agreed price's maximum cost, whatever usage the
+		// provider reports.
+		limit := hold.Amount
+		if agreed, err := maxCost(j.Price, j.Spec()); err == nil {
+			limit = min(limit, agreed)
+		}
 		return storage.PaymentBody{
 			Job: storage.Hash(j.ID), To: j.Provider, Receipt: sha256.Sum256(j.Receipt),
-			Amount: cost(j.Price, j.Usage, hold.Amount),
+			Amount: cost(j.Price, j.Usage, limit),
 		}
 	}
 	return storage.ReleaseBody{Job: storage.Hash(j.ID)}
@@ -525,7 +540,10 @@ func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 	if !ok {
 		return errors.New("escrow hold: none open for the job")
 	}
-	if hold.Provider != "" && hold.Provider != n.host.ID() {
+	switch {
+	case hold.Provider == "" && l.Attempt != 1:
+		return fmt.Errorf("escrow hold names no provider, and this is award %d of the job", l.Attempt)
+	case hold.Provider != "" && hold.Provider != n.host.ID():
 		return fmt.Errorf("escrow hold names provider %s, not this one", hold.Provider)
 	}
 	want, err := maxCost(l.Price, l.Spec)

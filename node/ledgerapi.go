@@ -117,7 +117,7 @@ func (b apiBackend) Verify(ctx context.Context) (api.VerifyInfo, error) {
 
 // payment describes how a job's escrow stands in this node's ledger.
 func (n *Node) payment(j market.Job) (float64, *api.PaymentInfo) {
-	if n.ledger == nil || j.Attempt == 0 {
+	if n.ledger == nil {
 		return 0, nil
 	}
 	job := storage.Hash(j.ID)
@@ -129,7 +129,7 @@ func (n *Node) payment(j market.Job) (float64, *api.PaymentInfo) {
 	if h, ok, err := n.ledger.HoldFor(n.host.ID(), job); err == nil && ok {
 		return 0, &api.PaymentInfo{State: "held", Amount: credits(h.Amount)}
 	}
-	if j.State.Terminal() {
+	if j.State.Terminal() && j.Attempt > 0 {
 		return 0, &api.PaymentInfo{State: "released"}
 	}
 	return 0, nil

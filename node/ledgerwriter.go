@@ -11,8 +11,8 @@ import (
 )
 
 // ledgerWriter writes this node's own ledger entries for the market (the
-// escrow holds of awards, the settlements of finished jobs, a provider's
-// lease and receipt records) off the market loop and the runs, so neither
+// escrow holds of posted jobs and of awards, the settlements of finished
+// jobs, a provider's lease and receipt records) off the market loop and the runs, so neither
 // waits for a disk. Writes queued while one is on disk go together in the
 // next batch, with one sync (group commit).
 // Batches are written in the order they were queued, and what a write
@@ -24,7 +24,11 @@ type ledgerWriter struct {
 	mu     sync.Mutex
 	queue  []*ledgerWrite
 	sends  int // queued or active writes that send messages when done
-	urgent int // queued writes that must not wait for company
+	urgent int // queued or active writes that must not wait for company
+
+	// batchHeld is what the holds computed so far for the batch being
+	// written take from the balance (used by the writer goroutine only).
+	batchHeld uint64
 }
 
 // ledgerWrite is one queued write: the entries it makes, computed just
@@ -171,6 +175,7 @@ prefix:
 // write appends the batch's entries with one sync and hands each write
 // its share.
 func (lw *ledgerWriter) write(batch []*ledgerWrite) {
+	lw.batchHeld = 0
 	var all []storage.Body
 	ends := make([]int, len(batch))
 	for i, w := range batch {

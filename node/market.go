@@ -42,9 +42,12 @@ type marketDriver struct {
 	stepped  *prometheus.CounterVec
 	rejected *prometheus.CounterVec
 	watchers map[protocol.JobID][]*watcher
-	outbox   *outbox
-	writer   *ledgerWriter
-	verified *verifiedCache
+	// postingHolds are the hold writes of jobs just posted, queued once
+	// the jobs are persisted.
+	postingHolds map[protocol.JobID]*ledgerWrite
+	outbox       *outbox
+	writer       *ledgerWriter
+	verified     *verifiedCache
 	// collecting marks finished jobs whose result is being fetched.
 	collecting map[protocol.JobID]bool
 }
@@ -84,11 +87,12 @@ func (n *Node) startMarket(ctx context.Context) error {
 	d := &marketDriver{
 		n: n, eng: market.NewEngine(n.marketEngineConfig()), in: make(chan func(), 256),
 		topics: map[string]*pubsub.Topic{}, running: map[protocol.JobID]runningLease{},
-		watchers:   map[protocol.JobID][]*watcher{},
-		outbox:     newOutbox(n),
-		writer:     newLedgerWriter(n),
-		verified:   &verifiedCache{m: map[[32]byte]*protocol.Signed{}},
-		collecting: map[protocol.JobID]bool{},
+		watchers:     map[protocol.JobID][]*watcher{},
+		postingHolds: map[protocol.JobID]*ledgerWrite{},
+		outbox:       newOutbox(n),
+		writer:       newLedgerWriter(n),
+		verified:     &verifiedCache{m: map[[32]byte]*protocol.Signed{}},
+		collecting:   map[protocol.JobID]bool{},
 		stepped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mira_market_messages_total", Help: "Verified market messages fed to the engine, by kind.",
 		}, []string{"kind"}),
@@ -310,6 +314,15 @@ func (d *marketDriver) process(ctx context.Context) {
 		if err := d.n.db.PutJobs(recs); err != nil {
 			d.n.log.Error("persist jobs; not sending", "err", err)
 			return
+		}
+		// A posted job's hold is written once the job is on disk (so a
+		// restart finds the job that settles it) and before any award of
+		// it is queued.
+		for _, j := range r.Save {
+			if w, ok := d.postingHolds[j.ID]; ok {
+				delete(d.postingHolds, j.ID)
+				d.writer.add(w)
+			}
 		}
 		if w := d.n.settleWrite(r.Save); w != nil {
 			d.writer.add(w)
@@ -615,10 +628,8 @@ func (n *Node) SubmitJob(ctx context.Context, spec *pb.JobSpec, deadline time.Ti
 	var job market.Job
 	hold := n.offerHoldWrite(id, spec)
 	err = n.market.do(ctx, func() {
-		// Queued before the engine's first Ready of the job, so before
-		// any award of it.
 		if hold != nil {
-			n.market.writer.add(hold)
+			n.market.postingHolds[id] = hold
 		}
 		job = *n.market.eng.Submit(time.Now(), offer, candidates)
 	})

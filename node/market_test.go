@@ -1,6 +1,7 @@
 package node_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
@@ -179,16 +182,24 @@ func TestProviderStoppedMidLeaseJobMovesOn(t *testing.T) {
 	if done.Provider == running.Provider || done.Attempt < 2 || done.Leases != 2 {
 		t.Fatalf("after the stop: provider %s (was %s), attempt %d, leases %d", done.Provider, running.Provider, done.Attempt, done.Leases)
 	}
-	// One hold, from the posting, backed both awards; only the second
-	// provider is paid.
+	// The posting's hold, naming no provider, backed the first award
+	// only: the second award released it and held again naming its
+	// provider, the only one paid.
 	var kinds []storage.Kind
-	for _, e := range allEntries(t, tn.Node(4)) {
+	var named []peer.ID
+	chain := allEntries(t, tn.Node(4))
+	slices.SortFunc(chain, func(a, b storage.Entry) int { return cmp.Compare(a.Seq, b.Seq) })
+	for _, e := range chain {
 		if e.Account == tn.Node(4).ID() && e.Kind() != storage.KindGrant {
 			kinds = append(kinds, e.Kind())
+			if h, ok := e.Body.(storage.HoldBody); ok {
+				named = append(named, h.Provider)
+			}
 		}
 	}
-	if want := []storage.Kind{storage.KindHold, storage.KindPayment}; !slices.Equal(kinds, want) || done.Payment == nil || done.Payment.To != done.Provider {
-		t.Fatalf("requester's entries %v (want %v), payment %+v", kinds, want, done.Payment)
+	want := []storage.Kind{storage.KindHold, storage.KindRelease, storage.KindHold, storage.KindPayment}
+	if !slices.Equal(kinds, want) || !slices.Equal(named, []peer.ID{"", tn.Node(3 - victim).ID()}) || done.Payment == nil || done.Payment.To != done.Provider {
+		t.Fatalf("requester's entries %v (want %v), holds naming %v, payment %+v", kinds, want, named, done.Payment)
 	}
 }
 

@@ -97,8 +97,8 @@ func (l *Ledger) Frozen(account peer.ID) (bool, error) {
 }
 
 // HoldFor returns the account's open hold for job. A provider checks it
-// before it runs the job: the hold exists, names it as provider, and
-// covers the price.
+// before it runs the job: the hold exists, names it as provider (or, for
+// the job's first award, no provider), and covers the price.
 func (l *Ledger) HoldFor(account peer.ID, job Hash) (HoldBody, bool, error) {
 	v, err := l.get(holdKey(account, job))
 	if err != nil || v == nil {
