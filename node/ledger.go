@@ -347,9 +347,10 @@ func (n *Node) offerHoldWrite(id protocol.JobID, spec *pb.JobSpec) *ledgerWrite 
 }
 
 // escrowWrite is the ledger write that backs awards with holds: the open
-// hold that already covers it (one written at posting names no provider),
-// or a new one (after a release of an old one that does not fit). done gets each award's hold entry, or
-// the error that keeps it from being sent.
+// hold that already covers it (the posting's, naming no provider, for a
+// first award), or a new one (after a release of an old one that does not
+// fit). done gets each award's hold entry, or the error that keeps it from
+// being sent.
 func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, errs []error)) *ledgerWrite {
 	holds, errs := make([][]byte, len(awards)), make([]error, len(awards))
 	at := make([]int, len(awards)) // index of each new hold in the bodies, or -1

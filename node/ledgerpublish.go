@@ -9,9 +9,10 @@ import (
 // ledgerGossipDelay is how long this node's new ledger entries wait before
 // they are gossiped, so that the entries of many writes go out as one
 // message: every other node checks and stores each message the moment it
-// arrives, on the same cores the market's messages need. Nothing waits
-// for this gossip: an award carries its hold, and reconciliation repairs
-// what gossip misses.
+// arrives, on the same cores the market's messages need. An award carries
+// its hold (a provider that lacks the requester's entries before it
+// fetches them), and reconciliation repairs what gossip misses, including
+// what is still queued when the node stops.
 const ledgerGossipDelay = 100 * time.Millisecond
 
 // entryGossip collects own entries and gossips them in batches.

@@ -12,9 +12,9 @@ import (
 
 // ledgerWriter writes this node's own ledger entries for the market (the
 // escrow holds of posted jobs and of awards, the settlements of finished
-// jobs, a provider's lease and receipt records) off the market loop and the runs, so neither
-// waits for a disk. Writes queued while one is on disk go together in the
-// next batch, with one sync (group commit).
+// jobs, a provider's lease and receipt records) off the market loop and
+// the runs, so neither waits for a disk. Writes queued while one is on
+// disk go together in the next batch, with one sync (group commit).
 // Batches are written in the order they were queued, and what a write
 // sends afterwards (an award carrying its hold) goes out in that order.
 type ledgerWriter struct {
