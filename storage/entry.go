@@ -616,11 +616,11 @@ func (r *reader) field(max int) []byte {
 
 // peer reads a length-prefixed Ed25519 peer ID.
 func (r *reader) peer() peer.ID {
-	v := r.field(ed25519PeerLen)
-	if r.err == nil && !isEd25519Peer(v) {
+	p := r.optionalPeer()
+	if r.err == nil && p == "" {
 		r.fail("peer is not an Ed25519 peer ID")
 	}
-	return peer.ID(v)
+	return p
 }
 
 // optionalPeer reads a length-prefixed Ed25519 peer ID or an empty field.
