@@ -279,6 +279,7 @@ func (d *marketDriver) loop(ctx context.Context) {
 			return
 		case fn := <-d.in:
 			fn()
+			d.drainInputs()
 		case <-timer.C:
 			d.eng.Tick(time.Now())
 		}
@@ -286,6 +287,24 @@ func (d *marketDriver) loop(ctx context.Context) {
 		timer.Reset(time.Hour)
 		if next := d.eng.NextDeadline(); !next.IsZero() {
 			timer.Reset(max(time.Until(next), time.Millisecond))
+		}
+	}
+}
+
+// maxInputsPerReady bounds how many queued inputs one Ready gathers.
+const maxInputsPerReady = 64
+
+// drainInputs feeds the engine the inputs already queued, up to
+// maxInputsPerReady, so that under load one Ready carries many jobs'
+// changes: one database write, one gossip message per tier, one
+// ledger batch, instead of one each.
+func (d *marketDriver) drainInputs() {
+	for range maxInputsPerReady - 1 {
+		select {
+		case fn := <-d.in:
+			fn()
+		default:
+			return
 		}
 	}
 }

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"sync"
 	"time"
@@ -77,15 +78,37 @@ func (o *outbox) run(ctx context.Context, to peer.ID, ch chan []byte) {
 			}
 			o.mu.Unlock()
 		case raw := <-ch:
-			st = o.write(ctx, to, st, raw)
+			st = o.write(ctx, to, st, frames(raw, ch))
 		}
 		idle.Reset(outboxIdle)
 	}
 }
 
-// write sends one message, opening the stream if needed and retrying once
+// maxCoalesced bounds the bytes of queued messages written together.
+const maxCoalesced = 256 << 10
+
+// frames frames first, and the messages queued behind it up to
+// maxCoalesced bytes, each with its varint length, into one buffer: under
+// load one stream write (one yamux frame, one encrypted record) carries
+// many messages instead of one each.
+func frames(first []byte, ch chan []byte) []byte {
+	buf := binary.AppendUvarint(make([]byte, 0, len(first)+binary.MaxVarintLen64), uint64(len(first)))
+	buf = append(buf, first...)
+	for len(buf) < maxCoalesced {
+		select {
+		case raw := <-ch:
+			buf = binary.AppendUvarint(buf, uint64(len(raw)))
+			buf = append(buf, raw...)
+		default:
+			return buf
+		}
+	}
+	return buf
+}
+
+// write sends framed messages, opening the stream if needed and retrying once
 // on a fresh stream if the old one broke. It returns the stream to reuse.
-func (o *outbox) write(ctx context.Context, to peer.ID, st network.Stream, raw []byte) network.Stream {
+func (o *outbox) write(ctx context.Context, to peer.ID, st network.Stream, framed []byte) network.Stream {
 	for attempt := 0; attempt < 2; attempt++ {
 		if st == nil {
 			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -98,7 +121,7 @@ func (o *outbox) write(ctx context.Context, to peer.ID, st network.Stream, raw [
 			st = s
 		}
 		st.SetWriteDeadline(time.Now().Add(10 * time.Second))
-		if err := msgio.NewVarintWriter(st).WriteMsg(raw); err == nil {
+		if _, err := st.Write(framed); err == nil {
 			return st
 		}
 		st.Reset()

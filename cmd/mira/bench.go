@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -8,6 +9,8 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -216,9 +219,13 @@ func newBenchMarketCmd(g *globals) *cobra.Command {
 // benchBurst posts n batch noop jobs at once and times until every one
 // has been leased.
 func benchBurst(ctx context.Context, out io.Writer, asker *node.Node, n int) error {
-	start := time.Now()
+	start, cpu0 := time.Now(), processCPU()
 	var chans []<-chan market.Job
-	for range n {
+	// When each job was submitted, awarded and accepted, from the start.
+	type stages struct{ submitted, assigned, running time.Duration }
+	timeline := make([]stages, n)
+	var twg sync.WaitGroup
+	for i := range n {
 		spec := &pb.JobSpec{Executor: "noop", Tier: protocol.TierBatch, MaxPrice: 10000, MaxDurationMs: 10000, Resources: &pb.Resources{Gpus: 1}}
 		j, err := asker.SubmitJob(ctx, spec, time.Now().Add(5*time.Minute))
 		if err != nil {
@@ -228,7 +235,26 @@ func benchBurst(ctx context.Context, out io.Writer, asker *node.Node, n int) err
 		if err != nil {
 			return err
 		}
-		chans = append(chans, ch)
+		// Each job's states are timed as they come, and passed on.
+		timeline[i].submitted = time.Since(start)
+		timed := make(chan market.Job, 16)
+		twg.Add(1)
+		go func() {
+			defer twg.Done()
+			defer close(timed)
+			for s := range ch {
+				if s.State == market.Assigned && timeline[i].assigned == 0 {
+					timeline[i].assigned = time.Since(start)
+				}
+				if s.State == market.Running && timeline[i].running == 0 {
+					timeline[i].running = time.Since(start)
+					// A watcher can miss a passing state.
+					timeline[i].assigned = cmp.Or(timeline[i].assigned, timeline[i].running)
+				}
+				timed <- s
+			}
+		}()
+		chans = append(chans, timed)
 	}
 	posted := time.Since(start)
 	var lastLease time.Duration
@@ -253,10 +279,32 @@ func benchBurst(ctx context.Context, out io.Writer, asker *node.Node, n int) err
 	for why, count := range failures {
 		fmt.Fprintf(out, "burst: %d jobs ended %s\n", count, why)
 	}
-	took := time.Since(start)
-	fmt.Fprintf(out, "burst: %d batch jobs posted in %v; all leased after %v (%.0f leases/s), all ended after %v, %d succeeded\n",
-		n, posted.Round(time.Millisecond), lastLease.Round(time.Millisecond), float64(n)/lastLease.Seconds(), took.Round(time.Millisecond), succeeded)
+	twg.Wait()
+	pct := func(d func(stages) time.Duration) string {
+		v := make([]time.Duration, 0, n)
+		for _, x := range timeline {
+			v = append(v, d(x))
+		}
+		slices.Sort(v)
+		return fmt.Sprintf("p50 %v p90 %v", v[len(v)/2].Round(time.Millisecond), v[len(v)*9/10].Round(time.Millisecond))
+	}
+	fmt.Fprintf(out, "burst stages: submit->assigned %s; assigned->running %s\n",
+		pct(func(x stages) time.Duration { return x.assigned - x.submitted }), pct(func(x stages) time.Duration { return x.running - x.assigned }))
+	took, cpu := time.Since(start), processCPU()-cpu0
+	fmt.Fprintf(out, "burst: %d batch jobs posted in %v; all leased after %v (%.0f leases/s), all ended after %v, %d succeeded; %.2f ms of CPU per job (all nodes, %.0f%% of %d cores)\n",
+		n, posted.Round(time.Millisecond), lastLease.Round(time.Millisecond), float64(n)/lastLease.Seconds(), took.Round(time.Millisecond), succeeded,
+		float64(cpu.Microseconds())/1000/float64(n), 100*cpu.Seconds()/took.Seconds()/float64(runtime.NumCPU()), runtime.NumCPU())
 	return nil
+}
+
+// processCPU returns the CPU time (user and system, all threads) this
+// process has used so far; every testnet node runs in it.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // startProviderNet starts a testnet whose members 1..providers sell
