@@ -711,9 +711,10 @@ func (e *Engine) Finished(now time.Time, id protocol.JobID, o Outcome) {
 }
 
 // checkInline checks that a result's inline output is the blob it names.
+// An empty output is checked too: it is the whole of an empty result.
 func checkInline(r *pb.Result) error {
-	if len(r.Output) == 0 {
-		return nil
+	if r.ResultId == "" || (len(r.Output) == 0 && r.ResultSize > 0) {
+		return nil // no result, or one the requester fetches as a blob
 	}
 	_, want, err := protocol.ParseBlobID(r.ResultId)
 	if err != nil {

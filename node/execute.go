@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/mira-market/mira/market"
@@ -98,11 +100,16 @@ func (n *Node) execute(ctx context.Context, l *market.Lease) market.Outcome {
 func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 	failed := func(err error) market.Outcome { return market.Outcome{ExitCode: -1, Error: err.Error()} }
 	workDir := filepath.Join(n.cfg.DataDir, "work", fmt.Sprintf("%s.%d", l.Job, l.Attempt))
-	if err := os.MkdirAll(filepath.Join(workDir, "job"), 0o700); err != nil {
-		return failed(fmt.Errorf("scratch dir: %w", err))
-	}
 	defer os.RemoveAll(workDir)
-	job := &executor.Job{ID: l.Job.String(), Spec: l.Spec, Dir: filepath.Join(workDir, "job"), GPUs: n.assignGPUs(l.Spec)}
+	job := &executor.Job{ID: l.Job.String(), Spec: l.Spec, GPUs: n.assignGPUs(l.Spec)}
+	// A scratch directory is two mkdirs and a removal: only for a job that
+	// can see it.
+	if _, scratchless := n.executors[l.Spec.Executor].(executor.Scratchless); !scratchless || len(l.Spec.Inputs) > 0 {
+		job.Dir = filepath.Join(workDir, "job")
+		if err := os.MkdirAll(job.Dir, 0o700); err != nil {
+			return failed(fmt.Errorf("scratch dir: %w", err))
+		}
+	}
 	if l.Spec.Executor == "process" && len(job.GPUs) > 0 {
 		// A host process sees every device; CUDA and ROCm honour these.
 		job.Spec = proto.Clone(l.Spec).(*pb.JobSpec)
@@ -122,13 +129,9 @@ func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 	n.wg.Add(1)
 	go func() { defer stopLog(); n.streamLogs(logCtx, l.Requester, l.Job, l.Attempt, log) }()
 
-	stdout, err := os.Create(filepath.Join(workDir, "stdout"))
-	if err != nil {
-		return failed(fmt.Errorf("result file: %w", err))
-	}
-	defer stdout.Close()
-	result := &cappedWriter{w: stdout, limit: n.blobs.Store().MaxSize()}
-	job.Stdout, job.Stderr = io.MultiWriter(result, log), log
+	stdout := &spool{path: filepath.Join(workDir, "stdout"), limit: n.blobs.Store().MaxSize()}
+	defer stdout.close()
+	job.Stdout, job.Stderr = io.MultiWriter(stdout, log), log
 
 	// max_duration counts from here: fetching and compiling are the
 	// provider's overhead, not the job's time.
@@ -145,24 +148,41 @@ func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 		WallMs: res.Wall.Milliseconds(), GpuMs: int64(max(l.Spec.GetResources().GetGpus(), 1)) * res.Wall.Milliseconds(),
 		PeakMemoryBytes: res.PeakMemory, FirstOutputMs: res.FirstOutput.Milliseconds(),
 	}}
-	if result.over {
-		o.ExitCode, o.Error = -1, fmt.Sprintf("result over the %d-byte blob limit", result.limit)
+	if stdout.over {
+		o.ExitCode, o.Error = -1, fmt.Sprintf("result over the %d-byte blob limit", stdout.limit)
 	}
-	if _, err := stdout.Seek(0, io.SeekStart); err != nil {
-		return failed(fmt.Errorf("result file: %w", err))
-	}
-	id, size, err := n.blobs.Store().Put(stdout)
-	if err != nil {
-		return failed(fmt.Errorf("store result: %w", err))
-	}
-	o.ResultID, o.ResultSize = id.String(), uint64(size)
-	if err := n.db.PutResultReader(id.String(), []byte(l.Requester)); err != nil {
+	if err := n.storeResult(stdout, l.Requester, &o); err != nil {
 		return failed(err)
 	}
-	if size <= protocol.MaxResultOutput {
-		o.Output, _ = n.blobs.Store().ReadAll(id)
-	}
 	return o
+}
+
+// storeResult names a run's stdout in o. A result small enough to travel
+// inline in the signed result is only hashed: the requester keeps it from
+// that message. A larger one goes into the blob store, for the requester
+// (and only it) to fetch.
+func (n *Node) storeResult(stdout *spool, requester peer.ID, o *market.Outcome) error {
+	if stdout.err != nil {
+		return fmt.Errorf("result file: %w", stdout.err)
+	}
+	if stdout.f == nil {
+		sum := sha256.Sum256(stdout.mem)
+		id, err := protocol.BlobID(sum[:])
+		if err != nil {
+			return err
+		}
+		o.ResultID, o.ResultSize, o.Output = id.String(), uint64(len(stdout.mem)), stdout.mem
+		return nil
+	}
+	if _, err := stdout.f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("result file: %w", err)
+	}
+	id, size, err := n.blobs.Store().Put(stdout.f)
+	if err != nil {
+		return fmt.Errorf("store result: %w", err)
+	}
+	o.ResultID, o.ResultSize = id.String(), uint64(size)
+	return n.db.PutResultReader(id.String(), []byte(requester))
 }
 
 // compiler is an executor that can prepare a module ahead of its run.
@@ -283,28 +303,71 @@ func (n *Node) assignGPUs(spec *pb.JobSpec) []string {
 	return out
 }
 
-// cappedWriter writes at most limit bytes to w and notes when more came.
-type cappedWriter struct {
-	mu    sync.Mutex
-	w     io.Writer
-	n     int64
+// spool takes a run's stdout, at most limit bytes (noting when more came).
+// It keeps up to protocol.MaxResultOutput bytes, what a result carries
+// inline, in memory, and moves them to a file at path once the output
+// grows beyond that: most results never touch the disk.
+type spool struct {
+	path  string
 	limit int64
-	over  bool
+
+	mu   sync.Mutex
+	mem  []byte
+	f    *os.File // nil while the output fits in mem
+	n    int64
+	over bool
+	err  error
 }
 
-func (c *cappedWriter) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+func (s *spool) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	size := len(p)
-	room := c.limit - c.n
-	if int64(size) > room {
-		c.over = true
+	if room := s.limit - s.n; int64(size) > room {
+		s.over = true
 		p = p[:max(room, 0)]
 	}
-	n, err := c.w.Write(p)
-	c.n += int64(n)
+	if s.err != nil {
+		return 0, s.err
+	}
+	if s.f == nil && len(s.mem)+len(p) <= protocol.MaxResultOutput {
+		s.mem = append(s.mem, p...)
+		s.n += int64(len(p))
+		return size, nil
+	}
+	if s.f == nil {
+		if s.err = s.spill(); s.err != nil {
+			return 0, s.err
+		}
+	}
+	n, err := s.f.Write(p)
+	s.n += int64(n)
 	if err != nil {
+		s.err = err
 		return n, err
 	}
 	return size, nil
+}
+
+// spill moves the output so far into the spool's file.
+func (s *spool) spill() error {
+	if err := os.MkdirAll(filepath.Dir(s.path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.Create(s.path)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(s.mem); err != nil {
+		f.Close()
+		return err
+	}
+	s.f, s.mem = f, nil
+	return nil
+}
+
+func (s *spool) close() {
+	if s.f != nil {
+		s.f.Close()
+	}
 }

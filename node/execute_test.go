@@ -277,7 +277,9 @@ func TestBlobsAreSharedOnlyWithTheJob(t *testing.T) {
 	}
 	c := clientFor(t, tn, 0)
 	queryUntil(t, c, api.ProviderQuery{GPU: "any"}, []string{tn.Node(1).ID().String()})
-	in, err := c.PutBlob(context.Background(), strings.NewReader("private input\n"))
+	// Larger than a result carried inline: the requester fetches it.
+	private := strings.Repeat("private input\n", 3<<10)
+	in, err := c.PutBlob(context.Background(), strings.NewReader(private))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,8 +290,8 @@ func TestBlobsAreSharedOnlyWithTheJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := waitJobs(t, c, []string{j.ID}, "succeeded", time.Minute)[j.ID]
-	if got := string(result(t, c, done)); got != "private input\n" {
-		t.Fatalf("result %q", got)
+	if got := string(result(t, c, done)); got != private {
+		t.Fatalf("result of %d bytes, want %d", len(got), len(private))
 	}
 	outsider, requester, provider := tn.Node(2), tn.Node(0), tn.Node(1)
 	if s := askBlob(t, outsider, provider.ID(), done.ResultID); s != protocol.BlobRefused {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -24,27 +25,42 @@ import (
 // (the result blob still holds all of stdout).
 const maxJobLog = 16 << 20
 
-// logBook keeps the logs of job runs, one file per job and attempt, on the
-// provider that runs it and on the requester it streams to. Readers wait on
-// a log for new bytes instead of polling it.
-type logBook struct {
-	dir  string
-	mu   sync.Mutex
-	logs map[string]*jobLog
+// logSpill is the size up to which a run's log is kept in memory; a larger
+// one moves to a file.
+const logSpill = 64 << 10
+
+// logStore keeps complete logs that never spilled to a file.
+type logStore interface {
+	PutJobLog(name string, log []byte) error
+	JobLog(name string) ([]byte, bool, error)
 }
 
-func newLogBook(dir string) (*logBook, error) {
+// logBook keeps the logs of job runs on the provider that runs them and on
+// the requester they stream to. A log starts in memory; one that outgrows
+// logSpill moves to a file of its own; a complete small log is stored in
+// the database. Readers wait on a log for new bytes instead of polling it.
+type logBook struct {
+	dir   string
+	store logStore
+	log   *slog.Logger
+	mu    sync.Mutex
+	logs  map[string]*jobLog
+}
+
+func newLogBook(dir string, store logStore, log *slog.Logger) (*logBook, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("logs dir: %w", err)
 	}
-	return &logBook{dir: dir, logs: map[string]*jobLog{}}, nil
+	return &logBook{dir: dir, store: store, log: log, logs: map[string]*jobLog{}}, nil
 }
 
 func logName(job protocol.JobID, attempt uint32) string {
 	return fmt.Sprintf("%s.%d.log", job, attempt)
 }
 
-// get returns the log of a run, opening (creating) its file.
+// get returns the log of a run: the open one, a complete one from the
+// database, a spilled one from its file (resumed, after a restart), or a
+// new empty one.
 func (b *logBook) get(job protocol.JobID, attempt uint32) (*jobLog, error) {
 	name := logName(job, attempt)
 	b.mu.Lock()
@@ -52,16 +68,29 @@ func (b *logBook) get(job protocol.JobID, attempt uint32) (*jobLog, error) {
 	if l, ok := b.logs[name]; ok {
 		return l, nil
 	}
-	f, err := os.OpenFile(filepath.Join(b.dir, name), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
+	path := filepath.Join(b.dir, name)
+	l := &jobLog{path: path, changed: make(chan struct{})}
+	if data, ok, err := b.store.JobLog(name); err != nil {
+		return nil, err
+	} else if ok {
+		l.mem, l.size, l.done = data, int64(len(data)), true
+		return l, nil
+	}
+	if f, err := os.OpenFile(path, os.O_RDWR, 0o600); err == nil {
+		size, err := f.Seek(0, io.SeekEnd)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("open job log: %w", err)
+		}
+		l.f, l.spilled, l.size = f, true, size
+	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("open job log: %w", err)
 	}
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("open job log: %w", err)
+	l.persist = func(data []byte) {
+		if err := b.store.PutJobLog(name, data); err != nil {
+			b.log.Warn("store job log", "log", name, "err", err)
+		}
 	}
-	l := &jobLog{f: f, path: f.Name(), size: size, changed: make(chan struct{})}
 	l.release = func() {
 		b.mu.Lock()
 		if b.logs[name] == l {
@@ -73,25 +102,37 @@ func (b *logBook) get(job protocol.JobID, attempt uint32) (*jobLog, error) {
 	return l, nil
 }
 
-// close closes every open log file.
+// close spills the logs still open to their files, to be resumed after a
+// restart, and closes them.
 func (b *logBook) close() {
 	b.mu.Lock()
 	logs := b.logs
 	b.logs = map[string]*jobLog{}
 	b.mu.Unlock()
 	for _, l := range logs {
-		l.finish()
+		l.mu.Lock()
+		if !l.done && !l.spilled && l.size > 0 {
+			l.spill()
+		}
+		if l.f != nil {
+			l.f.Close()
+			l.f = nil
+		}
+		l.done = true
+		l.mu.Unlock()
 	}
 }
 
-// jobLog is one run's log: an append-only file and a broadcast of changes.
-// The write handle is closed, and the log leaves the book, once it is
-// complete; readers open their own.
+// jobLog is one run's log and a broadcast of its changes. Once complete it
+// leaves the book; readers keep what they hold of it.
 type jobLog struct {
 	path    string
+	persist func([]byte) // stores a complete log that never spilled
 	release func()
 	mu      sync.Mutex
-	f       *os.File // nil once complete
+	mem     []byte   // the log, until it spills
+	f       *os.File // write handle once spilled; nil once complete
+	spilled bool
 	size    int64
 	done    bool
 	changed chan struct{} // closed and replaced on every change
@@ -108,30 +149,67 @@ func (l *jobLog) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	room := maxJobLog - l.size
-	if room <= 0 || l.done || l.f == nil {
+	if room <= 0 || l.done {
 		return len(p), nil
 	}
 	q := p[:min(int64(len(p)), room)]
-	n, err := l.f.WriteAt(q, l.size)
-	l.size += int64(n)
+	if !l.spilled && l.size+int64(len(q)) > logSpill {
+		if err := l.spill(); err != nil {
+			return 0, fmt.Errorf("job log: %w", err)
+		}
+	}
+	var err error
+	if l.spilled {
+		var n int
+		n, err = l.f.WriteAt(q, l.size)
+		q = q[:n]
+	} else {
+		l.mem = append(l.mem, q...)
+	}
+	l.size += int64(len(q))
 	l.broadcast()
 	if err != nil {
-		return n, fmt.Errorf("job log: %w", err)
+		return len(q), fmt.Errorf("job log: %w", err)
 	}
 	return len(p), nil
 }
 
+// spill moves the log from memory to its file; l.mu is held.
+func (l *jobLog) spill() error {
+	f, err := os.OpenFile(l.path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(l.mem); err != nil {
+		f.Close()
+		return err
+	}
+	l.f, l.mem, l.spilled = f, nil, true
+	return nil
+}
+
 // finish marks the log complete: followers stop once they have read it.
+// A log that stayed in memory is stored in the database.
 func (l *jobLog) finish() {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.done {
-		l.done = true
+	if l.done {
+		l.mu.Unlock()
+		return
+	}
+	l.done = true
+	if l.f != nil {
 		l.f.Close()
 		l.f = nil
-		l.broadcast()
-		l.release()
 	}
+	l.broadcast()
+	mem, spilled := l.mem, l.spilled
+	l.mu.Unlock()
+	// Stored before the log leaves the book, so get finds it in one or
+	// the other.
+	if !spilled && len(mem) > 0 {
+		l.persist(mem)
+	}
+	l.release()
 }
 
 // state returns the log's size, whether it is complete, and a channel
@@ -142,19 +220,39 @@ func (l *jobLog) state() (int64, bool, <-chan struct{}) {
 	return l.size, l.done, l.changed
 }
 
+// readAt reads the log at off, from memory or, once spilled, from its
+// file (opened into *f on first use).
+func (l *jobLog) readAt(f **os.File, p []byte, off int64) (int, error) {
+	l.mu.Lock()
+	if !l.spilled {
+		n := copy(p, l.mem[off:])
+		l.mu.Unlock()
+		return n, nil
+	}
+	l.mu.Unlock()
+	if *f == nil {
+		var err error
+		if *f, err = os.Open(l.path); err != nil {
+			return 0, err
+		}
+	}
+	return (*f).ReadAt(p, off)
+}
+
 // follow sends the log from off to w as it grows, until it is complete (or,
 // without follow, until its current end).
 func (l *jobLog) follow(ctx context.Context, off int64, follow bool, w func([]byte) error) (int64, error) {
-	f, err := os.Open(l.path)
-	if err != nil {
-		return off, fmt.Errorf("read job log: %w", err)
-	}
-	defer f.Close()
+	var f *os.File
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+	}()
 	buf := make([]byte, 64<<10)
 	for {
 		size, done, changed := l.state()
 		for off < size {
-			n, err := f.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
+			n, err := l.readAt(&f, buf[:min(int64(len(buf)), size-off)], off)
 			if n > 0 {
 				if werr := w(buf[:n]); werr != nil {
 					return off, werr

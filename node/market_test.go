@@ -368,6 +368,15 @@ func TestJobsSurviveRequesterRestart(t *testing.T) {
 	// The running job carries on: its provider's result (or, if that was
 	// lost while the requester was down, a re-run) completes it.
 	waitJobs(t, c, []string{long.ID}, "succeeded", time.Minute)
+
+	// A result that came inline is kept in the job record: it is served
+	// with its provider gone.
+	if err := tn.Stop(1); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(result(t, c, after)); got == "" || got != before.Output {
+		t.Fatalf("result after restart, provider stopped: %q, want %q", got, before.Output)
+	}
 }
 
 // A watcher that goes away (an events client that disconnects) is dropped

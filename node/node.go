@@ -165,7 +165,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err != nil {
 		return nil, err
 	}
-	if n.logs, err = newLogBook(filepath.Join(cfg.DataDir, logsDir)); err != nil {
+	if n.logs, err = newLogBook(filepath.Join(cfg.DataDir, logsDir), dbLogStore{n}, n.log); err != nil {
 		return nil, err
 	}
 
@@ -327,6 +327,24 @@ func (n *Node) Close() error {
 	})
 	return errors.Join(errs...)
 }
+
+// dbLogStore keeps small complete job logs in the node's database.
+type dbLogStore struct{ n *Node }
+
+func (s dbLogStore) PutJobLog(name string, log []byte) error {
+	err := errDBClosed
+	s.n.withDB(func() { err = s.n.db.PutJobLog(name, log) })
+	return err
+}
+
+func (s dbLogStore) JobLog(name string) (log []byte, ok bool, err error) {
+	err = errDBClosed
+	s.n.withDB(func() { log, ok, err = s.n.db.JobLog(name) })
+	return log, ok, err
+}
+
+// errDBClosed is the error of a database use after the node closed it.
+var errDBClosed = errors.New("database closed")
 
 // withDB runs f unless the node's database is closed (or closing), and
 // reports whether it ran.

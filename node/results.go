@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -21,33 +22,32 @@ import (
 // provider's last bytes before it stops.
 const logLinger = 2 * time.Second
 
-// collectResult keeps a finished job's result in the blob store, in the
-// background: an inline result, already checked against its content ID by
-// the engine, is stored; a larger one is fetched from the provider.
+// inlineResult returns a job's result when it came inline in the signed
+// result (the engine checked it against its content ID): the job record
+// holds it, and no blob is stored or fetched for it.
+func inlineResult(j *market.Job) ([]byte, bool) {
+	return j.Output, j.ResultID != "" && j.ResultSize <= protocol.MaxResultOutput && uint64(len(j.Output)) == j.ResultSize
+}
+
+// collectResult fetches a finished job's result from its provider into the
+// blob store, in the background, unless it came inline.
 func (d *marketDriver) collectResult(j *market.Job) {
-	if !j.State.Terminal() || j.ResultID == "" || d.collecting[j.ID] {
+	if _, inline := inlineResult(j); !j.State.Terminal() || j.ResultID == "" || inline || d.collecting[j.ID] {
 		return
 	}
 	id, _, err := protocol.ParseBlobID(j.ResultID)
 	if err != nil || d.n.blobs.Store().Has(id) {
 		return
 	}
-	// Storing (a synced write) or fetching happens off the market loop.
 	d.collecting[j.ID] = true
-	job, provider, output := j.ID, j.Provider, j.Output
+	job, provider := j.ID, j.Provider
 	d.n.wg.Add(1)
 	go func() {
 		defer d.n.wg.Done()
-		if len(output) > 0 {
-			if _, err := d.n.blobs.Store().PutBytes(output); err != nil {
-				d.n.log.Warn("store inline result", "job", job, "err", err)
-			}
-		} else {
-			ctx, cancel := context.WithTimeout(d.n.runCtx, 10*time.Minute)
-			defer cancel()
-			if _, err := d.n.blobs.Fetch(ctx, id, provider); err != nil {
-				d.n.log.Warn("fetch result", "job", job, "provider", provider, "err", err)
-			}
+		ctx, cancel := context.WithTimeout(d.n.runCtx, 10*time.Minute)
+		defer cancel()
+		if _, err := d.n.blobs.Fetch(ctx, id, provider); err != nil {
+			d.n.log.Warn("fetch result", "job", job, "provider", provider, "err", err)
 		}
 		d.do(d.n.runCtx, func() { delete(d.collecting, job) })
 	}()
@@ -104,6 +104,9 @@ func (n *Node) JobResult(ctx context.Context, id protocol.JobID) (io.ReadCloser,
 	c, _, err := protocol.ParseBlobID(j.ResultID)
 	if err != nil {
 		return nil, api.BlobInfo{}, err
+	}
+	if out, ok := inlineResult(&j); ok {
+		return io.NopCloser(bytes.NewReader(out)), api.BlobInfo{ID: c.String(), Size: int64(len(out))}, nil
 	}
 	if _, err := n.blobs.Fetch(ctx, c, j.Provider); err != nil {
 		return nil, api.BlobInfo{}, fmt.Errorf("%w: result %s: %w", api.ErrUnavailable, c, err)

@@ -34,6 +34,7 @@ type Job struct {
 	GPUs []string
 	// Dir is a per-job scratch directory that exists and is empty; it is
 	// the job's working directory and the only host path it may see.
+	// Empty for a Scratchless executor's job.
 	Dir string
 	// Stdout and Stderr receive the job's output as it runs. They must be
 	// safe to call from another goroutine than the one calling Run.
@@ -69,6 +70,14 @@ type Executor interface {
 	// ran and failed is a Result with a Reason, not an error; an error
 	// means the job could not be run at all (bad spec, missing image).
 	Run(ctx context.Context, job *Job) (Result, error)
+}
+
+// Scratchless is implemented by an executor that never uses a job's Dir:
+// the provider creates no scratch directory for its jobs (unless they have
+// inputs), and leaves Dir empty.
+type Scratchless interface {
+	Executor
+	Scratchless()
 }
 
 // Common reasons for a failed run.
@@ -109,6 +118,9 @@ type Noop struct{}
 
 // Name implements Executor.
 func (Noop) Name() string { return "noop" }
+
+// Scratchless implements Scratchless: a noop run touches no files.
+func (Noop) Scratchless() {}
 
 // Run implements Executor.
 func (Noop) Run(ctx context.Context, job *Job) (Result, error) {
