@@ -35,7 +35,7 @@ type marketDriver struct {
 	n       *Node
 	eng     *market.Engine
 	in      chan func()
-	topics  map[string]*pubsub.Topic
+	gossip  map[string]*gossipOut // by tier
 	running map[protocol.JobID]runningLease
 	// stepped counts verified messages fed to the engine, by kind;
 	// rejected counts messages refused before it, by reason.
@@ -86,7 +86,7 @@ func (n *Node) marketEngineConfig() market.Config {
 func (n *Node) startMarket(ctx context.Context) error {
 	d := &marketDriver{
 		n: n, eng: market.NewEngine(n.marketEngineConfig()), in: make(chan func(), 256),
-		topics: map[string]*pubsub.Topic{}, running: map[protocol.JobID]runningLease{},
+		gossip: map[string]*gossipOut{}, running: map[protocol.JobID]runningLease{},
 		watchers:     map[protocol.JobID][]*watcher{},
 		postingHolds: map[protocol.JobID]*ledgerWrite{},
 		outbox:       newOutbox(n),
@@ -118,9 +118,14 @@ func (n *Node) startMarket(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("subscribe %s: %w", name, err)
 		}
-		d.topics[tier] = t
-		n.wg.Add(1)
+		g := &gossipOut{n: n, topic: t, in: make(chan []byte, 4096)}
+		if tier == protocol.TierBatch {
+			g.linger = batchGossipLinger
+		}
+		d.gossip[tier] = g
+		n.wg.Add(2)
 		go d.readTopic(ctx, sub)
+		go g.run(ctx)
 	}
 	n.host.SetStreamHandler(libp2pproto.ID(protocol.MarketProtocol(n.cfg.Network)), d.handleStream)
 	n.wg.Add(2)
@@ -129,28 +134,49 @@ func (n *Node) startMarket(ctx context.Context) error {
 	return nil
 }
 
-// validateGossip runs before a gossip message is forwarded: only verified
-// offers and taken notices pass; anything else is rejected (and the sender
-// penalised by peer scoring). Repeats are dropped by the message-ID cache.
+// validateGossip runs before a gossip message is forwarded: it passes only
+// if every signed message in it verifies and is an offer or a taken
+// notice; anything else is rejected (and the sender penalised by peer
+// scoring). Repeats are dropped by the message-ID cache.
 func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-	s, err := d.open(m.Data)
+	raws, err := protocol.SplitMarketGossip(m.Data)
 	if err != nil {
 		d.reject(err)
 		d.n.log.Debug("gossip message rejected", "from", m.ReceivedFrom, "err", err)
-		if errors.Is(err, protocol.ErrExpired) {
-			return pubsub.ValidationIgnore
+		return pubsub.ValidationReject
+	}
+	msgs := make([]*protocol.Signed, 0, len(raws))
+	for _, raw := range raws {
+		s, err := d.open(raw)
+		if err == nil {
+			switch s.Msg.Body.(type) {
+			case *pb.MarketMessage_Offer, *pb.MarketMessage_Taken:
+			default:
+				err = fmt.Errorf("%w: %s", errNotForGossip, kindOf(s.Msg))
+			}
 		}
-		return pubsub.ValidationReject
+		if err != nil {
+			d.reject(err)
+			d.n.log.Debug("gossip message rejected", "from", m.ReceivedFrom, "err", err)
+			// A message that expired on the way is no one's fault: it is
+			// dropped, the rest of the gossip message kept.
+			if errors.Is(err, protocol.ErrExpired) {
+				continue
+			}
+			return pubsub.ValidationReject
+		}
+		msgs = append(msgs, s)
 	}
-	switch s.Msg.Body.(type) {
-	case *pb.MarketMessage_Offer, *pb.MarketMessage_Taken:
-	default:
-		d.rejected.WithLabelValues("not for gossip").Inc()
-		return pubsub.ValidationReject
+	if len(msgs) == 0 {
+		return pubsub.ValidationIgnore
 	}
-	m.ValidatorData = s
+	m.ValidatorData = msgs
 	return pubsub.ValidationAccept
 }
+
+// errNotForGossip is a signed market message of a kind that travels only
+// directly.
+var errNotForGossip = errors.New("not for gossip")
 
 func (d *marketDriver) readTopic(ctx context.Context, sub *pubsub.Subscription) {
 	defer d.n.wg.Done()
@@ -160,8 +186,10 @@ func (d *marketDriver) readTopic(ctx context.Context, sub *pubsub.Subscription) 
 		if err != nil {
 			return
 		}
-		if s, ok := m.ValidatorData.(*protocol.Signed); ok {
-			d.step(s)
+		if msgs, ok := m.ValidatorData.([]*protocol.Signed); ok {
+			for _, s := range msgs {
+				d.step(s)
+			}
 		}
 	}
 }
@@ -243,7 +271,7 @@ func (d *marketDriver) reject(err error) {
 	for _, r := range []struct {
 		err  error
 		name string
-	}{{protocol.ErrTooLarge, "oversized"}, {protocol.ErrSignature, "bad signature"}, {protocol.ErrSigner, "wrong signer"}, {protocol.ErrExpired, "expired"}} {
+	}{{protocol.ErrTooLarge, "oversized"}, {protocol.ErrSignature, "bad signature"}, {protocol.ErrSigner, "wrong signer"}, {protocol.ErrExpired, "expired"}, {errNotForGossip, "not for gossip"}} {
 		if errors.Is(err, r.err) {
 			reason = r.name
 			break
@@ -378,9 +406,7 @@ func (d *marketDriver) process(ctx context.Context) {
 	}
 	for _, o := range r.Publish {
 		if raw := sign(o.Msg); raw != nil {
-			if err := d.topics[o.Tier].Publish(ctx, raw); err != nil {
-				d.n.log.Debug("publish", "err", err)
-			}
+			d.gossip[o.Tier].publish(ctx, raw)
 		}
 	}
 	for _, l := range r.Run {

@@ -102,13 +102,8 @@ func TestBadMessagesNeverReachTheEngine(t *testing.T) {
 	past := time.Now().Add(-time.Second)
 	expired, _ := protocol.SealMarket(r.key, "testnet", past, offerFrom(r.host.ID(), past))
 	oversized := append(bytes.Clone(valid), make([]byte, protocol.MaxMarketMessageSize)...)
-	for _, b := range [][]byte{forged, broken, expired, oversized, []byte("garbage")} {
-		if err := r.topic.Publish(ctx, b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// The same bad messages straight to the provider, and a bid that a
-	// member signed but the rogue sends (a replay from another sender).
+	// A member's bid, which the rogue replays: on gossip, where bids never
+	// go, and directly, from the wrong sender.
 	memberKey, err := node.LoadIdentity(tn.Dir(2))
 	if err != nil {
 		t.Fatal(err)
@@ -116,6 +111,23 @@ func TestBadMessagesNeverReachTheEngine(t *testing.T) {
 	stolen, _ := protocol.SealMarket(memberKey, "testnet", future, &pb.MarketMessage{Body: &pb.MarketMessage_Bid{Bid: &pb.Bid{
 		JobId: make([]byte, 32), Provider: []byte(tn.Node(2).ID()), Price: 1,
 	}}})
+	// Gossip messages carry framed signed messages, several at a time. A
+	// gossip message with one bad signed message is rejected whole, so the
+	// valid offer beside the bid never reaches the engine either.
+	frame := func(msgs ...[]byte) []byte {
+		var b []byte
+		for _, m := range msgs {
+			b = protocol.AppendFrame(b, m)
+		}
+		return b
+	}
+	tooMany := bytes.Repeat(frame(valid), protocol.MaxGossipMarketSize/len(valid)+1)
+	for _, b := range [][]byte{frame(forged), frame(broken), frame(expired), tooMany, []byte("garbage"), frame(valid, stolen)} {
+		if err := r.topic.Publish(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The same bad messages straight to the provider, and the replayed bid.
 	for _, b := range [][]byte{forged, broken, expired, oversized, []byte("garbage"), stolen} {
 		// One stream each: an oversized frame ends its stream.
 		st, err := r.host.NewStream(ctx, provider.ID(), libp2pproto.ID(protocol.MarketProtocol("testnet")))
@@ -126,7 +138,7 @@ func TestBadMessagesNeverReachTheEngine(t *testing.T) {
 		st.Close()
 	}
 
-	want := map[string]int{"wrong signer": 3, "bad signature": 2, "expired": 2, "oversized": 2, "malformed": 2}
+	want := map[string]int{"wrong signer": 3, "bad signature": 2, "expired": 2, "oversized": 2, "malformed": 2, "not for gossip": 1}
 	if err := testnet.WaitFor(ctx, deadline, func() error {
 		_, rejected := provider.MarketStats()
 		for reason, n := range want {

@@ -3,6 +3,7 @@ package protocol
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -131,6 +132,72 @@ func FuzzReadBlobRequest(f *testing.F) {
 			if err != nil || again != h {
 				t.Fatalf("header does not round-trip: %v", err)
 			}
+		}
+	})
+}
+
+func TestMarketGossipFrames(t *testing.T) {
+	msg := func(n int, b byte) []byte { return bytes.Repeat([]byte{b}, n) }
+	for _, tc := range []struct {
+		name     string
+		msgs     [][]byte
+		messages int
+	}{
+		{"one", [][]byte{msg(10, 1)}, 1},
+		{"several", [][]byte{msg(10, 1), msg(300, 2), msg(MaxMarketMessageSize, 3)}, 1},
+		{"more than a message holds", slices.Repeat([][]byte{msg(5, 4)}, MaxGossipMarketMessages+1), 2},
+		{"more bytes than a message holds", slices.Repeat([][]byte{msg(MaxMarketMessageSize, 5)}, 9), 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			joined := JoinMarketGossip(tc.msgs)
+			if len(joined) != tc.messages {
+				t.Fatalf("%d gossip messages, want %d", len(joined), tc.messages)
+			}
+			var back [][]byte
+			for _, g := range joined {
+				part, err := SplitMarketGossip(g)
+				if err != nil {
+					t.Fatal(err)
+				}
+				back = append(back, part...)
+			}
+			if !slices.EqualFunc(back, tc.msgs, bytes.Equal) {
+				t.Fatal("messages differ after a round trip")
+			}
+		})
+	}
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want error
+	}{
+		{"empty", nil, ErrBadMessage},
+		{"zero length", []byte{0}, ErrBadMessage},
+		{"truncated", []byte{5, 1, 2}, ErrBadMessage},
+		{"length not minimal", []byte{0x81, 0x00, 1}, ErrBadMessage},
+		{"frame too large", AppendFrame(nil, msg(MaxMarketMessageSize+1, 1)), ErrBadMessage},
+		{"too many frames", bytes.Repeat([]byte{1, 7}, MaxGossipMarketMessages+1), ErrTooLarge},
+		{"too many bytes", bytes.Repeat(AppendFrame(nil, msg(60000, 1)), 9), ErrTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := SplitMarketGossip(tc.data); !errors.Is(err, tc.want) {
+				t.Fatalf("error %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzSplitMarketGossip(f *testing.F) {
+	f.Add(AppendFrame(AppendFrame(nil, []byte("offer")), []byte("taken")))
+	f.Add([]byte{0x81, 0x00, 1})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		msgs, err := SplitMarketGossip(data)
+		if err != nil {
+			return
+		}
+		joined := JoinMarketGossip(msgs)
+		if len(joined) != 1 || !bytes.Equal(joined[0], data) {
+			t.Fatalf("split then join does not give the message back")
 		}
 	})
 }

@@ -1,0 +1,79 @@
+package node
+
+import (
+	"context"
+	"time"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+
+	"github.com/mira-market/mira/protocol"
+)
+
+// batchGossipLinger is how long a batch-tier offer or taken notice waits
+// for others to share its gossip message. A batch offer collects bids for
+// a window hundreds of times longer.
+const batchGossipLinger = 5 * time.Millisecond
+
+// gossipOut publishes one tier's signed offers and taken notices, packing
+// those queued together (and, for the batch tier, those that follow within
+// linger) into one gossip message: every node validates, forwards and
+// delivers a gossip message at a cost of its own, whatever it carries.
+type gossipOut struct {
+	n      *Node
+	topic  *pubsub.Topic
+	linger time.Duration
+	in     chan []byte
+}
+
+// publish queues a signed message; a full queue drops it (the market
+// re-offers and times out what gossip loses).
+func (g *gossipOut) publish(ctx context.Context, raw []byte) {
+	select {
+	case g.in <- raw:
+	default:
+		g.n.log.Warn("market gossip queue full; message dropped", "topic", g.topic.String())
+	}
+}
+
+func (g *gossipOut) run(ctx context.Context) {
+	defer g.n.wg.Done()
+	for {
+		var batch [][]byte
+		select {
+		case <-ctx.Done():
+			return
+		case raw := <-g.in:
+			batch = append(batch, raw)
+		}
+		if g.linger > 0 {
+			t := time.NewTimer(g.linger)
+		linger:
+			for len(batch) < protocol.MaxGossipMarketMessages {
+				select {
+				case raw := <-g.in:
+					batch = append(batch, raw)
+				case <-t.C:
+					break linger
+				case <-ctx.Done():
+					t.Stop()
+					return
+				}
+			}
+			t.Stop()
+		}
+	drain:
+		for len(batch) < protocol.MaxGossipMarketMessages {
+			select {
+			case raw := <-g.in:
+				batch = append(batch, raw)
+			default:
+				break drain
+			}
+		}
+		for _, data := range protocol.JoinMarketGossip(batch) {
+			if err := g.topic.Publish(ctx, data); err != nil {
+				g.n.log.Debug("publish", "err", err)
+			}
+		}
+	}
+}
