@@ -523,8 +523,10 @@ func (e *Engine) onResult(now time.Time, m *protocol.Signed, r *pb.Result) {
 	}
 	j.ExitCode, j.Output, j.Error = r.ExitCode, r.Output, r.Error
 	j.ResultID, j.ResultSize, j.Usage, j.Receipt = r.ResultId, r.ResultSize, r.Usage, m.Raw
-	if err := checkInline(r); err != nil && j.Error == "" {
-		j.Error = err.Error()
+	if err := checkInline(r); err != nil {
+		// Bytes that are not the result the receipt names are not kept.
+		j.Output = nil
+		j.Error = cmp.Or(j.Error, err.Error())
 	}
 	if r.ExitCode == 0 && j.Error == "" {
 		e.finish(j, now, Succeeded, "")

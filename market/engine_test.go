@@ -397,10 +397,12 @@ func TestResultWithForgedInlineOutputFails(t *testing.T) {
 	prov := s.add(provider(10))
 	j := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, prov)
 	wantState(t, j, Running)
-	s.engines[prov].Finished(s.now, j.ID, Outcome{Attempt: j.Attempt, Output: []byte("forged"), ResultID: okID, ResultSize: 6})
+	// Of the right length, and with a failure of its own: the bytes are
+	// still checked, and not kept.
+	s.engines[prov].Finished(s.now, j.ID, Outcome{Attempt: j.Attempt, Output: []byte("no"), Error: "exit 1", ExitCode: 1, ResultID: okID, ResultSize: 2})
 	s.flush()
-	if j.State != Failed || j.Error == "" {
-		t.Fatalf("state %s error %q, want failed with a reason", j.State, j.Error)
+	if j.State != Failed || j.Error == "" || j.Output != nil {
+		t.Fatalf("state %s error %q output %q, want failed with a reason and no output", j.State, j.Error, j.Output)
 	}
 }
 

@@ -25,13 +25,13 @@ type gossipOut struct {
 	in     chan []byte
 }
 
-// publish queues a signed message; a full queue drops it (the market
-// re-offers and times out what gossip loses).
+// publish queues a signed message. A full queue blocks the caller (the
+// market loop) until the publisher catches up, as publishing itself did:
+// nothing is dropped.
 func (g *gossipOut) publish(ctx context.Context, raw []byte) {
 	select {
 	case g.in <- raw:
-	default:
-		g.n.log.Warn("market gossip queue full; message dropped", "topic", g.topic.String())
+	case <-ctx.Done():
 	}
 }
 

@@ -86,11 +86,8 @@ func (b *logBook) get(job protocol.JobID, attempt uint32) (*jobLog, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("open job log: %w", err)
 	}
-	l.persist = func(data []byte) {
-		if err := b.store.PutJobLog(name, data); err != nil {
-			b.log.Warn("store job log", "log", name, "err", err)
-		}
-	}
+	l.persist = func(data []byte) error { return b.store.PutJobLog(name, data) }
+	l.log = b.log
 	l.release = func() {
 		b.mu.Lock()
 		if b.logs[name] == l {
@@ -112,13 +109,16 @@ func (b *logBook) close() {
 	for _, l := range logs {
 		l.mu.Lock()
 		if !l.done && !l.spilled && l.size > 0 {
-			l.spill()
+			if err := l.spill(); err != nil {
+				b.log.Warn("keep open job log", "log", l.path, "err", err)
+			}
 		}
 		if l.f != nil {
 			l.f.Close()
 			l.f = nil
 		}
 		l.done = true
+		l.broadcast()
 		l.mu.Unlock()
 	}
 }
@@ -127,8 +127,9 @@ func (b *logBook) close() {
 // leaves the book; readers keep what they hold of it.
 type jobLog struct {
 	path    string
-	persist func([]byte) // stores a complete log that never spilled
+	persist func([]byte) error // stores a complete log that never spilled
 	release func()
+	log     *slog.Logger
 	mu      sync.Mutex
 	mem     []byte   // the log, until it spills
 	f       *os.File // write handle once spilled; nil once complete
@@ -205,9 +206,20 @@ func (l *jobLog) finish() {
 	mem, spilled := l.mem, l.spilled
 	l.mu.Unlock()
 	// Stored before the log leaves the book, so get finds it in one or
-	// the other.
+	// the other; if the database refuses it (the node is closing), the
+	// file keeps it.
 	if !spilled && len(mem) > 0 {
-		l.persist(mem)
+		if err := l.persist(mem); err != nil {
+			l.mu.Lock()
+			if err := l.spill(); err != nil {
+				l.log.Warn("job log lost", "log", l.path, "err", err)
+			}
+			if l.f != nil {
+				l.f.Close()
+				l.f = nil
+			}
+			l.mu.Unlock()
+		}
 	}
 	l.release()
 }

@@ -135,3 +135,29 @@ func TestOpenJobLogSurvivesClose(t *testing.T) {
 		t.Fatalf("log %q", got)
 	}
 }
+
+// failingLogStore refuses every write, as a closed database does.
+type failingLogStore struct{ mapLogStore }
+
+func (*failingLogStore) PutJobLog(string, []byte) error { return errDBClosed }
+
+// A small log the database refuses at its end is kept in its file.
+func TestJobLogFallsBackToItsFile(t *testing.T) {
+	dir, store := t.TempDir(), &failingLogStore{mapLogStore{logs: map[string][]byte{}}}
+	book, err := newLogBook(dir, store, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := book.get(protocol.JobID{3}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Write([]byte("last words\n"))
+	l.finish()
+	if b, err := os.ReadFile(l.path); err != nil || string(b) != "last words\n" {
+		t.Fatalf("log file %q, %v", b, err)
+	}
+	if got := string(readLog(t, l)); got != "last words\n" {
+		t.Fatalf("log %q", got)
+	}
+}

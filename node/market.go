@@ -48,6 +48,7 @@ type marketDriver struct {
 	outbox       *outbox
 	writer       *ledgerWriter
 	verified     *verifiedCache
+	gossipSeen   *seenSet // signed messages seen on gossip
 	// collecting marks finished jobs whose result is being fetched.
 	collecting map[protocol.JobID]bool
 }
@@ -92,6 +93,7 @@ func (n *Node) startMarket(ctx context.Context) error {
 		outbox:       newOutbox(n),
 		writer:       newLedgerWriter(n),
 		verified:     &verifiedCache{m: map[[32]byte]*protocol.Signed{}},
+		gossipSeen:   &seenSet{m: map[[32]byte]struct{}{}},
 		collecting:   map[protocol.JobID]bool{},
 		stepped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mira_market_messages_total", Help: "Verified market messages fed to the engine, by kind.",
@@ -135,9 +137,12 @@ func (n *Node) startMarket(ctx context.Context) error {
 }
 
 // validateGossip runs before a gossip message is forwarded: it passes only
-// if every signed message in it verifies and is an offer or a taken
-// notice; anything else is rejected (and the sender penalised by peer
-// scoring). Repeats are dropped by the message-ID cache.
+// if every signed message in it verifies, is an offer or a taken notice,
+// and has the same signer (a requester gossips only its own messages);
+// anything else is rejected (and the sender penalised by peer scoring).
+// Repeats of a gossip message are dropped by the message-ID cache; one
+// that only repacks signed messages already seen on gossip is ignored, so
+// a peer cannot make the network carry them again.
 func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 	raws, err := protocol.SplitMarketGossip(m.Data)
 	if err != nil {
@@ -155,6 +160,9 @@ func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Me
 				err = fmt.Errorf("%w: %s", errNotForGossip, kindOf(s.Msg))
 			}
 		}
+		if err == nil && len(msgs) > 0 && s.Signer != msgs[0].Signer {
+			err = fmt.Errorf("%w: a gossip message of %s and %s", protocol.ErrSigner, msgs[0].Signer, s.Signer)
+		}
 		if err != nil {
 			d.reject(err)
 			d.n.log.Debug("gossip message rejected", "from", m.ReceivedFrom, "err", err)
@@ -168,6 +176,10 @@ func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Me
 		msgs = append(msgs, s)
 	}
 	if len(msgs) == 0 {
+		return pubsub.ValidationIgnore
+	}
+	if !d.gossipSeen.anyNew(msgs) {
+		d.rejected.WithLabelValues("repacked").Inc()
 		return pubsub.ValidationIgnore
 	}
 	m.ValidatorData = msgs
@@ -207,6 +219,33 @@ func (d *marketDriver) open(data []byte) (*protocol.Signed, error) {
 		d.verified.put(key, s)
 	}
 	return s, err
+}
+
+// seenSet remembers which signed messages arrived on gossip, by content
+// hash. It is bounded: when full it starts over.
+type seenSet struct {
+	mu sync.Mutex
+	m  map[[32]byte]struct{}
+}
+
+const seenSetSize = 1 << 16
+
+// anyNew records msgs as seen and reports whether any was not seen before.
+func (s *seenSet) anyNew(msgs []*protocol.Signed) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.m)+len(msgs) > seenSetSize {
+		clear(s.m)
+	}
+	fresh := false
+	for _, m := range msgs {
+		k := sha256.Sum256(m.Raw)
+		if _, ok := s.m[k]; !ok {
+			s.m[k] = struct{}{}
+			fresh = true
+		}
+	}
+	return fresh
 }
 
 // verifiedCache remembers recently verified messages by content hash. It

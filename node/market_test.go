@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"sync"
@@ -376,6 +377,20 @@ func TestJobsSurviveRequesterRestart(t *testing.T) {
 	}
 	if got := string(result(t, c, after)); got == "" || got != before.Output {
 		t.Fatalf("result after restart, provider stopped: %q, want %q", got, before.Output)
+	}
+	// It is a blob on the requester too (say, an input of a later job).
+	if err := testnet.WaitFor(ctx, deadline, func() error {
+		rc, err := c.Blob(ctx, after.ResultID)
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		if b, err := io.ReadAll(rc); err != nil || string(b) != before.Output {
+			return fmt.Errorf("result blob %q (%v), want %q", b, err, before.Output)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -121,6 +121,9 @@ func (o *outbox) write(ctx context.Context, to peer.ID, st network.Stream, frame
 			st = s
 		}
 		st.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		// A write that breaks may have delivered some of the messages;
+		// the retry sends them all again, and the receiver drops repeats
+		// (the engine ignores a message it has already acted on).
 		if _, err := st.Write(framed); err == nil {
 			return st
 		}

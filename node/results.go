@@ -3,6 +3,7 @@ package node
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -23,31 +24,47 @@ import (
 const logLinger = 2 * time.Second
 
 // inlineResult returns a job's result when it came inline in the signed
-// result (the engine checked it against its content ID): the job record
-// holds it, and no blob is stored or fetched for it.
+// result: the job record holds it, and nothing is fetched from the
+// provider (which keeps no copy). The bytes are checked against the
+// content ID the receipt names.
 func inlineResult(j *market.Job) ([]byte, bool) {
-	return j.Output, j.ResultID != "" && j.ResultSize <= protocol.MaxResultOutput && uint64(len(j.Output)) == j.ResultSize
+	if j.ResultID == "" || j.ResultSize > protocol.MaxResultOutput || uint64(len(j.Output)) != j.ResultSize {
+		return nil, false
+	}
+	_, want, err := protocol.ParseBlobID(j.ResultID)
+	sum := sha256.Sum256(j.Output)
+	return j.Output, err == nil && bytes.Equal(sum[:], want)
 }
 
-// collectResult fetches a finished job's result from its provider into the
-// blob store, in the background, unless it came inline.
+// collectResult keeps a finished job's result in the blob store, in the
+// background, so it can be read as a blob (`GET /v1/blobs/{id}`, or an
+// input of a later job): an inline result is stored from the job record; a
+// larger one is fetched from the provider.
 func (d *marketDriver) collectResult(j *market.Job) {
-	if _, inline := inlineResult(j); !j.State.Terminal() || j.ResultID == "" || inline || d.collecting[j.ID] {
+	if !j.State.Terminal() || j.ResultID == "" || d.collecting[j.ID] {
 		return
 	}
 	id, _, err := protocol.ParseBlobID(j.ResultID)
 	if err != nil || d.n.blobs.Store().Has(id) {
 		return
 	}
+	// Storing (a synced write) or fetching happens off the market loop.
 	d.collecting[j.ID] = true
 	job, provider := j.ID, j.Provider
+	output, inline := inlineResult(j)
 	d.n.wg.Add(1)
 	go func() {
 		defer d.n.wg.Done()
-		ctx, cancel := context.WithTimeout(d.n.runCtx, 10*time.Minute)
-		defer cancel()
-		if _, err := d.n.blobs.Fetch(ctx, id, provider); err != nil {
-			d.n.log.Warn("fetch result", "job", job, "provider", provider, "err", err)
+		if inline {
+			if _, err := d.n.blobs.Store().PutBytes(output); err != nil {
+				d.n.log.Warn("store inline result", "job", job, "err", err)
+			}
+		} else {
+			ctx, cancel := context.WithTimeout(d.n.runCtx, 10*time.Minute)
+			defer cancel()
+			if _, err := d.n.blobs.Fetch(ctx, id, provider); err != nil {
+				d.n.log.Warn("fetch result", "job", job, "provider", provider, "err", err)
+			}
 		}
 		d.do(d.n.runCtx, func() { delete(d.collecting, job) })
 	}()

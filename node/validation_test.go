@@ -122,7 +122,9 @@ func TestBadMessagesNeverReachTheEngine(t *testing.T) {
 		return b
 	}
 	tooMany := bytes.Repeat(frame(valid), protocol.MaxGossipMarketSize/len(valid)+1)
-	for _, b := range [][]byte{frame(forged), frame(broken), frame(expired), tooMany, []byte("garbage"), frame(valid, stolen)} {
+	// A member's offer beside the rogue's: one gossip message, two signers.
+	memberOffer, _ := protocol.SealMarket(memberKey, "testnet", future, offerFrom(tn.Node(2).ID(), future))
+	for _, b := range [][]byte{frame(forged), frame(broken), frame(expired), tooMany, []byte("garbage"), frame(valid, stolen), frame(valid, memberOffer)} {
 		if err := r.topic.Publish(ctx, b); err != nil {
 			t.Fatal(err)
 		}
@@ -138,7 +140,7 @@ func TestBadMessagesNeverReachTheEngine(t *testing.T) {
 		st.Close()
 	}
 
-	want := map[string]int{"wrong signer": 3, "bad signature": 2, "expired": 2, "oversized": 2, "malformed": 2, "not for gossip": 1}
+	want := map[string]int{"wrong signer": 4, "bad signature": 2, "expired": 2, "oversized": 2, "malformed": 2, "not for gossip": 1}
 	if err := testnet.WaitFor(ctx, deadline, func() error {
 		_, rejected := provider.MarketStats()
 		for reason, n := range want {
@@ -161,4 +163,48 @@ func TestBadMessagesNeverReachTheEngine(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitJobs(t, c, []string{j.ID}, "succeeded", deadline)
+}
+
+// Signed offers already seen on gossip, packed again into a new gossip
+// message, are ignored: a peer cannot make the network carry them twice.
+func TestRepackedGossipIsIgnored(t *testing.T) {
+	tn := startTestnet(t, 3, testnet.WithProviders(1))
+	if err := testnet.WaitFor(context.Background(), deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	r := newRogue(t, tn)
+	provider := tn.Node(1)
+	ctx := context.Background()
+	future := time.Now().Add(time.Minute)
+	offer, err := protocol.SealMarket(r.key, "testnet", future, offerFrom(r.host.ID(), future))
+	if err != nil {
+		t.Fatal(err)
+	}
+	once := protocol.AppendFrame(nil, offer)
+	if err := r.topic.Publish(ctx, once); err != nil {
+		t.Fatal(err)
+	}
+	offers := func() int { stepped, _ := provider.MarketStats(); return stepped["offer"] }
+	if err := testnet.WaitFor(ctx, deadline, func() error {
+		if n := offers(); n != 1 {
+			return fmt.Errorf("provider stepped %d offers", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.topic.Publish(ctx, protocol.AppendFrame(once, offer)); err != nil {
+		t.Fatal(err)
+	}
+	if err := testnet.WaitFor(ctx, deadline, func() error {
+		if _, rejected := provider.MarketStats(); rejected["repacked"] < 1 {
+			return fmt.Errorf("provider rejected %v", rejected)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := offers(); n != 1 {
+		t.Fatalf("the repacked offer reached the engine: %d offers stepped", n)
+	}
 }

@@ -283,7 +283,12 @@ func benchBurst(ctx context.Context, out io.Writer, asker *node.Node, n int) err
 	pct := func(d func(stages) time.Duration) string {
 		v := make([]time.Duration, 0, n)
 		for _, x := range timeline {
-			v = append(v, d(x))
+			if x.running != 0 { // a job that never ran has no stages
+				v = append(v, d(x))
+			}
+		}
+		if len(v) == 0 {
+			return "none"
 		}
 		slices.Sort(v)
 		return fmt.Sprintf("p50 %v p90 %v", v[len(v)/2].Round(time.Millisecond), v[len(v)*9/10].Round(time.Millisecond))
