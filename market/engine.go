@@ -113,7 +113,9 @@ type Job struct {
 	Candidates []peer.ID `json:"candidates,omitempty"`
 	ExitCode   int32     `json:"exit_code"`
 	Output     []byte    `json:"output,omitempty"`
-	Error      string    `json:"error,omitempty"`
+	// Log is the run's log when it came in the result, not streamed.
+	Log   []byte `json:"log,omitempty"`
+	Error string `json:"error,omitempty"`
 	// ResultID and ResultSize name the result blob; Usage is the metered
 	// usage; Receipt is the provider's signed result that says so.
 	ResultID   string    `json:"result_id,omitempty"`
@@ -522,7 +524,7 @@ func (e *Engine) onResult(now time.Time, m *protocol.Signed, r *pb.Result) {
 		e.markRunning(j, now)
 	}
 	j.ExitCode, j.Output, j.Error = r.ExitCode, r.Output, r.Error
-	j.ResultID, j.ResultSize, j.Usage, j.Receipt = r.ResultId, r.ResultSize, r.Usage, m.Raw
+	j.ResultID, j.ResultSize, j.Usage, j.Receipt, j.Log = r.ResultId, r.ResultSize, r.Usage, m.Raw, r.Log
 	if err := checkInline(r); err != nil {
 		// Bytes that are not the result the receipt names are not kept.
 		j.Output = nil
@@ -690,6 +692,9 @@ type Outcome struct {
 	ResultSize uint64
 	Output     []byte
 	Usage      *pb.Usage
+	// Log is the run's whole log when it was never streamed (at most
+	// protocol.MaxResultLog bytes): it travels in the result instead.
+	Log []byte
 }
 
 // Finished reports that a provider's run of a lease ended; the engine sends
@@ -703,12 +708,15 @@ func (e *Engine) Finished(now time.Time, id protocol.JobID, o Outcome) {
 	if len(o.Output) > protocol.MaxResultOutput {
 		o.Output = nil // too big to inline: the requester fetches the blob
 	}
+	if len(o.Log) > protocol.MaxResultLog {
+		o.Log = nil // the caller streams such a log
+	}
 	if len(o.Error) > 1024 {
 		o.Error = o.Error[:1024]
 	}
 	e.send(l.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Result{Result: &pb.Result{
 		JobId: id[:], Attempt: l.Attempt, ExitCode: o.ExitCode, Output: o.Output, Error: o.Error,
-		ResultId: o.ResultID, ResultSize: o.ResultSize, Usage: o.Usage,
+		ResultId: o.ResultID, ResultSize: o.ResultSize, Usage: o.Usage, Log: o.Log,
 	}}})
 }
 

@@ -163,7 +163,7 @@ func (s *sim) finish(p peer.ID, id protocol.JobID) {
 	if l, ok := s.engines[p].leases[id]; ok {
 		attempt = l.Attempt
 	}
-	s.engines[p].Finished(s.now, id, Outcome{Attempt: attempt, Output: []byte("ok"), ResultID: okID, ResultSize: 2})
+	s.engines[p].Finished(s.now, id, Outcome{Attempt: attempt, Output: []byte("ok"), ResultID: okID, ResultSize: 2, Log: []byte("ok")})
 	s.flush()
 }
 
@@ -192,8 +192,8 @@ func TestBatchGoesToLowestBid(t *testing.T) {
 	}
 	s.finish(cheap, j.ID)
 	wantState(t, j, Succeeded)
-	if j.Leases != 1 || string(j.Output) != "ok" {
-		t.Fatalf("leases %d, output %q", j.Leases, j.Output)
+	if j.Leases != 1 || string(j.Output) != "ok" || string(j.Log) != "ok" {
+		t.Fatalf("leases %d, output %q, log %q", j.Leases, j.Output, j.Log)
 	}
 	for _, id := range s.order {
 		if id != cheap && len(s.runs[id]) != 0 {

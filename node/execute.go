@@ -126,8 +126,9 @@ func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 	}
 	defer log.finish()
 	logCtx, stopLog := context.WithDeadline(n.runCtx, l.Deadline.Add(logGrace))
+	route := &logRoute{}
 	n.wg.Add(1)
-	go func() { defer stopLog(); n.streamLogs(logCtx, l.Requester, l.Job, l.Attempt, log) }()
+	go func() { defer stopLog(); n.streamLogs(logCtx, l.Requester, l.Job, l.Attempt, log, route) }()
 
 	stdout := &spool{path: filepath.Join(workDir, "stdout"), limit: n.blobs.Store().MaxSize()}
 	defer stdout.close()
@@ -138,9 +139,18 @@ func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 	runCtx, stop := context.WithTimeout(ctx, time.Duration(l.Spec.MaxDurationMs)*time.Millisecond)
 	res, err := n.executors.Run(runCtx, job)
 	stop()
-	log.finish()
+	var inlineLog []byte
+	log.finishUnless(func(mem []byte) bool {
+		if len(mem) <= protocol.MaxResultLog && route.take(logInResult) {
+			inlineLog = mem
+			return true
+		}
+		return false
+	})
 	if err != nil {
-		return failed(err)
+		o := failed(err)
+		o.Log = inlineLog
+		return o
 	}
 	o := market.Outcome{ExitCode: res.ExitCode, Error: res.Reason, Usage: &pb.Usage{
 		// The lease's GPUs, whether or not devices were handed over; a
@@ -152,8 +162,9 @@ func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 		o.ExitCode, o.Error = -1, fmt.Sprintf("result over the %d-byte blob limit", stdout.limit)
 	}
 	if err := n.storeResult(stdout, l.Requester, &o); err != nil {
-		return failed(err)
+		o = failed(err)
 	}
+	o.Log = inlineLog
 	return o
 }
 

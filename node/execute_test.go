@@ -128,6 +128,28 @@ func TestWasmJobEndToEnd(t *testing.T) {
 	if got := result(t, c, done); !bytes.Equal(got, input) || done.Output != "" {
 		t.Fatalf("result of %d bytes (inline %d), want the %d-byte input", len(got), len(done.Output), len(input))
 	}
+	// A log too large for the result is streamed.
+	if got := logs(t, c, j.ID); got != string(input) {
+		t.Fatalf("streamed log of %d bytes, want %d", len(got), len(input))
+	}
+}
+
+// A short run's log comes in its signed result, not over a stream; a
+// client following the log from the start gets it when the job ends.
+func TestShortRunLogComesWithItsResult(t *testing.T) {
+	_, c := execNet(t, "noop")
+	j, err := c.SubmitJob(context.Background(), noopJob("interactive", "300ms", "1m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitJobs(t, c, []string{j.ID}, "running", deadline)
+	if got := logs(t, c, j.ID); got != "noop: done after 300ms\n" {
+		t.Fatalf("followed log %q", got)
+	}
+	waitJobs(t, c, []string{j.ID}, "succeeded", deadline)
+	if got := logs(t, c, j.ID); got != "noop: done after 300ms\n" {
+		t.Fatalf("log after the end %q", got)
+	}
 }
 
 func TestWasmJobFailures(t *testing.T) {

@@ -191,7 +191,12 @@ func (l *jobLog) spill() error {
 
 // finish marks the log complete: followers stop once they have read it.
 // A log that stayed in memory is stored in the database.
-func (l *jobLog) finish() {
+func (l *jobLog) finish() { l.finishUnless(nil) }
+
+// finishUnless is finish, except that a log still in memory is offered to
+// elsewhere first: when it returns true (say, the log travels in the
+// run's signed result), the log is not stored.
+func (l *jobLog) finishUnless(elsewhere func(mem []byte) bool) {
 	l.mu.Lock()
 	if l.done {
 		l.mu.Unlock()
@@ -205,23 +210,24 @@ func (l *jobLog) finish() {
 	l.broadcast()
 	mem, spilled := l.mem, l.spilled
 	l.mu.Unlock()
+	defer l.release()
+	if spilled || len(mem) == 0 || (elsewhere != nil && elsewhere(mem)) {
+		return
+	}
 	// Stored before the log leaves the book, so get finds it in one or
 	// the other; if the database refuses it (the node is closing), the
 	// file keeps it.
-	if !spilled && len(mem) > 0 {
-		if err := l.persist(mem); err != nil {
-			l.mu.Lock()
-			if err := l.spill(); err != nil {
-				l.log.Warn("job log lost", "log", l.path, "err", err)
-			}
-			if l.f != nil {
-				l.f.Close()
-				l.f = nil
-			}
-			l.mu.Unlock()
+	if err := l.persist(mem); err != nil {
+		l.mu.Lock()
+		if err := l.spill(); err != nil {
+			l.log.Warn("job log lost", "log", l.path, "err", err)
 		}
+		if l.f != nil {
+			l.f.Close()
+			l.f = nil
+		}
+		l.mu.Unlock()
 	}
-	l.release()
 }
 
 // state returns the log's size, whether it is complete, and a channel
@@ -293,11 +299,67 @@ func logsHeader(job protocol.JobID, attempt uint32) []byte {
 	return binary.AppendUvarint(b, uint64(attempt))
 }
 
+// logStreamDelay is how long a provider waits after a run's first output
+// before it streams the log: a run that ends by then with a log of at most
+// protocol.MaxResultLog bytes sends it in its signed result instead, which
+// saves a stream per short job.
+const logStreamDelay = 100 * time.Millisecond
+
+// logRoute decides, once, how a run's log reaches the requester: streamed,
+// or inside the run's result.
+type logRoute struct {
+	mu     sync.Mutex
+	chosen int
+}
+
+const (
+	logStreamed = iota + 1
+	logInResult
+)
+
+// take chooses way unless the other was chosen first, and reports whether
+// way is the route.
+func (r *logRoute) take(way int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.chosen == 0 {
+		r.chosen = way
+	}
+	return r.chosen == way
+}
+
 // streamLogs sends a run's log from the provider to the requester while the
 // job runs, resuming after a broken stream, until the log is complete and
-// delivered or ctx ends.
-func (n *Node) streamLogs(ctx context.Context, to peer.ID, job protocol.JobID, attempt uint32, l *jobLog) {
+// delivered or ctx ends. It starts logStreamDelay after the first output,
+// unless the run has ended with a log small enough for its result.
+func (n *Node) streamLogs(ctx context.Context, to peer.ID, job protocol.JobID, attempt uint32, l *jobLog, route *logRoute) {
 	defer n.wg.Done()
+	var delay <-chan time.Time
+	for {
+		size, done, changed := l.state()
+		if done && size <= protocol.MaxResultLog {
+			return // the result carries it (or there is none)
+		}
+		if done || size > protocol.MaxResultLog {
+			break
+		}
+		if size > 0 && delay == nil {
+			t := time.NewTimer(logStreamDelay)
+			defer t.Stop()
+			delay = t.C
+		}
+		select {
+		case <-changed:
+			continue
+		case <-delay:
+		case <-ctx.Done():
+			return
+		}
+		break
+	}
+	if !route.take(logStreamed) {
+		return
+	}
 	proto := libp2pproto.ID(protocol.LogsProtocol(n.cfg.Network))
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {

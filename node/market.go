@@ -150,6 +150,12 @@ func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Me
 		d.n.log.Debug("gossip message rejected", "from", m.ReceivedFrom, "err", err)
 		return pubsub.ValidationReject
 	}
+	if m.ReceivedFrom == d.n.host.ID() {
+		// Our own, signed just now: not checked again, and of no use to
+		// our engine; remembered, so that a peer's repack is ignored.
+		d.gossipSeen.anyNew(raws)
+		return pubsub.ValidationAccept
+	}
 	msgs := make([]*protocol.Signed, 0, len(raws))
 	for _, raw := range raws {
 		s, err := d.open(raw)
@@ -178,7 +184,7 @@ func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Me
 	if len(msgs) == 0 {
 		return pubsub.ValidationIgnore
 	}
-	if !d.gossipSeen.anyNew(msgs) {
+	if !d.gossipSeen.anyNew(raws) {
 		d.rejected.WithLabelValues("repacked").Inc()
 		return pubsub.ValidationIgnore
 	}
@@ -230,16 +236,16 @@ type seenSet struct {
 
 const seenSetSize = 1 << 16
 
-// anyNew records msgs as seen and reports whether any was not seen before.
-func (s *seenSet) anyNew(msgs []*protocol.Signed) bool {
+// anyNew records raws as seen and reports whether any was not seen before.
+func (s *seenSet) anyNew(raws [][]byte) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.m)+len(msgs) > seenSetSize {
+	if len(s.m)+len(raws) > seenSetSize {
 		clear(s.m)
 	}
 	fresh := false
-	for _, m := range msgs {
-		k := sha256.Sum256(m.Raw)
+	for _, raw := range raws {
+		k := sha256.Sum256(raw)
 		if _, ok := s.m[k]; !ok {
 			s.m[k] = struct{}{}
 			fresh = true

@@ -136,7 +136,9 @@ func (n *Node) JobResult(ctx context.Context, id protocol.JobID) (io.ReadCloser,
 }
 
 // JobLogs sends the log of a job's current run to w; with follow, as it
-// grows, until the run's log is complete or the job has ended.
+// grows, until the run's log is complete or the job has ended. A short
+// run's log comes in its result instead of a stream: it is sent when the
+// job ends.
 func (n *Node) JobLogs(ctx context.Context, id protocol.JobID, follow bool, w func([]byte) error) error {
 	j, err := n.Job(ctx, id)
 	if err != nil {
@@ -144,6 +146,9 @@ func (n *Node) JobLogs(ctx context.Context, id protocol.JobID, follow bool, w fu
 	}
 	if j.Attempt == 0 {
 		return nil // never awarded: no run, no log
+	}
+	if len(j.Log) > 0 {
+		return w(j.Log)
 	}
 	l, err := n.logs.get(id, j.Attempt)
 	if err != nil {
@@ -155,13 +160,18 @@ func (n *Node) JobLogs(ctx context.Context, id protocol.JobID, follow bool, w fu
 	}
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	inline := make(chan []byte, 1)
 	if states, err := n.WatchJob(fctx, id); err == nil {
 		go func() {
 			defer cancel()
 			for {
 				select {
-				case _, ok := <-states:
+				case s, ok := <-states:
 					if ok {
+						if s.State.Terminal() && len(s.Log) > 0 {
+							inline <- s.Log
+							return
+						}
 						continue
 					}
 					// The job ended: give the provider's last bytes a moment.
@@ -177,6 +187,11 @@ func (n *Node) JobLogs(ctx context.Context, id protocol.JobID, follow bool, w fu
 		}()
 	}
 	_, err = l.follow(fctx, 0, true, w)
+	select {
+	case log := <-inline:
+		return w(log)
+	default:
+	}
 	if errors.Is(err, context.Canceled) && ctx.Err() == nil {
 		return nil
 	}

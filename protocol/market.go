@@ -21,6 +21,8 @@ const (
 	MaxMarketMessageSize = 64 << 10
 	// MaxResultOutput bounds the output a result carries inline.
 	MaxResultOutput = 32 << 10
+	// MaxResultLog bounds the log a result carries inline.
+	MaxResultLog = 16 << 10
 	// MaxMessageTTL bounds how far ahead a message may expire.
 	MaxMessageTTL = 25 * time.Hour
 	// MaxHoldEntry bounds the ledger entry an award carries.
@@ -201,6 +203,8 @@ func checkResult(r *pb.Result) error {
 	switch {
 	case len(r.Output) > MaxResultOutput:
 		return fmt.Errorf("%w: result output of %d bytes, limit %d", ErrBadMessage, len(r.Output), MaxResultOutput)
+	case len(r.Log) > MaxResultLog:
+		return fmt.Errorf("%w: result log of %d bytes, limit %d", ErrBadMessage, len(r.Log), MaxResultLog)
 	case len(r.Error) > 1024:
 		return fmt.Errorf("%w: result error of %d bytes", ErrBadMessage, len(r.Error))
 	case r.ResultId == "" && len(r.Output) > 0:

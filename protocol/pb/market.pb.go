@@ -850,11 +850,15 @@ type Result struct {
 	ExitCode int32                  `protobuf:"varint,3,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
 	// output is the result inline when it is small (at most 32 KiB); it
 	// hashes to result_id.
-	Output        []byte `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
-	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
-	ResultId      string `protobuf:"bytes,6,opt,name=result_id,json=resultId,proto3" json:"result_id,omitempty"`
-	ResultSize    uint64 `protobuf:"varint,7,opt,name=result_size,json=resultSize,proto3" json:"result_size,omitempty"`
-	Usage         *Usage `protobuf:"bytes,8,opt,name=usage,proto3" json:"usage,omitempty"`
+	Output     []byte `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
+	Error      string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	ResultId   string `protobuf:"bytes,6,opt,name=result_id,json=resultId,proto3" json:"result_id,omitempty"`
+	ResultSize uint64 `protobuf:"varint,7,opt,name=result_size,json=resultSize,proto3" json:"result_size,omitempty"`
+	Usage      *Usage `protobuf:"bytes,8,opt,name=usage,proto3" json:"usage,omitempty"`
+	// log is the run's whole log (stdout and stderr) when it ended small (at
+	// most 16 KiB) before the provider began to stream it: the provider then
+	// opens no log stream for the run.
+	Log           []byte `protobuf:"bytes,9,opt,name=log,proto3" json:"log,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -941,6 +945,13 @@ func (x *Result) GetResultSize() uint64 {
 func (x *Result) GetUsage() *Usage {
 	if x != nil {
 		return x.Usage
+	}
+	return nil
+}
+
+func (x *Result) GetLog() []byte {
+	if x != nil {
+		return x.Log
 	}
 	return nil
 }
@@ -1241,7 +1252,7 @@ const file_market_proto_rawDesc = "" +
 	"\awall_ms\x18\x01 \x01(\x03R\x06wallMs\x12\x15\n" +
 	"\x06gpu_ms\x18\x02 \x01(\x03R\x05gpuMs\x12*\n" +
 	"\x11peak_memory_bytes\x18\x03 \x01(\x04R\x0fpeakMemoryBytes\x12&\n" +
-	"\x0ffirst_output_ms\x18\x04 \x01(\x03R\rfirstOutputMs\"\xe5\x01\n" +
+	"\x0ffirst_output_ms\x18\x04 \x01(\x03R\rfirstOutputMs\"\xf7\x01\n" +
 	"\x06Result\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x1b\n" +
@@ -1251,7 +1262,8 @@ const file_market_proto_rawDesc = "" +
 	"\tresult_id\x18\x06 \x01(\tR\bresultId\x12\x1f\n" +
 	"\vresult_size\x18\a \x01(\x04R\n" +
 	"resultSize\x12!\n" +
-	"\x05usage\x18\b \x01(\v2\v.mira.UsageR\x05usage\"\xeb\x03\n" +
+	"\x05usage\x18\b \x01(\v2\v.mira.UsageR\x05usage\x12\x10\n" +
+	"\x03log\x18\t \x01(\fR\x03log\"\xeb\x03\n" +
 	"\rMarketMessage\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12&\n" +
