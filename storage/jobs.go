@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"errors"
 	"fmt"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -8,21 +9,29 @@ import (
 
 const jobPrefix = "job/"
 
-// PutJobs stores job records (opaque bytes keyed by job ID) in one
-// transaction, so a batch of state changes lands together or not at all.
+// PutJobs stores job records (opaque bytes keyed by job ID) in as few
+// transactions as Badger takes: one, unless the records are more than one
+// transaction may hold, when they go in several (each record whole).
 func (db *DB) PutJobs(records map[string][]byte) error {
 	if len(records) == 0 {
 		return nil
 	}
-	err := db.bdb.Update(func(txn *badger.Txn) error {
-		for id, rec := range records {
-			if err := txn.Set([]byte(jobPrefix+id), rec); err != nil {
-				return err
+	txn := db.bdb.NewTransaction(true)
+	defer func() { txn.Discard() }()
+	for id, rec := range records {
+		key := []byte(jobPrefix + id)
+		err := txn.Set(key, rec)
+		if errors.Is(err, badger.ErrTxnTooBig) {
+			if err = txn.Commit(); err == nil {
+				txn = db.bdb.NewTransaction(true)
+				err = txn.Set(key, rec)
 			}
 		}
-		return nil
-	})
-	if err != nil {
+		if err != nil {
+			return fmt.Errorf("store %d jobs: %w", len(records), err)
+		}
+	}
+	if err := txn.Commit(); err != nil {
 		return fmt.Errorf("store %d jobs: %w", len(records), err)
 	}
 	return nil
