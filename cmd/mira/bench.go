@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -102,7 +103,11 @@ func newBenchProvidersCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			tn, asker, cleanup, err := startProviderNet(ctx, nodes, providers, nil)
+			log, err := g.benchLogger(cmd)
+			if err != nil {
+				return err
+			}
+			tn, asker, cleanup, err := startProviderNet(ctx, log, nodes, providers, nil)
 			if err != nil {
 				return err
 			}
@@ -147,7 +152,11 @@ func newBenchMarketCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			tn, asker, cleanup, err := startProviderNet(ctx, nodes, providers, func(c *node.Config) { c.Provider.Slots = slots })
+			log, err := g.benchLogger(cmd)
+			if err != nil {
+				return err
+			}
+			tn, asker, cleanup, err := startProviderNet(ctx, log, nodes, providers, func(c *node.Config) { c.Provider.Slots = slots })
 			if err != nil {
 				return err
 			}
@@ -312,10 +321,19 @@ func processCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// benchLogger is where a bench's nodes log: warnings and errors on stderr
+// (a figure measured past an error is no figure), or what --log-level asks.
+func (g *globals) benchLogger(cmd *cobra.Command) (*slog.Logger, error) {
+	if f := cmd.Flag("log-level"); f == nil || !f.Changed {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), nil
+	}
+	return g.logger()
+}
+
 // startProviderNet starts a testnet whose members 1..providers sell
 // capacity, and waits until its last member (the asker) finds them all, so
 // timed runs measure the market, not the network's warm-up.
-func startProviderNet(ctx context.Context, nodes, providers int, adjust func(*node.Config)) (*testnet.Testnet, *node.Node, func(), error) {
+func startProviderNet(ctx context.Context, log *slog.Logger, nodes, providers int, adjust func(*node.Config)) (*testnet.Testnet, *node.Node, func(), error) {
 	if providers < 1 || providers >= nodes {
 		return nil, nil, nil, fmt.Errorf("--providers must be in 1..%d", nodes-1)
 	}
@@ -330,7 +348,7 @@ func startProviderNet(ctx context.Context, nodes, providers int, adjust func(*no
 			adjust(c)
 		}
 	}
-	tn, err := testnet.Start(ctx, testnet.Options{Nodes: nodes, Dir: dir, Configure: configure})
+	tn, err := testnet.Start(ctx, testnet.Options{Nodes: nodes, Dir: dir, Configure: configure, Log: log})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, nil, nil, err
