@@ -199,6 +199,7 @@ type Engine struct {
 	leases map[protocol.JobID]*Lease
 	rtt    map[peer.ID]time.Duration
 	ready  Ready
+	saving map[*Job]bool // the jobs in ready.Save
 }
 
 // NewEngine returns an engine with no jobs.
@@ -211,6 +212,7 @@ func NewEngine(cfg Config) *Engine {
 		seen:   map[[32]byte]time.Time{},
 		leases: map[protocol.JobID]*Lease{},
 		rtt:    map[peer.ID]time.Duration{},
+		saving: map[*Job]bool{},
 	}
 }
 
@@ -218,6 +220,7 @@ func NewEngine(cfg Config) *Engine {
 func (e *Engine) Ready() Ready {
 	r := e.ready
 	e.ready = Ready{}
+	clear(e.saving)
 	return r
 }
 
@@ -245,7 +248,8 @@ func (e *Engine) SetRTT(p peer.ID, d time.Duration) { e.rtt[p] = d }
 
 func (e *Engine) save(j *Job, now time.Time) {
 	j.Updated = now
-	if !slices.Contains(e.ready.Save, j) {
+	if !e.saving[j] {
+		e.saving[j] = true
 		e.ready.Save = append(e.ready.Save, j)
 	}
 }
