@@ -85,9 +85,9 @@ func (n *Node) closeExecutors() {
 }
 
 // execute runs a lease on its executor: it stages the module and inputs
-// from the requester, streams the log to the requester while the job runs,
-// stores stdout as the result blob, and returns what the signed result
-// (the receipt) says.
+// from the requester, gets the log to the requester (streamed while the
+// job runs, or in the result when it ends short), keeps stdout as the
+// result, and returns what the signed result (the receipt) says.
 func (n *Node) execute(ctx context.Context, l *market.Lease) market.Outcome {
 	start := time.Now()
 	out := n.executeRun(ctx, l)

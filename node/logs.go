@@ -38,7 +38,8 @@ type logStore interface {
 // logBook keeps the logs of job runs on the provider that runs them and on
 // the requester they stream to. A log starts in memory; one that outgrows
 // logSpill moves to a file of its own; a complete small log is stored in
-// the database. Readers wait on a log for new bytes instead of polling it.
+// the database, unless it went in the run's result instead. Readers wait
+// on a log for new bytes instead of polling it.
 type logBook struct {
 	dir   string
 	store logStore

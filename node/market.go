@@ -142,7 +142,8 @@ func (n *Node) startMarket(ctx context.Context) error {
 // anything else is rejected (and the sender penalised by peer scoring).
 // Repeats of a gossip message are dropped by the message-ID cache; one
 // that only repacks signed messages already seen on gossip is ignored, so
-// a peer cannot make the network carry them again.
+// a peer cannot make the network carry them again. The node's own gossip,
+// which it has just signed, is accepted unchecked.
 func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 	raws, err := protocol.SplitMarketGossip(m.Data)
 	if err != nil {

@@ -160,7 +160,6 @@ func (n *Node) JobLogs(ctx context.Context, id protocol.JobID, follow bool, w fu
 	}
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	inline := make(chan []byte, 1)
 	if states, err := n.WatchJob(fctx, id); err == nil {
 		go func() {
 			defer cancel()
@@ -169,8 +168,7 @@ func (n *Node) JobLogs(ctx context.Context, id protocol.JobID, follow bool, w fu
 				case s, ok := <-states:
 					if ok {
 						if s.State.Terminal() && len(s.Log) > 0 {
-							inline <- s.Log
-							return
+							return // the log came in the result
 						}
 						continue
 					}
@@ -187,10 +185,11 @@ func (n *Node) JobLogs(ctx context.Context, id protocol.JobID, follow bool, w fu
 		}()
 	}
 	_, err = l.follow(fctx, 0, true, w)
-	select {
-	case log := <-inline:
-		return w(log)
-	default:
+	if end, jerr := n.Job(ctx, id); jerr == nil && len(end.Log) > 0 && end.Attempt == j.Attempt {
+		// The run's log came in its result: no stream will fill or end
+		// the one waited on, so it leaves the book.
+		l.finish()
+		return w(end.Log)
 	}
 	if errors.Is(err, context.Canceled) && ctx.Err() == nil {
 		return nil
