@@ -169,7 +169,11 @@ type Outbound struct {
 // caller persists Save before it sends Send and Publish (a lease must be on
 // disk before the acceptance goes out), then starts Run and stops Stop.
 type Ready struct {
-	Save    []*Job
+	Save []*Job
+	// Changed are jobs whose change is for watchers only (a bid while
+	// the window is open): not worth a write, and safe to lose in a
+	// crash, since the window's end writes the job with its bids.
+	Changed []*Job
 	Send    []Outbound
 	Publish []Outbound
 	Run     []*Lease
@@ -178,7 +182,7 @@ type Ready struct {
 
 // Empty reports whether there is nothing to do.
 func (r Ready) Empty() bool {
-	return len(r.Save)+len(r.Send)+len(r.Publish)+len(r.Run)+len(r.Stop) == 0
+	return len(r.Save)+len(r.Changed)+len(r.Send)+len(r.Publish)+len(r.Run)+len(r.Stop) == 0
 }
 
 // offerSeen is what a provider remembers of an offer it answered.
@@ -191,28 +195,30 @@ type offerSeen struct {
 // Engine is the market state machine of one node, requester and provider
 // sides both. It is not safe for concurrent use: one goroutine feeds it.
 type Engine struct {
-	cfg    Config
-	jobs   map[protocol.JobID]*Job
-	active map[protocol.JobID]*Job // jobs not yet terminal: what Tick scans
-	offers map[protocol.JobID]*offerSeen
-	seen   map[[32]byte]time.Time // offer messages answered, until they expire
-	leases map[protocol.JobID]*Lease
-	rtt    map[peer.ID]time.Duration
-	ready  Ready
-	saving map[*Job]bool // the jobs in ready.Save
+	cfg     Config
+	jobs    map[protocol.JobID]*Job
+	active  map[protocol.JobID]*Job // jobs not yet terminal: what Tick scans
+	offers  map[protocol.JobID]*offerSeen
+	seen    map[[32]byte]time.Time // offer messages answered, until they expire
+	leases  map[protocol.JobID]*Lease
+	rtt     map[peer.ID]time.Duration
+	ready   Ready
+	saving  map[*Job]bool // the jobs in ready.Save
+	changed map[*Job]bool // the jobs in ready.Changed
 }
 
 // NewEngine returns an engine with no jobs.
 func NewEngine(cfg Config) *Engine {
 	return &Engine{
-		cfg:    cfg,
-		jobs:   map[protocol.JobID]*Job{},
-		active: map[protocol.JobID]*Job{},
-		offers: map[protocol.JobID]*offerSeen{},
-		seen:   map[[32]byte]time.Time{},
-		leases: map[protocol.JobID]*Lease{},
-		rtt:    map[peer.ID]time.Duration{},
-		saving: map[*Job]bool{},
+		cfg:     cfg,
+		jobs:    map[protocol.JobID]*Job{},
+		active:  map[protocol.JobID]*Job{},
+		offers:  map[protocol.JobID]*offerSeen{},
+		seen:    map[[32]byte]time.Time{},
+		leases:  map[protocol.JobID]*Lease{},
+		rtt:     map[peer.ID]time.Duration{},
+		saving:  map[*Job]bool{},
+		changed: map[*Job]bool{},
 	}
 }
 
@@ -220,7 +226,10 @@ func NewEngine(cfg Config) *Engine {
 func (e *Engine) Ready() Ready {
 	r := e.ready
 	e.ready = Ready{}
+	// A job both saved and changed is in Save only.
+	r.Changed = slices.DeleteFunc(r.Changed, func(j *Job) bool { return e.saving[j] })
 	clear(e.saving)
+	clear(e.changed)
 	return r
 }
 
@@ -245,6 +254,15 @@ func (e *Engine) ActiveLeases() int { return len(e.leases) }
 
 // SetRTT records the measured round-trip time to a peer, for ranking.
 func (e *Engine) SetRTT(p peer.ID, d time.Duration) { e.rtt[p] = d }
+
+// touch records a change of j that watchers see but that is not written.
+func (e *Engine) touch(j *Job, now time.Time) {
+	j.Updated = now
+	if !e.changed[j] {
+		e.changed[j] = true
+		e.ready.Changed = append(e.ready.Changed, j)
+	}
+}
 
 func (e *Engine) save(j *Job, now time.Time) {
 	j.Updated = now
@@ -407,15 +425,11 @@ func (e *Engine) onBid(now time.Time, m *protocol.Signed, b *pb.Bid) {
 		}
 	}
 	j.Bids = append(j.Bids, Bid{Provider: m.Signer, Price: b.Price, At: now})
-	if b.Price > j.MaxPrice {
-		e.save(j, now)
-		return
-	}
-	if j.Tier == protocol.TierInteractive {
+	if j.Tier == protocol.TierInteractive && b.Price <= j.MaxPrice {
 		e.award(j, now, m.Signer, b.Price)
 		return
 	}
-	e.save(j, now)
+	e.touch(j, now)
 }
 
 func (e *Engine) onDecline(now time.Time, m *protocol.Signed, d *pb.Decline) {

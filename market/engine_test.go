@@ -30,12 +30,14 @@ type sim struct {
 	runs    map[peer.ID][]protocol.JobID
 	stops   map[peer.ID][]protocol.JobID
 	log     map[peer.ID][]string // "send|publish <kind> <round>", in order
+	writes  map[peer.ID][]string // "<state> <bids>" of each job written, in order
+	changes map[peer.ID][]string // the same, of each change not written
 }
 
 func newSim(t *testing.T) *sim {
 	return &sim{t: t, now: t0, keys: map[peer.ID]crypto.PrivKey{}, engines: map[peer.ID]*Engine{},
 		cut: map[peer.ID]bool{}, runs: map[peer.ID][]protocol.JobID{}, stops: map[peer.ID][]protocol.JobID{},
-		log: map[peer.ID][]string{}}
+		log: map[peer.ID][]string{}, writes: map[peer.ID][]string{}, changes: map[peer.ID][]string{}}
 }
 
 var simTiming = Config{
@@ -108,6 +110,12 @@ func (s *sim) flush() {
 				continue
 			}
 			quiet = false
+			for _, j := range r.Save {
+				s.writes[from] = append(s.writes[from], fmt.Sprintf("%s %d", j.State, len(j.Bids)))
+			}
+			for _, j := range r.Changed {
+				s.changes[from] = append(s.changes[from], fmt.Sprintf("%s %d", j.State, len(j.Bids)))
+			}
 			s.runs[from] = append(s.runs[from], leaseIDs(r.Run)...)
 			s.stops[from] = append(s.stops[from], r.Stop...)
 			for _, o := range r.Send {
@@ -171,6 +179,28 @@ func wantState(t *testing.T, j *Job, want State) {
 	t.Helper()
 	if j.State != want {
 		t.Fatalf("job state %s, want %s (error %q, declines %v)", j.State, want, j.Error, j.Declines)
+	}
+}
+
+// A batch job's bids reach watchers as they come, and are written with
+// the job when its window ends, not one write per bid.
+func TestBatchBidsAreWrittenWhenTheWindowEnds(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	for _, floor := range []uint64{30, 10, 20} {
+		s.add(provider(floor))
+	}
+	j := s.submit(req, protocol.TierBatch, 50, time.Minute, 1)
+	if got := s.writes[req]; !slices.Equal(got, []string{"bidding 0"}) {
+		t.Fatalf("writes while bidding: %v", got)
+	}
+	if got := s.changes[req]; len(got) == 0 || got[len(got)-1] != "bidding 3" {
+		t.Fatalf("changes while bidding: %v, want the last with 3 bids", got)
+	}
+	s.advance(simTiming.BatchWindow)
+	wantState(t, j, Running)
+	if got := s.writes[req]; len(got) < 2 || got[1] != "assigned 3" {
+		t.Fatalf("writes: %v, want the award written with its 3 bids", got)
 	}
 }
 

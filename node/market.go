@@ -392,6 +392,9 @@ func (d *marketDriver) process(ctx context.Context) {
 	if r.Empty() {
 		return
 	}
+	for _, j := range r.Changed {
+		d.notify(j)
+	}
 	if len(r.Save) > 0 {
 		recs := map[string][]byte{}
 		for _, j := range r.Save {
