@@ -1,7 +1,6 @@
 package market
 
 import (
-	"bytes"
 	"cmp"
 	"crypto/sha256"
 	"fmt"
@@ -744,11 +743,7 @@ func checkInline(r *pb.Result) error {
 	if r.ResultId == "" || (len(r.Output) == 0 && r.ResultSize > 0) {
 		return nil // no result, or one the requester fetches as a blob
 	}
-	_, want, err := protocol.ParseBlobID(r.ResultId)
-	if err != nil {
-		return err
-	}
-	if sum := sha256.Sum256(r.Output); !bytes.Equal(sum[:], want) || uint64(len(r.Output)) != r.ResultSize {
+	if !protocol.IsBlob(r.Output, r.ResultId) || uint64(len(r.Output)) != r.ResultSize {
 		return fmt.Errorf("inline output does not match result %s", r.ResultId)
 	}
 	return nil

@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -134,7 +133,7 @@ func (n *Node) publishEntries(raws [][]byte) {
 		k := min(len(raws), maxGossipEntries)
 		var msg []byte
 		for _, raw := range raws[:k] {
-			msg = append(msg, protocol.Frame(raw)...)
+			msg = protocol.AppendFrame(msg, raw)
 		}
 		n.publishLedger(ledgerMsgEntries, msg)
 		raws = raws[k:]
@@ -143,26 +142,9 @@ func (n *Node) publishEntries(raws [][]byte) {
 
 // decodeGossipEntries splits a gossiped batch into its entries' bytes.
 func decodeGossipEntries(b []byte) ([][]byte, error) {
-	var raws [][]byte
-	for len(b) > 0 {
-		size, k := binary.Uvarint(b)
-		switch {
-		case k <= 0 || size == 0 || size > storage.MaxEntrySize || size > uint64(len(b)-k):
-			return nil, fmt.Errorf("entry %d: bad length", len(raws))
-		case k != len(binary.AppendUvarint(nil, size)):
-			// One encoding per batch: the same entries never travel as
-			// different messages.
-			return nil, fmt.Errorf("entry %d: length not minimally encoded", len(raws))
-		case len(raws) == maxGossipEntries:
-			return nil, fmt.Errorf("more than %d entries", maxGossipEntries)
-		}
-		raws = append(raws, b[k:k+int(size)])
-		b = b[k+int(size):]
-	}
-	if len(raws) == 0 {
-		return nil, errors.New("no entries")
-	}
-	return raws, nil
+	// One encoding per batch (minimal lengths, nothing trailing): the same
+	// entries never travel as different messages.
+	return protocol.SplitFrames(b, maxGossipEntries, storage.MaxEntrySize)
 }
 
 func (n *Node) publishLedger(kind byte, b []byte) {

@@ -92,13 +92,11 @@ const maxCoalesced = 256 << 10
 // load one stream write (one yamux frame, one encrypted record) carries
 // many messages instead of one each.
 func frames(first []byte, ch chan []byte) []byte {
-	buf := binary.AppendUvarint(make([]byte, 0, len(first)+binary.MaxVarintLen64), uint64(len(first)))
-	buf = append(buf, first...)
+	buf := protocol.AppendFrame(make([]byte, 0, len(first)+binary.MaxVarintLen64), first)
 	for len(buf) < maxCoalesced {
 		select {
 		case raw := <-ch:
-			buf = binary.AppendUvarint(buf, uint64(len(raw)))
-			buf = append(buf, raw...)
+			buf = protocol.AppendFrame(buf, raw)
 		default:
 			return buf
 		}

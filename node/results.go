@@ -3,7 +3,6 @@ package node
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -31,9 +30,7 @@ func inlineResult(j *market.Job) ([]byte, bool) {
 	if j.ResultID == "" || j.ResultSize > protocol.MaxResultOutput || uint64(len(j.Output)) != j.ResultSize {
 		return nil, false
 	}
-	_, want, err := protocol.ParseBlobID(j.ResultID)
-	sum := sha256.Sum256(j.Output)
-	return j.Output, err == nil && bytes.Equal(sum[:], want)
+	return j.Output, protocol.IsBlob(j.Output, j.ResultID)
 }
 
 // collectResult keeps a finished job's result in the blob store, in the

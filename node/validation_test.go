@@ -78,12 +78,19 @@ func offerFrom(requester peer.ID, deadline time.Time) *pb.MarketMessage {
 	}}}
 }
 
-func TestBadMessagesNeverReachTheEngine(t *testing.T) {
+// rogueNet starts three members (member 1 a provider) and a rogue peer
+// beside them.
+func rogueNet(t *testing.T) (*testnet.Testnet, *rogue) {
+	t.Helper()
 	tn := startTestnet(t, 3, testnet.WithProviders(1))
 	if err := testnet.WaitFor(context.Background(), deadline, tn.Formed); err != nil {
 		t.Fatal(err)
 	}
-	r := newRogue(t, tn)
+	return tn, newRogue(t, tn)
+}
+
+func TestBadMessagesNeverReachTheEngine(t *testing.T) {
+	tn, r := rogueNet(t)
 	provider := tn.Node(1)
 	ctx := context.Background()
 	future := time.Now().Add(time.Minute)
@@ -168,11 +175,7 @@ func TestBadMessagesNeverReachTheEngine(t *testing.T) {
 // Signed offers already seen on gossip, packed again into a new gossip
 // message, are ignored: a peer cannot make the network carry them twice.
 func TestRepackedGossipIsIgnored(t *testing.T) {
-	tn := startTestnet(t, 3, testnet.WithProviders(1))
-	if err := testnet.WaitFor(context.Background(), deadline, tn.Formed); err != nil {
-		t.Fatal(err)
-	}
-	r := newRogue(t, tn)
+	tn, r := rogueNet(t)
 	provider := tn.Node(1)
 	ctx := context.Background()
 	future := time.Now().Add(time.Minute)

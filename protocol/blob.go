@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -50,6 +51,13 @@ func BlobID(sum []byte) (cid.Cid, error) {
 		return cid.Undef, fmt.Errorf("%w: %w", ErrBadContentID, err)
 	}
 	return cid.NewCidV1(cid.Raw, m), nil
+}
+
+// IsBlob reports whether b is the blob the content ID id names.
+func IsBlob(b []byte, id string) bool {
+	_, want, err := ParseBlobID(id)
+	sum := sha256.Sum256(b)
+	return err == nil && bytes.Equal(sum[:], want)
 }
 
 // ParseBlobID parses a content ID and returns it with the SHA-256 it names.
@@ -179,10 +187,4 @@ func readBytes(br *bytes.Reader, limit int) ([]byte, error) {
 	b := make([]byte, n)
 	_, err = io.ReadFull(br, b)
 	return b, err
-}
-
-// Frame prefixes b with its uvarint length, as ReadBlobRequest and
-// ReadBlobHeader expect.
-func Frame(b []byte) []byte {
-	return append(binary.AppendUvarint(nil, uint64(len(b))), b...)
 }

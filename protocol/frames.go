@@ -21,6 +21,9 @@ func AppendFrame(b, msg []byte) []byte {
 	return append(binary.AppendUvarint(b, uint64(len(msg))), msg...)
 }
 
+// Frame returns b with its length as a uvarint before it.
+func Frame(b []byte) []byte { return AppendFrame(nil, b) }
+
 // SplitFrames splits b, a sequence of uvarint-length-prefixed messages, into
 // at least one and at most maxFrames messages of 1..maxSize bytes each.
 // Lengths must be minimally encoded and nothing may trail, so the same
