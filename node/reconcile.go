@@ -151,7 +151,9 @@ func (n *Node) reconcile(ctx context.Context, p peer.ID) error {
 	defer n.closeSync(st)
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
 	defer stop()
-	x := storage.NewReconcileInitiator(n.rset.snapshot(), storage.ReconcileConfig{})
+	snap := n.rset.snapshot()
+	defer snap.Release()
+	x := storage.NewReconcileInitiator(snap, storage.ReconcileConfig{})
 	if err := writeFrame(bw, x.Start()); err != nil {
 		return err
 	}
@@ -173,12 +175,15 @@ func (n *Node) reconcile(ctx context.Context, p peer.ID) error {
 			}
 		}
 	}
+	snap.Release() // the symbols are done with; the entries exchange may take a while
 	return n.exchangeEntries(br, bw, x.Extra(), true)
 }
 
 // serveReconcile is the responder's side of reconcile.
 func (n *Node) serveReconcile(br *bufio.Reader, bw *bufio.Writer) error {
-	r := storage.NewReconcileResponder(n.rset.snapshot(), storage.ReconcileConfig{})
+	snap := n.rset.snapshot()
+	defer snap.Release()
+	r := storage.NewReconcileResponder(snap, storage.ReconcileConfig{})
 	for done := false; !done; {
 		frame, err := readFrame(br)
 		if err != nil {
@@ -201,6 +206,7 @@ func (n *Node) serveReconcile(br *bufio.Reader, bw *bufio.Writer) error {
 			return nil
 		}
 	}
+	snap.Release()
 	return n.exchangeEntries(br, bw, r.Extra(), false)
 }
 

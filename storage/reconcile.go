@@ -59,6 +59,7 @@ package storage
 import (
 	"encoding/binary"
 	"math"
+	"sync/atomic"
 )
 
 const (
@@ -69,10 +70,12 @@ const (
 	// MaxReconcileCapacity bounds a ReconcileSet's capacity (192 MiB).
 	MaxReconcileCapacity = 1 << 22
 
-	// rcChunkShift sets the copy-on-write unit: 256 symbols (12 KiB).
-	// Small enough that an Add after a Snapshot copies little, large enough
-	// that a Snapshot copies few pointers.
-	rcChunkShift = 8
+	// rcChunkShift sets the copy-on-write unit: 64 symbols (3 KiB). An Add
+	// touches about 20 symbols spread over the whole range, so a unit must be
+	// small for the Adds during a session to copy little (with 256 symbols,
+	// a burst copied 4.7 times as much), and large enough that a Snapshot
+	// copies few pointers.
+	rcChunkShift = 6
 	rcChunkSize  = 1 << rcChunkShift
 
 	// rcChecksumSeed keeps the checksum of the all-zero hash non-zero, so an
@@ -205,18 +208,25 @@ func rcIsqrt(r uint64) uint64 {
 // entry's hash as it is stored, and hands a Snapshot to each session.
 //
 // A ReconcileSet is not safe for concurrent use; Snapshot (under the caller's
-// lock) gives a session a frozen copy in O(Capacity/256), after which the
-// original and the snapshot share storage copy-on-write.
+// lock) gives a session a frozen copy in O(Capacity/64), after which the
+// original and the snapshot share storage copy-on-write until the snapshot
+// is released.
 type ReconcileSet struct {
-	chunks   [][]rcSymbol // chunks[i] holds symbols [i·256, (i+1)·256); nil: all empty
+	chunks   [][]rcSymbol // chunks[i] holds symbols [i·64, (i+1)·64); nil: all empty
 	owned    []bool       // owned[i]: chunks[i] is not shared with a snapshot
 	n        int64
 	capacity int
+	// live counts this set's snapshots not yet released. While it is 0 no
+	// snapshot can read a chunk, so a write needs no copy.
+	live atomic.Int64
+	// parent is the live count of the set a snapshot came from; nil for a
+	// set that is not a snapshot, or a snapshot already released.
+	parent atomic.Pointer[atomic.Int64]
 }
 
 // NewReconcileSet returns an empty set keeping capacity coded symbols.
 // Capacity ≤ 0 means DefaultReconcileCapacity; it is rounded up to a multiple
-// of 256 and capped at MaxReconcileCapacity. Memory (48 bytes a symbol) is
+// of 64 and capped at MaxReconcileCapacity. Memory (48 bytes a symbol) is
 // taken as symbols are first written.
 func NewReconcileSet(capacity int) *ReconcileSet {
 	if capacity <= 0 {
@@ -245,20 +255,34 @@ func (s *ReconcileSet) Len() int { return int(s.n) }
 // decodes at most about Capacity/1.4 differences.
 func (s *ReconcileSet) Capacity() int { return s.capacity }
 
-// Snapshot returns a frozen copy of the set for one session. Later Adds to s
-// do not show in the copy; each chunk of 256 symbols is copied by whichever
-// side writes it first, so a snapshot costs O(Capacity/256) now and at most
-// one copy of the symbols (3 MiB by default) spread over the Adds after it.
-// The copy is safe to read from another goroutine while s keeps changing.
+// Snapshot returns a frozen copy of the set for one session, to be read
+// only and released when the session ends. Later Adds to s do not show in
+// the copy: until Release, each chunk of 64 symbols is copied by the first
+// Add that writes it, so a snapshot costs O(Capacity/64) now and at most
+// one copy of the symbols (3 MiB by default) spread over the Adds after it;
+// after Release, Adds write in place again. The copy is safe to read from
+// another goroutine while s keeps changing.
 func (s *ReconcileSet) Snapshot() *ReconcileSet {
 	for i := range s.owned {
 		s.owned[i] = false
 	}
-	return &ReconcileSet{
+	s.live.Add(1)
+	snap := &ReconcileSet{
 		chunks:   append([][]rcSymbol(nil), s.chunks...),
 		owned:    make([]bool, len(s.owned)),
 		n:        s.n,
 		capacity: s.capacity,
+	}
+	snap.parent.Store(&s.live)
+	return snap
+}
+
+// Release ends a snapshot's claim on the storage it shares with the set it
+// came from; the snapshot must not be read after it. Releasing a set that
+// is not a snapshot, or releasing twice, does nothing.
+func (s *ReconcileSet) Release() {
+	if p := s.parent.Swap(nil); p != nil {
+		p.Add(-1)
 	}
 }
 
@@ -278,6 +302,12 @@ func (s *ReconcileSet) apply(h *[32]byte, sign int64) {
 // snapshot shares it.
 func (s *ReconcileSet) writable(j int) *rcSymbol {
 	c := j >> rcChunkShift
+	if !s.owned[c] {
+		// A snapshot's chunks are never written in place: its parent may
+		// still be reading them. The atomic load orders every read of a
+		// released snapshot before the writes that follow here.
+		s.owned[c] = s.live.Load() == 0 && s.parent.Load() == nil && s.chunks[c] != nil
+	}
 	if !s.owned[c] {
 		fresh := make([]rcSymbol, rcChunkSize)
 		copy(fresh, s.chunks[c]) // copies nothing from a nil chunk

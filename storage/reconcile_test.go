@@ -378,13 +378,49 @@ func TestReconcileSnapshot(t *testing.T) {
 	}
 }
 
+// TestReconcileSnapshotRelease checks that Adds copy the chunks a live
+// snapshot shares, and write in place once every snapshot is released.
+func TestReconcileSnapshotRelease(t *testing.T) {
+	f := newRcFixture(4, 1<<10, 2000, 20, 20)
+	h := rcRandHashes(rand.New(rand.NewPCG(7, 7)), 2)
+	first, second := f.a.Snapshot(), f.a.Snapshot()
+	before := &f.a.chunks[0][0]
+	f.a.Add(h[0])
+	if &f.a.chunks[0][0] == before {
+		t.Fatal("an Add under live snapshots wrote a shared chunk in place")
+	}
+	if first.symbol(0) != second.symbol(0) || first.Len() != f.a.Len()-1 {
+		t.Fatal("a snapshot changed with the set")
+	}
+	first.Release()
+	first.Release() // twice: still one release
+	third := f.a.Snapshot()
+	before = &f.a.chunks[0][0]
+	f.a.Add(h[1])
+	if &f.a.chunks[0][0] == before {
+		t.Fatal("an Add with one snapshot still live wrote a shared chunk in place")
+	}
+	second.Release()
+	third.Release()
+	if got := f.a.live.Load(); got != 0 {
+		t.Fatalf("live snapshots = %d after releasing all", got)
+	}
+	f.a.Snapshot().Release()
+	before = &f.a.chunks[0][0]
+	f.a.Remove(h[1])
+	if &f.a.chunks[0][0] != before {
+		t.Fatal("an Add with every snapshot released copied a chunk")
+	}
+}
+
 // TestReconcileSnapshotConcurrent runs a session on a snapshot while the
 // live set keeps changing in another goroutine, as a node does: under -race
-// it shows that the two share no mutable state.
+// it shows that the two share no mutable state, also when the set goes on
+// writing in place after the snapshot is released.
 func TestReconcileSnapshotConcurrent(t *testing.T) {
 	f := newRcFixture(8, 1<<12, 1000, 30, 30)
 	snap := f.a.Snapshot()
-	more := rcRandHashes(rand.New(rand.NewPCG(8, 8)), 500)
+	more := rcRandHashes(rand.New(rand.NewPCG(8, 8)), 5000)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -393,6 +429,7 @@ func TestReconcileSnapshotConcurrent(t *testing.T) {
 		}
 	}()
 	r := rcRun(snap, f.b, ReconcileConfig{})
+	snap.Release()
 	<-done
 	f.check(t, r)
 }
