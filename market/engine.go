@@ -48,8 +48,11 @@ const (
 type Config struct {
 	Self peer.ID
 	// InteractiveWindow is how long an interactive job waits for a first
-	// acceptable bid before it is offered again; BatchWindow is how long a
-	// batch job collects bids before the cheapest wins.
+	// acceptable bid; BatchWindow is how long a batch job collects bids
+	// before the cheapest wins. A window that ends without an acceptable
+	// bid leaves the job waiting: the first acceptable bid that comes late
+	// wins at once, and the job is offered again only after a pause that
+	// doubles with each empty round (see reofferDelay).
 	InteractiveWindow time.Duration
 	BatchWindow       time.Duration
 	// AcceptTimeout bounds award → acceptance; HeartbeatTimeout bounds the
@@ -123,8 +126,10 @@ type Job struct {
 	Receipt    []byte    `json:"receipt,omitempty"`
 	Created    time.Time `json:"created"`
 	Updated    time.Time `json:"updated"`
-	// Timers; zero when not running.
+	// Timers; zero when not running. ReofferAt is when a job whose window
+	// ended without an acceptable bid is offered again.
 	WindowEnds  time.Time `json:"window_ends"`
+	ReofferAt   time.Time `json:"reoffer_at,omitzero"`
 	AcceptBy    time.Time `json:"accept_by"`
 	HeartbeatBy time.Time `json:"heartbeat_by"`
 	// Preemptions counts leases given up for interactive work.
@@ -320,7 +325,7 @@ func (e *Engine) Restore(j *Job, offer *protocol.Signed) {
 func (e *Engine) offer(j *Job, now time.Time) {
 	j.State = Bidding
 	j.Provider, j.Price = "", 0
-	j.AcceptBy, j.HeartbeatBy = time.Time{}, time.Time{}
+	j.AcceptBy, j.HeartbeatBy, j.ReofferAt = time.Time{}, time.Time{}, time.Time{}
 	j.WindowEnds = now.Add(e.window(j.Tier))
 	j.Round++
 	msg := &pb.MarketMessage{Round: j.Round, Body: &pb.MarketMessage_Offer{Offer: j.offer}}
@@ -378,7 +383,7 @@ func (e *Engine) finish(j *Job, now time.Time, s State, reason string) {
 	if reason != "" && j.Error == "" && s != Succeeded {
 		j.Error = reason
 	}
-	j.WindowEnds, j.AcceptBy, j.HeartbeatBy = time.Time{}, time.Time{}, time.Time{}
+	j.WindowEnds, j.ReofferAt, j.AcceptBy, j.HeartbeatBy = time.Time{}, time.Time{}, time.Time{}, time.Time{}
 	j.gossipLater = nil
 	e.save(j, now)
 }
@@ -424,7 +429,9 @@ func (e *Engine) onBid(now time.Time, m *protocol.Signed, b *pb.Bid) {
 		}
 	}
 	j.Bids = append(j.Bids, Bid{Provider: m.Signer, Price: b.Price, At: now})
-	if j.Tier == protocol.TierInteractive && b.Price <= j.MaxPrice {
+	if (j.Tier == protocol.TierInteractive || j.WindowEnds.IsZero()) && b.Price <= j.MaxPrice {
+		// An interactive job takes its first acceptable bid; so does any
+		// job whose window has already ended (a bid that came late).
 		e.award(j, now, m.Signer, b.Price)
 		return
 	}
@@ -476,7 +483,7 @@ func (e *Engine) award(j *Job, now time.Time, p peer.ID, price uint64) {
 	j.Attempt++
 	j.State = Assigned
 	j.Provider, j.Price = p, price
-	j.WindowEnds = time.Time{}
+	j.WindowEnds, j.ReofferAt = time.Time{}, time.Time{}
 	j.AcceptBy = now.Add(e.cfg.AcceptTimeout)
 	e.send(p, &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
 		JobId: j.ID[:], Provider: []byte(p), Price: price, Attempt: j.Attempt,
@@ -760,6 +767,9 @@ func (e *Engine) Tick(now time.Time) {
 			e.finish(j, now, Expired, "deadline passed")
 		case j.State == Bidding && !j.WindowEnds.IsZero() && !now.Before(j.WindowEnds):
 			e.closeWindow(j, now)
+		case j.State == Bidding && !j.ReofferAt.IsZero() && !now.Before(j.ReofferAt):
+			j.Bids = j.Bids[:0]
+			e.offer(j, now)
 		case j.State == Assigned && !now.Before(j.AcceptBy):
 			e.reoffer(j, now, true)
 		case j.State == Running && !now.Before(j.HeartbeatBy):
@@ -785,7 +795,8 @@ func (e *Engine) Tick(now time.Time) {
 }
 
 // closeWindow awards a batch job to its cheapest acceptable bid (ties: lower
-// RTT, then peer ID), or offers it again when nobody bid.
+// RTT, then peer ID). With none, the job waits for a late bid until
+// reofferDelay has passed, then is offered again.
 func (e *Engine) closeWindow(j *Job, now time.Time) {
 	var best *Bid
 	for i := range j.Bids {
@@ -802,11 +813,34 @@ func (e *Engine) closeWindow(j *Job, now time.Time) {
 		}
 	}
 	if best == nil {
-		j.Bids = j.Bids[:0]
-		e.offer(j, now)
+		if j.gossipLater != nil {
+			// The direct round is over: the rest of the market may bid.
+			e.publish(j, j.gossipLater)
+			j.gossipLater = nil
+		}
+		j.WindowEnds = time.Time{}
+		j.ReofferAt = now.Add(e.reofferDelay(j))
+		e.save(j, now)
 		return
 	}
 	e.award(j, now, best.Provider, best.Price)
+}
+
+// maxReofferDelay caps the pause between a job's empty rounds.
+const maxReofferDelay = time.Minute
+
+// reofferDelay is how long a job waits after its round-th window ended
+// without an acceptable bid: the window's length, doubling with each empty
+// round, at most maxReofferDelay. A market short of providers then sees a
+// job a few times a minute, not every window; and a burst that slows the
+// bids past the window gets them awarded as they come, not a new round of
+// offers and bids for every job on every node.
+func (e *Engine) reofferDelay(j *Job) time.Duration {
+	d := e.window(j.Tier)
+	for r := uint32(1); r < j.Round && d < maxReofferDelay; r++ {
+		d *= 2
+	}
+	return min(d, maxReofferDelay)
 }
 
 // NextDeadline is the earliest time Tick has work, for the caller's timer;
@@ -821,6 +855,7 @@ func (e *Engine) NextDeadline() time.Time {
 	for _, j := range e.active {
 		consider(j.Deadline)
 		consider(j.WindowEnds)
+		consider(j.ReofferAt)
 		consider(j.AcceptBy)
 		consider(j.HeartbeatBy)
 	}

@@ -373,8 +373,54 @@ func TestBusyProviderDeclinesAndDuplicateOfferIsIgnored(t *testing.T) {
 		t.Fatalf("declines = %v", j2.Declines)
 	}
 	s.finish(p, j1.ID)
-	s.advance(simTiming.InteractiveWindow) // re-offered: now p has a slot
+	s.advance(simTiming.InteractiveWindow) // the window ends without a bid
+	wantState(t, j2, Bidding)
+	s.advance(simTiming.InteractiveWindow) // offered again: now p has a slot
 	wantState(t, j2, Running)
+	if j2.Round != 2 {
+		t.Fatalf("round %d, want 2", j2.Round)
+	}
+}
+
+// A batch window that ends without a bid leaves the job waiting: a bid
+// that comes late wins at once, with no new round. With none, the job is
+// offered again after a pause that doubles with each empty round.
+func TestEmptyWindowWaitsThenOffersAgainLessOften(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	p := s.add(provider(10))
+	s.cut[p] = true // p misses the offer, so no bid comes in the window
+	j := s.submit(req, protocol.TierBatch, 50, time.Hour, 1)
+	s.advance(simTiming.BatchWindow)
+	wantState(t, j, Bidding)
+	if !j.WindowEnds.IsZero() || !j.ReofferAt.Equal(s.now.Add(simTiming.BatchWindow)) {
+		t.Fatalf("window ends %v, offered again at %v; want a wait of one window", j.WindowEnds, j.ReofferAt)
+	}
+	// The offer reaches p late; its bid wins at once.
+	s.cut[p] = false
+	s.engines[p].Step(s.now, s.sign(req, &pb.MarketMessage{Round: 1, Body: &pb.MarketMessage_Offer{Offer: j.offer}}))
+	s.flush()
+	wantState(t, j, Running)
+	if j.Round != 1 || j.Provider != p || !j.ReofferAt.IsZero() {
+		t.Fatalf("round %d, provider %s, reoffer at %v", j.Round, j.Provider, j.ReofferAt)
+	}
+
+	// Nobody bids: rounds start at 0, 2, 5, 10 and 19 windows (each
+	// window, then a pause of 1, 2, 4, 8 windows), not at every window.
+	s = newSim(t)
+	req = s.add(nil)
+	j = s.submit(req, protocol.TierBatch, 50, time.Hour, 1)
+	for range 20 {
+		s.advance(simTiming.BatchWindow)
+	}
+	wantState(t, j, Bidding)
+	if j.Round != 5 {
+		t.Fatalf("%d rounds in 20 windows, want 5: %v", j.Round, s.log[req])
+	}
+	e := s.engines[req]
+	if d := e.reofferDelay(&Job{Tier: protocol.TierBatch, Round: 40}); d != maxReofferDelay {
+		t.Fatalf("pause after 40 empty rounds %v, want the cap %v", d, maxReofferDelay)
+	}
 }
 
 func TestInteractiveWorkPreemptsBatchLease(t *testing.T) {
@@ -404,6 +450,9 @@ func TestInteractiveWorkPreemptsBatchLease(t *testing.T) {
 	wantState(t, batch, Bidding)
 	s.finish(p, inter.ID)
 	wantState(t, inter, Succeeded)
+	// Its second round ended empty: the third comes two windows later.
+	s.advance(simTiming.BatchWindow)
+	wantState(t, batch, Bidding)
 	s.advance(simTiming.BatchWindow)
 	s.advance(simTiming.BatchWindow)
 	wantState(t, batch, Running)
@@ -451,7 +500,8 @@ func TestOutcomeOfAnEarlierLeaseIsDropped(t *testing.T) {
 
 // An interactive job's first round goes only to its candidates; its
 // gossip copy follows when the job is leased, just before the taken
-// notice. A round after one that found no provider is gossiped at once.
+// notice. When the direct round finds no provider, the copy goes out as
+// its window ends, and a late bid from the rest of the market wins.
 func TestInteractiveOfferIsGossipedAtItsLease(t *testing.T) {
 	s := newSim(t)
 	req := s.add(nil)
@@ -473,7 +523,7 @@ func TestInteractiveOfferIsGossipedAtItsLease(t *testing.T) {
 	wantState(t, j, Bidding)
 	s.advance(simTiming.InteractiveWindow)
 	wantState(t, j, Running)
-	want = []string{"send Offer 1", "send Offer 2", "publish Offer 2", "send Award 0", "publish Taken 0"}
+	want = []string{"send Offer 1", "publish Offer 1", "send Award 0", "publish Taken 0"}
 	if !slices.Equal(s.log[req], want) || j.Provider != other {
 		t.Fatalf("requester sent %v (want %v); provider %s", s.log[req], want, j.Provider)
 	}

@@ -783,3 +783,23 @@ func TestLedgerConcurrent(t *testing.T) {
 	}
 	env.noProblems()
 }
+
+// TestHoldEntryAndPaymentFor reads back the entries that hold and pay for
+// a job, and finds none for another job.
+func TestHoldEntryAndPaymentFor(t *testing.T) {
+	env := newLedgerEnv(t)
+	env.ok(env.a.next(t, GrantBody{Amount: 1000}))
+	hold := env.ok(env.a.next(t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 600}))
+	got, ok, err := env.l.HoldEntry(env.a.id, job("1"))
+	if err != nil || !ok || got.Seq != hold.Seq || string(got.Encode()) != string(hold.Encode()) {
+		t.Fatalf("HoldEntry = seq %d, %v, %v; want the hold at seq %d", got.Seq, ok, err, hold.Seq)
+	}
+	pay := env.ok(env.a.next(t, PaymentBody{Job: job("1"), To: env.p.id, Amount: 500}))
+	got, ok, err = env.l.PaymentFor(env.a.id, job("1"))
+	if err != nil || !ok || got.Seq != pay.Seq {
+		t.Fatalf("PaymentFor = seq %d, %v, %v; want the payment at seq %d", got.Seq, ok, err, pay.Seq)
+	}
+	if _, ok, err := env.l.HoldEntry(env.a.id, job("2")); ok || err != nil {
+		t.Fatalf("HoldEntry of another job = %v, %v", ok, err)
+	}
+}
