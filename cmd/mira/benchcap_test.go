@@ -1,0 +1,26 @@
+package main
+
+import "testing"
+
+// TestBatchJobSignatures checks the per-job signature counts behind the
+// cap against the flow of one batch job, worked out by hand.
+func TestBatchJobSignatures(t *testing.T) {
+	cases := []struct {
+		nodes, providers           int
+		seals, opens, ledgerChecks int
+	}{
+		// 9 market signatures (offer, its round, 3 bids, award, taken,
+		// acceptance, result) and 4 ledger entries; the offer round and
+		// the taken notice checked on 9 nodes, 3 bids, award, acceptance
+		// and result; 4 entries on 9 nodes.
+		{10, 3, 13, 24, 36},
+		{2, 1, 11, 6, 4},
+	}
+	for _, c := range cases {
+		seals, opens, ledgerChecks := batchJobSignatures(c.nodes, c.providers)
+		if seals != c.seals || opens != c.opens || ledgerChecks != c.ledgerChecks {
+			t.Errorf("%d nodes, %d providers: %d seals, %d opens, %d ledger checks; want %d, %d, %d",
+				c.nodes, c.providers, seals, opens, ledgerChecks, c.seals, c.opens, c.ledgerChecks)
+		}
+	}
+}
