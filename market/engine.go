@@ -127,9 +127,11 @@ type Job struct {
 	Created    time.Time `json:"created"`
 	Updated    time.Time `json:"updated"`
 	// Timers; zero when not running. ReofferAt is when a job whose window
-	// ended without an acceptable bid is offered again.
+	// ended without an acceptable bid is offered again; EmptyRounds counts
+	// such windows since its last award.
 	WindowEnds  time.Time `json:"window_ends"`
 	ReofferAt   time.Time `json:"reoffer_at,omitzero"`
+	EmptyRounds int       `json:"empty_rounds,omitempty"`
 	AcceptBy    time.Time `json:"accept_by"`
 	HeartbeatBy time.Time `json:"heartbeat_by"`
 	// Preemptions counts leases given up for interactive work.
@@ -483,7 +485,7 @@ func (e *Engine) award(j *Job, now time.Time, p peer.ID, price uint64) {
 	j.Attempt++
 	j.State = Assigned
 	j.Provider, j.Price = p, price
-	j.WindowEnds, j.ReofferAt = time.Time{}, time.Time{}
+	j.WindowEnds, j.ReofferAt, j.EmptyRounds = time.Time{}, time.Time{}, 0
 	j.AcceptBy = now.Add(e.cfg.AcceptTimeout)
 	e.send(p, &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
 		JobId: j.ID[:], Provider: []byte(p), Price: price, Attempt: j.Attempt,
@@ -819,6 +821,7 @@ func (e *Engine) closeWindow(j *Job, now time.Time) {
 			j.gossipLater = nil
 		}
 		j.WindowEnds = time.Time{}
+		j.EmptyRounds++
 		j.ReofferAt = now.Add(e.reofferDelay(j))
 		e.save(j, now)
 		return
@@ -826,21 +829,32 @@ func (e *Engine) closeWindow(j *Job, now time.Time) {
 	e.award(j, now, best.Provider, best.Price)
 }
 
-// maxReofferDelay caps the pause between a job's empty rounds.
-const maxReofferDelay = time.Minute
+// maxReofferDelay caps the pause between a batch job's empty rounds;
+// maxInteractivePause caps an interactive job's, in windows, since its
+// requester is waiting.
+const (
+	maxReofferDelay     = time.Minute
+	maxInteractivePause = 4
+)
 
-// reofferDelay is how long a job waits after its round-th window ended
-// without an acceptable bid: the window's length, doubling with each empty
-// round, at most maxReofferDelay. A market short of providers then sees a
-// job a few times a minute, not every window; and a burst that slows the
-// bids past the window gets them awarded as they come, not a new round of
-// offers and bids for every job on every node.
+// reofferDelay is how long a job waits after a window ended without an
+// acceptable bid: the window's length, doubling with each empty round since
+// its last award, at most a minute (four windows for an interactive job). A
+// market short of providers then sees a job a few times a minute, not every
+// window; and a burst that slows the bids past the window gets them awarded
+// as they come, not a new round of offers and bids for every job on every
+// node.
 func (e *Engine) reofferDelay(j *Job) time.Duration {
-	d := e.window(j.Tier)
-	for r := uint32(1); r < j.Round && d < maxReofferDelay; r++ {
+	w := e.window(j.Tier)
+	limit := maxReofferDelay
+	if j.Tier == protocol.TierInteractive {
+		limit = min(limit, maxInteractivePause*w)
+	}
+	d := w
+	for r := 1; r < j.EmptyRounds && d < limit; r++ {
 		d *= 2
 	}
-	return min(d, maxReofferDelay)
+	return min(d, limit)
 }
 
 // NextDeadline is the earliest time Tick has work, for the caller's timer;

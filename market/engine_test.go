@@ -417,9 +417,19 @@ func TestEmptyWindowWaitsThenOffersAgainLessOften(t *testing.T) {
 	if j.Round != 5 {
 		t.Fatalf("%d rounds in 20 windows, want 5: %v", j.Round, s.log[req])
 	}
+	if j.EmptyRounds != 5 { // the fifth window closed at 20
+		t.Fatalf("%d empty rounds, want 5", j.EmptyRounds)
+	}
 	e := s.engines[req]
-	if d := e.reofferDelay(&Job{Tier: protocol.TierBatch, Round: 40}); d != maxReofferDelay {
-		t.Fatalf("pause after 40 empty rounds %v, want the cap %v", d, maxReofferDelay)
+	if d := e.reofferDelay(&Job{Tier: protocol.TierBatch, EmptyRounds: 40}); d != maxReofferDelay {
+		t.Fatalf("batch pause after 40 empty rounds %v, want the cap %v", d, maxReofferDelay)
+	}
+	if d, want := e.reofferDelay(&Job{Tier: protocol.TierInteractive, EmptyRounds: 40}), maxInteractivePause*simTiming.InteractiveWindow; d != want {
+		t.Fatalf("interactive pause after 40 empty rounds %v, want %v", d, want)
+	}
+	// Rounds that ended in an award do not lengthen the pause.
+	if d := e.reofferDelay(&Job{Tier: protocol.TierBatch, Round: 9, EmptyRounds: 1}); d != simTiming.BatchWindow {
+		t.Fatalf("pause after one empty round (the ninth) %v, want one window", d)
 	}
 }
 
@@ -450,10 +460,10 @@ func TestInteractiveWorkPreemptsBatchLease(t *testing.T) {
 	wantState(t, batch, Bidding)
 	s.finish(p, inter.ID)
 	wantState(t, inter, Succeeded)
-	// Its second round ended empty: the third comes two windows later.
+	// Its first empty round since the lease: offered again one window
+	// later, leased at that round's end.
 	s.advance(simTiming.BatchWindow)
 	wantState(t, batch, Bidding)
-	s.advance(simTiming.BatchWindow)
 	s.advance(simTiming.BatchWindow)
 	wantState(t, batch, Running)
 	s.finish(p, batch.ID)

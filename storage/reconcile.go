@@ -216,12 +216,18 @@ type ReconcileSet struct {
 	owned    []bool       // owned[i]: chunks[i] is not shared with a snapshot
 	n        int64
 	capacity int
-	// live counts this set's snapshots not yet released. While it is 0 no
-	// snapshot can read a chunk, so a write needs no copy.
+	// live counts the snapshots not yet released that share this set's
+	// chunks. While it is 0 no snapshot can read one, so a write needs no
+	// copy.
 	live atomic.Int64
-	// parent is the live count of the set a snapshot came from; nil for a
-	// set that is not a snapshot, or a snapshot already released.
-	parent atomic.Pointer[atomic.Int64]
+	// frozen marks a snapshot: its chunks came from another set, which
+	// may write them in place once the snapshot is released, so a
+	// snapshot never writes a chunk in place it did not copy itself.
+	frozen bool
+	// holds is the live count a snapshot adds to until Release (the
+	// original set's, also for a snapshot of a snapshot); nil once
+	// released.
+	holds atomic.Pointer[atomic.Int64]
 }
 
 // NewReconcileSet returns an empty set keeping capacity coded symbols.
@@ -255,33 +261,39 @@ func (s *ReconcileSet) Len() int { return int(s.n) }
 // decodes at most about Capacity/1.4 differences.
 func (s *ReconcileSet) Capacity() int { return s.capacity }
 
-// Snapshot returns a frozen copy of the set for one session, to be read
-// only and released when the session ends. Later Adds to s do not show in
-// the copy: until Release, each chunk of 64 symbols is copied by the first
-// Add that writes it, so a snapshot costs O(Capacity/64) now and at most
-// one copy of the symbols (3 MiB by default) spread over the Adds after it;
-// after Release, Adds write in place again. The copy is safe to read from
-// another goroutine while s keeps changing.
+// Snapshot returns a frozen copy of the set for one session, to be
+// released when the session ends. Later Adds to s do not show in the copy:
+// until Release, each chunk of 64 symbols is copied by the first Add that
+// writes it, so a snapshot costs O(Capacity/64) now and at most one copy of
+// the symbols (3 MiB by default) spread over the Adds after it; after
+// Release, Adds write in place again. The copy is safe to read from another
+// goroutine while s keeps changing. A snapshot may be changed (its writes
+// copy) or snapshotted in turn, but not used at all after its Release.
 func (s *ReconcileSet) Snapshot() *ReconcileSet {
 	for i := range s.owned {
 		s.owned[i] = false
 	}
-	s.live.Add(1)
+	live := &s.live
+	if h := s.holds.Load(); s.frozen && h != nil {
+		live = h // the chunks to keep are the original set's
+	}
+	live.Add(1)
 	snap := &ReconcileSet{
 		chunks:   append([][]rcSymbol(nil), s.chunks...),
 		owned:    make([]bool, len(s.owned)),
 		n:        s.n,
 		capacity: s.capacity,
+		frozen:   true,
 	}
-	snap.parent.Store(&s.live)
+	snap.holds.Store(live)
 	return snap
 }
 
 // Release ends a snapshot's claim on the storage it shares with the set it
-// came from; the snapshot must not be read after it. Releasing a set that
+// came from; the snapshot must not be used after it. Releasing a set that
 // is not a snapshot, or releasing twice, does nothing.
 func (s *ReconcileSet) Release() {
-	if p := s.parent.Swap(nil); p != nil {
+	if p := s.holds.Swap(nil); p != nil {
 		p.Add(-1)
 	}
 }
@@ -303,10 +315,9 @@ func (s *ReconcileSet) apply(h *[32]byte, sign int64) {
 func (s *ReconcileSet) writable(j int) *rcSymbol {
 	c := j >> rcChunkShift
 	if !s.owned[c] {
-		// A snapshot's chunks are never written in place: its parent may
-		// still be reading them. The atomic load orders every read of a
-		// released snapshot before the writes that follow here.
-		s.owned[c] = s.live.Load() == 0 && s.parent.Load() == nil && s.chunks[c] != nil
+		// The atomic load orders every read of a released snapshot before
+		// the writes that follow here.
+		s.owned[c] = !s.frozen && s.live.Load() == 0 && s.chunks[c] != nil
 	}
 	if !s.owned[c] {
 		fresh := make([]rcSymbol, rcChunkSize)

@@ -413,6 +413,31 @@ func TestReconcileSnapshotRelease(t *testing.T) {
 	}
 }
 
+// TestReconcileSnapshotOfSnapshot checks that a snapshot of a snapshot
+// stays frozen after the first is released, and that writing to a
+// released snapshot leaves the set it came from alone.
+func TestReconcileSnapshotOfSnapshot(t *testing.T) {
+	f := newRcFixture(4, 1<<10, 2000, 20, 20)
+	h := rcRandHashes(rand.New(rand.NewPCG(6, 6)), 2)
+	first := f.a.Snapshot()
+	second := first.Snapshot()
+	want := second.symbol(0)
+	first.Release()
+	f.a.Add(h[0])
+	if second.symbol(0) != want {
+		t.Fatal("a snapshot of a released snapshot changed with the set")
+	}
+	second.Release()
+
+	snap := f.a.Snapshot()
+	snap.Release()
+	want = f.a.symbol(0)
+	snap.Add(h[1]) // misuse: the snapshot is released
+	if f.a.symbol(0) != want {
+		t.Fatal("a write to a released snapshot changed the set it came from")
+	}
+}
+
 // TestReconcileSnapshotConcurrent runs a session on a snapshot while the
 // live set keeps changing in another goroutine, as a node does: under -race
 // it shows that the two share no mutable state, also when the set goes on
