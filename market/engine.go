@@ -770,8 +770,7 @@ func (e *Engine) Tick(now time.Time) {
 		case j.State == Bidding && !j.WindowEnds.IsZero() && !now.Before(j.WindowEnds):
 			e.closeWindow(j, now)
 		case j.State == Bidding && !j.ReofferAt.IsZero() && !now.Before(j.ReofferAt):
-			j.Bids = j.Bids[:0]
-			e.offer(j, now)
+			e.reoffer(j, now, false)
 		case j.State == Assigned && !now.Before(j.AcceptBy):
 			e.reoffer(j, now, true)
 		case j.State == Running && !now.Before(j.HeartbeatBy):
