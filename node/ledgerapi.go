@@ -120,13 +120,16 @@ func (n *Node) payment(j market.Job) (float64, *api.PaymentInfo) {
 	if n.ledger == nil {
 		return 0, nil
 	}
-	job := storage.Hash(j.ID)
-	if e, ok, err := n.ledger.PaymentFor(n.host.ID(), job); err == nil && ok {
+	es, err := n.ledger.EscrowFor(n.host.ID(), storage.Hash(j.ID))
+	if err != nil {
+		return 0, nil
+	}
+	if e := es.Payment; e != nil {
 		if p, ok := e.Body.(storage.PaymentBody); ok {
 			return credits(p.Amount), &api.PaymentInfo{State: "paid", Amount: credits(p.Amount), To: p.To.String(), Entry: e.Hash().String()}
 		}
 	}
-	if h, ok, err := n.ledger.HoldFor(n.host.ID(), job); err == nil && ok {
+	if h := es.Hold; h != nil {
 		return 0, &api.PaymentInfo{State: "held", Amount: credits(h.Amount)}
 	}
 	if j.State.Terminal() && j.Attempt > 0 {

@@ -785,7 +785,7 @@ func TestLedgerConcurrent(t *testing.T) {
 }
 
 // TestHoldEntryAndPaymentFor reads back the entries that hold and pay for
-// a job, and finds none for another job.
+// a job, and finds none for another job; EscrowFor sees each stage.
 func TestHoldEntryAndPaymentFor(t *testing.T) {
 	env := newLedgerEnv(t)
 	env.ok(env.a.next(t, GrantBody{Amount: 1000}))
@@ -794,12 +794,23 @@ func TestHoldEntryAndPaymentFor(t *testing.T) {
 	if err != nil || !ok || got.Seq != hold.Seq || string(got.Encode()) != string(hold.Encode()) {
 		t.Fatalf("HoldEntry = seq %d, %v, %v; want the hold at seq %d", got.Seq, ok, err, hold.Seq)
 	}
+	if es, err := env.l.EscrowFor(env.a.id, job("1")); err != nil || es.Payment != nil || es.Hold == nil || es.Hold.Amount != 600 {
+		t.Fatalf("EscrowFor while held = %+v, %v", es, err)
+	}
 	pay := env.ok(env.a.next(t, PaymentBody{Job: job("1"), To: env.p.id, Amount: 500}))
+	if es, err := env.l.EscrowFor(env.a.id, job("1")); err != nil || es.Hold != nil || es.Payment == nil || es.Payment.Seq != pay.Seq {
+		t.Fatalf("EscrowFor once paid = %+v, %v", es, err)
+	}
 	got, ok, err = env.l.PaymentFor(env.a.id, job("1"))
 	if err != nil || !ok || got.Seq != pay.Seq {
 		t.Fatalf("PaymentFor = seq %d, %v, %v; want the payment at seq %d", got.Seq, ok, err, pay.Seq)
 	}
 	if _, ok, err := env.l.HoldEntry(env.a.id, job("2")); ok || err != nil {
 		t.Fatalf("HoldEntry of another job = %v, %v", ok, err)
+	}
+	env.ok(env.a.next(t, HoldBody{Job: job("3"), Provider: env.p.id, Amount: 100}))
+	env.ok(env.a.next(t, ReleaseBody{Job: job("3")}))
+	if es, err := env.l.EscrowFor(env.a.id, job("3")); err != nil || es.Hold != nil || es.Payment != nil {
+		t.Fatalf("EscrowFor once released = %+v, %v", es, err)
 	}
 }
