@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/moby/moby/client"
@@ -332,10 +334,19 @@ func TestBlobsAreSharedOnlyWithTheJob(t *testing.T) {
 	if err := tn.Restart(context.Background(), 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := testnet.WaitFor(context.Background(), deadline, tn.Formed); err != nil {
+	provider = tn.Node(1)
+	// The provider came back on a new port: the others can ask it once
+	// they are connected again (before that they may dial the old address).
+	if err := testnet.WaitFor(context.Background(), deadline, func() error {
+		for _, n := range []*node.Node{requester, outsider} {
+			if n.Host().Network().Connectedness(provider.ID()) != network.Connected {
+				return fmt.Errorf("%s is not connected to the restarted provider", n.ID())
+			}
+		}
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
-	provider = tn.Node(1)
 	if s := askBlob(t, requester, provider.ID(), done.ResultID); s != protocol.BlobOK {
 		t.Fatalf("after the provider's restart, the requester asking for its result got status %d", s)
 	}
