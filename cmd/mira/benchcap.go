@@ -18,8 +18,8 @@ import (
 // no implementation can go below, and so the yardstick of issue 4's goal
 // (a burst within 2× of the cap). Measured in the same process right after
 // a burst, it moves with the machine's speed of the moment, which on a
-// shared VM drifts by tens of percent over minutes. The sample offer is
-// built anew for each seal, as a node builds each message.
+// shared VM drifts by tens of percent over minutes. The four ledger
+// entries are counted as market seals: both are one Ed25519 signature.
 type signatureCap struct {
 	// Seal, Open and LedgerCheck are what one signature, one verified
 	// market message and one ledger entry's share of a batch check cost
