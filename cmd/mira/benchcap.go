@@ -100,15 +100,9 @@ func measureCap(network string, nodes, providers int) (signatureCap, error) {
 	if err != nil {
 		return c, err
 	}
-	chains, err := benchChains(100, 150)
+	raws, err := interleavedChains(100, 150)
 	if err != nil {
 		return c, err
-	}
-	var raws [][]byte
-	for seq := range chains[0] {
-		for _, ch := range chains {
-			raws = append(raws, ch[seq])
-		}
 	}
 	sigs, err := benchSigs(raws)
 	if err != nil {

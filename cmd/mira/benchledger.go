@@ -115,15 +115,9 @@ func benchLedger(dir string, syncReceived bool) (*storage.DB, *storage.Ledger, e
 // 256, and checks the same signatures alone on every core three ways, for
 // the ratios of the rates.
 func benchIngest(out io.Writer, n int) error {
-	chains, err := benchChains(100, (n+99)/100)
+	raws, err := interleavedChains(100, (n+99)/100)
 	if err != nil {
 		return err
-	}
-	var raws [][]byte
-	for seq := range chains[0] {
-		for _, c := range chains {
-			raws = append(raws, c[seq])
-		}
 	}
 	sigs, err := benchSigs(raws)
 	if err != nil {
@@ -160,6 +154,22 @@ func benchIngest(out io.Writer, n int) error {
 			synced, ir, ir/stdRate, ir/batchRate)
 	}
 	return nil
+}
+
+// interleavedChains signs perChain entries for each of accounts accounts
+// and orders them as gossip brings them: each account's next entry in turn.
+func interleavedChains(accounts, perChain int) ([][]byte, error) {
+	chains, err := benchChains(accounts, perChain)
+	if err != nil {
+		return nil, err
+	}
+	var raws [][]byte
+	for seq := range chains[0] {
+		for _, c := range chains {
+			raws = append(raws, c[seq])
+		}
+	}
+	return raws, nil
 }
 
 // zip215 is the ledger's signature rule (see storage.Entry.VerifySignature).
