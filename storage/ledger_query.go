@@ -100,13 +100,16 @@ func (l *Ledger) Frozen(account peer.ID) (bool, error) {
 // before it runs the job: the hold exists, names it as provider (or, for
 // the job's first award, no provider), and covers the price.
 func (l *Ledger) HoldFor(account peer.ID, job Hash) (HoldBody, bool, error) {
-	v, err := l.get(holdKey(account, job))
-	if err != nil || v == nil {
-		return HoldBody{}, false, err
-	}
-	h, err := decodeHoldRec(v)
+	var h *holdRec
+	err := l.db.bdb.View(func(txn *badger.Txn) (err error) {
+		h, err = holdIn(txn, account, job)
+		return err
+	})
 	if err != nil {
-		return HoldBody{}, false, fmt.Errorf("hold of %s: %w", account, err)
+		return HoldBody{}, false, fmt.Errorf("ledger read: %w", err)
+	}
+	if h == nil {
+		return HoldBody{}, false, nil
 	}
 	return HoldBody{Job: job, Provider: h.provider, Amount: h.amount}, true, nil
 }

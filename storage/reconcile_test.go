@@ -409,7 +409,7 @@ func TestReconcileSnapshotRelease(t *testing.T) {
 	before = &f.a.chunks[0][0]
 	f.a.Remove(h[1])
 	if &f.a.chunks[0][0] != before {
-		t.Fatal("an Add with every snapshot released copied a chunk")
+		t.Fatal("an update with every snapshot released copied a chunk")
 	}
 }
 

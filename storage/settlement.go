@@ -11,15 +11,22 @@ import (
 // HoldEntry returns the entry of account's open hold for job: what a
 // requester attaches to an award.
 func (l *Ledger) HoldEntry(account peer.ID, job Hash) (Entry, bool, error) {
-	v, err := l.get(holdKey(account, job))
-	if err != nil || v == nil {
-		return Entry{}, false, err
-	}
-	h, err := decodeHoldRec(v)
+	var e *Entry
+	err := l.db.bdb.View(func(txn *badger.Txn) error {
+		h, err := holdIn(txn, account, job)
+		if err != nil || h == nil {
+			return err
+		}
+		e, err = entryIn(txn, account, h.seq)
+		return err
+	})
 	if err != nil {
-		return Entry{}, false, fmt.Errorf("hold of %s: %w", account, err)
+		return Entry{}, false, fmt.Errorf("ledger read: %w", err)
 	}
-	return l.entryAt(account, h.seq)
+	if e == nil {
+		return Entry{}, false, nil
+	}
+	return *e, true, nil
 }
 
 // PaymentFor returns account's payment entry for job, if it paid it.
@@ -50,28 +57,14 @@ func (l *Ledger) EscrowFor(account peer.ID, job Hash) (Escrow, error) {
 			return err
 		}
 		if len(paid) == 8 {
-			seq := binary.BigEndian.Uint64(paid)
-			raw, err := getValue(txn, entryKey(account, seq))
-			if err != nil || raw == nil {
-				return err
-			}
-			e, err := DecodeEntry(raw)
-			if err != nil {
-				return fmt.Errorf("stored entry %d of %s: %w", seq, account, err)
-			}
-			out.Payment = &e
-			return nil
-		}
-		rec, err := getValue(txn, holdKey(account, job))
-		if err != nil || rec == nil {
+			out.Payment, err = entryIn(txn, account, binary.BigEndian.Uint64(paid))
 			return err
 		}
-		h, err := decodeHoldRec(rec)
-		if err != nil {
-			return fmt.Errorf("hold of %s: %w", account, err)
+		h, err := holdIn(txn, account, job)
+		if err == nil && h != nil {
+			out.Hold = &HoldBody{Job: job, Provider: h.provider, Amount: h.amount}
 		}
-		out.Hold = &HoldBody{Job: job, Provider: h.provider, Amount: h.amount}
-		return nil
+		return err
 	})
 	if err != nil {
 		return Escrow{}, fmt.Errorf("escrow of %s: %w", account, err)
@@ -79,18 +72,31 @@ func (l *Ledger) EscrowFor(account peer.ID, job Hash) (Escrow, error) {
 	return out, nil
 }
 
-// entryAt reads one entry by its key: a point read, much cheaper than the
-// iterator Entries opens (an award's escrow looks up a hold this way).
-func (l *Ledger) entryAt(account peer.ID, seq uint64) (Entry, bool, error) {
-	v, err := l.get(entryKey(account, seq))
+// holdIn reads account's open hold record for job; nil if there is none.
+func holdIn(txn *badger.Txn, account peer.ID, job Hash) (*holdRec, error) {
+	v, err := getValue(txn, holdKey(account, job))
 	if err != nil || v == nil {
-		return Entry{}, false, err
+		return nil, err
+	}
+	h, err := decodeHoldRec(v)
+	if err != nil {
+		return nil, fmt.Errorf("hold of %s: %w", account, err)
+	}
+	return &h, nil
+}
+
+// entryIn reads one entry by its key (a point read, much cheaper than the
+// iterator Entries opens); nil if it is not stored.
+func entryIn(txn *badger.Txn, account peer.ID, seq uint64) (*Entry, error) {
+	v, err := getValue(txn, entryKey(account, seq))
+	if err != nil || v == nil {
+		return nil, err
 	}
 	e, err := DecodeEntry(v)
 	if err != nil {
-		return Entry{}, false, fmt.Errorf("stored entry %d of %s: %w", seq, account, err)
+		return nil, fmt.Errorf("stored entry %d of %s: %w", seq, account, err)
 	}
-	return e, true, nil
+	return &e, nil
 }
 
 // WithStoreHook has the ledger call f with every entry it stores, own or
