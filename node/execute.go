@@ -206,11 +206,13 @@ type compiler interface {
 func (n *Node) precompile(ctx context.Context) {
 	c, ok := n.executors["wasm"].(compiler)
 	if !ok {
+		close(n.warm)
 		return
 	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
+		defer close(n.warm)
 		for _, name := range executor.SampleNames() {
 			if mod, err := executor.SampleModule(name); err == nil {
 				if err := c.Compile(ctx, mod); err != nil && ctx.Err() == nil {

@@ -84,6 +84,7 @@ type Node struct {
 	readyAt    time.Duration
 
 	ready  atomic.Bool
+	warm   chan struct{} // closed once precompile is done
 	runCtx context.Context // ends when Close begins
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -133,6 +134,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		runCtx:     runCtx,
 		cancel:     cancel,
 		redial:     make(chan peer.ID, 16),
+		warm:       make(chan struct{}),
 		connected:  make(chan peer.ID, 16),
 		chainSyncs: map[peer.ID]*sync.Mutex{},
 		rset:       &ledgerSet{set: storage.NewReconcileSet(cfg.ReconcileSymbols)},
@@ -255,6 +257,8 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 			return nil, err
 		}
 		n.precompile(runCtx)
+	} else {
+		close(n.warm)
 	}
 	if err := n.startMarket(runCtx); err != nil {
 		return nil, err
@@ -372,6 +376,11 @@ func (n *Node) Config() Config { return n.cfg }
 
 // APIAddr is the host:port the API listens on.
 func (n *Node) APIAddr() string { return n.apiAddr }
+
+// Warm is closed once the node's start-up work in the background is done:
+// a provider's sample wasm modules compiled. A node serves before that; a
+// benchmark waits for it, so that it times the work it asked for.
+func (n *Node) Warm() <-chan struct{} { return n.warm }
 
 // StartupTime is how long Start took to make the node ready.
 func (n *Node) StartupTime() time.Duration { return n.readyAt }

@@ -37,7 +37,7 @@ func startTestnet(t *testing.T, n int, configure func(int, *node.Config)) *testn
 }
 
 func TestFiveNodeTestnetForms(t *testing.T) {
-	tn := startTestnet(t, 5, nil)
+	tn := startTestnet(t, 5, testnet.WithProviders(2))
 	if err := testnet.WaitFor(context.Background(), deadline, tn.Formed); err != nil {
 		t.Fatal(err)
 	}
@@ -51,6 +51,14 @@ func TestFiveNodeTestnetForms(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+	// Each finishes its start-up work (a provider compiles the samples).
+	for i, n := range tn.Nodes() {
+		select {
+		case <-n.Warm():
+		case <-time.After(deadline):
+			t.Fatalf("node %d (provider: %v) not warm after %v", i, n.IsProvider(), deadline)
+		}
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -251,7 +253,13 @@ func DefaultConfig(dir, network string) node.Config {
 
 func (tn *Testnet) startMember(ctx context.Context, i int) error {
 	m := tn.members[i]
-	n, err := node.Start(ctx, m.cfg, node.WithLogger(tn.opts.Log.With("node", i)))
+	var n *node.Node
+	var err error
+	// The goroutines the node starts inherit the label, so a CPU profile
+	// of a testnet splits by member: go tool pprof -tags.
+	pprof.Do(ctx, pprof.Labels("node", strconv.Itoa(i)), func(ctx context.Context) {
+		n, err = node.Start(ctx, m.cfg, node.WithLogger(tn.opts.Log.With("node", i)))
+	})
 	if err != nil {
 		return fmt.Errorf("testnet: start node %d: %w", i, err)
 	}

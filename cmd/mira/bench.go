@@ -409,6 +409,15 @@ func startProviderNet(ctx context.Context, log *slog.Logger, nodes, providers in
 		return nil, nil, nil, err
 	}
 	cleanup := func() { tn.Close(); os.RemoveAll(dir) }
+	// Compiling the sample modules is start-up work, not the market's.
+	for _, n := range tn.Nodes() {
+		select {
+		case <-n.Warm():
+		case <-ctx.Done():
+			cleanup()
+			return nil, nil, nil, ctx.Err()
+		}
+	}
 	asker := tn.Node(nodes - 1)
 	if err := testnet.WaitFor(ctx, time.Minute, func() error {
 		found, err := asker.FindProviders(ctx, market.Requirements{GPUModel: market.AnyGPU, GPUs: 1})
