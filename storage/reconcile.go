@@ -59,6 +59,7 @@ package storage
 import (
 	"encoding/binary"
 	"math"
+	"slices"
 	"sync/atomic"
 )
 
@@ -70,11 +71,9 @@ const (
 	// MaxReconcileCapacity bounds a ReconcileSet's capacity (192 MiB).
 	MaxReconcileCapacity = 1 << 22
 
-	// rcChunkShift sets the copy-on-write unit: 64 symbols (3 KiB). An Add
-	// touches about 20 symbols spread over the whole range, so a unit must be
-	// small for the Adds during a session to copy little (with 256 symbols,
-	// a burst copied 4.7 times as much), and large enough that a Snapshot
-	// copies few pointers.
+	// rcChunkShift sets the unit in which a set takes memory: 64 symbols
+	// (3 KiB), so that a set with few items does not hold its whole
+	// capacity.
 	rcChunkShift = 6
 	rcChunkSize  = 1 << rcChunkShift
 
@@ -207,27 +206,51 @@ func rcIsqrt(r uint64) uint64 {
 // symbols of its rateless IBLT. A node keeps one for its ledger, adding each
 // entry's hash as it is stored, and hands a Snapshot to each session.
 //
-// A ReconcileSet is not safe for concurrent use; Snapshot (under the caller's
-// lock) gives a session a frozen copy in O(Capacity/64), after which the
-// original and the snapshot share storage copy-on-write until the snapshot
-// is released.
+// A ReconcileSet is not safe for concurrent use. Snapshot (under the
+// caller's lock) gives a session a frozen view in O(1) that is safe to read
+// from another goroutine while the set keeps changing: while any snapshot
+// is live, the set leaves its symbols as they are and queues its updates,
+// and the first update after the last Release applies the queue. A
+// snapshot reads the symbols plus the updates queued when it was taken,
+// folding them into a copy of just the prefix its session reads, which for
+// two ledgers that nearly agree is a few hundred symbols.
 type ReconcileSet struct {
 	chunks   [][]rcSymbol // chunks[i] holds symbols [i·64, (i+1)·64); nil: all empty
-	owned    []bool       // owned[i]: chunks[i] is not shared with a snapshot
 	n        int64
 	capacity int
-	// live counts the snapshots not yet released that share this set's
-	// chunks. While it is 0 no snapshot can read one, so a write needs no
-	// copy.
-	live atomic.Int64
-	// frozen marks a snapshot: its chunks came from another set, which
-	// may write them in place once the snapshot is released, so a
-	// snapshot never writes a chunk in place it did not copy itself.
-	frozen bool
-	// holds is the live count a snapshot adds to until Release (the
-	// original set's, also for a snapshot of a snapshot); nil once
-	// released.
-	holds atomic.Pointer[atomic.Int64]
+	// pending are the updates made while snapshots were reading chunks,
+	// in order; they are applied once none is.
+	pending []rcUpdate
+	// readers counts the live snapshots that read chunks. While it is 0
+	// no snapshot can, so an update writes in place. The set replaces it
+	// when it stops sharing its chunks (fork).
+	readers *atomic.Int64
+	// view is set in a snapshot: what it reads instead of chunks.
+	view *rcView
+}
+
+// rcUpdate is an Add (sign 1) or Remove (sign −1) of one item.
+type rcUpdate struct {
+	sum   [4]uint64
+	check uint64
+	sign  int64
+}
+
+// rcMaxPending bounds the updates queued behind live snapshots (48 bytes
+// each). A peer that keeps sessions open back to back would otherwise grow
+// the queue without end; past the bound the set forks (copies its symbols
+// once) and writes its own copy in place again.
+const rcMaxPending = 1 << 14
+
+// rcView is a snapshot's frozen state: the original set's chunks, which the
+// original leaves alone while readers counts this snapshot, and the updates
+// queued then, folded into syms, the prefix of symbols read so far.
+type rcView struct {
+	chunks  [][]rcSymbol
+	pending []rcUpdate
+	walks   []rcMapping // walks[i]: pending[i]'s first index not yet in syms
+	syms    []rcSymbol
+	readers *atomic.Int64 // nil once released
 }
 
 // NewReconcileSet returns an empty set keeping capacity coded symbols.
@@ -242,17 +265,17 @@ func NewReconcileSet(capacity int) *ReconcileSet {
 	nchunks := (capacity + rcChunkSize - 1) >> rcChunkShift
 	return &ReconcileSet{
 		chunks:   make([][]rcSymbol, nchunks),
-		owned:    make([]bool, nchunks),
 		capacity: nchunks << rcChunkShift,
+		readers:  new(atomic.Int64),
 	}
 }
 
 // Add puts hash h in the set. Adding a hash already present corrupts the
 // summary (its count goes to 2): callers add each entry once.
-func (s *ReconcileSet) Add(h [32]byte) { s.apply(&h, 1) }
+func (s *ReconcileSet) Add(h [32]byte) { s.update(&h, 1) }
 
 // Remove takes hash h out of the set; h must have been added.
-func (s *ReconcileSet) Remove(h [32]byte) { s.apply(&h, -1) }
+func (s *ReconcileSet) Remove(h [32]byte) { s.update(&h, -1) }
 
 // Len is the number of hashes in the set (adds minus removes).
 func (s *ReconcileSet) Len() int { return int(s.n) }
@@ -261,78 +284,175 @@ func (s *ReconcileSet) Len() int { return int(s.n) }
 // decodes at most about Capacity/1.4 differences.
 func (s *ReconcileSet) Capacity() int { return s.capacity }
 
-// Snapshot returns a frozen copy of the set for one session, to be
-// released when the session ends. Later Adds to s do not show in the copy:
-// until Release, each chunk of 64 symbols is copied by the first Add that
-// writes it, so a snapshot costs O(Capacity/64) now and at most one copy of
-// the symbols (3 MiB by default) spread over the Adds after it; after
-// Release, Adds write in place again. The copy is safe to read from another
-// goroutine while s keeps changing. A snapshot may be changed (its writes
-// copy) or snapshotted in turn, but not used at all after its Release.
+// Snapshot returns a frozen view of the set for one session, to be
+// released when the session ends; until then the set's later updates wait
+// in a queue. The view costs O(1) now; its reads fold the queued updates
+// into a copy of the prefix they reach. It is safe to read from another
+// goroutine while s keeps changing, but is itself for one goroutine. A
+// snapshot may be snapshotted in turn, or changed (it then copies all
+// its symbols first), but not used at all after its Release.
 func (s *ReconcileSet) Snapshot() *ReconcileSet {
-	for i := range s.owned {
-		s.owned[i] = false
+	if v := s.view; v != nil {
+		if v.readers != nil {
+			v.readers.Add(1) // the chunks to keep are the original set's
+		}
+		return &ReconcileSet{n: s.n, capacity: s.capacity, view: &rcView{
+			chunks: v.chunks, pending: v.pending, readers: v.readers,
+		}}
 	}
-	live := &s.live
-	if h := s.holds.Load(); s.frozen && h != nil {
-		live = h // the chunks to keep are the original set's
+	if s.readers.Load() == 0 {
+		s.flush()
 	}
-	live.Add(1)
-	snap := &ReconcileSet{
-		chunks:   append([][]rcSymbol(nil), s.chunks...),
-		owned:    make([]bool, len(s.owned)),
-		n:        s.n,
-		capacity: s.capacity,
-		frozen:   true,
-	}
-	snap.holds.Store(live)
-	return snap
+	s.readers.Add(1)
+	p := s.pending[:len(s.pending):len(s.pending)] // later appends do not show
+	return &ReconcileSet{n: s.n, capacity: s.capacity, view: &rcView{
+		chunks: s.chunks, pending: p, readers: s.readers,
+	}}
 }
 
-// Release ends a snapshot's claim on the storage it shares with the set it
+// Release ends a snapshot's claim on the symbols it shares with the set it
 // came from; the snapshot must not be used after it. Releasing a set that
 // is not a snapshot, or releasing twice, does nothing.
 func (s *ReconcileSet) Release() {
-	if p := s.holds.Swap(nil); p != nil {
-		p.Add(-1)
+	if v := s.view; v != nil && v.readers != nil {
+		v.readers.Add(-1)
+		v.readers = nil
 	}
 }
 
-// apply adds (sign 1) or removes (sign −1) an item in every symbol it maps to.
-func (s *ReconcileSet) apply(h *[32]byte, sign int64) {
+// update adds (sign 1) or removes (sign −1) an item: in place if no
+// snapshot reads the chunks, else to the queue.
+func (s *ReconcileSet) update(h *[32]byte, sign int64) {
+	if s.view != nil {
+		s.detach()
+	}
 	w := rcWords(h)
-	check := rcChecksum(&w)
-	for m := newRcMapping(check); m.idx < uint64(s.capacity); m.next() {
-		sym := s.writable(int(m.idx))
-		sym.xor(&w, check)
-		sym.count += sign
-	}
+	u := rcUpdate{sum: w, check: rcChecksum(&w), sign: sign}
 	s.n += sign
+	switch {
+	case s.readers.Load() == 0:
+		// The atomic load orders every read of a released snapshot
+		// before the writes that follow here.
+		s.flush()
+		s.apply(&u)
+	case len(s.pending) < rcMaxPending:
+		s.pending = append(s.pending, u)
+	default:
+		s.fork()
+		s.apply(&u)
+	}
 }
 
-// writable returns symbol j for writing, copying its chunk first if a
-// snapshot shares it.
-func (s *ReconcileSet) writable(j int) *rcSymbol {
-	c := j >> rcChunkShift
-	if !s.owned[c] {
-		// The atomic load orders every read of a released snapshot before
-		// the writes that follow here.
-		s.owned[c] = !s.frozen && s.live.Load() == 0 && s.chunks[c] != nil
+// flush applies the queued updates; no snapshot may be reading the chunks.
+func (s *ReconcileSet) flush() {
+	for i := range s.pending {
+		s.apply(&s.pending[i])
 	}
-	if !s.owned[c] {
-		fresh := make([]rcSymbol, rcChunkSize)
-		copy(fresh, s.chunks[c]) // copies nothing from a nil chunk
-		s.chunks[c] = fresh
-		s.owned[c] = true
+	s.pending = s.pending[:0]
+}
+
+// fork gives the set a copy of its chunks of its own, with the queue
+// applied, and leaves the old chunks to the snapshots still reading them.
+func (s *ReconcileSet) fork() {
+	own := make([][]rcSymbol, len(s.chunks))
+	for i, c := range s.chunks {
+		if c != nil {
+			own[i] = append([]rcSymbol(nil), c...)
+		}
 	}
-	return &s.chunks[c][j&(rcChunkSize-1)]
+	queued := s.pending
+	s.chunks, s.readers = own, new(atomic.Int64)
+	s.pending = nil // the queue's array may be a snapshot's
+	for i := range queued {
+		s.apply(&queued[i])
+	}
+}
+
+// apply writes an update into every symbol its item maps to.
+func (s *ReconcileSet) apply(u *rcUpdate) {
+	for m := newRcMapping(u.check); m.idx < uint64(s.capacity); m.next() {
+		c := m.idx >> rcChunkShift
+		if s.chunks[c] == nil {
+			s.chunks[c] = make([]rcSymbol, rcChunkSize)
+		}
+		sym := &s.chunks[c][m.idx&(rcChunkSize-1)]
+		sym.xor(&u.sum, u.check)
+		sym.count += u.sign
+	}
+}
+
+// detach turns a snapshot that is about to change into a set of its own:
+// every symbol read, the copy's own chunks, the original released.
+func (s *ReconcileSet) detach() {
+	v := s.view
+	own := make([][]rcSymbol, len(v.chunks))
+	for c := range own {
+		own[c] = make([]rcSymbol, rcChunkSize)
+		for i := range own[c] {
+			own[c][i] = s.symbol(c<<rcChunkShift + i)
+		}
+	}
+	s.Release()
+	s.chunks, s.readers, s.view = own, new(atomic.Int64), nil
 }
 
 // symbol returns coded symbol j (j < Capacity).
 func (s *ReconcileSet) symbol(j int) rcSymbol {
-	c := s.chunks[j>>rcChunkShift]
+	if v := s.view; v != nil {
+		if j >= len(v.syms) {
+			v.extend(j+1, s.capacity)
+		}
+		return v.syms[j]
+	}
+	if len(s.pending) > 0 && s.readers.Load() == 0 {
+		s.flush()
+	}
+	sym := chunkSymbol(s.chunks, j)
+	for i := range s.pending { // a live set read under live snapshots: rare
+		u := &s.pending[i]
+		m := newRcMapping(u.check)
+		for m.idx < uint64(j) {
+			m.next()
+		}
+		if m.idx == uint64(j) {
+			sym.xor(&u.sum, u.check)
+			sym.count += u.sign
+		}
+	}
+	return sym
+}
+
+// chunkSymbol reads symbol j out of chunks.
+func chunkSymbol(chunks [][]rcSymbol, j int) rcSymbol {
+	c := chunks[j>>rcChunkShift]
 	if c == nil {
 		return rcSymbol{}
 	}
 	return c[j&(rcChunkSize-1)]
+}
+
+// extend makes syms hold symbols [0, to) at least: it copies the next
+// symbols (at least as many again as it holds, to fold the queue in few
+// passes) and folds in the queued updates that map to them.
+func (v *rcView) extend(to, capacity int) {
+	from := len(v.syms)
+	to = min(max(to, 2*from, rcChunkSize), capacity)
+	v.syms = slices.Grow(v.syms, to-from)[:to]
+	for j := from; j < to; j++ {
+		v.syms[j] = chunkSymbol(v.chunks, j)
+	}
+	if v.walks == nil && len(v.pending) > 0 {
+		v.walks = make([]rcMapping, len(v.pending))
+		for i := range v.pending {
+			v.walks[i] = newRcMapping(v.pending[i].check)
+		}
+	}
+	for i := range v.pending {
+		u, m := &v.pending[i], &v.walks[i]
+		for ; m.idx < uint64(to); m.next() {
+			sym := &v.syms[m.idx]
+			sym.xor(&u.sum, u.check)
+			sym.count += u.sign
+		}
+	}
 }

@@ -70,8 +70,9 @@ func BenchmarkReconcileBuild(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1e6, "ns/add")
 }
 
-// BenchmarkReconcileAdd times adding one entry to a live set, with and
-// without a snapshot taken every 100 adds (copy-on-write cost).
+// BenchmarkReconcileAdd times adding one entry to a live set: alone, and
+// beside sessions, as a node does: a snapshot taken every 100 adds, its
+// first 256 symbols read, and released 50 adds later.
 func BenchmarkReconcileAdd(b *testing.B) {
 	for _, every := range []int{0, 100} {
 		b.Run(fmt.Sprintf("snapshotEvery=%d", every), func(b *testing.B) {
@@ -81,10 +82,18 @@ func BenchmarkReconcileAdd(b *testing.B) {
 				s.Add(h)
 			}
 			hs := rcRandHashes(rng, 1<<16)
+			var snap *ReconcileSet
 			i := 0
 			for b.Loop() {
-				if every > 0 && i%every == 0 {
-					s.Snapshot()
+				switch {
+				case every == 0:
+				case i%every == 0:
+					snap = s.Snapshot()
+					for j := range 256 {
+						snap.symbol(j)
+					}
+				case i%every == every/2:
+					snap.Release()
 				}
 				s.Add(hs[i%len(hs)]) // repeats past 2^16: same cost
 				i++

@@ -378,39 +378,84 @@ func TestReconcileSnapshot(t *testing.T) {
 	}
 }
 
-// TestReconcileSnapshotRelease checks that Adds copy the chunks a live
-// snapshot shares, and write in place once every snapshot is released.
+// TestReconcileSnapshotRelease checks that updates under live snapshots
+// wait in the queue, leaving the symbols the snapshots read alone, and that
+// the first update after the last Release applies the queue in place.
 func TestReconcileSnapshotRelease(t *testing.T) {
 	f := newRcFixture(4, 1<<10, 2000, 20, 20)
 	h := rcRandHashes(rand.New(rand.NewPCG(7, 7)), 2)
 	first, second := f.a.Snapshot(), f.a.Snapshot()
-	before := &f.a.chunks[0][0]
+	chunk := &f.a.chunks[0][0]
+	before := slices.Clone(f.a.chunks[0])
 	f.a.Add(h[0])
-	if &f.a.chunks[0][0] == before {
-		t.Fatal("an Add under live snapshots wrote a shared chunk in place")
+	if !slices.Equal(f.a.chunks[0], before) || len(f.a.pending) != 1 {
+		t.Fatal("an Add under live snapshots wrote the symbols they read")
 	}
 	if first.symbol(0) != second.symbol(0) || first.Len() != f.a.Len()-1 {
 		t.Fatal("a snapshot changed with the set")
 	}
 	first.Release()
 	first.Release() // twice: still one release
-	third := f.a.Snapshot()
-	before = &f.a.chunks[0][0]
+	third := f.a.Snapshot() // sees h[0], from the queue
 	f.a.Add(h[1])
-	if &f.a.chunks[0][0] == before {
-		t.Fatal("an Add with one snapshot still live wrote a shared chunk in place")
+	if len(f.a.pending) != 2 {
+		t.Fatalf("%d updates queued with one snapshot still live, want 2", len(f.a.pending))
+	}
+	if got, want := third.symbol(0).count, int64(f.a.Len()-1); got != want || third.Len() != f.a.Len()-1 {
+		t.Fatalf("third snapshot: symbol 0 holds %d, Len %d; want %d", got, third.Len(), want)
+	}
+	if got, want := second.symbol(0).count, int64(f.a.Len()-2); got != want {
+		t.Fatalf("second snapshot: symbol 0 holds %d, want %d", got, want)
 	}
 	second.Release()
 	third.Release()
-	if got := f.a.live.Load(); got != 0 {
+	if got := f.a.readers.Load(); got != 0 {
 		t.Fatalf("live snapshots = %d after releasing all", got)
 	}
-	f.a.Snapshot().Release()
-	before = &f.a.chunks[0][0]
 	f.a.Remove(h[1])
-	if &f.a.chunks[0][0] != before {
-		t.Fatal("an update with every snapshot released copied a chunk")
+	if len(f.a.pending) != 0 || &f.a.chunks[0][0] != chunk {
+		t.Fatal("the first update with every snapshot released did not apply the queue in place")
 	}
+	if got := f.a.symbol(0).count; got != int64(f.a.Len()) {
+		t.Fatalf("symbol 0 holds %d, set has %d", got, f.a.Len())
+	}
+}
+
+// TestReconcileSnapshotFork checks that the queue behind a snapshot that
+// is never released stays bounded: the set forks its own copy of the
+// symbols, which then matches a set that never had a snapshot, while the
+// snapshot still reads what it was given.
+func TestReconcileSnapshotFork(t *testing.T) {
+	f := newRcFixture(4, 1<<10, 2000, 20, 20)
+	ref := newRcFixture(4, 1<<10, 2000, 20, 20).a
+	snap := f.a.Snapshot()
+	want := make([]rcSymbol, snap.Capacity())
+	for j := range want {
+		want[j] = snap.symbol(j)
+	}
+	for _, h := range rcRandHashes(rand.New(rand.NewPCG(3, 3)), rcMaxPending+100) {
+		f.a.Add(h)
+		ref.Add(h)
+	}
+	if len(f.a.pending) >= rcMaxPending {
+		t.Fatalf("%d updates queued behind one snapshot", len(f.a.pending))
+	}
+	for j := range want {
+		if f.a.symbol(j) != ref.symbol(j) {
+			t.Fatalf("after the fork, symbol %d differs from a set that never had a snapshot", j)
+		}
+	}
+	fresh := f.a.Snapshot() // of the fork: its own readers
+	for j := range want {
+		if snap.symbol(j) != want[j] {
+			t.Fatalf("the snapshot's symbol %d changed with the fork", j)
+		}
+	}
+	snap.Release()
+	if fresh.symbol(0).count != int64(ref.Len()) || f.a.readers.Load() != 1 {
+		t.Fatal("the fork's snapshot does not hold the fork's items")
+	}
+	fresh.Release()
 }
 
 // TestReconcileSnapshotOfSnapshot checks that a snapshot of a snapshot
@@ -440,12 +485,13 @@ func TestReconcileSnapshotOfSnapshot(t *testing.T) {
 
 // TestReconcileSnapshotConcurrent runs a session on a snapshot while the
 // live set keeps changing in another goroutine, as a node does: under -race
-// it shows that the two share no mutable state, also when the set goes on
-// writing in place after the snapshot is released.
+// it shows that the two share no mutable state, also when the set forks or
+// goes on writing in place after the snapshot is released.
 func TestReconcileSnapshotConcurrent(t *testing.T) {
 	f := newRcFixture(8, 1<<12, 1000, 30, 30)
 	snap := f.a.Snapshot()
-	more := rcRandHashes(rand.New(rand.NewPCG(8, 8)), 5000)
+	// Past rcMaxPending: the set forks while the session may still run.
+	more := rcRandHashes(rand.New(rand.NewPCG(8, 8)), rcMaxPending+5000)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
