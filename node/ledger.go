@@ -300,9 +300,12 @@ func cost(price uint64, u *pb.Usage, hold uint64) uint64 {
 // offerHoldWrite is the ledger write that escrows a job's maximum cost at
 // its max price once the job is posted (and persisted), naming no
 // provider: it is synced while the offer collects bids, so the first award
-// finds it on disk and leaves without waiting for a sync. Without the
-// credits for it, nothing is written and the award writes a hold at the
-// winning price instead.
+// finds it on disk and leaves without waiting for a sync. An interactive
+// job's first bid can come within a millisecond, so its hold goes at once;
+// a batch job's waits up to lazyWrite to share a sync with others, a small
+// part of its bid window (and an award that comes first takes it along).
+// Without the credits for it, nothing is written and the award writes a
+// hold at the winning price instead.
 func (n *Node) offerHoldWrite(id protocol.JobID, spec *pb.JobSpec) *ledgerWrite {
 	amount, err := maxCost(spec.GetMaxPrice(), spec)
 	if err != nil || amount == 0 {
@@ -311,7 +314,7 @@ func (n *Node) offerHoldWrite(id protocol.JobID, spec *pb.JobSpec) *ledgerWrite 
 	body := storage.HoldBody{Job: storage.Hash(id), Amount: amount}
 	return &ledgerWrite{
 		jobs:   []protocol.JobID{id},
-		urgent: true,
+		urgent: spec.GetTier() == protocol.TierInteractive,
 		bodies: func() []storage.Body {
 			if _, ok, err := n.ledger.HoldFor(n.host.ID(), body.Job); err != nil || ok {
 				return nil

@@ -45,8 +45,8 @@ type ledgerWrite struct {
 	// pending, the market loop queues its messages behind it.
 	sends bool
 	// urgent marks a write that goes at once, without waiting for company
-	// (a job's escrow hold, which its award will need); a write that
-	// sends is urgent too.
+	// (an interactive job's escrow hold, which its award will need within
+	// milliseconds); a write that sends is urgent too.
 	urgent bool
 }
 
