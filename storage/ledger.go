@@ -286,7 +286,7 @@ func (l *Ledger) Ingest(raw []byte) (Entry, error) {
 	if ok, err := l.hasHash(h); err != nil {
 		return e, err
 	} else if ok {
-		return e, fmt.Errorf("%w: %s seq %d", ErrDuplicate, e.Account, e.Seq)
+		return e, &seqError{kind: ErrDuplicate, account: e.Account, seq: e.Seq}
 	}
 	c := &cand{raw: raw, e: e, hash: h, err: e.VerifySignature(l.network)}
 	if c.err != nil {
@@ -570,7 +570,7 @@ func (l *Ledger) applyLive(t *ledgerTxn, c *cand, now int64) error {
 			stored = sha256.Sum256(storedRaw)
 		}
 		if stored == c.hash {
-			return fmt.Errorf("%w: %s seq %d", ErrDuplicate, e.Account, e.Seq)
+			return &seqError{kind: ErrDuplicate, account: e.Account, seq: e.Seq}
 		}
 		if a.frozen {
 			return fmt.Errorf("%w: %s", ErrFrozen, e.Account)

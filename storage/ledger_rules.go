@@ -124,6 +124,27 @@ type ruleState interface {
 	putPaid(id peer.ID, job Hash, seq uint64) error
 }
 
+// seqError refuses an entry for its place in its account's chain: a
+// duplicate or a gap. Peers' gossip and reconciliation overlap, so these
+// are common and mostly never read: the text (a peer ID in base58 costs
+// more than the check that found it) is built only when asked for.
+type seqError struct {
+	kind    error // ErrDuplicate or ErrGap
+	account peer.ID
+	seq     uint64
+	have    uint64 // the account's head, when known
+	known   bool
+}
+
+func (e *seqError) Error() string {
+	if e.known {
+		return fmt.Sprintf("%v: %s seq %d, have up to %d", e.kind, e.account, e.seq, e.have)
+	}
+	return fmt.Sprintf("%v: %s seq %d", e.kind, e.account, e.seq)
+}
+
+func (e *seqError) Unwrap() error { return e.kind }
+
 // rules checks e (with hash h) against st and, if valid, applies it. The
 // caller has handled duplicates, equivocations, signatures, the future time
 // limit and frozen accounts. Nothing changes unless the result is nil.
@@ -134,9 +155,9 @@ func rules(st ruleState, grantFor func(peer.ID) (uint64, bool), e *Entry, h Hash
 	}
 	switch {
 	case e.Seq <= a.lastSeq:
-		return fmt.Errorf("%w: %s seq %d, have up to %d", ErrDuplicate, e.Account, e.Seq, a.lastSeq)
+		return &seqError{kind: ErrDuplicate, account: e.Account, seq: e.Seq, have: a.lastSeq, known: true}
 	case e.Seq > a.lastSeq+1:
-		return fmt.Errorf("%w: %s seq %d, have up to %d", ErrGap, e.Account, e.Seq, a.lastSeq)
+		return &seqError{kind: ErrGap, account: e.Account, seq: e.Seq, have: a.lastSeq, known: true}
 	case e.Prev != a.lastHash:
 		return fmt.Errorf("%w: %s seq %d", ErrBrokenChain, e.Account, e.Seq)
 	case e.Time.UnixNano() < a.lastTime:
