@@ -84,7 +84,7 @@ type Node struct {
 	readyAt    time.Duration
 
 	ready  atomic.Bool
-	warm   chan struct{} // closed once precompile is done
+	warm   chan struct{}   // closed once precompile is done
 	runCtx context.Context // ends when Close begins
 	cancel context.CancelFunc
 	wg     sync.WaitGroup

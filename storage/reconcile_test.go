@@ -395,7 +395,7 @@ func TestReconcileSnapshotRelease(t *testing.T) {
 		t.Fatal("a snapshot changed with the set")
 	}
 	first.Release()
-	first.Release() // twice: still one release
+	first.Release()         // twice: still one release
 	third := f.a.Snapshot() // sees h[0], from the queue
 	f.a.Add(h[1])
 	if len(f.a.pending) != 2 {
