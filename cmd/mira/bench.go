@@ -156,7 +156,14 @@ func newBenchMarketCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			tn, asker, cleanup, err := startProviderNet(ctx, log, nodes, providers, func(c *node.Config) { c.Provider.Slots = slots })
+			tn, asker, cleanup, err := startProviderNet(ctx, log, nodes, providers, func(c *node.Config) {
+				c.Provider.Slots = slots
+				// The node's own background intervals, not the testnet's
+				// test-speed ones: a reconciliation every second fetches
+				// the entries that gossip is still delivering.
+				d := node.DefaultConfig(c.DataDir)
+				c.ReconcileInterval, c.PingInterval, c.RedialInterval = d.ReconcileInterval, d.PingInterval, d.RedialInterval
+			})
 			if err != nil {
 				return err
 			}
