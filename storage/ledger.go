@@ -65,6 +65,9 @@ type Ledger struct {
 	pending pendingBuf
 
 	count atomic.Uint64 // entries stored
+	// keys rules out most lookups of absent hashes, holds and payments
+	// without a read.
+	keys *keyFilter
 }
 
 // LedgerOption configures OpenLedger.
@@ -169,6 +172,9 @@ func OpenLedger(db *DB, network string, genesis *Genesis, clock func() time.Time
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open ledger: %w", err)
+	}
+	if l.keys, err = openKeyFilter(db.bdb, l.count.Load()); err != nil {
+		return nil, err
 	}
 	return l, nil
 }

@@ -40,6 +40,9 @@ type LedgerItem struct {
 }
 
 func (l *Ledger) get(k []byte) ([]byte, error) {
+	if filtered(k) && !l.keys.mayHave(k) {
+		return nil, nil
+	}
 	var v []byte
 	err := l.db.bdb.View(func(txn *badger.Txn) error {
 		var err error

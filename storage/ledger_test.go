@@ -651,8 +651,17 @@ func TestLedgerReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Ingest(a.next(t, GrantBody{Amount: 10})); err != nil {
-		t.Fatal(err)
+	_, p := testKey(t, "p")
+	grant := a.next(t, GrantBody{Amount: 10})
+	for _, raw := range [][]byte{
+		grant,
+		a.next(t, HoldBody{Job: job("h"), Amount: 4}),
+		a.next(t, HoldBody{Job: job("paid"), Amount: 2}),
+		a.next(t, PaymentBody{Job: job("paid"), To: p, Amount: 1}),
+	} {
+		if _, err := l.Ingest(raw); err != nil {
+			t.Fatal(err)
+		}
 	}
 	db.Close()
 
@@ -666,8 +675,26 @@ func TestLedgerReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if b, _ := l.Balance(a.id); b.Balance != 10 || l.Count() != 1 {
+	if b, _ := l.Balance(a.id); b.Balance != 9 || b.Held != 4 || l.Count() != 4 {
 		t.Fatalf("after reopen: %+v, count %d", b, l.Count())
+	}
+	// What was stored before is found (the key filter is filled from the
+	// store): the entry by its hash, the open hold, the payment made.
+	if ok, err := l.Has(sha256.Sum256(grant)); err != nil || !ok {
+		t.Fatalf("stored entry not found after reopen (%v)", err)
+	}
+	refused := func(body Body, want error) {
+		t.Helper()
+		before := *a // a refused entry does not extend the chain
+		if _, err := l.Ingest(a.next(t, body)); !errors.Is(err, want) {
+			t.Fatalf("%T after reopen: err = %v, want %v", body, err, want)
+		}
+		*a = before
+	}
+	refused(HoldBody{Job: job("h"), Amount: 1}, ErrHoldExists)
+	refused(PaymentBody{Job: job("paid"), To: p, Amount: 1}, ErrAlreadyPaid)
+	if _, err := l.Ingest(a.next(t, PaymentBody{Job: job("h"), To: p, Amount: 4})); err != nil {
+		t.Fatalf("payment of the open hold after reopen: %v", err)
 	}
 	if _, err := l.Ingest(a.next(t, LeaseBody{Job: job("x"), Requester: a.id, Price: 1})); err != nil {
 		t.Fatal(err)

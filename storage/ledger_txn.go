@@ -103,6 +103,9 @@ func (t *ledgerTxn) full() bool {
 }
 
 func (t *ledgerTxn) set(k, v []byte) error {
+	if filtered(k) {
+		t.l.keys.add(k) // before the commit that makes k visible
+	}
 	t.size += int64(len(k) + len(v) + 12)
 	t.count++
 	return storeErr(t.txn.Set(k, v))
@@ -116,6 +119,9 @@ func (t *ledgerTxn) del(k []byte) error {
 
 // get returns a copy of the value under k, or nil if there is none.
 func (t *ledgerTxn) get(k []byte) ([]byte, error) {
+	if filtered(k) && !t.l.keys.mayHave(k) {
+		return nil, nil
+	}
 	item, err := t.txn.Get(k)
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return nil, nil
