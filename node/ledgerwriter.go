@@ -125,10 +125,14 @@ func (lw *ledgerWriter) drain(ctx context.Context) {
 }
 
 // lazyWrite is how long writes that send nothing (settlements, lease and
-// receipt records) wait to share a sync with others; a write that sends
-// (an award waiting for its hold) or is urgent goes at once and takes them
-// along.
-const lazyWrite = 50 * time.Millisecond
+// receipt records, a batch job's posting hold) wait to share a sync with
+// others; a write that sends (an award waiting for its hold) or is urgent
+// goes at once and takes them along. A sync is the costly part of a write
+// (in `mira bench market`, 150 ms instead of 50 cut the CPU per job by
+// about 8 %), and nothing waits on these writes: a finished job's hold
+// stays open until its settlement is on disk, and one lost to a crash is
+// settled on restart.
+const lazyWrite = 150 * time.Millisecond
 
 // waitForCompany waits up to lazyWrite unless a write that sends or is
 // urgent is queued, or ctx ends.
