@@ -79,11 +79,11 @@ func (n *Node) startLedger(ctx context.Context) error {
 	}
 	// Nothing writes to the ledger yet: the summary starts from what is
 	// stored, and the hook keeps it current from here on.
-	for h, err := range n.ledger.Hashes() {
+	for item, err := range n.ledger.Items() {
 		if err != nil {
 			return fmt.Errorf("ledger summary: %w", err)
 		}
-		n.rset.add(h)
+		n.rset.add(item.Hash)
 	}
 	name := protocol.Prefix(n.cfg.Network) + "/ledger/2"
 	if err := n.pubsub.RegisterTopicValidator(name, n.validateLedgerGossip); err != nil {

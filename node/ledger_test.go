@@ -66,11 +66,11 @@ func ledgersAgree(t *testing.T, tn *testnet.Testnet) {
 func allEntries(t *testing.T, n *node.Node) []storage.Entry {
 	t.Helper()
 	var out []storage.Entry
-	for h, err := range n.Ledger().Hashes() {
+	for item, err := range n.Ledger().Items() {
 		if err != nil {
 			t.Fatal(err)
 		}
-		e, err := n.Ledger().EntryByHash(h)
+		e, err := n.Ledger().EntryByHash(item.Hash)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -338,11 +338,11 @@ func (n *Node) fetchListing(ctx context.Context, p peer.ID) error {
 // asked for.
 func (n *Node) serveListing(br *bufio.Reader, bw *bufio.Writer) error {
 	hw := hashWriter{bw: bw}
-	for h, err := range n.ledger.Hashes() {
+	for item, err := range n.ledger.Items() {
 		if err != nil {
 			return err
 		}
-		if err := hw.add(h); err != nil {
+		if err := hw.add(item.Hash); err != nil {
 			return err
 		}
 	}

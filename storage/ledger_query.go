@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"iter"
+	"math"
 	"math/bits"
 	"time"
 
@@ -29,6 +30,13 @@ type Head struct {
 	Seq  uint64    `json:"seq"`
 	Hash Hash      `json:"hash"`
 	Time time.Time `json:"time"`
+}
+
+// LedgerItem is what set reconciliation compares: an entry's time (Unix
+// nanoseconds) and hash. Items come ordered by (Time, Hash).
+type LedgerItem struct {
+	Time int64
+	Hash Hash
 }
 
 func (l *Ledger) get(k []byte) ([]byte, error) {
@@ -177,20 +185,34 @@ func (l *Ledger) EntryByHash(h Hash) (Entry, error) {
 	return e, nil
 }
 
-// Hashes returns every entry's hash, in byte order, from one consistent
-// snapshot; an error ends the sequence.
-func (l *Ledger) Hashes() iter.Seq2[Hash, error] {
-	return func(yield func(Hash, error) bool) {
+// Items returns every entry's (time, hash), ordered.
+func (l *Ledger) Items() iter.Seq2[LedgerItem, error] { return l.ItemsRange(0, math.MaxInt64) }
+
+// ItemsSince returns the (time, hash) of entries dated since, ordered.
+func (l *Ledger) ItemsSince(since time.Time) iter.Seq2[LedgerItem, error] {
+	return l.ItemsRange(max(since.UnixNano(), 0), math.MaxInt64)
+}
+
+// ItemsRange returns the (time, hash) of entries with from ≤ time < to
+// (Unix nanoseconds), ordered by (time, hash). The sequence reads one
+// consistent snapshot; an error ends it.
+func (l *Ledger) ItemsRange(from, to int64) iter.Seq2[LedgerItem, error] {
+	return func(yield func(LedgerItem, error) bool) {
 		stopped := false
 		err := l.db.bdb.View(func(txn *badger.Txn) error {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(keyHashPrefix)})
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(keyTimePrefix)})
 			defer it.Close()
-			for it.Rewind(); it.Valid(); it.Next() {
-				k := it.Item().Key()[len(keyHashPrefix):]
-				if len(k) != len(Hash{}) {
-					return fmt.Errorf("hash index key of %d bytes", len(k))
+			for it.Seek(timeKey(max(from, 0), Hash{})); it.Valid(); it.Next() {
+				k := it.Item().Key()[len(keyTimePrefix):]
+				if len(k) != 8+len(Hash{}) {
+					return fmt.Errorf("time index key of %d bytes", len(k))
 				}
-				if !yield(Hash(k), nil) {
+				item := LedgerItem{Time: int64(binary.BigEndian.Uint64(k))}
+				if item.Time >= to {
+					return nil
+				}
+				copy(item.Hash[:], k[8:])
+				if !yield(item, nil) {
 					stopped = true
 					return nil
 				}
@@ -198,21 +220,21 @@ func (l *Ledger) Hashes() iter.Seq2[Hash, error] {
 			return nil
 		})
 		if err != nil && !stopped {
-			yield(Hash{}, fmt.Errorf("ledger hashes: %w", err))
+			yield(LedgerItem{}, fmt.Errorf("ledger items: %w", err))
 		}
 	}
 }
 
 // Digest returns a digest of the whole entry set: SHA-256 over the entry
-// hashes in byte order. Two ledgers with the same entries have the same
-// digest.
+// hashes in (time, hash) order. Two ledgers with the same entries have the
+// same digest.
 func (l *Ledger) Digest() (Hash, error) {
 	d := sha256.New()
-	for h, err := range l.Hashes() {
+	for item, err := range l.Items() {
 		if err != nil {
 			return Hash{}, err
 		}
-		d.Write(h[:])
+		d.Write(item.Hash[:])
 	}
 	return Hash(d.Sum(nil)), nil
 }

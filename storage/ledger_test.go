@@ -1,7 +1,6 @@
 package storage
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -426,16 +425,16 @@ func TestLedgerJobFlow(t *testing.T) {
 	if _, err := l.EntryByHash(job("none")); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("EntryByHash(none): %v", err)
 	}
-	n, last := 0, Hash{}
-	for h, err := range l.Hashes() {
-		if err != nil || bytes.Compare(h[:], last[:]) <= 0 {
-			t.Fatalf("hashes out of order: %v", err)
+	n, last := 0, int64(0)
+	for item, err := range l.Items() {
+		if err != nil || item.Time < last {
+			t.Fatalf("items out of order: %v", err)
 		}
-		last = h
+		last = item.Time
 		n++
 	}
 	if n != 11 {
-		t.Fatalf("%d hashes", n)
+		t.Fatalf("%d items", n)
 	}
 }
 
@@ -761,7 +760,7 @@ func TestLedgerConcurrent(t *testing.T) {
 				errs <- err
 				return
 			}
-			for _, err := range l.Hashes() {
+			for _, err := range l.Items() {
 				if err != nil {
 					errs <- err
 					return

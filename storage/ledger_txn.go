@@ -17,6 +17,7 @@ const (
 	keyAcctPrefix    = "ledger/acct/" // <account> → acctState
 	keyHoldPrefix    = "ledger/hold/" // <account><job> → holdRec
 	keyPaidPrefix    = "ledger/paid/" // <account><job> → payment seq
+	keyTimePrefix    = "ledger/t/"    // <unix nanos><hash> → empty
 	keyFraudPrefix   = "ledger/fraud/"
 	keyLedgerCount   = "ledger/meta/count"
 	keyLedgerGenesis = "ledger/meta/genesis"
@@ -38,6 +39,11 @@ func holdKey(id peer.ID, job Hash) []byte {
 
 func paidKey(id peer.ID, job Hash) []byte {
 	return append(append([]byte(keyPaidPrefix), id...), job[:]...)
+}
+
+func timeKey(nanos int64, h Hash) []byte {
+	k := binary.BigEndian.AppendUint64([]byte(keyTimePrefix), uint64(nanos))
+	return append(k, h[:]...)
 }
 
 func fraudKey(id peer.ID) []byte { return append([]byte(keyFraudPrefix), id...) }
@@ -179,12 +185,15 @@ func (t *ledgerTxn) putPaid(id peer.ID, job Hash, seq uint64) error {
 	return t.set(paidKey(id, job), binary.BigEndian.AppendUint64(nil, seq))
 }
 
-// storeEntry writes an accepted entry and its hash index.
+// storeEntry writes an accepted entry and its hash and time indexes.
 func (t *ledgerTxn) storeEntry(c *cand) error {
 	if err := t.set(entryKey(c.e.Account, c.e.Seq), c.raw); err != nil {
 		return err
 	}
 	if err := t.set(hashKey(c.hash), hashRef(c.e.Account, c.e.Seq)); err != nil {
+		return err
+	}
+	if err := t.set(timeKey(c.e.Time.UnixNano(), c.hash), nil); err != nil {
 		return err
 	}
 	t.added++
