@@ -239,8 +239,10 @@ type rcUpdate struct {
 // rcMaxPending bounds the updates queued behind live snapshots (48 bytes
 // each). A peer that keeps sessions open back to back would otherwise grow
 // the queue without end; past the bound the set forks (copies its symbols
-// once) and writes its own copy in place again.
-const rcMaxPending = 1 << 14
+// once) and writes its own copy in place again. The queue is applied by
+// the update that finds no snapshot live, under the caller's lock: at
+// about 1.3 µs an update, 4,096 keep that under ~6 ms.
+const rcMaxPending = 1 << 12
 
 // rcView is a snapshot's frozen state: the original set's chunks, which the
 // original leaves alone while readers counts this snapshot, and the updates
