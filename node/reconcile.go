@@ -2,10 +2,15 @@ package node
 
 import (
 	"bufio"
+	"bytes"
+	"cmp"
+	"container/heap"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -291,12 +296,15 @@ func (n *Node) ingestSynced(raws [][]byte) error {
 	return nil
 }
 
-// hashesPerFrame fits a frame of a listing.
-const hashesPerFrame = maxSyncFrame / 32
+// A listing is a list of records, each an entry's hash and then its time
+// (Unix nanoseconds, big-endian), so that the node that asked can fetch
+// what it lacks oldest first: an entry after the entries it builds on
+// (its chain's earlier entries, the payments that fund a hold).
+const listingRecord = 32 + 8
 
 // fetchListing is the fallback for a difference too large to decode (a new
-// node): the peer lists every entry hash it holds, and this node asks for
-// the entries it lacks, up to maxSyncEntries a session.
+// node): the peer lists every entry it holds, and this node asks for the
+// oldest maxSyncEntries it lacks, in time order.
 func (n *Node) fetchListing(ctx context.Context, p peer.ID) error {
 	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
@@ -310,51 +318,54 @@ func (n *Node) fetchListing(ctx context.Context, p peer.ID) error {
 	if err := bw.Flush(); err != nil {
 		return err
 	}
-	var want [][32]byte
-	err = readHashes(br, func(h [32]byte) error {
-		if len(want) < maxSyncEntries {
-			if _, err := n.ledger.EntryByHash(h); err != nil {
-				want = append(want, h)
-			}
+	missing := oldest{limit: maxSyncEntries}
+	err = readRecords(br, listingRecord, func(rec []byte) error {
+		item := storage.LedgerItem{Hash: storage.Hash(rec[:32]), Time: int64(binary.BigEndian.Uint64(rec[32:]))}
+		ok, err := n.ledger.Has(item.Hash)
+		if err == nil && !ok {
+			missing.add(item)
 		}
-		return nil
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("listing: %w", err)
 	}
-	hw := hashWriter{bw: bw}
-	for _, h := range want {
-		if err := hw.add(h); err != nil {
+	rw := recordWriter{bw: bw}
+	for _, item := range missing.sorted() {
+		if err := rw.add(item.Hash[:]); err != nil {
 			return err
 		}
 	}
-	if err := hw.end(); err != nil {
+	if err := rw.end(); err != nil {
 		return err
 	}
 	return n.receiveEntries(br)
 }
 
-// serveListing answers fetchListing: every entry hash, then the entries
-// asked for.
+// serveListing answers fetchListing: every entry's hash and time, then the
+// entries asked for.
 func (n *Node) serveListing(br *bufio.Reader, bw *bufio.Writer) error {
-	hw := hashWriter{bw: bw}
+	rw := recordWriter{bw: bw}
+	var rec [listingRecord]byte
 	for item, err := range n.ledger.Items() {
 		if err != nil {
 			return err
 		}
-		if err := hw.add(item.Hash); err != nil {
+		copy(rec[:], item.Hash[:])
+		binary.BigEndian.PutUint64(rec[32:], uint64(item.Time))
+		if err := rw.add(rec[:]); err != nil {
 			return err
 		}
 	}
-	if err := hw.end(); err != nil {
+	if err := rw.end(); err != nil {
 		return err
 	}
 	var asked [][32]byte
-	err := readHashes(br, func(h [32]byte) error {
+	err := readRecords(br, 32, func(h []byte) error {
 		if len(asked) == maxSyncEntries {
 			return fmt.Errorf("more than %d hashes asked for", maxSyncEntries)
 		}
-		asked = append(asked, h)
+		asked = append(asked, [32]byte(h))
 		return nil
 	})
 	if err != nil {
@@ -363,15 +374,52 @@ func (n *Node) serveListing(br *bufio.Reader, bw *bufio.Writer) error {
 	return n.sendEntries(bw, asked)
 }
 
-// hashWriter writes a list of hashes as full frames, then an empty frame,
-// and flushes.
-type hashWriter struct {
+// oldest keeps the limit oldest of the items it is given, by (time, hash).
+type oldest struct {
+	limit int
+	items []storage.LedgerItem // a heap, the newest on top
+}
+
+func itemOrder(a, b storage.LedgerItem) int {
+	return cmp.Or(cmp.Compare(a.Time, b.Time), bytes.Compare(a.Hash[:], b.Hash[:]))
+}
+
+func (o *oldest) add(item storage.LedgerItem) {
+	switch {
+	case len(o.items) < o.limit:
+		heap.Push(o, item)
+	case o.limit > 0 && itemOrder(item, o.items[0]) < 0:
+		o.items[0] = item
+		heap.Fix(o, 0)
+	}
+}
+
+// sorted returns the items kept, oldest first.
+func (o *oldest) sorted() []storage.LedgerItem {
+	slices.SortFunc(o.items, itemOrder)
+	return o.items
+}
+
+// Len, Less, Swap, Push and Pop make oldest a heap (container/heap).
+func (o *oldest) Len() int           { return len(o.items) }
+func (o *oldest) Less(i, j int) bool { return itemOrder(o.items[i], o.items[j]) > 0 }
+func (o *oldest) Swap(i, j int)      { o.items[i], o.items[j] = o.items[j], o.items[i] }
+func (o *oldest) Push(x any)         { o.items = append(o.items, x.(storage.LedgerItem)) }
+func (o *oldest) Pop() any {
+	last := o.items[len(o.items)-1]
+	o.items = o.items[:len(o.items)-1]
+	return last
+}
+
+// recordWriter writes a list of fixed-size records as full frames, then
+// an empty frame, and flushes.
+type recordWriter struct {
 	bw    *bufio.Writer
 	frame []byte
 }
 
-func (w *hashWriter) add(h [32]byte) error {
-	if w.frame = append(w.frame, h[:]...); len(w.frame) < hashesPerFrame*32 {
+func (w *recordWriter) add(rec []byte) error {
+	if w.frame = append(w.frame, rec...); len(w.frame)+len(rec) <= maxSyncFrame {
 		return nil
 	}
 	err := writeFrame(w.bw, w.frame)
@@ -379,7 +427,7 @@ func (w *hashWriter) add(h [32]byte) error {
 	return err
 }
 
-func (w *hashWriter) end() error {
+func (w *recordWriter) end() error {
 	if len(w.frame) > 0 {
 		if err := writeFrame(w.bw, w.frame); err != nil {
 			return err
@@ -391,9 +439,9 @@ func (w *hashWriter) end() error {
 	return w.bw.Flush()
 }
 
-// readHashes reads hash frames until an empty one, passing each hash to
-// use; an error from use ends the read.
-func readHashes(br *bufio.Reader, use func([32]byte) error) error {
+// readRecords reads frames of size-byte records until an empty frame,
+// passing each record to use; an error from use ends the read.
+func readRecords(br *bufio.Reader, size int, use func([]byte) error) error {
 	for {
 		frame, err := readFrame(br)
 		if err != nil {
@@ -402,11 +450,11 @@ func readHashes(br *bufio.Reader, use func([32]byte) error) error {
 		if len(frame) == 0 {
 			return nil
 		}
-		if len(frame)%32 != 0 {
-			return errors.New("frame is not a list of hashes")
+		if len(frame)%size != 0 {
+			return fmt.Errorf("frame of %d bytes is not a list of %d-byte records", len(frame), size)
 		}
-		for i := 0; i < len(frame); i += 32 {
-			if err := use([32]byte(frame[i : i+32])); err != nil {
+		for i := 0; i < len(frame); i += size {
+			if err := use(frame[i : i+size]); err != nil {
 				return err
 			}
 		}

@@ -2,10 +2,8 @@ package storage
 
 import (
 	"crypto/sha256"
-	"encoding/binary"
 	"fmt"
 	"iter"
-	"math"
 	"math/bits"
 	"time"
 
@@ -30,13 +28,6 @@ type Head struct {
 	Seq  uint64    `json:"seq"`
 	Hash Hash      `json:"hash"`
 	Time time.Time `json:"time"`
-}
-
-// LedgerItem is what set reconciliation compares: an entry's time (Unix
-// nanoseconds) and hash. Items come ordered by (Time, Hash).
-type LedgerItem struct {
-	Time int64
-	Hash Hash
 }
 
 func (l *Ledger) get(k []byte) ([]byte, error) {
@@ -166,10 +157,11 @@ func (l *Ledger) EntryByHash(h Hash) (Entry, error) {
 		if err != nil {
 			return err
 		}
-		if len(ref) < 8 {
+		id, seq, _, ok := parseHashRef(ref)
+		if !ok {
 			return fmt.Errorf("%w: %s", ErrNotFound, h)
 		}
-		v, err := getValue(txn, entryKey(peer.ID(ref[8:]), binary.BigEndian.Uint64(ref)))
+		v, err := getValue(txn, entryKey(id, seq))
 		if err != nil {
 			return err
 		}
@@ -185,33 +177,37 @@ func (l *Ledger) EntryByHash(h Hash) (Entry, error) {
 	return e, nil
 }
 
-// Items returns every entry's (time, hash), ordered.
-func (l *Ledger) Items() iter.Seq2[LedgerItem, error] { return l.ItemsRange(0, math.MaxInt64) }
-
-// ItemsSince returns the (time, hash) of entries dated since, ordered.
-func (l *Ledger) ItemsSince(since time.Time) iter.Seq2[LedgerItem, error] {
-	return l.ItemsRange(max(since.UnixNano(), 0), math.MaxInt64)
+// LedgerItem is an entry's hash and time (Unix nanoseconds).
+type LedgerItem struct {
+	Time int64
+	Hash Hash
 }
 
-// ItemsRange returns the (time, hash) of entries with from ≤ time < to
-// (Unix nanoseconds), ordered by (time, hash). The sequence reads one
-// consistent snapshot; an error ends it.
-func (l *Ledger) ItemsRange(from, to int64) iter.Seq2[LedgerItem, error] {
+// Items returns every entry's hash and time, in hash order, from one
+// consistent snapshot (the hash index, which holds the times too); an
+// error ends the sequence.
+func (l *Ledger) Items() iter.Seq2[LedgerItem, error] {
 	return func(yield func(LedgerItem, error) bool) {
 		stopped := false
 		err := l.db.bdb.View(func(txn *badger.Txn) error {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(keyTimePrefix)})
+			it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(keyHashPrefix), PrefetchValues: true})
 			defer it.Close()
-			for it.Seek(timeKey(max(from, 0), Hash{})); it.Valid(); it.Next() {
-				k := it.Item().Key()[len(keyTimePrefix):]
-				if len(k) != 8+len(Hash{}) {
-					return fmt.Errorf("time index key of %d bytes", len(k))
+			for it.Rewind(); it.Valid(); it.Next() {
+				k := it.Item().Key()[len(keyHashPrefix):]
+				if len(k) != len(Hash{}) {
+					return fmt.Errorf("hash index key of %d bytes", len(k))
 				}
-				item := LedgerItem{Time: int64(binary.BigEndian.Uint64(k))}
-				if item.Time >= to {
+				item := LedgerItem{Hash: Hash(k)}
+				err := it.Item().Value(func(ref []byte) error {
+					var ok bool
+					if _, _, item.Time, ok = parseHashRef(ref); !ok {
+						return fmt.Errorf("hash index value of %d bytes", len(ref))
+					}
 					return nil
+				})
+				if err != nil {
+					return err
 				}
-				copy(item.Hash[:], k[8:])
 				if !yield(item, nil) {
 					stopped = true
 					return nil
@@ -226,8 +222,8 @@ func (l *Ledger) ItemsRange(from, to int64) iter.Seq2[LedgerItem, error] {
 }
 
 // Digest returns a digest of the whole entry set: SHA-256 over the entry
-// hashes in (time, hash) order. Two ledgers with the same entries have the
-// same digest.
+// hashes in byte order. Two ledgers with the same entries have the same
+// digest.
 func (l *Ledger) Digest() (Hash, error) {
 	d := sha256.New()
 	for item, err := range l.Items() {

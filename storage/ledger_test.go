@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -425,12 +426,15 @@ func TestLedgerJobFlow(t *testing.T) {
 	if _, err := l.EntryByHash(job("none")); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("EntryByHash(none): %v", err)
 	}
-	n, last := 0, int64(0)
+	n, last := 0, Hash{}
 	for item, err := range l.Items() {
-		if err != nil || item.Time < last {
-			t.Fatalf("items out of order: %v", err)
+		if err != nil || bytes.Compare(item.Hash[:], last[:]) <= 0 {
+			t.Fatalf("items out of hash order: %v", err)
 		}
-		last = item.Time
+		if e, err := l.EntryByHash(item.Hash); err != nil || e.Time.UnixNano() != item.Time {
+			t.Fatalf("item %v: its entry's time %v (%v)", item, e.Time, err)
+		}
+		last = item.Hash
 		n++
 	}
 	if n != 11 {

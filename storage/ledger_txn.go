@@ -13,11 +13,10 @@ import (
 // times 8 bytes big-endian, so prefix scans come out in order.
 const (
 	keyEntryPrefix   = "ledger/e/"    // <account><seq> → entry bytes
-	keyHashPrefix    = "ledger/h/"    // <hash> → <seq><account>
+	keyHashPrefix    = "ledger/h/"    // <hash> → <seq><unix nanos><account>
 	keyAcctPrefix    = "ledger/acct/" // <account> → acctState
 	keyHoldPrefix    = "ledger/hold/" // <account><job> → holdRec
 	keyPaidPrefix    = "ledger/paid/" // <account><job> → payment seq
-	keyTimePrefix    = "ledger/t/"    // <unix nanos><hash> → empty
 	keyFraudPrefix   = "ledger/fraud/"
 	keyLedgerCount   = "ledger/meta/count"
 	keyLedgerGenesis = "ledger/meta/genesis"
@@ -41,16 +40,21 @@ func paidKey(id peer.ID, job Hash) []byte {
 	return append(append([]byte(keyPaidPrefix), id...), job[:]...)
 }
 
-func timeKey(nanos int64, h Hash) []byte {
-	k := binary.BigEndian.AppendUint64([]byte(keyTimePrefix), uint64(nanos))
-	return append(k, h[:]...)
-}
-
 func fraudKey(id peer.ID) []byte { return append([]byte(keyFraudPrefix), id...) }
 
-// hashRef is the value under ledger/h/: where the entry is.
-func hashRef(id peer.ID, seq uint64) []byte {
-	return append(binary.BigEndian.AppendUint64(nil, seq), id...)
+// hashRef is the value under ledger/h/: where the entry is, and its time
+// (so that a listing can be put in causal order without reading entries).
+func hashRef(id peer.ID, seq uint64, nanos int64) []byte {
+	ref := binary.BigEndian.AppendUint64(make([]byte, 0, 16+len(id)), seq)
+	return append(binary.BigEndian.AppendUint64(ref, uint64(nanos)), id...)
+}
+
+// parseHashRef reads a hashRef.
+func parseHashRef(ref []byte) (id peer.ID, seq uint64, nanos int64, ok bool) {
+	if len(ref) <= 16 {
+		return "", 0, 0, false
+	}
+	return peer.ID(ref[16:]), binary.BigEndian.Uint64(ref), int64(binary.BigEndian.Uint64(ref[8:])), true
 }
 
 // storeError marks a failure of the store (not of an entry): it aborts the
@@ -185,15 +189,12 @@ func (t *ledgerTxn) putPaid(id peer.ID, job Hash, seq uint64) error {
 	return t.set(paidKey(id, job), binary.BigEndian.AppendUint64(nil, seq))
 }
 
-// storeEntry writes an accepted entry and its hash and time indexes.
+// storeEntry writes an accepted entry and its hash index.
 func (t *ledgerTxn) storeEntry(c *cand) error {
 	if err := t.set(entryKey(c.e.Account, c.e.Seq), c.raw); err != nil {
 		return err
 	}
-	if err := t.set(hashKey(c.hash), hashRef(c.e.Account, c.e.Seq)); err != nil {
-		return err
-	}
-	if err := t.set(timeKey(c.e.Time.UnixNano(), c.hash), nil); err != nil {
+	if err := t.set(hashKey(c.hash), hashRef(c.e.Account, c.e.Seq, c.e.Time.UnixNano())); err != nil {
 		return err
 	}
 	t.added++

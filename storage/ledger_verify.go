@@ -87,7 +87,6 @@ type stored struct {
 	chains map[peer.ID][]*cand
 	nEntry uint64
 	hashes map[Hash][]byte
-	times  map[LedgerItem]bool
 	accts  map[peer.ID]acctState
 	holds  map[jobKey][]byte
 	paids  map[jobKey][]byte
@@ -97,8 +96,7 @@ type stored struct {
 
 // Verify re-validates the whole ledger from scratch: every entry's
 // encoding, signature, chain and kind rules (in an order that lets holds
-// see the payments they rely on), and every index (hashes, times,
-// accounts, holds, payments, count, fraud proofs) against the entries. It
+// see the payments they rely on), and every index (hashes, accounts, holds, payments, count, fraud proofs) against the entries. It
 // returns the problems found; the error is for failing to read. It reads
 // one snapshot and holds it in memory. Times are not checked against the
 // clock: an entry valid when stored stays valid.
@@ -218,29 +216,21 @@ func (l *Ledger) Verify(ctx context.Context) ([]Problem, error) {
 			bad(k.id, 0, "payment index for job %s without a payment", k.job)
 		}
 	}
-	hashes, times := 0, 0
+	hashes := 0
 	for _, id := range ids {
 		for _, c := range s.chains[id] {
 			if c.e.Account == "" { // undecodable, reported
 				continue
 			}
-			if ref, ok := s.hashes[c.hash]; !ok || !bytes.Equal(ref, hashRef(c.e.Account, c.e.Seq)) {
+			if ref, ok := s.hashes[c.hash]; !ok || !bytes.Equal(ref, hashRef(c.e.Account, c.e.Seq, c.e.Time.UnixNano())) {
 				bad(id, c.e.Seq, "hash index misses the entry")
 			} else {
 				hashes++
-			}
-			if s.times[LedgerItem{Time: c.e.Time.UnixNano(), Hash: c.hash}] {
-				times++
-			} else {
-				bad(id, c.e.Seq, "time index misses the entry")
 			}
 		}
 	}
 	if hashes != len(s.hashes) {
 		bad("", 0, "%d hash index keys, %d entries they index", len(s.hashes), hashes)
-	}
-	if times != len(s.times) {
-		bad("", 0, "%d time index keys, %d entries they index", len(s.times), times)
 	}
 	if s.nEntry > 0 || s.count != nil {
 		if len(s.count) != 8 || binary.BigEndian.Uint64(s.count) != s.nEntry {
@@ -255,7 +245,7 @@ func (l *Ledger) Verify(ctx context.Context) ([]Problem, error) {
 // and no account).
 func (l *Ledger) readAll(ctx context.Context) (*stored, []Problem, error) {
 	s := &stored{
-		chains: make(map[peer.ID][]*cand), hashes: make(map[Hash][]byte), times: make(map[LedgerItem]bool),
+		chains: make(map[peer.ID][]*cand), hashes: make(map[Hash][]byte),
 		accts: make(map[peer.ID]acctState), holds: make(map[jobKey][]byte), paids: make(map[jobKey][]byte),
 		fraud: make(map[peer.ID][]byte),
 	}
@@ -314,17 +304,6 @@ func (l *Ledger) readAll(ctx context.Context) (*stored, []Problem, error) {
 				return nil
 			}
 			s.hashes[Hash(k)] = v
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		err = scan(txn, keyTimePrefix, func(k, _ []byte) error {
-			if len(k) != 8+len(Hash{}) {
-				probs = append(probs, Problem{Err: fmt.Errorf("%w: time index key %x", ErrInconsistent, k)})
-				return nil
-			}
-			s.times[LedgerItem{Time: int64(binary.BigEndian.Uint64(k)), Hash: Hash(k[8:])}] = true
 			return nil
 		})
 		if err != nil {
