@@ -45,7 +45,7 @@ type Config struct {
 	// ReconcileSymbols is how many coded symbols of its ledger the node
 	// keeps for reconciliation (48 bytes each); a session decodes a
 	// difference of up to about 70 % of it, a larger one falls back to a
-	// listing of every hash.
+	// listing of every entry.
 	ReconcileSymbols int `toml:"reconcile_symbols"`
 	// MaxBlobSize bounds a blob (job input or result) this node stores or
 	// fetches, in bytes.

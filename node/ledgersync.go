@@ -25,7 +25,9 @@ import (
 const (
 	syncChain     = 1 // account, after seq → that account's entries
 	syncReconcile = 2 // a set reconciliation session, then the entries each side lacks
-	syncList      = 3 // every entry hash; then hashes asked for → their entries
+	// syncList: every entry's hash and time; then hashes asked for → their
+	// entries. (Kind 3 was the same list without times.)
+	syncList = 4
 
 	maxSyncFrame   = 64 << 10
 	maxChainBatch  = 1024

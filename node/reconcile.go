@@ -394,8 +394,14 @@ func (o *oldest) add(item storage.LedgerItem) {
 	}
 }
 
-// sorted returns the items kept, oldest first.
+// sorted returns the items kept, oldest first, each once (a lister that
+// repeats a record spoils only its own session).
 func (o *oldest) sorted() []storage.LedgerItem {
+	byHash := func(a, b storage.LedgerItem) int {
+		return cmp.Or(bytes.Compare(a.Hash[:], b.Hash[:]), cmp.Compare(a.Time, b.Time))
+	}
+	slices.SortFunc(o.items, byHash)
+	o.items = slices.CompactFunc(o.items, func(a, b storage.LedgerItem) bool { return a.Hash == b.Hash })
 	slices.SortFunc(o.items, itemOrder)
 	return o.items
 }

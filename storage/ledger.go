@@ -173,6 +173,9 @@ func OpenLedger(db *DB, network string, genesis *Genesis, clock func() time.Time
 	if err != nil {
 		return nil, fmt.Errorf("open ledger: %w", err)
 	}
+	if err := upgradeFormat(db.bdb); err != nil {
+		return nil, fmt.Errorf("open ledger: %w", err)
+	}
 	if l.keys, err = openKeyFilter(db.bdb, l.count.Load()); err != nil {
 		return nil, err
 	}

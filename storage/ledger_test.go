@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -861,5 +863,97 @@ func TestSeqErrorReadsLikeTheOthers(t *testing.T) {
 		if !errors.Is(tt.err, tt.kind) || tt.err.Error() != tt.want {
 			t.Errorf("%q (is %v: %v), want %q", tt.err.Error(), tt.kind, errors.Is(tt.err, tt.kind), tt.want)
 		}
+	}
+}
+
+// TestLedgerUpgradesFormat1 opens a ledger written in format 1 (a time
+// index, hash index values without the time): it is upgraded in place and
+// reads and verifies as if written now.
+func TestLedgerUpgradesFormat1(t *testing.T) {
+	dir := t.TempDir()
+	clock := newFakeClock()
+	a := newChain(t, "a", clock.Now())
+	g := &Genesis{Network: testNet, Grants: []GenesisGrant{{Peer: a.id, Amount: 10}}}
+	open := func() (*DB, *Ledger) {
+		db, err := Open(dir, Options{Network: testNet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := OpenLedger(db, testNet, g, clock.Now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return db, l
+	}
+	db, l := open()
+	for _, raw := range [][]byte{
+		a.next(t, GrantBody{Amount: 10}),
+		a.next(t, HoldBody{Job: job("h"), Amount: 4}),
+		a.next(t, LeaseBody{Job: job("x"), Requester: a.id, Price: 1}),
+	} {
+		if _, err := l.Ingest(raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := map[Hash]int64{}
+	for item, err := range l.Items() {
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[item.Hash] = item.Time
+	}
+	// Rewrite it as format 1 wrote it.
+	err := db.bdb.Update(func(txn *badger.Txn) error {
+		for h, nanos := range want {
+			e, err := l.EntryByHash(h)
+			if err != nil {
+				return err
+			}
+			old := append(binary.BigEndian.AppendUint64(nil, e.Seq), e.Account...)
+			if err := txn.Set(hashKey(h), old); err != nil {
+				return err
+			}
+			tk := append(binary.BigEndian.AppendUint64([]byte(keyOldTimePrefix), uint64(nanos)), h[:]...)
+			if err := txn.Set(tk, nil); err != nil {
+				return err
+			}
+		}
+		return txn.Delete([]byte(keyLedgerFormat))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	db, l = open()
+	defer db.Close()
+	for h, nanos := range want {
+		if e, err := l.EntryByHash(h); err != nil || e.Time.UnixNano() != nanos {
+			t.Fatalf("entry %s after the upgrade: %v (time %v)", h, err, e.Time)
+		}
+	}
+	n := 0
+	for item, err := range l.Items() {
+		if err != nil || want[item.Hash] != item.Time {
+			t.Fatalf("item %v after the upgrade: %v", item, err)
+		}
+		n++
+	}
+	if probs, err := l.Verify(context.Background()); err != nil || len(probs) > 0 || n != len(want) {
+		t.Fatalf("after the upgrade: %d items of %d, problems %v (%v)", n, len(want), probs, err)
+	}
+	err = db.bdb.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(keyOldTimePrefix)})
+		defer it.Close()
+		if it.Rewind(); it.Valid() {
+			return fmt.Errorf("time index key %x left", it.Item().Key())
+		}
+		if v, err := getValue(txn, []byte(keyLedgerFormat)); err != nil || !bytes.Equal(v, []byte{ledgerFormat}) {
+			return fmt.Errorf("format %x (%v)", v, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
