@@ -96,8 +96,9 @@ type stored struct {
 
 // Verify re-validates the whole ledger from scratch: every entry's
 // encoding, signature, chain and kind rules (in an order that lets holds
-// see the payments they rely on), and every index (hashes, accounts, holds, payments, count, fraud proofs) against the entries. It
-// returns the problems found; the error is for failing to read. It reads
+// see the payments they rely on), and every index (hashes, accounts,
+// holds, payments, count, fraud proofs) against the entries. It returns
+// the problems found; the error is for failing to read. It reads
 // one snapshot and holds it in memory. Times are not checked against the
 // clock: an entry valid when stored stays valid.
 func (l *Ledger) Verify(ctx context.Context) ([]Problem, error) {
