@@ -247,6 +247,19 @@ type accountSeq struct {
 	seq     uint64
 }
 
+// ingestOne ingests one entry that did not come by gossip. Whichever way
+// an equivocation is found, its proof is gossiped, so that every node
+// freezes the account and not only the one that saw both entries.
+func (n *Node) ingestOne(raw []byte) error {
+	_, err := n.ledger.Ingest(raw)
+	var eq *storage.EquivocationError
+	if errors.As(err, &eq) {
+		n.log.Warn("equivocation: account frozen", "account", eq.Account, "seq", eq.Seq)
+		n.publishLedger(ledgerMsgFraud, eq.Proof.Encode())
+	}
+	return err
+}
+
 func (n *Node) ledgerVerdict(err error) pubsub.ValidationResult {
 	var eq *storage.EquivocationError
 	switch {
@@ -499,7 +512,7 @@ func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 	if len(l.Hold) == 0 {
 		return errors.New("award without an escrow hold")
 	}
-	_, err := n.ledger.Ingest(l.Hold)
+	err := n.ingestOne(l.Hold)
 	// A hold that waits for earlier entries of the requester's chain (they
 	// come by gossip, maybe after the award) is fetched from the requester,
 	// retrying until the lease's deadline.
@@ -507,7 +520,7 @@ func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 		if serr := n.syncChainOnce(ctx, l.Requester); serr != nil {
 			n.log.Debug("fetch requester's chain", "requester", l.Requester, "err", serr)
 		}
-		if _, err = n.ledger.Ingest(l.Hold); !errors.Is(err, storage.ErrGap) {
+		if err = n.ingestOne(l.Hold); !errors.Is(err, storage.ErrGap) {
 			break
 		}
 		select {

@@ -79,21 +79,29 @@ func allEntries(t *testing.T, n *node.Node) []storage.Entry {
 	return out
 }
 
-func TestEquivocatorIsFrozenEverywhere(t *testing.T) {
+// equivocation is a 4-member testnet whose member 3 has stopped after
+// its grant; sign makes entries with member 3's key, as a cheat would.
+type equivocation struct {
+	tn    *testnet.Testnet
+	cheat peer.ID
+	head  storage.Head
+	sign  func(seq uint64, prev storage.Hash, to peer.ID) storage.Entry
+}
+
+func startEquivocation(t *testing.T) *equivocation {
+	t.Helper()
 	tn := startTestnet(t, 4, nil)
 	if err := testnet.WaitFor(context.Background(), deadline, tn.Formed); err != nil {
 		t.Fatal(err)
 	}
-	// Member 3 signs two different entries with the same seq, and each
-	// half of the network hears one of them first.
-	cheat := tn.Node(3)
+	cheat := tn.Node(3).ID()
 	key, err := node.LoadIdentity(tn.Dir(3))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var head storage.Head
 	err = testnet.WaitFor(context.Background(), deadline, func() error {
-		head, err = tn.Node(0).Ledger().Head(cheat.ID())
+		head, err = tn.Node(0).Ledger().Head(cheat)
 		if err == nil && head.Seq != 1 {
 			err = fmt.Errorf("member 3's head on node 0 is seq %d, want its grant", head.Seq)
 		}
@@ -106,23 +114,23 @@ func TestEquivocatorIsFrozenEverywhere(t *testing.T) {
 		t.Fatal(err)
 	}
 	sign := func(seq uint64, prev storage.Hash, to peer.ID) storage.Entry {
-		e := storage.Entry{Account: cheat.ID(), Seq: seq, Prev: prev, Time: time.Now(),
+		e := storage.Entry{Account: cheat, Seq: seq, Prev: prev, Time: time.Now(),
 			Body: storage.HoldBody{Job: storage.Hash{byte(seq)}, Provider: to, Amount: 1}}
 		if err := e.Sign("testnet", key); err != nil {
 			t.Fatal(err)
 		}
 		return e
 	}
-	first := sign(head.Seq+1, head.Hash, tn.Node(1).ID())
-	if err := tn.Node(0).IngestEntry(first.Encode()); err != nil {
-		t.Fatal(err)
-	}
-	if err := tn.Node(2).IngestEntry(sign(head.Seq+1, head.Hash, tn.Node(2).ID()).Encode()); err != nil {
-		t.Logf("node 2 already had the first: %v", err)
-	}
-	err = testnet.WaitFor(context.Background(), deadline, func() error {
+	return &equivocation{tn: tn, cheat: cheat, head: head, sign: sign}
+}
+
+// frozenEverywhere waits until the running members have all frozen the
+// cheat, then checks that its next entry is refused everywhere.
+func (q *equivocation) frozenEverywhere(t *testing.T, first storage.Entry) {
+	t.Helper()
+	err := testnet.WaitFor(context.Background(), deadline, func() error {
 		for i := range 3 {
-			if frozen, err := tn.Node(i).Ledger().Frozen(cheat.ID()); err != nil || !frozen {
+			if frozen, err := q.tn.Node(i).Ledger().Frozen(q.cheat); err != nil || !frozen {
 				return fmt.Errorf("node %d has not frozen the equivocator (%v)", i, err)
 			}
 		}
@@ -131,13 +139,53 @@ func TestEquivocatorIsFrozenEverywhere(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Its later entries are refused everywhere.
-	later := sign(head.Seq+2, first.Hash(), tn.Node(1).ID()).Encode()
+	later := q.sign(q.head.Seq+2, first.Hash(), q.tn.Node(1).ID()).Encode()
 	for i := range 3 {
-		if _, err := tn.Node(i).Ledger().Ingest(later); !errors.Is(err, storage.ErrFrozen) {
+		if _, err := q.tn.Node(i).Ledger().Ingest(later); !errors.Is(err, storage.ErrFrozen) {
 			t.Fatalf("node %d took a frozen account's later entry: %v", i, err)
 		}
 	}
+}
+
+func TestEquivocatorIsFrozenEverywhere(t *testing.T) {
+	// Member 3 signs two different entries with the same seq, and each
+	// half of the network hears one of them first (or node 2 hears both).
+	q := startEquivocation(t)
+	first := q.sign(q.head.Seq+1, q.head.Hash, q.tn.Node(1).ID())
+	if err := q.tn.Node(0).IngestEntry(first.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	second := q.sign(q.head.Seq+1, q.head.Hash, q.tn.Node(2).ID())
+	if err := q.tn.Node(2).IngestEntry(second.Encode()); err != nil {
+		t.Logf("node 2 already had the first: %v", err)
+	}
+	q.frozenEverywhere(t, first)
+}
+
+func TestEquivocationFoundOffGossipIsGossiped(t *testing.T) {
+	// Every member has the first entry when node 2 is handed the second
+	// directly: node 2 alone sees both, and its proof must reach the rest.
+	q := startEquivocation(t)
+	first := q.sign(q.head.Seq+1, q.head.Hash, q.tn.Node(1).ID())
+	if err := q.tn.Node(0).IngestEntry(first.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	err := testnet.WaitFor(context.Background(), deadline, func() error {
+		for i := range 3 {
+			if ok, err := q.tn.Node(i).Ledger().Has(first.Hash()); err != nil || !ok {
+				return fmt.Errorf("node %d lacks the first entry (%v)", i, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := q.sign(q.head.Seq+1, q.head.Hash, q.tn.Node(2).ID())
+	if err := q.tn.Node(2).IngestEntry(second.Encode()); !errors.Is(err, storage.ErrEquivocation) {
+		t.Fatalf("node 2 took the second entry: %v", err)
+	}
+	q.frozenEverywhere(t, first)
 }
 
 func TestPartitionedLedgersConverge(t *testing.T) {

@@ -15,9 +15,10 @@ import (
 func (n *Node) Ledger() *storage.Ledger { return n.ledger }
 
 // IngestEntry validates a ledger entry from elsewhere (a tool, a test) and,
-// if this node stores it, gossips it like its own.
+// if this node stores it, gossips it like its own; an entry that convicts
+// its account of equivocation has the proof gossiped instead.
 func (n *Node) IngestEntry(raw []byte) error {
-	if _, err := n.ledger.Ingest(raw); err != nil {
+	if err := n.ingestOne(raw); err != nil {
 		return err
 	}
 	n.publishEntries([][]byte{raw})

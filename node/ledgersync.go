@@ -150,7 +150,7 @@ func (n *Node) syncChain(ctx context.Context, account peer.ID) error {
 		if len(raws) == 0 {
 			return nil
 		}
-		if _, err := n.ledger.IngestMany(raws); err != nil {
+		if _, err := n.ingestFetched(raws); err != nil {
 			return err
 		}
 		if len(raws) < maxChainBatch {

@@ -278,22 +278,31 @@ func (n *Node) receiveEntries(br *bufio.Reader) error {
 // ingestBatch is how many received entries are ingested (and synced) at once.
 const ingestBatch = 1024
 
+// ingestSynced ingests entries a reconciliation fetched and counts them.
 func (n *Node) ingestSynced(raws [][]byte) error {
+	res, err := n.ingestFetched(raws)
+	if err != nil {
+		return err
+	}
+	n.countReconcile(func(s *ReconcileStats) { s.Received += len(res.Accepted) })
+	return nil
+}
+
+// ingestFetched ingests entries fetched from a peer, gossips the proof of
+// any equivocation they reveal and counts those refused.
+func (n *Node) ingestFetched(raws [][]byte) (storage.IngestResult, error) {
 	if len(raws) == 0 {
-		return nil
+		return storage.IngestResult{}, nil
 	}
 	res, err := n.ledger.IngestMany(raws)
 	if err != nil {
-		return err
+		return res, err
 	}
 	for _, p := range res.Fraud {
 		n.publishLedger(ledgerMsgFraud, p.Encode())
 	}
-	if len(res.Rejected) > 0 {
-		n.ledgerRejected.Add(float64(len(res.Rejected)))
-	}
-	n.countReconcile(func(s *ReconcileStats) { s.Received += len(res.Accepted) })
-	return nil
+	n.ledgerRejected.Add(float64(len(res.Rejected)))
+	return res, nil
 }
 
 // A listing is a list of records, each an entry's hash and then its time
