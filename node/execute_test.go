@@ -140,16 +140,17 @@ func TestWasmJobEndToEnd(t *testing.T) {
 // client following the log from the start gets it when the job ends.
 func TestShortRunLogComesWithItsResult(t *testing.T) {
 	_, c := execNet(t, "noop")
-	j, err := c.SubmitJob(context.Background(), noopJob("interactive", "300ms", "1m"))
+	// Long enough that a poll on a busy machine sees it running.
+	j, err := c.SubmitJob(context.Background(), noopJob("interactive", "2s", "1m"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitJobs(t, c, []string{j.ID}, "running", deadline)
-	if got := logs(t, c, j.ID); got != "noop: done after 300ms\n" {
+	if got := logs(t, c, j.ID); got != "noop: done after 2s\n" {
 		t.Fatalf("followed log %q", got)
 	}
 	waitJobs(t, c, []string{j.ID}, "succeeded", deadline)
-	if got := logs(t, c, j.ID); got != "noop: done after 300ms\n" {
+	if got := logs(t, c, j.ID); got != "noop: done after 2s\n" {
 		t.Fatalf("log after the end %q", got)
 	}
 }

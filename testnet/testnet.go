@@ -243,9 +243,10 @@ func DefaultConfig(dir, network string) node.Config {
 	cfg.Market = node.MarketConfig{
 		InteractiveWindow: node.Duration(300 * time.Millisecond),
 		BatchWindow:       node.Duration(300 * time.Millisecond),
-		AcceptTimeout:     node.Duration(5 * time.Second),
-		// Generous for 2 cores under -race: a missed beat re-assigns a job
+		// Both generous for 2 cores under -race: a late acceptance bars
+		// its provider from the job, and a missed beat re-assigns a job
 		// that is running fine (and refuses its result).
+		AcceptTimeout:    node.Duration(10 * time.Second),
 		HeartbeatTimeout: node.Duration(10 * time.Second),
 	}
 	return cfg
