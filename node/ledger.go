@@ -160,17 +160,20 @@ func (n *Node) publishLedger(kind byte, b []byte) {
 // ones are forwarded; repeats and entries that wait for their predecessors
 // are not; invalid ones are rejected, which costs the sender score.
 func (n *Node) validateLedgerGossip(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
+	if from == n.host.ID() {
+		// Our own publication, already in our ledger: validating it again
+		// would find a duplicate and stop it from going out. Answered
+		// outside withDB: Publish validates inline, and its callers may
+		// hold the gate already (a nested read lock deadlocks once Close
+		// waits for the write lock).
+		return pubsub.ValidationAccept
+	}
 	res := pubsub.ValidationIgnore
 	n.withDB(func() { res = n.validateLedgerMessage(from, m) })
 	return res
 }
 
 func (n *Node) validateLedgerMessage(from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-	if from == n.host.ID() {
-		// Our own publication, already in our ledger: validating it again
-		// would find a duplicate and stop it from going out.
-		return pubsub.ValidationAccept
-	}
 	if len(m.Data) < 2 {
 		n.ledgerRejected.Inc()
 		return pubsub.ValidationReject
@@ -223,6 +226,7 @@ func (n *Node) batchVerdict(from peer.ID, raws [][]byte, res storage.IngestResul
 		n.publishLedger(ledgerMsgFraud, p.Encode())
 	}
 	n.ledgerRejected.Add(float64(len(res.Rejected)))
+	n.sendFraudProofs(from, res.Rejected)
 	inBatch := map[accountSeq]bool{}
 	for _, raw := range raws {
 		if e, err := storage.DecodeEntry(raw); err == nil {

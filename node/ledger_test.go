@@ -197,6 +197,68 @@ func TestEquivocationFoundOffGossipIsGossiped(t *testing.T) {
 	q.frozenEverywhere(t, first)
 }
 
+func TestFraudProofReachesANodeThatMissedIt(t *testing.T) {
+	// Node 2 is cut off while the others convict the cheat, then takes
+	// the cheat's first entry and one built on it. When it comes back,
+	// the proof's gossip is long over: a peer that reconciles with it
+	// finds the frozen account's entry and sends it the proof.
+	q := startEquivocation(t)
+	ctx := context.Background()
+	n0, n1, n2 := q.tn.Node(0), q.tn.Node(1), q.tn.Node(2)
+	for _, other := range []*node.Node{n0, n1} {
+		n2.BlockPeer(other.ID())
+		other.BlockPeer(n2.ID())
+	}
+	first := q.sign(q.head.Seq+1, q.head.Hash, n1.ID())
+	if err := n0.IngestEntry(first.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	if err := testnet.WaitFor(ctx, deadline, func() error {
+		if ok, err := n1.Ledger().Has(first.Hash()); err != nil || !ok {
+			return fmt.Errorf("node 1 lacks the first entry (%v)", err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	second := q.sign(q.head.Seq+1, q.head.Hash, n2.ID())
+	if err := n1.IngestEntry(second.Encode()); !errors.Is(err, storage.ErrEquivocation) {
+		t.Fatalf("node 1 took the second entry: %v", err)
+	}
+	if err := testnet.WaitFor(ctx, deadline, func() error {
+		if frozen, err := n0.Ledger().Frozen(q.cheat); err != nil || !frozen {
+			return fmt.Errorf("node 0 has not frozen the equivocator (%v)", err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	later := q.sign(q.head.Seq+2, first.Hash(), n2.ID())
+	for _, e := range []storage.Entry{first, later} {
+		if err := n2.IngestEntry(e.Encode()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if frozen, _ := n2.Ledger().Frozen(q.cheat); frozen {
+		t.Fatal("node 2 heard of the fraud while cut off")
+	}
+	for _, other := range []*node.Node{n0, n1} {
+		n2.UnblockPeer(other.ID())
+		other.UnblockPeer(n2.ID())
+	}
+	if _, err := n0.Connect(ctx, n2.ListenAddrs()[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := testnet.WaitFor(ctx, deadline, func() error {
+		if frozen, err := n2.Ledger().Frozen(q.cheat); err != nil || !frozen {
+			return fmt.Errorf("node 2 has not frozen the equivocator (%v)", err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestPartitionedLedgersConverge(t *testing.T) {
 	tn := startTestnet(t, 6, func(i int, cfg *node.Config) {
 		if i == 1 || i == 4 {

@@ -28,6 +28,9 @@ const (
 	// syncList: every entry's hash and time; then hashes asked for → their
 	// entries. (Kind 3 was the same list without times.)
 	syncList = 4
+	// syncFraud: a fraud proof the peer lacks (it offered entries of an
+	// account this node has frozen) → nothing.
+	syncFraud = 5
 
 	maxSyncFrame   = 64 << 10
 	maxChainBatch  = 1024
@@ -78,9 +81,11 @@ func (n *Node) serveSync(st network.Stream) {
 		case syncChain:
 			err = n.serveChain(br, bw)
 		case syncReconcile:
-			err = n.serveReconcile(br, bw)
+			err = n.serveReconcile(st.Conn().RemotePeer(), br, bw)
 		case syncList:
 			err = n.serveListing(br, bw)
+		case syncFraud:
+			err = n.serveFraudProof(br)
 		default:
 			err = fmt.Errorf("unknown request %d", kind)
 		}
@@ -150,7 +155,7 @@ func (n *Node) syncChain(ctx context.Context, account peer.ID) error {
 		if len(raws) == 0 {
 			return nil
 		}
-		if _, err := n.ingestFetched(raws); err != nil {
+		if _, err := n.ingestFetched(account, raws); err != nil {
 			return err
 		}
 		if len(raws) < maxChainBatch {

@@ -72,6 +72,10 @@ type Node struct {
 	// chainSyncs serialises fetches of one account's chain.
 	chainMu    sync.Mutex
 	chainSyncs map[peer.ID]*sync.Mutex
+	// proofsSent is when a fraud proof last went to a peer, by peer and
+	// account (see sendFraudProofs).
+	proofsMu   sync.Mutex
+	proofsSent map[accountPeer]time.Time
 	logs       *logBook
 	executors  executor.Set
 	gpuMu      sync.Mutex
@@ -137,6 +141,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		warm:       make(chan struct{}),
 		connected:  make(chan peer.ID, 16),
 		chainSyncs: map[peer.ID]*sync.Mutex{},
+		proofsSent: map[accountPeer]time.Time{},
 		rset:       &ledgerSet{set: storage.NewReconcileSet(cfg.ReconcileSymbols)},
 	}
 	n.capacity.changed = make(chan struct{}, 1)

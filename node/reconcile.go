@@ -181,11 +181,11 @@ func (n *Node) reconcile(ctx context.Context, p peer.ID) error {
 		}
 	}
 	snap.Release() // the symbols are done with; the entries exchange may take a while
-	return n.exchangeEntries(br, bw, x.Extra(), true)
+	return n.exchangeEntries(p, br, bw, x.Extra(), true)
 }
 
-// serveReconcile is the responder's side of reconcile.
-func (n *Node) serveReconcile(br *bufio.Reader, bw *bufio.Writer) error {
+// serveReconcile is the responder's side of reconcile, with p.
+func (n *Node) serveReconcile(p peer.ID, br *bufio.Reader, bw *bufio.Writer) error {
 	snap := n.rset.snapshot()
 	defer snap.Release()
 	r := storage.NewReconcileResponder(snap, storage.ReconcileConfig{})
@@ -212,20 +212,20 @@ func (n *Node) serveReconcile(br *bufio.Reader, bw *bufio.Writer) error {
 		}
 	}
 	snap.Release()
-	return n.exchangeEntries(br, bw, r.Extra(), false)
+	return n.exchangeEntries(p, br, bw, r.Extra(), false)
 }
 
-// exchangeEntries sends the entries of extra (which the peer lacks) and
-// receives the peer's, in turn: the initiator sends first, so neither side
+// exchangeEntries sends the entries of extra (which peer p lacks) and
+// receives p's, in turn: the initiator sends first, so neither side
 // writes while the other has unread data.
-func (n *Node) exchangeEntries(br *bufio.Reader, bw *bufio.Writer, extra [][32]byte, first bool) error {
+func (n *Node) exchangeEntries(p peer.ID, br *bufio.Reader, bw *bufio.Writer, extra [][32]byte, first bool) error {
 	if first {
 		if err := n.sendEntries(bw, extra); err != nil {
 			return err
 		}
-		return n.receiveEntries(br)
+		return n.receiveEntries(p, br)
 	}
-	if err := n.receiveEntries(br); err != nil {
+	if err := n.receiveEntries(p, br); err != nil {
 		return err
 	}
 	return n.sendEntries(bw, extra)
@@ -250,9 +250,10 @@ func (n *Node) sendEntries(bw *bufio.Writer, hashes [][32]byte) error {
 	return bw.Flush()
 }
 
-// receiveEntries reads entries (each at most an entry's size) and ingests
-// them in batches, so a peer can make this node hold at most one batch.
-func (n *Node) receiveEntries(br *bufio.Reader) error {
+// receiveEntries reads entries from p (each at most an entry's size) and
+// ingests them in batches, so a peer can make this node hold at most one
+// batch.
+func (n *Node) receiveEntries(p peer.ID, br *bufio.Reader) error {
 	var raws [][]byte
 	for count := 0; ; count++ {
 		b, err := readFrameLimit(br, storage.MaxEntrySize)
@@ -266,21 +267,22 @@ func (n *Node) receiveEntries(br *bufio.Reader) error {
 			return fmt.Errorf("reconcile entries: more than %d", maxSyncEntries)
 		}
 		if raws = append(raws, b); len(raws) == ingestBatch {
-			if err := n.ingestSynced(raws); err != nil {
+			if err := n.ingestSynced(p, raws); err != nil {
 				return err
 			}
 			raws = nil
 		}
 	}
-	return n.ingestSynced(raws)
+	return n.ingestSynced(p, raws)
 }
 
 // ingestBatch is how many received entries are ingested (and synced) at once.
 const ingestBatch = 1024
 
-// ingestSynced ingests entries a reconciliation fetched and counts them.
-func (n *Node) ingestSynced(raws [][]byte) error {
-	res, err := n.ingestFetched(raws)
+// ingestSynced ingests entries a reconciliation fetched from p and counts
+// them.
+func (n *Node) ingestSynced(p peer.ID, raws [][]byte) error {
+	res, err := n.ingestFetched(p, raws)
 	if err != nil {
 		return err
 	}
@@ -288,9 +290,10 @@ func (n *Node) ingestSynced(raws [][]byte) error {
 	return nil
 }
 
-// ingestFetched ingests entries fetched from a peer, gossips the proof of
-// any equivocation they reveal and counts those refused.
-func (n *Node) ingestFetched(raws [][]byte) (storage.IngestResult, error) {
+// ingestFetched ingests entries fetched from peer p, gossips the proof of
+// any equivocation they reveal, counts those refused, and sends p the
+// proof against any frozen account whose entries it offered.
+func (n *Node) ingestFetched(p peer.ID, raws [][]byte) (storage.IngestResult, error) {
 	if len(raws) == 0 {
 		return storage.IngestResult{}, nil
 	}
@@ -302,6 +305,7 @@ func (n *Node) ingestFetched(raws [][]byte) (storage.IngestResult, error) {
 		n.publishLedger(ledgerMsgFraud, p.Encode())
 	}
 	n.ledgerRejected.Add(float64(len(res.Rejected)))
+	n.sendFraudProofs(p, res.Rejected)
 	return res, nil
 }
 
@@ -348,7 +352,7 @@ func (n *Node) fetchListing(ctx context.Context, p peer.ID) error {
 	if err := rw.end(); err != nil {
 		return err
 	}
-	return n.receiveEntries(br)
+	return n.receiveEntries(p, br)
 }
 
 // serveListing answers fetchListing: every entry's hash and time, then the

@@ -54,10 +54,12 @@ func seal(key crypto.PrivKey, domain string, codec []byte, msg proto.Message) ([
 // payload into msg, and returns the signer.
 //
 // It reads the envelope as core/record does (ConsumeTypedEnvelope: the
-// same bytes are signed, and the same checks pass and fail), but checks an
-// Ed25519 signature with curve25519-voi under the standard library's
+// same bytes are signed, and the same envelopes pass and fail), but checks
+// an Ed25519 signature with curve25519-voi under the standard library's
 // rules: a third faster than crypto/ed25519, on a path that every gossiped
-// offer takes on every node.
+// offer takes on every node. One verdict is named better: a soundly signed
+// envelope whose payload does not decode is ErrBadMessage, not
+// ErrSignature.
 func open(data []byte, maxSize int, domain string, codec []byte, msg proto.Message) (peer.ID, error) {
 	if len(data) > maxSize {
 		return "", fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(data), maxSize)

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"bytes"
+	"errors"
 	"testing"
 	"time"
 
@@ -23,6 +24,9 @@ func openAgreesWithRecord(t *testing.T, data []byte) {
 	}
 	if (err == nil) != (rerr == nil) {
 		t.Fatalf("open says %v, core/record says %v, for %x", err, rerr, data)
+	}
+	if errors.Is(err, ErrSignature) != errors.Is(rerr, record.ErrInvalidSignature) {
+		t.Fatalf("open says %v, core/record says %v, for %x: not the same signature verdict", err, rerr, data)
 	}
 	if err == nil {
 		if want, _ := peer.IDFromPublicKey(env.PublicKey); signer != want {
