@@ -35,7 +35,7 @@ type accountPeer struct {
 func (n *Node) sendFraudProofs(p peer.ID, rejected []storage.Rejection) {
 	now := time.Now()
 	for _, r := range rejected {
-		if !errors.Is(r.Err, storage.ErrFrozen) || p == "" || p == n.host.ID() {
+		if !errors.Is(r.Err, storage.ErrFrozen) || p == "" || p == n.host.ID() || n.runCtx.Err() != nil {
 			continue
 		}
 		key := accountPeer{r.Account, p}
@@ -63,7 +63,14 @@ func (n *Node) sendFraudProofs(p peer.ID, rejected []storage.Rejection) {
 
 // sendFraudProof sends p this node's proof against account.
 func (n *Node) sendFraudProof(ctx context.Context, p, account peer.ID) error {
-	proof, ok, err := n.ledger.FraudProofFor(account)
+	var (
+		proof storage.FraudProof
+		ok    bool
+		err   error
+	)
+	if !n.withDB(func() { proof, ok, err = n.ledger.FraudProofFor(account) }) {
+		return errDBClosed
+	}
 	if err != nil || !ok {
 		return err
 	}
