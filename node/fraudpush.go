@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -15,99 +16,175 @@ import (
 // A fraud proof spreads by gossip once. A node that missed it (it was
 // away, or partitioned) learns of the fraud only when a peer that has the
 // proof sees it offer the frozen account's entries: in a reconciliation or
-// a chain fetch, or by gossip. That peer then sends it the proof directly.
+// a chain fetch, or by gossip. That peer then sends it the proof directly,
+// once: the peer answers for each proof when it holds it.
 
 const (
-	// proofResendAfter is how long a peer is not sent the same proof again.
-	proofResendAfter = time.Minute
-	// maxProofsSent bounds the record of proofs sent.
-	maxProofsSent = 4096
+	// proofRetryAfter is how long a proof that did not arrive waits before
+	// it is sent to the same peer again.
+	proofRetryAfter = time.Minute
+	// maxProofsTracked bounds the record of proofs sent; past it the record
+	// starts afresh (at worst a proof goes twice).
+	maxProofsTracked = 4096
+	// maxProofsPerPush bounds the proofs sent, and taken, on one stream.
+	maxProofsPerPush = 64
+	// maxPushesInFlight bounds the streams that carry proofs at once; a push
+	// beyond it waits for the next time the peer offers the entries.
+	maxPushesInFlight = 4
 )
 
-// accountPeer names a frozen account and a peer told of it.
+// accountPeer names a frozen account and a peer to tell of it.
 type accountPeer struct {
 	account, peer peer.ID
 }
 
-// sendFraudProofs sends p the proof against each frozen account among the
-// entries p offered and this node refused, once a minute at most per
-// account, in the background.
-func (n *Node) sendFraudProofs(p peer.ID, rejected []storage.Rejection) {
-	now := time.Now()
-	for _, r := range rejected {
-		if !errors.Is(r.Err, storage.ErrFrozen) || p == "" || p == n.host.ID() || n.runCtx.Err() != nil {
-			continue
-		}
-		key := accountPeer{r.Account, p}
-		n.proofsMu.Lock()
-		due := now.Sub(n.proofsSent[key]) >= proofResendAfter
-		if due {
-			if len(n.proofsSent) >= maxProofsSent {
-				clear(n.proofsSent) // bounded; at worst a proof goes twice
-			}
-			n.proofsSent[key] = now
-		}
-		n.proofsMu.Unlock()
-		if !due {
-			continue
-		}
-		n.wg.Add(1)
-		go func() {
-			defer n.wg.Done()
-			if err := n.sendFraudProof(n.runCtx, p, r.Account); err != nil {
-				n.log.Debug("send fraud proof", "peer", p, "account", r.Account, "err", err)
-			}
-		}()
-	}
+// proofPush is what this node knows of a proof's way to a peer.
+type proofPush struct {
+	tried     time.Time // the last attempt
+	delivered bool      // the peer holds the proof: it is not sent again
 }
 
-// sendFraudProof sends p this node's proof against account.
-func (n *Node) sendFraudProof(ctx context.Context, p, account peer.ID) error {
-	var (
-		proof storage.FraudProof
-		ok    bool
-		err   error
-	)
-	if !n.withDB(func() { proof, ok, err = n.ledger.FraudProofFor(account) }) {
-		return errDBClosed
+// sendFraudProofs sends p, in the background and on one stream, the proof
+// against each frozen account among the entries p offered and this node
+// refused: one that p does not hold yet, or that did not arrive a minute
+// ago.
+func (n *Node) sendFraudProofs(p peer.ID, rejected []storage.Rejection) {
+	var due []peer.ID
+	now := time.Now()
+	n.proofsMu.Lock()
+	defer n.proofsMu.Unlock()
+	for _, r := range rejected {
+		if !errors.Is(r.Err, storage.ErrFrozen) || p == "" || p == n.host.ID() {
+			continue
+		}
+		s := n.proofsSent[accountPeer{r.Account, p}]
+		if s.delivered || now.Sub(s.tried) < proofRetryAfter || slices.Contains(due, r.Account) || len(due) == maxProofsPerPush {
+			continue
+		}
+		due = append(due, r.Account)
 	}
-	if err != nil || !ok {
-		return err
+	if len(due) == 0 || n.proofPushes >= maxPushesInFlight || n.runCtx.Err() != nil {
+		return
+	}
+	if len(n.proofsSent)+len(due) > maxProofsTracked {
+		clear(n.proofsSent)
+	}
+	for _, a := range due {
+		n.proofsSent[accountPeer{a, p}] = proofPush{tried: now}
+	}
+	n.proofPushes++
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		delivered, err := n.pushFraudProofs(n.runCtx, p, due)
+		if err != nil {
+			n.log.Debug("send fraud proofs", "peer", p, "err", err)
+		}
+		n.proofsMu.Lock()
+		defer n.proofsMu.Unlock()
+		n.proofPushes--
+		for _, a := range delivered {
+			n.proofsSent[accountPeer{a, p}] = proofPush{tried: now, delivered: true}
+		}
+	}()
+}
+
+// pushFraudProofs sends p this node's proofs against accounts and returns
+// the accounts whose proof p acknowledged.
+func (n *Node) pushFraudProofs(ctx context.Context, p peer.ID, accounts []peer.ID) ([]peer.ID, error) {
+	var proofs [][]byte
+	var sent []peer.ID
+	for _, a := range accounts {
+		var (
+			proof storage.FraudProof
+			ok    bool
+			err   error
+		)
+		if !n.withDB(func() { proof, ok, err = n.ledger.FraudProofFor(a) }) {
+			return nil, errDBClosed
+		}
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			proofs, sent = append(proofs, proof.Encode()), append(sent, a)
+		}
+	}
+	if len(proofs) == 0 {
+		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	st, _, bw, err := n.openSync(ctx, p, syncFraud)
+	st, br, bw, err := n.openSync(ctx, p, syncFraud)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer n.closeSync(st)
-	if err := writeFrame(bw, proof.Encode()); err != nil {
-		return err
+	for _, b := range append(proofs, nil) { // an empty frame ends the list
+		if err := writeFrame(bw, b); err != nil {
+			return nil, err
+		}
 	}
-	return bw.Flush()
+	if err := bw.Flush(); err != nil {
+		return nil, err
+	}
+	// The peer answers each proof, in order, once it holds it.
+	for i := range sent {
+		if _, err := br.ReadByte(); err != nil {
+			return sent[:i], fmt.Errorf("fraud proof %d of %d: %w", i+1, len(sent), err)
+		}
+	}
+	return sent, nil
 }
 
-// serveFraudProof takes a proof sent by sendFraudProof: a new one freezes
-// its account and is gossiped on; one already known is dropped.
-func (n *Node) serveFraudProof(br *bufio.Reader) error {
-	frame, err := readFrame(br)
+// serveFraudProofs takes the proofs that pushFraudProofs sends, answering
+// each once this node holds it: a new one freezes its account and is
+// gossiped on; one against an account already frozen is not checked again.
+func (n *Node) serveFraudProofs(br *bufio.Reader, bw *bufio.Writer) error {
+	for range maxProofsPerPush + 1 {
+		frame, err := readFrame(br)
+		if err != nil {
+			return err
+		}
+		if len(frame) == 0 {
+			return nil
+		}
+		if err := n.takeFraudProof(frame); err != nil {
+			return err
+		}
+		if err := bw.WriteByte(0); err != nil {
+			return err
+		}
+	}
+	n.ledgerRejected.Inc()
+	return fmt.Errorf("more than %d fraud proofs", maxProofsPerPush)
+}
+
+// takeFraudProof ingests one pushed proof.
+func (n *Node) takeFraudProof(frame []byte) error {
+	proof, err := storage.DecodeFraudProof(frame)
+	var a storage.Entry
+	if err == nil {
+		a, err = storage.DecodeEntry(proof.A)
+	}
 	if err != nil {
+		n.ledgerRejected.Inc()
+		return fmt.Errorf("fraud proof: %w", err)
+	}
+	if frozen, err := n.ledger.Frozen(a.Account); err != nil || frozen {
 		return err
 	}
-	proof, err := storage.DecodeFraudProof(frame)
-	if err == nil {
-		err = n.ledger.IngestFraudProof(proof)
-	}
-	switch {
+	switch err := n.ledger.IngestFraudProof(proof); {
 	case err == nil:
-		account, _ := proof.Verify(n.cfg.Network)
-		n.log.Warn("equivocation: account frozen", "account", account)
+		n.log.Warn("equivocation: account frozen", "account", a.Account)
 		n.publishLedger(ledgerMsgFraud, frame)
 		return nil
 	case errors.Is(err, storage.ErrDuplicate):
 		return nil
-	default:
+	case errors.Is(err, storage.ErrBadFraudProof):
 		n.ledgerRejected.Inc()
 		return fmt.Errorf("fraud proof: %w", err)
+	default:
+		return fmt.Errorf("fraud proof: %w", err) // our store, not the sender
 	}
 }

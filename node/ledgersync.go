@@ -28,8 +28,9 @@ const (
 	// syncList: every entry's hash and time; then hashes asked for → their
 	// entries. (Kind 3 was the same list without times.)
 	syncList = 4
-	// syncFraud: a fraud proof the peer lacks (it offered entries of an
-	// account this node has frozen) → nothing.
+	// syncFraud: fraud proofs the peer lacks (it offered entries of
+	// accounts this node has frozen), then an empty frame → a byte for each
+	// proof the peer then holds.
 	syncFraud = 5
 
 	maxSyncFrame   = 64 << 10
@@ -85,7 +86,7 @@ func (n *Node) serveSync(st network.Stream) {
 		case syncList:
 			err = n.serveListing(br, bw)
 		case syncFraud:
-			err = n.serveFraudProof(br)
+			err = n.serveFraudProofs(br, bw)
 		default:
 			err = fmt.Errorf("unknown request %d", kind)
 		}

@@ -72,10 +72,6 @@ type Node struct {
 	// chainSyncs serialises fetches of one account's chain.
 	chainMu    sync.Mutex
 	chainSyncs map[peer.ID]*sync.Mutex
-	// proofsSent is when a fraud proof last went to a peer, by peer and
-	// account (see sendFraudProofs).
-	proofsMu   sync.Mutex
-	proofsSent map[accountPeer]time.Time
 	logs       *logBook
 	executors  executor.Set
 	gpuMu      sync.Mutex
@@ -94,6 +90,12 @@ type Node struct {
 	wg     sync.WaitGroup
 	closed sync.Once
 	redial chan peer.ID
+
+	// proofsSent is what became of the fraud proofs sent to peers, and
+	// proofPushes counts the pushes in flight (see sendFraudProofs).
+	proofsMu    sync.Mutex
+	proofsSent  map[accountPeer]proofPush
+	proofPushes int
 }
 
 // Option adjusts how Start builds a node.
@@ -141,7 +143,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		warm:       make(chan struct{}),
 		connected:  make(chan peer.ID, 16),
 		chainSyncs: map[peer.ID]*sync.Mutex{},
-		proofsSent: map[accountPeer]time.Time{},
+		proofsSent: map[accountPeer]proofPush{},
 		rset:       &ledgerSet{set: storage.NewReconcileSet(cfg.ReconcileSymbols)},
 	}
 	n.capacity.changed = make(chan struct{}, 1)

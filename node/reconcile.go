@@ -301,8 +301,8 @@ func (n *Node) ingestFetched(p peer.ID, raws [][]byte) (storage.IngestResult, er
 	if err != nil {
 		return res, err
 	}
-	for _, p := range res.Fraud {
-		n.publishLedger(ledgerMsgFraud, p.Encode())
+	for _, proof := range res.Fraud {
+		n.publishLedger(ledgerMsgFraud, proof.Encode())
 	}
 	n.ledgerRejected.Add(float64(len(res.Rejected)))
 	n.sendFraudProofs(p, res.Rejected)
