@@ -181,7 +181,7 @@ func newBenchMarketCmd(g *globals) *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			for _, tier := range []string{protocol.TierInteractive, protocol.TierBatch} {
-				var took, done []time.Duration
+				var took, done, toAssigned, toRunning []time.Duration
 				for range jobs {
 					spec := &pb.JobSpec{Executor: executor, Tier: tier, MaxPrice: 10000, MaxDurationMs: 10000, Resources: &pb.Resources{Gpus: 1}}
 					if executor == "wasm" {
@@ -198,9 +198,17 @@ func newBenchMarketCmd(g *globals) *cobra.Command {
 					}
 					leased := time.Duration(0)
 					var last market.Job
+					// The engine's clock of the award and of the acceptance.
+					var assignedAt, runningAt time.Time
 					for s := range ch {
 						if leased == 0 && (s.State == market.Running || s.State.Terminal()) {
 							leased = time.Since(start)
+						}
+						if s.State == market.Assigned && assignedAt.IsZero() {
+							assignedAt = s.Updated
+						}
+						if s.State == market.Running && runningAt.IsZero() {
+							runningAt = s.Updated
 						}
 						last = s
 					}
@@ -208,11 +216,25 @@ func newBenchMarketCmd(g *globals) *cobra.Command {
 						return fmt.Errorf("job %s ended %s: %s", j.ID, last.State, last.Error)
 					}
 					took, done = append(took, leased), append(done, time.Since(start))
+					if !assignedAt.IsZero() && !runningAt.IsZero() {
+						toAssigned = append(toAssigned, assignedAt.Sub(last.Created))
+						toRunning = append(toRunning, runningAt.Sub(assignedAt))
+					}
 				}
 				slices.Sort(took)
 				slices.Sort(done)
 				fmt.Fprintf(out, "%-11s %d %s jobs one at a time: submit->lease p50 %v  p99 %v  max %v;  submit->succeeded p50 %v  p99 %v\n",
 					tier, jobs, executor, pct(took, 50), pct(took, 99), took[len(took)-1].Round(10*time.Microsecond), pct(done, 50), pct(done, 99))
+				if len(toAssigned) > 0 {
+					// Assigned is the engine's award (the bid's arrival);
+					// the award leaves once the posting hold is on disk, so
+					// the second stage holds that wait and the provider's
+					// acceptance.
+					slices.Sort(toAssigned)
+					slices.Sort(toRunning)
+					fmt.Fprintf(out, "%-11s stages of %d: submit->assigned p50 %v  p99 %v;  assigned->running p50 %v  p99 %v\n",
+						tier, len(toAssigned), pct(toAssigned, 50), pct(toAssigned, 99), pct(toRunning, 50), pct(toRunning, 99))
+				}
 			}
 			if burst == 0 {
 				return tn.Close()
