@@ -133,12 +133,12 @@ func startEquivocation(t *testing.T) *equivocation {
 	return &equivocation{tn: tn, cheat: cheat, head: head, sign: sign}
 }
 
-// frozenEverywhere waits until the running members have all frozen the
-// cheat, then checks that its next entry is refused everywhere.
-func (q *equivocation) frozenEverywhere(t *testing.T, first storage.Entry) {
+// waitFrozen waits until the members numbered in members have all frozen
+// the cheat.
+func (q *equivocation) waitFrozen(t *testing.T, members ...int) {
 	t.Helper()
 	err := testnet.WaitFor(context.Background(), deadline, func() error {
-		for i := range 3 {
+		for _, i := range members {
 			if frozen, err := q.tn.Node(i).Ledger().Frozen(q.cheat); err != nil || !frozen {
 				return fmt.Errorf("node %d has not frozen the equivocator (%v)", i, err)
 			}
@@ -148,6 +148,13 @@ func (q *equivocation) frozenEverywhere(t *testing.T, first storage.Entry) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// frozenEverywhere waits until the running members have all frozen the
+// cheat, then checks that its next entry is refused everywhere.
+func (q *equivocation) frozenEverywhere(t *testing.T, first storage.Entry) {
+	t.Helper()
+	q.waitFrozen(t, 0, 1, 2)
 	later := q.sign(q.head.Seq+2, first.Hash(), q.tn.Node(1).ID()).Encode()
 	for i := range 3 {
 		if _, err := q.tn.Node(i).Ledger().Ingest(later); !errors.Is(err, storage.ErrFrozen) {
@@ -225,14 +232,7 @@ func TestFraudProofReachesANodeThatMissedIt(t *testing.T) {
 	if err := n1.IngestEntry(second.Encode()); !errors.Is(err, storage.ErrEquivocation) {
 		t.Fatalf("node 1 took the second entry: %v", err)
 	}
-	if err := testnet.WaitFor(ctx, deadline, func() error {
-		if frozen, err := n0.Ledger().Frozen(q.cheat); err != nil || !frozen {
-			return fmt.Errorf("node 0 has not frozen the equivocator (%v)", err)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	q.waitFrozen(t, 0)
 	later := q.sign(q.head.Seq+2, first.Hash(), n2.ID())
 	for _, e := range []storage.Entry{first, later} {
 		if err := n2.IngestEntry(e.Encode()); err != nil {
@@ -249,14 +249,7 @@ func TestFraudProofReachesANodeThatMissedIt(t *testing.T) {
 	if _, err := n0.Connect(ctx, n2.ListenAddrs()[0]); err != nil {
 		t.Fatal(err)
 	}
-	if err := testnet.WaitFor(ctx, deadline, func() error {
-		if frozen, err := n2.Ledger().Frozen(q.cheat); err != nil || !frozen {
-			return fmt.Errorf("node 2 has not frozen the equivocator (%v)", err)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	q.waitFrozen(t, 2)
 }
 
 func TestPartitionedLedgersConverge(t *testing.T) {
