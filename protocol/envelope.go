@@ -73,8 +73,11 @@ func open(data []byte, maxSize int, domain string, codec []byte, msg proto.Messa
 		return "", fmt.Errorf("%w: signer key: %v", ErrBadMessage, err)
 	}
 	ok, err := verifyEnvelope(key, signedBytes(domain, env.GetPayloadType(), env.GetPayload()), env.GetSignature())
-	if err != nil || !ok {
-		return "", fmt.Errorf("%w: %s envelope (%v)", ErrSignature, domain, err)
+	if err != nil {
+		return "", fmt.Errorf("%w: %s envelope: %v", ErrSignature, domain, err)
+	}
+	if !ok {
+		return "", fmt.Errorf("%w: %s envelope", ErrSignature, domain)
 	}
 	if !bytes.Equal(env.GetPayloadType(), codec) {
 		return "", fmt.Errorf("%w: payload type %q, want %q", ErrBadMessage, env.GetPayloadType(), codec)
