@@ -83,6 +83,8 @@ type Bid struct {
 	Provider peer.ID   `json:"provider"`
 	Price    uint64    `json:"price"`
 	At       time.Time `json:"at"`
+	// KnownSeq is the bidder's head of the requester's ledger chain.
+	KnownSeq uint64 `json:"known_seq,omitempty"`
 }
 
 // Decline is a provider's reason for not bidding.
@@ -156,8 +158,10 @@ type Lease struct {
 	Attempt   uint32
 	Price     uint64
 	// Hold is the requester's signed escrow entry from the award; the
-	// caller checks it against its ledger before it runs the job.
+	// caller checks it against its ledger before it runs the job. Chain is
+	// the requester's entries before it that the award carried.
 	Hold     []byte
+	Chain    [][]byte
 	Deadline time.Time
 	started  time.Time
 	nextBeat time.Time
@@ -430,7 +434,7 @@ func (e *Engine) onBid(now time.Time, m *protocol.Signed, b *pb.Bid) {
 			return // one bid per provider
 		}
 	}
-	j.Bids = append(j.Bids, Bid{Provider: m.Signer, Price: b.Price, At: now})
+	j.Bids = append(j.Bids, Bid{Provider: m.Signer, Price: b.Price, At: now, KnownSeq: b.KnownSeq})
 	if (j.Tier == protocol.TierInteractive || j.WindowEnds.IsZero()) && b.Price <= j.MaxPrice {
 		// An interactive job takes its first acceptable bid; so does any
 		// job whose window has already ended (a bid that came late).
@@ -688,7 +692,7 @@ func (e *Engine) onAward(now time.Time, m *protocol.Signed, a *pb.Award) {
 	}
 	delete(e.offers, m.Job)
 	l := &Lease{Job: m.Job, Requester: m.Signer, Spec: o.spec, Attempt: a.Attempt, Price: a.Price, Hold: a.Hold,
-		Deadline: o.deadline, started: now, nextBeat: now.Add(e.cfg.HeartbeatInterval)}
+		Chain: a.Chain, Deadline: o.deadline, started: now, nextBeat: now.Add(e.cfg.HeartbeatInterval)}
 	e.leases[m.Job] = l
 	e.send(m.Signer, &pb.MarketMessage{Body: &pb.MarketMessage_Accept{Accept: &pb.Accept{JobId: m.Job[:], Attempt: a.Attempt}}})
 	e.ready.Run = append(e.ready.Run, l)

@@ -412,6 +412,30 @@ type escrowRequest struct {
 	provider peer.ID
 	price    uint64
 	spec     *pb.JobSpec
+	knownSeq uint64 // the provider's head of this node's chain, from its bid
+}
+
+// chainBefore returns this node's entries after seq after and before the
+// hold entry, oldest first, for an award to carry: nil when there are none,
+// or more than an award may carry (the provider then fetches them).
+func (n *Node) chainBefore(hold []byte, after uint64) [][]byte {
+	h, err := storage.DecodeEntry(hold)
+	if err != nil || h.Seq <= after+1 || h.Seq-after-1 > protocol.MaxAwardChain {
+		return nil
+	}
+	es, err := n.ledger.Entries(n.host.ID(), after, int(h.Seq-after-1))
+	if err != nil {
+		return nil
+	}
+	chain := make([][]byte, 0, len(es))
+	for _, e := range es {
+		raw := e.Encode()
+		if e.Seq >= h.Seq || len(raw) > protocol.MaxHoldEntry {
+			return nil
+		}
+		chain = append(chain, raw)
+	}
+	return chain
 }
 
 // settle closes finished jobs' holds now: a payment to the provider whose
@@ -515,6 +539,12 @@ func (n *Node) appendAll(bodies []storage.Body, what string) []*storage.Entry {
 func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 	if len(l.Hold) == 0 {
 		return errors.New("award without an escrow hold")
+	}
+	if len(l.Chain) > 0 {
+		// The award carried the entries this node lacked before the hold.
+		if _, err := n.ingestFetched(l.Requester, l.Chain); err != nil {
+			return fmt.Errorf("escrow hold's chain: %w", err)
+		}
 	}
 	err := n.ingestOne(l.Hold)
 	// A hold that waits for earlier entries of the requester's chain (they

@@ -252,6 +252,53 @@ func TestFraudProofReachesANodeThatMissedIt(t *testing.T) {
 	q.waitFrozen(t, 2)
 }
 
+func TestAwardCarriesTheChainTheProviderLacks(t *testing.T) {
+	// The requester (member 2) writes entries that no gossip carries, then
+	// posts an interactive job: the provider (member 1) lacks them when the
+	// award comes, and finds them in the award instead of fetching them.
+	// No periodic reconciliation, which would carry them too; the sessions
+	// that start when members connect are over after the first round.
+	tn := startTestnet(t, 3, func(i int, cfg *node.Config) {
+		testnet.WithProviders(1)(i, cfg)
+		cfg.ReconcileInterval = node.Duration(time.Hour)
+	})
+	ctx := context.Background()
+	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	requester, provider := tn.Node(2), tn.Node(1)
+	key, err := node.LoadIdentity(tn.Dir(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := clientFor(t, tn, 2)
+	var unsent []storage.Entry
+	for round := range 3 {
+		var bodies []storage.Body
+		for i := range 3 {
+			bodies = append(bodies, storage.HoldBody{Job: storage.Hash{0xc4, byte(round), byte(i)}, Amount: 1})
+		}
+		es, err := requester.Ledger().AppendBatch(key, bodies)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unsent = append(unsent, es...)
+		j, err := c.SubmitJob(ctx, noopJob("interactive", "0s", "1m"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitJobs(t, c, []string{j.ID}, "succeeded", deadline)
+	}
+	for _, e := range unsent {
+		if ok, err := provider.Ledger().Has(e.Hash()); err != nil || !ok {
+			t.Fatalf("the provider lacks the requester's entry seq %d (%v)", e.Seq, err)
+		}
+	}
+	if n := provider.ReconcileStats().ChainFetches; n != 0 {
+		t.Fatalf("the provider fetched the requester's chain %d times", n)
+	}
+}
+
 func TestPartitionedLedgersConverge(t *testing.T) {
 	tn := startTestnet(t, 6, func(i int, cfg *node.Config) {
 		if i == 1 || i == 4 {

@@ -149,6 +149,7 @@ func (n *Node) syncChain(ctx context.Context, account peer.ID) error {
 		if err != nil {
 			return err
 		}
+		n.countReconcile(func(s *ReconcileStats) { s.ChainFetches++ })
 		raws, err := n.fetchChain(ctx, account, account, head.Seq)
 		if err != nil {
 			return err

@@ -438,6 +438,12 @@ func (d *marketDriver) process(ctx context.Context) {
 	sends := make([]outgoing, 0, len(r.Send))
 	for _, o := range r.Send {
 		out := outgoing{to: o.To, msg: o.Msg}
+		if b := o.Msg.GetBid(); b != nil {
+			// So that an award carries the requester's entries we lack.
+			if h, err := d.n.ledger.Head(o.To); err == nil {
+				b.KnownSeq = h.Seq
+			}
+		}
 		if o.Msg.GetAward() == nil {
 			out.raw = sign(o.Msg)
 		}
@@ -524,19 +530,27 @@ func (d *marketDriver) escrowRequests(send []market.Outbound) []escrowRequest {
 		}
 		id := protocol.JobID(a.JobId)
 		if j, ok := d.eng.Job(id); ok {
-			reqs = append(reqs, escrowRequest{id: id, award: a, provider: j.Provider, price: a.Price, spec: j.Spec()})
+			r := escrowRequest{id: id, award: a, provider: j.Provider, price: a.Price, spec: j.Spec()}
+			for _, b := range j.Bids {
+				if b.Provider == j.Provider {
+					r.knownSeq = b.KnownSeq // its latest bid
+				}
+			}
+			reqs = append(reqs, r)
 		}
 	}
 	return reqs
 }
 
-// attachHolds puts each award's hold entry into it; a job whose award
-// cannot be backed is cancelled (on the loop), its award left without a
-// hold, so not sent.
+// attachHolds puts each award's hold entry into it, with the entries
+// before the hold that its provider lacks; a job whose award cannot be
+// backed is cancelled (on the loop), its award left without a hold, so not
+// sent.
 func (d *marketDriver) attachHolds(ctx context.Context, reqs []escrowRequest, holds [][]byte, errs []error) {
 	for i, r := range reqs {
 		if errs[i] == nil {
 			r.award.Hold = holds[i]
+			r.award.Chain = d.n.chainBefore(holds[i], r.knownSeq)
 			continue
 		}
 		d.n.log.Warn("no escrow for an award; job cancelled", "job", r.id, "err", errs[i])

@@ -47,6 +47,9 @@ type ReconcileStats struct {
 	// Bytes counts what the sessions this node started read and wrote,
 	// symbols and entries, both ways.
 	Bytes int64
+	// ChainFetches counts the requests this node made for one account's
+	// chain (a provider lacking a requester's entries before a hold).
+	ChainFetches int
 }
 
 // countingStream counts the bytes read and written through it.

@@ -25,8 +25,12 @@ const (
 	MaxResultLog = 16 << 10
 	// MaxMessageTTL bounds how far ahead a message may expire.
 	MaxMessageTTL = 25 * time.Hour
-	// MaxHoldEntry bounds the ledger entry an award carries.
+	// MaxHoldEntry bounds the ledger entry an award carries, and each of
+	// the entries of its chain.
 	MaxHoldEntry = 4 << 10
+	// MaxAwardChain bounds the entries before the hold that an award
+	// carries.
+	MaxAwardChain = 32
 	// MaxJobDuration bounds a job's max_duration.
 	MaxJobDuration = 24 * time.Hour
 
@@ -169,6 +173,14 @@ func (s *Signed) check(network string, now time.Time) error {
 		}
 		if err == nil && len(b.Award.Hold) > MaxHoldEntry {
 			err = bad("award hold of %d bytes, limit %d", len(b.Award.Hold), MaxHoldEntry)
+		}
+		if err == nil && len(b.Award.Chain) > MaxAwardChain {
+			err = bad("award chain of %d entries, limit %d", len(b.Award.Chain), MaxAwardChain)
+		}
+		for _, e := range b.Award.GetChain() {
+			if err == nil && len(e) > MaxHoldEntry {
+				err = bad("award chain entry of %d bytes, limit %d", len(e), MaxHoldEntry)
+			}
 		}
 	case *pb.MarketMessage_Accept:
 		s.Job, err = jobIDFrom(b.Accept.JobId)

@@ -45,6 +45,12 @@ func TestOpenMarket(t *testing.T) {
 		hugeArgs.GetOffer().Spec.Args = append(hugeArgs.GetOffer().Spec.Args, strings.Repeat("b", 4000))
 	}
 	shortID := &pb.MarketMessage{Body: &pb.MarketMessage_Accept{Accept: &pb.Accept{JobId: []byte{1}}}}
+	award := func(chain [][]byte) *pb.MarketMessage {
+		return &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
+			JobId: make([]byte, 32), Provider: []byte(other), Price: 1, Attempt: 1, Hold: []byte{1}, Chain: chain,
+		}}}
+	}
+	entry := bytes.Repeat([]byte{2}, 300)
 
 	for _, tc := range []struct {
 		name string
@@ -60,6 +66,9 @@ func TestOpenMarket(t *testing.T) {
 		{"bad tier", seal(badTier, later), ErrBadMessage},
 		{"short job id", seal(shortID, later), ErrBadMessage},
 		{"no body", seal(&pb.MarketMessage{}, later), ErrBadMessage},
+		{"award with its chain", seal(award(slices.Repeat([][]byte{entry}, MaxAwardChain)), later), nil},
+		{"award chain too long", seal(award(slices.Repeat([][]byte{entry}, MaxAwardChain+1)), later), ErrBadMessage},
+		{"award chain entry too large", seal(award([][]byte{make([]byte, MaxHoldEntry+1)}), later), ErrBadMessage},
 		{"garbage", []byte("garbage"), ErrBadMessage},
 		{"oversized", bytes.Repeat([]byte{1}, MaxMarketMessageSize+1), ErrTooLarge},
 	} {

@@ -365,10 +365,13 @@ func (x *Offer) GetNonce() []byte {
 }
 
 type Bid struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         []byte                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Provider      []byte                 `protobuf:"bytes,2,opt,name=provider,proto3" json:"provider,omitempty"`
-	Price         uint64                 `protobuf:"varint,3,opt,name=price,proto3" json:"price,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	JobId    []byte                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Provider []byte                 `protobuf:"bytes,2,opt,name=provider,proto3" json:"provider,omitempty"`
+	Price    uint64                 `protobuf:"varint,3,opt,name=price,proto3" json:"price,omitempty"`
+	// known_seq is the provider's head of the requester's ledger chain, so
+	// that an award can carry the entries the provider lacks.
+	KnownSeq      uint64 `protobuf:"varint,4,opt,name=known_seq,json=knownSeq,proto3" json:"known_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -420,6 +423,13 @@ func (x *Bid) GetProvider() []byte {
 func (x *Bid) GetPrice() uint64 {
 	if x != nil {
 		return x.Price
+	}
+	return 0
+}
+
+func (x *Bid) GetKnownSeq() uint64 {
+	if x != nil {
+		return x.KnownSeq
 	}
 	return 0
 }
@@ -492,7 +502,11 @@ type Award struct {
 	Attempt  uint32                 `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	// hold is the requester's signed ledger entry escrowing the job's
 	// maximum cost; the provider starts only once it has validated it.
-	Hold          []byte `protobuf:"bytes,5,opt,name=hold,proto3" json:"hold,omitempty"`
+	Hold []byte `protobuf:"bytes,5,opt,name=hold,proto3" json:"hold,omitempty"`
+	// chain is the requester's entries after the bid's known_seq and before
+	// the hold, oldest first, when they are few: without them the provider
+	// fetches them before it can check the hold.
+	Chain         [][]byte `protobuf:"bytes,6,rep,name=chain,proto3" json:"chain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -558,6 +572,13 @@ func (x *Award) GetAttempt() uint32 {
 func (x *Award) GetHold() []byte {
 	if x != nil {
 		return x.Hold
+	}
+	return nil
+}
+
+func (x *Award) GetChain() [][]byte {
+	if x != nil {
+		return x.Chain
 	}
 	return nil
 }
@@ -1221,21 +1242,23 @@ const file_market_proto_rawDesc = "" +
 	"\x04spec\x18\x03 \x01(\v2\r.mira.JobSpecR\x04spec\x12&\n" +
 	"\x0fcreated_unix_ms\x18\x04 \x01(\x03R\rcreatedUnixMs\x12(\n" +
 	"\x10deadline_unix_ms\x18\x05 \x01(\x03R\x0edeadlineUnixMs\x12\x14\n" +
-	"\x05nonce\x18\x06 \x01(\fR\x05nonce\"N\n" +
+	"\x05nonce\x18\x06 \x01(\fR\x05nonce\"k\n" +
 	"\x03Bid\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\fR\bprovider\x12\x14\n" +
-	"\x05price\x18\x03 \x01(\x04R\x05price\"T\n" +
+	"\x05price\x18\x03 \x01(\x04R\x05price\x12\x1b\n" +
+	"\tknown_seq\x18\x04 \x01(\x04R\bknownSeq\"T\n" +
 	"\aDecline\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\fR\bprovider\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"~\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x94\x01\n" +
 	"\x05Award\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\fR\bprovider\x12\x14\n" +
 	"\x05price\x18\x03 \x01(\x04R\x05price\x12\x18\n" +
 	"\aattempt\x18\x04 \x01(\rR\aattempt\x12\x12\n" +
-	"\x04hold\x18\x05 \x01(\fR\x04hold\"9\n" +
+	"\x04hold\x18\x05 \x01(\fR\x04hold\x12\x14\n" +
+	"\x05chain\x18\x06 \x03(\fR\x05chain\"9\n" +
 	"\x06Accept\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\":\n" +
