@@ -128,6 +128,8 @@ type Job struct {
 	Receipt    []byte    `json:"receipt,omitempty"`
 	Created    time.Time `json:"created"`
 	Updated    time.Time `json:"updated"`
+	// Leased is when the current lease began: the provider's acceptance.
+	Leased time.Time `json:"leased,omitzero"`
 	// Timers; zero when not running. ReofferAt is when a job whose window
 	// ended without an acceptable bid is offered again; EmptyRounds counts
 	// such windows since its last award.
@@ -528,6 +530,7 @@ func (e *Engine) markRunning(j *Job, now time.Time) {
 	if j.State == Assigned {
 		j.State = Running
 		j.Leases++
+		j.Leased = now
 		j.AcceptBy = time.Time{}
 		if j.gossipLater != nil {
 			e.publish(j, j.gossipLater)

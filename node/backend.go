@@ -104,7 +104,7 @@ func (b apiBackend) jobInfo(j market.Job) api.JobInfo {
 		ID: j.ID.String(), State: string(j.State), Tier: j.Tier, Provider: peerString(j.Provider),
 		Price: float64(j.Price) / 1e6, MaxPrice: float64(j.MaxPrice) / 1e6, Attempt: int(j.Attempt), Leases: j.Leases, Preemptions: j.Preemptions,
 		Bids: []api.BidInfo{}, Declines: []api.DeclineInfo{}, ExitCode: int(j.ExitCode), Output: string(j.Output),
-		Error: j.Error, RefusedResults: j.RefusedResults, Created: j.Created, Updated: j.Updated, Deadline: j.Deadline,
+		Error: j.Error, RefusedResults: j.RefusedResults, Created: j.Created, Updated: j.Updated, Deadline: j.Deadline, Leased: j.Leased,
 		ResultID: j.ResultID, ResultSize: j.ResultSize,
 	}
 	if u := j.Usage; u != nil {

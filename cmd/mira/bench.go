@@ -196,29 +196,25 @@ func newBenchMarketCmd(g *globals) *cobra.Command {
 					if err != nil {
 						return err
 					}
-					leased := time.Duration(0)
 					var last market.Job
-					// The engine's clock of the award and of the acceptance.
-					var assignedAt, runningAt time.Time
+					// The engine's clock of the award; a snapshot of it can
+					// be missed when the acceptance follows at once.
+					var assignedAt time.Time
 					for s := range ch {
-						if leased == 0 && (s.State == market.Running || s.State.Terminal()) {
-							leased = time.Since(start)
-						}
 						if s.State == market.Assigned && assignedAt.IsZero() {
 							assignedAt = s.Updated
-						}
-						if s.State == market.Running && runningAt.IsZero() {
-							runningAt = s.Updated
 						}
 						last = s
 					}
 					if last.State != market.Succeeded {
 						return fmt.Errorf("job %s ended %s: %s", j.ID, last.State, last.Error)
 					}
-					took, done = append(took, leased), append(done, time.Since(start))
-					if !assignedAt.IsZero() && !runningAt.IsZero() {
+					// The lease began at the acceptance, in the engine's clock
+					// (the watcher may see the job only once it has ended).
+					took, done = append(took, last.Leased.Sub(start)), append(done, time.Since(start))
+					if !assignedAt.IsZero() {
 						toAssigned = append(toAssigned, assignedAt.Sub(last.Created))
-						toRunning = append(toRunning, runningAt.Sub(assignedAt))
+						toRunning = append(toRunning, last.Leased.Sub(assignedAt))
 					}
 				}
 				slices.Sort(took)

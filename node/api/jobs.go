@@ -112,6 +112,8 @@ type JobInfo struct {
 	Created  time.Time    `json:"created"`
 	Updated  time.Time    `json:"updated"`
 	Deadline time.Time    `json:"deadline"`
+	// Leased is when the current lease began (the provider accepted).
+	Leased time.Time `json:"leased,omitzero"`
 }
 
 // PaymentInfo is how a job's escrow stands in the requester's ledger:
