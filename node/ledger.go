@@ -407,12 +407,13 @@ func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, err
 
 // escrowRequest is an award to back with a hold.
 type escrowRequest struct {
-	id       protocol.JobID
-	award    *pb.Award
-	provider peer.ID
-	price    uint64
-	spec     *pb.JobSpec
-	knownSeq uint64 // the provider's head of this node's chain, from its bid
+	id        protocol.JobID
+	award     *pb.Award
+	provider  peer.ID
+	price     uint64
+	spec      *pb.JobSpec
+	knownSeq  uint64 // the provider's head of this node's chain, from its bid
+	withChain bool   // the award carries the entries after knownSeq
 }
 
 // chainBefore returns this node's entries after seq after and before the

@@ -531,6 +531,11 @@ func (d *marketDriver) escrowRequests(send []market.Outbound) []escrowRequest {
 		id := protocol.JobID(a.JobId)
 		if j, ok := d.eng.Job(id); ok {
 			r := escrowRequest{id: id, award: a, provider: j.Provider, price: a.Price, spec: j.Spec()}
+			// An interactive award carries the requester's entries its
+			// provider lacked when it bid; a batch job's window gives
+			// gossip the time to bring them (carrying them too cost about
+			// a tenth of a burst's leases/s).
+			r.withChain = j.Tier == protocol.TierInteractive
 			for _, b := range j.Bids {
 				if b.Provider == j.Provider {
 					r.knownSeq = b.KnownSeq // its latest bid
@@ -550,7 +555,9 @@ func (d *marketDriver) attachHolds(ctx context.Context, reqs []escrowRequest, ho
 	for i, r := range reqs {
 		if errs[i] == nil {
 			r.award.Hold = holds[i]
-			r.award.Chain = d.n.chainBefore(holds[i], r.knownSeq)
+			if r.withChain {
+				r.award.Chain = d.n.chainBefore(holds[i], r.knownSeq)
+			}
 			continue
 		}
 		d.n.log.Warn("no escrow for an award; job cancelled", "job", r.id, "err", errs[i])
