@@ -332,7 +332,7 @@ func (e *Engine) Restore(j *Job, offer *protocol.Signed) {
 // gossip for both tiers.
 func (e *Engine) offer(j *Job, now time.Time) {
 	j.State = Bidding
-	j.Provider, j.Price = "", 0
+	j.Provider, j.Price, j.Leased = "", 0, time.Time{}
 	j.AcceptBy, j.HeartbeatBy, j.ReofferAt = time.Time{}, time.Time{}, time.Time{}
 	j.WindowEnds = now.Add(e.window(j.Tier))
 	j.Round++

@@ -421,7 +421,7 @@ type escrowRequest struct {
 // or more than an award may carry (the provider then fetches them).
 func (n *Node) chainBefore(hold []byte, after uint64) [][]byte {
 	h, err := storage.DecodeEntry(hold)
-	if err != nil || h.Seq <= after+1 || h.Seq-after-1 > protocol.MaxAwardChain {
+	if err != nil || after >= h.Seq-1 || h.Seq-1-after > protocol.MaxAwardChain {
 		return nil
 	}
 	es, err := n.ledger.Entries(n.host.ID(), after, int(h.Seq-after-1))
@@ -429,9 +429,11 @@ func (n *Node) chainBefore(hold []byte, after uint64) [][]byte {
 		return nil
 	}
 	chain := make([][]byte, 0, len(es))
+	size := 0
 	for _, e := range es {
 		raw := e.Encode()
-		if e.Seq >= h.Seq || len(raw) > protocol.MaxHoldEntry {
+		// Half a message at most, so the signed award always fits.
+		if size += len(raw); e.Seq >= h.Seq || len(raw) > protocol.MaxHoldEntry || size > protocol.MaxMarketMessageSize/2 {
 			return nil
 		}
 		chain = append(chain, raw)
