@@ -176,8 +176,7 @@ func (n *Node) takeFraudProof(frame []byte) error {
 	}
 	switch err := n.ledger.IngestFraudProof(proof); {
 	case err == nil:
-		n.log.Warn("equivocation: account frozen", "account", a.Account)
-		n.publishLedger(ledgerMsgFraud, frame)
+		n.spreadFraud(proof)
 		return nil
 	case errors.Is(err, storage.ErrDuplicate):
 		return nil

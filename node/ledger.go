@@ -221,9 +221,7 @@ func (n *Node) validateLedgerMessage(from peer.ID, m *pubsub.Message) pubsub.Val
 // through are not the sender's doing: they count, but do not reject.
 func (n *Node) batchVerdict(from peer.ID, raws [][]byte, res storage.IngestResult) pubsub.ValidationResult {
 	for _, p := range res.Fraud {
-		account, _ := p.Verify(n.cfg.Network)
-		n.log.Warn("equivocation: account frozen", "account", account)
-		n.publishLedger(ledgerMsgFraud, p.Encode())
+		n.spreadFraud(p)
 	}
 	n.ledgerRejected.Add(float64(len(res.Rejected)))
 	n.sendFraudProofs(from, res.Rejected)
@@ -258,20 +256,24 @@ func (n *Node) ingestOne(raw []byte) error {
 	_, err := n.ledger.Ingest(raw)
 	var eq *storage.EquivocationError
 	if errors.As(err, &eq) {
-		n.log.Warn("equivocation: account frozen", "account", eq.Account, "seq", eq.Seq)
-		n.publishLedger(ledgerMsgFraud, eq.Proof.Encode())
+		n.spreadFraud(eq.Proof)
 	}
 	return err
 }
 
+// spreadFraud gossips a proof that this node has just stored: the account
+// it convicts is now frozen here, and must be everywhere.
+func (n *Node) spreadFraud(p storage.FraudProof) {
+	if a, err := storage.DecodeEntry(p.A); err == nil {
+		n.log.Warn("equivocation: account frozen", "account", a.Account, "seq", a.Seq)
+	}
+	n.publishLedger(ledgerMsgFraud, p.Encode())
+}
+
+// ledgerVerdict judges a gossiped fraud proof by what ingesting it did.
 func (n *Node) ledgerVerdict(err error) pubsub.ValidationResult {
-	var eq *storage.EquivocationError
 	switch {
 	case err == nil:
-		return pubsub.ValidationAccept
-	case errors.As(err, &eq):
-		n.log.Warn("equivocation: account frozen", "account", eq.Account, "seq", eq.Seq)
-		n.publishLedger(ledgerMsgFraud, eq.Proof.Encode())
 		return pubsub.ValidationAccept
 	case errors.Is(err, storage.ErrDuplicate), errors.Is(err, storage.ErrGap), errors.Is(err, storage.ErrOverdraft):
 		return pubsub.ValidationIgnore

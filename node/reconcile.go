@@ -305,7 +305,7 @@ func (n *Node) ingestFetched(p peer.ID, raws [][]byte) (storage.IngestResult, er
 		return res, err
 	}
 	for _, proof := range res.Fraud {
-		n.publishLedger(ledgerMsgFraud, proof.Encode())
+		n.spreadFraud(proof)
 	}
 	n.ledgerRejected.Add(float64(len(res.Rejected)))
 	n.sendFraudProofs(p, res.Rejected)
