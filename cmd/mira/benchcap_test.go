@@ -24,3 +24,19 @@ func TestBatchJobSignatures(t *testing.T) {
 		}
 	}
 }
+
+func TestMedian(t *testing.T) {
+	cases := []struct {
+		in   []float64
+		want float64
+	}{
+		{[]float64{0.9}, 0.9},
+		{[]float64{1.2, 0.7, 0.9}, 0.9},
+		{[]float64{1.0, 0.6, 0.8, 0.7}, 0.75},
+	}
+	for _, c := range cases {
+		if got := median(append([]float64(nil), c.in...)); got != c.want {
+			t.Errorf("median(%v) = %v, want %v", c.in, got, c.want)
+		}
+	}
+}
