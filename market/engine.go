@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -122,12 +123,16 @@ type Job struct {
 	Error string `json:"error,omitempty"`
 	// ResultID and ResultSize name the result blob; Usage is the metered
 	// usage; Receipt is the provider's signed result that says so.
-	ResultID   string    `json:"result_id,omitempty"`
-	ResultSize uint64    `json:"result_size,omitempty"`
-	Usage      *pb.Usage `json:"usage,omitempty"`
-	Receipt    []byte    `json:"receipt,omitempty"`
-	Created    time.Time `json:"created"`
-	Updated    time.Time `json:"updated"`
+	ResultID   string `json:"result_id,omitempty"`
+	ResultSize uint64 `json:"result_size,omitempty"`
+	// OutputsID and OutputsSize name the tar archive of the files the job
+	// left in its out/ directory, if it left any.
+	OutputsID   string    `json:"outputs_id,omitempty"`
+	OutputsSize uint64    `json:"outputs_size,omitempty"`
+	Usage       *pb.Usage `json:"usage,omitempty"`
+	Receipt     []byte    `json:"receipt,omitempty"`
+	Created     time.Time `json:"created"`
+	Updated     time.Time `json:"updated"`
 	// Leased is when the current lease began: the provider's acceptance.
 	Leased time.Time `json:"leased,omitzero"`
 	// Timers; zero when not running. ReofferAt is when a job whose window
@@ -558,6 +563,7 @@ func (e *Engine) onResult(now time.Time, m *protocol.Signed, r *pb.Result) {
 	}
 	j.ExitCode, j.Output, j.Error = r.ExitCode, r.Output, r.Error
 	j.ResultID, j.ResultSize, j.Usage, j.Receipt, j.Log = r.ResultId, r.ResultSize, r.Usage, m.Raw, r.Log
+	j.OutputsID, j.OutputsSize = r.OutputsId, r.OutputsSize
 	if err := checkInline(r); err != nil {
 		// Bytes that are not the result the receipt names are not kept.
 		j.Output = nil
@@ -724,7 +730,10 @@ type Outcome struct {
 	ResultID   string
 	ResultSize uint64
 	Output     []byte
-	Usage      *pb.Usage
+	// OutputsID and OutputsSize name the archive of the job's out/ files.
+	OutputsID   string
+	OutputsSize uint64
+	Usage       *pb.Usage
 	// Log is the run's whole log when it was never streamed (at most
 	// protocol.MaxResultLog bytes): it travels in the result instead.
 	Log []byte
@@ -747,9 +756,13 @@ func (e *Engine) Finished(now time.Time, id protocol.JobID, o Outcome) {
 	if len(o.Error) > 1024 {
 		o.Error = o.Error[:1024]
 	}
+	// A protobuf string must be UTF-8, or the result cannot be signed; a
+	// job's own bytes (a file name, cut above mid-rune) may not be.
+	o.Error = strings.ToValidUTF8(o.Error, "?")
 	e.send(l.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Result{Result: &pb.Result{
 		JobId: id[:], Attempt: l.Attempt, ExitCode: o.ExitCode, Output: o.Output, Error: o.Error,
 		ResultId: o.ResultID, ResultSize: o.ResultSize, Usage: o.Usage, Log: o.Log,
+		OutputsId: o.OutputsID, OutputsSize: o.OutputsSize,
 	}}})
 }
 

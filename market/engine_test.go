@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -492,6 +493,28 @@ func TestResultWithForgedInlineOutputFails(t *testing.T) {
 	s.flush()
 	if j.State != Failed || j.Error == "" || j.Output != nil {
 		t.Fatalf("state %s error %q output %q, want failed with a reason and no output", j.State, j.Error, j.Output)
+	}
+}
+
+// A run's outcome reaches the requester with the outputs it names, and
+// whatever bytes its error holds: a job picks its file names, and a
+// protobuf string that is not UTF-8 cannot be signed.
+func TestResultCarriesOutputsAndAnyError(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	prov := s.add(provider(10))
+	j := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, prov)
+	wantState(t, j, Running)
+	// Invalid UTF-8, and long enough to be cut inside a rune.
+	reason := "outputs: out/\xff: " + strings.Repeat("é", 600)
+	s.engines[prov].Finished(s.now, j.ID, Outcome{Attempt: j.Attempt, ExitCode: -1, Error: reason,
+		ResultID: okID, ResultSize: 2, OutputsID: okID, OutputsSize: 2})
+	s.flush()
+	if j.State != Failed || !utf8.ValidString(j.Error) || !strings.HasPrefix(j.Error, "outputs: out/?: é") || len(j.Error) > 1024 {
+		t.Fatalf("state %s, error of %d bytes %.20q; want failed with the reason, as UTF-8", j.State, len(j.Error), j.Error)
+	}
+	if j.OutputsID != okID || j.OutputsSize != 2 {
+		t.Fatalf("outputs %q (%d bytes), want %q", j.OutputsID, j.OutputsSize, okID)
 	}
 }
 

@@ -105,7 +105,7 @@ func (b apiBackend) jobInfo(j market.Job) api.JobInfo {
 		Price: float64(j.Price) / 1e6, MaxPrice: float64(j.MaxPrice) / 1e6, Attempt: int(j.Attempt), Leases: j.Leases, Preemptions: j.Preemptions,
 		Bids: []api.BidInfo{}, Declines: []api.DeclineInfo{}, ExitCode: int(j.ExitCode), Output: string(j.Output),
 		Error: j.Error, RefusedResults: j.RefusedResults, Created: j.Created, Updated: j.Updated, Deadline: j.Deadline, Leased: j.Leased,
-		ResultID: j.ResultID, ResultSize: j.ResultSize,
+		ResultID: j.ResultID, ResultSize: j.ResultSize, OutputsID: j.OutputsID, OutputsSize: j.OutputsSize,
 	}
 	if u := j.Usage; u != nil {
 		info.Usage = &api.UsageInfo{WallMS: u.WallMs, GPUMS: u.GpuMs, PeakMemoryBytes: u.PeakMemoryBytes, FirstOutputMS: u.FirstOutputMs}

@@ -1,11 +1,13 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/node/blob"
 	"github.com/mira-market/mira/node/executor"
 	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/protocol"
@@ -106,7 +109,7 @@ func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 	// can see it.
 	if _, scratchless := n.executors[l.Spec.Executor].(executor.Scratchless); !scratchless || len(l.Spec.Inputs) > 0 {
 		job.Dir = filepath.Join(workDir, "job")
-		if err := os.MkdirAll(job.Dir, 0o700); err != nil {
+		if err := os.MkdirAll(filepath.Join(job.Dir, outputsDir), 0o700); err != nil {
 			return failed(fmt.Errorf("scratch dir: %w", err))
 		}
 	}
@@ -164,6 +167,13 @@ func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 	if err := n.storeResult(stdout, l.Requester, &o); err != nil {
 		o = failed(err)
 	}
+	if job.Dir != "" && ctx.Err() == nil {
+		// Whatever its exit code, a run's outputs come back: a failed
+		// run's may tell why. (A cancelled run's result is never sent.)
+		if err := n.storeOutputs(job.Dir, l.Requester, &o); err != nil && o.Error == "" {
+			o.ExitCode, o.Error = -1, err.Error()
+		}
+	}
 	o.Log = inlineLog
 	return o
 }
@@ -194,6 +204,47 @@ func (n *Node) storeResult(stdout *spool, requester peer.ID, o *market.Outcome) 
 	}
 	o.ResultID, o.ResultSize = id.String(), uint64(size)
 	return n.db.PutResultReader(id.String(), []byte(requester))
+}
+
+// storeOutputs archives the files a run left in out/ in its scratch dir
+// into the blob store, for the requester (and only it) to fetch, and
+// names the archive in o. A run that left none has no outputs.
+func (n *Node) storeOutputs(scratch string, requester peer.ID, o *market.Outcome) error {
+	if outputsEmpty(scratch) {
+		return nil
+	}
+	type archived struct {
+		files int
+		err   error
+	}
+	pr, pw := io.Pipe()
+	done := make(chan archived, 1)
+	go func() {
+		files, err := archiveOutputs(scratch, pw, n.blobs.Store().MaxSize())
+		pw.CloseWithError(err)
+		done <- archived{files, err}
+	}()
+	id, size, err := n.blobs.Store().Put(pr)
+	pr.CloseWithError(errors.New("archive not read")) // ends the writer if Put stopped early
+	a := <-done
+	switch {
+	case errors.Is(a.err, fs.ErrNotExist):
+		return nil // the job removed its out/
+	case errors.Is(a.err, errOutputsTooLarge) || errors.Is(err, blob.ErrTooLarge):
+		return fmt.Errorf("%w (%d bytes)", errOutputsTooLarge, n.blobs.Store().MaxSize())
+	case a.err != nil && !errors.Is(a.err, errOutputsWrite):
+		return a.err // the job's files: the text names nothing of the provider's
+	case err == nil && a.err == nil && a.files == 0:
+		return nil
+	case err == nil && a.err == nil:
+		err = n.db.PutResultReader(id.String(), []byte(requester))
+	}
+	if err := cmp.Or(err, a.err); err != nil {
+		n.log.Warn("store outputs", "err", err)
+		return errors.New("outputs: could not be stored")
+	}
+	o.OutputsID, o.OutputsSize = id.String(), uint64(size)
+	return nil
 }
 
 // compiler is an executor that can prepare a module ahead of its run.

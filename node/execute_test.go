@@ -1,12 +1,15 @@
 package node_test
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,6 +54,40 @@ func wasmJob(module string, args ...string) api.JobRequest {
 
 // result fetches a job's result and checks it against the content ID in
 // the provider's signed receipt.
+// outputs fetches a finished job's outputs, checks them against the ID
+// its receipt names, and returns the archive's files by name.
+func outputs(t *testing.T, c *api.Client, j api.JobInfo) map[string]string {
+	t.Helper()
+	rc, id, err := c.JobOutputs(context.Background(), j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id != j.OutputsID || !protocol.IsBlob(b, j.OutputsID) || uint64(len(b)) != j.OutputsSize {
+		t.Fatalf("outputs %s (%d bytes); receipt names %s (%d bytes)", id, len(b), j.OutputsID, j.OutputsSize)
+	}
+	files := map[string]string{}
+	tr := tar.NewReader(bytes.NewReader(b))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return files
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		content, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[h.Name] = string(content)
+	}
+}
+
 func result(t *testing.T, c *api.Client, j api.JobInfo) []byte {
 	t.Helper()
 	rc, id, err := c.JobResult(context.Background(), j.ID)
@@ -102,6 +139,22 @@ func TestWasmJobEndToEnd(t *testing.T) {
 	}
 	if got := logs(t, c, j.ID); !strings.Contains(got, "hello market") {
 		t.Fatalf("logs %q", got)
+	}
+	// It left no files in /out: it has no outputs.
+	var missing *api.StatusError
+	if _, _, err := c.JobOutputs(ctx, j.ID); !errors.As(err, &missing) || missing.Code != http.StatusNotFound || done.OutputsID != "" {
+		t.Fatalf("outputs of a job that left none: %v (outputs_id %q)", err, done.OutputsID)
+	}
+
+	// Files a job leaves in /out come back as a tar archive, checked
+	// against the ID in the provider's receipt.
+	j, err = c.SubmitJob(ctx, wasmJob("sample", "write", "/out/answer.txt", "42"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done = waitJobs(t, c, []string{j.ID}, "succeeded", time.Minute)[j.ID]
+	if files := outputs(t, c, done); len(files) != 1 || files["answer.txt"] != "42" {
+		t.Fatalf("outputs %q, want answer.txt", files)
 	}
 
 	// The module and an input uploaded as blobs: the provider fetches both
@@ -238,7 +291,7 @@ func TestDockerJobEndToEnd(t *testing.T) {
 	sampleImage(t, image)
 	_, c := execNet(t, "docker")
 	j, err := c.SubmitJob(context.Background(), api.JobRequest{
-		Executor: "docker", Image: image, Args: []string{"echo", "hello", "from", "a", "container"},
+		Executor: "docker", Image: image, Args: []string{"write", "/work/out/answer.txt", "hello from a container"},
 		Tier: "interactive", MaxPrice: 0.01, Resources: api.Resources{GPUs: 1, MemoryMiB: 64},
 		MaxDuration: "30s", Deadline: "2m",
 	})
@@ -246,8 +299,11 @@ func TestDockerJobEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := waitJobs(t, c, []string{j.ID}, "succeeded", time.Minute)[j.ID]
-	if got := string(result(t, c, done)); got != "hello from a container\n" {
+	if got := string(result(t, c, done)); got != "hello from a container" {
 		t.Fatalf("result %q", got)
+	}
+	if files := outputs(t, c, done); len(files) != 1 || files["answer.txt"] != "hello from a container" {
+		t.Fatalf("outputs %q, want answer.txt", files)
 	}
 	if done.Payment == nil || done.Payment.State != "paid" {
 		t.Fatalf("payment %+v", done.Payment)
@@ -257,7 +313,9 @@ func TestDockerJobEndToEnd(t *testing.T) {
 func TestProcessJobEndToEnd(t *testing.T) {
 	_, c := execNet(t, "process")
 	j, err := c.SubmitJob(context.Background(), api.JobRequest{
-		Executor: "process", Command: []string{"/bin/sh", "-c", "echo ran as $WHO in $(basename $PWD)"},
+		// Its outputs: a file, and a link to a host file that must not
+		// come back.
+		Executor: "process", Command: []string{"/bin/sh", "-c", "echo ran as $WHO in $(basename $PWD); echo ok > out/status; ln -s /etc/passwd out/passwd"},
 		Env: map[string]string{"WHO": "a job"}, Tier: "batch", MaxPrice: 0.01,
 		Resources: api.Resources{GPUs: 1}, MaxDuration: "30s", Deadline: "2m",
 	})
@@ -267,6 +325,9 @@ func TestProcessJobEndToEnd(t *testing.T) {
 	done := waitJobs(t, c, []string{j.ID}, "succeeded", time.Minute)[j.ID]
 	if got := string(result(t, c, done)); got != "ran as a job in job\n" {
 		t.Fatalf("result %q", got)
+	}
+	if files := outputs(t, c, done); len(files) != 1 || files["status"] != "ok\n" {
+		t.Fatalf("outputs %q, want status alone", files)
 	}
 }
 
@@ -327,6 +388,18 @@ func TestBlobsAreSharedOnlyWithTheJob(t *testing.T) {
 	}
 	if s := askBlob(t, requester, provider.ID(), done.ResultID); s != protocol.BlobOK {
 		t.Fatalf("the requester asking for its result got status %d", s)
+	}
+	// A job's outputs likewise.
+	wj, err := c.SubmitJob(context.Background(), wasmJob("sample", "write", "/out/secret.txt", "private output"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrote := waitJobs(t, c, []string{wj.ID}, "succeeded", time.Minute)[wj.ID]
+	if s := askBlob(t, outsider, provider.ID(), wrote.OutputsID); s != protocol.BlobRefused {
+		t.Fatalf("an outsider asking the provider for the outputs got status %d", s)
+	}
+	if s := askBlob(t, requester, provider.ID(), wrote.OutputsID); s != protocol.BlobOK {
+		t.Fatalf("the requester asking for its outputs got status %d", s)
 	}
 	// The provider still knows whose result it is after a restart.
 	if err := tn.Stop(1); err != nil {

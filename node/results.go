@@ -33,34 +33,48 @@ func inlineResult(j *market.Job) ([]byte, bool) {
 	return j.Output, protocol.IsBlob(j.Output, j.ResultID)
 }
 
-// collectResult keeps a finished job's result in the blob store, in the
-// background, so it can be read as a blob (`GET /v1/blobs/{id}`, or an
-// input of a later job): an inline result is stored from the job record; a
-// larger one is fetched from the provider.
+// collectResult keeps a finished job's result and outputs in the blob
+// store, in the background, so they can be read as blobs (`GET
+// /v1/blobs/{id}`, or inputs of a later job) even once the provider is
+// gone: an inline result is stored from the job record; the rest is
+// fetched from the provider.
 func (d *marketDriver) collectResult(j *market.Job) {
-	if !j.State.Terminal() || j.ResultID == "" || d.collecting[j.ID] {
+	if !j.State.Terminal() || d.collecting[j.ID] {
 		return
 	}
-	id, _, err := protocol.ParseBlobID(j.ResultID)
-	if err != nil || d.n.blobs.Store().Has(id) {
+	// What to keep: the result (inline, or from the provider) and the
+	// outputs (from the provider), unless already here.
+	type blobOfJob struct {
+		id       cid.Cid
+		inline   []byte
+		isInline bool
+	}
+	var keep []blobOfJob
+	if id, _, err := protocol.ParseBlobID(j.ResultID); err == nil && !d.n.blobs.Store().Has(id) {
+		out, ok := inlineResult(j)
+		keep = append(keep, blobOfJob{id: id, inline: out, isInline: ok})
+	}
+	if id, _, err := protocol.ParseBlobID(j.OutputsID); err == nil && !d.n.blobs.Store().Has(id) {
+		keep = append(keep, blobOfJob{id: id})
+	}
+	if len(keep) == 0 {
 		return
 	}
 	// Storing (a synced write) or fetching happens off the market loop.
 	d.collecting[j.ID] = true
 	job, provider := j.ID, j.Provider
-	output, inline := inlineResult(j)
 	d.n.wg.Add(1)
 	go func() {
 		defer d.n.wg.Done()
-		if inline {
-			if _, err := d.n.blobs.Store().PutBytes(output); err != nil {
-				d.n.log.Warn("store inline result", "job", job, "err", err)
-			}
-		} else {
-			ctx, cancel := context.WithTimeout(d.n.runCtx, 10*time.Minute)
-			defer cancel()
-			if _, err := d.n.blobs.Fetch(ctx, id, provider); err != nil {
-				d.n.log.Warn("fetch result", "job", job, "provider", provider, "err", err)
+		ctx, cancel := context.WithTimeout(d.n.runCtx, 10*time.Minute)
+		defer cancel()
+		for _, b := range keep {
+			if b.isInline {
+				if _, err := d.n.blobs.Store().PutBytes(b.inline); err != nil {
+					d.n.log.Warn("store inline result", "job", job, "err", err)
+				}
+			} else if _, err := d.n.blobs.Fetch(ctx, b.id, provider); err != nil {
+				d.n.log.Warn("fetch a job's blob", "job", job, "blob", b.id, "provider", provider, "err", err)
 			}
 		}
 		d.do(d.n.runCtx, func() { delete(d.collecting, job) })
@@ -105,25 +119,56 @@ func (n *Node) blobAllowed(p peer.ID, id cid.Cid) bool {
 // JobResult opens a finished job's result blob, fetching it from the
 // provider if this node does not hold it yet.
 func (n *Node) JobResult(ctx context.Context, id protocol.JobID) (io.ReadCloser, api.BlobInfo, error) {
-	j, err := n.Job(ctx, id)
+	j, err := n.endedJob(ctx, id)
 	if err != nil {
 		return nil, api.BlobInfo{}, err
-	}
-	if !j.State.Terminal() {
-		return nil, api.BlobInfo{}, fmt.Errorf("%w: job is %s", api.ErrNotReady, j.State)
 	}
 	if j.ResultID == "" {
 		return nil, api.BlobInfo{}, fmt.Errorf("%w: job %s ended %s without a result", api.ErrNotFound, id, j.State)
 	}
-	c, _, err := protocol.ParseBlobID(j.ResultID)
+	if out, ok := inlineResult(&j); ok {
+		c, _, err := protocol.ParseBlobID(j.ResultID)
+		if err != nil {
+			return nil, api.BlobInfo{}, err
+		}
+		return io.NopCloser(bytes.NewReader(out)), api.BlobInfo{ID: c.String(), Size: int64(len(out))}, nil
+	}
+	return n.openJobBlob(ctx, j.ResultID, j.Provider)
+}
+
+// JobOutputs opens the tar archive of the files a finished job left in
+// its out/ directory, fetching it from the provider if this node does not
+// hold it yet.
+func (n *Node) JobOutputs(ctx context.Context, id protocol.JobID) (io.ReadCloser, api.BlobInfo, error) {
+	j, err := n.endedJob(ctx, id)
 	if err != nil {
 		return nil, api.BlobInfo{}, err
 	}
-	if out, ok := inlineResult(&j); ok {
-		return io.NopCloser(bytes.NewReader(out)), api.BlobInfo{ID: c.String(), Size: int64(len(out))}, nil
+	if j.OutputsID == "" {
+		return nil, api.BlobInfo{}, fmt.Errorf("%w: job %s ended %s without outputs", api.ErrNotFound, id, j.State)
 	}
-	if _, err := n.blobs.Fetch(ctx, c, j.Provider); err != nil {
-		return nil, api.BlobInfo{}, fmt.Errorf("%w: result %s: %w", api.ErrUnavailable, c, err)
+	return n.openJobBlob(ctx, j.OutputsID, j.Provider)
+}
+
+// endedJob returns a job that has ended; one still on its way is
+// api.ErrNotReady.
+func (n *Node) endedJob(ctx context.Context, id protocol.JobID) (market.Job, error) {
+	j, err := n.Job(ctx, id)
+	if err == nil && !j.State.Terminal() {
+		err = fmt.Errorf("%w: job is %s", api.ErrNotReady, j.State)
+	}
+	return j, err
+}
+
+// openJobBlob opens a blob a job's provider produced, fetched from it
+// (and checked against the ID its receipt names) unless already here.
+func (n *Node) openJobBlob(ctx context.Context, id string, provider peer.ID) (io.ReadCloser, api.BlobInfo, error) {
+	c, _, err := protocol.ParseBlobID(id)
+	if err != nil {
+		return nil, api.BlobInfo{}, err
+	}
+	if _, err := n.blobs.Fetch(ctx, c, provider); err != nil {
+		return nil, api.BlobInfo{}, fmt.Errorf("%w: %s: %w", api.ErrUnavailable, c, err)
 	}
 	f, size, err := n.blobs.Store().Open(c)
 	if err != nil {
@@ -238,6 +283,16 @@ func (b apiBackend) JobResult(ctx context.Context, id string) (io.ReadCloser, ap
 		return nil, api.BlobInfo{}, err
 	}
 	rc, info, err := b.Node.JobResult(ctx, jid)
+	return rc, info, notFound(err)
+}
+
+// JobOutputs answers GET /v1/jobs/{id}/outputs.
+func (b apiBackend) JobOutputs(ctx context.Context, id string) (io.ReadCloser, api.BlobInfo, error) {
+	jid, err := parseJobID(id)
+	if err != nil {
+		return nil, api.BlobInfo{}, err
+	}
+	rc, info, err := b.Node.JobOutputs(ctx, jid)
 	return rc, info, notFound(err)
 }
 

@@ -229,6 +229,13 @@ func checkResult(r *pb.Result) error {
 			return fmt.Errorf("%w: result_id: %w", ErrBadMessage, err)
 		}
 	}
+	if r.OutputsId != "" {
+		if _, _, err := ParseBlobID(r.OutputsId); err != nil {
+			return fmt.Errorf("%w: outputs_id: %w", ErrBadMessage, err)
+		}
+	} else if r.OutputsSize != 0 {
+		return fmt.Errorf("%w: outputs_size without outputs_id", ErrBadMessage)
+	}
 	return nil
 }
 

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"slices"
 	"strings"
@@ -51,6 +52,16 @@ func TestOpenMarket(t *testing.T) {
 		}}}
 	}
 	entry := bytes.Repeat([]byte{2}, 300)
+	sum := sha256.Sum256([]byte("outputs"))
+	blob, err := BlobID(sum[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	result := func(outputsID string, outputsSize uint64) *pb.MarketMessage {
+		return &pb.MarketMessage{Body: &pb.MarketMessage_Result{Result: &pb.Result{
+			JobId: make([]byte, 32), Attempt: 1, OutputsId: outputsID, OutputsSize: outputsSize,
+		}}}
+	}
 
 	for _, tc := range []struct {
 		name string
@@ -69,6 +80,9 @@ func TestOpenMarket(t *testing.T) {
 		{"award with its chain", seal(award(slices.Repeat([][]byte{entry}, MaxAwardChain)), later), nil},
 		{"award chain too long", seal(award(slices.Repeat([][]byte{entry}, MaxAwardChain+1)), later), ErrBadMessage},
 		{"award chain entry too large", seal(award([][]byte{make([]byte, MaxHoldEntry+1)}), later), ErrBadMessage},
+		{"result with outputs", seal(result(blob.String(), 7), later), nil},
+		{"result outputs not a content ID", seal(result("not-a-cid", 7), later), ErrBadMessage},
+		{"result outputs size without an ID", seal(result("", 7), later), ErrBadMessage},
 		{"garbage", []byte("garbage"), ErrBadMessage},
 		{"oversized", bytes.Repeat([]byte{1}, MaxMarketMessageSize+1), ErrTooLarge},
 	} {

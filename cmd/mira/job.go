@@ -23,7 +23,7 @@ func newJobCmd(g *globals) *cobra.Command {
 		Short: "Submit, list, inspect, watch and cancel jobs through the local node",
 	}
 	cmd.AddCommand(newJobSubmitCmd(g), newJobLsCmd(g), newJobGetCmd(g), newJobWatchCmd(g), newJobCancelCmd(g),
-		newJobLogsCmd(g), newJobResultCmd(g))
+		newJobLogsCmd(g), newJobResultCmd(g), newJobOutputsCmd(g))
 	return cmd
 }
 
@@ -218,17 +218,28 @@ func newJobLogsCmd(g *globals) *cobra.Command {
 }
 
 func newJobResultCmd(g *globals) *cobra.Command {
+	return newJobBlobCmd(g, "result ID", "Fetch a finished job's result (its stdout), checked against the provider's receipt",
+		(*api.Client).JobResult)
+}
+
+func newJobOutputsCmd(g *globals) *cobra.Command {
+	return newJobBlobCmd(g, "outputs ID", "Fetch the tar archive of the files a finished job left in its out/ directory, checked against the provider's receipt",
+		(*api.Client).JobOutputs)
+}
+
+// newJobBlobCmd is a command that fetches one of a finished job's blobs.
+func newJobBlobCmd(g *globals, use, short string, open func(*api.Client, context.Context, string) (io.ReadCloser, string, error)) *cobra.Command {
 	var out string
 	cmd := &cobra.Command{
-		Use:   "result ID",
-		Short: "Fetch a finished job's result (its stdout), checked against the provider's receipt",
+		Use:   use,
+		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := api.NewClientFromDataDir(g.dataDir)
 			if err != nil {
 				return err
 			}
-			rc, id, err := c.JobResult(cmd.Context(), args[0])
+			rc, id, err := open(c, cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

@@ -50,7 +50,9 @@ func (s *server) getBlob(w http.ResponseWriter, r *http.Request) {
 }
 
 func sendBlob(w http.ResponseWriter, rc io.Reader, info BlobInfo) {
-	w.Header().Set("Content-Type", "application/octet-stream")
+	if w.Header().Get("Content-Type") == "" {
+		w.Header().Set("Content-Type", "application/octet-stream")
+	}
 	w.Header().Set("Content-Length", strconv.FormatInt(info.Size, 10))
 	w.Header().Set("X-Mira-Content-Id", info.ID)
 	w.WriteHeader(http.StatusOK)

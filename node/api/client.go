@@ -223,6 +223,16 @@ func (c *Client) JobResult(ctx context.Context, id string) (io.ReadCloser, strin
 	return resp.Body, resp.Header.Get("X-Mira-Content-Id"), nil
 }
 
+// JobOutputs opens the tar archive of a finished job's out/ files; the
+// caller closes it. The second value is the archive's content ID.
+func (c *Client) JobOutputs(ctx context.Context, id string) (io.ReadCloser, string, error) {
+	resp, err := c.stream(ctx, http.MethodGet, "/v1/jobs/"+url.PathEscape(id)+"/outputs", nil)
+	if err != nil {
+		return nil, "", err
+	}
+	return resp.Body, resp.Header.Get("X-Mira-Content-Id"), nil
+}
+
 // JobLogs opens a job's log; with follow it streams until the run ends.
 func (c *Client) JobLogs(ctx context.Context, id string, follow bool) (io.ReadCloser, error) {
 	path := "/v1/jobs/" + url.PathEscape(id) + "/logs"

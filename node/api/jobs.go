@@ -102,9 +102,14 @@ type JobInfo struct {
 	RefusedResults int           `json:"refused_results"`
 	// ResultID names the result blob (the job's stdout), ResultSize its
 	// size; GET /v1/jobs/{id}/result returns it.
-	ResultID   string     `json:"result_id,omitempty"`
-	ResultSize uint64     `json:"result_size,omitempty"`
-	Usage      *UsageInfo `json:"usage,omitempty"`
+	ResultID   string `json:"result_id,omitempty"`
+	ResultSize uint64 `json:"result_size,omitempty"`
+	// OutputsID names the tar archive of the files the job left in its
+	// out/ directory, OutputsSize its size; GET /v1/jobs/{id}/outputs
+	// returns it.
+	OutputsID   string     `json:"outputs_id,omitempty"`
+	OutputsSize uint64     `json:"outputs_size,omitempty"`
+	Usage       *UsageInfo `json:"usage,omitempty"`
 	// Cost is what the job was charged, in credits; Payment says how its
 	// escrow stands.
 	Cost     float64      `json:"cost"`
@@ -175,6 +180,10 @@ type JobBackend interface {
 	// JobResult opens a finished job's result, fetching it from the
 	// provider if needed. ErrNotReady if the job has not finished.
 	JobResult(ctx context.Context, id string) (io.ReadCloser, BlobInfo, error)
+	// JobOutputs opens the tar archive of a finished job's out/ files,
+	// fetching it from the provider if needed. ErrNotReady if the job has
+	// not finished, ErrNotFound if it left none.
+	JobOutputs(ctx context.Context, id string) (io.ReadCloser, BlobInfo, error)
 	BlobBackend
 }
 
@@ -186,6 +195,7 @@ func (s *server) routeJobs() {
 	s.mux.Handle("GET /v1/jobs/{id}/events", s.auth(http.HandlerFunc(s.jobEvents)))
 	s.mux.Handle("GET /v1/jobs/{id}/logs", s.auth(http.HandlerFunc(s.jobLogs)))
 	s.mux.Handle("GET /v1/jobs/{id}/result", s.auth(http.HandlerFunc(s.jobResult)))
+	s.mux.Handle("GET /v1/jobs/{id}/outputs", s.auth(http.HandlerFunc(s.jobOutputs)))
 	s.routeBlobs()
 	s.routeLedger()
 }
@@ -276,6 +286,18 @@ func (s *server) jobResult(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer rc.Close()
+	sendBlob(w, rc, info)
+}
+
+// jobOutputs sends the tar archive of a finished job's out/ files.
+func (s *server) jobOutputs(w http.ResponseWriter, r *http.Request) {
+	rc, info, err := s.cfg.Backend.JobOutputs(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.jobError(w, err)
+		return
+	}
+	defer rc.Close()
+	w.Header().Set("Content-Type", "application/x-tar")
 	sendBlob(w, rc, info)
 }
 

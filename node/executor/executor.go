@@ -32,9 +32,10 @@ type Job struct {
 	// GPUs lists the device indices ("0", "1", ...) of the GPUs leased to
 	// the job; empty for a CPU job.
 	GPUs []string
-	// Dir is a per-job scratch directory that exists and is empty; it is
-	// the job's working directory and the only host path it may see.
-	// Empty for a Scratchless executor's job.
+	// Dir is a per-job scratch directory: the job's working directory and
+	// the only host path it may see. It holds an empty out/, whose files
+	// come back to the requester as the job's outputs, and inputs/ for a
+	// job with inputs. Empty for a Scratchless executor's job.
 	Dir string
 	// Stdout and Stderr receive the job's output as it runs. They must be
 	// safe to call from another goroutine than the one calling Run.

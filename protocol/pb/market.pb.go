@@ -879,7 +879,11 @@ type Result struct {
 	// log is the run's whole log (stdout and stderr) when it ended small (at
 	// most 16 KiB) before the provider began to stream it: the provider then
 	// opens no log stream for the run.
-	Log           []byte `protobuf:"bytes,9,opt,name=log,proto3" json:"log,omitempty"`
+	Log []byte `protobuf:"bytes,9,opt,name=log,proto3" json:"log,omitempty"`
+	// outputs_id names a tar archive of the files the job left in its out/
+	// directory (none: empty); the requester fetches it from the provider.
+	OutputsId     string `protobuf:"bytes,10,opt,name=outputs_id,json=outputsId,proto3" json:"outputs_id,omitempty"`
+	OutputsSize   uint64 `protobuf:"varint,11,opt,name=outputs_size,json=outputsSize,proto3" json:"outputs_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -975,6 +979,20 @@ func (x *Result) GetLog() []byte {
 		return x.Log
 	}
 	return nil
+}
+
+func (x *Result) GetOutputsId() string {
+	if x != nil {
+		return x.OutputsId
+	}
+	return ""
+}
+
+func (x *Result) GetOutputsSize() uint64 {
+	if x != nil {
+		return x.OutputsSize
+	}
+	return 0
 }
 
 // MarketMessage is what travels, signed, on market streams and topics: the
@@ -1275,7 +1293,7 @@ const file_market_proto_rawDesc = "" +
 	"\awall_ms\x18\x01 \x01(\x03R\x06wallMs\x12\x15\n" +
 	"\x06gpu_ms\x18\x02 \x01(\x03R\x05gpuMs\x12*\n" +
 	"\x11peak_memory_bytes\x18\x03 \x01(\x04R\x0fpeakMemoryBytes\x12&\n" +
-	"\x0ffirst_output_ms\x18\x04 \x01(\x03R\rfirstOutputMs\"\xf7\x01\n" +
+	"\x0ffirst_output_ms\x18\x04 \x01(\x03R\rfirstOutputMs\"\xb9\x02\n" +
 	"\x06Result\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x1b\n" +
@@ -1286,7 +1304,11 @@ const file_market_proto_rawDesc = "" +
 	"\vresult_size\x18\a \x01(\x04R\n" +
 	"resultSize\x12!\n" +
 	"\x05usage\x18\b \x01(\v2\v.mira.UsageR\x05usage\x12\x10\n" +
-	"\x03log\x18\t \x01(\fR\x03log\"\xeb\x03\n" +
+	"\x03log\x18\t \x01(\fR\x03log\x12\x1d\n" +
+	"\n" +
+	"outputs_id\x18\n" +
+	" \x01(\tR\toutputsId\x12!\n" +
+	"\foutputs_size\x18\v \x01(\x04R\voutputsSize\"\xeb\x03\n" +
 	"\rMarketMessage\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12&\n" +
