@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -85,8 +87,11 @@ func (o *DockerOptions) setDefaults() {
 //
 // A container killed by the kernel for using more than its memory (the
 // engine's OOMKilled, or exit status 137 that the executor did not cause)
-// is reported as ReasonOOM. PeakMemory is not reported (zero): the
-// container's cgroup is gone when it has exited.
+// is reported as ReasonOOM. PeakMemory comes from the engine's memory
+// stats, sampled while the container runs (its cgroup is gone once it has
+// exited): the cgroup's own peak where the engine reports one (cgroup v1),
+// else the highest usage sampled; zero for a container that exits before
+// the first sample.
 type Docker struct {
 	c    *client.Client
 	opts DockerOptions
@@ -183,6 +188,10 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 		return d.failed(ctx, start, fmt.Errorf("docker: start: %w", err))
 	}
 
+	stopMemory := make(chan struct{})
+	peak := d.watchMemory(id, stopMemory)
+	defer close(stopMemory) // if the run ends before its exit
+
 	var status int64
 	select {
 	case w := <-wait.Result:
@@ -196,6 +205,8 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 		return d.failed(ctx, start, ctx.Err())
 	}
 	res := Result{ExitCode: int32(status), Wall: time.Since(start)}
+	stopMemory <- struct{}{}
+	res.PeakMemory = <-peak
 	// The output stream ends when the container has exited; give it a
 	// moment to drain.
 	select {
@@ -221,6 +232,51 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 		res.ExitCode, res.Reason = -1, ReasonOOM
 	}
 	return res, nil
+}
+
+// memoryPoll is how often a running container's memory is sampled. With
+// cgroup v1 the engine reports the cgroup's own peak, so a later sample
+// loses nothing; with v2 a peak between samples is missed.
+const memoryPoll = 250 * time.Millisecond
+
+// watchMemory samples the memory of the running container id, at once and
+// then every memoryPoll, until stop is closed or sent to; then it sends
+// the highest figure seen on the channel it returns.
+func (d *Docker) watchMemory(id string, stop <-chan struct{}) <-chan uint64 {
+	out := make(chan uint64, 1)
+	go func() {
+		var peak uint64
+		defer func() { out <- peak }()
+		tick := time.NewTicker(memoryPoll)
+		defer tick.Stop()
+		for {
+			peak = max(peak, d.memorySample(id))
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return out
+}
+
+// memorySample is the container's peak memory so far as the engine
+// reports it (cgroup v1), else its current usage; zero when the engine
+// has none (the container is not running).
+func (d *Docker) memorySample(id string) uint64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, err := d.c.ContainerStats(ctx, id, client.ContainerStatsOptions{})
+	if err != nil {
+		return 0
+	}
+	defer r.Body.Close()
+	var s container.StatsResponse
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&s); err != nil {
+		return 0
+	}
+	return max(s.MemoryStats.MaxUsage, s.MemoryStats.Usage)
 }
 
 // failed ends a run that did not get to an exit: a done ctx is a killed

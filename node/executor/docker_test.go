@@ -224,6 +224,18 @@ func TestDocker(t *testing.T) {
 			},
 		},
 		{
+			// Held long enough for a sample of the engine's stats.
+			name:   "peak memory",
+			args:   []string{"alloc", "48", "1s"},
+			memMib: 128,
+			check: func(t *testing.T, r Result, stdout, _, _ string) {
+				wantExit(t, r, 0, "")
+				if r.PeakMemory < 48<<20 || r.PeakMemory > 128<<20 {
+					t.Errorf("PeakMemory = %d, want between 48 and 128 MiB", r.PeakMemory)
+				}
+			},
+		},
+		{
 			name:   "memory limit",
 			args:   []string{"alloc", "256"},
 			memMib: 32,

@@ -15,7 +15,7 @@
 //	sample symlink OLD NEW   make NEW a symlink to OLD, print what reading NEW gives
 //	sample dial ADDR [WAIT]  TCP connect to ADDR, retrying for WAIT (a Go duration)
 //	sample serve PORT        accept TCP connections on PORT, greet each
-//	sample alloc MIB         allocate and touch MIB MiB of memory
+//	sample alloc MIB [HOLD]  allocate and touch MIB MiB of memory, keep it HOLD (a Go duration)
 //	sample spin              loop forever
 //	sample sleep DURATION    sleep
 //	sample env               print the environment, one variable a line
@@ -29,6 +29,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -83,7 +84,14 @@ func main() {
 		serve(args[0])
 	case "alloc":
 		need(args, 1)
-		alloc(atoi(args[0]))
+		var hold time.Duration
+		if len(args) > 1 {
+			var err error
+			if hold, err = time.ParseDuration(args[1]); err != nil {
+				fail(2, "alloc: %v", err)
+			}
+		}
+		alloc(atoi(args[0]), hold)
 	case "spin":
 		spin()
 	case "sleep":
@@ -161,7 +169,7 @@ func serve(port string) {
 
 // alloc allocates mib MiB in 1 MiB blocks, writing to every page so that
 // the memory is really used, and keeps all of it alive until it is done.
-func alloc(mib int) {
+func alloc(mib int, hold time.Duration) {
 	blocks := make([][]byte, 0, mib)
 	for range mib {
 		b := make([]byte, 1<<20)
@@ -175,6 +183,8 @@ func alloc(mib int) {
 		sum += int(b[0])
 	}
 	fmt.Printf("allocated %d MiB\n", sum)
+	time.Sleep(hold)
+	runtime.KeepAlive(blocks)
 }
 
 //go:noinline
