@@ -506,11 +506,11 @@ func TestResultCarriesOutputsAndAnyError(t *testing.T) {
 	j := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, prov)
 	wantState(t, j, Running)
 	// Invalid UTF-8, and long enough to be cut inside a rune.
-	reason := "outputs: out/\xff: " + strings.Repeat("é", 600)
+	reason := "outputs: out/\xffx: " + strings.Repeat("é", 600)
 	s.engines[prov].Finished(s.now, j.ID, Outcome{Attempt: j.Attempt, ExitCode: -1, Error: reason,
 		ResultID: okID, ResultSize: 2, OutputsID: okID, OutputsSize: 2})
 	s.flush()
-	if j.State != Failed || !utf8.ValidString(j.Error) || !strings.HasPrefix(j.Error, "outputs: out/?: é") || len(j.Error) > 1024 {
+	if j.State != Failed || !utf8.ValidString(j.Error) || !strings.HasPrefix(j.Error, "outputs: out/?x: é") || len(j.Error) > 1024 {
 		t.Fatalf("state %s, error of %d bytes %.20q; want failed with the reason, as UTF-8", j.State, len(j.Error), j.Error)
 	}
 	if j.OutputsID != okID || j.OutputsSize != 2 {

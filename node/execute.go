@@ -214,15 +214,15 @@ func (n *Node) storeOutputs(scratch string, requester peer.ID, o *market.Outcome
 		return nil
 	}
 	type archived struct {
-		files int
-		err   error
+		entries int
+		err     error
 	}
 	pr, pw := io.Pipe()
 	done := make(chan archived, 1)
 	go func() {
-		files, err := archiveOutputs(scratch, pw, n.blobs.Store().MaxSize())
+		entries, err := archiveOutputs(scratch, pw, n.blobs.Store().MaxSize())
 		pw.CloseWithError(err)
-		done <- archived{files, err}
+		done <- archived{entries, err}
 	}()
 	id, size, err := n.blobs.Store().Put(pr)
 	pr.CloseWithError(errors.New("archive not read")) // ends the writer if Put stopped early
@@ -232,16 +232,16 @@ func (n *Node) storeOutputs(scratch string, requester peer.ID, o *market.Outcome
 		return nil // the job removed its out/
 	case errors.Is(a.err, errOutputsTooLarge) || errors.Is(err, blob.ErrTooLarge):
 		return fmt.Errorf("%w (%d bytes)", errOutputsTooLarge, n.blobs.Store().MaxSize())
-	case a.err != nil && !errors.Is(a.err, errOutputsWrite):
-		return a.err // the job's files: the text names nothing of the provider's
-	case err == nil && a.err == nil && a.files == 0:
-		return nil
+	case a.err != nil && !errors.Is(a.err, errOutputsProvider):
+		return a.err // the job's doing: the text names nothing of the provider's
+	case err == nil && a.err == nil && a.entries == 0:
+		return nil // only links and special files
 	case err == nil && a.err == nil:
 		err = n.db.PutResultReader(id.String(), []byte(requester))
 	}
 	if err := cmp.Or(err, a.err); err != nil {
 		n.log.Warn("store outputs", "err", err)
-		return errors.New("outputs: could not be stored")
+		return errors.New("outputs: the provider could not store them")
 	}
 	o.OutputsID, o.OutputsSize = id.String(), uint64(size)
 	return nil

@@ -52,8 +52,6 @@ func wasmJob(module string, args ...string) api.JobRequest {
 	}
 }
 
-// result fetches a job's result and checks it against the content ID in
-// the provider's signed receipt.
 // outputs fetches a finished job's outputs, checks them against the ID
 // its receipt names, and returns the archive's files by name.
 func outputs(t *testing.T, c *api.Client, j api.JobInfo) map[string]string {
@@ -88,6 +86,8 @@ func outputs(t *testing.T, c *api.Client, j api.JobInfo) map[string]string {
 	}
 }
 
+// result fetches a job's result and checks it against the content ID in
+// the provider's signed receipt.
 func result(t *testing.T, c *api.Client, j api.JobInfo) []byte {
 	t.Helper()
 	rc, id, err := c.JobResult(context.Background(), j.ID)

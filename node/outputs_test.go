@@ -81,6 +81,27 @@ func TestArchiveOutputs(t *testing.T) {
 			err:   errTooManyOutputs,
 		},
 		{
+			name: "nested too deep",
+			setup: func(t *testing.T, out string) {
+				write(t, filepath.Join(out, strings.Repeat("d/", maxOutputDepth+1)+"f"), "deep", 0o644)
+			},
+			limit: 1 << 20,
+			err:   errOutputsTooDeep,
+		},
+		{
+			name: "nested as deep as allowed",
+			setup: func(t *testing.T, out string) {
+				write(t, filepath.Join(out, strings.Repeat("d/", maxOutputDepth)+"f"), "deep", 0o644)
+			},
+			limit: 1 << 20,
+			want: append(func() (dirs []string) {
+				for i := 1; i <= maxOutputDepth; i++ {
+					dirs = append(dirs, strings.Repeat("d/", i)+" 755 ")
+				}
+				return dirs
+			}(), strings.Repeat("d/", maxOutputDepth)+"f 644 deep"),
+		},
+		{
 			name:  "removed",
 			setup: func(t *testing.T, out string) { must(t, os.Remove(out)) },
 			limit: 1 << 20,
@@ -102,7 +123,7 @@ func TestArchiveOutputs(t *testing.T) {
 			must(t, os.Mkdir(out, 0o700))
 			c.setup(t, out)
 			var buf bytes.Buffer
-			files, err := archiveOutputs(scratch, &buf, c.limit)
+			entries, err := archiveOutputs(scratch, &buf, c.limit)
 			if c.err != nil {
 				if !errors.Is(err, c.err) {
 					t.Fatalf("error %v, want %v", err, c.err)
@@ -116,8 +137,8 @@ func TestArchiveOutputs(t *testing.T) {
 			if strings.Join(got, "|") != strings.Join(c.want, "|") {
 				t.Fatalf("archive holds %q, want %q", got, c.want)
 			}
-			if regular := len(c.want) - strings.Count(strings.Join(c.want, "|"), "/ 755"); files != regular {
-				t.Fatalf("%d files reported, want %d", files, regular)
+			if entries != len(c.want) {
+				t.Fatalf("%d entries reported, want %d", entries, len(c.want))
 			}
 		})
 	}
@@ -147,8 +168,12 @@ func TestArchiveOutputsIsDeterministic(t *testing.T) {
 // chose.
 func TestOutputsErrorNamesOnlyTheJobsPath(t *testing.T) {
 	err := outputsErr("out/\xffname", &fs.PathError{Op: "open", Path: "/var/lib/mira/work/j.1/job/out/\xffname", Err: syscall.EACCES})
-	if got := err.Error(); got != "outputs: out/?name: permission denied" {
+	if got := err.Error(); got != "outputs: out/?name: permission denied" || errors.Is(err, errOutputsProvider) {
 		t.Fatalf("error %q", got)
+	}
+	// What the job did not cause is the provider's, and not its text.
+	if err := outputsErr("out/x", syscall.EMFILE); !errors.Is(err, errOutputsProvider) {
+		t.Fatalf("too many open files: %v, want the provider's failure", err)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -188,9 +189,8 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 		return d.failed(ctx, start, fmt.Errorf("docker: start: %w", err))
 	}
 
-	stopMemory := make(chan struct{})
-	peak := d.watchMemory(id, stopMemory)
-	defer close(stopMemory) // if the run ends before its exit
+	peak := d.watchMemory(id)
+	defer peak() // if the run ends before its exit
 
 	var status int64
 	select {
@@ -202,11 +202,12 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 	case err := <-wait.Error:
 		return d.failed(ctx, start, fmt.Errorf("docker: wait: %w", err))
 	case <-ctx.Done():
-		return d.failed(ctx, start, ctx.Err())
+		// Killed at max_duration or cancelled: often the heaviest runs.
+		res, err := d.failed(ctx, start, ctx.Err())
+		res.PeakMemory = peak()
+		return res, err
 	}
-	res := Result{ExitCode: int32(status), Wall: time.Since(start)}
-	stopMemory <- struct{}{}
-	res.PeakMemory = <-peak
+	res := Result{ExitCode: int32(status), Wall: time.Since(start), PeakMemory: peak()}
 	// The output stream ends when the container has exited; give it a
 	// moment to drain.
 	select {
@@ -240,9 +241,11 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 const memoryPoll = 250 * time.Millisecond
 
 // watchMemory samples the memory of the running container id, at once and
-// then every memoryPoll, until stop is closed or sent to; then it sends
-// the highest figure seen on the channel it returns.
-func (d *Docker) watchMemory(id string, stop <-chan struct{}) <-chan uint64 {
+// then every memoryPoll, until the function it returns is called; that
+// stops the sampling (cancelling a sample in flight) and returns the
+// highest figure seen, also on later calls.
+func (d *Docker) watchMemory(id string) (stop func() uint64) {
+	ctx, cancel := context.WithCancel(context.Background())
 	out := make(chan uint64, 1)
 	go func() {
 		var peak uint64
@@ -250,22 +253,26 @@ func (d *Docker) watchMemory(id string, stop <-chan struct{}) <-chan uint64 {
 		tick := time.NewTicker(memoryPoll)
 		defer tick.Stop()
 		for {
-			peak = max(peak, d.memorySample(id))
+			peak = max(peak, d.memorySample(ctx, id))
 			select {
-			case <-stop:
+			case <-ctx.Done():
 				return
 			case <-tick.C:
 			}
 		}
 	}()
-	return out
+	return sync.OnceValue(func() uint64 {
+		cancel()
+		return <-out
+	})
 }
 
 // memorySample is the container's peak memory so far as the engine
-// reports it (cgroup v1), else its current usage; zero when the engine
-// has none (the container is not running).
-func (d *Docker) memorySample(id string) uint64 {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+// reports it (cgroup v1), else its current usage (cgroup v2, where it
+// includes the page cache, such as files the job wrote); zero when the
+// engine has none (the container is not running).
+func (d *Docker) memorySample(ctx context.Context, id string) uint64 {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	r, err := d.c.ContainerStats(ctx, id, client.ContainerStatsOptions{})
 	if err != nil {
