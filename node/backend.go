@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -165,12 +166,38 @@ func (b apiBackend) Jobs(ctx context.Context) ([]api.JobInfo, error) {
 	return out, err
 }
 
-func parseJobID(id string) (protocol.JobID, error) {
-	jid, err := protocol.ParseJobID(id)
-	if err != nil {
-		return jid, fmt.Errorf("%w: %v", api.ErrNotFound, err)
+// minJobIDPrefix is the shortest prefix of a job ID the API takes for the
+// whole ID (`mira job ls` shows 16 hex digits).
+const minJobIDPrefix = 8
+
+// jobID resolves id: a job ID, or a prefix of at least minJobIDPrefix hex
+// digits that names one of this node's jobs alone.
+func (b apiBackend) jobID(ctx context.Context, id string) (protocol.JobID, error) {
+	id = strings.ToLower(id)
+	if len(id) == 2*len(protocol.JobID{}) || len(id) < minJobIDPrefix || strings.Trim(id, "0123456789abcdef") != "" {
+		jid, err := protocol.ParseJobID(id)
+		if err != nil {
+			return jid, fmt.Errorf("%w: %v (or a prefix of at least %d)", api.ErrNotFound, err, minJobIDPrefix)
+		}
+		return jid, nil
 	}
-	return jid, nil
+	jobs, err := b.Node.Jobs(ctx)
+	if err != nil {
+		return protocol.JobID{}, err
+	}
+	var found []protocol.JobID
+	for _, j := range jobs {
+		if strings.HasPrefix(j.ID.String(), id) {
+			found = append(found, j.ID)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return protocol.JobID{}, fmt.Errorf("%w: no job %s…", api.ErrNotFound, id)
+	case 1:
+		return found[0], nil
+	}
+	return protocol.JobID{}, fmt.Errorf("job id %s… names %d jobs: give more digits", id, len(found))
 }
 
 func notFound(err error) error {
@@ -182,7 +209,7 @@ func notFound(err error) error {
 
 // Job answers GET /v1/jobs/{id}.
 func (b apiBackend) Job(ctx context.Context, id string) (api.JobInfo, error) {
-	jid, err := parseJobID(id)
+	jid, err := b.jobID(ctx, id)
 	if err != nil {
 		return api.JobInfo{}, err
 	}
@@ -192,7 +219,7 @@ func (b apiBackend) Job(ctx context.Context, id string) (api.JobInfo, error) {
 
 // CancelJob answers DELETE /v1/jobs/{id}.
 func (b apiBackend) CancelJob(ctx context.Context, id string) (api.JobInfo, error) {
-	jid, err := parseJobID(id)
+	jid, err := b.jobID(ctx, id)
 	if err != nil {
 		return api.JobInfo{}, err
 	}
@@ -202,7 +229,7 @@ func (b apiBackend) CancelJob(ctx context.Context, id string) (api.JobInfo, erro
 
 // WatchJob answers GET /v1/jobs/{id}/events.
 func (b apiBackend) WatchJob(ctx context.Context, id string) (<-chan api.JobInfo, error) {
-	jid, err := parseJobID(id)
+	jid, err := b.jobID(ctx, id)
 	if err != nil {
 		return nil, err
 	}

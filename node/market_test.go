@@ -265,8 +265,17 @@ func TestJobAPIErrors(t *testing.T) {
 	if _, _, err := c.JobResult(ctx, j.ID); statusCode(err) != 409 {
 		t.Fatalf("result of a pending job: %v, want 409", err)
 	}
-	cancelled, err := c.CancelJob(ctx, j.ID)
-	if err != nil || cancelled.State != "cancelled" {
+	// The 16 digits `mira job ls` shows name the job; 7 are too few.
+	if got, err := c.Job(ctx, strings.ToUpper(j.ID[:16])); err != nil || got.ID != j.ID {
+		t.Fatalf("job by its prefix: %+v, %v", got, err)
+	}
+	for _, bad := range []string{j.ID[:7], j.ID[:15] + "x"} {
+		if _, err := c.Job(ctx, bad); statusCode(err) != 404 {
+			t.Fatalf("job %q: %v, want 404", bad, err)
+		}
+	}
+	cancelled, err := c.CancelJob(ctx, j.ID[:16])
+	if err != nil || cancelled.State != "cancelled" || cancelled.ID != j.ID {
 		t.Fatalf("cancel: %+v, %v", cancelled, err)
 	}
 	// Cancelled before any run: no result, an empty log.

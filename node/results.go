@@ -269,7 +269,7 @@ func (n *Node) OpenBlob(id string) (io.ReadCloser, api.BlobInfo, error) {
 
 // JobLogs answers GET /v1/jobs/{id}/logs.
 func (b apiBackend) JobLogs(ctx context.Context, id string, follow bool, w func([]byte) error) error {
-	jid, err := parseJobID(id)
+	jid, err := b.jobID(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -278,7 +278,7 @@ func (b apiBackend) JobLogs(ctx context.Context, id string, follow bool, w func(
 
 // JobResult answers GET /v1/jobs/{id}/result.
 func (b apiBackend) JobResult(ctx context.Context, id string) (io.ReadCloser, api.BlobInfo, error) {
-	jid, err := parseJobID(id)
+	jid, err := b.jobID(ctx, id)
 	if err != nil {
 		return nil, api.BlobInfo{}, err
 	}
@@ -288,7 +288,7 @@ func (b apiBackend) JobResult(ctx context.Context, id string) (io.ReadCloser, ap
 
 // JobOutputs answers GET /v1/jobs/{id}/outputs.
 func (b apiBackend) JobOutputs(ctx context.Context, id string) (io.ReadCloser, api.BlobInfo, error) {
-	jid, err := parseJobID(id)
+	jid, err := b.jobID(ctx, id)
 	if err != nil {
 		return nil, api.BlobInfo{}, err
 	}

@@ -27,8 +27,8 @@ func sampleJobs(n int) []sampleJob {
 		{"interactive wasm hash, any GPU", &pb.JobSpec{Executor: "wasm", Module: "sample", Tier: protocol.TierInteractive,
 			Args: []string{"hash", "16"}, Resources: &pb.Resources{Gpus: 1}}},
 		{"batch noop, 2x nvidia-h100", &pb.JobSpec{Executor: "noop", Tier: protocol.TierBatch, Args: []string{"2s"}, Resources: &pb.Resources{Gpus: 2, GpuModel: "nvidia-h100"}}},
-		{"batch wasm echo, 32 GiB VRAM", &pb.JobSpec{Executor: "wasm", Module: "sample", Tier: protocol.TierBatch,
-			Args: []string{"echo", "hello from a sandbox"}, Resources: &pb.Resources{Gpus: 1, VramMib: 32 << 10}}},
+		{"batch wasm writing /out/hello.txt, 32 GiB VRAM", &pb.JobSpec{Executor: "wasm", Module: "sample", Tier: protocol.TierBatch,
+			Args: []string{"write", "/out/hello.txt", "hello from a sandbox"}, Resources: &pb.Resources{Gpus: 1, VramMib: 32 << 10}}},
 		{"interactive, 16 GPUs (nobody has them)", &pb.JobSpec{Executor: "noop", Tier: protocol.TierInteractive, Resources: &pb.Resources{Gpus: 16}}},
 	}
 	out := make([]sampleJob, 0, n)
@@ -91,6 +91,9 @@ func runSampleJobs(ctx context.Context, out io.Writer, mu *sync.Mutex, tn *testn
 					line += fmt.Sprintf(" on %s at %g credits/GPU-s", names[st.Provider], float64(st.Price)/1e6)
 				case market.Succeeded, market.Failed:
 					line += fmt.Sprintf(" on %s: %q", names[st.Provider], st.Output)
+					if st.OutputsID != "" {
+						line += fmt.Sprintf(", outputs %s (%d bytes of tar)", st.OutputsID, st.OutputsSize)
+					}
 				case market.Expired:
 					line += fmt.Sprintf(" after %d declines", len(st.Declines))
 					for _, d := range st.Declines {
