@@ -5,7 +5,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -56,18 +55,7 @@ func wasmJob(module string, args ...string) api.JobRequest {
 // its receipt names, and returns the archive's files by name.
 func outputs(t *testing.T, c *api.Client, j api.JobInfo) map[string]string {
 	t.Helper()
-	rc, id, err := c.JobOutputs(context.Background(), j.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
-	b, err := io.ReadAll(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if id != j.OutputsID || !protocol.IsBlob(b, j.OutputsID) || uint64(len(b)) != j.OutputsSize {
-		t.Fatalf("outputs %s (%d bytes); receipt names %s (%d bytes)", id, len(b), j.OutputsID, j.OutputsSize)
-	}
+	b := fetchChecked(t, "outputs", j.OutputsID, j.OutputsSize)(c.JobOutputs(context.Background(), j.ID))
 	files := map[string]string{}
 	tr := tar.NewReader(bytes.NewReader(b))
 	for {
@@ -90,21 +78,27 @@ func outputs(t *testing.T, c *api.Client, j api.JobInfo) map[string]string {
 // the provider's signed receipt.
 func result(t *testing.T, c *api.Client, j api.JobInfo) []byte {
 	t.Helper()
-	rc, id, err := c.JobResult(context.Background(), j.ID)
-	if err != nil {
-		t.Fatal(err)
+	return fetchChecked(t, "result", j.ResultID, j.ResultSize)(c.JobResult(context.Background(), j.ID))
+}
+
+// fetchChecked reads a fetched blob of a job and checks it against the
+// content ID and size its receipt names.
+func fetchChecked(t *testing.T, what, wantID string, wantSize uint64) func(io.ReadCloser, string, error) []byte {
+	return func(rc io.ReadCloser, id string, err error) []byte {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		b, err := io.ReadAll(rc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id != wantID || !protocol.IsBlob(b, wantID) || uint64(len(b)) != wantSize {
+			t.Fatalf("%s %s (%d bytes); receipt names %s (%d bytes)", what, id, len(b), wantID, wantSize)
+		}
+		return b
 	}
-	defer rc.Close()
-	b, err := io.ReadAll(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(b)
-	want, _ := protocol.BlobID(sum[:])
-	if id != j.ResultID || want.String() != j.ResultID || uint64(len(b)) != j.ResultSize {
-		t.Fatalf("result %s (%d bytes) hashes to %s; receipt names %s (%d bytes)", id, len(b), want, j.ResultID, j.ResultSize)
-	}
-	return b
 }
 
 func logs(t *testing.T, c *api.Client, id string) string {
