@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"runtime"
+	"runtime/debug"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -61,7 +62,14 @@ func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 
 // measureCap times market seals and opens of a batch offer on every core,
 // and the ledger's batched entry checks, for a testnet of nodes nodes.
+//
+// The collector is off while it measures: the cap is the signatures'
+// arithmetic, and with it on, a low GOGC would slow the measurement (each
+// cycle marks whatever the stopped testnet left) and so flatter the burst
+// against it.
 func measureCap(network string, nodes, providers int) (signatureCap, error) {
+	runtime.GC()
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	var c signatureCap
 	c.Seals, c.Opens, c.LedgerChecks = batchJobSignatures(nodes, providers)
 	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
