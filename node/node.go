@@ -178,9 +178,15 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		return nil, err
 	}
 
+	listen, err := parseListen(cfg.Listen)
+	if err != nil {
+		return nil, err
+	}
 	hostOpts := []libp2p.Option{
 		libp2p.Identity(priv),
-		libp2p.ListenAddrStrings(cfg.Listen...),
+		// The host listens only once every protocol handler is set (see
+		// below): a peer that connects must find all of them.
+		libp2p.NoListenAddrs,
 		libp2p.UserAgent("mira/" + Version),
 		libp2p.PrometheusRegisterer(n.metrics),
 		libp2p.ConnectionGater(n.gater),
@@ -248,10 +254,6 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 			}
 		},
 	})
-	n.dialBootstrap(ctx)
-	if err := n.dht.Bootstrap(runCtx); err != nil {
-		return nil, fmt.Errorf("dht bootstrap: %w", err)
-	}
 	n.ledgerRejected = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "mira_ledger_rejected_total", Help: "Ledger entries and fraud proofs from peers refused by validation.",
 	})
@@ -259,6 +261,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err := n.startLedger(runCtx); err != nil {
 		return nil, err
 	}
+	n.host.SetStreamHandler(n.syncProtocol(), n.handleSync)
 	if n.IsProvider() {
 		if n.executors, err = n.startExecutors(runCtx); err != nil {
 			return nil, err
@@ -270,10 +273,18 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err := n.startMarket(runCtx); err != nil {
 		return nil, err
 	}
+	// Every handler is set: only now may peers reach the node, and only
+	// now does it dial them (a peer reconciles on connect at once).
+	if err := n.host.Network().Listen(listen...); err != nil {
+		return nil, fmt.Errorf("libp2p listen: %w", err)
+	}
+	n.dialBootstrap(ctx)
+	if err := n.dht.Bootstrap(runCtx); err != nil {
+		return nil, fmt.Errorf("dht bootstrap: %w", err)
+	}
 	if err := n.serveAPI(); err != nil {
 		return nil, err
 	}
-	n.host.SetStreamHandler(n.syncProtocol(), n.handleSync)
 	n.wg.Add(3)
 	go n.reconcileLoop(runCtx, n.connected)
 	go n.maintainBootstrap(runCtx)
@@ -288,6 +299,19 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	n.log.Info("node ready", "peer_id", n.host.ID(), "network", cfg.Network, "private", cfg.Private,
 		"addrs", n.host.Addrs(), "api", n.apiAddr, "took", n.readyAt)
 	return n, nil
+}
+
+// parseListen parses the configured listen multiaddrs.
+func parseListen(addrs []string) ([]ma.Multiaddr, error) {
+	out := make([]ma.Multiaddr, 0, len(addrs))
+	for _, a := range addrs {
+		m, err := ma.NewMultiaddr(a)
+		if err != nil {
+			return nil, fmt.Errorf("config: listen: %q: %w", a, err)
+		}
+		out = append(out, m)
+	}
+	return out, nil
 }
 
 // discoverGPUs detects the machine's GPUs (if configured to) and adds the

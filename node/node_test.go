@@ -13,10 +13,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/node/api"
+	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/testnet"
 )
 
@@ -277,4 +281,70 @@ func readAll(t *testing.T, resp *http.Response) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestRestartedNodeServesEveryProtocolAtOnce is finding 9 of the hardening
+// review: a peer that opens a stream the moment a restarted node connects
+// (as reconciliation on connect does) must find every mira protocol
+// registered, not "protocols not supported".
+func TestRestartedNodeServesEveryProtocolAtOnce(t *testing.T) {
+	tn := startTestnet(t, 2, testnet.WithProviders(1))
+	ctx := context.Background()
+	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	id1 := tn.Node(1).ID()
+	if err := tn.Stop(1); err != nil {
+		t.Fatal(err)
+	}
+	net := tn.Node(0).Config().Network
+	protos := []libp2pproto.ID{
+		libp2pproto.ID(protocol.Prefix(net) + "/reconcile/1"),
+		libp2pproto.ID(protocol.MarketProtocol(net)),
+		libp2pproto.ID(protocol.BlobProtocol(net)),
+		libp2pproto.ID(protocol.LogsProtocol(net)),
+	}
+	h := tn.Node(0).Host()
+	results := make(chan error, 4*len(protos))
+	probe := &network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
+		if c.RemotePeer() != id1 {
+			return
+		}
+		for _, p := range protos {
+			go func() { results <- openAndRead(h, id1, p) }()
+		}
+	}}
+	h.Network().Notify(probe)
+	defer h.Network().StopNotify(probe)
+	if err := tn.Restart(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	for range protos {
+		select {
+		case err := <-results:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-time.After(deadline):
+			t.Fatal("no probe finished")
+		}
+	}
+}
+
+// openAndRead opens a stream for proto and reads from it until the remote
+// answers, closes or a short deadline passes; only a refused protocol is an
+// error (libp2p may negotiate lazily, so the refusal can come with the read).
+func openAndRead(h host.Host, p peer.ID, proto libp2pproto.ID) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := h.NewStream(ctx, p, proto)
+	if err == nil {
+		st.SetReadDeadline(time.Now().Add(time.Second))
+		_, err = st.Read(make([]byte, 1))
+		st.Reset()
+	}
+	if err != nil && strings.Contains(err.Error(), "protocols not supported") {
+		return fmt.Errorf("%s: %w", proto, err)
+	}
+	return nil
 }
