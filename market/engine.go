@@ -43,6 +43,7 @@ const (
 	ReasonExpired    = "expired"
 	ReasonUnknownJob = "unknown job"
 	ReasonPreempted  = "preempted by interactive work"
+	ReasonLowDisk    = "provider low on disk space"
 )
 
 // Config sets the engine's timing and, for a provider, its bid strategy.
@@ -212,13 +213,15 @@ type offerSeen struct {
 // Engine is the market state machine of one node, requester and provider
 // sides both. It is not safe for concurrent use: one goroutine feeds it.
 type Engine struct {
-	cfg     Config
-	jobs    map[protocol.JobID]*Job
-	active  map[protocol.JobID]*Job // jobs not yet terminal: what Tick scans
-	offers  map[protocol.JobID]*offerSeen
-	seen    map[[32]byte]time.Time // offer messages answered, until they expire
-	leases  map[protocol.JobID]*Lease
-	rtt     map[peer.ID]time.Duration
+	cfg    Config
+	jobs   map[protocol.JobID]*Job
+	active map[protocol.JobID]*Job // jobs not yet terminal: what Tick scans
+	offers map[protocol.JobID]*offerSeen
+	seen   map[[32]byte]time.Time // offer messages answered, until they expire
+	leases map[protocol.JobID]*Lease
+	rtt    map[peer.ID]time.Duration
+	// paused, when set, is why this provider takes no new work now.
+	paused  string
 	ready   Ready
 	saving  map[*Job]bool // the jobs in ready.Save
 	changed map[*Job]bool // the jobs in ready.Changed
@@ -265,6 +268,10 @@ func (e *Engine) Jobs() []*Job {
 	slices.SortFunc(out, func(a, b *Job) int { return a.Created.Compare(b.Created) })
 	return out
 }
+
+// Pause makes a provider decline every offer and award with reason (its
+// disk is low, say) until Pause(""); the leases it runs go on.
+func (e *Engine) Pause(reason string) { e.paused = reason }
 
 // ActiveLeases is the number of leases this provider is running.
 func (e *Engine) ActiveLeases() int { return len(e.leases) }
@@ -637,6 +644,8 @@ func (e *Engine) declineReason(now time.Time, s *pb.JobSpec, deadline time.Time)
 	switch {
 	case !deadline.After(now):
 		return ReasonExpired
+	case e.paused != "":
+		return e.paused
 	case !slices.Contains(p.Executors, s.Executor):
 		return ReasonExecutor
 	case !Fits(&protocol.Capacity{GPUs: p.GPUs}, r):
@@ -687,6 +696,9 @@ func (e *Engine) onAward(now time.Time, m *protocol.Signed, a *pb.Award) {
 		return
 	case !o.deadline.After(now):
 		decline(ReasonExpired)
+		return
+	case e.paused != "":
+		decline(e.paused)
 		return
 	case a.Price < e.floor(o.spec.Tier) || a.Price > o.spec.MaxPrice:
 		decline(ReasonPrice)

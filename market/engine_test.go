@@ -574,3 +574,27 @@ func TestInteractiveOfferIsGossipedAtItsLease(t *testing.T) {
 		t.Fatalf("requester sent %v (want %v); provider %s", s.log[req], want, j.Provider)
 	}
 }
+
+// A paused provider (its disk is low) declines new work with the reason
+// and keeps its lease; unpaused, it bids again.
+func TestPausedProviderDeclinesAndResumes(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	p := s.add(provider(10))
+	s.engines[p].cfg.Provider.Slots = 2
+	j1 := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, p)
+	wantState(t, j1, Running)
+	s.engines[p].Pause(ReasonLowDisk)
+	j2 := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, p)
+	if len(j2.Declines) != 1 || j2.Declines[0].Reason != ReasonLowDisk {
+		t.Fatalf("declines = %v", j2.Declines)
+	}
+	if s.engines[p].ActiveLeases() != 1 {
+		t.Fatalf("a pause dropped the running lease: %d leases", s.engines[p].ActiveLeases())
+	}
+	s.engines[p].Pause("")
+	for range 3 { // the window ends, and the job is offered again
+		s.advance(simTiming.InteractiveWindow)
+	}
+	wantState(t, j2, Running)
+}

@@ -80,6 +80,23 @@ type Config struct {
 	Provider ProviderConfig `toml:"provider"`
 	// Market sets the market's timing.
 	Market MarketConfig `toml:"market"`
+	// Disk sets how the node keeps its data dir's filesystem from filling.
+	Disk DiskConfig `toml:"disk"`
+}
+
+// DiskConfig is the [disk] table. See package node/disk for why a full
+// disk must never reach the database.
+type DiskConfig struct {
+	// MinFreeMiB is the free space, in MiB, below which the node refuses
+	// new work (jobs, blobs, bids, peers' ledger entries) while it keeps
+	// serving reads and settling what it has.
+	MinFreeMiB uint64 `toml:"min_free_mib"`
+	// ReserveMiB is the size of DATA/disk.reserve, allocated while space is
+	// plentiful and deleted the moment the disk is low, so the database
+	// always finds room for its own writes. 0 keeps no reserve.
+	ReserveMiB uint64 `toml:"reserve_mib"`
+	// CheckInterval is how often free space is measured.
+	CheckInterval Duration `toml:"check_interval"`
 }
 
 // MarketConfig is the [market] table: bidding windows and timeouts.
@@ -158,6 +175,7 @@ func DefaultConfig(dataDir string) Config {
 			Executors:        []string{"wasm"},
 			CapacityTTL:      Duration(10 * time.Minute),
 		},
+		Disk: DiskConfig{MinFreeMiB: 512, ReserveMiB: 64, CheckInterval: Duration(500 * time.Millisecond)},
 		Market: MarketConfig{
 			InteractiveWindow: Duration(time.Second),
 			BatchWindow:       Duration(3 * time.Second),
@@ -248,6 +266,15 @@ func (c Config) Validate() error {
 	}
 	if c.ReconcileSymbols < 256 || c.ReconcileSymbols > storage.MaxReconcileCapacity {
 		return fmt.Errorf("config: reconcile_symbols must be in 256..%d", storage.MaxReconcileCapacity)
+	}
+	if c.Disk.CheckInterval <= 0 {
+		return errors.New("config: disk.check_interval must be positive")
+	}
+	if c.Disk.MinFreeMiB > 1<<30 || c.Disk.ReserveMiB > 1<<30 {
+		return errors.New("config: disk.min_free_mib and disk.reserve_mib must be at most 1073741824")
+	}
+	if minMiB := uint64(storage.MinWriteRoom) >> 20; c.Disk.ReserveMiB != 0 && c.Disk.ReserveMiB <= minMiB {
+		return fmt.Errorf("config: disk.reserve_mib must be 0 or more than %d: the database needs that much room for a write", minMiB)
 	}
 	if c.MaxBlobSize <= 0 {
 		return errors.New("config: max_blob_size must be positive")

@@ -194,7 +194,9 @@ func (n *Node) validateLedgerMessage(from peer.ID, m *pubsub.Message) pubsub.Val
 				fresh = append(fresh, raw)
 			}
 		}
-		if len(fresh) == 0 {
+		if len(fresh) == 0 || n.disk.Low() != nil {
+			// With the disk low, peers' entries wait: reconciliation
+			// brings them once there is room.
 			return pubsub.ValidationIgnore
 		}
 		res, err := n.ledger.IngestMany(fresh)

@@ -637,6 +637,14 @@ func (d *marketDriver) isLeaseHolder(id protocol.JobID, attempt uint32, p peer.I
 }
 
 // restore loads persisted jobs into the engine after a restart.
+// settleEnded queues the settlement of every finished job whose hold is
+// still open (one whose settlement failed, say, for want of disk space).
+func (d *marketDriver) settleEnded() {
+	if w := d.n.settleWrite(d.eng.Jobs()); w != nil {
+		d.writer.add(w)
+	}
+}
+
 func (d *marketDriver) restore() error {
 	return d.n.db.Jobs(func(id string, rec []byte) error {
 		var j market.Job
@@ -710,6 +718,9 @@ func (d *marketDriver) unwatch(id protocol.JobID, w *watcher) {
 // price, then measured RTT).
 func (n *Node) SubmitJob(ctx context.Context, spec *pb.JobSpec, deadline time.Time) (market.Job, error) {
 	if err := protocol.CheckSpec(spec); err != nil {
+		return market.Job{}, err
+	}
+	if err := n.diskLow(); err != nil {
 		return market.Job{}, err
 	}
 	now := time.Now()

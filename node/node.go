@@ -34,6 +34,7 @@ import (
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/node/blob"
+	"github.com/mira-market/mira/node/disk"
 	"github.com/mira-market/mira/node/executor"
 	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/protocol"
@@ -55,6 +56,7 @@ type Node struct {
 	dht      *dht.IpfsDHT
 	pubsub   *pubsub.PubSub
 	db       *storage.DB
+	disk     *disk.Guard
 	blobs    *blob.Service
 	ledger   *storage.Ledger
 	// ledgerTopic carries new ledger entries and fraud proofs.
@@ -165,7 +167,10 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	}()
 	n.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	n.db, err = storage.Open(filepath.Join(cfg.DataDir, dbDir), storage.Options{Network: cfg.Network, Logger: o.log})
+	if n.disk, err = openDiskGuard(cfg, o.log); err != nil {
+		return nil, err
+	}
+	n.db, err = storage.Open(filepath.Join(cfg.DataDir, dbDir), storage.Options{Network: cfg.Network, Logger: o.log, Room: n.dbRoom})
 	if err != nil {
 		return nil, err
 	}
@@ -273,6 +278,8 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err := n.startMarket(runCtx); err != nil {
 		return nil, err
 	}
+	n.disk.OnChange(n.onDiskChange)
+	n.onDiskChange(n.disk.Check())
 	// Every handler is set: only now may peers reach the node, and only
 	// now does it dial them (a peer reconciles on connect at once).
 	if err := n.host.Network().Listen(listen...); err != nil {
@@ -285,7 +292,8 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err := n.serveAPI(); err != nil {
 		return nil, err
 	}
-	n.wg.Add(3)
+	n.wg.Add(4)
+	go n.watchDisk(runCtx)
 	go n.reconcileLoop(runCtx, n.connected)
 	go n.maintainBootstrap(runCtx)
 	go n.measureLatency(runCtx)
@@ -353,7 +361,7 @@ func (n *Node) Close() error {
 		n.dbClosed = true
 		n.dbGate.Unlock()
 		if n.db != nil {
-			errs = append(errs, n.db.Close())
+			errs = append(errs, n.closeDB())
 		}
 		if n.logs != nil {
 			n.logs.close()

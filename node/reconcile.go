@@ -90,6 +90,9 @@ func (n *Node) reconcileLoop(ctx context.Context, connected <-chan peer.ID) {
 			}
 			p = peers[rand.IntN(len(peers))]
 		}
+		if n.disk.Low() != nil {
+			continue // it could not store what it learns
+		}
 		if err := n.Reconcile(ctx, p); err != nil && ctx.Err() == nil {
 			n.log.Debug("reconcile", "peer", p, "err", err)
 		}
@@ -299,6 +302,9 @@ func (n *Node) ingestSynced(p peer.ID, raws [][]byte) error {
 func (n *Node) ingestFetched(p peer.ID, raws [][]byte) (storage.IngestResult, error) {
 	if len(raws) == 0 {
 		return storage.IngestResult{}, nil
+	}
+	if err := n.disk.Low(); err != nil {
+		return storage.IngestResult{}, err
 	}
 	res, err := n.ledger.IngestMany(raws)
 	if err != nil {

@@ -241,6 +241,9 @@ func (n *Node) JobLogs(ctx context.Context, id protocol.JobID, follow bool, w fu
 
 // PutBlob stores an uploaded blob.
 func (n *Node) PutBlob(r io.Reader) (api.BlobInfo, error) {
+	if err := n.diskLow(); err != nil {
+		return api.BlobInfo{}, err
+	}
 	c, size, err := n.blobs.Store().Put(r)
 	if errors.Is(err, blob.ErrTooLarge) {
 		return api.BlobInfo{}, fmt.Errorf("%w: %w", api.ErrTooLarge, err)

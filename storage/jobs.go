@@ -16,6 +16,9 @@ func (db *DB) PutJobs(records map[string][]byte) error {
 	if len(records) == 0 {
 		return nil
 	}
+	if err := db.writable(); err != nil {
+		return err
+	}
 	txn := db.bdb.NewTransaction(true)
 	defer func() { txn.Discard() }()
 	for id, rec := range records {

@@ -219,6 +219,9 @@ func (t *ledgerTxn) commit() error {
 			return err
 		}
 	}
+	if err := t.l.db.writable(); err != nil {
+		return storeErr(err)
+	}
 	if err := t.txn.Commit(); err != nil {
 		return storeErr(fmt.Errorf("commit: %w", err))
 	}

@@ -13,7 +13,7 @@ const jobLogPrefix = "log/"
 // live here rather than in a file each: a file per run costs more than
 // the run of a short job.
 func (db *DB) PutJobLog(name string, log []byte) error {
-	err := db.bdb.Update(func(txn *badger.Txn) error {
+	err := db.update(func(txn *badger.Txn) error {
 		return txn.Set([]byte(jobLogPrefix+name), log)
 	})
 	if err != nil {

@@ -18,7 +18,7 @@ func resultReaderKey(id string, reader []byte) []byte {
 // requesters' to read, also after a restart. Jobs of several requesters
 // may produce the same blob; each is recorded.
 func (db *DB) PutResultReader(id string, reader []byte) error {
-	err := db.bdb.Update(func(txn *badger.Txn) error {
+	err := db.update(func(txn *badger.Txn) error {
 		return txn.Set(resultReaderKey(id, reader), nil)
 	})
 	if err != nil {

@@ -18,9 +18,22 @@ var keyNetwork = []byte("meta/network")
 // network than the one asked for.
 var ErrWrongNetwork = errors.New("database belongs to another network")
 
+// ErrNoRoom is returned for a write refused because the filesystem has no
+// room for it: Badger writes through memory maps, and a write that finds
+// the disk full kills the process (SIGBUS) instead of failing.
+var ErrNoRoom = errors.New("no room on disk for the database")
+
+// MinWriteRoom is the free space a write must find: room for a memtable's
+// log to fill and be flushed into a table.
+const MinWriteRoom = 2*memTableSize + 1<<20
+
+const memTableSize = 8 << 20
+
 // DB is a node's Badger database.
 type DB struct {
 	bdb *badger.DB
+	// room, if set, says whether a write may go ahead (see Options).
+	room func() error
 }
 
 // Options configure Open.
@@ -33,6 +46,10 @@ type Options struct {
 	InMemory bool
 	// Logger receives Badger's warnings and errors; nil discards them.
 	Logger *slog.Logger
+	// Room, if set, is asked before every write: an error refuses the
+	// write with ErrNoRoom. The node checks the disk's free space there
+	// (see node/disk).
+	Room func() error
 }
 
 // Open opens (creating if needed) the database in dir.
@@ -40,7 +57,7 @@ func Open(dir string, opt Options) (*DB, error) {
 	bopt := badger.DefaultOptions(dir).
 		// Badger's defaults reserve hundreds of MiB; a node keeps small
 		// records, and a testnet runs many nodes in one process.
-		WithMemTableSize(8 << 20).
+		WithMemTableSize(memTableSize).
 		WithNumMemtables(2).
 		WithNumLevelZeroTables(2).
 		WithNumLevelZeroTablesStall(8).
@@ -56,7 +73,7 @@ func Open(dir string, opt Options) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open badger in %s: %w", dir, err)
 	}
-	db := &DB{bdb: bdb}
+	db := &DB{bdb: bdb, room: opt.Room}
 	if err := db.claimNetwork(opt.Network); err != nil {
 		bdb.Close()
 		return nil, err
@@ -64,8 +81,27 @@ func Open(dir string, opt Options) (*DB, error) {
 	return db, nil
 }
 
+// writable asks Room, if set, whether a write may go ahead.
+func (db *DB) writable() error {
+	if db.room == nil {
+		return nil
+	}
+	if err := db.room(); err != nil {
+		return fmt.Errorf("%w: %w", ErrNoRoom, err)
+	}
+	return nil
+}
+
+// update runs a read-write transaction once the disk has room for it.
+func (db *DB) update(fn func(txn *badger.Txn) error) error {
+	if err := db.writable(); err != nil {
+		return err
+	}
+	return db.bdb.Update(fn)
+}
+
 func (db *DB) claimNetwork(network string) error {
-	return db.bdb.Update(func(txn *badger.Txn) error {
+	return db.update(func(txn *badger.Txn) error {
 		item, err := txn.Get(keyNetwork)
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return txn.Set(keyNetwork, []byte(network))

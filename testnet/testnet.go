@@ -240,6 +240,8 @@ func DefaultConfig(dir, network string) node.Config {
 	// the sample module compiles once, not once per node.
 	cfg.Provider.WasmCacheDir = filepath.Join(os.TempDir(), "mira-wasm-cache")
 	cfg.Provider.Slots = 4
+	// Many members share one machine's disk: a small reserve each.
+	cfg.Disk.MinFreeMiB, cfg.Disk.ReserveMiB = 64, 20
 	cfg.Market = node.MarketConfig{
 		InteractiveWindow: node.Duration(300 * time.Millisecond),
 		BatchWindow:       node.Duration(300 * time.Millisecond),

@@ -38,6 +38,17 @@ type NodeInfo struct {
 	GPUs []gpu.Device `json:"gpus"`
 	// Provider says whether the node sells capacity.
 	Provider bool `json:"provider"`
+	// Disk is the data dir's free space as the node last measured it.
+	Disk DiskInfo `json:"disk"`
+}
+
+// DiskInfo is the data dir's free space: while Low, the node refuses new
+// work (jobs, blobs, bids) and keeps serving reads and settling.
+type DiskInfo struct {
+	FreeBytes     uint64 `json:"free_bytes"`
+	MinFreeBytes  uint64 `json:"min_free_bytes"`
+	ReservedBytes uint64 `json:"reserved_bytes"`
+	Low           bool   `json:"low"`
 }
 
 // ProviderQuery is the query of GET /v1/providers.

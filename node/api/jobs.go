@@ -163,6 +163,10 @@ var ErrNotReady = errors.New("not ready")
 // ErrTooLarge is returned for an upload over a limit.
 var ErrTooLarge = errors.New("too large")
 
+// ErrInsufficientStorage is returned for new work a node refuses because
+// its data dir is low on disk space (507).
+var ErrInsufficientStorage = errors.New("insufficient storage")
+
 // ErrUnavailable is returned when a peer that holds what was asked for
 // cannot be reached.
 var ErrUnavailable = errors.New("unavailable")
@@ -212,7 +216,7 @@ func (s *server) postJob(w http.ResponseWriter, r *http.Request) {
 	}
 	job, err := s.cfg.Backend.SubmitJob(r.Context(), parsed)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		s.jobError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusCreated, map[string]string{"id": job.ID, "state": job.State})
@@ -240,6 +244,8 @@ func (s *server) jobError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusRequestEntityTooLarge, err.Error())
 	case errors.Is(err, ErrUnavailable):
 		writeError(w, http.StatusBadGateway, err.Error())
+	case errors.Is(err, ErrInsufficientStorage):
+		writeError(w, http.StatusInsufficientStorage, err.Error())
 	default:
 		writeError(w, http.StatusBadRequest, err.Error())
 	}
