@@ -225,15 +225,6 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		cm.Protect(b.ID, "bootstrap")
 	}
 
-	n.dht, err = dht.New(n.host,
-		dht.Mode(dht.ModeServer),
-		dht.ProtocolPrefix(libp2pproto.ID(protocol.Prefix(cfg.Network))),
-		dht.BootstrapPeers(bootstrap...),
-		dht.NamespacedValidator(protocol.CapacityNamespace, protocol.CapacityValidator{Network: cfg.Network}),
-	)
-	if err != nil {
-		return nil, fmt.Errorf("dht: %w", err)
-	}
 	n.pubsub, err = pubsub.NewGossipSub(runCtx, n.host,
 		pubsub.WithFloodPublish(true),
 		// Market messages carry their own signatures; a content-hash
@@ -281,7 +272,18 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	n.disk.OnChange(n.onDiskChange)
 	n.onDiskChange(n.disk.Check())
 	// Every handler is set: only now may peers reach the node, and only
-	// now does it dial them (a peer reconciles on connect at once).
+	// now does it dial them (a peer reconciles on connect at once). The
+	// DHT dials its bootstrap peers as soon as it exists, so it comes
+	// last.
+	n.dht, err = dht.New(n.host,
+		dht.Mode(dht.ModeServer),
+		dht.ProtocolPrefix(libp2pproto.ID(protocol.Prefix(cfg.Network))),
+		dht.BootstrapPeers(bootstrap...),
+		dht.NamespacedValidator(protocol.CapacityNamespace, protocol.CapacityValidator{Network: cfg.Network}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("dht: %w", err)
+	}
 	if err := n.host.Network().Listen(listen...); err != nil {
 		return nil, fmt.Errorf("libp2p listen: %w", err)
 	}

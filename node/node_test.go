@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/multiformats/go-multistream"
 
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/node/api"
@@ -311,7 +311,7 @@ func TestRestartedNodeServesEveryProtocolAtOnce(t *testing.T) {
 			return
 		}
 		for _, p := range protos {
-			go func() { results <- openAndRead(h, id1, p) }()
+			go func() { results <- negotiate(c, p) }()
 		}
 	}}
 	h.Network().Notify(probe)
@@ -331,19 +331,18 @@ func TestRestartedNodeServesEveryProtocolAtOnce(t *testing.T) {
 	}
 }
 
-// openAndRead opens a stream for proto and reads from it until the remote
-// answers, closes or a short deadline passes; only a refused protocol is an
-// error (libp2p may negotiate lazily, so the refusal can come with the read).
-func openAndRead(h host.Host, p peer.ID, proto libp2pproto.ID) error {
+// negotiate opens a stream on the connection c and asks for proto on it:
+// only the restarted node's answer on that very connection counts.
+func negotiate(c network.Conn, proto libp2pproto.ID) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := h.NewStream(ctx, p, proto)
-	if err == nil {
-		st.SetReadDeadline(time.Now().Add(time.Second))
-		_, err = st.Read(make([]byte, 1))
-		st.Reset()
+	st, err := c.NewStream(ctx)
+	if err != nil {
+		return nil // the connection went: nothing was refused
 	}
-	if err != nil && strings.Contains(err.Error(), "protocols not supported") {
+	defer st.Reset()
+	st.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := multistream.SelectProtoOrFail(proto, st); err != nil && strings.Contains(err.Error(), "not supported") {
 		return fmt.Errorf("%s: %w", proto, err)
 	}
 	return nil
