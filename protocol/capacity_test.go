@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/record"
 
 	"github.com/mira-market/mira/protocol/pb"
 )
@@ -190,6 +193,9 @@ func TestSignCapacityRefusesOtherProvider(t *testing.T) {
 	}
 }
 
+// FuzzOpenCapacity: whatever opens re-validates. Its envelope's key (as
+// core/record reads it) is the provider's, every field is within the
+// record's bounds, and opening is deterministic.
 func FuzzOpenCapacity(f *testing.F) {
 	k, id := newKey(f)
 	valid, _ := SignCapacity(k, sampleCapacity(id, 1))
@@ -200,9 +206,79 @@ func FuzzOpenCapacity(f *testing.F) {
 		if err != nil {
 			return
 		}
-		// Whatever opens must re-validate: it is signed by its provider.
-		if c.Provider == "" || c.Network == "" {
-			t.Fatalf("opened an incomplete record: %+v", c)
+		env, err := record.ConsumeTypedEnvelope(b, &signed{domain: capacityDomain, codec: capacityCodec, msg: &pb.Capacity{}})
+		if err != nil {
+			t.Fatalf("opened what core/record refuses: %v", err)
+		}
+		if signer, err := peer.IDFromPublicKey(env.PublicKey); err != nil || signer != c.Provider {
+			t.Fatalf("record signed by %s (%v) opened as %s's", signer, err, c.Provider)
+		}
+		checkCapacityBounds(t, c)
+		again, err := OpenCapacity(b)
+		if err != nil || !reflect.DeepEqual(again, c) {
+			t.Fatalf("opening twice differs: %+v, %v", again, err)
 		}
 	})
+}
+
+// FuzzCapacityRoundTrip: a record signed with any field values opens to
+// exactly those values when they are within bounds, and is refused as a
+// bad message when they are not.
+func FuzzCapacityRoundTrip(f *testing.F) {
+	k, id := newKey(f)
+	f.Add("lab", "nvidia-h100", uint32(2), uint32(81559), "wasm", uint64(7), int64(1), uint32(3))
+	f.Add("", "", uint32(0), uint32(0), "", uint64(0), int64(0), uint32(0))
+	f.Add("-bad", "x", uint32(1), uint32(1), strings.Repeat("e", 65), uint64(1), int64(-5), uint32(70))
+	f.Fuzz(func(t *testing.T, network, model string, count, vram uint32, executor string, seq uint64, expiresMs int64, gpuEntries uint32) {
+		in := &Capacity{Provider: id, Network: network, Executors: []string{executor}, Seq: seq, Expires: time.UnixMilli(expiresMs)}
+		for range gpuEntries % 80 {
+			in.GPUs = append(in.GPUs, GPU{Model: model, VRAMMiB: int(vram), Count: int(count)})
+		}
+		b, err := SignCapacity(k, in)
+		if err != nil {
+			return // too large to sign
+		}
+		valid := ValidateNetworkName(network) == nil && expiresMs > 0 && len(in.GPUs) <= maxGPUEntries &&
+			executor != "" && len(executor) <= maxNameLen &&
+			(len(in.GPUs) == 0 || model != "" && len(model) <= maxNameLen && count > 0)
+		out, err := OpenCapacity(b)
+		switch {
+		case valid && err != nil:
+			t.Fatalf("a valid record refused: %v (%+v)", err, in)
+		case !valid && !errors.Is(err, ErrBadMessage):
+			t.Fatalf("an invalid record opened (%+v), err %v", in, err)
+		case valid:
+			in.GPUs = slices.Clip(in.GPUs)
+			if out.Network != network || out.Seq != seq || !out.Expires.Equal(in.Expires) || len(out.GPUs) != len(in.GPUs) ||
+				!slices.Equal(out.Executors, in.Executors) || out.Provider != id {
+				t.Fatalf("round trip: %+v, want %+v", out, in)
+			}
+			for i := range out.GPUs {
+				if out.GPUs[i] != in.GPUs[i] {
+					t.Fatalf("GPU %d: %+v, want %+v", i, out.GPUs[i], in.GPUs[i])
+				}
+			}
+			checkCapacityBounds(t, out)
+		}
+	})
+}
+
+// checkCapacityBounds checks an opened record against every bound
+// checkCapacity promises.
+func checkCapacityBounds(t *testing.T, c *Capacity) {
+	t.Helper()
+	if c.Provider == "" || ValidateNetworkName(c.Network) != nil || c.Expires.UnixMilli() <= 0 ||
+		len(c.GPUs) > maxGPUEntries || len(c.Executors) > maxExecutors {
+		t.Fatalf("opened a record out of bounds: %+v", c)
+	}
+	for _, g := range c.GPUs {
+		if g.Model == "" || len(g.Model) > maxNameLen || g.Count <= 0 || len(g.UUID) > 128 || g.VRAMMiB < 0 {
+			t.Fatalf("opened a GPU entry out of bounds: %+v", g)
+		}
+	}
+	for _, e := range c.Executors {
+		if e == "" || len(e) > maxNameLen {
+			t.Fatalf("opened an executor name out of bounds: %q", e)
+		}
+	}
 }

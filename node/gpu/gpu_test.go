@@ -1,11 +1,15 @@
 package gpu
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -195,6 +199,20 @@ func TestFromDeclared(t *testing.T) {
 	}
 }
 
+// checkDetected checks what a parser of a vendor tool returns: each
+// device detected, once, named, normalised from its name, with no negative
+// memory.
+func checkDetected(t *testing.T, devs []Device) {
+	t.Helper()
+	for _, d := range devs {
+		if d.Name == "" || d.Model != NormalizeModel(d.Name) || d.VRAMMiB < 0 || d.Count != 1 || d.Source != SourceDetected {
+			t.Fatalf("parsed an invalid device %+v", d)
+		}
+	}
+}
+
+// FuzzParseNvidiaSMI: every non-empty line of a parsed answer is one
+// device, in order, and each device is well formed.
 func FuzzParseNvidiaSMI(f *testing.F) {
 	for _, name := range []string{"nvidia-smi-2xh100.csv", "nvidia-smi-odd-spacing.csv", "nvidia-smi-na-fields.csv"} {
 		b, _ := os.ReadFile(filepath.Join("testdata", name))
@@ -202,20 +220,56 @@ func FuzzParseNvidiaSMI(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		devs, err := ParseNvidiaSMI(b)
-		if err == nil {
-			for _, d := range devs {
-				if d.Name == "" || d.VRAMMiB < 0 {
-					t.Fatalf("parsed an invalid device %+v", d)
-				}
+		if err != nil {
+			return
+		}
+		checkDetected(t, devs)
+		lines := 0
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.TrimSpace(strings.TrimSuffix(l, "\r")) != "" {
+				lines++
 			}
+		}
+		if len(devs) != lines {
+			t.Fatalf("%d devices from %d lines", len(devs), lines)
 		}
 	})
 }
 
+// FuzzParseROCmSMI: a parsed answer has one device per "cardN" object, in
+// card order, each well formed, with its VRAM the answer's bytes in MiB.
 func FuzzParseROCmSMI(f *testing.F) {
-	b, _ := os.ReadFile("testdata/rocm-smi-mi300x.json")
-	f.Add(b)
+	for _, name := range []string{"rocm-smi-mi300x.json", "rocm-smi-rx7900.json", "rocm-smi-bad-memory.json"} {
+		b, _ := os.ReadFile(filepath.Join("testdata", name))
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ParseROCmSMI(b)
+		devs, err := ParseROCmSMI(b)
+		if err != nil {
+			return
+		}
+		checkDetected(t, devs)
+		var cards map[string]map[string]any
+		if err := json.Unmarshal(b, &cards); err != nil {
+			t.Fatalf("parsed what is not a JSON object of objects: %v", err)
+		}
+		var keys []string
+		for k := range cards {
+			if strings.HasPrefix(k, "card") {
+				keys = append(keys, k)
+			}
+		}
+		if len(devs) != len(keys) {
+			t.Fatalf("%d devices from %d cards", len(devs), len(keys))
+		}
+		slices.SortStableFunc(keys, func(a, b string) int { return cmp.Compare(cardIndex(a), cardIndex(b)) })
+		for i, k := range keys {
+			if m, ok := cards[k]["VRAM Total Memory (B)"].(string); ok && m != "" {
+				v, _ := strconv.ParseInt(m, 10, 64)
+				if devs[i].VRAMMiB != int(v>>20) {
+					t.Fatalf("%s: %d MiB from %q bytes", k, devs[i].VRAMMiB, m)
+				}
+			}
+		}
 	})
 }
