@@ -170,7 +170,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		return nil, err
 	}
 
-	blobs, err := blob.NewStore(filepath.Join(cfg.DataDir, blobsDir), cfg.MaxBlobSize)
+	blobs, err := n.openBlobStore(filepath.Join(cfg.DataDir, blobsDir))
 	if err != nil {
 		return nil, err
 	}
@@ -237,6 +237,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	n.registerMetrics()
 	n.blobs = blob.NewService(n.host, cfg.Network, blobs, o.log)
 	n.blobs.SetAllow(n.blobAllowed)
+	n.metrics.MustRegister(newBlobCollector(n))
 	n.host.SetStreamHandler(libp2pproto.ID(protocol.LogsProtocol(cfg.Network)), n.handleLogs)
 
 	n.host.Network().Notify(&network.NotifyBundle{
@@ -274,7 +275,8 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		return nil, err
 	}
 	n.host.SetStreamHandler(n.syncProtocol(), n.handleSync)
-	n.wg.Add(3)
+	n.wg.Add(4)
+	go n.collectBlobs(runCtx)
 	go n.reconcileLoop(runCtx, n.connected)
 	go n.maintainBootstrap(runCtx)
 	go n.measureLatency(runCtx)

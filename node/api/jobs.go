@@ -163,6 +163,9 @@ var ErrNotReady = errors.New("not ready")
 // ErrTooLarge is returned for an upload over a limit.
 var ErrTooLarge = errors.New("too large")
 
+// ErrStorageFull is returned for a write the node has no room for (507).
+var ErrStorageFull = errors.New("storage full")
+
 // ErrUnavailable is returned when a peer that holds what was asked for
 // cannot be reached.
 var ErrUnavailable = errors.New("unavailable")
@@ -240,6 +243,8 @@ func (s *server) jobError(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusRequestEntityTooLarge, err.Error())
 	case errors.Is(err, ErrUnavailable):
 		writeError(w, http.StatusBadGateway, err.Error())
+	case errors.Is(err, ErrStorageFull):
+		writeError(w, http.StatusInsufficientStorage, err.Error())
 	default:
 		writeError(w, http.StatusBadRequest, err.Error())
 	}

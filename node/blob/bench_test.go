@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"testing"
 )
@@ -20,26 +19,27 @@ func BenchmarkFetch256MiB(b *testing.B) {
 	if err := client.host.Connect(context.Background(), server.host.Peerstore().PeerInfo(server.host.ID())); err != nil {
 		b.Fatal(err)
 	}
-	id, _, err := server.store.Put(io.LimitReader(rand.Reader, size))
+	id, _, err := server.store.Put(io.LimitReader(rand.Reader, size), Operator)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.SetBytes(size)
 	b.ResetTimer()
 	for range b.N {
-		if _, err := client.Fetch(context.Background(), id, server.host.ID()); err != nil {
+		if _, err := client.Fetch(context.Background(), id, Cached, server.host.ID()); err != nil {
 			b.Fatal(err)
 		}
 		b.StopTimer()
-		p, _ := client.store.path(id)
-		os.Remove(p)
+		if _, err := client.store.Delete(id); err != nil {
+			b.Fatal(err)
+		}
 		b.StartTimer()
 	}
 }
 
 func newBenchService(b *testing.B) *Service {
 	b.Helper()
-	st, err := NewStore(filepath.Join(b.TempDir(), "blobs"), 1<<30)
+	st, err := NewStore(filepath.Join(b.TempDir(), "blobs"), Options{MaxSize: 1 << 30})
 	if err != nil {
 		b.Fatal(err)
 	}
