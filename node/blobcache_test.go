@@ -3,13 +3,16 @@ package node_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/node/api"
+	"github.com/mira-market/mira/node/blob"
 	"github.com/mira-market/mira/testnet"
 )
 
@@ -166,4 +169,80 @@ func waitEnded(t *testing.T, c *api.Client, id string) api.JobInfo {
 		t.Fatal(err)
 	}
 	return ended
+}
+
+// The operator's blobs: pinned within the budget, across a restart, until
+// deleted through the API.
+func TestOperatorBlobsAPI(t *testing.T) {
+	tn := startTestnet(t, 1, func(_ int, cfg *node.Config) {
+		cfg.MaxBlobSize = 1 << 20
+		cfg.BlobCacheMiB = 1
+	})
+	ctx := context.Background()
+	c := clientFor(t, tn, 0)
+	first, err := c.PutBlob(ctx, bytes.NewReader(bytes.Repeat([]byte{'a'}, 600<<10)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second does not fit the 1 MiB budget beside the pinned first.
+	_, err = c.PutBlob(ctx, bytes.NewReader(bytes.Repeat([]byte{'b'}, 600<<10)))
+	var se *api.StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusInsufficientStorage || !strings.Contains(se.Message, "blob store full") {
+		t.Fatalf("a put past the budget: %v, want 507 blob store full", err)
+	}
+
+	if err := tn.Stop(0); err != nil {
+		t.Fatal(err)
+	}
+	if err := tn.Restart(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	c = clientFor(t, tn, 0)
+	if s := tn.Node(0).BlobStats(); s.Bytes[blob.Operator] != first.Size || s.Refused != 0 {
+		t.Fatalf("after a restart the node holds %v bytes by kind, want %d of the operator's", s.Bytes, first.Size)
+	}
+	for _, tc := range []struct {
+		name, id string
+		code     int
+		body     string
+	}{
+		{"not a content ID", "nope", 400, "id:"},
+		{"not held", "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku", 404, "not found"},
+		{"the operator's blob", first.ID, 200, `"removed": true`},
+		{"once deleted", first.ID, 404, "not found"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodDelete, c.BaseURL+"/v1/blobs/"+tc.id, nil)
+			req.Header.Set("Authorization", "Bearer "+c.Token)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if b := readAll(t, resp); resp.StatusCode != tc.code || !strings.Contains(b, tc.body) {
+				t.Fatalf("DELETE %s: %d %s, want %d with %q", tc.id, resp.StatusCode, b, tc.code, tc.body)
+			}
+		})
+	}
+	if _, err := c.Blob(ctx, first.ID); statusCode(err) != http.StatusNotFound {
+		t.Fatalf("GET of a deleted blob: %v, want 404", err)
+	}
+	metrics := metricsText(t, c)
+	for _, want := range []string{`mira_blob_bytes{kind="operator"} 0`, "mira_blob_evictions_total 1", "mira_blob_budget_bytes 1.048576e+06"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+func metricsText(t *testing.T, c *api.Client) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, c.BaseURL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	return readAll(t, resp)
 }

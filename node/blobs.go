@@ -80,9 +80,12 @@ func (n *Node) collectBlobs(ctx context.Context) {
 // (gossiped offers and the ledger's receipts name them), so naming one
 // proves nothing.
 func (n *Node) stageBlob(ctx context.Context, id cid.Cid, requester peer.ID) (release func(), err error) {
-	release = n.blobs.Store().Use(id)
-	if n.blobs.Store().Has(id) && n.mayReadResult(id, requester) {
-		n.blobs.Store().Mark(id, 0, "") // used now
+	store := n.blobs.Store()
+	release = store.Use(id)
+	// The common case first: the requester's own cached module or input
+	// (a look-up in memory; the result readers are in the database).
+	if store.HeldBy(id, requester) || store.Has(id) && n.mayReadResult(id, requester) {
+		store.Mark(id, 0, "") // used now
 		return release, nil
 	}
 	if err := n.blobs.FetchFor(ctx, id, requester); err != nil {
