@@ -37,8 +37,18 @@ var Kinds = []Kind{Operator, Own, Held, Cached}
 func (k Kind) String() string {
 	var names []string
 	for _, c := range Kinds {
-		if k&c != 0 {
-			names = append(names, map[Kind]string{Operator: "operator", Own: "own", Held: "held", Cached: "cached"}[c])
+		if k&c == 0 {
+			continue
+		}
+		switch c {
+		case Operator:
+			names = append(names, "operator")
+		case Own:
+			names = append(names, "own")
+		case Held:
+			names = append(names, "held")
+		case Cached:
+			names = append(names, "cached")
 		}
 	}
 	if len(names) == 0 {
