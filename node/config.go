@@ -50,6 +50,16 @@ type Config struct {
 	// MaxBlobSize bounds a blob (job input or result) this node stores or
 	// fetches, in bytes.
 	MaxBlobSize int64 `toml:"max_blob_size"`
+	// BlobCacheMiB is the blob store's budget, in MiB: past it, inputs
+	// and modules cached from requesters (and results held past their
+	// retention) are evicted, least recently used first; a blob that
+	// still does not fit is refused. It must hold one blob of
+	// max_blob_size.
+	BlobCacheMiB int64 `toml:"blob_cache_mib"`
+	// BlobResultRetention is how long a provider keeps a result or
+	// outputs archive for its requester to fetch before the collector may
+	// evict it.
+	BlobResultRetention Duration `toml:"blob_result_retention"`
 	// Listen are the libp2p listen multiaddrs.
 	Listen []string `toml:"listen"`
 	// API is the host:port of the local HTTP API.
@@ -156,18 +166,20 @@ func (d *Duration) UnmarshalText(b []byte) error {
 // DefaultConfig is the configuration `mira init` writes for a public node.
 func DefaultConfig(dataDir string) Config {
 	return Config{
-		DataDir:           dataDir,
-		Network:           protocol.DefaultNetwork,
-		Listen:            []string{"/ip4/0.0.0.0/tcp/4410", "/ip4/0.0.0.0/udp/4410/quic-v1"},
-		API:               "127.0.0.1:7410",
-		RedialInterval:    Duration(10 * time.Second),
-		PingInterval:      Duration(15 * time.Second),
-		ConnLow:           64,
-		ConnHigh:          192,
-		DetectGPUs:        true,
-		MaxBlobSize:       1 << 30,
-		ReconcileInterval: Duration(10 * time.Second),
-		ReconcileSymbols:  storage.DefaultReconcileCapacity,
+		DataDir:             dataDir,
+		Network:             protocol.DefaultNetwork,
+		Listen:              []string{"/ip4/0.0.0.0/tcp/4410", "/ip4/0.0.0.0/udp/4410/quic-v1"},
+		API:                 "127.0.0.1:7410",
+		RedialInterval:      Duration(10 * time.Second),
+		PingInterval:        Duration(15 * time.Second),
+		ConnLow:             64,
+		ConnHigh:            192,
+		DetectGPUs:          true,
+		MaxBlobSize:         1 << 30,
+		BlobCacheMiB:        10 << 10,
+		BlobResultRetention: Duration(24 * time.Hour),
+		ReconcileInterval:   Duration(10 * time.Second),
+		ReconcileSymbols:    storage.DefaultReconcileCapacity,
 		Provider: ProviderConfig{
 			Slots:            1,
 			PriceInteractive: 0.002,
@@ -278,6 +290,12 @@ func (c Config) Validate() error {
 	}
 	if c.MaxBlobSize <= 0 {
 		return errors.New("config: max_blob_size must be positive")
+	}
+	if c.BlobCacheMiB <= 0 || c.BlobCacheMiB > math.MaxInt64>>20 || c.BlobCacheMiB<<20 < c.MaxBlobSize {
+		return fmt.Errorf("config: blob_cache_mib (%d) must be positive and hold one blob of max_blob_size (%d bytes)", c.BlobCacheMiB, c.MaxBlobSize)
+	}
+	if c.BlobResultRetention <= 0 {
+		return errors.New("config: blob_result_retention must be positive")
 	}
 	if c.ConnLow <= 0 || c.ConnHigh < c.ConnLow {
 		return fmt.Errorf("config: conn_low (%d) and conn_high (%d): need 0 < low <= high", c.ConnLow, c.ConnHigh)

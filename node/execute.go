@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"google.golang.org/protobuf/proto"
 
@@ -198,7 +199,7 @@ func (n *Node) storeResult(stdout *spool, requester peer.ID, o *market.Outcome) 
 	if _, err := stdout.f.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("result file: %w", err)
 	}
-	id, size, err := n.blobs.Store().Put(stdout.f)
+	id, size, err := n.blobs.Store().Put(stdout.f, blob.Held)
 	if err != nil {
 		return fmt.Errorf("store result: %w", err)
 	}
@@ -224,7 +225,7 @@ func (n *Node) storeOutputs(scratch string, requester peer.ID, o *market.Outcome
 		pw.CloseWithError(err)
 		done <- archived{entries, err}
 	}()
-	id, size, err := n.blobs.Store().Put(pr)
+	id, size, err := n.blobs.Store().Put(pr, blob.Held)
 	pr.CloseWithError(errors.New("archive not read")) // ends the writer if Put stopped early
 	a := <-done
 	switch {
@@ -276,7 +277,10 @@ func (n *Node) precompile(ctx context.Context) {
 
 // stage fetches what the job needs from its requester: the wasm module (a
 // content ID, or the name of a sample module this binary ships) and the
-// inputs, which land in the scratch dir under inputs/.
+// inputs, which land in the scratch dir under inputs/. A blob the
+// provider holds already serves only a requester that delivered it (see
+// stageBlob); the copies in the scratch dir go with it after the run,
+// and the blobs stay as evictable cache.
 func (n *Node) stage(ctx context.Context, l *market.Lease, job *executor.Job) error {
 	if l.Spec.Executor == "wasm" {
 		mod, err := n.module(ctx, l)
@@ -302,15 +306,22 @@ func (n *Node) stage(ctx context.Context, l *market.Lease, job *executor.Job) er
 		if err != nil {
 			return fmt.Errorf("input: %w", err)
 		}
-		if _, err := n.blobs.Fetch(ctx, id, l.Requester); err != nil {
-			return fmt.Errorf("input: %w", err)
-		}
-		// A copy, not a link: the job may write to its inputs.
-		if err := n.copyBlob(id.String(), filepath.Join(dir, id.String())); err != nil {
+		if err := n.stageInput(ctx, id, l.Requester, filepath.Join(dir, id.String())); err != nil {
 			return fmt.Errorf("input %s: %w", id, err)
 		}
 	}
 	return nil
+}
+
+// stageInput copies the requester's input id to dst (a copy, not a link:
+// the job may write to its inputs).
+func (n *Node) stageInput(ctx context.Context, id cid.Cid, requester peer.ID, dst string) error {
+	release, err := n.stageBlob(ctx, id, requester)
+	if err != nil {
+		return err
+	}
+	defer release()
+	return n.copyBlob(id, dst)
 }
 
 func (n *Node) module(ctx context.Context, l *market.Lease) ([]byte, error) {
@@ -318,18 +329,16 @@ func (n *Node) module(ctx context.Context, l *market.Lease) ([]byte, error) {
 	if err != nil {
 		return executor.SampleModule(l.Spec.Module)
 	}
-	if _, err := n.blobs.Fetch(ctx, id, l.Requester); err != nil {
-		return nil, err
+	release, err := n.stageBlob(ctx, id, l.Requester)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", id, err)
 	}
+	defer release()
 	return n.blobs.Store().ReadAll(id)
 }
 
-func (n *Node) copyBlob(id, dst string) error {
-	c, _, err := protocol.ParseBlobID(id)
-	if err != nil {
-		return err
-	}
-	src, _, err := n.blobs.Store().Open(c)
+func (n *Node) copyBlob(id cid.Cid, dst string) error {
+	src, _, err := n.blobs.Store().Open(id)
 	if err != nil {
 		return err
 	}
@@ -338,7 +347,7 @@ func (n *Node) copyBlob(id, dst string) error {
 	if err != nil {
 		return err
 	}
-	_, err = io.Copy(f, src)
+	_, err = io.Copy(f, src.File)
 	return errors.Join(err, f.Close())
 }
 

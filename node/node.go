@@ -175,7 +175,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		return nil, err
 	}
 
-	blobs, err := blob.NewStore(filepath.Join(cfg.DataDir, blobsDir), cfg.MaxBlobSize)
+	blobs, err := n.openBlobStore(filepath.Join(cfg.DataDir, blobsDir))
 	if err != nil {
 		return nil, err
 	}
@@ -239,6 +239,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	n.registerMetrics()
 	n.blobs = blob.NewService(n.host, cfg.Network, blobs, o.log)
 	n.blobs.SetAllow(n.blobAllowed)
+	n.metrics.MustRegister(newBlobCollector(n))
 	n.host.SetStreamHandler(libp2pproto.ID(protocol.LogsProtocol(cfg.Network)), n.handleLogs)
 
 	n.host.Network().Notify(&network.NotifyBundle{
@@ -294,8 +295,9 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err := n.serveAPI(); err != nil {
 		return nil, err
 	}
-	n.wg.Add(4)
+	n.wg.Add(5)
 	go n.watchDisk(runCtx)
+	go n.collectBlobs(runCtx)
 	go n.reconcileLoop(runCtx, n.connected)
 	go n.maintainBootstrap(runCtx)
 	go n.measureLatency(runCtx)

@@ -50,11 +50,17 @@ func (d *marketDriver) collectResult(j *market.Job) {
 		isInline bool
 	}
 	var keep []blobOfJob
-	if id, _, err := protocol.ParseBlobID(j.ResultID); err == nil && !d.n.blobs.Store().Has(id) {
+	// A blob here already (the node cached it as a provider, say) is kept
+	// too, as this node's own: the collector must not evict a result.
+	ownHere := func(id cid.Cid) bool {
+		k, ok := d.n.blobs.Store().KindOf(id)
+		return ok && k&blob.Own != 0
+	}
+	if id, _, err := protocol.ParseBlobID(j.ResultID); err == nil && !ownHere(id) {
 		out, ok := inlineResult(j)
 		keep = append(keep, blobOfJob{id: id, inline: out, isInline: ok})
 	}
-	if id, _, err := protocol.ParseBlobID(j.OutputsID); err == nil && !d.n.blobs.Store().Has(id) {
+	if id, _, err := protocol.ParseBlobID(j.OutputsID); err == nil && !ownHere(id) {
 		keep = append(keep, blobOfJob{id: id})
 	}
 	if len(keep) == 0 {
@@ -70,10 +76,10 @@ func (d *marketDriver) collectResult(j *market.Job) {
 		defer cancel()
 		for _, b := range keep {
 			if b.isInline {
-				if _, err := d.n.blobs.Store().PutBytes(b.inline); err != nil {
+				if _, err := d.n.blobs.Store().PutBytes(b.inline, blob.Own); err != nil {
 					d.n.log.Warn("store inline result", "job", job, "err", err)
 				}
-			} else if _, err := d.n.blobs.Fetch(ctx, b.id, provider); err != nil {
+			} else if _, err := d.n.blobs.Fetch(ctx, b.id, blob.Own, provider); err != nil {
 				d.n.log.Warn("fetch a job's blob", "job", job, "blob", b.id, "provider", provider, "err", err)
 			}
 		}
@@ -88,16 +94,10 @@ func (d *marketDriver) collectResult(j *market.Job) {
 // Nothing else is shared: a content ID alone (the ledger's receipts name
 // results) is not a right to the content.
 func (n *Node) blobAllowed(p peer.ID, id cid.Cid) bool {
-	allowed := false
-	n.withDB(func() {
-		var err error
-		if allowed, err = n.db.MayReadResult(id.String(), []byte(p)); err != nil {
-			n.log.Warn("blob request", "blob", id, "err", err)
-		}
-	})
-	if allowed {
+	if n.mayReadResult(id, p) {
 		return true
 	}
+	allowed := false
 	if n.market == nil {
 		return false
 	}
@@ -167,7 +167,9 @@ func (n *Node) openJobBlob(ctx context.Context, id string, provider peer.ID) (io
 	if err != nil {
 		return nil, api.BlobInfo{}, err
 	}
-	if _, err := n.blobs.Fetch(ctx, c, provider); err != nil {
+	// Not evicted between the fetch and the open.
+	defer n.blobs.Store().Use(c)()
+	if _, err := n.blobs.Fetch(ctx, c, blob.Own, provider); err != nil {
 		return nil, api.BlobInfo{}, fmt.Errorf("%w: %s: %w", api.ErrUnavailable, c, err)
 	}
 	f, size, err := n.blobs.Store().Open(c)
@@ -239,14 +241,17 @@ func (n *Node) JobLogs(ctx context.Context, id protocol.JobID, follow bool, w fu
 	return err
 }
 
-// PutBlob stores an uploaded blob.
+// PutBlob stores an uploaded blob: the operator's, pinned until deleted.
 func (n *Node) PutBlob(r io.Reader) (api.BlobInfo, error) {
 	if err := n.diskLow(); err != nil {
 		return api.BlobInfo{}, err
 	}
-	c, size, err := n.blobs.Store().Put(r)
+	c, size, err := n.blobs.Store().Put(r, blob.Operator)
 	if errors.Is(err, blob.ErrTooLarge) {
 		return api.BlobInfo{}, fmt.Errorf("%w: %w", api.ErrTooLarge, err)
+	}
+	if errors.Is(err, blob.ErrFull) {
+		return api.BlobInfo{}, fmt.Errorf("%w: %w (blob_cache_mib)", api.ErrInsufficientStorage, err)
 	}
 	if err != nil {
 		return api.BlobInfo{}, err
@@ -302,6 +307,11 @@ func (b apiBackend) JobOutputs(ctx context.Context, id string) (io.ReadCloser, a
 // PutBlob answers POST /v1/blobs.
 func (b apiBackend) PutBlob(_ context.Context, r io.Reader) (api.BlobInfo, error) {
 	return b.Node.PutBlob(r)
+}
+
+// DeleteBlob answers DELETE /v1/blobs/{id}.
+func (b apiBackend) DeleteBlob(_ context.Context, id string) (api.BlobDeleted, error) {
+	return b.Node.DeleteBlob(id)
 }
 
 // OpenBlob answers GET /v1/blobs/{id}.

@@ -60,6 +60,27 @@ func newBlobCmd(g *globals) *cobra.Command {
 		},
 	}
 	get.Flags().StringVarP(&out, "output", "o", "", "write to this file instead of stdout")
-	cmd.AddCommand(put, get)
+	rm := &cobra.Command{
+		Use:   "rm ID",
+		Short: "Unpin a blob the local node holds and remove it, unless a requester's job still needs it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := api.NewClientFromDataDir(g.dataDir)
+			if err != nil {
+				return err
+			}
+			d, err := c.DeleteBlob(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if d.Removed {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s removed\n", d.ID)
+			} else {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s unpinned; kept while a requester's job needs it, then evictable\n", d.ID)
+			}
+			return nil
+		},
+	}
+	cmd.AddCommand(put, get, rm)
 	return cmd
 }

@@ -213,6 +213,19 @@ func (c *Client) Blob(ctx context.Context, id string) (io.ReadCloser, error) {
 	return resp.Body, nil
 }
 
+// DeleteBlob unpins a blob the node holds and removes it unless a job
+// still needs it.
+func (c *Client) DeleteBlob(ctx context.Context, id string) (BlobDeleted, error) {
+	var d BlobDeleted
+	resp, err := c.stream(ctx, http.MethodDelete, blobsPath+"/"+url.PathEscape(id), nil)
+	if err != nil {
+		return d, err
+	}
+	defer resp.Body.Close()
+	err = json.NewDecoder(resp.Body).Decode(&d)
+	return d, err
+}
+
 // JobResult opens a finished job's result; the caller closes it. The
 // second value is the result's content ID.
 func (c *Client) JobResult(ctx context.Context, id string) (io.ReadCloser, string, error) {

@@ -36,7 +36,7 @@ func newHostTB(t testing.TB) host.Host {
 
 func newService(t *testing.T, maxSize int64) *Service {
 	t.Helper()
-	st, err := NewStore(t.TempDir(), maxSize)
+	st, err := NewStore(t.TempDir(), Options{MaxSize: maxSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,12 +60,12 @@ func randomBytes(t *testing.T, n int) []byte {
 }
 
 func TestStorePutOpen(t *testing.T) {
-	st, err := NewStore(t.TempDir(), 1<<20)
+	st, err := NewStore(t.TempDir(), Options{MaxSize: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
 	data := []byte("hello blob")
-	id, err := st.PutBytes(data)
+	id, err := st.PutBytes(data, Operator)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func TestStorePutOpen(t *testing.T) {
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("ReadAll = %q, %v", got, err)
 	}
-	if _, _, err := st.Put(bytes.NewReader(make([]byte, 1<<20+1))); !errors.Is(err, ErrTooLarge) {
+	if _, _, err := st.Put(bytes.NewReader(make([]byte, 1<<20+1)), Operator); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("oversized put: %v, want ErrTooLarge", err)
 	}
 	other, _ := protocol.BlobID(make([]byte, 32))
@@ -89,11 +89,11 @@ func TestFetch(t *testing.T) {
 	server, client := newService(t, 64<<20), newService(t, 64<<20)
 	connect(t, client.host, server.host)
 	data := randomBytes(t, 3*chunkSize+17)
-	id, err := server.store.PutBytes(data)
+	id, err := server.store.PutBytes(data, Operator)
 	if err != nil {
 		t.Fatal(err)
 	}
-	size, err := client.Fetch(context.Background(), id, server.host.ID())
+	size, err := client.Fetch(context.Background(), id, Cached, server.host.ID())
 	if err != nil || size != int64(len(data)) {
 		t.Fatalf("Fetch = %d, %v", size, err)
 	}
@@ -102,7 +102,7 @@ func TestFetch(t *testing.T) {
 		t.Fatal("fetched blob differs")
 	}
 	missing, _ := protocol.BlobID(make([]byte, 32))
-	if _, err := client.Fetch(context.Background(), missing, server.host.ID()); !errors.Is(err, ErrNotFound) {
+	if _, err := client.Fetch(context.Background(), missing, Cached, server.host.ID()); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("fetch of a missing blob: %v", err)
 	}
 }
@@ -131,20 +131,20 @@ func TestFetchRejectsCorruptBlobAndUsesNextSource(t *testing.T) {
 	connect(t, client.host, good.host)
 	connect(t, client.host, liar)
 	data := randomBytes(t, 100_000)
-	id, _ := good.store.PutBytes(data)
+	id, _ := good.store.PutBytes(data, Operator)
 	corrupt := bytes.Clone(data)
 	corrupt[500] ^= 1
 	serveFake(liar, uint64(len(corrupt)), corrupt, nil)
 
 	// The liar alone: the download is refused and nothing is stored.
-	if _, err := client.Fetch(context.Background(), id, liar.ID()); !errors.Is(err, ErrMismatch) {
+	if _, err := client.Fetch(context.Background(), id, Cached, liar.ID()); !errors.Is(err, ErrMismatch) {
 		t.Fatalf("fetch from liar: %v, want ErrMismatch", err)
 	}
 	if client.store.Has(id) || client.Stats.Rejected.Load() != 1 {
 		t.Fatalf("corrupt blob stored (%v) or not counted (%d)", client.store.Has(id), client.Stats.Rejected.Load())
 	}
 	// Liar first, then an honest source: the blob arrives intact.
-	if _, err := client.Fetch(context.Background(), id, liar.ID(), good.host.ID()); err != nil {
+	if _, err := client.Fetch(context.Background(), id, Cached, liar.ID(), good.host.ID()); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := client.store.ReadAll(id)
@@ -159,10 +159,10 @@ func TestFetchResumesPartialDownload(t *testing.T) {
 	connect(t, client.host, good.host)
 	connect(t, client.host, cutter)
 	data := randomBytes(t, 2*chunkSize)
-	id, _ := good.store.PutBytes(data)
+	id, _ := good.store.PutBytes(data, Operator)
 	// The cutter sends the first 1000 bytes and hangs up.
 	serveFake(cutter, uint64(len(data)), data[:1000], nil)
-	if _, err := client.Fetch(context.Background(), id, cutter.ID()); err == nil {
+	if _, err := client.Fetch(context.Background(), id, Cached, cutter.ID()); err == nil {
 		t.Fatal("a cut download succeeded")
 	}
 	// The next request asks for the rest only.
@@ -170,7 +170,7 @@ func TestFetchResumesPartialDownload(t *testing.T) {
 	rest := newHost(t)
 	connect(t, client.host, rest)
 	serveFake(rest, uint64(len(data)), data[1000:], offsets)
-	if _, err := client.Fetch(context.Background(), id, rest.ID()); err != nil {
+	if _, err := client.Fetch(context.Background(), id, Cached, rest.ID()); err != nil {
 		t.Fatal(err)
 	}
 	if off := <-offsets; off != 1000 {
@@ -190,7 +190,7 @@ func TestFetchRefusesOversizedBlob(t *testing.T) {
 	serveFake(big, 1<<30, nil, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := client.Fetch(ctx, id, big.ID()); !errors.Is(err, ErrTooLarge) {
+	if _, err := client.Fetch(ctx, id, Cached, big.ID()); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("oversized: %v, want ErrTooLarge", err)
 	}
 }
@@ -219,11 +219,11 @@ func TestConcurrentFetchesDoNotMix(t *testing.T) {
 	connect(t, client.host, good.host)
 	connect(t, client.host, liar)
 	data := randomBytes(t, 4*chunkSize)
-	id, _ := good.store.PutBytes(data)
+	id, _ := good.store.PutBytes(data, Operator)
 	serveFake(liar, uint64(len(data)), randomBytes(t, len(data)), nil)
 	done := make(chan error, 2)
-	go func() { _, err := client.Fetch(context.Background(), id, liar.ID()); done <- err }()
-	go func() { _, err := client.Fetch(context.Background(), id, good.host.ID()); done <- err }()
+	go func() { _, err := client.Fetch(context.Background(), id, Cached, liar.ID()); done <- err }()
+	go func() { _, err := client.Fetch(context.Background(), id, Cached, good.host.ID()); done <- err }()
 	<-done
 	<-done
 	got, err := client.store.ReadAll(id)

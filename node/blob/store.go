@@ -1,19 +1,26 @@
 // Package blob stores content-addressed blobs (job inputs and results) in a
 // node's data dir and moves them between nodes over the blob stream
 // protocol: chunked, resumable from a partial download, and checked
-// against the content ID on arrival.
+// against the content ID on arrival. The store knows why it keeps each
+// blob (its Kind) and which requesters delivered it, and collects
+// evictable blobs to stay within a size budget.
 package blob
 
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
+	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/mira-market/mira/protocol"
 )
@@ -27,44 +34,207 @@ var ErrTooLarge = errors.New("blob too large")
 // ErrMismatch is returned when a blob's bytes do not hash to its ID.
 var ErrMismatch = errors.New("blob content does not match its ID")
 
-// Store keeps blobs as files named by their SHA-256 in one directory;
-// partial downloads sit beside them with a ".part" suffix.
-type Store struct {
-	dir     string
-	maxSize int64
+// ErrFull is returned for a blob that does not fit in the store's budget
+// even after every evictable blob is gone.
+var ErrFull = errors.New("blob store full")
+
+// Defaults of Options.
+const (
+	DefaultHeldFor    = 24 * time.Hour
+	DefaultPartialTTL = time.Hour
+)
+
+// Options configure a Store.
+type Options struct {
+	// MaxSize is the largest blob the store accepts, in bytes.
+	MaxSize int64
+	// Budget bounds the bytes of all stored blobs; 0 is no bound. A write
+	// that would pass it first evicts Cached blobs (and Held ones past
+	// their retention), least recently used first, and is refused with
+	// ErrFull when that is not enough.
+	Budget int64
+	// HeldFor is how long a Held blob is kept after it was stored
+	// (DefaultHeldFor if 0).
+	HeldFor time.Duration
+	// PartialTTL is how long a partial download or upload may sit
+	// untouched before the collector removes it (DefaultPartialTTL if 0).
+	PartialTTL time.Duration
+	// Index keeps the blobs' kinds and holders across restarts; nil keeps
+	// them in memory only.
+	Index Index
+	// Now is the clock (time.Now if nil).
+	Now func() time.Time
+	// Log receives what the collector does; nil discards it.
+	Log *slog.Logger
 }
 
-// NewStore opens (creating) a store in dir that holds blobs of at most
-// maxSize bytes.
-func NewStore(dir string, maxSize int64) (*Store, error) {
+// Store keeps blobs as files named by their SHA-256 in one directory;
+// partial downloads sit beside them with a ".part" suffix. Its records of
+// the blobs (kinds, holders, last use) are guarded by one mutex, under
+// which every file is also created (renamed into place) and removed, so
+// the collector never races a write or a use.
+type Store struct {
+	dir string
+	opt Options
+
+	mu      sync.Mutex
+	blobs   map[string]*entry // by file name (hex SHA-256)
+	inUse   map[string]int    // names staged or served: never evicted
+	writing map[string]int    // partial files being written
+	used    int64             // bytes of blobs
+	// reserved is the bytes promised to downloads under way.
+	reserved int64
+	stats    GCStats
+}
+
+// NewStore opens (creating) a store in dir, and reads back its records.
+// A blob file with no record (a data dir from before records were kept)
+// is kept as the operator's: pinned, never evicted.
+func NewStore(dir string, opt Options) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("blob store: %w", err)
 	}
-	return &Store{dir: dir, maxSize: maxSize}, nil
+	if opt.HeldFor <= 0 {
+		opt.HeldFor = DefaultHeldFor
+	}
+	if opt.PartialTTL <= 0 {
+		opt.PartialTTL = DefaultPartialTTL
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.Log == nil {
+		opt.Log = slog.New(slog.DiscardHandler)
+	}
+	s := &Store{dir: dir, opt: opt, blobs: map[string]*entry{}, inUse: map[string]int{}, writing: map[string]int{}}
+	if err := s.load(); err != nil {
+		return nil, fmt.Errorf("blob store: %w", err)
+	}
+	return s, nil
 }
 
 // MaxSize is the largest blob the store accepts.
-func (s *Store) MaxSize() int64 { return s.maxSize }
+func (s *Store) MaxSize() int64 { return s.opt.MaxSize }
 
-func (s *Store) path(id cid.Cid) (string, error) {
+// nameOf is the file name of id: its SHA-256 in hex.
+func nameOf(id cid.Cid) (string, error) {
 	_, sum, err := protocol.ParseBlobID(id.String())
 	if err != nil {
 		return "", err
 	}
-	return filepath.Join(s.dir, fmt.Sprintf("%x", sum)), nil
+	return hex.EncodeToString(sum), nil
 }
 
-// Put stores what r yields and returns its content ID and size.
-func (s *Store) Put(r io.Reader) (cid.Cid, int64, error) {
+// isBlobName reports whether a file name is a blob's (not a partial).
+func isBlobName(name string) bool {
+	if len(name) != 2*sha256.Size {
+		return false
+	}
+	_, err := hex.DecodeString(name)
+	return err == nil
+}
+
+func (s *Store) pathOf(name string) string { return filepath.Join(s.dir, name) }
+
+func (s *Store) path(id cid.Cid) (string, error) {
+	name, err := nameOf(id)
+	if err != nil {
+		return "", err
+	}
+	return s.pathOf(name), nil
+}
+
+// load reads the directory and the index: a record whose file is gone (a
+// crash between writing the record and renaming the file, or a blob
+// removed by hand) is dropped; a file without a record is adopted.
+func (s *Store) load() error {
+	des, err := os.ReadDir(s.dir)
+	if err != nil {
+		return err
+	}
+	files := map[string]os.FileInfo{}
+	for _, de := range des {
+		if !isBlobName(de.Name()) || !de.Type().IsRegular() {
+			continue
+		}
+		if info, err := de.Info(); err == nil {
+			files[de.Name()] = info
+		}
+	}
+	if s.opt.Index != nil {
+		var stale []string
+		err := s.opt.Index.BlobRecords(func(name string, rec []byte) error {
+			info, ok := files[name]
+			if !ok {
+				stale = append(stale, name)
+				return nil
+			}
+			e, err := decodeEntry(rec)
+			if err != nil {
+				s.opt.Log.Warn("unreadable blob record; the blob is kept as the operator's", "blob", name, "err", err)
+				return nil
+			}
+			e.size = info.Size()
+			s.blobs[name] = e
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, name := range stale {
+			if err := s.opt.Index.DeleteBlobRecord(name); err != nil {
+				return err
+			}
+		}
+	}
+	adopted := 0
+	for name, info := range files {
+		if _, ok := s.blobs[name]; !ok {
+			e := &entry{kinds: Operator, size: info.Size(), used: info.ModTime()}
+			if err := s.persist(name, e); err != nil {
+				return err
+			}
+			s.blobs[name] = e
+			adopted++
+		}
+	}
+	for _, e := range s.blobs {
+		s.used += e.size
+	}
+	if adopted > 0 && s.opt.Index != nil {
+		s.opt.Log.Info("blobs without a record kept as the operator's (pinned; DELETE /v1/blobs/{id} frees one)", "count", adopted)
+	}
+	return nil
+}
+
+// persist writes e's record. Called with s.mu held (or before the store
+// is shared).
+func (s *Store) persist(name string, e *entry) error {
+	if s.opt.Index == nil {
+		e.usedStored = e.used
+		return nil
+	}
+	if err := s.opt.Index.PutBlobRecord(name, e.encode()); err != nil {
+		return err
+	}
+	e.usedStored = e.used
+	return nil
+}
+
+// Put stores what r yields as a blob of kind, and returns its content ID
+// and size.
+func (s *Store) Put(r io.Reader, kind Kind) (cid.Cid, int64, error) {
 	tmp, err := os.CreateTemp(s.dir, "put-*.part")
 	if err != nil {
 		return cid.Undef, 0, fmt.Errorf("blob put: %w", err)
 	}
+	done := s.writingTo(filepath.Base(tmp.Name()))
+	defer done()
 	defer os.Remove(tmp.Name()) // a no-op once renamed
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(r, s.maxSize+1))
-	if err == nil && n > s.maxSize {
-		err = fmt.Errorf("%w: limit %d bytes", ErrTooLarge, s.maxSize)
+	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(r, s.opt.MaxSize+1))
+	if err == nil && n > s.opt.MaxSize {
+		err = fmt.Errorf("%w: limit %d bytes", ErrTooLarge, s.opt.MaxSize)
 	}
 	if err == nil {
 		err = tmp.Sync()
@@ -79,48 +249,204 @@ func (s *Store) Put(r io.Reader) (cid.Cid, int64, error) {
 	if err != nil {
 		return cid.Undef, 0, err
 	}
-	p, _ := s.path(id)
-	if err := os.Rename(tmp.Name(), p); err != nil {
+	if err := s.commit(id, tmp.Name(), n, kind, "", nil); err != nil {
 		return cid.Undef, 0, fmt.Errorf("blob put: %w", err)
 	}
 	return id, n, nil
 }
 
-// PutBytes stores b.
-func (s *Store) PutBytes(b []byte) (cid.Cid, error) {
-	id, _, err := s.Put(bytes.NewReader(b))
+// PutBytes stores b as a blob of kind.
+func (s *Store) PutBytes(b []byte, kind Kind) (cid.Cid, error) {
+	id, _, err := s.Put(bytes.NewReader(b), kind)
 	return id, err
 }
 
-// Open opens a stored blob for reading and returns its size.
-func (s *Store) Open(id cid.Cid) (*os.File, int64, error) {
-	p, err := s.path(id)
+// commit moves the checked file from into place as blob id of kind
+// (delivered by holder, if any), making room within the budget unless res
+// already did. The record is written before the rename: a crash between
+// the two leaves a record without a file, which the next load drops,
+// never a file of unknown kind.
+func (s *Store) commit(id cid.Cid, from string, size int64, kind Kind, holder peer.ID, res *reservation) error {
+	name, err := nameOf(id)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.opt.Now()
+	promised := res.take()
+	if e, ok := s.blobs[name]; ok {
+		os.Remove(from) // the same bytes are here already
+		s.mark(name, e, kind, holder, now)
+		return nil
+	}
+	if size > promised {
+		if err := s.makeRoom(size-promised, now); err != nil {
+			return err
+		}
+	}
+	e := &entry{size: size, used: now}
+	e.apply(kind, holder, now, s.opt.HeldFor)
+	if err := s.persist(name, e); err != nil {
+		return err
+	}
+	if err := os.Rename(from, s.pathOf(name)); err != nil {
+		if s.opt.Index != nil {
+			s.opt.Index.DeleteBlobRecord(name)
+		}
+		return err
+	}
+	s.blobs[name] = e
+	s.used += size
+	return nil
+}
+
+// apply adds kind and holder to e; it reports whether the record changed.
+func (e *entry) apply(kind Kind, holder peer.ID, now time.Time, heldFor time.Duration) bool {
+	changed := e.kinds&kind != kind
+	e.kinds |= kind
+	if kind&Held != 0 {
+		if until := now.Add(heldFor); until.After(e.heldUntil) {
+			e.heldUntil, changed = until, true
+		}
+	}
+	if holder != "" && e.addHolder(holder) {
+		changed = true
+	}
+	return changed
+}
+
+// mark adds kind and holder to the blob name, and counts it as used now.
+// Called with s.mu held.
+func (s *Store) mark(name string, e *entry, kind Kind, holder peer.ID, now time.Time) {
+	changed := e.apply(kind, holder, now, s.opt.HeldFor)
+	e.used = now
+	if changed || now.Sub(e.usedStored) >= touchPersist {
+		if err := s.persist(name, e); err != nil {
+			s.opt.Log.Warn("store blob record", "blob", name, "err", err)
+		}
+	}
+}
+
+// Mark adds kind (and holder, if any) to a stored blob and returns its
+// size; false if the store does not hold it.
+func (s *Store) Mark(id cid.Cid, kind Kind, holder peer.ID) (int64, bool) {
+	name, err := nameOf(id)
+	if err != nil {
+		return 0, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.blobs[name]
+	if !ok {
+		return 0, false
+	}
+	s.mark(name, e, kind, holder, s.opt.Now())
+	return e.size, true
+}
+
+// HeldBy reports whether the store holds id and p delivered its bytes
+// (checked against the ID): the proof that p may use this copy.
+func (s *Store) HeldBy(id cid.Cid, p peer.ID) bool {
+	name, err := nameOf(id)
+	if err != nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.blobs[name]
+	return ok && e.heldBy(p)
+}
+
+// KindOf returns the kinds of a stored blob; false if the store does not
+// hold it.
+func (s *Store) KindOf(id cid.Cid) (Kind, bool) {
+	name, err := nameOf(id)
+	if err != nil {
+		return 0, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.blobs[name]
+	if !ok {
+		return 0, false
+	}
+	return e.kinds, true
+}
+
+// Use keeps the collector away from id (held or not yet) until the
+// returned func is called: a blob being staged for a run stays, from
+// before it is fetched until it is copied.
+func (s *Store) Use(id cid.Cid) (release func()) {
+	name, err := nameOf(id)
+	if err != nil {
+		return func() {}
+	}
+	s.mu.Lock()
+	s.inUse[name]++
+	s.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			if s.inUse[name]--; s.inUse[name] == 0 {
+				delete(s.inUse, name)
+			}
+			s.mu.Unlock()
+		})
+	}
+}
+
+// File is an open stored blob; the collector leaves the blob alone until
+// it is closed.
+type File struct {
+	*os.File
+	release func()
+}
+
+// Close closes the file and lets the collector have the blob again.
+func (f *File) Close() error {
+	f.release()
+	return f.File.Close()
+}
+
+// Open opens a stored blob for reading, counts it as used, and returns
+// its size. The blob is not collected while the file is open.
+func (s *Store) Open(id cid.Cid) (*File, int64, error) {
+	name, err := nameOf(id)
 	if err != nil {
 		return nil, 0, err
 	}
-	f, err := os.Open(p)
+	release := s.Use(id)
+	f, err := os.Open(s.pathOf(name))
 	if errors.Is(err, os.ErrNotExist) {
+		release()
 		return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
 	if err != nil {
+		release()
 		return nil, 0, fmt.Errorf("blob open: %w", err)
 	}
 	st, err := f.Stat()
 	if err != nil {
+		release()
 		f.Close()
 		return nil, 0, fmt.Errorf("blob open: %w", err)
 	}
-	return f, st.Size(), nil
+	s.Mark(id, 0, "")
+	return &File{File: f, release: release}, st.Size(), nil
 }
 
 // Has reports whether the store holds id.
 func (s *Store) Has(id cid.Cid) bool {
-	p, err := s.path(id)
+	name, err := nameOf(id)
 	if err != nil {
 		return false
 	}
-	_, err = os.Stat(p)
-	return err == nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.blobs[name]
+	return ok
 }
 
 // ReadAll returns a stored blob's bytes; for small blobs such as modules.
@@ -130,38 +456,58 @@ func (s *Store) ReadAll(id cid.Cid) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
-	return io.ReadAll(f)
+	return io.ReadAll(f.File)
+}
+
+// writingTo marks a partial file as being written, so the collector
+// leaves it; the returned func unmarks it.
+func (s *Store) writingTo(name string) func() {
+	s.mu.Lock()
+	s.writing[name]++
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		if s.writing[name]--; s.writing[name] == 0 {
+			delete(s.writing, name)
+		}
+		s.mu.Unlock()
+	}
 }
 
 // partial opens the partial download of id for appending and returns how
-// many bytes it already holds.
-func (s *Store) partial(id cid.Cid) (*os.File, int64, error) {
-	p, err := s.path(id)
+// many bytes it already holds; done ends the write (after closing f).
+func (s *Store) partial(id cid.Cid) (f *os.File, off int64, done func(), err error) {
+	name, err := nameOf(id)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
-	f, err := os.OpenFile(p+".part", os.O_CREATE|os.O_RDWR, 0o600)
+	done = s.writingTo(name + ".part")
+	f, err = os.OpenFile(s.pathOf(name)+".part", os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
-		return nil, 0, fmt.Errorf("blob partial: %w", err)
+		done()
+		return nil, 0, nil, fmt.Errorf("blob partial: %w", err)
 	}
-	off, err := f.Seek(0, io.SeekEnd)
+	off, err = f.Seek(0, io.SeekEnd)
 	if err != nil {
 		f.Close()
-		return nil, 0, fmt.Errorf("blob partial: %w", err)
+		done()
+		return nil, 0, nil, fmt.Errorf("blob partial: %w", err)
 	}
-	return f, off, nil
+	return f, off, done, nil
 }
 
 // complete checks a finished partial download against id and moves it into
-// place; a mismatch deletes it so the next source starts from zero.
-func (s *Store) complete(id cid.Cid, f *os.File) error {
+// place as a blob of kind delivered by holder; a mismatch deletes it so
+// the next source starts from zero.
+func (s *Store) complete(id cid.Cid, f *os.File, kind Kind, holder peer.ID, res *reservation) error {
 	p, _ := s.path(id)
 	_, want, _ := protocol.ParseBlobID(id.String())
 	h := sha256.New()
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("blob check: %w", err)
 	}
-	if _, err := io.Copy(h, f); err != nil {
+	n, err := io.Copy(h, f)
+	if err != nil {
 		return fmt.Errorf("blob check: %w", err)
 	}
 	if err := f.Sync(); err != nil {
@@ -172,7 +518,7 @@ func (s *Store) complete(id cid.Cid, f *os.File) error {
 		os.Remove(p + ".part")
 		return fmt.Errorf("%w: %s hashed to %x", ErrMismatch, id, got)
 	}
-	if err := os.Rename(p+".part", p); err != nil {
+	if err := s.commit(id, p+".part", n, kind, holder, res); err != nil {
 		return fmt.Errorf("blob complete: %w", err)
 	}
 	return nil

@@ -2,7 +2,9 @@ package blob
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -35,6 +37,12 @@ type Stats struct {
 	Fetched atomic.Uint64
 	// Rejected counts downloads that did not match their content ID.
 	Rejected atomic.Uint64
+	// Proved counts requesters that sent a blob the store already held,
+	// proving they hold it.
+	Proved atomic.Uint64
+	// Unproven counts FetchFor calls refused: the requester did not send
+	// the blob (it does not hold it, or sent other bytes).
+	Unproven atomic.Uint64
 }
 
 // Service serves a Store's blobs on a host and fetches blobs from peers.
@@ -108,16 +116,16 @@ func (s *Service) serve(st network.Stream) {
 }
 
 // Fetch makes sure the store holds id, fetching it from the first of
-// sources that has it. A partial download resumes where it stopped; a
-// download that does not match id is deleted, counted, and fetched again
-// from the next source. It returns the blob's size.
-func (s *Service) Fetch(ctx context.Context, id cid.Cid, sources ...peer.ID) (int64, error) {
+// sources that has it, and marks it of kind. A partial download resumes
+// where it stopped; a download that does not match id is deleted,
+// counted, and fetched again from the next source. It returns the blob's
+// size.
+func (s *Service) Fetch(ctx context.Context, id cid.Cid, kind Kind, sources ...peer.ID) (int64, error) {
 	// Two downloads of one blob must not share its partial file: the
 	// second could write into the first's checked result.
 	unlock := s.lock(id)
 	defer unlock()
-	if f, size, err := s.store.Open(id); err == nil {
-		f.Close()
+	if size, ok := s.store.Mark(id, kind, ""); ok {
 		return size, nil
 	}
 	if len(sources) == 0 {
@@ -125,7 +133,7 @@ func (s *Service) Fetch(ctx context.Context, id cid.Cid, sources ...peer.ID) (in
 	}
 	var errs []error
 	for _, p := range sources {
-		size, err := s.fetchFrom(ctx, id, p)
+		size, err := s.fetchFrom(ctx, id, p, kind, "")
 		if err == nil {
 			s.Stats.Fetched.Add(1)
 			return size, nil
@@ -140,6 +148,71 @@ func (s *Service) Fetch(ctx context.Context, id cid.Cid, sources ...peer.ID) (in
 		}
 	}
 	return 0, fmt.Errorf("fetch %s: %w", id, errors.Join(errs...))
+}
+
+// FetchFor makes sure the store holds id for a job of requester p, which
+// must prove it holds the blob itself: a copy p delivered before is used
+// as it is; otherwise p sends the bytes, checked against id, whether or
+// not the store holds them already (from another requester, a result, the
+// operator). A content ID is public (offers and receipts name it): naming
+// one must not be a way to read a copy someone else put here. A blob p
+// delivered is Cached, and p recorded as its holder.
+func (s *Service) FetchFor(ctx context.Context, id cid.Cid, p peer.ID) error {
+	defer s.store.Use(id)() // not evicted between the proof and the record of it
+	unlock := s.lock(id)
+	defer unlock()
+	if s.store.HeldBy(id, p) {
+		s.store.Mark(id, Cached, p)
+		return nil
+	}
+	var err error
+	if size, ok := s.store.Mark(id, 0, ""); ok {
+		if err = s.prove(ctx, id, size, p); err == nil {
+			s.store.Mark(id, Cached, p)
+			s.Stats.Proved.Add(1)
+		}
+	} else if _, err = s.fetchFrom(ctx, id, p, Cached, p); err == nil {
+		s.Stats.Fetched.Add(1)
+	}
+	if err != nil {
+		s.Stats.Unproven.Add(1)
+		if errors.Is(err, ErrMismatch) {
+			s.Stats.Rejected.Add(1)
+			s.log.Warn("blob from requester did not match its ID; rejected", "blob", id, "peer", p)
+		}
+		return fmt.Errorf("fetch %s from %s: %w", id, p, err)
+	}
+	return nil
+}
+
+// prove has p send the whole blob id, which the store holds (size bytes),
+// and checks it against id without storing it: only a peer that holds the
+// bytes can pass.
+func (s *Service) prove(ctx context.Context, id cid.Cid, size int64, p peer.ID) error {
+	st, br, h, end, err := s.request(ctx, id, p, 0)
+	if err != nil {
+		return err
+	}
+	defer end()
+	if err := headerError(h); err != nil {
+		return err
+	}
+	if h.Size != uint64(size) {
+		return fmt.Errorf("%w: peer offers %d bytes, the blob has %d", ErrMismatch, h.Size, size)
+	}
+	st.SetReadDeadline(time.Time{})
+	sum := sha256.New()
+	n, err := io.CopyBuffer(sum, io.LimitReader(br, size), make([]byte, chunkSize))
+	if err != nil {
+		return fmt.Errorf("receive: %w", err)
+	}
+	if n < size {
+		return fmt.Errorf("receive: stream ended after %d of %d bytes", n, size)
+	}
+	if _, want, _ := protocol.ParseBlobID(id.String()); !bytes.Equal(sum.Sum(nil), want) {
+		return fmt.Errorf("%w: %s", ErrMismatch, id)
+	}
+	return nil
 }
 
 // lock takes the download lock of id; the returned func releases it.
@@ -170,40 +243,73 @@ type fetchLock struct {
 	users int
 }
 
-func (s *Service) fetchFrom(ctx context.Context, id cid.Cid, p peer.ID) (int64, error) {
-	f, off, err := s.store.partial(id)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
+// request asks p for id from offset off and reads the answer's header;
+// end closes the stream.
+func (s *Service) request(ctx context.Context, id cid.Cid, p peer.ID, off int64) (network.Stream, *bufio.Reader, protocol.BlobHeader, func(), error) {
 	st, err := s.host.NewStream(network.WithAllowLimitedConn(ctx, "blob"), p, s.proto)
 	if err != nil {
-		return 0, fmt.Errorf("open stream: %w", err)
+		return nil, nil, protocol.BlobHeader{}, nil, fmt.Errorf("open stream: %w", err)
 	}
-	defer st.Close()
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
-	defer stop()
+	end := func() {
+		stop()
+		st.Close()
+	}
 	if _, err := st.Write(protocol.Frame(protocol.BlobRequest{ID: id, Offset: uint64(off)}.Encode())); err != nil {
-		return 0, fmt.Errorf("send request: %w", err)
+		end()
+		return nil, nil, protocol.BlobHeader{}, nil, fmt.Errorf("send request: %w", err)
 	}
 	st.CloseWrite()
 	st.SetReadDeadline(time.Now().Add(requestTimeout))
 	br := bufio.NewReaderSize(st, chunkSize)
 	h, err := protocol.ReadBlobHeader(br)
 	if err != nil {
-		return 0, fmt.Errorf("read header: %w", err)
+		end()
+		return nil, nil, protocol.BlobHeader{}, nil, fmt.Errorf("read header: %w", err)
 	}
-	switch {
-	case h.Status == protocol.BlobNotFound:
-		return 0, fmt.Errorf("%w: %s", ErrNotFound, h.Message)
-	case h.Status != protocol.BlobOK:
-		if h.Size > 0 && h.Size < uint64(off) {
+	return st, br, h, end, nil
+}
+
+// headerError is the error a header other than OK stands for.
+func headerError(h protocol.BlobHeader) error {
+	switch h.Status {
+	case protocol.BlobOK:
+		return nil
+	case protocol.BlobNotFound:
+		return fmt.Errorf("%w: %s", ErrNotFound, h.Message)
+	default:
+		return fmt.Errorf("refused: %s", h.Message)
+	}
+}
+
+// fetchFrom downloads id from p into the store as a blob of kind
+// delivered by holder (none: "").
+func (s *Service) fetchFrom(ctx context.Context, id cid.Cid, p peer.ID, kind Kind, holder peer.ID) (int64, error) {
+	f, off, done, err := s.store.partial(id)
+	if err != nil {
+		return 0, err
+	}
+	defer done()
+	defer f.Close()
+	st, br, h, end, err := s.request(ctx, id, p, off)
+	if err != nil {
+		return 0, err
+	}
+	defer end()
+	if err := headerError(h); err != nil {
+		if h.Status != protocol.BlobNotFound && h.Size > 0 && h.Size < uint64(off) {
 			s.store.dropPartial(id) // our partial is longer than the blob
 		}
-		return 0, fmt.Errorf("refused: %s", h.Message)
-	case h.Size > uint64(s.store.maxSize):
-		return 0, fmt.Errorf("%w: peer offers %d bytes, limit %d", ErrTooLarge, h.Size, s.store.maxSize)
+		return 0, err
 	}
+	if h.Size > uint64(s.store.MaxSize()) {
+		return 0, fmt.Errorf("%w: peer offers %d bytes, limit %d", ErrTooLarge, h.Size, s.store.MaxSize())
+	}
+	res, err := s.store.reserve(int64(h.Size))
+	if err != nil {
+		return 0, err
+	}
+	defer res.release()
 	st.SetReadDeadline(time.Time{})
 	want := int64(h.Size) - off
 	n, err := io.CopyBuffer(f, io.LimitReader(br, want), make([]byte, chunkSize))
@@ -213,7 +319,7 @@ func (s *Service) fetchFrom(ctx context.Context, id cid.Cid, p peer.ID) (int64, 
 	if n < want {
 		return 0, fmt.Errorf("receive: stream ended after %d of %d bytes", off+n, h.Size)
 	}
-	if err := s.store.complete(id, f); err != nil {
+	if err := s.store.complete(id, f, kind, holder, res); err != nil {
 		return 0, err
 	}
 	return int64(h.Size), nil
