@@ -38,6 +38,7 @@ func (n *Node) NodeInfo() api.NodeInfo {
 		Private:  n.cfg.Private,
 		GPUs:     n.GPUs(),
 		Provider: n.IsProvider(),
+		Ledger:   n.ledgerStatus(),
 	}
 }
 

@@ -455,7 +455,7 @@ func (d *marketDriver) process(ctx context.Context) {
 			d.send(ctx, sends)
 		}))
 	} else if d.writer.sending() {
-		d.writer.add(&ledgerWrite{sends: true, done: func([]*storage.Entry) { d.send(ctx, sends) }})
+		d.writer.add(&ledgerWrite{sends: true, done: func([]*storage.Entry, []error) { d.send(ctx, sends) }})
 	} else {
 		d.send(ctx, sends)
 	}
@@ -636,8 +636,18 @@ func (d *marketDriver) isLeaseHolder(id protocol.JobID, attempt uint32, p peer.I
 	return ok
 }
 
-// restore loads persisted jobs into the engine after a restart.
+// restore loads persisted jobs into the engine after a restart. A crash
+// between persisting a job's end and settling it left its hold open: it
+// is settled once the node has confirmed its head with its peers (an
+// earlier run may have settled it, in entries this data dir lacks), by
+// the ledger writer, which writes nothing before then.
 func (d *marketDriver) restore() error {
+	var ended []*market.Job
+	defer func() {
+		if w := d.n.settleWrite(ended); w != nil {
+			d.writer.add(w)
+		}
+	}()
 	return d.n.db.Jobs(func(id string, rec []byte) error {
 		var j market.Job
 		if err := json.Unmarshal(rec, &j); err != nil {
@@ -649,9 +659,9 @@ func (d *marketDriver) restore() error {
 			return nil
 		}
 		d.eng.Restore(&j, offer)
-		// A crash between persisting a job's end and settling it left its
-		// hold open: settle it now (a no-op when there is none).
-		d.n.settle(&j)
+		if j.State.Terminal() {
+			ended = append(ended, &j)
+		}
 		return nil
 	})
 }
@@ -710,6 +720,10 @@ func (d *marketDriver) unwatch(id protocol.JobID, w *watcher) {
 // price, then measured RTT).
 func (n *Node) SubmitJob(ctx context.Context, spec *pb.JobSpec, deadline time.Time) (market.Job, error) {
 	if err := protocol.CheckSpec(spec); err != nil {
+		return market.Job{}, err
+	}
+	// A node that cannot sign cannot hold credits for the job.
+	if err := n.canTakeJobs(); err != nil {
 		return market.Job{}, err
 	}
 	now := time.Now()

@@ -69,6 +69,9 @@ type Node struct {
 	// validators, stream handlers) off the database once Close closes it.
 	dbGate   sync.RWMutex
 	dbClosed bool
+	// head holds the node's own ledger writes until its peers have shown
+	// it its account's head (see confirmHead).
+	head *headGate
 	// chainSyncs serialises fetches of one account's chain.
 	chainMu    sync.Mutex
 	chainSyncs map[peer.ID]*sync.Mutex
@@ -143,6 +146,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		warm:       make(chan struct{}),
 		connected:  make(chan peer.ID, 16),
 		chainSyncs: map[peer.ID]*sync.Mutex{},
+		head:       newHeadGate(),
 		proofsSent: map[accountPeer]proofPush{},
 		rset:       &ledgerSet{set: storage.NewReconcileSet(cfg.ReconcileSymbols)},
 	}
@@ -270,6 +274,8 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err := n.startMarket(runCtx); err != nil {
 		return nil, err
 	}
+	// Nothing is signed until peers have shown the node its own head.
+	n.startHeadSync(runCtx)
 	if err := n.serveAPI(); err != nil {
 		return nil, err
 	}
