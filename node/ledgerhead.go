@@ -131,7 +131,8 @@ type headError struct {
 
 func (e *headError) Error() string {
 	if e.state == headUnreachable {
-		return fmt.Sprintf("%v: no peer has shown this node its own ledger account's head (%s); it signs nothing (no hold, no payment) until one does, so that it cannot sign an entry the network already holds", errHeadUnconfirmed, e.detail)
+		return fmt.Sprintf("%v: too few peers have answered for this node's own ledger account's head within ledger.head_wait (%s); "+
+			"it signs nothing (no hold, no payment) until enough do, so that it cannot sign an entry the network already holds", errHeadUnconfirmed, e.detail)
 	}
 	return fmt.Sprintf("%v yet: this node is asking its peers for its own ledger account's head (%s)", errHeadUnconfirmed, e.detail)
 }

@@ -500,3 +500,36 @@ func TestFrozenAccountsSubmitNamesTheFreeze(t *testing.T) {
 		t.Fatalf("submit from a frozen account: %v (status %d), want a 503 naming the freeze", err, code)
 	}
 }
+
+// An award waits for the head to be confirmed; when head_wait passes
+// without that (here: a quorum of three peers asked of a node that has
+// two), the award fails and its job ends with the reason, not a credits
+// error, and the node has signed nothing.
+func TestAwardFailsWithTheReasonWhenTheHeadStaysUnconfirmed(t *testing.T) {
+	const req = 2
+	tn := startTestnet(t, 3, func(i int, cfg *node.Config) {
+		testnet.WithProviders(1)(i, cfg)
+		if i == req {
+			cfg.Ledger.HeadPeers, cfg.Ledger.HeadQuorum = 3, 3
+			cfg.Ledger.HeadWait = node.Duration(5 * time.Second)
+		}
+	})
+	ctx := context.Background()
+	c := clientFor(t, tn, req)
+	j, err := c.SubmitJob(ctx, noopJob("batch", "0s", "1m"))
+	if err != nil {
+		t.Fatalf("submit while the node asks for its head: %v", err)
+	}
+	final := waitJobs(t, c, []string{j.ID}, "cancelled", deadline)[j.ID]
+	if !strings.Contains(final.Error, "escrow failed: ledger head not confirmed") {
+		t.Fatalf("job %s: error %q; want the head's reason", j.ID[:8], final.Error)
+	}
+	if len(final.Bids) == 0 {
+		t.Fatalf("job %s ended without a bid: its award was never tried", j.ID[:8])
+	}
+	for i, n := range tn.Nodes() {
+		if h, err := n.Ledger().Head(tn.Node(req).ID()); err != nil || h.Seq != 0 {
+			t.Fatalf("node %d holds the requester's head at %d (%v): it signed while unconfirmed", i, h.Seq, err)
+		}
+	}
+}
