@@ -533,3 +533,30 @@ func TestAwardFailsWithTheReasonWhenTheHeadStaysUnconfirmed(t *testing.T) {
 		}
 	}
 }
+
+// The [ledger] keys are checked, each refusal naming its key.
+func TestLedgerConfigIsChecked(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		set  func(*node.LedgerConfig)
+		want string // "" for valid
+	}{
+		{"defaults", func(*node.LedgerConfig) {}, ""},
+		{"alone by design", func(c *node.LedgerConfig) { c.HeadQuorum = 0 }, ""},
+		{"no peers asked", func(c *node.LedgerConfig) { c.HeadPeers = 0 }, "head_peers"},
+		{"too many peers asked", func(c *node.LedgerConfig) { c.HeadPeers = 17 }, "head_peers"},
+		{"quorum above the peers asked", func(c *node.LedgerConfig) { c.HeadPeers, c.HeadQuorum = 2, 3 }, "head_quorum"},
+		{"negative quorum", func(c *node.LedgerConfig) { c.HeadQuorum = -1 }, "head_quorum"},
+		{"no wait", func(c *node.LedgerConfig) { c.HeadWait = 0 }, "head_wait"},
+		{"no sweep", func(c *node.LedgerConfig) { c.HoldSweepInterval = -1 }, "hold_sweep_interval"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := node.DefaultConfig(t.TempDir())
+			tt.set(&cfg.Ledger)
+			err := cfg.Validate()
+			if (tt.want == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), "ledger: "+tt.want) {
+				t.Fatalf("Validate = %v, want an error naming %q", err, tt.want)
+			}
+		})
+	}
+}
