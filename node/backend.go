@@ -39,6 +39,7 @@ func (n *Node) NodeInfo() api.NodeInfo {
 		GPUs:     n.GPUs(),
 		Provider: n.IsProvider(),
 		Disk:     n.diskInfo(),
+		Ledger:   n.ledgerStatus(),
 	}
 }
 

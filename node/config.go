@@ -92,6 +92,9 @@ type Config struct {
 	Market MarketConfig `toml:"market"`
 	// Disk sets how the node keeps its data dir's filesystem from filling.
 	Disk DiskConfig `toml:"disk"`
+	// Ledger sets how the node confirms its own account's head with its
+	// peers after a start, before it signs anything.
+	Ledger LedgerConfig `toml:"ledger"`
 }
 
 // DiskConfig is the [disk] table. See package node/disk for why a full
@@ -107,6 +110,37 @@ type DiskConfig struct {
 	ReserveMiB uint64 `toml:"reserve_mib"`
 	// CheckInterval is how often free space is measured.
 	CheckInterval Duration `toml:"check_interval"`
+}
+
+// LedgerConfig is the [ledger] table.
+type LedgerConfig struct {
+	// HeadPeers is how many connected peers the node asks for its own
+	// account's entries after a start.
+	HeadPeers int `toml:"head_peers"`
+	// HeadQuorum is how many of them must answer before it signs; 0 makes
+	// it trust its own database and ask no one (a node that is alone by
+	// design; unsafe after restoring a data dir).
+	HeadQuorum int `toml:"head_quorum"`
+	// HeadWait is how long jobs wait for that answer: after it, submits
+	// are refused and awards fail, with a reason, until a peer answers.
+	HeadWait Duration `toml:"head_wait"`
+	// HoldSweepInterval is how often the node looks for its own open holds
+	// that no job of its own will settle.
+	HoldSweepInterval Duration `toml:"hold_sweep_interval"`
+}
+
+func (c LedgerConfig) validate() error {
+	switch {
+	case c.HeadPeers < 1 || c.HeadPeers > 16:
+		return fmt.Errorf("head_peers %d out of range 1..16", c.HeadPeers)
+	case c.HeadQuorum < 0 || c.HeadQuorum > c.HeadPeers:
+		return fmt.Errorf("head_quorum %d out of range 0..head_peers (%d)", c.HeadQuorum, c.HeadPeers)
+	case c.HeadWait <= 0:
+		return errors.New("head_wait must be positive")
+	case c.HoldSweepInterval <= 0:
+		return errors.New("hold_sweep_interval must be positive")
+	}
+	return nil
 }
 
 // MarketConfig is the [market] table: bidding windows and timeouts.
@@ -194,6 +228,12 @@ func DefaultConfig(dataDir string) Config {
 			AcceptTimeout:     Duration(5 * time.Second),
 			HeartbeatTimeout:  Duration(15 * time.Second),
 		},
+		Ledger: LedgerConfig{
+			HeadPeers:         3,
+			HeadQuorum:        1,
+			HeadWait:          Duration(30 * time.Second),
+			HoldSweepInterval: Duration(10 * time.Minute),
+		},
 	}
 }
 
@@ -269,6 +309,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Provider.validate(); err != nil {
 		return fmt.Errorf("config: provider: %w", err)
+	}
+	if err := c.Ledger.validate(); err != nil {
+		return fmt.Errorf("config: ledger: %w", err)
 	}
 	for name, d := range map[string]Duration{"interactive_window": c.Market.InteractiveWindow, "batch_window": c.Market.BatchWindow,
 		"accept_timeout": c.Market.AcceptTimeout, "heartbeat_timeout": c.Market.HeartbeatTimeout} {

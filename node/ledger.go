@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -106,18 +107,15 @@ func (n *Node) startLedger(ctx context.Context) error {
 		}
 	}()
 	go n.entryGossip.run(ctx)
-	if amount, ok := g.GrantFor(n.host.ID()); ok {
-		if head, err := n.ledger.Head(n.host.ID()); err == nil && head.Seq == 0 {
-			if _, err := n.appendEntry(storage.GrantBody{Amount: amount}); err != nil {
-				return fmt.Errorf("claim genesis grant: %w", err)
-			}
-		}
-	}
+	// The genesis grant is claimed once the node has confirmed its head
+	// with its peers (claimGrant): it may have claimed it before.
 	return nil
 }
 
-// appendEntry writes an entry to this node's chain and gossips it.
-func (n *Node) appendEntry(body storage.Body) (storage.Entry, error) {
+// signEntry writes an entry to this node's chain and gossips it, whatever
+// the head gate says: only for appendAll, which checks the gate, and for
+// the caller that has just confirmed the head (see confirmHead).
+func (n *Node) signEntry(body storage.Body) (storage.Entry, error) {
 	e, err := n.ledger.Append(n.priv, body)
 	if err != nil {
 		return e, err
@@ -379,6 +377,16 @@ func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, err
 				errs[i] = err
 				continue
 			}
+			if !ok {
+				// A job this node's ledger shows paid (by an earlier run,
+				// whose records a restored data dir lacks) is never held
+				// again: it could not be paid twice, and the hold would
+				// stay open.
+				if _, paid, err := n.ledger.PaymentFor(n.host.ID(), job); err != nil || paid {
+					errs[i] = cmp.Or(err, errJobPaid)
+					continue
+				}
+			}
 			if ok {
 				// A hold naming no provider backs only the first award:
 				// a provider then knows no other award shares it.
@@ -394,20 +402,30 @@ func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, err
 		}
 		return bodies
 	}
-	w.done = func(written []*storage.Entry) {
+	w.done = func(written []*storage.Entry, werrs []error) {
 		for i, k := range at {
 			switch {
 			case k < 0:
 			case written[k] == nil:
-				errs[i] = errors.New("the ledger refused the hold (not enough credits?)")
+				errs[i] = n.describeRefusal(werrs[k])
 			default:
 				holds[i] = written[k].Encode()
 			}
 		}
 		done(holds, errs)
 	}
+	// Failed without being written (the head stayed unconfirmed).
+	w.fail = func(err error) {
+		for i := range errs {
+			errs[i] = err
+		}
+		done(holds, errs)
+	}
 	return w
 }
+
+// errJobPaid refuses a hold for a job this node has already paid.
+var errJobPaid = errors.New("this node's ledger shows the job paid already")
 
 // escrowRequest is an award to back with a hold.
 type escrowRequest struct {
@@ -445,16 +463,11 @@ func (n *Node) chainBefore(hold []byte, after uint64) [][]byte {
 	return chain
 }
 
-// settle closes finished jobs' holds now: a payment to the provider whose
-// result was accepted, for the usage its receipt states, or a release.
-// The hold stays open until then, so a crash between the two is settled
-// on restart.
-func (n *Node) settle(jobs ...*market.Job) {
-	n.appendAll(n.settlements(jobs), "settle jobs")
-}
-
 // settleWrite is the ledger write that settles the finished ones among
-// jobs; nil if none has finished.
+// jobs, once they are persisted: a payment to the provider whose result
+// was accepted, for the usage its receipt states, or a release. The hold
+// stays open until then, so a crash between the two is settled on
+// restart. nil if none has finished.
 func (n *Node) settleWrite(jobs []*market.Job) *ledgerWrite {
 	var ended []*market.Job
 	for _, j := range jobs {
@@ -512,9 +525,19 @@ func (n *Node) settlement(j *market.Job) storage.Body {
 // appendAll writes bodies to this node's chain with one sync per batch and
 // gossips them; if a batch is refused (all or nothing), its bodies are
 // written one by one, so one bad entry costs only itself. It returns the
-// entries written, nil where a body was refused.
-func (n *Node) appendAll(bodies []storage.Body, what string) []*storage.Entry {
-	out := make([]*storage.Entry, len(bodies))
+// entries written, nil where a body was refused, and each refusal's
+// error. Before the node has confirmed its head it writes nothing.
+func (n *Node) appendAll(bodies []storage.Body, what string) ([]*storage.Entry, []error) {
+	out, errs := make([]*storage.Entry, len(bodies)), make([]error, len(bodies))
+	if err := n.head.err(); err != nil {
+		if len(bodies) > 0 {
+			n.log.Warn(what+": not written", "entries", len(bodies), "err", err)
+		}
+		for i := range errs {
+			errs[i] = err
+		}
+		return out, errs
+	}
 	for start := 0; start < len(bodies); start += storage.MaxAppendBatch {
 		chunk := bodies[start:min(start+storage.MaxAppendBatch, len(bodies))]
 		es, err := n.ledger.AppendBatch(n.priv, chunk)
@@ -528,15 +551,16 @@ func (n *Node) appendAll(bodies []storage.Body, what string) []*storage.Entry {
 			continue
 		}
 		for i, b := range chunk {
-			e, err := n.appendEntry(b)
+			e, err := n.signEntry(b)
 			if err != nil {
 				n.log.Error(what, "kind", b.Kind(), "err", err)
+				errs[start+i] = err
 				continue
 			}
 			out[start+i] = &e
 		}
 	}
-	return out
+	return out, errs
 }
 
 // checkHold makes sure the requester escrowed a lease's maximum cost before

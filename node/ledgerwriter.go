@@ -39,8 +39,13 @@ type ledgerWrite struct {
 	// with an earlier one about the same job, which it must see on disk.
 	jobs   []protocol.JobID
 	bodies func() []storage.Body
-	// done gets the entries written, nil where a body was refused.
-	done func(written []*storage.Entry)
+	// done gets the entries written, nil where a body was refused, and
+	// each refusal's error.
+	done func(written []*storage.Entry, errs []error)
+	// fail, if set, is called instead of done for a write that sends and
+	// is given up unwritten (the node could not confirm its head within
+	// head_wait); a write that sends without it gets done(nil, nil).
+	fail func(err error)
 	// sends marks a write whose done sends market messages: while one is
 	// pending, the market loop queues its messages behind it.
 	sends bool
@@ -87,16 +92,77 @@ func (lw *ledgerWriter) hurried() bool {
 }
 
 // run writes queued batches until ctx ends, and then what is still
-// queued (see drain).
+// queued (see drain). Nothing is written before the node has confirmed
+// its head with its peers (see confirmHead): writes wait for it, and once
+// it has waited head_wait in vain, writes that send (awards waiting for
+// their holds) fail with the reason, so that their jobs end and the
+// messages behind them go, while settlements and records keep waiting.
 func (lw *ledgerWriter) run(ctx context.Context) {
 	defer lw.n.wg.Done()
+	head := lw.n.head
+	opened, stalled := head.opened, head.stalled
 	for ctx.Err() == nil {
 		select {
 		case <-ctx.Done():
 		case <-lw.wake:
-			lw.waitForCompany(ctx)
+		case <-opened:
+			opened = nil
+		case <-stalled:
+			stalled = nil
 		}
+		if !head.isOpen() {
+			if head.isStalled() {
+				lw.failSends(head.err())
+			}
+			continue
+		}
+		lw.waitForCompany(ctx)
 		lw.drain(ctx)
+	}
+	if !head.isOpen() {
+		lw.dropUnconfirmed(head.err())
+		return
+	}
+	lw.drain(ctx)
+}
+
+// failSends gives up the queued writes that send, unwritten, with err.
+func (lw *ledgerWriter) failSends(err error) {
+	lw.mu.Lock()
+	var failed []*ledgerWrite
+	lw.queue = slices.DeleteFunc(lw.queue, func(w *ledgerWrite) bool {
+		if !w.sends {
+			return false
+		}
+		failed = append(failed, w)
+		lw.sends--
+		if w.urgent {
+			lw.urgent--
+		}
+		return true
+	})
+	lw.mu.Unlock()
+	for _, w := range failed {
+		switch {
+		case w.fail != nil:
+			w.fail(err)
+		case w.done != nil:
+			w.done(nil, nil)
+		}
+	}
+}
+
+// dropUnconfirmed drops what is queued when the node stops before it has
+// confirmed its head: none of it may be signed. Settlements are made
+// again from the job records after the next start; lease and receipt
+// records are lost.
+func (lw *ledgerWriter) dropUnconfirmed(err error) {
+	lw.mu.Lock()
+	n := len(lw.queue)
+	lw.queue, lw.sends, lw.urgent = nil, 0, 0
+	lw.mu.Unlock()
+	if n > 0 {
+		lw.n.log.Warn("stopping with ledger writes unwritten", "writes", n, "err", err)
 	}
 }
 
@@ -188,11 +254,11 @@ func (lw *ledgerWriter) write(batch []*ledgerWrite) {
 		}
 		ends[i] = len(all)
 	}
-	written := lw.n.appendAll(all, "market ledger write")
+	written, errs := lw.n.appendAll(all, "market ledger write")
 	start := 0
 	for i, w := range batch {
 		if w.done != nil {
-			w.done(written[start:ends[i]])
+			w.done(written[start:ends[i]], errs[start:ends[i]])
 		}
 		start = ends[i]
 	}

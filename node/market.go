@@ -455,7 +455,7 @@ func (d *marketDriver) process(ctx context.Context) {
 			d.send(ctx, sends)
 		}))
 	} else if d.writer.sending() {
-		d.writer.add(&ledgerWrite{sends: true, done: func([]*storage.Entry) { d.send(ctx, sends) }})
+		d.writer.add(&ledgerWrite{sends: true, done: func([]*storage.Entry, []error) { d.send(ctx, sends) }})
 	} else {
 		d.send(ctx, sends)
 	}
@@ -636,7 +636,6 @@ func (d *marketDriver) isLeaseHolder(id protocol.JobID, attempt uint32, p peer.I
 	return ok
 }
 
-// restore loads persisted jobs into the engine after a restart.
 // settleEnded queues the settlement of every finished job whose hold is
 // still open (one whose settlement failed, say, for want of disk space).
 func (d *marketDriver) settleEnded() {
@@ -645,7 +644,18 @@ func (d *marketDriver) settleEnded() {
 	}
 }
 
+// restore loads persisted jobs into the engine after a restart. A crash
+// between persisting a job's end and settling it left its hold open: it
+// is settled once the node has confirmed its head with its peers (an
+// earlier run may have settled it, in entries this data dir lacks), by
+// the ledger writer, which writes nothing before then.
 func (d *marketDriver) restore() error {
+	var ended []*market.Job
+	defer func() {
+		if w := d.n.settleWrite(ended); w != nil {
+			d.writer.add(w)
+		}
+	}()
 	return d.n.db.Jobs(func(id string, rec []byte) error {
 		var j market.Job
 		if err := json.Unmarshal(rec, &j); err != nil {
@@ -657,9 +667,9 @@ func (d *marketDriver) restore() error {
 			return nil
 		}
 		d.eng.Restore(&j, offer)
-		// A crash between persisting a job's end and settling it left its
-		// hold open: settle it now (a no-op when there is none).
-		d.n.settle(&j)
+		if j.State.Terminal() {
+			ended = append(ended, &j)
+		}
 		return nil
 	})
 }
@@ -721,6 +731,10 @@ func (n *Node) SubmitJob(ctx context.Context, spec *pb.JobSpec, deadline time.Ti
 		return market.Job{}, err
 	}
 	if err := n.diskLow(); err != nil {
+		return market.Job{}, err
+	}
+	// A node that cannot sign cannot hold credits for the job.
+	if err := n.canTakeJobs(); err != nil {
 		return market.Job{}, err
 	}
 	now := time.Now()

@@ -71,6 +71,9 @@ type Node struct {
 	// validators, stream handlers) off the database once Close closes it.
 	dbGate   sync.RWMutex
 	dbClosed bool
+	// head holds the node's own ledger writes until its peers have shown
+	// it its account's head (see confirmHead).
+	head *headGate
 	// chainSyncs serialises fetches of one account's chain.
 	chainMu    sync.Mutex
 	chainSyncs map[peer.ID]*sync.Mutex
@@ -145,6 +148,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		warm:       make(chan struct{}),
 		connected:  make(chan peer.ID, 16),
 		chainSyncs: map[peer.ID]*sync.Mutex{},
+		head:       newHeadGate(),
 		proofsSent: map[accountPeer]proofPush{},
 		rset:       &ledgerSet{set: storage.NewReconcileSet(cfg.ReconcileSymbols)},
 	}
@@ -272,6 +276,8 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	}
 	n.disk.OnChange(n.onDiskChange)
 	n.onDiskChange(n.disk.Check())
+	// Nothing is signed until peers have shown the node its own head.
+	n.startHeadSync(runCtx)
 	// Every handler is set: only now may peers reach the node, and only
 	// now does it dial them (a peer reconciles on connect at once). The
 	// DHT dials its bootstrap peers as soon as it exists, so it comes

@@ -3,6 +3,7 @@ package storage
 import (
 	"encoding/binary"
 	"fmt"
+	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -119,4 +120,52 @@ func WithReceivedSync(sync bool) LedgerOption {
 		l.syncReceived = sync
 		return nil
 	}
+}
+
+// OpenHold is one of an account's open holds, with the time of its entry.
+type OpenHold struct {
+	Job      Hash
+	Provider peer.ID // empty: the hold names no provider
+	Amount   uint64
+	Seq      uint64    // the hold entry's seq
+	Time     time.Time // the hold entry's time
+}
+
+// OpenHolds returns account's open holds, in job order: what a node looks
+// through for holds that nothing will settle (a job its restored data dir
+// forgot).
+func (l *Ledger) OpenHolds(account peer.ID) ([]OpenHold, error) {
+	var out []OpenHold
+	prefix := append([]byte(keyHoldPrefix), account...)
+	err := l.db.bdb.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			k := it.Item().Key()
+			if len(k) != len(prefix)+len(Hash{}) {
+				continue // another account's key that extends this one's bytes
+			}
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			h, err := decodeHoldRec(v)
+			if err != nil {
+				return fmt.Errorf("hold %x: %w", k, err)
+			}
+			e, err := entryIn(txn, account, h.seq)
+			if err != nil {
+				return err
+			}
+			if e == nil {
+				return fmt.Errorf("hold %x: entry %d missing", k, h.seq)
+			}
+			out = append(out, OpenHold{Job: Hash(k[len(prefix):]), Provider: h.provider, Amount: h.amount, Seq: h.seq, Time: e.Time})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open holds of %s: %w", account, err)
+	}
+	return out, nil
 }

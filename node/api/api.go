@@ -40,6 +40,8 @@ type NodeInfo struct {
 	Provider bool `json:"provider"`
 	// Disk is the data dir's free space as the node last measured it.
 	Disk DiskInfo `json:"disk"`
+	// Ledger is where the node stands with its own ledger account.
+	Ledger LedgerStatus `json:"ledger"`
 }
 
 // DiskInfo is the data dir's free space: while Low, the node refuses new
@@ -49,6 +51,26 @@ type DiskInfo struct {
 	MinFreeBytes  uint64 `json:"min_free_bytes"`
 	ReservedBytes uint64 `json:"reserved_bytes"`
 	Low           bool   `json:"low"`
+}
+
+// LedgerStatus says whether a node may sign ledger entries: after a start
+// it signs nothing until peers have shown it its own account's head, so
+// that a node restored from an old copy of its data dir cannot sign a seq
+// the network already holds.
+type LedgerStatus struct {
+	// Head is "confirming" (asking peers; jobs wait), "unreachable" (no
+	// peer answered within head_wait; jobs are refused), or "confirmed".
+	Head string `json:"head"`
+	// Detail says why, in words.
+	Detail string `json:"detail,omitempty"`
+	// Seq is the node's own head: the last seq it knows of its account.
+	Seq uint64 `json:"seq"`
+	// Learned counts the entries of its own account the node took from
+	// its peers at start: what its data dir lacked.
+	Learned int `json:"learned"`
+	// Frozen says the network holds two different entries this node signed
+	// with the same seq: its account is frozen for good.
+	Frozen bool `json:"frozen"`
 }
 
 // ProviderQuery is the query of GET /v1/providers.

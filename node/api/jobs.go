@@ -171,6 +171,11 @@ var ErrInsufficientStorage = errors.New("insufficient storage")
 // cannot be reached.
 var ErrUnavailable = errors.New("unavailable")
 
+// ErrNotSigning is returned for a job this node cannot back with credits
+// now, because it signs no ledger entries (its account's head is not
+// confirmed by any peer yet, or its account is frozen) (503).
+var ErrNotSigning = errors.New("not signing")
+
 // JobBackend is the job part of Backend.
 type JobBackend interface {
 	SubmitJob(ctx context.Context, j ParsedJob) (JobInfo, error)
@@ -215,6 +220,10 @@ func (s *server) postJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	job, err := s.cfg.Backend.SubmitJob(r.Context(), parsed)
+	if errors.Is(err, ErrNotSigning) {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
 	if err != nil {
 		s.jobError(w, err)
 		return

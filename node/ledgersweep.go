@@ -1,0 +1,137 @@
+package node
+
+import (
+	"context"
+	"time"
+
+	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/storage"
+)
+
+// orphanHoldAge is how long a hold of a job this node has no record of
+// (an orphan: the job's record was lost with a data dir restored from an
+// older copy) stays open after the node first sees it so. The node that
+// wrote the hold was an earlier run of this node, stopped before this run
+// began; it signed the job's offers, every round of them expiring at the
+// job's deadline, and no node opens an offer that expires more than
+// protocol.MaxMessageTTL after it opens it. So no provider holds a lease
+// of the job once MaxMessageTTL (and the clock skew a ledger allows) has
+// passed since this run first saw the orphan, and no one can be paid from
+// the hold: only this node signs its payments, and it has forgotten the
+// job. The time first seen is stored, so that restarts do not postpone it.
+const orphanHoldAge = protocol.MaxMessageTTL + storage.DefaultMaxClockSkew
+
+// sweepLoop looks for leftover holds once the head is confirmed, and then
+// every hold_sweep_interval.
+func (n *Node) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(time.Duration(n.cfg.Ledger.HoldSweepInterval))
+	defer t.Stop()
+	for {
+		if _, err := n.sweepHolds(ctx, time.Now()); err != nil && ctx.Err() == nil {
+			n.log.Warn("sweep leftover holds", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// sweepHolds settles this node's open holds that nothing else will: a hold
+// of a job that has ended is settled now (paid if its result was
+// accepted, else released), and a hold of a job the node has no record of
+// is released once orphanHoldAge has passed since the node first saw it.
+// The writes go through the ledger writer; what it found is in the report.
+func (n *Node) sweepHolds(ctx context.Context, now time.Time) (sweepReport, error) {
+	var r sweepReport
+	self := n.host.ID()
+	holds, err := n.ledger.OpenHolds(self)
+	if err != nil {
+		return r, err
+	}
+	seenAt, err := n.db.OrphanHolds()
+	if err != nil {
+		return r, err
+	}
+	known := map[storage.Hash]*market.Job{}
+	err = n.market.do(ctx, func() {
+		for _, h := range holds {
+			if j, ok := n.market.eng.Job(protocol.JobID(h.Job)); ok {
+				c := *j
+				known[h.Job] = &c
+			}
+		}
+	})
+	if err != nil {
+		return r, err
+	}
+	var ended []*market.Job
+	var release []storage.Hash
+	fresh := map[storage.Hash]time.Time{}
+	open := map[storage.Hash]bool{}
+	for _, h := range holds {
+		open[h.Job] = true
+		j, ok := known[h.Job]
+		switch {
+		case ok && j.State.Terminal():
+			ended = append(ended, j)
+		case ok: // the market settles it when the job ends
+		default:
+			r.Orphans++
+			since, seen := seenAt[h.Job]
+			if !seen {
+				since, fresh[h.Job] = now, now
+			}
+			if !now.Before(since.Add(orphanHoldAge)) {
+				release = append(release, h.Job)
+			}
+		}
+	}
+	var gone []storage.Hash
+	for job := range seenAt {
+		if !open[job] || known[job] != nil {
+			gone = append(gone, job)
+		}
+	}
+	if err := n.db.SetOrphanHolds(fresh, gone); err != nil {
+		return r, err
+	}
+	r.Ended, r.Released = len(ended), len(release)
+	if w := n.settleWrite(ended); w != nil {
+		n.log.Info("settling holds of ended jobs", "jobs", len(ended))
+		n.market.writer.add(w)
+	}
+	if len(release) > 0 {
+		n.log.Info("releasing holds of jobs this node has no record of, past their deadline (data dir restored from an older copy?)",
+			"holds", len(release))
+		n.market.writer.add(n.releaseWrite(release))
+	}
+	return r, nil
+}
+
+// sweepReport is what a sweep found: holds of ended jobs (settled now),
+// holds of jobs the node has no record of, and how many of those it
+// released.
+type sweepReport struct {
+	Ended, Orphans, Released int
+}
+
+// releaseWrite is the ledger write that releases the holds of jobs, those
+// still open when it is written.
+func (n *Node) releaseWrite(jobs []storage.Hash) *ledgerWrite {
+	w := &ledgerWrite{bodies: func() []storage.Body {
+		var bodies []storage.Body
+		for _, job := range jobs {
+			if _, ok, err := n.ledger.HoldFor(n.host.ID(), job); err == nil && ok {
+				bodies = append(bodies, storage.ReleaseBody{Job: job})
+			}
+		}
+		return bodies
+	}}
+	for _, job := range jobs {
+		w.jobs = append(w.jobs, protocol.JobID(job))
+	}
+	return w
+}
