@@ -30,6 +30,9 @@ const (
 	ledgerMsgFraud   = 2
 )
 
+// ledgerTopic is the name of network's ledger gossip topic.
+func ledgerTopic(network string) string { return protocol.Prefix(network) + "/ledger/2" }
+
 // maxGossipEntries bounds the entries of one ledger gossip message, so one
 // stays under pubsub's 1 MiB message limit (entries are at most 4 KiB).
 const maxGossipEntries = 128
@@ -85,7 +88,7 @@ func (n *Node) startLedger(ctx context.Context) error {
 		}
 		n.rset.add(item.Hash)
 	}
-	name := protocol.Prefix(n.cfg.Network) + "/ledger/2"
+	name := ledgerTopic(n.cfg.Network)
 	if err := n.pubsub.RegisterTopicValidator(name, n.validateLedgerGossip); err != nil {
 		return fmt.Errorf("topic validator %s: %w", name, err)
 	}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"sync"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -46,4 +47,30 @@ func peerScoreParams(network string) *pubsub.PeerScoreParams {
 		RetainScore:               10 * time.Minute,
 		SkipAtomicValidation:      true,
 	}
+}
+
+// scoreInspectPeriod is how often pubsub reports its peer scores to the
+// node (GossipScore).
+const scoreInspectPeriod = time.Second
+
+// gossipScores keeps the peer scores pubsub reported last.
+type gossipScores struct {
+	mu     sync.Mutex
+	scores map[peer.ID]float64
+}
+
+func (s *gossipScores) update(scores map[peer.ID]float64) {
+	s.mu.Lock()
+	s.scores = scores
+	s.mu.Unlock()
+}
+
+// GossipScore returns p's gossip score as this node's pubsub last computed
+// it (every scoreInspectPeriod), and whether it had one: a peer that drops
+// below peerScoreThresholds' limits loses gossip, then is ignored.
+func (n *Node) GossipScore(p peer.ID) (float64, bool) {
+	n.scores.mu.Lock()
+	defer n.scores.mu.Unlock()
+	s, ok := n.scores.scores[p]
+	return s, ok
 }
