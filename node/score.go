@@ -21,7 +21,12 @@ var peerScoreThresholds = &pubsub.PeerScoreThresholds{
 // peerScoreParams penalises only what a peer does wrong: invalid messages
 // (P4) and protocol misbehaviour. Delivery counters (P3) stay off, since
 // quiet topics would punish honest peers, and IP colocation is off, since
-// testnets put every peer on 127.0.0.1.
+// testnets put every peer on 127.0.0.1. The ledger topic counts like the
+// job topics: its validator rejects only what an honest peer never sends
+// (an entry the rules refuse for good, a malformed message), so a peer
+// that gossips unfunded receipts or forged entries loses gossip after a
+// message or two and is ignored after four (P4 grows with the square of
+// the invalid messages: 4² × −100 is the graylist threshold).
 func peerScoreParams(network string) *pubsub.PeerScoreParams {
 	topic := func() *pubsub.TopicScoreParams {
 		return &pubsub.TopicScoreParams{
@@ -35,6 +40,7 @@ func peerScoreParams(network string) *pubsub.PeerScoreParams {
 		Topics: map[string]*pubsub.TopicScoreParams{
 			protocol.JobsTopic(network, protocol.TierInteractive): topic(),
 			protocol.JobsTopic(network, protocol.TierBatch):       topic(),
+			ledgerTopic(network):                                  topic(),
 		},
 		AppSpecificScore:          func(peer.ID) float64 { return 0 },
 		AppSpecificWeight:         1,

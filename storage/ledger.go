@@ -238,7 +238,7 @@ type IngestResult struct {
 	// Duplicates counts given entries that were already stored.
 	Duplicates int
 	// Rejected lists given entries refused for good (they may become valid
-	// later only for ErrBadTimestamp in the future).
+	// later only for ErrFutureTime).
 	Rejected []Rejection
 	// Fraud lists the fraud proofs found, to gossip; their accounts are
 	// frozen.
@@ -608,7 +608,7 @@ func (l *Ledger) applyLive(t *ledgerTxn, c *cand, now int64) error {
 		return fmt.Errorf("%w: %s", ErrFrozen, e.Account)
 	}
 	if e.Time.UnixNano() > now {
-		return fmt.Errorf("%w: %s seq %d is dated %v, in the future", ErrBadTimestamp, e.Account, e.Seq, e.Time)
+		return fmt.Errorf("%w: %s seq %d is dated %v", ErrFutureTime, e.Account, e.Seq, e.Time)
 	}
 	if err := rules(t, l.params, e, c.hash); err != nil {
 		return err

@@ -25,6 +25,11 @@ var (
 	// ErrBadTimestamp means the entry's time is before its predecessor's or
 	// too far in the future.
 	ErrBadTimestamp = errors.New("ledger entry time out of range")
+	// ErrFutureTime means an entry dated further ahead of this node's
+	// clock than the skew allowed. It wraps ErrBadTimestamp; unlike the
+	// other refusals it says as much about this node's clock as about the
+	// entry, which may become valid later.
+	ErrFutureTime = fmt.Errorf("%w: in the future", ErrBadTimestamp)
 	// ErrBadGrant means a Grant that genesis does not allow: not the
 	// account's first entry, not a granted (or faucet) account, or another
 	// amount than granted.

@@ -293,7 +293,7 @@ func TestLedgerRules(t *testing.T) {
 			env.a.at = env.clock.Now().Add(DefaultMaxClockSkew + time.Second)
 			_, err := env.l.Ingest(env.a.next(env.t, GrantBody{Amount: 1000}))
 			return err
-		}, ErrBadTimestamp},
+		}, ErrFutureTime},
 		{"time before predecessor", func(env *ledgerEnv) error {
 			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
 			env.a.at = env.a.at.Add(-time.Hour)
