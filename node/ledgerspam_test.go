@@ -170,6 +170,14 @@ func TestUnfundedLedgerSpamIsRefused(t *testing.T) {
 	if err != nil {
 		t.Errorf("the rogue's gossip score did not go down: %v", err)
 	}
+	// The honest members' own ledger gossip costs them nothing.
+	for i, n := range tn.Nodes() {
+		for j, m := range tn.Nodes() {
+			if s, ok := n.GossipScore(m.ID()); i != j && ok && s < 0 {
+				t.Errorf("node %d scores honest node %d %.0f", i, j, s)
+			}
+		}
+	}
 
 	// The reconciliation half: fresh accounts, offered to node 0 directly.
 	raws, ids = unfundedChains(t, 10, 500, tn.Node(0).ID())
