@@ -118,7 +118,7 @@ func decodeAcctState(b []byte) (acctState, error) {
 	return a, err
 }
 
-// decodeAcctState reads an account record of this format (version 2) or
+// decodeAcctStateAny reads an account record of this format (version 2) or
 // of the last (version 1, without paced), for upgradeFormat.
 func decodeAcctStateAny(b []byte) (acctState, error) {
 	switch {
