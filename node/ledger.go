@@ -31,6 +31,9 @@ const (
 	ledgerMsgFraud   = 2
 )
 
+// ledgerTopic is the name of network's ledger gossip topic.
+func ledgerTopic(network string) string { return protocol.Prefix(network) + "/ledger/2" }
+
 // maxGossipEntries bounds the entries of one ledger gossip message, so one
 // stays under pubsub's 1 MiB message limit (entries are at most 4 KiB).
 const maxGossipEntries = 128
@@ -86,7 +89,7 @@ func (n *Node) startLedger(ctx context.Context) error {
 		}
 		n.rset.add(item.Hash)
 	}
-	name := protocol.Prefix(n.cfg.Network) + "/ledger/2"
+	name := ledgerTopic(n.cfg.Network)
 	if err := n.pubsub.RegisterTopicValidator(name, n.validateLedgerGossip); err != nil {
 		return fmt.Errorf("topic validator %s: %w", name, err)
 	}
@@ -155,8 +158,10 @@ func (n *Node) publishLedger(kind byte, b []byte) {
 }
 
 // validateLedgerGossip ingests gossiped entries and fraud proofs: valid
-// ones are forwarded; repeats and entries that wait for their predecessors
-// are not; invalid ones are rejected, which costs the sender score.
+// ones are forwarded; repeats and entries that wait (for their
+// predecessors, for funds, for the hold that backs a lease) are not;
+// invalid ones are rejected, which costs the sender score (see
+// peerScoreParams).
 func (n *Node) validateLedgerGossip(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 	if from == n.host.ID() {
 		// Our own publication, already in our ledger: validating it again
@@ -218,7 +223,8 @@ func (n *Node) validateLedgerMessage(from peer.ID, m *pubsub.Message) pubsub.Val
 // of them refused rejects the message (an honest peer forwards only
 // batches it accepted); one stored, or a fraud found, forwards it. Entries
 // of other accounts that waited and were refused when this batch let them
-// through are not the sender's doing: they count, but do not reject.
+// through are not the sender's doing: they count, but do not reject; nor
+// do refusals an honest sender can cause (senderFault).
 func (n *Node) batchVerdict(from peer.ID, raws [][]byte, res storage.IngestResult) pubsub.ValidationResult {
 	for _, p := range res.Fraud {
 		n.spreadFraud(p)
@@ -232,7 +238,7 @@ func (n *Node) batchVerdict(from peer.ID, raws [][]byte, res storage.IngestResul
 		}
 	}
 	for _, r := range res.Rejected {
-		if r.Account == "" || inBatch[accountSeq{r.Account, r.Seq}] {
+		if r.Account == "" || inBatch[accountSeq{r.Account, r.Seq}] && senderFault(r.Err) {
 			n.log.Debug("ledger gossip rejected", "from", from, "err", r.Err)
 			return pubsub.ValidationReject
 		}
@@ -241,6 +247,16 @@ func (n *Node) batchVerdict(from peer.ID, raws [][]byte, res storage.IngestResul
 		return pubsub.ValidationAccept
 	}
 	return pubsub.ValidationIgnore
+}
+
+// senderFault reports whether an entry refused with err shows its sender
+// to be dishonest. Two refusals do not: an entry of an account this node
+// froze (a forwarder may not have the fraud proof yet; it is sent one)
+// and an entry dated past this node's clock and skew (the clocks may
+// disagree). Every other refusal is one every node reaches alike, for
+// good, and an honest node neither writes nor forwards such an entry.
+func senderFault(err error) bool {
+	return !errors.Is(err, storage.ErrFrozen) && !errors.Is(err, storage.ErrFutureTime)
 }
 
 // accountSeq names an entry's place: its account and seq.
@@ -372,6 +388,9 @@ func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, err
 				errs[i] = err
 				continue
 			}
+			// A hold escrows something (the ledger refuses a hold of
+			// nothing), even for a job at price 0.
+			amount = max(amount, 1)
 			e, ok, err := n.ledger.HoldEntry(n.host.ID(), job)
 			if err != nil {
 				errs[i] = err
@@ -388,10 +407,15 @@ func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, err
 				}
 			}
 			if ok {
-				// A hold naming no provider backs only the first award:
-				// a provider then knows no other award shares it.
+				// The posting's hold, naming no provider, backs only the
+				// first award: a provider then knows no other award
+				// shares it. Every other award gets a hold of its own,
+				// even one to the provider the open hold names (re-awarded
+				// after it declined or was preempted): the ledger admits
+				// a provider's lease of a job once for each hold that
+				// names it, so a hold backs one award.
 				h, _ := e.Body.(storage.HoldBody)
-				if (h.Provider == a.provider || h.Provider == "" && a.award.Attempt == 1) && h.Amount >= amount {
+				if h.Provider == "" && a.award.Attempt == 1 && h.Amount >= amount {
 					holds[i] = e.Encode()
 					continue
 				}
@@ -621,17 +645,31 @@ func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 }
 
 // leaseWrite is the ledger write that records, in this provider's chain,
-// that it took a lease.
+// that it took a lease (after checkHold found the hold that backs it).
 func (n *Node) leaseWrite(l *market.Lease) *ledgerWrite {
 	body := storage.LeaseBody{Job: storage.Hash(l.Job), Requester: l.Requester, Price: l.Price}
-	return &ledgerWrite{bodies: func() []storage.Body { return []storage.Body{body} }}
+	return &ledgerWrite{bodies: func() []storage.Body {
+		n.market.writer.batchLeases[body.Job]++
+		return []storage.Body{body}
+	}}
 }
 
 // receiptWrite is the ledger write that records, in this provider's
 // chain, the receipt it signed: the signed result's hash, the result's
-// content ID and the usage.
+// content ID and the usage. The ledger takes one receipt for each lease
+// of the job in this chain: a result without a lease (the run stopped at
+// the escrow check) has none, and writes nothing.
 func (n *Node) receiptWrite(r *pb.Result, raw []byte) *ledgerWrite {
 	body := storage.ReceiptBody{Job: storage.Hash(r.JobId), Receipt: sha256.Sum256(raw), Result: r.ResultId,
 		Usage: storage.Usage{WallMS: uint64(r.GetUsage().GetWallMs()), GPUMS: uint64(r.GetUsage().GetGpuMs()), ExitCode: r.ExitCode}}
-	return &ledgerWrite{bodies: func() []storage.Body { return []storage.Body{body} }}
+	return &ledgerWrite{bodies: func() []storage.Body {
+		w := n.market.writer
+		leases, receipts, err := n.ledger.Leases(n.host.ID(), body.Job)
+		if err != nil || leases+w.batchLeases[body.Job] <= receipts+w.batchReceipts[body.Job] {
+			n.log.Debug("no lease left for a receipt; not recorded", "job", body.Job, "err", err)
+			return nil
+		}
+		w.batchReceipts[body.Job]++
+		return []storage.Body{body}
+	}}
 }

@@ -437,27 +437,11 @@ func TestReconcileFallsBackToListing(t *testing.T) {
 	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
 		t.Fatal(err)
 	}
-	// 500 entries only node 0 has: lease records of 5 fresh accounts.
-	var raws [][]byte
-	for a := range 5 {
-		priv, _, err := crypto.GenerateEd25519Key(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, _ := peer.IDFromPrivateKey(priv)
-		var prev storage.Hash
-		for seq := uint64(1); seq <= 100; seq++ {
-			e := storage.Entry{Account: id, Seq: seq, Prev: prev, Time: time.Now().Add(-time.Minute),
-				Body: storage.LeaseBody{Job: storage.Hash{byte(a), byte(seq)}, Requester: id, Price: 1}}
-			if err := e.Sign("testnet", priv); err != nil {
-				t.Fatal(err)
-			}
-			raws = append(raws, e.Encode())
-			prev = e.Hash()
-		}
-	}
-	if res, err := tn.Node(0).Ledger().IngestMany(raws); err != nil || len(res.Accepted) != len(raws) {
-		t.Fatalf("ingest: %d of %d, %v", len(res.Accepted), len(raws), err)
+	// 510 entries only node 0 has: its payments to 5 fresh accounts, and
+	// their jobs.
+	raws := selfJobChains(t, tn, 5, 100)
+	if res, err := tn.Node(0).Ledger().IngestMany(raws); err != nil || len(res.Accepted)+res.Duplicates != len(raws) {
+		t.Fatalf("ingest: %d of %d, %v", len(res.Accepted)+res.Duplicates, len(raws), err)
 	}
 	if err := tn.Node(1).Reconcile(ctx, tn.Node(0).ID()); err != nil {
 		t.Fatal(err)
@@ -466,4 +450,57 @@ func TestReconcileFallsBackToListing(t *testing.T) {
 		t.Fatalf("stats %+v: want a fallback that received all %d entries", st, len(raws))
 	}
 	ledgersAgree(t, tn)
+}
+
+// selfJobChains has node 0 fund accounts fresh accounts (a hold and a
+// payment each, written to node 0's ledger and not gossiped), and signs
+// perAccount entries for each of them: jobs of its own, each held for no
+// provider, leased, run and released by the account itself. It returns
+// node 0's funding entries and then the accounts' chains, which any ledger
+// takes.
+func selfJobChains(t *testing.T, tn *testnet.Testnet, accounts, perAccount int) [][]byte {
+	t.Helper()
+	funder, err := node.LoadIdentity(tn.Dir(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raws [][]byte
+	for a := range accounts {
+		priv, _, err := crypto.GenerateEd25519Key(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := peer.IDFromPrivateKey(priv)
+		fund := storage.Hash{0xf0, byte(a)}
+		es, err := tn.Node(0).Ledger().AppendBatch(funder, []storage.Body{
+			storage.HoldBody{Job: fund, Provider: id, Amount: 1000},
+			storage.PaymentBody{Job: fund, To: id, Amount: 1000},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		raws = append(raws, es[0].Encode(), es[1].Encode())
+		var prev storage.Hash
+		for seq := uint64(1); seq <= uint64(perAccount); seq++ {
+			job := storage.Hash{byte(a), byte((seq - 1) / 4)}
+			var body storage.Body
+			switch seq % 4 {
+			case 1:
+				body = storage.HoldBody{Job: job, Amount: 1}
+			case 2:
+				body = storage.LeaseBody{Job: job, Requester: id, Price: 1}
+			case 3:
+				body = storage.ReceiptBody{Job: job, Receipt: job, Result: "bafy"}
+			default:
+				body = storage.ReleaseBody{Job: job}
+			}
+			e := storage.Entry{Account: id, Seq: seq, Prev: prev, Time: time.Now(), Body: body}
+			if err := e.Sign("testnet", priv); err != nil {
+				t.Fatal(err)
+			}
+			raws = append(raws, e.Encode())
+			prev = e.Hash()
+		}
+	}
+	return raws
 }

@@ -3,6 +3,7 @@ package node
 import (
 	"bytes"
 	"crypto/rand"
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
@@ -107,11 +108,38 @@ func TestBatchVerdictJudgesOnlyTheBatchsEntries(t *testing.T) {
 		{"undecodable entry", storage.IngestResult{Rejected: []storage.Rejection{{Err: storage.ErrMalformed}}}, pubsub.ValidationReject},
 		{"another account's waiting entry refused", storage.IngestResult{Accepted: []storage.Entry{e},
 			Rejected: []storage.Rejection{{Account: other, Seq: 3, Err: storage.ErrBrokenChain}}}, pubsub.ValidationAccept},
+		{"its receipt without a lease", storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrNoLease}}}, pubsub.ValidationReject},
+		{"its entry over the rate", storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrRateLimited}}}, pubsub.ValidationReject},
+		{"its grant not in the genesis", storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBadGrant}}}, pubsub.ValidationReject},
+		{"its lease waits for its hold", storage.IngestResult{Pending: 1}, pubsub.ValidationIgnore},
+		{"its entry dated past this node's clock",
+			storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrFutureTime}}}, pubsub.ValidationIgnore},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := n.batchVerdict("peer", raws, tc.res); got != tc.want {
 				t.Fatalf("verdict %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestSenderFault: of the refusals, only those an honest peer can cause
+// (it lacks a fraud proof, its clock is ahead) do not count against it.
+func TestSenderFault(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{storage.ErrFrozen, false},
+		{storage.ErrFutureTime, false},
+		{storage.ErrBadTimestamp, true}, // before its predecessor
+		{storage.ErrNoLease, true},
+		{storage.ErrRateLimited, true},
+		{storage.ErrBadSignature, true},
+		{storage.ErrBadGrant, true},
+	} {
+		if got := senderFault(fmt.Errorf("wrapped: %w", tc.err)); got != tc.want {
+			t.Errorf("senderFault(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }

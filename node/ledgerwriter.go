@@ -27,8 +27,11 @@ type ledgerWriter struct {
 	urgent int // queued or active writes that must not wait for company
 
 	// batchHeld is what the holds computed so far for the batch being
-	// written take from the balance (used by the writer goroutine only).
-	batchHeld uint64
+	// written take from the balance, and batchLeases and batchReceipts
+	// count its leases and receipts by job, for the receipts that need a
+	// lease (used by the writer goroutine only).
+	batchHeld                  uint64
+	batchLeases, batchReceipts map[storage.Hash]uint64
 }
 
 // ledgerWrite is one queued write: the entries it makes, computed just
@@ -246,6 +249,7 @@ prefix:
 // its share.
 func (lw *ledgerWriter) write(batch []*ledgerWrite) {
 	lw.batchHeld = 0
+	lw.batchLeases, lw.batchReceipts = map[storage.Hash]uint64{}, map[storage.Hash]uint64{}
 	var all []storage.Body
 	ends := make([]int, len(batch))
 	for i, w := range batch {

@@ -3,6 +3,7 @@ package node_test
 import (
 	"cmp"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -146,9 +147,22 @@ func TestJobsOfBothTiersSucceedOnce(t *testing.T) {
 			}
 		}
 	}
-	for id := range final {
+	for id, j := range final {
 		if payments[id] != 1 || holds[id] != 1 {
 			t.Errorf("job %s paid %d times in the ledger, %d holds from its posting", id[:8], payments[id], holds[id])
+		}
+		// The provider's records of its run: the ledger took a lease
+		// (backed by a hold) and its receipt, and keeps nothing waiting.
+		job, _ := hex.DecodeString(id)
+		provider, _ := peer.Decode(j.Provider)
+		leases, receipts, err := tn.Node(9).Ledger().Leases(provider, storage.Hash(job))
+		if err != nil || leases < 1 || receipts < 1 || receipts > leases {
+			t.Errorf("job %s: the provider's chain has %d leases and %d receipts (%v)", id[:8], leases, receipts, err)
+		}
+	}
+	for i, n := range tn.Nodes() {
+		if p := n.Ledger().PendingLen(); p > 0 {
+			t.Errorf("node %d keeps %d ledger entries waiting", i, p)
 		}
 	}
 	t.Logf("%d jobs paid", paid)

@@ -63,6 +63,7 @@ type Node struct {
 	ledgerTopic    *pubsub.Topic
 	entryGossip    *entryGossip // own new entries, gossiped in batches
 	ledgerRejected prometheus.Counter
+	scores         gossipScores // peers' gossip scores, as pubsub last reported them
 	rset           *ledgerSet
 	reconcileMu    sync.Mutex
 	reconcileStats ReconcileStats
@@ -236,6 +237,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		pubsub.WithMessageSignaturePolicy(pubsub.StrictNoSign),
 		pubsub.WithMessageIdFn(messageID),
 		pubsub.WithPeerScore(peerScoreParams(cfg.Network), peerScoreThresholds),
+		pubsub.WithPeerScoreInspect(pubsub.PeerScoreInspectFn(n.scores.update), scoreInspectPeriod),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("gossipsub: %w", err)

@@ -222,13 +222,19 @@ func TestIngestManyBadSignatureInBatch(t *testing.T) {
 		for _, workers := range []int{1, 2} {
 			t.Run(fmt.Sprintf("%s, %d workers", name, workers), func(t *testing.T) {
 				const accounts, perChain = 5, 40 // 200 entries: 4 batches
-				l := openTestLedger(t, &Genesis{Network: testNet}, newFakeClock().Now, WithVerifyWorkers(workers))
-				var raws [][]byte
-				var bad Entry
+				g := &Genesis{Network: testNet}
+				var chains []*chain
 				for a := range accounts {
 					c := newChain(t, fmt.Sprint("acct-", a), at)
+					chains = append(chains, c)
+					g.Grants = append(g.Grants, GenesisGrant{Peer: c.id, Amount: cycleGrant})
+				}
+				l := openTestLedger(t, g, newFakeClock().Now, WithVerifyWorkers(workers))
+				var raws [][]byte
+				var bad Entry
+				for a, c := range chains {
 					for seq := 1; seq <= perChain; seq++ {
-						body := LeaseBody{Job: job(fmt.Sprint(a, "/", seq)), Requester: c.id, Price: 1}
+						body := cycleBody(c.id, seq)
 						if a == 2 && seq == perChain {
 							// The chain's last entry, so none waits on it.
 							bad = f(t, c, c.entry(t, body))

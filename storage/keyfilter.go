@@ -13,8 +13,11 @@ import (
 // filteredPrefixes are the ledger keys that lookups usually miss: an entry
 // arriving from a peer is looked up by hash before its signature is
 // checked, a new hold and a payment look for the hold and payment of their
-// job, and nearly always find none.
-var filteredPrefixes = [][]byte{[]byte(keyHashPrefix), []byte(keyHoldPrefix), []byte(keyPaidPrefix)}
+// job, and nearly always find none; a hold counts the holds of its job
+// before it, and a lease the leases, and of the two holds a lease looks
+// for (naming its provider, naming none) one is usually absent.
+var filteredPrefixes = [][]byte{[]byte(keyHashPrefix), []byte(keyHoldPrefix), []byte(keyPaidPrefix),
+	[]byte(keyFundPrefix), []byte(keyLeasePrefix)}
 
 // keyFilterProbes is how many bits of its word a key sets. At 11 bits a
 // key (the size the filter is made for) four give about 1.5 % false

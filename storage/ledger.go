@@ -40,7 +40,9 @@ const (
 // Cross-chain rules are checked so that every node reaches the same
 // verdict whatever the order entries arrive in: a hold can only be
 // refused for want of funds that a payment from another chain may still
-// bring, so ErrOverdraft on ingest is kept pending like ErrGap. The one
+// bring, and a lease for want of a hold that the requester's chain may
+// still bring, so ErrOverdraft and ErrUnfunded on ingest are kept pending
+// like ErrGap. The one
 // exception is an account convicted of equivocation: its entries are
 // refused from the moment a node learns of the fraud, so nodes may keep
 // different suffixes of a frozen chain.
@@ -50,7 +52,8 @@ type Ledger struct {
 	db       *DB
 	network  string
 	genesis  *Genesis
-	grants   map[peer.ID]uint64
+	grants   map[peer.ID]uint64 // genesis grants, then faucet claims (testnets)
+	params   ruleParams
 	clock    func() time.Time
 	maxSkew  time.Duration
 	workers  int
@@ -146,9 +149,15 @@ func OpenLedger(db *DB, network string, genesis *Genesis, clock func() time.Time
 		}
 	}
 	l.pending = newPendingBuf(l.pendingN)
+	if f := genesis.Faucet; f != nil && genesis.Testnet {
+		for _, p := range f.Peers {
+			l.grants[p] = f.Amount
+		}
+	}
 	for _, g := range genesis.Grants {
 		l.grants[g.Peer] = g.Amount
 	}
+	l.params = ruleParams{grantFor: l.grantFor, rate: genesis.entryRate()}
 	gh := genesis.Hash()
 	err := db.bdb.Update(func(txn *badger.Txn) error {
 		v, err := getValue(txn, []byte(keyLedgerGenesis))
@@ -173,7 +182,7 @@ func OpenLedger(db *DB, network string, genesis *Genesis, clock func() time.Time
 	if err != nil {
 		return nil, fmt.Errorf("open ledger: %w", err)
 	}
-	if err := upgradeFormat(db.bdb); err != nil {
+	if err := upgradeFormat(db.bdb, l.params.rate); err != nil {
 		return nil, fmt.Errorf("open ledger: %w", err)
 	}
 	if l.keys, err = openKeyFilter(db.bdb, l.count.Load()); err != nil {
@@ -199,14 +208,10 @@ func (l *Ledger) Network() string { return l.network }
 // Genesis returns the ledger's genesis (not to be changed).
 func (l *Ledger) Genesis() *Genesis { return l.genesis }
 
+// grantFor is Genesis.GrantFor, from a map.
 func (l *Ledger) grantFor(id peer.ID) (uint64, bool) {
-	if amt, ok := l.grants[id]; ok {
-		return amt, true
-	}
-	if l.genesis.Faucet != nil {
-		return l.genesis.Faucet.Amount, true
-	}
-	return 0, false
+	amt, ok := l.grants[id]
+	return amt, ok
 }
 
 // EquivocationError is the error of an entry that conflicts with a stored
@@ -233,7 +238,7 @@ type IngestResult struct {
 	// Duplicates counts given entries that were already stored.
 	Duplicates int
 	// Rejected lists given entries refused for good (they may become valid
-	// later only for ErrBadTimestamp in the future).
+	// later only for ErrFutureTime).
 	Rejected []Rejection
 	// Fraud lists the fraud proofs found, to gossip; their accounts are
 	// frozen.
@@ -277,9 +282,9 @@ func parallel(workers, n int, f func(i int)) {
 
 // Ingest validates and stores one entry received from a peer. It returns
 // the decoded entry and nil, or an error wrapping one of the package's
-// sentinels: ErrDuplicate (already stored: not a failure), ErrGap and
-// ErrOverdraft (kept pending: it is stored as soon as what it waits for
-// arrives), ErrEquivocation (an *EquivocationError: the account is now
+// sentinels: ErrDuplicate (already stored: not a failure), ErrGap,
+// ErrOverdraft and ErrUnfunded (kept pending: it is stored as soon as what
+// it waits for arrives), ErrEquivocation (an *EquivocationError: the account is now
 // frozen), or a refusal (ErrMalformed, ErrBadSignature, ErrBrokenChain,
 // ErrFrozen, …).
 func (l *Ledger) Ingest(raw []byte) (Entry, error) {
@@ -431,6 +436,14 @@ func (l *Ledger) verifyAsync(cs []*cand) (ready func(i int), checked func(i int)
 	return ready, checked, wait
 }
 
+// waits reports whether err refuses an entry only until something it
+// needs arrives: its predecessor (ErrGap), funds paid to its account
+// (ErrOverdraft), the hold that backs a lease (ErrUnfunded). Such an
+// entry is kept pending, not refused.
+func waits(err error) bool {
+	return errors.Is(err, ErrGap) || errors.Is(err, ErrOverdraft) || errors.Is(err, ErrUnfunded)
+}
+
 func isStoreErr(err error) bool {
 	var se *storeError
 	return errors.As(err, &se)
@@ -543,7 +556,7 @@ func (r *run) handle(c *cand) error {
 	case err == nil:
 		r.accepted++
 	case isStoreErr(err):
-	case errors.Is(err, ErrGap), errors.Is(err, ErrOverdraft):
+	case waits(err):
 		c.waitErr = err
 		r.l.pending.add(c)
 	case errors.Is(err, ErrDuplicate):
@@ -595,9 +608,9 @@ func (l *Ledger) applyLive(t *ledgerTxn, c *cand, now int64) error {
 		return fmt.Errorf("%w: %s", ErrFrozen, e.Account)
 	}
 	if e.Time.UnixNano() > now {
-		return fmt.Errorf("%w: %s seq %d is dated %v, in the future", ErrBadTimestamp, e.Account, e.Seq, e.Time)
+		return fmt.Errorf("%w: %s seq %d is dated %v", ErrFutureTime, e.Account, e.Seq, e.Time)
 	}
-	if err := rules(t, l.grantFor, e, c.hash); err != nil {
+	if err := rules(t, l.params, e, c.hash); err != nil {
 		return err
 	}
 	return t.storeEntry(c)
@@ -605,7 +618,7 @@ func (l *Ledger) applyLive(t *ledgerTxn, c *cand, now int64) error {
 
 // Append writes an entry of priv's account (an Ed25519 key) with body, at
 // the head of its chain, after the same checks as Ingest (ErrOverdraft,
-// ErrNoHold, ErrFrozen, …). It returns once the entry is on disk.
+// ErrUnfunded, ErrNoHold, ErrFrozen, …). It returns once the entry is on disk.
 func (l *Ledger) Append(priv crypto.PrivKey, body Body) (Entry, error) {
 	es, err := l.AppendBatch(priv, []Body{body})
 	if err != nil {

@@ -15,8 +15,10 @@ import (
 )
 
 // benchEntries signs n entries of 100 accounts, interleaved round-robin,
-// each account's chain in order: a grant, then holds, payments to the
-// next account, and leases. It returns the entries and the genesis.
+// each account's chain in order: a grant, then holds naming the next
+// account, payments to it, and leases of the jobs the account before held
+// for it (as a provider records them). It returns the entries and the
+// genesis.
 func benchEntries(b *testing.B, n int) ([][]byte, *Genesis) {
 	b.Helper()
 	const accounts = 100
@@ -34,6 +36,7 @@ func benchEntries(b *testing.B, n int) ([][]byte, *Genesis) {
 				break
 			}
 			to := chains[(i+1)%accounts].id
+			prev := (i + accounts - 1) % accounts
 			j := job(fmt.Sprintf("%d-%d", i, step/3))
 			var body Body
 			switch {
@@ -44,7 +47,8 @@ func benchEntries(b *testing.B, n int) ([][]byte, *Genesis) {
 			case step%3 == 2:
 				body = PaymentBody{Job: j, To: to, Receipt: j, Amount: 900}
 			default:
-				body = LeaseBody{Job: j, Requester: to, Price: 1000}
+				// The account before held its job step/3-1 naming this one.
+				body = LeaseBody{Job: job(fmt.Sprintf("%d-%d", prev, step/3-1)), Requester: chains[prev].id, Price: 1000}
 			}
 			raws = append(raws, c.next(b, body))
 		}
@@ -131,15 +135,21 @@ func BenchmarkLedgerIngestOne(b *testing.B) {
 }
 
 // BenchmarkLedgerAppend appends (signs, validates, stores, syncs) one
-// entry at a time.
+// entry at a time: holds and their releases, in turn.
 func BenchmarkLedgerAppend(b *testing.B) {
 	priv, id := testKey(b, "append")
 	g := &Genesis{Network: testNet, Grants: []GenesisGrant{{Peer: id, Amount: 1}}}
 	l := benchLedger(b, g)
-	_, p := testKey(b, "p")
+	if _, err := l.Append(priv, GrantBody{Amount: 1}); err != nil {
+		b.Fatal(err)
+	}
 	b.ResetTimer()
 	for i := range b.N {
-		if _, err := l.Append(priv, LeaseBody{Job: job(fmt.Sprint(i)), Requester: p, Price: 1}); err != nil {
+		var body Body = HoldBody{Job: job(fmt.Sprint(i / 2)), Amount: 1}
+		if i%2 == 1 {
+			body = ReleaseBody{Job: job(fmt.Sprint(i / 2))}
+		}
+		if _, err := l.Append(priv, body); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -14,8 +14,9 @@ import (
 
 const crashDirEnv = "MIRA_LEDGER_CRASH_DIR"
 
-func crashGenesis() *Genesis {
-	return &Genesis{Network: testNet, Faucet: &GenesisFaucet{Amount: 1_000_000}}
+func crashGenesis(t testing.TB) *Genesis {
+	_, id := testKey(t, "crash")
+	return &Genesis{Network: testNet, Grants: []GenesisGrant{{Peer: id, Amount: 1_000_000}}}
 }
 
 // TestLedgerCrashChild is the child of TestLedgerCrash: it appends to the
@@ -30,7 +31,7 @@ func TestLedgerCrashChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := OpenLedger(db, testNet, crashGenesis(), nil)
+	l, err := OpenLedger(db, testNet, crashGenesis(t), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,8 +63,9 @@ func TestLedgerCrashChild(t *testing.T) {
 			bodies = []Body{HoldBody{Job: j, Provider: provider, Amount: 10}, ReleaseBody{Job: j}}
 		case 1: // hold, pay to itself (keeps the balance for ever)
 			bodies = []Body{HoldBody{Job: j, Provider: provider, Amount: 10}, PaymentBody{Job: j, To: id, Amount: 5}}
-		case 2:
-			bodies = []Body{LeaseBody{Job: j, Requester: provider, Price: 1}}
+		case 2: // a job of its own: held for no provider, leased, run, released
+			bodies = []Body{HoldBody{Job: j, Amount: 10}, LeaseBody{Job: j, Requester: id, Price: 1},
+				ReceiptBody{Job: j, Receipt: j, Result: "bafy"}, ReleaseBody{Job: j}}
 		}
 		if i%2 == 0 {
 			es, err := l.AppendBatch(priv, bodies)
@@ -131,7 +133,7 @@ func TestLedgerCrash(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l, err := OpenLedger(db, testNet, crashGenesis(), func() time.Time { return time.Now() })
+		l, err := OpenLedger(db, testNet, crashGenesis(t), func() time.Time { return time.Now() })
 		if err != nil {
 			t.Fatal(err)
 		}

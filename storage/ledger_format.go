@@ -1,28 +1,37 @@
 package storage
 
 import (
-	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 
 	badger "github.com/dgraph-io/badger/v4"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // ledgerFormat is the layout of the ledger's keys this build writes. Format
 // 1 (no format key) kept a time index under ledger/t/ and only the seq and
 // account in the hash index; format 2 keeps the entry's time in the hash
-// index instead.
+// index instead; format 3 adds the holds ever written (ledger/fund/), the
+// leases and receipts of each provider's jobs (ledger/lease/), and each
+// account's rate limit state to its record (version 2).
 const (
-	ledgerFormat     = 2
+	ledgerFormat     = 3
 	keyLedgerFormat  = "ledger/meta/format"
 	keyOldTimePrefix = "ledger/t/" // format 1's time index
 )
 
 // upgradeFormat brings the store to ledgerFormat: a new ledger is marked;
-// a format 1 ledger gets its hash index rewritten from the entries and its
-// time index dropped, then is marked. A crash part way leaves it unmarked,
-// and the next open does it again.
-func upgradeFormat(db *badger.DB) error {
+// an older one is rewritten step by step (format 1 to 2: the hash index
+// rewritten from the entries and the time index dropped; 2 to 3: the new
+// indexes and account records built from the entries under rate), then
+// marked. A crash part way leaves it at its old mark, and the next open
+// does the steps again.
+//
+// Entries stored under an older format stay, even those the rules of this
+// one would refuse (a lease without a hold, a hold of zero, an account's
+// entries over the rate): they are signed history. Verify reports them.
+func upgradeFormat(db *badger.DB, rate entryRate) error {
 	var format []byte
 	var hasEntries bool
 	err := db.View(func(txn *badger.Txn) error {
@@ -36,25 +45,138 @@ func upgradeFormat(db *badger.DB) error {
 		hasEntries = it.Valid()
 		return nil
 	})
+	from := 1
 	switch {
 	case err != nil:
 		return err
-	case bytes.Equal(format, []byte{ledgerFormat}):
-		return nil
-	case format != nil:
-		return fmt.Errorf("%w: ledger format %x, this build reads format %d", ErrInconsistent, format, ledgerFormat)
+	case format == nil:
+	case len(format) == 1 && format[0] >= 2 && format[0] <= ledgerFormat:
+		from = int(format[0])
+	default:
+		return fmt.Errorf("%w: ledger format %x, this build reads formats up to %d", ErrInconsistent, format, ledgerFormat)
 	}
-	if hasEntries {
+	if from == ledgerFormat {
+		return nil
+	}
+	if hasEntries && from < 2 {
 		if err := rewriteHashIndex(db); err != nil {
-			return fmt.Errorf("upgrade the ledger to format %d: %w", ledgerFormat, err)
+			return fmt.Errorf("upgrade the ledger to format 2: %w", err)
 		}
 		if err := db.DropPrefix([]byte(keyOldTimePrefix)); err != nil {
-			return fmt.Errorf("upgrade the ledger to format %d: drop the time index: %w", ledgerFormat, err)
+			return fmt.Errorf("upgrade the ledger to format 2: drop the time index: %w", err)
+		}
+	}
+	if from < 3 {
+		if err := buildFormat3(db, rate); err != nil {
+			return fmt.Errorf("upgrade the ledger to format 3: %w", err)
 		}
 	}
 	return db.Update(func(txn *badger.Txn) error {
 		return txn.Set([]byte(keyLedgerFormat), []byte{ledgerFormat})
 	})
+}
+
+// buildFormat3 builds what format 3 adds from the entries: the holds ever
+// written, the leases and receipts, and every account record rewritten with
+// its rate limit state, as the rules would have left them.
+func buildFormat3(db *badger.DB, rate entryRate) error {
+	for _, p := range []string{keyFundPrefix, keyLeasePrefix} {
+		if err := db.DropPrefix([]byte(p)); err != nil {
+			return err
+		}
+	}
+	wb := db.NewWriteBatch()
+	defer wb.Cancel()
+	paced := make(map[peer.ID]uint64)
+	// One account's chain at a time (the entries come in key order): its
+	// counts are complete when the next account starts.
+	var account peer.ID
+	funds := make(map[string]uint64)
+	leased := make(map[string]leaseRec)
+	flush := func() error {
+		for k, n := range funds {
+			if err := wb.Set([]byte(k), binary.BigEndian.AppendUint64(nil, n)); err != nil {
+				return err
+			}
+		}
+		for k, r := range leased {
+			if err := wb.Set([]byte(k), r.encode()); err != nil {
+				return err
+			}
+		}
+		clear(funds)
+		clear(leased)
+		return nil
+	}
+	err := db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(keyEntryPrefix), PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			raw, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			e, err := DecodeEntry(raw)
+			if err != nil {
+				return fmt.Errorf("stored entry %x: %w", it.Item().Key(), err)
+			}
+			if e.Account != account {
+				if err := flush(); err != nil {
+					return err
+				}
+				account = e.Account
+			}
+			// An entry over the rate is history all the same: it paces
+			// the ones after it as if it had been admitted.
+			p := max(paced[e.Account], uint64(max(e.Time.UnixNano(), 0)))
+			paced[e.Account] = p + rate.interval
+			switch b := e.Body.(type) {
+			case HoldBody:
+				funds[string(fundKey(e.Account, b.Job, b.Provider))]++
+			case LeaseBody:
+				k := string(leaseKey(e.Account, b.Job))
+				r := leased[k]
+				r.leases++
+				leased[k] = r
+			case ReceiptBody:
+				k := string(leaseKey(e.Account, b.Job))
+				r := leased[k]
+				r.receipts++
+				leased[k] = r
+			}
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+		return rewriteAccounts(txn, wb, paced)
+	})
+	if err != nil {
+		return err
+	}
+	return wb.Flush()
+}
+
+// rewriteAccounts writes every account record in this format's version,
+// with the account's paced time.
+func rewriteAccounts(txn *badger.Txn, wb *badger.WriteBatch, paced map[peer.ID]uint64) error {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(keyAcctPrefix), PrefetchValues: true})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		k := it.Item().KeyCopy(nil)
+		v, err := it.Item().ValueCopy(nil)
+		if err != nil {
+			return err
+		}
+		a, err := decodeAcctStateAny(v)
+		if err != nil {
+			return fmt.Errorf("account record %x: %w", k, err)
+		}
+		a.paced = paced[peer.ID(k[len(keyAcctPrefix):])]
+		if err := wb.Set(k, a.encode()); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // rewriteHashIndex writes every entry's hash index value anew (format 2's

@@ -3,6 +3,7 @@ package storage
 import (
 	"crypto/ed25519"
 	"crypto/sha256"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -101,3 +102,19 @@ func (c *chain) next(t testing.TB, body Body) []byte {
 }
 
 func job(name string) Hash { return sha256.Sum256([]byte("job " + name)) }
+
+// cycleGrant is what cycleBody's accounts need granted.
+const cycleGrant = 1000
+
+// cycleBody is a valid body for entry seq of an account granted
+// cycleGrant: its grant, then holds of one micro-credit for jobs of its
+// own, each released by the entry after it.
+func cycleBody(id peer.ID, seq int) Body {
+	switch {
+	case seq == 1:
+		return GrantBody{Amount: cycleGrant}
+	case seq%2 == 0:
+		return HoldBody{Job: job(fmt.Sprint(id, "/", seq)), Amount: 1}
+	}
+	return ReleaseBody{Job: job(fmt.Sprint(id, "/", seq-1))}
+}

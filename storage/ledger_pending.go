@@ -14,13 +14,15 @@ type cand struct {
 	e    Entry
 	hash Hash
 	err  error // decoding or signature error
-	// waitErr is why the entry waits (ErrGap or ErrOverdraft, wrapped).
+	// waitErr is why the entry waits (ErrGap, ErrOverdraft or
+	// ErrUnfunded, wrapped: see waits).
 	waitErr error
 	elem    *list.Element // in pendingBuf.order while pending
 }
 
 // pendingBuf holds entries that cannot be stored yet (predecessor missing,
-// or a hold waiting for funds), with signatures already checked. It keeps
+// a hold waiting for funds, a lease waiting for its hold), with signatures
+// already checked. It keeps
 // at most max entries; adding beyond that drops the oldest. It is memory
 // only: what it loses, reconciliation brings again.
 type pendingBuf struct {

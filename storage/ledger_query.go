@@ -108,6 +108,20 @@ func (l *Ledger) HoldFor(account peer.ID, job Hash) (HoldBody, bool, error) {
 	return HoldBody{Job: job, Provider: h.provider, Amount: h.amount}, true, nil
 }
 
+// Leases returns how many leases and receipts of job the provider's chain
+// holds: a receipt needs a lease that no receipt has used yet.
+func (l *Ledger) Leases(provider peer.ID, job Hash) (leases, receipts uint64, err error) {
+	v, err := l.get(leaseKey(provider, job))
+	if err != nil || v == nil {
+		return 0, 0, err
+	}
+	r, err := decodeLeaseRec(v)
+	if err != nil {
+		return 0, 0, fmt.Errorf("leases of %s: %w", provider, err)
+	}
+	return r.leases, r.receipts, nil
+}
+
 // Count returns how many entries the ledger stores.
 func (l *Ledger) Count() uint64 { return l.count.Load() }
 

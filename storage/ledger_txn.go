@@ -12,11 +12,14 @@ import (
 // Badger keys of the ledger. Accounts are raw peer ID bytes, seqs and
 // times 8 bytes big-endian, so prefix scans come out in order.
 const (
-	keyEntryPrefix   = "ledger/e/"    // <account><seq> → entry bytes
-	keyHashPrefix    = "ledger/h/"    // <hash> → <seq><unix nanos><account>
-	keyAcctPrefix    = "ledger/acct/" // <account> → acctState
-	keyHoldPrefix    = "ledger/hold/" // <account><job> → holdRec
-	keyPaidPrefix    = "ledger/paid/" // <account><job> → payment seq
+	keyEntryPrefix = "ledger/e/"    // <account><seq> → entry bytes
+	keyHashPrefix  = "ledger/h/"    // <hash> → <seq><unix nanos><account>
+	keyAcctPrefix  = "ledger/acct/" // <account> → acctState
+	keyHoldPrefix  = "ledger/hold/" // <account><job> → holdRec
+	keyPaidPrefix  = "ledger/paid/" // <account><job> → payment seq
+	// <requester><job><provider, or nothing> → holds ever written (format 3)
+	keyFundPrefix    = "ledger/fund/"
+	keyLeasePrefix   = "ledger/lease/" // <provider><job> → leaseRec (format 3)
 	keyFraudPrefix   = "ledger/fraud/"
 	keyLedgerCount   = "ledger/meta/count"
 	keyLedgerGenesis = "ledger/meta/genesis"
@@ -38,6 +41,15 @@ func holdKey(id peer.ID, job Hash) []byte {
 
 func paidKey(id peer.ID, job Hash) []byte {
 	return append(append([]byte(keyPaidPrefix), id...), job[:]...)
+}
+
+func fundKey(requester peer.ID, job Hash, provider peer.ID) []byte {
+	k := make([]byte, 0, len(keyFundPrefix)+len(requester)+len(job)+len(provider))
+	return append(append(append(append(k, keyFundPrefix...), requester...), job[:]...), provider...)
+}
+
+func leaseKey(provider peer.ID, job Hash) []byte {
+	return append(append([]byte(keyLeasePrefix), provider...), job[:]...)
 }
 
 func fraudKey(id peer.ID) []byte { return append([]byte(keyFraudPrefix), id...) }
@@ -187,6 +199,41 @@ func (t *ledgerTxn) paid(id peer.ID, job Hash) (bool, error) {
 
 func (t *ledgerTxn) putPaid(id peer.ID, job Hash, seq uint64) error {
 	return t.set(paidKey(id, job), binary.BigEndian.AppendUint64(nil, seq))
+}
+
+func (t *ledgerTxn) funding(requester peer.ID, job Hash, provider peer.ID) (uint64, error) {
+	return getCount(t.get(fundKey(requester, job, provider)))
+}
+
+func (t *ledgerTxn) putFunding(requester peer.ID, job Hash, provider peer.ID, n uint64) error {
+	return t.set(fundKey(requester, job, provider), binary.BigEndian.AppendUint64(nil, n))
+}
+
+func (t *ledgerTxn) leases(provider peer.ID, job Hash) (leaseRec, error) {
+	v, err := t.get(leaseKey(provider, job))
+	if err != nil || v == nil {
+		return leaseRec{}, err
+	}
+	r, err := decodeLeaseRec(v)
+	if err != nil {
+		return leaseRec{}, storeErr(fmt.Errorf("leases of %s: %w", provider, err))
+	}
+	return r, nil
+}
+
+func (t *ledgerTxn) putLeases(provider peer.ID, job Hash, r leaseRec) error {
+	return t.set(leaseKey(provider, job), r.encode())
+}
+
+// getCount reads a stored 8-byte count (none: 0).
+func getCount(v []byte, err error) (uint64, error) {
+	switch {
+	case err != nil || v == nil:
+		return 0, err
+	case len(v) != 8:
+		return 0, storeErr(fmt.Errorf("%w: count of %d bytes", ErrInconsistent, len(v)))
+	}
+	return binary.BigEndian.Uint64(v), nil
 }
 
 // storeEntry writes an accepted entry and its hash index.

@@ -41,11 +41,24 @@ type jobKey struct {
 	job Hash
 }
 
+// fundKeyOf names the holds of a requester's job naming one provider.
+type fundKeyOf struct {
+	requester, provider peer.ID
+	job                 Hash
+}
+
 // verifyState is Verify's ruleState, in memory.
 type verifyState struct {
-	accts map[peer.ID]*acctState
-	holds map[jobKey]holdRec
-	paids map[jobKey]uint64
+	accts  map[peer.ID]*acctState
+	holds  map[jobKey]holdRec
+	paids  map[jobKey]uint64
+	funds  map[fundKeyOf]uint64
+	leased map[jobKey]leaseRec
+}
+
+func newVerifyState() *verifyState {
+	return &verifyState{accts: make(map[peer.ID]*acctState), holds: make(map[jobKey]holdRec),
+		paids: make(map[jobKey]uint64), funds: make(map[fundKeyOf]uint64), leased: make(map[jobKey]leaseRec)}
 }
 
 func (v *verifyState) account(id peer.ID) (*acctState, error) {
@@ -82,6 +95,34 @@ func (v *verifyState) putPaid(id peer.ID, job Hash, seq uint64) error {
 	return nil
 }
 
+func (v *verifyState) funding(requester peer.ID, job Hash, provider peer.ID) (uint64, error) {
+	return v.funds[fundKeyOf{requester, provider, job}], nil
+}
+
+func (v *verifyState) putFunding(requester peer.ID, job Hash, provider peer.ID, n uint64) error {
+	v.funds[fundKeyOf{requester, provider, job}] = n
+	return nil
+}
+
+func (v *verifyState) leases(provider peer.ID, job Hash) (leaseRec, error) {
+	return v.leased[jobKey{provider, job}], nil
+}
+
+func (v *verifyState) putLeases(provider peer.ID, job Hash, r leaseRec) error {
+	v.leased[jobKey{provider, job}] = r
+	return nil
+}
+
+// parseFundKey reads a key of the fund index without its prefix: a
+// requester, a job and a provider or none.
+func parseFundKey(k []byte) (fundKeyOf, bool) {
+	const head = ed25519PeerLen + len(Hash{})
+	if len(k) != head && len(k) != head+ed25519PeerLen {
+		return fundKeyOf{}, false
+	}
+	return fundKeyOf{requester: peer.ID(k[:ed25519PeerLen]), job: Hash(k[ed25519PeerLen:head]), provider: peer.ID(k[head:])}, true
+}
+
 // stored is everything Verify reads, from one snapshot.
 type stored struct {
 	chains map[peer.ID][]*cand
@@ -90,14 +131,17 @@ type stored struct {
 	accts  map[peer.ID]acctState
 	holds  map[jobKey][]byte
 	paids  map[jobKey][]byte
+	funds  map[fundKeyOf][]byte
+	leases map[jobKey][]byte
 	fraud  map[peer.ID][]byte
 	count  []byte
 }
 
 // Verify re-validates the whole ledger from scratch: every entry's
-// encoding, signature, chain and kind rules (in an order that lets holds
-// see the payments they rely on), and every index (hashes, accounts,
-// holds, payments, count, fraud proofs) against the entries. It returns
+// encoding, signature, chain, rate and kind rules (in an order that lets
+// holds see the payments they rely on, and leases the holds), and every
+// index (hashes, accounts, holds, payments, holds ever written, leases,
+// count, fraud proofs) against the entries. It returns
 // the problems found; the error is for failing to read. It reads
 // one snapshot and holds it in memory. Times are not checked against the
 // clock: an entry valid when stored stays valid.
@@ -120,9 +164,10 @@ func (l *Ledger) Verify(ctx context.Context) ([]Problem, error) {
 		return nil, err
 	}
 
-	// Replay. A hold refused for want of funds is retried after the other
-	// chains have moved on; a chain stops at its first problem.
-	vs := &verifyState{accts: make(map[peer.ID]*acctState), holds: make(map[jobKey]holdRec), paids: make(map[jobKey]uint64)}
+	// Replay. A hold refused for want of funds, or a lease for want of its
+	// hold, is retried after the other chains have moved on; a chain stops
+	// at its first problem.
+	vs := newVerifyState()
 	ids := make([]peer.ID, 0, len(s.chains))
 	for id := range s.chains {
 		ids = append(ids, id)
@@ -137,9 +182,9 @@ func (l *Ledger) Verify(ctx context.Context) ([]Problem, error) {
 				c := ch[next[id]]
 				err := c.err
 				if err == nil {
-					err = rules(vs, l.grantFor, &c.e, c.hash)
+					err = rules(vs, l.params, &c.e, c.hash)
 				}
-				if errors.Is(err, ErrOverdraft) {
+				if errors.Is(err, ErrOverdraft) || errors.Is(err, ErrUnfunded) {
 					break
 				}
 				if err != nil {
@@ -158,7 +203,7 @@ func (l *Ledger) Verify(ctx context.Context) ([]Problem, error) {
 	for _, id := range ids {
 		if ch := s.chains[id]; !broken[id] && next[id] < len(ch) {
 			c := ch[next[id]]
-			add(id, c.e.Seq, rules(vs, l.grantFor, &c.e, c.hash))
+			add(id, c.e.Seq, rules(vs, l.params, &c.e, c.hash))
 			broken[id] = true
 		}
 	}
@@ -217,6 +262,26 @@ func (l *Ledger) Verify(ctx context.Context) ([]Problem, error) {
 			bad(k.id, 0, "payment index for job %s without a payment", k.job)
 		}
 	}
+	for k, n := range vs.funds {
+		if v, ok := s.funds[k]; !broken[k.requester] && (!ok || !bytes.Equal(v, binary.BigEndian.AppendUint64(nil, n))) {
+			bad(k.requester, 0, "holds of job %s naming %q: %d written, index says %x", k.job, k.provider, n, v)
+		}
+	}
+	for k := range s.funds {
+		if _, ok := vs.funds[k]; !ok && !broken[k.requester] {
+			bad(k.requester, 0, "hold index for job %s naming %q without a hold", k.job, k.provider)
+		}
+	}
+	for k, r := range vs.leased {
+		if v, ok := s.leases[k]; !broken[k.id] && (!ok || !bytes.Equal(v, r.encode())) {
+			bad(k.id, 0, "leases of job %s: %+v written, index says %x", k.job, r, v)
+		}
+	}
+	for k := range s.leases {
+		if _, ok := vs.leased[k]; !ok && !broken[k.id] {
+			bad(k.id, 0, "lease index for job %s without a lease", k.job)
+		}
+	}
 	hashes := 0
 	for _, id := range ids {
 		for _, c := range s.chains[id] {
@@ -248,7 +313,7 @@ func (l *Ledger) readAll(ctx context.Context) (*stored, []Problem, error) {
 	s := &stored{
 		chains: make(map[peer.ID][]*cand), hashes: make(map[Hash][]byte),
 		accts: make(map[peer.ID]acctState), holds: make(map[jobKey][]byte), paids: make(map[jobKey][]byte),
-		fraud: make(map[peer.ID][]byte),
+		funds: make(map[fundKeyOf][]byte), leases: make(map[jobKey][]byte), fraud: make(map[peer.ID][]byte),
 	}
 	var probs []Problem
 	scan := func(txn *badger.Txn, prefix string, f func(k, v []byte) error) error {
@@ -325,7 +390,7 @@ func (l *Ledger) readAll(ctx context.Context) (*stored, []Problem, error) {
 		for _, idx := range []struct {
 			prefix string
 			m      map[jobKey][]byte
-		}{{keyHoldPrefix, s.holds}, {keyPaidPrefix, s.paids}} {
+		}{{keyHoldPrefix, s.holds}, {keyPaidPrefix, s.paids}, {keyLeasePrefix, s.leases}} {
 			err = scan(txn, idx.prefix, func(k, v []byte) error {
 				jk, ok := jobKeyOf(k)
 				if !ok {
@@ -338,6 +403,18 @@ func (l *Ledger) readAll(ctx context.Context) (*stored, []Problem, error) {
 			if err != nil {
 				return err
 			}
+		}
+		err = scan(txn, keyFundPrefix, func(k, v []byte) error {
+			fk, ok := parseFundKey(k)
+			if !ok {
+				probs = append(probs, Problem{Err: fmt.Errorf("%w: key %s%x", ErrInconsistent, keyFundPrefix, k)})
+				return nil
+			}
+			s.funds[fk] = v
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 		err = scan(txn, keyFraudPrefix, func(k, v []byte) error {
 			s.fraud[peer.ID(k)] = v

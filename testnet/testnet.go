@@ -43,6 +43,9 @@ type Options struct {
 	// Credits each member is granted by the testnet's genesis, in
 	// micro-credits; default DefaultCredits.
 	Credits uint64
+	// Grants are the genesis's grants to accounts beside the members'
+	// (benchmarks and tests whose entries are signed by other keys).
+	Grants []storage.GenesisGrant
 }
 
 // DefaultCredits is each member's genesis grant: 1,000 credits.
@@ -129,7 +132,9 @@ func Start(ctx context.Context, opts Options) (*Testnet, error) {
 }
 
 // writeGenesis gives the testnet a genesis, unless its members have one: a
-// grant of Options.Credits to every member, bound to the swarm key.
+// test network's, bound to the swarm key, with a grant of Options.Credits
+// to every member and Options.Grants (no faucet: a faucet mints only for
+// the peers it lists, as grants do).
 func (tn *Testnet) writeGenesis(swarmKey []byte) error {
 	if g, err := os.ReadFile(filepath.Join(tn.members[0].dir, node.GenesisFile)); err == nil {
 		// A reused testnet: members added since get the same genesis
@@ -148,7 +153,7 @@ func (tn *Testnet) writeGenesis(swarmKey []byte) error {
 	if credits == 0 {
 		credits = DefaultCredits
 	}
-	g := &storage.Genesis{Network: tn.opts.Network}
+	g := &storage.Genesis{Network: tn.opts.Network, Testnet: true}
 	if swarmKey != nil {
 		psk, err := node.ParseSwarmKey(swarmKey)
 		if err != nil {
@@ -167,6 +172,7 @@ func (tn *Testnet) writeGenesis(swarmKey []byte) error {
 		}
 		g.Grants = append(g.Grants, storage.GenesisGrant{Peer: id, Amount: credits})
 	}
+	g.Grants = append(g.Grants, tn.opts.Grants...)
 	for _, m := range tn.members {
 		if err := g.Save(filepath.Join(m.dir, node.GenesisFile)); err != nil {
 			return fmt.Errorf("testnet: %w", err)

@@ -108,7 +108,7 @@ func measureCap(network string, nodes, providers int) (signatureCap, error) {
 	if err != nil {
 		return c, err
 	}
-	raws, err := interleavedChains(100, 150)
+	raws, _, err := interleavedChains(100, 150)
 	if err != nil {
 		return c, err
 	}

@@ -56,10 +56,15 @@ func newBenchLedgerCmd(*globals) *cobra.Command {
 
 const benchNet = "bench"
 
-// benchChains signs chains of lease entries for accounts accounts, perChain
-// entries each: entries that need no funds, so any ledger takes them.
-func benchChains(accounts, perChain int) ([][][]byte, error) {
+// benchChains signs perChain entries for each of accounts new accounts,
+// each a chain any ledger whose genesis has the grants returned takes
+// whatever else it holds: the account's grant, then jobs of its own, each
+// held (for no provider), leased and run by the account itself, and
+// released. Each entry is what the market writes; none needs another chain.
+func benchChains(accounts, perChain int) ([][][]byte, []storage.GenesisGrant, error) {
+	const grant = 1 << 40
 	chains := make([][][]byte, accounts)
+	grants := make([]storage.GenesisGrant, accounts)
 	errs := make([]error, accounts)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
@@ -75,10 +80,11 @@ func benchChains(accounts, perChain int) ([][][]byte, error) {
 				return
 			}
 			id, _ := peer.IDFromPrivateKey(priv)
+			grants[a] = storage.GenesisGrant{Peer: id, Amount: grant}
 			var prev storage.Hash
 			for seq := 1; seq <= perChain; seq++ {
 				e := storage.Entry{Account: id, Seq: uint64(seq), Prev: prev, Time: start.Add(time.Duration(seq) * time.Millisecond),
-					Body: storage.LeaseBody{Job: sha256.Sum256(fmt.Appendf(nil, "%s/%d", id, seq)), Requester: id, Price: 1}}
+					Body: benchBody(id, seq, grant)}
 				if err := e.Sign(benchNet, priv); err != nil {
 					errs[a] = err
 					return
@@ -92,18 +98,38 @@ func benchChains(accounts, perChain int) ([][][]byte, error) {
 	wg.Wait()
 	for _, err := range errs {
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return chains, nil
+	return chains, grants, nil
 }
 
-func benchLedger(dir string, syncReceived bool) (*storage.DB, *storage.Ledger, error) {
+// benchBody is entry seq of account id's bench chain: its grant, then for
+// each job a hold, a lease, a receipt and a release.
+func benchBody(id peer.ID, seq int, grant uint64) storage.Body {
+	if seq == 1 {
+		return storage.GrantBody{Amount: grant}
+	}
+	job := storage.Hash(sha256.Sum256(fmt.Appendf(nil, "%s/%d", id, (seq-2)/4)))
+	switch (seq - 2) % 4 {
+	case 0:
+		return storage.HoldBody{Job: job, Amount: 1000}
+	case 1:
+		return storage.LeaseBody{Job: job, Requester: id, Price: 1}
+	case 2:
+		return storage.ReceiptBody{Job: job, Receipt: job, Result: "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku",
+			Usage: storage.Usage{WallMS: 1000, GPUMS: 1000}}
+	}
+	return storage.ReleaseBody{Job: job}
+}
+
+func benchLedger(dir string, syncReceived bool, grants []storage.GenesisGrant) (*storage.DB, *storage.Ledger, error) {
 	db, err := storage.Open(dir, storage.Options{Network: benchNet})
 	if err != nil {
 		return nil, nil, err
 	}
-	l, err := storage.OpenLedger(db, benchNet, &storage.Genesis{Network: benchNet}, nil, storage.WithReceivedSync(syncReceived))
+	g := &storage.Genesis{Network: benchNet, Grants: grants}
+	l, err := storage.OpenLedger(db, benchNet, g, nil, storage.WithReceivedSync(syncReceived))
 	if err != nil {
 		db.Close()
 		return nil, nil, err
@@ -115,7 +141,7 @@ func benchLedger(dir string, syncReceived bool) (*storage.DB, *storage.Ledger, e
 // 256, and checks the same signatures alone on every core three ways, for
 // the ratios of the rates.
 func benchIngest(out io.Writer, n int) error {
-	raws, err := interleavedChains(100, (n+99)/100)
+	raws, grants, err := interleavedChains(100, (n+99)/100)
 	if err != nil {
 		return err
 	}
@@ -146,7 +172,7 @@ func benchIngest(out io.Writer, n int) error {
 	// As a node ingests peers' entries (no fsync per batch: see
 	// storage.WithReceivedSync), and with a sync per batch.
 	for _, synced := range []bool{false, true} {
-		ir, err := ingestRate(raws, synced)
+		ir, err := ingestRate(raws, grants, synced)
 		if err != nil {
 			return err
 		}
@@ -158,10 +184,10 @@ func benchIngest(out io.Writer, n int) error {
 
 // interleavedChains signs perChain entries for each of accounts accounts
 // and orders them as gossip brings them: each account's next entry in turn.
-func interleavedChains(accounts, perChain int) ([][]byte, error) {
-	chains, err := benchChains(accounts, perChain)
+func interleavedChains(accounts, perChain int) ([][]byte, []storage.GenesisGrant, error) {
+	chains, grants, err := benchChains(accounts, perChain)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var raws [][]byte
 	for seq := range chains[0] {
@@ -169,7 +195,7 @@ func interleavedChains(accounts, perChain int) ([][]byte, error) {
 			raws = append(raws, c[seq])
 		}
 	}
-	return raws, nil
+	return raws, grants, nil
 }
 
 // zip215 is the ledger's signature rule (see storage.Entry.VerifySignature).
@@ -259,13 +285,13 @@ func batchVerifyRate(sigs []benchSig) (float64, error) {
 	})
 }
 
-func ingestRate(raws [][]byte, synced bool) (float64, error) {
+func ingestRate(raws [][]byte, grants []storage.GenesisGrant, synced bool) (float64, error) {
 	dir, err := os.MkdirTemp("", "mira-bench-ledger-")
 	if err != nil {
 		return 0, err
 	}
 	defer os.RemoveAll(dir)
-	db, l, err := benchLedger(dir, synced)
+	db, l, err := benchLedger(dir, synced, grants)
 	if err != nil {
 		return 0, err
 	}
@@ -307,7 +333,7 @@ func parallelFor(n int, f func(i int)) {
 // session between them over loopback.
 func benchReconcile(ctx context.Context, out io.Writer, size, diff int) error {
 	const accounts = 100
-	chains, err := benchChains(accounts, size/accounts+1)
+	chains, grants, err := benchChains(accounts, size/accounts+1)
 	if err != nil {
 		return err
 	}
@@ -316,7 +342,7 @@ func benchReconcile(ctx context.Context, out io.Writer, size, diff int) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	tn, err := testnet.Start(ctx, testnet.Options{Nodes: 2, Dir: dir, Network: benchNet, Configure: func(_ int, cfg *node.Config) {
+	tn, err := testnet.Start(ctx, testnet.Options{Nodes: 2, Dir: dir, Network: benchNet, Grants: grants, Configure: func(_ int, cfg *node.Config) {
 		cfg.ReconcileInterval = node.Duration(time.Hour) // only the session timed here
 	}})
 	if err != nil {
