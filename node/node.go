@@ -51,6 +51,7 @@ type Node struct {
 	gater    *gater
 	capacity capacity
 	market   *marketDriver
+	limits   *peerLimits
 	host     host.Host
 	dht      *dht.IpfsDHT
 	pubsub   *pubsub.PubSub
@@ -164,6 +165,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		}
 	}()
 	n.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	n.limits = newPeerLimits(cfg.Limits, n.metrics)
 
 	n.db, err = storage.Open(filepath.Join(cfg.DataDir, dbDir), storage.Options{Network: cfg.Network, Logger: o.log})
 	if err != nil {
@@ -237,7 +239,8 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	n.registerMetrics()
 	n.blobs = blob.NewService(n.host, cfg.Network, blobs, o.log)
 	n.blobs.SetAllow(n.blobAllowed)
-	n.host.SetStreamHandler(libp2pproto.ID(protocol.LogsProtocol(cfg.Network)), n.handleLogs)
+	n.blobs.WrapHandler(func(h network.StreamHandler) network.StreamHandler { return n.limits.limitStreams("blob", h) })
+	n.host.SetStreamHandler(libp2pproto.ID(protocol.LogsProtocol(cfg.Network)), n.limits.limitStreams("logs", n.handleLogs))
 
 	n.host.Network().Notify(&network.NotifyBundle{
 		DisconnectedF: func(_ network.Network, c network.Conn) { n.onDisconnect(c.RemotePeer()) },
@@ -273,7 +276,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err := n.serveAPI(); err != nil {
 		return nil, err
 	}
-	n.host.SetStreamHandler(n.syncProtocol(), n.handleSync)
+	n.host.SetStreamHandler(n.syncProtocol(), n.limits.limitStreams("sync", n.handleSync))
 	n.wg.Add(3)
 	go n.reconcileLoop(runCtx, n.connected)
 	go n.maintainBootstrap(runCtx)

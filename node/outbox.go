@@ -132,7 +132,8 @@ func (o *outbox) write(ctx context.Context, to peer.ID, st network.Stream, frame
 }
 
 // handleStream reads framed market messages from a peer until it closes
-// the stream; a frame over the size limit ends the stream.
+// the stream; a frame over the size limit ends the stream, and one past the
+// peer's rate limit is dropped unread.
 func (d *marketDriver) handleStream(st network.Stream) {
 	defer st.Close()
 	r := msgio.NewVarintReaderSize(st, protocol.MaxMarketMessageSize)
@@ -145,6 +146,10 @@ func (d *marketDriver) handleStream(st network.Stream) {
 			}
 			return
 		}
-		d.receive(st.Conn().RemotePeer(), data)
+		from := st.Conn().RemotePeer()
+		if !d.n.limits.allowMarket(from) {
+			continue // dropped (and counted) before its signature is checked
+		}
+		d.receive(from, data)
 	}
 }
