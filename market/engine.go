@@ -211,8 +211,10 @@ type Outbound struct {
 type Ready struct {
 	Save []*Job
 	// Changed are jobs whose change is for watchers only (a bid while
-	// the window is open): not worth a write, and safe to lose in a
-	// crash, since the window's end writes the job with its bids.
+	// the window is open, a decline, a refused late result): not worth a
+	// write, and safe to lose in a crash; the job's next write (its
+	// window's end, at the latest) carries it. So a peer cannot make the
+	// requester rewrite a job record message by message.
 	Changed []*Job
 	Send    []Outbound
 	Publish []Outbound

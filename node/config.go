@@ -120,10 +120,10 @@ type LimitsConfig struct {
 // DefaultLimits are the [limits] a new config gets.
 func DefaultLimits() LimitsConfig {
 	return LimitsConfig{
-		MarketMessagesPerSecond: 5000,
-		MarketMessageBurst:      20000,
-		GossipMessagesPerSecond: 5000,
-		GossipMessageBurst:      20000,
+		MarketMessagesPerSecond: 2000,
+		MarketMessageBurst:      10000,
+		GossipMessagesPerSecond: 2000,
+		GossipMessageBurst:      10000,
 		BlobStreamsPerPeer:      64,
 		LogStreamsPerPeer:       128,
 		SyncStreamsPerPeer:      8,

@@ -20,8 +20,9 @@ const maxLimitedPeers = 4096
 type peerLimits struct {
 	market, gossip *peerlimit.Rate
 	streams        map[string]*peerlimit.Streams
-	// limited counts what the limits refused, by what: "market",
-	// "gossip", "blob", "logs", "sync".
+	// limited counts what the limits refused, by what: signed market
+	// messages ("market", and "gossip" for those in refused gossip
+	// messages) and streams ("blob", "logs", "sync").
 	limited *prometheus.CounterVec
 }
 
@@ -58,7 +59,7 @@ func (l *peerLimits) allowGossip(p peer.ID, n int) bool {
 	if l.gossip.AllowN(p, time.Now(), n) {
 		return true
 	}
-	l.limited.WithLabelValues("gossip").Inc()
+	l.limited.WithLabelValues("gossip").Add(float64(n))
 	return false
 }
 

@@ -151,6 +151,8 @@ func (n *Node) startMarket(ctx context.Context) error {
 // if every signed message in it verifies, is an offer or a taken notice,
 // and has the same signer (a requester gossips only its own messages);
 // anything else is rejected (and the sender penalised by peer scoring).
+// A peer past its rate of signed messages ([limits]) has its gossip
+// ignored unchecked, without a penalty: it may be relaying others'.
 // Repeats of a gossip message are dropped by the message-ID cache; one
 // that only repacks signed messages already seen on gossip is ignored, so
 // a peer cannot make the network carry them again. The node's own gossip,
