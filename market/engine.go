@@ -290,8 +290,19 @@ func (e *Engine) ActiveLeases() int { return len(e.leases) }
 // cost in bytes (within Config.OfferMemory).
 func (e *Engine) OfferMemory() (offers, bytes int) { return e.offers.len(), e.offers.bytes() }
 
+// maxRTTPeers bounds the peers whose round-trip times the engine keeps:
+// every signer of a message sets one, and a peer can make identities
+// without end. Past it the record starts over (a tie on price then falls
+// to the peer ID until the times come again).
+const maxRTTPeers = 4096
+
 // SetRTT records the measured round-trip time to a peer, for ranking.
-func (e *Engine) SetRTT(p peer.ID, d time.Duration) { e.rtt[p] = d }
+func (e *Engine) SetRTT(p peer.ID, d time.Duration) {
+	if _, ok := e.rtt[p]; !ok && len(e.rtt) >= maxRTTPeers {
+		clear(e.rtt)
+	}
+	e.rtt[p] = d
+}
 
 // touch records a change of j that watchers see but that is not written.
 func (e *Engine) touch(j *Job, now time.Time) {

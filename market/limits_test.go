@@ -399,3 +399,15 @@ func TestOfferMemoCostCoversHeap(t *testing.T) {
 	}
 	runtime.KeepAlive(m)
 }
+
+// Round-trip times are kept for a bounded number of peers, however many
+// identities send messages.
+func TestRTTsAreBounded(t *testing.T) {
+	e := NewEngine(simTiming)
+	for i := range 3 * maxRTTPeers {
+		e.SetRTT(peer.ID(fmt.Sprint(i)), time.Millisecond)
+	}
+	if n := len(e.rtt); n > maxRTTPeers {
+		t.Fatalf("%d round-trip times kept, limit %d", n, maxRTTPeers)
+	}
+}
