@@ -803,6 +803,9 @@ func (e *Engine) onAward(now time.Time, m *protocol.Signed, a *pb.Award) {
 			JobId: m.Job[:], Provider: []byte(e.cfg.Self), Reason: reason,
 		}}})
 	}
+	if l, ok := e.leases[m.Job]; ok && l.Requester == m.Signer && l.Attempt == a.Attempt {
+		return // the award it took, sent again (a stream retry): not a new one to decline
+	}
 	// Only an offer this provider bid on may be leased: one it declined,
 	// or no longer remembers, is unknown to it.
 	o := e.offers.get(m.Job)

@@ -411,3 +411,25 @@ func TestRTTsAreBounded(t *testing.T) {
 		t.Fatalf("%d round-trip times kept, limit %d", n, maxRTTPeers)
 	}
 }
+
+// An award the provider took, sent again (the outbox retries a write that
+// broke), changes nothing: it is not declined, which would send the
+// running job back to the market.
+func TestRepeatedAwardIsIgnored(t *testing.T) {
+	s := newSim(t)
+	p := s.add(provider(10))
+	req := s.rogue()
+	offer := s.offerFor(req, 1, s.now.Add(time.Minute), noopSpec(1))
+	s.engines[p].Step(s.now, offer)
+	award := s.sign(req, &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
+		JobId: offer.Job[:], Provider: []byte(p), Price: 10, Attempt: 1,
+	}}})
+	s.engines[p].Step(s.now, award)
+	if r := s.engines[p].Ready(); len(r.Run) != 1 {
+		t.Fatalf("the award started %d runs", len(r.Run))
+	}
+	s.engines[p].Step(s.now, award)
+	if r := s.engines[p].Ready(); !r.Empty() {
+		t.Fatalf("the repeated award asked for work: %+v", r)
+	}
+}
