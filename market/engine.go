@@ -2,13 +2,13 @@ package market
 
 import (
 	"cmp"
-	"crypto/sha256"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
@@ -46,6 +46,20 @@ const (
 	ReasonLowDisk    = "provider low on disk space"
 )
 
+// Bounds of what peers can add to a job's record, so that neither the
+// record nor a write of it grows with what a peer sends.
+const (
+	// MaxDeclines bounds the declines a job keeps, besides those of its
+	// direct candidates: one per provider, the latest round's.
+	MaxDeclines = 32
+	// MaxBids bounds the bids a round keeps; past it a bid replaces the
+	// dearest kept one if it is cheaper, so the cheapest always win.
+	MaxBids = 64
+	// MaxExcluded bounds the providers a job remembers it excluded; the
+	// longest excluded may bid again.
+	MaxExcluded = 64
+)
+
 // Config sets the engine's timing and, for a provider, its bid strategy.
 type Config struct {
 	Self peer.ID
@@ -66,6 +80,12 @@ type Config struct {
 	// MaxCandidates is how many providers an interactive offer goes to
 	// directly.
 	MaxCandidates int
+	// OfferMemory and OfferMemoryPerRequester bound the bytes of the
+	// offers a provider remembers to recognise repeats and lease awards,
+	// in total and per requester; zero means DefaultOfferMemory and
+	// DefaultOfferMemoryPerRequester.
+	OfferMemory             int
+	OfferMemoryPerRequester int
 	// Provider is nil for a node that sells nothing.
 	Provider *ProviderPolicy
 }
@@ -94,6 +114,9 @@ type Decline struct {
 	Provider peer.ID   `json:"provider"`
 	Reason   string    `json:"reason"`
 	At       time.Time `json:"at"`
+	// Round is the job's round when the decline came: a provider's
+	// decline counts once per round.
+	Round uint32 `json:"round,omitempty"`
 }
 
 // Job is a requester's job: what the API shows and the node persists.
@@ -189,8 +212,10 @@ type Outbound struct {
 type Ready struct {
 	Save []*Job
 	// Changed are jobs whose change is for watchers only (a bid while
-	// the window is open): not worth a write, and safe to lose in a
-	// crash, since the window's end writes the job with its bids.
+	// the window is open, a decline, a refused late result): not worth a
+	// write, and safe to lose in a crash; the job's next write (its
+	// window's end, at the latest) carries it. So a peer cannot make the
+	// requester rewrite a job record message by message.
 	Changed []*Job
 	Send    []Outbound
 	Publish []Outbound
@@ -203,21 +228,14 @@ func (r Ready) Empty() bool {
 	return len(r.Save)+len(r.Changed)+len(r.Send)+len(r.Publish)+len(r.Run)+len(r.Stop) == 0
 }
 
-// offerSeen is what a provider remembers of an offer it answered.
-type offerSeen struct {
-	requester peer.ID
-	spec      *pb.JobSpec
-	deadline  time.Time
-}
-
 // Engine is the market state machine of one node, requester and provider
 // sides both. It is not safe for concurrent use: one goroutine feeds it.
 type Engine struct {
 	cfg    Config
 	jobs   map[protocol.JobID]*Job
 	active map[protocol.JobID]*Job // jobs not yet terminal: what Tick scans
-	offers map[protocol.JobID]*offerSeen
-	seen   map[[32]byte]time.Time // offer messages answered, until they expire
+	offers *offerMemos             // offers answered, within a budget of bytes
+	swept  time.Time               // when expired offers were last dropped
 	leases map[protocol.JobID]*Lease
 	rtt    map[peer.ID]time.Duration
 	// paused, when set, is why this provider takes no new work now.
@@ -233,8 +251,7 @@ func NewEngine(cfg Config) *Engine {
 		cfg:     cfg,
 		jobs:    map[protocol.JobID]*Job{},
 		active:  map[protocol.JobID]*Job{},
-		offers:  map[protocol.JobID]*offerSeen{},
-		seen:    map[[32]byte]time.Time{},
+		offers:  newOfferMemos(cfg.OfferMemory, cfg.OfferMemoryPerRequester),
 		leases:  map[protocol.JobID]*Lease{},
 		rtt:     map[peer.ID]time.Duration{},
 		saving:  map[*Job]bool{},
@@ -276,8 +293,23 @@ func (e *Engine) Pause(reason string) { e.paused = reason }
 // ActiveLeases is the number of leases this provider is running.
 func (e *Engine) ActiveLeases() int { return len(e.leases) }
 
+// OfferMemory is how many offers this provider remembers and what they
+// cost in bytes (within Config.OfferMemory).
+func (e *Engine) OfferMemory() (offers, bytes int) { return e.offers.len(), e.offers.bytes() }
+
+// maxRTTPeers bounds the peers whose round-trip times the engine keeps:
+// every signer of a message sets one, and a peer can make identities
+// without end. Past it the record starts over (a tie on price then falls
+// to the peer ID until the times come again).
+const maxRTTPeers = 4096
+
 // SetRTT records the measured round-trip time to a peer, for ranking.
-func (e *Engine) SetRTT(p peer.ID, d time.Duration) { e.rtt[p] = d }
+func (e *Engine) SetRTT(p peer.ID, d time.Duration) {
+	if _, ok := e.rtt[p]; !ok && len(e.rtt) >= maxRTTPeers {
+		clear(e.rtt)
+	}
+	e.rtt[p] = d
+}
 
 // touch records a change of j that watchers see but that is not written.
 func (e *Engine) touch(j *Job, now time.Time) {
@@ -430,8 +462,8 @@ func (e *Engine) Step(now time.Time, m *protocol.Signed) {
 	case *pb.MarketMessage_Cancel:
 		e.onCancel(m)
 	case *pb.MarketMessage_Taken:
-		if o, ok := e.offers[m.Job]; ok && o.requester == m.Signer {
-			delete(e.offers, m.Job)
+		if o := e.offers.get(m.Job); o != nil && o.requester == m.Signer {
+			e.offers.forget(o)
 		}
 	}
 }
@@ -440,13 +472,25 @@ func (e *Engine) Step(now time.Time, m *protocol.Signed) {
 
 func (e *Engine) onBid(now time.Time, m *protocol.Signed, b *pb.Bid) {
 	j, ok := e.jobs[m.Job]
-	if !ok || j.State != Bidding || slices.Contains(j.Excluded, m.Signer) {
+	if !ok || j.State != Bidding || !asked(j, m.Signer) {
 		return
 	}
-	for _, old := range j.Bids {
-		if old.Provider == m.Signer {
-			return // one bid per provider
+	if slices.ContainsFunc(j.Bids, func(old Bid) bool { return old.Provider == m.Signer }) {
+		return // one bid per provider
+	}
+	if len(j.Bids) >= MaxBids {
+		// Full: the cheapest bids are kept, so the window's winner is the
+		// same as without the bound.
+		dearest := 0
+		for i, old := range j.Bids {
+			if old.Price > j.Bids[dearest].Price {
+				dearest = i
+			}
 		}
+		if b.Price >= j.Bids[dearest].Price {
+			return
+		}
+		j.Bids = slices.Delete(j.Bids, dearest, dearest+1)
 	}
 	j.Bids = append(j.Bids, Bid{Provider: m.Signer, Price: b.Price, At: now, KnownSeq: b.KnownSeq})
 	if (j.Tier == protocol.TierInteractive || j.WindowEnds.IsZero()) && b.Price <= j.MaxPrice {
@@ -458,41 +502,91 @@ func (e *Engine) onBid(now time.Time, m *protocol.Signed, b *pb.Bid) {
 	e.touch(j, now)
 }
 
+// onDecline takes a decline from a provider that was asked about the job's
+// current round (see asked), once per round, or from the holder of its
+// lease; anything else changes nothing and is not written.
 func (e *Engine) onDecline(now time.Time, m *protocol.Signed, d *pb.Decline) {
 	j, ok := e.jobs[m.Job]
-	if !ok || j.State.Terminal() {
+	if !ok {
 		return
 	}
-	known := slices.ContainsFunc(j.Declines, func(old Decline) bool { return old.Provider == m.Signer && old.Reason == d.Reason })
-	if !known {
-		j.Declines = append(j.Declines, Decline{Provider: m.Signer, Reason: d.Reason, At: now})
-	}
-	if (j.State == Assigned || j.State == Running) && j.Provider == m.Signer {
+	switch {
+	case (j.State == Assigned || j.State == Running) && j.Provider == m.Signer:
 		// The provider turned the award down (it filled up since it bid)
 		// or gave the lease up for interactive work: offer again; it may
 		// bid again once it has room.
+		noteDecline(j, m.Signer, d.Reason, now)
 		if j.State == Running && d.Reason == ReasonPreempted {
 			j.Preemptions++
 		}
 		e.reoffer(j, now, false)
-		return
-	}
-	if j.State == Bidding && j.gossipLater != nil && allDeclined(j) {
-		// Every candidate turned the job down: the rest of the market
-		// sees it now, not when the window ends.
-		e.publish(j, j.gossipLater)
-		j.gossipLater = nil
-	}
-	if !known {
-		e.save(j, now)
+	case j.State == Bidding && asked(j, m.Signer):
+		if !noteDecline(j, m.Signer, d.Reason, now) {
+			return
+		}
+		if j.gossipLater != nil && allDeclined(j) {
+			// Every candidate turned the job down: the rest of the market
+			// sees it now, not when the window ends.
+			e.publish(j, j.gossipLater)
+			j.gossipLater = nil
+		}
+		// For watchers; written with the job's next change (the window's
+		// end at the latest), like a bid.
+		e.touch(j, now)
 	}
 }
 
+// asked reports whether p was asked about j's current round: an
+// interactive job's direct candidates always, anyone once the round went
+// to gossip; never a provider excluded from the job.
+func asked(j *Job, p peer.ID) bool {
+	if slices.Contains(j.Excluded, p) {
+		return false
+	}
+	return j.gossipLater == nil || slices.Contains(j.Candidates, p)
+}
+
+// noteDecline records p's decline of j's current round and reports whether
+// that changed the record: a provider keeps one decline, that of its
+// latest round; besides the candidates' at most MaxDeclines are kept, and
+// when that many are, a new one takes the place of one from an earlier
+// round, or is dropped.
+func noteDecline(j *Job, p peer.ID, reason string, now time.Time) bool {
+	d := Decline{Provider: p, Reason: reason, At: now, Round: j.Round}
+	if i := slices.IndexFunc(j.Declines, func(old Decline) bool { return old.Provider == p }); i >= 0 {
+		if j.Declines[i].Round == j.Round {
+			return false
+		}
+		j.Declines[i] = d
+		return true
+	}
+	candidate := func(d Decline) bool { return slices.Contains(j.Candidates, d.Provider) }
+	if !slices.Contains(j.Candidates, p) && len(j.Declines)-countFunc(j.Declines, candidate) >= MaxDeclines {
+		stale := slices.IndexFunc(j.Declines, func(old Decline) bool { return old.Round < j.Round && !candidate(old) })
+		if stale < 0 {
+			return false
+		}
+		j.Declines = slices.Delete(j.Declines, stale, stale+1)
+	}
+	j.Declines = append(j.Declines, d)
+	return true
+}
+
+func countFunc[T any](s []T, f func(T) bool) int {
+	n := 0
+	for _, v := range s {
+		if f(v) {
+			n++
+		}
+	}
+	return n
+}
+
 // allDeclined reports whether every candidate still in the running has
-// declined j.
+// declined j's current round.
 func allDeclined(j *Job) bool {
 	for _, c := range j.Candidates {
-		if !slices.Contains(j.Excluded, c) && !slices.ContainsFunc(j.Declines, func(d Decline) bool { return d.Provider == c }) {
+		if !slices.Contains(j.Excluded, c) && !slices.ContainsFunc(j.Declines, func(d Decline) bool { return d.Provider == c && d.Round == j.Round }) {
 			return false
 		}
 	}
@@ -559,9 +653,12 @@ func (e *Engine) markRunning(j *Job, now time.Time) {
 func (e *Engine) onResult(now time.Time, m *protocol.Signed, r *pb.Result) {
 	j := e.leaseHolderJob(m, r.Attempt)
 	if j == nil {
-		if j, ok := e.jobs[m.Job]; ok {
-			j.RefusedResults++ // a late result from a lease that ended
-			e.save(j, now)
+		if j, ok := e.jobs[m.Job]; ok && (j.Provider == m.Signer || slices.Contains(j.Excluded, m.Signer)) {
+			// A late result from a lease that ended: counted for watchers,
+			// written with the job's next change, so that a provider
+			// cannot make the requester write the job again and again.
+			j.RefusedResults++
+			e.touch(j, now)
 		}
 		return
 	}
@@ -587,6 +684,9 @@ func (e *Engine) onResult(now time.Time, m *protocol.Signed, r *pb.Result) {
 // provider that failed the job (silence) is excluded from it for good.
 func (e *Engine) reoffer(j *Job, now time.Time, exclude bool) {
 	if j.Provider != "" && exclude {
+		if len(j.Excluded) >= MaxExcluded {
+			j.Excluded = slices.Delete(j.Excluded, 0, 1)
+		}
 		j.Excluded = append(j.Excluded, j.Provider)
 		e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Cancel{Cancel: &pb.Cancel{JobId: j.ID[:], Reason: "lease revoked"}}})
 	}
@@ -597,20 +697,27 @@ func (e *Engine) reoffer(j *Job, now time.Time, exclude bool) {
 // --- provider side ---
 
 func (e *Engine) onOffer(now time.Time, m *protocol.Signed, o *pb.Offer) {
-	p := e.cfg.Provider
-	if p == nil || m.Signer == e.cfg.Self {
+	if e.cfg.Provider == nil || m.Signer == e.cfg.Self {
 		return
 	}
-	msgID := sha256.Sum256(m.Raw)
-	if _, dup := e.seen[msgID]; dup {
-		return // the same round came directly and by gossip
+	if seen := e.offers.get(m.Job); seen != nil && m.Msg.Round <= seen.round {
+		return // this round was answered: it came directly and by gossip
 	}
 	if _, leased := e.leases[m.Job]; leased {
 		return
 	}
 	deadline := time.UnixMilli(o.DeadlineUnixMs)
-	e.seen[msgID] = deadline
-	e.offers[m.Job] = &offerSeen{requester: m.Signer, spec: o.Spec, deadline: deadline}
+	reason := e.declineReason(now, o.Spec, deadline)
+	var spec []byte
+	if reason == "" {
+		// Kept encoded, an award's lease decodes it: what is remembered
+		// costs exactly its bytes.
+		var err error
+		if spec, err = proto.Marshal(o.Spec); err != nil {
+			return // not for a verified offer, whose ID is its encoding
+		}
+	}
+	e.offers.put(m.Job, m.Signer, m.Msg.Round, deadline, spec)
 	reply := func(body any) {
 		msg := &pb.MarketMessage{}
 		switch b := body.(type) {
@@ -621,7 +728,7 @@ func (e *Engine) onOffer(now time.Time, m *protocol.Signed, o *pb.Offer) {
 		}
 		e.send(m.Signer, msg)
 	}
-	if reason := e.declineReason(now, o.Spec, deadline); reason != "" {
+	if reason != "" {
 		reply(&pb.Decline{JobId: m.Job[:], Provider: []byte(e.cfg.Self), Reason: reason})
 		return
 	}
@@ -635,6 +742,9 @@ func (e *Engine) floor(tier string) uint64 {
 	return e.cfg.Provider.FloorBatch
 }
 
+// declineReason is why this provider will not take a job of spec s now,
+// or "" if it will: the rules its bid on an offer and its acceptance of an
+// award both pass (awardReason adds the award's price).
 func (e *Engine) declineReason(now time.Time, s *pb.JobSpec, deadline time.Time) string {
 	p := e.cfg.Provider
 	var r Requirements
@@ -680,8 +790,20 @@ func (e *Engine) preempt(l *Lease) {
 	}}})
 }
 
+// awardReason is why this provider turns down an award of a job of spec s
+// at price, or "" if it takes it: the rules of a bid, and a price between
+// its floor and the offer's maximum.
+func (e *Engine) awardReason(now time.Time, s *pb.JobSpec, deadline time.Time, price uint64) string {
+	if r := e.declineReason(now, s, deadline); r != "" {
+		return r
+	}
+	if price < e.floor(s.Tier) || price > s.MaxPrice {
+		return ReasonPrice
+	}
+	return ""
+}
+
 func (e *Engine) onAward(now time.Time, m *protocol.Signed, a *pb.Award) {
-	o, ok := e.offers[m.Job]
 	if e.cfg.Provider == nil || string(a.Provider) != string(e.cfg.Self) {
 		return
 	}
@@ -690,29 +812,30 @@ func (e *Engine) onAward(now time.Time, m *protocol.Signed, a *pb.Award) {
 			JobId: m.Job[:], Provider: []byte(e.cfg.Self), Reason: reason,
 		}}})
 	}
-	switch {
-	case !ok || o.requester != m.Signer:
+	if l, ok := e.leases[m.Job]; ok && l.Requester == m.Signer && l.Attempt == a.Attempt {
+		return // the award it took, sent again (a stream retry): not a new one to decline
+	}
+	// Only an offer this provider bid on may be leased: one it declined,
+	// or no longer remembers, is unknown to it.
+	o := e.offers.get(m.Job)
+	spec := &pb.JobSpec{}
+	if o == nil || o.requester != m.Signer || o.spec == nil || proto.Unmarshal(o.spec, spec) != nil {
 		decline(ReasonUnknownJob)
 		return
-	case !o.deadline.After(now):
-		decline(ReasonExpired)
-		return
-	case e.paused != "":
-		decline(e.paused)
-		return
-	case a.Price < e.floor(o.spec.Tier) || a.Price > o.spec.MaxPrice:
-		decline(ReasonPrice)
-		return
-	case len(e.leases) >= e.cfg.Provider.Slots:
-		victim := e.preemptible()
-		if o.spec.Tier != protocol.TierInteractive || victim == nil {
-			decline(ReasonNoSlot)
-			return
-		}
-		e.preempt(victim)
 	}
-	delete(e.offers, m.Job)
-	l := &Lease{Job: m.Job, Requester: m.Signer, Spec: o.spec, Attempt: a.Attempt, Price: a.Price, Hold: a.Hold,
+	// Things changed since the bid (slots, say): the award passes the
+	// same rules again.
+	if reason := e.awardReason(now, spec, o.deadline, a.Price); reason != "" {
+		decline(reason)
+		return
+	}
+	if len(e.leases) >= e.cfg.Provider.Slots {
+		// declineReason let an interactive job past a full provider only
+		// because a batch lease can make room.
+		e.preempt(e.preemptible())
+	}
+	e.offers.forget(o)
+	l := &Lease{Job: m.Job, Requester: m.Signer, Spec: spec, Attempt: a.Attempt, Price: a.Price, Hold: a.Hold,
 		Chain: a.Chain, Deadline: o.deadline, started: now, nextBeat: now.Add(e.cfg.HeartbeatInterval)}
 	e.leases[m.Job] = l
 	e.send(m.Signer, &pb.MarketMessage{Body: &pb.MarketMessage_Accept{Accept: &pb.Accept{JobId: m.Job[:], Attempt: a.Attempt}}})
@@ -724,8 +847,8 @@ func (e *Engine) onCancel(m *protocol.Signed) {
 		delete(e.leases, m.Job)
 		e.ready.Stop = append(e.ready.Stop, m.Job)
 	}
-	if o, ok := e.offers[m.Job]; ok && o.requester == m.Signer {
-		delete(e.offers, m.Job)
+	if o := e.offers.get(m.Job); o != nil && o.requester == m.Signer {
+		e.offers.forget(o)
 	}
 }
 
@@ -809,15 +932,10 @@ func (e *Engine) Tick(now time.Time) {
 			e.reoffer(j, now, true)
 		}
 	}
-	for id, o := range e.offers {
-		if !o.deadline.After(now) {
-			delete(e.offers, id)
-		}
-	}
-	for id, until := range e.seen {
-		if !until.After(now) {
-			delete(e.seen, id)
-		}
+	if !now.Before(e.swept.Add(offerSweepInterval)) {
+		// A sweep visits every remembered offer: not at every tick.
+		e.offers.expire(now)
+		e.swept = now
 	}
 	for _, l := range e.leases {
 		if !now.Before(l.nextBeat) {
@@ -859,6 +977,10 @@ func (e *Engine) closeWindow(j *Job, now time.Time) {
 	}
 	e.award(j, now, best.Provider, best.Price)
 }
+
+// offerSweepInterval is how often a provider drops the offers whose
+// deadlines have passed; until then they count against its budget.
+const offerSweepInterval = 10 * time.Second
 
 // maxReofferDelay caps the pause between a batch job's empty rounds;
 // maxInteractivePause caps an interactive job's, in windows, since its
@@ -906,6 +1028,9 @@ func (e *Engine) NextDeadline() time.Time {
 	}
 	for _, l := range e.leases {
 		consider(l.nextBeat)
+	}
+	if e.offers.len() > 0 {
+		consider(e.swept.Add(offerSweepInterval))
 	}
 	return next
 }

@@ -153,8 +153,8 @@ func leaseIDs(ls []*Lease) []protocol.JobID {
 }
 
 func (s *sim) deliver(from, to peer.ID, o Outbound) {
-	if s.cut[from] || s.cut[to] {
-		return
+	if s.cut[from] || s.cut[to] || s.engines[to] == nil {
+		return // lost, or for a peer that runs no engine (a rogue's key)
 	}
 	s.engines[to].Step(s.now, s.sign(from, o.Msg))
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/storage"
@@ -95,6 +96,8 @@ type Config struct {
 	// Ledger sets how the node confirms its own account's head with its
 	// peers after a start, before it signs anything.
 	Ledger LedgerConfig `toml:"ledger"`
+	// Limits bound what one peer may make this node do.
+	Limits LimitsConfig `toml:"limits"`
 }
 
 // DiskConfig is the [disk] table. See package node/disk for why a full
@@ -139,6 +142,73 @@ func (c LedgerConfig) validate() error {
 		return errors.New("head_wait must be positive")
 	case c.HoldSweepInterval <= 0:
 		return errors.New("hold_sweep_interval must be positive")
+	}
+	return nil
+}
+
+// LimitsConfig is the [limits] table: how much one peer may send this node
+// and hold open on it, and the memory a provider gives the offers it
+// answered. The defaults leave room for `mira bench market --burst 1000`
+// (a requester's 1,000 batch offers in a second and the bids, awards,
+// acceptances and results they bring) several times over.
+type LimitsConfig struct {
+	// MarketMessagesPerSecond and MarketMessageBurst bound the direct
+	// market messages one peer may send (a token bucket per peer): past
+	// them a message is dropped, before its signature is checked, and
+	// counted in mira_peer_limited_total{what="market"}.
+	MarketMessagesPerSecond float64 `toml:"market_messages_per_second"`
+	MarketMessageBurst      int     `toml:"market_message_burst"`
+	// GossipMessagesPerSecond and GossipMessageBurst bound the signed
+	// messages one peer may forward on the job topics: past them a gossip
+	// message is ignored (not passed on, not scored against the peer,
+	// which may only be relaying) and counted (what="gossip").
+	GossipMessagesPerSecond float64 `toml:"gossip_messages_per_second"`
+	GossipMessageBurst      int     `toml:"gossip_message_burst"`
+	// BlobStreamsPerPeer, LogStreamsPerPeer and SyncStreamsPerPeer bound
+	// the streams of each protocol one peer may hold open on this node at
+	// once: one more is reset and counted (what="blob", "logs", "sync").
+	BlobStreamsPerPeer int `toml:"blob_streams_per_peer"`
+	LogStreamsPerPeer  int `toml:"log_streams_per_peer"`
+	SyncStreamsPerPeer int `toml:"sync_streams_per_peer"`
+	// OfferMemory and OfferMemoryPerRequester bound the bytes of the
+	// offers a provider remembers having answered (to lease an award and
+	// to answer each round once), in total and per requester: past them
+	// the least recently answered are forgotten.
+	OfferMemory             int `toml:"offer_memory"`
+	OfferMemoryPerRequester int `toml:"offer_memory_per_requester"`
+}
+
+// DefaultLimits are the [limits] a new config gets.
+func DefaultLimits() LimitsConfig {
+	return LimitsConfig{
+		MarketMessagesPerSecond: 2000,
+		MarketMessageBurst:      10000,
+		GossipMessagesPerSecond: 2000,
+		GossipMessageBurst:      10000,
+		BlobStreamsPerPeer:      64,
+		LogStreamsPerPeer:       128,
+		SyncStreamsPerPeer:      8,
+		OfferMemory:             market.DefaultOfferMemory,
+		OfferMemoryPerRequester: market.DefaultOfferMemoryPerRequester,
+	}
+}
+
+func (l LimitsConfig) validate() error {
+	var bad []string
+	if l.MarketMessagesPerSecond <= 0 || math.IsNaN(l.MarketMessagesPerSecond) || l.MarketMessageBurst < 1 {
+		bad = append(bad, "market_messages_per_second and market_message_burst must be positive")
+	}
+	if l.GossipMessagesPerSecond <= 0 || math.IsNaN(l.GossipMessagesPerSecond) || l.GossipMessageBurst < protocol.MaxGossipMarketMessages {
+		bad = append(bad, fmt.Sprintf("gossip_messages_per_second must be positive and gossip_message_burst at least %d (one gossip message's)", protocol.MaxGossipMarketMessages))
+	}
+	if l.BlobStreamsPerPeer < 1 || l.LogStreamsPerPeer < 1 || l.SyncStreamsPerPeer < 1 {
+		bad = append(bad, "blob_streams_per_peer, log_streams_per_peer and sync_streams_per_peer must be positive")
+	}
+	if l.OfferMemory < 1<<20 || l.OfferMemoryPerRequester < 1<<20 || l.OfferMemoryPerRequester > l.OfferMemory {
+		bad = append(bad, "offer_memory and offer_memory_per_requester must be at least 1 MiB, the second at most the first")
+	}
+	if len(bad) > 0 {
+		return errors.New(strings.Join(bad, "; "))
 	}
 	return nil
 }
@@ -234,6 +304,7 @@ func DefaultConfig(dataDir string) Config {
 			HeadWait:          Duration(30 * time.Second),
 			HoldSweepInterval: Duration(10 * time.Minute),
 		},
+		Limits: DefaultLimits(),
 	}
 }
 
@@ -312,6 +383,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Ledger.validate(); err != nil {
 		return fmt.Errorf("config: ledger: %w", err)
+	}
+	if err := c.Limits.validate(); err != nil {
+		return fmt.Errorf("config: limits: %w", err)
 	}
 	for name, d := range map[string]Duration{"interactive_window": c.Market.InteractiveWindow, "batch_window": c.Market.BatchWindow,
 		"accept_timeout": c.Market.AcceptTimeout, "heartbeat_timeout": c.Market.HeartbeatTimeout} {

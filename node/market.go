@@ -41,7 +41,10 @@ type marketDriver struct {
 	// rejected counts messages refused before it, by reason.
 	stepped  *prometheus.CounterVec
 	rejected *prometheus.CounterVec
-	watchers map[protocol.JobID][]*watcher
+	// offers and offerBytes are how many offers the provider remembers
+	// and what they cost (within [limits] offer_memory).
+	offers, offerBytes prometheus.Gauge
+	watchers           map[protocol.JobID][]*watcher
 	// postingHolds are the hold writes of jobs just posted, queued once
 	// the jobs are persisted.
 	postingHolds map[protocol.JobID]*ledgerWrite
@@ -60,13 +63,15 @@ func messageID(m *pubsubpb.Message) string {
 
 func (n *Node) marketEngineConfig() market.Config {
 	cfg := market.Config{
-		Self:              n.host.ID(),
-		InteractiveWindow: time.Duration(n.cfg.Market.InteractiveWindow),
-		BatchWindow:       time.Duration(n.cfg.Market.BatchWindow),
-		AcceptTimeout:     time.Duration(n.cfg.Market.AcceptTimeout),
-		HeartbeatTimeout:  time.Duration(n.cfg.Market.HeartbeatTimeout),
-		HeartbeatInterval: time.Duration(n.cfg.Market.HeartbeatTimeout) / 3,
-		MaxCandidates:     3,
+		Self:                    n.host.ID(),
+		InteractiveWindow:       time.Duration(n.cfg.Market.InteractiveWindow),
+		BatchWindow:             time.Duration(n.cfg.Market.BatchWindow),
+		AcceptTimeout:           time.Duration(n.cfg.Market.AcceptTimeout),
+		HeartbeatTimeout:        time.Duration(n.cfg.Market.HeartbeatTimeout),
+		HeartbeatInterval:       time.Duration(n.cfg.Market.HeartbeatTimeout) / 3,
+		MaxCandidates:           3,
+		OfferMemory:             n.cfg.Limits.OfferMemory,
+		OfferMemoryPerRequester: n.cfg.Limits.OfferMemoryPerRequester,
 	}
 	if n.IsProvider() {
 		var gpus []protocol.GPU
@@ -101,8 +106,14 @@ func (n *Node) startMarket(ctx context.Context) error {
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mira_market_rejected_total", Help: "Market messages refused by validation, by reason.",
 		}, []string{"reason"}),
+		offers: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mira_market_offers", Help: "Offers this provider remembers having answered.",
+		}),
+		offerBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mira_market_offer_bytes", Help: "Bytes the offers this provider remembers cost, within its budget.",
+		}),
 	}
-	n.metrics.MustRegister(d.stepped, d.rejected)
+	n.metrics.MustRegister(d.stepped, d.rejected, d.offers, d.offerBytes)
 	n.market = d
 	if err := d.restore(); err != nil {
 		return err
@@ -140,6 +151,8 @@ func (n *Node) startMarket(ctx context.Context) error {
 // if every signed message in it verifies, is an offer or a taken notice,
 // and has the same signer (a requester gossips only its own messages);
 // anything else is rejected (and the sender penalised by peer scoring).
+// A peer past its rate of signed messages ([limits]) has its gossip
+// ignored unchecked, without a penalty: it may be relaying others'.
 // Repeats of a gossip message are dropped by the message-ID cache; one
 // that only repacks signed messages already seen on gossip is ignored, so
 // a peer cannot make the network carry them again. The node's own gossip,
@@ -156,6 +169,11 @@ func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Me
 		// our engine; remembered, so that a peer's repack is ignored.
 		d.gossipSeen.anyNew(raws)
 		return pubsub.ValidationAccept
+	}
+	if !d.n.limits.allowGossip(m.ReceivedFrom, len(raws)) {
+		// Past the peer's rate: not checked, not passed on, and not held
+		// against it (it may only be relaying what others publish).
+		return pubsub.ValidationIgnore
 	}
 	msgs := make([]*protocol.Signed, 0, len(raws))
 	for _, raw := range raws {
@@ -256,13 +274,21 @@ func (s *seenSet) anyNew(raws [][]byte) bool {
 }
 
 // verifiedCache remembers recently verified messages by content hash. It
-// is bounded: when full it starts over.
+// is bounded, in messages and in their bytes: when full it starts over.
 type verifiedCache struct {
-	mu sync.Mutex
-	m  map[[32]byte]*protocol.Signed
+	mu    sync.Mutex
+	m     map[[32]byte]*protocol.Signed
+	bytes int
 }
 
-const verifiedCacheSize = 4096
+// verifiedCacheSize and verifiedCacheBytes bound the cache. Each message
+// is kept as received and decoded, about twice its bytes: 8 MiB of 64 KiB
+// messages hold 16 MiB; a burst's small offers (a few hundred bytes) fill
+// the count first.
+const (
+	verifiedCacheSize  = 4096
+	verifiedCacheBytes = 8 << 20
+)
 
 func (c *verifiedCache) get(k [32]byte) (*protocol.Signed, bool) {
 	c.mu.Lock()
@@ -274,10 +300,12 @@ func (c *verifiedCache) get(k [32]byte) (*protocol.Signed, bool) {
 func (c *verifiedCache) put(k [32]byte, s *protocol.Signed) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.m) >= verifiedCacheSize {
+	if len(c.m) >= verifiedCacheSize || c.bytes+len(s.Raw) > verifiedCacheBytes {
 		clear(c.m)
+		c.bytes = 0
 	}
 	c.m[k] = s
+	c.bytes += len(s.Raw)
 }
 
 // receive verifies one direct message; its signer must be the peer that
@@ -392,6 +420,9 @@ func (d *marketDriver) process(ctx context.Context) {
 	if r.Empty() {
 		return
 	}
+	offers, bytes := d.eng.OfferMemory()
+	d.offers.Set(float64(offers))
+	d.offerBytes.Set(float64(bytes))
 	for _, j := range r.Changed {
 		d.notify(j)
 	}
@@ -741,6 +772,10 @@ func (n *Node) SubmitJob(ctx context.Context, spec *pb.JobSpec, deadline time.Ti
 	if !deadline.After(now) {
 		return market.Job{}, errors.New("deadline: already passed")
 	}
+	if deadline.Sub(now) > protocol.MaxJobLifetime {
+		// Providers refuse an offer that lives longer.
+		return market.Job{}, fmt.Errorf("deadline: at most %v from now", protocol.MaxJobLifetime)
+	}
 	var candidates []peer.ID
 	if spec.Tier == protocol.TierInteractive {
 		var err error
@@ -901,6 +936,13 @@ func kindOf(m *pb.MarketMessage) string {
 		return "result"
 	}
 	return "unknown"
+}
+
+// OfferMemory returns how many offers this provider remembers and what
+// they cost in bytes.
+func (n *Node) OfferMemory(ctx context.Context) (offers, bytes int, err error) {
+	err = n.market.do(ctx, func() { offers, bytes = n.market.eng.OfferMemory() })
+	return offers, bytes, err
 }
 
 // MarketStats returns how many market messages of each kind reached the

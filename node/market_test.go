@@ -258,6 +258,7 @@ func TestJobAPIErrors(t *testing.T) {
 		{"bad duration", api.JobRequest{Executor: "noop", Tier: "batch", MaxDuration: "soon", Deadline: "1m"}, "max_duration"},
 		{"bad deadline", api.JobRequest{Executor: "noop", Tier: "batch", MaxDuration: "1s", Deadline: "tomorrow"}, "deadline"},
 		{"past deadline", api.JobRequest{Executor: "noop", Tier: "batch", MaxDuration: "1s", Deadline: "2020-01-01T00:00:00Z"}, "deadline"},
+		{"deadline past the longest job life", api.JobRequest{Executor: "noop", Tier: "batch", MaxDuration: "1s", Deadline: "24h1m"}, "deadline"},
 		{"negative gpus", api.JobRequest{Executor: "noop", Tier: "batch", MaxDuration: "1s", Deadline: "1m", Resources: api.Resources{GPUs: -1}}, "resources"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -52,6 +52,7 @@ type Node struct {
 	gater    *gater
 	capacity capacity
 	market   *marketDriver
+	limits   *peerLimits
 	host     host.Host
 	dht      *dht.IpfsDHT
 	pubsub   *pubsub.PubSub
@@ -171,6 +172,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		}
 	}()
 	n.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	n.limits = newPeerLimits(cfg.Limits, n.metrics)
 
 	if n.disk, err = openDiskGuard(cfg, o.log); err != nil {
 		return nil, err
@@ -246,7 +248,8 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	n.blobs = blob.NewService(n.host, cfg.Network, blobs, o.log)
 	n.blobs.SetAllow(n.blobAllowed)
 	n.metrics.MustRegister(newBlobCollector(n))
-	n.host.SetStreamHandler(libp2pproto.ID(protocol.LogsProtocol(cfg.Network)), n.handleLogs)
+	n.blobs.WrapHandler(func(h network.StreamHandler) network.StreamHandler { return n.limits.limitStreams("blob", h) })
+	n.host.SetStreamHandler(libp2pproto.ID(protocol.LogsProtocol(cfg.Network)), n.limits.limitStreams("logs", n.handleLogs))
 
 	n.host.Network().Notify(&network.NotifyBundle{
 		DisconnectedF: func(_ network.Network, c network.Conn) { n.onDisconnect(c.RemotePeer()) },
@@ -264,7 +267,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err := n.startLedger(runCtx); err != nil {
 		return nil, err
 	}
-	n.host.SetStreamHandler(n.syncProtocol(), n.handleSync)
+	n.host.SetStreamHandler(n.syncProtocol(), n.limits.limitStreams("sync", n.handleSync))
 	if n.IsProvider() {
 		if n.executors, err = n.startExecutors(runCtx); err != nil {
 			return nil, err

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"sync"
 	"time"
@@ -18,6 +17,16 @@ import (
 // outboxIdle is how long an unused market stream to a peer stays open.
 const outboxIdle = time.Minute
 
+// Bounds of the outbox: the messages queued for one peer, and the peers
+// with a queue at once. A queue costs what it holds, not its bound, so
+// replies to offers from thousands of throwaway identities do not cost a
+// preallocated queue each; and a peer that cannot be reached is given up
+// at once, its queue dropped, instead of idling for outboxIdle.
+const (
+	outboxQueue    = 4096
+	maxOutboxPeers = 1024
+)
+
 // outbox sends market messages to peers over one long-lived stream per
 // peer, each message framed with a varint length. A stream per message
 // would cost a stream open and close (three yamux frames) on every hop;
@@ -26,36 +35,52 @@ type outbox struct {
 	n     *Node
 	proto libp2pproto.ID
 	mu    sync.Mutex
-	peers map[peer.ID]chan []byte
+	peers map[peer.ID]*peerQueue
+}
+
+// peerQueue is what waits to be sent to one peer; wake tells its goroutine
+// that there is some.
+type peerQueue struct {
+	msgs [][]byte
+	wake chan struct{}
 }
 
 func newOutbox(n *Node) *outbox {
-	return &outbox{n: n, proto: libp2pproto.ID(protocol.MarketProtocol(n.cfg.Network)), peers: map[peer.ID]chan []byte{}}
+	return &outbox{n: n, proto: libp2pproto.ID(protocol.MarketProtocol(n.cfg.Network)), peers: map[peer.ID]*peerQueue{}}
 }
 
-// send queues raw for to; a full queue drops it (the market's timeouts
-// recover from lost messages).
+// send queues raw for to; a full queue, or a new peer when maxOutboxPeers
+// have queues, drops it (the market's timeouts recover from lost
+// messages).
 func (o *outbox) send(ctx context.Context, to peer.ID, raw []byte) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	ch, ok := o.peers[to]
+	q, ok := o.peers[to]
 	if !ok {
-		ch = make(chan []byte, 4096)
-		o.peers[to] = ch
+		if len(o.peers) >= maxOutboxPeers {
+			o.n.log.Warn("market outbox: too many peers; message dropped", "to", to)
+			return
+		}
+		q = &peerQueue{wake: make(chan struct{}, 1)}
+		o.peers[to] = q
 		o.n.wg.Add(1)
-		go o.run(ctx, to, ch)
+		go o.run(ctx, to, q)
 	}
 	// Queued under the lock: the peer's goroutine retires only while
 	// holding it with an empty queue, so nothing lands in a queue that
 	// nobody reads any more.
-	select {
-	case ch <- raw:
-	default:
+	if len(q.msgs) >= outboxQueue {
 		o.n.log.Warn("market outbox full; message dropped", "to", to)
+		return
+	}
+	q.msgs = append(q.msgs, raw)
+	select {
+	case q.wake <- struct{}{}:
+	default:
 	}
 }
 
-func (o *outbox) run(ctx context.Context, to peer.ID, ch chan []byte) {
+func (o *outbox) run(ctx context.Context, to peer.ID, q *peerQueue) {
 	defer o.n.wg.Done()
 	var st network.Stream
 	defer func() {
@@ -70,42 +95,63 @@ func (o *outbox) run(ctx context.Context, to peer.ID, ch chan []byte) {
 		case <-ctx.Done():
 			return
 		case <-idle.C:
-			o.mu.Lock()
-			if len(ch) == 0 {
-				delete(o.peers, to)
-				o.mu.Unlock()
+			if o.retire(to, q, false) {
 				return
 			}
-			o.mu.Unlock()
-		case raw := <-ch:
-			st = o.write(ctx, to, st, frames(raw, ch))
+		case <-q.wake:
+			for framed := o.frames(q); framed != nil; framed = o.frames(q) {
+				if st = o.write(ctx, to, st, framed); st == nil {
+					// Unreachable: what is queued is dropped with it.
+					o.retire(to, q, true)
+					return
+				}
+			}
 		}
 		idle.Reset(outboxIdle)
 	}
 }
 
+// retire removes q's peer from the outbox if its queue is empty, or
+// regardless with drop (which empties it); it reports whether it did.
+func (o *outbox) retire(to peer.ID, q *peerQueue, drop bool) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(q.msgs) > 0 && !drop {
+		return false
+	}
+	if o.peers[to] == q {
+		delete(o.peers, to)
+	}
+	return true
+}
+
 // maxCoalesced bounds the bytes of queued messages written together.
 const maxCoalesced = 256 << 10
 
-// frames frames first, and the messages queued behind it up to
-// maxCoalesced bytes, each with its varint length, into one buffer: under
-// load one stream write (one yamux frame, one encrypted record) carries
-// many messages instead of one each.
-func frames(first []byte, ch chan []byte) []byte {
-	buf := protocol.AppendFrame(make([]byte, 0, len(first)+binary.MaxVarintLen64), first)
-	for len(buf) < maxCoalesced {
-		select {
-		case raw := <-ch:
-			buf = protocol.AppendFrame(buf, raw)
-		default:
-			return buf
-		}
+// frames takes the queued messages, up to maxCoalesced bytes (at least
+// one), each with its varint length, into one buffer: under load one
+// stream write (one yamux frame, one encrypted record) carries many
+// messages instead of one each. nil when nothing is queued.
+func (o *outbox) frames(q *peerQueue) []byte {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var buf []byte
+	n := 0
+	for n < len(q.msgs) && (n == 0 || len(buf) < maxCoalesced) {
+		buf = protocol.AppendFrame(buf, q.msgs[n])
+		q.msgs[n] = nil
+		n++
+	}
+	q.msgs = q.msgs[n:]
+	if len(q.msgs) == 0 {
+		q.msgs = nil // let the backing array go
 	}
 	return buf
 }
 
 // write sends framed messages, opening the stream if needed and retrying once
-// on a fresh stream if the old one broke. It returns the stream to reuse.
+// on a fresh stream if the old one broke. It returns the stream to reuse,
+// nil if none could be opened or written.
 func (o *outbox) write(ctx context.Context, to peer.ID, st network.Stream, framed []byte) network.Stream {
 	for attempt := 0; attempt < 2; attempt++ {
 		if st == nil {
@@ -132,7 +178,8 @@ func (o *outbox) write(ctx context.Context, to peer.ID, st network.Stream, frame
 }
 
 // handleStream reads framed market messages from a peer until it closes
-// the stream; a frame over the size limit ends the stream.
+// the stream; a frame over the size limit ends the stream, and one past the
+// peer's rate limit is dropped unread.
 func (d *marketDriver) handleStream(st network.Stream) {
 	defer st.Close()
 	r := msgio.NewVarintReaderSize(st, protocol.MaxMarketMessageSize)
@@ -145,6 +192,10 @@ func (d *marketDriver) handleStream(st network.Stream) {
 			}
 			return
 		}
-		d.receive(st.Conn().RemotePeer(), data)
+		from := st.Conn().RemotePeer()
+		if !d.n.limits.allowMarket(from) {
+			continue // dropped (and counted) before its signature is checked
+		}
+		d.receive(from, data)
 	}
 }

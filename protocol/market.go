@@ -23,8 +23,17 @@ const (
 	MaxResultOutput = 32 << 10
 	// MaxResultLog bounds the log a result carries inline.
 	MaxResultLog = 16 << 10
+	// MaxJobLifetime bounds a job's life: an offer's deadline is at most
+	// this long after its creation, and after the receiver's clock by at
+	// most this plus MaxClockSkew. A provider remembers an offer it
+	// answered until its deadline (within a memory budget), so this also
+	// bounds how long an offer can hold a provider's memory.
+	MaxJobLifetime = 24 * time.Hour
+	// MaxClockSkew is how far ahead of a receiver's clock a sender's may
+	// run.
+	MaxClockSkew = time.Hour
 	// MaxMessageTTL bounds how far ahead a message may expire.
-	MaxMessageTTL = 25 * time.Hour
+	MaxMessageTTL = MaxJobLifetime + MaxClockSkew
 	// MaxHoldEntry bounds the ledger entry an award carries, and each of
 	// the entries of its chain.
 	MaxHoldEntry = 4 << 10
@@ -150,7 +159,7 @@ func (s *Signed) check(network string, now time.Time) error {
 		if s.Job, err = OfferJobID(b.Offer); err != nil {
 			return err
 		}
-		return checkOffer(b.Offer, s.Signer, network)
+		return checkOffer(b.Offer, s.Signer, network, now)
 	case *pb.MarketMessage_Bid:
 		s.Job, err = jobIDFrom(b.Bid.JobId)
 		if err == nil {
@@ -251,7 +260,7 @@ func isAuthor(named []byte, signer peer.ID) error {
 	return nil
 }
 
-func checkOffer(o *pb.Offer, signer peer.ID, network string) error {
+func checkOffer(o *pb.Offer, signer peer.ID, network string, now time.Time) error {
 	if err := isAuthor(o.Requester, signer); err != nil {
 		return err
 	}
@@ -267,8 +276,14 @@ func checkOffer(o *pb.Offer, signer peer.ID, network string) error {
 	if err := CheckSpec(o.Spec); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadMessage, err)
 	}
-	if o.DeadlineUnixMs <= o.CreatedUnixMs {
+	created, deadline := time.UnixMilli(o.CreatedUnixMs), time.UnixMilli(o.DeadlineUnixMs)
+	switch {
+	case !deadline.After(created):
 		return fmt.Errorf("%w: deadline before creation", ErrBadMessage)
+	case deadline.Sub(created) > MaxJobLifetime:
+		return fmt.Errorf("%w: deadline %v after creation, limit %v", ErrBadMessage, deadline.Sub(created), MaxJobLifetime)
+	case deadline.Sub(now) > MaxJobLifetime+MaxClockSkew:
+		return fmt.Errorf("%w: deadline %v ahead, limit %v", ErrBadMessage, deadline.Sub(now).Round(time.Second), MaxJobLifetime+MaxClockSkew)
 	}
 	return nil
 }

@@ -45,6 +45,19 @@ func TestOpenMarket(t *testing.T) {
 	for range 20 {
 		hugeArgs.GetOffer().Spec.Args = append(hugeArgs.GetOffer().Spec.Args, strings.Repeat("b", 4000))
 	}
+	// An offer's deadline: at most MaxJobLifetime after its creation, and
+	// after now by at most MaxJobLifetime + MaxClockSkew.
+	lifetime := func(created, deadline time.Time) *pb.MarketMessage {
+		m := sampleOffer(id)
+		m.GetOffer().CreatedUnixMs, m.GetOffer().DeadlineUnixMs = created.UnixMilli(), deadline.UnixMilli()
+		return m
+	}
+	longest := lifetime(testNow, testNow.Add(MaxJobLifetime))
+	tooLong := lifetime(testNow, testNow.Add(MaxJobLifetime+time.Millisecond))
+	century := lifetime(testNow, testNow.Add(100*365*24*time.Hour))
+	bornLater := lifetime(testNow.Add(2*time.Hour), testNow.Add(2*time.Hour+MaxJobLifetime))
+	skewed := lifetime(testNow.Add(30*time.Minute), testNow.Add(30*time.Minute+MaxJobLifetime))
+	backwards := lifetime(testNow, testNow.Add(-time.Minute))
 	shortID := &pb.MarketMessage{Body: &pb.MarketMessage_Accept{Accept: &pb.Accept{JobId: []byte{1}}}}
 	award := func(chain [][]byte) *pb.MarketMessage {
 		return &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
@@ -75,6 +88,12 @@ func TestOpenMarket(t *testing.T) {
 		{"forged offer", seal(forgedOffer, later), ErrSigner},
 		{"forged bid", seal(forgedBid, later), ErrSigner},
 		{"bad tier", seal(badTier, later), ErrBadMessage},
+		{"deadline the longest allowed", seal(longest, later), nil},
+		{"deadline too long after creation", seal(tooLong, later), ErrBadMessage},
+		{"deadline a century away", seal(century, later), ErrBadMessage},
+		{"created in the future, deadline too far from now", seal(bornLater, later), ErrBadMessage},
+		{"created within the clock skew", seal(skewed, later), nil},
+		{"deadline before creation", seal(backwards, later), ErrBadMessage},
 		{"short job id", seal(shortID, later), ErrBadMessage},
 		{"no body", seal(&pb.MarketMessage{}, later), ErrBadMessage},
 		{"award with its chain", seal(award(slices.Repeat([][]byte{entry}, MaxAwardChain)), later), nil},

@@ -384,6 +384,14 @@ func benchBurst(ctx context.Context, out io.Writer, tn *testnet.Testnet, asker *
 	fmt.Fprintf(out, "burst: %d batch jobs posted in %v; all leased after %v (%.0f leases/s), all ended after %v, %d succeeded; %.2f ms of CPU per job (all nodes, %.0f%% of %d cores)\n",
 		n, posted.Round(time.Millisecond), lastLease.Round(time.Millisecond), leaseRate, took.Round(time.Millisecond), succeeded,
 		ms(cpuPerJob), 100*cpu.Seconds()/took.Seconds()/float64(runtime.NumCPU()), runtime.NumCPU())
+	// A burst must stay within the default per-peer limits ([limits]).
+	refused := map[string]int{}
+	for _, m := range tn.Nodes() {
+		for what, k := range m.PeerLimited() {
+			refused[what] += k
+		}
+	}
+	fmt.Fprintf(out, "burst: refused by per-peer limits, all nodes: %v\n", refused)
 	// The jobs' ledger entries (their payments last) are still reaching
 	// the other nodes: a sustained rate pays for that too.
 	if err := testnet.WaitFor(ctx, time.Minute, func() error { return ledgersSettled(tn, settledAt) }); err != nil {

@@ -72,6 +72,12 @@ func NewService(h host.Host, network string, store *Store, log *slog.Logger) *Se
 	return s
 }
 
+// WrapHandler registers the protocol's handler again, wrapped by wrap (a
+// limit on a peer's open streams, say).
+func (s *Service) WrapHandler(wrap func(network.StreamHandler) network.StreamHandler) {
+	s.host.SetStreamHandler(s.proto, wrap(s.serve))
+}
+
 // Close unregisters the protocol.
 func (s *Service) Close() { s.host.RemoveStreamHandler(s.proto) }
 
