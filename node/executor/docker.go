@@ -82,7 +82,10 @@ func (o *DockerOptions) setDefaults() {
 // filesystem, no capabilities, no-new-privileges, a pids limit, memory =
 // resources.memory_mib with no swap, NanoCPUs = resources.cpu_millis, no
 // network unless allowed, and the job's GPUs (job.GPUs, via the nvidia
-// driver). Output is read by attaching to the container (as `docker run`
+// driver). With a job.DiskQuota, the fsize ulimit keeps any one file below
+// the quota, and a watcher measures job.Dir from the host (see diskWatch)
+// and stops the container once it holds more than the quota beyond its
+// inputs: the run fails with ReasonDiskQuota. Output is read by attaching to the container (as `docker run`
 // does); the daemon does not log it. The container is removed after every
 // run, however it ended.
 //
@@ -154,6 +157,15 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 		return fail, fmt.Errorf("docker: inspect image %q: %w", spec.GetImage(), err)
 	}
 
+	// The disk watch stops the run through ctx, with its cause.
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	disk, err := watchDisk(dir, job.DiskQuota, stop)
+	if err != nil {
+		return fail, fmt.Errorf("docker: %w", err)
+	}
+	defer disk.done()
+
 	start := time.Now()
 	clock := newOutputClock(start)
 	id, err := d.create(ctx, job, dir)
@@ -202,10 +214,11 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 	case err := <-wait.Error:
 		return d.failed(ctx, start, fmt.Errorf("docker: wait: %w", err))
 	case <-ctx.Done():
-		// Killed at max_duration or cancelled: often the heaviest runs.
+		// Killed at max_duration, for its disk or cancelled: often the
+		// heaviest runs.
 		res, err := d.failed(ctx, start, ctx.Err())
 		res.PeakMemory = peak()
-		return res, err
+		return diskReason(res, disk.done()), err
 	}
 	res := Result{ExitCode: int32(status), Wall: time.Since(start), PeakMemory: peak()}
 	// The output stream ends when the container has exited; give it a
@@ -232,7 +245,7 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 	if oom {
 		res.ExitCode, res.Reason = -1, ReasonOOM
 	}
-	return res, nil
+	return diskReason(res, disk.done()), nil
 }
 
 // memoryPoll is how often a running container's memory is sampled. With
@@ -353,6 +366,11 @@ func (d *Docker) containerConfig(job *Job, dir string) (*container.Config, *cont
 			NanoCPUs:   int64(spec.GetResources().GetCpuMillis()) * 1_000_000,
 			PidsLimit:  &pids,
 		},
+	}
+	if job.DiskQuota > 0 {
+		// No file may grow past the quota; the watch counts /work as a whole.
+		fsize := int64(fsizeLimit(job.DiskQuota))
+		hc.Ulimits = []*container.Ulimit{{Name: "fsize", Soft: fsize, Hard: fsize}}
 	}
 	if len(job.GPUs) > 0 {
 		hc.DeviceRequests = []container.DeviceRequest{{

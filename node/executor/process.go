@@ -44,6 +44,12 @@ type ProcessOptions struct {
 // the main process or of the largest of the children it waited for; Linux
 // counts the node's own RSS at fork in it (the high-water mark survives
 // exec), so for small jobs it is the node's size, an upper bound.
+//
+// With a job.DiskQuota, RLIMIT_FSIZE (set like RLIMIT_AS) keeps any file
+// the job writes, anywhere, below the quota, and a watcher measures
+// job.Dir (see diskWatch) and kills the group once it holds more than the
+// quota beyond its inputs: the run fails with ReasonDiskQuota. What the
+// job writes outside its dir is not counted: a process is no sandbox.
 type Process struct {
 	opts ProcessOptions
 	log  *slog.Logger
@@ -92,6 +98,14 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 	if ctx.Err() != nil {
 		return Result{ExitCode: -1, Reason: ctxReason(ctx)}, nil
 	}
+	// The disk watch stops the run through ctx, with its cause.
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	disk, err := watchDisk(job.Dir, job.DiskQuota, stop)
+	if err != nil {
+		return fail, fmt.Errorf("process: %w", err)
+	}
+	defer disk.done()
 
 	// The job writes into pipes of our own rather than those of os/exec,
 	// so that Wait returns when the main process exits even if something
@@ -140,6 +154,14 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 		lim := &unix.Rlimit{Cur: uint64(m) << 20, Max: uint64(m) << 20}
 		if err := unix.Prlimit(pid, unix.RLIMIT_AS, lim, nil); err != nil {
 			p.log.Warn("process: memory limit not applied", "job", job.ID, "err", err)
+		}
+	}
+	if job.DiskQuota > 0 {
+		// No file it writes, in its dir or elsewhere, may grow past the
+		// quota; the watch counts the dir as a whole.
+		lim := &unix.Rlimit{Cur: fsizeLimit(job.DiskQuota), Max: fsizeLimit(job.DiskQuota)}
+		if err := unix.Prlimit(pid, unix.RLIMIT_FSIZE, lim, nil); err != nil {
+			p.log.Warn("process: file size limit not applied", "job", job.ID, "err", err)
 		}
 	}
 
@@ -196,7 +218,7 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 			res.Reason = "killed by signal " + ws.Signal().String()
 		}
 	}
-	return res, nil
+	return diskReason(res, disk.done()), nil
 }
 
 // killGroup sends SIGKILL to the process group pgid.

@@ -14,7 +14,6 @@ import (
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/experimental"
-	experimentalsys "github.com/tetratelabs/wazero/experimental/sys"
 	"github.com/tetratelabs/wazero/experimental/sysfs"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 	"github.com/tetratelabs/wazero/sys"
@@ -55,7 +54,11 @@ type WasmOptions struct {
 // PWD), its arguments are "job" then the spec's args, its clocks and random
 // source are the host's (a sleep ends early when ctx is done). Memory is capped at the spec's
 // resources.memory_mib; a guest whose memory.grow is refused and that then
-// fails is reported as ReasonOOM. ctx stops a running guest.
+// fails is reported as ReasonOOM. With a job.DiskQuota, every call that
+// can grow the dir is accounted exactly (see diskQuota) and one that
+// would take it past the quota fails with EIO; the run then fails with
+// ReasonDiskQuota, whatever the guest made of it. ctx stops a running
+// guest.
 //
 // Modules are compiled once per process: compiled modules are cached by the
 // SHA-256 of their bytes.
@@ -211,7 +214,10 @@ func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 	start := time.Now()
 	clock := newOutputClock(start)
 	mem := &jobMemory{limit: limit}
-	fsys := sandboxFS{sysfs.DirFS(job.Dir)}
+	fsys := sandboxFS{FS: sysfs.DirFS(job.Dir)}
+	if job.DiskQuota > 0 {
+		fsys.quota = newDiskQuota(job.DiskQuota)
+	}
 	cfg := wazero.NewModuleConfig().
 		WithName("").
 		WithStartFunctions(). // _start is called below, to tell link errors from runs
@@ -258,6 +264,10 @@ func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 	}
 	if res.Failed() && mem.refused.Load() && res.Reason != ReasonTimeout && res.Reason != ReasonCancelled {
 		res.Reason = ReasonOOM
+	}
+	// A refused write fails the run, whatever the guest made of it.
+	if fsys.quota != nil && fsys.quota.exceeded.Load() && res.Reason != ReasonCancelled {
+		res.Reason = ReasonDiskQuota
 	}
 	return res, nil
 }
@@ -408,14 +418,6 @@ func (l *linearMemory) Free() {
 		l.buf = nil
 	}
 }
-
-// sandboxFS is a guest's view of its job directory: the directory as is,
-// except that it may not create symbolic links, which could point out of it
-// and would be followed by the host.
-type sandboxFS struct{ experimentalsys.FS }
-
-// Symlink implements sys.FS by refusing.
-func (sandboxFS) Symlink(_, _ string) experimentalsys.Errno { return experimentalsys.EPERM }
 
 // sleepCtx sleeps for d or until ctx is done; a guest's sleep must not
 // outlive its job (the guest is closed at its next instruction check).
