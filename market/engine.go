@@ -43,6 +43,9 @@ const (
 	ReasonExpired    = "expired"
 	ReasonUnknownJob = "unknown job"
 	ReasonPreempted  = "preempted by interactive work"
+	ReasonMemory     = "memory over the provider's limit"
+	ReasonCPU        = "cpu over the provider's limit"
+	ReasonImage      = "image not allowed"
 )
 
 // Config sets the engine's timing and, for a provider, its bid strategy.
@@ -74,6 +77,14 @@ type ProviderPolicy struct {
 	GPUs      []protocol.GPU
 	Slots     int
 	Executors []string
+	// MaxMemoryMiB and MaxCPUMillis are the most memory and CPU one job
+	// may ask for (resources.memory_mib, resources.cpu_millis); zero: no
+	// limit.
+	MaxMemoryMiB uint32
+	MaxCPUMillis uint32
+	// DockerImages are the images a docker job may name (ImageAllowed);
+	// empty: no docker job.
+	DockerImages []string
 	// Floors in micro-credits per GPU-second; the provider bids its floor.
 	FloorInteractive uint64
 	FloorBatch       uint64
@@ -639,6 +650,12 @@ func (e *Engine) declineReason(now time.Time, s *pb.JobSpec, deadline time.Time)
 		return ReasonExpired
 	case !slices.Contains(p.Executors, s.Executor):
 		return ReasonExecutor
+	case p.MaxMemoryMiB > 0 && s.GetResources().GetMemoryMib() > p.MaxMemoryMiB:
+		return ReasonMemory
+	case p.MaxCPUMillis > 0 && s.GetResources().GetCpuMillis() > p.MaxCPUMillis:
+		return ReasonCPU
+	case s.Executor == "docker" && !ImageAllowed(p.DockerImages, s.Image):
+		return ReasonImage
 	case !Fits(&protocol.Capacity{GPUs: p.GPUs}, r):
 		return ReasonNoGPU
 	case s.MaxPrice < e.floor(s.Tier):

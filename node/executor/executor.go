@@ -98,6 +98,18 @@ const (
 // does not have.
 var ErrNotAllowed = errors.New("executor not available on this node")
 
+// ErrOverLimit is returned for a job that asks more memory or CPU than the
+// provider allows a job.
+var ErrOverLimit = errors.New("over this provider's limit")
+
+// ErrImageNotAllowed is returned for a docker job whose image is not on
+// the provider's allowlist.
+var ErrImageNotAllowed = errors.New("image not allowed on this provider")
+
+// ErrNoMemory is returned for a job whose memory does not fit in what the
+// host has free now.
+var ErrNoMemory = errors.New("not enough free memory on this provider")
+
 // Set is the executors a provider allows, by name.
 type Set map[string]Executor
 

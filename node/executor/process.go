@@ -20,6 +20,10 @@ import (
 // ProcessOptions configures the process executor. The zero value is
 // usable.
 type ProcessOptions struct {
+	// MaxMemoryMib is the most memory (RLIMIT_AS) a job may ask for
+	// (ErrOverLimit beyond), and what a job that asks none gets; the
+	// host's total memory when zero.
+	MaxMemoryMib uint32
 	// OutputGrace is how long output from processes that escaped the job's
 	// process group is still read after the job ended; 2s when zero.
 	OutputGrace time.Duration
@@ -38,7 +42,8 @@ type ProcessOptions struct {
 // exits, or ctx is done, the whole group is killed (SIGKILL), so nothing it
 // started outlives it. A job's memory is limited with RLIMIT_AS (address
 // space, which is more than resident memory: some runtimes reserve a lot
-// of it) set right after the start, so inherited by every process it
+// of it): resources.memory_mib, or the provider's maximum for a job that
+// asks none, set right after the start, so inherited by every process it
 // starts later; memory the first process allocated in the instant before
 // is not undone. PeakMemory is the maximum resident set size (getrusage) of
 // the main process or of the largest of the children it waited for; Linux
@@ -61,6 +66,9 @@ var _ Executor = (*Process)(nil)
 func NewProcess(opts ProcessOptions) *Process {
 	if opts.OutputGrace == 0 {
 		opts.OutputGrace = 2 * time.Second
+	}
+	if opts.MaxMemoryMib == 0 {
+		opts.MaxMemoryMib = hostMemoryMib()
 	}
 	log := opts.Logger
 	if log == nil {
@@ -90,6 +98,12 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 		if e.GetName() == "PATH" {
 			pathEnv, hasPath = e.GetValue(), true
 		}
+	}
+	memMib := p.opts.MaxMemoryMib
+	if m := spec.GetResources().GetMemoryMib(); m > memMib {
+		return fail, fmt.Errorf("process: memory_mib %d: %w of %d", m, ErrOverLimit, memMib)
+	} else if m > 0 {
+		memMib = m
 	}
 	bin, err := lookPath(argv[0], pathEnv, hasPath)
 	if err != nil {
@@ -150,11 +164,9 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 		})
 	}
 
-	if m := spec.GetResources().GetMemoryMib(); m > 0 {
-		lim := &unix.Rlimit{Cur: uint64(m) << 20, Max: uint64(m) << 20}
-		if err := unix.Prlimit(pid, unix.RLIMIT_AS, lim, nil); err != nil {
-			p.log.Warn("process: memory limit not applied", "job", job.ID, "err", err)
-		}
+	lim := &unix.Rlimit{Cur: uint64(memMib) << 20, Max: uint64(memMib) << 20}
+	if err := unix.Prlimit(pid, unix.RLIMIT_AS, lim, nil); err != nil {
+		p.log.Warn("process: memory limit not applied", "job", job.ID, "err", err)
 	}
 	if job.DiskQuota > 0 {
 		// No file it writes, in its dir or elsewhere, may grow past the
