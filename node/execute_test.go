@@ -283,7 +283,16 @@ func sampleImage(t *testing.T, tag string) {
 func TestDockerJobEndToEnd(t *testing.T) {
 	const image = "mira-node-test-job:latest"
 	sampleImage(t, image)
-	_, c := execNet(t, "docker")
+	tn := startTestnet(t, 2, func(i int, cfg *node.Config) {
+		testnet.WithProviders(1)(i, cfg)
+		cfg.Provider.Executors = []string{"docker"}
+		cfg.Provider.DockerImages = []string{image}
+	})
+	if err := testnet.WaitFor(context.Background(), deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	c := clientFor(t, tn, 0)
+	queryUntil(t, c, api.ProviderQuery{GPU: "any"}, []string{tn.Node(1).ID().String()})
 	j, err := c.SubmitJob(context.Background(), api.JobRequest{
 		Executor: "docker", Image: image, Args: []string{"write", "/work/out/answer.txt", "hello from a container"},
 		Tier: "interactive", MaxPrice: 0.01, Resources: api.Resources{GPUs: 1, MemoryMiB: 64},

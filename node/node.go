@@ -74,6 +74,7 @@ type Node struct {
 	chainSyncs map[peer.ID]*sync.Mutex
 	logs       *logBook
 	executors  executor.Set
+	limits     jobLimits // a provider's, set before its executors start
 	gpuMu      sync.Mutex
 	nextGPU    int
 	metrics    *prometheus.Registry
@@ -260,6 +261,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		return nil, err
 	}
 	if n.IsProvider() {
+		n.limits = n.providerLimits()
 		if n.executors, err = n.startExecutors(runCtx); err != nil {
 			return nil, err
 		}

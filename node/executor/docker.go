@@ -106,13 +106,13 @@ func (o *DockerOptions) setDefaults(hostMem int64, hostCPUs int) {
 	}
 }
 
-// parseUser parses a numeric "uid:gid".
-func parseUser(s string) (uid, gid int, err error) {
+// ParseUser parses a numeric "uid:gid", as DockerOptions.User is.
+func ParseUser(s string) (uid, gid int, err error) {
 	u, g, ok := strings.Cut(s, ":")
 	uid64, uerr := strconv.ParseUint(u, 10, 31)
 	gid64, gerr := strconv.ParseUint(g, 10, 31)
 	if !ok || uerr != nil || gerr != nil {
-		return 0, 0, fmt.Errorf("docker: user %q: want numeric uid:gid", s)
+		return 0, 0, fmt.Errorf("user %q: want a numeric uid:gid", s)
 	}
 	return int(uid64), int(gid64), nil
 }
@@ -178,9 +178,9 @@ func NewDocker(ctx context.Context, opts DockerOptions) (*Docker, error) {
 	}
 	opts.setDefaults(info.Info.MemTotal, info.Info.NCPU)
 	d := &Docker{c: c, opts: opts, log: log}
-	if d.uid, d.gid, err = parseUser(opts.User); err != nil {
+	if d.uid, d.gid, err = ParseUser(opts.User); err != nil {
 		c.Close()
-		return nil, err
+		return nil, fmt.Errorf("docker: %w", err)
 	}
 	// The node hands each job's scratch dir to the container's user and
 	// removes what it wrote afterwards: only root can do both for
