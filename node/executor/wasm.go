@@ -59,7 +59,10 @@ type WasmOptions struct {
 // PWD), its arguments are "job" then the spec's args, its clocks and random
 // source are the host's (a sleep ends early when ctx is done). Memory is capped at the spec's
 // resources.memory_mib; a guest whose memory.grow is refused and that then
-// fails is reported as ReasonOOM. With a job.DiskQuota, every call that
+// fails is reported as ReasonOOM. A guest's memory is reserved when it
+// starts and committed as it is touched, so a run whose limit does not fit
+// in the host's free memory, beside what the runs in progress may still
+// grow into, is refused (ErrNoMemory). With a job.DiskQuota, every call that
 // can grow the dir is accounted exactly (see diskQuota) and one that
 // would take it past the quota fails with EIO; the run then fails with
 // ReasonDiskQuota, whatever the guest made of it. ctx stops a running
