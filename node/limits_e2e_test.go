@@ -80,8 +80,7 @@ func TestWasmJobHeldToProviderLimits(t *testing.T) {
 // The same for a container, which also runs as nobody, and only from an
 // image the provider allows.
 func TestDockerJobHeldToProviderLimits(t *testing.T) {
-	const image = "mira-node-test-limits:latest"
-	sampleImage(t, image)
+	image := sampleImage(t, "mira-node-test-limits")
 	c := limitsNet(t, []string{image}, "docker")
 	job := func(args ...string) api.JobRequest {
 		return api.JobRequest{

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -25,8 +26,10 @@ import (
 )
 
 // testImage is the image the docker tests build: the sample program,
-// static, alone in a FROM scratch image.
-const testImage = "mira-test-job:latest"
+// static, alone in a FROM scratch image. Its tag is this test binary's
+// own: test binaries of other checkouts may share the engine, each
+// building its own sample and removing its image at the end.
+var testImage = fmt.Sprintf("mira-test-job:%d-%s", os.Getpid(), hex.EncodeToString(binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))))
 
 // dockerFixture is the engine and the test image, set up once per test
 // binary; TestMain removes the image at the end.
