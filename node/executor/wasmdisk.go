@@ -200,13 +200,18 @@ func (s sandboxFS) Unlink(path string) experimentalsys.Errno {
 	return errno
 }
 
-// Rename implements sys.FS: a name it replaces is removed.
+// Rename implements sys.FS: a name it replaces is removed. Renaming a
+// file onto a name of its own (itself, or another hard link) changes
+// nothing (POSIX), and gives nothing back.
 func (s sandboxFS) Rename(from, to string) experimentalsys.Errno {
 	if s.quota == nil {
 		return s.FS.Rename(from, to)
 	}
 	st, errno := s.FS.Lstat(to)
 	replaced := errno == 0
+	if src, errno := s.FS.Lstat(from); replaced && errno == 0 && src.Dev == st.Dev && src.Ino == st.Ino {
+		replaced = false
+	}
 	if errno = s.FS.Rename(from, to); errno == 0 && replaced {
 		if st.Mode.IsDir() {
 			s.quota.release(diskBlock)
