@@ -180,6 +180,7 @@ func DefaultConfig(dataDir string) Config {
 			PriceBatch:       0.001,
 			Executors:        []string{"wasm"},
 			DockerUser:       executor.DefaultDockerUser,
+			DockerImages:     []string{},
 			DiskMiB:          1024,
 			CapacityTTL:      Duration(10 * time.Minute),
 		},
