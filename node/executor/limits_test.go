@@ -234,6 +234,27 @@ func TestProcessMemoryLimits(t *testing.T) {
 	if r, err := p.Run(ctx, job); err != nil || r.Failed() || stdout.String() != "limited\n" {
 		t.Fatalf("Run = %+v, %v (stdout %q); want the job limited to 64 MiB", r, err, stdout.String())
 	}
+	// What each kind of job gets.
+	cases := []struct {
+		name   string
+		memMib uint32
+		gpus   []string
+		want   uint64
+		wantOK bool
+	}{
+		{"asks nothing", 0, nil, 64 << 20, true},
+		{"asks 32 MiB", 32, nil, 32 << 20, true},
+		// CUDA's cuInit fails under an address-space limit near the
+		// host's memory: a GPU job that asks none gets none.
+		{"GPU job asks nothing", 0, []string{"0"}, 0, false},
+		{"GPU job asks 32 MiB", 32, []string{"0"}, 32 << 20, true},
+	}
+	for _, c := range cases {
+		job := &Job{Spec: &pb.JobSpec{Resources: &pb.Resources{MemoryMib: c.memMib}}, GPUs: c.gpus}
+		if got, ok := p.addressSpace(job); got != c.want || ok != c.wantOK {
+			t.Errorf("%s: addressSpace = %d, %v; want %d, %v", c.name, got, ok, c.want, c.wantOK)
+		}
+	}
 }
 
 func TestNamesImage(t *testing.T) {

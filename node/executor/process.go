@@ -43,7 +43,8 @@ type ProcessOptions struct {
 // started outlives it. A job's memory is limited with RLIMIT_AS (address
 // space, which is more than resident memory: some runtimes reserve a lot
 // of it): resources.memory_mib, or the provider's maximum for a job that
-// asks none, set right after the start, so inherited by every process it
+// asks none (a GPU job that asks none has none: GPU runtimes reserve more
+// address space than the host has memory), set right after the start, so inherited by every process it
 // starts later; memory the first process allocated in the instant before
 // is not undone. PeakMemory is the maximum resident set size (getrusage) of
 // the main process or of the largest of the children it waited for; Linux
@@ -99,11 +100,8 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 			pathEnv, hasPath = e.GetValue(), true
 		}
 	}
-	memMib := p.opts.MaxMemoryMib
-	if m := spec.GetResources().GetMemoryMib(); m > memMib {
-		return fail, fmt.Errorf("process: memory_mib %d: %w of %d", m, ErrOverLimit, memMib)
-	} else if m > 0 {
-		memMib = m
+	if m := spec.GetResources().GetMemoryMib(); m > p.opts.MaxMemoryMib {
+		return fail, fmt.Errorf("process: memory_mib %d: %w of %d", m, ErrOverLimit, p.opts.MaxMemoryMib)
 	}
 	bin, err := lookPath(argv[0], pathEnv, hasPath)
 	if err != nil {
@@ -164,9 +162,11 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 		})
 	}
 
-	lim := &unix.Rlimit{Cur: uint64(memMib) << 20, Max: uint64(memMib) << 20}
-	if err := unix.Prlimit(pid, unix.RLIMIT_AS, lim, nil); err != nil {
-		p.log.Warn("process: memory limit not applied", "job", job.ID, "err", err)
+	if as, ok := p.addressSpace(job); ok {
+		lim := &unix.Rlimit{Cur: as, Max: as}
+		if err := unix.Prlimit(pid, unix.RLIMIT_AS, lim, nil); err != nil {
+			p.log.Warn("process: memory limit not applied", "job", job.ID, "err", err)
+		}
 	}
 	if job.DiskQuota > 0 {
 		// No file it writes, in its dir or elsewhere, may grow past the
@@ -231,6 +231,21 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 		}
 	}
 	return diskReason(res, disk.done()), nil
+}
+
+// addressSpace is the RLIMIT_AS of job's processes in bytes: what it
+// asks, else the provider's maximum; ok is false for none. GPU runtimes
+// reserve far more address space than there is memory (CUDA's cuInit
+// fails under a limit near the host's RAM): a GPU job that asks no memory
+// gets no limit.
+func (p *Process) addressSpace(job *Job) (limit uint64, ok bool) {
+	if m := job.Spec.GetResources().GetMemoryMib(); m > 0 {
+		return uint64(m) << 20, true
+	}
+	if len(job.GPUs) > 0 {
+		return 0, false
+	}
+	return uint64(p.opts.MaxMemoryMib) << 20, true
 }
 
 // killGroup sends SIGKILL to the process group pgid.
