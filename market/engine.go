@@ -44,6 +44,9 @@ const (
 	ReasonUnknownJob = "unknown job"
 	ReasonPreempted  = "preempted by interactive work"
 	ReasonLowDisk    = "provider low on disk space"
+	ReasonMemory     = "memory over the provider's limit"
+	ReasonCPU        = "cpu over the provider's limit"
+	ReasonImage      = "image not allowed"
 )
 
 // Bounds of what peers can add to a job's record, so that neither the
@@ -95,6 +98,14 @@ type ProviderPolicy struct {
 	GPUs      []protocol.GPU
 	Slots     int
 	Executors []string
+	// MaxMemoryMiB and MaxCPUMillis are the most memory and CPU one job
+	// may ask for (resources.memory_mib, resources.cpu_millis); zero: no
+	// limit.
+	MaxMemoryMiB uint32
+	MaxCPUMillis uint32
+	// DockerImages are the images a docker job may name (ImageAllowed);
+	// empty: no docker job.
+	DockerImages []string
 	// Floors in micro-credits per GPU-second; the provider bids its floor.
 	FloorInteractive uint64
 	FloorBatch       uint64
@@ -758,6 +769,12 @@ func (e *Engine) declineReason(now time.Time, s *pb.JobSpec, deadline time.Time)
 		return e.paused
 	case !slices.Contains(p.Executors, s.Executor):
 		return ReasonExecutor
+	case p.MaxMemoryMiB > 0 && s.GetResources().GetMemoryMib() > p.MaxMemoryMiB:
+		return ReasonMemory
+	case p.MaxCPUMillis > 0 && s.GetResources().GetCpuMillis() > p.MaxCPUMillis:
+		return ReasonCPU
+	case s.Executor == "docker" && !ImageAllowed(p.DockerImages, s.Image):
+		return ReasonImage
 	case !Fits(&protocol.Capacity{GPUs: p.GPUs}, r):
 		return ReasonNoGPU
 	case s.MaxPrice < e.floor(s.Tier):

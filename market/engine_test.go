@@ -598,3 +598,78 @@ func TestPausedProviderDeclinesAndResumes(t *testing.T) {
 	}
 	wantState(t, j2, Running)
 }
+
+// submitSpec makes a signed offer of spec from requester and submits it
+// to the given candidates.
+func (s *sim) submitSpec(requester peer.ID, spec *pb.JobSpec, deadline time.Duration, candidates ...peer.ID) *Job {
+	s.t.Helper()
+	nonce := make([]byte, 16)
+	rand.Read(nonce)
+	offer := s.sign(requester, &pb.MarketMessage{Body: &pb.MarketMessage_Offer{Offer: &pb.Offer{
+		Requester: []byte(requester), Network: simNet, Nonce: nonce, Spec: spec,
+		CreatedUnixMs: s.now.UnixMilli(), DeadlineUnixMs: s.now.Add(deadline).UnixMilli(),
+	}}})
+	j := s.engines[requester].Submit(s.now, offer, candidates)
+	s.flush()
+	return j
+}
+
+// A job that asks more memory or CPU than a provider allows a job, or a
+// docker image the provider does not serve, is declined with a reason the
+// requester sees, whatever it offers to pay.
+func TestProviderDeclinesJobsOverItsLimits(t *testing.T) {
+	policy := func() *ProviderPolicy {
+		p := provider(10)
+		p.Executors = []string{"wasm", "docker"}
+		p.MaxMemoryMiB, p.MaxCPUMillis = 4096, 2000
+		p.DockerImages = []string{"mira-job", "ubuntu:22.04"}
+		return p
+	}
+	spec := func(executor, image string, memMiB, cpuMillis uint32) *pb.JobSpec {
+		return &pb.JobSpec{Executor: executor, Image: image, Tier: protocol.TierInteractive, MaxPrice: 1000, MaxDurationMs: 1000,
+			Resources: &pb.Resources{Gpus: 1, MemoryMib: memMiB, CpuMillis: cpuMillis}}
+	}
+	cases := []struct {
+		name string
+		spec *pb.JobSpec
+		want string // decline reason; "" for a bid that wins
+	}{
+		{"docker asking 1 TiB of memory", spec("docker", "mira-job", 1<<20, 0), ReasonMemory},
+		{"wasm asking more memory than allowed", spec("wasm", "", 4097, 0), ReasonMemory},
+		{"more CPU than allowed", spec("docker", "mira-job:v2", 0, 2001), ReasonCPU},
+		{"an image not on the allowlist", spec("docker", "evil/miner", 0, 0), ReasonImage},
+		{"another tag of an allowed tag", spec("docker", "ubuntu:24.04", 0, 0), ReasonImage},
+		{"an image ID", spec("docker", "sha256:4f53cda18c2baa0c0354bb5f9a3ecbe5ed12ab4d8e11ba873c2f11161202b945", 0, 0), ReasonImage},
+		{"within the limits", spec("docker", "mira-job:v2", 4096, 2000), ""},
+		{"asking nothing", spec("wasm", "", 0, 0), ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := newSim(t)
+			req := s.add(nil)
+			p := s.add(policy())
+			j := s.submitSpec(req, c.spec, time.Minute, p)
+			if c.want == "" {
+				wantState(t, j, Running)
+				return
+			}
+			wantState(t, j, Bidding)
+			if len(j.Declines) != 1 || j.Declines[0].Reason != c.want {
+				t.Fatalf("declines %+v, want one with reason %q", j.Declines, c.want)
+			}
+			if len(s.runs[p]) > 0 {
+				t.Fatal("the provider runs the job")
+			}
+		})
+	}
+	// With no allowlist, no docker job at all.
+	s := newSim(t)
+	req := s.add(nil)
+	pol := policy()
+	pol.DockerImages = nil
+	p := s.add(pol)
+	j := s.submitSpec(req, spec("docker", "mira-job", 0, 0), time.Minute, p)
+	if len(j.Declines) != 1 || j.Declines[0].Reason != ReasonImage {
+		t.Fatalf("declines %+v, want %q", j.Declines, ReasonImage)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/node/executor"
 	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/storage"
@@ -242,8 +243,29 @@ type ProviderConfig struct {
 	Executors []string `toml:"executors"`
 	// DockerNetwork gives docker jobs a network; by default they have none.
 	DockerNetwork bool `toml:"docker_network"`
+	// DockerUser is the numeric "uid:gid" containers run as; default
+	// "65534:65534" (nobody). A node that does not run as root must run
+	// them as its own user.
+	DockerUser string `toml:"docker_user"`
+	// DockerImages are the images docker jobs may name: "name" (any of
+	// its tags and digests), "name:tag" or "name@sha256:...". A job naming
+	// another is declined ("image not allowed"); empty (the default): no
+	// docker job.
+	DockerImages []string `toml:"docker_images"`
+	// DiskMiB is each job's scratch-disk quota: how much it may write
+	// beyond its inputs before its writes are refused (wasm) or it is
+	// stopped (docker, process), failing with "disk quota exceeded".
+	DiskMiB uint32 `toml:"disk_mib"`
+	// MaxMemoryMiB and MaxCPUMillis are the most memory and CPU one job
+	// may ask for; a job asking more is declined. A job asking none gets
+	// the executor's default memory (at most this) and, in a container,
+	// all of MaxCPUMillis. Zero: the host's memory and cores divided by
+	// slots.
+	MaxMemoryMiB uint32 `toml:"max_memory_mib"`
+	MaxCPUMillis uint32 `toml:"max_cpu_millis"`
 	// WasmCacheDir keeps compiled wasm modules across restarts; default
-	// DATA/wasm-cache. Nodes may share one (testnets do).
+	// DATA/wasm-cache. Nodes may share one (testnets do). It must be the
+	// node's own, mode 0700 (created so): code compiled there is run.
 	WasmCacheDir string `toml:"wasm_cache_dir,omitempty"`
 	// CapacityTTL is how long an announcement stays valid; the node
 	// re-announces at half of it. Short TTLs make a stopped provider vanish
@@ -289,6 +311,9 @@ func DefaultConfig(dataDir string) Config {
 			PriceInteractive: 0.002,
 			PriceBatch:       0.001,
 			Executors:        []string{"wasm"},
+			DockerUser:       executor.DefaultDockerUser,
+			DockerImages:     []string{},
+			DiskMiB:          1024,
 			CapacityTTL:      Duration(10 * time.Minute),
 		},
 		Disk: DiskConfig{MinFreeMiB: 512, ReserveMiB: 64, CheckInterval: Duration(500 * time.Millisecond)},
@@ -431,6 +456,17 @@ func (p ProviderConfig) validate() error {
 		if !slices.Contains([]string{"wasm", "docker", "process", "noop"}, e) {
 			return fmt.Errorf("executors: unknown executor %q (known: wasm, docker, process, noop)", e)
 		}
+	}
+	if _, _, err := executor.ParseUser(p.DockerUser); err != nil {
+		return fmt.Errorf("docker_user: %w", err)
+	}
+	for _, img := range p.DockerImages {
+		if !market.ImageAllowed([]string{img}, img) {
+			return fmt.Errorf("docker_images: %q is not an image reference (name, name:tag or name@sha256:...)", img)
+		}
+	}
+	if p.DiskMiB == 0 || p.DiskMiB > 1<<24 {
+		return fmt.Errorf("disk_mib %d out of range 1..%d", p.DiskMiB, 1<<24)
 	}
 	if time.Duration(p.CapacityTTL) < time.Second || time.Duration(p.CapacityTTL) > protocol.MaxCapacityTTL {
 		return fmt.Errorf("capacity_ttl %v out of range 1s..%v", time.Duration(p.CapacityTTL), protocol.MaxCapacityTTL)

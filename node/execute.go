@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -45,15 +46,15 @@ func (n *Node) startExecutors(ctx context.Context) (executor.Set, error) {
 		case "noop":
 			e = executor.Noop{}
 		case "wasm":
-			dir := n.cfg.Provider.WasmCacheDir
-			if dir == "" {
-				dir = filepath.Join(n.cfg.DataDir, "wasm-cache")
-			}
-			e, err = executor.NewWasm(executor.WasmOptions{CacheDir: dir, Logger: n.log})
+			e, err = executor.NewWasm(executor.WasmOptions{
+				MaxMemoryMib: n.jobLimits.MemoryMiB, CacheDir: n.wasmCacheDir(), Logger: n.log,
+			})
 		case "docker":
 			var d *executor.Docker
 			if d, err = executor.NewDocker(ctx, executor.DockerOptions{
 				AllowNetwork: n.cfg.Provider.DockerNetwork, Owner: n.host.ID().String(), Logger: n.log,
+				MaxMemoryMib: n.jobLimits.MemoryMiB, MaxCPUMillis: n.jobLimits.CPUMillis,
+				User: n.cfg.Provider.DockerUser, Images: n.cfg.Provider.DockerImages,
 			}); err == nil {
 				// Containers a crash left behind.
 				if removed, cerr := d.Cleanup(ctx); cerr != nil || removed > 0 {
@@ -62,7 +63,7 @@ func (n *Node) startExecutors(ctx context.Context) (executor.Set, error) {
 			}
 			e = d
 		case "process":
-			e = executor.NewProcess(executor.ProcessOptions{Logger: n.log})
+			e = executor.NewProcess(executor.ProcessOptions{MaxMemoryMib: n.jobLimits.MemoryMiB, Logger: n.log})
 		default:
 			return nil, fmt.Errorf("config: provider.executors: unknown executor %q", name)
 		}
@@ -73,6 +74,45 @@ func (n *Node) startExecutors(ctx context.Context) (executor.Set, error) {
 		set[name] = e
 	}
 	return set, nil
+}
+
+// wasmCacheDir is the wasm executor's compilation cache, created 0700:
+// the machine code there is run as is, so no one else may write it. A dir
+// that is not the node's own, or that others may write, is not used (the
+// node compiles in memory only) and a warning says why.
+func (n *Node) wasmCacheDir() string {
+	dir := n.cfg.Provider.WasmCacheDir
+	if dir == "" {
+		dir = filepath.Join(n.cfg.DataDir, "wasm-cache")
+	}
+	if err := privateDir(dir); err != nil {
+		n.log.Warn("wasm compilation cache not used", "dir", dir, "err", err)
+		return ""
+	}
+	return dir
+}
+
+// privateDir creates dir (and its parents) with mode 0700 if it does not
+// exist, and checks that it is a directory of this process's user that no
+// one else may write or enter.
+func privateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return errors.New("not a directory")
+	case !ok || int(st.Uid) != os.Geteuid():
+		return errors.New("not owned by the node's user")
+	case fi.Mode().Perm()&0o077 != 0:
+		return fmt.Errorf("mode %#o: others may use it (want 0700)", fi.Mode().Perm())
+	}
+	return nil
 }
 
 // closeExecutors releases what the executors hold (compiled modules, the
@@ -109,7 +149,7 @@ func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 	// A scratch directory is two mkdirs and a removal: only for a job that
 	// can see it.
 	if _, scratchless := n.executors[l.Spec.Executor].(executor.Scratchless); !scratchless || len(l.Spec.Inputs) > 0 {
-		job.Dir = filepath.Join(workDir, "job")
+		job.Dir, job.DiskQuota = filepath.Join(workDir, "job"), n.jobLimits.DiskBytes
 		if err := os.MkdirAll(filepath.Join(job.Dir, outputsDir), 0o700); err != nil {
 			return failed(fmt.Errorf("scratch dir: %w", err))
 		}

@@ -250,8 +250,10 @@ func TestProcessJobRefusedUnlessAllowed(t *testing.T) {
 }
 
 // sampleImage builds the sample job program for Linux, statically, and
-// wraps it in a FROM scratch image named tag.
-func sampleImage(t *testing.T, tag string) {
+// wraps it in a FROM scratch image named name, with a tag of its own
+// (other checkouts' tests may share the engine); it returns name:tag.
+func sampleImage(t *testing.T, name string) string {
+	tag := fmt.Sprintf("%s:%d-%d", name, os.Getpid(), time.Now().UnixNano())
 	t.Helper()
 	c, err := client.New(client.FromEnv)
 	if err == nil {
@@ -278,12 +280,21 @@ func sampleImage(t *testing.T, tag string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.ImageRemove(context.Background(), tag, client.ImageRemoveOptions{Force: true}) })
+	return tag
 }
 
 func TestDockerJobEndToEnd(t *testing.T) {
-	const image = "mira-node-test-job:latest"
-	sampleImage(t, image)
-	_, c := execNet(t, "docker")
+	image := sampleImage(t, "mira-node-test-job")
+	tn := startTestnet(t, 2, func(i int, cfg *node.Config) {
+		testnet.WithProviders(1)(i, cfg)
+		cfg.Provider.Executors = []string{"docker"}
+		cfg.Provider.DockerImages = []string{image}
+	})
+	if err := testnet.WaitFor(context.Background(), deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	c := clientFor(t, tn, 0)
+	queryUntil(t, c, api.ProviderQuery{GPU: "any"}, []string{tn.Node(1).ID().String()})
 	j, err := c.SubmitJob(context.Background(), api.JobRequest{
 		Executor: "docker", Image: image, Args: []string{"write", "/work/out/answer.txt", "hello from a container"},
 		Tier: "interactive", MaxPrice: 0.01, Resources: api.Resources{GPUs: 1, MemoryMiB: 64},

@@ -14,7 +14,7 @@ import (
 // the goroutines it started have ended.
 func TestCloseLeavesNoGoroutines(t *testing.T) {
 	before := runtime.NumGoroutine()
-	tn, err := testnet.Start(context.Background(), testnet.Options{Nodes: 3, Dir: t.TempDir(), Configure: testnet.WithProviders(1)})
+	tn, err := testnet.Start(context.Background(), testnet.Options{Nodes: 3, Dir: t.TempDir(), Configure: testnet.WithProviders(1), WasmCacheDir: testWasmCache})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -80,6 +80,7 @@ func (n *Node) marketEngineConfig() market.Config {
 		}
 		cfg.Provider = &market.ProviderPolicy{
 			GPUs: gpus, Slots: n.cfg.Provider.Slots, Executors: n.cfg.Provider.Executors,
+			MaxMemoryMiB: n.jobLimits.MemoryMiB, MaxCPUMillis: n.jobLimits.CPUMillis, DockerImages: n.cfg.Provider.DockerImages,
 			FloorInteractive: microCredits(n.cfg.Provider.PriceInteractive),
 			FloorBatch:       microCredits(n.cfg.Provider.PriceBatch),
 		}

@@ -81,6 +81,7 @@ type Node struct {
 	chainSyncs map[peer.ID]*sync.Mutex
 	logs       *logBook
 	executors  executor.Set
+	jobLimits  jobLimits // a provider's, set before its executors start
 	gpuMu      sync.Mutex
 	nextGPU    int
 	metrics    *prometheus.Registry
@@ -269,6 +270,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	}
 	n.host.SetStreamHandler(n.syncProtocol(), n.limits.limitStreams("sync", n.handleSync))
 	if n.IsProvider() {
+		n.jobLimits = n.providerLimits()
 		if n.executors, err = n.startExecutors(runCtx); err != nil {
 			return nil, err
 		}

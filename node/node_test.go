@@ -28,7 +28,7 @@ const deadline = 30 * time.Second
 
 func startTestnet(t *testing.T, n int, configure func(int, *node.Config)) *testnet.Testnet {
 	t.Helper()
-	tn, err := testnet.Start(context.Background(), testnet.Options{Nodes: n, Dir: t.TempDir(), Configure: configure})
+	tn, err := testnet.Start(context.Background(), testnet.Options{Nodes: n, Dir: t.TempDir(), Configure: configure, WasmCacheDir: testWasmCache})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,6 +46,12 @@ type Options struct {
 	// Grants are the genesis's grants to accounts beside the members'
 	// (benchmarks and tests whose entries are signed by other keys).
 	Grants []storage.GenesisGrant
+	// WasmCacheDir is the wasm compilation cache the members share, so a
+	// module compiles once per testnet, not once per member; default
+	// Dir/wasm-cache. A node uses only a dir of its own user that no one
+	// else may enter (mode 0700; created so): compiled code found there
+	// is run.
+	WasmCacheDir string
 }
 
 // DefaultCredits is each member's genesis grant: 1,000 credits.
@@ -78,6 +84,9 @@ func Start(ctx context.Context, opts Options) (*Testnet, error) {
 	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.WasmCacheDir == "" {
+		opts.WasmCacheDir = filepath.Join(opts.Dir, "wasm-cache")
 	}
 	tn := &Testnet{opts: opts, members: make([]*member, opts.Nodes)}
 	swarmKey, err := tn.swarmKey()
@@ -215,6 +224,7 @@ func (tn *Testnet) prepare(i int, swarmKey []byte) (*member, error) {
 	dir := filepath.Join(tn.opts.Dir, fmt.Sprintf("node%d", i))
 	if _, err := os.Stat(filepath.Join(dir, node.ConfigFile)); errors.Is(err, os.ErrNotExist) {
 		cfg := DefaultConfig(dir, tn.opts.Network)
+		cfg.Provider.WasmCacheDir = tn.opts.WasmCacheDir
 		if tn.opts.Configure != nil {
 			tn.opts.Configure(i, &cfg)
 		}
@@ -226,8 +236,17 @@ func (tn *Testnet) prepare(i int, swarmKey []byte) (*member, error) {
 	if err != nil {
 		return nil, fmt.Errorf("testnet: node %d: %w", i, err)
 	}
+	if cfg.Provider.WasmCacheDir == oldSharedWasmCache() {
+		// A testnet made before the cache moved into its own dir.
+		cfg.Provider.WasmCacheDir = tn.opts.WasmCacheDir
+	}
 	return &member{dir: dir, cfg: cfg}, nil
 }
+
+// oldSharedWasmCache is where testnets kept their compilation cache
+// before: a fixed path in the shared /tmp, which another local user could
+// create first and fill with machine code.
+func oldSharedWasmCache() string { return filepath.Join(os.TempDir(), "mira-wasm-cache") }
 
 // DefaultConfig is a member's config: loopback TCP on a free port, API on a
 // free loopback port, and short redial and ping intervals so the network
@@ -242,9 +261,6 @@ func DefaultConfig(dir, network string) node.Config {
 	cfg.ReconcileInterval = node.Duration(time.Second)
 	cfg.DetectGPUs = false // members declare their GPUs, so runs are the same on every machine
 	cfg.Provider.Executors = []string{"noop", "wasm"}
-	// One compilation cache for every member and testnet on the machine:
-	// the sample module compiles once, not once per node.
-	cfg.Provider.WasmCacheDir = filepath.Join(os.TempDir(), "mira-wasm-cache")
 	cfg.Provider.Slots = 4
 	// Many members share one machine's disk: a small reserve each.
 	cfg.Disk.MinFreeMiB, cfg.Disk.ReserveMiB = 64, 20

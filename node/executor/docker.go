@@ -8,17 +8,24 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/distribution/reference"
 	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/client"
+
+	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/protocol/pb"
 )
 
 // Labels on every container the docker executor creates.
@@ -44,11 +51,22 @@ type DockerOptions struct {
 	// DefaultMemoryMib is the memory limit of a job whose spec gives no
 	// resources.memory_mib; 1024 when zero.
 	DefaultMemoryMib uint32
+	// MaxMemoryMib is the most memory a job may ask for (ErrOverLimit
+	// beyond); the host's total memory when zero.
+	MaxMemoryMib uint32
+	// MaxCPUMillis is the most CPU a job may ask for (ErrOverLimit beyond),
+	// and what a job that asks none gets; the host's cores when zero.
+	MaxCPUMillis uint32
 	// PidsLimit caps the processes of a container; 512 when zero.
 	PidsLimit int64
-	// User is the user containers run as ("uid:gid"); the image's when
-	// empty. job.Dir must be writable by it.
+	// User is the user containers run as, numeric "uid:gid";
+	// "65534:65534" (nobody) when empty.
 	User string
+	// Images are the images jobs may name (ErrImageNotAllowed for any
+	// other; see market.ImageAllowed): a name allows each of its tags
+	// and digests, "name:tag" that tag, "name@sha256:..." that digest.
+	// Empty: no job may run.
+	Images []string
 	// Owner, when set, labels this executor's containers (LabelOwner) and
 	// limits Cleanup to them, so that nodes sharing one engine (a testnet)
 	// do not remove each other's containers. A node's peer ID is a good
@@ -58,16 +76,45 @@ type DockerOptions struct {
 	Logger *slog.Logger
 }
 
-func (o *DockerOptions) setDefaults() {
+// DefaultDockerUser is the user containers run as unless the provider
+// says otherwise: nobody, who owns no file on the host.
+const DefaultDockerUser = "65534:65534"
+
+// setDefaults fills in what the options leave out; host is the engine's
+// host (its memory in bytes and cores), for the limits.
+func (o *DockerOptions) setDefaults(hostMem int64, hostCPUs int) {
 	if o.Network == "" {
 		o.Network = "bridge"
 	}
 	if o.DefaultMemoryMib == 0 {
 		o.DefaultMemoryMib = 1024
 	}
+	if o.MaxMemoryMib == 0 {
+		o.MaxMemoryMib = uint32(min(max(hostMem>>20, 1), 1<<31))
+	}
+	o.DefaultMemoryMib = min(o.DefaultMemoryMib, o.MaxMemoryMib)
+	// The engine refuses a container more CPUs than its host has.
+	hostMillis := uint32(max(hostCPUs, 1) * 1000)
+	if o.MaxCPUMillis == 0 || o.MaxCPUMillis > hostMillis {
+		o.MaxCPUMillis = hostMillis
+	}
 	if o.PidsLimit == 0 {
 		o.PidsLimit = 512
 	}
+	if o.User == "" {
+		o.User = DefaultDockerUser
+	}
+}
+
+// ParseUser parses a numeric "uid:gid", as DockerOptions.User is.
+func ParseUser(s string) (uid, gid int, err error) {
+	u, g, ok := strings.Cut(s, ":")
+	uid64, uerr := strconv.ParseUint(u, 10, 31)
+	gid64, gerr := strconv.ParseUint(g, 10, 31)
+	if !ok || uerr != nil || gerr != nil {
+		return 0, 0, fmt.Errorf("user %q: want a numeric uid:gid", s)
+	}
+	return int(uid64), int(gid64), nil
 }
 
 // Docker runs jobs as containers through the Docker Engine API; it is the
@@ -82,7 +129,10 @@ func (o *DockerOptions) setDefaults() {
 // filesystem, no capabilities, no-new-privileges, a pids limit, memory =
 // resources.memory_mib with no swap, NanoCPUs = resources.cpu_millis, no
 // network unless allowed, and the job's GPUs (job.GPUs, via the nvidia
-// driver). Output is read by attaching to the container (as `docker run`
+// driver). With a job.DiskQuota, the fsize ulimit keeps any one file below
+// the quota, and a watcher measures job.Dir from the host (see diskWatch)
+// and stops the container once it holds more than the quota beyond its
+// inputs: the run fails with ReasonDiskQuota. Output is read by attaching to the container (as `docker run`
 // does); the daemon does not log it. The container is removed after every
 // run, however it ended.
 //
@@ -94,9 +144,10 @@ func (o *DockerOptions) setDefaults() {
 // else the highest usage sampled; zero for a container that exits before
 // the first sample.
 type Docker struct {
-	c    *client.Client
-	opts DockerOptions
-	log  *slog.Logger
+	c        *client.Client
+	opts     DockerOptions
+	uid, gid int // opts.User
+	log      *slog.Logger
 }
 
 var _ Executor = (*Docker)(nil)
@@ -105,7 +156,6 @@ var _ Executor = (*Docker)(nil)
 // (DOCKER_HOST and friends, else the local socket) and checks that it
 // answers.
 func NewDocker(ctx context.Context, opts DockerOptions) (*Docker, error) {
-	opts.setDefaults()
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -118,7 +168,29 @@ func NewDocker(ctx context.Context, opts DockerOptions) (*Docker, error) {
 		c.Close()
 		return nil, fmt.Errorf("docker: engine not reachable: %w", err)
 	}
-	return &Docker{c: c, opts: opts, log: log}, nil
+	info, err := c.Info(ctx, client.InfoOptions{})
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("docker: engine info: %w", err)
+	}
+	if opts.MaxCPUMillis > uint32(info.Info.NCPU*1000) {
+		log.Warn("docker: max_cpu_millis is more than the engine's host has; lowered", "max_cpu_millis", opts.MaxCPUMillis, "cpus", info.Info.NCPU)
+	}
+	opts.setDefaults(info.Info.MemTotal, info.Info.NCPU)
+	d := &Docker{c: c, opts: opts, log: log}
+	if d.uid, d.gid, err = ParseUser(opts.User); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("docker: %w", err)
+	}
+	// The node hands each job's scratch dir to the container's user and
+	// removes what it wrote afterwards: only root can do both for
+	// another user.
+	if euid := os.Geteuid(); euid != 0 && d.uid != euid {
+		c.Close()
+		return nil, fmt.Errorf("docker: containers would run as %s, but this node runs as uid %d and could not remove the files they write: "+
+			"run the node as root, or set provider.docker_user = \"%d:%d\" (the node's own user)", opts.User, euid, euid, os.Getegid())
+	}
+	return d, nil
 }
 
 // Name implements Executor.
@@ -144,7 +216,15 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 	if err != nil {
 		return fail, fmt.Errorf("docker: job directory: %w", err)
 	}
-	if _, err := d.c.ImageInspect(ctx, spec.GetImage()); err != nil {
+	if !market.ImageAllowed(d.opts.Images, spec.GetImage()) {
+		return fail, fmt.Errorf("docker: %q: %w", spec.GetImage(), ErrImageNotAllowed)
+	}
+	mem, nanoCPUs, err := d.limits(spec)
+	if err != nil {
+		return fail, err
+	}
+	img, err := d.c.ImageInspect(ctx, spec.GetImage())
+	if err != nil {
 		if cerrdefs.IsNotFound(err) {
 			return fail, fmt.Errorf("docker: %q: %w", spec.GetImage(), ErrNoImage)
 		}
@@ -153,10 +233,28 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 		}
 		return fail, fmt.Errorf("docker: inspect image %q: %w", spec.GetImage(), err)
 	}
+	// The engine finds an image by a prefix of its ID too, when no image
+	// has the name asked for: run only one that the name really names,
+	// and by its ID, so that a tag moved since cannot swap it.
+	if !namesImage(spec.GetImage(), img.RepoTags, img.RepoDigests) {
+		return fail, fmt.Errorf("docker: %q: %w", spec.GetImage(), ErrNoImage)
+	}
+	if err := d.handOver(dir); err != nil {
+		return fail, err
+	}
+
+	// The disk watch stops the run through ctx, with its cause.
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	disk, err := watchDisk(dir, job.DiskQuota, stop)
+	if err != nil {
+		return fail, fmt.Errorf("docker: %w", err)
+	}
+	defer disk.done()
 
 	start := time.Now()
 	clock := newOutputClock(start)
-	id, err := d.create(ctx, job, dir)
+	id, err := d.create(ctx, job, runConfig{dir: dir, image: img.ID, memory: mem, nanoCPUs: nanoCPUs})
 	if err != nil {
 		if ctx.Err() != nil {
 			return Result{ExitCode: -1, Reason: ctxReason(ctx), Wall: time.Since(start)}, nil
@@ -202,10 +300,11 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 	case err := <-wait.Error:
 		return d.failed(ctx, start, fmt.Errorf("docker: wait: %w", err))
 	case <-ctx.Done():
-		// Killed at max_duration or cancelled: often the heaviest runs.
+		// Killed at max_duration, for its disk or cancelled: often the
+		// heaviest runs.
 		res, err := d.failed(ctx, start, ctx.Err())
 		res.PeakMemory = peak()
-		return res, err
+		return diskReason(res, disk.done()), err
 	}
 	res := Result{ExitCode: int32(status), Wall: time.Since(start), PeakMemory: peak()}
 	// The output stream ends when the container has exited; give it a
@@ -232,7 +331,7 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 	if oom {
 		res.ExitCode, res.Reason = -1, ReasonOOM
 	}
-	return res, nil
+	return diskReason(res, disk.done()), nil
 }
 
 // memoryPoll is how often a running container's memory is sampled. With
@@ -295,9 +394,80 @@ func (d *Docker) failed(ctx context.Context, start time.Time, err error) (Result
 	return Result{ExitCode: -1}, err
 }
 
+// limits are the memory (bytes) and CPU (nano-CPUs) of a job's container:
+// what it asks, within the provider's maximum, else the defaults.
+func (d *Docker) limits(spec *pb.JobSpec) (memory, nanoCPUs int64, err error) {
+	memMib, cpu := d.opts.DefaultMemoryMib, d.opts.MaxCPUMillis
+	r := spec.GetResources()
+	switch {
+	case r.GetMemoryMib() > d.opts.MaxMemoryMib:
+		return 0, 0, fmt.Errorf("docker: memory_mib %d: %w of %d", r.GetMemoryMib(), ErrOverLimit, d.opts.MaxMemoryMib)
+	case r.GetCpuMillis() > d.opts.MaxCPUMillis:
+		return 0, 0, fmt.Errorf("docker: cpu_millis %d: %w of %d", r.GetCpuMillis(), ErrOverLimit, d.opts.MaxCPUMillis)
+	}
+	if r.GetMemoryMib() > 0 {
+		memMib = r.GetMemoryMib()
+	}
+	if r.GetCpuMillis() > 0 {
+		cpu = r.GetCpuMillis()
+	}
+	return int64(memMib) << 20, int64(cpu) * 1_000_000, nil
+}
+
+// namesImage reports whether the reference image names an image the
+// engine lists under tags and digests (its RepoTags and RepoDigests).
+func namesImage(image string, tags, digests []string) bool {
+	ref, err := reference.ParseNormalizedNamed(image)
+	if err != nil {
+		return false
+	}
+	want, list := reference.TagNameOnly(ref).String(), tags
+	if d, ok := ref.(reference.Digested); ok {
+		want, list = ref.Name()+"@"+d.Digest().String(), digests
+	}
+	for _, s := range list {
+		if r, err := reference.ParseNormalizedNamed(s); err == nil && r.String() == want {
+			return true
+		}
+	}
+	return false
+}
+
+// handOver makes the scratch dir dir the container user's: a node running
+// as root gives it, and everything in it, to that user (the dir is 0700,
+// and the dir above it the node's, 0700: no one else on the host gets in).
+// A node of another user runs containers as itself (NewDocker), and has
+// nothing to do.
+func (d *Docker) handOver(dir string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	err := filepath.WalkDir(dir, func(path string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(path, d.uid, d.gid)
+	})
+	if err == nil {
+		err = os.Chmod(dir, 0o700)
+	}
+	if err != nil {
+		return fmt.Errorf("docker: scratch dir for the container's user: %w", err)
+	}
+	return nil
+}
+
+// runConfig is what a job's container gets besides its spec.
+type runConfig struct {
+	dir      string // the scratch dir, absolute
+	image    string // the image's ID
+	memory   int64  // bytes
+	nanoCPUs int64
+}
+
 // create creates the job's container and returns its ID.
-func (d *Docker) create(ctx context.Context, job *Job, dir string) (string, error) {
-	cfg, hc := d.containerConfig(job, dir)
+func (d *Docker) create(ctx context.Context, job *Job, rc runConfig) (string, error) {
+	cfg, hc := d.containerConfig(job, rc)
 	name, err := containerName(job.ID)
 	if err != nil {
 		return "", err
@@ -310,12 +480,11 @@ func (d *Docker) create(ctx context.Context, job *Job, dir string) (string, erro
 	return c.ID, nil
 }
 
-// containerConfig is the configuration of job's container, with dir (an
-// absolute path) as its /work.
-func (d *Docker) containerConfig(job *Job, dir string) (*container.Config, *container.HostConfig) {
+// containerConfig is the configuration of job's container.
+func (d *Docker) containerConfig(job *Job, rc runConfig) (*container.Config, *container.HostConfig) {
 	spec := job.Spec
 	cfg := &container.Config{
-		Image:        spec.GetImage(),
+		Image:        rc.image,
 		Cmd:          spec.GetArgs(),
 		WorkingDir:   "/work",
 		User:         d.opts.User,
@@ -329,18 +498,13 @@ func (d *Docker) containerConfig(job *Job, dir string) (*container.Config, *cont
 	for _, e := range spec.GetEnv() {
 		cfg.Env = append(cfg.Env, e.GetName()+"="+e.GetValue())
 	}
-	memMib := d.opts.DefaultMemoryMib
-	if m := spec.GetResources().GetMemoryMib(); m > 0 {
-		memMib = m
-	}
-	mem := int64(memMib) << 20
 	pids := d.opts.PidsLimit
 	network := "none"
 	if d.opts.AllowNetwork {
 		network = d.opts.Network
 	}
 	hc := &container.HostConfig{
-		Mounts:         []mount.Mount{{Type: mount.TypeBind, Source: dir, Target: "/work"}},
+		Mounts:         []mount.Mount{{Type: mount.TypeBind, Source: rc.dir, Target: "/work"}},
 		NetworkMode:    container.NetworkMode(network),
 		Privileged:     false,
 		CapDrop:        []string{"ALL"},
@@ -348,11 +512,16 @@ func (d *Docker) containerConfig(job *Job, dir string) (*container.Config, *cont
 		ReadonlyRootfs: true,
 		LogConfig:      container.LogConfig{Type: "none"},
 		Resources: container.Resources{
-			Memory:     mem,
-			MemorySwap: mem, // memory+swap = memory: no swap
-			NanoCPUs:   int64(spec.GetResources().GetCpuMillis()) * 1_000_000,
+			Memory:     rc.memory,
+			MemorySwap: rc.memory, // memory+swap = memory: no swap
+			NanoCPUs:   rc.nanoCPUs,
 			PidsLimit:  &pids,
 		},
+	}
+	if job.DiskQuota > 0 {
+		// No file may grow past the quota; the watch counts /work as a whole.
+		fsize := int64(fsizeLimit(job.DiskQuota))
+		hc.Ulimits = []*container.Ulimit{{Name: "fsize", Soft: fsize, Hard: fsize}}
 	}
 	if len(job.GPUs) > 0 {
 		hc.DeviceRequests = []container.DeviceRequest{{

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -25,8 +26,10 @@ import (
 )
 
 // testImage is the image the docker tests build: the sample program,
-// static, alone in a FROM scratch image.
-const testImage = "mira-test-job:latest"
+// static, alone in a FROM scratch image. Its tag is this test binary's
+// own: test binaries of other checkouts may share the engine, each
+// building its own sample and removing its image at the end.
+var testImage = fmt.Sprintf("mira-test-job:%d-%s", os.Getpid(), hex.EncodeToString(binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))))
 
 // dockerFixture is the engine and the test image, set up once per test
 // binary; TestMain removes the image at the end.
@@ -100,11 +103,16 @@ func buildTestImage(c *client.Client) error {
 	return BuildScratchImage(ctx, c, testImage, exe)
 }
 
-// newTestDocker returns a docker executor with a unique owner.
+// newTestDocker returns a docker executor with a unique owner, that allows
+// the test image unless opts name the images (an empty, non-nil list:
+// none).
 func newTestDocker(t testing.TB, opts DockerOptions) *Docker {
 	t.Helper()
 	dockerOrSkip(t)
 	opts.Owner = "test-" + randHex(t, 4)
+	if opts.Images == nil {
+		opts.Images = []string{testImage}
+	}
 	d, err := NewDocker(t.Context(), opts)
 	if err != nil {
 		t.Fatal(err)
@@ -325,8 +333,8 @@ func TestDockerConfig(t *testing.T) {
 				if hc.NetworkMode != "jobs" || len(hc.DeviceRequests) > 0 || cfg.Entrypoint != nil || !slices.Equal(cfg.Cmd, []string{"x"}) {
 					t.Errorf("network %q devices %v entrypoint %q cmd %q", hc.NetworkMode, hc.DeviceRequests, cfg.Entrypoint, cfg.Cmd)
 				}
-				if hc.Memory != 1024<<20 || cfg.Labels[LabelOwner] != "node1" {
-					t.Errorf("default memory %d, labels %v", hc.Memory, cfg.Labels)
+				if hc.Memory != 1024<<20 || hc.NanoCPUs != 16e9 || cfg.Labels[LabelOwner] != "node1" {
+					t.Errorf("default memory %d, CPUs %d, labels %v", hc.Memory, hc.NanoCPUs, cfg.Labels)
 				}
 			},
 		},
@@ -334,8 +342,15 @@ func TestDockerConfig(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			d := &Docker{opts: c.opts}
-			d.opts.setDefaults()
-			cfg, hc := d.containerConfig(c.job, "/jobs/"+c.job.ID)
+			d.opts.setDefaults(64<<30, 16)
+			mem, cpu, err := d.limits(c.job.Spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg, hc := d.containerConfig(c.job, runConfig{dir: "/jobs/" + c.job.ID, image: "sha256:id", memory: mem, nanoCPUs: cpu})
+			if cfg.Image != "sha256:id" || cfg.User != DefaultDockerUser {
+				t.Errorf("image %q user %q: want the image's ID and %s", cfg.Image, cfg.User, DefaultDockerUser)
+			}
 			c.check(t, cfg, hc)
 		})
 	}
@@ -363,7 +378,7 @@ func TestDockerCancel(t *testing.T) {
 
 func TestDockerMissingImage(t *testing.T) {
 	t.Parallel()
-	d := newTestDocker(t, DockerOptions{})
+	d := newTestDocker(t, DockerOptions{Images: []string{"mira-no-such-image"}})
 	job := &Job{ID: "missing", Spec: &pb.JobSpec{Executor: "docker", Image: "mira-no-such-image:" + randHex(t, 4)}, Dir: t.TempDir(), Stdout: io.Discard, Stderr: io.Discard}
 	if _, err := d.Run(t.Context(), job); !errors.Is(err, ErrNoImage) {
 		t.Fatalf("err = %v, want ErrNoImage", err)

@@ -37,6 +37,11 @@ type Job struct {
 	// come back to the requester as the job's outputs, and inputs/ for a
 	// job with inputs. Empty for a Scratchless executor's job.
 	Dir string
+	// DiskQuota is how many bytes the job may add to Dir beyond what it
+	// holds when the run starts (its inputs): a run that writes more is
+	// stopped, or its writes refused, and it fails with ReasonDiskQuota.
+	// Zero or less: no quota.
+	DiskQuota int64
 	// Stdout and Stderr receive the job's output as it runs. They must be
 	// safe to call from another goroutine than the one calling Run.
 	Stdout, Stderr io.Writer
@@ -86,11 +91,24 @@ const (
 	ReasonTimeout   = "max_duration exceeded"
 	ReasonCancelled = "cancelled"
 	ReasonOOM       = "out of memory"
+	ReasonDiskQuota = "disk quota exceeded"
 )
 
 // ErrNotAllowed is returned for an executor a provider does not allow or
 // does not have.
 var ErrNotAllowed = errors.New("executor not available on this node")
+
+// ErrOverLimit is returned for a job that asks more memory or CPU than the
+// provider allows a job.
+var ErrOverLimit = errors.New("over this provider's limit")
+
+// ErrImageNotAllowed is returned for a docker job whose image is not on
+// the provider's allowlist.
+var ErrImageNotAllowed = errors.New("image not allowed on this provider")
+
+// ErrNoMemory is returned for a job whose memory does not fit in what the
+// host has free now.
+var ErrNoMemory = errors.New("not enough free memory on this provider")
 
 // Set is the executors a provider allows, by name.
 type Set map[string]Executor
@@ -104,13 +122,29 @@ func (s Set) Run(ctx context.Context, job *Job) (Result, error) {
 	return e.Run(ctx, job)
 }
 
-// ctxReason maps a done context to a failure reason: a deadline is the
-// job's max_duration, anything else a cancel.
+// ctxReason maps a done context to a failure reason: a disk watcher's
+// cause is its own, a deadline is the job's max_duration, anything else a
+// cancel.
 func ctxReason(ctx context.Context) string {
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+	switch cause := context.Cause(ctx); {
+	case errors.Is(cause, errDiskQuota):
+		return ReasonDiskQuota
+	case errors.Is(cause, errScratchUnreadable):
+		return cause.Error()
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return ReasonTimeout
 	}
 	return ReasonCancelled
+}
+
+// diskReason is the reason of a run whose disk watch ended with reason
+// (see diskWatch.done): it replaces any but a cancel's, since a job that
+// broke its quota is stopped for it even if it was also near its end.
+func diskReason(res Result, reason string) Result {
+	if reason != "" && res.Reason != ReasonCancelled {
+		res.Reason = reason
+	}
+	return res
 }
 
 // Noop sleeps for args[0] (a Go duration, default 0) and writes a fixed

@@ -87,6 +87,7 @@ type runCase struct {
 	args    []string
 	env     map[string]string
 	memMib  uint32
+	disk    int64         // job.DiskQuota
 	timeout time.Duration // ctx deadline; none when zero
 	cancel  time.Duration // cancel ctx after this long; never when zero
 	setup   func(t *testing.T, dir string) []string
@@ -124,7 +125,7 @@ func runJob(t *testing.T, e Executor, spec *pb.JobSpec, module []byte, c runCase
 		time.AfterFunc(c.cancel, cancel)
 	}
 	var stdout, stderr syncBuffer
-	job := &Job{ID: "t" + strings.ReplaceAll(strings.ToLower(t.Name()), "/", "-"), Spec: spec, Module: module, Dir: dir, Stdout: &stdout, Stderr: &stderr}
+	job := &Job{ID: "t" + strings.ReplaceAll(strings.ToLower(t.Name()), "/", "-"), Spec: spec, Module: module, Dir: dir, DiskQuota: c.disk, Stdout: &stdout, Stderr: &stderr}
 	r, err := e.Run(ctx, job)
 	if err != nil {
 		t.Fatalf("Run: %v (stderr %q)", err, stderr.String())

@@ -20,6 +20,10 @@ import (
 // ProcessOptions configures the process executor. The zero value is
 // usable.
 type ProcessOptions struct {
+	// MaxMemoryMib is the most memory (RLIMIT_AS) a job may ask for
+	// (ErrOverLimit beyond), and what a job that asks none gets; the
+	// host's total memory when zero.
+	MaxMemoryMib uint32
 	// OutputGrace is how long output from processes that escaped the job's
 	// process group is still read after the job ended; 2s when zero.
 	OutputGrace time.Duration
@@ -38,12 +42,20 @@ type ProcessOptions struct {
 // exits, or ctx is done, the whole group is killed (SIGKILL), so nothing it
 // started outlives it. A job's memory is limited with RLIMIT_AS (address
 // space, which is more than resident memory: some runtimes reserve a lot
-// of it) set right after the start, so inherited by every process it
+// of it): resources.memory_mib, or the provider's maximum for a job that
+// asks none (a GPU job that asks none has none: GPU runtimes reserve more
+// address space than the host has memory), set right after the start, so inherited by every process it
 // starts later; memory the first process allocated in the instant before
 // is not undone. PeakMemory is the maximum resident set size (getrusage) of
 // the main process or of the largest of the children it waited for; Linux
 // counts the node's own RSS at fork in it (the high-water mark survives
 // exec), so for small jobs it is the node's size, an upper bound.
+//
+// With a job.DiskQuota, RLIMIT_FSIZE (set like RLIMIT_AS) keeps any file
+// the job writes, anywhere, below the quota, and a watcher measures
+// job.Dir (see diskWatch) and kills the group once it holds more than the
+// quota beyond its inputs: the run fails with ReasonDiskQuota. What the
+// job writes outside its dir is not counted: a process is no sandbox.
 type Process struct {
 	opts ProcessOptions
 	log  *slog.Logger
@@ -55,6 +67,9 @@ var _ Executor = (*Process)(nil)
 func NewProcess(opts ProcessOptions) *Process {
 	if opts.OutputGrace == 0 {
 		opts.OutputGrace = 2 * time.Second
+	}
+	if opts.MaxMemoryMib == 0 {
+		opts.MaxMemoryMib = hostMemoryMib()
 	}
 	log := opts.Logger
 	if log == nil {
@@ -85,6 +100,9 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 			pathEnv, hasPath = e.GetValue(), true
 		}
 	}
+	if m := spec.GetResources().GetMemoryMib(); m > p.opts.MaxMemoryMib {
+		return fail, fmt.Errorf("process: memory_mib %d: %w of %d", m, ErrOverLimit, p.opts.MaxMemoryMib)
+	}
 	bin, err := lookPath(argv[0], pathEnv, hasPath)
 	if err != nil {
 		return fail, fmt.Errorf("process: %w", err)
@@ -92,6 +110,14 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 	if ctx.Err() != nil {
 		return Result{ExitCode: -1, Reason: ctxReason(ctx)}, nil
 	}
+	// The disk watch stops the run through ctx, with its cause.
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	disk, err := watchDisk(job.Dir, job.DiskQuota, stop)
+	if err != nil {
+		return fail, fmt.Errorf("process: %w", err)
+	}
+	defer disk.done()
 
 	// The job writes into pipes of our own rather than those of os/exec,
 	// so that Wait returns when the main process exits even if something
@@ -136,10 +162,18 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 		})
 	}
 
-	if m := spec.GetResources().GetMemoryMib(); m > 0 {
-		lim := &unix.Rlimit{Cur: uint64(m) << 20, Max: uint64(m) << 20}
+	if as, ok := p.addressSpace(job); ok {
+		lim := &unix.Rlimit{Cur: as, Max: as}
 		if err := unix.Prlimit(pid, unix.RLIMIT_AS, lim, nil); err != nil {
 			p.log.Warn("process: memory limit not applied", "job", job.ID, "err", err)
+		}
+	}
+	if job.DiskQuota > 0 {
+		// No file it writes, in its dir or elsewhere, may grow past the
+		// quota; the watch counts the dir as a whole.
+		lim := &unix.Rlimit{Cur: fsizeLimit(job.DiskQuota), Max: fsizeLimit(job.DiskQuota)}
+		if err := unix.Prlimit(pid, unix.RLIMIT_FSIZE, lim, nil); err != nil {
+			p.log.Warn("process: file size limit not applied", "job", job.ID, "err", err)
 		}
 	}
 
@@ -196,7 +230,22 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 			res.Reason = "killed by signal " + ws.Signal().String()
 		}
 	}
-	return res, nil
+	return diskReason(res, disk.done()), nil
+}
+
+// addressSpace is the RLIMIT_AS of job's processes in bytes: what it
+// asks, else the provider's maximum; ok is false for none. GPU runtimes
+// reserve far more address space than there is memory (CUDA's cuInit
+// fails under a limit near the host's RAM): a GPU job that asks no memory
+// gets no limit.
+func (p *Process) addressSpace(job *Job) (limit uint64, ok bool) {
+	if m := job.Spec.GetResources().GetMemoryMib(); m > 0 {
+		return uint64(m) << 20, true
+	}
+	if len(job.GPUs) > 0 {
+		return 0, false
+	}
+	return uint64(p.opts.MaxMemoryMib) << 20, true
 }
 
 // killGroup sends SIGKILL to the process group pgid.

@@ -43,8 +43,9 @@ func SampleNames() []string {
 // (see SampleNames). "sample" is a Go program whose first argument picks
 // what it does: "hash N" (SHA-256 over N MiB of generated data, printed in
 // hex; the default workload), "echo ARGS...", "readfile PATH", "write NAME
-// TEXT", "dial ADDR", "alloc MIB", "spin", "sleep DURATION", "env", "exit
-// CODE". Each call decompresses a fresh copy.
+// TEXT", "fill NAME MIB [PER [HOLD]]", "id", "dial ADDR", "alloc MIB",
+// "spin", "sleep DURATION", "env", "exit CODE". Each call decompresses a
+// fresh copy.
 func SampleModule(name string) ([]byte, error) {
 	gz, err := samples.ReadFile("samples/" + name + ".wasm.gz")
 	if err != nil {

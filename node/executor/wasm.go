@@ -14,7 +14,6 @@ import (
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/experimental"
-	experimentalsys "github.com/tetratelabs/wazero/experimental/sys"
 	"github.com/tetratelabs/wazero/experimental/sysfs"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 	"github.com/tetratelabs/wazero/sys"
@@ -40,6 +39,11 @@ type WasmOptions struct {
 	// across processes (wazero.NewCompilationCacheWithDir), so a restarted
 	// node does not compile a module again.
 	CacheDir string
+	// MemAvailable returns the memory the host has free, in bytes; a run
+	// is refused (ErrNoMemory) when its limit does not fit in it beside
+	// what the runs in progress may still grow into. ReadHostMemory's
+	// Available when nil.
+	MemAvailable func() (uint64, error)
 	// Logger receives debug logs; none when nil.
 	Logger *slog.Logger
 }
@@ -55,7 +59,14 @@ type WasmOptions struct {
 // PWD), its arguments are "job" then the spec's args, its clocks and random
 // source are the host's (a sleep ends early when ctx is done). Memory is capped at the spec's
 // resources.memory_mib; a guest whose memory.grow is refused and that then
-// fails is reported as ReasonOOM. ctx stops a running guest.
+// fails is reported as ReasonOOM. A guest's memory is reserved when it
+// starts and committed as it is touched, so a run whose limit does not fit
+// in the host's free memory, beside what the runs in progress may still
+// grow into, is refused (ErrNoMemory). With a job.DiskQuota, every call that
+// can grow the dir is accounted exactly (see diskQuota) and one that
+// would take it past the quota fails with EIO; the run then fails with
+// ReasonDiskQuota, whatever the guest made of it. ctx stops a running
+// guest.
 //
 // Modules are compiled once per process: compiled modules are cached by the
 // SHA-256 of their bytes.
@@ -67,8 +78,9 @@ type Wasm struct {
 	log     *slog.Logger
 	mu      sync.Mutex
 	modules map[[sha256.Size]byte]*compiledModule
-	tick    uint64 // LRU clock, under mu
-	closed  bool   // under mu
+	tick    uint64                  // LRU clock, under mu
+	closed  bool                    // under mu
+	running map[*jobMemory]struct{} // the memories of runs in progress, under mu
 	runs    sync.WaitGroup
 	stop    context.Context // done when Close stops the runs
 	stopAll context.CancelFunc
@@ -99,6 +111,12 @@ func NewWasm(opts WasmOptions) (*Wasm, error) {
 	}
 	if opts.CompiledModules <= 0 {
 		opts.CompiledModules = 8
+	}
+	if opts.MemAvailable == nil {
+		opts.MemAvailable = func() (uint64, error) {
+			m, err := ReadHostMemory()
+			return m.Available, err
+		}
 	}
 	log := opts.Logger
 	if log == nil {
@@ -132,6 +150,7 @@ func NewWasm(opts WasmOptions) (*Wasm, error) {
 		ccache:  ccache,
 		log:     log,
 		modules: make(map[[sha256.Size]byte]*compiledModule),
+		running: make(map[*jobMemory]struct{}),
 	}, nil
 }
 
@@ -178,7 +197,7 @@ func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 		limit = uint64(m) << 20
 	}
 	if limit > w.maxMem {
-		return fail, fmt.Errorf("wasm: memory_mib %d is over this provider's limit of %d", limit>>20, w.maxMem>>20)
+		return fail, fmt.Errorf("wasm: memory_mib %d: %w of %d", limit>>20, ErrOverLimit, w.maxMem>>20)
 	}
 
 	// A guest's memory is unmapped when its module closes: the runtime
@@ -208,10 +227,18 @@ func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 		return Result{ExitCode: -1, Reason: ReasonOOM}, nil
 	}
 
+	mem := &jobMemory{limit: limit}
+	if err := w.admit(mem); err != nil {
+		return fail, err
+	}
+	defer w.leave(mem)
+
 	start := time.Now()
 	clock := newOutputClock(start)
-	mem := &jobMemory{limit: limit}
-	fsys := sandboxFS{sysfs.DirFS(job.Dir)}
+	fsys := sandboxFS{FS: sysfs.DirFS(job.Dir)}
+	if job.DiskQuota > 0 {
+		fsys.quota = newDiskQuota(job.DiskQuota)
+	}
 	cfg := wazero.NewModuleConfig().
 		WithName("").
 		WithStartFunctions(). // _start is called below, to tell link errors from runs
@@ -259,7 +286,42 @@ func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 	if res.Failed() && mem.refused.Load() && res.Reason != ReasonTimeout && res.Reason != ReasonCancelled {
 		res.Reason = ReasonOOM
 	}
+	// A refused write fails the run, whatever the guest made of it.
+	if fsys.quota != nil && fsys.quota.exceeded.Load() && res.Reason != ReasonCancelled {
+		res.Reason = ReasonDiskQuota
+	}
 	return res, nil
+}
+
+// admit counts mem among the runs in progress if its limit fits in the
+// host's free memory beside what those runs may still grow into: a guest's
+// memory is reserved, not committed, when it starts, so many runs could
+// each be granted what only one of them can have. What a run has grown
+// to counts as taken from the free memory already.
+func (w *Wasm) admit(mem *jobMemory) error {
+	free, err := w.opts.MemAvailable()
+	if err != nil {
+		return fmt.Errorf("wasm: %w", err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var promised uint64
+	for m := range w.running {
+		promised += m.limit - min(m.peak.Load(), m.limit)
+	}
+	if mem.limit > free || mem.limit > free-promised {
+		return fmt.Errorf("wasm: memory_mib %d: %w (%d MiB free, %d MiB of it promised to running jobs)",
+			mem.limit>>20, ErrNoMemory, free>>20, min(promised, free)>>20)
+	}
+	w.running[mem] = struct{}{}
+	return nil
+}
+
+// leave ends what admit began.
+func (w *Wasm) leave(mem *jobMemory) {
+	w.mu.Lock()
+	delete(w.running, mem)
+	w.mu.Unlock()
 }
 
 // acquire returns the compiled module for module, compiling it if it is not
@@ -408,14 +470,6 @@ func (l *linearMemory) Free() {
 		l.buf = nil
 	}
 }
-
-// sandboxFS is a guest's view of its job directory: the directory as is,
-// except that it may not create symbolic links, which could point out of it
-// and would be followed by the host.
-type sandboxFS struct{ experimentalsys.FS }
-
-// Symlink implements sys.FS by refusing.
-func (sandboxFS) Symlink(_, _ string) experimentalsys.Errno { return experimentalsys.EPERM }
 
 // sleepCtx sleeps for d or until ctx is done; a guest's sleep must not
 // outlive its job (the guest is closed at its next instruction check).

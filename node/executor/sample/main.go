@@ -13,6 +13,10 @@
 //	sample readfile PATH     print a file
 //	sample write NAME TEXT   write TEXT to NAME in the working directory, print it back
 //	sample symlink OLD NEW   make NEW a symlink to OLD, print what reading NEW gives
+//	sample fill NAME MIB [PER [HOLD]]
+//	                         write MIB MiB into NAME (in files NAME.0, NAME.1, ... of
+//	                         PER MiB each when PER is given), then wait HOLD
+//	sample id                print the user and group IDs it runs as (uid:gid)
 //	sample dial ADDR [WAIT]  TCP connect to ADDR, retrying for WAIT (a Go duration)
 //	sample serve PORT        accept TCP connections on PORT, greet each
 //	sample alloc MIB [HOLD]  allocate and touch MIB MiB of memory, keep it HOLD (a Go duration)
@@ -37,7 +41,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail(2, "usage: sample hash|echo|readfile|write|symlink|dial|serve|alloc|spin|sleep|env|exit ...")
+		fail(2, "usage: sample hash|echo|readfile|write|symlink|fill|id|dial|serve|alloc|spin|sleep|env|exit ...")
 	}
 	cmd, args := os.Args[1], os.Args[2:]
 	switch cmd {
@@ -76,6 +80,11 @@ func main() {
 			fail(1, "symlink: read: %v", err)
 		}
 		os.Stdout.Write(b)
+	case "fill":
+		need(args, 2)
+		fill(args)
+	case "id":
+		fmt.Printf("%d:%d\n", os.Getuid(), os.Getgid())
 	case "dial":
 		need(args, 1)
 		dial(args)
@@ -125,6 +134,53 @@ func hashMiB(n int) string {
 		h.Write(block)
 	}
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// fill writes args[1] MiB into args[0], or into files args[0].0, .1, ...
+// of args[2] MiB each, then sleeps for args[3]; a write that fails ends it
+// with exit status 1.
+func fill(args []string) {
+	total, per := atoi(args[1]), 0
+	if len(args) > 2 {
+		per = atoi(args[2])
+	}
+	var hold time.Duration
+	if len(args) > 3 {
+		var err error
+		if hold, err = time.ParseDuration(args[3]); err != nil {
+			fail(2, "fill: %v", err)
+		}
+	}
+	block := make([]byte, 1<<20)
+	for i := range block {
+		block[i] = byte(i % 251)
+	}
+	var f *os.File
+	for i := range total {
+		if f == nil || per > 0 && i%per == 0 {
+			if f != nil {
+				f.Close()
+			}
+			name := args[0]
+			if per > 0 {
+				name = fmt.Sprintf("%s.%d", args[0], i/per)
+			}
+			var err error
+			if f, err = os.Create(name); err != nil {
+				fail(1, "fill: %v", err)
+			}
+		}
+		if _, err := f.Write(block); err != nil {
+			fail(1, "fill: after %d MiB: %v", i, err)
+		}
+	}
+	if f != nil {
+		if err := f.Close(); err != nil {
+			fail(1, "fill: %v", err)
+		}
+	}
+	fmt.Printf("filled %d MiB\n", total)
+	time.Sleep(hold)
 }
 
 func dial(args []string) {

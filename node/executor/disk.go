@@ -1,0 +1,178 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// errDiskQuota is the cause a disk watcher cancels a run with.
+var errDiskQuota = errors.New(ReasonDiskQuota)
+
+// errScratchUnreadable is the cause a disk watcher cancels a run with when
+// the job made part of its scratch dir unreadable to the provider, which
+// could then neither measure it nor archive its outputs.
+var errScratchUnreadable = errors.New("disk quota: the job made its scratch dir unreadable to the provider")
+
+// diskBlock is the unit of the disk quota: every file is charged its size
+// rounded up to whole blocks, and every name (file, directory, link) at
+// least one block, so that a million empty files are not free.
+const diskBlock = 4 << 10
+
+// charge is what an inode of the given size costs against the quota.
+func charge(size int64) int64 {
+	if size <= diskBlock {
+		return diskBlock
+	}
+	return (size + diskBlock - 1) / diskBlock * diskBlock
+}
+
+// scratchUsage is what dir and everything under it cost against the quota:
+// the charge of each file's size (holes included: a sparse file costs its
+// length), each inode once however many names it has, and one block for
+// every further name, directory or other entry. Symbolic links are not
+// followed. Entries that vanish during the walk are skipped; a directory
+// it may not read is an error (errScratchUnreadable).
+func scratchUsage(dir string) (int64, error) {
+	type inode struct{ dev, ino uint64 }
+	seen := map[inode]bool{}
+	var total int64
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			if errors.Is(err, fs.ErrPermission) {
+				return errScratchUnreadable
+			}
+			return err
+		}
+		info, err := d.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		st, ok := info.Sys().(*syscall.Stat_t)
+		if !ok || !info.Mode().IsRegular() {
+			total += charge(info.Size())
+			return nil
+		}
+		key := inode{uint64(st.Dev), st.Ino}
+		if st.Nlink > 1 && seen[key] {
+			total += diskBlock // another name of a file already counted
+			return nil
+		}
+		seen[key] = true
+		total += charge(info.Size())
+		return nil
+	})
+	return total, err
+}
+
+// Disk polling: a watcher measures the scratch dir every diskPoll, or every
+// diskPollFactor walks' time when the tree is large, so that watching costs
+// at most a tenth of a core. A walk of a dir of a few files takes tens of
+// microseconds.
+const (
+	diskPoll       = 10 * time.Millisecond
+	diskPollFactor = 10
+)
+
+// diskWatch watches a running job's scratch dir for the executors that
+// cannot refuse the write itself (docker, process): it measures the dir
+// every poll and calls stop with errDiskQuota once it holds more than
+// quota bytes beyond its usage when the watch began (or with
+// errScratchUnreadable). A job can overshoot by what it writes in one
+// poll interval plus one walk. done, called when the run has ended (any
+// number of times), stops the watch and measures once more, so that a job
+// that exits between two polls is still caught.
+type diskWatch struct {
+	dir   string
+	quota int64
+	base  int64
+	stop  context.CancelCauseFunc
+	quit  chan struct{}
+	ended chan struct{}
+	cause error // set by the watcher before ended is closed
+	// done returns the reason the run should report: ReasonDiskQuota, the
+	// text of errScratchUnreadable or of a failed measurement, or "".
+	done func() string
+}
+
+// watchDisk starts watching dir; quota <= 0 watches nothing.
+func watchDisk(dir string, quota int64, stop context.CancelCauseFunc) (*diskWatch, error) {
+	w := &diskWatch{dir: dir, quota: quota, stop: stop, quit: make(chan struct{}), ended: make(chan struct{})}
+	if quota <= 0 {
+		w.done = func() string { return "" }
+		return w, nil
+	}
+	base, err := scratchUsage(dir)
+	if err != nil {
+		return nil, fmt.Errorf("scratch dir: %w", err)
+	}
+	w.base = base
+	w.done = sync.OnceValue(w.finish)
+	go w.loop()
+	return w, nil
+}
+
+func (w *diskWatch) loop() {
+	defer close(w.ended)
+	for {
+		t := time.Now()
+		if err := w.check(); err != nil {
+			w.cause = err
+			w.stop(err)
+			return
+		}
+		wait := max(diskPoll, diskPollFactor*time.Since(t))
+		timer := time.NewTimer(wait)
+		select {
+		case <-w.quit:
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+	}
+}
+
+// check measures the dir once: nil while within the quota.
+func (w *diskWatch) check() error {
+	used, err := scratchUsage(w.dir)
+	switch {
+	case errors.Is(err, errScratchUnreadable):
+		return errScratchUnreadable
+	case err != nil:
+		return fmt.Errorf("disk quota: %w", err)
+	case used-w.base > w.quota:
+		return errDiskQuota
+	}
+	return nil
+}
+
+func (w *diskWatch) finish() string {
+	close(w.quit)
+	<-w.ended
+	if w.cause == nil {
+		w.cause = w.check()
+	}
+	switch {
+	case w.cause == nil:
+		return ""
+	case errors.Is(w.cause, errDiskQuota):
+		return ReasonDiskQuota
+	default:
+		return w.cause.Error()
+	}
+}
+
+// fsizeLimit is the RLIMIT_FSIZE that goes with a quota: no single file may
+// grow past the quota (one byte more, so that a file that reaches the limit
+// is seen to break the quota). A job that hits it gets EFBIG (and SIGXFSZ).
+func fsizeLimit(quota int64) uint64 { return uint64(quota) + 1 }
