@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
@@ -33,17 +32,7 @@ type ledgerRogue struct {
 
 func newLedgerRogue(t *testing.T, tn *testnet.Testnet) *ledgerRogue {
 	t.Helper()
-	psk, err := node.LoadSwarmKey(tn.Dir(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-	h, err := libp2p.New(libp2p.Identity(key), libp2p.PrivateNetwork(psk), libp2p.DefaultPrivateTransports,
-		libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
+	_, h := rogueHost(t, tn)
 	// A deep queue, so the flood leaves the rogue whole; it paces itself
 	// so that the victims' validation queues do not drop it either.
 	ps, err := pubsub.NewGossipSub(context.Background(), h, pubsub.WithMessageSignaturePolicy(pubsub.StrictNoSign),

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -42,17 +41,7 @@ type marketRogue struct {
 
 func newMarketRogue(t *testing.T, tn *testnet.Testnet) *marketRogue {
 	t.Helper()
-	psk, err := node.LoadSwarmKey(tn.Dir(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-	h, err := libp2p.New(libp2p.Identity(key), libp2p.PrivateNetwork(psk), libp2p.DefaultPrivateTransports,
-		libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
+	key, h := rogueHost(t, tn)
 	r := &marketRogue{t: t, key: key, host: h}
 	h.SetStreamHandler(libp2pproto.ID(protocol.MarketProtocol("testnet")), r.read)
 	for _, n := range tn.Nodes() {

@@ -22,15 +22,9 @@ import (
 	"github.com/mira-market/mira/testnet"
 )
 
-// rogue is a peer that holds the swarm key but speaks garbage: a raw
-// libp2p host and gossipsub, none of mira's checks.
-type rogue struct {
-	key   crypto.PrivKey
-	host  host.Host
-	topic *pubsub.Topic
-}
-
-func newRogue(t *testing.T, tn *testnet.Testnet) *rogue {
+// rogueHost is a libp2p host that holds the testnet's swarm key and none
+// of mira's checks: what every attacker in these tests starts from.
+func rogueHost(t *testing.T, tn *testnet.Testnet) (crypto.PrivKey, host.Host) {
 	t.Helper()
 	psk, err := node.LoadSwarmKey(tn.Dir(0))
 	if err != nil {
@@ -43,6 +37,20 @@ func newRogue(t *testing.T, tn *testnet.Testnet) *rogue {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.Close() })
+	return key, h
+}
+
+// rogue is a peer that holds the swarm key but speaks garbage: a raw
+// libp2p host and gossipsub, none of mira's checks.
+type rogue struct {
+	key   crypto.PrivKey
+	host  host.Host
+	topic *pubsub.Topic
+}
+
+func newRogue(t *testing.T, tn *testnet.Testnet) *rogue {
+	t.Helper()
+	key, h := rogueHost(t, tn)
 	ps, err := pubsub.NewGossipSub(context.Background(), h, pubsub.WithMessageSignaturePolicy(pubsub.StrictNoSign))
 	if err != nil {
 		t.Fatal(err)

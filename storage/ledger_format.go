@@ -109,17 +109,7 @@ func buildFormat3(db *badger.DB, rate entryRate) error {
 		return nil
 	}
 	err := db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(keyEntryPrefix), PrefetchValues: true})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			raw, err := it.Item().ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			e, err := DecodeEntry(raw)
-			if err != nil {
-				return fmt.Errorf("stored entry %x: %w", it.Item().Key(), err)
-			}
+		err := forEachStoredEntry(txn, func(_ []byte, e Entry) error {
 			if e.Account != account {
 				if err := flush(); err != nil {
 					return err
@@ -144,6 +134,10 @@ func buildFormat3(db *badger.DB, rate entryRate) error {
 				r.receipts++
 				leased[k] = r
 			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 		if err := flush(); err != nil {
 			return err
@@ -185,25 +179,33 @@ func rewriteHashIndex(db *badger.DB) error {
 	wb := db.NewWriteBatch()
 	defer wb.Cancel()
 	err := db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(keyEntryPrefix), PrefetchValues: true})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			raw, err := it.Item().ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			e, err := DecodeEntry(raw)
-			if err != nil {
-				return fmt.Errorf("stored entry %x: %w", it.Item().Key(), err)
-			}
-			if err := wb.Set(hashKey(sha256.Sum256(raw)), hashRef(e.Account, e.Seq, e.Time.UnixNano())); err != nil {
-				return err
-			}
-		}
-		return nil
+		return forEachStoredEntry(txn, func(raw []byte, e Entry) error {
+			return wb.Set(hashKey(sha256.Sum256(raw)), hashRef(e.Account, e.Seq, e.Time.UnixNano()))
+		})
 	})
 	if err != nil {
 		return err
 	}
 	return wb.Flush()
+}
+
+// forEachStoredEntry calls fn with every stored entry, raw and decoded, in
+// key order (account, then seq).
+func forEachStoredEntry(txn *badger.Txn, fn func(raw []byte, e Entry) error) error {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(keyEntryPrefix), PrefetchValues: true})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		raw, err := it.Item().ValueCopy(nil)
+		if err != nil {
+			return err
+		}
+		e, err := DecodeEntry(raw)
+		if err != nil {
+			return fmt.Errorf("stored entry %x: %w", it.Item().Key(), err)
+		}
+		if err := fn(raw, e); err != nil {
+			return err
+		}
+	}
+	return nil
 }
