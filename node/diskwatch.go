@@ -30,8 +30,10 @@ func openDiskGuard(cfg Config, log *slog.Logger) (*disk.Guard, error) {
 	return g, nil
 }
 
-// watchDisk measures free space every disk.check_interval; the guard
-// tells the market when the disk turns low or recovers.
+// watchDisk measures free space every disk.check_interval, and tells the
+// market when the disk turns low or recovers, whoever noticed it: a
+// database write that found the disk full must not wait for the market
+// loop, which may be the one writing.
 func (n *Node) watchDisk(ctx context.Context) {
 	defer n.wg.Done()
 	t := time.NewTicker(time.Duration(n.cfg.Disk.CheckInterval))
@@ -42,6 +44,8 @@ func (n *Node) watchDisk(ctx context.Context) {
 			return
 		case <-t.C:
 			n.disk.Check()
+		case <-n.disk.Changed():
+			n.onDiskChange(n.disk.Status())
 		}
 	}
 }

@@ -281,7 +281,6 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err := n.startMarket(runCtx); err != nil {
 		return nil, err
 	}
-	n.disk.OnChange(n.onDiskChange)
 	n.onDiskChange(n.disk.Check())
 	// Nothing is signed until peers have shown the node its own head.
 	n.startHeadSync(runCtx)

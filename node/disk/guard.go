@@ -83,8 +83,10 @@ type Guard struct {
 
 	mu     sync.Mutex
 	status Status
-	// onChange is called (outside mu) when Low changes.
-	onChange func(Status)
+	// changed is signalled (never waited on) when Low changes: Room runs
+	// inside database writes, on whatever goroutine writes, so it must
+	// not call out to anything that could wait for that goroutine.
+	changed chan struct{}
 }
 
 // New returns a Guard for dir that has not checked yet (it reads as not
@@ -96,7 +98,7 @@ func New(dir string, opts Options) *Guard {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	g := &Guard{dir: dir, opts: opts}
+	g := &Guard{dir: dir, opts: opts, changed: make(chan struct{}, 1)}
 	g.status.MinFree = opts.MinFree
 	if st, err := os.Stat(g.reservePath()); err == nil {
 		g.status.Reserved = uint64(st.Size())
@@ -104,12 +106,9 @@ func New(dir string, opts Options) *Guard {
 	return g
 }
 
-// OnChange sets a function called whenever the disk turns low or recovers.
-func (g *Guard) OnChange(f func(Status)) {
-	g.mu.Lock()
-	g.onChange = f
-	g.mu.Unlock()
-}
+// Changed is signalled whenever the disk turns low or recovers; several
+// changes before the reader looks are one signal, so read Status then.
+func (g *Guard) Changed() <-chan struct{} { return g.changed }
 
 func (g *Guard) reservePath() string { return filepath.Join(g.dir, ReserveFile) }
 
@@ -155,7 +154,7 @@ func (g *Guard) Room(need uint64) error {
 
 // measure reads the free space, releases the reserve if need bytes are not
 // free without it, takes it back if there is room for it, and tells
-// OnChange's function when Low changed.
+// Changed's reader when Low changed.
 func (g *Guard) measure(need uint64) Status {
 	g.mu.Lock()
 	was := g.status.Low
@@ -177,7 +176,7 @@ func (g *Guard) measure(need uint64) Status {
 	// Without its reserve the node is low until there is room for both:
 	// the reserve is what lets it settle and restart on a full disk.
 	g.status.Low = g.status.Free < g.opts.MinFree || g.status.Reserved < g.opts.Reserve
-	s, f := g.status, g.onChange
+	s := g.status
 	g.mu.Unlock()
 	if s.Low == was {
 		return s
@@ -188,8 +187,9 @@ func (g *Guard) measure(need uint64) Status {
 	} else {
 		g.opts.Log.Info("disk space back: taking new work again", "dir", g.dir, "free", mib(s.Free))
 	}
-	if f != nil {
-		f(s)
+	select {
+	case g.changed <- struct{}{}:
+	default: // a signal is pending already
 	}
 	return s
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // fakeDisk is a filesystem of a fixed size whose other users hold used
@@ -49,16 +50,25 @@ func TestGuardReservesAndReleases(t *testing.T) {
 	}
 	d := &fakeDisk{dir: t.TempDir(), size: 1000}
 	g := New(d.dir, Options{MinFree: minFree, Reserve: reserve, Free: d.free})
-	var changes int
-	g.OnChange(func(Status) { changes++ })
+	changes := 0
 	for _, s := range steps {
 		d.used = s.used
 		st := g.Check()
+		select {
+		case <-g.Changed():
+			changes++
+		default:
+		}
 		if s.need > 0 {
 			if err := g.Room(s.need); err != nil {
 				t.Fatalf("%s: %v", s.name, err)
 			}
 			st = g.Status()
+			select {
+			case <-g.Changed():
+				changes++
+			default:
+			}
 		}
 		if st.Low != s.wantLow || st.Reserved != s.wantReserved {
 			t.Fatalf("%s: low %v reserved %d, want low %v reserved %d (free %d)", s.name, st.Low, st.Reserved, s.wantLow, s.wantReserved, st.Free)
@@ -123,4 +133,35 @@ func allocatedBytes(t *testing.T, path string) uint64 {
 		t.Fatal(err)
 	}
 	return uint64(fi.Sys().(*syscall.Stat_t).Blocks) * 512
+}
+
+// Room runs inside database writes, on whatever goroutine writes: however
+// often the disk turns low and back, it never waits for the one that
+// watches Changed, and the changes it saw are one pending signal.
+func TestRoomNeverWaitsForTheWatcher(t *testing.T) {
+	d := &fakeDisk{dir: t.TempDir(), size: 1000}
+	g := New(d.dir, Options{MinFree: 100, Reserve: 0, Free: d.free})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range 10 {
+			d.used = uint64(850 + 100*(i%2)) // low, then not, ...
+			g.Room(1)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Room waited for a reader of Changed")
+	}
+	select {
+	case <-g.Changed():
+	default:
+		t.Fatal("no change signalled")
+	}
+	select {
+	case <-g.Changed():
+		t.Fatal("ten changes left more than one signal")
+	default:
+	}
 }
