@@ -283,3 +283,40 @@ func TestNamesImage(t *testing.T) {
 		}
 	}
 }
+
+// TestWasmAdmissionWhenPromisedPassesFree: the host's free memory can
+// drop below what running guests were promised (another program took
+// it); a new guest must then be refused, whatever it asks, not admitted
+// because free - promised wrapped around.
+func TestWasmAdmissionWhenPromisedPassesFree(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name               string
+		free, running, ask uint64
+		admit              bool
+	}{
+		{"fits beside the running guest", 300 << 20, 150 << 20, 64 << 20, true},
+		{"does not fit beside it", 200 << 20, 150 << 20, 64 << 20, false},
+		{"promised equals free", 150 << 20, 150 << 20, 1 << 20, false},
+		{"promised past free", 100 << 20, 150 << 20, 64 << 20, false},
+		{"promised far past free", 1 << 20, 4 << 30, 1 << 20, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			w, err := NewWasm(WasmOptions{MemAvailable: func() (uint64, error) { return c.free, nil }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close(context.Background())
+			w.running[&jobMemory{limit: c.running}] = struct{}{}
+			err = w.admit(&jobMemory{limit: c.ask})
+			if got := err == nil; got != c.admit {
+				t.Fatalf("admit(%d MiB) with %d MiB free and %d MiB promised: %v; want admitted %v",
+					c.ask>>20, c.free>>20, c.running>>20, err, c.admit)
+			}
+			if err != nil && !errors.Is(err, ErrNoMemory) {
+				t.Fatalf("refused with %v, want ErrNoMemory", err)
+			}
+		})
+	}
+}

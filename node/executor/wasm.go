@@ -309,7 +309,9 @@ func (w *Wasm) admit(mem *jobMemory) error {
 	for m := range w.running {
 		promised += m.limit - min(m.peak.Load(), m.limit)
 	}
-	if mem.limit > free || mem.limit > free-promised {
+	// promised can pass free (another program took memory since): then
+	// nothing fits, and free-promised, unsigned, must not wrap around.
+	if promised >= free || mem.limit > free-promised {
 		return fmt.Errorf("wasm: memory_mib %d: %w (%d MiB free, %d MiB of it promised to running jobs)",
 			mem.limit>>20, ErrNoMemory, free>>20, min(promised, free)>>20)
 	}
