@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -24,10 +25,18 @@ var errScratchUnreadable = errors.New("disk quota: the job made its scratch dir 
 // least one block, so that a million empty files are not free.
 const diskBlock = 4 << 10
 
-// charge is what an inode of the given size costs against the quota.
+// maxCharge is the most charge returns: the largest multiple of
+// diskBlock an int64 holds.
+const maxCharge = math.MaxInt64 &^ (diskBlock - 1)
+
+// charge is what an inode of the given size costs against the quota. It
+// saturates at maxCharge instead of wrapping around past 2^63.
 func charge(size int64) int64 {
-	if size <= diskBlock {
+	switch {
+	case size <= diskBlock:
 		return diskBlock
+	case size > maxCharge:
+		return maxCharge
 	}
 	return (size + diskBlock - 1) / diskBlock * diskBlock
 }

@@ -1,8 +1,10 @@
 package executor
 
 import (
+	"context"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -270,6 +272,18 @@ func TestWasmQuotaAccounting(t *testing.T) {
 			{"unlink d/e", fsOp(func(fs sandboxFS) experimentalsys.Errno { return fs.Unlink("d/e") }), 0},
 			{"rmdir d", fsOp(func(fs sandboxFS) experimentalsys.Errno { return fs.Rmdir("d") }), 0},
 		}},
+		{"ends near 2^63 are refused before any arithmetic", []step{
+			{"create a", open("a", create), 0},
+			{"pwrite at 2^63-1", pwrite("a", 1, math.MaxInt64), experimentalsys.EIO},
+			{"pwrite at 2^63-4096", pwrite("a", 1, math.MaxInt64-4095), experimentalsys.EIO},
+			{"pwrite just past 2^62", pwrite("a", 2, 1<<62-1), experimentalsys.EIO},
+			{"truncate to 2^63-1", truncate("a", math.MaxInt64), experimentalsys.EIO},
+			{"truncate just past 2^62", truncate("a", 1<<62+1), experimentalsys.EIO},
+			{"a negative offset", pwrite("a", 1, -1), experimentalsys.EINVAL},
+			{"what fits still fits", write("a", 60<<10), 0},
+			{"and no more", write("a", 8<<10), experimentalsys.EIO},
+			{"close", closeFile("a"), 0},
+		}},
 		{"names cost a block each", []step{
 			{"mkdir 1", fsOp(func(fs sandboxFS) experimentalsys.Errno { return fs.Mkdir("1", 0o755) }), 0},
 			{"create 15 files", func(e *env) experimentalsys.Errno {
@@ -293,7 +307,7 @@ func TestWasmQuotaAccounting(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			e := &env{t: t, fs: sandboxFS{FS: sysfs.DirFS(dir), quota: newDiskQuota(limit)}, files: map[string]experimentalsys.File{}}
+			e := &env{t: t, fs: sandboxFS{FS: sysfs.DirFS(dir), quota: newDiskQuota(limit, base)}, files: map[string]experimentalsys.File{}}
 			for _, s := range c.steps {
 				if errno := s.do(e); errno != s.errno {
 					t.Fatalf("%s: errno %v, want %v", s.name, errno, s.errno)
@@ -314,5 +328,64 @@ func TestWasmQuotaAccounting(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// scratchDirs are the filesystems a quota attack is tried on: the test's
+// temporary dir, and tmpfs (/dev/shm), whose files may be 2^63-1 bytes
+// long where ext4 stops at 16 TiB.
+func scratchDirs(t *testing.T) map[string]func(t *testing.T) string {
+	dirs := map[string]func(t *testing.T) string{"tempdir": func(t *testing.T) string { return t.TempDir() }}
+	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
+		dirs["tmpfs"] = func(t *testing.T) string {
+			dir, err := os.MkdirTemp("/dev/shm", "mira-quota-test")
+			if err != nil {
+				t.Skip(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			return dir
+		}
+	}
+	return dirs
+}
+
+// TestWasmQuotaCannotBeSwitchedOff: a guest's writes, truncations and
+// allocations at offsets near 2^63 must not turn the quota's arithmetic
+// over (off+len wrapping negative, a size rounded up past 2^63), which
+// would refund the guest more than it ever reserved and let every later
+// write through. Each attack is a huge call, then 48 MiB from the file's
+// start against a 16 MiB quota: the run must end "disk quota exceeded".
+func TestWasmQuotaCannotBeSwitchedOff(t *testing.T) {
+	t.Parallel()
+	w, mod := sharedWasm(t)
+	const maxInt64 = "9223372036854775807"
+	attacks := []struct {
+		name string
+		args []string
+	}{
+		{"pwrite at 2^63-1", []string{"pwrite", "f", maxInt64, "48"}},
+		{"pwrite at 2^63-4096", []string{"pwrite", "f", "9223372036854771712", "48"}},
+		{"truncate to 2^63-1", []string{"truncate", "f", maxInt64, "48"}},
+		{"truncate to 2^63-4000", []string{"truncate", "f", "9223372036854771807", "48"}},
+	}
+	for fsName, mkdir := range scratchDirs(t) {
+		for _, a := range attacks {
+			t.Run(fsName+"/"+a.name, func(t *testing.T) {
+				t.Parallel()
+				var stdout, stderr syncBuffer
+				job := &Job{ID: "quota-" + randHex(t, 4), Spec: &pb.JobSpec{Executor: "wasm", Args: a.args}, Module: mod,
+					Dir: mkdir(t), DiskQuota: testQuota, Stdout: &stdout, Stderr: &stderr}
+				ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+				defer cancel()
+				r, err := w.Run(ctx, job)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("result %+v stdout %q stderr %q", r, stdout.String(), trunc(stderr.String()))
+				if r.Reason != ReasonDiskQuota || strings.Contains(stdout.String(), "wrote 48 MiB") {
+					t.Fatalf("got %+v (stdout %q), want the run stopped with %q", r, stdout.String(), ReasonDiskQuota)
+				}
+			})
+		}
 	}
 }

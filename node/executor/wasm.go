@@ -237,7 +237,11 @@ func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 	clock := newOutputClock(start)
 	fsys := sandboxFS{FS: sysfs.DirFS(job.Dir)}
 	if job.DiskQuota > 0 {
-		fsys.quota = newDiskQuota(job.DiskQuota)
+		base, err := scratchUsage(job.Dir)
+		if err != nil {
+			return fail, fmt.Errorf("wasm: scratch dir: %w", err)
+		}
+		fsys.quota = newDiskQuota(job.DiskQuota, base)
 	}
 	cfg := wazero.NewModuleConfig().
 		WithName("").
