@@ -25,7 +25,7 @@ import (
 // ENOSPC or EDQUOT, and maps those of the host to EIO too.
 type diskQuota struct {
 	limit    int64
-	floor    int64 // the least used can be: minus what the dir held at the start
+	floor    int64       // the least used can be: minus what the dir held at the start
 	exceeded atomic.Bool // a call was refused
 
 	mu   sync.Mutex
