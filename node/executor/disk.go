@@ -42,11 +42,18 @@ func charge(size int64) int64 {
 }
 
 // scratchUsage is what dir and everything under it cost against the quota:
-// the charge of each file's size (holes included: a sparse file costs its
-// length), each inode once however many names it has, and one block for
-// every further name, directory or other entry. Symbolic links are not
-// followed. Entries that vanish during the walk are skipped; a directory
-// it may not read is an error (errScratchUnreadable).
+// the charge of each file's size or of the blocks it holds, whichever is
+// more (holes included: a sparse file costs its length; and blocks
+// allocated past a file's end with fallocate's FALLOC_FL_KEEP_SIZE cost
+// what they take, though its size stays 0), each inode once however many
+// names it has, and one block for every further name, directory or other
+// entry. Symbolic links are not followed. Entries that vanish during the
+// walk are skipped; a directory it may not read is an error
+// (errScratchUnreadable).
+//
+// A file unlinked while a process holds it open has no name left to
+// walk: its blocks are not counted. RLIMIT_FSIZE bounds each such file,
+// and jobNoFile the files a process can hold open.
 func scratchUsage(dir string) (int64, error) {
 	type inode struct{ dev, ino uint64 }
 	seen := map[inode]bool{}
@@ -68,21 +75,46 @@ func scratchUsage(dir string) (int64, error) {
 			return err
 		}
 		st, ok := info.Sys().(*syscall.Stat_t)
-		if !ok || !info.Mode().IsRegular() {
-			total += charge(info.Size())
+		if !ok {
+			total = addCharge(total, charge(info.Size()))
 			return nil
 		}
-		key := inode{uint64(st.Dev), st.Ino}
-		if st.Nlink > 1 && seen[key] {
-			total += diskBlock // another name of a file already counted
-			return nil
+		if info.Mode().IsRegular() {
+			key := inode{uint64(st.Dev), st.Ino}
+			if st.Nlink > 1 && seen[key] {
+				total = addCharge(total, diskBlock) // another name of a file already counted
+				return nil
+			}
+			seen[key] = true
 		}
-		seen[key] = true
-		total += charge(info.Size())
+		total = addCharge(total, charge(max(info.Size(), blockBytes(st.Blocks))))
 		return nil
 	})
 	return total, err
 }
+
+// blockBytes is the bytes of n 512-byte blocks (st_blocks' unit),
+// saturating at maxCharge.
+func blockBytes(n int64) int64 {
+	if n > maxCharge/512 {
+		return maxCharge
+	}
+	return n * 512
+}
+
+// addCharge is a+b, saturating at maxCharge.
+func addCharge(a, b int64) int64 {
+	if b > maxCharge-a {
+		return maxCharge
+	}
+	return a + b
+}
+
+// jobNoFile is the RLIMIT_NOFILE of process jobs and the nofile ulimit
+// of containers with a disk quota: a file unlinked while open escapes the
+// watcher's walk, so what such files can hold is bounded by the files a
+// process may keep open, each within RLIMIT_FSIZE.
+const jobNoFile = 1024
 
 // Disk polling: a watcher measures the scratch dir every diskPoll, or every
 // diskPollFactor walks' time when the tree is large, so that watching costs

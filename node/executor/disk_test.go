@@ -120,6 +120,25 @@ func diskQuotaCases(exact bool) []runCase {
 	}
 }
 
+// blockCases are the attacks on the watchers (docker, process) through
+// blocks a file holds beyond its size: fallocate with
+// FALLOC_FL_KEEP_SIZE allocates real blocks and leaves the size 0, and
+// RLIMIT_FSIZE does not apply to it. The job then waits: it must be
+// stopped for its disk, not at max_duration.
+func blockCases() []runCase {
+	return []runCase{{
+		name:    "blocks allocated past the size",
+		args:    []string{"fallocate", "big", "48", "1h"},
+		disk:    testQuota,
+		timeout: 20 * time.Second,
+		check: func(t *testing.T, r Result, stdout, stderr, dir string) {
+			if r.Reason != ReasonDiskQuota {
+				t.Errorf("got %+v, want a failed run with reason %q (stdout %q stderr %q)", r, ReasonDiskQuota, stdout, trunc(stderr))
+			}
+		},
+	}}
+}
+
 func TestWasmDiskQuota(t *testing.T) {
 	t.Parallel()
 	w, mod := sharedWasm(t)
@@ -136,7 +155,7 @@ func TestProcessDiskQuota(t *testing.T) {
 	t.Parallel()
 	p := NewProcess(ProcessOptions{})
 	bin := sampleBin(t)
-	for _, c := range diskQuotaCases(false) {
+	for _, c := range append(diskQuotaCases(false), blockCases()...) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			r, stdout, stderr, dir := runJob(t, p, &pb.JobSpec{Executor: "process", Command: []string{bin}}, nil, c)
@@ -148,7 +167,7 @@ func TestProcessDiskQuota(t *testing.T) {
 func TestDockerDiskQuota(t *testing.T) {
 	t.Parallel()
 	d := newTestDocker(t, DockerOptions{})
-	for _, c := range diskQuotaCases(false) {
+	for _, c := range append(diskQuotaCases(false), blockCases()...) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			r, stdout, stderr, dir := runJob(t, d, &pb.JobSpec{Executor: "docker", Image: testImage}, nil, c)

@@ -130,7 +130,8 @@ func ParseUser(s string) (uid, gid int, err error) {
 // resources.memory_mib with no swap, NanoCPUs = resources.cpu_millis, no
 // network unless allowed, and the job's GPUs (job.GPUs, via the nvidia
 // driver). With a job.DiskQuota, the fsize ulimit keeps any one file below
-// the quota, and a watcher measures job.Dir from the host (see diskWatch)
+// the quota, the nofile ulimit (jobNoFile) bounds the files unlinked while
+// open, and a watcher measures job.Dir from the host (see diskWatch)
 // and stops the container once it holds more than the quota beyond its
 // inputs: the run fails with ReasonDiskQuota. Output is read by attaching to the container (as `docker run`
 // does); the daemon does not log it. The container is removed after every
@@ -519,9 +520,11 @@ func (d *Docker) containerConfig(job *Job, rc runConfig) (*container.Config, *co
 		},
 	}
 	if job.DiskQuota > 0 {
-		// No file may grow past the quota; the watch counts /work as a whole.
+		// No file may grow past the quota; the watch counts /work as a
+		// whole, and nofile bounds the files unlinked while open, which
+		// it cannot see.
 		fsize := int64(fsizeLimit(job.DiskQuota))
-		hc.Ulimits = []*container.Ulimit{{Name: "fsize", Soft: fsize, Hard: fsize}}
+		hc.Ulimits = []*container.Ulimit{{Name: "fsize", Soft: fsize, Hard: fsize}, {Name: "nofile", Soft: jobNoFile, Hard: jobNoFile}}
 	}
 	if len(job.GPUs) > 0 {
 		hc.DeviceRequests = []container.DeviceRequest{{

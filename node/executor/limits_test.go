@@ -108,8 +108,12 @@ func TestDockerLimits(t *testing.T) {
 		if got := in.Container.Config.User; got != "65534:65534" {
 			t.Errorf("User %q, want 65534:65534", got)
 		}
-		if len(hc.Ulimits) != 1 || hc.Ulimits[0].Name != "fsize" || hc.Ulimits[0].Hard != 64<<20+1 {
-			t.Errorf("Ulimits %+v, want fsize %d", hc.Ulimits, 64<<20+1)
+		ulimits := map[string]int64{}
+		for _, u := range hc.Ulimits {
+			ulimits[u.Name] = u.Hard
+		}
+		if len(ulimits) != 2 || ulimits["fsize"] != 64<<20+1 || ulimits["nofile"] != jobNoFile {
+			t.Errorf("Ulimits %+v, want fsize %d and nofile %d", hc.Ulimits, 64<<20+1, jobNoFile)
 		}
 	})
 
@@ -318,5 +322,22 @@ func TestWasmAdmissionWhenPromisedPassesFree(t *testing.T) {
 				t.Fatalf("refused with %v, want ErrNoMemory", err)
 			}
 		})
+	}
+}
+
+// TestProcessOpenFilesLimited: a file unlinked while open escapes the
+// disk watcher's walk, so a process job with a disk quota may keep only
+// jobNoFile files open (each within RLIMIT_FSIZE). The limit is set just
+// after the start: the shell waits until it has it, or max_duration.
+func TestProcessOpenFilesLimited(t *testing.T) {
+	t.Parallel()
+	p := NewProcess(ProcessOptions{})
+	job, stdout := newJob(t, &pb.JobSpec{Executor: "process", Command: []string{"sh", "-c",
+		fmt.Sprintf(`until grep -q "Max open files *%d *%d" /proc/$$/limits; do :; done; echo limited`, jobNoFile, jobNoFile)}}, nil)
+	job.DiskQuota = 16 << 20
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if r, err := p.Run(ctx, job); err != nil || r.Failed() || stdout.String() != "limited\n" {
+		t.Fatalf("Run = %+v, %v (stdout %q); want the job's open files limited to %d", r, err, stdout.String(), jobNoFile)
 	}
 }
