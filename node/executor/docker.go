@@ -10,8 +10,10 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -120,7 +122,8 @@ func ParseUser(s string) (uid, gid int, err error) {
 // Docker runs jobs as containers through the Docker Engine API; it is the
 // executor for GPU jobs.
 //
-// A job's spec.image must already be on the host. spec.command, when
+// A job's spec.image must already be on the host, and declare no volume
+// (ErrImageVolumes). spec.command, when
 // given, replaces the image's entrypoint and spec.args are its arguments;
 // without a command, spec.args replace the image's CMD and the image's
 // entrypoint (if any) runs them. The container gets: the spec's env and no
@@ -239,6 +242,9 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 	// and by its ID, so that a tag moved since cannot swap it.
 	if !namesImage(spec.GetImage(), img.RepoTags, img.RepoDigests) {
 		return fail, fmt.Errorf("docker: %q: %w", spec.GetImage(), ErrNoImage)
+	}
+	if vols := imageVolumes(img); len(vols) > 0 {
+		return fail, fmt.Errorf("docker: %q: %w: %s", spec.GetImage(), ErrImageVolumes, strings.Join(vols, ", "))
 	}
 	if err := d.handOver(dir); err != nil {
 		return fail, err
@@ -432,6 +438,15 @@ func namesImage(image string, tags, digests []string) bool {
 		}
 	}
 	return false
+}
+
+// imageVolumes lists, sorted, the volumes img declares (its VOLUME
+// lines): each would be a writable anonymous volume on the host.
+func imageVolumes(img client.ImageInspectResult) []string {
+	if img.Config == nil {
+		return nil
+	}
+	return slices.Sorted(maps.Keys(img.Config.Volumes))
 }
 
 // handOver makes the scratch dir dir the container user's: a node running

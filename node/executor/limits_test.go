@@ -1,9 +1,12 @@
 package executor
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -339,5 +342,54 @@ func TestProcessOpenFilesLimited(t *testing.T) {
 	defer cancel()
 	if r, err := p.Run(ctx, job); err != nil || r.Failed() || stdout.String() != "limited\n" {
 		t.Fatalf("Run = %+v, %v (stdout %q); want the job's open files limited to %d", r, err, stdout.String(), jobNoFile)
+	}
+}
+
+// TestDockerRefusesImageVolumes: an image that declares a VOLUME gets a
+// writable anonymous volume there (under the engine's root, on the host),
+// past the read-only root and outside the scratch dir the disk quota
+// watches. The image here is an allowlisted FROM scratch image whose
+// /data, world-writable, is such a volume: its job must not run.
+func TestDockerRefusesImageVolumes(t *testing.T) {
+	t.Parallel()
+	c := dockerOrSkip(t)
+	exe, err := os.ReadFile(sampleBin(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// ADD extracts a tar, keeping its modes: /data is 1777, writable by
+	// the container's user.
+	var data bytes.Buffer
+	tw := tar.NewWriter(&data)
+	if err := tw.WriteHeader(&tar.Header{Name: "data/", Typeflag: tar.TypeDir, Mode: 0o1777}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Close()
+	image := "mira-test-volume:" + randHex(t, 8)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	err = buildImage(ctx, c, image, []contextFile{
+		{"Dockerfile", 0o644, []byte("FROM scratch\nCOPY job /job\nADD data.tar /\nVOLUME /data\nENTRYPOINT [\"/job\"]\n")},
+		{"job", 0o755, exe},
+		{"data.tar", 0o644, data.Bytes()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.ImageRemove(context.Background(), image, client.ImageRemoveOptions{Force: true, PruneChildren: true})
+	})
+	d := newTestDocker(t, DockerOptions{Images: []string{image}})
+	job, stdout := newJob(t, &pb.JobSpec{Executor: "docker", Image: image, Args: []string{"write", "/data/escaped", "outside the quota"}}, nil)
+	job.DiskQuota = testQuota
+	r, err := d.Run(t.Context(), job)
+	if !errors.Is(err, ErrImageVolumes) {
+		t.Fatalf("Run = %+v, %v (stdout %q); want ErrImageVolumes", r, err, stdout.String())
+	}
+	if !strings.Contains(err.Error(), "/data") {
+		t.Errorf("error %q does not name the volume", err)
+	}
+	if left := containersOf(t, c, job.ID); len(left) > 0 {
+		t.Errorf("a container was created")
 	}
 }
