@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"math"
 	"path/filepath"
 	"sync"
@@ -19,6 +20,12 @@ var errDiskQuota = errors.New(ReasonDiskQuota)
 // the job made part of its scratch dir unreadable to the provider, which
 // could then neither measure it nor archive its outputs.
 var errScratchUnreadable = errors.New("disk quota: the job made its scratch dir unreadable to the provider")
+
+// errScratchUnmeasurable is the cause a disk watcher cancels a run with
+// when it cannot measure the scratch dir for another reason (a tree
+// deeper than PATH_MAX, say). Its text names no path: it goes to the
+// requester, the details to the provider's log.
+var errScratchUnmeasurable = errors.New("disk quota: the provider could not measure the job's scratch dir")
 
 // diskBlock is the unit of the disk quota: every file is charged its size
 // rounded up to whole blocks, and every name (file, directory, link) at
@@ -135,6 +142,7 @@ const (
 // that exits between two polls is still caught.
 type diskWatch struct {
 	dir   string
+	log   *slog.Logger
 	quota int64
 	base  int64
 	stop  context.CancelCauseFunc
@@ -142,13 +150,14 @@ type diskWatch struct {
 	ended chan struct{}
 	cause error // set by the watcher before ended is closed
 	// done returns the reason the run should report: ReasonDiskQuota, the
-	// text of errScratchUnreadable or of a failed measurement, or "".
+	// text of errScratchUnreadable or errScratchUnmeasurable, or "".
 	done func() string
 }
 
-// watchDisk starts watching dir; quota <= 0 watches nothing.
-func watchDisk(dir string, quota int64, stop context.CancelCauseFunc) (*diskWatch, error) {
-	w := &diskWatch{dir: dir, quota: quota, stop: stop, quit: make(chan struct{}), ended: make(chan struct{})}
+// watchDisk starts watching dir; quota <= 0 watches nothing. A walk that
+// fails is logged to log, and the run told only errScratchUnmeasurable.
+func watchDisk(dir string, quota int64, stop context.CancelCauseFunc, log *slog.Logger) (*diskWatch, error) {
+	w := &diskWatch{dir: dir, log: log, quota: quota, stop: stop, quit: make(chan struct{}), ended: make(chan struct{})}
 	if quota <= 0 {
 		w.done = func() string { return "" }
 		return w, nil
@@ -190,7 +199,10 @@ func (w *diskWatch) check() error {
 	case errors.Is(err, errScratchUnreadable):
 		return errScratchUnreadable
 	case err != nil:
-		return fmt.Errorf("disk quota: %w", err)
+		// The error names the provider's paths: the log gets it, the
+		// requester a fixed text.
+		w.log.Warn("disk watch: the scratch dir could not be measured; the run is stopped", "dir", w.dir, "err", err)
+		return errScratchUnmeasurable
 	case used-w.base > w.quota:
 		return errDiskQuota
 	}

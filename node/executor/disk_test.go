@@ -408,3 +408,42 @@ func TestWasmQuotaCannotBeSwitchedOff(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchErrorsNameNoProviderPath: a job that nests 255-character
+// directory names 17 deep makes the watcher's walk fail ("file name too
+// long", naming the full path). The run must still be stopped, with a
+// reason, which goes to the requester, that names no path of the
+// provider's.
+func TestWatchErrorsNameNoProviderPath(t *testing.T) {
+	t.Parallel()
+	p := NewProcess(ProcessOptions{})
+	bin := sampleBin(t)
+	// The job waits (its watcher's poll finds the tree) or exits at once
+	// (the last measurement after the exit does).
+	for _, args := range [][]string{{"deepdir", "17", "1h"}, {"deepdir", "17"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			t.Parallel()
+			r, stdout, stderr, dir := runJob(t, p, &pb.JobSpec{Executor: "process", Command: []string{bin}}, nil, runCase{
+				args: args, disk: testQuota, timeout: 20 * time.Second,
+			})
+			defer removeTree(t, dir)
+			for _, leak := range []string{dir, filepath.Base(dir), strings.Repeat("x", 255)} {
+				if strings.Contains(r.Reason, leak) {
+					t.Fatalf("reason %q names a provider path (%.40s...)", r.Reason, leak)
+				}
+			}
+			if r.Reason != errScratchUnmeasurable.Error() {
+				t.Fatalf("got %+v (stdout %q stderr %q), want the run stopped with %q", r, stdout, stderr, errScratchUnmeasurable)
+			}
+		})
+	}
+}
+
+// removeTree removes dir, which may be deeper than PATH_MAX, from the
+// bottom up by relative paths: t.TempDir's cleanup cannot.
+func removeTree(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -253,7 +253,7 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 	// The disk watch stops the run through ctx, with its cause.
 	ctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
-	disk, err := watchDisk(dir, job.DiskQuota, stop)
+	disk, err := watchDisk(dir, job.DiskQuota, stop, d.log.With("job", job.ID))
 	if err != nil {
 		return fail, fmt.Errorf("docker: %w", err)
 	}

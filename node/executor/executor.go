@@ -134,7 +134,7 @@ func ctxReason(ctx context.Context) string {
 	switch cause := context.Cause(ctx); {
 	case errors.Is(cause, errDiskQuota):
 		return ReasonDiskQuota
-	case errors.Is(cause, errScratchUnreadable):
+	case errors.Is(cause, errScratchUnreadable), errors.Is(cause, errScratchUnmeasurable):
 		return cause.Error()
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return ReasonTimeout

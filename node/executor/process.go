@@ -115,7 +115,7 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 	// The disk watch stops the run through ctx, with its cause.
 	ctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
-	disk, err := watchDisk(job.Dir, job.DiskQuota, stop)
+	disk, err := watchDisk(job.Dir, job.DiskQuota, stop, p.log.With("job", job.ID))
 	if err != nil {
 		return fail, fmt.Errorf("process: %w", err)
 	}
