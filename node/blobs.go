@@ -90,14 +90,16 @@ func (n *Node) stageBlob(ctx context.Context, id cid.Cid, requester peer.ID) (re
 	}
 	if err := n.blobs.FetchFor(ctx, id, requester); err != nil {
 		release()
-		return nil, n.stagingError(err)
+		return nil, n.stagingError(id, requester, err)
 	}
 	return release, nil
 }
 
 // stagingError says why a requester's blob could not be staged, in words
-// for the requester: the job's error.
-func (n *Node) stagingError(err error) error {
+// for the requester (the job's error), which name nothing of the
+// provider's: what is not one of the known causes is a fixed text, its
+// details logged.
+func (n *Node) stagingError(id cid.Cid, requester peer.ID, err error) error {
 	switch {
 	case errors.Is(err, blob.ErrNotFound):
 		return errors.New("requester does not hold it")
@@ -107,8 +109,11 @@ func (n *Node) stagingError(err error) error {
 		return errors.New("the provider's blob store is full")
 	case errors.Is(err, blob.ErrTooLarge):
 		return fmt.Errorf("over the provider's limit of %d bytes", n.cfg.MaxBlobSize)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return errors.New("cancelled while fetching it from the requester")
 	}
-	return err
+	n.log.Warn("stage a job's blob", "blob", id, "requester", requester, "err", err)
+	return errors.New("the provider could not fetch it from the requester (details in its log)")
 }
 
 // mayReadResult reports whether p is the requester of a job whose result

@@ -3,7 +3,6 @@ package executor
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io/fs"
 	"log/slog"
 	"math"
@@ -162,14 +161,29 @@ func watchDisk(dir string, quota int64, stop context.CancelCauseFunc, log *slog.
 		w.done = func() string { return "" }
 		return w, nil
 	}
-	base, err := scratchUsage(dir)
+	base, err := measureScratch(dir, log)
 	if err != nil {
-		return nil, fmt.Errorf("scratch dir: %w", err)
+		return nil, err
 	}
 	w.base = base
 	w.done = sync.OnceValue(w.finish)
 	go w.loop()
 	return w, nil
+}
+
+// measureScratch is scratchUsage(dir) for a run's start: its error, for
+// the requester, is errScratchUnreadable or errScratchUnmeasurable, and
+// the details, which name the provider's paths, go to log.
+func measureScratch(dir string, log *slog.Logger) (int64, error) {
+	used, err := scratchUsage(dir)
+	switch {
+	case errors.Is(err, errScratchUnreadable):
+		return 0, errScratchUnreadable
+	case err != nil:
+		log.Warn("disk quota: the scratch dir could not be measured", "dir", dir, "err", err)
+		return 0, errScratchUnmeasurable
+	}
+	return used, nil
 }
 
 func (w *diskWatch) loop() {

@@ -468,7 +468,8 @@ func (d *Docker) handOver(dir string) error {
 		err = os.Chmod(dir, 0o700)
 	}
 	if err != nil {
-		return fmt.Errorf("docker: scratch dir for the container's user: %w", err)
+		d.log.Warn("docker: the scratch dir could not be handed to the container's user", "dir", dir, "err", err)
+		return errors.New("docker: the provider could not hand the scratch dir to the container's user")
 	}
 	return nil
 }

@@ -237,9 +237,9 @@ func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 	clock := newOutputClock(start)
 	fsys := sandboxFS{FS: sysfs.DirFS(job.Dir)}
 	if job.DiskQuota > 0 {
-		base, err := scratchUsage(job.Dir)
+		base, err := measureScratch(job.Dir, w.log.With("job", job.ID))
 		if err != nil {
-			return fail, fmt.Errorf("wasm: scratch dir: %w", err)
+			return fail, fmt.Errorf("wasm: %w", err)
 		}
 		fsys.quota = newDiskQuota(job.DiskQuota, base)
 	}
