@@ -186,6 +186,8 @@ func newBlobCollector(n *Node) *blobCollector {
 		metrics: []blobMetric{
 			{prometheus.NewDesc("mira_blob_budget_bytes", "The blob store's budget (blob_cache_mib).", nil, nil), prometheus.GaugeValue,
 				func(s BlobStats) uint64 { return uint64(s.Budget) }},
+			{prometheus.NewDesc("mira_blob_partial_bytes", "Bytes partial downloads count against the budget (the whole blob while one is under way).", nil, nil), prometheus.GaugeValue,
+				func(s BlobStats) uint64 { return uint64(max(s.PartialBytes, 0)) }},
 			counter("mira_blob_evictions_total", "Blobs evicted to keep the budget, or deleted by the operator.", func(s BlobStats) uint64 { return s.Evictions }),
 			counter("mira_blob_evicted_bytes_total", "Bytes of evicted blobs.", func(s BlobStats) uint64 { return uint64(s.EvictedBytes) }),
 			counter("mira_blob_partials_removed_total", "Abandoned partial downloads and uploads removed.", func(s BlobStats) uint64 { return s.PartialsRemoved }),

@@ -390,12 +390,12 @@ func TestCollectRemovesAbandonedPartials(t *testing.T) {
 	}
 	// A download being written, untouched for long (a stalled peer).
 	id := idOf([]byte("downloading"))
-	f, _, done, err := g.partial(id)
+	pf, err := g.openPartial(id, ownerTag("requester"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer done()
-	defer f.Close()
+	defer pf.close()
+	f := pf.f
 	longAgo := time.Now().Add(-3 * time.Hour)
 	for _, p := range []string{old, f.Name()} {
 		os.Chtimes(p, longAgo, longAgo)
@@ -425,8 +425,8 @@ func TestFetchRefusedWhenTheBudgetIsPinned(t *testing.T) {
 	if _, err := client.Fetch(context.Background(), id, Cached, server.host.ID()); !errors.Is(err, ErrFull) {
 		t.Fatalf("fetch past a pinned budget: %v, want ErrFull", err)
 	}
-	if p, _ := g.path(id); fileSize(p+".part") > 0 {
-		t.Fatalf("the refused download wrote %d bytes", fileSize(p+".part"))
+	if p, _ := g.path(id); fileSize(p+".part") > 0 || g.Usage().PartialBytes != 0 {
+		t.Fatalf("the refused download wrote %d bytes (%d counted)", fileSize(p+".part"), g.Usage().PartialBytes)
 	}
 }
 
