@@ -392,7 +392,7 @@ func (n *Node) storeResult(stdout *spool, requester peer.ID, o *market.Outcome) 
 	if _, err := stdout.f.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("result file: %w", err)
 	}
-	id, size, err := n.blobs.Store().Put(stdout.f, blob.Held)
+	id, size, err := n.blobs.Store().PutFor(stdout.f, blob.Held, requester)
 	if err != nil {
 		return fmt.Errorf("store result: %w", err)
 	}
@@ -418,7 +418,7 @@ func (n *Node) storeOutputs(scratch string, requester peer.ID, o *market.Outcome
 		pw.CloseWithError(err)
 		done <- archived{entries, err}
 	}()
-	id, size, err := n.blobs.Store().Put(pr, blob.Held)
+	id, size, err := n.blobs.Store().PutFor(pr, blob.Held, requester)
 	pr.CloseWithError(errors.New("archive not read")) // ends the writer if Put stopped early
 	a := <-done
 	switch {

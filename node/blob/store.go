@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -235,6 +236,12 @@ func (s *Store) persist(name string, e *entry) error {
 // Put stores what r yields as a blob of kind, and returns its content ID
 // and size.
 func (s *Store) Put(r io.Reader, kind Kind) (cid.Cid, int64, error) {
+	return s.PutFor(r, kind, "")
+}
+
+// PutFor is Put of a blob for holder: a Held result for the requester
+// of its job, whose retention ends once holder has fetched it (Served).
+func (s *Store) PutFor(r io.Reader, kind Kind, holder peer.ID) (cid.Cid, int64, error) {
 	tmp, err := os.CreateTemp(s.dir, "put-*.part")
 	if err != nil {
 		return cid.Undef, 0, fmt.Errorf("blob put: %w", err)
@@ -260,7 +267,7 @@ func (s *Store) Put(r io.Reader, kind Kind) (cid.Cid, int64, error) {
 	if err != nil {
 		return cid.Undef, 0, err
 	}
-	if err := s.commit(id, tmp.Name(), n, kind, "", ""); err != nil {
+	if err := s.commit(id, tmp.Name(), n, kind, holder, ""); err != nil {
 		return cid.Undef, 0, fmt.Errorf("blob put: %w", err)
 	}
 	return id, n, nil
@@ -330,6 +337,9 @@ func (e *entry) apply(kind Kind, holder peer.ID, now time.Time, heldFor time.Dur
 	if holder != "" && e.addHolder(holder) {
 		changed = true
 	}
+	if holder != "" && kind&Held != 0 && e.addWaiting(holder) {
+		changed = true
+	}
 	return changed
 }
 
@@ -360,6 +370,32 @@ func (s *Store) Mark(id cid.Cid, kind Kind, holder peer.ID) (int64, bool) {
 	}
 	s.mark(name, e, kind, holder, s.opt.Now())
 	return e.size, true
+}
+
+// Served records that p was sent the whole of blob id: a Held blob kept
+// for p (the requester of the job whose result it is; PutFor) has reached
+// it. Once every requester it was kept for has fetched it, its retention
+// ends: it stays, evictable like a cached blob, least recently used
+// first.
+func (s *Store) Served(id cid.Cid, p peer.ID) {
+	name, err := nameOf(id)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.blobs[name]
+	now := s.opt.Now()
+	if !ok || e.kinds&Held == 0 || !slices.Contains(e.waiting, p) {
+		return
+	}
+	e.waiting = slices.DeleteFunc(e.waiting, func(q peer.ID) bool { return q == p })
+	if len(e.waiting) == 0 && now.Before(e.heldUntil) {
+		e.heldUntil = now
+	}
+	if err := s.persist(name, e); err != nil {
+		s.opt.Log.Warn("store blob record", "blob", name, "err", err)
+	}
 }
 
 // HeldBy reports whether the store holds id and p delivered its bytes

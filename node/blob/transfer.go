@@ -118,6 +118,7 @@ func (s *Service) serve(st network.Stream) {
 		st.Reset()
 		return
 	}
+	s.store.Served(req.ID, st.Conn().RemotePeer()) // before the count, which tests wait on
 	s.Stats.Served.Add(1)
 }
 
