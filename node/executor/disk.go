@@ -57,6 +57,11 @@ func charge(size int64) int64 {
 // walk are skipped; a directory it may not read is an error
 // (errScratchUnreadable).
 //
+// Blocks past the end count as soon as they are allocated: on a
+// filesystem that preallocates past a growing file's end (XFS's
+// speculative preallocation) a job near its quota can be stopped a little
+// early, until the file is closed and the excess trimmed.
+//
 // A file unlinked while a process holds it open has no name left to
 // walk: its blocks are not counted. RLIMIT_FSIZE bounds each such file,
 // and jobNoFile the files a process can hold open.
