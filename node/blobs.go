@@ -90,14 +90,16 @@ func (n *Node) stageBlob(ctx context.Context, id cid.Cid, requester peer.ID) (re
 	}
 	if err := n.blobs.FetchFor(ctx, id, requester); err != nil {
 		release()
-		return nil, n.stagingError(err)
+		return nil, n.stagingError(id, requester, err)
 	}
 	return release, nil
 }
 
 // stagingError says why a requester's blob could not be staged, in words
-// for the requester: the job's error.
-func (n *Node) stagingError(err error) error {
+// for the requester (the job's error), which name nothing of the
+// provider's: what is not one of the known causes is a fixed text, its
+// details logged.
+func (n *Node) stagingError(id cid.Cid, requester peer.ID, err error) error {
 	switch {
 	case errors.Is(err, blob.ErrNotFound):
 		return errors.New("requester does not hold it")
@@ -107,8 +109,11 @@ func (n *Node) stagingError(err error) error {
 		return errors.New("the provider's blob store is full")
 	case errors.Is(err, blob.ErrTooLarge):
 		return fmt.Errorf("over the provider's limit of %d bytes", n.cfg.MaxBlobSize)
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return errors.New("cancelled while fetching it from the requester")
 	}
-	return err
+	n.log.Warn("stage a job's blob", "blob", id, "requester", requester, "err", err)
+	return errors.New("the provider could not fetch it from the requester (details in its log)")
 }
 
 // mayReadResult reports whether p is the requester of a job whose result
@@ -181,6 +186,8 @@ func newBlobCollector(n *Node) *blobCollector {
 		metrics: []blobMetric{
 			{prometheus.NewDesc("mira_blob_budget_bytes", "The blob store's budget (blob_cache_mib).", nil, nil), prometheus.GaugeValue,
 				func(s BlobStats) uint64 { return uint64(s.Budget) }},
+			{prometheus.NewDesc("mira_blob_partial_bytes", "Bytes partial downloads count against the budget (the whole blob while one is under way).", nil, nil), prometheus.GaugeValue,
+				func(s BlobStats) uint64 { return uint64(max(s.PartialBytes, 0)) }},
 			counter("mira_blob_evictions_total", "Blobs evicted to keep the budget, or deleted by the operator.", func(s BlobStats) uint64 { return s.Evictions }),
 			counter("mira_blob_evicted_bytes_total", "Bytes of evicted blobs.", func(s BlobStats) uint64 { return uint64(s.EvictedBytes) }),
 			counter("mira_blob_partials_removed_total", "Abandoned partial downloads and uploads removed.", func(s BlobStats) uint64 { return s.PartialsRemoved }),

@@ -36,6 +36,7 @@ const logGrace = time.Minute
 // that cannot start (no Docker engine) is left out with a warning, so the
 // node does not bid for work it cannot run.
 func (n *Node) startExecutors(ctx context.Context) (executor.Set, error) {
+	n.sweepWork()
 	set := executor.Set{}
 	for _, name := range n.cfg.Provider.Executors {
 		var (
@@ -74,6 +75,112 @@ func (n *Node) startExecutors(ctx context.Context) (executor.Set, error) {
 		set[name] = e
 	}
 	return set, nil
+}
+
+// workDirName is the data dir's folder of runs' scratch dirs.
+const workDirName = "work"
+
+// sweepWork removes what runs left in the data dir's work/: a node that
+// stopped mid-run (a crash, a kill), or a removal that failed. No run is
+// under way when it is called, at start-up.
+func (n *Node) sweepWork() {
+	dir := filepath.Join(n.cfg.DataDir, workDirName)
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			n.log.Warn("work dir not swept", "dir", dir, "err", err)
+		}
+		return
+	}
+	for _, de := range des {
+		n.removeWork(filepath.Join(dir, de.Name()))
+	}
+	if len(des) > 0 {
+		n.log.Info("removed what earlier runs left in the work dir", "count", len(des))
+	}
+}
+
+// removeWork removes a run's work dir, and logs when it cannot: what is
+// left there is the provider's disk, and the next start sweeps it again.
+func (n *Node) removeWork(dir string) {
+	if err := removeTree(dir); err != nil {
+		n.log.Warn("work dir not removed", "dir", dir, "err", err)
+	}
+}
+
+// removeTree removes dir and everything under it, whatever modes a job
+// left there. A directory the job made unwritable or unreadable (chmod
+// 0500, 0000) cannot be emptied by a node that is not root, and
+// os.RemoveAll fails on it: then every directory in the tree is first
+// given u+rwx (openUp), and the removal tried again.
+func removeTree(dir string) error {
+	if err := os.RemoveAll(dir); err == nil {
+		return nil
+	}
+	if err := openUp(dir); err != nil {
+		return fmt.Errorf("open up %s: %w", dir, err)
+	}
+	return os.RemoveAll(dir)
+}
+
+// openUp gives dir and every directory under it u+rwx. dir is the node's
+// own; below it the walk goes through an os.Root of each directory, one
+// level at a time, so a symbolic link a job left (or swaps in meanwhile)
+// is never followed out of the tree, and no path it uses grows past
+// PATH_MAX however deep the tree is.
+func openUp(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil || !fi.IsDir() {
+		return err
+	}
+	if err := os.Chmod(dir, fi.Mode().Perm()|0o700); err != nil {
+		return err
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	return openUpRoot(root)
+}
+
+// openUpRoot gives every directory in root u+rwx, before it reads it.
+func openUpRoot(root *os.Root) error {
+	f, err := root.Open(".")
+	if err != nil {
+		return err
+	}
+	des, err := f.ReadDir(-1)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, de := range des {
+		if !de.IsDir() { // a link to a directory is not one
+			continue
+		}
+		errs = append(errs, openUpEntry(root, de.Name()))
+	}
+	return errors.Join(errs...)
+}
+
+func openUpEntry(parent *os.Root, name string) error {
+	fi, err := parent.Lstat(name)
+	if err != nil || !fi.IsDir() {
+		return err
+	}
+	// Root.Chmod follows a link swapped in since the Lstat, but only
+	// within root: never out of the tree.
+	if err := parent.Chmod(name, fi.Mode().Perm()|0o700); err != nil {
+		return err
+	}
+	sub, err := parent.OpenRoot(name)
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	return openUpRoot(sub)
 }
 
 // wasmCacheDir is the wasm executor's compilation cache, created 0700:
@@ -138,20 +245,61 @@ func (n *Node) execute(ctx context.Context, l *market.Lease) market.Outcome {
 	if out.Usage == nil {
 		out.Usage = &pb.Usage{WallMs: time.Since(start).Milliseconds()}
 	}
+	out.Error = n.requesterText(l, out.Error)
 	return out
+}
+
+// providerFault is what a job's requester is told when the provider
+// itself failed at what (a directory it could not make, a file it could
+// not write): a fixed text. The cause, which names the provider's paths,
+// goes to the provider's log.
+func (n *Node) providerFault(l *market.Lease, what string, err error) error {
+	n.log.Warn("job failed on the provider's side", "job", l.Job, "attempt", l.Attempt, "what", what, "err", err)
+	return fmt.Errorf("%s: the provider failed (details in its log)", what)
+}
+
+// requesterText is text, a run's error or failure reason for its
+// requester, unless it names the provider's data dir: then a fixed text,
+// and text goes to the log. The errors the node makes itself say nothing
+// of its paths (providerFault); this catches what an executor or a
+// library let through.
+func (n *Node) requesterText(l *market.Lease, text string) string {
+	if text == "" || !n.namesDataDir(text) {
+		return text
+	}
+	n.log.Warn("job failed; its error names the provider's paths, the requester is told less", "job", l.Job, "attempt", l.Attempt, "err", text)
+	return "the provider failed to run the job (details in its log)"
+}
+
+// namesDataDir reports whether s holds the data dir's path, as
+// configured, absolute or with its links resolved.
+func (n *Node) namesDataDir(s string) bool {
+	dirs := []string{filepath.Clean(n.cfg.DataDir)}
+	if abs, err := filepath.Abs(n.cfg.DataDir); err == nil {
+		dirs = append(dirs, abs)
+	}
+	if real, err := filepath.EvalSymlinks(n.cfg.DataDir); err == nil {
+		dirs = append(dirs, real)
+	}
+	for _, d := range dirs {
+		if d != "." && d != "/" && strings.Contains(s, d) {
+			return true
+		}
+	}
+	return false
 }
 
 func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 	failed := func(err error) market.Outcome { return market.Outcome{ExitCode: -1, Error: err.Error()} }
-	workDir := filepath.Join(n.cfg.DataDir, "work", fmt.Sprintf("%s.%d", l.Job, l.Attempt))
-	defer os.RemoveAll(workDir)
+	workDir := filepath.Join(n.cfg.DataDir, workDirName, fmt.Sprintf("%s.%d", l.Job, l.Attempt))
+	defer n.removeWork(workDir)
 	job := &executor.Job{ID: l.Job.String(), Spec: l.Spec, GPUs: n.assignGPUs(l.Spec)}
 	// A scratch directory is two mkdirs and a removal: only for a job that
 	// can see it.
 	if _, scratchless := n.executors[l.Spec.Executor].(executor.Scratchless); !scratchless || len(l.Spec.Inputs) > 0 {
 		job.Dir, job.DiskQuota = filepath.Join(workDir, "job"), n.jobLimits.DiskBytes
 		if err := os.MkdirAll(filepath.Join(job.Dir, outputsDir), 0o700); err != nil {
-			return failed(fmt.Errorf("scratch dir: %w", err))
+			return failed(n.providerFault(l, "scratch dir", err))
 		}
 	}
 	if l.Spec.Executor == "process" && len(job.GPUs) > 0 {
@@ -166,7 +314,7 @@ func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 
 	log, err := n.logs.get(l.Job, l.Attempt)
 	if err != nil {
-		return failed(err)
+		return failed(n.providerFault(l, "log", err))
 	}
 	defer log.finish()
 	logCtx, stopLog := context.WithDeadline(n.runCtx, l.Deadline.Add(logGrace))
@@ -206,6 +354,11 @@ func (n *Node) executeRun(ctx context.Context, l *market.Lease) market.Outcome {
 		o.ExitCode, o.Error = -1, fmt.Sprintf("result over the %d-byte blob limit", stdout.limit)
 	}
 	if err := n.storeResult(stdout, l.Requester, &o); err != nil {
+		if errors.Is(err, blob.ErrFull) {
+			err = errors.New("result: the provider's blob store is full")
+		} else {
+			err = n.providerFault(l, "result", err)
+		}
 		o = failed(err)
 	}
 	if job.Dir != "" && ctx.Err() == nil {
@@ -239,7 +392,7 @@ func (n *Node) storeResult(stdout *spool, requester peer.ID, o *market.Outcome) 
 	if _, err := stdout.f.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("result file: %w", err)
 	}
-	id, size, err := n.blobs.Store().Put(stdout.f, blob.Held)
+	id, size, err := n.blobs.Store().PutFor(stdout.f, blob.Held, requester)
 	if err != nil {
 		return fmt.Errorf("store result: %w", err)
 	}
@@ -265,7 +418,7 @@ func (n *Node) storeOutputs(scratch string, requester peer.ID, o *market.Outcome
 		pw.CloseWithError(err)
 		done <- archived{entries, err}
 	}()
-	id, size, err := n.blobs.Store().Put(pr, blob.Held)
+	id, size, err := n.blobs.Store().PutFor(pr, blob.Held, requester)
 	pr.CloseWithError(errors.New("archive not read")) // ends the writer if Put stopped early
 	a := <-done
 	switch {
@@ -339,29 +492,25 @@ func (n *Node) stage(ctx context.Context, l *market.Lease, job *executor.Job) er
 	}
 	dir := filepath.Join(job.Dir, "inputs")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("inputs: %w", err)
+		return n.providerFault(l, "inputs", err)
 	}
 	for _, in := range l.Spec.Inputs {
 		id, _, err := protocol.ParseBlobID(in)
 		if err != nil {
 			return fmt.Errorf("input: %w", err)
 		}
-		if err := n.stageInput(ctx, id, l.Requester, filepath.Join(dir, id.String())); err != nil {
+		release, err := n.stageBlob(ctx, id, l.Requester)
+		if err != nil {
 			return fmt.Errorf("input %s: %w", id, err)
+		}
+		// A copy, not a link: the job may write to its inputs.
+		err = n.copyBlob(id, filepath.Join(dir, id.String()))
+		release()
+		if err != nil {
+			return n.providerFault(l, "input "+id.String(), err)
 		}
 	}
 	return nil
-}
-
-// stageInput copies the requester's input id to dst (a copy, not a link:
-// the job may write to its inputs).
-func (n *Node) stageInput(ctx context.Context, id cid.Cid, requester peer.ID, dst string) error {
-	release, err := n.stageBlob(ctx, id, requester)
-	if err != nil {
-		return err
-	}
-	defer release()
-	return n.copyBlob(id, dst)
 }
 
 func (n *Node) module(ctx context.Context, l *market.Lease) ([]byte, error) {
@@ -374,7 +523,11 @@ func (n *Node) module(ctx context.Context, l *market.Lease) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %w", id, err)
 	}
 	defer release()
-	return n.blobs.Store().ReadAll(id)
+	mod, err := n.blobs.Store().ReadAll(id)
+	if err != nil {
+		return nil, n.providerFault(l, id.String(), err)
+	}
+	return mod, nil
 }
 
 func (n *Node) copyBlob(id cid.Cid, dst string) error {

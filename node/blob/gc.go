@@ -26,11 +26,13 @@ type GCStats struct {
 }
 
 // Usage is what the store holds, by the kind that keeps each blob now
-// (a pinned kind first; Held only while its retention lasts).
+// (a pinned kind first; Held only while its retention lasts), and what
+// partial downloads count against the budget.
 type Usage struct {
-	Bytes  map[Kind]int64
-	Blobs  map[Kind]int
-	Budget int64
+	Bytes        map[Kind]int64
+	Blobs        map[Kind]int
+	PartialBytes int64
+	Budget       int64
 	GCStats
 }
 
@@ -38,7 +40,7 @@ type Usage struct {
 func (s *Store) Usage() Usage {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	u := Usage{Bytes: map[Kind]int64{}, Blobs: map[Kind]int{}, Budget: s.opt.Budget, GCStats: s.stats}
+	u := Usage{Bytes: map[Kind]int64{}, Blobs: map[Kind]int{}, PartialBytes: s.reserved, Budget: s.opt.Budget, GCStats: s.stats}
 	now := s.opt.Now()
 	for _, e := range s.blobs {
 		c := e.class(now)
@@ -48,57 +50,20 @@ func (s *Store) Usage() Usage {
 	return u
 }
 
-// reservation is room within the budget promised to a download before
-// its bytes arrive, so that concurrent downloads cannot together pass it.
-type reservation struct {
-	s *Store
-	n int64
-}
-
-// reserve promises size bytes within the budget, evicting what it must.
-func (s *Store) reserve(size int64) (*reservation, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.makeRoom(size, s.opt.Now()); err != nil {
-		return nil, err
-	}
-	s.reserved += size
-	return &reservation{s: s, n: size}, nil
-}
-
-// take ends the reservation and returns its size. Called with s.mu held;
-// nil is no reservation.
-func (r *reservation) take() int64 {
-	if r == nil {
-		return 0
-	}
-	n := r.n
-	r.s.reserved -= n
-	r.n = 0
-	return n
-}
-
-// release gives back what was not taken.
-func (r *reservation) release() {
-	if r == nil {
-		return
-	}
-	r.s.mu.Lock()
-	r.take()
-	r.s.mu.Unlock()
-}
-
-// makeRoom evicts, least recently used first, the evictable blobs that
-// must go for size more bytes to fit the budget; if even all of them
-// would not do, it evicts nothing and returns ErrFull. Called with s.mu
-// held.
+// makeRoom frees what must go for size more bytes to fit the budget:
+// idle partial downloads first, oldest first, then evictable blobs, least
+// recently used first; if even all of them would not do, it frees nothing
+// and returns ErrFull. Called with s.mu held.
 func (s *Store) makeRoom(size int64, now time.Time) error {
 	over := s.used + s.reserved + size - s.opt.Budget
 	if s.opt.Budget <= 0 || over <= 0 {
 		return nil
 	}
-	victims := s.victims(now)
+	partials, victims := s.idlePartials("*"), s.victims(now)
 	var evictable int64
+	for _, name := range partials {
+		evictable += s.partials[name].n
+	}
 	for _, name := range victims {
 		evictable += s.blobs[name].size
 	}
@@ -107,8 +72,25 @@ func (s *Store) makeRoom(size int64, now time.Time) error {
 		return fmt.Errorf("%w: %d more bytes do not fit its %d-byte budget; %d bytes are pinned, held for requesters, in use or being fetched",
 			ErrFull, size, s.opt.Budget, s.used+s.reserved-evictable)
 	}
-	s.evictUntil(victims, over)
+	s.evictUntil(victims, s.dropPartialsUntil(partials, over))
 	return nil
+}
+
+// dropPartialsUntil removes the partial files names in order until at
+// least need bytes are freed (or the list ends), and returns what is
+// still needed. Called with s.mu held.
+func (s *Store) dropPartialsUntil(names []string, need int64) int64 {
+	for _, name := range names {
+		if need <= 0 {
+			break
+		}
+		n := s.partials[name].n
+		if s.removePartial(name) {
+			s.stats.PartialsRemoved++
+			need -= n
+		}
+	}
+	return need
 }
 
 // victims are the blobs the collector may evict now, least recently used
@@ -199,7 +181,7 @@ func (s *Store) Collect() {
 	defer s.mu.Unlock()
 	now := s.opt.Now()
 	if over := s.used + s.reserved - s.opt.Budget; s.opt.Budget > 0 && over > 0 {
-		s.evictUntil(s.victims(now), over)
+		s.evictUntil(s.victims(now), s.dropPartialsUntil(s.idlePartials("*"), over))
 	}
 	for name, e := range s.blobs {
 		if !e.used.Equal(e.usedStored) {
@@ -231,6 +213,7 @@ func (s *Store) removeAbandonedPartials() {
 			continue
 		}
 		if err := os.Remove(s.pathOf(name)); err == nil {
+			s.forgetPartial(name)
 			s.stats.PartialsRemoved++
 			s.opt.Log.Debug("abandoned partial blob removed", "file", name, "size", info.Size())
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -390,12 +391,12 @@ func TestCollectRemovesAbandonedPartials(t *testing.T) {
 	}
 	// A download being written, untouched for long (a stalled peer).
 	id := idOf([]byte("downloading"))
-	f, _, done, err := g.partial(id)
+	pf, err := g.openPartial(id, ownerTag("requester"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer done()
-	defer f.Close()
+	defer pf.close()
+	f := pf.f
 	longAgo := time.Now().Add(-3 * time.Hour)
 	for _, p := range []string{old, f.Name()} {
 		os.Chtimes(p, longAgo, longAgo)
@@ -425,8 +426,8 @@ func TestFetchRefusedWhenTheBudgetIsPinned(t *testing.T) {
 	if _, err := client.Fetch(context.Background(), id, Cached, server.host.ID()); !errors.Is(err, ErrFull) {
 		t.Fatalf("fetch past a pinned budget: %v, want ErrFull", err)
 	}
-	if p, _ := g.path(id); fileSize(p+".part") > 0 {
-		t.Fatalf("the refused download wrote %d bytes", fileSize(p+".part"))
+	if p, _ := g.path(id); fileSize(p+".part") > 0 || g.Usage().PartialBytes != 0 {
+		t.Fatalf("the refused download wrote %d bytes (%d counted)", fileSize(p+".part"), g.Usage().PartialBytes)
 	}
 }
 
@@ -494,5 +495,66 @@ func TestFetchForNeedsTheRequestersBytes(t *testing.T) {
 	}
 	if got, _ := provider.store.ReadAll(id); !bytes.Equal(got, secret) {
 		t.Fatal("the stored copy changed")
+	}
+}
+
+// A held result is kept for its requester for the retention period, or
+// until it has fetched it: a requester that collects its results does not
+// leave them filling the budget for a day. Another peer's fetch ends
+// nothing, and a result held for two requesters waits for both.
+func TestHeldResultGoesOnceItsRequesterFetchedIt(t *testing.T) {
+	g := newGCStore(t, 0)
+	server := NewService(newHost(t), testNet, g.Store, slog.New(slog.DiscardHandler))
+	t.Cleanup(server.Close)
+	requester, other, second := newService(t, 1<<20), newService(t, 1<<20), newService(t, 1<<20)
+	for _, c := range []*Service{requester, other, second} {
+		connect(t, c.host, server.host)
+	}
+	result := bytes.Repeat([]byte{'r'}, 1000)
+	id, _, err := g.PutFor(bytes.NewReader(result), Held, requester.host.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetch := func(c *Service) {
+		t.Helper()
+		if _, err := c.Fetch(context.Background(), id, Own, server.host.ID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fetch(other)
+	waitServed(t, server, 1)
+	if k, _ := g.KindOf(id); g.Usage().Bytes[Held] != 1000 || k != Held {
+		t.Fatalf("after another peer's fetch: %+v, want the result still held", g.Usage().Bytes)
+	}
+	// The same bytes are the result of a second requester's job too.
+	if _, _, err := g.PutFor(bytes.NewReader(result), Held, second.host.ID()); err != nil {
+		t.Fatal(err)
+	}
+	fetch(requester)
+	waitServed(t, server, 2)
+	if g.Usage().Bytes[Held] != 1000 {
+		t.Fatalf("after one of its two requesters fetched it: %+v, want it still held", g.Usage().Bytes)
+	}
+	fetch(second)
+	waitServed(t, server, 3)
+	if u := g.Usage(); u.Bytes[Held] != 0 || u.Bytes[Cached] != 1000 {
+		t.Fatalf("after both requesters fetched it: %+v, want it evictable", u.Bytes)
+	}
+	// Across a restart too.
+	g.reopen(t, 0)
+	if u := g.Usage(); u.Bytes[Held] != 0 || u.Bytes[Cached] != 1000 {
+		t.Fatalf("after a restart: %+v, want it evictable", u.Bytes)
+	}
+}
+
+// waitServed waits until s has served n blobs (it counts one once its
+// last bytes are sent, which may be just after the peer has them).
+func waitServed(t *testing.T, s *Service, n uint64) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); s.Stats.Served.Load() < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("served %d blobs, want %d", s.Stats.Served.Load(), n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

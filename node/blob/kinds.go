@@ -77,6 +77,9 @@ type entry struct {
 	// node (checked against its ID): they may use it as their jobs' input
 	// without sending it again.
 	holders []peer.ID
+	// waiting are the requesters a Held blob is kept for that have not
+	// fetched it yet: once none is left its retention ends.
+	waiting []peer.ID
 	// usedStored is the last-use time the index holds.
 	usedStored time.Time
 }
@@ -96,6 +99,18 @@ func (e *entry) class(now time.Time) Kind {
 }
 
 func (e *entry) heldBy(p peer.ID) bool { return slices.Contains(e.holders, p) }
+
+// addWaiting records that a Held blob is kept for p until p fetches it.
+func (e *entry) addWaiting(p peer.ID) bool {
+	if slices.Contains(e.waiting, p) {
+		return false
+	}
+	if len(e.waiting) >= maxHolders {
+		e.waiting = slices.Delete(e.waiting, 0, len(e.waiting)-maxHolders+1)
+	}
+	e.waiting = append(e.waiting, p)
+	return true
+}
 
 func (e *entry) addHolder(p peer.ID) bool {
 	if e.heldBy(p) {
@@ -117,12 +132,16 @@ type record struct {
 	// Holders are peer IDs' bytes, kept as they are: a record must read
 	// back whatever the store was given.
 	Holders [][]byte `json:"holders,omitempty"`
+	Waiting [][]byte `json:"waiting,omitempty"`
 }
 
 func (e *entry) encode() []byte {
 	r := record{Kinds: e.kinds, Size: e.size, Used: e.used.UnixMilli()}
 	for _, p := range e.holders {
 		r.Holders = append(r.Holders, []byte(p))
+	}
+	for _, p := range e.waiting {
+		r.Waiting = append(r.Waiting, []byte(p))
 	}
 	if !e.heldUntil.IsZero() {
 		r.HeldUntil = e.heldUntil.UnixMilli()
@@ -142,6 +161,9 @@ func decodeEntry(b []byte) (*entry, error) {
 	e := &entry{kinds: r.Kinds, size: r.Size, used: time.UnixMilli(r.Used)}
 	for _, p := range r.Holders {
 		e.holders = append(e.holders, peer.ID(p))
+	}
+	for _, p := range r.Waiting {
+		e.waiting = append(e.waiting, peer.ID(p))
 	}
 	if r.HeldUntil != 0 {
 		e.heldUntil = time.UnixMilli(r.HeldUntil)

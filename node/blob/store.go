@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -59,6 +60,10 @@ type Options struct {
 	// PartialTTL is how long a partial download or upload may sit
 	// untouched before the collector removes it (DefaultPartialTTL if 0).
 	PartialTTL time.Duration
+	// MaxPartialPerRequester bounds the bytes one requester's partial
+	// downloads (its inputs and modules, under way or cut) count against
+	// the budget; 4 × MaxSize if 0.
+	MaxPartialPerRequester int64
 	// Index keeps the blobs' kinds and holders across restarts; nil keeps
 	// them in memory only.
 	Index Index
@@ -82,7 +87,10 @@ type Store struct {
 	inUse   map[string]int    // names staged or served: never evicted
 	writing map[string]int    // partial files being written
 	used    int64             // bytes of blobs
-	// reserved is the bytes promised to downloads under way.
+	// partials are the partial downloads' files, by name (see partial.go).
+	partials map[string]*partial
+	// reserved is the bytes of partial downloads: the whole blob for one
+	// under way, what the file holds for one cut.
 	reserved int64
 	stats    GCStats
 }
@@ -100,13 +108,16 @@ func NewStore(dir string, opt Options) (*Store, error) {
 	if opt.PartialTTL <= 0 {
 		opt.PartialTTL = DefaultPartialTTL
 	}
+	if opt.MaxPartialPerRequester <= 0 {
+		opt.MaxPartialPerRequester = 4 * opt.MaxSize
+	}
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
 	if opt.Log == nil {
 		opt.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &Store{dir: dir, opt: opt, blobs: map[string]*entry{}, inUse: map[string]int{}, writing: map[string]int{}}
+	s := &Store{dir: dir, opt: opt, blobs: map[string]*entry{}, inUse: map[string]int{}, writing: map[string]int{}, partials: map[string]*partial{}}
 	if err := s.load(); err != nil {
 		return nil, fmt.Errorf("blob store: %w", err)
 	}
@@ -152,6 +163,7 @@ func (s *Store) load() error {
 	if err != nil {
 		return err
 	}
+	s.loadPartials(des)
 	files := map[string]os.FileInfo{}
 	for _, de := range des {
 		if !isBlobName(de.Name()) || !de.Type().IsRegular() {
@@ -224,6 +236,12 @@ func (s *Store) persist(name string, e *entry) error {
 // Put stores what r yields as a blob of kind, and returns its content ID
 // and size.
 func (s *Store) Put(r io.Reader, kind Kind) (cid.Cid, int64, error) {
+	return s.PutFor(r, kind, "")
+}
+
+// PutFor is Put of a blob for holder: a Held result for the requester
+// of its job, whose retention ends once holder has fetched it (Served).
+func (s *Store) PutFor(r io.Reader, kind Kind, holder peer.ID) (cid.Cid, int64, error) {
 	tmp, err := os.CreateTemp(s.dir, "put-*.part")
 	if err != nil {
 		return cid.Undef, 0, fmt.Errorf("blob put: %w", err)
@@ -249,7 +267,7 @@ func (s *Store) Put(r io.Reader, kind Kind) (cid.Cid, int64, error) {
 	if err != nil {
 		return cid.Undef, 0, err
 	}
-	if err := s.commit(id, tmp.Name(), n, kind, "", nil); err != nil {
+	if err := s.commit(id, tmp.Name(), n, kind, holder, ""); err != nil {
 		return cid.Undef, 0, fmt.Errorf("blob put: %w", err)
 	}
 	return id, n, nil
@@ -262,11 +280,12 @@ func (s *Store) PutBytes(b []byte, kind Kind) (cid.Cid, error) {
 }
 
 // commit moves the checked file from into place as blob id of kind
-// (delivered by holder, if any), making room within the budget unless res
-// already did. The record is written before the rename: a crash between
-// the two leaves a record without a file, which the next load drops,
-// never a file of unknown kind.
-func (s *Store) commit(id cid.Cid, from string, size int64, kind Kind, holder peer.ID, res *reservation) error {
+// (delivered by holder, if any), making room within the budget beyond
+// what the partial download partialFile (if any) has reserved; once the
+// blob is in place the partial's record goes. The record is written
+// before the rename: a crash between the two leaves a record without a
+// file, which the next load drops, never a file of unknown kind.
+func (s *Store) commit(id cid.Cid, from string, size int64, kind Kind, holder peer.ID, partialFile string) error {
 	name, err := nameOf(id)
 	if err != nil {
 		return err
@@ -274,9 +293,13 @@ func (s *Store) commit(id cid.Cid, from string, size int64, kind Kind, holder pe
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.opt.Now()
-	promised := res.take()
+	var promised int64
+	if rec, ok := s.partials[partialFile]; ok {
+		promised = rec.n
+	}
 	if e, ok := s.blobs[name]; ok {
 		os.Remove(from) // the same bytes are here already
+		s.forgetPartial(partialFile)
 		s.mark(name, e, kind, holder, now)
 		return nil
 	}
@@ -296,6 +319,7 @@ func (s *Store) commit(id cid.Cid, from string, size int64, kind Kind, holder pe
 		}
 		return err
 	}
+	s.forgetPartial(partialFile)
 	s.blobs[name] = e
 	s.used += size
 	return nil
@@ -311,6 +335,9 @@ func (e *entry) apply(kind Kind, holder peer.ID, now time.Time, heldFor time.Dur
 		}
 	}
 	if holder != "" && e.addHolder(holder) {
+		changed = true
+	}
+	if holder != "" && kind&Held != 0 && e.addWaiting(holder) {
 		changed = true
 	}
 	return changed
@@ -343,6 +370,32 @@ func (s *Store) Mark(id cid.Cid, kind Kind, holder peer.ID) (int64, bool) {
 	}
 	s.mark(name, e, kind, holder, s.opt.Now())
 	return e.size, true
+}
+
+// Served records that p was sent the whole of blob id: a Held blob kept
+// for p (the requester of the job whose result it is; PutFor) has reached
+// it. Once every requester it was kept for has fetched it, its retention
+// ends: it stays, evictable like a cached blob, least recently used
+// first.
+func (s *Store) Served(id cid.Cid, p peer.ID) {
+	name, err := nameOf(id)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.blobs[name]
+	now := s.opt.Now()
+	if !ok || e.kinds&Held == 0 || !slices.Contains(e.waiting, p) {
+		return
+	}
+	e.waiting = slices.DeleteFunc(e.waiting, func(q peer.ID) bool { return q == p })
+	if len(e.waiting) == 0 && now.Before(e.heldUntil) {
+		e.heldUntil = now
+	}
+	if err := s.persist(name, e); err != nil {
+		s.opt.Log.Warn("store blob record", "blob", name, "err", err)
+	}
 }
 
 // HeldBy reports whether the store holds id and p delivered its bytes
@@ -471,62 +524,5 @@ func (s *Store) writingTo(name string) func() {
 			delete(s.writing, name)
 		}
 		s.mu.Unlock()
-	}
-}
-
-// partial opens the partial download of id for appending and returns how
-// many bytes it already holds; done ends the write (after closing f).
-func (s *Store) partial(id cid.Cid) (f *os.File, off int64, done func(), err error) {
-	name, err := nameOf(id)
-	if err != nil {
-		return nil, 0, nil, err
-	}
-	done = s.writingTo(name + ".part")
-	f, err = os.OpenFile(s.pathOf(name)+".part", os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		done()
-		return nil, 0, nil, fmt.Errorf("blob partial: %w", err)
-	}
-	off, err = f.Seek(0, io.SeekEnd)
-	if err != nil {
-		f.Close()
-		done()
-		return nil, 0, nil, fmt.Errorf("blob partial: %w", err)
-	}
-	return f, off, done, nil
-}
-
-// complete checks a finished partial download against id and moves it into
-// place as a blob of kind delivered by holder; a mismatch deletes it so
-// the next source starts from zero.
-func (s *Store) complete(id cid.Cid, f *os.File, kind Kind, holder peer.ID, res *reservation) error {
-	p, _ := s.path(id)
-	_, want, _ := protocol.ParseBlobID(id.String())
-	h := sha256.New()
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return fmt.Errorf("blob check: %w", err)
-	}
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return fmt.Errorf("blob check: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("blob check: %w", err)
-	}
-	f.Close()
-	if got := h.Sum(nil); string(got) != string(want) {
-		os.Remove(p + ".part")
-		return fmt.Errorf("%w: %s hashed to %x", ErrMismatch, id, got)
-	}
-	if err := s.commit(id, p+".part", n, kind, holder, res); err != nil {
-		return fmt.Errorf("blob complete: %w", err)
-	}
-	return nil
-}
-
-// dropPartial deletes a partial download of id.
-func (s *Store) dropPartial(id cid.Cid) {
-	if p, err := s.path(id); err == nil {
-		os.Remove(p + ".part")
 	}
 }

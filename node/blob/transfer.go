@@ -55,7 +55,7 @@ type Service struct {
 	Stats Stats
 
 	mu       sync.Mutex
-	fetching map[cid.Cid]*fetchLock // one download per blob at a time
+	fetching map[fetchKey]*fetchLock // one download per blob and owner at a time
 
 	allow func(peer.ID, cid.Cid) bool
 }
@@ -67,7 +67,7 @@ func (s *Service) SetAllow(allow func(p peer.ID, id cid.Cid) bool) { s.allow = a
 // NewService registers the blob protocol of network on h, serving store.
 func NewService(h host.Host, network string, store *Store, log *slog.Logger) *Service {
 	s := &Service{host: h, store: store, proto: libp2pproto.ID(protocol.BlobProtocol(network)), log: log,
-		fetching: map[cid.Cid]*fetchLock{}}
+		fetching: map[fetchKey]*fetchLock{}}
 	h.SetStreamHandler(s.proto, s.serve)
 	return s
 }
@@ -118,6 +118,7 @@ func (s *Service) serve(st network.Stream) {
 		st.Reset()
 		return
 	}
+	s.store.Served(req.ID, st.Conn().RemotePeer()) // before the count, which tests wait on
 	s.Stats.Served.Add(1)
 }
 
@@ -129,7 +130,10 @@ func (s *Service) serve(st network.Stream) {
 func (s *Service) Fetch(ctx context.Context, id cid.Cid, kind Kind, sources ...peer.ID) (int64, error) {
 	// Two downloads of one blob must not share its partial file: the
 	// second could write into the first's checked result.
-	unlock := s.lock(id)
+	unlock, err := s.lock(ctx, fetchKey{id, ""})
+	if err != nil {
+		return 0, fmt.Errorf("fetch %s: %w", id, err)
+	}
 	defer unlock()
 	if size, ok := s.store.Mark(id, kind, ""); ok {
 		return size, nil
@@ -162,16 +166,23 @@ func (s *Service) Fetch(ctx context.Context, id cid.Cid, kind Kind, sources ...p
 // not the store holds them already (from another requester, a result, the
 // operator). A content ID is public (offers and receipts name it): naming
 // one must not be a way to read a copy someone else put here. A blob p
-// delivered is Cached, and p recorded as its holder.
+// delivered is Cached, and p recorded as its holder. A download from p
+// resumes only a partial file p itself wrote: another requester's bytes
+// never complete, nor spoil, p's (nor p's theirs).
 func (s *Service) FetchFor(ctx context.Context, id cid.Cid, p peer.ID) error {
 	defer s.store.Use(id)() // not evicted between the proof and the record of it
-	unlock := s.lock(id)
+	// Downloads of one blob by different requesters go side by side, each
+	// into its own partial file: a slow one cannot hold up the others.
+	unlock, err := s.lock(ctx, fetchKey{id, ownerTag(p)})
+	if err != nil {
+		s.Stats.Unproven.Add(1)
+		return fmt.Errorf("fetch %s from %s: %w", id, p, err)
+	}
 	defer unlock()
 	if s.store.HeldBy(id, p) {
 		s.store.Mark(id, Cached, p)
 		return nil
 	}
-	var err error
 	if size, ok := s.store.Mark(id, 0, ""); ok {
 		if err = s.prove(ctx, id, size, p); err == nil {
 			s.store.Mark(id, Cached, p)
@@ -221,31 +232,48 @@ func (s *Service) prove(ctx context.Context, id cid.Cid, size int64, p peer.ID) 
 	return nil
 }
 
-// lock takes the download lock of id; the returned func releases it.
-func (s *Service) lock(id cid.Cid) func() {
+// fetchKey names the downloads that share a partial file: of one blob,
+// by one owner (ownerTag of a requester; "" for the node's own).
+type fetchKey struct {
+	id    cid.Cid
+	owner string
+}
+
+// lock takes the download lock of key, or gives up when ctx is done; the
+// returned func releases it.
+func (s *Service) lock(ctx context.Context, key fetchKey) (func(), error) {
 	s.mu.Lock()
-	l, ok := s.fetching[id]
+	l, ok := s.fetching[key]
 	if !ok {
-		l = &fetchLock{}
-		s.fetching[id] = l
+		l = &fetchLock{held: make(chan struct{}, 1)}
+		s.fetching[key] = l
 	}
 	l.users++
 	s.mu.Unlock()
-	l.Lock()
-	return func() {
-		l.Unlock()
+	leave := func() {
 		s.mu.Lock()
 		if l.users--; l.users == 0 {
-			delete(s.fetching, id)
+			delete(s.fetching, key)
 		}
 		s.mu.Unlock()
 	}
+	select {
+	case l.held <- struct{}{}:
+	case <-ctx.Done():
+		leave()
+		return nil, ctx.Err()
+	}
+	return func() {
+		<-l.held
+		leave()
+	}, nil
 }
 
-// fetchLock serialises the downloads of one blob; users counts holders and
-// waiters, so the entry goes when the last one leaves.
+// fetchLock serialises the downloads of one blob by one owner: held has
+// room for one; users counts holders and waiters, so the entry goes when
+// the last one leaves.
 type fetchLock struct {
-	sync.Mutex
+	held  chan struct{}
 	users int
 }
 
@@ -289,43 +317,40 @@ func headerError(h protocol.BlobHeader) error {
 }
 
 // fetchFrom downloads id from p into the store as a blob of kind
-// delivered by holder (none: "").
+// delivered by holder (none: ""), resuming holder's own partial file.
 func (s *Service) fetchFrom(ctx context.Context, id cid.Cid, p peer.ID, kind Kind, holder peer.ID) (int64, error) {
-	f, off, done, err := s.store.partial(id)
+	pf, err := s.store.openPartial(id, ownerTag(holder))
 	if err != nil {
 		return 0, err
 	}
-	defer done()
-	defer f.Close()
-	st, br, h, end, err := s.request(ctx, id, p, off)
+	defer pf.close()
+	st, br, h, end, err := s.request(ctx, id, p, pf.off)
 	if err != nil {
 		return 0, err
 	}
 	defer end()
 	if err := headerError(h); err != nil {
-		if h.Status != protocol.BlobNotFound && h.Size > 0 && h.Size < uint64(off) {
-			s.store.dropPartial(id) // our partial is longer than the blob
+		if h.Status != protocol.BlobNotFound && h.Size > 0 && h.Size < uint64(pf.off) {
+			pf.drop() // our partial is longer than the blob
 		}
 		return 0, err
 	}
 	if h.Size > uint64(s.store.MaxSize()) {
 		return 0, fmt.Errorf("%w: peer offers %d bytes, limit %d", ErrTooLarge, h.Size, s.store.MaxSize())
 	}
-	res, err := s.store.reserve(int64(h.Size))
-	if err != nil {
+	if err := pf.reserve(int64(h.Size)); err != nil {
 		return 0, err
 	}
-	defer res.release()
 	st.SetReadDeadline(time.Time{})
-	want := int64(h.Size) - off
-	n, err := io.CopyBuffer(f, io.LimitReader(br, want), make([]byte, chunkSize))
+	want := int64(h.Size) - pf.off
+	n, err := io.CopyBuffer(pf.f, io.LimitReader(br, want), make([]byte, chunkSize))
 	if err != nil {
-		return 0, fmt.Errorf("receive: %w (kept %d bytes to resume)", err, off+n)
+		return 0, fmt.Errorf("receive: %w (kept %d bytes to resume)", err, pf.off+n)
 	}
 	if n < want {
-		return 0, fmt.Errorf("receive: stream ended after %d of %d bytes", off+n, h.Size)
+		return 0, fmt.Errorf("receive: stream ended after %d of %d bytes", pf.off+n, h.Size)
 	}
-	if err := s.store.complete(id, f, kind, holder, res); err != nil {
+	if err := s.store.complete(id, pf, kind, holder); err != nil {
 		return 0, err
 	}
 	return int64(h.Size), nil

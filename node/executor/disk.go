@@ -3,8 +3,9 @@ package executor
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io/fs"
+	"log/slog"
+	"math"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -19,25 +20,51 @@ var errDiskQuota = errors.New(ReasonDiskQuota)
 // could then neither measure it nor archive its outputs.
 var errScratchUnreadable = errors.New("disk quota: the job made its scratch dir unreadable to the provider")
 
+// errScratchUnmeasurable is the cause a disk watcher cancels a run with
+// when it cannot measure the scratch dir for another reason (a tree
+// deeper than PATH_MAX, say). Its text names no path: it goes to the
+// requester, the details to the provider's log.
+var errScratchUnmeasurable = errors.New("disk quota: the provider could not measure the job's scratch dir")
+
 // diskBlock is the unit of the disk quota: every file is charged its size
 // rounded up to whole blocks, and every name (file, directory, link) at
 // least one block, so that a million empty files are not free.
 const diskBlock = 4 << 10
 
-// charge is what an inode of the given size costs against the quota.
+// maxCharge is the most charge returns: the largest multiple of
+// diskBlock an int64 holds.
+const maxCharge = math.MaxInt64 &^ (diskBlock - 1)
+
+// charge is what an inode of the given size costs against the quota. It
+// saturates at maxCharge instead of wrapping around past 2^63.
 func charge(size int64) int64 {
-	if size <= diskBlock {
+	switch {
+	case size <= diskBlock:
 		return diskBlock
+	case size > maxCharge:
+		return maxCharge
 	}
 	return (size + diskBlock - 1) / diskBlock * diskBlock
 }
 
 // scratchUsage is what dir and everything under it cost against the quota:
-// the charge of each file's size (holes included: a sparse file costs its
-// length), each inode once however many names it has, and one block for
-// every further name, directory or other entry. Symbolic links are not
-// followed. Entries that vanish during the walk are skipped; a directory
-// it may not read is an error (errScratchUnreadable).
+// the charge of each file's size or of the blocks it holds, whichever is
+// more (holes included: a sparse file costs its length; and blocks
+// allocated past a file's end with fallocate's FALLOC_FL_KEEP_SIZE cost
+// what they take, though its size stays 0), each inode once however many
+// names it has, and one block for every further name, directory or other
+// entry. Symbolic links are not followed. Entries that vanish during the
+// walk are skipped; a directory it may not read is an error
+// (errScratchUnreadable).
+//
+// Blocks past the end count as soon as they are allocated: on a
+// filesystem that preallocates past a growing file's end (XFS's
+// speculative preallocation) a job near its quota can be stopped a little
+// early, until the file is closed and the excess trimmed.
+//
+// A file unlinked while a process holds it open has no name left to
+// walk: its blocks are not counted. RLIMIT_FSIZE bounds each such file,
+// and jobNoFile the files a process can hold open.
 func scratchUsage(dir string) (int64, error) {
 	type inode struct{ dev, ino uint64 }
 	seen := map[inode]bool{}
@@ -59,21 +86,46 @@ func scratchUsage(dir string) (int64, error) {
 			return err
 		}
 		st, ok := info.Sys().(*syscall.Stat_t)
-		if !ok || !info.Mode().IsRegular() {
-			total += charge(info.Size())
+		if !ok {
+			total = addCharge(total, charge(info.Size()))
 			return nil
 		}
-		key := inode{uint64(st.Dev), st.Ino}
-		if st.Nlink > 1 && seen[key] {
-			total += diskBlock // another name of a file already counted
-			return nil
+		if info.Mode().IsRegular() {
+			key := inode{uint64(st.Dev), st.Ino}
+			if st.Nlink > 1 && seen[key] {
+				total = addCharge(total, diskBlock) // another name of a file already counted
+				return nil
+			}
+			seen[key] = true
 		}
-		seen[key] = true
-		total += charge(info.Size())
+		total = addCharge(total, charge(max(info.Size(), blockBytes(st.Blocks))))
 		return nil
 	})
 	return total, err
 }
+
+// blockBytes is the bytes of n 512-byte blocks (st_blocks' unit),
+// saturating at maxCharge.
+func blockBytes(n int64) int64 {
+	if n > maxCharge/512 {
+		return maxCharge
+	}
+	return n * 512
+}
+
+// addCharge is a+b, saturating at maxCharge.
+func addCharge(a, b int64) int64 {
+	if b > maxCharge-a {
+		return maxCharge
+	}
+	return a + b
+}
+
+// jobNoFile is the RLIMIT_NOFILE of process jobs and the nofile ulimit
+// of containers with a disk quota: a file unlinked while open escapes the
+// watcher's walk, so what such files can hold is bounded by the files a
+// process may keep open, each within RLIMIT_FSIZE.
+const jobNoFile = 1024
 
 // Disk polling: a watcher measures the scratch dir every diskPoll, or every
 // diskPollFactor walks' time when the tree is large, so that watching costs
@@ -94,6 +146,7 @@ const (
 // that exits between two polls is still caught.
 type diskWatch struct {
 	dir   string
+	log   *slog.Logger
 	quota int64
 	base  int64
 	stop  context.CancelCauseFunc
@@ -101,25 +154,41 @@ type diskWatch struct {
 	ended chan struct{}
 	cause error // set by the watcher before ended is closed
 	// done returns the reason the run should report: ReasonDiskQuota, the
-	// text of errScratchUnreadable or of a failed measurement, or "".
+	// text of errScratchUnreadable or errScratchUnmeasurable, or "".
 	done func() string
 }
 
-// watchDisk starts watching dir; quota <= 0 watches nothing.
-func watchDisk(dir string, quota int64, stop context.CancelCauseFunc) (*diskWatch, error) {
-	w := &diskWatch{dir: dir, quota: quota, stop: stop, quit: make(chan struct{}), ended: make(chan struct{})}
+// watchDisk starts watching dir; quota <= 0 watches nothing. A walk that
+// fails is logged to log, and the run told only errScratchUnmeasurable.
+func watchDisk(dir string, quota int64, stop context.CancelCauseFunc, log *slog.Logger) (*diskWatch, error) {
+	w := &diskWatch{dir: dir, log: log, quota: quota, stop: stop, quit: make(chan struct{}), ended: make(chan struct{})}
 	if quota <= 0 {
 		w.done = func() string { return "" }
 		return w, nil
 	}
-	base, err := scratchUsage(dir)
+	base, err := measureScratch(dir, log)
 	if err != nil {
-		return nil, fmt.Errorf("scratch dir: %w", err)
+		return nil, err
 	}
 	w.base = base
 	w.done = sync.OnceValue(w.finish)
 	go w.loop()
 	return w, nil
+}
+
+// measureScratch is scratchUsage(dir) for a run's start: its error, for
+// the requester, is errScratchUnreadable or errScratchUnmeasurable, and
+// the details, which name the provider's paths, go to log.
+func measureScratch(dir string, log *slog.Logger) (int64, error) {
+	used, err := scratchUsage(dir)
+	switch {
+	case errors.Is(err, errScratchUnreadable):
+		return 0, errScratchUnreadable
+	case err != nil:
+		log.Warn("disk quota: the scratch dir could not be measured", "dir", dir, "err", err)
+		return 0, errScratchUnmeasurable
+	}
+	return used, nil
 }
 
 func (w *diskWatch) loop() {
@@ -149,7 +218,10 @@ func (w *diskWatch) check() error {
 	case errors.Is(err, errScratchUnreadable):
 		return errScratchUnreadable
 	case err != nil:
-		return fmt.Errorf("disk quota: %w", err)
+		// The error names the provider's paths: the log gets it, the
+		// requester a fixed text.
+		w.log.Warn("disk watch: the scratch dir could not be measured; the run is stopped", "dir", w.dir, "err", err)
+		return errScratchUnmeasurable
 	case used-w.base > w.quota:
 		return errDiskQuota
 	}

@@ -1,8 +1,10 @@
 package executor
 
 import (
+	"context"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -118,6 +120,25 @@ func diskQuotaCases(exact bool) []runCase {
 	}
 }
 
+// blockCases are the attacks on the watchers (docker, process) through
+// blocks a file holds beyond its size: fallocate with
+// FALLOC_FL_KEEP_SIZE allocates real blocks and leaves the size 0, and
+// RLIMIT_FSIZE does not apply to it. The job then waits: it must be
+// stopped for its disk, not at max_duration.
+func blockCases() []runCase {
+	return []runCase{{
+		name:    "blocks allocated past the size",
+		args:    []string{"fallocate", "big", "48", "1h"},
+		disk:    testQuota,
+		timeout: 20 * time.Second,
+		check: func(t *testing.T, r Result, stdout, stderr, dir string) {
+			if r.Reason != ReasonDiskQuota {
+				t.Errorf("got %+v, want a failed run with reason %q (stdout %q stderr %q)", r, ReasonDiskQuota, stdout, trunc(stderr))
+			}
+		},
+	}}
+}
+
 func TestWasmDiskQuota(t *testing.T) {
 	t.Parallel()
 	w, mod := sharedWasm(t)
@@ -134,7 +155,7 @@ func TestProcessDiskQuota(t *testing.T) {
 	t.Parallel()
 	p := NewProcess(ProcessOptions{})
 	bin := sampleBin(t)
-	for _, c := range diskQuotaCases(false) {
+	for _, c := range append(diskQuotaCases(false), blockCases()...) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			r, stdout, stderr, dir := runJob(t, p, &pb.JobSpec{Executor: "process", Command: []string{bin}}, nil, c)
@@ -146,7 +167,7 @@ func TestProcessDiskQuota(t *testing.T) {
 func TestDockerDiskQuota(t *testing.T) {
 	t.Parallel()
 	d := newTestDocker(t, DockerOptions{})
-	for _, c := range diskQuotaCases(false) {
+	for _, c := range append(diskQuotaCases(false), blockCases()...) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			r, stdout, stderr, dir := runJob(t, d, &pb.JobSpec{Executor: "docker", Image: testImage}, nil, c)
@@ -270,6 +291,18 @@ func TestWasmQuotaAccounting(t *testing.T) {
 			{"unlink d/e", fsOp(func(fs sandboxFS) experimentalsys.Errno { return fs.Unlink("d/e") }), 0},
 			{"rmdir d", fsOp(func(fs sandboxFS) experimentalsys.Errno { return fs.Rmdir("d") }), 0},
 		}},
+		{"ends near 2^63 are refused before any arithmetic", []step{
+			{"create a", open("a", create), 0},
+			{"pwrite at 2^63-1", pwrite("a", 1, math.MaxInt64), experimentalsys.EIO},
+			{"pwrite at 2^63-4096", pwrite("a", 1, math.MaxInt64-4095), experimentalsys.EIO},
+			{"pwrite just past 2^62", pwrite("a", 2, 1<<62-1), experimentalsys.EIO},
+			{"truncate to 2^63-1", truncate("a", math.MaxInt64), experimentalsys.EIO},
+			{"truncate just past 2^62", truncate("a", 1<<62+1), experimentalsys.EIO},
+			{"a negative offset", pwrite("a", 1, -1), experimentalsys.EINVAL},
+			{"what fits still fits", write("a", 60<<10), 0},
+			{"and no more", write("a", 8<<10), experimentalsys.EIO},
+			{"close", closeFile("a"), 0},
+		}},
 		{"names cost a block each", []step{
 			{"mkdir 1", fsOp(func(fs sandboxFS) experimentalsys.Errno { return fs.Mkdir("1", 0o755) }), 0},
 			{"create 15 files", func(e *env) experimentalsys.Errno {
@@ -293,7 +326,7 @@ func TestWasmQuotaAccounting(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			e := &env{t: t, fs: sandboxFS{FS: sysfs.DirFS(dir), quota: newDiskQuota(limit)}, files: map[string]experimentalsys.File{}}
+			e := &env{t: t, fs: sandboxFS{FS: sysfs.DirFS(dir), quota: newDiskQuota(limit, base)}, files: map[string]experimentalsys.File{}}
 			for _, s := range c.steps {
 				if errno := s.do(e); errno != s.errno {
 					t.Fatalf("%s: errno %v, want %v", s.name, errno, s.errno)
@@ -314,5 +347,103 @@ func TestWasmQuotaAccounting(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// scratchDirs are the filesystems a quota attack is tried on: the test's
+// temporary dir, and tmpfs (/dev/shm), whose files may be 2^63-1 bytes
+// long where ext4 stops at 16 TiB.
+func scratchDirs(t *testing.T) map[string]func(t *testing.T) string {
+	dirs := map[string]func(t *testing.T) string{"tempdir": func(t *testing.T) string { return t.TempDir() }}
+	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
+		dirs["tmpfs"] = func(t *testing.T) string {
+			dir, err := os.MkdirTemp("/dev/shm", "mira-quota-test")
+			if err != nil {
+				t.Skip(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			return dir
+		}
+	}
+	return dirs
+}
+
+// TestWasmQuotaCannotBeSwitchedOff: a guest's writes, truncations and
+// allocations at offsets near 2^63 must not turn the quota's arithmetic
+// over (off+len wrapping negative, a size rounded up past 2^63), which
+// would refund the guest more than it ever reserved and let every later
+// write through. Each attack is a huge call, then 48 MiB from the file's
+// start against a 16 MiB quota: the run must end "disk quota exceeded".
+func TestWasmQuotaCannotBeSwitchedOff(t *testing.T) {
+	t.Parallel()
+	w, mod := sharedWasm(t)
+	const maxInt64 = "9223372036854775807"
+	attacks := []struct {
+		name string
+		args []string
+	}{
+		{"pwrite at 2^63-1", []string{"pwrite", "f", maxInt64, "48"}},
+		{"pwrite at 2^63-4096", []string{"pwrite", "f", "9223372036854771712", "48"}},
+		{"truncate to 2^63-1", []string{"truncate", "f", maxInt64, "48"}},
+		{"truncate to 2^63-4000", []string{"truncate", "f", "9223372036854771807", "48"}},
+	}
+	for fsName, mkdir := range scratchDirs(t) {
+		for _, a := range attacks {
+			t.Run(fsName+"/"+a.name, func(t *testing.T) {
+				t.Parallel()
+				var stdout, stderr syncBuffer
+				job := &Job{ID: "quota-" + randHex(t, 4), Spec: &pb.JobSpec{Executor: "wasm", Args: a.args}, Module: mod,
+					Dir: mkdir(t), DiskQuota: testQuota, Stdout: &stdout, Stderr: &stderr}
+				ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+				defer cancel()
+				r, err := w.Run(ctx, job)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("result %+v stdout %q stderr %q", r, stdout.String(), trunc(stderr.String()))
+				if r.Reason != ReasonDiskQuota || strings.Contains(stdout.String(), "wrote 48 MiB") {
+					t.Fatalf("got %+v (stdout %q), want the run stopped with %q", r, stdout.String(), ReasonDiskQuota)
+				}
+			})
+		}
+	}
+}
+
+// TestWatchErrorsNameNoProviderPath: a job that nests 255-character
+// directory names 17 deep makes the watcher's walk fail ("file name too
+// long", naming the full path). The run must still be stopped, with a
+// reason, which goes to the requester, that names no path of the
+// provider's.
+func TestWatchErrorsNameNoProviderPath(t *testing.T) {
+	t.Parallel()
+	p := NewProcess(ProcessOptions{})
+	bin := sampleBin(t)
+	// The job waits (its watcher's poll finds the tree) or exits at once
+	// (the last measurement after the exit does).
+	for _, args := range [][]string{{"deepdir", "17", "1h"}, {"deepdir", "17"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			t.Parallel()
+			r, stdout, stderr, dir := runJob(t, p, &pb.JobSpec{Executor: "process", Command: []string{bin}}, nil, runCase{
+				args: args, disk: testQuota, timeout: 20 * time.Second,
+			})
+			defer removeTree(t, dir)
+			for _, leak := range []string{dir, filepath.Base(dir), strings.Repeat("x", 255)} {
+				if strings.Contains(r.Reason, leak) {
+					t.Fatalf("reason %q names a provider path (%.40s...)", r.Reason, leak)
+				}
+			}
+			if r.Reason != errScratchUnmeasurable.Error() {
+				t.Fatalf("got %+v (stdout %q stderr %q), want the run stopped with %q", r, stdout, stderr, errScratchUnmeasurable)
+			}
+		})
+	}
+}
+
+// removeTree removes dir, which may be deeper than PATH_MAX, from the
+// bottom up by relative paths: t.TempDir's cleanup cannot.
+func removeTree(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
 	}
 }

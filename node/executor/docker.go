@@ -10,8 +10,10 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -120,7 +122,8 @@ func ParseUser(s string) (uid, gid int, err error) {
 // Docker runs jobs as containers through the Docker Engine API; it is the
 // executor for GPU jobs.
 //
-// A job's spec.image must already be on the host. spec.command, when
+// A job's spec.image must already be on the host, and declare no volume
+// (ErrImageVolumes). spec.command, when
 // given, replaces the image's entrypoint and spec.args are its arguments;
 // without a command, spec.args replace the image's CMD and the image's
 // entrypoint (if any) runs them. The container gets: the spec's env and no
@@ -130,7 +133,8 @@ func ParseUser(s string) (uid, gid int, err error) {
 // resources.memory_mib with no swap, NanoCPUs = resources.cpu_millis, no
 // network unless allowed, and the job's GPUs (job.GPUs, via the nvidia
 // driver). With a job.DiskQuota, the fsize ulimit keeps any one file below
-// the quota, and a watcher measures job.Dir from the host (see diskWatch)
+// the quota, the nofile ulimit (jobNoFile) bounds the files unlinked while
+// open, and a watcher measures job.Dir from the host (see diskWatch)
 // and stops the container once it holds more than the quota beyond its
 // inputs: the run fails with ReasonDiskQuota. Output is read by attaching to the container (as `docker run`
 // does); the daemon does not log it. The container is removed after every
@@ -239,6 +243,9 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 	if !namesImage(spec.GetImage(), img.RepoTags, img.RepoDigests) {
 		return fail, fmt.Errorf("docker: %q: %w", spec.GetImage(), ErrNoImage)
 	}
+	if vols := imageVolumes(img); len(vols) > 0 {
+		return fail, fmt.Errorf("docker: %q: %w: %s", spec.GetImage(), ErrImageVolumes, strings.Join(vols, ", "))
+	}
 	if err := d.handOver(dir); err != nil {
 		return fail, err
 	}
@@ -246,7 +253,7 @@ func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
 	// The disk watch stops the run through ctx, with its cause.
 	ctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
-	disk, err := watchDisk(dir, job.DiskQuota, stop)
+	disk, err := watchDisk(dir, job.DiskQuota, stop, d.log.With("job", job.ID))
 	if err != nil {
 		return fail, fmt.Errorf("docker: %w", err)
 	}
@@ -433,6 +440,15 @@ func namesImage(image string, tags, digests []string) bool {
 	return false
 }
 
+// imageVolumes lists, sorted, the volumes img declares (its VOLUME
+// lines): each would be a writable anonymous volume on the host.
+func imageVolumes(img client.ImageInspectResult) []string {
+	if img.Config == nil {
+		return nil
+	}
+	return slices.Sorted(maps.Keys(img.Config.Volumes))
+}
+
 // handOver makes the scratch dir dir the container user's: a node running
 // as root gives it, and everything in it, to that user (the dir is 0700,
 // and the dir above it the node's, 0700: no one else on the host gets in).
@@ -452,7 +468,8 @@ func (d *Docker) handOver(dir string) error {
 		err = os.Chmod(dir, 0o700)
 	}
 	if err != nil {
-		return fmt.Errorf("docker: scratch dir for the container's user: %w", err)
+		d.log.Warn("docker: the scratch dir could not be handed to the container's user", "dir", dir, "err", err)
+		return errors.New("docker: the provider could not hand the scratch dir to the container's user")
 	}
 	return nil
 }
@@ -519,9 +536,11 @@ func (d *Docker) containerConfig(job *Job, rc runConfig) (*container.Config, *co
 		},
 	}
 	if job.DiskQuota > 0 {
-		// No file may grow past the quota; the watch counts /work as a whole.
+		// No file may grow past the quota; the watch counts /work as a
+		// whole, and nofile bounds the files unlinked while open, which
+		// it cannot see.
 		fsize := int64(fsizeLimit(job.DiskQuota))
-		hc.Ulimits = []*container.Ulimit{{Name: "fsize", Soft: fsize, Hard: fsize}}
+		hc.Ulimits = []*container.Ulimit{{Name: "fsize", Soft: fsize, Hard: fsize}, {Name: "nofile", Soft: jobNoFile, Hard: jobNoFile}}
 	}
 	if len(job.GPUs) > 0 {
 		hc.DeviceRequests = []container.DeviceRequest{{

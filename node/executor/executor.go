@@ -106,6 +106,11 @@ var ErrOverLimit = errors.New("over this provider's limit")
 // the provider's allowlist.
 var ErrImageNotAllowed = errors.New("image not allowed on this provider")
 
+// ErrImageVolumes is returned for a docker job whose image declares
+// volumes: the engine would give each a writable anonymous volume on the
+// host, past the read-only root and the disk quota.
+var ErrImageVolumes = errors.New("image declares volumes, which this provider does not run (they would escape the read-only root and the disk quota)")
+
 // ErrNoMemory is returned for a job whose memory does not fit in what the
 // host has free now.
 var ErrNoMemory = errors.New("not enough free memory on this provider")
@@ -129,7 +134,7 @@ func ctxReason(ctx context.Context) string {
 	switch cause := context.Cause(ctx); {
 	case errors.Is(cause, errDiskQuota):
 		return ReasonDiskQuota
-	case errors.Is(cause, errScratchUnreadable):
+	case errors.Is(cause, errScratchUnreadable), errors.Is(cause, errScratchUnmeasurable):
 		return cause.Error()
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return ReasonTimeout

@@ -16,16 +16,25 @@ import (
 // static executable exe, as /job, its entrypoint: how to make a job image
 // where no registry can be reached (build exe with CGO_ENABLED=0).
 func BuildScratchImage(ctx context.Context, c *client.Client, tag string, exe []byte) error {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, f := range []struct {
-		name string
-		mode int64
-		data []byte
-	}{
+	return buildImage(ctx, c, tag, []contextFile{
 		{"Dockerfile", 0o644, []byte("FROM scratch\nCOPY job /job\nENTRYPOINT [\"/job\"]\n")},
 		{"job", 0o755, exe},
-	} {
+	})
+}
+
+// contextFile is a file of an image's build context.
+type contextFile struct {
+	name string
+	mode int64
+	data []byte
+}
+
+// buildImage builds the image tag from a build context of files, one of
+// them the Dockerfile.
+func buildImage(ctx context.Context, c *client.Client, tag string, files []contextFile) error {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range files {
 		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data))}); err != nil {
 			return fmt.Errorf("image context: %w", err)
 		}

@@ -1,9 +1,12 @@
 package executor
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -108,8 +111,12 @@ func TestDockerLimits(t *testing.T) {
 		if got := in.Container.Config.User; got != "65534:65534" {
 			t.Errorf("User %q, want 65534:65534", got)
 		}
-		if len(hc.Ulimits) != 1 || hc.Ulimits[0].Name != "fsize" || hc.Ulimits[0].Hard != 64<<20+1 {
-			t.Errorf("Ulimits %+v, want fsize %d", hc.Ulimits, 64<<20+1)
+		ulimits := map[string]int64{}
+		for _, u := range hc.Ulimits {
+			ulimits[u.Name] = u.Hard
+		}
+		if len(ulimits) != 2 || ulimits["fsize"] != 64<<20+1 || ulimits["nofile"] != jobNoFile {
+			t.Errorf("Ulimits %+v, want fsize %d and nofile %d", hc.Ulimits, 64<<20+1, jobNoFile)
 		}
 	})
 
@@ -281,5 +288,108 @@ func TestNamesImage(t *testing.T) {
 		if got := namesImage(c.image, tags, digests); got != c.want {
 			t.Errorf("namesImage(%q) = %v, want %v", c.image, got, c.want)
 		}
+	}
+}
+
+// TestWasmAdmissionWhenPromisedPassesFree: the host's free memory can
+// drop below what running guests were promised (another program took
+// it); a new guest must then be refused, whatever it asks, not admitted
+// because free - promised wrapped around.
+func TestWasmAdmissionWhenPromisedPassesFree(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name               string
+		free, running, ask uint64
+		admit              bool
+	}{
+		{"fits beside the running guest", 300 << 20, 150 << 20, 64 << 20, true},
+		{"does not fit beside it", 200 << 20, 150 << 20, 64 << 20, false},
+		{"promised equals free", 150 << 20, 150 << 20, 1 << 20, false},
+		{"promised past free", 100 << 20, 150 << 20, 64 << 20, false},
+		{"promised far past free", 1 << 20, 4 << 30, 1 << 20, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			w, err := NewWasm(WasmOptions{MemAvailable: func() (uint64, error) { return c.free, nil }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close(context.Background())
+			w.running[&jobMemory{limit: c.running}] = struct{}{}
+			err = w.admit(&jobMemory{limit: c.ask})
+			if got := err == nil; got != c.admit {
+				t.Fatalf("admit(%d MiB) with %d MiB free and %d MiB promised: %v; want admitted %v",
+					c.ask>>20, c.free>>20, c.running>>20, err, c.admit)
+			}
+			if err != nil && !errors.Is(err, ErrNoMemory) {
+				t.Fatalf("refused with %v, want ErrNoMemory", err)
+			}
+		})
+	}
+}
+
+// TestProcessOpenFilesLimited: a file unlinked while open escapes the
+// disk watcher's walk, so a process job with a disk quota may keep only
+// jobNoFile files open (each within RLIMIT_FSIZE). The limit is set just
+// after the start: the shell waits until it has it, or max_duration.
+func TestProcessOpenFilesLimited(t *testing.T) {
+	t.Parallel()
+	p := NewProcess(ProcessOptions{})
+	job, stdout := newJob(t, &pb.JobSpec{Executor: "process", Command: []string{"sh", "-c",
+		fmt.Sprintf(`until grep -q "Max open files *%d *%d" /proc/$$/limits; do :; done; echo limited`, jobNoFile, jobNoFile)}}, nil)
+	job.DiskQuota = 16 << 20
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if r, err := p.Run(ctx, job); err != nil || r.Failed() || stdout.String() != "limited\n" {
+		t.Fatalf("Run = %+v, %v (stdout %q); want the job's open files limited to %d", r, err, stdout.String(), jobNoFile)
+	}
+}
+
+// TestDockerRefusesImageVolumes: an image that declares a VOLUME gets a
+// writable anonymous volume there (under the engine's root, on the host),
+// past the read-only root and outside the scratch dir the disk quota
+// watches. The image here is an allowlisted FROM scratch image whose
+// /data, world-writable, is such a volume: its job must not run.
+func TestDockerRefusesImageVolumes(t *testing.T) {
+	t.Parallel()
+	c := dockerOrSkip(t)
+	exe, err := os.ReadFile(sampleBin(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// ADD extracts a tar, keeping its modes: /data is 1777, writable by
+	// the container's user.
+	var data bytes.Buffer
+	tw := tar.NewWriter(&data)
+	if err := tw.WriteHeader(&tar.Header{Name: "data/", Typeflag: tar.TypeDir, Mode: 0o1777}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Close()
+	image := "mira-test-volume:" + randHex(t, 8)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	err = buildImage(ctx, c, image, []contextFile{
+		{"Dockerfile", 0o644, []byte("FROM scratch\nCOPY job /job\nADD data.tar /\nVOLUME /data\nENTRYPOINT [\"/job\"]\n")},
+		{"job", 0o755, exe},
+		{"data.tar", 0o644, data.Bytes()},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.ImageRemove(context.Background(), image, client.ImageRemoveOptions{Force: true, PruneChildren: true})
+	})
+	d := newTestDocker(t, DockerOptions{Images: []string{image}})
+	job, stdout := newJob(t, &pb.JobSpec{Executor: "docker", Image: image, Args: []string{"write", "/data/escaped", "outside the quota"}}, nil)
+	job.DiskQuota = testQuota
+	r, err := d.Run(t.Context(), job)
+	if !errors.Is(err, ErrImageVolumes) {
+		t.Fatalf("Run = %+v, %v (stdout %q); want ErrImageVolumes", r, err, stdout.String())
+	}
+	if !strings.Contains(err.Error(), "/data") {
+		t.Errorf("error %q does not name the volume", err)
+	}
+	if left := containersOf(t, c, job.ID); len(left) > 0 {
+		t.Errorf("a container was created")
 	}
 }

@@ -54,8 +54,10 @@ type ProcessOptions struct {
 // With a job.DiskQuota, RLIMIT_FSIZE (set like RLIMIT_AS) keeps any file
 // the job writes, anywhere, below the quota, and a watcher measures
 // job.Dir (see diskWatch) and kills the group once it holds more than the
-// quota beyond its inputs: the run fails with ReasonDiskQuota. What the
-// job writes outside its dir is not counted: a process is no sandbox.
+// quota beyond its inputs: the run fails with ReasonDiskQuota; RLIMIT_NOFILE
+// (jobNoFile) bounds the files unlinked while open that the walk cannot
+// see. What the job writes outside its dir is not counted: a process is
+// no sandbox.
 type Process struct {
 	opts ProcessOptions
 	log  *slog.Logger
@@ -113,7 +115,7 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 	// The disk watch stops the run through ctx, with its cause.
 	ctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
-	disk, err := watchDisk(job.Dir, job.DiskQuota, stop)
+	disk, err := watchDisk(job.Dir, job.DiskQuota, stop, p.log.With("job", job.ID))
 	if err != nil {
 		return fail, fmt.Errorf("process: %w", err)
 	}
@@ -174,6 +176,10 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 		lim := &unix.Rlimit{Cur: fsizeLimit(job.DiskQuota), Max: fsizeLimit(job.DiskQuota)}
 		if err := unix.Prlimit(pid, unix.RLIMIT_FSIZE, lim, nil); err != nil {
 			p.log.Warn("process: file size limit not applied", "job", job.ID, "err", err)
+		}
+		// Files unlinked while open escape the watch: bound how many.
+		if err := setNoFile(pid); err != nil {
+			p.log.Warn("process: open files limit not applied", "job", job.ID, "err", err)
 		}
 	}
 
@@ -246,6 +252,17 @@ func (p *Process) addressSpace(job *Job) (limit uint64, ok bool) {
 		return 0, false
 	}
 	return uint64(p.opts.MaxMemoryMib) << 20, true
+}
+
+// setNoFile lowers the RLIMIT_NOFILE of process pid to jobNoFile (or to
+// its hard limit, if that is lower: only root may raise it).
+func setNoFile(pid int) error {
+	var old unix.Rlimit
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
+		return err
+	}
+	n := min(uint64(jobNoFile), old.Max)
+	return unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: n, Max: n}, nil)
 }
 
 // killGroup sends SIGKILL to the process group pgid.

@@ -237,7 +237,11 @@ func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 	clock := newOutputClock(start)
 	fsys := sandboxFS{FS: sysfs.DirFS(job.Dir)}
 	if job.DiskQuota > 0 {
-		fsys.quota = newDiskQuota(job.DiskQuota)
+		base, err := measureScratch(job.Dir, w.log.With("job", job.ID))
+		if err != nil {
+			return fail, fmt.Errorf("wasm: %w", err)
+		}
+		fsys.quota = newDiskQuota(job.DiskQuota, base)
 	}
 	cfg := wazero.NewModuleConfig().
 		WithName("").
@@ -309,7 +313,9 @@ func (w *Wasm) admit(mem *jobMemory) error {
 	for m := range w.running {
 		promised += m.limit - min(m.peak.Load(), m.limit)
 	}
-	if mem.limit > free || mem.limit > free-promised {
+	// promised can pass free (another program took memory since): then
+	// nothing fits, and free-promised, unsigned, must not wrap around.
+	if promised >= free || mem.limit > free-promised {
 		return fmt.Errorf("wasm: memory_mib %d: %w (%d MiB free, %d MiB of it promised to running jobs)",
 			mem.limit>>20, ErrNoMemory, free>>20, min(promised, free)>>20)
 	}

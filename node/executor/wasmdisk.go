@@ -16,7 +16,8 @@ import (
 // take the job past its limit, so the dir never holds more than its
 // starting size plus the limit. Costs are those of scratchUsage: a file's
 // size rounded up to blocks (at least one block), a block for every further
-// name and for every directory. Space comes back when it is really freed:
+// name and for every directory. A call that would make a file end past
+// maxFileEnd is refused before any of that arithmetic. Space comes back when it is really freed:
 // a truncation at once, a file's last name when no handle of the guest
 // holds it open, else at its last close.
 //
@@ -24,15 +25,25 @@ import (
 // ENOSPC or EDQUOT, and maps those of the host to EIO too.
 type diskQuota struct {
 	limit    int64
+	floor    int64       // the least used can be: minus what the dir held at the start
 	exceeded atomic.Bool // a call was refused
 
 	mu   sync.Mutex
-	used int64             // bytes added since the start; below zero once the job deletes its inputs
+	used int64             // bytes added since the start; below zero (down to floor) once the job deletes its inputs
 	open map[sys.Inode]int // handles the guest holds, by inode (one filesystem: the scratch dir)
 }
 
-func newDiskQuota(limit int64) *diskQuota {
-	return &diskQuota{limit: limit, open: map[sys.Inode]int{}}
+// maxFileEnd bounds where a guest's write or truncation may end: far
+// past any quota, and far enough below 2^63 that no sum or rounding in
+// the quota's arithmetic can wrap around (a wrapped cost once refunded a
+// guest more than it ever reserved, and switched its quota off).
+const maxFileEnd = 1 << 62
+
+// newDiskQuota is the account of a dir that held base bytes (as
+// scratchUsage counts them) when the run started: the guest may add limit
+// bytes, and what it deletes gives back no more than the dir held.
+func newDiskQuota(limit, base int64) *diskQuota {
+	return &diskQuota{limit: limit, floor: -max(base, 0), open: map[sys.Inode]int{}}
 }
 
 // reserve takes n bytes from the quota, or refuses with EIO.
@@ -43,7 +54,7 @@ func (q *diskQuota) reserve(n int64) experimentalsys.Errno {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.used+n > q.limit {
+	if n > q.limit-q.used { // not q.used+n > q.limit: n may be near 2^63
 		q.exceeded.Store(true)
 		return experimentalsys.EIO
 	}
@@ -51,13 +62,26 @@ func (q *diskQuota) reserve(n int64) experimentalsys.Errno {
 	return 0
 }
 
-// release gives n bytes back.
+// tooFar refuses a call that would make a file end past maxFileEnd, as
+// the quota refuses (EIO: wazero has no EFBIG either), and the run fails
+// for its disk: no quota allows that much.
+func (q *diskQuota) tooFar() experimentalsys.Errno {
+	q.exceeded.Store(true)
+	return experimentalsys.EIO
+}
+
+// release gives n bytes back; used never drops below floor, whatever an
+// accounting slip would refund.
 func (q *diskQuota) release(n int64) {
-	if n == 0 {
+	if n <= 0 {
 		return
 	}
 	q.mu.Lock()
-	q.used -= n
+	if n > q.used-q.floor {
+		q.used = q.floor
+	} else {
+		q.used -= n
+	}
 	q.mu.Unlock()
 }
 
@@ -259,6 +283,12 @@ func (f *quotaFile) Pwrite(buf []byte, off int64) (int, experimentalsys.Errno) {
 // size, against the quota: it reserves the growth first and gives back
 // what a short write did not use.
 func (f *quotaFile) write(size, off int64, want int, op func() (int, experimentalsys.Errno)) (int, experimentalsys.Errno) {
+	if off < 0 || want < 0 || off > maxFileEnd-int64(want) {
+		if off < 0 {
+			return 0, experimentalsys.EINVAL
+		}
+		return 0, f.quota.tooFar()
+	}
 	cost := charge(max(size, off+int64(want))) - charge(size)
 	if errno := f.quota.reserve(cost); errno != 0 {
 		return 0, errno
@@ -272,6 +302,12 @@ func (f *quotaFile) write(size, off int64, want int, op func() (int, experimenta
 
 // Truncate implements sys.File: growing costs, shrinking gives back.
 func (f *quotaFile) Truncate(size int64) experimentalsys.Errno {
+	switch {
+	case size < 0:
+		return experimentalsys.EINVAL
+	case size > maxFileEnd:
+		return f.quota.tooFar()
+	}
 	st, errno := f.File.Stat()
 	if errno != 0 {
 		return errno

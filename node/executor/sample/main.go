@@ -16,6 +16,19 @@
 //	sample fill NAME MIB [PER [HOLD]]
 //	                         write MIB MiB into NAME (in files NAME.0, NAME.1, ... of
 //	                         PER MiB each when PER is given), then wait HOLD
+//	sample pwrite NAME OFF MIB
+//	                         write one byte at offset OFF of NAME (printing the error,
+//	                         if any), then MIB MiB into NAME from its start
+//	sample truncate NAME SIZE MIB
+//	                         truncate NAME to SIZE bytes (printing the error, if any),
+//	                         then write MIB MiB into NAME from its start
+//	sample fallocate NAME MIB [HOLD]
+//	                         allocate MIB MiB of blocks to NAME without changing its
+//	                         size (FALLOC_FL_KEEP_SIZE; linux only), then wait HOLD
+//	sample deepdir DEPTH [HOLD]
+//	                         make DEPTH nested directories of 255-character names (by
+//	                         renaming from the bottom, so no single call's path is
+//	                         long), then wait HOLD
 //	sample id                print the user and group IDs it runs as (uid:gid)
 //	sample dial ADDR [WAIT]  TCP connect to ADDR, retrying for WAIT (a Go duration)
 //	sample serve PORT        accept TCP connections on PORT, greet each
@@ -41,7 +54,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail(2, "usage: sample hash|echo|readfile|write|symlink|fill|id|dial|serve|alloc|spin|sleep|env|exit ...")
+		fail(2, "usage: sample hash|echo|readfile|write|symlink|fill|pwrite|truncate|fallocate|deepdir|id|dial|serve|alloc|spin|sleep|env|exit ...")
 	}
 	cmd, args := os.Args[1], os.Args[2:]
 	switch cmd {
@@ -83,6 +96,22 @@ func main() {
 	case "fill":
 		need(args, 2)
 		fill(args)
+	case "pwrite":
+		need(args, 3)
+		pwrite(args[0], int64(atoi(args[1])), atoi(args[2]))
+	case "truncate":
+		need(args, 3)
+		truncate(args[0], int64(atoi(args[1])), atoi(args[2]))
+	case "fallocate":
+		need(args, 2)
+		fallocate(args[0], atoi(args[1]))
+		fmt.Printf("allocated %s MiB\n", args[1])
+		time.Sleep(holdArg(args, 2))
+	case "deepdir":
+		need(args, 1)
+		deepdir(atoi(args[0]))
+		fmt.Printf("made %s levels\n", args[0])
+		time.Sleep(holdArg(args, 1))
 	case "id":
 		fmt.Printf("%d:%d\n", os.Getuid(), os.Getgid())
 	case "dial":
@@ -181,6 +210,84 @@ func fill(args []string) {
 	}
 	fmt.Printf("filled %d MiB\n", total)
 	time.Sleep(hold)
+}
+
+// pwrite writes one byte at offset off of name, then fills it with mib
+// MiB from its start.
+func pwrite(name string, off int64, mib int) {
+	f, err := os.OpenFile(name, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		fail(1, "pwrite: %v", err)
+	}
+	if _, err := f.WriteAt([]byte{1}, off); err != nil {
+		fmt.Printf("pwrite at %d: %v\n", off, err)
+	}
+	writeMiB(f, mib)
+}
+
+// truncate truncates name to size, then fills it with mib MiB from its
+// start.
+func truncate(name string, size int64, mib int) {
+	f, err := os.OpenFile(name, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		fail(1, "truncate: %v", err)
+	}
+	if err := f.Truncate(size); err != nil {
+		fmt.Printf("truncate to %d: %v\n", size, err)
+	}
+	writeMiB(f, mib)
+}
+
+// writeMiB writes mib MiB into f from its start and closes it; a write
+// that fails ends the program with exit status 1.
+func writeMiB(f *os.File, mib int) {
+	block := make([]byte, 1<<20)
+	for i := range mib {
+		if _, err := f.WriteAt(block, int64(i)<<20); err != nil {
+			fail(1, "write: after %d MiB: %v", i, err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		fail(1, "write: %v", err)
+	}
+	fmt.Printf("wrote %d MiB\n", mib)
+}
+
+// deepdir makes depth nested directories of 255-character names in the
+// working directory: short names first, then renamed from the deepest up,
+// so that every call's path stays short while the whole grows past
+// PATH_MAX.
+func deepdir(depth int) {
+	short := make([]string, depth)
+	for i := range short {
+		short[i] = fmt.Sprintf("d%d", i)
+	}
+	if err := os.MkdirAll(strings.Join(short, "/"), 0o755); err != nil {
+		fail(1, "deepdir: %v", err)
+	}
+	long := strings.Repeat("x", 255)
+	for i := depth - 1; i >= 0; i-- {
+		parent := strings.Join(short[:i], "/")
+		from, to := short[i], long
+		if parent != "" {
+			from, to = parent+"/"+from, parent+"/"+to
+		}
+		if err := os.Rename(from, to); err != nil {
+			fail(1, "deepdir: level %d: %v", i, err)
+		}
+	}
+}
+
+// holdArg is args[i] as a duration, zero when absent.
+func holdArg(args []string, i int) time.Duration {
+	if len(args) <= i {
+		return 0
+	}
+	d, err := time.ParseDuration(args[i])
+	if err != nil {
+		fail(2, "%s: %v", os.Args[1], err)
+	}
+	return d
 }
 
 func dial(args []string) {
