@@ -61,6 +61,13 @@ const (
 	// MaxExcluded bounds the providers a job remembers it excluded; the
 	// longest excluded may bid again.
 	MaxExcluded = 64
+	// MaxAttempts bounds a job's awards: every award after the first
+	// costs the requester a release and a new hold in its ledger chain,
+	// so a job that went round this often fails instead of going on (a
+	// provider that bids and declines every award, under as many
+	// identities as it likes, would spend the requester's ledger entry
+	// rate).
+	MaxAttempts = 16
 )
 
 // Config sets the engine's timing and, for a provider, its bid strategy.
@@ -145,14 +152,18 @@ type Job struct {
 	Provider peer.ID   `json:"provider,omitempty"`
 	Price    uint64    `json:"price"`
 	// Attempt counts awards; a result must carry the current one.
-	Attempt    uint32    `json:"attempt"`
-	Leases     int       `json:"leases"`
-	Bids       []Bid     `json:"bids"`
-	Declines   []Decline `json:"declines"`
-	Excluded   []peer.ID `json:"excluded,omitempty"`
-	Candidates []peer.ID `json:"candidates,omitempty"`
-	ExitCode   int32     `json:"exit_code"`
-	Output     []byte    `json:"output,omitempty"`
+	Attempt  uint32    `json:"attempt"`
+	Leases   int       `json:"leases"`
+	Bids     []Bid     `json:"bids"`
+	Declines []Decline `json:"declines"`
+	Excluded []peer.ID `json:"excluded,omitempty"`
+	// DeclinedAwards are the providers that declined an award of the job
+	// once (preemption aside); a second decline excludes the provider.
+	// At most one per award, so at most MaxAttempts.
+	DeclinedAwards []peer.ID `json:"declined_awards,omitempty"`
+	Candidates     []peer.ID `json:"candidates,omitempty"`
+	ExitCode       int32     `json:"exit_code"`
+	Output         []byte    `json:"output,omitempty"`
 	// Log is the run's log when it came in the result, not streamed.
 	Log   []byte `json:"log,omitempty"`
 	Error string `json:"error,omitempty"`
@@ -525,10 +536,20 @@ func (e *Engine) onDecline(now time.Time, m *protocol.Signed, d *pb.Decline) {
 	case (j.State == Assigned || j.State == Running) && j.Provider == m.Signer:
 		// The provider turned the award down (it filled up since it bid)
 		// or gave the lease up for interactive work: offer again; it may
-		// bid again once it has room.
+		// bid again once it has room, but a provider that declines a
+		// second award of the job is not asked again (an honest one that
+		// filled up declines once; one that bids and declines every award
+		// would make the requester write a release and a hold each time).
 		noteDecline(j, m.Signer, d.Reason, now)
-		if j.State == Running && d.Reason == ReasonPreempted {
-			j.Preemptions++
+		switch {
+		case d.Reason == ReasonPreempted:
+			if j.State == Running {
+				j.Preemptions++
+			}
+		case slices.Contains(j.DeclinedAwards, m.Signer):
+			exclude(j, m.Signer)
+		default:
+			j.DeclinedAwards = append(j.DeclinedAwards, m.Signer)
 		}
 		e.reoffer(j, now, false)
 	case j.State == Bidding && asked(j, m.Signer):
@@ -692,17 +713,36 @@ func (e *Engine) onResult(now time.Time, m *protocol.Signed, r *pb.Result) {
 }
 
 // reoffer takes the job from its provider and returns it to the market. A
-// provider that failed the job (silence) is excluded from it for good.
-func (e *Engine) reoffer(j *Job, now time.Time, exclude bool) {
-	if j.Provider != "" && exclude {
-		if len(j.Excluded) >= MaxExcluded {
-			j.Excluded = slices.Delete(j.Excluded, 0, 1)
-		}
-		j.Excluded = append(j.Excluded, j.Provider)
+// provider that failed the job (silence) is excluded from it for good. A
+// job awarded MaxAttempts times fails instead.
+func (e *Engine) reoffer(j *Job, now time.Time, revoke bool) {
+	if j.Provider != "" && revoke {
+		exclude(j, j.Provider)
 		e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Cancel{Cancel: &pb.Cancel{JobId: j.ID[:], Reason: "lease revoked"}}})
 	}
 	j.Bids = j.Bids[:0]
+	if j.Attempt >= MaxAttempts {
+		reason := fmt.Sprintf("no provider kept the job: %d awards, the last to %s", j.Attempt, j.Provider)
+		if i := slices.IndexFunc(j.Declines, func(d Decline) bool { return d.Provider == j.Provider && d.Round == j.Round }); i >= 0 {
+			reason += " (declined: " + j.Declines[i].Reason + ")"
+		}
+		// The lease is over (declined, revoked): nothing to cancel.
+		j.State = Bidding
+		e.finish(j, now, Failed, reason)
+		return
+	}
 	e.offer(j, now)
+}
+
+// exclude keeps p from bidding on j again (the MaxExcluded latest).
+func exclude(j *Job, p peer.ID) {
+	if slices.Contains(j.Excluded, p) {
+		return
+	}
+	if len(j.Excluded) >= MaxExcluded {
+		j.Excluded = slices.Delete(j.Excluded, 0, 1)
+	}
+	j.Excluded = append(j.Excluded, p)
 }
 
 // --- provider side ---

@@ -433,3 +433,133 @@ func TestRepeatedAwardIsIgnored(t *testing.T) {
 		t.Fatalf("the repeated award asked for work: %+v", r)
 	}
 }
+
+// awardDecliner is a rogue provider's script: it bids 1 (the cheapest
+// possible) on every offer it sees, directly or by gossip, and answers
+// the first declines awards with reply (then accepts, as an honest
+// provider that filled up once does).
+func awardDecliner(self peer.ID, declines int, reply func(job []byte) []*pb.MarketMessage) func(*pb.MarketMessage) []*pb.MarketMessage {
+	return func(m *pb.MarketMessage) []*pb.MarketMessage {
+		switch b := m.Body.(type) {
+		case *pb.MarketMessage_Offer:
+			id, _ := protocol.OfferJobID(b.Offer)
+			return []*pb.MarketMessage{{Body: &pb.MarketMessage_Bid{Bid: &pb.Bid{JobId: id[:], Provider: []byte(self), Price: 1}}}}
+		case *pb.MarketMessage_Award:
+			if declines <= 0 {
+				return []*pb.MarketMessage{{Body: &pb.MarketMessage_Accept{Accept: &pb.Accept{JobId: b.Award.JobId, Attempt: b.Award.Attempt}}}}
+			}
+			declines--
+			return reply(b.Award.JobId)
+		}
+		return nil
+	}
+}
+
+// declineAward answers an award with a decline, as a provider that filled
+// up since it bid does.
+func declineAward(self peer.ID) func([]byte) []*pb.MarketMessage {
+	return func(job []byte) []*pb.MarketMessage {
+		return []*pb.MarketMessage{{Body: &pb.MarketMessage_Decline{Decline: &pb.Decline{JobId: job, Provider: []byte(self), Reason: ReasonNoSlot}}}}
+	}
+}
+
+// acceptThenPreempt takes an award and gives it up at once as preempted.
+func acceptThenPreempt(self peer.ID, attempt *uint32) func([]byte) []*pb.MarketMessage {
+	return func(job []byte) []*pb.MarketMessage {
+		*attempt++
+		return []*pb.MarketMessage{
+			{Body: &pb.MarketMessage_Accept{Accept: &pb.Accept{JobId: job, Attempt: *attempt}}},
+			{Body: &pb.MarketMessage_Decline{Decline: &pb.Decline{JobId: job, Provider: []byte(self), Reason: ReasonPreempted}}},
+		}
+	}
+}
+
+// submitQuiet submits an interactive job of req to candidates without
+// delivering anything yet.
+func (s *sim) submitQuiet(req peer.ID, candidates ...peer.ID) *Job {
+	spec := &pb.JobSpec{Executor: "noop", Tier: protocol.TierInteractive, MaxPrice: 50, MaxDurationMs: 1000, Resources: &pb.Resources{Gpus: 1}}
+	return s.engines[req].Submit(s.now, s.offerFor(req, 0, s.now.Add(time.Minute), spec), candidates)
+}
+
+// A rogue provider that bids first and cheapest and declines every award
+// at once cannot keep a job going round: each award after the first costs
+// the requester a release and a hold in its ledger chain, and at about a
+// hundred rounds a second its per-account entry budget would be gone in
+// minutes. A lease holder is excluded at its second decline of a job (an
+// honest provider that filled up declines once) and a job is awarded at
+// most MaxAttempts times, then fails with a reason.
+func TestAwardDecliningProviderIsBounded(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// rogues is how many identities the attacker uses.
+		rogues int
+		// preempt: the rogue accepts each award and gives it up as
+		// preempted, which excludes no one.
+		preempt bool
+		// honest adds an honest provider as the last candidate.
+		honest bool
+		// wantAttempts and wantState are how the job ends.
+		wantAttempts uint32
+		wantState    State
+	}{
+		{"one rogue, then an honest provider", 1, false, true, 3, Succeeded},
+		{"one rogue alone", 1, false, false, 2, Bidding},
+		{"ten rogue identities", 10, false, false, MaxAttempts, Failed},
+		{"a rogue that accepts and gives up as preempted", 1, true, true, MaxAttempts, Failed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSim(t)
+			req := s.add(nil)
+			var candidates []peer.ID
+			for range tc.rogues {
+				r := s.rogue()
+				reply := declineAward(r)
+				if tc.preempt {
+					reply = acceptThenPreempt(r, new(uint32))
+				}
+				s.scripts[r] = awardDecliner(r, 1<<30, reply)
+				s.scripted = append(s.scripted, r)
+				candidates = append(candidates, r)
+			}
+			var honest peer.ID
+			if tc.honest {
+				honest = s.add(provider(10))
+				candidates = append(candidates, honest)
+			}
+			j := s.submitQuiet(req, candidates...)
+			// Without bounds the job goes round as long as the rogue
+			// answers: delivery would never settle.
+			if !s.settle(10 * MaxAttempts) {
+				t.Fatalf("still going round after %d rounds: %d awards so far", 10*MaxAttempts, j.Attempt)
+			}
+			if tc.honest && j.State == Running {
+				s.finish(honest, j.ID)
+			}
+			if j.Attempt != tc.wantAttempts || j.State != tc.wantState {
+				t.Fatalf("%d awards, state %s (error %q); want %d awards, %s", j.Attempt, j.State, j.Error, tc.wantAttempts, tc.wantState)
+			}
+			if tc.wantState == Failed && !strings.Contains(j.Error, fmt.Sprint(MaxAttempts, " awards")) {
+				t.Fatalf("the job failed with %q, want the reason to name its %d awards", j.Error, MaxAttempts)
+			}
+			if !tc.preempt && tc.rogues == 1 && !slices.Contains(j.Excluded, candidates[0]) {
+				t.Fatalf("the rogue is not excluded: %v", j.Excluded)
+			}
+		})
+	}
+}
+
+// An honest provider that filled up between its bid and the award
+// declines that award once: it is not excluded, and wins the job when it
+// bids again.
+func TestProviderDecliningOneAwardIsNotExcluded(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	p := s.rogue()
+	s.scripts[p] = awardDecliner(p, 1, declineAward(p))
+	s.scripted = append(s.scripted, p)
+	j := s.submitQuiet(req, p)
+	s.flush()
+	if j.State != Running || j.Provider != p || j.Attempt != 2 || len(j.Excluded) != 0 {
+		t.Fatalf("state %s, provider %s, %d awards, excluded %v; want it running with p at the second award", j.State, j.Provider, j.Attempt, j.Excluded)
+	}
+}
