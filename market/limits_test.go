@@ -333,8 +333,9 @@ func TestOfferFloodStaysWithinBudget(t *testing.T) {
 }
 
 // A requester past its budget loses its own least recently answered
-// offers, not other requesters'; past the total, the least recently
-// answered of all go. A forgotten spec still leaves the round known.
+// offers, not other requesters'; past the total, the requester holding the
+// most bytes loses its least recently answered. A forgotten spec still
+// leaves the round known.
 func TestOfferMemosEvict(t *testing.T) {
 	spec := make([]byte, 1000)
 	cost := memoOverhead + len("a") + len(spec)
@@ -352,7 +353,7 @@ func TestOfferMemosEvict(t *testing.T) {
 	for i := 10; i < 18; i++ {
 		m.put(job(i), peer.ID(rune('b'+i)), 1, t0.Add(time.Hour), spec) // IDs of one byte, as "a"
 	}
-	// Ten fit: the two oldest of a went.
+	// Ten fit: the two oldest of a, which held the most, went.
 	if m.len() != 10 || m.get(job(2)) != nil || m.get(job(3)) != nil || m.get(job(4)) == nil {
 		t.Fatalf("%d remembered: %x", m.len(), slices.Collect(maps.Keys(m.byJob)))
 	}
@@ -561,5 +562,44 @@ func TestProviderDecliningOneAwardIsNotExcluded(t *testing.T) {
 	s.flush()
 	if j.State != Running || j.Provider != p || j.Attempt != 2 || len(j.Excluded) != 0 {
 		t.Fatalf("state %s, provider %s, %d awards, excluded %v; want it running with p at the second award", j.State, j.Provider, j.Attempt, j.Excluded)
+	}
+}
+
+// A few identities sending biddable offers with 60 KB specs, more than the
+// provider's whole offer memory, do not evict an honest requester's offer
+// that the provider just bid on: past the total, memos go from the
+// requester holding the most bytes first, so one within its fair share
+// keeps its memos and its award is leased, not declined as unknown.
+func TestOfferFloodDoesNotEvictAnHonestRequestersOffer(t *testing.T) {
+	const identities = 5 // each within its own budget, together over the total
+	s := newSim(t)
+	p := s.add(provider(10))
+	honest := s.rogue()
+	offer := s.offerFor(honest, 1, s.now.Add(time.Minute), noopSpec(1))
+	s.engines[p].Step(s.now, offer)
+	if b := s.engines[p].Ready().Send[0].Msg.GetBid(); b == nil {
+		t.Fatal("the provider did not bid on the honest offer")
+	}
+	big := noopSpec(1)
+	for range 15 {
+		big.Args = append(big.Args, strings.Repeat("x", 4000))
+	}
+	perIdentity := DefaultOfferMemoryPerRequester/(memoOverhead+4000*15) + 8
+	for range identities {
+		attacker := s.rogue()
+		for range perIdentity {
+			s.engines[p].Step(s.now, s.offerFor(attacker, 1, s.now.Add(protocol.MaxJobLifetime), big))
+		}
+		s.engines[p].Ready()
+	}
+	if _, bytes := s.engines[p].OfferMemory(); bytes > DefaultOfferMemory || bytes < DefaultOfferMemory*9/10 {
+		t.Fatalf("the flood left %d bytes of memos, want the budget (%d) nearly full", bytes, DefaultOfferMemory)
+	}
+	s.engines[p].Step(s.now, s.sign(honest, &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
+		JobId: offer.Job[:], Provider: []byte(p), Price: 10, Attempt: 1,
+	}}}))
+	r := s.engines[p].Ready()
+	if len(r.Send) != 1 || r.Send[0].Msg.GetAccept() == nil || len(r.Run) != 1 {
+		t.Fatalf("the honest award after the flood was answered %v, want a lease", r.Send[0].Msg.Body)
 	}
 }
