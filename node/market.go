@@ -151,7 +151,10 @@ func (n *Node) startMarket(ctx context.Context) error {
 // validateGossip runs before a gossip message is forwarded: it passes only
 // if every signed message in it verifies, is an offer or a taken notice,
 // and has the same signer (a requester gossips only its own messages);
-// anything else is rejected (and the sender penalised by peer scoring).
+// anything else is rejected (and the sender penalised by peer scoring),
+// but for signed messages that fail only by this node's clock (expired,
+// or expiring just past the limit: protocol.ErrTooFarAhead), which are
+// dropped without blame, the whole message ignored when none is left.
 // A peer past its rate of signed messages ([limits]) has its gossip
 // ignored unchecked, without a penalty: it may be relaying others'.
 // Repeats of a gossip message are dropped by the message-ID cache; one
@@ -192,9 +195,12 @@ func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Me
 		if err != nil {
 			d.reject(err)
 			d.n.log.Debug("gossip message rejected", "from", m.ReceivedFrom, "err", err)
-			// A message that expired on the way is no one's fault: it is
-			// dropped, the rest of the gossip message kept.
-			if errors.Is(err, protocol.ErrExpired) {
+			// A message that expired on the way, or that runs past the
+			// limit of how far ahead it may expire only by this node's
+			// clock being behind the relay's, is no one's fault: it is
+			// dropped, the rest of the gossip message kept, and the relay
+			// not scored down.
+			if errors.Is(err, protocol.ErrExpired) || errors.Is(err, protocol.ErrTooFarAhead) {
 				continue
 			}
 			return pubsub.ValidationReject
@@ -346,7 +352,7 @@ func (d *marketDriver) reject(err error) {
 	for _, r := range []struct {
 		err  error
 		name string
-	}{{protocol.ErrTooLarge, "oversized"}, {protocol.ErrSignature, "bad signature"}, {protocol.ErrSigner, "wrong signer"}, {protocol.ErrExpired, "expired"}, {errNotForGossip, "not for gossip"}} {
+	}{{protocol.ErrTooLarge, "oversized"}, {protocol.ErrSignature, "bad signature"}, {protocol.ErrSigner, "wrong signer"}, {protocol.ErrExpired, "expired"}, {protocol.ErrTooFarAhead, "too far ahead"}, {errNotForGossip, "not for gossip"}} {
 		if errors.Is(err, r.err) {
 			reason = r.name
 			break

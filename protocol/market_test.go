@@ -56,6 +56,7 @@ func TestOpenMarket(t *testing.T) {
 	tooLong := lifetime(testNow, testNow.Add(MaxJobLifetime+time.Millisecond))
 	century := lifetime(testNow, testNow.Add(100*365*24*time.Hour))
 	bornLater := lifetime(testNow.Add(2*time.Hour), testNow.Add(2*time.Hour+MaxJobLifetime))
+	bornMuchLater := lifetime(testNow.Add(3*time.Hour), testNow.Add(3*time.Hour+MaxJobLifetime))
 	skewed := lifetime(testNow.Add(30*time.Minute), testNow.Add(30*time.Minute+MaxJobLifetime))
 	backwards := lifetime(testNow, testNow.Add(-time.Minute))
 	shortID := &pb.MarketMessage{Body: &pb.MarketMessage_Accept{Accept: &pb.Accept{JobId: []byte{1}}}}
@@ -84,14 +85,17 @@ func TestOpenMarket(t *testing.T) {
 		{"valid offer", offer, nil},
 		{"bad signature", flipped, ErrSignature},
 		{"expired", seal(sampleOffer(id), testNow.Add(-time.Millisecond)), ErrExpired},
-		{"expiry too far ahead", seal(sampleOffer(id), testNow.Add(MaxMessageTTL+time.Hour)), ErrBadMessage},
+		{"expiry just past the limit", seal(sampleOffer(id), testNow.Add(MaxMessageTTL+time.Millisecond)), ErrTooFarAhead},
+		{"expiry past the limit by the clock skew", seal(sampleOffer(id), testNow.Add(MaxMessageTTL+MaxClockSkew)), ErrTooFarAhead},
+		{"expiry past the limit and the skew", seal(sampleOffer(id), testNow.Add(MaxMessageTTL+MaxClockSkew+time.Millisecond)), ErrBadMessage},
 		{"forged offer", seal(forgedOffer, later), ErrSigner},
 		{"forged bid", seal(forgedBid, later), ErrSigner},
 		{"bad tier", seal(badTier, later), ErrBadMessage},
 		{"deadline the longest allowed", seal(longest, later), nil},
 		{"deadline too long after creation", seal(tooLong, later), ErrBadMessage},
 		{"deadline a century away", seal(century, later), ErrBadMessage},
-		{"created in the future, deadline too far from now", seal(bornLater, later), ErrBadMessage},
+		{"created in the future, deadline too far from now", seal(bornLater, later), ErrTooFarAhead},
+		{"created past the skew, deadline too far from now", seal(bornMuchLater, later), ErrBadMessage},
 		{"created within the clock skew", seal(skewed, later), nil},
 		{"deadline before creation", seal(backwards, later), ErrBadMessage},
 		{"short job id", seal(shortID, later), ErrBadMessage},
@@ -109,6 +113,11 @@ func TestOpenMarket(t *testing.T) {
 			_, err := OpenMarket(tc.data, "lab", testNow)
 			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			// A matter of clocks is not a malformed message: validators
+			// tell them apart to spare the relay.
+			if errors.Is(err, ErrTooFarAhead) && errors.Is(err, ErrBadMessage) {
+				t.Fatalf("err = %v is both too far ahead and malformed", err)
 			}
 		})
 	}
