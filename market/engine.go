@@ -447,7 +447,22 @@ func (e *Engine) Cancel(now time.Time, id protocol.JobID, reason string) bool {
 	return true
 }
 
-// finish ends a job; a provider that holds it is told to stop.
+// Fail ends a job as failed for reason (its stored offer no longer passes
+// the protocol's checks, say); a provider holding it is told to stop.
+func (e *Engine) Fail(now time.Time, id protocol.JobID, reason string) bool {
+	j, ok := e.jobs[id]
+	if !ok || j.State.Terminal() {
+		return false
+	}
+	if (j.State == Assigned || j.State == Running) && j.Provider != "" {
+		e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Cancel{Cancel: &pb.Cancel{JobId: j.ID[:], Reason: reason}}})
+	}
+	e.finish(j, now, Failed, reason)
+	return true
+}
+
+// finish ends a job; a provider that holds it is told to stop, unless the
+// job ended by its result.
 func (e *Engine) finish(j *Job, now time.Time, s State, reason string) {
 	if (j.State == Assigned || j.State == Running) && j.Provider != "" && s != Succeeded && s != Failed {
 		e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Cancel{Cancel: &pb.Cancel{JobId: j.ID[:], Reason: reason}}})
@@ -726,8 +741,6 @@ func (e *Engine) reoffer(j *Job, now time.Time, revoke bool) {
 		if i := slices.IndexFunc(j.Declines, func(d Decline) bool { return d.Provider == j.Provider && d.Round == j.Round }); i >= 0 {
 			reason += " (declined: " + j.Declines[i].Reason + ")"
 		}
-		// The lease is over (declined, revoked): nothing to cancel.
-		j.State = Bidding
 		e.finish(j, now, Failed, reason)
 		return
 	}

@@ -603,3 +603,24 @@ func TestOfferFloodDoesNotEvictAnHonestRequestersOffer(t *testing.T) {
 		t.Fatalf("the honest award after the flood was answered %v, want a lease", r.Send[0].Msg.Body)
 	}
 }
+
+// Fail ends a job with its reason and stops the provider running it; an
+// ended job stays as it ended.
+func TestFailEndsAJobAndStopsItsLease(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	p := s.add(provider(10))
+	j := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, p)
+	wantState(t, j, Running)
+	if !s.engines[req].Fail(s.now, j.ID, "offer no longer valid") {
+		t.Fatal("Fail refused a running job")
+	}
+	s.flush()
+	wantState(t, j, Failed)
+	if j.Error != "offer no longer valid" || !slices.Contains(s.stops[p], j.ID) || s.engines[p].ActiveLeases() != 0 {
+		t.Fatalf("error %q, provider stopped %v with %d leases", j.Error, s.stops[p], s.engines[p].ActiveLeases())
+	}
+	if s.engines[req].Fail(s.now, j.ID, "again") || j.Error != "offer no longer valid" {
+		t.Fatalf("Fail changed an ended job: %q", j.Error)
+	}
+}

@@ -379,6 +379,7 @@ func (d *marketDriver) loop(ctx context.Context) {
 	defer d.n.wg.Done()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	d.process(ctx) // what restore left: jobs it ended
 	for {
 		select {
 		case <-ctx.Done():
@@ -686,10 +687,19 @@ func (d *marketDriver) settleEnded() {
 // between persisting a job's end and settling it left its hold open: it
 // is settled once the node has confirmed its head with its peers (an
 // earlier run may have settled it, in entries this data dir lacks), by
-// the ledger writer, which writes nothing before then.
+// the ledger writer, which writes nothing before then. A job whose offer
+// today's checks refuse (stored before a rule tightened, or signed by a
+// clock since set back) is ended with the reason, not offered again:
+// every peer would refuse it. The loop writes and settles it first thing.
 func (d *marketDriver) restore() error {
 	var ended []*market.Job
+	invalid := map[protocol.JobID]error{}
 	defer func() {
+		now := time.Now()
+		for id, err := range invalid {
+			d.n.log.Warn("stored job's offer is no longer valid; job ended", "job", id, "err", err)
+			d.eng.Fail(now, id, "offer no longer valid: "+err.Error())
+		}
 		if w := d.n.settleWrite(ended); w != nil {
 			d.writer.add(w)
 		}
@@ -699,7 +709,10 @@ func (d *marketDriver) restore() error {
 		if err := json.Unmarshal(rec, &j); err != nil {
 			return fmt.Errorf("job %s: %w", id, err)
 		}
-		offer, err := protocol.OpenMarket(j.Offer, d.n.cfg.Network, j.Created)
+		offer, err := protocol.OpenStoredOffer(j.Offer)
+		if err == nil && offer.Signer != d.n.host.ID() {
+			err = fmt.Errorf("%w: signed by %s", protocol.ErrSigner, offer.Signer)
+		}
 		if err != nil {
 			d.n.log.Warn("stored job has an invalid offer; skipped", "job", id, "err", err)
 			return nil
@@ -707,6 +720,9 @@ func (d *marketDriver) restore() error {
 		d.eng.Restore(&j, offer)
 		if j.State.Terminal() {
 			ended = append(ended, &j)
+		} else if err := offer.Recheck(d.n.cfg.Network, time.Now()); err != nil && !errors.Is(err, protocol.ErrExpired) {
+			// An expired job expires on the engine's first tick.
+			invalid[offer.Job] = err
 		}
 		return nil
 	})

@@ -156,6 +156,36 @@ func OpenMarket(data []byte, network string, now time.Time) (*Signed, error) {
 	return s, nil
 }
 
+// OpenStoredOffer verifies the signature on an offer a node signed and
+// stored, and decodes it, checking none of its fields: the rules may have
+// tightened since it was signed, and the node must still know the job to
+// end it. Recheck says whether it passes today's. For a node's own
+// database only, never for what a peer sends.
+func OpenStoredOffer(data []byte) (*Signed, error) {
+	msg := &pb.MarketMessage{}
+	signer, err := open(data, MaxMarketMessageSize, marketDomain, marketCodec, msg)
+	if err != nil {
+		return nil, fmt.Errorf("market: %w", err)
+	}
+	o := msg.GetOffer()
+	if o == nil {
+		return nil, fmt.Errorf("market: %w: not an offer", ErrBadMessage)
+	}
+	id, err := OfferJobID(o)
+	if err != nil {
+		return nil, fmt.Errorf("market: %w", err)
+	}
+	return &Signed{Signer: signer, Msg: msg, Raw: data, Job: id}, nil
+}
+
+// Recheck checks a message's fields as OpenMarket does, at now.
+func (s *Signed) Recheck(network string, now time.Time) error {
+	if err := s.check(network, now); err != nil {
+		return fmt.Errorf("market: %w", err)
+	}
+	return nil
+}
+
 func (s *Signed) check(network string, now time.Time) error {
 	m := s.Msg
 	bad := func(format string, a ...any) error {

@@ -252,3 +252,42 @@ func FuzzSplitMarketGossip(f *testing.F) {
 		}
 	})
 }
+
+// A node's stored offer opens whatever rules it fails today, so that the
+// node can end its job; Recheck then names the rule. Only the signature
+// and the kind are checked on opening.
+func TestOpenStoredOffer(t *testing.T) {
+	k, id := newKey(t)
+	tooLong := sampleOffer(id)
+	tooLong.GetOffer().DeadlineUnixMs = testNow.Add(MaxJobLifetime + time.Minute).UnixMilli()
+	raw, err := SealMarket(k, "lab", testNow.Add(time.Minute), tooLong)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenMarket(raw, "lab", testNow); !errors.Is(err, ErrBadMessage) {
+		t.Fatalf("OpenMarket: err = %v, want %v", err, ErrBadMessage)
+	}
+	s, err := OpenStoredOffer(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := OfferJobID(tooLong.GetOffer())
+	if s.Signer != id || s.Job != want {
+		t.Fatalf("opened as job %x by %s, want %x by %s", s.Job[:4], s.Signer, want[:4], id)
+	}
+	if err := s.Recheck("lab", testNow); !errors.Is(err, ErrBadMessage) || !strings.Contains(err.Error(), "after creation") {
+		t.Fatalf("Recheck: err = %v, want the lifetime named", err)
+	}
+	flipped := bytes.Clone(raw)
+	flipped[len(flipped)-1] ^= 1
+	bid, _ := SealMarket(k, "lab", testNow.Add(time.Minute), &pb.MarketMessage{Body: &pb.MarketMessage_Bid{Bid: &pb.Bid{JobId: make([]byte, 32), Provider: []byte(id)}}})
+	for _, tc := range []struct {
+		name string
+		data []byte
+		want error
+	}{{"bad signature", flipped, ErrSignature}, {"not an offer", bid, ErrBadMessage}} {
+		if _, err := OpenStoredOffer(tc.data); !errors.Is(err, tc.want) {
+			t.Errorf("%s: err = %v, want %v", tc.name, err, tc.want)
+		}
+	}
+}
