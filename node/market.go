@@ -543,7 +543,7 @@ func (d *marketDriver) send(ctx context.Context, sends []outgoing) {
 		if res := o.msg.GetResult(); res != nil {
 			d.writer.add(d.n.receiptWrite(res, raw))
 		}
-		d.outbox.send(ctx, o.to, raw)
+		d.outbox.send(ctx, o.to, raw, isBusiness(o.msg))
 		if a != nil {
 			// The provider's time to accept starts now, not when the
 			// engine made the award. (An award with a hold is sent by

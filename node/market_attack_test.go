@@ -512,3 +512,40 @@ func TestOfferJustPastTheLimitDoesNotPenaliseItsRelay(t *testing.T) {
 		t.Fatalf("the relay's score is %.0f", score)
 	}
 }
+
+// Throwaway identities that each send a provider one offer it declines
+// keep the provider's outbox table full: a queue lives a minute after its
+// last message, and with every place taken the provider's bid to a new,
+// honest requester used to be dropped. The provider now gives the place
+// of the least recently used idle queue to the new peer. (The outbox
+// keeps queues for 1,024 peers; the test lowers that to eight, so that
+// eight real hosts fill it.)
+func TestIdleOutboxQueuesDoNotCrowdOutNewPeers(t *testing.T) {
+	const places = 8
+	tn, _ := rogueNet(t)
+	provider := tn.Node(1)
+	provider.SetOutboxPeers(places)
+	c := clientFor(t, tn, 2)
+	ctx := context.Background()
+	queryUntil(t, c, api.ProviderQuery{GPU: "any"}, []string{provider.ID().String()})
+	for range places {
+		r := newMarketRogue(t, tn)
+		m := offerFrom(r.id(), time.Now().Add(time.Hour))
+		m.GetOffer().Spec.Resources.Gpus = 8 // declined: the provider has one
+		id, err := protocol.OfferJobID(m.GetOffer())
+		if err != nil {
+			t.Fatal(err)
+		}
+		offer := r.sign(m)
+		r.stream(provider.ID(), 1, func(int) []byte { return offer })
+		waitReplies(t, r, id, 1) // the provider now holds a queue for r
+	}
+	j, err := c.SubmitJob(ctx, noopJob("batch", "0s", "1m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitJobs(t, c, []string{j.ID}, "succeeded", 20*time.Second)
+	if n := provider.OutboxDropped()["peers"]; n != 0 {
+		t.Fatalf("the provider dropped %d messages for want of a place", n)
+	}
+}
