@@ -66,8 +66,10 @@ const (
 	// so a job that went round this often fails instead of going on (a
 	// provider that bids and declines every award, under as many
 	// identities as it likes, would spend the requester's ledger entry
-	// rate).
-	MaxAttempts = 16
+	// rate). Honest contention stays well within it: in a burst of 100
+	// jobs on three providers (node's TestJobsOfBothTiersSucceedOnce),
+	// full providers declining awards, a job needed up to 16.
+	MaxAttempts = 64
 )
 
 // Config sets the engine's timing and, for a provider, its bid strategy.
@@ -157,11 +159,12 @@ type Job struct {
 	Bids     []Bid     `json:"bids"`
 	Declines []Decline `json:"declines"`
 	Excluded []peer.ID `json:"excluded,omitempty"`
-	// DeclinedAwards are the providers that declined an award of the job
-	// once (preemption aside); a second decline excludes the provider.
-	// At most one per award, so at most MaxAttempts.
-	DeclinedAwards []peer.ID `json:"declined_awards,omitempty"`
-	Candidates     []peer.ID `json:"candidates,omitempty"`
+	// DeclinedAwards are the providers that gave an award of the job
+	// back (declined or preempted it), and until when their bids on it
+	// are not taken (see holdOff). At most one per award, so at most
+	// MaxAttempts.
+	DeclinedAwards []AwardDecline `json:"declined_awards,omitempty"`
+	Candidates     []peer.ID      `json:"candidates,omitempty"`
 	ExitCode       int32     `json:"exit_code"`
 	Output         []byte    `json:"output,omitempty"`
 	// Log is the run's log when it came in the result, not streamed.
@@ -198,6 +201,14 @@ type Job struct {
 	// gossipLater is the first direct round's offer of an interactive
 	// job, still to be gossiped.
 	gossipLater *pb.MarketMessage
+}
+
+// AwardDecline is how often a provider gave an award of a job back, and
+// until when its bids on the job are not taken.
+type AwardDecline struct {
+	Provider peer.ID   `json:"provider"`
+	Count    int       `json:"count"`
+	Until    time.Time `json:"until"`
 }
 
 // Spec is the job's spec as offered.
@@ -406,7 +417,7 @@ func (e *Engine) offer(j *Job, now time.Time) {
 	direct := 0
 	if j.Tier == protocol.TierInteractive {
 		for _, c := range j.Candidates {
-			if !slices.Contains(j.Excluded, c) {
+			if !slices.Contains(j.Excluded, c) && !heldOff(j, c, now) {
 				e.send(c, msg)
 				direct++
 			}
@@ -509,7 +520,7 @@ func (e *Engine) Step(now time.Time, m *protocol.Signed) {
 
 func (e *Engine) onBid(now time.Time, m *protocol.Signed, b *pb.Bid) {
 	j, ok := e.jobs[m.Job]
-	if !ok || j.State != Bidding || !asked(j, m.Signer) {
+	if !ok || j.State != Bidding || !asked(j, m.Signer) || heldOff(j, m.Signer, now) {
 		return
 	}
 	if slices.ContainsFunc(j.Bids, func(old Bid) bool { return old.Provider == m.Signer }) {
@@ -551,27 +562,18 @@ func (e *Engine) onDecline(now time.Time, m *protocol.Signed, d *pb.Decline) {
 	case (j.State == Assigned || j.State == Running) && j.Provider == m.Signer:
 		// The provider turned the award down (it filled up since it bid)
 		// or gave the lease up for interactive work: offer again; it may
-		// bid again once it has room, but a provider that declines a
-		// second award of the job is not asked again (an honest one that
-		// filled up declines once; one that bids and declines every award
-		// would make the requester write a release and a hold each time).
+		// bid again once it has room (holdOff says when).
 		noteDecline(j, m.Signer, d.Reason, now)
-		switch {
-		case d.Reason == ReasonPreempted:
-			if j.State == Running {
-				j.Preemptions++
-			}
-		case slices.Contains(j.DeclinedAwards, m.Signer):
-			exclude(j, m.Signer)
-		default:
-			j.DeclinedAwards = append(j.DeclinedAwards, m.Signer)
+		if j.State == Running && d.Reason == ReasonPreempted {
+			j.Preemptions++
 		}
+		e.holdOff(j, m.Signer, now)
 		e.reoffer(j, now, false)
 	case j.State == Bidding && asked(j, m.Signer):
 		if !noteDecline(j, m.Signer, d.Reason, now) {
 			return
 		}
-		if j.gossipLater != nil && allDeclined(j) {
+		if j.gossipLater != nil && allDeclined(j, now) {
 			// Every candidate turned the job down: the rest of the market
 			// sees it now, not when the window ends.
 			e.publish(j, j.gossipLater)
@@ -629,15 +631,43 @@ func countFunc[T any](s []T, f func(T) bool) int {
 	return n
 }
 
-// allDeclined reports whether every candidate still in the running has
-// declined j's current round.
-func allDeclined(j *Job) bool {
+// allDeclined reports whether every candidate still in the running (not
+// excluded, not held off) has declined j's current round.
+func allDeclined(j *Job, now time.Time) bool {
 	for _, c := range j.Candidates {
-		if !slices.Contains(j.Excluded, c) && !slices.ContainsFunc(j.Declines, func(d Decline) bool { return d.Provider == c && d.Round == j.Round }) {
+		if !slices.Contains(j.Excluded, c) && !heldOff(j, c, now) &&
+			!slices.ContainsFunc(j.Declines, func(d Decline) bool { return d.Provider == c && d.Round == j.Round }) {
 			return false
 		}
 	}
 	return true
+}
+
+// holdOff keeps p's bids on j from being taken for a while after p gave
+// an award of j back: a window, doubling with each award of j it gave
+// back, at most maxReofferDelay. An honest provider that filled up (or
+// was preempted) has no room to bid meanwhile anyway, and wins the job
+// again once it has; one that bids first and declines every award, which
+// would make the requester write a release and a hold each round, gets
+// one award a minute at most, and the other bidders get the job.
+func (e *Engine) holdOff(j *Job, p peer.ID, now time.Time) {
+	i := slices.IndexFunc(j.DeclinedAwards, func(a AwardDecline) bool { return a.Provider == p })
+	if i < 0 {
+		j.DeclinedAwards = append(j.DeclinedAwards, AwardDecline{Provider: p})
+		i = len(j.DeclinedAwards) - 1
+	}
+	a := &j.DeclinedAwards[i]
+	a.Count++
+	d := e.window(j.Tier)
+	for k := 1; k < a.Count && d < maxReofferDelay; k++ {
+		d *= 2
+	}
+	a.Until = now.Add(min(d, maxReofferDelay))
+}
+
+// heldOff reports whether p's bids on j are not taken now (see holdOff).
+func heldOff(j *Job, p peer.ID, now time.Time) bool {
+	return slices.ContainsFunc(j.DeclinedAwards, func(a AwardDecline) bool { return a.Provider == p && now.Before(a.Until) })
 }
 
 func (e *Engine) award(j *Job, now time.Time, p peer.ID, price uint64) {

@@ -535,8 +535,9 @@ func TestRestoredJobWithAnOfferNowInvalidIsEnded(t *testing.T) {
 			t.Fatalf("job %s: round %d, error %q; want it ended in its stored round, the reason naming its offer", id.String()[:8], j.Round, j.Error)
 		}
 	}
-	// Nothing went out: a later job's offer reaches the provider, and it
-	// is the only offer the provider saw since the restart.
+	// Nothing went out: a later job's offers reach the provider, and the
+	// provider refused none since the restart (it would have refused the
+	// ended jobs' offers, as malformed or too far ahead).
 	c := clientFor(t, tn, req)
 	j, err := c.SubmitJob(ctx, noopJob("batch", "0s", "1m"))
 	if err != nil {
@@ -544,7 +545,8 @@ func TestRestoredJobWithAnOfferNowInvalidIsEnded(t *testing.T) {
 	}
 	waitJobs(t, c, []string{j.ID}, "succeeded", deadline)
 	stepped, _ := provider.MarketStats()
-	if n, r := stepped["offer"]-stepped0["offer"], rejectedTotal(provider)-rejected0; n != 1 || r != 0 {
-		t.Fatalf("the provider took %d offers and refused %d since the restart, want 1 and 0", n, r)
+	_, rejected := provider.MarketStats()
+	if n, r := stepped["offer"]-stepped0["offer"], rejectedTotal(provider)-rejected0; n < 1 || r != 0 {
+		t.Fatalf("the provider took %d offers and refused %d since the restart (%v), want the later job's and none", n, r, rejected)
 	}
 }
