@@ -165,8 +165,8 @@ type Job struct {
 	// MaxAttempts.
 	DeclinedAwards []AwardDecline `json:"declined_awards,omitempty"`
 	Candidates     []peer.ID      `json:"candidates,omitempty"`
-	ExitCode       int32     `json:"exit_code"`
-	Output         []byte    `json:"output,omitempty"`
+	ExitCode       int32          `json:"exit_code"`
+	Output         []byte         `json:"output,omitempty"`
 	// Log is the run's log when it came in the result, not streamed.
 	Log   []byte `json:"log,omitempty"`
 	Error string `json:"error,omitempty"`
