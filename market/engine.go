@@ -61,6 +61,15 @@ const (
 	// MaxExcluded bounds the providers a job remembers it excluded; the
 	// longest excluded may bid again.
 	MaxExcluded = 64
+	// MaxAttempts bounds a job's awards: every award after the first
+	// costs the requester a release and a new hold in its ledger chain,
+	// so a job that went round this often fails instead of going on (a
+	// provider that bids and declines every award, under as many
+	// identities as it likes, would spend the requester's ledger entry
+	// rate). Honest contention stays well within it: in a burst of 100
+	// jobs on three providers (node's TestJobsOfBothTiersSucceedOnce),
+	// full providers declining awards, a job needed up to 16.
+	MaxAttempts = 64
 )
 
 // Config sets the engine's timing and, for a provider, its bid strategy.
@@ -145,14 +154,19 @@ type Job struct {
 	Provider peer.ID   `json:"provider,omitempty"`
 	Price    uint64    `json:"price"`
 	// Attempt counts awards; a result must carry the current one.
-	Attempt    uint32    `json:"attempt"`
-	Leases     int       `json:"leases"`
-	Bids       []Bid     `json:"bids"`
-	Declines   []Decline `json:"declines"`
-	Excluded   []peer.ID `json:"excluded,omitempty"`
-	Candidates []peer.ID `json:"candidates,omitempty"`
-	ExitCode   int32     `json:"exit_code"`
-	Output     []byte    `json:"output,omitempty"`
+	Attempt  uint32    `json:"attempt"`
+	Leases   int       `json:"leases"`
+	Bids     []Bid     `json:"bids"`
+	Declines []Decline `json:"declines"`
+	Excluded []peer.ID `json:"excluded,omitempty"`
+	// DeclinedAwards are the providers that gave an award of the job
+	// back (declined or preempted it), and until when their bids on it
+	// are not taken (see holdOff). At most one per award, so at most
+	// MaxAttempts.
+	DeclinedAwards []AwardDecline `json:"declined_awards,omitempty"`
+	Candidates     []peer.ID      `json:"candidates,omitempty"`
+	ExitCode       int32          `json:"exit_code"`
+	Output         []byte         `json:"output,omitempty"`
 	// Log is the run's log when it came in the result, not streamed.
 	Log   []byte `json:"log,omitempty"`
 	Error string `json:"error,omitempty"`
@@ -187,6 +201,14 @@ type Job struct {
 	// gossipLater is the first direct round's offer of an interactive
 	// job, still to be gossiped.
 	gossipLater *pb.MarketMessage
+}
+
+// AwardDecline is how often a provider gave an award of a job back, and
+// until when its bids on the job are not taken.
+type AwardDecline struct {
+	Provider peer.ID   `json:"provider"`
+	Count    int       `json:"count"`
+	Until    time.Time `json:"until"`
 }
 
 // Spec is the job's spec as offered.
@@ -395,7 +417,7 @@ func (e *Engine) offer(j *Job, now time.Time) {
 	direct := 0
 	if j.Tier == protocol.TierInteractive {
 		for _, c := range j.Candidates {
-			if !slices.Contains(j.Excluded, c) {
+			if !slices.Contains(j.Excluded, c) && !heldOff(j, c, now) {
 				e.send(c, msg)
 				direct++
 			}
@@ -436,7 +458,22 @@ func (e *Engine) Cancel(now time.Time, id protocol.JobID, reason string) bool {
 	return true
 }
 
-// finish ends a job; a provider that holds it is told to stop.
+// Fail ends a job as failed for reason (its stored offer no longer passes
+// the protocol's checks, say); a provider holding it is told to stop.
+func (e *Engine) Fail(now time.Time, id protocol.JobID, reason string) bool {
+	j, ok := e.jobs[id]
+	if !ok || j.State.Terminal() {
+		return false
+	}
+	if (j.State == Assigned || j.State == Running) && j.Provider != "" {
+		e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Cancel{Cancel: &pb.Cancel{JobId: j.ID[:], Reason: reason}}})
+	}
+	e.finish(j, now, Failed, reason)
+	return true
+}
+
+// finish ends a job; a provider that holds it is told to stop, unless the
+// job ended by its result.
 func (e *Engine) finish(j *Job, now time.Time, s State, reason string) {
 	if (j.State == Assigned || j.State == Running) && j.Provider != "" && s != Succeeded && s != Failed {
 		e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Cancel{Cancel: &pb.Cancel{JobId: j.ID[:], Reason: reason}}})
@@ -483,7 +520,7 @@ func (e *Engine) Step(now time.Time, m *protocol.Signed) {
 
 func (e *Engine) onBid(now time.Time, m *protocol.Signed, b *pb.Bid) {
 	j, ok := e.jobs[m.Job]
-	if !ok || j.State != Bidding || !asked(j, m.Signer) {
+	if !ok || j.State != Bidding || !asked(j, m.Signer) || heldOff(j, m.Signer, now) {
 		return
 	}
 	if slices.ContainsFunc(j.Bids, func(old Bid) bool { return old.Provider == m.Signer }) {
@@ -525,17 +562,18 @@ func (e *Engine) onDecline(now time.Time, m *protocol.Signed, d *pb.Decline) {
 	case (j.State == Assigned || j.State == Running) && j.Provider == m.Signer:
 		// The provider turned the award down (it filled up since it bid)
 		// or gave the lease up for interactive work: offer again; it may
-		// bid again once it has room.
+		// bid again once it has room (holdOff says when).
 		noteDecline(j, m.Signer, d.Reason, now)
 		if j.State == Running && d.Reason == ReasonPreempted {
 			j.Preemptions++
 		}
+		e.holdOff(j, m.Signer, now)
 		e.reoffer(j, now, false)
 	case j.State == Bidding && asked(j, m.Signer):
 		if !noteDecline(j, m.Signer, d.Reason, now) {
 			return
 		}
-		if j.gossipLater != nil && allDeclined(j) {
+		if j.gossipLater != nil && allDeclined(j, now) {
 			// Every candidate turned the job down: the rest of the market
 			// sees it now, not when the window ends.
 			e.publish(j, j.gossipLater)
@@ -593,15 +631,43 @@ func countFunc[T any](s []T, f func(T) bool) int {
 	return n
 }
 
-// allDeclined reports whether every candidate still in the running has
-// declined j's current round.
-func allDeclined(j *Job) bool {
+// allDeclined reports whether every candidate still in the running (not
+// excluded, not held off) has declined j's current round.
+func allDeclined(j *Job, now time.Time) bool {
 	for _, c := range j.Candidates {
-		if !slices.Contains(j.Excluded, c) && !slices.ContainsFunc(j.Declines, func(d Decline) bool { return d.Provider == c && d.Round == j.Round }) {
+		if !slices.Contains(j.Excluded, c) && !heldOff(j, c, now) &&
+			!slices.ContainsFunc(j.Declines, func(d Decline) bool { return d.Provider == c && d.Round == j.Round }) {
 			return false
 		}
 	}
 	return true
+}
+
+// holdOff keeps p's bids on j from being taken for a while after p gave
+// an award of j back: a window, doubling with each award of j it gave
+// back, at most maxReofferDelay. An honest provider that filled up (or
+// was preempted) has no room to bid meanwhile anyway, and wins the job
+// again once it has; one that bids first and declines every award, which
+// would make the requester write a release and a hold each round, gets
+// one award a minute at most, and the other bidders get the job.
+func (e *Engine) holdOff(j *Job, p peer.ID, now time.Time) {
+	i := slices.IndexFunc(j.DeclinedAwards, func(a AwardDecline) bool { return a.Provider == p })
+	if i < 0 {
+		j.DeclinedAwards = append(j.DeclinedAwards, AwardDecline{Provider: p})
+		i = len(j.DeclinedAwards) - 1
+	}
+	a := &j.DeclinedAwards[i]
+	a.Count++
+	d := e.window(j.Tier)
+	for k := 1; k < a.Count && d < maxReofferDelay; k++ {
+		d *= 2
+	}
+	a.Until = now.Add(min(d, maxReofferDelay))
+}
+
+// heldOff reports whether p's bids on j are not taken now (see holdOff).
+func heldOff(j *Job, p peer.ID, now time.Time) bool {
+	return slices.ContainsFunc(j.DeclinedAwards, func(a AwardDecline) bool { return a.Provider == p && now.Before(a.Until) })
 }
 
 func (e *Engine) award(j *Job, now time.Time, p peer.ID, price uint64) {
@@ -692,17 +758,34 @@ func (e *Engine) onResult(now time.Time, m *protocol.Signed, r *pb.Result) {
 }
 
 // reoffer takes the job from its provider and returns it to the market. A
-// provider that failed the job (silence) is excluded from it for good.
-func (e *Engine) reoffer(j *Job, now time.Time, exclude bool) {
-	if j.Provider != "" && exclude {
-		if len(j.Excluded) >= MaxExcluded {
-			j.Excluded = slices.Delete(j.Excluded, 0, 1)
-		}
-		j.Excluded = append(j.Excluded, j.Provider)
+// provider that failed the job (silence) is excluded from it for good. A
+// job awarded MaxAttempts times fails instead.
+func (e *Engine) reoffer(j *Job, now time.Time, revoke bool) {
+	if j.Provider != "" && revoke {
+		exclude(j, j.Provider)
 		e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Cancel{Cancel: &pb.Cancel{JobId: j.ID[:], Reason: "lease revoked"}}})
 	}
 	j.Bids = j.Bids[:0]
+	if j.Attempt >= MaxAttempts {
+		reason := fmt.Sprintf("no provider kept the job: %d awards, the last to %s", j.Attempt, j.Provider)
+		if i := slices.IndexFunc(j.Declines, func(d Decline) bool { return d.Provider == j.Provider && d.Round == j.Round }); i >= 0 {
+			reason += " (declined: " + j.Declines[i].Reason + ")"
+		}
+		e.finish(j, now, Failed, reason)
+		return
+	}
 	e.offer(j, now)
+}
+
+// exclude keeps p from bidding on j again (the MaxExcluded latest).
+func exclude(j *Job, p peer.ID) {
+	if slices.Contains(j.Excluded, p) {
+		return
+	}
+	if len(j.Excluded) >= MaxExcluded {
+		j.Excluded = slices.Delete(j.Excluded, 0, 1)
+	}
+	j.Excluded = append(j.Excluded, p)
 }
 
 // --- provider side ---

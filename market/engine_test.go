@@ -33,12 +33,18 @@ type sim struct {
 	log     map[peer.ID][]string // "send|publish <kind> <round>", in order
 	writes  map[peer.ID][]string // "<state> <bids>" of each job written, in order
 	changes map[peer.ID][]string // the same, of each change not written
+	// scripted are rogue peers without an engine: each message delivered
+	// to one (directly or by gossip) is answered with what its script
+	// returns, signed with its key and delivered back to the sender.
+	scripted []peer.ID
+	scripts  map[peer.ID]func(m *pb.MarketMessage) []*pb.MarketMessage
 }
 
 func newSim(t *testing.T) *sim {
 	return &sim{t: t, now: t0, keys: map[peer.ID]crypto.PrivKey{}, engines: map[peer.ID]*Engine{},
 		cut: map[peer.ID]bool{}, runs: map[peer.ID][]protocol.JobID{}, stops: map[peer.ID][]protocol.JobID{},
-		log: map[peer.ID][]string{}, writes: map[peer.ID][]string{}, changes: map[peer.ID][]string{}}
+		log: map[peer.ID][]string{}, writes: map[peer.ID][]string{}, changes: map[peer.ID][]string{},
+		scripts: map[peer.ID]func(*pb.MarketMessage) []*pb.MarketMessage{}}
 }
 
 var simTiming = Config{
@@ -103,7 +109,15 @@ func (s *sim) submit(requester peer.ID, tier string, maxPrice uint64, deadline t
 
 // flush delivers messages until every engine is quiet.
 func (s *sim) flush() {
-	for round := 0; round < 100; round++ {
+	if !s.settle(100) {
+		s.t.Fatal("engines did not settle")
+	}
+}
+
+// settle delivers messages for at most rounds rounds and reports whether
+// every engine fell quiet.
+func (s *sim) settle(rounds int) bool {
+	for range rounds {
 		quiet := true
 		for _, from := range s.order {
 			r := s.engines[from].Ready()
@@ -125,7 +139,7 @@ func (s *sim) flush() {
 			}
 			for _, o := range r.Publish {
 				s.record(from, "publish", o.Msg)
-				for _, to := range s.order {
+				for _, to := range append(slices.Clip(s.order), s.scripted...) {
 					if to != from {
 						s.deliver(from, to, o)
 					}
@@ -133,10 +147,10 @@ func (s *sim) flush() {
 			}
 		}
 		if quiet {
-			return
+			return true
 		}
 	}
-	s.t.Fatal("engines did not settle")
+	return false
 }
 
 func (s *sim) record(from peer.ID, how string, m *pb.MarketMessage) {
@@ -153,8 +167,19 @@ func leaseIDs(ls []*Lease) []protocol.JobID {
 }
 
 func (s *sim) deliver(from, to peer.ID, o Outbound) {
-	if s.cut[from] || s.cut[to] || s.engines[to] == nil {
-		return // lost, or for a peer that runs no engine (a rogue's key)
+	if s.cut[from] || s.cut[to] {
+		return
+	}
+	if script := s.scripts[to]; script != nil {
+		// The rogue sees the message as signed and answers at once.
+		in := s.sign(from, o.Msg)
+		for _, reply := range script(in.Msg) {
+			s.engines[from].Step(s.now, s.sign(to, reply))
+		}
+		return
+	}
+	if s.engines[to] == nil {
+		return // for a peer that runs no engine (a rogue's key)
 	}
 	s.engines[to].Step(s.now, s.sign(from, o.Msg))
 }

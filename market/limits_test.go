@@ -333,8 +333,9 @@ func TestOfferFloodStaysWithinBudget(t *testing.T) {
 }
 
 // A requester past its budget loses its own least recently answered
-// offers, not other requesters'; past the total, the least recently
-// answered of all go. A forgotten spec still leaves the round known.
+// offers, not other requesters'; past the total, the requester holding the
+// most bytes loses its least recently answered. A forgotten spec still
+// leaves the round known.
 func TestOfferMemosEvict(t *testing.T) {
 	spec := make([]byte, 1000)
 	cost := memoOverhead + len("a") + len(spec)
@@ -352,7 +353,7 @@ func TestOfferMemosEvict(t *testing.T) {
 	for i := 10; i < 18; i++ {
 		m.put(job(i), peer.ID(rune('b'+i)), 1, t0.Add(time.Hour), spec) // IDs of one byte, as "a"
 	}
-	// Ten fit: the two oldest of a went.
+	// Ten fit: the two oldest of a, which held the most, went.
 	if m.len() != 10 || m.get(job(2)) != nil || m.get(job(3)) != nil || m.get(job(4)) == nil {
 		t.Fatalf("%d remembered: %x", m.len(), slices.Collect(maps.Keys(m.byJob)))
 	}
@@ -431,5 +432,232 @@ func TestRepeatedAwardIsIgnored(t *testing.T) {
 	s.engines[p].Step(s.now, award)
 	if r := s.engines[p].Ready(); !r.Empty() {
 		t.Fatalf("the repeated award asked for work: %+v", r)
+	}
+}
+
+// awardDecliner is a rogue provider's script: it bids 1 (the cheapest
+// possible) on every offer it sees, directly or by gossip, and answers
+// the first declines awards with reply (then accepts, as an honest
+// provider that filled up once does).
+func awardDecliner(self peer.ID, declines int, reply func(job []byte) []*pb.MarketMessage) func(*pb.MarketMessage) []*pb.MarketMessage {
+	return func(m *pb.MarketMessage) []*pb.MarketMessage {
+		switch b := m.Body.(type) {
+		case *pb.MarketMessage_Offer:
+			id, _ := protocol.OfferJobID(b.Offer)
+			return []*pb.MarketMessage{{Body: &pb.MarketMessage_Bid{Bid: &pb.Bid{JobId: id[:], Provider: []byte(self), Price: 1}}}}
+		case *pb.MarketMessage_Award:
+			if declines <= 0 {
+				return []*pb.MarketMessage{{Body: &pb.MarketMessage_Accept{Accept: &pb.Accept{JobId: b.Award.JobId, Attempt: b.Award.Attempt}}}}
+			}
+			declines--
+			return reply(b.Award.JobId)
+		}
+		return nil
+	}
+}
+
+// declineAward answers an award with a decline, as a provider that filled
+// up since it bid does.
+func declineAward(self peer.ID) func([]byte) []*pb.MarketMessage {
+	return func(job []byte) []*pb.MarketMessage {
+		return []*pb.MarketMessage{{Body: &pb.MarketMessage_Decline{Decline: &pb.Decline{JobId: job, Provider: []byte(self), Reason: ReasonNoSlot}}}}
+	}
+}
+
+// acceptThenPreempt takes an award and gives it up at once as preempted.
+func acceptThenPreempt(self peer.ID, attempt *uint32) func([]byte) []*pb.MarketMessage {
+	return func(job []byte) []*pb.MarketMessage {
+		*attempt++
+		return []*pb.MarketMessage{
+			{Body: &pb.MarketMessage_Accept{Accept: &pb.Accept{JobId: job, Attempt: *attempt}}},
+			{Body: &pb.MarketMessage_Decline{Decline: &pb.Decline{JobId: job, Provider: []byte(self), Reason: ReasonPreempted}}},
+		}
+	}
+}
+
+// submitQuiet submits an interactive job of req to candidates, its
+// deadline an hour away, without delivering anything yet.
+func (s *sim) submitQuiet(req peer.ID, candidates ...peer.ID) *Job {
+	spec := &pb.JobSpec{Executor: "noop", Tier: protocol.TierInteractive, MaxPrice: 50, MaxDurationMs: 1000, Resources: &pb.Resources{Gpus: 1}}
+	return s.engines[req].Submit(s.now, s.offerFor(req, 0, s.now.Add(time.Hour), spec), candidates)
+}
+
+// runFor advances the clock by up to d, from one time an engine has work
+// to the next, until done reports true.
+func (s *sim) runFor(d time.Duration, done func() bool) {
+	end := s.now.Add(d)
+	for !done() && s.now.Before(end) {
+		next := end
+		for _, id := range s.order {
+			if t := s.engines[id].NextDeadline(); !t.IsZero() && t.Before(next) {
+				next = t
+			}
+		}
+		s.advance(max(next.Sub(s.now), time.Millisecond))
+	}
+}
+
+// A rogue provider that bids first and cheapest and gives every award
+// back at once (declined, or accepted and given up as preempted) cannot
+// keep a job going round: each award after the first costs the requester
+// a release and a hold in its ledger chain, and at about a hundred rounds
+// a second its per-account entry budget would be gone in minutes. A
+// provider that gave an award back has its bids on the job held off for a
+// window, doubling each time, at most a minute, so the other bidders get
+// the job; and a job awarded MaxAttempts times fails with a reason.
+func TestAwardDecliningProviderIsBounded(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// rogues is how many identities the attacker uses, each a
+		// candidate (the first three are asked directly).
+		rogues int
+		// preempt: each rogue accepts the award and gives it up as
+		// preempted.
+		preempt bool
+		// honest adds an honest provider as the last candidate.
+		honest bool
+		// maxAttempts and wantState are how the job ends, within an hour.
+		maxAttempts uint32
+		wantState   State
+		// perMinute bounds the awards in any minute after the first.
+		perMinute uint32
+	}{
+		{"a rogue, then an honest provider", 1, false, true, 2, Succeeded, 0},
+		// The rogue's acceptance gossips a taken notice, on which the
+		// honest provider forgets the offer: its bid of the first round,
+		// awarded next, is declined as unknown (and held off) once.
+		{"a rogue that gives awards up as preempted, then an honest provider", 1, true, true, 4, Succeeded, 0},
+		{"ten rogue identities, then an honest provider", 10, false, true, 11, Succeeded, 0},
+		{"a rogue alone", 1, false, false, MaxAttempts, Failed, 1},
+		{"ten rogue identities", 10, false, false, MaxAttempts, Failed, 10},
+		{"ten rogue identities that give awards up as preempted", 10, true, false, MaxAttempts, Failed, 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSim(t)
+			req := s.add(nil)
+			var candidates []peer.ID
+			for range tc.rogues {
+				r := s.rogue()
+				reply := declineAward(r)
+				if tc.preempt {
+					reply = acceptThenPreempt(r, new(uint32))
+				}
+				s.scripts[r] = awardDecliner(r, 1<<30, reply)
+				s.scripted = append(s.scripted, r)
+				candidates = append(candidates, r)
+			}
+			var honest peer.ID
+			if tc.honest {
+				honest = s.add(provider(10))
+				candidates = append(candidates[:min(len(candidates), 2)], honest)
+			}
+			j := s.submitQuiet(req, candidates...)
+			// Unbounded, the job goes round as long as the rogue answers,
+			// with no time passing: delivery never settles.
+			if !s.settle(10 * MaxAttempts) {
+				t.Fatalf("still going round after %d rounds of delivery: %d awards so far", 10*MaxAttempts, j.Attempt)
+			}
+			// Past the first minute, the hold-offs have reached their
+			// longest.
+			minute, atMinute := s.now.Add(time.Minute), uint32(0)
+			s.runFor(time.Hour, func() bool {
+				if !s.now.Before(minute) {
+					if n := j.Attempt - atMinute; atMinute > 0 && tc.perMinute > 0 && n > tc.perMinute {
+						t.Fatalf("%d awards in the minute before %v, want at most %d", n, s.now.Sub(t0), tc.perMinute)
+					}
+					minute, atMinute = s.now.Add(time.Minute), j.Attempt
+				}
+				if tc.honest && j.State == Running && j.Provider == honest {
+					s.finish(honest, j.ID)
+				}
+				return j.State.Terminal()
+			})
+			if j.Attempt > tc.maxAttempts || j.State != tc.wantState {
+				t.Fatalf("%d awards, state %s (error %q); want at most %d awards, %s", j.Attempt, j.State, j.Error, tc.maxAttempts, tc.wantState)
+			}
+			if tc.wantState == Failed && !strings.Contains(j.Error, fmt.Sprint(MaxAttempts, " awards")) {
+				t.Fatalf("the job failed with %q, want the reason to name its %d awards", j.Error, MaxAttempts)
+			}
+		})
+	}
+}
+
+// An honest provider that filled up between its bid and the award
+// declines that award once: it is not excluded, and wins the job when it
+// bids again, once its hold-off has passed.
+func TestProviderDecliningOneAwardIsNotExcluded(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	p := s.rogue()
+	s.scripts[p] = awardDecliner(p, 1, declineAward(p))
+	s.scripted = append(s.scripted, p)
+	j := s.submitQuiet(req, p)
+	s.flush()
+	s.runFor(time.Minute, func() bool { return j.State == Running })
+	if j.State != Running || j.Provider != p || j.Attempt != 2 || len(j.Excluded) != 0 {
+		t.Fatalf("state %s, provider %s, %d awards, excluded %v; want it running with p at the second award", j.State, j.Provider, j.Attempt, j.Excluded)
+	}
+	if took := s.now.Sub(t0); took > 4*simTiming.InteractiveWindow {
+		t.Fatalf("the second award came after %v", took)
+	}
+}
+
+// A few identities sending biddable offers with 60 KB specs, more than the
+// provider's whole offer memory, do not evict an honest requester's offer
+// that the provider just bid on: past the total, memos go from the
+// requester holding the most bytes first, so one within its fair share
+// keeps its memos and its award is leased, not declined as unknown.
+func TestOfferFloodDoesNotEvictAnHonestRequestersOffer(t *testing.T) {
+	const identities = 5 // each within its own budget, together over the total
+	s := newSim(t)
+	p := s.add(provider(10))
+	honest := s.rogue()
+	offer := s.offerFor(honest, 1, s.now.Add(time.Minute), noopSpec(1))
+	s.engines[p].Step(s.now, offer)
+	if b := s.engines[p].Ready().Send[0].Msg.GetBid(); b == nil {
+		t.Fatal("the provider did not bid on the honest offer")
+	}
+	big := noopSpec(1)
+	for range 15 {
+		big.Args = append(big.Args, strings.Repeat("x", 4000))
+	}
+	perIdentity := DefaultOfferMemoryPerRequester/(memoOverhead+4000*15) + 8
+	for range identities {
+		attacker := s.rogue()
+		for range perIdentity {
+			s.engines[p].Step(s.now, s.offerFor(attacker, 1, s.now.Add(protocol.MaxJobLifetime), big))
+		}
+		s.engines[p].Ready()
+	}
+	if _, bytes := s.engines[p].OfferMemory(); bytes > DefaultOfferMemory || bytes < DefaultOfferMemory*9/10 {
+		t.Fatalf("the flood left %d bytes of memos, want the budget (%d) nearly full", bytes, DefaultOfferMemory)
+	}
+	s.engines[p].Step(s.now, s.sign(honest, &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
+		JobId: offer.Job[:], Provider: []byte(p), Price: 10, Attempt: 1,
+	}}}))
+	r := s.engines[p].Ready()
+	if len(r.Send) != 1 || r.Send[0].Msg.GetAccept() == nil || len(r.Run) != 1 {
+		t.Fatalf("the honest award after the flood was answered %v, want a lease", r.Send[0].Msg.Body)
+	}
+}
+
+// Fail ends a job with its reason and stops the provider running it; an
+// ended job stays as it ended.
+func TestFailEndsAJobAndStopsItsLease(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	p := s.add(provider(10))
+	j := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, p)
+	wantState(t, j, Running)
+	if !s.engines[req].Fail(s.now, j.ID, "offer no longer valid") {
+		t.Fatal("Fail refused a running job")
+	}
+	s.flush()
+	wantState(t, j, Failed)
+	if j.Error != "offer no longer valid" || !slices.Contains(s.stops[p], j.ID) || s.engines[p].ActiveLeases() != 0 {
+		t.Fatalf("error %q, provider stopped %v with %d leases", j.Error, s.stops[p], s.engines[p].ActiveLeases())
+	}
+	if s.engines[req].Fail(s.now, j.ID, "again") || j.Error != "offer no longer valid" {
+		t.Fatalf("Fail changed an ended job: %q", j.Error)
 	}
 }

@@ -1,6 +1,7 @@
 package market
 
 import (
+	"container/heap"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -35,6 +36,8 @@ type offerMemo struct {
 	// taken, cancelled or leased.
 	spec []byte
 	cost int
+	// seq orders memos by when they were answered.
+	seq uint64
 	// Links in the list of every memo and in its requester's, least
 	// recently answered first.
 	inAll, inRequester memoLinks
@@ -48,6 +51,8 @@ type memoList struct {
 	head, tail *offerMemo
 	bytes      int
 	links      func(*offerMemo) *memoLinks
+	// at is a requester's list's place in offerMemos.largest.
+	at int
 }
 
 func allLinks(m *offerMemo) *memoLinks       { return &m.inAll }
@@ -55,15 +60,22 @@ func requesterLinks(m *offerMemo) *memoLinks { return &m.inRequester }
 
 // offerMemos are the offers a provider remembers, within a budget of bytes
 // per requester and in total: a requester past its budget loses its least
-// recently answered offers, and past the total the least recently answered
-// of all go. An award for a forgotten offer is declined as an unknown job,
+// recently answered offers, and past the total the requester holding the
+// most bytes loses its least recently answered. So a requester within its
+// fair share of the total keeps its memos, whatever others send: a
+// least-recently-answered order over all would let a few identities with
+// big offers flush every honest requester's (and its awards would be
+// declined). An award for a forgotten offer is declined as an unknown job,
 // and the requester offers it again.
 type offerMemos struct {
-	byJob        map[protocol.JobID]*offerMemo
-	byRequester  map[peer.ID]*memoList
+	byJob       map[protocol.JobID]*offerMemo
+	byRequester map[peer.ID]*memoList
+	// largest orders the requesters' lists, the most bytes first.
+	largest      memoHeap
 	all          memoList
 	limit        int
 	perRequester int
+	seq          uint64
 }
 
 func newOfferMemos(limit, perRequester int) *offerMemos {
@@ -90,7 +102,8 @@ func (o *offerMemos) len() int { return len(o.byJob) }
 // replacing what was remembered of the job, then evicts past the budgets.
 func (o *offerMemos) put(job protocol.JobID, requester peer.ID, round uint32, deadline time.Time, spec []byte) {
 	o.remove(job)
-	m := &offerMemo{job: job, requester: requester, round: round, deadline: deadline, spec: spec}
+	o.seq++
+	m := &offerMemo{job: job, requester: requester, round: round, deadline: deadline, spec: spec, seq: o.seq}
 	m.cost = memoOverhead + len(requester) + len(spec)
 	o.byJob[job] = m
 	o.all.pushBack(m)
@@ -98,13 +111,26 @@ func (o *offerMemos) put(job protocol.JobID, requester peer.ID, round uint32, de
 	if r == nil {
 		r = &memoList{links: requesterLinks}
 		o.byRequester[requester] = r
+		r.pushBack(m)
+		heap.Push(&o.largest, r)
+	} else {
+		r.pushBack(m)
+		heap.Fix(&o.largest, r.at)
 	}
-	r.pushBack(m)
 	for r.bytes > o.perRequester && r.head != m {
 		o.remove(r.head.job)
 	}
-	for o.all.bytes > o.limit && o.all.head != m {
-		o.remove(o.all.head.job)
+	for o.all.bytes > o.limit {
+		victim := o.largest[0].head
+		if victim == m {
+			// The newest memo is its requester's only one and the
+			// largest: every other requester holds less; the least
+			// recently answered of all goes.
+			if victim = o.all.head; victim == m {
+				return
+			}
+		}
+		o.remove(victim.job)
 	}
 }
 
@@ -117,7 +143,9 @@ func (o *offerMemos) forget(m *offerMemo) {
 	d := len(m.spec)
 	m.spec, m.cost = nil, m.cost-d
 	o.all.bytes -= d
-	o.byRequester[m.requester].bytes -= d
+	r := o.byRequester[m.requester]
+	r.bytes -= d
+	heap.Fix(&o.largest, r.at)
 }
 
 // remove drops a job's memo, if there is one.
@@ -132,6 +160,9 @@ func (o *offerMemos) remove(job protocol.JobID) {
 	r.unlink(m)
 	if r.head == nil {
 		delete(o.byRequester, m.requester)
+		heap.Remove(&o.largest, r.at)
+	} else {
+		heap.Fix(&o.largest, r.at)
 	}
 }
 
@@ -170,4 +201,36 @@ func (l *memoList) unlink(m *offerMemo) {
 		l.tail = ln.prev
 	}
 	*ln = memoLinks{}
+}
+
+// memoHeap is a heap of requesters' memo lists, the one holding the most
+// bytes on top (ties: the one with the least recently answered memo).
+type memoHeap []*memoList
+
+func (h memoHeap) Len() int { return len(h) }
+
+func (h memoHeap) Less(i, j int) bool {
+	if h[i].bytes != h[j].bytes {
+		return h[i].bytes > h[j].bytes
+	}
+	return h[i].head.seq < h[j].head.seq
+}
+
+func (h memoHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].at, h[j].at = i, j
+}
+
+func (h *memoHeap) Push(x any) {
+	l := x.(*memoList)
+	l.at = len(*h)
+	*h = append(*h, l)
+}
+
+func (h *memoHeap) Pop() any {
+	old := *h
+	l := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return l
 }

@@ -15,3 +15,13 @@ func (n *Node) SweepHolds(now time.Time) (SweepReport, error) {
 
 // OrphanHoldAge is orphanHoldAge, for the tests outside the package.
 const OrphanHoldAge = orphanHoldAge
+
+// SetOutboxPeers sets how many peers the market outbox keeps queues for.
+func (n *Node) SetOutboxPeers(max int) {
+	n.market.outbox.mu.Lock()
+	defer n.market.outbox.mu.Unlock()
+	n.market.outbox.maxPeers = max
+}
+
+// OutboxDropped is how many market messages the outbox dropped, by why.
+func (n *Node) OutboxDropped() map[string]int { return counts(n.market.outbox.dropped) }

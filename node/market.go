@@ -151,7 +151,10 @@ func (n *Node) startMarket(ctx context.Context) error {
 // validateGossip runs before a gossip message is forwarded: it passes only
 // if every signed message in it verifies, is an offer or a taken notice,
 // and has the same signer (a requester gossips only its own messages);
-// anything else is rejected (and the sender penalised by peer scoring).
+// anything else is rejected (and the sender penalised by peer scoring),
+// but for signed messages that fail only by this node's clock (expired,
+// or expiring just past the limit: protocol.ErrTooFarAhead), which are
+// dropped without blame, the whole message ignored when none is left.
 // A peer past its rate of signed messages ([limits]) has its gossip
 // ignored unchecked, without a penalty: it may be relaying others'.
 // Repeats of a gossip message are dropped by the message-ID cache; one
@@ -192,9 +195,12 @@ func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Me
 		if err != nil {
 			d.reject(err)
 			d.n.log.Debug("gossip message rejected", "from", m.ReceivedFrom, "err", err)
-			// A message that expired on the way is no one's fault: it is
-			// dropped, the rest of the gossip message kept.
-			if errors.Is(err, protocol.ErrExpired) {
+			// A message that expired on the way, or that runs past the
+			// limit of how far ahead it may expire only by this node's
+			// clock being behind the relay's, is no one's fault: it is
+			// dropped, the rest of the gossip message kept, and the relay
+			// not scored down.
+			if errors.Is(err, protocol.ErrExpired) || errors.Is(err, protocol.ErrTooFarAhead) {
 				continue
 			}
 			return pubsub.ValidationReject
@@ -346,7 +352,7 @@ func (d *marketDriver) reject(err error) {
 	for _, r := range []struct {
 		err  error
 		name string
-	}{{protocol.ErrTooLarge, "oversized"}, {protocol.ErrSignature, "bad signature"}, {protocol.ErrSigner, "wrong signer"}, {protocol.ErrExpired, "expired"}, {errNotForGossip, "not for gossip"}} {
+	}{{protocol.ErrTooLarge, "oversized"}, {protocol.ErrSignature, "bad signature"}, {protocol.ErrSigner, "wrong signer"}, {protocol.ErrExpired, "expired"}, {protocol.ErrTooFarAhead, "too far ahead"}, {errNotForGossip, "not for gossip"}} {
 		if errors.Is(err, r.err) {
 			reason = r.name
 			break
@@ -373,6 +379,7 @@ func (d *marketDriver) loop(ctx context.Context) {
 	defer d.n.wg.Done()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	d.process(ctx) // what restore left: jobs it ended
 	for {
 		select {
 		case <-ctx.Done():
@@ -536,7 +543,7 @@ func (d *marketDriver) send(ctx context.Context, sends []outgoing) {
 		if res := o.msg.GetResult(); res != nil {
 			d.writer.add(d.n.receiptWrite(res, raw))
 		}
-		d.outbox.send(ctx, o.to, raw)
+		d.outbox.send(ctx, o.to, raw, isBusiness(o.msg))
 		if a != nil {
 			// The provider's time to accept starts now, not when the
 			// engine made the award. (An award with a hold is sent by
@@ -680,10 +687,19 @@ func (d *marketDriver) settleEnded() {
 // between persisting a job's end and settling it left its hold open: it
 // is settled once the node has confirmed its head with its peers (an
 // earlier run may have settled it, in entries this data dir lacks), by
-// the ledger writer, which writes nothing before then.
+// the ledger writer, which writes nothing before then. A job whose offer
+// today's checks refuse (stored before a rule tightened, or signed by a
+// clock since set back) is ended with the reason, not offered again:
+// every peer would refuse it. The loop writes and settles it first thing.
 func (d *marketDriver) restore() error {
 	var ended []*market.Job
+	invalid := map[protocol.JobID]error{}
 	defer func() {
+		now := time.Now()
+		for id, err := range invalid {
+			d.n.log.Warn("stored job's offer is no longer valid; job ended", "job", id, "err", err)
+			d.eng.Fail(now, id, "offer no longer valid: "+err.Error())
+		}
 		if w := d.n.settleWrite(ended); w != nil {
 			d.writer.add(w)
 		}
@@ -693,7 +709,10 @@ func (d *marketDriver) restore() error {
 		if err := json.Unmarshal(rec, &j); err != nil {
 			return fmt.Errorf("job %s: %w", id, err)
 		}
-		offer, err := protocol.OpenMarket(j.Offer, d.n.cfg.Network, j.Created)
+		offer, err := protocol.OpenStoredOffer(j.Offer)
+		if err == nil && offer.Signer != d.n.host.ID() {
+			err = fmt.Errorf("%w: signed by %s", protocol.ErrSigner, offer.Signer)
+		}
 		if err != nil {
 			d.n.log.Warn("stored job has an invalid offer; skipped", "job", id, "err", err)
 			return nil
@@ -701,6 +720,9 @@ func (d *marketDriver) restore() error {
 		d.eng.Restore(&j, offer)
 		if j.State.Terminal() {
 			ended = append(ended, &j)
+		} else if err := offer.Recheck(d.n.cfg.Network, time.Now()); err != nil && !errors.Is(err, protocol.ErrExpired) {
+			// An expired job expires on the engine's first tick.
+			invalid[offer.Job] = err
 		}
 		return nil
 	})

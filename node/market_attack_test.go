@@ -436,3 +436,116 @@ func kindName(s *protocol.Signed) string {
 
 // dropped is how many messages of a kind a node's per-peer limits dropped.
 func dropped(n *node.Node, what string) int { return n.PeerLimited()[what] }
+
+// rejectedTotal is how many market messages n refused before its engine.
+func rejectedTotal(n *node.Node) int {
+	_, rejected := n.MarketStats()
+	total := 0
+	for _, c := range rejected {
+		total += c
+	}
+	return total
+}
+
+// An honest relay passes on an offer whose deadline sits just under the
+// 25 h limit by its own clock; a receiver whose clock is a little behind
+// finds it just past the limit. That is a clock difference, not the
+// relay's fault: the receiver ignores the offer and does not score the
+// relay down, where rejecting it four times used to graylist the relay,
+// so that its valid messages were dropped.
+func TestOfferJustPastTheLimitDoesNotPenaliseItsRelay(t *testing.T) {
+	tn, relay := rogueNet(t)
+	provider := tn.Node(1)
+	ctx := context.Background()
+	// The requester's clock runs an hour and a few seconds ahead of the
+	// provider's (MaxClockSkew is an hour): its offers' deadlines, a day
+	// after their creation, are 25 h and a few seconds ahead here.
+	requester, _, _ := crypto.GenerateEd25519Key(rand.Reader)
+	requesterID, _ := peer.IDFromPrivateKey(requester)
+	aheadOffer := func() []byte {
+		created := time.Now().Add(protocol.MaxClockSkew + 5*time.Second)
+		m := offerFrom(requesterID, created.Add(protocol.MaxJobLifetime))
+		m.GetOffer().CreatedUnixMs = created.UnixMilli()
+		raw, err := protocol.SealMarket(requester, "testnet", created.Add(protocol.MaxJobLifetime), m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return protocol.AppendFrame(nil, raw)
+	}
+	before := rejectedTotal(provider)
+	for range 4 {
+		if err := relay.topic.Publish(ctx, aheadOffer()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := testnet.WaitFor(ctx, deadline, func() error {
+		if n := rejectedTotal(provider) - before; n < 4 {
+			return fmt.Errorf("provider refused %d of the 4 offers", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, rejected := provider.MarketStats(); rejected["too far ahead"] < 4 {
+		t.Errorf("refusals counted %v, want 4 as too far ahead", rejected)
+	}
+	// The relay still relays: its next, valid offer reaches the engine.
+	stepped0, _ := provider.MarketStats()
+	valid, err := protocol.SealMarket(requester, "testnet", time.Now().Add(time.Minute), offerFrom(requesterID, time.Now().Add(time.Minute)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := relay.topic.Publish(ctx, protocol.AppendFrame(nil, valid)); err != nil {
+		t.Fatal(err)
+	}
+	if err := testnet.WaitFor(ctx, deadline, func() error {
+		stepped, _ := provider.MarketStats()
+		if stepped["offer"] <= stepped0["offer"] {
+			score, _ := provider.GossipScore(relay.host.ID())
+			return fmt.Errorf("the relay's valid offer has not reached the provider (the relay's score %.0f)", score)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if score, ok := provider.GossipScore(relay.host.ID()); ok && score < 0 {
+		t.Fatalf("the relay's score is %.0f", score)
+	}
+}
+
+// Throwaway identities that each send a provider one offer it declines
+// keep the provider's outbox table full: a queue lives a minute after its
+// last message, and with every place taken the provider's bid to a new,
+// honest requester used to be dropped. The provider now gives the place
+// of the least recently used idle queue to the new peer. (The outbox
+// keeps queues for 1,024 peers; the test lowers that to eight, so that
+// eight real hosts fill it.)
+func TestIdleOutboxQueuesDoNotCrowdOutNewPeers(t *testing.T) {
+	const places = 8
+	tn, _ := rogueNet(t)
+	provider := tn.Node(1)
+	provider.SetOutboxPeers(places)
+	c := clientFor(t, tn, 2)
+	ctx := context.Background()
+	queryUntil(t, c, api.ProviderQuery{GPU: "any"}, []string{provider.ID().String()})
+	for range places {
+		r := newMarketRogue(t, tn)
+		m := offerFrom(r.id(), time.Now().Add(time.Hour))
+		m.GetOffer().Spec.Resources.Gpus = 8 // declined: the provider has one
+		id, err := protocol.OfferJobID(m.GetOffer())
+		if err != nil {
+			t.Fatal(err)
+		}
+		offer := r.sign(m)
+		r.stream(provider.ID(), 1, func(int) []byte { return offer })
+		waitReplies(t, r, id, 1) // the provider now holds a queue for r
+	}
+	j, err := c.SubmitJob(ctx, noopJob("batch", "0s", "1m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitJobs(t, c, []string{j.ID}, "succeeded", 20*time.Second)
+	if n := provider.OutboxDropped()["peers"]; n != 0 {
+		t.Fatalf("the provider dropped %d messages for want of a place", n)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/storage"
@@ -452,5 +454,99 @@ func TestWatchEndsWithItsContext(t *testing.T) {
 		case <-timeout:
 			t.Fatal("the watch's channel stayed open after its context ended")
 		}
+	}
+}
+
+// A job stored with an offer that today's checks refuse is ended with a
+// reason when the node restarts, not offered again: every peer would
+// refuse the offer, and (on gossip) score the requester down for it.
+// One was stored before the 24 h lifetime bound (its deadline 24.5 h
+// after its creation); one by a clock since set back two hours (created
+// in the future, its deadline too far ahead of every peer's clock).
+func TestRestoredJobWithAnOfferNowInvalidIsEnded(t *testing.T) {
+	tn := startTestnet(t, 3, testnet.WithProviders(1)) // 0 bootstrap, 1 provider, 2 requester
+	ctx := context.Background()
+	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	const req = 2
+	key, err := node.LoadIdentity(tn.Dir(req))
+	if err != nil {
+		t.Fatal(err)
+	}
+	requester := tn.Node(req).ID()
+	now := time.Now()
+	stored := map[string][]byte{}
+	var ids []protocol.JobID
+	for _, created := range []time.Time{now.Add(-time.Hour), now.Add(2 * time.Hour)} {
+		dl := created.Add(protocol.MaxJobLifetime + 30*time.Minute)
+		if created.After(now) {
+			dl = created.Add(protocol.MaxJobLifetime - 30*time.Minute)
+		}
+		m := offerFrom(requester, dl)
+		m.GetOffer().CreatedUnixMs = created.UnixMilli()
+		raw, err := protocol.SealMarket(key, "testnet", dl, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := protocol.OfferJobID(m.GetOffer())
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A batch job whose window ended: restored, it is offered again
+		// (the next round) at once.
+		rec, err := json.Marshal(market.Job{Offer: raw, Round: 1, Tier: protocol.TierBatch, MaxPrice: 1e6, Deadline: dl,
+			State: market.Bidding, Created: created, Updated: created, Bids: []market.Bid{}, Declines: []market.Decline{},
+			WindowEnds: now.Add(-time.Second)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored[id.String()] = rec
+		ids = append(ids, id)
+	}
+	if err := tn.Stop(req); err != nil {
+		t.Fatal(err)
+	}
+	db := dbOf(t, tn.Dir(req))
+	if err := db.PutJobs(stored); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	provider := tn.Node(1)
+	stepped0, _ := provider.MarketStats()
+	rejected0 := rejectedTotal(provider)
+	if err := tn.Restart(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		var j market.Job
+		if err := testnet.WaitFor(ctx, deadline, func() error {
+			if j, err = tn.Node(req).Job(ctx, id); err != nil {
+				return err
+			}
+			if j.State != market.Failed {
+				return fmt.Errorf("job %s is %s in round %d", id.String()[:8], j.State, j.Round)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if j.Round != 1 || !strings.Contains(j.Error, "offer") {
+			t.Fatalf("job %s: round %d, error %q; want it ended in its stored round, the reason naming its offer", id.String()[:8], j.Round, j.Error)
+		}
+	}
+	// Nothing went out: a later job's offers reach the provider, and the
+	// provider refused none since the restart (it would have refused the
+	// ended jobs' offers, as malformed or too far ahead).
+	c := clientFor(t, tn, req)
+	j, err := c.SubmitJob(ctx, noopJob("batch", "0s", "1m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitJobs(t, c, []string{j.ID}, "succeeded", deadline)
+	stepped, _ := provider.MarketStats()
+	_, rejected := provider.MarketStats()
+	if n, r := stepped["offer"]-stepped0["offer"], rejectedTotal(provider)-rejected0; n < 1 || r != 0 {
+		t.Fatalf("the provider took %d offers and refused %d since the restart (%v), want the later job's and none", n, r, rejected)
 	}
 }

@@ -10,8 +10,10 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-msgio"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
 )
 
 // outboxIdle is how long an unused market stream to a peer stays open.
@@ -21,10 +23,14 @@ const outboxIdle = time.Minute
 // with a queue at once. A queue costs what it holds, not its bound, so
 // replies to offers from thousands of throwaway identities do not cost a
 // preallocated queue each; and a peer that cannot be reached is given up
-// at once, its queue dropped, instead of idling for outboxIdle.
+// at once, its queue dropped, instead of idling for outboxIdle. Past
+// maxOutboxPeers a new peer takes the place of the least recently used
+// idle queue; with none idle, only messages of current business (see
+// isBusiness) open a queue, up to maxBusinessPeers more.
 const (
-	outboxQueue    = 4096
-	maxOutboxPeers = 1024
+	outboxQueue      = 4096
+	maxOutboxPeers   = 1024
+	maxBusinessPeers = 1024
 )
 
 // outbox sends market messages to peers over one long-lived stream per
@@ -36,33 +42,57 @@ type outbox struct {
 	proto libp2pproto.ID
 	mu    sync.Mutex
 	peers map[peer.ID]*peerQueue
+	// maxPeers is maxOutboxPeers (tests lower it).
+	maxPeers int
+	// sends counts messages queued: the order of the queues' last use.
+	sends uint64
+	// dropped counts messages not sent, by why: "peers" (no place for a
+	// new peer), "queue" (the peer's queue full).
+	dropped *prometheus.CounterVec
 }
 
 // peerQueue is what waits to be sent to one peer; wake tells its goroutine
-// that there is some.
+// that there is some, gone that the queue was evicted and it is to end.
 type peerQueue struct {
 	msgs [][]byte
 	wake chan struct{}
+	gone chan struct{}
+	// busy is set while the goroutine writes what it took from msgs.
+	busy bool
+	// used is the outbox's sends when a message was last queued here.
+	used uint64
 }
 
 func newOutbox(n *Node) *outbox {
-	return &outbox{n: n, proto: libp2pproto.ID(protocol.MarketProtocol(n.cfg.Network)), peers: map[peer.ID]*peerQueue{}}
+	o := &outbox{n: n, proto: libp2pproto.ID(protocol.MarketProtocol(n.cfg.Network)), peers: map[peer.ID]*peerQueue{}, maxPeers: maxOutboxPeers,
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mira_market_outbox_dropped_total", Help: "Market messages this node dropped instead of sending, by why.",
+		}, []string{"why"})}
+	n.metrics.MustRegister(o.dropped)
+	return o
 }
 
-// send queues raw for to; a full queue, or a new peer when maxOutboxPeers
-// have queues, drops it (the market's timeouts recover from lost
-// messages).
-func (o *outbox) send(ctx context.Context, to peer.ID, raw []byte) {
+// isBusiness reports whether m is about a job or lease this node has with
+// its recipient: an award, acceptance, heartbeat, result or cancel, each
+// bounded by the node's own jobs and leases. Bids and declines answer
+// whatever anyone offers or awards, so any number of identities can draw
+// them.
+func isBusiness(m *pb.MarketMessage) bool {
+	return m.GetBid() == nil && m.GetDecline() == nil
+}
+
+// send queues raw for to; a full queue, or a new peer that admit finds no
+// place for, drops it (the market's timeouts recover from lost messages).
+func (o *outbox) send(ctx context.Context, to peer.ID, raw []byte, business bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	q, ok := o.peers[to]
 	if !ok {
-		if len(o.peers) >= maxOutboxPeers {
-			o.n.log.Warn("market outbox: too many peers; message dropped", "to", to)
+		if q = o.admit(to, business); q == nil {
+			o.n.log.Warn("market outbox: too many peers with messages in flight; message dropped", "to", to)
+			o.dropped.WithLabelValues("peers").Inc()
 			return
 		}
-		q = &peerQueue{wake: make(chan struct{}, 1)}
-		o.peers[to] = q
 		o.n.wg.Add(1)
 		go o.run(ctx, to, q)
 	}
@@ -71,13 +101,51 @@ func (o *outbox) send(ctx context.Context, to peer.ID, raw []byte) {
 	// nobody reads any more.
 	if len(q.msgs) >= outboxQueue {
 		o.n.log.Warn("market outbox full; message dropped", "to", to)
+		o.dropped.WithLabelValues("queue").Inc()
 		return
 	}
+	o.sends++
+	q.used = o.sends
 	q.msgs = append(q.msgs, raw)
 	select {
 	case q.wake <- struct{}{}:
 	default:
 	}
+}
+
+// admit makes a queue for a peer that has none, or returns nil. With
+// maxPeers queues, the least recently used idle one (nothing queued,
+// nothing being written) is evicted, its goroutine ended, to make room:
+// identities that drew one reply each hold no place that a peer with
+// something to send needs. With none idle, only business passes, up to
+// maxBusinessPeers past maxPeers. Called with o.mu held.
+func (o *outbox) admit(to peer.ID, business bool) *peerQueue {
+	if len(o.peers) >= o.maxPeers {
+		if id, q := o.idlest(); q != nil {
+			delete(o.peers, id)
+			close(q.gone)
+		} else if !business || len(o.peers) >= o.maxPeers+maxBusinessPeers {
+			return nil
+		}
+	}
+	q := &peerQueue{wake: make(chan struct{}, 1), gone: make(chan struct{})}
+	o.peers[to] = q
+	return q
+}
+
+// idlest returns the least recently used idle queue, if any. Called with
+// o.mu held, only when the outbox is full.
+func (o *outbox) idlest() (peer.ID, *peerQueue) {
+	var (
+		id   peer.ID
+		best *peerQueue
+	)
+	for p, q := range o.peers {
+		if len(q.msgs) == 0 && !q.busy && (best == nil || q.used < best.used) {
+			id, best = p, q
+		}
+	}
+	return id, best
 }
 
 func (o *outbox) run(ctx context.Context, to peer.ID, q *peerQueue) {
@@ -94,6 +162,8 @@ func (o *outbox) run(ctx context.Context, to peer.ID, q *peerQueue) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-q.gone:
+			return // evicted while idle
 		case <-idle.C:
 			if o.retire(to, q, false) {
 				return
@@ -146,6 +216,9 @@ func (o *outbox) frames(q *peerQueue) []byte {
 	if len(q.msgs) == 0 {
 		q.msgs = nil // let the backing array go
 	}
+	// Busy from taking messages until a call finds none: the peer is not
+	// idle while they are written.
+	q.busy = n > 0
 	return buf
 }
 

@@ -3,6 +3,7 @@ package protocol
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"time"
 
@@ -30,7 +31,7 @@ const (
 	// bounds how long an offer can hold a provider's memory.
 	MaxJobLifetime = 24 * time.Hour
 	// MaxClockSkew is how far ahead of a receiver's clock a sender's may
-	// run.
+	// run (and a relay's: see ErrTooFarAhead).
 	MaxClockSkew = time.Hour
 	// MaxMessageTTL bounds how far ahead a message may expire.
 	MaxMessageTTL = MaxJobLifetime + MaxClockSkew
@@ -50,6 +51,26 @@ const (
 )
 
 var marketCodec = []byte("/mira/market/1")
+
+// ErrTooFarAhead means a market message expires, or an offer's deadline
+// falls, further ahead of the receiver's clock than the limit, by at most
+// MaxClockSkew. Like ErrExpired it is a matter of clocks, not a fault of
+// whoever relayed the message: one whose clock runs a little ahead of the
+// receiver's passed it within the limit. Further ahead still is
+// ErrBadMessage: no clock within the skew passes that.
+var ErrTooFarAhead = errors.New("too far ahead")
+
+// checkAhead checks that what, d ahead of the receiver's clock, is within
+// limit; see ErrTooFarAhead.
+func checkAhead(what string, d, limit time.Duration) error {
+	switch {
+	case d > limit+MaxClockSkew:
+		return fmt.Errorf("%w: %s %v ahead, limit %v", ErrBadMessage, what, d.Round(time.Second), limit)
+	case d > limit:
+		return fmt.Errorf("%w: %s %v ahead, limit %v", ErrTooFarAhead, what, d.Round(time.Millisecond), limit)
+	}
+	return nil
+}
 
 // Topic names of the offer gossip, one per network and tier.
 func JobsTopic(network, tier string) string { return Prefix(network) + "/jobs/" + tier + "/1" }
@@ -135,6 +156,36 @@ func OpenMarket(data []byte, network string, now time.Time) (*Signed, error) {
 	return s, nil
 }
 
+// OpenStoredOffer verifies the signature on an offer a node signed and
+// stored, and decodes it, checking none of its fields: the rules may have
+// tightened since it was signed, and the node must still know the job to
+// end it. Recheck says whether it passes today's. For a node's own
+// database only, never for what a peer sends.
+func OpenStoredOffer(data []byte) (*Signed, error) {
+	msg := &pb.MarketMessage{}
+	signer, err := open(data, MaxMarketMessageSize, marketDomain, marketCodec, msg)
+	if err != nil {
+		return nil, fmt.Errorf("market: %w", err)
+	}
+	o := msg.GetOffer()
+	if o == nil {
+		return nil, fmt.Errorf("market: %w: not an offer", ErrBadMessage)
+	}
+	id, err := OfferJobID(o)
+	if err != nil {
+		return nil, fmt.Errorf("market: %w", err)
+	}
+	return &Signed{Signer: signer, Msg: msg, Raw: data, Job: id}, nil
+}
+
+// Recheck checks a message's fields as OpenMarket does, at now.
+func (s *Signed) Recheck(network string, now time.Time) error {
+	if err := s.check(network, now); err != nil {
+		return fmt.Errorf("market: %w", err)
+	}
+	return nil
+}
+
 func (s *Signed) check(network string, now time.Time) error {
 	m := s.Msg
 	bad := func(format string, a ...any) error {
@@ -150,8 +201,8 @@ func (s *Signed) check(network string, now time.Time) error {
 	if !expires.After(now) {
 		return fmt.Errorf("%w at %v", ErrExpired, expires.UTC())
 	}
-	if expires.Sub(now) > MaxMessageTTL {
-		return bad("expires %v ahead, limit %v", expires.Sub(now), MaxMessageTTL)
+	if err := checkAhead("expiry", expires.Sub(now), MaxMessageTTL); err != nil {
+		return err
 	}
 	var err error
 	switch b := m.Body.(type) {
@@ -282,10 +333,8 @@ func checkOffer(o *pb.Offer, signer peer.ID, network string, now time.Time) erro
 		return fmt.Errorf("%w: deadline before creation", ErrBadMessage)
 	case deadline.Sub(created) > MaxJobLifetime:
 		return fmt.Errorf("%w: deadline %v after creation, limit %v", ErrBadMessage, deadline.Sub(created), MaxJobLifetime)
-	case deadline.Sub(now) > MaxJobLifetime+MaxClockSkew:
-		return fmt.Errorf("%w: deadline %v ahead, limit %v", ErrBadMessage, deadline.Sub(now).Round(time.Second), MaxJobLifetime+MaxClockSkew)
 	}
-	return nil
+	return checkAhead("deadline", deadline.Sub(now), MaxJobLifetime+MaxClockSkew)
 }
 
 // CheckSpec validates a job spec; its errors name the field, for API users.
