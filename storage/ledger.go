@@ -159,15 +159,13 @@ func OpenLedger(db *DB, network string, genesis *Genesis, clock func() time.Time
 	}
 	l.params = ruleParams{grantFor: l.grantFor, rate: genesis.entryRate()}
 	gh := genesis.Hash()
-	err := db.bdb.Update(func(txn *badger.Txn) error {
-		v, err := getValue(txn, []byte(keyLedgerGenesis))
-		if err != nil {
+	var stored []byte
+	err := db.bdb.View(func(txn *badger.Txn) error {
+		var err error
+		if stored, err = getValue(txn, []byte(keyLedgerGenesis)); err != nil || stored == nil {
 			return err
 		}
-		if v == nil {
-			return txn.Set([]byte(keyLedgerGenesis), gh[:])
-		}
-		if !bytes.Equal(v, gh[:]) {
+		if !bytes.Equal(stored, gh[:]) {
 			return fmt.Errorf("%w: the database holds the ledger of another genesis", ErrGenesis)
 		}
 		c, err := getValue(txn, []byte(keyLedgerCount))
@@ -179,10 +177,14 @@ func OpenLedger(db *DB, network string, genesis *Genesis, clock func() time.Time
 		}
 		return nil
 	})
+	if err == nil && stored == nil {
+		// A new ledger: the one write an open makes, besides an upgrade.
+		err = db.update(func(txn *badger.Txn) error { return txn.Set([]byte(keyLedgerGenesis), gh[:]) })
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open ledger: %w", err)
 	}
-	if err := upgradeFormat(db.bdb, l.params.rate); err != nil {
+	if err := upgradeFormat(db, l.params.rate); err != nil {
 		return nil, fmt.Errorf("open ledger: %w", err)
 	}
 	if l.keys, err = openKeyFilter(db.bdb, l.count.Load()); err != nil {
