@@ -287,10 +287,15 @@ func (n *Node) spreadFraud(p storage.FraudProof) {
 }
 
 // ledgerVerdict judges a gossiped fraud proof by what ingesting it did.
+// A failure of this node's store (no room on its disk) says nothing of
+// the proof: it is ignored, and comes again by gossip or reconciliation.
 func (n *Node) ledgerVerdict(err error) pubsub.ValidationResult {
 	switch {
 	case err == nil:
 		return pubsub.ValidationAccept
+	case errors.Is(err, storage.ErrStore):
+		n.log.Warn("store gossiped fraud proof", "err", err)
+		return pubsub.ValidationIgnore
 	case errors.Is(err, storage.ErrDuplicate), errors.Is(err, storage.ErrGap), errors.Is(err, storage.ErrOverdraft):
 		return pubsub.ValidationIgnore
 	default:

@@ -3,15 +3,18 @@ package node
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"log/slog"
 	"testing"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	pubsubpb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/storage"
@@ -141,5 +144,75 @@ func TestSenderFault(t *testing.T) {
 		if got := senderFault(fmt.Errorf("wrapped: %w", tc.err)); got != tc.want {
 			t.Errorf("senderFault(%v) = %v, want %v", tc.err, got, tc.want)
 		}
+	}
+}
+
+// A valid fraud proof that this node fails to store (its disk is full) is
+// ignored, not rejected: the failure is this node's, and rejecting would
+// cost the peer that forwarded a true proof its score. Once there is room
+// the same proof is stored and forwarded.
+func TestFraudProofStoreFailureIsNotTheSenders(t *testing.T) {
+	var full bool
+	db, err := storage.Open("", storage.Options{Network: "net", InMemory: true, Room: func() error {
+		if full {
+			return errors.New("test disk full")
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	l, err := storage.OpenLedger(db, "net", &storage.Genesis{Network: "net"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rejected := prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
+	n := &Node{cfg: Config{Network: "net"}, log: slog.New(slog.DiscardHandler), ledger: l, ledgerRejected: rejected}
+
+	priv, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := peer.IDFromPrivateKey(priv)
+	var raws [2][]byte
+	for i := range raws {
+		e := storage.Entry{Account: id, Seq: 1, Time: time.Unix(int64(i+1), 0), Body: storage.GrantBody{Amount: 1}}
+		if err := e.Sign("net", priv); err != nil {
+			t.Fatal(err)
+		}
+		raws[i] = e.Encode()
+	}
+	proof := storage.FraudProof{A: raws[0], B: raws[1]}
+	forged := storage.FraudProof{A: raws[0], B: append(bytes.Clone(raws[1][:len(raws[1])-1]), raws[1][len(raws[1])-1]^1)}
+	msg := func(p storage.FraudProof) *pubsub.Message {
+		return &pubsub.Message{Message: &pubsubpb.Message{Data: append([]byte{ledgerMsgFraud}, p.Encode()...)}}
+	}
+	for _, tc := range []struct {
+		name     string
+		full     bool
+		proof    storage.FraudProof
+		want     pubsub.ValidationResult
+		rejected float64 // the counter after the step
+	}{
+		{"a true proof, the disk full", true, proof, pubsub.ValidationIgnore, 0},
+		{"a forged proof, the disk full", true, forged, pubsub.ValidationReject, 1},
+		{"the true proof again, room", false, proof, pubsub.ValidationAccept, 1},
+		{"the true proof once more", false, proof, pubsub.ValidationIgnore, 1},
+	} {
+		full = tc.full
+		if got := n.validateLedgerMessage("peer", msg(tc.proof)); got != tc.want {
+			t.Fatalf("%s: verdict %v, want %v", tc.name, got, tc.want)
+		}
+		var m dto.Metric
+		if err := rejected.Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		if got := m.GetCounter().GetValue(); got != tc.rejected {
+			t.Fatalf("%s: %v refusals counted, want %v", tc.name, got, tc.rejected)
+		}
+	}
+	if frozen, err := l.Frozen(id); err != nil || !frozen {
+		t.Fatalf("account frozen: %v, %v", frozen, err)
 	}
 }
