@@ -595,7 +595,10 @@ func (n *Node) appendAll(bodies []storage.Body, what string) ([]*storage.Entry, 
 // checkHold makes sure the requester escrowed a lease's maximum cost before
 // the provider runs it: the award's hold entry must be valid in this
 // node's ledger (its chain is fetched from the requester if this node
-// lacks earlier entries) and cover the price.
+// lacks earlier entries), cover the price, and back a lease that this
+// provider has not taken yet: a hold backs one run, and a run whose lease
+// the ledger refuses would have no record. On success the lease is
+// claimed (storage.Ledger.ClaimLease) until leaseWrite has written it.
 func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 	if len(l.Hold) == 0 {
 		return errors.New("award without an escrow hold")
@@ -646,17 +649,27 @@ func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 	if hold.Amount < want {
 		return fmt.Errorf("escrow hold of %d does not cover the job's %d", hold.Amount, want)
 	}
+	// A requester that awards this provider the job again on a hold that
+	// already backs its lease (a rogue one: an honest one writes a hold
+	// for each award) gets no second run.
+	if err := n.ledger.ClaimLease(n.host.ID(), l.Requester, storage.Hash(l.Job)); err != nil {
+		return fmt.Errorf("escrow hold backs no further run of the job by this provider (award %d): %w", l.Attempt, err)
+	}
 	return nil
 }
 
 // leaseWrite is the ledger write that records, in this provider's chain,
-// that it took a lease (after checkHold found the hold that backs it).
+// that it took a lease (after checkHold found the hold that backs it and
+// claimed the lease, a claim given back once the lease is written).
 func (n *Node) leaseWrite(l *market.Lease) *ledgerWrite {
 	body := storage.LeaseBody{Job: storage.Hash(l.Job), Requester: l.Requester, Price: l.Price}
-	return &ledgerWrite{bodies: func() []storage.Body {
-		n.market.writer.batchLeases[body.Job]++
-		return []storage.Body{body}
-	}}
+	return &ledgerWrite{
+		bodies: func() []storage.Body {
+			n.market.writer.batchLeases[body.Job]++
+			return []storage.Body{body}
+		},
+		done: func([]*storage.Entry, []error) { n.ledger.UnclaimLease(n.host.ID(), body.Job) },
+	}
 }
 
 // receiptWrite is the ledger write that records, in this provider's

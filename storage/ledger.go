@@ -71,6 +71,9 @@ type Ledger struct {
 	// keys rules out most lookups of absent hashes, holds and payments
 	// without a read.
 	keys *keyFilter
+
+	claimMu sync.Mutex
+	claims  map[leaseSlot]uint64 // leases claimed, not yet written (ClaimLease)
 }
 
 // LedgerOption configures OpenLedger.
