@@ -157,11 +157,11 @@ func (n *Node) publishLedger(kind byte, b []byte) {
 	}
 }
 
-// validateLedgerGossip ingests gossiped entries and fraud proofs: valid
-// ones are forwarded; repeats and entries that wait (for their
-// predecessors, for funds, for the hold that backs a lease) are not;
-// invalid ones are rejected, which costs the sender score (see
-// peerScoreParams).
+// validateLedgerGossip ingests gossiped entries and fraud proofs: a batch
+// whose entries are all valid is forwarded; repeats, and a batch with an
+// entry that waits (for its predecessor, for funds, for the hold that
+// backs a lease), are not (batchVerdict); invalid ones are rejected,
+// which costs the sender score (see peerScoreParams).
 func (n *Node) validateLedgerGossip(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 	if from == n.host.ID() {
 		// Our own publication, already in our ledger: validating it again
@@ -221,10 +221,17 @@ func (n *Node) validateLedgerMessage(from peer.ID, m *pubsub.Message) pubsub.Val
 
 // batchVerdict judges a gossiped batch by what became of its entries: one
 // of them refused rejects the message (an honest peer forwards only
-// batches it accepted); one stored, or a fraud found, forwards it. Entries
-// of other accounts that waited and were refused when this batch let them
-// through are not the sender's doing: they count, but do not reject; nor
-// do refusals an honest sender can cause (senderFault).
+// batches it accepted); every one stored (or already known) forwards it.
+// A batch with an entry that only waits (for its predecessor, for funds,
+// for the hold that backs a lease), or that a fraud proof or a refusal
+// that is no fault of the sender's kept out, is ignored: this node has
+// not judged that entry, and a peer that holds what it waits for might
+// find it invalid and blame this node for forwarding it. The entries
+// stored here go on by reconciliation, and the waiting ones once what
+// they wait for comes; a fraud proof goes out on its own (spreadFraud).
+// Entries of other accounts that waited and were refused when this batch
+// let them through are not the sender's doing: they count, but do not
+// reject; nor do refusals an honest sender can cause (senderFault).
 func (n *Node) batchVerdict(from peer.ID, raws [][]byte, res storage.IngestResult) pubsub.ValidationResult {
 	for _, p := range res.Fraud {
 		n.spreadFraud(p)
@@ -243,10 +250,30 @@ func (n *Node) batchVerdict(from peer.ID, raws [][]byte, res storage.IngestResul
 			return pubsub.ValidationReject
 		}
 	}
-	if len(res.Accepted)+len(res.Fraud) > 0 {
+	if n.allStored(raws, res.Accepted) {
 		return pubsub.ValidationAccept
 	}
 	return pubsub.ValidationIgnore
+}
+
+// allStored reports whether every entry of raws is now stored: among
+// those the ingest accepted, or (stored meanwhile by another ingest)
+// found in the ledger.
+func (n *Node) allStored(raws [][]byte, accepted []storage.Entry) bool {
+	stored := make(map[storage.Hash]bool, len(accepted))
+	for _, e := range accepted {
+		stored[e.Hash()] = true
+	}
+	for _, raw := range raws {
+		h := sha256.Sum256(raw)
+		if stored[h] {
+			continue
+		}
+		if ok, err := n.ledger.Has(h); err != nil || !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // senderFault reports whether an entry refused with err shows its sender

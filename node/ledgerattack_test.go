@@ -3,12 +3,15 @@ package node_test
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -191,5 +194,207 @@ func TestReawardOnAUsedHoldDoesNotRun(t *testing.T) {
 	}
 	if n := leases(); n != 1 {
 		t.Fatalf("%d leases recorded after the refused award", n)
+	}
+}
+
+// ledgerRejected reads member i's count of refused ledger gossip
+// (mira_ledger_rejected_total) from its API.
+func ledgerRejected(t *testing.T, tn *testnet.Testnet, i int) float64 {
+	t.Helper()
+	for _, line := range strings.Split(metricsText(t, clientFor(t, tn, i)), "\n") {
+		if v, ok := strings.CutPrefix(line, "mira_ledger_rejected_total "); ok {
+			var f float64
+			if _, err := fmt.Sscan(v, &f); err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("node %d has no mira_ledger_rejected_total", i)
+	return 0
+}
+
+// gossipOnlyTo joins the ledger topic on a rogue host connected to member
+// i alone, so that what it publishes reaches the others only if member i
+// forwards it.
+func gossipOnlyTo(t *testing.T, tn *testnet.Testnet, i int) *pubsub.Topic {
+	t.Helper()
+	_, h := rogueHost(t, tn)
+	ps, err := pubsub.NewGossipSub(context.Background(), h, pubsub.WithMessageSignaturePolicy(pubsub.StrictNoSign))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := peer.AddrInfoFromString(tn.Node(i).ListenAddrs()[0])
+	if err := h.Connect(context.Background(), *info); err != nil {
+		t.Fatal(err)
+	}
+	topic, err := ps.Join(protocol.Prefix("testnet") + "/ledger/2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testnet.WaitFor(context.Background(), deadline, func() error {
+		if len(topic.ListPeers()) == 0 {
+			return errors.New("member not on the rogue's ledger topic yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return topic
+}
+
+// publishBatch gossips raws as one ledger message.
+func publishBatch(t *testing.T, topic *pubsub.Topic, raws ...[]byte) {
+	t.Helper()
+	msg := []byte{1} // a batch of entries
+	for _, raw := range raws {
+		msg = protocol.AppendFrame(msg, raw)
+	}
+	if err := topic.Publish(context.Background(), msg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// relayed waits until the members relay what the rogue gossips to one of
+// them: a fresh account's body (valid everywhere) gossiped, again and
+// again, until every member holds one. Right after a testnet forms, its
+// members' gossip meshes may not have formed yet, and a message relayed
+// then reaches no one.
+func relayed(t *testing.T, tn *testnet.Testnet, topic *pubsub.Topic, body storage.Body) {
+	t.Helper()
+	err := testnet.WaitFor(context.Background(), deadline, func() error {
+		probe := newLedgerChain(t, nil).next(body)
+		publishBatch(t, topic, probe)
+		return testnet.WaitFor(context.Background(), 2*time.Second, func() error {
+			for i, n := range tn.Nodes() {
+				if ok, err := n.Ledger().Has(sha256.Sum256(probe)); err != nil || !ok {
+					return fmt.Errorf("node %d lacks the probe (%v)", i, err)
+				}
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitStored waits until n's ledger holds raw.
+func waitStored(t *testing.T, n *node.Node, raw []byte, what string) {
+	t.Helper()
+	if err := testnet.WaitFor(context.Background(), deadline, func() error {
+		if ok, err := n.Ledger().Has(sha256.Sum256(raw)); err != nil || !ok {
+			return fmt.Errorf("%s not stored (%v)", what, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A relay that forwards a batch it could judge only in part is blamed for
+// the part it could not. The rogue makes victim R (member 1) hold entry 1
+// of a fresh account P, taken by reconciliation so that relay C (member
+// 2) lacks it: a lease of a job whose posting hold (naming no provider)
+// backs one lease of every provider, so it costs nothing. Then it gossips
+// to C alone a batch of a fresh valid lease and P's entry 2 with a broken
+// prev hash. C stores the lease and parks entry 2 for want of entry 1;
+// if C forwarded the batch, R would find entry 2 breaking P's chain, a
+// refusal that counts against the sender, C; four such batches graylist
+// C at R, and done to each of R's peers, that eclipses R. A relay must
+// forward only batches it has judged whole.
+func TestRelayIsNotBlamedForEntriesItCouldNotJudge(t *testing.T) {
+	key, gid := rogueKey(t)
+	tn, err := testnet.Start(context.Background(), testnet.Options{Nodes: 3, Dir: t.TempDir(), WasmCacheDir: testWasmCache,
+		Grants: []storage.GenesisGrant{{Peer: gid, Amount: testnet.DefaultCredits}},
+		// Only the rogue's sessions reconcile, so that C does not take
+		// P's entry 1 from R before the attack.
+		Configure: func(_ int, cfg *node.Config) { cfg.ReconcileInterval = node.Duration(time.Hour) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tn.Close() })
+	ctx := context.Background()
+	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	const r, c = 1, 2
+	victim, relay := tn.Node(r), tn.Node(c)
+
+	// The rogue's posting hold, held everywhere.
+	g := newLedgerChain(t, key)
+	job := storage.Hash{0x10, 0xb}
+	posted := [][]byte{g.next(storage.GrantBody{Amount: testnet.DefaultCredits}), g.next(storage.HoldBody{Job: job, Amount: 1})}
+	for i, n := range tn.Nodes() {
+		if res, err := n.Ledger().IngestMany(posted); err != nil || len(res.Accepted) != 2 {
+			t.Fatalf("node %d takes the posting hold: %+v, %v", i, res, err)
+		}
+	}
+	lease := storage.LeaseBody{Job: job, Requester: gid, Price: 1}
+	p := newLedgerChain(t, nil)
+	p1 := p.next(lease)
+	_, rh := rogueHost(t, tn)
+	info, _ := peer.AddrInfoFromString(victim.ListenAddrs()[0])
+	if err := rh.Connect(ctx, *info); err != nil {
+		t.Fatal(err)
+	}
+	if sent := rogueReconcile(t, rh, victim, [][]byte{p1}); sent != 1 {
+		t.Fatalf("the session carried %d entries", sent)
+	}
+	waitStored(t, victim, p1, "P's entry 1 at R")
+	if ok, _ := relay.Ledger().Has(sha256.Sum256(p1)); ok {
+		t.Fatal("C holds P's entry 1: the attack needs it not to")
+	}
+
+	topic := gossipOnlyTo(t, tn, c)
+	relayed(t, tn, topic, lease)
+	before := ledgerRejected(t, tn, r)
+	q1 := newLedgerChain(t, nil).next(lease)
+	publishBatch(t, topic, q1, p.forged(2, lease))
+	waitStored(t, relay, q1, "the batch's valid lease at C")
+	// A batch C judges whole, sent after: when R holds it, R has had
+	// whatever C forwarded before it.
+	marker := newLedgerChain(t, nil).next(lease)
+	publishBatch(t, topic, marker)
+	waitStored(t, victim, marker, "the marker at R")
+	err = testnet.WaitFor(ctx, 3*time.Second, func() error {
+		if got := ledgerRejected(t, tn, r); got > before {
+			return nil
+		}
+		for _, i := range []int{0, c} {
+			if s, ok := victim.GossipScore(tn.Node(i).ID()); ok && s < 0 {
+				return nil
+			}
+		}
+		return errors.New("not blamed")
+	})
+	if err == nil {
+		// Scores are computed every second: wait for the blame to show.
+		scores := func() (a, c float64) {
+			a, _ = victim.GossipScore(tn.Node(0).ID())
+			c, _ = victim.GossipScore(relay.ID())
+			return a, c
+		}
+		testnet.WaitFor(ctx, 3*time.Second, func() error {
+			if a, c := scores(); a >= 0 && c >= 0 {
+				return errors.New("no score down yet")
+			}
+			return nil
+		})
+		a, c := scores()
+		t.Fatalf("R refused what its honest peers forwarded (%v refusals counted, was %v; its scores of A %.0f, of C %.0f): "+
+			"a relay forwarded an entry it could not judge", ledgerRejected(t, tn, r), before, a, c)
+	}
+	// What C stored of the batch goes on by reconciliation; the broken
+	// entry nowhere.
+	if err := victim.Reconcile(ctx, relay.ID()); err != nil {
+		t.Fatal(err)
+	}
+	waitStored(t, victim, q1, "the batch's valid lease at R, by reconciliation")
+	if h, err := victim.Ledger().Head(p.id); err != nil || h.Seq != 1 {
+		t.Fatalf("P's head at R: %+v, %v", h, err)
+	}
+	if got := ledgerRejected(t, tn, r); got != before {
+		t.Fatalf("R counted %v refusals, was %v", got, before)
 	}
 }

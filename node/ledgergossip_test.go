@@ -83,42 +83,82 @@ func FuzzDecodeGossipEntries(f *testing.F) {
 	})
 }
 
+// TestBatchVerdictJudgesOnlyTheBatchsEntries: a batch is forwarded only
+// when this node stored every entry of it (or had it already), rejected
+// when one of its own entries is refused for a reason an honest sender
+// never gives, and otherwise ignored.
 func TestBatchVerdictJudgesOnlyTheBatchsEntries(t *testing.T) {
-	priv, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	sign := func(priv crypto.PrivKey, body storage.Body) storage.Entry {
+		t.Helper()
+		id, _ := peer.IDFromPrivateKey(priv)
+		e := storage.Entry{Account: id, Seq: 1, Time: time.Unix(1, 0), Body: body}
+		if err := e.Sign("net", priv); err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	newKey := func() (crypto.PrivKey, peer.ID) {
+		priv, _, err := crypto.GenerateEd25519Key(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := peer.IDFromPrivateKey(priv)
+		return priv, id
+	}
+	priv, id := newKey()
+	e := sign(priv, storage.LeaseBody{Job: storage.Hash{1}, Requester: id, Price: 1})
+	wpriv, wid := newKey()
+	w := sign(wpriv, storage.LeaseBody{Job: storage.Hash{2}, Requester: wid, Price: 1}) // waits for its hold
+	gpriv, gid := newKey()
+	g := sign(gpriv, storage.GrantBody{Amount: 5}) // stored before the verdict, by another ingest
+	db, err := storage.Open("", storage.Options{Network: "net", InMemory: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, _ := peer.IDFromPrivateKey(priv)
-	e := storage.Entry{Account: id, Seq: 1, Time: time.Unix(1, 0), Body: storage.LeaseBody{Job: storage.Hash{1}, Requester: id, Price: 1}}
-	if err := e.Sign("net", priv); err != nil {
+	defer db.Close()
+	l, err := storage.OpenLedger(db, "net", &storage.Genesis{Network: "net", Grants: []storage.GenesisGrant{{Peer: gid, Amount: 5}}}, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
-	raws := [][]byte{e.Encode()}
-	if _, err := storage.DecodeEntry(raws[0]); err != nil {
+	if _, err := l.Ingest(g.Encode()); err != nil {
 		t.Fatal(err)
 	}
 	other := peer.ID("someone else")
-	n := &Node{cfg: Config{Network: "net"}, log: slog.New(slog.DiscardHandler),
+	n := &Node{cfg: Config{Network: "net"}, log: slog.New(slog.DiscardHandler), ledger: l,
 		ledgerRejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})}
+	its := []storage.Entry{e}
 	for _, tc := range []struct {
-		name string
-		res  storage.IngestResult
-		want pubsub.ValidationResult
+		name  string
+		batch []storage.Entry
+		res   storage.IngestResult
+		want  pubsub.ValidationResult
 	}{
-		{"stored", storage.IngestResult{Accepted: []storage.Entry{e}}, pubsub.ValidationAccept},
-		{"nothing new", storage.IngestResult{Duplicates: 1}, pubsub.ValidationIgnore},
-		{"its entry refused", storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBrokenChain}}}, pubsub.ValidationReject},
-		{"undecodable entry", storage.IngestResult{Rejected: []storage.Rejection{{Err: storage.ErrMalformed}}}, pubsub.ValidationReject},
-		{"another account's waiting entry refused", storage.IngestResult{Accepted: []storage.Entry{e},
+		{"stored", its, storage.IngestResult{Accepted: []storage.Entry{e}}, pubsub.ValidationAccept},
+		{"nothing new", its, storage.IngestResult{Duplicates: 1}, pubsub.ValidationIgnore},
+		{"stored meanwhile by another ingest", []storage.Entry{g}, storage.IngestResult{Duplicates: 1}, pubsub.ValidationAccept},
+		{"one stored, another waits", []storage.Entry{e, w}, storage.IngestResult{Accepted: []storage.Entry{e}, Pending: 1}, pubsub.ValidationIgnore},
+		{"one stored, another an equivocation", []storage.Entry{e, w}, storage.IngestResult{Accepted: []storage.Entry{e},
+			Fraud: []storage.FraudProof{{}}}, pubsub.ValidationIgnore},
+		{"its entry refused", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBrokenChain}}}, pubsub.ValidationReject},
+		{"one stored, another refused", []storage.Entry{e, w}, storage.IngestResult{Accepted: []storage.Entry{e},
+			Rejected: []storage.Rejection{{Account: wid, Seq: 1, Err: storage.ErrBrokenChain}}}, pubsub.ValidationReject},
+		{"undecodable entry", its, storage.IngestResult{Rejected: []storage.Rejection{{Err: storage.ErrMalformed}}}, pubsub.ValidationReject},
+		{"another account's waiting entry refused", its, storage.IngestResult{Accepted: []storage.Entry{e},
 			Rejected: []storage.Rejection{{Account: other, Seq: 3, Err: storage.ErrBrokenChain}}}, pubsub.ValidationAccept},
-		{"its receipt without a lease", storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrNoLease}}}, pubsub.ValidationReject},
-		{"its entry over the rate", storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrRateLimited}}}, pubsub.ValidationReject},
-		{"its grant not in the genesis", storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBadGrant}}}, pubsub.ValidationReject},
-		{"its lease waits for its hold", storage.IngestResult{Pending: 1}, pubsub.ValidationIgnore},
+		{"its receipt without a lease", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrNoLease}}}, pubsub.ValidationReject},
+		{"its entry over the rate", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrRateLimited}}}, pubsub.ValidationReject},
+		{"its grant not in the genesis", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBadGrant}}}, pubsub.ValidationReject},
+		{"its lease waits for its hold", its, storage.IngestResult{Pending: 1}, pubsub.ValidationIgnore},
 		{"its entry dated past this node's clock",
-			storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrFutureTime}}}, pubsub.ValidationIgnore},
+			its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrFutureTime}}}, pubsub.ValidationIgnore},
+		{"one stored, another dated past this node's clock", []storage.Entry{e, w}, storage.IngestResult{Accepted: []storage.Entry{e},
+			Rejected: []storage.Rejection{{Account: wid, Seq: 1, Err: storage.ErrFutureTime}}}, pubsub.ValidationIgnore},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			var raws [][]byte
+			for _, e := range tc.batch {
+				raws = append(raws, e.Encode())
+			}
 			if got := n.batchVerdict("peer", raws, tc.res); got != tc.want {
 				t.Fatalf("verdict %v, want %v", got, tc.want)
 			}
