@@ -1,12 +1,16 @@
 package node_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,10 +18,12 @@ import (
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/mira-market/mira/node"
+	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
 	"github.com/mira-market/mira/storage"
@@ -397,4 +403,167 @@ func TestRelayIsNotBlamedForEntriesItCouldNotJudge(t *testing.T) {
 	if got := ledgerRejected(t, tn, r); got != before {
 		t.Fatalf("R counted %v refusals, was %v", got, before)
 	}
+}
+
+// chainServer is a rogue's answer to ledger sync requests: a chain
+// request gets the entries of entries it holds after the seq asked for;
+// every other request (a reconciliation, which would bring what those
+// entries wait for) is cut off. served is closed once it has sent some.
+type chainServer struct {
+	entries [][]byte
+	served  chan struct{}
+	once    sync.Once
+}
+
+func (s *chainServer) handle(st network.Stream) {
+	defer st.Close()
+	br := bufio.NewReader(st)
+	if kind, err := br.ReadByte(); err != nil || kind != 1 { // 1: a chain request
+		st.Reset()
+		return
+	}
+	req, err := readFrameErr(br)
+	if err != nil || len(req) < 9 {
+		st.Reset()
+		return
+	}
+	after := binary.BigEndian.Uint64(req)
+	bw := bufio.NewWriter(st)
+	sent := 0
+	for _, raw := range s.entries {
+		if e, err := storage.DecodeEntry(raw); err == nil && e.Seq > after {
+			bw.Write(protocol.Frame(raw))
+			sent++
+		}
+	}
+	bw.Write(protocol.Frame(nil))
+	bw.Flush()
+	if sent > 0 {
+		s.once.Do(func() { close(s.served) })
+	}
+}
+
+func readFrameErr(r *bufio.Reader) ([]byte, error) {
+	size, err := binary.ReadUvarint(r)
+	if err != nil || size > 1<<16 {
+		return nil, fmt.Errorf("frame of %d bytes: %v", size, err)
+	}
+	b := make([]byte, size)
+	_, err = io.ReadFull(r, b)
+	return b, err
+}
+
+// A node restored from an older copy must not sign a seq that any peer
+// has shown it an own entry for. The rogue serves the restored node its
+// own later entries (which it signed before the restore), the first of
+// them a hold funded by a payment the rogue withholds, so the node cannot
+// take them, and it cuts off the reconciliation that would bring the
+// payment: the node counts the rogue as failed. Then a peer that holds
+// none of the node's later entries (a lagging peer, or a sybil) answers
+// "nothing", which makes the quorum of one: the gate must stay closed,
+// the status saying why, until the node holds the entries shown; once an
+// honest peer has the payment, the node takes them and signs after them.
+func TestHeadGateStaysShutBelowAnOwnEntryShown(t *testing.T) {
+	fkey, funder := rogueKey(t)
+	tn, err := testnet.Start(context.Background(), testnet.Options{Nodes: 2, Dir: t.TempDir(), WasmCacheDir: testWasmCache,
+		Grants: []storage.GenesisGrant{{Peer: funder, Amount: testnet.DefaultCredits}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tn.Close() })
+	ctx := context.Background()
+	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	const restored = 1
+	self := tn.Node(restored).ID()
+	waitHead(t, tn, restored, "confirmed")
+	head, err := tn.Node(restored).Ledger().Head(self)
+	if err != nil || head.Seq != 1 {
+		t.Fatalf("own head %+v (%v), want the grant", head, err)
+	}
+	for _, i := range []int{restored, 0} {
+		if err := tn.Stop(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// What the node signed after its copy was taken: a hold above its
+	// grant, funded by a payment from the funder, and the release of it.
+	key, err := node.LoadIdentity(tn.Dir(restored))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := &ledgerChain{t: t, key: key, id: self, seq: head.Seq, prev: head.Hash}
+	later := [][]byte{
+		own.next(storage.HoldBody{Job: storage.Hash{1}, Amount: testnet.DefaultCredits + 1000}),
+		own.next(storage.ReleaseBody{Job: storage.Hash{1}}),
+	}
+	f := newLedgerChain(t, fkey)
+	funding := [][]byte{
+		f.next(storage.GrantBody{Amount: testnet.DefaultCredits}),
+		f.next(storage.HoldBody{Job: storage.Hash{2}, Provider: self, Amount: 2000}),
+		f.next(storage.PaymentBody{Job: storage.Hash{2}, To: self, Amount: 2000}),
+	}
+
+	if err := tn.Restart(ctx, restored); err != nil {
+		t.Fatal(err)
+	}
+	n := tn.Node(restored)
+	srv := &chainServer{entries: later, served: make(chan struct{})}
+	_, rh := rogueHost(t, tn)
+	rh.SetStreamHandler(libp2pproto.ID(protocol.Prefix("testnet")+"/reconcile/1"), srv.handle)
+	info, _ := peer.AddrInfoFromString(n.ListenAddrs()[0])
+	if err := rh.Connect(ctx, *info); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-srv.served:
+	case <-time.After(deadline):
+		t.Fatal("the restored node never asked the rogue for its chain")
+	}
+	// The peer that answers "nothing": node 0, which never had the
+	// node's later entries.
+	if err := tn.Restart(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	err = testnet.WaitFor(ctx, deadline, func() error {
+		st := waitStatus(t, tn, restored)
+		if st.Head == "confirmed" {
+			return nil
+		}
+		if !strings.Contains(st.Detail, "1 of 2 peers asked answered") || !strings.Contains(st.Detail, "up to seq 3") {
+			return fmt.Errorf("ledger %+v", st)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := waitStatus(t, tn, restored); st.Head == "confirmed" {
+		t.Fatalf("the head gate opened at seq %d while a peer had shown the node its own entries up to seq 3 "+
+			"(%s): its next entry would be a second seq %d", st.Seq, st.Detail, st.Seq+1)
+	}
+	if h, err := n.Ledger().Head(self); err != nil || h.Seq != 1 {
+		t.Fatalf("own head %+v (%v) while the gate is shut", h, err)
+	}
+
+	// An honest peer gets the payment: the node takes it by
+	// reconciliation, then its own entries, and signs after them.
+	if res, err := tn.Node(0).Ledger().IngestMany(funding); err != nil || len(res.Accepted) != len(funding) {
+		t.Fatalf("node 0 takes the funding: %+v, %v", res, err)
+	}
+	st := waitHead(t, tn, restored, "confirmed")
+	if st.Seq < 3 || st.Learned != 2 || st.Frozen {
+		t.Fatalf("confirmed: %+v, want the 2 own entries shown taken", st)
+	}
+}
+
+// waitStatus reads member i's ledger status from its API.
+func waitStatus(t *testing.T, tn *testnet.Testnet, i int) api.LedgerStatus {
+	t.Helper()
+	info, err := clientFor(t, tn, i).Node(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.Ledger
 }
