@@ -157,11 +157,11 @@ func (n *Node) publishLedger(kind byte, b []byte) {
 	}
 }
 
-// validateLedgerGossip ingests gossiped entries and fraud proofs: valid
-// ones are forwarded; repeats and entries that wait (for their
-// predecessors, for funds, for the hold that backs a lease) are not;
-// invalid ones are rejected, which costs the sender score (see
-// peerScoreParams).
+// validateLedgerGossip ingests gossiped entries and fraud proofs: a batch
+// whose entries are all valid is forwarded; repeats, and a batch with an
+// entry that waits (for its predecessor, for funds, for the hold that
+// backs a lease), are not (batchVerdict); invalid ones are rejected,
+// which costs the sender score (see peerScoreParams).
 func (n *Node) validateLedgerGossip(_ context.Context, from peer.ID, m *pubsub.Message) pubsub.ValidationResult {
 	if from == n.host.ID() {
 		// Our own publication, already in our ledger: validating it again
@@ -221,10 +221,17 @@ func (n *Node) validateLedgerMessage(from peer.ID, m *pubsub.Message) pubsub.Val
 
 // batchVerdict judges a gossiped batch by what became of its entries: one
 // of them refused rejects the message (an honest peer forwards only
-// batches it accepted); one stored, or a fraud found, forwards it. Entries
-// of other accounts that waited and were refused when this batch let them
-// through are not the sender's doing: they count, but do not reject; nor
-// do refusals an honest sender can cause (senderFault).
+// batches it accepted); every one stored (or already known) forwards it.
+// A batch with an entry that only waits (for its predecessor, for funds,
+// for the hold that backs a lease), or that a fraud proof or a refusal
+// that is no fault of the sender's kept out, is ignored: this node has
+// not judged that entry, and a peer that holds what it waits for might
+// find it invalid and blame this node for forwarding it. The entries
+// stored here go on by reconciliation, and the waiting ones once what
+// they wait for comes; a fraud proof goes out on its own (spreadFraud).
+// Entries of other accounts that waited and were refused when this batch
+// let them through are not the sender's doing: they count, but do not
+// reject; nor do refusals an honest sender can cause (senderFault).
 func (n *Node) batchVerdict(from peer.ID, raws [][]byte, res storage.IngestResult) pubsub.ValidationResult {
 	for _, p := range res.Fraud {
 		n.spreadFraud(p)
@@ -243,10 +250,30 @@ func (n *Node) batchVerdict(from peer.ID, raws [][]byte, res storage.IngestResul
 			return pubsub.ValidationReject
 		}
 	}
-	if len(res.Accepted)+len(res.Fraud) > 0 {
+	if n.allStored(raws, res.Accepted) {
 		return pubsub.ValidationAccept
 	}
 	return pubsub.ValidationIgnore
+}
+
+// allStored reports whether every entry of raws is now stored: among
+// those the ingest accepted, or (stored meanwhile by another ingest)
+// found in the ledger.
+func (n *Node) allStored(raws [][]byte, accepted []storage.Entry) bool {
+	stored := make(map[storage.Hash]bool, len(accepted))
+	for _, e := range accepted {
+		stored[e.Hash()] = true
+	}
+	for _, raw := range raws {
+		h := sha256.Sum256(raw)
+		if stored[h] {
+			continue
+		}
+		if ok, err := n.ledger.Has(h); err != nil || !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // senderFault reports whether an entry refused with err shows its sender
@@ -287,10 +314,15 @@ func (n *Node) spreadFraud(p storage.FraudProof) {
 }
 
 // ledgerVerdict judges a gossiped fraud proof by what ingesting it did.
+// A failure of this node's store (no room on its disk) says nothing of
+// the proof: it is ignored, and comes again by gossip or reconciliation.
 func (n *Node) ledgerVerdict(err error) pubsub.ValidationResult {
 	switch {
 	case err == nil:
 		return pubsub.ValidationAccept
+	case errors.Is(err, storage.ErrStore):
+		n.log.Warn("store gossiped fraud proof", "err", err)
+		return pubsub.ValidationIgnore
 	case errors.Is(err, storage.ErrDuplicate), errors.Is(err, storage.ErrGap), errors.Is(err, storage.ErrOverdraft):
 		return pubsub.ValidationIgnore
 	default:
@@ -590,7 +622,10 @@ func (n *Node) appendAll(bodies []storage.Body, what string) ([]*storage.Entry, 
 // checkHold makes sure the requester escrowed a lease's maximum cost before
 // the provider runs it: the award's hold entry must be valid in this
 // node's ledger (its chain is fetched from the requester if this node
-// lacks earlier entries) and cover the price.
+// lacks earlier entries), cover the price, and back a lease that this
+// provider has not taken yet: a hold backs one run, and a run whose lease
+// the ledger refuses would have no record. On success the lease is
+// claimed (storage.Ledger.ClaimLease) until leaseWrite has written it.
 func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 	if len(l.Hold) == 0 {
 		return errors.New("award without an escrow hold")
@@ -641,17 +676,27 @@ func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 	if hold.Amount < want {
 		return fmt.Errorf("escrow hold of %d does not cover the job's %d", hold.Amount, want)
 	}
+	// A requester that awards this provider the job again on a hold that
+	// already backs its lease (a rogue one: an honest one writes a hold
+	// for each award) gets no second run.
+	if err := n.ledger.ClaimLease(n.host.ID(), l.Requester, storage.Hash(l.Job)); err != nil {
+		return fmt.Errorf("escrow hold backs no further run of the job by this provider (award %d): %w", l.Attempt, err)
+	}
 	return nil
 }
 
 // leaseWrite is the ledger write that records, in this provider's chain,
-// that it took a lease (after checkHold found the hold that backs it).
+// that it took a lease (after checkHold found the hold that backs it and
+// claimed the lease, a claim given back once the lease is written).
 func (n *Node) leaseWrite(l *market.Lease) *ledgerWrite {
 	body := storage.LeaseBody{Job: storage.Hash(l.Job), Requester: l.Requester, Price: l.Price}
-	return &ledgerWrite{bodies: func() []storage.Body {
-		n.market.writer.batchLeases[body.Job]++
-		return []storage.Body{body}
-	}}
+	return &ledgerWrite{
+		bodies: func() []storage.Body {
+			n.market.writer.batchLeases[body.Job]++
+			return []storage.Body{body}
+		},
+		done: func([]*storage.Entry, []error) { n.ledger.UnclaimLease(n.host.ID(), body.Job) },
+	}
 }
 
 // receiptWrite is the ledger write that records, in this provider's

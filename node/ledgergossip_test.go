@@ -3,15 +3,18 @@ package node
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"log/slog"
 	"testing"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	pubsubpb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/storage"
@@ -80,42 +83,82 @@ func FuzzDecodeGossipEntries(f *testing.F) {
 	})
 }
 
+// TestBatchVerdictJudgesOnlyTheBatchsEntries: a batch is forwarded only
+// when this node stored every entry of it (or had it already), rejected
+// when one of its own entries is refused for a reason an honest sender
+// never gives, and otherwise ignored.
 func TestBatchVerdictJudgesOnlyTheBatchsEntries(t *testing.T) {
-	priv, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	sign := func(priv crypto.PrivKey, body storage.Body) storage.Entry {
+		t.Helper()
+		id, _ := peer.IDFromPrivateKey(priv)
+		e := storage.Entry{Account: id, Seq: 1, Time: time.Unix(1, 0), Body: body}
+		if err := e.Sign("net", priv); err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	newKey := func() (crypto.PrivKey, peer.ID) {
+		priv, _, err := crypto.GenerateEd25519Key(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := peer.IDFromPrivateKey(priv)
+		return priv, id
+	}
+	priv, id := newKey()
+	e := sign(priv, storage.LeaseBody{Job: storage.Hash{1}, Requester: id, Price: 1})
+	wpriv, wid := newKey()
+	w := sign(wpriv, storage.LeaseBody{Job: storage.Hash{2}, Requester: wid, Price: 1}) // waits for its hold
+	gpriv, gid := newKey()
+	g := sign(gpriv, storage.GrantBody{Amount: 5}) // stored before the verdict, by another ingest
+	db, err := storage.Open("", storage.Options{Network: "net", InMemory: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, _ := peer.IDFromPrivateKey(priv)
-	e := storage.Entry{Account: id, Seq: 1, Time: time.Unix(1, 0), Body: storage.LeaseBody{Job: storage.Hash{1}, Requester: id, Price: 1}}
-	if err := e.Sign("net", priv); err != nil {
+	defer db.Close()
+	l, err := storage.OpenLedger(db, "net", &storage.Genesis{Network: "net", Grants: []storage.GenesisGrant{{Peer: gid, Amount: 5}}}, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
-	raws := [][]byte{e.Encode()}
-	if _, err := storage.DecodeEntry(raws[0]); err != nil {
+	if _, err := l.Ingest(g.Encode()); err != nil {
 		t.Fatal(err)
 	}
 	other := peer.ID("someone else")
-	n := &Node{cfg: Config{Network: "net"}, log: slog.New(slog.DiscardHandler),
+	n := &Node{cfg: Config{Network: "net"}, log: slog.New(slog.DiscardHandler), ledger: l,
 		ledgerRejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})}
+	its := []storage.Entry{e}
 	for _, tc := range []struct {
-		name string
-		res  storage.IngestResult
-		want pubsub.ValidationResult
+		name  string
+		batch []storage.Entry
+		res   storage.IngestResult
+		want  pubsub.ValidationResult
 	}{
-		{"stored", storage.IngestResult{Accepted: []storage.Entry{e}}, pubsub.ValidationAccept},
-		{"nothing new", storage.IngestResult{Duplicates: 1}, pubsub.ValidationIgnore},
-		{"its entry refused", storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBrokenChain}}}, pubsub.ValidationReject},
-		{"undecodable entry", storage.IngestResult{Rejected: []storage.Rejection{{Err: storage.ErrMalformed}}}, pubsub.ValidationReject},
-		{"another account's waiting entry refused", storage.IngestResult{Accepted: []storage.Entry{e},
+		{"stored", its, storage.IngestResult{Accepted: []storage.Entry{e}}, pubsub.ValidationAccept},
+		{"nothing new", its, storage.IngestResult{Duplicates: 1}, pubsub.ValidationIgnore},
+		{"stored meanwhile by another ingest", []storage.Entry{g}, storage.IngestResult{Duplicates: 1}, pubsub.ValidationAccept},
+		{"one stored, another waits", []storage.Entry{e, w}, storage.IngestResult{Accepted: []storage.Entry{e}, Pending: 1}, pubsub.ValidationIgnore},
+		{"one stored, another an equivocation", []storage.Entry{e, w}, storage.IngestResult{Accepted: []storage.Entry{e},
+			Fraud: []storage.FraudProof{{}}}, pubsub.ValidationIgnore},
+		{"its entry refused", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBrokenChain}}}, pubsub.ValidationReject},
+		{"one stored, another refused", []storage.Entry{e, w}, storage.IngestResult{Accepted: []storage.Entry{e},
+			Rejected: []storage.Rejection{{Account: wid, Seq: 1, Err: storage.ErrBrokenChain}}}, pubsub.ValidationReject},
+		{"undecodable entry", its, storage.IngestResult{Rejected: []storage.Rejection{{Err: storage.ErrMalformed}}}, pubsub.ValidationReject},
+		{"another account's waiting entry refused", its, storage.IngestResult{Accepted: []storage.Entry{e},
 			Rejected: []storage.Rejection{{Account: other, Seq: 3, Err: storage.ErrBrokenChain}}}, pubsub.ValidationAccept},
-		{"its receipt without a lease", storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrNoLease}}}, pubsub.ValidationReject},
-		{"its entry over the rate", storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrRateLimited}}}, pubsub.ValidationReject},
-		{"its grant not in the genesis", storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBadGrant}}}, pubsub.ValidationReject},
-		{"its lease waits for its hold", storage.IngestResult{Pending: 1}, pubsub.ValidationIgnore},
+		{"its receipt without a lease", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrNoLease}}}, pubsub.ValidationReject},
+		{"its entry over the rate", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrRateLimited}}}, pubsub.ValidationReject},
+		{"its grant not in the genesis", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBadGrant}}}, pubsub.ValidationReject},
+		{"its lease waits for its hold", its, storage.IngestResult{Pending: 1}, pubsub.ValidationIgnore},
 		{"its entry dated past this node's clock",
-			storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrFutureTime}}}, pubsub.ValidationIgnore},
+			its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrFutureTime}}}, pubsub.ValidationIgnore},
+		{"one stored, another dated past this node's clock", []storage.Entry{e, w}, storage.IngestResult{Accepted: []storage.Entry{e},
+			Rejected: []storage.Rejection{{Account: wid, Seq: 1, Err: storage.ErrFutureTime}}}, pubsub.ValidationIgnore},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			var raws [][]byte
+			for _, e := range tc.batch {
+				raws = append(raws, e.Encode())
+			}
 			if got := n.batchVerdict("peer", raws, tc.res); got != tc.want {
 				t.Fatalf("verdict %v, want %v", got, tc.want)
 			}
@@ -141,5 +184,75 @@ func TestSenderFault(t *testing.T) {
 		if got := senderFault(fmt.Errorf("wrapped: %w", tc.err)); got != tc.want {
 			t.Errorf("senderFault(%v) = %v, want %v", tc.err, got, tc.want)
 		}
+	}
+}
+
+// A valid fraud proof that this node fails to store (its disk is full) is
+// ignored, not rejected: the failure is this node's, and rejecting would
+// cost the peer that forwarded a true proof its score. Once there is room
+// the same proof is stored and forwarded.
+func TestFraudProofStoreFailureIsNotTheSenders(t *testing.T) {
+	var full bool
+	db, err := storage.Open("", storage.Options{Network: "net", InMemory: true, Room: func() error {
+		if full {
+			return errors.New("test disk full")
+		}
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	l, err := storage.OpenLedger(db, "net", &storage.Genesis{Network: "net"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rejected := prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
+	n := &Node{cfg: Config{Network: "net"}, log: slog.New(slog.DiscardHandler), ledger: l, ledgerRejected: rejected}
+
+	priv, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := peer.IDFromPrivateKey(priv)
+	var raws [2][]byte
+	for i := range raws {
+		e := storage.Entry{Account: id, Seq: 1, Time: time.Unix(int64(i+1), 0), Body: storage.GrantBody{Amount: 1}}
+		if err := e.Sign("net", priv); err != nil {
+			t.Fatal(err)
+		}
+		raws[i] = e.Encode()
+	}
+	proof := storage.FraudProof{A: raws[0], B: raws[1]}
+	forged := storage.FraudProof{A: raws[0], B: append(bytes.Clone(raws[1][:len(raws[1])-1]), raws[1][len(raws[1])-1]^1)}
+	msg := func(p storage.FraudProof) *pubsub.Message {
+		return &pubsub.Message{Message: &pubsubpb.Message{Data: append([]byte{ledgerMsgFraud}, p.Encode()...)}}
+	}
+	for _, tc := range []struct {
+		name     string
+		full     bool
+		proof    storage.FraudProof
+		want     pubsub.ValidationResult
+		rejected float64 // the counter after the step
+	}{
+		{"a true proof, the disk full", true, proof, pubsub.ValidationIgnore, 0},
+		{"a forged proof, the disk full", true, forged, pubsub.ValidationReject, 1},
+		{"the true proof again, room", false, proof, pubsub.ValidationAccept, 1},
+		{"the true proof once more", false, proof, pubsub.ValidationIgnore, 1},
+	} {
+		full = tc.full
+		if got := n.validateLedgerMessage("peer", msg(tc.proof)); got != tc.want {
+			t.Fatalf("%s: verdict %v, want %v", tc.name, got, tc.want)
+		}
+		var m dto.Metric
+		if err := rejected.Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		if got := m.GetCounter().GetValue(); got != tc.rejected {
+			t.Fatalf("%s: %v refusals counted, want %v", tc.name, got, tc.rejected)
+		}
+	}
+	if frozen, err := l.Frozen(id); err != nil || !frozen {
+		t.Fatalf("account frozen: %v, %v", frozen, err)
 	}
 }

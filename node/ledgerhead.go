@@ -1,10 +1,12 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -54,6 +56,10 @@ type headGate struct {
 	state   headState
 	detail  string
 	learned int // own entries taken from peers
+	// shown is the highest seq of an own entry, validly signed, that a
+	// peer has shown this node since it started: the gate does not open
+	// below it, whoever else answers.
+	shown uint64
 	// opened is closed once the head is confirmed; stalled once
 	// confirming has outlasted head_wait.
 	opened, stalled chan struct{}
@@ -91,6 +97,20 @@ func (g *headGate) note(detail string) {
 	if g.state != headConfirmed {
 		g.detail = detail
 	}
+}
+
+// saw records that a peer showed an own entry with seq.
+func (g *headGate) saw(seq uint64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.shown = max(g.shown, seq)
+}
+
+// highestShown is the highest own seq a peer has shown.
+func (g *headGate) highestShown() uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.shown
 }
 
 func (g *headGate) status() (headState, string, int) {
@@ -131,8 +151,8 @@ type headError struct {
 
 func (e *headError) Error() string {
 	if e.state == headUnreachable {
-		return fmt.Sprintf("%v: too few peers have answered for this node's own ledger account's head within ledger.head_wait (%s); "+
-			"it signs nothing (no hold, no payment) until enough do, so that it cannot sign an entry the network already holds", errHeadUnconfirmed, e.detail)
+		return fmt.Sprintf("%v: this node has not confirmed its own ledger account's head with its peers within ledger.head_wait (%s); "+
+			"it signs nothing (no hold, no payment) until it does, so that it cannot sign an entry the network already holds", errHeadUnconfirmed, e.detail)
 	}
 	return fmt.Sprintf("%v yet: this node is asking its peers for its own ledger account's head (%s)", errHeadUnconfirmed, e.detail)
 }
@@ -222,9 +242,13 @@ func (n *Node) startHeadSync(ctx context.Context) {
 // confirmHead learns this node's own head from its peers: it asks up to
 // head_peers connected peers for its account's entries after its own
 // head, takes what they hold, and opens the head gate once head_quorum of
-// them have answered. With no peer to ask it waits for one (a connection
-// wakes it); after head_wait it says so (the gate's unreachable state:
-// new jobs are refused with the reason). Two cases need no peer: a node
+// them have answered and it holds every own entry any peer has shown it
+// (its head is at least the highest own seq shown): an entry it cannot
+// take yet (a hold funded by a payment no peer has sent) is one it must
+// not sign again, however many other peers answer that they hold
+// nothing. With no peer to ask it waits for one (a connection wakes it);
+// after head_wait it says so (the gate's unreachable state: new jobs are
+// refused with the reason), and keeps asking. Two cases need no peer: a node
 // configured with head_quorum = 0, and a node whose database holds no
 // entry of its own and that has no bootstrap peers, the first member of
 // a new network (it has never signed, so there is nothing it could
@@ -261,7 +285,16 @@ func (n *Node) confirmHead(ctx context.Context) bool {
 	for delay := firstRetry; ; delay = min(2*delay, lastRetry) {
 		answered, detail := n.askHead(ctx)
 		if answered >= cfg.HeadQuorum {
-			return n.openHead(ctx, start.Seq, detail)
+			behind, err := n.behindShown()
+			if err != nil {
+				n.log.Error("read own ledger head; signing nothing", "err", err)
+				n.head.note(fmt.Sprintf("own head unreadable: %v", err))
+				return false
+			}
+			if behind == "" {
+				return n.openHead(ctx, start.Seq, detail)
+			}
+			detail += "; " + behind
 		}
 		n.head.note(detail)
 		n.log.Info("ledger head not confirmed yet; signing nothing", "detail", detail)
@@ -280,6 +313,25 @@ func (n *Node) confirmHead(ctx context.Context) bool {
 		}
 		retry.Stop()
 	}
+}
+
+// behindShown says, in words, why the node may not sign though enough
+// peers have answered: a peer has shown it an own entry with a higher seq
+// than its head, which it could not take (it waits for entries of other
+// accounts). "" when there is none, or the account is frozen (it signs
+// nothing that counts then anyway).
+func (n *Node) behindShown() (string, error) {
+	shown := n.head.highestShown()
+	if shown == 0 || n.frozen() != nil {
+		return "", nil
+	}
+	head, err := n.ledger.Head(n.host.ID())
+	if err != nil || head.Seq >= shown {
+		return "", err
+	}
+	return fmt.Sprintf("a peer has shown this node's own entries up to seq %d, and it holds them only up to seq %d "+
+		"(the rest wait for entries of other accounts that no peer has brought yet): it signs nothing until it holds them all, "+
+		"lest it sign one of those seqs again", shown, head.Seq), nil
 }
 
 // askHead asks up to head_peers connected peers, at once, for this node's
@@ -317,7 +369,9 @@ func (n *Node) askHead(ctx context.Context) (answered int, detail string) {
 // ingests them. It fails unless this node ends up holding every entry of
 // its own that p sent: entries that wait for credits from other chains
 // (a hold funded by a payment this node lacks) are brought by a
-// reconciliation with p.
+// reconciliation with p. Whatever becomes of them, the highest seq of the
+// own entries p sent is recorded in the head gate (headGate.saw): the
+// node never signs below it.
 func (n *Node) ownChainFrom(ctx context.Context, p peer.ID) error {
 	ctx, cancel := context.WithTimeout(ctx, headAskTimeout)
 	defer cancel()
@@ -334,6 +388,7 @@ func (n *Node) ownChainFrom(ctx context.Context, p peer.ID) error {
 		if len(raws) == 0 {
 			return nil
 		}
+		n.head.saw(n.highestOwn(raws))
 		last, err := storage.DecodeEntry(raws[len(raws)-1])
 		if err != nil || last.Account != self {
 			return fmt.Errorf("sent what is not this node's chain (%v)", err)
@@ -352,6 +407,28 @@ func (n *Node) ownChainFrom(ctx context.Context, p peer.ID) error {
 		}
 	}
 	return errors.New("more of this node's entries than one start-up fetch takes")
+}
+
+// highestOwn returns the highest seq among raws of an entry that this
+// node signed (0 if none): only its own signature counts, so a peer can
+// hold the gate closed only with entries this node did sign. Checked from
+// the highest seq down, it costs one signature check when the last entry
+// is the node's own.
+func (n *Node) highestOwn(raws [][]byte) uint64 {
+	self := n.host.ID()
+	var own []storage.Entry
+	for _, raw := range raws {
+		if e, err := storage.DecodeEntry(raw); err == nil && e.Account == self {
+			own = append(own, e)
+		}
+	}
+	slices.SortFunc(own, func(a, b storage.Entry) int { return cmp.Compare(b.Seq, a.Seq) })
+	for _, e := range own {
+		if e.VerifySignature(n.cfg.Network) == nil {
+			return e.Seq
+		}
+	}
+	return 0
 }
 
 // holdsOwnUpTo makes sure this node's ledger holds its own entries up to

@@ -47,7 +47,7 @@ func (db *DB) SetOrphanHolds(seen map[Hash]time.Time, gone []Hash) error {
 	if len(seen)+len(gone) == 0 {
 		return nil
 	}
-	err := db.bdb.Update(func(txn *badger.Txn) error {
+	err := db.update(func(txn *badger.Txn) error {
 		for job, t := range seen {
 			if err := txn.Set(orphanHoldKey(job), binary.BigEndian.AppendUint64(nil, uint64(t.UnixNano()))); err != nil {
 				return err

@@ -71,6 +71,9 @@ type Ledger struct {
 	// keys rules out most lookups of absent hashes, holds and payments
 	// without a read.
 	keys *keyFilter
+
+	claimMu sync.Mutex
+	claims  map[leaseSlot]uint64 // leases claimed, not yet written (ClaimLease)
 }
 
 // LedgerOption configures OpenLedger.
@@ -159,15 +162,13 @@ func OpenLedger(db *DB, network string, genesis *Genesis, clock func() time.Time
 	}
 	l.params = ruleParams{grantFor: l.grantFor, rate: genesis.entryRate()}
 	gh := genesis.Hash()
-	err := db.bdb.Update(func(txn *badger.Txn) error {
-		v, err := getValue(txn, []byte(keyLedgerGenesis))
-		if err != nil {
+	var stored []byte
+	err := db.bdb.View(func(txn *badger.Txn) error {
+		var err error
+		if stored, err = getValue(txn, []byte(keyLedgerGenesis)); err != nil || stored == nil {
 			return err
 		}
-		if v == nil {
-			return txn.Set([]byte(keyLedgerGenesis), gh[:])
-		}
-		if !bytes.Equal(v, gh[:]) {
+		if !bytes.Equal(stored, gh[:]) {
 			return fmt.Errorf("%w: the database holds the ledger of another genesis", ErrGenesis)
 		}
 		c, err := getValue(txn, []byte(keyLedgerCount))
@@ -179,10 +180,14 @@ func OpenLedger(db *DB, network string, genesis *Genesis, clock func() time.Time
 		}
 		return nil
 	})
+	if err == nil && stored == nil {
+		// A new ledger: the one write an open makes, besides an upgrade.
+		err = db.update(func(txn *badger.Txn) error { return txn.Set([]byte(keyLedgerGenesis), gh[:]) })
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open ledger: %w", err)
 	}
-	if err := upgradeFormat(db.bdb, l.params.rate); err != nil {
+	if err := upgradeFormat(db, l.params.rate); err != nil {
 		return nil, fmt.Errorf("open ledger: %w", err)
 	}
 	if l.keys, err = openKeyFilter(db.bdb, l.count.Load()); err != nil {
@@ -377,6 +382,11 @@ func (l *Ledger) IngestMany(raws [][]byte) (IngestResult, error) {
 			continue
 		}
 		if l.pending.get(c) != nil {
+			// Given again: retried at the end, as it would be if new.
+			// Nothing should leave an entry waiting once what it waits
+			// for is stored (wakes), but if something did, giving the
+			// entry again (reconciliation does) frees it.
+			r.retryAccount(c.e.Account)
 			continue
 		}
 		if err := r.process(c); isStoreErr(err) {
@@ -455,9 +465,14 @@ type run struct {
 	t        *ledgerTxn
 	res      IngestResult
 	now      int64 // limit for entry times, Unix nanoseconds
-	accepted int   // entries stored so far, over all transactions
 	dirty    bool  // a transaction was committed: sync at the end
 	received bool  // only others' entries: synced if the ledger says so
+	// scanned is how many of the entries stored so far (res.Accepted,
+	// then t.fresh) finish has looked at for pending entries they may
+	// unblock; retry lists accounts whose pending entries were given
+	// again, to retry as well.
+	scanned int
+	retry   map[peer.ID]struct{}
 }
 
 func (l *Ledger) newRun() *run {
@@ -488,16 +503,23 @@ func (r *run) commit() error {
 	return nil
 }
 
-// finish retries pending entries until none progresses, commits and syncs.
+// finish retries the pending entries that the entries stored in this run
+// may have unblocked, until none is stored, then commits and syncs. Only
+// those: a pending entry waits for its predecessor, for a payment to its
+// account (a hold) or for a hold of its requester's job (a lease), and
+// nothing else can change its verdict, so entries that wait for what no
+// entry of this run brought cost nothing here, however many wait.
 func (r *run) finish() error {
-	for progress := true; progress; {
-		before := r.accepted
-		for _, id := range r.l.pending.accounts() {
+	for {
+		woken := r.wakes()
+		if len(woken) == 0 {
+			break
+		}
+		for _, id := range woken {
 			if err := r.drain(id); err != nil {
 				return err
 			}
 		}
-		progress = r.accepted > before
 	}
 	if err := r.commit(); err != nil {
 		return err
@@ -510,6 +532,49 @@ func (r *run) finish() error {
 		return storeErr(fmt.Errorf("sync: %w", err))
 	}
 	return nil
+}
+
+// wakes returns, sorted, the accounts with pending entries that the
+// entries stored since the last call may have unblocked: their own
+// accounts', the accounts payments went to, the providers whose leases
+// wait for a hold written; and those of retry.
+func (r *run) wakes() []peer.ID {
+	set := r.retry
+	r.retry = nil
+	if set == nil {
+		set = map[peer.ID]struct{}{}
+	}
+	for ; r.scanned < len(r.res.Accepted)+len(r.t.fresh); r.scanned++ {
+		var e *Entry
+		if i := r.scanned; i < len(r.res.Accepted) {
+			e = &r.res.Accepted[i]
+		} else {
+			e = &r.t.fresh[i-len(r.res.Accepted)]
+		}
+		set[e.Account] = struct{}{}
+		switch b := e.Body.(type) {
+		case PaymentBody:
+			set[b.To] = struct{}{}
+		case HoldBody:
+			r.l.pending.leasesAwaiting(e.Account, b.Job, func(p peer.ID) { set[p] = struct{}{} })
+		}
+	}
+	ids := make([]peer.ID, 0, len(set))
+	for id := range set {
+		if r.l.pending.has(id) {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// retryAccount has finish retry the account's pending entries.
+func (r *run) retryAccount(id peer.ID) {
+	if r.retry == nil {
+		r.retry = map[peer.ID]struct{}{}
+	}
+	r.retry[id] = struct{}{}
 }
 
 // process applies c and, if it is stored, the account's pending entries
@@ -526,7 +591,7 @@ func (r *run) process(c *cand) error {
 
 // drain applies the account's pending entries while they fit.
 func (r *run) drain(id peer.ID) error {
-	for {
+	for r.l.pending.has(id) {
 		a, err := r.t.account(id)
 		if err != nil {
 			return err
@@ -543,6 +608,7 @@ func (r *run) drain(id peer.ID) error {
 			return nil
 		}
 	}
+	return nil
 }
 
 // handle applies c and files the outcome in the result.
@@ -554,7 +620,6 @@ func (r *run) handle(c *cand) error {
 	var eq *EquivocationError
 	switch {
 	case err == nil:
-		r.accepted++
 	case isStoreErr(err):
 	case waits(err):
 		c.waitErr = err

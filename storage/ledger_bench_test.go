@@ -261,3 +261,53 @@ func BenchmarkEd25519Verify(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkIngestBesideWaiting ingests one valid entry at a time (an
+// account's holds and releases, cycleBody) into a ledger whose pending
+// buffer holds waiting entries of fresh accounts: leases no hold backs
+// (each at its account's next seq, so a retry reaches the rules), or
+// entries after a gap (seq 2, whose retry stops at the missing seq 1).
+// What each ingest pays for the waiting entries is the difference to
+// "none". Not synced, as a node ingests peers' entries.
+func BenchmarkIngestBesideWaiting(b *testing.B) {
+	for _, tc := range []struct {
+		name    string
+		waiting int
+		seq     uint64 // of the waiting entries: 1 a lease no hold backs, 2 after a gap
+	}{
+		{"none", 0, 1},
+		{"unfunded-4096", DefaultPendingLimit, 1},
+		{"gaps-4096", DefaultPendingLimit, 2},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			_, id := testKey(b, "beside")
+			priv, _ := testKey(b, "beside")
+			g := &Genesis{Network: testNet, Grants: []GenesisGrant{{Peer: id, Amount: cycleGrant}}}
+			l := benchLedger(b, g, WithReceivedSync(false))
+			var waiting [][]byte
+			for i := range tc.waiting {
+				c := newChain(b, fmt.Sprint("waiting-", i), time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+				c.seq = tc.seq - 1
+				waiting = append(waiting, c.next(b, LeaseBody{Job: job(fmt.Sprint(i)), Requester: id, Price: 1}))
+			}
+			if res, err := l.IngestMany(waiting); err != nil || res.Pending != tc.waiting {
+				b.Fatalf("%d waiting (%v)", res.Pending, err)
+			}
+			c := &chain{net: testNet, priv: priv, id: id, at: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+			raws := make([][]byte, b.N)
+			for i := range raws {
+				raws[i] = c.next(b, cycleBody(id, i+1))
+			}
+			b.ResetTimer()
+			for _, raw := range raws {
+				if _, err := l.Ingest(raw); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			if n := l.PendingLen(); n != tc.waiting {
+				b.Fatalf("%d waiting after, want %d", n, tc.waiting)
+			}
+		})
+	}
+}

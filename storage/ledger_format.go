@@ -31,10 +31,10 @@ const (
 // Entries stored under an older format stay, even those the rules of this
 // one would refuse (a lease without a hold, a hold of zero, an account's
 // entries over the rate): they are signed history. Verify reports them.
-func upgradeFormat(db *badger.DB, rate entryRate) error {
+func upgradeFormat(db *DB, rate entryRate) error {
 	var format []byte
 	var hasEntries bool
-	err := db.View(func(txn *badger.Txn) error {
+	err := db.bdb.View(func(txn *badger.Txn) error {
 		var err error
 		if format, err = getValue(txn, []byte(keyLedgerFormat)); err != nil {
 			return err
@@ -58,11 +58,16 @@ func upgradeFormat(db *badger.DB, rate entryRate) error {
 	if from == ledgerFormat {
 		return nil
 	}
+	// An upgrade writes the whole ledger's indexes again: it waits for
+	// room like every other write, rather than start what it cannot end.
+	if err := db.writable(); err != nil {
+		return fmt.Errorf("upgrade the ledger to format %d: %w", ledgerFormat, err)
+	}
 	if hasEntries && from < 2 {
 		if err := rewriteHashIndex(db); err != nil {
 			return fmt.Errorf("upgrade the ledger to format 2: %w", err)
 		}
-		if err := db.DropPrefix([]byte(keyOldTimePrefix)); err != nil {
+		if err := db.dropPrefix(keyOldTimePrefix); err != nil {
 			return fmt.Errorf("upgrade the ledger to format 2: drop the time index: %w", err)
 		}
 	}
@@ -71,7 +76,7 @@ func upgradeFormat(db *badger.DB, rate entryRate) error {
 			return fmt.Errorf("upgrade the ledger to format 3: %w", err)
 		}
 	}
-	return db.Update(func(txn *badger.Txn) error {
+	return db.update(func(txn *badger.Txn) error {
 		return txn.Set([]byte(keyLedgerFormat), []byte{ledgerFormat})
 	})
 }
@@ -79,14 +84,14 @@ func upgradeFormat(db *badger.DB, rate entryRate) error {
 // buildFormat3 builds what format 3 adds from the entries: the holds ever
 // written, the leases and receipts, and every account record rewritten with
 // its rate limit state, as the rules would have left them.
-func buildFormat3(db *badger.DB, rate entryRate) error {
+func buildFormat3(db *DB, rate entryRate) error {
 	for _, p := range []string{keyFundPrefix, keyLeasePrefix} {
-		if err := db.DropPrefix([]byte(p)); err != nil {
+		if err := db.dropPrefix(p); err != nil {
 			return err
 		}
 	}
-	wb := db.NewWriteBatch()
-	defer wb.Cancel()
+	wb := db.newGuardedBatch()
+	defer wb.cancel()
 	paced := make(map[peer.ID]uint64)
 	// One account's chain at a time (the entries come in key order): its
 	// counts are complete when the next account starts.
@@ -95,12 +100,12 @@ func buildFormat3(db *badger.DB, rate entryRate) error {
 	leased := make(map[string]leaseRec)
 	flush := func() error {
 		for k, n := range funds {
-			if err := wb.Set([]byte(k), binary.BigEndian.AppendUint64(nil, n)); err != nil {
+			if err := wb.set([]byte(k), binary.BigEndian.AppendUint64(nil, n)); err != nil {
 				return err
 			}
 		}
 		for k, r := range leased {
-			if err := wb.Set([]byte(k), r.encode()); err != nil {
+			if err := wb.set([]byte(k), r.encode()); err != nil {
 				return err
 			}
 		}
@@ -108,7 +113,7 @@ func buildFormat3(db *badger.DB, rate entryRate) error {
 		clear(leased)
 		return nil
 	}
-	err := db.View(func(txn *badger.Txn) error {
+	err := db.bdb.View(func(txn *badger.Txn) error {
 		err := forEachStoredEntry(txn, func(_ []byte, e Entry) error {
 			if e.Account != account {
 				if err := flush(); err != nil {
@@ -147,12 +152,12 @@ func buildFormat3(db *badger.DB, rate entryRate) error {
 	if err != nil {
 		return err
 	}
-	return wb.Flush()
+	return wb.flush()
 }
 
 // rewriteAccounts writes every account record in this format's version,
 // with the account's paced time.
-func rewriteAccounts(txn *badger.Txn, wb *badger.WriteBatch, paced map[peer.ID]uint64) error {
+func rewriteAccounts(txn *badger.Txn, wb *guardedBatch, paced map[peer.ID]uint64) error {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(keyAcctPrefix), PrefetchValues: true})
 	defer it.Close()
 	for it.Rewind(); it.Valid(); it.Next() {
@@ -166,7 +171,7 @@ func rewriteAccounts(txn *badger.Txn, wb *badger.WriteBatch, paced map[peer.ID]u
 			return fmt.Errorf("account record %x: %w", k, err)
 		}
 		a.paced = paced[peer.ID(k[len(keyAcctPrefix):])]
-		if err := wb.Set(k, a.encode()); err != nil {
+		if err := wb.set(k, a.encode()); err != nil {
 			return err
 		}
 	}
@@ -175,18 +180,18 @@ func rewriteAccounts(txn *badger.Txn, wb *badger.WriteBatch, paced map[peer.ID]u
 
 // rewriteHashIndex writes every entry's hash index value anew (format 2's
 // hashRef, with the entry's time), in batches.
-func rewriteHashIndex(db *badger.DB) error {
-	wb := db.NewWriteBatch()
-	defer wb.Cancel()
-	err := db.View(func(txn *badger.Txn) error {
+func rewriteHashIndex(db *DB) error {
+	wb := db.newGuardedBatch()
+	defer wb.cancel()
+	err := db.bdb.View(func(txn *badger.Txn) error {
 		return forEachStoredEntry(txn, func(raw []byte, e Entry) error {
-			return wb.Set(hashKey(sha256.Sum256(raw)), hashRef(e.Account, e.Seq, e.Time.UnixNano()))
+			return wb.set(hashKey(sha256.Sum256(raw)), hashRef(e.Account, e.Seq, e.Time.UnixNano()))
 		})
 	})
 	if err != nil {
 		return err
 	}
-	return wb.Flush()
+	return wb.flush()
 }
 
 // forEachStoredEntry calls fn with every stored entry, raw and decoded, in

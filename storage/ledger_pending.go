@@ -2,7 +2,6 @@ package storage
 
 import (
 	"container/list"
-	"slices"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -25,17 +24,64 @@ type cand struct {
 // already checked. It keeps
 // at most max entries; adding beyond that drops the oldest. It is memory
 // only: what it loses, reconciliation brings again.
+//
+// It is indexed by what can unblock an entry, so that a write retries only
+// the entries its own entries may have unblocked (see run.wakes): any
+// entry by its account (a later entry of the account, its predecessor),
+// and a lease also by the requester and job whose hold would back it. A
+// hold waiting for funds is found by its account, which a payment names.
 type pendingBuf struct {
 	max   int
 	order *list.List // of *cand, oldest first
 	slots map[peer.ID]map[uint64]*cand
+	// leases counts, for each hold a pending lease needs (requester, job),
+	// the pending leases of each provider.
+	leases map[holdSlot]map[peer.ID]int
+}
+
+// holdSlot names the holds of a requester's job.
+type holdSlot struct {
+	requester peer.ID
+	job       Hash
 }
 
 func newPendingBuf(max int) pendingBuf {
-	return pendingBuf{max: max, order: list.New(), slots: make(map[peer.ID]map[uint64]*cand)}
+	return pendingBuf{max: max, order: list.New(), slots: make(map[peer.ID]map[uint64]*cand),
+		leases: make(map[holdSlot]map[peer.ID]int)}
 }
 
 func (p *pendingBuf) len() int { return p.order.Len() }
+
+// has reports whether the account has pending entries.
+func (p *pendingBuf) has(id peer.ID) bool { return len(p.slots[id]) > 0 }
+
+// leasesAwaiting calls f with each provider that has a pending lease of
+// requester's job.
+func (p *pendingBuf) leasesAwaiting(requester peer.ID, job Hash, f func(provider peer.ID)) {
+	for id := range p.leases[holdSlot{requester, job}] {
+		f(id)
+	}
+}
+
+// index adds c to (d = 1) or drops it from (d = −1) the lease index.
+func (p *pendingBuf) index(c *cand, d int) {
+	b, ok := c.e.Body.(LeaseBody)
+	if !ok {
+		return
+	}
+	slot := holdSlot{b.Requester, b.Job}
+	providers := p.leases[slot]
+	if providers == nil {
+		providers = make(map[peer.ID]int)
+		p.leases[slot] = providers
+	}
+	if providers[c.e.Account] += d; providers[c.e.Account] <= 0 {
+		delete(providers, c.e.Account)
+		if len(providers) == 0 {
+			delete(p.leases, slot)
+		}
+	}
+}
 
 // get returns the pending copy of c (the same entry), or nil.
 func (p *pendingBuf) get(c *cand) *cand {
@@ -61,6 +107,7 @@ func (p *pendingBuf) add(c *cand) {
 	}
 	slots[c.e.Seq] = c
 	c.elem = p.order.PushBack(c)
+	p.index(c, 1)
 	for p.order.Len() > p.max {
 		p.remove(p.order.Front().Value.(*cand))
 	}
@@ -72,6 +119,7 @@ func (p *pendingBuf) remove(c *cand) {
 	}
 	p.order.Remove(c.elem)
 	c.elem = nil
+	p.index(c, -1)
 	slots := p.slots[c.e.Account]
 	delete(slots, c.e.Seq)
 	if len(slots) == 0 {
@@ -95,14 +143,4 @@ func (p *pendingBuf) dropAccount(id peer.ID) {
 	for _, c := range p.slots[id] {
 		p.remove(c)
 	}
-}
-
-// accounts lists the accounts with pending entries, sorted.
-func (p *pendingBuf) accounts() []peer.ID {
-	ids := make([]peer.ID, 0, len(p.slots))
-	for id := range p.slots {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	return ids
 }

@@ -69,6 +69,10 @@ var (
 	ErrEquivocation = errors.New("ledger equivocation")
 	// ErrNotFound means no such entry.
 	ErrNotFound = errors.New("ledger entry not found")
+	// ErrStore marks a failure of this node's store (no room on its disk,
+	// a Badger error), not of what was written: no fault of the peer that
+	// sent it.
+	ErrStore = errors.New("ledger store failed")
 )
 
 // acctState is the derived state of one account, stored under

@@ -586,7 +586,7 @@ func TestLedgerConvergence(t *testing.T) {
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	var digest Hash
-	for round := range 6 {
+	for round := range 40 {
 		l := openTestLedger(t, env.g, env.clock.Now)
 		order := append([][]byte(nil), raws...)
 		if round > 0 {

@@ -74,7 +74,9 @@ func parseHashRef(ref []byte) (id peer.ID, seq uint64, nanos int64, ok bool) {
 type storeError struct{ err error }
 
 func (e *storeError) Error() string { return "ledger store: " + e.err.Error() }
-func (e *storeError) Unwrap() error { return e.err }
+
+// Unwrap returns ErrStore and the failure.
+func (e *storeError) Unwrap() []error { return []error{ErrStore, e.err} }
 
 func storeErr(err error) error {
 	if err == nil {

@@ -100,6 +100,57 @@ func (db *DB) update(fn func(txn *badger.Txn) error) error {
 	return db.bdb.Update(fn)
 }
 
+// dropPrefix deletes every key under prefix once the disk has room:
+// Badger flushes its memtable first, a write like any other.
+func (db *DB) dropPrefix(prefix string) error {
+	if err := db.writable(); err != nil {
+		return err
+	}
+	return db.bdb.DropPrefix([]byte(prefix))
+}
+
+// guardedBatch writes many keys in as few transactions as Badger allows,
+// each commit asking the disk guard first (writable). Badger's own
+// WriteBatch commits whenever it fills, where no guard can ask.
+type guardedBatch struct {
+	db  *DB
+	txn *badger.Txn
+}
+
+func (db *DB) newGuardedBatch() *guardedBatch {
+	return &guardedBatch{db: db, txn: db.bdb.NewTransaction(true)}
+}
+
+// set adds k → v, committing what the batch holds first if it is full.
+// k and v must not change until the batch is flushed.
+func (b *guardedBatch) set(k, v []byte) error {
+	err := b.txn.Set(k, v)
+	if !errors.Is(err, badger.ErrTxnTooBig) {
+		return err
+	}
+	if err := b.commit(); err != nil {
+		return err
+	}
+	return b.txn.Set(k, v)
+}
+
+// commit writes what the batch holds, if the disk has room, and starts
+// the next transaction.
+func (b *guardedBatch) commit() error {
+	if err := b.db.writable(); err != nil {
+		return err
+	}
+	err := b.txn.Commit()
+	b.txn = b.db.bdb.NewTransaction(true)
+	return err
+}
+
+// flush writes what the batch still holds.
+func (b *guardedBatch) flush() error { return b.commit() }
+
+// cancel drops what the batch holds unwritten.
+func (b *guardedBatch) cancel() { b.txn.Discard() }
+
 func (db *DB) claimNetwork(network string) error {
 	return db.update(func(txn *badger.Txn) error {
 		item, err := txn.Get(keyNetwork)

@@ -1,0 +1,53 @@
+package storage
+
+import (
+	"errors"
+	"testing"
+)
+
+// A provider's claims on the leases a requester's holds back: a named hold
+// backs one lease of that provider, the posting hold (naming none) one of
+// each provider; a claim counts as a lease until it is given back, so a
+// second award is refused before the first lease is written, and after.
+func TestClaimLease(t *testing.T) {
+	env := newLedgerEnv(t)
+	q := newChain(t, "q", env.clock.Now())
+	env.ok(env.a.next(t, GrantBody{Amount: 1000}))
+	env.ok(env.a.next(t, HoldBody{Job: job("named"), Provider: env.p.id, Amount: 10}))
+	env.ok(env.a.next(t, HoldBody{Job: job("posted"), Amount: 10}))
+	claim := func(p *chain, name string) error { return env.l.ClaimLease(p.id, env.a.id, job(name)) }
+	steps := []struct {
+		name string
+		do   func() error
+		want error
+	}{
+		{"p claims the named hold's lease", func() error { return claim(env.p, "named") }, nil},
+		{"p claims it again before writing it", func() error { return claim(env.p, "named") }, ErrUnfunded},
+		{"q claims a lease of a hold naming p", func() error { return claim(q, "named") }, ErrUnfunded},
+		{"p writes its lease and gives the claim back", func() error {
+			_, err := env.l.Ingest(env.p.next(t, LeaseBody{Job: job("named"), Requester: env.a.id, Price: 1}))
+			env.l.UnclaimLease(env.p.id, job("named"))
+			return err
+		}, nil},
+		{"p claims again once the lease is written", func() error { return claim(env.p, "named") }, ErrUnfunded},
+		{"p claims the posting hold's lease", func() error { return claim(env.p, "posted") }, nil},
+		{"q claims the posting hold's lease too", func() error { return claim(q, "posted") }, nil},
+		{"q claims it twice", func() error { return claim(q, "posted") }, ErrUnfunded},
+		{"q gives its claim back, unwritten", func() error { env.l.UnclaimLease(q.id, job("posted")); return nil }, nil},
+		{"q claims it anew", func() error { return claim(q, "posted") }, nil},
+		{"a job nobody held", func() error { return claim(env.p, "unheld") }, ErrUnfunded},
+		{"a second hold naming p backs a second lease", func() error {
+			env.ok(env.a.next(t, ReleaseBody{Job: job("named")}))
+			env.ok(env.a.next(t, HoldBody{Job: job("named"), Provider: env.p.id, Amount: 10}))
+			return claim(env.p, "named")
+		}, nil},
+	}
+	for _, s := range steps {
+		if err := s.do(); !errors.Is(err, s.want) || (s.want == nil) != (err == nil) {
+			t.Fatalf("%s: %v, want %v", s.name, err, s.want)
+		}
+	}
+	if n, err := env.l.LeaseFunding(env.a.id, job("named"), env.p.id); err != nil || n != 2 {
+		t.Fatalf("LeaseFunding of the named job: %d, %v; want its 2 holds", n, err)
+	}
+}

@@ -1,0 +1,87 @@
+package storage
+
+import (
+	"testing"
+)
+
+// A pending entry is retried when, and only when, an entry that can
+// unblock it is stored, in a later write of any kind: its predecessor, a
+// payment to its account (a hold waiting for funds), a hold of its
+// requester's job (a lease waiting for its hold); the unblocking entry
+// given alone (Ingest), in a batch (IngestMany) or appended as this
+// node's own (Append).
+func TestPendingEntriesWakeOnWhatUnblocksThem(t *testing.T) {
+	type way int
+	const (
+		ingest way = iota
+		ingestMany
+		appendOwn
+	)
+	for _, w := range []struct {
+		name string
+		way  way
+	}{{"Ingest", ingest}, {"IngestMany", ingestMany}, {"Append", appendOwn}} {
+		for _, tc := range []struct {
+			name string
+			// setup returns the entry that waits, one valid after it, and
+			// the one that frees it (an entry of account a, which Append
+			// writes as a's own).
+			setup func(env *ledgerEnv) (waiting, after, unblocking Body, waiter *chain)
+		}{
+			{"a hold waits for a payment to its account", func(env *ledgerEnv) (Body, Body, Body, *chain) {
+				// b holds more than its grant: it waits for a's payment.
+				env.ok(env.a.next(t, HoldBody{Job: job("paid"), Provider: env.b.id, Amount: 100}))
+				return HoldBody{Job: job("spend"), Amount: 550}, ReleaseBody{Job: job("spend")},
+					PaymentBody{Job: job("paid"), To: env.b.id, Amount: 100}, env.b
+			}},
+			{"a lease waits for its hold", func(env *ledgerEnv) (Body, Body, Body, *chain) {
+				return LeaseBody{Job: job("leased"), Requester: env.a.id, Price: 1}, ReceiptBody{Job: job("leased"), Receipt: job("r"), Result: "bafy"},
+					HoldBody{Job: job("leased"), Provider: env.p.id, Amount: 5}, env.p
+			}},
+			{"a lease waits for the posting hold", func(env *ledgerEnv) (Body, Body, Body, *chain) {
+				return LeaseBody{Job: job("posted"), Requester: env.a.id, Price: 1}, ReceiptBody{Job: job("posted"), Receipt: job("r"), Result: "bafy"},
+					HoldBody{Job: job("posted"), Amount: 5}, env.p
+			}},
+		} {
+			t.Run(w.name+"/"+tc.name, func(t *testing.T) {
+				env := newLedgerEnv(t)
+				aPriv := env.a.priv
+				env.ok(env.a.next(t, GrantBody{Amount: 1000}))
+				env.ok(env.b.next(t, GrantBody{Amount: 500}))
+				waiting, after, unblocking, waiter := tc.setup(env)
+				// Entries that wait for what never comes, beside it: they
+				// must stay, and cost the write nothing.
+				other := newChain(t, "other", env.clock.Now())
+				other.seq = 1
+				env.l.IngestMany([][]byte{other.next(t, LeaseBody{Job: job("never"), Requester: env.a.id, Price: 1})})
+				// The waiting entry, and one after it in its chain.
+				first := waiter.next(t, waiting)
+				second := waiter.next(t, after)
+				res, err := env.l.IngestMany([][]byte{second, first})
+				if err != nil || len(res.Accepted) != 0 || res.Pending != 3 {
+					t.Fatalf("before: %+v, %v; want both waiting", res, err)
+				}
+				switch w.way {
+				case ingest:
+					_, err = env.l.Ingest(env.a.next(t, unblocking))
+				case ingestMany:
+					res, err = env.l.IngestMany([][]byte{env.a.next(t, unblocking)})
+					if err == nil && len(res.Accepted) != 3 {
+						t.Fatalf("the batch stored %d entries, want the unblocking one and both that waited", len(res.Accepted))
+					}
+				case appendOwn:
+					_, err = env.l.Append(aPriv, unblocking)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if h, err := env.l.Head(waiter.id); err != nil || h.Seq != waiter.seq {
+					t.Fatalf("the waiter's head %d (%v), want %d: what waited was not retried", h.Seq, err, waiter.seq)
+				}
+				if n := env.l.PendingLen(); n != 1 {
+					t.Fatalf("%d pending, want only the entry nothing frees", n)
+				}
+			})
+		}
+	}
+}
