@@ -665,6 +665,12 @@ func (l *Ledger) AppendBatch(priv crypto.PrivKey, bodies []Body) ([]Entry, error
 		if e, err = DecodeEntry(raw); err != nil {
 			return nil, err
 		}
+		// Others check a lease's grant with its signature, which this
+		// node's own entries skip: a lease they would refuse must not
+		// enter this chain, where it would stop every later entry.
+		if err := e.verifyGrant(l.network); err != nil {
+			return nil, err
+		}
 		if r.t.full() {
 			return nil, fmt.Errorf("append batch too large for one transaction")
 		}
