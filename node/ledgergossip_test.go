@@ -86,7 +86,12 @@ func TestBatchVerdictJudgesOnlyTheBatchsEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	id, _ := peer.IDFromPrivateKey(priv)
-	e := storage.Entry{Account: id, Seq: 1, Time: time.Unix(1, 0), Body: storage.LeaseBody{Job: storage.Hash{1}, Requester: id, Price: 1}}
+	grant, err := storage.LeaseGrant{Job: storage.Hash{1}, Requester: id, Provider: id, Price: 1, Attempt: 1}.Sign("net", priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := storage.Entry{Account: id, Seq: 1, Time: time.Unix(1, 0),
+		Body: storage.LeaseBody{Job: storage.Hash{1}, Requester: id, Price: 1, Attempt: 1, Grant: grant}}
 	if err := e.Sign("net", priv); err != nil {
 		t.Fatal(err)
 	}
@@ -112,6 +117,7 @@ func TestBatchVerdictJudgesOnlyTheBatchsEntries(t *testing.T) {
 		{"its entry over the rate", storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrRateLimited}}}, pubsub.ValidationReject},
 		{"its grant not in the genesis", storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBadGrant}}}, pubsub.ValidationReject},
 		{"its lease waits for its hold", storage.IngestResult{Pending: 1}, pubsub.ValidationIgnore},
+		{"its lease without a valid grant", storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBadLeaseGrant}}}, pubsub.ValidationReject},
 		{"its entry dated past this node's clock",
 			storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrFutureTime}}}, pubsub.ValidationIgnore},
 	} {

@@ -83,8 +83,13 @@ func benchChains(accounts, perChain int) ([][][]byte, []storage.GenesisGrant, er
 			grants[a] = storage.GenesisGrant{Peer: id, Amount: grant}
 			var prev storage.Hash
 			for seq := 1; seq <= perChain; seq++ {
+				body, err := benchBody(priv, id, seq, grant)
+				if err != nil {
+					errs[a] = err
+					return
+				}
 				e := storage.Entry{Account: id, Seq: uint64(seq), Prev: prev, Time: start.Add(time.Duration(seq) * time.Millisecond),
-					Body: benchBody(id, seq, grant)}
+					Body: body}
 				if err := e.Sign(benchNet, priv); err != nil {
 					errs[a] = err
 					return
@@ -104,23 +109,25 @@ func benchChains(accounts, perChain int) ([][][]byte, []storage.GenesisGrant, er
 	return chains, grants, nil
 }
 
-// benchBody is entry seq of account id's bench chain: its grant, then for
-// each job a hold, a lease, a receipt and a release.
-func benchBody(id peer.ID, seq int, grant uint64) storage.Body {
+// benchBody is entry seq of account id's (priv's) bench chain: its grant,
+// then for each job a hold, a lease (quoting the account's grant of the
+// job to itself), a receipt and a release.
+func benchBody(priv crypto.PrivKey, id peer.ID, seq int, grant uint64) (storage.Body, error) {
 	if seq == 1 {
-		return storage.GrantBody{Amount: grant}
+		return storage.GrantBody{Amount: grant}, nil
 	}
 	job := storage.Hash(sha256.Sum256(fmt.Appendf(nil, "%s/%d", id, (seq-2)/4)))
 	switch (seq - 2) % 4 {
 	case 0:
-		return storage.HoldBody{Job: job, Amount: 1000}
+		return storage.HoldBody{Job: job, Amount: 1000}, nil
 	case 1:
-		return storage.LeaseBody{Job: job, Requester: id, Price: 1}
+		g, err := storage.LeaseGrant{Job: job, Requester: id, Provider: id, Price: 1, Attempt: 1}.Sign(benchNet, priv)
+		return storage.LeaseBody{Job: job, Requester: id, Price: 1, Attempt: 1, Grant: g}, err
 	case 2:
 		return storage.ReceiptBody{Job: job, Receipt: job, Result: "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku",
-			Usage: storage.Usage{WallMS: 1000, GPUMS: 1000}}
+			Usage: storage.Usage{WallMS: 1000, GPUMS: 1000}}, nil
 	}
-	return storage.ReleaseBody{Job: job}
+	return storage.ReleaseBody{Job: job}, nil
 }
 
 func benchLedger(dir string, syncReceived bool, grants []storage.GenesisGrant) (*storage.DB, *storage.Ledger, error) {
