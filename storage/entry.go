@@ -442,6 +442,16 @@ var sigRule = &voied.Options{Verify: voied.VerifyOptionsZIP_215}
 // state of the ledger). The error wraps ErrBadSignature (or ErrBadAccount)
 // for the first, ErrBadLeaseGrant for the second.
 func (e Entry) VerifySignature(network string) error {
+	if err := e.verifyAccountSignature(network); err != nil {
+		return err
+	}
+	return e.verifyGrant(network)
+}
+
+// verifyAccountSignature checks the account's signature alone: all that a
+// fraud proof needs, since two entries of one seq that the account signed
+// prove it equivocated, whatever else they carry.
+func (e *Entry) verifyAccountSignature(network string) error {
 	pub, err := accountKey(e.Account)
 	if err != nil {
 		return err
@@ -449,7 +459,7 @@ func (e Entry) VerifySignature(network string) error {
 	if len(e.Signature) != ed25519.SignatureSize || !voied.VerifyWithOptions(voied.PublicKey(pub), e.SigningBytes(network), e.Signature, sigRule) {
 		return e.badSignature()
 	}
-	return e.verifyGrant(network)
+	return nil
 }
 
 // verifyGrant checks a lease's grant (of any other kind, nothing).

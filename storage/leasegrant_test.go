@@ -87,3 +87,30 @@ func BenchmarkLeaseGrant(b *testing.B) {
 		}
 	})
 }
+
+// TestFraudProofNeedsOnlyTheAccountsSignatures checks that two leases a
+// provider signed with one seq prove its equivocation whatever their
+// grants: a proof is about the account's signatures (a ledger stored
+// before grants holds leases of version 1, which have none).
+func TestFraudProofNeedsOnlyTheAccountsSignatures(t *testing.T) {
+	env := newLedgerEnv(t)
+	fork := *env.p
+	good := env.p.next(t, env.a.leaseFor(t, env.p.id, job("1"), 1))
+	forged := fork.next(t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 2, Attempt: 1, Grant: make([]byte, GrantSize)})
+	old := Entry{Account: env.p.id, Seq: 1, Time: env.p.at, Body: LeaseBody{Job: job("1"), Requester: env.a.id, Price: 3}, v1: true}
+	if err := old.Sign(testNet, env.p.priv); err != nil {
+		t.Fatal(err)
+	}
+	for name, other := range map[string][]byte{"a forged grant": forged, "a lease of version 1": old.Encode()} {
+		if who, err := newFraudProof(good, other).Verify(testNet); err != nil || who != env.p.id {
+			t.Errorf("%s: proof against %s, %v", name, who, err)
+		}
+	}
+	// A signature of the account that does not hold is no proof.
+	e, _ := DecodeEntry(forged)
+	e.Signature = bytes.Clone(e.Signature)
+	e.Signature[0] ^= 1
+	if _, err := newFraudProof(good, e.Encode()).Verify(testNet); !errors.Is(err, ErrBadFraudProof) {
+		t.Fatalf("proof with a forged entry signature: err = %v", err)
+	}
+}

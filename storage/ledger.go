@@ -285,8 +285,8 @@ func parallel(workers, n int, f func(i int)) {
 // sentinels: ErrDuplicate (already stored: not a failure), ErrGap,
 // ErrOverdraft and ErrUnfunded (kept pending: it is stored as soon as what
 // it waits for arrives), ErrEquivocation (an *EquivocationError: the account is now
-// frozen), or a refusal (ErrMalformed, ErrBadSignature, ErrBrokenChain,
-// ErrFrozen, …).
+// frozen), or a refusal (ErrMalformed, ErrBadSignature, ErrBadLeaseGrant,
+// ErrBrokenChain, ErrFrozen, …).
 func (l *Ledger) Ingest(raw []byte) (Entry, error) {
 	if len(raw) > MaxEntrySize {
 		return Entry{}, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformed, len(raw), MaxEntrySize)
