@@ -47,6 +47,7 @@ const (
 	ReasonMemory     = "memory over the provider's limit"
 	ReasonCPU        = "cpu over the provider's limit"
 	ReasonImage      = "image not allowed"
+	ReasonGrant      = "award without a valid grant"
 )
 
 // Bounds of what peers can add to a job's record, so that neither the
@@ -100,6 +101,11 @@ type Config struct {
 	OfferMemoryPerRequester int
 	// Provider is nil for a node that sells nothing.
 	Provider *ProviderPolicy
+	// CheckGrant checks an award's grant, the requester's signature that
+	// the provider's lease entry quotes (storage.LeaseGrant): an award it
+	// refuses is declined (ReasonGrant), as no ledger would take its
+	// lease. nil checks nothing (tests of other things).
+	CheckGrant func(requester peer.ID, job protocol.JobID, a *pb.Award) error
 }
 
 // ProviderPolicy is a provider's bid strategy.
@@ -223,9 +229,12 @@ type Lease struct {
 	Price     uint64
 	// Hold is the requester's signed escrow entry from the award; the
 	// caller checks it against its ledger before it runs the job. Chain is
-	// the requester's entries before it that the award carried.
+	// the requester's entries before it that the award carried. Grant is
+	// the requester's signature of the award, which the lease entry
+	// quotes (checked by Config.CheckGrant).
 	Hold     []byte
 	Chain    [][]byte
+	Grant    []byte
 	Deadline time.Time
 	started  time.Time
 	nextBeat time.Time
@@ -929,6 +938,10 @@ func (e *Engine) onAward(now time.Time, m *protocol.Signed, a *pb.Award) {
 		decline(reason)
 		return
 	}
+	if e.cfg.CheckGrant != nil && e.cfg.CheckGrant(m.Signer, m.Job, a) != nil {
+		decline(ReasonGrant)
+		return
+	}
 	if len(e.leases) >= e.cfg.Provider.Slots {
 		// declineReason let an interactive job past a full provider only
 		// because a batch lease can make room.
@@ -936,7 +949,7 @@ func (e *Engine) onAward(now time.Time, m *protocol.Signed, a *pb.Award) {
 	}
 	e.offers.forget(o)
 	l := &Lease{Job: m.Job, Requester: m.Signer, Spec: spec, Attempt: a.Attempt, Price: a.Price, Hold: a.Hold,
-		Chain: a.Chain, Deadline: o.deadline, started: now, nextBeat: now.Add(e.cfg.HeartbeatInterval)}
+		Chain: a.Chain, Grant: a.Grant, Deadline: o.deadline, started: now, nextBeat: now.Add(e.cfg.HeartbeatInterval)}
 	e.leases[m.Job] = l
 	e.send(m.Signer, &pb.MarketMessage{Body: &pb.MarketMessage_Accept{Accept: &pb.Accept{JobId: m.Job[:], Attempt: a.Attempt}}})
 	e.ready.Run = append(e.ready.Run, l)

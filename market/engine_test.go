@@ -80,6 +80,11 @@ func (s *sim) sign(from peer.ID, m *pb.MarketMessage) *protocol.Signed {
 	if o := m.GetOffer(); o != nil {
 		expires = time.UnixMilli(o.DeadlineUnixMs)
 	}
+	if a := m.GetAward(); a != nil && a.Grant == nil {
+		// The node signs the grant when it seals an award; the engines
+		// here check none (Config.CheckGrant nil), so any 64 bytes do.
+		a.Grant = make([]byte, protocol.AwardGrantSize)
+	}
 	raw, err := protocol.SealMarket(s.keys[from], simNet, expires, m)
 	if err != nil {
 		s.t.Fatal(err)

@@ -685,11 +685,37 @@ func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 	return nil
 }
 
+// signGrant signs an award's grant: this node, its requester, grants the
+// award's provider a lease of the job at its price and attempt. The
+// provider's lease entry quotes it; without it no ledger takes the lease.
+func (n *Node) signGrant(a *pb.Award) ([]byte, error) {
+	g := storage.LeaseGrant{Job: storage.Hash(a.JobId), Requester: n.host.ID(), Provider: peer.ID(a.Provider),
+		Price: a.Price, Attempt: a.Attempt}
+	return g.Sign(n.cfg.Network, n.priv)
+}
+
+// checkGrant checks an award's grant to this provider (market.Config's
+// CheckGrant, on the engine's loop): the same check every ledger makes of
+// the lease entry that will quote it. An award it refuses is declined,
+// and counted as a refused message ("bad grant").
+func (n *Node) checkGrant(requester peer.ID, job protocol.JobID, a *pb.Award) error {
+	g := storage.LeaseGrant{Job: storage.Hash(job), Requester: requester, Provider: n.host.ID(),
+		Price: a.Price, Attempt: a.Attempt}
+	if err := g.Verify(n.cfg.Network, a.Grant); err != nil {
+		n.market.rejected.WithLabelValues("bad grant").Inc()
+		n.log.Debug("award declined", "job", job, "requester", requester, "err", err)
+		return err
+	}
+	return nil
+}
+
 // leaseWrite is the ledger write that records, in this provider's chain,
 // that it took a lease (after checkHold found the hold that backs it and
-// claimed the lease, a claim given back once the lease is written).
+// claimed the lease, a claim given back once the lease is written),
+// quoting the requester's grant of the award.
 func (n *Node) leaseWrite(l *market.Lease) *ledgerWrite {
-	body := storage.LeaseBody{Job: storage.Hash(l.Job), Requester: l.Requester, Price: l.Price}
+	body := storage.LeaseBody{Job: storage.Hash(l.Job), Requester: l.Requester, Price: l.Price,
+		Attempt: l.Attempt, Grant: l.Grant}
 	return &ledgerWrite{
 		bodies: func() []storage.Body {
 			n.market.writer.batchLeases[body.Job]++

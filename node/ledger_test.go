@@ -488,7 +488,12 @@ func selfJobChains(t *testing.T, tn *testnet.Testnet, accounts, perAccount int) 
 			case 1:
 				body = storage.HoldBody{Job: job, Amount: 1}
 			case 2:
-				body = storage.LeaseBody{Job: job, Requester: id, Price: 1}
+				g := storage.LeaseGrant{Job: job, Requester: id, Provider: id, Price: 1, Attempt: 1}
+				grant, err := g.Sign("testnet", priv)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body = storage.LeaseBody{Job: job, Requester: id, Price: 1, Attempt: 1, Grant: grant}
 			case 3:
 				body = storage.ReceiptBody{Job: job, Receipt: job, Result: "bafy"}
 			default:

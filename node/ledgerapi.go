@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -88,6 +89,7 @@ func entryInfo(e storage.Entry) api.EntryInfo {
 		info.Body["job"], info.Body["to"], info.Body["receipt"], info.Body["amount"] = b.Job.String(), b.To.String(), b.Receipt.String(), credits(b.Amount)
 	case storage.LeaseBody:
 		info.Body["job"], info.Body["requester"], info.Body["price"] = b.Job.String(), b.Requester.String(), credits(b.Price)
+		info.Body["attempt"], info.Body["grant"] = b.Attempt, hex.EncodeToString(b.Grant)
 	case storage.ReceiptBody:
 		info.Body["job"], info.Body["receipt"], info.Body["result"] = b.Job.String(), b.Receipt.String(), b.Result
 		info.Body["wall_ms"], info.Body["gpu_ms"], info.Body["exit_code"] = b.Usage.WallMS, b.Usage.GPUMS, b.Usage.ExitCode

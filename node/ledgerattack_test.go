@@ -156,12 +156,16 @@ func TestReawardOnAUsedHoldDoesNotRun(t *testing.T) {
 		if bid == nil {
 			t.Fatalf("round %d: the provider did not bid", round)
 		}
+		leaseGrant, err := storage.LeaseGrant{Job: storage.Hash(id), Requester: rid, Provider: provider.ID(), Price: bid.Price, Attempt: round}.Sign("testnet", key)
+		if err != nil {
+			t.Fatal(err)
+		}
 		a := r.sign(&pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
-			JobId: id[:], Provider: []byte(provider.ID()), Price: bid.Price, Attempt: round, Hold: hold, Chain: chain,
+			JobId: id[:], Provider: []byte(provider.ID()), Price: bid.Price, Attempt: round, Hold: hold, Chain: chain, Grant: leaseGrant,
 		}}})
 		r.stream(provider.ID(), 1, func(int) []byte { return a })
 		var res *pb.Result
-		err := testnet.WaitFor(context.Background(), deadline, func() error {
+		err = testnet.WaitFor(context.Background(), deadline, func() error {
 			for _, s := range r.received(id) {
 				if got := s.Msg.GetResult(); got != nil && got.Attempt == round {
 					res = got
@@ -266,10 +270,11 @@ func publishBatch(t *testing.T, topic *pubsub.Topic, raws ...[]byte) {
 // again, until every member holds one. Right after a testnet forms, its
 // members' gossip meshes may not have formed yet, and a message relayed
 // then reaches no one.
-func relayed(t *testing.T, tn *testnet.Testnet, topic *pubsub.Topic, body storage.Body) {
+func relayed(t *testing.T, tn *testnet.Testnet, topic *pubsub.Topic, body func(*ledgerChain) storage.Body) {
 	t.Helper()
 	err := testnet.WaitFor(context.Background(), deadline, func() error {
-		probe := newLedgerChain(t, nil).next(body)
+		c := newLedgerChain(t, nil)
+		probe := c.next(body(c))
 		publishBatch(t, topic, probe)
 		return testnet.WaitFor(context.Background(), 2*time.Second, func() error {
 			for i, n := range tn.Nodes() {
@@ -336,9 +341,16 @@ func TestRelayIsNotBlamedForEntriesItCouldNotJudge(t *testing.T) {
 			t.Fatalf("node %d takes the posting hold: %+v, %v", i, res, err)
 		}
 	}
-	lease := storage.LeaseBody{Job: job, Requester: gid, Price: 1}
+	// The rogue grants its own posting hold to every key it makes.
+	lease := func(c *ledgerChain) storage.Body {
+		grant, err := storage.LeaseGrant{Job: job, Requester: gid, Provider: c.id, Price: 1, Attempt: 1}.Sign("testnet", key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return storage.LeaseBody{Job: job, Requester: gid, Price: 1, Attempt: 1, Grant: grant}
+	}
 	p := newLedgerChain(t, nil)
-	p1 := p.next(lease)
+	p1 := p.next(lease(p))
 	_, rh := rogueHost(t, tn)
 	info, _ := peer.AddrInfoFromString(victim.ListenAddrs()[0])
 	if err := rh.Connect(ctx, *info); err != nil {
@@ -355,12 +367,14 @@ func TestRelayIsNotBlamedForEntriesItCouldNotJudge(t *testing.T) {
 	topic := gossipOnlyTo(t, tn, c)
 	relayed(t, tn, topic, lease)
 	before := ledgerRejected(t, tn, r)
-	q1 := newLedgerChain(t, nil).next(lease)
-	publishBatch(t, topic, q1, p.forged(2, lease))
+	q := newLedgerChain(t, nil)
+	q1 := q.next(lease(q))
+	publishBatch(t, topic, q1, p.forged(2, lease(p)))
 	waitStored(t, relay, q1, "the batch's valid lease at C")
 	// A batch C judges whole, sent after: when R holds it, R has had
 	// whatever C forwarded before it.
-	marker := newLedgerChain(t, nil).next(lease)
+	m := newLedgerChain(t, nil)
+	marker := m.next(lease(m))
 	publishBatch(t, topic, marker)
 	waitStored(t, victim, marker, "the marker at R")
 	err = testnet.WaitFor(ctx, 3*time.Second, func() error {

@@ -105,10 +105,18 @@ func TestBatchVerdictJudgesOnlyTheBatchsEntries(t *testing.T) {
 		id, _ := peer.IDFromPrivateKey(priv)
 		return priv, id
 	}
+	// A lease of the signer's own job, with its grant.
+	lease := func(priv crypto.PrivKey, id peer.ID, job storage.Hash) storage.Entry {
+		grant, err := storage.LeaseGrant{Job: job, Requester: id, Provider: id, Price: 1, Attempt: 1}.Sign("net", priv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sign(priv, storage.LeaseBody{Job: job, Requester: id, Price: 1, Attempt: 1, Grant: grant})
+	}
 	priv, id := newKey()
-	e := sign(priv, storage.LeaseBody{Job: storage.Hash{1}, Requester: id, Price: 1})
+	e := lease(priv, id, storage.Hash{1})
 	wpriv, wid := newKey()
-	w := sign(wpriv, storage.LeaseBody{Job: storage.Hash{2}, Requester: wid, Price: 1}) // waits for its hold
+	w := lease(wpriv, wid, storage.Hash{2}) // waits for its hold
 	gpriv, gid := newKey()
 	g := sign(gpriv, storage.GrantBody{Amount: 5}) // stored before the verdict, by another ingest
 	db, err := storage.Open("", storage.Options{Network: "net", InMemory: true})
@@ -149,6 +157,7 @@ func TestBatchVerdictJudgesOnlyTheBatchsEntries(t *testing.T) {
 		{"its entry over the rate", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrRateLimited}}}, pubsub.ValidationReject},
 		{"its grant not in the genesis", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBadGrant}}}, pubsub.ValidationReject},
 		{"its lease waits for its hold", its, storage.IngestResult{Pending: 1}, pubsub.ValidationIgnore},
+		{"its lease without a valid grant", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBadLeaseGrant}}}, pubsub.ValidationReject},
 		{"its entry dated past this node's clock",
 			its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrFutureTime}}}, pubsub.ValidationIgnore},
 		{"one stored, another dated past this node's clock", []storage.Entry{e, w}, storage.IngestResult{Accepted: []storage.Entry{e},

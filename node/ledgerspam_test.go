@@ -64,10 +64,12 @@ func newLedgerRogue(t *testing.T, tn *testnet.Testnet) *ledgerRogue {
 // unfundedChains signs, for each of accounts fresh keys (no grant, no
 // credits), a chain of perAccount entries that no hold backs: receipts
 // alone (even accounts), or a lease then its receipt, in turn (odd
-// accounts), for jobs requester never held. The entries come interleaved
-// round-robin, as a flood would send them.
-func unfundedChains(t *testing.T, accounts, perAccount int, requester peer.ID) (raws [][]byte, ids []peer.ID) {
+// accounts), for jobs requester (a rogue's key too, which grants each
+// lease) never held. The entries come interleaved round-robin, as a flood
+// would send them.
+func unfundedChains(t *testing.T, accounts, perAccount int, requester crypto.PrivKey) (raws [][]byte, ids []peer.ID) {
 	t.Helper()
+	requesterID, _ := peer.IDFromPrivateKey(requester)
 	type chain struct {
 		priv crypto.PrivKey
 		id   peer.ID
@@ -88,7 +90,12 @@ func unfundedChains(t *testing.T, accounts, perAccount int, requester peer.ID) (
 			var body storage.Body = storage.ReceiptBody{Job: job, Receipt: sha256.Sum256(job[:]),
 				Result: "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku", Usage: storage.Usage{WallMS: 1000, GPUMS: 1000}}
 			if i%2 == 1 && seq%2 == 1 {
-				body = storage.LeaseBody{Job: job, Requester: requester, Price: 1}
+				g := storage.LeaseGrant{Job: job, Requester: requesterID, Provider: c.id, Price: 1, Attempt: 1}
+				grant, err := g.Sign("testnet", requester)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body = storage.LeaseBody{Job: job, Requester: requesterID, Price: 1, Attempt: 1, Grant: grant}
 			}
 			e := storage.Entry{Account: c.id, Seq: seq, Prev: c.prev, Time: now, Body: body}
 			if err := e.Sign("testnet", c.priv); err != nil {
@@ -130,7 +137,8 @@ func TestUnfundedLedgerSpamIsRefused(t *testing.T) {
 	r := newLedgerRogue(t, tn)
 	ctx := context.Background()
 
-	raws, ids := unfundedChains(t, 100, 500, tn.Node(0).ID())
+	requester, _, _ := crypto.GenerateEd25519Key(rand.Reader)
+	raws, ids := unfundedChains(t, 100, 500, requester)
 	pace := time.NewTicker(10 * time.Millisecond)
 	defer pace.Stop()
 	for i := 0; i < len(raws); i += 128 {
@@ -169,7 +177,7 @@ func TestUnfundedLedgerSpamIsRefused(t *testing.T) {
 	}
 
 	// The reconciliation half: fresh accounts, offered to node 0 directly.
-	raws, ids = unfundedChains(t, 10, 500, tn.Node(0).ID())
+	raws, ids = unfundedChains(t, 10, 500, requester)
 	offered := rogueReconcile(t, r.host, tn.Node(0), raws)
 	if offered != len(raws) {
 		t.Fatalf("the session carried %d of the %d entries", offered, len(raws))

@@ -72,6 +72,7 @@ func (n *Node) marketEngineConfig() market.Config {
 		MaxCandidates:           3,
 		OfferMemory:             n.cfg.Limits.OfferMemory,
 		OfferMemoryPerRequester: n.cfg.Limits.OfferMemoryPerRequester,
+		CheckGrant:              n.checkGrant,
 	}
 	if n.IsProvider() {
 		var gpus []protocol.GPU
@@ -587,11 +588,14 @@ func (d *marketDriver) escrowRequests(send []market.Outbound) []escrowRequest {
 }
 
 // attachHolds puts each award's hold entry into it, with the entries
-// before the hold that its provider lacks; a job whose award cannot be
-// backed is cancelled (on the loop), its award left without a hold, so not
-// sent.
+// before the hold that its provider lacks, and the grant its lease entry
+// will quote; a job whose award cannot be backed is cancelled (on the
+// loop), its award left without a hold, so not sent.
 func (d *marketDriver) attachHolds(ctx context.Context, reqs []escrowRequest, holds [][]byte, errs []error) {
 	for i, r := range reqs {
+		if errs[i] == nil {
+			r.award.Grant, errs[i] = d.n.signGrant(r.award)
+		}
 		if errs[i] == nil {
 			r.award.Hold = holds[i]
 			if r.withChain {

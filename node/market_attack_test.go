@@ -393,6 +393,7 @@ func TestAwardOfDeclinedOfferIsDeclined(t *testing.T) {
 			waitReplies(t, r, id, 1)
 			award := r.sign(&pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
 				JobId: id[:], Provider: []byte(provider.ID()), Price: 1e6, Attempt: 1, Hold: []byte("a hold"),
+				Grant: make([]byte, protocol.AwardGrantSize),
 			}}})
 			r.stream(provider.ID(), 1, func(int) []byte { return award })
 			replies := waitReplies(t, r, id, 2)

@@ -41,6 +41,9 @@ const (
 	// MaxAwardChain bounds the entries before the hold that an award
 	// carries.
 	MaxAwardChain = 32
+	// AwardGrantSize is the size of an award's grant: the requester's
+	// Ed25519 signature of the award (storage.LeaseGrant).
+	AwardGrantSize = 64
 	// MaxJobDuration bounds a job's max_duration.
 	MaxJobDuration = 24 * time.Hour
 
@@ -233,6 +236,9 @@ func (s *Signed) check(network string, now time.Time) error {
 		}
 		if err == nil && len(b.Award.Hold) > MaxHoldEntry {
 			err = bad("award hold of %d bytes, limit %d", len(b.Award.Hold), MaxHoldEntry)
+		}
+		if err == nil && len(b.Award.Grant) != AwardGrantSize {
+			err = bad("award grant of %d bytes, want %d", len(b.Award.Grant), AwardGrantSize)
 		}
 		if err == nil && len(b.Award.Chain) > MaxAwardChain {
 			err = bad("award chain of %d entries, limit %d", len(b.Award.Chain), MaxAwardChain)

@@ -60,11 +60,13 @@ func TestOpenMarket(t *testing.T) {
 	skewed := lifetime(testNow.Add(30*time.Minute), testNow.Add(30*time.Minute+MaxJobLifetime))
 	backwards := lifetime(testNow, testNow.Add(-time.Minute))
 	shortID := &pb.MarketMessage{Body: &pb.MarketMessage_Accept{Accept: &pb.Accept{JobId: []byte{1}}}}
-	award := func(chain [][]byte) *pb.MarketMessage {
+	awardGranted := func(chain [][]byte, grant []byte) *pb.MarketMessage {
 		return &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
 			JobId: make([]byte, 32), Provider: []byte(other), Price: 1, Attempt: 1, Hold: []byte{1}, Chain: chain,
+			Grant: grant,
 		}}}
 	}
+	award := func(chain [][]byte) *pb.MarketMessage { return awardGranted(chain, make([]byte, AwardGrantSize)) }
 	entry := bytes.Repeat([]byte{2}, 300)
 	sum := sha256.Sum256([]byte("outputs"))
 	blob, err := BlobID(sum[:])
@@ -103,6 +105,9 @@ func TestOpenMarket(t *testing.T) {
 		{"award with its chain", seal(award(slices.Repeat([][]byte{entry}, MaxAwardChain)), later), nil},
 		{"award chain too long", seal(award(slices.Repeat([][]byte{entry}, MaxAwardChain+1)), later), ErrBadMessage},
 		{"award chain entry too large", seal(award([][]byte{make([]byte, MaxHoldEntry+1)}), later), ErrBadMessage},
+		{"award without a grant", seal(awardGranted(nil, nil), later), ErrBadMessage},
+		{"award grant short", seal(awardGranted(nil, make([]byte, AwardGrantSize-1)), later), ErrBadMessage},
+		{"award grant long", seal(awardGranted(nil, make([]byte, AwardGrantSize+1)), later), ErrBadMessage},
 		{"result with outputs", seal(result(blob.String(), 7), later), nil},
 		{"result outputs not a content ID", seal(result("not-a-cid", 7), later), ErrBadMessage},
 		{"result outputs size without an ID", seal(result("", 7), later), ErrBadMessage},
@@ -158,10 +163,21 @@ func FuzzOpenMarket(f *testing.F) {
 	f.Add(b)
 	bid, _ := SealMarket(k, "lab", testNow.Add(time.Minute), &pb.MarketMessage{Body: &pb.MarketMessage_Bid{Bid: &pb.Bid{JobId: make([]byte, 32), Provider: []byte(id)}}})
 	f.Add(bid)
+	award, _ := SealMarket(k, "lab", testNow.Add(time.Minute), &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
+		JobId: make([]byte, 32), Provider: []byte(id), Price: 1, Attempt: 1, Hold: []byte{1}, Grant: make([]byte, AwardGrantSize)}}})
+	f.Add(award)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, err := OpenMarket(data, "lab", testNow)
 		if err == nil && (s.Signer == "" || s.Msg.Body == nil) {
 			t.Fatalf("opened an incomplete message")
+		}
+		// What an award that opens carries is within its bounds: the
+		// provider quotes its grant in a ledger entry as it is.
+		if err != nil {
+			return
+		}
+		if a := s.Msg.GetAward(); a != nil && (len(a.Grant) != AwardGrantSize || len(a.Hold) > MaxHoldEntry || len(a.Chain) > MaxAwardChain) {
+			t.Fatalf("opened an award with a grant of %d bytes, a hold of %d, a chain of %d", len(a.Grant), len(a.Hold), len(a.Chain))
 		}
 	})
 }

@@ -17,11 +17,11 @@ import (
 	voied "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
 )
 
-// The wire form of a ledger entry, version 1. Integers are big-endian;
+// The wire form of a ledger entry, version 2. Integers are big-endian;
 // variable-size fields carry a 2-byte length prefix, which makes the encoding
 // canonical: one entry has exactly one encoding, so its hash is well defined.
 //
-//	version   1 byte, entryVersion
+//	version   1 byte, entryVersion (or 1, see below)
 //	account   u16 length, peer ID bytes (an Ed25519 peer ID, 38 bytes)
 //	seq       8 bytes, ≥ 1
 //	prev      32 bytes, the hash of entry seq-1 (zeros for seq 1)
@@ -33,8 +33,15 @@ import (
 // The signature covers signingDomain, the network name (u16 length prefixed)
 // and every byte of the encoding before the signature field, so an entry is
 // bound to one network.
+//
+// Version 2 added a lease's attempt and grant (LeaseBody). Entries of
+// version 1 still decode, and encode back to the same bytes, so a ledger
+// stored before keeps its history; but a lease of version 1 has no grant,
+// so no node admits one any more.
 const (
-	entryVersion = 1
+	entryVersion = 2
+	// entryVersion1 is the version before leases carried grants.
+	entryVersion1 = 1
 	// MaxEntrySize is the largest encoded entry accepted.
 	MaxEntrySize = 4096
 	// maxResultLen bounds a receipt's result content ID.
@@ -165,11 +172,22 @@ type PaymentBody struct {
 }
 
 // LeaseBody records, in a provider's chain, that it took Job from Requester
-// at Price.
+// at Price, on the award numbered Attempt. Grant is the requester's
+// signature of that award (LeaseGrant, naming this provider): without it a
+// lease is not valid, so only a provider the requester awarded the job
+// can record a lease (and so a receipt) of it. A lease decoded from an
+// entry of version 1 has neither.
 type LeaseBody struct {
 	Job       Hash
 	Requester peer.ID
 	Price     uint64
+	Attempt   uint32
+	Grant     []byte
+}
+
+// grantOf is the grant a lease by provider quotes.
+func (b LeaseBody) grantOf(provider peer.ID) LeaseGrant {
+	return LeaseGrant{Job: b.Job, Requester: b.Requester, Provider: provider, Price: b.Price, Attempt: b.Attempt}
 }
 
 // Usage is what a job consumed.
@@ -227,7 +245,16 @@ func (b PaymentBody) appendBody(out []byte) []byte {
 	return binary.BigEndian.AppendUint64(out, b.Amount)
 }
 
+// appendBody appends a lease of version 2: the grant is a fixed-size
+// field (a body whose grant is not GrantSize bytes does not decode).
 func (b LeaseBody) appendBody(out []byte) []byte {
+	out = b.appendBodyV1(out)
+	out = binary.BigEndian.AppendUint32(out, b.Attempt)
+	return append(out, b.Grant...)
+}
+
+// appendBodyV1 appends a lease as version 1 wrote it.
+func (b LeaseBody) appendBodyV1(out []byte) []byte {
 	out = append(out, b.Job[:]...)
 	out = appendField(out, []byte(b.Requester))
 	return binary.BigEndian.AppendUint64(out, b.Price)
@@ -242,12 +269,19 @@ func (b ReceiptBody) appendBody(out []byte) []byte {
 	return binary.BigEndian.AppendUint32(out, uint32(b.Usage.ExitCode))
 }
 
-// EncodeBody returns a body's wire form.
+// EncodeBody returns a body's wire form (of the current version).
 func EncodeBody(b Body) []byte { return b.appendBody(nil) }
 
-// DecodeBody parses a body of the given kind, strictly: every field in
-// range, no trailing bytes. Errors wrap ErrMalformed.
+// DecodeBody parses a body of the given kind, of the current version,
+// strictly: every field in range, no trailing bytes. Errors wrap
+// ErrMalformed.
 func DecodeBody(kind Kind, data []byte) (Body, error) {
+	return decodeBody(entryVersion, kind, data)
+}
+
+// decodeBody parses a body of the given kind as entries of version v
+// encode it.
+func decodeBody(v uint8, kind Kind, data []byte) (Body, error) {
 	r := reader{b: data}
 	var body Body
 	switch kind {
@@ -268,7 +302,12 @@ func DecodeBody(kind Kind, data []byte) (Body, error) {
 	case KindPayment:
 		body = PaymentBody{Job: r.hash(), To: r.peer(), Receipt: r.hash(), Amount: r.u64()}
 	case KindLease:
-		body = LeaseBody{Job: r.hash(), Requester: r.peer(), Price: r.u64()}
+		l := LeaseBody{Job: r.hash(), Requester: r.peer(), Price: r.u64()}
+		if v != entryVersion1 {
+			l.Attempt = r.u32()
+			l.Grant = bytes.Clone(r.take(GrantSize))
+		}
+		body = l
 	case KindReceipt:
 		rc := ReceiptBody{Job: r.hash(), Receipt: r.hash(), Result: string(r.field(maxResultLen))}
 		rc.Usage = Usage{WallMS: r.u64(), GPUMS: r.u64(), ExitCode: int32(r.u32())}
@@ -299,6 +338,11 @@ type Entry struct {
 	Body Body
 	// Signature is the account's Ed25519 signature (see SigningBytes).
 	Signature []byte
+
+	// v1 marks an entry decoded from the encoding of version 1, which it
+	// encodes back to (its hash and signature are of those bytes). Only
+	// history stored before version 2 has it: nothing writes version 1.
+	v1 bool
 }
 
 // Kind returns the kind of the entry's body (0 without a body).
@@ -311,7 +355,11 @@ func (e Entry) Kind() Kind {
 
 // appendUnsigned appends the encoding of everything but the signature.
 func (e Entry) appendUnsigned(out []byte) []byte {
-	out = append(out, entryVersion)
+	if e.v1 {
+		out = append(out, entryVersion1)
+	} else {
+		out = append(out, entryVersion)
+	}
 	out = appendField(out, []byte(e.Account))
 	out = binary.BigEndian.AppendUint64(out, e.Seq)
 	out = append(out, e.Prev[:]...)
@@ -323,7 +371,11 @@ func (e Entry) appendUnsigned(out []byte) []byte {
 	// The body's length prefix is filled in once the body is written.
 	at := len(out)
 	out = append(out, 0, 0)
-	out = e.Body.appendBody(out)
+	if l, ok := e.Body.(LeaseBody); ok && e.v1 {
+		out = l.appendBodyV1(out)
+	} else {
+		out = e.Body.appendBody(out)
+	}
 	binary.BigEndian.PutUint16(out[at:], uint16(len(out)-at-2))
 	return out
 }
@@ -384,9 +436,22 @@ func (e *Entry) Sign(network string, priv crypto.PrivKey) error {
 // honest signer produces. Signing is unchanged (libp2p's Ed25519).
 var sigRule = &voied.Options{Verify: voied.VerifyOptionsZIP_215}
 
-// VerifySignature checks the entry's signature for network. The error
-// wraps ErrBadSignature (or ErrBadAccount).
+// VerifySignature checks the signatures an entry carries, for network: the
+// account's over the entry and, in a lease, the requester's grant (a lease
+// without a valid one is not an entry anyone may write, whatever the
+// state of the ledger). The error wraps ErrBadSignature (or ErrBadAccount)
+// for the first, ErrBadLeaseGrant for the second.
 func (e Entry) VerifySignature(network string) error {
+	if err := e.verifyAccountSignature(network); err != nil {
+		return err
+	}
+	return e.verifyGrant(network)
+}
+
+// verifyAccountSignature checks the account's signature alone: all that a
+// fraud proof needs, since two entries of one seq that the account signed
+// prove it equivocated, whatever else they carry.
+func (e *Entry) verifyAccountSignature(network string) error {
 	pub, err := accountKey(e.Account)
 	if err != nil {
 		return err
@@ -397,21 +462,39 @@ func (e Entry) VerifySignature(network string) error {
 	return nil
 }
 
+// verifyGrant checks a lease's grant (of any other kind, nothing).
+func (e *Entry) verifyGrant(network string) error {
+	if l, ok := e.Body.(LeaseBody); ok {
+		if err := l.grantOf(e.Account).Verify(network, l.Grant); err != nil {
+			return e.badGrant(err)
+		}
+	}
+	return nil
+}
+
 func (e *Entry) badSignature() error {
 	return fmt.Errorf("%w: %s seq %d", ErrBadSignature, e.Account, e.Seq)
+}
+
+func (e *Entry) badGrant(err error) error {
+	return fmt.Errorf("seq %d: %w", e.Seq, err)
 }
 
 // verifyBatch checks the signatures of the cands in cs without an error
 // yet, for network, as one batch (one or two alone), and sets the error of
 // each that fails to what VerifySignature returns for it: the verdicts are
-// VerifySignature's. A batch of 64 where all are valid costs about 60 % of
-// checking each alone; one with a bad signature costs the failed batch
+// VerifySignature's. A lease's grant goes into the same batch as the
+// entries' signatures. A batch of 64 where all are valid costs about 60 %
+// of checking each alone; one with a bad signature costs the failed batch
 // check more than that (each is then checked alone, to find which).
 func verifyBatch(network string, cs []*cand) {
 	n := 0
 	for _, c := range cs {
 		if c.err == nil {
 			n++
+			if c.e.Kind() == KindLease {
+				n++
+			}
 		}
 	}
 	if n <= 2 {
@@ -424,10 +507,19 @@ func verifyBatch(network string, cs []*cand) {
 		return
 	}
 	bv := voied.NewBatchVerifierWithCapacity(n)
-	in := make([]*cand, 0, n)
-	// The batch uses each public key in expanded form (tables that speed
-	// up the multiplication). Entries come sorted by account, so
-	// consecutive ones share a key: it is expanded once for them.
+	// in is what the batch checks of each cand: its signature at index
+	// sig, and its grant at index grant (-1: none, or grantErr already
+	// refuses it).
+	type item struct {
+		c          *cand
+		sig, grant int
+		grantErr   error
+	}
+	in := make([]item, 0, n)
+	added := 0
+	// The batch uses each account's public key in expanded form (tables
+	// that speed up the multiplication). Entries come sorted by account,
+	// so consecutive ones share a key: it is expanded once for them.
 	var (
 		lastAcct peer.ID
 		lastKey  *voied.ExpandedPublicKey
@@ -458,7 +550,19 @@ func verifyBatch(network string, cs []*cand) {
 			// VerifySignature finds it.
 			bv.AddWithOptions(voied.PublicKey(pub), c.e.SigningBytes(network), c.e.Signature, sigRule)
 		}
-		in = append(in, c)
+		it := item{c: c, sig: added, grant: -1}
+		added++
+		if l, ok := c.e.Body.(LeaseBody); ok {
+			g := l.grantOf(c.e.Account)
+			if rpub, err := g.check(l.Grant); err != nil {
+				it.grantErr = err
+			} else {
+				bv.AddWithOptions(rpub, g.signingBytes(network), l.Grant, sigRule)
+				it.grant = added
+				added++
+			}
+		}
+		in = append(in, it)
 	}
 	if len(in) == 0 {
 		return
@@ -466,9 +570,15 @@ func verifyBatch(network string, cs []*cand) {
 	// The random scalars only have to be unpredictable to whoever signed
 	// the entries.
 	_, valid := bv.Verify(rand.Reader)
-	for i, c := range in {
-		if !valid[i] {
-			c.err = c.e.badSignature()
+	for _, it := range in {
+		switch {
+		case !valid[it.sig]:
+			it.c.err = it.c.e.badSignature()
+		case it.grantErr != nil:
+			it.c.err = it.c.e.badGrant(it.grantErr)
+		case it.grant >= 0 && !valid[it.grant]:
+			l := it.c.e.Body.(LeaseBody)
+			it.c.err = it.c.e.badGrant(l.grantOf(it.c.e.Account).forged())
 		}
 	}
 }
@@ -482,10 +592,11 @@ func DecodeEntry(data []byte) (Entry, error) {
 		return Entry{}, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformed, len(data), MaxEntrySize)
 	}
 	r := reader{b: data}
-	if v := r.u8(); r.err == nil && v != entryVersion {
+	v := r.u8()
+	if r.err == nil && v != entryVersion && v != entryVersion1 {
 		return Entry{}, fmt.Errorf("%w: version %d", ErrMalformed, v)
 	}
-	var e Entry
+	e := Entry{v1: v == entryVersion1}
 	e.Account = r.peer()
 	e.Seq = r.u64()
 	e.Prev = r.hash()
@@ -507,7 +618,7 @@ func DecodeEntry(data []byte) (Entry, error) {
 		return Entry{}, fmt.Errorf("%w: signature of %d bytes", ErrMalformed, len(e.Signature))
 	}
 	e.Time = time.Unix(0, int64(nanos)).UTC()
-	b, err := DecodeBody(kind, body)
+	b, err := decodeBody(v, kind, body)
 	if err != nil {
 		return Entry{}, err
 	}

@@ -29,9 +29,10 @@ func sigCases(t *testing.T) []sigCase {
 	at := time.Unix(1700000000, 0)
 	alice := newChain(t, "alice", at)
 	bob := newChain(t, "bob", at)
-	_, p := testKey(t, "p")
+	req := newChain(t, "p", at) // the requester, whose grants the leases quote
+	p := req.id
 	lease := func(c *chain, j string) Entry {
-		return c.entry(t, LeaseBody{Job: job(j), Requester: p, Price: 1})
+		return c.entry(t, req.leaseFor(t, c.id, job(j), 1))
 	}
 	a1 := lease(alice, "1")
 	a2 := lease(alice, "2")
@@ -41,8 +42,8 @@ func sigCases(t *testing.T) []sigCase {
 	forged.Signature = bytes.Clone(a1.Signature)
 	forged.Signature[5] ^= 1
 	altered := a1 // the signature of a1 over another body
-	altered.Body = LeaseBody{Job: job("1"), Requester: p, Price: 2}
-	otherNet := alice.entry(t, LeaseBody{Job: job("3"), Requester: p, Price: 1})
+	altered.Body = req.leaseFor(t, alice.id, job("1"), 2)
+	otherNet := alice.entry(t, req.leaseFor(t, alice.id, job("3"), 1))
 	if err := otherNet.Sign("other", alice.priv); err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +63,7 @@ func sigCases(t *testing.T) []sigCase {
 	// its chain carries no funds anyone else could move.
 	smallA := peer.ID(ed25519PeerPrefix + string(make([]byte, 32)))
 	identity := append([]byte{1}, make([]byte, 31)...)
-	small := Entry{Account: smallA, Seq: 1, Time: at, Body: LeaseBody{Job: job("s"), Requester: p, Price: 1},
+	small := Entry{Account: smallA, Seq: 1, Time: at, Body: req.leaseFor(t, smallA, job("s"), 1),
 		Signature: append(bytes.Clone(identity), make([]byte, 32)...)}
 	// The same with R the identity encoded with y = p+1, not canonical:
 	// ZIP-215 accepts non-canonical encodings of R.
@@ -73,7 +74,52 @@ func sigCases(t *testing.T) []sigCase {
 	offCurve := small
 	offCurve.Signature = append(append([]byte{2}, make([]byte, 31)...), make([]byte, 32)...)
 
-	return []sigCase{
+	// Leases whose grant is not the requester's award to their author:
+	// each validly signed by its account.
+	withGrant := func(name string, l LeaseBody) sigCase {
+		return sigCase{"grant: " + name, alice.entry(t, l), ErrBadLeaseGrant}
+	}
+	lg := func(f func(l *LeaseBody)) LeaseBody {
+		l := req.leaseFor(t, alice.id, job("1"), 1)
+		f(&l)
+		return l
+	}
+	otherNetGrant, err := LeaseGrant{Job: job("1"), Requester: p, Provider: alice.id, Price: 1, Attempt: 1}.Sign("other", req.priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The provider's own key signing the grant it quotes.
+	selfGranted := lg(func(l *LeaseBody) { l.Grant = alice.leaseFor(t, alice.id, job("1"), 1).Grant })
+	// A requester with the order-4 key: any grant with R the identity and
+	// S = 0 passes ZIP-215, as small's signature does; nobody holds that
+	// key, so no such requester has holds that a lease could use.
+	smallGrant := LeaseBody{Job: job("1"), Requester: smallA, Price: 1, Attempt: 1, Grant: small.Signature}
+	grantCases := []sigCase{
+		withGrant("none", lg(func(l *LeaseBody) { l.Grant = nil })),
+		withGrant("forged", lg(func(l *LeaseBody) { l.Grant = bytes.Clone(l.Grant); l.Grant[3] ^= 1 })),
+		withGrant("of another provider", bob.leaseFor(t, bob.id, job("1"), 1)),
+		withGrant("of another provider, replayed", lg(func(l *LeaseBody) {
+			l.Grant = req.leaseFor(t, bob.id, job("1"), 1).Grant
+		})),
+		withGrant("of another price", lg(func(l *LeaseBody) { l.Price = 2 })),
+		withGrant("of another attempt", lg(func(l *LeaseBody) { l.Attempt = 2 })),
+		withGrant("of another job", lg(func(l *LeaseBody) { l.Job = job("2") })),
+		withGrant("for another network", lg(func(l *LeaseBody) { l.Grant = otherNetGrant })),
+		withGrant("signed by the provider", selfGranted),
+		withGrant("signed by another key", lg(func(l *LeaseBody) { l.Requester = bob.id })),
+		withGrant("short", lg(func(l *LeaseBody) { l.Grant = l.Grant[:63] })),
+		withGrant("requester not Ed25519", lg(func(l *LeaseBody) { l.Requester = peer.ID("not an Ed25519 peer ID") })),
+		withGrant("S not reduced", lg(func(l *LeaseBody) { l.Grant = addOrder(l.Grant) })),
+		{"grant: ZIP-215: small-order requester", alice.entry(t, smallGrant), nil},
+		// Both signatures bad: the entry's is named.
+		{"grant and signature forged", func() Entry {
+			e := alice.entry(t, lg(func(l *LeaseBody) { l.Grant = nil }))
+			e.Signature = forged.Signature
+			return e
+		}(), ErrBadSignature},
+	}
+
+	return append([]sigCase{
 		{"valid", a1, nil},
 		{"valid, next in chain", a2, nil},
 		{"valid, other account", b1, nil},
@@ -88,7 +134,7 @@ func sigCases(t *testing.T) []sigCase {
 		{"ZIP-215: small-order key, identity R", small, nil},
 		{"ZIP-215: non-canonical R", nonCanonR, nil},
 		{"R off the curve", offCurve, ErrBadSignature},
-	}
+	}, grantCases...)
 }
 
 // addOrder returns sig with ℓ, the group order, added to its S half
@@ -182,7 +228,14 @@ func TestStdlibValidIsValid(t *testing.T) {
 		if err != nil || len(tc.e.Signature) != ed25519.SignatureSize {
 			continue
 		}
-		if ed25519.Verify(pub, tc.e.SigningBytes(testNet), tc.e.Signature) {
+		stdOK := ed25519.Verify(pub, tc.e.SigningBytes(testNet), tc.e.Signature)
+		if l, ok := tc.e.Body.(LeaseBody); ok && stdOK {
+			// A lease's grant is a signature too, held to the same rule.
+			rpub, err := accountKey(l.Requester)
+			stdOK = err == nil && len(l.Grant) == GrantSize &&
+				ed25519.Verify(rpub, l.grantOf(tc.e.Account).signingBytes(testNet), l.Grant)
+		}
+		if stdOK {
 			if err := tc.e.VerifySignature(testNet); err != nil {
 				t.Errorf("%s: crypto/ed25519 accepts it, VerifySignature: %v", tc.name, err)
 			}
@@ -210,7 +263,7 @@ func TestIngestManyBadSignatureInBatch(t *testing.T) {
 		},
 		"signature of another entry": func(t *testing.T, c *chain, e Entry) Entry {
 			o := e
-			o.Body = LeaseBody{Job: job("other"), Requester: c.id, Price: 1}
+			o.Body = c.leaseFor(t, c.id, job("other"), 1)
 			if err := o.Sign(testNet, c.priv); err != nil {
 				t.Fatal(err)
 			}

@@ -290,8 +290,8 @@ func parallel(workers, n int, f func(i int)) {
 // sentinels: ErrDuplicate (already stored: not a failure), ErrGap,
 // ErrOverdraft and ErrUnfunded (kept pending: it is stored as soon as what
 // it waits for arrives), ErrEquivocation (an *EquivocationError: the account is now
-// frozen), or a refusal (ErrMalformed, ErrBadSignature, ErrBrokenChain,
-// ErrFrozen, …).
+// frozen), or a refusal (ErrMalformed, ErrBadSignature, ErrBadLeaseGrant,
+// ErrBrokenChain, ErrFrozen, …).
 func (l *Ledger) Ingest(raw []byte) (Entry, error) {
 	if len(raw) > MaxEntrySize {
 		return Entry{}, fmt.Errorf("%w: %d bytes, limit %d", ErrMalformed, len(raw), MaxEntrySize)
@@ -728,6 +728,12 @@ func (l *Ledger) AppendBatch(priv crypto.PrivKey, bodies []Body) ([]Entry, error
 		raw := e.Encode()
 		// Decoding what others will decode catches bodies out of range.
 		if e, err = DecodeEntry(raw); err != nil {
+			return nil, err
+		}
+		// Others check a lease's grant with its signature, which this
+		// node's own entries skip: a lease they would refuse must not
+		// enter this chain, where it would stop every later entry.
+		if err := e.verifyGrant(l.network); err != nil {
 			return nil, err
 		}
 		if r.t.full() {

@@ -48,7 +48,7 @@ func benchEntries(b *testing.B, n int) ([][]byte, *Genesis) {
 				body = PaymentBody{Job: j, To: to, Receipt: j, Amount: 900}
 			default:
 				// The account before held its job step/3-1 naming this one.
-				body = LeaseBody{Job: job(fmt.Sprintf("%d-%d", prev, step/3-1)), Requester: chains[prev].id, Price: 1000}
+				body = chains[prev].leaseFor(b, c.id, job(fmt.Sprintf("%d-%d", prev, step/3-1)), 1000)
 			}
 			raws = append(raws, c.next(b, body))
 		}

@@ -64,7 +64,7 @@ func TestLedgerCrashChild(t *testing.T) {
 		case 1: // hold, pay to itself (keeps the balance for ever)
 			bodies = []Body{HoldBody{Job: j, Provider: provider, Amount: 10}, PaymentBody{Job: j, To: id, Amount: 5}}
 		case 2: // a job of its own: held for no provider, leased, run, released
-			bodies = []Body{HoldBody{Job: j, Amount: 10}, LeaseBody{Job: j, Requester: id, Price: 1},
+			bodies = []Body{HoldBody{Job: j, Amount: 10}, grantedLease(t, testNet, priv, id, j, 1),
 				ReceiptBody{Job: j, Receipt: j, Result: "bafy"}, ReleaseBody{Job: j}}
 		}
 		if i%2 == 0 {

@@ -14,9 +14,12 @@ import (
 // account in the hash index; format 2 keeps the entry's time in the hash
 // index instead; format 3 adds the holds ever written (ledger/fund/), the
 // leases and receipts of each provider's jobs (ledger/lease/), and each
-// account's rate limit state to its record (version 2).
+// account's rate limit state to its record (version 2); format 4 stores
+// entries of version 2 (leases with their grants), which a build of
+// format 3 cannot decode, and keeps format 3's keys: a store of format 3
+// is only marked, its entries of version 1 kept as they are.
 const (
-	ledgerFormat     = 3
+	ledgerFormat     = 4
 	keyLedgerFormat  = "ledger/meta/format"
 	keyOldTimePrefix = "ledger/t/" // format 1's time index
 )
@@ -24,13 +27,14 @@ const (
 // upgradeFormat brings the store to ledgerFormat: a new ledger is marked;
 // an older one is rewritten step by step (format 1 to 2: the hash index
 // rewritten from the entries and the time index dropped; 2 to 3: the new
-// indexes and account records built from the entries under rate), then
-// marked. A crash part way leaves it at its old mark, and the next open
+// indexes and account records built from the entries under rate; 3 to 4:
+// nothing to rebuild), then marked. A crash part way leaves it at its old mark, and the next open
 // does the steps again.
 //
 // Entries stored under an older format stay, even those the rules of this
-// one would refuse (a lease without a hold, a hold of zero, an account's
-// entries over the rate): they are signed history. Verify reports them.
+// one would refuse (a lease without a hold or without a grant, a hold of
+// zero, an account's entries over the rate): they are signed history.
+// Verify reports them.
 func upgradeFormat(db *DB, rate entryRate) error {
 	var format []byte
 	var hasEntries bool

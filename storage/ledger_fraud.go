@@ -43,7 +43,7 @@ func (p FraudProof) Verify(network string) (peer.ID, error) {
 		return "", fmt.Errorf("%w: the same entry twice", ErrBadFraudProof)
 	}
 	for _, e := range []Entry{a, b} {
-		if err := e.VerifySignature(network); err != nil {
+		if err := e.verifyAccountSignature(network); err != nil {
 			return "", fmt.Errorf("%w: %w", ErrBadFraudProof, err)
 		}
 	}

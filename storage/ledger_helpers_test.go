@@ -94,7 +94,21 @@ func (c *chain) entry(t testing.TB, body Body) Entry {
 // next signs the chain's next entry and advances the chain.
 func (c *chain) next(t testing.TB, body Body) []byte {
 	t.Helper()
-	e := c.entry(t, body)
+	return c.advance(c.entry(t, body))
+}
+
+// nextV1 signs the chain's next entry in the encoding of version 1 (as
+// ledgers stored before leases carried grants) and advances the chain.
+func (c *chain) nextV1(t testing.TB, body Body) []byte {
+	t.Helper()
+	e := Entry{Account: c.id, Seq: c.seq + 1, Prev: c.prev, Time: c.at, Body: body, v1: true}
+	if err := e.Sign(c.net, c.priv); err != nil {
+		t.Fatal(err)
+	}
+	return c.advance(e)
+}
+
+func (c *chain) advance(e Entry) []byte {
 	raw := e.Encode()
 	c.seq, c.prev = e.Seq, sha256.Sum256(raw)
 	c.at = c.at.Add(time.Millisecond)
@@ -117,4 +131,27 @@ func cycleBody(id peer.ID, seq int) Body {
 		return HoldBody{Job: job(fmt.Sprint(id, "/", seq)), Amount: 1}
 	}
 	return ReleaseBody{Job: job(fmt.Sprint(id, "/", seq-1))}
+}
+
+// leaseFor is a lease of job j by provider that c, the requester, granted
+// at price on the job's first award.
+func (c *chain) leaseFor(t testing.TB, provider peer.ID, j Hash, price uint64) LeaseBody {
+	t.Helper()
+	return grantedLease(t, c.net, c.priv, provider, j, price)
+}
+
+// grantedLease is a lease of job j by provider that the owner of priv, the
+// requester, granted on network at price on the job's first award.
+func grantedLease(t testing.TB, network string, priv crypto.PrivKey, provider peer.ID, j Hash, price uint64) LeaseBody {
+	t.Helper()
+	requester, err := peer.IDFromPrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := LeaseGrant{Job: j, Requester: requester, Provider: provider, Price: price, Attempt: 1}
+	sig, err := g.Sign(network, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return LeaseBody{Job: j, Requester: requester, Price: price, Attempt: 1, Grant: sig}
 }

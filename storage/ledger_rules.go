@@ -407,6 +407,14 @@ func kindRules(st ruleState, p ruleParams, a *acctState, e *Entry) error {
 // job's posting writes, which backs its first award, whoever wins it):
 // each award a requester backs with a hold is one lease. The holds may
 // have been paid or released since; they count as written.
+//
+// Whoever wins: the lease also quotes the requester's grant of the award
+// to this provider (LeaseGrant), without which a hold naming no provider
+// would back a lease of any key at all. The grant depends on the entry
+// alone, so it is checked with the entry's signature (VerifySignature,
+// verifyBatch: on ingest and in Verify; AppendBatch for this node's own),
+// once per entry, not again each time a lease that waits for its hold is
+// retried here.
 func leaseRule(st ruleState, e *Entry, b LeaseBody) error {
 	r, err := st.leases(e.Account, b.Job)
 	if err != nil {

@@ -160,61 +160,82 @@ func TestLedgerRules(t *testing.T) {
 			return err
 		}, ErrMalformed},
 		{"lease nobody held", func(env *ledgerEnv) error {
-			_, err := env.l.Ingest(env.p.next(env.t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1}))
+			_, err := env.l.Ingest(env.p.next(env.t, env.a.leaseFor(env.t, env.p.id, job("1"), 1)))
 			return err
 		}, ErrUnfunded},
 		{"lease of a hold naming it", func(env *ledgerEnv) error {
 			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
 			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
-			_, err := env.l.Ingest(env.p.next(env.t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1}))
+			_, err := env.l.Ingest(env.p.next(env.t, env.a.leaseFor(env.t, env.p.id, job("1"), 1)))
 			return err
 		}, nil},
 		{"lease of a posting hold, naming no provider", func(env *ledgerEnv) error {
 			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
 			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Amount: 100}))
-			_, err := env.l.Ingest(env.p.next(env.t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1}))
+			_, err := env.l.Ingest(env.p.next(env.t, env.a.leaseFor(env.t, env.p.id, job("1"), 1)))
 			return err
 		}, nil},
+		{"lease of a posting hold without a grant (the fan-out)", func(env *ledgerEnv) error {
+			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
+			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Amount: 100}))
+			_, err := env.l.Ingest(env.p.next(env.t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1, Attempt: 1, Grant: make([]byte, GrantSize)}))
+			return err
+		}, ErrBadLeaseGrant},
+		{"lease of a posting hold quoting another provider's grant", func(env *ledgerEnv) error {
+			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
+			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Amount: 100}))
+			l := env.a.leaseFor(env.t, env.p.id, job("1"), 1)
+			env.ok(env.p.next(env.t, l))
+			_, err := env.l.Ingest(env.b.next(env.t, l))
+			return err
+		}, ErrBadLeaseGrant},
+		{"lease without a grant, nobody held (refused, not waiting)", func(env *ledgerEnv) error {
+			_, err := env.l.Ingest(env.p.next(env.t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1, Attempt: 1, Grant: make([]byte, GrantSize)}))
+			if n := env.l.PendingLen(); n != 0 {
+				env.t.Errorf("%d entries pending", n)
+			}
+			return err
+		}, ErrBadLeaseGrant},
 		{"lease of a hold naming another provider", func(env *ledgerEnv) error {
 			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
 			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.b.id, Amount: 100}))
-			_, err := env.l.Ingest(env.p.next(env.t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1}))
+			_, err := env.l.Ingest(env.p.next(env.t, env.a.leaseFor(env.t, env.p.id, job("1"), 1)))
 			return err
 		}, ErrUnfunded},
 		{"lease of another requester's hold", func(env *ledgerEnv) error {
 			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
 			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
-			_, err := env.l.Ingest(env.p.next(env.t, LeaseBody{Job: job("1"), Requester: env.b.id, Price: 1}))
+			_, err := env.l.Ingest(env.p.next(env.t, env.b.leaseFor(env.t, env.p.id, job("1"), 1)))
 			return err
 		}, ErrUnfunded},
 		{"lease of a hold since paid", func(env *ledgerEnv) error {
 			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
 			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
 			env.ok(env.a.next(env.t, PaymentBody{Job: job("1"), To: env.p.id, Amount: 100}))
-			_, err := env.l.Ingest(env.p.next(env.t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1}))
+			_, err := env.l.Ingest(env.p.next(env.t, env.a.leaseFor(env.t, env.p.id, job("1"), 1)))
 			return err
 		}, nil},
 		{"lease of a hold since released", func(env *ledgerEnv) error {
 			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
 			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Amount: 100}))
 			env.ok(env.a.next(env.t, ReleaseBody{Job: job("1")}))
-			_, err := env.l.Ingest(env.p.next(env.t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1}))
+			_, err := env.l.Ingest(env.p.next(env.t, env.a.leaseFor(env.t, env.p.id, job("1"), 1)))
 			return err
 		}, nil},
 		{"second lease of one hold", func(env *ledgerEnv) error {
 			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
 			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
-			env.ok(env.p.next(env.t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1}))
-			_, err := env.l.Ingest(env.p.next(env.t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1}))
+			env.ok(env.p.next(env.t, env.a.leaseFor(env.t, env.p.id, job("1"), 1)))
+			_, err := env.l.Ingest(env.p.next(env.t, env.a.leaseFor(env.t, env.p.id, job("1"), 1)))
 			return err
 		}, ErrUnfunded},
 		{"second lease after a second award's hold", func(env *ledgerEnv) error {
 			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
 			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Amount: 100}))
-			env.ok(env.p.next(env.t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1}))
+			env.ok(env.p.next(env.t, env.a.leaseFor(env.t, env.p.id, job("1"), 1)))
 			env.ok(env.a.next(env.t, ReleaseBody{Job: job("1")}))
 			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
-			_, err := env.l.Ingest(env.p.next(env.t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1}))
+			_, err := env.l.Ingest(env.p.next(env.t, env.a.leaseFor(env.t, env.p.id, job("1"), 1)))
 			return err
 		}, nil},
 		{"receipt without a lease", func(env *ledgerEnv) error {
@@ -224,21 +245,21 @@ func TestLedgerRules(t *testing.T) {
 		{"receipt of its lease", func(env *ledgerEnv) error {
 			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
 			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
-			env.ok(env.p.next(env.t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1}))
+			env.ok(env.p.next(env.t, env.a.leaseFor(env.t, env.p.id, job("1"), 1)))
 			_, err := env.l.Ingest(env.p.next(env.t, ReceiptBody{Job: job("1"), Receipt: job("r"), Result: "bafy"}))
 			return err
 		}, nil},
 		{"receipt of another job's lease", func(env *ledgerEnv) error {
 			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
 			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
-			env.ok(env.p.next(env.t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1}))
+			env.ok(env.p.next(env.t, env.a.leaseFor(env.t, env.p.id, job("1"), 1)))
 			_, err := env.l.Ingest(env.p.next(env.t, ReceiptBody{Job: job("2"), Receipt: job("r"), Result: "bafy"}))
 			return err
 		}, ErrNoLease},
 		{"second receipt of one lease", func(env *ledgerEnv) error {
 			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
 			env.ok(env.a.next(env.t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
-			env.ok(env.p.next(env.t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1}))
+			env.ok(env.p.next(env.t, env.a.leaseFor(env.t, env.p.id, job("1"), 1)))
 			env.ok(env.p.next(env.t, ReceiptBody{Job: job("1"), Receipt: job("r"), Result: "bafy"}))
 			_, err := env.l.Ingest(env.p.next(env.t, ReceiptBody{Job: job("1"), Receipt: job("r2"), Result: "bafy"}))
 			return err
@@ -280,7 +301,7 @@ func TestLedgerRules(t *testing.T) {
 		}, ErrBrokenChain},
 		{"gap", func(env *ledgerEnv) error {
 			env.a.next(env.t, GrantBody{Amount: 1000})
-			_, err := env.l.Ingest(env.a.next(env.t, LeaseBody{Job: job("1"), Requester: env.b.id, Price: 1}))
+			_, err := env.l.Ingest(env.a.next(env.t, env.b.leaseFor(env.t, env.a.id, job("1"), 1)))
 			return err
 		}, ErrGap},
 		{"duplicate", func(env *ledgerEnv) error {
@@ -297,7 +318,7 @@ func TestLedgerRules(t *testing.T) {
 		{"time before predecessor", func(env *ledgerEnv) error {
 			env.ok(env.a.next(env.t, GrantBody{Amount: 1000}))
 			env.a.at = env.a.at.Add(-time.Hour)
-			_, err := env.l.Ingest(env.a.next(env.t, LeaseBody{Job: job("1"), Requester: env.b.id, Price: 1}))
+			_, err := env.l.Ingest(env.a.next(env.t, env.b.leaseFor(env.t, env.a.id, job("1"), 1)))
 			return err
 		}, ErrBadTimestamp},
 		{"malformed", func(env *ledgerEnv) error {
@@ -436,6 +457,43 @@ func mustEntry(t *testing.T, l *Ledger, id peer.ID, seq uint64) []byte {
 	return es[0].Encode()
 }
 
+// TestAppendRefusesLeaseWithoutGrant checks that a node never writes a
+// lease into its own chain that every other node would refuse (and that
+// would stop its chain there): one whose grant is missing or not the
+// requester's award to this node, at this price.
+func TestAppendRefusesLeaseWithoutGrant(t *testing.T) {
+	env := newLedgerEnv(t)
+	if _, err := env.l.Append(env.a.priv, GrantBody{Amount: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.l.Append(env.a.priv, HoldBody{Job: job("1"), Amount: 100}); err != nil {
+		t.Fatal(err)
+	}
+	good := env.a.leaseFor(t, env.p.id, job("1"), 5)
+	for name, tc := range map[string]struct {
+		l    LeaseBody
+		want error
+	}{
+		// A lease without its 64 bytes of grant does not even decode.
+		"none":               {LeaseBody{Job: job("1"), Requester: env.a.id, Price: 5, Attempt: 1}, ErrMalformed},
+		"zeros":              {LeaseBody{Job: job("1"), Requester: env.a.id, Price: 5, Attempt: 1, Grant: make([]byte, GrantSize)}, ErrBadLeaseGrant},
+		"to another":         {env.a.leaseFor(t, env.b.id, job("1"), 5), ErrBadLeaseGrant},
+		"of another price":   {LeaseBody{Job: job("1"), Requester: env.a.id, Price: 6, Attempt: 1, Grant: good.Grant}, ErrBadLeaseGrant},
+		"of another job":     {LeaseBody{Job: job("2"), Requester: env.a.id, Price: 5, Attempt: 1, Grant: good.Grant}, ErrBadLeaseGrant},
+		"of another attempt": {LeaseBody{Job: job("1"), Requester: env.a.id, Price: 5, Attempt: 2, Grant: good.Grant}, ErrBadLeaseGrant},
+	} {
+		if _, err := env.l.Append(env.p.priv, tc.l); !errors.Is(err, tc.want) {
+			t.Errorf("%s: err = %v, want %v", name, err, tc.want)
+		}
+	}
+	if h, _ := env.l.Head(env.p.id); h.Seq != 0 {
+		t.Fatalf("the provider's chain has %d entries", h.Seq)
+	}
+	if _, err := env.l.Append(env.p.priv, good); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestLedgerJobFlow follows one job's ledger entries and the balances.
 func TestLedgerJobFlow(t *testing.T) {
 	env := newLedgerEnv(t)
@@ -454,7 +512,7 @@ func TestLedgerJobFlow(t *testing.T) {
 	if h, ok, err := l.HoldFor(env.a.id, job("1")); err != nil || !ok || h.Provider != env.p.id || h.Amount != 300 {
 		t.Fatalf("HoldFor = %+v, %v, %v", h, ok, err)
 	}
-	must(l.Append(env.p.priv, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 250}))
+	must(l.Append(env.p.priv, env.a.leaseFor(t, env.p.id, job("1"), 250)))
 	rc := must(l.Append(env.p.priv, ReceiptBody{Job: job("1"), Receipt: job("r1"), Result: "bafy", Usage: Usage{WallMS: 10, GPUMS: 9}}))
 	if b := env.balance(env.a.id); b.Balance != 1000 || b.Held != 300 || b.Available() != 700 {
 		t.Fatalf("a while held: %+v", b)
@@ -575,13 +633,13 @@ func TestLedgerConvergence(t *testing.T) {
 		}
 		add(env.a.next(t, HoldBody{Job: j, Provider: named, Amount: 40}))
 		// The provider's lease and receipt: valid only after the hold.
-		add(env.p.next(t, LeaseBody{Job: j, Requester: env.a.id, Price: 40}))
+		add(env.p.next(t, env.a.leaseFor(t, env.p.id, j, 40)))
 		add(env.p.next(t, ReceiptBody{Job: j, Receipt: j, Result: "bafy"}))
 		add(env.a.next(t, PaymentBody{Job: j, To: env.p.id, Amount: 35}))
 		// The provider spends its earnings at once: valid only after the
 		// payment above.
 		add(env.p.next(t, HoldBody{Job: j, Provider: env.b.id, Amount: 30}))
-		add(env.b.next(t, LeaseBody{Job: j, Requester: env.p.id, Price: 30}))
+		add(env.b.next(t, env.p.leaseFor(t, env.b.id, j, 30)))
 		add(env.p.next(t, PaymentBody{Job: j, To: env.b.id, Amount: 30}))
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -699,12 +757,20 @@ func TestLedgerVerifyTampered(t *testing.T) {
 		}, ErrInconsistent},
 		"validly signed lease that no hold backs": {func(env *ledgerEnv, txn *badger.Txn) error {
 			e := Entry{Account: env.p.id, Seq: 3, Prev: env.l.mustHead(env.t, env.p.id), Time: env.p.at,
-				Body: LeaseBody{Job: job("none"), Requester: env.a.id, Price: 1}}
+				Body: env.a.leaseFor(env.t, env.p.id, job("none"), 1)}
 			if err := e.Sign(testNet, env.p.priv); err != nil {
 				return err
 			}
 			return txn.Set(entryKey(env.p.id, 3), e.Encode())
 		}, ErrUnfunded},
+		"validly signed lease of a held job that its requester did not grant": {func(env *ledgerEnv, txn *badger.Txn) error {
+			e := Entry{Account: env.p.id, Seq: 3, Prev: env.l.mustHead(env.t, env.p.id), Time: env.p.at,
+				Body: LeaseBody{Job: job("2"), Requester: env.b.id, Price: 1, Attempt: 1, Grant: env.a.leaseFor(env.t, env.p.id, job("2"), 1).Grant}}
+			if err := e.Sign(testNet, env.p.priv); err != nil {
+				return err
+			}
+			return txn.Set(entryKey(env.p.id, 3), e.Encode())
+		}, ErrBadLeaseGrant},
 		"validly signed receipt without a lease": {func(env *ledgerEnv, txn *badger.Txn) error {
 			e := Entry{Account: env.p.id, Seq: 3, Prev: env.l.mustHead(env.t, env.p.id), Time: env.p.at,
 				Body: ReceiptBody{Job: job("2"), Receipt: job("r"), Result: "bafy"}}
@@ -736,7 +802,7 @@ func TestLedgerVerifyTampered(t *testing.T) {
 			env.ok(env.a.next(t, PaymentBody{Job: job("1"), To: env.p.id, Amount: 300}))
 			env.ok(env.b.next(t, GrantBody{Amount: 500}))
 			env.ok(env.b.next(t, HoldBody{Job: job("2"), Provider: env.p.id, Amount: 10}))
-			env.ok(env.p.next(t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 300}))
+			env.ok(env.p.next(t, env.a.leaseFor(t, env.p.id, job("1"), 300)))
 			env.ok(env.p.next(t, ReceiptBody{Job: job("1"), Receipt: job("r"), Result: "bafy"}))
 			env.noProblems()
 			if err := env.l.db.bdb.Update(func(txn *badger.Txn) error { return tc.tamper(env, txn) }); err != nil {
@@ -828,15 +894,15 @@ func TestLedgerReopen(t *testing.T) {
 	}
 	refused(HoldBody{Job: job("h"), Amount: 1}, ErrHoldExists)
 	refused(PaymentBody{Job: job("paid"), To: p, Amount: 1}, ErrAlreadyPaid)
-	refused(LeaseBody{Job: job("x"), Requester: a.id, Price: 1}, ErrUnfunded)
+	refused(a.leaseFor(t, a.id, job("x"), 1), ErrUnfunded)
 	if _, err := l.Ingest(a.next(t, PaymentBody{Job: job("h"), To: p, Amount: 4})); err != nil {
 		t.Fatalf("payment of the open hold after reopen: %v", err)
 	}
 	// The hold is paid, but was written: it backs one lease.
-	if _, err := l.Ingest(a.next(t, LeaseBody{Job: job("h"), Requester: a.id, Price: 1})); err != nil {
+	if _, err := l.Ingest(a.next(t, a.leaseFor(t, a.id, job("h"), 1))); err != nil {
 		t.Fatal(err)
 	}
-	refused(LeaseBody{Job: job("h"), Requester: a.id, Price: 1}, ErrUnfunded)
+	refused(a.leaseFor(t, a.id, job("h"), 1), ErrUnfunded)
 	if _, err := OpenLedger(db, "other", g, nil); !errors.Is(err, ErrGenesis) {
 		t.Fatalf("genesis of another network: %v", err)
 	}
@@ -937,7 +1003,7 @@ func TestLedgerConcurrent(t *testing.T) {
 			env.a.next(t, PaymentBody{Job: j, To: env.p.id, Amount: 20}),
 			env.p.next(t, HoldBody{Job: j, Provider: env.b.id, Amount: 15}),
 			env.p.next(t, PaymentBody{Job: j, To: env.b.id, Amount: 15}),
-			env.b.next(t, LeaseBody{Job: j, Requester: env.p.id, Price: 15}))
+			env.b.next(t, env.p.leaseFor(t, env.b.id, j, 15)))
 	}
 	ref := openTestLedger(t, env.g, env.clock.Now)
 	if _, err := ref.IngestMany(raws); err != nil {
@@ -1083,7 +1149,7 @@ func TestLedgerUpgradesFormat1(t *testing.T) {
 	for _, raw := range [][]byte{
 		a.next(t, GrantBody{Amount: 10}),
 		a.next(t, HoldBody{Job: job("h"), Amount: 4}),
-		a.next(t, LeaseBody{Job: job("h"), Requester: a.id, Price: 1}),
+		a.next(t, a.leaseFor(t, a.id, job("h"), 1)),
 	} {
 		if _, err := l.Ingest(raw); err != nil {
 			t.Fatal(err)
@@ -1207,7 +1273,7 @@ func TestLedgerUpgradesFormat2(t *testing.T) {
 	for _, raw := range [][]byte{
 		env.a.next(t, GrantBody{Amount: 1000}),
 		env.a.next(t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}),
-		env.p.next(t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1}),
+		env.p.next(t, env.a.leaseFor(t, env.p.id, job("1"), 1)),
 		env.p.next(t, ReceiptBody{Job: job("1"), Receipt: job("r"), Result: "bafy"}),
 		env.a.next(t, PaymentBody{Job: job("1"), To: env.p.id, Amount: 100}),
 		env.a.next(t, HoldBody{Job: job("2"), Amount: 50}),
@@ -1219,7 +1285,7 @@ func TestLedgerUpgradesFormat2(t *testing.T) {
 	want, _ := l.Digest()
 	// What format 2 accepted and format 3 refuses: a lease nobody held,
 	// stored with its indexes as format 2 stored it.
-	unheld := env.p.next(t, LeaseBody{Job: job("nobody's"), Requester: env.a.id, Price: 1})
+	unheld := env.p.next(t, env.a.leaseFor(t, env.p.id, job("nobody's"), 1))
 	e, _ := DecodeEntry(unheld)
 	err := db.bdb.Update(func(txn *badger.Txn) error {
 		p, _ := l.committed(env.p.id)
@@ -1258,7 +1324,88 @@ func TestLedgerUpgradesFormat2(t *testing.T) {
 	}
 	// The indexes work: the paid hold backs no second lease, the open
 	// one (naming no provider) backs one.
-	if _, err := l.Ingest(env.p.next(t, LeaseBody{Job: job("2"), Requester: env.a.id, Price: 1})); err != nil {
+	if _, err := l.Ingest(env.p.next(t, env.a.leaseFor(t, env.p.id, job("2"), 1))); err != nil {
+		t.Fatalf("lease of the posting hold after the upgrade: %v", err)
+	}
+}
+
+// TestLedgerUpgradesFormat3 opens a ledger of format 3, whose entries are
+// of version 1 (leases without grants): it is marked format 4 and its
+// entries stay as they are; Verify finds only the lease, which quotes no
+// grant, and the ledger goes on under the new rules (a lease needs its
+// grant).
+func TestLedgerUpgradesFormat3(t *testing.T) {
+	dir := t.TempDir()
+	env := newLedgerEnv(t)
+	open := func() (*DB, *Ledger) {
+		db, err := Open(dir, Options{Network: testNet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := OpenLedger(db, testNet, env.g, env.clock.Now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return db, l
+	}
+	db, l := open()
+	for _, raw := range [][]byte{
+		env.a.nextV1(t, GrantBody{Amount: 1000}),
+		env.a.nextV1(t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}),
+		env.a.nextV1(t, HoldBody{Job: job("2"), Amount: 50}),
+	} {
+		if _, err := l.Ingest(raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The lease format 3 stored; format 4 refuses it, as it has no grant.
+	old := env.p.nextV1(t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1})
+	if _, err := l.Ingest(old); !errors.Is(err, ErrBadLeaseGrant) {
+		t.Fatalf("lease of version 1: err = %v, want ErrBadLeaseGrant", err)
+	}
+	e, _ := DecodeEntry(old)
+	err := db.bdb.Update(func(txn *badger.Txn) error {
+		p, _ := l.committed(env.p.id)
+		p.lastSeq, p.lastHash, p.lastTime = e.Seq, sha256.Sum256(old), e.Time.UnixNano()
+		for k, v := range map[string][]byte{
+			string(entryKey(env.p.id, e.Seq)):    old,
+			string(hashKey(p.lastHash)):          hashRef(e.Account, e.Seq, p.lastTime),
+			string(acctKey(env.p.id)):            p.encode(),
+			string(leaseKey(env.p.id, job("1"))): leaseRec{leases: 1}.encode(),
+			keyLedgerCount:                       binary.BigEndian.AppendUint64(nil, l.Count()+1),
+			keyLedgerFormat:                      {3},
+		} {
+			if err := txn.Set([]byte(k), v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	db, l = open()
+	defer db.Close()
+	var format []byte
+	db.bdb.View(func(txn *badger.Txn) (err error) { format, err = getValue(txn, []byte(keyLedgerFormat)); return err })
+	if !bytes.Equal(format, []byte{ledgerFormat}) || ledgerFormat != 4 {
+		t.Fatalf("format %x after the upgrade", format)
+	}
+	if got, err := l.EntryByHash(sha256.Sum256(old)); err != nil || !bytes.Equal(got.Encode(), old) {
+		t.Fatalf("stored lease of version 1 after the upgrade: %v", err)
+	}
+	probs, err := l.Verify(context.Background())
+	if err != nil || len(probs) != 1 || !errors.Is(probs[0], ErrBadLeaseGrant) || probs[0].Account != env.p.id {
+		t.Fatalf("after the upgrade: problems %v (%v), want the lease without a grant", probs, err)
+	}
+	// New entries of the old chains: the requester's of version 2, a lease
+	// with its grant of the posting hold.
+	if _, err := l.Ingest(env.a.next(t, ReleaseBody{Job: job("1")})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Ingest(env.b.next(t, env.a.leaseFor(t, env.b.id, job("2"), 1))); err != nil {
 		t.Fatalf("lease of the posting hold after the upgrade: %v", err)
 	}
 }

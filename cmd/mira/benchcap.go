@@ -32,14 +32,17 @@ type signatureCap struct {
 
 // batchJobSignatures counts the signatures of one batch job on a testnet
 // of nodes nodes, providers of them providers. Signed: the offer and the
-// round that carries it, a bid from each provider, the award, the taken
-// notice, the acceptance and the result; then four ledger entries (hold,
-// lease, receipt, payment). Checked: the offer round and the taken notice
-// on every other node, the bids, the award, the acceptance and the result;
-// each ledger entry on every other node, in batches.
+// round that carries it, a bid from each provider, the award and its
+// grant, the taken notice, the acceptance and the result; then four ledger
+// entries (hold, lease, receipt, payment). Checked: the offer round and
+// the taken notice on every other node, the bids, the award, the
+// acceptance and the result; the award's grant twice on the provider (when
+// it takes the award, and before it writes its lease: counted as opens,
+// each a single check); each ledger entry, and the grant its lease
+// quotes, on every other node, in batches.
 func batchJobSignatures(nodes, providers int) (seals, opens, ledgerChecks int) {
-	const entries = 4
-	return 6 + providers + entries, 2*(nodes-1) + providers + 3, entries * (nodes - 1)
+	const entries, grants = 4, 1
+	return 7 + providers + entries, 2*(nodes-1) + providers + 3 + 2*grants, (entries + grants) * (nodes - 1)
 }
 
 // PerJob is the CPU the cap allows one batch job.

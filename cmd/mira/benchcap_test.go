@@ -9,12 +9,13 @@ func TestBatchJobSignatures(t *testing.T) {
 		nodes, providers           int
 		seals, opens, ledgerChecks int
 	}{
-		// 9 market signatures (offer, its round, 3 bids, award, taken,
-		// acceptance, result) and 4 ledger entries; the offer round and
-		// the taken notice checked on 9 nodes, 3 bids, award, acceptance
-		// and result; 4 entries on 9 nodes.
-		{10, 3, 13, 24, 36},
-		{2, 1, 11, 6, 4},
+		// 10 signatures (offer, its round, 3 bids, award, its grant,
+		// taken, acceptance, result) and 4 ledger entries; the offer
+		// round and the taken notice checked on 9 nodes, 3 bids, award,
+		// acceptance and result, the grant twice on the provider; 4
+		// entries and the lease's grant on 9 nodes.
+		{10, 3, 14, 26, 45},
+		{2, 1, 12, 8, 5},
 	}
 	for _, c := range cases {
 		seals, opens, ledgerChecks := batchJobSignatures(c.nodes, c.providers)

@@ -506,7 +506,12 @@ type Award struct {
 	// chain is the requester's entries after the bid's known_seq and before
 	// the hold, oldest first, when they are few: without them the provider
 	// fetches them before it can check the hold.
-	Chain         [][]byte `protobuf:"bytes,6,rep,name=chain,proto3" json:"chain,omitempty"`
+	Chain [][]byte `protobuf:"bytes,6,rep,name=chain,proto3" json:"chain,omitempty"`
+	// grant is the requester's Ed25519 signature of this award (job,
+	// provider, price, attempt; storage.LeaseGrant), exactly 64 bytes: the
+	// provider's lease entry quotes it, and the ledger admits no lease
+	// without one.
+	Grant         []byte `protobuf:"bytes,7,opt,name=grant,proto3" json:"grant,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -579,6 +584,13 @@ func (x *Award) GetHold() []byte {
 func (x *Award) GetChain() [][]byte {
 	if x != nil {
 		return x.Chain
+	}
+	return nil
+}
+
+func (x *Award) GetGrant() []byte {
+	if x != nil {
+		return x.Grant
 	}
 	return nil
 }
@@ -1269,14 +1281,15 @@ const file_market_proto_rawDesc = "" +
 	"\aDecline\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\fR\bprovider\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x94\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xaa\x01\n" +
 	"\x05Award\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\fR\bprovider\x12\x14\n" +
 	"\x05price\x18\x03 \x01(\x04R\x05price\x12\x18\n" +
 	"\aattempt\x18\x04 \x01(\rR\aattempt\x12\x12\n" +
 	"\x04hold\x18\x05 \x01(\fR\x04hold\x12\x14\n" +
-	"\x05chain\x18\x06 \x03(\fR\x05chain\"9\n" +
+	"\x05chain\x18\x06 \x03(\fR\x05chain\x12\x14\n" +
+	"\x05grant\x18\a \x01(\fR\x05grant\"9\n" +
 	"\x06Accept\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\":\n" +
