@@ -25,7 +25,7 @@ func TestClaimLease(t *testing.T) {
 		{"p claims it again before writing it", func() error { return claim(env.p, "named") }, ErrUnfunded},
 		{"q claims a lease of a hold naming p", func() error { return claim(q, "named") }, ErrUnfunded},
 		{"p writes its lease and gives the claim back", func() error {
-			_, err := env.l.Ingest(env.p.next(t, LeaseBody{Job: job("named"), Requester: env.a.id, Price: 1}))
+			_, err := env.l.Ingest(env.p.next(t, env.a.leaseFor(t, env.p.id, job("named"), 1)))
 			env.l.UnclaimLease(env.p.id, job("named"))
 			return err
 		}, nil},

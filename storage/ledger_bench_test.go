@@ -288,7 +288,7 @@ func BenchmarkIngestBesideWaiting(b *testing.B) {
 			for i := range tc.waiting {
 				c := newChain(b, fmt.Sprint("waiting-", i), time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 				c.seq = tc.seq - 1
-				waiting = append(waiting, c.next(b, LeaseBody{Job: job(fmt.Sprint(i)), Requester: id, Price: 1}))
+				waiting = append(waiting, c.next(b, grantedLease(b, testNet, priv, c.id, job(fmt.Sprint(i)), 1)))
 			}
 			if res, err := l.IngestMany(waiting); err != nil || res.Pending != tc.waiting {
 				b.Fatalf("%d waiting (%v)", res.Pending, err)

@@ -35,11 +35,11 @@ func TestPendingEntriesWakeOnWhatUnblocksThem(t *testing.T) {
 					PaymentBody{Job: job("paid"), To: env.b.id, Amount: 100}, env.b
 			}},
 			{"a lease waits for its hold", func(env *ledgerEnv) (Body, Body, Body, *chain) {
-				return LeaseBody{Job: job("leased"), Requester: env.a.id, Price: 1}, ReceiptBody{Job: job("leased"), Receipt: job("r"), Result: "bafy"},
+				return env.a.leaseFor(t, env.p.id, job("leased"), 1), ReceiptBody{Job: job("leased"), Receipt: job("r"), Result: "bafy"},
 					HoldBody{Job: job("leased"), Provider: env.p.id, Amount: 5}, env.p
 			}},
 			{"a lease waits for the posting hold", func(env *ledgerEnv) (Body, Body, Body, *chain) {
-				return LeaseBody{Job: job("posted"), Requester: env.a.id, Price: 1}, ReceiptBody{Job: job("posted"), Receipt: job("r"), Result: "bafy"},
+				return env.a.leaseFor(t, env.p.id, job("posted"), 1), ReceiptBody{Job: job("posted"), Receipt: job("r"), Result: "bafy"},
 					HoldBody{Job: job("posted"), Amount: 5}, env.p
 			}},
 		} {
@@ -53,7 +53,7 @@ func TestPendingEntriesWakeOnWhatUnblocksThem(t *testing.T) {
 				// must stay, and cost the write nothing.
 				other := newChain(t, "other", env.clock.Now())
 				other.seq = 1
-				env.l.IngestMany([][]byte{other.next(t, LeaseBody{Job: job("never"), Requester: env.a.id, Price: 1})})
+				env.l.IngestMany([][]byte{other.next(t, env.a.leaseFor(t, other.id, job("never"), 1))})
 				// The waiting entry, and one after it in its chain.
 				first := waiter.next(t, waiting)
 				second := waiter.next(t, after)

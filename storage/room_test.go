@@ -118,7 +118,7 @@ func TestWritesAskTheDiskGuard(t *testing.T) {
 	for _, raw := range [][]byte{
 		env.a.next(t, GrantBody{Amount: 1000}),
 		env.a.next(t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}),
-		env.p.next(t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 1}),
+		env.p.next(t, env.a.leaseFor(t, env.p.id, job("1"), 1)),
 	} {
 		if _, err := l.Ingest(raw); err != nil {
 			t.Fatal(err)
