@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -444,6 +445,20 @@ func (g *globals) benchLogger(cmd *cobra.Command) (*slog.Logger, error) {
 	return g.logger()
 }
 
+// benchWasmCache is the compilation cache every benchmark's testnet
+// shares, in the user's own cache dir: each run is a fresh testnet, and
+// compiling the sample modules again each time (seconds of CPU, and the
+// compiler's garbage left to collect while the market is timed) is not the
+// market's cost. A node uses it only if it is the user's own and mode
+// 0700; "" (no cache dir) gives each testnet its own.
+func benchWasmCache() string {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(dir, "mira", "bench-wasm-cache")
+}
+
 // startProviderNet starts a testnet whose members 1..providers sell
 // capacity, and waits until its last member (the asker) finds them all, so
 // timed runs measure the market, not the network's warm-up.
@@ -462,7 +477,7 @@ func startProviderNet(ctx context.Context, log *slog.Logger, nodes, providers in
 			adjust(c)
 		}
 	}
-	tn, err := testnet.Start(ctx, testnet.Options{Nodes: nodes, Dir: dir, Configure: configure, Log: log})
+	tn, err := testnet.Start(ctx, testnet.Options{Nodes: nodes, Dir: dir, Configure: configure, Log: log, WasmCacheDir: benchWasmCache()})
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, nil, nil, err
