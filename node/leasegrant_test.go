@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"fmt"
 	"testing"
 	"time"
 
@@ -143,41 +142,7 @@ func TestPostingHoldFanOutIsRefused(t *testing.T) {
 
 	r := newLedgerRogue(t, tn)
 	raws, ids := fanOutChains(t, 200, holds, leases)
-	pace := time.NewTicker(10 * time.Millisecond)
-	defer pace.Stop()
-	for i := 0; i < len(raws); i += 128 {
-		<-pace.C
-		msg := []byte{1} // a batch of entries
-		for _, raw := range raws[i:min(i+128, len(raws))] {
-			msg = protocol.AppendFrame(msg, raw)
-		}
-		if err := r.topic.Publish(ctx, msg); err != nil {
-			t.Fatal(err)
-		}
-	}
-	err := testnet.WaitFor(ctx, deadline, func() error {
-		for i, n := range tn.Nodes() {
-			if s, _ := n.GossipScore(r.host.ID()); s >= 0 {
-				return fmt.Errorf("node %d scores the rogue %.0f", i, s)
-			}
-		}
-		return nil
-	})
-	for i, n := range tn.Nodes() {
-		if got := storedOf(t, n, ids); got > 0 {
-			t.Errorf("node %d stored %d of the %d gossiped leases and receipts of honest jobs", i, got, len(raws))
-		}
-	}
-	if err != nil {
-		t.Errorf("the rogue's gossip score did not go down: %v", err)
-	}
-	for i, n := range tn.Nodes() {
-		for j, m := range tn.Nodes() {
-			if s, ok := n.GossipScore(m.ID()); i != j && ok && s < 0 {
-				t.Errorf("node %d scores honest node %d %.0f", i, j, s)
-			}
-		}
-	}
+	gossipRefused(t, tn, r, raws, ids, "leases and receipts of honest jobs")
 
 	// The reconciliation half: fresh keys, offered to node 0 directly.
 	raws, ids = fanOutChains(t, 20, holds, leases)

@@ -139,42 +139,7 @@ func TestUnfundedLedgerSpamIsRefused(t *testing.T) {
 
 	requester, _, _ := crypto.GenerateEd25519Key(rand.Reader)
 	raws, ids := unfundedChains(t, 100, 500, requester)
-	pace := time.NewTicker(10 * time.Millisecond)
-	defer pace.Stop()
-	for i := 0; i < len(raws); i += 128 {
-		<-pace.C
-		msg := []byte{1} // a batch of entries
-		for _, raw := range raws[i:min(i+128, len(raws))] {
-			msg = protocol.AppendFrame(msg, raw)
-		}
-		if err := r.topic.Publish(ctx, msg); err != nil {
-			t.Fatal(err)
-		}
-	}
-	err := testnet.WaitFor(ctx, deadline, func() error {
-		for i, n := range tn.Nodes() {
-			if s, _ := n.GossipScore(r.host.ID()); s >= 0 {
-				return fmt.Errorf("node %d scores the rogue %.0f", i, s)
-			}
-		}
-		return nil
-	})
-	for i, n := range tn.Nodes() {
-		if got := storedOf(t, n, ids); got > 0 {
-			t.Errorf("node %d stored %d of the %d gossiped unfunded entries", i, got, len(raws))
-		}
-	}
-	if err != nil {
-		t.Errorf("the rogue's gossip score did not go down: %v", err)
-	}
-	// The honest members' own ledger gossip costs them nothing.
-	for i, n := range tn.Nodes() {
-		for j, m := range tn.Nodes() {
-			if s, ok := n.GossipScore(m.ID()); i != j && ok && s < 0 {
-				t.Errorf("node %d scores honest node %d %.0f", i, j, s)
-			}
-		}
-	}
+	gossipRefused(t, tn, r, raws, ids, "unfunded entries")
 
 	// The reconciliation half: fresh accounts, offered to node 0 directly.
 	raws, ids = unfundedChains(t, 10, 500, requester)
@@ -276,4 +241,49 @@ func readSyncFrame(t *testing.T, r *bufio.Reader) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// gossipRefused has the rogue gossip raws (entries of the accounts ids) in
+// batches of 128, paced so that the members' validation queues keep up,
+// and checks that no member stores any of them, that every member scores
+// the rogue down, and that no member scores another down.
+func gossipRefused(t *testing.T, tn *testnet.Testnet, r *ledgerRogue, raws [][]byte, ids []peer.ID, what string) {
+	t.Helper()
+	ctx := context.Background()
+	pace := time.NewTicker(10 * time.Millisecond)
+	defer pace.Stop()
+	for i := 0; i < len(raws); i += 128 {
+		<-pace.C
+		msg := []byte{1} // a batch of entries
+		for _, raw := range raws[i:min(i+128, len(raws))] {
+			msg = protocol.AppendFrame(msg, raw)
+		}
+		if err := r.topic.Publish(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := testnet.WaitFor(ctx, deadline, func() error {
+		for i, n := range tn.Nodes() {
+			if s, _ := n.GossipScore(r.host.ID()); s >= 0 {
+				return fmt.Errorf("node %d scores the rogue %.0f", i, s)
+			}
+		}
+		return nil
+	})
+	for i, n := range tn.Nodes() {
+		if got := storedOf(t, n, ids); got > 0 {
+			t.Errorf("node %d stored %d of the %d gossiped %s", i, got, len(raws), what)
+		}
+	}
+	if err != nil {
+		t.Errorf("the rogue's gossip score did not go down: %v", err)
+	}
+	// The honest members' own ledger gossip costs them nothing.
+	for i, n := range tn.Nodes() {
+		for j, m := range tn.Nodes() {
+			if s, ok := n.GossipScore(m.ID()); i != j && ok && s < 0 {
+				t.Errorf("node %d scores honest node %d %.0f", i, j, s)
+			}
+		}
+	}
 }
