@@ -44,39 +44,22 @@ func honestJobs(t *testing.T, n *node.Node) (holds []storage.Entry, leases map[s
 // as a flood would send them.
 func fanOutChains(t *testing.T, accounts int, holds []storage.Entry, leases map[storage.Hash]storage.LeaseBody) (raws [][]byte, ids []peer.ID) {
 	t.Helper()
-	type chain struct {
-		priv crypto.PrivKey
-		id   peer.ID
-		prev storage.Hash
-		seq  uint64
-	}
-	chains := make([]chain, accounts)
+	chains := make([]*ledgerChain, accounts)
 	for i := range chains {
-		priv, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-		id, _ := peer.IDFromPrivateKey(priv)
-		chains[i] = chain{priv: priv, id: id}
-		ids = append(ids, id)
+		chains[i] = newLedgerChain(t, nil)
+		ids = append(ids, chains[i].id)
 	}
-	now := time.Now()
 	for _, hold := range holds {
 		job := hold.Body.(storage.HoldBody).Job
 		receipt := storage.ReceiptBody{Job: job, Receipt: sha256.Sum256(job[:]),
 			Result: "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku", Usage: storage.Usage{WallMS: 1000, GPUMS: 1000}}
 		for _, lease := range []bool{true, false} {
-			for i := range chains {
-				c := &chains[i]
+			for i, c := range chains {
 				var body storage.Body = receipt
 				if lease {
-					body = fanOutLease(t, i, c.priv, job, hold.Account, leases[job])
+					body = fanOutLease(t, i, c.key, job, hold.Account, leases[job])
 				}
-				c.seq++
-				e := storage.Entry{Account: c.id, Seq: c.seq, Prev: c.prev, Time: now, Body: body}
-				if err := e.Sign("testnet", c.priv); err != nil {
-					t.Fatal(err)
-				}
-				raw := e.Encode()
-				c.prev = sha256.Sum256(raw)
-				raws = append(raws, raw)
+				raws = append(raws, c.next(body))
 			}
 		}
 	}

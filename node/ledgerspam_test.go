@@ -70,22 +70,13 @@ func newLedgerRogue(t *testing.T, tn *testnet.Testnet) *ledgerRogue {
 func unfundedChains(t *testing.T, accounts, perAccount int, requester crypto.PrivKey) (raws [][]byte, ids []peer.ID) {
 	t.Helper()
 	requesterID, _ := peer.IDFromPrivateKey(requester)
-	type chain struct {
-		priv crypto.PrivKey
-		id   peer.ID
-		prev storage.Hash
-	}
-	chains := make([]chain, accounts)
+	chains := make([]*ledgerChain, accounts)
 	for i := range chains {
-		priv, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-		id, _ := peer.IDFromPrivateKey(priv)
-		chains[i] = chain{priv: priv, id: id}
-		ids = append(ids, id)
+		chains[i] = newLedgerChain(t, nil)
+		ids = append(ids, chains[i].id)
 	}
-	now := time.Now()
 	for seq := uint64(1); seq <= uint64(perAccount); seq++ {
-		for i := range chains {
-			c := &chains[i]
+		for i, c := range chains {
 			job := sha256.Sum256(fmt.Appendf(nil, "%s/%d", c.id, (seq+1)/2))
 			var body storage.Body = storage.ReceiptBody{Job: job, Receipt: sha256.Sum256(job[:]),
 				Result: "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku", Usage: storage.Usage{WallMS: 1000, GPUMS: 1000}}
@@ -97,13 +88,7 @@ func unfundedChains(t *testing.T, accounts, perAccount int, requester crypto.Pri
 				}
 				body = storage.LeaseBody{Job: job, Requester: requesterID, Price: 1, Attempt: 1, Grant: grant}
 			}
-			e := storage.Entry{Account: c.id, Seq: seq, Prev: c.prev, Time: now, Body: body}
-			if err := e.Sign("testnet", c.priv); err != nil {
-				t.Fatal(err)
-			}
-			raw := e.Encode()
-			c.prev = sha256.Sum256(raw)
-			raws = append(raws, raw)
+			raws = append(raws, c.next(body))
 		}
 	}
 	return raws, ids

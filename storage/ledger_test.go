@@ -1258,17 +1258,7 @@ func downgradeToFormat2(t *testing.T, db *badger.DB) {
 func TestLedgerUpgradesFormat2(t *testing.T) {
 	dir := t.TempDir()
 	env := newLedgerEnv(t)
-	open := func() (*DB, *Ledger) {
-		db, err := Open(dir, Options{Network: testNet})
-		if err != nil {
-			t.Fatal(err)
-		}
-		l, err := OpenLedger(db, testNet, env.g, env.clock.Now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return db, l
-	}
+	open := func() (*DB, *Ledger) { return openLedgerIn(t, dir, env) }
 	db, l := open()
 	for _, raw := range [][]byte{
 		env.a.next(t, GrantBody{Amount: 1000}),
@@ -1337,17 +1327,7 @@ func TestLedgerUpgradesFormat2(t *testing.T) {
 func TestLedgerUpgradesFormat3(t *testing.T) {
 	dir := t.TempDir()
 	env := newLedgerEnv(t)
-	open := func() (*DB, *Ledger) {
-		db, err := Open(dir, Options{Network: testNet})
-		if err != nil {
-			t.Fatal(err)
-		}
-		l, err := OpenLedger(db, testNet, env.g, env.clock.Now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return db, l
-	}
+	open := func() (*DB, *Ledger) { return openLedgerIn(t, dir, env) }
 	db, l := open()
 	for _, raw := range [][]byte{
 		env.a.nextV1(t, GrantBody{Amount: 1000}),
@@ -1408,4 +1388,18 @@ func TestLedgerUpgradesFormat3(t *testing.T) {
 	if _, err := l.Ingest(env.b.next(t, env.a.leaseFor(t, env.b.id, job("2"), 1))); err != nil {
 		t.Fatalf("lease of the posting hold after the upgrade: %v", err)
 	}
+}
+
+// openLedgerIn opens the database in dir and env's ledger on it.
+func openLedgerIn(t *testing.T, dir string, env *ledgerEnv) (*DB, *Ledger) {
+	t.Helper()
+	db, err := Open(dir, Options{Network: testNet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := OpenLedger(db, testNet, env.g, env.clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db, l
 }
