@@ -1,0 +1,430 @@
+package node
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"math"
+	"math/bits"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
+	"github.com/mira-market/mira/storage"
+)
+
+// errCostOverflow refuses a price that makes a job's cost overflow.
+var errCostOverflow = errors.New("price times GPUs times max_duration overflows")
+
+// maxCost is what a job can cost at most: its price per GPU-second for
+// every GPU (a job without GPUs is billed as one) for its whole
+// max_duration, in micro-credits.
+func maxCost(price uint64, spec *pb.JobSpec) (uint64, error) {
+	gpus := max(uint64(spec.GetResources().GetGpus()), 1)
+	secs := (uint64(max(spec.GetMaxDurationMs(), 0)) + 999) / 1000
+	hi, perSec := bits.Mul64(price, gpus)
+	hi2, total := bits.Mul64(perSec, secs)
+	if hi != 0 || hi2 != 0 {
+		return 0, errCostOverflow
+	}
+	return total, nil
+}
+
+// cost is what a run used at price: GPU-milliseconds metered by the
+// provider, rounded up to a whole micro-credit, never above the hold.
+func cost(price uint64, u *pb.Usage, hold uint64) uint64 {
+	if u == nil || u.GpuMs <= 0 {
+		return 0
+	}
+	hi, lo := bits.Mul64(price, uint64(u.GpuMs))
+	if hi != 0 || lo > math.MaxUint64-999 {
+		return hold
+	}
+	return min((lo+999)/1000, hold)
+}
+
+// offerHoldWrite is the ledger write that escrows a job's maximum cost at
+// its max price once the job is posted (and persisted), naming no
+// provider: it is synced while the offer collects bids, so the first award
+// finds it on disk and leaves without waiting for a sync. An interactive
+// job's first bid can come within a millisecond, so its hold goes at once;
+// a batch job's waits up to lazyWrite to share a sync with others, a small
+// part of its bid window (and an award that comes first takes it along).
+// Without the credits for it, nothing is written and the award writes a
+// hold at the winning price instead.
+func (n *Node) offerHoldWrite(id protocol.JobID, spec *pb.JobSpec) *ledgerWrite {
+	amount, err := maxCost(spec.GetMaxPrice(), spec)
+	if err != nil || amount == 0 {
+		return nil
+	}
+	body := storage.HoldBody{Job: storage.Hash(id), Amount: amount}
+	return &ledgerWrite{
+		jobs:   []protocol.JobID{id},
+		urgent: spec.GetTier() == protocol.TierInteractive,
+		bodies: func() []storage.Body {
+			if _, ok, err := n.ledger.HoldFor(n.host.ID(), body.Job); err != nil || ok {
+				return nil
+			}
+			// Holds computed earlier in the same batch are not applied
+			// yet: count them, so this one does not make the batch fail.
+			b, err := n.ledger.Balance(n.host.ID())
+			if err != nil || b.Available() < n.market.writer.batchHeld+amount {
+				return nil
+			}
+			n.market.writer.batchHeld += amount
+			return []storage.Body{body}
+		},
+	}
+}
+
+// escrowWrite is the ledger write that backs awards with holds: the open
+// hold that already covers it (the posting's, naming no provider, for a
+// first award), or a new one (after a release of an old one that does not
+// fit). done gets each award's hold entry, or the error that keeps it from
+// being sent.
+func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, errs []error)) *ledgerWrite {
+	holds, errs := make([][]byte, len(awards)), make([]error, len(awards))
+	at := make([]int, len(awards)) // index of each new hold in the bodies, or -1
+	w := &ledgerWrite{sends: true}
+	for _, a := range awards {
+		w.jobs = append(w.jobs, a.id)
+	}
+	w.bodies = func() []storage.Body {
+		var bodies []storage.Body
+		for i, a := range awards {
+			at[i] = -1
+			job := storage.Hash(a.id)
+			amount, err := maxCost(a.price, a.spec)
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			// A hold escrows something (the ledger refuses a hold of
+			// nothing), even for a job at price 0.
+			amount = max(amount, 1)
+			e, ok, err := n.ledger.HoldEntry(n.host.ID(), job)
+			if err != nil {
+				errs[i] = err
+				continue
+			}
+			if !ok {
+				// A job this node's ledger shows paid (by an earlier run,
+				// whose records a restored data dir lacks) is never held
+				// again: it could not be paid twice, and the hold would
+				// stay open.
+				if _, paid, err := n.ledger.PaymentFor(n.host.ID(), job); err != nil || paid {
+					errs[i] = cmp.Or(err, errJobPaid)
+					continue
+				}
+			}
+			if ok {
+				// The posting's hold, naming no provider, backs only the
+				// first award: a provider then knows no other award
+				// shares it. Every other award gets a hold of its own,
+				// even one to the provider the open hold names (re-awarded
+				// after it declined or was preempted): the ledger admits
+				// a provider's lease of a job once for each hold that
+				// names it, so a hold backs one award.
+				h, _ := e.Body.(storage.HoldBody)
+				if h.Provider == "" && a.award.Attempt == 1 && h.Amount >= amount {
+					holds[i] = e.Encode()
+					continue
+				}
+				bodies = append(bodies, storage.ReleaseBody{Job: job})
+			}
+			at[i] = len(bodies)
+			bodies = append(bodies, storage.HoldBody{Job: job, Provider: a.provider, Amount: amount})
+		}
+		return bodies
+	}
+	w.done = func(written []*storage.Entry, werrs []error) {
+		for i, k := range at {
+			switch {
+			case k < 0:
+			case written[k] == nil:
+				errs[i] = n.describeRefusal(werrs[k])
+			default:
+				holds[i] = written[k].Encode()
+			}
+		}
+		done(holds, errs)
+	}
+	// Failed without being written (the head stayed unconfirmed).
+	w.fail = func(err error) {
+		for i := range errs {
+			errs[i] = err
+		}
+		done(holds, errs)
+	}
+	return w
+}
+
+// errJobPaid refuses a hold for a job this node has already paid.
+var errJobPaid = errors.New("this node's ledger shows the job paid already")
+
+// escrowRequest is an award to back with a hold.
+type escrowRequest struct {
+	id        protocol.JobID
+	award     *pb.Award
+	provider  peer.ID
+	price     uint64
+	spec      *pb.JobSpec
+	knownSeq  uint64 // the provider's head of this node's chain, from its bid
+	withChain bool   // the award carries the entries after knownSeq
+}
+
+// chainBefore returns this node's entries after seq after and before the
+// hold entry, oldest first, for an award to carry: nil when there are none,
+// or more than an award may carry (the provider then fetches them).
+func (n *Node) chainBefore(hold []byte, after uint64) [][]byte {
+	h, err := storage.DecodeEntry(hold)
+	if err != nil || after >= h.Seq-1 || h.Seq-1-after > protocol.MaxAwardChain {
+		return nil
+	}
+	es, err := n.ledger.Entries(n.host.ID(), after, int(h.Seq-after-1))
+	if err != nil {
+		return nil
+	}
+	chain := make([][]byte, 0, len(es))
+	size := 0
+	for _, e := range es {
+		raw := e.Encode()
+		// Half a message at most, so the signed award always fits.
+		if size += len(raw); e.Seq >= h.Seq || len(raw) > protocol.MaxHoldEntry || size > protocol.MaxMarketMessageSize/2 {
+			return nil
+		}
+		chain = append(chain, raw)
+	}
+	return chain
+}
+
+// settleWrite is the ledger write that settles the finished ones among
+// jobs, once they are persisted: a payment to the provider whose result
+// was accepted, for the usage its receipt states, or a release. The hold
+// stays open until then, so a crash between the two is settled on
+// restart. nil if none has finished.
+func (n *Node) settleWrite(jobs []*market.Job) *ledgerWrite {
+	var ended []*market.Job
+	for _, j := range jobs {
+		if j.State.Terminal() {
+			c := *j // the engine's job may change while the writer reads it
+			ended = append(ended, &c)
+		}
+	}
+	if len(ended) == 0 {
+		return nil
+	}
+	w := &ledgerWrite{bodies: func() []storage.Body { return n.settlements(ended) }}
+	for _, j := range ended {
+		w.jobs = append(w.jobs, j.ID)
+	}
+	return w
+}
+
+func (n *Node) settlements(jobs []*market.Job) []storage.Body {
+	var bodies []storage.Body
+	for _, j := range jobs {
+		if b := n.settlement(j); b != nil {
+			bodies = append(bodies, b)
+		}
+	}
+	return bodies
+}
+
+// settlement is the entry that settles a finished job's open hold; nil if
+// the job has not finished or has no open hold.
+func (n *Node) settlement(j *market.Job) storage.Body {
+	if !j.State.Terminal() {
+		return nil
+	}
+	hold, ok, err := n.ledger.HoldFor(n.host.ID(), storage.Hash(j.ID))
+	if err != nil || !ok {
+		return nil
+	}
+	if j.State == market.Succeeded && len(j.Receipt) > 0 {
+		// A hold from the posting covers the max price: the payment is
+		// capped at the agreed price's maximum cost, whatever usage the
+		// provider reports.
+		limit := hold.Amount
+		if agreed, err := maxCost(j.Price, j.Spec()); err == nil {
+			limit = min(limit, agreed)
+		}
+		return storage.PaymentBody{
+			Job: storage.Hash(j.ID), To: j.Provider, Receipt: sha256.Sum256(j.Receipt),
+			Amount: cost(j.Price, j.Usage, limit),
+		}
+	}
+	return storage.ReleaseBody{Job: storage.Hash(j.ID)}
+}
+
+// appendAll writes bodies to this node's chain with one sync per batch and
+// gossips them; if a batch is refused (all or nothing), its bodies are
+// written one by one, so one bad entry costs only itself. It returns the
+// entries written, nil where a body was refused, and each refusal's
+// error. Before the node has confirmed its head it writes nothing.
+func (n *Node) appendAll(bodies []storage.Body, what string) ([]*storage.Entry, []error) {
+	out, errs := make([]*storage.Entry, len(bodies)), make([]error, len(bodies))
+	if err := n.head.err(); err != nil {
+		if len(bodies) > 0 {
+			n.log.Warn(what+": not written", "entries", len(bodies), "err", err)
+		}
+		for i := range errs {
+			errs[i] = err
+		}
+		return out, errs
+	}
+	for start := 0; start < len(bodies); start += storage.MaxAppendBatch {
+		chunk := bodies[start:min(start+storage.MaxAppendBatch, len(bodies))]
+		es, err := n.ledger.AppendBatch(n.priv, chunk)
+		if err == nil {
+			raws := make([][]byte, len(es))
+			for i := range es {
+				out[start+i] = &es[i]
+				raws[i] = es[i].Encode()
+			}
+			n.entryGossip.add(raws)
+			continue
+		}
+		for i, b := range chunk {
+			e, err := n.signEntry(b)
+			if err != nil {
+				n.log.Error(what, "kind", b.Kind(), "err", err)
+				errs[start+i] = err
+				continue
+			}
+			out[start+i] = &e
+		}
+	}
+	return out, errs
+}
+
+// checkHold makes sure the requester escrowed a lease's maximum cost before
+// the provider runs it: the award's hold entry must be valid in this
+// node's ledger (its chain is fetched from the requester if this node
+// lacks earlier entries), cover the price, and back a lease that this
+// provider has not taken yet: a hold backs one run, and a run whose lease
+// the ledger refuses would have no record. On success the lease is
+// claimed (storage.Ledger.ClaimLease) until leaseWrite has written it.
+func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
+	if len(l.Hold) == 0 {
+		return errors.New("award without an escrow hold")
+	}
+	if len(l.Chain) > 0 {
+		// The award carried the entries this node lacked before the hold.
+		if _, err := n.ingestFetched(l.Requester, l.Chain); err != nil {
+			return fmt.Errorf("escrow hold's chain: %w", err)
+		}
+	}
+	err := n.ingestOne(l.Hold)
+	// A hold that waits for earlier entries of the requester's chain (they
+	// come by gossip, maybe after the award) is fetched from the requester,
+	// retrying until the lease's deadline.
+	for delay := 50 * time.Millisecond; errors.Is(err, storage.ErrGap); delay = min(2*delay, time.Second) {
+		if serr := n.syncChainOnce(ctx, l.Requester); serr != nil {
+			n.log.Debug("fetch requester's chain", "requester", l.Requester, "err", serr)
+		}
+		if err = n.ingestOne(l.Hold); !errors.Is(err, storage.ErrGap) {
+			break
+		}
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return fmt.Errorf("escrow hold: %w", ctx.Err())
+		}
+	}
+	if err != nil && !errors.Is(err, storage.ErrDuplicate) {
+		return fmt.Errorf("escrow hold: %w", err)
+	}
+	hold, ok, err := n.ledger.HoldFor(l.Requester, storage.Hash(l.Job))
+	if err != nil {
+		return fmt.Errorf("escrow hold: %w", err)
+	}
+	if !ok {
+		return errors.New("escrow hold: none open for the job")
+	}
+	switch {
+	case hold.Provider == "" && l.Attempt != 1:
+		return fmt.Errorf("escrow hold names no provider, and this is award %d of the job", l.Attempt)
+	case hold.Provider != "" && hold.Provider != n.host.ID():
+		return fmt.Errorf("escrow hold names provider %s, not this one", hold.Provider)
+	}
+	want, err := maxCost(l.Price, l.Spec)
+	if err != nil {
+		return fmt.Errorf("escrow hold: %w", err)
+	}
+	if hold.Amount < want {
+		return fmt.Errorf("escrow hold of %d does not cover the job's %d", hold.Amount, want)
+	}
+	// A requester that awards this provider the job again on a hold that
+	// already backs its lease (a rogue one: an honest one writes a hold
+	// for each award) gets no second run.
+	if err := n.ledger.ClaimLease(n.host.ID(), l.Requester, storage.Hash(l.Job)); err != nil {
+		return fmt.Errorf("escrow hold backs no further run of the job by this provider (award %d): %w", l.Attempt, err)
+	}
+	return nil
+}
+
+// signGrant signs an award's grant: this node, its requester, grants the
+// award's provider a lease of the job at its price and attempt. The
+// provider's lease entry quotes it; without it no ledger takes the lease.
+func (n *Node) signGrant(a *pb.Award) ([]byte, error) {
+	g := storage.LeaseGrant{Job: storage.Hash(a.JobId), Requester: n.host.ID(), Provider: peer.ID(a.Provider),
+		Price: a.Price, Attempt: a.Attempt}
+	return g.Sign(n.cfg.Network, n.priv)
+}
+
+// checkGrant checks an award's grant to this provider (market.Config's
+// CheckGrant, on the engine's loop): the same check every ledger makes of
+// the lease entry that will quote it. An award it refuses is declined,
+// and counted as a refused message ("bad grant").
+func (n *Node) checkGrant(requester peer.ID, job protocol.JobID, a *pb.Award) error {
+	g := storage.LeaseGrant{Job: storage.Hash(job), Requester: requester, Provider: n.host.ID(),
+		Price: a.Price, Attempt: a.Attempt}
+	if err := g.Verify(n.cfg.Network, a.Grant); err != nil {
+		n.market.rejected.WithLabelValues("bad grant").Inc()
+		n.log.Debug("award declined", "job", job, "requester", requester, "err", err)
+		return err
+	}
+	return nil
+}
+
+// leaseWrite is the ledger write that records, in this provider's chain,
+// that it took a lease (after checkHold found the hold that backs it and
+// claimed the lease, a claim given back once the lease is written),
+// quoting the requester's grant of the award.
+func (n *Node) leaseWrite(l *market.Lease) *ledgerWrite {
+	body := storage.LeaseBody{Job: storage.Hash(l.Job), Requester: l.Requester, Price: l.Price,
+		Attempt: l.Attempt, Grant: l.Grant}
+	return &ledgerWrite{
+		bodies: func() []storage.Body {
+			n.market.writer.batchLeases[body.Job]++
+			return []storage.Body{body}
+		},
+		done: func([]*storage.Entry, []error) { n.ledger.UnclaimLease(n.host.ID(), body.Job) },
+	}
+}
+
+// receiptWrite is the ledger write that records, in this provider's
+// chain, the receipt it signed: the signed result's hash, the result's
+// content ID and the usage. The ledger takes one receipt for each lease
+// of the job in this chain: a result without a lease (the run stopped at
+// the escrow check) has none, and writes nothing.
+func (n *Node) receiptWrite(r *pb.Result, raw []byte) *ledgerWrite {
+	body := storage.ReceiptBody{Job: storage.Hash(r.JobId), Receipt: sha256.Sum256(raw), Result: r.ResultId,
+		Usage: storage.Usage{WallMS: uint64(r.GetUsage().GetWallMs()), GPUMS: uint64(r.GetUsage().GetGpuMs()), ExitCode: r.ExitCode}}
+	return &ledgerWrite{bodies: func() []storage.Body {
+		w := n.market.writer
+		leases, receipts, err := n.ledger.Leases(n.host.ID(), body.Job)
+		if err != nil || leases+w.batchLeases[body.Job] <= receipts+w.batchReceipts[body.Job] {
+			n.log.Debug("no lease left for a receipt; not recorded", "job", body.Job, "err", err)
+			return nil
+		}
+		w.batchReceipts[body.Job]++
+		return []storage.Body{body}
+	}}
+}
