@@ -10,6 +10,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/storage"
 )
 
@@ -115,13 +116,13 @@ func (n *Node) pushFraudProofs(ctx context.Context, p peer.ID, accounts []peer.I
 	}
 	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	st, br, bw, err := n.openSync(ctx, p, syncFraud)
+	st, br, bw, err := n.openSync(ctx, p, protocol.SyncFraud)
 	if err != nil {
 		return nil, err
 	}
 	defer n.closeSync(st)
 	for _, b := range append(proofs, nil) { // an empty frame ends the list
-		if err := writeFrame(bw, b); err != nil {
+		if err := protocol.WriteFrame(bw, b); err != nil {
 			return nil, err
 		}
 	}
@@ -142,7 +143,7 @@ func (n *Node) pushFraudProofs(ctx context.Context, p peer.ID, accounts []peer.I
 // gossiped on; one against an account already frozen is not checked again.
 func (n *Node) serveFraudProofs(br *bufio.Reader, bw *bufio.Writer) error {
 	for range maxProofsPerPush + 1 {
-		frame, err := readFrame(br)
+		frame, err := protocol.ReadFrame(br, protocol.MaxSyncFrame)
 		if err != nil {
 			return err
 		}

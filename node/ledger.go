@@ -19,20 +19,6 @@ import (
 // GenesisFile is the network's genesis in a node's data dir.
 const GenesisFile = "genesis.json"
 
-// Ledger gossip messages: a type byte, then entries (each after its
-// uvarint length) or a fraud proof.
-const (
-	ledgerMsgEntries = 1
-	ledgerMsgFraud   = 2
-)
-
-// ledgerTopic is the name of network's ledger gossip topic.
-func ledgerTopic(network string) string { return protocol.Prefix(network) + "/ledger/2" }
-
-// maxGossipEntries bounds the entries of one ledger gossip message, so one
-// stays under pubsub's 1 MiB message limit (entries are at most 4 KiB).
-const maxGossipEntries = 128
-
 // loadGenesis reads the data dir's genesis file. Without one the node has
 // an empty genesis: no grants, so it can earn credits but not spend them.
 func loadGenesis(cfg Config) (*storage.Genesis, error) {
@@ -84,7 +70,7 @@ func (n *Node) startLedger(ctx context.Context) error {
 		}
 		n.rset.add(item.Hash)
 	}
-	name := ledgerTopic(n.cfg.Network)
+	name := protocol.LedgerTopic(n.cfg.Network)
 	if err := n.pubsub.RegisterTopicValidator(name, n.validateLedgerGossip); err != nil {
 		return fmt.Errorf("topic validator %s: %w", name, err)
 	}
@@ -126,12 +112,12 @@ func (n *Node) signEntry(body storage.Body) (storage.Entry, error) {
 // allows: a node's batch of writes costs its peers one validation.
 func (n *Node) publishEntries(raws [][]byte) {
 	for len(raws) > 0 {
-		k := min(len(raws), maxGossipEntries)
+		k := min(len(raws), protocol.MaxGossipEntries)
 		var msg []byte
 		for _, raw := range raws[:k] {
 			msg = protocol.AppendFrame(msg, raw)
 		}
-		n.publishLedger(ledgerMsgEntries, msg)
+		n.publishLedger(protocol.LedgerGossipEntries, msg)
 		raws = raws[k:]
 	}
 }
@@ -140,7 +126,7 @@ func (n *Node) publishEntries(raws [][]byte) {
 func decodeGossipEntries(b []byte) ([][]byte, error) {
 	// One encoding per batch (minimal lengths, nothing trailing): the same
 	// entries never travel as different messages.
-	return protocol.SplitFrames(b, maxGossipEntries, storage.MaxEntrySize)
+	return protocol.SplitFrames(b, protocol.MaxGossipEntries, storage.MaxEntrySize)
 }
 
 func (n *Node) publishLedger(kind byte, b []byte) {
@@ -177,7 +163,7 @@ func (n *Node) validateLedgerMessage(from peer.ID, m *pubsub.Message) pubsub.Val
 		return pubsub.ValidationReject
 	}
 	switch m.Data[0] {
-	case ledgerMsgEntries:
+	case protocol.LedgerGossipEntries:
 		raws, err := decodeGossipEntries(m.Data[1:])
 		if err != nil {
 			n.ledgerRejected.Inc()
@@ -203,7 +189,7 @@ func (n *Node) validateLedgerMessage(from peer.ID, m *pubsub.Message) pubsub.Val
 			return pubsub.ValidationIgnore // our store failed, not the sender
 		}
 		return n.batchVerdict(from, fresh, res)
-	case ledgerMsgFraud:
+	case protocol.LedgerGossipFraud:
 		p, err := storage.DecodeFraudProof(m.Data[1:])
 		if err == nil {
 			err = n.ledger.IngestFraudProof(p)
@@ -305,7 +291,7 @@ func (n *Node) spreadFraud(p storage.FraudProof) {
 	if a, err := storage.DecodeEntry(p.A); err == nil {
 		n.log.Warn("equivocation: account frozen", "account", a.Account, "seq", a.Seq)
 	}
-	n.publishLedger(ledgerMsgFraud, p.Encode())
+	n.publishLedger(protocol.LedgerGossipFraud, p.Encode())
 }
 
 // ledgerVerdict judges a gossiped fraud proof by what ingesting it did.

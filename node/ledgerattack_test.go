@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -238,7 +237,7 @@ func gossipOnlyTo(t *testing.T, tn *testnet.Testnet, i int) *pubsub.Topic {
 	if err := h.Connect(context.Background(), *info); err != nil {
 		t.Fatal(err)
 	}
-	topic, err := ps.Join(protocol.Prefix("testnet") + "/ledger/2")
+	topic, err := ps.Join(protocol.LedgerTopic("testnet"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,11 +431,11 @@ type chainServer struct {
 func (s *chainServer) handle(st network.Stream) {
 	defer st.Close()
 	br := bufio.NewReader(st)
-	if kind, err := br.ReadByte(); err != nil || kind != 1 { // 1: a chain request
+	if kind, err := br.ReadByte(); err != nil || kind != protocol.SyncChain {
 		st.Reset()
 		return
 	}
-	req, err := readFrameErr(br)
+	req, err := protocol.ReadFrame(br, protocol.MaxSyncFrame)
 	if err != nil || len(req) < 9 {
 		st.Reset()
 		return
@@ -455,16 +454,6 @@ func (s *chainServer) handle(st network.Stream) {
 	if sent > 0 {
 		s.once.Do(func() { close(s.served) })
 	}
-}
-
-func readFrameErr(r *bufio.Reader) ([]byte, error) {
-	size, err := binary.ReadUvarint(r)
-	if err != nil || size > 1<<16 {
-		return nil, fmt.Errorf("frame of %d bytes: %v", size, err)
-	}
-	b := make([]byte, size)
-	_, err = io.ReadFull(r, b)
-	return b, err
 }
 
 // A node restored from an older copy must not sign a seq that any peer
@@ -525,7 +514,7 @@ func TestHeadGateStaysShutBelowAnOwnEntryShown(t *testing.T) {
 	n := tn.Node(restored)
 	srv := &chainServer{entries: later, served: make(chan struct{})}
 	_, rh := rogueHost(t, tn)
-	rh.SetStreamHandler(libp2pproto.ID(protocol.Prefix("testnet")+"/reconcile/1"), srv.handle)
+	rh.SetStreamHandler(libp2pproto.ID(protocol.ReconcileProtocol("testnet")), srv.handle)
 	info, _ := peer.AddrInfoFromString(n.ListenAddrs()[0])
 	if err := rh.Connect(ctx, *info); err != nil {
 		t.Fatal(err)

@@ -37,8 +37,8 @@ func TestDecodeGossipEntries(t *testing.T) {
 	}{
 		{"one", protocol.Frame(a), 1},
 		{"two", join(protocol.Frame(a), protocol.Frame(b)), 2},
-		{"limit", many(maxGossipEntries), maxGossipEntries},
-		{"over the limit", many(maxGossipEntries + 1), -1},
+		{"limit", many(protocol.MaxGossipEntries), protocol.MaxGossipEntries},
+		{"over the limit", many(protocol.MaxGossipEntries + 1), -1},
 		{"empty", nil, -1},
 		{"zero length", []byte{0}, -1},
 		{"truncated", protocol.Frame(b)[:100], -1},
@@ -235,7 +235,7 @@ func TestFraudProofStoreFailureIsNotTheSenders(t *testing.T) {
 	proof := storage.FraudProof{A: raws[0], B: raws[1]}
 	forged := storage.FraudProof{A: raws[0], B: append(bytes.Clone(raws[1][:len(raws[1])-1]), raws[1][len(raws[1])-1]^1)}
 	msg := func(p storage.FraudProof) *pubsub.Message {
-		return &pubsub.Message{Message: &pubsubpb.Message{Data: append([]byte{ledgerMsgFraud}, p.Encode()...)}}
+		return &pubsub.Message{Message: &pubsubpb.Message{Data: append([]byte{protocol.LedgerGossipFraud}, p.Encode()...)}}
 	}
 	for _, tc := range []struct {
 		name     string

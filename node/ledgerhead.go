@@ -376,7 +376,7 @@ func (n *Node) ownChainFrom(ctx context.Context, p peer.ID) error {
 	ctx, cancel := context.WithTimeout(ctx, headAskTimeout)
 	defer cancel()
 	self := n.host.ID()
-	for range 64 { // bounded, like syncChain: 64 batches of maxChainBatch
+	for range 64 { // bounded, like syncChain: 64 batches of protocol.MaxChainBatch
 		head, err := n.ledger.Head(self)
 		if err != nil {
 			return err
@@ -402,7 +402,7 @@ func (n *Node) ownChainFrom(ctx context.Context, p peer.ID) error {
 		if err := n.holdsOwnUpTo(ctx, p, last.Seq); err != nil {
 			return err
 		}
-		if len(raws) < maxChainBatch {
+		if len(raws) < protocol.MaxChainBatch {
 			return nil
 		}
 	}

@@ -46,7 +46,7 @@ func newLedgerRogue(t *testing.T, tn *testnet.Testnet) *ledgerRogue {
 			t.Fatal(err)
 		}
 	}
-	topic, err := ps.Join(protocol.Prefix("testnet") + "/ledger/2")
+	topic, err := ps.Join(protocol.LedgerTopic("testnet"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func rogueReconcile(t *testing.T, h host.Host, victim *node.Node, raws [][]byte)
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
-	st, err := h.NewStream(ctx, victim.ID(), libp2pproto.ID(protocol.Prefix("testnet")+"/reconcile/1"))
+	st, err := h.NewStream(ctx, victim.ID(), libp2pproto.ID(protocol.ReconcileProtocol("testnet")))
 	if err != nil {
 		t.Fatal(err)
 	}

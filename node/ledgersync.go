@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"time"
 
@@ -19,50 +18,7 @@ import (
 	"github.com/mira-market/mira/storage"
 )
 
-// The ledger sync stream protocol carries one request per stream: a type
-// byte, then the request's frames. Every frame is a uvarint length and at
-// most maxSyncFrame bytes; an empty frame ends a list.
-const (
-	syncChain     = 1 // account, after seq → that account's entries
-	syncReconcile = 2 // a set reconciliation session, then the entries each side lacks
-	// syncList: every entry's hash and time; then hashes asked for → their
-	// entries. (Kind 3 was the same list without times.)
-	syncList = 4
-	// syncFraud: fraud proofs the peer lacks (it offered entries of
-	// accounts this node has frozen), then an empty frame → a byte for each
-	// proof the peer then holds.
-	syncFraud = 5
-
-	maxSyncFrame   = 64 << 10
-	maxChainBatch  = 1024
-	syncTimeout    = 30 * time.Second
-	maxSyncEntries = 1 << 16 // entries moved in one session, each way
-)
-
-func (n *Node) syncProtocol() libp2pproto.ID {
-	return libp2pproto.ID(protocol.Prefix(n.cfg.Network) + "/reconcile/1")
-}
-
-func writeFrame(w io.Writer, b []byte) error {
-	_, err := w.Write(append(binary.AppendUvarint(nil, uint64(len(b))), b...))
-	return err
-}
-
-func readFrame(r *bufio.Reader) ([]byte, error) { return readFrameLimit(r, maxSyncFrame) }
-
-// readFrameLimit reads a frame of at most limit bytes.
-func readFrameLimit(r *bufio.Reader, limit uint64) ([]byte, error) {
-	size, err := binary.ReadUvarint(r)
-	if err != nil {
-		return nil, err
-	}
-	if size > limit {
-		return nil, fmt.Errorf("frame of %d bytes, limit %d", size, limit)
-	}
-	b := make([]byte, size)
-	_, err = io.ReadFull(r, b)
-	return b, err
-}
+const syncTimeout = 30 * time.Second
 
 // handleSync answers a ledger sync request from a peer.
 func (n *Node) handleSync(st network.Stream) {
@@ -79,13 +35,13 @@ func (n *Node) serveSync(st network.Stream) {
 	kind, err := br.ReadByte()
 	if err == nil {
 		switch kind {
-		case syncChain:
+		case protocol.SyncChain:
 			err = n.serveChain(br, bw)
-		case syncReconcile:
+		case protocol.SyncReconcile:
 			err = n.serveReconcile(st.Conn().RemotePeer(), br, bw)
-		case syncList:
+		case protocol.SyncList:
 			err = n.serveListing(br, bw)
-		case syncFraud:
+		case protocol.SyncFraud:
 			err = n.serveFraudProofs(br, bw)
 		default:
 			err = fmt.Errorf("unknown request %d", kind)
@@ -101,7 +57,7 @@ func (n *Node) serveSync(st network.Stream) {
 }
 
 func (n *Node) serveChain(br *bufio.Reader, bw *bufio.Writer) error {
-	req, err := readFrame(br)
+	req, err := protocol.ReadFrame(br, protocol.MaxSyncFrame)
 	if err != nil {
 		return err
 	}
@@ -113,16 +69,16 @@ func (n *Node) serveChain(br *bufio.Reader, bw *bufio.Writer) error {
 	if err != nil {
 		return fmt.Errorf("chain request: %w", err)
 	}
-	es, err := n.ledger.Entries(account, after, maxChainBatch)
+	es, err := n.ledger.Entries(account, after, protocol.MaxChainBatch)
 	if err != nil {
 		return err
 	}
 	for _, e := range es {
-		if err := writeFrame(bw, e.Encode()); err != nil {
+		if err := protocol.WriteFrame(bw, e.Encode()); err != nil {
 			return err
 		}
 	}
-	return writeFrame(bw, nil)
+	return protocol.WriteFrame(bw, nil)
 }
 
 // syncChainOnce runs syncChain for account, one caller at a time: callers
@@ -144,7 +100,7 @@ func (n *Node) syncChainOnce(ctx context.Context, account peer.ID) error {
 // node's head of it on, and ingests it: what a provider does when an award's
 // hold follows entries it has not seen.
 func (n *Node) syncChain(ctx context.Context, account peer.ID) error {
-	for range 64 { // bounded: 64 batches of maxChainBatch entries
+	for range 64 { // bounded: 64 batches of protocol.MaxChainBatch entries
 		head, err := n.ledger.Head(account)
 		if err != nil {
 			return err
@@ -160,7 +116,7 @@ func (n *Node) syncChain(ctx context.Context, account peer.ID) error {
 		if _, err := n.ingestFetched(account, raws); err != nil {
 			return err
 		}
-		if len(raws) < maxChainBatch {
+		if len(raws) < protocol.MaxChainBatch {
 			return nil
 		}
 	}
@@ -170,7 +126,7 @@ func (n *Node) syncChain(ctx context.Context, account peer.ID) error {
 func (n *Node) fetchChain(ctx context.Context, from, account peer.ID, after uint64) ([][]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	st, err := n.host.NewStream(ctx, from, n.syncProtocol())
+	st, err := n.host.NewStream(ctx, from, libp2pproto.ID(protocol.ReconcileProtocol(n.cfg.Network)))
 	if err != nil {
 		return nil, fmt.Errorf("ledger sync with %s: %w", from, err)
 	}
@@ -179,16 +135,16 @@ func (n *Node) fetchChain(ctx context.Context, from, account peer.ID, after uint
 	req := binary.BigEndian.AppendUint64(nil, after)
 	req = append(req, account...)
 	var w bytes.Buffer
-	w.WriteByte(syncChain)
-	writeFrame(&w, req)
+	w.WriteByte(protocol.SyncChain)
+	protocol.WriteFrame(&w, req)
 	if _, err := st.Write(w.Bytes()); err != nil {
 		return nil, err
 	}
 	st.CloseWrite()
 	br := bufio.NewReader(st)
 	var raws [][]byte
-	for len(raws) <= maxChainBatch {
-		b, err := readFrameLimit(br, storage.MaxEntrySize)
+	for len(raws) <= protocol.MaxChainBatch {
+		b, err := protocol.ReadFrame(br, storage.MaxEntrySize)
 		if err != nil {
 			return nil, fmt.Errorf("chain from %s: %w", from, err)
 		}
@@ -197,5 +153,5 @@ func (n *Node) fetchChain(ctx context.Context, from, account peer.ID, after uint
 		}
 		raws = append(raws, b)
 	}
-	return nil, fmt.Errorf("chain from %s: more than %d entries", from, maxChainBatch)
+	return nil, fmt.Errorf("chain from %s: more than %d entries", from, protocol.MaxChainBatch)
 }

@@ -413,7 +413,7 @@ func (n *Node) handleLogs(st network.Stream) {
 	defer st.Close()
 	st.SetReadDeadline(time.Now().Add(10 * time.Second))
 	br := bufio.NewReader(st)
-	raw, err := readFrameLimit(br, 48)
+	raw, err := protocol.ReadFrame(br, 48)
 	if err != nil || len(raw) < 33 {
 		st.Reset()
 		return

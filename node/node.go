@@ -268,7 +268,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err := n.startLedger(runCtx); err != nil {
 		return nil, err
 	}
-	n.host.SetStreamHandler(n.syncProtocol(), n.limits.limitStreams("sync", n.handleSync))
+	n.host.SetStreamHandler(libp2pproto.ID(protocol.ReconcileProtocol(cfg.Network)), n.limits.limitStreams("sync", n.handleSync))
 	if n.IsProvider() {
 		n.jobLimits = n.providerLimits()
 		if n.executors, err = n.startExecutors(runCtx); err != nil {

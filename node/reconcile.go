@@ -16,7 +16,9 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/storage"
 )
 
@@ -130,7 +132,7 @@ func (n *Node) ReconcileStats() ReconcileStats {
 }
 
 func (n *Node) openSync(ctx context.Context, p peer.ID, kind byte) (network.Stream, *bufio.Reader, *bufio.Writer, error) {
-	st, err := n.host.NewStream(ctx, p, n.syncProtocol())
+	st, err := n.host.NewStream(ctx, p, libp2pproto.ID(protocol.ReconcileProtocol(n.cfg.Network)))
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("ledger sync with %s: %w", p, err)
 	}
@@ -155,7 +157,7 @@ func (n *Node) closeSync(st network.Stream) {
 func (n *Node) reconcile(ctx context.Context, p peer.ID) error {
 	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	st, br, bw, err := n.openSync(ctx, p, syncReconcile)
+	st, br, bw, err := n.openSync(ctx, p, protocol.SyncReconcile)
 	if err != nil {
 		return err
 	}
@@ -165,14 +167,14 @@ func (n *Node) reconcile(ctx context.Context, p peer.ID) error {
 	snap := n.rset.snapshot()
 	defer snap.Release()
 	x := storage.NewReconcileInitiator(snap, storage.ReconcileConfig{})
-	if err := writeFrame(bw, x.Start()); err != nil {
+	if err := protocol.WriteFrame(bw, x.Start()); err != nil {
 		return err
 	}
 	for done := false; !done; {
 		if err := bw.Flush(); err != nil {
 			return err
 		}
-		frame, err := readFrame(br)
+		frame, err := protocol.ReadFrame(br, protocol.MaxSyncFrame)
 		if err != nil {
 			return fmt.Errorf("reconcile: %w", err)
 		}
@@ -181,7 +183,7 @@ func (n *Node) reconcile(ctx context.Context, p peer.ID) error {
 			return err
 		}
 		for _, o := range out {
-			if err := writeFrame(bw, o); err != nil {
+			if err := protocol.WriteFrame(bw, o); err != nil {
 				return err
 			}
 		}
@@ -196,14 +198,14 @@ func (n *Node) serveReconcile(p peer.ID, br *bufio.Reader, bw *bufio.Writer) err
 	defer snap.Release()
 	r := storage.NewReconcileResponder(snap, storage.ReconcileConfig{})
 	for done := false; !done; {
-		frame, err := readFrame(br)
+		frame, err := protocol.ReadFrame(br, protocol.MaxSyncFrame)
 		if err != nil {
 			return fmt.Errorf("reconcile: %w", err)
 		}
 		var out [][]byte
 		out, done, err = r.Step(frame)
 		for _, o := range out {
-			if werr := writeFrame(bw, o); werr != nil {
+			if werr := protocol.WriteFrame(bw, o); werr != nil {
 				return werr
 			}
 		}
@@ -239,17 +241,17 @@ func (n *Node) exchangeEntries(p peer.ID, br *bufio.Reader, bw *bufio.Writer, ex
 
 func (n *Node) sendEntries(bw *bufio.Writer, hashes [][32]byte) error {
 	sent := 0
-	for _, h := range hashes[:min(len(hashes), maxSyncEntries)] {
+	for _, h := range hashes[:min(len(hashes), protocol.MaxSyncEntries)] {
 		e, err := n.ledger.EntryByHash(h)
 		if err != nil {
 			continue // e.g. pruned by a fraud proof since the snapshot
 		}
-		if err := writeFrame(bw, e.Encode()); err != nil {
+		if err := protocol.WriteFrame(bw, e.Encode()); err != nil {
 			return err
 		}
 		sent++
 	}
-	if err := writeFrame(bw, nil); err != nil {
+	if err := protocol.WriteFrame(bw, nil); err != nil {
 		return err
 	}
 	n.countReconcile(func(s *ReconcileStats) { s.Sent += sent })
@@ -262,15 +264,15 @@ func (n *Node) sendEntries(bw *bufio.Writer, hashes [][32]byte) error {
 func (n *Node) receiveEntries(p peer.ID, br *bufio.Reader) error {
 	var raws [][]byte
 	for count := 0; ; count++ {
-		b, err := readFrameLimit(br, storage.MaxEntrySize)
+		b, err := protocol.ReadFrame(br, storage.MaxEntrySize)
 		if err != nil {
 			return fmt.Errorf("reconcile entries: %w", err)
 		}
 		if len(b) == 0 {
 			break
 		}
-		if count == maxSyncEntries {
-			return fmt.Errorf("reconcile entries: more than %d", maxSyncEntries)
+		if count == protocol.MaxSyncEntries {
+			return fmt.Errorf("reconcile entries: more than %d", protocol.MaxSyncEntries)
 		}
 		if raws = append(raws, b); len(raws) == ingestBatch {
 			if err := n.ingestSynced(p, raws); err != nil {
@@ -318,19 +320,15 @@ func (n *Node) ingestFetched(p peer.ID, raws [][]byte) (storage.IngestResult, er
 	return res, nil
 }
 
-// A listing is a list of records, each an entry's hash and then its time
-// (Unix nanoseconds, big-endian), so that the node that asked can fetch
-// what it lacks oldest first: an entry after the entries it builds on
-// (its chain's earlier entries, the payments that fund a hold).
-const listingRecord = 32 + 8
-
 // fetchListing is the fallback for a difference too large to decode (a new
-// node): the peer lists every entry it holds, and this node asks for the
-// oldest maxSyncEntries it lacks, in time order.
+// node): the peer lists every entry it holds, each with its time, and this
+// node asks for the oldest protocol.MaxSyncEntries it lacks, in time order:
+// an entry after the entries it builds on (its chain's earlier entries,
+// the payments that fund a hold).
 func (n *Node) fetchListing(ctx context.Context, p peer.ID) error {
 	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	st, br, bw, err := n.openSync(ctx, p, syncList)
+	st, br, bw, err := n.openSync(ctx, p, protocol.SyncList)
 	if err != nil {
 		return err
 	}
@@ -340,8 +338,8 @@ func (n *Node) fetchListing(ctx context.Context, p peer.ID) error {
 	if err := bw.Flush(); err != nil {
 		return err
 	}
-	missing := oldest{limit: maxSyncEntries}
-	err = readRecords(br, listingRecord, func(rec []byte) error {
+	missing := oldest{limit: protocol.MaxSyncEntries}
+	err = readRecords(br, protocol.ListingRecord, func(rec []byte) error {
 		item := storage.LedgerItem{Hash: storage.Hash(rec[:32]), Time: int64(binary.BigEndian.Uint64(rec[32:]))}
 		ok, err := n.ledger.Has(item.Hash)
 		if err == nil && !ok {
@@ -368,7 +366,7 @@ func (n *Node) fetchListing(ctx context.Context, p peer.ID) error {
 // entries asked for.
 func (n *Node) serveListing(br *bufio.Reader, bw *bufio.Writer) error {
 	rw := recordWriter{bw: bw}
-	var rec [listingRecord]byte
+	var rec [protocol.ListingRecord]byte
 	for item, err := range n.ledger.Items() {
 		if err != nil {
 			return err
@@ -384,8 +382,8 @@ func (n *Node) serveListing(br *bufio.Reader, bw *bufio.Writer) error {
 	}
 	var asked [][32]byte
 	err := readRecords(br, 32, func(h []byte) error {
-		if len(asked) == maxSyncEntries {
-			return fmt.Errorf("more than %d hashes asked for", maxSyncEntries)
+		if len(asked) == protocol.MaxSyncEntries {
+			return fmt.Errorf("more than %d hashes asked for", protocol.MaxSyncEntries)
 		}
 		asked = append(asked, [32]byte(h))
 		return nil
@@ -447,21 +445,21 @@ type recordWriter struct {
 }
 
 func (w *recordWriter) add(rec []byte) error {
-	if w.frame = append(w.frame, rec...); len(w.frame)+len(rec) <= maxSyncFrame {
+	if w.frame = append(w.frame, rec...); len(w.frame)+len(rec) <= protocol.MaxSyncFrame {
 		return nil
 	}
-	err := writeFrame(w.bw, w.frame)
+	err := protocol.WriteFrame(w.bw, w.frame)
 	w.frame = w.frame[:0]
 	return err
 }
 
 func (w *recordWriter) end() error {
 	if len(w.frame) > 0 {
-		if err := writeFrame(w.bw, w.frame); err != nil {
+		if err := protocol.WriteFrame(w.bw, w.frame); err != nil {
 			return err
 		}
 	}
-	if err := writeFrame(w.bw, nil); err != nil {
+	if err := protocol.WriteFrame(w.bw, nil); err != nil {
 		return err
 	}
 	return w.bw.Flush()
@@ -471,7 +469,7 @@ func (w *recordWriter) end() error {
 // passing each record to use; an error from use ends the read.
 func readRecords(br *bufio.Reader, size int, use func([]byte) error) error {
 	for {
-		frame, err := readFrame(br)
+		frame, err := protocol.ReadFrame(br, protocol.MaxSyncFrame)
 		if err != nil {
 			return err
 		}

@@ -93,9 +93,9 @@ func (r BlobRequest) Encode() []byte {
 }
 
 // ReadBlobRequest reads and checks one request from r.
-func ReadBlobRequest(r io.ByteReader) (BlobRequest, error) {
+func ReadBlobRequest(r FrameReader) (BlobRequest, error) {
 	var req BlobRequest
-	raw, err := readFrame(r, MaxBlobRequest)
+	raw, err := readBlobFrame(r, MaxBlobRequest)
 	if err != nil {
 		return req, err
 	}
@@ -134,9 +134,9 @@ func (h BlobHeader) Encode() []byte {
 }
 
 // ReadBlobHeader reads and checks one response header from r.
-func ReadBlobHeader(r io.ByteReader) (BlobHeader, error) {
+func ReadBlobHeader(r FrameReader) (BlobHeader, error) {
 	var h BlobHeader
-	raw, err := readFrame(r, MaxBlobHeader)
+	raw, err := readBlobFrame(r, MaxBlobHeader)
 	if err != nil {
 		return h, err
 	}
@@ -155,20 +155,15 @@ func ReadBlobHeader(r io.ByteReader) (BlobHeader, error) {
 	return h, nil
 }
 
-// readFrame reads a version byte after a uvarint length of at most limit.
-func readFrame(r io.ByteReader, limit int) ([]byte, error) {
-	n, err := binary.ReadUvarint(r)
+// readBlobFrame reads a frame of 1..limit bytes and checks its version
+// byte, which it strips.
+func readBlobFrame(r FrameReader, limit int) ([]byte, error) {
+	b, err := ReadFrame(r, uint64(limit))
 	if err != nil {
-		return nil, fmt.Errorf("%w: frame length: %w", ErrBadMessage, err)
+		return nil, err
 	}
-	if n == 0 || n > uint64(limit) {
-		return nil, fmt.Errorf("%w: frame of %d bytes, limit %d", ErrTooLarge, n, limit)
-	}
-	b := make([]byte, n)
-	for i := range b {
-		if b[i], err = r.ReadByte(); err != nil {
-			return nil, fmt.Errorf("%w: short frame: %w", ErrBadMessage, err)
-		}
+	if len(b) == 0 {
+		return nil, fmt.Errorf("%w: frame of 0 bytes, limit %d", ErrTooLarge, limit)
 	}
 	if b[0] != blobVersion {
 		return nil, fmt.Errorf("%w: version %d", ErrBadMessage, b[0])

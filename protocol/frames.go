@@ -3,6 +3,7 @@ package protocol
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 )
 
 // Limits of a market gossip message: several signed offers or taken
@@ -23,6 +24,40 @@ func AppendFrame(b, msg []byte) []byte {
 
 // Frame returns b with its length as a uvarint before it.
 func Frame(b []byte) []byte { return AppendFrame(nil, b) }
+
+// WriteFrame writes b to w with its length as a uvarint before it, in one
+// Write.
+func WriteFrame(w io.Writer, b []byte) error {
+	_, err := w.Write(AppendFrame(nil, b))
+	return err
+}
+
+// FrameReader is what ReadFrame reads from: a bufio.Reader or a
+// bytes.Reader.
+type FrameReader interface {
+	io.Reader
+	io.ByteReader
+}
+
+// ReadFrame reads one frame of at most limit bytes: a uvarint length,
+// then that many bytes. An empty frame is returned as such (some
+// protocols end a list with one). A length past limit is ErrTooLarge;
+// a bad length or a short frame is ErrBadMessage, wrapping the read's
+// error (io.EOF at the end of a stream).
+func ReadFrame(r FrameReader, limit uint64) ([]byte, error) {
+	size, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, fmt.Errorf("%w: frame length: %w", ErrBadMessage, err)
+	}
+	if size > limit {
+		return nil, fmt.Errorf("%w: frame of %d bytes, limit %d", ErrTooLarge, size, limit)
+	}
+	b := make([]byte, size)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, fmt.Errorf("%w: short frame: %w", ErrBadMessage, err)
+	}
+	return b, nil
+}
 
 // SplitFrames splits b, a sequence of uvarint-length-prefixed messages, into
 // at least one and at most maxFrames messages of 1..maxSize bytes each.
