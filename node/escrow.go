@@ -287,7 +287,7 @@ func (n *Node) appendAll(bodies []storage.Body, what string) ([]*storage.Entry, 
 				out[start+i] = &es[i]
 				raws[i] = es[i].Encode()
 			}
-			n.entryGossip.add(raws)
+			n.entryGossip.Add(n.runCtx, raws...)
 			continue
 		}
 		for i, b := range chunk {

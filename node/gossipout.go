@@ -2,10 +2,13 @@ package node
 
 import (
 	"context"
+	"log/slog"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/mira-market/mira/node/gossip"
 	"github.com/mira-market/mira/protocol"
 )
 
@@ -14,66 +17,28 @@ import (
 // a window hundreds of times longer.
 const batchGossipLinger = 5 * time.Millisecond
 
-// gossipOut publishes one tier's signed offers and taken notices, packing
-// those queued together (and, for the batch tier, those that follow within
-// linger) into one gossip message: every node validates, forwards and
-// delivers a gossip message at a cost of its own, whatever it carries.
-type gossipOut struct {
-	n      *Node
-	topic  *pubsub.Topic
-	linger time.Duration
-	in     chan []byte
+// newMarketGossip returns the publisher of one tier's signed offers and
+// taken notices: those queued together (and, for the batch tier, those
+// that follow within batchGossipLinger) go out as one gossip message. A
+// full queue blocks the caller (the market loop) until the publisher
+// catches up, as publishing itself did: nothing is dropped.
+func newMarketGossip(t *pubsub.Topic, tier string, log *slog.Logger) *gossip.Batcher {
+	cfg := gossip.Config{
+		FlushAt: protocol.MaxGossipMarketMessages,
+		Limit:   4096,
+		Pack:    protocol.JoinMarketGossip,
+		Publish: func(ctx context.Context, msg []byte) {
+			if err := t.Publish(ctx, msg); err != nil {
+				log.Debug("publish", "err", err)
+			}
+		},
+	}
+	if tier == protocol.TierBatch {
+		cfg.Delay = batchGossipLinger
+	}
+	return gossip.NewBatcher(cfg)
 }
 
-// publish queues a signed message. A full queue blocks the caller (the
-// market loop) until the publisher catches up, as publishing itself did:
-// nothing is dropped.
-func (g *gossipOut) publish(ctx context.Context, raw []byte) {
-	select {
-	case g.in <- raw:
-	case <-ctx.Done():
-	}
-}
-
-func (g *gossipOut) run(ctx context.Context) {
-	defer g.n.wg.Done()
-	for {
-		var batch [][]byte
-		select {
-		case <-ctx.Done():
-			return
-		case raw := <-g.in:
-			batch = append(batch, raw)
-		}
-		if g.linger > 0 {
-			t := time.NewTimer(g.linger)
-		linger:
-			for len(batch) < protocol.MaxGossipMarketMessages {
-				select {
-				case raw := <-g.in:
-					batch = append(batch, raw)
-				case <-t.C:
-					break linger
-				case <-ctx.Done():
-					t.Stop()
-					return
-				}
-			}
-			t.Stop()
-		}
-	drain:
-		for len(batch) < protocol.MaxGossipMarketMessages {
-			select {
-			case raw := <-g.in:
-				batch = append(batch, raw)
-			default:
-				break drain
-			}
-		}
-		for _, data := range protocol.JoinMarketGossip(batch) {
-			if err := g.topic.Publish(ctx, data); err != nil {
-				g.n.log.Debug("publish", "err", err)
-			}
-		}
-	}
-}
+// GossipScore returns p's gossip score as this node's pubsub last computed
+// it (see gossip.Scores.Score).
+func (n *Node) GossipScore(p peer.ID) (float64, bool) { return n.scores.Score(p) }

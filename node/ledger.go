@@ -90,7 +90,7 @@ func (n *Node) startLedger(ctx context.Context) error {
 			}
 		}
 	}()
-	go n.entryGossip.run(ctx)
+	go func() { defer n.wg.Done(); n.entryGossip.Run(ctx) }()
 	// The genesis grant is claimed once the node has confirmed its head
 	// with its peers (claimGrant): it may have claimed it before.
 	return nil
@@ -104,21 +104,15 @@ func (n *Node) signEntry(body storage.Body) (storage.Entry, error) {
 	if err != nil {
 		return e, err
 	}
-	n.entryGossip.add([][]byte{e.Encode()})
+	n.entryGossip.Add(n.runCtx, e.Encode())
 	return e, nil
 }
 
-// publishEntries gossips entries, as few messages as the size limit
-// allows: a node's batch of writes costs its peers one validation.
+// publishEntries gossips entries at once, as few messages as the size
+// limit allows.
 func (n *Node) publishEntries(raws [][]byte) {
-	for len(raws) > 0 {
-		k := min(len(raws), protocol.MaxGossipEntries)
-		var msg []byte
-		for _, raw := range raws[:k] {
-			msg = protocol.AppendFrame(msg, raw)
-		}
-		n.publishLedger(protocol.LedgerGossipEntries, msg)
-		raws = raws[k:]
+	for _, msg := range packEntries(raws) {
+		n.publishLedger(msg[0], msg[1:])
 	}
 }
 

@@ -2,8 +2,10 @@ package node
 
 import (
 	"context"
-	"sync"
 	"time"
+
+	"github.com/mira-market/mira/node/gossip"
+	"github.com/mira-market/mira/protocol"
 )
 
 // ledgerGossipDelay is how long this node's new ledger entries wait before
@@ -15,52 +17,34 @@ import (
 // what is still queued when the node stops.
 const ledgerGossipDelay = 100 * time.Millisecond
 
-// entryGossip collects own entries and gossips them in batches.
-type entryGossip struct {
-	n    *Node
-	wake chan struct{}
-
-	mu      sync.Mutex
-	pending [][]byte
+// newEntryGossip returns the publisher of this node's own new entries:
+// those written within ledgerGossipDelay of the first go out together.
+// Queueing never blocks.
+func newEntryGossip(n *Node) *gossip.Batcher {
+	return gossip.NewBatcher(gossip.Config{
+		Delay: ledgerGossipDelay,
+		Pack:  packEntries,
+		Publish: func(ctx context.Context, msg []byte) {
+			if err := n.ledgerTopic.Publish(ctx, msg); err != nil {
+				n.log.Debug("publish ledger gossip", "err", err)
+			}
+		},
+	})
 }
 
-func newEntryGossip(n *Node) *entryGossip {
-	return &entryGossip{n: n, wake: make(chan struct{}, 1)}
-}
-
-// add queues entries for the next batch; it never blocks.
-func (g *entryGossip) add(raws [][]byte) {
-	g.mu.Lock()
-	g.pending = append(g.pending, raws...)
-	g.mu.Unlock()
-	select {
-	case g.wake <- struct{}{}:
-	default:
-	}
-}
-
-// run gossips what was queued ledgerGossipDelay after the first entry of
-// each batch, until ctx ends.
-func (g *entryGossip) run(ctx context.Context) {
-	defer g.n.wg.Done()
-	timer := time.NewTimer(0)
-	<-timer.C
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-g.wake:
+// packEntries packs entries into ledger gossip messages, as few as the
+// size limit allows: a node's batch of writes costs its peers one
+// validation.
+func packEntries(raws [][]byte) [][]byte {
+	var msgs [][]byte
+	for len(raws) > 0 {
+		k := min(len(raws), protocol.MaxGossipEntries)
+		msg := []byte{protocol.LedgerGossipEntries}
+		for _, raw := range raws[:k] {
+			msg = protocol.AppendFrame(msg, raw)
 		}
-		timer.Reset(ledgerGossipDelay)
-		select {
-		case <-ctx.Done():
-			return
-		case <-timer.C:
-		}
-		g.mu.Lock()
-		raws := g.pending
-		g.pending = nil
-		g.mu.Unlock()
-		g.n.publishEntries(raws)
+		msgs = append(msgs, msg)
+		raws = raws[k:]
 	}
+	return msgs
 }

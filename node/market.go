@@ -21,6 +21,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/node/gossip"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
 	"github.com/mira-market/mira/storage"
@@ -35,7 +36,7 @@ type marketDriver struct {
 	n       *Node
 	eng     *market.Engine
 	in      chan func()
-	gossip  map[string]*gossipOut // by tier
+	gossip  map[string]*gossip.Batcher // by tier
 	running map[protocol.JobID]runningLease
 	// stepped counts verified messages fed to the engine, by kind;
 	// rejected counts messages refused before it, by reason.
@@ -94,7 +95,7 @@ func (n *Node) marketEngineConfig() market.Config {
 func (n *Node) startMarket(ctx context.Context) error {
 	d := &marketDriver{
 		n: n, eng: market.NewEngine(n.marketEngineConfig()), in: make(chan func(), 256),
-		gossip: map[string]*gossipOut{}, running: map[protocol.JobID]runningLease{},
+		gossip: map[string]*gossip.Batcher{}, running: map[protocol.JobID]runningLease{},
 		watchers:     map[protocol.JobID][]*watcher{},
 		postingHolds: map[protocol.JobID]*ledgerWrite{},
 		outbox:       newOutbox(n),
@@ -133,14 +134,11 @@ func (n *Node) startMarket(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("subscribe %s: %w", name, err)
 		}
-		g := &gossipOut{n: n, topic: t, in: make(chan []byte, 4096)}
-		if tier == protocol.TierBatch {
-			g.linger = batchGossipLinger
-		}
+		g := newMarketGossip(t, tier, n.log)
 		d.gossip[tier] = g
 		n.wg.Add(2)
 		go d.readTopic(ctx, sub)
-		go g.run(ctx)
+		go func() { defer n.wg.Done(); g.Run(ctx) }()
 	}
 	n.host.SetStreamHandler(libp2pproto.ID(protocol.MarketProtocol(n.cfg.Network)), d.handleStream)
 	n.wg.Add(2)
@@ -501,7 +499,7 @@ func (d *marketDriver) process(ctx context.Context) {
 	}
 	for _, o := range r.Publish {
 		if raw := sign(o.Msg); raw != nil {
-			d.gossip[o.Tier].publish(ctx, raw)
+			d.gossip[o.Tier].Add(ctx, raw)
 		}
 	}
 	for _, l := range r.Run {

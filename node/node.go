@@ -36,6 +36,7 @@ import (
 	"github.com/mira-market/mira/node/blob"
 	"github.com/mira-market/mira/node/disk"
 	"github.com/mira-market/mira/node/executor"
+	"github.com/mira-market/mira/node/gossip"
 	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/storage"
@@ -62,9 +63,9 @@ type Node struct {
 	ledger   *storage.Ledger
 	// ledgerTopic carries new ledger entries and fraud proofs.
 	ledgerTopic    *pubsub.Topic
-	entryGossip    *entryGossip // own new entries, gossiped in batches
+	entryGossip    *gossip.Batcher // own new entries, gossiped in batches
 	ledgerRejected prometheus.Counter
-	scores         gossipScores // peers' gossip scores, as pubsub last reported them
+	scores         gossip.Scores // peers' gossip scores, as pubsub last reported them
 	rset           *ledgerSet
 	reconcileMu    sync.Mutex
 	reconcileStats ReconcileStats
@@ -239,8 +240,8 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		// message ID makes a replayed message a duplicate.
 		pubsub.WithMessageSignaturePolicy(pubsub.StrictNoSign),
 		pubsub.WithMessageIdFn(messageID),
-		pubsub.WithPeerScore(peerScoreParams(cfg.Network), peerScoreThresholds),
-		pubsub.WithPeerScoreInspect(pubsub.PeerScoreInspectFn(n.scores.update), scoreInspectPeriod),
+		pubsub.WithPeerScore(gossip.ScoreParams(cfg.Network), gossip.ScoreThresholds),
+		pubsub.WithPeerScoreInspect(pubsub.PeerScoreInspectFn(n.scores.Update), gossip.ScoreInspectPeriod),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("gossipsub: %w", err)

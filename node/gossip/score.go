@@ -1,4 +1,4 @@
-package node
+package gossip
 
 import (
 	"sync"
@@ -10,15 +10,15 @@ import (
 	"github.com/mira-market/mira/protocol"
 )
 
-// peerScoreThresholds: a peer whose invalid messages drive its score down
+// ScoreThresholds: a peer whose invalid messages drive its score down
 // first loses gossip, then publishing to it, then is ignored altogether.
-var peerScoreThresholds = &pubsub.PeerScoreThresholds{
+var ScoreThresholds = &pubsub.PeerScoreThresholds{
 	GossipThreshold:   -100,
 	PublishThreshold:  -500,
 	GraylistThreshold: -1000,
 }
 
-// peerScoreParams penalises only what a peer does wrong: invalid messages
+// ScoreParams penalises only what a peer does wrong: invalid messages
 // (P4) and protocol misbehaviour. Delivery counters (P3) stay off, since
 // quiet topics would punish honest peers, and IP colocation is off, since
 // testnets put every peer on 127.0.0.1. The ledger topic counts like the
@@ -27,7 +27,7 @@ var peerScoreThresholds = &pubsub.PeerScoreThresholds{
 // that gossips unfunded receipts or forged entries loses gossip after a
 // message or two and is ignored after four (P4 grows with the square of
 // the invalid messages: 4² × −100 is the graylist threshold).
-func peerScoreParams(network string) *pubsub.PeerScoreParams {
+func ScoreParams(network string) *pubsub.PeerScoreParams {
 	topic := func() *pubsub.TopicScoreParams {
 		return &pubsub.TopicScoreParams{
 			TopicWeight:                    1,
@@ -40,7 +40,7 @@ func peerScoreParams(network string) *pubsub.PeerScoreParams {
 		Topics: map[string]*pubsub.TopicScoreParams{
 			protocol.JobsTopic(network, protocol.TierInteractive): topic(),
 			protocol.JobsTopic(network, protocol.TierBatch):       topic(),
-			ledgerTopic(network):                                  topic(),
+			protocol.LedgerTopic(network):                         topic(),
 		},
 		AppSpecificScore:          func(peer.ID) float64 { return 0 },
 		AppSpecificWeight:         1,
@@ -55,28 +55,29 @@ func peerScoreParams(network string) *pubsub.PeerScoreParams {
 	}
 }
 
-// scoreInspectPeriod is how often pubsub reports its peer scores to the
-// node (GossipScore).
-const scoreInspectPeriod = time.Second
+// ScoreInspectPeriod is how often pubsub reports its peer scores (to
+// Scores.Update).
+const ScoreInspectPeriod = time.Second
 
-// gossipScores keeps the peer scores pubsub reported last.
-type gossipScores struct {
+// Scores keeps the peer scores pubsub reported last.
+type Scores struct {
 	mu     sync.Mutex
 	scores map[peer.ID]float64
 }
 
-func (s *gossipScores) update(scores map[peer.ID]float64) {
+// Update takes pubsub's report (a pubsub.PeerScoreInspectFn).
+func (s *Scores) Update(scores map[peer.ID]float64) {
 	s.mu.Lock()
 	s.scores = scores
 	s.mu.Unlock()
 }
 
-// GossipScore returns p's gossip score as this node's pubsub last computed
-// it (every scoreInspectPeriod), and whether it had one: a peer that drops
-// below peerScoreThresholds' limits loses gossip, then is ignored.
-func (n *Node) GossipScore(p peer.ID) (float64, bool) {
-	n.scores.mu.Lock()
-	defer n.scores.mu.Unlock()
-	s, ok := n.scores.scores[p]
-	return s, ok
+// Score returns p's gossip score as pubsub last computed it (every
+// ScoreInspectPeriod), and whether it had one: a peer that drops below
+// ScoreThresholds' limits loses gossip, then is ignored.
+func (s *Scores) Score(p peer.ID) (float64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	score, ok := s.scores[p]
+	return score, ok
 }
