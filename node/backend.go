@@ -39,7 +39,7 @@ func (n *Node) NodeInfo() api.NodeInfo {
 		GPUs:     n.GPUs(),
 		Provider: n.IsProvider(),
 		Disk:     n.diskInfo(),
-		Ledger:   n.ledgerStatus(),
+		Ledger:   n.ledger.Status(),
 	}
 }
 
@@ -113,7 +113,7 @@ func (b apiBackend) jobInfo(j market.Job) api.JobInfo {
 	if u := j.Usage; u != nil {
 		info.Usage = &api.UsageInfo{WallMS: u.WallMs, GPUMS: u.GpuMs, PeakMemoryBytes: u.PeakMemoryBytes, FirstOutputMS: u.FirstOutputMs}
 	}
-	info.Cost, info.Payment = b.payment(j)
+	info.Cost, info.Payment = b.ledger.Payment(j)
 	for _, bid := range j.Bids {
 		info.Bids = append(info.Bids, api.BidInfo{Provider: bid.Provider.String(), Price: float64(bid.Price) / 1e6, At: bid.At})
 	}

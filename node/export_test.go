@@ -3,18 +3,14 @@ package node
 import (
 	"context"
 	"time"
+
+	"github.com/mira-market/mira/node/ledgerd"
 )
 
-// SweepReport is sweepReport, for the tests outside the package.
-type SweepReport = sweepReport
-
 // SweepHolds runs one sweep of leftover holds as if the time were now.
-func (n *Node) SweepHolds(now time.Time) (SweepReport, error) {
-	return n.sweepHolds(context.Background(), now)
+func (n *Node) SweepHolds(now time.Time) (ledgerd.SweepReport, error) {
+	return n.ledger.SweepHolds(context.Background(), now)
 }
-
-// OrphanHoldAge is orphanHoldAge, for the tests outside the package.
-const OrphanHoldAge = orphanHoldAge
 
 // SetOutboxPeers sets how many peers the market outbox keeps queues for.
 func (n *Node) SetOutboxPeers(max int) {

@@ -22,9 +22,9 @@ import (
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/gossip"
+	"github.com/mira-market/mira/node/ledgerd"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
-	"github.com/mira-market/mira/storage"
 )
 
 // messageTTL bounds the life of a market message other than an offer.
@@ -48,9 +48,8 @@ type marketDriver struct {
 	watchers           map[protocol.JobID][]*watcher
 	// postingHolds are the hold writes of jobs just posted, queued once
 	// the jobs are persisted.
-	postingHolds map[protocol.JobID]*ledgerWrite
+	postingHolds map[protocol.JobID]*ledgerd.Write
 	outbox       *outbox
-	writer       *ledgerWriter
 	verified     *verifiedCache
 	gossipSeen   *seenSet // signed messages seen on gossip
 	// collecting marks finished jobs whose result is being fetched.
@@ -97,9 +96,8 @@ func (n *Node) startMarket(ctx context.Context) error {
 		n: n, eng: market.NewEngine(n.marketEngineConfig()), in: make(chan func(), 256),
 		gossip: map[string]*gossip.Batcher{}, running: map[protocol.JobID]runningLease{},
 		watchers:     map[protocol.JobID][]*watcher{},
-		postingHolds: map[protocol.JobID]*ledgerWrite{},
+		postingHolds: map[protocol.JobID]*ledgerd.Write{},
 		outbox:       newOutbox(n),
-		writer:       newLedgerWriter(n),
 		verified:     &verifiedCache{m: map[[32]byte]*protocol.Signed{}},
 		gossipSeen:   &seenSet{m: map[[32]byte]struct{}{}},
 		collecting:   map[protocol.JobID]bool{},
@@ -141,8 +139,7 @@ func (n *Node) startMarket(ctx context.Context) error {
 		go func() { defer n.wg.Done(); g.Run(ctx) }()
 	}
 	n.host.SetStreamHandler(libp2pproto.ID(protocol.MarketProtocol(n.cfg.Network)), d.handleStream)
-	n.wg.Add(2)
-	go d.writer.run(ctx)
+	n.wg.Add(1)
 	go d.loop(ctx)
 	return nil
 }
@@ -455,11 +452,11 @@ func (d *marketDriver) process(ctx context.Context) {
 		for _, j := range r.Save {
 			if w, ok := d.postingHolds[j.ID]; ok {
 				delete(d.postingHolds, j.ID)
-				d.writer.add(w)
+				d.n.ledger.Queue(w)
 			}
 		}
-		if w := d.n.settleWrite(r.Save); w != nil {
-			d.writer.add(w)
+		if w := d.n.ledger.SettleWrite(r.Save); w != nil {
+			d.n.ledger.Queue(w)
 		}
 	}
 	// A message bound for several peers and gossip (an interactive offer)
@@ -478,7 +475,7 @@ func (d *marketDriver) process(ctx context.Context) {
 		out := outgoing{to: o.To, msg: o.Msg}
 		if b := o.Msg.GetBid(); b != nil {
 			// So that an award carries the requester's entries we lack.
-			if h, err := d.n.ledger.Head(o.To); err == nil {
+			if h, err := d.n.ledger.Ledger().Head(o.To); err == nil {
 				b.KnownSeq = h.Seq
 			}
 		}
@@ -488,12 +485,12 @@ func (d *marketDriver) process(ctx context.Context) {
 		sends = append(sends, out)
 	}
 	if reqs := d.escrowRequests(r.Send); len(reqs) > 0 {
-		d.writer.add(d.n.escrowWrite(reqs, func(holds [][]byte, errs []error) {
+		d.n.ledger.Queue(d.n.ledger.EscrowWrite(reqs, func(holds [][]byte, errs []error) {
 			d.attachHolds(ctx, reqs, holds, errs)
 			d.send(ctx, sends)
 		}))
-	} else if d.writer.sending() {
-		d.writer.add(&ledgerWrite{sends: true, done: func([]*storage.Entry, []error) { d.send(ctx, sends) }})
+	} else if d.n.ledger.Sending() {
+		d.n.ledger.Queue(ledgerd.AfterWrites(func() { d.send(ctx, sends) }))
 	} else {
 		d.send(ctx, sends)
 	}
@@ -540,7 +537,7 @@ func (d *marketDriver) send(ctx context.Context, sends []outgoing) {
 			continue // signing failed (logged)
 		}
 		if res := o.msg.GetResult(); res != nil {
-			d.writer.add(d.n.receiptWrite(res, raw))
+			d.n.ledger.Queue(d.n.ledger.ReceiptWrite(res, raw))
 		}
 		d.outbox.send(ctx, o.to, raw, isBusiness(o.msg))
 		if a != nil {
@@ -559,8 +556,8 @@ func (d *marketDriver) send(ctx context.Context, sends []outgoing) {
 
 // escrowRequests lists the awards among send, each with what its hold
 // must cover.
-func (d *marketDriver) escrowRequests(send []market.Outbound) []escrowRequest {
-	var reqs []escrowRequest
+func (d *marketDriver) escrowRequests(send []market.Outbound) []ledgerd.EscrowRequest {
+	var reqs []ledgerd.EscrowRequest
 	for _, o := range send {
 		a := o.Msg.GetAward()
 		if a == nil {
@@ -568,15 +565,15 @@ func (d *marketDriver) escrowRequests(send []market.Outbound) []escrowRequest {
 		}
 		id := protocol.JobID(a.JobId)
 		if j, ok := d.eng.Job(id); ok {
-			r := escrowRequest{id: id, award: a, provider: j.Provider, price: a.Price, spec: j.Spec()}
+			r := ledgerd.EscrowRequest{ID: id, Award: a, Provider: j.Provider, Price: a.Price, Spec: j.Spec()}
 			// An interactive award carries the requester's entries its
 			// provider lacked when it bid; a batch job's window gives
 			// gossip the time to bring them (carrying them too cost about
 			// a tenth of a burst's leases/s).
-			r.withChain = j.Tier == protocol.TierInteractive
+			r.WithChain = j.Tier == protocol.TierInteractive
 			for _, b := range j.Bids {
 				if b.Provider == j.Provider {
-					r.knownSeq = b.KnownSeq // its latest bid
+					r.KnownSeq = b.KnownSeq // its latest bid
 				}
 			}
 			reqs = append(reqs, r)
@@ -589,22 +586,22 @@ func (d *marketDriver) escrowRequests(send []market.Outbound) []escrowRequest {
 // before the hold that its provider lacks, and the grant its lease entry
 // will quote; a job whose award cannot be backed is cancelled (on the
 // loop), its award left without a hold, so not sent.
-func (d *marketDriver) attachHolds(ctx context.Context, reqs []escrowRequest, holds [][]byte, errs []error) {
+func (d *marketDriver) attachHolds(ctx context.Context, reqs []ledgerd.EscrowRequest, holds [][]byte, errs []error) {
 	for i, r := range reqs {
 		if errs[i] == nil {
-			r.award.Grant, errs[i] = d.n.signGrant(r.award)
+			r.Award.Grant, errs[i] = d.n.ledger.SignGrant(r.Award)
 		}
 		if errs[i] == nil {
-			r.award.Hold = holds[i]
-			if r.withChain {
-				r.award.Chain = d.n.chainBefore(holds[i], r.knownSeq)
+			r.Award.Hold = holds[i]
+			if r.WithChain {
+				r.Award.Chain = d.n.ledger.ChainBefore(holds[i], r.KnownSeq)
 			}
 			continue
 		}
-		d.n.log.Warn("no escrow for an award; job cancelled", "job", r.id, "err", errs[i])
+		d.n.log.Warn("no escrow for an award; job cancelled", "job", r.ID, "err", errs[i])
 		reason := "escrow failed: " + errs[i].Error()
 		select {
-		case d.in <- func() { d.eng.Cancel(time.Now(), r.id, reason) }:
+		case d.in <- func() { d.eng.Cancel(time.Now(), r.ID, reason) }:
 		case <-ctx.Done():
 		}
 	}
@@ -639,10 +636,10 @@ func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
 		// outbox send the acceptance before the run takes the CPU.
 		runtime.Gosched()
 		var out market.Outcome
-		if err := d.n.checkHold(rctx, l); err != nil {
+		if err := d.n.ledger.CheckHold(rctx, l); err != nil {
 			out = market.Outcome{ExitCode: -1, Error: err.Error()}
 		} else {
-			d.writer.add(d.n.leaseWrite(l))
+			d.n.ledger.Queue(d.n.ledger.LeaseWrite(l))
 			out = d.n.execute(rctx, l)
 		}
 		out.Attempt = l.Attempt
@@ -680,8 +677,8 @@ func (d *marketDriver) isLeaseHolder(id protocol.JobID, attempt uint32, p peer.I
 // settleEnded queues the settlement of every finished job whose hold is
 // still open (one whose settlement failed, say, for want of disk space).
 func (d *marketDriver) settleEnded() {
-	if w := d.n.settleWrite(d.eng.Jobs()); w != nil {
-		d.writer.add(w)
+	if w := d.n.ledger.SettleWrite(d.eng.Jobs()); w != nil {
+		d.n.ledger.Queue(w)
 	}
 }
 
@@ -702,8 +699,8 @@ func (d *marketDriver) restore() error {
 			d.n.log.Warn("stored job's offer is no longer valid; job ended", "job", id, "err", err)
 			d.eng.Fail(now, id, "offer no longer valid: "+err.Error())
 		}
-		if w := d.n.settleWrite(ended); w != nil {
-			d.writer.add(w)
+		if w := d.n.ledger.SettleWrite(ended); w != nil {
+			d.n.ledger.Queue(w)
 		}
 	}()
 	return d.n.db.Jobs(func(id string, rec []byte) error {
@@ -790,7 +787,7 @@ func (n *Node) SubmitJob(ctx context.Context, spec *pb.JobSpec, deadline time.Ti
 		return market.Job{}, err
 	}
 	// A node that cannot sign cannot hold credits for the job.
-	if err := n.canTakeJobs(); err != nil {
+	if err := n.ledger.CanTakeJobs(); err != nil {
 		return market.Job{}, err
 	}
 	now := time.Now()
@@ -826,7 +823,7 @@ func (n *Node) SubmitJob(ctx context.Context, spec *pb.JobSpec, deadline time.Ti
 	// Our own, just signed: no need to verify it again.
 	offer := &protocol.Signed{Signer: n.host.ID(), Msg: msg, Raw: raw, Job: id}
 	var job market.Job
-	hold := n.offerHoldWrite(id, spec)
+	hold := n.ledger.OfferHoldWrite(id, spec)
 	err = n.market.do(ctx, func() {
 		if hold != nil {
 			n.market.postingHolds[id] = hold

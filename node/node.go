@@ -38,6 +38,7 @@ import (
 	"github.com/mira-market/mira/node/executor"
 	"github.com/mira-market/mira/node/gossip"
 	"github.com/mira-market/mira/node/gpu"
+	"github.com/mira-market/mira/node/ledgerd"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/storage"
 )
@@ -60,37 +61,25 @@ type Node struct {
 	db       *storage.DB
 	disk     *disk.Guard
 	blobs    *blob.Service
-	ledger   *storage.Ledger
-	// ledgerTopic carries new ledger entries and fraud proofs.
-	ledgerTopic    *pubsub.Topic
-	entryGossip    *gossip.Batcher // own new entries, gossiped in batches
-	ledgerRejected prometheus.Counter
-	scores         gossip.Scores // peers' gossip scores, as pubsub last reported them
-	rset           *ledgerSet
-	reconcileMu    sync.Mutex
-	reconcileStats ReconcileStats
-	connected      chan peer.ID
-	// dbGate keeps callbacks that libp2p runs on its own goroutines (topic
-	// validators, stream handlers) off the database once Close closes it.
-	dbGate   sync.RWMutex
-	dbClosed bool
-	// head holds the node's own ledger writes until its peers have shown
-	// it its account's head (see confirmHead).
-	head *headGate
-	// chainSyncs serialises fetches of one account's chain.
-	chainMu    sync.Mutex
-	chainSyncs map[peer.ID]*sync.Mutex
-	logs       *logBook
-	executors  executor.Set
-	jobLimits  jobLimits // a provider's, set before its executors start
-	gpuMu      sync.Mutex
-	nextGPU    int
-	metrics    *prometheus.Registry
-	api        *http.Server
-	apiAddr    string
-	bootstrap  []peer.AddrInfo
-	started    time.Time
-	readyAt    time.Duration
+	ledger   *ledgerd.Service
+	scores   gossip.Scores // peers' gossip scores, as pubsub last reported them
+	// connected gets newly connected peers, to reconcile with.
+	connected chan peer.ID
+	// dbGate keeps callbacks that libp2p runs on its own goroutines (stream
+	// handlers) off the database once Close closes it.
+	dbGate    sync.RWMutex
+	dbClosed  bool
+	logs      *logBook
+	executors executor.Set
+	jobLimits jobLimits // a provider's, set before its executors start
+	gpuMu     sync.Mutex
+	nextGPU   int
+	metrics   *prometheus.Registry
+	api       *http.Server
+	apiAddr   string
+	bootstrap []peer.AddrInfo
+	started   time.Time
+	readyAt   time.Duration
 
 	ready  atomic.Bool
 	warm   chan struct{}   // closed once precompile is done
@@ -99,12 +88,6 @@ type Node struct {
 	wg     sync.WaitGroup
 	closed sync.Once
 	redial chan peer.ID
-
-	// proofsSent is what became of the fraud proofs sent to peers, and
-	// proofPushes counts the pushes in flight (see sendFraudProofs).
-	proofsMu    sync.Mutex
-	proofsSent  map[accountPeer]proofPush
-	proofPushes int
 }
 
 // Option adjusts how Start builds a node.
@@ -140,21 +123,17 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	n := &Node{
-		cfg:        cfg,
-		log:        o.log,
-		bootstrap:  bootstrap,
-		started:    started,
-		metrics:    prometheus.NewRegistry(),
-		priv:       priv,
-		runCtx:     runCtx,
-		cancel:     cancel,
-		redial:     make(chan peer.ID, 16),
-		warm:       make(chan struct{}),
-		connected:  make(chan peer.ID, 16),
-		chainSyncs: map[peer.ID]*sync.Mutex{},
-		head:       newHeadGate(),
-		proofsSent: map[accountPeer]proofPush{},
-		rset:       &ledgerSet{set: storage.NewReconcileSet(cfg.ReconcileSymbols)},
+		cfg:       cfg,
+		log:       o.log,
+		bootstrap: bootstrap,
+		started:   started,
+		metrics:   prometheus.NewRegistry(),
+		priv:      priv,
+		runCtx:    runCtx,
+		cancel:    cancel,
+		redial:    make(chan peer.ID, 16),
+		warm:      make(chan struct{}),
+		connected: make(chan peer.ID, 16),
 	}
 	n.capacity.changed = make(chan struct{}, 1)
 	n.capacity.cache = market.NewProviderCache()
@@ -262,14 +241,10 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 			}
 		},
 	})
-	n.ledgerRejected = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "mira_ledger_rejected_total", Help: "Ledger entries and fraud proofs from peers refused by validation.",
-	})
-	n.metrics.MustRegister(n.ledgerRejected)
 	if err := n.startLedger(runCtx); err != nil {
 		return nil, err
 	}
-	n.host.SetStreamHandler(libp2pproto.ID(protocol.ReconcileProtocol(cfg.Network)), n.limits.limitStreams("sync", n.handleSync))
+	n.host.SetStreamHandler(libp2pproto.ID(protocol.ReconcileProtocol(cfg.Network)), n.limits.limitStreams("sync", n.ledger.HandleSync))
 	if n.IsProvider() {
 		n.jobLimits = n.providerLimits()
 		if n.executors, err = n.startExecutors(runCtx); err != nil {
@@ -284,7 +259,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	}
 	n.onDiskChange(n.disk.Check())
 	// Nothing is signed until peers have shown the node its own head.
-	n.startHeadSync(runCtx)
+	n.ledger.StartHeadSync()
 	// Every handler is set: only now may peers reach the node, and only
 	// now does it dial them (a peer reconciles on connect at once). The
 	// DHT dials its bootstrap peers as soon as it exists, so it comes
@@ -308,10 +283,10 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err := n.serveAPI(); err != nil {
 		return nil, err
 	}
-	n.wg.Add(5)
+	n.ledger.StartReconciling(n.connected)
+	n.wg.Add(4)
 	go n.watchDisk(runCtx)
 	go n.collectBlobs(runCtx)
-	go n.reconcileLoop(runCtx, n.connected)
 	go n.maintainBootstrap(runCtx)
 	go n.measureLatency(runCtx)
 	if n.IsProvider() {
@@ -368,6 +343,9 @@ func (n *Node) Close() error {
 		}
 		n.cancel()
 		n.wg.Wait()
+		if n.ledger != nil {
+			errs = append(errs, n.ledger.Close())
+		}
 		if n.dht != nil {
 			errs = append(errs, n.dht.Close())
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/node/api"
+	"github.com/mira-market/mira/node/ledgerd"
 	"github.com/mira-market/mira/storage"
 	"github.com/mira-market/mira/testnet"
 )
@@ -423,11 +424,11 @@ func TestForgottenJobsHoldIsReleased(t *testing.T) {
 	now := time.Now()
 	for _, tt := range []struct {
 		at   time.Time
-		want node.SweepReport
+		want ledgerd.SweepReport
 	}{
-		{now, node.SweepReport{Orphans: 1}},
-		{now.Add(node.OrphanHoldAge - time.Minute), node.SweepReport{Orphans: 1}},
-		{now.Add(node.OrphanHoldAge + time.Minute), node.SweepReport{Orphans: 1, Released: 1}},
+		{now, ledgerd.SweepReport{Orphans: 1}},
+		{now.Add(ledgerd.OrphanHoldAge - time.Minute), ledgerd.SweepReport{Orphans: 1}},
+		{now.Add(ledgerd.OrphanHoldAge + time.Minute), ledgerd.SweepReport{Orphans: 1, Released: 1}},
 	} {
 		if got, err := n.SweepHolds(tt.at); err != nil || got != tt.want {
 			t.Fatalf("sweep at now+%v: %+v, %v; want %+v", tt.at.Sub(now), got, err, tt.want)
@@ -446,7 +447,7 @@ func TestForgottenJobsHoldIsReleased(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := n.SweepHolds(now.Add(2 * node.OrphanHoldAge)); err != nil || got != (node.SweepReport{}) {
+	if got, err := n.SweepHolds(now.Add(2 * ledgerd.OrphanHoldAge)); err != nil || got != (ledgerd.SweepReport{}) {
 		t.Fatalf("sweep after the release: %+v, %v", got, err)
 	}
 	ledgersAgree(t, tn)

@@ -1,4 +1,4 @@
-package node
+package ledgerd
 
 import (
 	"bufio"
@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -20,14 +19,15 @@ import (
 
 const syncTimeout = 30 * time.Second
 
-// handleSync answers a ledger sync request from a peer.
-func (n *Node) handleSync(st network.Stream) {
-	if !n.withDB(func() { n.serveSync(st) }) {
+// HandleSync answers a ledger sync request from a peer: the stream handler
+// of protocol.ReconcileProtocol.
+func (s *Service) HandleSync(st network.Stream) {
+	if !s.withDB(func() { s.serveSync(st) }) {
 		st.Reset()
 	}
 }
 
-func (n *Node) serveSync(st network.Stream) {
+func (s *Service) serveSync(st network.Stream) {
 	defer st.Close()
 	st.SetDeadline(time.Now().Add(syncTimeout))
 	br := bufio.NewReader(st)
@@ -36,13 +36,13 @@ func (n *Node) serveSync(st network.Stream) {
 	if err == nil {
 		switch kind {
 		case protocol.SyncChain:
-			err = n.serveChain(br, bw)
+			err = s.serveChain(br, bw)
 		case protocol.SyncReconcile:
-			err = n.serveReconcile(st.Conn().RemotePeer(), br, bw)
+			err = s.serveReconcile(st.Conn().RemotePeer(), br, bw)
 		case protocol.SyncList:
-			err = n.serveListing(br, bw)
+			err = s.serveListing(br, bw)
 		case protocol.SyncFraud:
-			err = n.serveFraudProofs(br, bw)
+			err = s.serveFraudProofs(br, bw)
 		default:
 			err = fmt.Errorf("unknown request %d", kind)
 		}
@@ -51,12 +51,12 @@ func (n *Node) serveSync(st network.Stream) {
 		err = bw.Flush()
 	}
 	if err != nil {
-		n.log.Debug("ledger sync request", "peer", st.Conn().RemotePeer(), "err", err)
+		s.log.Debug("ledger sync request", "peer", st.Conn().RemotePeer(), "err", err)
 		st.Reset()
 	}
 }
 
-func (n *Node) serveChain(br *bufio.Reader, bw *bufio.Writer) error {
+func (s *Service) serveChain(br *bufio.Reader, bw *bufio.Writer) error {
 	req, err := protocol.ReadFrame(br, protocol.MaxSyncFrame)
 	if err != nil {
 		return err
@@ -69,7 +69,7 @@ func (n *Node) serveChain(br *bufio.Reader, bw *bufio.Writer) error {
 	if err != nil {
 		return fmt.Errorf("chain request: %w", err)
 	}
-	es, err := n.ledger.Entries(account, after, protocol.MaxChainBatch)
+	es, err := s.ledger.Entries(account, after, protocol.MaxChainBatch)
 	if err != nil {
 		return err
 	}
@@ -83,37 +83,33 @@ func (n *Node) serveChain(br *bufio.Reader, bw *bufio.Writer) error {
 
 // syncChainOnce runs syncChain for account, one caller at a time: callers
 // that queued behind a fetch find its entries already in the ledger.
-func (n *Node) syncChainOnce(ctx context.Context, account peer.ID) error {
-	n.chainMu.Lock()
-	m, ok := n.chainSyncs[account]
-	if !ok {
-		m = &sync.Mutex{}
-		n.chainSyncs[account] = m
+func (s *Service) syncChainOnce(ctx context.Context, account peer.ID) error {
+	unlock, err := s.lockChain(ctx, account)
+	if err != nil {
+		return err
 	}
-	n.chainMu.Unlock()
-	m.Lock()
-	defer m.Unlock()
-	return n.syncChain(ctx, account)
+	defer unlock()
+	return s.syncChain(ctx, account)
 }
 
 // syncChain fetches an account's chain from that account's node, from this
 // node's head of it on, and ingests it: what a provider does when an award's
 // hold follows entries it has not seen.
-func (n *Node) syncChain(ctx context.Context, account peer.ID) error {
+func (s *Service) syncChain(ctx context.Context, account peer.ID) error {
 	for range 64 { // bounded: 64 batches of protocol.MaxChainBatch entries
-		head, err := n.ledger.Head(account)
+		head, err := s.ledger.Head(account)
 		if err != nil {
 			return err
 		}
-		n.countReconcile(func(s *ReconcileStats) { s.ChainFetches++ })
-		raws, err := n.fetchChain(ctx, account, account, head.Seq)
+		s.countReconcile(func(st *ReconcileStats) { st.ChainFetches++ })
+		raws, err := s.fetchChain(ctx, account, account, head.Seq)
 		if err != nil {
 			return err
 		}
 		if len(raws) == 0 {
 			return nil
 		}
-		if _, err := n.ingestFetched(account, raws); err != nil {
+		if _, err := s.ingestFetched(account, raws); err != nil {
 			return err
 		}
 		if len(raws) < protocol.MaxChainBatch {
@@ -123,10 +119,10 @@ func (n *Node) syncChain(ctx context.Context, account peer.ID) error {
 	return nil
 }
 
-func (n *Node) fetchChain(ctx context.Context, from, account peer.ID, after uint64) ([][]byte, error) {
+func (s *Service) fetchChain(ctx context.Context, from, account peer.ID, after uint64) ([][]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	st, err := n.host.NewStream(ctx, from, libp2pproto.ID(protocol.ReconcileProtocol(n.cfg.Network)))
+	st, err := s.host.NewStream(ctx, from, libp2pproto.ID(protocol.ReconcileProtocol(s.cfg.Network)))
 	if err != nil {
 		return nil, fmt.Errorf("ledger sync with %s: %w", from, err)
 	}

@@ -1,4 +1,4 @@
-package node
+package ledgerd
 
 import (
 	"cmp"
@@ -180,13 +180,12 @@ func (e *frozenError) Unwrap() []error { return []error{storage.ErrFrozen, api.E
 
 // frozen returns the error that names this node's freeze, or nil if its
 // account is not frozen.
-func (n *Node) frozen() error {
-	self := n.host.ID()
-	if ok, err := n.ledger.Frozen(self); err != nil || !ok {
+func (s *Service) frozen() error {
+	if ok, err := s.ledger.Frozen(s.self); err != nil || !ok {
 		return nil
 	}
-	e := &frozenError{account: self}
-	if p, ok, err := n.ledger.FraudProofFor(self); err == nil && ok {
+	e := &frozenError{account: s.self}
+	if p, ok, err := s.ledger.FraudProofFor(s.self); err == nil && ok {
 		if a, err := storage.DecodeEntry(p.A); err == nil {
 			e.seq = a.Seq
 		}
@@ -194,25 +193,25 @@ func (n *Node) frozen() error {
 	return e
 }
 
-// canTakeJobs reports why this node cannot take a new job now: its
+// CanTakeJobs reports why this node cannot take a new job now: its
 // account is frozen, or no peer has answered for its head within
 // head_wait. While the node is still asking, a job is taken: its hold is
 // written once the head is confirmed.
-func (n *Node) canTakeJobs() error {
-	if err := n.frozen(); err != nil {
+func (s *Service) CanTakeJobs() error {
+	if err := s.frozen(); err != nil {
 		return err
 	}
-	if n.head.isStalled() {
-		return n.head.err()
+	if s.head.isStalled() {
+		return s.head.err()
 	}
 	return nil
 }
 
 // describeRefusal turns an own write's error into what a requester is told.
-func (n *Node) describeRefusal(err error) error {
+func (s *Service) describeRefusal(err error) error {
 	switch {
 	case errors.Is(err, storage.ErrFrozen):
-		if ferr := n.frozen(); ferr != nil {
+		if ferr := s.frozen(); ferr != nil {
 			return ferr
 		}
 		return err
@@ -227,14 +226,15 @@ func (n *Node) describeRefusal(err error) error {
 // headAskTimeout bounds one peer's answer for this node's head.
 const headAskTimeout = 10 * time.Second
 
-// startHeadSync confirms this node's head in the background, then sweeps
-// its leftover holds (sweepLoop) for as long as the node runs.
-func (n *Node) startHeadSync(ctx context.Context) {
-	n.wg.Add(1)
+// StartHeadSync confirms this node's head in the background, then sweeps
+// its leftover holds (sweepLoop) for as long as the service runs. Nothing
+// is signed until then.
+func (s *Service) StartHeadSync() {
+	s.wg.Add(1)
 	go func() {
-		defer n.wg.Done()
-		if n.confirmHead(ctx) {
-			n.sweepLoop(ctx)
+		defer s.wg.Done()
+		if s.confirmHead(s.ctx) {
+			s.sweepLoop(s.ctx)
 		}
 	}()
 }
@@ -253,22 +253,21 @@ func (n *Node) startHeadSync(ctx context.Context) {
 // entry of its own and that has no bootstrap peers, the first member of
 // a new network (it has never signed, so there is nothing it could
 // repeat). It reports false if ctx ended first.
-func (n *Node) confirmHead(ctx context.Context) bool {
-	self := n.host.ID()
-	start, err := n.ledger.Head(self)
+func (s *Service) confirmHead(ctx context.Context) bool {
+	start, err := s.ledger.Head(s.self)
 	if err != nil {
-		n.log.Error("read own ledger head; signing nothing", "err", err)
-		n.head.note(fmt.Sprintf("own head unreadable: %v", err))
+		s.log.Error("read own ledger head; signing nothing", "err", err)
+		s.head.note(fmt.Sprintf("own head unreadable: %v", err))
 		return false
 	}
-	cfg := n.cfg.Ledger
+	cfg := s.cfg
 	switch {
 	case cfg.HeadQuorum == 0:
-		n.log.Warn("ledger.head_quorum = 0: signing without asking peers for this node's own head; " +
+		s.log.Warn("ledger.head_quorum = 0: signing without asking peers for this node's own head; " +
 			"a data dir restored from an older copy would sign entries the network already holds, and freeze its account")
-		return n.openHead(ctx, start.Seq, "not asked: ledger.head_quorum = 0")
-	case start.Seq == 0 && len(n.bootstrap) == 0:
-		return n.openHead(ctx, start.Seq, "not asked: a new account and no bootstrap peers (the first node of a network)")
+		return s.openHead(ctx, start.Seq, "not asked: ledger.head_quorum = 0")
+	case start.Seq == 0 && !cfg.Bootstrapped:
+		return s.openHead(ctx, start.Seq, "not asked: a new account and no bootstrap peers (the first node of a network)")
 	}
 	conns := make(chan struct{}, 1)
 	notifee := &network.NotifyBundle{ConnectedF: func(network.Network, network.Conn) {
@@ -277,39 +276,39 @@ func (n *Node) confirmHead(ctx context.Context) bool {
 		default:
 		}
 	}}
-	n.host.Network().Notify(notifee)
-	defer n.host.Network().StopNotify(notifee)
-	giveUp := time.NewTimer(time.Duration(cfg.HeadWait))
+	s.host.Network().Notify(notifee)
+	defer s.host.Network().StopNotify(notifee)
+	giveUp := s.clock.NewTimer(cfg.HeadWait)
 	defer giveUp.Stop()
 	const firstRetry, lastRetry = 100 * time.Millisecond, 5 * time.Second
 	for delay := firstRetry; ; delay = min(2*delay, lastRetry) {
-		answered, detail := n.askHead(ctx)
+		answered, detail := s.askHead(ctx)
 		if answered >= cfg.HeadQuorum {
-			behind, err := n.behindShown()
+			behind, err := s.behindShown()
 			if err != nil {
-				n.log.Error("read own ledger head; signing nothing", "err", err)
-				n.head.note(fmt.Sprintf("own head unreadable: %v", err))
+				s.log.Error("read own ledger head; signing nothing", "err", err)
+				s.head.note(fmt.Sprintf("own head unreadable: %v", err))
 				return false
 			}
 			if behind == "" {
-				return n.openHead(ctx, start.Seq, detail)
+				return s.openHead(ctx, start.Seq, detail)
 			}
 			detail += "; " + behind
 		}
-		n.head.note(detail)
-		n.log.Info("ledger head not confirmed yet; signing nothing", "detail", detail)
-		retry := time.NewTimer(delay)
+		s.head.note(detail)
+		s.log.Info("ledger head not confirmed yet; signing nothing", "detail", detail)
+		retry := s.clock.NewTimer(delay)
 		select {
 		case <-ctx.Done():
 			retry.Stop()
 			return false
 		case <-conns:
 			delay = firstRetry / 2 // a new peer: ask it soon, then back off again
-		case <-giveUp.C:
-			n.head.stall()
-			n.log.Warn("no peer has confirmed this node's ledger head; it signs nothing and refuses new jobs until one does",
-				"waited", time.Duration(cfg.HeadWait), "detail", detail)
-		case <-retry.C:
+		case <-giveUp.C():
+			s.head.stall()
+			s.log.Warn("no peer has confirmed this node's ledger head; it signs nothing and refuses new jobs until one does",
+				"waited", cfg.HeadWait, "detail", detail)
+		case <-retry.C():
 		}
 		retry.Stop()
 	}
@@ -320,12 +319,12 @@ func (n *Node) confirmHead(ctx context.Context) bool {
 // than its head, which it could not take (it waits for entries of other
 // accounts). "" when there is none, or the account is frozen (it signs
 // nothing that counts then anyway).
-func (n *Node) behindShown() (string, error) {
-	shown := n.head.highestShown()
-	if shown == 0 || n.frozen() != nil {
+func (s *Service) behindShown() (string, error) {
+	shown := s.head.highestShown()
+	if shown == 0 || s.frozen() != nil {
 		return "", nil
 	}
-	head, err := n.ledger.Head(n.host.ID())
+	head, err := s.ledger.Head(s.self)
 	if err != nil || head.Seq >= shown {
 		return "", err
 	}
@@ -337,17 +336,17 @@ func (n *Node) behindShown() (string, error) {
 // askHead asks up to head_peers connected peers, at once, for this node's
 // entries after its head, and takes what they send. It returns how many
 // answered in full, and what it found, in words.
-func (n *Node) askHead(ctx context.Context) (answered int, detail string) {
-	peers := n.host.Network().Peers()
+func (s *Service) askHead(ctx context.Context) (answered int, detail string) {
+	peers := s.host.Network().Peers()
 	if len(peers) == 0 {
 		return 0, "no peer connected"
 	}
 	rand.Shuffle(len(peers), func(i, j int) { peers[i], peers[j] = peers[j], peers[i] })
-	peers = peers[:min(len(peers), n.cfg.Ledger.HeadPeers)]
+	peers = peers[:min(len(peers), s.cfg.HeadPeers)]
 	errs := make([]error, len(peers))
 	var wg sync.WaitGroup
 	for i, p := range peers {
-		wg.Go(func() { errs[i] = n.ownChainFrom(ctx, p) })
+		wg.Go(func() { errs[i] = s.ownChainFrom(ctx, p) })
 	}
 	wg.Wait()
 	var failed []string
@@ -358,7 +357,7 @@ func (n *Node) askHead(ctx context.Context) (answered int, detail string) {
 			failed = append(failed, fmt.Sprintf("%s: %v", peers[i], err))
 		}
 	}
-	detail = fmt.Sprintf("%d of %d peers asked answered, %d needed", answered, len(peers), n.cfg.Ledger.HeadQuorum)
+	detail = fmt.Sprintf("%d of %d peers asked answered, %d needed", answered, len(peers), s.cfg.HeadQuorum)
 	if len(failed) > 0 {
 		detail += " (" + strings.Join(failed, "; ") + ")"
 	}
@@ -372,34 +371,33 @@ func (n *Node) askHead(ctx context.Context) (answered int, detail string) {
 // reconciliation with p. Whatever becomes of them, the highest seq of the
 // own entries p sent is recorded in the head gate (headGate.saw): the
 // node never signs below it.
-func (n *Node) ownChainFrom(ctx context.Context, p peer.ID) error {
+func (s *Service) ownChainFrom(ctx context.Context, p peer.ID) error {
 	ctx, cancel := context.WithTimeout(ctx, headAskTimeout)
 	defer cancel()
-	self := n.host.ID()
 	for range 64 { // bounded, like syncChain: 64 batches of protocol.MaxChainBatch
-		head, err := n.ledger.Head(self)
+		head, err := s.ledger.Head(s.self)
 		if err != nil {
 			return err
 		}
-		raws, err := n.fetchChain(ctx, p, self, head.Seq)
+		raws, err := s.fetchChain(ctx, p, s.self, head.Seq)
 		if err != nil {
 			return err
 		}
 		if len(raws) == 0 {
 			return nil
 		}
-		n.head.saw(n.highestOwn(raws))
+		s.head.saw(s.highestOwn(raws))
 		last, err := storage.DecodeEntry(raws[len(raws)-1])
-		if err != nil || last.Account != self {
+		if err != nil || last.Account != s.self {
 			return fmt.Errorf("sent what is not this node's chain (%v)", err)
 		}
-		if _, err := n.ingestFetched(p, raws); err != nil {
+		if _, err := s.ingestFetched(p, raws); err != nil {
 			return err
 		}
-		if n.frozen() != nil {
+		if s.frozen() != nil {
 			return nil // nothing this node signs counts any more: no use asking further
 		}
-		if err := n.holdsOwnUpTo(ctx, p, last.Seq); err != nil {
+		if err := s.holdsOwnUpTo(ctx, p, last.Seq); err != nil {
 			return err
 		}
 		if len(raws) < protocol.MaxChainBatch {
@@ -414,17 +412,16 @@ func (n *Node) ownChainFrom(ctx context.Context, p peer.ID) error {
 // hold the gate closed only with entries this node did sign. Checked from
 // the highest seq down, it costs one signature check when the last entry
 // is the node's own.
-func (n *Node) highestOwn(raws [][]byte) uint64 {
-	self := n.host.ID()
+func (s *Service) highestOwn(raws [][]byte) uint64 {
 	var own []storage.Entry
 	for _, raw := range raws {
-		if e, err := storage.DecodeEntry(raw); err == nil && e.Account == self {
+		if e, err := storage.DecodeEntry(raw); err == nil && e.Account == s.self {
 			own = append(own, e)
 		}
 	}
 	slices.SortFunc(own, func(a, b storage.Entry) int { return cmp.Compare(b.Seq, a.Seq) })
 	for _, e := range own {
-		if e.VerifySignature(n.cfg.Network) == nil {
+		if e.VerifySignature(s.cfg.Network) == nil {
 			return e.Seq
 		}
 	}
@@ -433,10 +430,9 @@ func (n *Node) highestOwn(raws [][]byte) uint64 {
 
 // holdsOwnUpTo makes sure this node's ledger holds its own entries up to
 // seq, reconciling with p if some wait for entries of other accounts.
-func (n *Node) holdsOwnUpTo(ctx context.Context, p peer.ID, seq uint64) error {
-	self := n.host.ID()
+func (s *Service) holdsOwnUpTo(ctx context.Context, p peer.ID, seq uint64) error {
 	for try := 0; ; try++ {
-		head, err := n.ledger.Head(self)
+		head, err := s.ledger.Head(s.self)
 		if err != nil {
 			return err
 		}
@@ -446,7 +442,7 @@ func (n *Node) holdsOwnUpTo(ctx context.Context, p peer.ID, seq uint64) error {
 		if try == 1 {
 			return fmt.Errorf("it holds this node's entries up to seq %d, which do not validate here (own head %d)", seq, head.Seq)
 		}
-		if err := n.Reconcile(ctx, p); err != nil {
+		if err := s.Reconcile(ctx, p); err != nil {
 			return fmt.Errorf("reconcile for this node's entries up to seq %d: %w", seq, err)
 		}
 	}
@@ -456,43 +452,42 @@ func (n *Node) holdsOwnUpTo(ctx context.Context, p peer.ID, seq uint64) error {
 // show settled since the data dir's copy was taken, claims the genesis
 // grant if this node has not, and lets the writer sign. It reports false
 // if ctx ended first.
-func (n *Node) openHead(ctx context.Context, startSeq uint64, detail string) bool {
-	self := n.host.ID()
-	head, err := n.ledger.Head(self)
+func (s *Service) openHead(ctx context.Context, startSeq uint64, detail string) bool {
+	head, err := s.ledger.Head(s.self)
 	if err != nil {
-		n.log.Error("read own ledger head; signing nothing", "err", err)
+		s.log.Error("read own ledger head; signing nothing", "err", err)
 		return false
 	}
 	learned := int(head.Seq - startSeq)
 	if learned > 0 {
-		n.log.Warn("took this node's own ledger entries from its peers: its data dir lacked them (restored from an older copy?)",
+		s.log.Warn("took this node's own ledger entries from its peers: its data dir lacked them (restored from an older copy?)",
 			"entries", learned, "head", head.Seq)
-		if !n.endSettledJobs(ctx, startSeq) {
+		if !s.endSettledJobs(ctx, startSeq) {
 			return false
 		}
 	}
-	if err := n.frozen(); err != nil {
-		n.log.Error("own ledger account frozen", "err", err)
-	} else if err := n.claimGrant(); err != nil {
-		n.log.Error("claim genesis grant", "err", err)
+	if err := s.frozen(); err != nil {
+		s.log.Error("own ledger account frozen", "err", err)
+	} else if err := s.claimGrant(); err != nil {
+		s.log.Error("claim genesis grant", "err", err)
 	}
-	n.head.open(detail, learned)
-	n.log.Info("ledger head confirmed; signing", "seq", head.Seq, "learned", learned, "detail", detail)
+	s.head.open(detail, learned)
+	s.log.Info("ledger head confirmed; signing", "seq", head.Seq, "learned", learned, "detail", detail)
 	return true
 }
 
 // claimGrant writes this node's genesis grant, once: the first entry of
 // its chain. The head gate is not open yet: the caller has confirmed the
 // head and holds everyone else's writes back.
-func (n *Node) claimGrant() error {
-	amount, ok := n.ledger.Genesis().GrantFor(n.host.ID())
+func (s *Service) claimGrant() error {
+	amount, ok := s.ledger.Genesis().GrantFor(s.self)
 	if !ok {
 		return nil
 	}
-	if head, err := n.ledger.Head(n.host.ID()); err != nil || head.Seq != 0 {
+	if head, err := s.ledger.Head(s.self); err != nil || head.Seq != 0 {
 		return err
 	}
-	_, err := n.signEntry(storage.GrantBody{Amount: amount})
+	_, err := s.signEntry(storage.GrantBody{Amount: amount})
 	return err
 }
 
@@ -502,11 +497,10 @@ func (n *Node) claimGrant() error {
 // wrote those entries had settled them, and offering or running them
 // again would pay or hold twice for one job. It reports false if ctx
 // ended first.
-func (n *Node) endSettledJobs(ctx context.Context, afterSeq uint64) bool {
-	self := n.host.ID()
-	es, err := n.ledger.Entries(self, afterSeq, 0)
+func (s *Service) endSettledJobs(ctx context.Context, afterSeq uint64) bool {
+	es, err := s.ledger.Entries(s.self, afterSeq, 0)
 	if err != nil {
-		n.log.Error("read own entries taken from peers", "err", err)
+		s.log.Error("read own entries taken from peers", "err", err)
 		return true
 	}
 	how := map[protocol.JobID]string{}
@@ -519,41 +513,36 @@ func (n *Node) endSettledJobs(ctx context.Context, afterSeq uint64) bool {
 		}
 	}
 	for id := range how {
-		if _, open, err := n.ledger.HoldFor(self, storage.Hash(id)); err != nil || open {
+		if _, open, err := s.ledger.HoldFor(s.self, storage.Hash(id)); err != nil || open {
 			delete(how, id) // held again since (a re-award): the market carries on with it
 		}
 	}
 	if len(how) == 0 {
 		return true
 	}
-	ended := 0
-	err = n.market.do(ctx, func() {
-		now := time.Now()
-		for id, h := range how {
-			if j, ok := n.market.eng.Job(id); ok && !j.State.Terminal() {
-				n.market.eng.Cancel(now, id, "ended before this node's data dir was restored: its ledger shows the job "+h)
-				ended++
-			}
-		}
-	})
+	reasons := make(map[protocol.JobID]string, len(how))
+	for id, h := range how {
+		reasons[id] = "ended before this node's data dir was restored: its ledger shows the job " + h
+	}
+	ended, err := s.market.End(ctx, reasons)
 	if err != nil {
 		return false
 	}
 	if ended > 0 {
-		n.log.Warn("ended jobs that the ledger shows settled since the data dir's copy was taken", "jobs", ended)
+		s.log.Warn("ended jobs that the ledger shows settled since the data dir's copy was taken", "jobs", ended)
 	}
 	return true
 }
 
-// ledgerStatus describes the node's own account for GET /v1/node.
-func (n *Node) ledgerStatus() api.LedgerStatus {
-	state, detail, learned := n.head.status()
+// Status describes the node's own account for GET /v1/node.
+func (s *Service) Status() api.LedgerStatus {
+	state, detail, learned := s.head.status()
 	st := api.LedgerStatus{Head: state.String(), Detail: detail, Learned: learned}
-	if n.ledger != nil {
-		if h, err := n.ledger.Head(n.host.ID()); err == nil {
+	if s.ledger != nil {
+		if h, err := s.ledger.Head(s.self); err == nil {
 			st.Seq = h.Seq
 		}
-		st.Frozen = n.frozen() != nil
+		st.Frozen = s.frozen() != nil
 	}
 	return st
 }

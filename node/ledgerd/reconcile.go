@@ -1,4 +1,4 @@
-package node
+package ledgerd
 
 import (
 	"bufio"
@@ -41,19 +41,6 @@ func (s *ledgerSet) snapshot() *storage.ReconcileSet {
 	return s.set.Snapshot()
 }
 
-// ReconcileStats counts a node's reconciliation sessions.
-type ReconcileStats struct {
-	Sessions, Failures, Fallbacks int
-	// Sent and Received count entries moved by reconciliation.
-	Sent, Received int
-	// Bytes counts what the sessions this node started read and wrote,
-	// symbols and entries, both ways.
-	Bytes int64
-	// ChainFetches counts the requests this node made for one account's
-	// chain (a provider lacking a requester's entries before a hold).
-	ChainFetches int
-}
-
 // countingStream counts the bytes read and written through it.
 type countingStream struct {
 	network.Stream
@@ -72,12 +59,19 @@ func (c *countingStream) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// reconcileLoop reconciles the ledger with a random connected peer every
-// interval, and with each newly connected peer.
-func (n *Node) reconcileLoop(ctx context.Context, connected <-chan peer.ID) {
-	defer n.wg.Done()
-	interval := time.Duration(n.cfg.ReconcileInterval)
-	t := time.NewTicker(interval)
+// StartReconciling reconciles the ledger with a random connected peer
+// every ReconcileInterval, and with each peer that comes on connected,
+// until the service stops.
+func (s *Service) StartReconciling(connected <-chan peer.ID) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.reconcileLoop(s.ctx, connected)
+	}()
+}
+
+func (s *Service) reconcileLoop(ctx context.Context, connected <-chan peer.ID) {
+	t := s.clock.NewTimer(s.cfg.ReconcileInterval)
 	defer t.Stop()
 	for {
 		var p peer.ID
@@ -85,54 +79,42 @@ func (n *Node) reconcileLoop(ctx context.Context, connected <-chan peer.ID) {
 		case <-ctx.Done():
 			return
 		case p = <-connected:
-		case <-t.C:
-			peers := n.host.Network().Peers()
+		case <-t.C():
+			t.Reset(s.cfg.ReconcileInterval)
+			peers := s.host.Network().Peers()
 			if len(peers) == 0 {
 				continue
 			}
 			p = peers[rand.IntN(len(peers))]
 		}
-		if n.disk.Low() != nil {
+		if s.disk.Low() != nil {
 			continue // it could not store what it learns
 		}
-		if err := n.Reconcile(ctx, p); err != nil && ctx.Err() == nil {
-			n.log.Debug("reconcile", "peer", p, "err", err)
+		if err := s.Reconcile(ctx, p); err != nil && ctx.Err() == nil {
+			s.log.Debug("reconcile", "peer", p, "err", err)
 		}
 	}
 }
 
 // Reconcile runs one reconciliation session with p: both ledgers end up
 // with the union of their entries (those that validate).
-func (n *Node) Reconcile(ctx context.Context, p peer.ID) error {
-	err := n.reconcile(ctx, p)
+func (s *Service) Reconcile(ctx context.Context, p peer.ID) error {
+	err := s.reconcile(ctx, p)
 	if errors.Is(err, storage.ErrDifferenceTooLarge) || errors.Is(err, storage.ErrReconcileAborted) {
-		n.countReconcile(func(s *ReconcileStats) { s.Fallbacks++ })
-		err = n.fetchListing(ctx, p)
+		s.countReconcile(func(st *ReconcileStats) { st.Fallbacks++ })
+		err = s.fetchListing(ctx, p)
 	}
-	n.countReconcile(func(s *ReconcileStats) {
-		s.Sessions++
+	s.countReconcile(func(st *ReconcileStats) {
+		st.Sessions++
 		if err != nil {
-			s.Failures++
+			st.Failures++
 		}
 	})
 	return err
 }
 
-func (n *Node) countReconcile(f func(*ReconcileStats)) {
-	n.reconcileMu.Lock()
-	f(&n.reconcileStats)
-	n.reconcileMu.Unlock()
-}
-
-// ReconcileStats returns the node's reconciliation counters.
-func (n *Node) ReconcileStats() ReconcileStats {
-	n.reconcileMu.Lock()
-	defer n.reconcileMu.Unlock()
-	return n.reconcileStats
-}
-
-func (n *Node) openSync(ctx context.Context, p peer.ID, kind byte) (network.Stream, *bufio.Reader, *bufio.Writer, error) {
-	st, err := n.host.NewStream(ctx, p, libp2pproto.ID(protocol.ReconcileProtocol(n.cfg.Network)))
+func (s *Service) openSync(ctx context.Context, p peer.ID, kind byte) (network.Stream, *bufio.Reader, *bufio.Writer, error) {
+	st, err := s.host.NewStream(ctx, p, libp2pproto.ID(protocol.ReconcileProtocol(s.cfg.Network)))
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("ledger sync with %s: %w", p, err)
 	}
@@ -144,27 +126,27 @@ func (n *Node) openSync(ctx context.Context, p peer.ID, kind byte) (network.Stre
 }
 
 // closeSync closes a stream from openSync and counts its bytes.
-func (n *Node) closeSync(st network.Stream) {
+func (s *Service) closeSync(st network.Stream) {
 	st.Close()
 	if cs, ok := st.(*countingStream); ok {
-		n.countReconcile(func(s *ReconcileStats) { s.Bytes += cs.n })
+		s.countReconcile(func(st *ReconcileStats) { st.Bytes += cs.n })
 	}
 }
 
 // reconcile is the initiator's side: it streams its coded symbols, the
 // peer decodes the difference, then each side sends the entries the other
 // lacks, the initiator first.
-func (n *Node) reconcile(ctx context.Context, p peer.ID) error {
+func (s *Service) reconcile(ctx context.Context, p peer.ID) error {
 	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	st, br, bw, err := n.openSync(ctx, p, protocol.SyncReconcile)
+	st, br, bw, err := s.openSync(ctx, p, protocol.SyncReconcile)
 	if err != nil {
 		return err
 	}
-	defer n.closeSync(st)
+	defer s.closeSync(st)
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
 	defer stop()
-	snap := n.rset.snapshot()
+	snap := s.rset.snapshot()
 	defer snap.Release()
 	x := storage.NewReconcileInitiator(snap, storage.ReconcileConfig{})
 	if err := protocol.WriteFrame(bw, x.Start()); err != nil {
@@ -189,12 +171,12 @@ func (n *Node) reconcile(ctx context.Context, p peer.ID) error {
 		}
 	}
 	snap.Release() // the symbols are done with; the entries exchange may take a while
-	return n.exchangeEntries(p, br, bw, x.Extra(), true)
+	return s.exchangeEntries(p, br, bw, x.Extra(), true)
 }
 
 // serveReconcile is the responder's side of reconcile, with p.
-func (n *Node) serveReconcile(p peer.ID, br *bufio.Reader, bw *bufio.Writer) error {
-	snap := n.rset.snapshot()
+func (s *Service) serveReconcile(p peer.ID, br *bufio.Reader, bw *bufio.Writer) error {
+	snap := s.rset.snapshot()
 	defer snap.Release()
 	r := storage.NewReconcileResponder(snap, storage.ReconcileConfig{})
 	for done := false; !done; {
@@ -215,34 +197,34 @@ func (n *Node) serveReconcile(p peer.ID, br *bufio.Reader, bw *bufio.Writer) err
 		if err != nil {
 			// The abort frame is out; ending the stream cleanly lets the
 			// initiator read it (a reset could overtake it) and fall back.
-			n.log.Debug("reconcile session ended", "err", err)
+			s.log.Debug("reconcile session ended", "err", err)
 			return nil
 		}
 	}
 	snap.Release()
-	return n.exchangeEntries(p, br, bw, r.Extra(), false)
+	return s.exchangeEntries(p, br, bw, r.Extra(), false)
 }
 
 // exchangeEntries sends the entries of extra (which peer p lacks) and
 // receives p's, in turn: the initiator sends first, so neither side
 // writes while the other has unread data.
-func (n *Node) exchangeEntries(p peer.ID, br *bufio.Reader, bw *bufio.Writer, extra [][32]byte, first bool) error {
+func (s *Service) exchangeEntries(p peer.ID, br *bufio.Reader, bw *bufio.Writer, extra [][32]byte, first bool) error {
 	if first {
-		if err := n.sendEntries(bw, extra); err != nil {
+		if err := s.sendEntries(bw, extra); err != nil {
 			return err
 		}
-		return n.receiveEntries(p, br)
+		return s.receiveEntries(p, br)
 	}
-	if err := n.receiveEntries(p, br); err != nil {
+	if err := s.receiveEntries(p, br); err != nil {
 		return err
 	}
-	return n.sendEntries(bw, extra)
+	return s.sendEntries(bw, extra)
 }
 
-func (n *Node) sendEntries(bw *bufio.Writer, hashes [][32]byte) error {
+func (s *Service) sendEntries(bw *bufio.Writer, hashes [][32]byte) error {
 	sent := 0
 	for _, h := range hashes[:min(len(hashes), protocol.MaxSyncEntries)] {
-		e, err := n.ledger.EntryByHash(h)
+		e, err := s.ledger.EntryByHash(h)
 		if err != nil {
 			continue // e.g. pruned by a fraud proof since the snapshot
 		}
@@ -254,14 +236,14 @@ func (n *Node) sendEntries(bw *bufio.Writer, hashes [][32]byte) error {
 	if err := protocol.WriteFrame(bw, nil); err != nil {
 		return err
 	}
-	n.countReconcile(func(s *ReconcileStats) { s.Sent += sent })
+	s.countReconcile(func(st *ReconcileStats) { st.Sent += sent })
 	return bw.Flush()
 }
 
 // receiveEntries reads entries from p (each at most an entry's size) and
 // ingests them in batches, so a peer can make this node hold at most one
 // batch.
-func (n *Node) receiveEntries(p peer.ID, br *bufio.Reader) error {
+func (s *Service) receiveEntries(p peer.ID, br *bufio.Reader) error {
 	var raws [][]byte
 	for count := 0; ; count++ {
 		b, err := protocol.ReadFrame(br, storage.MaxEntrySize)
@@ -275,13 +257,13 @@ func (n *Node) receiveEntries(p peer.ID, br *bufio.Reader) error {
 			return fmt.Errorf("reconcile entries: more than %d", protocol.MaxSyncEntries)
 		}
 		if raws = append(raws, b); len(raws) == ingestBatch {
-			if err := n.ingestSynced(p, raws); err != nil {
+			if err := s.ingestSynced(p, raws); err != nil {
 				return err
 			}
 			raws = nil
 		}
 	}
-	return n.ingestSynced(p, raws)
+	return s.ingestSynced(p, raws)
 }
 
 // ingestBatch is how many received entries are ingested (and synced) at once.
@@ -289,34 +271,34 @@ const ingestBatch = 1024
 
 // ingestSynced ingests entries a reconciliation fetched from p and counts
 // them.
-func (n *Node) ingestSynced(p peer.ID, raws [][]byte) error {
-	res, err := n.ingestFetched(p, raws)
+func (s *Service) ingestSynced(p peer.ID, raws [][]byte) error {
+	res, err := s.ingestFetched(p, raws)
 	if err != nil {
 		return err
 	}
-	n.countReconcile(func(s *ReconcileStats) { s.Received += len(res.Accepted) })
+	s.countReconcile(func(st *ReconcileStats) { st.Received += len(res.Accepted) })
 	return nil
 }
 
 // ingestFetched ingests entries fetched from peer p, gossips the proof of
 // any equivocation they reveal, counts those refused, and sends p the
 // proof against any frozen account whose entries it offered.
-func (n *Node) ingestFetched(p peer.ID, raws [][]byte) (storage.IngestResult, error) {
+func (s *Service) ingestFetched(p peer.ID, raws [][]byte) (storage.IngestResult, error) {
 	if len(raws) == 0 {
 		return storage.IngestResult{}, nil
 	}
-	if err := n.disk.Low(); err != nil {
+	if err := s.disk.Low(); err != nil {
 		return storage.IngestResult{}, err
 	}
-	res, err := n.ledger.IngestMany(raws)
+	res, err := s.ledger.IngestMany(raws)
 	if err != nil {
 		return res, err
 	}
 	for _, proof := range res.Fraud {
-		n.spreadFraud(proof)
+		s.spreadFraud(proof)
 	}
-	n.ledgerRejected.Add(float64(len(res.Rejected)))
-	n.sendFraudProofs(p, res.Rejected)
+	s.rejected.Add(float64(len(res.Rejected)))
+	s.sendFraudProofs(p, res.Rejected)
 	return res, nil
 }
 
@@ -325,14 +307,14 @@ func (n *Node) ingestFetched(p peer.ID, raws [][]byte) (storage.IngestResult, er
 // node asks for the oldest protocol.MaxSyncEntries it lacks, in time order:
 // an entry after the entries it builds on (its chain's earlier entries,
 // the payments that fund a hold).
-func (n *Node) fetchListing(ctx context.Context, p peer.ID) error {
+func (s *Service) fetchListing(ctx context.Context, p peer.ID) error {
 	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	st, br, bw, err := n.openSync(ctx, p, protocol.SyncList)
+	st, br, bw, err := s.openSync(ctx, p, protocol.SyncList)
 	if err != nil {
 		return err
 	}
-	defer n.closeSync(st)
+	defer s.closeSync(st)
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
 	defer stop()
 	if err := bw.Flush(); err != nil {
@@ -341,7 +323,7 @@ func (n *Node) fetchListing(ctx context.Context, p peer.ID) error {
 	missing := oldest{limit: protocol.MaxSyncEntries}
 	err = readRecords(br, protocol.ListingRecord, func(rec []byte) error {
 		item := storage.LedgerItem{Hash: storage.Hash(rec[:32]), Time: int64(binary.BigEndian.Uint64(rec[32:]))}
-		ok, err := n.ledger.Has(item.Hash)
+		ok, err := s.ledger.Has(item.Hash)
 		if err == nil && !ok {
 			missing.add(item)
 		}
@@ -359,15 +341,15 @@ func (n *Node) fetchListing(ctx context.Context, p peer.ID) error {
 	if err := rw.end(); err != nil {
 		return err
 	}
-	return n.receiveEntries(p, br)
+	return s.receiveEntries(p, br)
 }
 
 // serveListing answers fetchListing: every entry's hash and time, then the
 // entries asked for.
-func (n *Node) serveListing(br *bufio.Reader, bw *bufio.Writer) error {
+func (s *Service) serveListing(br *bufio.Reader, bw *bufio.Writer) error {
 	rw := recordWriter{bw: bw}
 	var rec [protocol.ListingRecord]byte
-	for item, err := range n.ledger.Items() {
+	for item, err := range s.ledger.Items() {
 		if err != nil {
 			return err
 		}
@@ -391,7 +373,7 @@ func (n *Node) serveListing(br *bufio.Reader, bw *bufio.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listing request: %w", err)
 	}
-	return n.sendEntries(bw, asked)
+	return s.sendEntries(bw, asked)
 }
 
 // oldest keeps the limit oldest of the items it is given, by (time, hash).

@@ -1,4 +1,4 @@
-package node
+package ledgerd
 
 import (
 	"bufio"
@@ -48,51 +48,64 @@ type proofPush struct {
 // sendFraudProofs sends p, in the background and on one stream, the proof
 // against each frozen account among the entries p offered and this node
 // refused: one that p does not hold yet, or that did not arrive a minute
-// ago.
-func (n *Node) sendFraudProofs(p peer.ID, rejected []storage.Rejection) {
-	var due []peer.ID
-	now := time.Now()
-	n.proofsMu.Lock()
-	defer n.proofsMu.Unlock()
-	for _, r := range rejected {
-		if !errors.Is(r.Err, storage.ErrFrozen) || p == "" || p == n.host.ID() {
-			continue
-		}
-		s := n.proofsSent[accountPeer{r.Account, p}]
-		if s.delivered || now.Sub(s.tried) < proofRetryAfter || slices.Contains(due, r.Account) || len(due) == maxProofsPerPush {
-			continue
-		}
-		due = append(due, r.Account)
-	}
-	if len(due) == 0 || n.proofPushes >= maxPushesInFlight || n.runCtx.Err() != nil {
+// ago. It never waits for the push.
+func (s *Service) sendFraudProofs(p peer.ID, rejected []storage.Rejection) {
+	if p == "" || p == s.self {
 		return
 	}
-	if len(n.proofsSent)+len(due) > maxProofsTracked {
-		clear(n.proofsSent)
+	var frozen []peer.ID
+	for _, r := range rejected {
+		if errors.Is(r.Err, storage.ErrFrozen) && !slices.Contains(frozen, r.Account) {
+			frozen = append(frozen, r.Account)
+		}
+	}
+	if len(frozen) == 0 {
+		return
+	}
+	s.post(func() { s.startPush(p, frozen) })
+}
+
+// startPush starts a push to p of the proofs against those of frozen that
+// are due (on run's goroutine, which owns the record of proofs sent).
+func (s *Service) startPush(p peer.ID, frozen []peer.ID) {
+	now := s.clock.Now()
+	var due []peer.ID
+	for _, a := range frozen {
+		sent := s.st.proofsSent[accountPeer{a, p}]
+		if sent.delivered || now.Sub(sent.tried) < proofRetryAfter || len(due) == maxProofsPerPush {
+			continue
+		}
+		due = append(due, a)
+	}
+	if len(due) == 0 || s.st.proofPushes >= maxPushesInFlight || s.ctx.Err() != nil {
+		return
+	}
+	if len(s.st.proofsSent)+len(due) > maxProofsTracked {
+		clear(s.st.proofsSent)
 	}
 	for _, a := range due {
-		n.proofsSent[accountPeer{a, p}] = proofPush{tried: now}
+		s.st.proofsSent[accountPeer{a, p}] = proofPush{tried: now}
 	}
-	n.proofPushes++
-	n.wg.Add(1)
+	s.st.proofPushes++
+	s.wg.Add(1)
 	go func() {
-		defer n.wg.Done()
-		delivered, err := n.pushFraudProofs(n.runCtx, p, due)
+		defer s.wg.Done()
+		delivered, err := s.pushFraudProofs(s.ctx, p, due)
 		if err != nil {
-			n.log.Debug("send fraud proofs", "peer", p, "err", err)
+			s.log.Debug("send fraud proofs", "peer", p, "err", err)
 		}
-		n.proofsMu.Lock()
-		defer n.proofsMu.Unlock()
-		n.proofPushes--
-		for _, a := range delivered {
-			n.proofsSent[accountPeer{a, p}] = proofPush{tried: now, delivered: true}
-		}
+		s.post(func() {
+			s.st.proofPushes--
+			for _, a := range delivered {
+				s.st.proofsSent[accountPeer{a, p}] = proofPush{tried: now, delivered: true}
+			}
+		})
 	}()
 }
 
 // pushFraudProofs sends p this node's proofs against accounts and returns
 // the accounts whose proof p acknowledged.
-func (n *Node) pushFraudProofs(ctx context.Context, p peer.ID, accounts []peer.ID) ([]peer.ID, error) {
+func (s *Service) pushFraudProofs(ctx context.Context, p peer.ID, accounts []peer.ID) ([]peer.ID, error) {
 	var proofs [][]byte
 	var sent []peer.ID
 	for _, a := range accounts {
@@ -101,7 +114,7 @@ func (n *Node) pushFraudProofs(ctx context.Context, p peer.ID, accounts []peer.I
 			ok    bool
 			err   error
 		)
-		if !n.withDB(func() { proof, ok, err = n.ledger.FraudProofFor(a) }) {
+		if !s.withDB(func() { proof, ok, err = s.ledger.FraudProofFor(a) }) {
 			return nil, errDBClosed
 		}
 		if err != nil {
@@ -116,11 +129,11 @@ func (n *Node) pushFraudProofs(ctx context.Context, p peer.ID, accounts []peer.I
 	}
 	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	st, br, bw, err := n.openSync(ctx, p, protocol.SyncFraud)
+	st, br, bw, err := s.openSync(ctx, p, protocol.SyncFraud)
 	if err != nil {
 		return nil, err
 	}
-	defer n.closeSync(st)
+	defer s.closeSync(st)
 	for _, b := range append(proofs, nil) { // an empty frame ends the list
 		if err := protocol.WriteFrame(bw, b); err != nil {
 			return nil, err
@@ -141,7 +154,7 @@ func (n *Node) pushFraudProofs(ctx context.Context, p peer.ID, accounts []peer.I
 // serveFraudProofs takes the proofs that pushFraudProofs sends, answering
 // each once this node holds it: a new one freezes its account and is
 // gossiped on; one against an account already frozen is not checked again.
-func (n *Node) serveFraudProofs(br *bufio.Reader, bw *bufio.Writer) error {
+func (s *Service) serveFraudProofs(br *bufio.Reader, bw *bufio.Writer) error {
 	for range maxProofsPerPush + 1 {
 		frame, err := protocol.ReadFrame(br, protocol.MaxSyncFrame)
 		if err != nil {
@@ -150,39 +163,39 @@ func (n *Node) serveFraudProofs(br *bufio.Reader, bw *bufio.Writer) error {
 		if len(frame) == 0 {
 			return nil
 		}
-		if err := n.takeFraudProof(frame); err != nil {
+		if err := s.takeFraudProof(frame); err != nil {
 			return err
 		}
 		if err := bw.WriteByte(0); err != nil {
 			return err
 		}
 	}
-	n.ledgerRejected.Inc()
+	s.rejected.Inc()
 	return fmt.Errorf("more than %d fraud proofs", maxProofsPerPush)
 }
 
 // takeFraudProof ingests one pushed proof.
-func (n *Node) takeFraudProof(frame []byte) error {
+func (s *Service) takeFraudProof(frame []byte) error {
 	proof, err := storage.DecodeFraudProof(frame)
 	var a storage.Entry
 	if err == nil {
 		a, err = storage.DecodeEntry(proof.A)
 	}
 	if err != nil {
-		n.ledgerRejected.Inc()
+		s.rejected.Inc()
 		return fmt.Errorf("fraud proof: %w", err)
 	}
-	if frozen, err := n.ledger.Frozen(a.Account); err != nil || frozen {
+	if frozen, err := s.ledger.Frozen(a.Account); err != nil || frozen {
 		return err
 	}
-	switch err := n.ledger.IngestFraudProof(proof); {
+	switch err := s.ledger.IngestFraudProof(proof); {
 	case err == nil:
-		n.spreadFraud(proof)
+		s.spreadFraud(proof)
 		return nil
 	case errors.Is(err, storage.ErrDuplicate):
 		return nil
 	case errors.Is(err, storage.ErrBadFraudProof):
-		n.ledgerRejected.Inc()
+		s.rejected.Inc()
 		return fmt.Errorf("fraud proof: %w", err)
 	default:
 		return fmt.Errorf("fraud proof: %w", err) // our store, not the sender

@@ -1,4 +1,4 @@
-package node
+package ledgerd
 
 import (
 	"cmp"
@@ -48,7 +48,7 @@ func cost(price uint64, u *pb.Usage, hold uint64) uint64 {
 	return min((lo+999)/1000, hold)
 }
 
-// offerHoldWrite is the ledger write that escrows a job's maximum cost at
+// OfferHoldWrite is the ledger write that escrows a job's maximum cost at
 // its max price once the job is posted (and persisted), naming no
 // provider: it is synced while the offer collects bids, so the first award
 // finds it on disk and leaves without waiting for a sync. An interactive
@@ -57,49 +57,49 @@ func cost(price uint64, u *pb.Usage, hold uint64) uint64 {
 // part of its bid window (and an award that comes first takes it along).
 // Without the credits for it, nothing is written and the award writes a
 // hold at the winning price instead.
-func (n *Node) offerHoldWrite(id protocol.JobID, spec *pb.JobSpec) *ledgerWrite {
+func (s *Service) OfferHoldWrite(id protocol.JobID, spec *pb.JobSpec) *Write {
 	amount, err := maxCost(spec.GetMaxPrice(), spec)
 	if err != nil || amount == 0 {
 		return nil
 	}
 	body := storage.HoldBody{Job: storage.Hash(id), Amount: amount}
-	return &ledgerWrite{
+	return &Write{
 		jobs:   []protocol.JobID{id},
 		urgent: spec.GetTier() == protocol.TierInteractive,
-		bodies: func() []storage.Body {
-			if _, ok, err := n.ledger.HoldFor(n.host.ID(), body.Job); err != nil || ok {
+		bodies: func(batch *batch) []storage.Body {
+			if _, ok, err := s.ledger.HoldFor(s.self, body.Job); err != nil || ok {
 				return nil
 			}
 			// Holds computed earlier in the same batch are not applied
 			// yet: count them, so this one does not make the batch fail.
-			b, err := n.ledger.Balance(n.host.ID())
-			if err != nil || b.Available() < n.market.writer.batchHeld+amount {
+			b, err := s.ledger.Balance(s.self)
+			if err != nil || b.Available() < batch.held+amount {
 				return nil
 			}
-			n.market.writer.batchHeld += amount
+			batch.held += amount
 			return []storage.Body{body}
 		},
 	}
 }
 
-// escrowWrite is the ledger write that backs awards with holds: the open
+// EscrowWrite is the ledger write that backs awards with holds: the open
 // hold that already covers it (the posting's, naming no provider, for a
 // first award), or a new one (after a release of an old one that does not
 // fit). done gets each award's hold entry, or the error that keeps it from
 // being sent.
-func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, errs []error)) *ledgerWrite {
+func (s *Service) EscrowWrite(awards []EscrowRequest, done func(holds [][]byte, errs []error)) *Write {
 	holds, errs := make([][]byte, len(awards)), make([]error, len(awards))
 	at := make([]int, len(awards)) // index of each new hold in the bodies, or -1
-	w := &ledgerWrite{sends: true}
+	w := &Write{sends: true}
 	for _, a := range awards {
-		w.jobs = append(w.jobs, a.id)
+		w.jobs = append(w.jobs, a.ID)
 	}
-	w.bodies = func() []storage.Body {
+	w.bodies = func(*batch) []storage.Body {
 		var bodies []storage.Body
 		for i, a := range awards {
 			at[i] = -1
-			job := storage.Hash(a.id)
-			amount, err := maxCost(a.price, a.spec)
+			job := storage.Hash(a.ID)
+			amount, err := maxCost(a.Price, a.Spec)
 			if err != nil {
 				errs[i] = err
 				continue
@@ -107,7 +107,7 @@ func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, err
 			// A hold escrows something (the ledger refuses a hold of
 			// nothing), even for a job at price 0.
 			amount = max(amount, 1)
-			e, ok, err := n.ledger.HoldEntry(n.host.ID(), job)
+			e, ok, err := s.ledger.HoldEntry(s.self, job)
 			if err != nil {
 				errs[i] = err
 				continue
@@ -117,7 +117,7 @@ func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, err
 				// whose records a restored data dir lacks) is never held
 				// again: it could not be paid twice, and the hold would
 				// stay open.
-				if _, paid, err := n.ledger.PaymentFor(n.host.ID(), job); err != nil || paid {
+				if _, paid, err := s.ledger.PaymentFor(s.self, job); err != nil || paid {
 					errs[i] = cmp.Or(err, errJobPaid)
 					continue
 				}
@@ -131,14 +131,14 @@ func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, err
 				// a provider's lease of a job once for each hold that
 				// names it, so a hold backs one award.
 				h, _ := e.Body.(storage.HoldBody)
-				if h.Provider == "" && a.award.Attempt == 1 && h.Amount >= amount {
+				if h.Provider == "" && a.Award.Attempt == 1 && h.Amount >= amount {
 					holds[i] = e.Encode()
 					continue
 				}
 				bodies = append(bodies, storage.ReleaseBody{Job: job})
 			}
 			at[i] = len(bodies)
-			bodies = append(bodies, storage.HoldBody{Job: job, Provider: a.provider, Amount: amount})
+			bodies = append(bodies, storage.HoldBody{Job: job, Provider: a.Provider, Amount: amount})
 		}
 		return bodies
 	}
@@ -147,7 +147,7 @@ func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, err
 			switch {
 			case k < 0:
 			case written[k] == nil:
-				errs[i] = n.describeRefusal(werrs[k])
+				errs[i] = s.describeRefusal(werrs[k])
 			default:
 				holds[i] = written[k].Encode()
 			}
@@ -167,26 +167,28 @@ func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, err
 // errJobPaid refuses a hold for a job this node has already paid.
 var errJobPaid = errors.New("this node's ledger shows the job paid already")
 
-// escrowRequest is an award to back with a hold.
-type escrowRequest struct {
-	id        protocol.JobID
-	award     *pb.Award
-	provider  peer.ID
-	price     uint64
-	spec      *pb.JobSpec
-	knownSeq  uint64 // the provider's head of this node's chain, from its bid
-	withChain bool   // the award carries the entries after knownSeq
+// EscrowRequest is an award to back with a hold.
+type EscrowRequest struct {
+	ID       protocol.JobID
+	Award    *pb.Award
+	Provider peer.ID
+	Price    uint64
+	Spec     *pb.JobSpec
+	// KnownSeq is the provider's head of this node's chain, from its bid;
+	// WithChain says the award carries the entries after it.
+	KnownSeq  uint64
+	WithChain bool
 }
 
-// chainBefore returns this node's entries after seq after and before the
+// ChainBefore returns this node's entries after seq after and before the
 // hold entry, oldest first, for an award to carry: nil when there are none,
 // or more than an award may carry (the provider then fetches them).
-func (n *Node) chainBefore(hold []byte, after uint64) [][]byte {
+func (s *Service) ChainBefore(hold []byte, after uint64) [][]byte {
 	h, err := storage.DecodeEntry(hold)
 	if err != nil || after >= h.Seq-1 || h.Seq-1-after > protocol.MaxAwardChain {
 		return nil
 	}
-	es, err := n.ledger.Entries(n.host.ID(), after, int(h.Seq-after-1))
+	es, err := s.ledger.Entries(s.self, after, int(h.Seq-after-1))
 	if err != nil {
 		return nil
 	}
@@ -203,12 +205,12 @@ func (n *Node) chainBefore(hold []byte, after uint64) [][]byte {
 	return chain
 }
 
-// settleWrite is the ledger write that settles the finished ones among
+// SettleWrite is the ledger write that settles the finished ones among
 // jobs, once they are persisted: a payment to the provider whose result
 // was accepted, for the usage its receipt states, or a release. The hold
 // stays open until then, so a crash between the two is settled on
 // restart. nil if none has finished.
-func (n *Node) settleWrite(jobs []*market.Job) *ledgerWrite {
+func (s *Service) SettleWrite(jobs []*market.Job) *Write {
 	var ended []*market.Job
 	for _, j := range jobs {
 		if j.State.Terminal() {
@@ -219,17 +221,17 @@ func (n *Node) settleWrite(jobs []*market.Job) *ledgerWrite {
 	if len(ended) == 0 {
 		return nil
 	}
-	w := &ledgerWrite{bodies: func() []storage.Body { return n.settlements(ended) }}
+	w := &Write{bodies: func(*batch) []storage.Body { return s.settlements(ended) }}
 	for _, j := range ended {
 		w.jobs = append(w.jobs, j.ID)
 	}
 	return w
 }
 
-func (n *Node) settlements(jobs []*market.Job) []storage.Body {
+func (s *Service) settlements(jobs []*market.Job) []storage.Body {
 	var bodies []storage.Body
 	for _, j := range jobs {
-		if b := n.settlement(j); b != nil {
+		if b := s.settlement(j); b != nil {
 			bodies = append(bodies, b)
 		}
 	}
@@ -238,11 +240,11 @@ func (n *Node) settlements(jobs []*market.Job) []storage.Body {
 
 // settlement is the entry that settles a finished job's open hold; nil if
 // the job has not finished or has no open hold.
-func (n *Node) settlement(j *market.Job) storage.Body {
+func (s *Service) settlement(j *market.Job) storage.Body {
 	if !j.State.Terminal() {
 		return nil
 	}
-	hold, ok, err := n.ledger.HoldFor(n.host.ID(), storage.Hash(j.ID))
+	hold, ok, err := s.ledger.HoldFor(s.self, storage.Hash(j.ID))
 	if err != nil || !ok {
 		return nil
 	}
@@ -267,11 +269,11 @@ func (n *Node) settlement(j *market.Job) storage.Body {
 // written one by one, so one bad entry costs only itself. It returns the
 // entries written, nil where a body was refused, and each refusal's
 // error. Before the node has confirmed its head it writes nothing.
-func (n *Node) appendAll(bodies []storage.Body, what string) ([]*storage.Entry, []error) {
+func (s *Service) appendAll(bodies []storage.Body, what string) ([]*storage.Entry, []error) {
 	out, errs := make([]*storage.Entry, len(bodies)), make([]error, len(bodies))
-	if err := n.head.err(); err != nil {
+	if err := s.head.err(); err != nil {
 		if len(bodies) > 0 {
-			n.log.Warn(what+": not written", "entries", len(bodies), "err", err)
+			s.log.Warn(what+": not written", "entries", len(bodies), "err", err)
 		}
 		for i := range errs {
 			errs[i] = err
@@ -280,20 +282,20 @@ func (n *Node) appendAll(bodies []storage.Body, what string) ([]*storage.Entry, 
 	}
 	for start := 0; start < len(bodies); start += storage.MaxAppendBatch {
 		chunk := bodies[start:min(start+storage.MaxAppendBatch, len(bodies))]
-		es, err := n.ledger.AppendBatch(n.priv, chunk)
+		es, err := s.ledger.AppendBatch(s.key, chunk)
 		if err == nil {
 			raws := make([][]byte, len(es))
 			for i := range es {
 				out[start+i] = &es[i]
 				raws[i] = es[i].Encode()
 			}
-			n.entryGossip.Add(n.runCtx, raws...)
+			s.entries.Add(s.ctx, raws...)
 			continue
 		}
 		for i, b := range chunk {
-			e, err := n.signEntry(b)
+			e, err := s.signEntry(b)
 			if err != nil {
-				n.log.Error(what, "kind", b.Kind(), "err", err)
+				s.log.Error(what, "kind", b.Kind(), "err", err)
 				errs[start+i] = err
 				continue
 			}
@@ -303,32 +305,32 @@ func (n *Node) appendAll(bodies []storage.Body, what string) ([]*storage.Entry, 
 	return out, errs
 }
 
-// checkHold makes sure the requester escrowed a lease's maximum cost before
+// CheckHold makes sure the requester escrowed a lease's maximum cost before
 // the provider runs it: the award's hold entry must be valid in this
 // node's ledger (its chain is fetched from the requester if this node
 // lacks earlier entries), cover the price, and back a lease that this
 // provider has not taken yet: a hold backs one run, and a run whose lease
 // the ledger refuses would have no record. On success the lease is
-// claimed (storage.Ledger.ClaimLease) until leaseWrite has written it.
-func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
+// claimed (storage.Ledger.ClaimLease) until LeaseWrite has written it.
+func (s *Service) CheckHold(ctx context.Context, l *market.Lease) error {
 	if len(l.Hold) == 0 {
 		return errors.New("award without an escrow hold")
 	}
 	if len(l.Chain) > 0 {
 		// The award carried the entries this node lacked before the hold.
-		if _, err := n.ingestFetched(l.Requester, l.Chain); err != nil {
+		if _, err := s.ingestFetched(l.Requester, l.Chain); err != nil {
 			return fmt.Errorf("escrow hold's chain: %w", err)
 		}
 	}
-	err := n.ingestOne(l.Hold)
+	err := s.ingestOne(l.Hold)
 	// A hold that waits for earlier entries of the requester's chain (they
 	// come by gossip, maybe after the award) is fetched from the requester,
 	// retrying until the lease's deadline.
 	for delay := 50 * time.Millisecond; errors.Is(err, storage.ErrGap); delay = min(2*delay, time.Second) {
-		if serr := n.syncChainOnce(ctx, l.Requester); serr != nil {
-			n.log.Debug("fetch requester's chain", "requester", l.Requester, "err", serr)
+		if serr := s.syncChainOnce(ctx, l.Requester); serr != nil {
+			s.log.Debug("fetch requester's chain", "requester", l.Requester, "err", serr)
 		}
-		if err = n.ingestOne(l.Hold); !errors.Is(err, storage.ErrGap) {
+		if err = s.ingestOne(l.Hold); !errors.Is(err, storage.ErrGap) {
 			break
 		}
 		select {
@@ -340,7 +342,7 @@ func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 	if err != nil && !errors.Is(err, storage.ErrDuplicate) {
 		return fmt.Errorf("escrow hold: %w", err)
 	}
-	hold, ok, err := n.ledger.HoldFor(l.Requester, storage.Hash(l.Job))
+	hold, ok, err := s.ledger.HoldFor(l.Requester, storage.Hash(l.Job))
 	if err != nil {
 		return fmt.Errorf("escrow hold: %w", err)
 	}
@@ -350,7 +352,7 @@ func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 	switch {
 	case hold.Provider == "" && l.Attempt != 1:
 		return fmt.Errorf("escrow hold names no provider, and this is award %d of the job", l.Attempt)
-	case hold.Provider != "" && hold.Provider != n.host.ID():
+	case hold.Provider != "" && hold.Provider != s.self:
 		return fmt.Errorf("escrow hold names provider %s, not this one", hold.Provider)
 	}
 	want, err := maxCost(l.Price, l.Spec)
@@ -363,68 +365,64 @@ func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 	// A requester that awards this provider the job again on a hold that
 	// already backs its lease (a rogue one: an honest one writes a hold
 	// for each award) gets no second run.
-	if err := n.ledger.ClaimLease(n.host.ID(), l.Requester, storage.Hash(l.Job)); err != nil {
+	if err := s.ledger.ClaimLease(s.self, l.Requester, storage.Hash(l.Job)); err != nil {
 		return fmt.Errorf("escrow hold backs no further run of the job by this provider (award %d): %w", l.Attempt, err)
 	}
 	return nil
 }
 
-// signGrant signs an award's grant: this node, its requester, grants the
+// SignGrant signs an award's grant: this node, its requester, grants the
 // award's provider a lease of the job at its price and attempt. The
 // provider's lease entry quotes it; without it no ledger takes the lease.
-func (n *Node) signGrant(a *pb.Award) ([]byte, error) {
-	g := storage.LeaseGrant{Job: storage.Hash(a.JobId), Requester: n.host.ID(), Provider: peer.ID(a.Provider),
+func (s *Service) SignGrant(a *pb.Award) ([]byte, error) {
+	g := storage.LeaseGrant{Job: storage.Hash(a.JobId), Requester: s.self, Provider: peer.ID(a.Provider),
 		Price: a.Price, Attempt: a.Attempt}
-	return g.Sign(n.cfg.Network, n.priv)
+	return g.Sign(s.cfg.Network, s.key)
 }
 
-// checkGrant checks an award's grant to this provider (market.Config's
+// CheckGrant checks an award's grant to this provider (for market.Config's
 // CheckGrant, on the engine's loop): the same check every ledger makes of
-// the lease entry that will quote it. An award it refuses is declined,
-// and counted as a refused message ("bad grant").
-func (n *Node) checkGrant(requester peer.ID, job protocol.JobID, a *pb.Award) error {
-	g := storage.LeaseGrant{Job: storage.Hash(job), Requester: requester, Provider: n.host.ID(),
+// the lease entry that will quote it. An award it refuses is declined.
+func (s *Service) CheckGrant(requester peer.ID, job protocol.JobID, a *pb.Award) error {
+	g := storage.LeaseGrant{Job: storage.Hash(job), Requester: requester, Provider: s.self,
 		Price: a.Price, Attempt: a.Attempt}
-	if err := g.Verify(n.cfg.Network, a.Grant); err != nil {
-		n.market.rejected.WithLabelValues("bad grant").Inc()
-		n.log.Debug("award declined", "job", job, "requester", requester, "err", err)
+	if err := g.Verify(s.cfg.Network, a.Grant); err != nil {
 		return err
 	}
 	return nil
 }
 
-// leaseWrite is the ledger write that records, in this provider's chain,
-// that it took a lease (after checkHold found the hold that backs it and
+// LeaseWrite is the ledger write that records, in this provider's chain,
+// that it took a lease (after CheckHold found the hold that backs it and
 // claimed the lease, a claim given back once the lease is written),
 // quoting the requester's grant of the award.
-func (n *Node) leaseWrite(l *market.Lease) *ledgerWrite {
+func (s *Service) LeaseWrite(l *market.Lease) *Write {
 	body := storage.LeaseBody{Job: storage.Hash(l.Job), Requester: l.Requester, Price: l.Price,
 		Attempt: l.Attempt, Grant: l.Grant}
-	return &ledgerWrite{
-		bodies: func() []storage.Body {
-			n.market.writer.batchLeases[body.Job]++
+	return &Write{
+		bodies: func(b *batch) []storage.Body {
+			b.leases[body.Job]++
 			return []storage.Body{body}
 		},
-		done: func([]*storage.Entry, []error) { n.ledger.UnclaimLease(n.host.ID(), body.Job) },
+		done: func([]*storage.Entry, []error) { s.ledger.UnclaimLease(s.self, body.Job) },
 	}
 }
 
-// receiptWrite is the ledger write that records, in this provider's
+// ReceiptWrite is the ledger write that records, in this provider's
 // chain, the receipt it signed: the signed result's hash, the result's
 // content ID and the usage. The ledger takes one receipt for each lease
 // of the job in this chain: a result without a lease (the run stopped at
 // the escrow check) has none, and writes nothing.
-func (n *Node) receiptWrite(r *pb.Result, raw []byte) *ledgerWrite {
+func (s *Service) ReceiptWrite(r *pb.Result, raw []byte) *Write {
 	body := storage.ReceiptBody{Job: storage.Hash(r.JobId), Receipt: sha256.Sum256(raw), Result: r.ResultId,
 		Usage: storage.Usage{WallMS: uint64(r.GetUsage().GetWallMs()), GPUMS: uint64(r.GetUsage().GetGpuMs()), ExitCode: r.ExitCode}}
-	return &ledgerWrite{bodies: func() []storage.Body {
-		w := n.market.writer
-		leases, receipts, err := n.ledger.Leases(n.host.ID(), body.Job)
-		if err != nil || leases+w.batchLeases[body.Job] <= receipts+w.batchReceipts[body.Job] {
-			n.log.Debug("no lease left for a receipt; not recorded", "job", body.Job, "err", err)
+	return &Write{bodies: func(b *batch) []storage.Body {
+		leases, receipts, err := s.ledger.Leases(s.self, body.Job)
+		if err != nil || leases+b.leases[body.Job] <= receipts+b.receipts[body.Job] {
+			s.log.Debug("no lease left for a receipt; not recorded", "job", body.Job, "err", err)
 			return nil
 		}
-		w.batchReceipts[body.Job]++
+		b.receipts[body.Job]++
 		return []storage.Body{body}
 	}}
 }

@@ -1,4 +1,4 @@
-package node
+package ledgerd
 
 import (
 	"context"
@@ -12,27 +12,25 @@ import (
 	"github.com/mira-market/mira/storage"
 )
 
-// Ledger is the node's ledger.
-func (n *Node) Ledger() *storage.Ledger { return n.ledger }
-
 // IngestEntry validates a ledger entry from elsewhere (a tool, a test) and,
 // if this node stores it, gossips it like its own; an entry that convicts
 // its account of equivocation has the proof gossiped instead.
-func (n *Node) IngestEntry(raw []byte) error {
-	if err := n.ingestOne(raw); err != nil {
+func (s *Service) IngestEntry(raw []byte) error {
+	if err := s.ingestOne(raw); err != nil {
 		return err
 	}
-	n.publishEntries([][]byte{raw})
+	s.publishEntries([][]byte{raw})
 	return nil
 }
 
 func credits(micro uint64) float64 { return float64(micro) / 1e6 }
 
-func (b apiBackend) account(s string) (peer.ID, error) {
-	if s == "" {
-		return b.host.ID(), nil
+// account names an account by its peer ID; "" is this node's.
+func (s *Service) account(name string) (peer.ID, error) {
+	if name == "" {
+		return s.self, nil
 	}
-	id, err := peer.Decode(s)
+	id, err := peer.Decode(name)
 	if err != nil {
 		return "", fmt.Errorf("account: %w", err)
 	}
@@ -40,16 +38,16 @@ func (b apiBackend) account(s string) (peer.ID, error) {
 }
 
 // Balance answers GET /v1/ledger/balance.
-func (b apiBackend) Balance(_ context.Context, account string) (api.BalanceInfo, error) {
-	id, err := b.account(account)
+func (s *Service) Balance(_ context.Context, account string) (api.BalanceInfo, error) {
+	id, err := s.account(account)
 	if err != nil {
 		return api.BalanceInfo{}, err
 	}
-	bal, err := b.ledger.Balance(id)
+	bal, err := s.ledger.Balance(id)
 	if err != nil {
 		return api.BalanceInfo{}, err
 	}
-	frozen, err := b.ledger.Frozen(id)
+	frozen, err := s.ledger.Frozen(id)
 	return api.BalanceInfo{
 		Account: id.String(), Balance: credits(bal.Balance), Held: credits(bal.Held),
 		Available: credits(bal.Available()), Frozen: frozen,
@@ -57,12 +55,12 @@ func (b apiBackend) Balance(_ context.Context, account string) (api.BalanceInfo,
 }
 
 // Entries answers GET /v1/ledger/entries.
-func (b apiBackend) Entries(_ context.Context, account string, after uint64, limit int) ([]api.EntryInfo, error) {
-	id, err := b.account(account)
+func (s *Service) Entries(_ context.Context, account string, after uint64, limit int) ([]api.EntryInfo, error) {
+	id, err := s.account(account)
 	if err != nil {
 		return nil, err
 	}
-	es, err := b.ledger.Entries(id, after, limit)
+	es, err := s.ledger.Entries(id, after, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -98,32 +96,33 @@ func entryInfo(e storage.Entry) api.EntryInfo {
 }
 
 // Verify answers GET /v1/ledger/verify.
-func (b apiBackend) Verify(ctx context.Context) (api.VerifyInfo, error) {
-	probs, err := b.ledger.Verify(ctx)
+func (s *Service) Verify(ctx context.Context) (api.VerifyInfo, error) {
+	probs, err := s.ledger.Verify(ctx)
 	if err != nil {
 		return api.VerifyInfo{}, err
 	}
-	digest, err := b.ledger.Digest()
+	digest, err := s.ledger.Digest()
 	if err != nil {
 		return api.VerifyInfo{}, err
 	}
-	total, err := b.ledger.Total()
+	total, err := s.ledger.Total()
 	if err != nil {
 		return api.VerifyInfo{}, err
 	}
-	v := api.VerifyInfo{OK: len(probs) == 0, Entries: b.ledger.Count(), Digest: digest.String(), Total: credits(total), Problems: []string{}}
+	v := api.VerifyInfo{OK: len(probs) == 0, Entries: s.ledger.Count(), Digest: digest.String(), Total: credits(total), Problems: []string{}}
 	for _, p := range probs {
 		v.Problems = append(v.Problems, p.Error())
 	}
 	return v, nil
 }
 
-// payment describes how a job's escrow stands in this node's ledger.
-func (n *Node) payment(j market.Job) (float64, *api.PaymentInfo) {
-	if n.ledger == nil {
+// Payment describes how a job's escrow stands in this node's ledger: what
+// it paid, and the escrow's state (nil if it has none).
+func (s *Service) Payment(j market.Job) (float64, *api.PaymentInfo) {
+	if s == nil || s.ledger == nil {
 		return 0, nil
 	}
-	es, err := n.ledger.EscrowFor(n.host.ID(), storage.Hash(j.ID))
+	es, err := s.ledger.EscrowFor(s.self, storage.Hash(j.ID))
 	if err != nil {
 		return 0, nil
 	}

@@ -1,4 +1,4 @@
-package node
+package ledgerd
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"github.com/mira-market/mira/storage"
 )
 
-// orphanHoldAge is how long a hold of a job this node has no record of
+// OrphanHoldAge is how long a hold of a job this node has no record of
 // (an orphan: the job's record was lost with a data dir restored from an
 // older copy) stays open after the node first sees it so. The node that
 // wrote the hold was an earlier run of this node, stopped before this run
@@ -20,50 +20,46 @@ import (
 // passed since this run first saw the orphan, and no one can be paid from
 // the hold: only this node signs its payments, and it has forgotten the
 // job. The time first seen is stored, so that restarts do not postpone it.
-const orphanHoldAge = protocol.MaxMessageTTL + storage.DefaultMaxClockSkew
+const OrphanHoldAge = protocol.MaxMessageTTL + storage.DefaultMaxClockSkew
 
 // sweepLoop looks for leftover holds once the head is confirmed, and then
 // every hold_sweep_interval.
-func (n *Node) sweepLoop(ctx context.Context) {
-	t := time.NewTicker(time.Duration(n.cfg.Ledger.HoldSweepInterval))
+func (s *Service) sweepLoop(ctx context.Context) {
+	t := s.clock.NewTimer(s.cfg.HoldSweepInterval)
 	defer t.Stop()
 	for {
-		if _, err := n.sweepHolds(ctx, time.Now()); err != nil && ctx.Err() == nil {
-			n.log.Warn("sweep leftover holds", "err", err)
+		if _, err := s.SweepHolds(ctx, s.clock.Now()); err != nil && ctx.Err() == nil {
+			s.log.Warn("sweep leftover holds", "err", err)
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.C():
+			t.Reset(s.cfg.HoldSweepInterval)
 		}
 	}
 }
 
-// sweepHolds settles this node's open holds that nothing else will: a hold
+// SweepHolds settles this node's open holds that nothing else will: a hold
 // of a job that has ended is settled now (paid if its result was
 // accepted, else released), and a hold of a job the node has no record of
-// is released once orphanHoldAge has passed since the node first saw it.
+// is released once OrphanHoldAge has passed since the node first saw it.
 // The writes go through the ledger writer; what it found is in the report.
-func (n *Node) sweepHolds(ctx context.Context, now time.Time) (sweepReport, error) {
-	var r sweepReport
-	self := n.host.ID()
-	holds, err := n.ledger.OpenHolds(self)
+func (s *Service) SweepHolds(ctx context.Context, now time.Time) (SweepReport, error) {
+	var r SweepReport
+	holds, err := s.ledger.OpenHolds(s.self)
 	if err != nil {
 		return r, err
 	}
-	seenAt, err := n.db.OrphanHolds()
+	seenAt, err := s.db.OrphanHolds()
 	if err != nil {
 		return r, err
 	}
-	known := map[storage.Hash]*market.Job{}
-	err = n.market.do(ctx, func() {
-		for _, h := range holds {
-			if j, ok := n.market.eng.Job(protocol.JobID(h.Job)); ok {
-				c := *j
-				known[h.Job] = &c
-			}
-		}
-	})
+	ids := make([]protocol.JobID, len(holds))
+	for i, h := range holds {
+		ids[i] = protocol.JobID(h.Job)
+	}
+	known, err := s.market.Jobs(ctx, ids)
 	if err != nil {
 		return r, err
 	}
@@ -73,7 +69,7 @@ func (n *Node) sweepHolds(ctx context.Context, now time.Time) (sweepReport, erro
 	open := map[storage.Hash]bool{}
 	for _, h := range holds {
 		open[h.Job] = true
-		j, ok := known[h.Job]
+		j, ok := known[protocol.JobID(h.Job)]
 		switch {
 		case ok && j.State.Terminal():
 			ended = append(ended, j)
@@ -84,47 +80,47 @@ func (n *Node) sweepHolds(ctx context.Context, now time.Time) (sweepReport, erro
 			if !seen {
 				since, fresh[h.Job] = now, now
 			}
-			if !now.Before(since.Add(orphanHoldAge)) {
+			if !now.Before(since.Add(OrphanHoldAge)) {
 				release = append(release, h.Job)
 			}
 		}
 	}
 	var gone []storage.Hash
 	for job := range seenAt {
-		if !open[job] || known[job] != nil {
+		if !open[job] || known[protocol.JobID(job)] != nil {
 			gone = append(gone, job)
 		}
 	}
-	if err := n.db.SetOrphanHolds(fresh, gone); err != nil {
+	if err := s.db.SetOrphanHolds(fresh, gone); err != nil {
 		return r, err
 	}
 	r.Ended, r.Released = len(ended), len(release)
-	if w := n.settleWrite(ended); w != nil {
-		n.log.Info("settling holds of ended jobs", "jobs", len(ended))
-		n.market.writer.add(w)
+	if w := s.SettleWrite(ended); w != nil {
+		s.log.Info("settling holds of ended jobs", "jobs", len(ended))
+		s.Queue(w)
 	}
 	if len(release) > 0 {
-		n.log.Info("releasing holds of jobs this node has no record of, past their deadline (data dir restored from an older copy?)",
+		s.log.Info("releasing holds of jobs this node has no record of, past their deadline (data dir restored from an older copy?)",
 			"holds", len(release))
-		n.market.writer.add(n.releaseWrite(release))
+		s.Queue(s.releaseWrite(release))
 	}
 	return r, nil
 }
 
-// sweepReport is what a sweep found: holds of ended jobs (settled now),
+// SweepReport is what a sweep found: holds of ended jobs (settled now),
 // holds of jobs the node has no record of, and how many of those it
 // released.
-type sweepReport struct {
+type SweepReport struct {
 	Ended, Orphans, Released int
 }
 
 // releaseWrite is the ledger write that releases the holds of jobs, those
 // still open when it is written.
-func (n *Node) releaseWrite(jobs []storage.Hash) *ledgerWrite {
-	w := &ledgerWrite{bodies: func() []storage.Body {
+func (s *Service) releaseWrite(jobs []storage.Hash) *Write {
+	w := &Write{bodies: func(*batch) []storage.Body {
 		var bodies []storage.Body
 		for _, job := range jobs {
-			if _, ok, err := n.ledger.HoldFor(n.host.ID(), job); err == nil && ok {
+			if _, ok, err := s.ledger.HoldFor(s.self, job); err == nil && ok {
 				bodies = append(bodies, storage.ReleaseBody{Job: job})
 			}
 		}

@@ -1,4 +1,4 @@
-package node
+package ledgerd
 
 import (
 	"bytes"
@@ -132,8 +132,8 @@ func TestBatchVerdictJudgesOnlyTheBatchsEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	other := peer.ID("someone else")
-	n := &Node{cfg: Config{Network: "net"}, log: slog.New(slog.DiscardHandler), ledger: l,
-		ledgerRejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})}
+	s := &Service{cfg: Config{Network: "net"}, log: slog.New(slog.DiscardHandler), ledger: l,
+		rejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})}
 	its := []storage.Entry{e}
 	for _, tc := range []struct {
 		name  string
@@ -168,7 +168,7 @@ func TestBatchVerdictJudgesOnlyTheBatchsEntries(t *testing.T) {
 			for _, e := range tc.batch {
 				raws = append(raws, e.Encode())
 			}
-			if got := n.batchVerdict("peer", raws, tc.res); got != tc.want {
+			if got := s.batchVerdict("peer", raws, tc.res); got != tc.want {
 				t.Fatalf("verdict %v, want %v", got, tc.want)
 			}
 		})
@@ -217,7 +217,7 @@ func TestFraudProofStoreFailureIsNotTheSenders(t *testing.T) {
 		t.Fatal(err)
 	}
 	rejected := prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
-	n := &Node{cfg: Config{Network: "net"}, log: slog.New(slog.DiscardHandler), ledger: l, ledgerRejected: rejected}
+	s := &Service{cfg: Config{Network: "net"}, log: slog.New(slog.DiscardHandler), ledger: l, rejected: rejected}
 
 	priv, _, err := crypto.GenerateEd25519Key(rand.Reader)
 	if err != nil {
@@ -250,7 +250,7 @@ func TestFraudProofStoreFailureIsNotTheSenders(t *testing.T) {
 		{"the true proof once more", false, proof, pubsub.ValidationIgnore, 1},
 	} {
 		full = tc.full
-		if got := n.validateLedgerMessage("peer", msg(tc.proof)); got != tc.want {
+		if got := s.validateLedgerMessage("peer", msg(tc.proof)); got != tc.want {
 			t.Fatalf("%s: verdict %v, want %v", tc.name, got, tc.want)
 		}
 		var m dto.Metric
