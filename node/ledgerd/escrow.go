@@ -333,10 +333,8 @@ func (s *Service) CheckHold(ctx context.Context, l *market.Lease) error {
 		if err = s.ingestOne(l.Hold); !errors.Is(err, storage.ErrGap) {
 			break
 		}
-		select {
-		case <-time.After(delay):
-		case <-ctx.Done():
-			return fmt.Errorf("escrow hold: %w", ctx.Err())
+		if err := s.sleep(ctx, delay); err != nil {
+			return fmt.Errorf("escrow hold: %w", err)
 		}
 	}
 	if err != nil && !errors.Is(err, storage.ErrDuplicate) {

@@ -132,11 +132,28 @@ type loopState struct {
 // reconciliation start with StartHeadSync and StartReconciling, once the
 // rest of the node is ready for them.
 func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
+	s := newService(ctx, cfg, d, d.Host.ID())
+	if err := d.Metrics.Register(s.rejected); err != nil {
+		return nil, err
+	}
+	if err := s.open(); err != nil {
+		return nil, err
+	}
+	if err := s.join(d.PubSub); err != nil {
+		return nil, err
+	}
+	s.start()
+	return s, nil
+}
+
+// newService returns the service of account self, its ledger not open yet
+// and its goroutines not started.
+func newService(ctx context.Context, cfg Config, d Deps, self peer.ID) *Service {
 	if d.Clock == nil {
 		d.Clock = clock.System
 	}
-	s := &Service{
-		cfg: cfg, host: d.Host, self: d.Host.ID(), db: d.DB, key: d.Key, clock: d.Clock, log: d.Log,
+	return &Service{
+		cfg: cfg, host: d.Host, self: self, db: d.DB, key: d.Key, clock: d.Clock, log: d.Log,
 		disk: d.Disk, market: d.Market, ctx: ctx,
 		rset: &ledgerSet{set: storage.NewReconcileSet(cfg.ReconcileSymbols)},
 		head: newHeadGate(),
@@ -147,19 +164,13 @@ func New(ctx context.Context, cfg Config, d Deps) (*Service, error) {
 		jobs: make(chan writeJob, 1), finished: make(chan writeJob, 1),
 		st: loopState{chains: map[peer.ID]*chainLock{}, proofsSent: map[accountPeer]proofPush{}},
 	}
-	if err := d.Metrics.Register(s.rejected); err != nil {
-		return nil, err
-	}
-	if err := s.open(); err != nil {
-		return nil, err
-	}
-	if err := s.join(d.PubSub); err != nil {
-		return nil, err
-	}
+}
+
+// start starts run's goroutine and the writer's.
+func (s *Service) start() {
 	s.wg.Add(2)
 	go s.run()
 	go s.writeLoop()
-	return s, nil
 }
 
 // open opens the ledger and fills the reconciliation summary.
@@ -261,6 +272,18 @@ func (s *Service) call(f func()) bool {
 		return true
 	case <-s.done:
 		return false
+	}
+}
+
+// sleep waits d on the service's clock, or until ctx ends.
+func (s *Service) sleep(ctx context.Context, d time.Duration) error {
+	t := s.clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
