@@ -52,8 +52,6 @@ type marketDriver struct {
 	writer       *ledgerWriter
 	verified     *verifiedCache
 	gossipSeen   *seenSet // signed messages seen on gossip
-	// collecting marks finished jobs whose result is being fetched.
-	collecting map[protocol.JobID]bool
 }
 
 func messageID(m *pubsubpb.Message) string {
@@ -101,7 +99,6 @@ func (n *Node) startMarket(ctx context.Context) error {
 		writer:       newLedgerWriter(n),
 		verified:     &verifiedCache{m: map[[32]byte]*protocol.Signed{}},
 		gossipSeen:   &seenSet{m: map[[32]byte]struct{}{}},
-		collecting:   map[protocol.JobID]bool{},
 		stepped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mira_market_messages_total", Help: "Verified market messages fed to the engine, by kind.",
 		}, []string{"kind"}),
@@ -445,7 +442,7 @@ func (d *marketDriver) process(ctx context.Context) {
 			}
 			recs[j.ID.String()] = b
 			d.notify(j)
-			d.collectResult(j)
+			d.n.results.Collect(j)
 		}
 		if err := d.n.db.PutJobs(recs); err != nil {
 			d.n.log.Error("persist jobs; not sending", "err", err)
@@ -630,7 +627,7 @@ func (d *marketDriver) sign(m *pb.MarketMessage) []byte {
 // engine, which sends it to the requester as the signed result.
 func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
 	// The job's deadline bounds staging and the run; max_duration bounds
-	// the run alone (see execute).
+	// the run alone (see runner.Run).
 	rctx, cancel := context.WithDeadline(ctx, l.Deadline)
 	d.running[l.Job] = runningLease{attempt: l.Attempt, cancel: cancel}
 	d.n.wg.Add(1)
@@ -645,7 +642,7 @@ func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
 			out = market.Outcome{ExitCode: -1, Error: err.Error()}
 		} else {
 			d.writer.add(d.n.leaseWrite(l))
-			out = d.n.execute(rctx, l)
+			out = d.n.runner.Run(rctx, l)
 		}
 		out.Attempt = l.Attempt
 		select {
