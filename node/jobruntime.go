@@ -13,7 +13,7 @@ func (n *Node) runnerConfig() runner.Config {
 	return runner.Config{
 		DataDir: n.cfg.DataDir, Executors: p.Executors,
 		DockerNetwork: p.DockerNetwork, DockerUser: p.DockerUser, DockerImages: p.DockerImages,
-		WasmCacheDir: p.WasmCacheDir, Owner: n.host.ID().String(), Limits: n.jobLimits, GPUs: n.capacity.gpus,
+		WasmCacheDir: p.WasmCacheDir, Owner: n.host.ID().String(), Limits: n.jobLimits, GPUs: n.capacity.GPUs(),
 		Blobs: n.blobs, Results: resultReaders{n}, Logs: n.logs, LogStreams: n.logStreams,
 		MaxBlobSize: n.cfg.MaxBlobSize, Log: n.log,
 	}

@@ -21,6 +21,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/node/capacity"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
 	"github.com/mira-market/mira/storage"
@@ -74,14 +75,14 @@ func (n *Node) marketEngineConfig() market.Config {
 	}
 	if n.IsProvider() {
 		var gpus []protocol.GPU
-		for _, g := range n.capacity.gpus {
+		for _, g := range n.capacity.GPUs() {
 			gpus = append(gpus, protocol.GPU{Model: g.Model, VRAMMiB: g.VRAMMiB, Count: g.Count})
 		}
 		cfg.Provider = &market.ProviderPolicy{
 			GPUs: gpus, Slots: n.cfg.Provider.Slots, Executors: n.cfg.Provider.Executors,
 			MaxMemoryMiB: n.jobLimits.MemoryMiB, MaxCPUMillis: n.jobLimits.CPUMillis, DockerImages: n.cfg.Provider.DockerImages,
-			FloorInteractive: microCredits(n.cfg.Provider.PriceInteractive),
-			FloorBatch:       microCredits(n.cfg.Provider.PriceBatch),
+			FloorInteractive: capacity.MicroCredits(n.cfg.Provider.PriceInteractive),
+			FloorBatch:       capacity.MicroCredits(n.cfg.Provider.PriceBatch),
 		}
 	}
 	return cfg
@@ -840,7 +841,7 @@ func (n *Node) rankCandidates(ctx context.Context, spec *pb.JobSpec) ([]peer.ID,
 	if res := spec.Resources; res != nil {
 		r = market.Requirements{GPUModel: res.GpuModel, GPUs: int(res.Gpus), MinVRAMMiB: int(res.VramMib)}
 	}
-	recs, err := n.candidates(ctx, r)
+	recs, err := n.capacity.Candidates(ctx, r)
 	if err != nil {
 		return nil, fmt.Errorf("find providers: %w", err)
 	}

@@ -31,9 +31,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/node/blob"
+	"github.com/mira-market/mira/node/capacity"
 	"github.com/mira-market/mira/node/disk"
 	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/node/joblogs"
@@ -52,7 +52,7 @@ type Node struct {
 	log      *slog.Logger
 	priv     crypto.PrivKey
 	gater    *gater
-	capacity capacity
+	capacity *capacity.Service
 	market   *marketDriver
 	limits   *peerLimits
 	host     host.Host
@@ -156,10 +156,14 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		proofsSent: map[accountPeer]proofPush{},
 		rset:       &ledgerSet{set: storage.NewReconcileSet(cfg.ReconcileSymbols)},
 	}
-	n.capacity.changed = make(chan struct{}, 1)
-	n.capacity.cache = market.NewProviderCache()
-	n.capacity.freeSlots = cfg.Provider.Slots
-	if n.capacity.gpus, err = n.discoverGPUs(ctx); err != nil {
+	gpus, err := n.discoverGPUs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if n.capacity, err = capacity.New(capacity.Config{Priv: priv, Network: cfg.Network, GPUs: gpus,
+		Slots: cfg.Provider.Slots, Executors: cfg.Provider.Executors, PriceInteractive: cfg.Provider.PriceInteractive,
+		PriceBatch: cfg.Provider.PriceBatch, TTL: time.Duration(cfg.Provider.CapacityTTL), MemoryMiB: totalMemoryMiB(), Log: o.log,
+	}); err != nil {
 		return nil, err
 	}
 	var blocked []peer.ID
@@ -314,6 +318,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err := n.dht.Bootstrap(runCtx); err != nil {
 		return nil, fmt.Errorf("dht bootstrap: %w", err)
 	}
+	n.capacity.Start(runCtx, n.dht)
 	if err := n.serveAPI(); err != nil {
 		return nil, err
 	}
@@ -323,10 +328,6 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	go n.reconcileLoop(runCtx, n.connected)
 	go n.maintainBootstrap(runCtx)
 	go n.measureLatency(runCtx)
-	if n.IsProvider() {
-		n.wg.Add(1)
-		go n.announceLoop(runCtx)
-	}
 
 	n.readyAt = time.Since(started)
 	n.ready.Store(true)
@@ -382,6 +383,9 @@ func (n *Node) Close() error {
 		}
 		if n.results != nil {
 			n.results.Close()
+		}
+		if n.capacity != nil {
+			n.capacity.Close()
 		}
 		if n.dht != nil {
 			errs = append(errs, n.dht.Close())
