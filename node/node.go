@@ -31,14 +31,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/node/blob"
+	"github.com/mira-market/mira/node/capacity"
 	"github.com/mira-market/mira/node/disk"
-	"github.com/mira-market/mira/node/executor"
 	"github.com/mira-market/mira/node/gossip"
 	"github.com/mira-market/mira/node/gpu"
+	"github.com/mira-market/mira/node/joblogs"
 	"github.com/mira-market/mira/node/ledgerd"
+	"github.com/mira-market/mira/node/results"
+	"github.com/mira-market/mira/node/runner"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/storage"
 )
@@ -52,7 +54,7 @@ type Node struct {
 	log      *slog.Logger
 	priv     crypto.PrivKey
 	gater    *gater
-	capacity capacity
+	capacity *capacity.Service
 	market   *marketDriver
 	limits   *peerLimits
 	host     host.Host
@@ -67,22 +69,22 @@ type Node struct {
 	connected chan peer.ID
 	// dbGate keeps callbacks that libp2p runs on its own goroutines (stream
 	// handlers) off the database once Close closes it.
-	dbGate    sync.RWMutex
-	dbClosed  bool
-	logs      *logBook
-	executors executor.Set
-	jobLimits jobLimits // a provider's, set before its executors start
-	gpuMu     sync.Mutex
-	nextGPU   int
-	metrics   *prometheus.Registry
-	api       *http.Server
-	apiAddr   string
-	bootstrap []peer.AddrInfo
-	started   time.Time
-	readyAt   time.Duration
+	dbGate     sync.RWMutex
+	dbClosed   bool
+	logs       *joblogs.Book
+	logStreams *joblogs.Streams
+	runner     *runner.Runner     // a provider's job runtime
+	results    *results.Collector // the results of the node's own jobs
+	jobLimits  runner.Limits      // a provider's, set before its runner starts
+	metrics    *prometheus.Registry
+	api        *http.Server
+	apiAddr    string
+	bootstrap  []peer.AddrInfo
+	started    time.Time
+	readyAt    time.Duration
 
 	ready  atomic.Bool
-	warm   chan struct{}   // closed once precompile is done
+	warm   <-chan struct{} // closed once the runner's precompile is done
 	runCtx context.Context // ends when Close begins
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -132,13 +134,16 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		runCtx:    runCtx,
 		cancel:    cancel,
 		redial:    make(chan peer.ID, 16),
-		warm:      make(chan struct{}),
 		connected: make(chan peer.ID, 16),
 	}
-	n.capacity.changed = make(chan struct{}, 1)
-	n.capacity.cache = market.NewProviderCache()
-	n.capacity.freeSlots = cfg.Provider.Slots
-	if n.capacity.gpus, err = n.discoverGPUs(ctx); err != nil {
+	gpus, err := n.discoverGPUs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if n.capacity, err = capacity.New(capacity.Config{Priv: priv, Network: cfg.Network, GPUs: gpus,
+		Slots: cfg.Provider.Slots, Executors: cfg.Provider.Executors, PriceInteractive: cfg.Provider.PriceInteractive,
+		PriceBatch: cfg.Provider.PriceBatch, TTL: time.Duration(cfg.Provider.CapacityTTL), MemoryMiB: totalMemoryMiB(), Log: o.log,
+	}); err != nil {
 		return nil, err
 	}
 	var blocked []peer.ID
@@ -167,7 +172,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err != nil {
 		return nil, err
 	}
-	if n.logs, err = newLogBook(filepath.Join(cfg.DataDir, logsDir), dbLogStore{n}, n.log); err != nil {
+	if n.logs, err = joblogs.NewBook(joblogs.Config{Dir: filepath.Join(cfg.DataDir, logsDir), Store: dbLogStore{n}, Log: n.log}); err != nil {
 		return nil, err
 	}
 
@@ -230,7 +235,14 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	n.blobs.SetAllow(n.blobAllowed)
 	n.metrics.MustRegister(newBlobCollector(n))
 	n.blobs.WrapHandler(func(h network.StreamHandler) network.StreamHandler { return n.limits.limitStreams("blob", h) })
-	n.host.SetStreamHandler(libp2pproto.ID(protocol.LogsProtocol(cfg.Network)), n.limits.limitStreams("logs", n.handleLogs))
+	n.results = results.New(runCtx, n.blobs, n.log)
+	n.logStreams = joblogs.NewStreams(joblogs.StreamsConfig{Host: n.host, Network: cfg.Network, Book: n.logs, Log: n.log,
+		HoldsLease: func(job protocol.JobID, attempt uint32, p peer.ID) bool {
+			return n.market.isLeaseHolder(job, attempt, p)
+		},
+		Refused: func(err error) { n.market.reject(err) },
+	})
+	n.host.SetStreamHandler(libp2pproto.ID(protocol.LogsProtocol(cfg.Network)), n.limits.limitStreams("logs", n.logStreams.Handle))
 
 	n.host.Network().Notify(&network.NotifyBundle{
 		DisconnectedF: func(_ network.Network, c network.Conn) { n.onDisconnect(c.RemotePeer()) },
@@ -247,12 +259,14 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	n.host.SetStreamHandler(libp2pproto.ID(protocol.ReconcileProtocol(cfg.Network)), n.limits.limitStreams("sync", n.ledger.HandleSync))
 	if n.IsProvider() {
 		n.jobLimits = n.providerLimits()
-		if n.executors, err = n.startExecutors(runCtx); err != nil {
+		if n.runner, err = runner.New(runCtx, n.runnerConfig()); err != nil {
 			return nil, err
 		}
-		n.precompile(runCtx)
+		n.warm = n.runner.Warm()
 	} else {
-		close(n.warm)
+		warm := make(chan struct{})
+		close(warm)
+		n.warm = warm
 	}
 	if err := n.startMarket(runCtx); err != nil {
 		return nil, err
@@ -280,6 +294,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err := n.dht.Bootstrap(runCtx); err != nil {
 		return nil, fmt.Errorf("dht bootstrap: %w", err)
 	}
+	n.capacity.Start(runCtx, n.dht)
 	if err := n.serveAPI(); err != nil {
 		return nil, err
 	}
@@ -289,10 +304,6 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	go n.collectBlobs(runCtx)
 	go n.maintainBootstrap(runCtx)
 	go n.measureLatency(runCtx)
-	if n.IsProvider() {
-		n.wg.Add(1)
-		go n.announceLoop(runCtx)
-	}
 
 	n.readyAt = time.Since(started)
 	n.ready.Store(true)
@@ -343,6 +354,15 @@ func (n *Node) Close() error {
 		}
 		n.cancel()
 		n.wg.Wait()
+		if n.runner != nil {
+			n.runner.Close()
+		}
+		if n.results != nil {
+			n.results.Close()
+		}
+		if n.capacity != nil {
+			n.capacity.Close()
+		}
 		if n.ledger != nil {
 			errs = append(errs, n.ledger.Close())
 		}
@@ -359,9 +379,8 @@ func (n *Node) Close() error {
 			errs = append(errs, n.closeDB())
 		}
 		if n.logs != nil {
-			n.logs.close()
+			n.logs.Close()
 		}
-		n.closeExecutors()
 	})
 	return errors.Join(errs...)
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 
 	"github.com/ipfs/go-cid"
 	mh "github.com/multiformats/go-multihash"
@@ -100,7 +99,7 @@ func ReadBlobRequest(r FrameReader) (BlobRequest, error) {
 		return req, err
 	}
 	br := bytes.NewReader(raw)
-	idBytes, err := readBytes(br, 64)
+	idBytes, err := ReadFrame(br, 64)
 	if err != nil {
 		return req, fmt.Errorf("%w: blob request: %w", ErrBadMessage, err)
 	}
@@ -147,7 +146,7 @@ func ReadBlobHeader(r FrameReader) (BlobHeader, error) {
 	if h.Size, err = binary.ReadUvarint(br); err != nil {
 		return h, fmt.Errorf("%w: blob header: %w", ErrBadMessage, err)
 	}
-	msg, err := readBytes(br, MaxBlobHeader)
+	msg, err := ReadFrame(br, MaxBlobHeader)
 	if err != nil || br.Len() != 0 {
 		return h, fmt.Errorf("%w: blob header: bad message", ErrBadMessage)
 	}
@@ -169,17 +168,4 @@ func readBlobFrame(r FrameReader, limit int) ([]byte, error) {
 		return nil, fmt.Errorf("%w: version %d", ErrBadMessage, b[0])
 	}
 	return b[1:], nil
-}
-
-func readBytes(br *bytes.Reader, limit int) ([]byte, error) {
-	n, err := binary.ReadUvarint(br)
-	if err != nil {
-		return nil, err
-	}
-	if n > uint64(limit) || n > uint64(br.Len()) {
-		return nil, fmt.Errorf("length %d out of range", n)
-	}
-	b := make([]byte, n)
-	_, err = io.ReadFull(br, b)
-	return b, err
 }
