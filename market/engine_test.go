@@ -3,6 +3,7 @@ package market
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -38,13 +39,39 @@ type sim struct {
 	// returns, signed with its key and delivered back to the sender.
 	scripted []peer.ID
 	scripts  map[peer.ID]func(m *pb.MarketMessage) []*pb.MarketMessage
+	// holds are the hold requests of each requester not answered yet:
+	// the sim answers them with a hold at once, unless heldBack is set,
+	// when the test answers them (writeHolds).
+	holds    map[peer.ID][]HoldRequest
+	heldBack bool
 }
 
 func newSim(t *testing.T) *sim {
 	return &sim{t: t, now: t0, keys: map[peer.ID]crypto.PrivKey{}, engines: map[peer.ID]*Engine{},
 		cut: map[peer.ID]bool{}, runs: map[peer.ID][]protocol.JobID{}, stops: map[peer.ID][]protocol.JobID{},
 		log: map[peer.ID][]string{}, writes: map[peer.ID][]string{}, changes: map[peer.ID][]string{},
-		scripts: map[peer.ID]func(*pb.MarketMessage) []*pb.MarketMessage{}}
+		scripts: map[peer.ID]func(*pb.MarketMessage) []*pb.MarketMessage{}, holds: map[peer.ID][]HoldRequest{}}
+}
+
+// take returns an engine's Ready, carried out.
+func take(e *Engine) Ready {
+	r := e.Ready()
+	e.Advance()
+	return r
+}
+
+// writeHolds answers the requester's hold requests: with a hold (and a
+// grant; the engines here check none, Config.CheckGrant nil, so any 64
+// bytes do), or with err.
+func (s *sim) writeHolds(requester peer.ID, err error) {
+	for _, h := range s.holds[requester] {
+		res := HoldResult{Err: err}
+		if err == nil {
+			res = HoldResult{Hold: []byte("hold"), Grant: make([]byte, protocol.AwardGrantSize)}
+		}
+		s.engines[requester].HoldWritten(s.now, h.Job, h.Attempt, res)
+	}
+	s.holds[requester] = nil
 }
 
 var simTiming = Config{
@@ -81,8 +108,8 @@ func (s *sim) sign(from peer.ID, m *pb.MarketMessage) *protocol.Signed {
 		expires = time.UnixMilli(o.DeadlineUnixMs)
 	}
 	if a := m.GetAward(); a != nil && a.Grant == nil {
-		// The node signs the grant when it seals an award; the engines
-		// here check none (Config.CheckGrant nil), so any 64 bytes do.
+		// A test's own award, not the engine's: the engines here check no
+		// grant (Config.CheckGrant nil), so any 64 bytes do.
 		a.Grant = make([]byte, protocol.AwardGrantSize)
 	}
 	raw, err := protocol.SealMarket(s.keys[from], simNet, expires, m)
@@ -107,7 +134,7 @@ func (s *sim) submit(requester peer.ID, tier string, maxPrice uint64, deadline t
 		Spec: &pb.JobSpec{Executor: "noop", Tier: tier, MaxPrice: maxPrice, MaxDurationMs: 1000,
 			Resources: &pb.Resources{Gpus: gpus}},
 	}}})
-	j := s.engines[requester].Submit(s.now, offer, candidates)
+	j := s.engines[requester].Submit(s.now, offer, records(candidates))
 	s.flush()
 	return j
 }
@@ -125,7 +152,7 @@ func (s *sim) settle(rounds int) bool {
 	for range rounds {
 		quiet := true
 		for _, from := range s.order {
-			r := s.engines[from].Ready()
+			r := take(s.engines[from])
 			if r.Empty() {
 				continue
 			}
@@ -150,6 +177,12 @@ func (s *sim) settle(rounds int) bool {
 					}
 				}
 			}
+			// The holds are written after the Ready is carried out, as
+			// the node's ledger writer does.
+			s.holds[from] = append(s.holds[from], r.NeedHolds...)
+			if !s.heldBack {
+				s.writeHolds(from, nil)
+			}
 		}
 		if quiet {
 			return true
@@ -161,6 +194,16 @@ func (s *sim) settle(rounds int) bool {
 func (s *sim) record(from peer.ID, how string, m *pb.MarketMessage) {
 	kind := strings.TrimPrefix(fmt.Sprintf("%T", m.Body), "*pb.MarketMessage_")
 	s.log[from] = append(s.log[from], fmt.Sprintf("%s %s %d", how, kind, m.Round))
+}
+
+// records are capacity records of candidates for an interactive offer,
+// all at the same price and RTT: they are offered in this order.
+func records(candidates []peer.ID) []*protocol.Capacity {
+	var out []*protocol.Capacity
+	for _, c := range candidates {
+		out = append(out, &protocol.Capacity{Provider: c, Executors: []string{"noop", "wasm", "docker"}})
+	}
+	return out
 }
 
 func leaseIDs(ls []*Lease) []protocol.JobID {
@@ -305,15 +348,55 @@ func TestAcceptTimeoutCountsFromTheAwardLeaving(t *testing.T) {
 	s.add(provider(20))
 	j := s.submit(req, protocol.TierBatch, 50, time.Minute, 1)
 	s.cut[first] = true // bid, then silent
+	s.heldBack = true   // the holds are slow to write
 	s.advance(simTiming.BatchWindow)
 	wantState(t, j, Assigned)
-	s.advance(simTiming.AcceptTimeout / 2)
-	s.engines[req].AwardSent(s.now, j.ID, j.Attempt+1) // another attempt's: ignored
-	s.engines[req].AwardSent(s.now, j.ID, j.Attempt)   // the award left only now
+	if len(s.holds[req]) != 1 || slices.ContainsFunc(s.log[req], func(l string) bool { return strings.HasPrefix(l, "send Award") }) {
+		t.Fatalf("hold requests %+v, log %v; want the award waiting for its hold", s.holds[req], s.log[req])
+	}
+	// However long the hold takes, the provider is not blamed for it.
+	s.advance(simTiming.AcceptTimeout * 2)
+	wantState(t, j, Assigned)
+	// An answer for another attempt changes nothing.
+	s.engines[req].HoldWritten(s.now, j.ID, j.Attempt+1, HoldResult{Hold: []byte("hold")})
+	s.flush()
+	wantState(t, j, Assigned)
+	s.writeHolds(req, nil) // the award leaves only now
+	s.flush()
+	if l := s.log[req][len(s.log[req])-1]; l != "send Award 0" {
+		t.Fatalf("last sent %q, want the award", l)
+	}
 	s.advance(simTiming.AcceptTimeout * 3 / 4)
 	wantState(t, j, Assigned)
 	s.advance(simTiming.AcceptTimeout / 2)
 	wantState(t, j, Bidding)
+}
+
+// An award whose hold cannot be written cancels its job with the reason,
+// and the award never leaves.
+func TestFailedHoldCancelsTheJob(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	p := s.add(provider(10))
+	s.heldBack = true
+	j := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, p)
+	wantState(t, j, Assigned)
+	if len(s.holds[req]) != 1 {
+		t.Fatalf("hold requests %+v", s.holds[req])
+	}
+	h := s.holds[req][0]
+	if h.Job != j.ID || h.Attempt != 1 || h.Provider != p || h.Price != 10 || h.Amount != 10 || !h.WithChain {
+		t.Fatalf("hold request %+v", h)
+	}
+	s.writeHolds(req, errors.New("no credits"))
+	s.flush()
+	wantState(t, j, Cancelled)
+	if j.Error != "escrow failed: no credits" {
+		t.Fatalf("error %q", j.Error)
+	}
+	if slices.ContainsFunc(s.log[req], func(l string) bool { return strings.HasPrefix(l, "send Award") }) || len(s.runs[p]) != 0 {
+		t.Fatalf("log %v, runs %v: the award left", s.log[req], s.runs[p])
+	}
 }
 
 func TestHeartbeatLossReassignsAndRefusesLateResult(t *testing.T) {
@@ -639,7 +722,7 @@ func (s *sim) submitSpec(requester peer.ID, spec *pb.JobSpec, deadline time.Dura
 		Requester: []byte(requester), Network: simNet, Nonce: nonce, Spec: spec,
 		CreatedUnixMs: s.now.UnixMilli(), DeadlineUnixMs: s.now.Add(deadline).UnixMilli(),
 	}}})
-	j := s.engines[requester].Submit(s.now, offer, candidates)
+	j := s.engines[requester].Submit(s.now, offer, records(candidates))
 	s.flush()
 	return j
 }

@@ -1,7 +1,6 @@
 package node
 
 import (
-	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -23,7 +22,6 @@ import (
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
-	"github.com/mira-market/mira/storage"
 )
 
 // messageTTL bounds the life of a market message other than an offer.
@@ -54,6 +52,20 @@ type marketDriver struct {
 	gossipSeen   *seenSet // signed messages seen on gossip
 	// collecting marks finished jobs whose result is being fetched.
 	collecting map[protocol.JobID]bool
+	// jobs persists the job records; clock is the engine's time and the
+	// loop's timer.
+	jobs  jobStore
+	clock clock
+	// retry is when the loop tries again to carry out a Ready whose jobs
+	// it could not persist (zero: none waits), and backoff the pause
+	// after the next failure.
+	retry   time.Time
+	backoff time.Duration
+}
+
+// jobStore is where the market keeps its job records (the node's DB).
+type jobStore interface {
+	PutJobs(records map[string][]byte) error
 }
 
 func messageID(m *pubsubpb.Message) string {
@@ -102,6 +114,8 @@ func (n *Node) startMarket(ctx context.Context) error {
 		verified:     &verifiedCache{m: map[[32]byte]*protocol.Signed{}},
 		gossipSeen:   &seenSet{m: map[[32]byte]struct{}{}},
 		collecting:   map[protocol.JobID]bool{},
+		jobs:         n.db,
+		clock:        realClock{},
 		stepped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mira_market_messages_total", Help: "Verified market messages fed to the engine, by kind.",
 		}, []string{"kind"}),
@@ -364,21 +378,42 @@ func (d *marketDriver) reject(err error) {
 
 func (d *marketDriver) step(s *protocol.Signed) {
 	d.stepped.WithLabelValues(kindOf(s.Msg)).Inc()
+	rtt := d.n.host.Peerstore().LatencyEWMA(s.Signer)
+	head, isOffer := d.knownHead(s)
 	// Block rather than drop: a full queue pushes back on the stream or
 	// topic reader, and so on the sender, instead of losing a bid or an
 	// award that a timeout would later blame on an honest peer.
 	select {
 	case d.in <- func() {
-		d.eng.SetRTT(s.Signer, d.n.host.Peerstore().LatencyEWMA(s.Signer))
-		d.eng.Step(time.Now(), s)
+		d.eng.SetRTT(s.Signer, rtt)
+		if isOffer {
+			d.eng.SetKnownHead(s.Signer, head)
+		}
+		d.eng.Step(d.clock.Now(), s)
 	}:
 	case <-d.n.runCtx.Done():
 	}
 }
 
+// knownHead is, for an offer to this provider, the head of its
+// requester's ledger chain that this node holds (0 if it cannot tell):
+// the engine's bid names it, so that the award carries the requester's
+// entries this node lacks. It is read here, on the reader's goroutine,
+// not on the engine's.
+func (d *marketDriver) knownHead(s *protocol.Signed) (seq uint64, isOffer bool) {
+	if s.Msg.GetOffer() == nil || !d.n.IsProvider() {
+		return 0, false
+	}
+	h, err := d.n.ledger.Head(s.Signer)
+	if err != nil {
+		return 0, true
+	}
+	return h.Seq, true
+}
+
 func (d *marketDriver) loop(ctx context.Context) {
 	defer d.n.wg.Done()
-	timer := time.NewTimer(time.Hour)
+	timer := d.clock.NewTimer(time.Hour)
 	defer timer.Stop()
 	d.process(ctx) // what restore left: jobs it ended
 	for {
@@ -391,15 +426,25 @@ func (d *marketDriver) loop(ctx context.Context) {
 		case fn := <-d.in:
 			fn()
 			d.drainInputs()
-		case <-timer.C:
-			d.eng.Tick(time.Now())
+		case <-timer.C():
+			d.eng.Tick(d.clock.Now())
 		}
 		d.process(ctx)
-		timer.Reset(time.Hour)
-		if next := d.eng.NextDeadline(); !next.IsZero() {
-			timer.Reset(max(time.Until(next), time.Millisecond))
-		}
+		timer.Reset(d.sleep())
 	}
+}
+
+// sleep is how long the loop may wait for input: until the engine's next
+// deadline, or the retry of a Ready it could not persist, an hour at most.
+func (d *marketDriver) sleep() time.Duration {
+	now, wake := d.clock.Now(), d.eng.NextDeadline()
+	if !d.retry.IsZero() && (wake.IsZero() || d.retry.Before(wake)) {
+		wake = d.retry
+	}
+	if wake.IsZero() {
+		return time.Hour
+	}
+	return min(max(wake.Sub(now), time.Millisecond), time.Hour)
 }
 
 // maxInputsPerReady bounds how many queued inputs one Ready gathers.
@@ -421,9 +466,19 @@ func (d *marketDriver) drainInputs() {
 }
 
 // process carries out the engine's Ready in the order it asks: persist,
-// then send and publish, then start and stop runs. Ledger writes (holds,
-// settlements) go to the ledger writer; an award leaves once its hold is
-// on disk, and the messages after it wait their turn behind it.
+// then queue the ledger writes (posted jobs' holds, settlements, the holds
+// awards wait for), then send and publish, then start and stop runs; and
+// then Advance. A Ready whose jobs cannot be persisted is not advanced,
+// and nothing of it is done: the engine hands it out again, merged with
+// what came since, when the loop retries (see persistFailed).
+//
+// Messages leave in the order the engine asked for them, all from this
+// goroutine: an award is in a Ready's Send only once its hold is written
+// (the engine asks for the hold in NeedHolds and sends the award when
+// HoldWritten brings it), so what the engine sends after an award leaves
+// after it, and nothing waits behind a ledger write. (What the engine
+// sends about a job while its award waits for the hold presupposes no
+// award: a cancel of the job, which then drops the award.)
 func (d *marketDriver) process(ctx context.Context) {
 	r := d.eng.Ready()
 	if r.Empty() {
@@ -432,75 +487,23 @@ func (d *marketDriver) process(ctx context.Context) {
 	offers, bytes := d.eng.OfferMemory()
 	d.offers.Set(float64(offers))
 	d.offerBytes.Set(float64(bytes))
+	if err := d.persist(r.Save); err != nil {
+		d.persistFailed(err)
+		return
+	}
+	d.retry, d.backoff = time.Time{}, 0
 	for _, j := range r.Changed {
 		d.notify(j)
 	}
-	if len(r.Save) > 0 {
-		recs := map[string][]byte{}
-		for _, j := range r.Save {
-			b, err := json.Marshal(j)
-			if err != nil {
-				d.n.log.Error("encode job", "err", err)
-				continue
-			}
-			recs[j.ID.String()] = b
-			d.notify(j)
-			d.collectResult(j)
-		}
-		if err := d.n.db.PutJobs(recs); err != nil {
-			d.n.log.Error("persist jobs; not sending", "err", err)
-			return
-		}
-		// A posted job's hold is written once the job is on disk (so a
-		// restart finds the job that settles it) and before any award of
-		// it is queued.
-		for _, j := range r.Save {
-			if w, ok := d.postingHolds[j.ID]; ok {
-				delete(d.postingHolds, j.ID)
-				d.writer.add(w)
-			}
-		}
-		if w := d.n.settleWrite(r.Save); w != nil {
-			d.writer.add(w)
-		}
+	for _, j := range r.Save {
+		d.notify(j)
+		d.collectResult(j)
 	}
-	// A message bound for several peers and gossip (an interactive offer)
-	// is signed once, here; an award only once its hold is attached.
-	signed := map[*pb.MarketMessage][]byte{}
-	sign := func(m *pb.MarketMessage) []byte {
-		raw, ok := signed[m]
-		if !ok {
-			raw = d.sign(m)
-			signed[m] = raw
-		}
-		return raw
-	}
-	sends := make([]outgoing, 0, len(r.Send))
-	for _, o := range r.Send {
-		out := outgoing{to: o.To, msg: o.Msg}
-		if b := o.Msg.GetBid(); b != nil {
-			// So that an award carries the requester's entries we lack.
-			if h, err := d.n.ledger.Head(o.To); err == nil {
-				b.KnownSeq = h.Seq
-			}
-		}
-		if o.Msg.GetAward() == nil {
-			out.raw = sign(o.Msg)
-		}
-		sends = append(sends, out)
-	}
-	if reqs := d.escrowRequests(r.Send); len(reqs) > 0 {
-		d.writer.add(d.n.escrowWrite(reqs, func(holds [][]byte, errs []error) {
-			d.attachHolds(ctx, reqs, holds, errs)
-			d.send(ctx, sends)
-		}))
-	} else if d.writer.sending() {
-		d.writer.add(&ledgerWrite{sends: true, done: func([]*storage.Entry, []error) { d.send(ctx, sends) }})
-	} else {
-		d.send(ctx, sends)
-	}
+	d.queueLedgerWrites(ctx, r)
+	signed := d.signer()
+	d.send(ctx, r.Send, signed)
 	for _, o := range r.Publish {
-		if raw := sign(o.Msg); raw != nil {
+		if raw := signed(o.Msg); raw != nil {
 			d.gossip[o.Tier].publish(ctx, raw)
 		}
 	}
@@ -516,99 +519,129 @@ func (d *marketDriver) process(ctx context.Context) {
 	if len(r.Run)+len(r.Stop) > 0 {
 		d.n.SetFreeSlots(d.n.cfg.Provider.Slots - d.eng.ActiveLeases())
 	}
+	d.eng.Advance()
 }
 
-// outgoing is a direct message: signed, or (an award) to be signed when
-// its hold is attached.
-type outgoing struct {
-	to  peer.ID
-	msg *pb.MarketMessage
-	raw []byte
-}
-
-// send sends a Ready's direct messages, in order, signing the awards. An
-// award without a hold (its escrow failed) is not sent.
-func (d *marketDriver) send(ctx context.Context, sends []outgoing) {
-	for _, o := range sends {
-		raw := o.raw
-		a := o.msg.GetAward()
-		if a != nil {
-			if a.Hold == nil {
-				continue
-			}
-			raw = d.sign(o.msg)
+// persist writes the records of jobs, in one write.
+func (d *marketDriver) persist(jobs []*market.Job) error {
+	if len(jobs) == 0 {
+		return nil
+	}
+	recs := map[string][]byte{}
+	for _, j := range jobs {
+		b, err := json.Marshal(j)
+		if err != nil {
+			d.n.log.Error("encode job", "err", err)
+			continue
 		}
+		recs[j.ID.String()] = b
+	}
+	return d.jobs.PutJobs(recs)
+}
+
+// Pauses between tries to persist a Ready's jobs: doubling from the
+// first, up to the last.
+const (
+	persistRetryFirst = 50 * time.Millisecond
+	persistRetryMax   = 5 * time.Second
+)
+
+// persistFailed schedules another try at a Ready whose jobs could not be
+// persisted (a full or failing disk): the engine keeps it, so the state
+// changes it carries are not lost, and its messages wait with it, as no
+// message may promise what the disk does not hold. Meanwhile the engine
+// runs on, and what it asks for joins the Ready.
+func (d *marketDriver) persistFailed(err error) {
+	d.backoff = min(max(2*d.backoff, persistRetryFirst), persistRetryMax)
+	d.retry = d.clock.Now().Add(d.backoff)
+	d.n.log.Error("persist jobs; not sending, will retry", "in", d.backoff, "err", err)
+}
+
+// queueLedgerWrites queues a persisted Ready's ledger writes. A posted
+// job's hold is written once the job is on disk (so a restart finds the
+// job that settles it), and so is a finished job's settlement and an
+// award's hold; the writer keeps their order for each job.
+func (d *marketDriver) queueLedgerWrites(ctx context.Context, r market.Ready) {
+	for _, j := range r.Save {
+		if w, ok := d.postingHolds[j.ID]; ok {
+			delete(d.postingHolds, j.ID)
+			d.writer.add(w)
+		}
+	}
+	if w := d.n.settleWrite(r.Save); w != nil {
+		d.writer.add(w)
+	}
+	if len(r.NeedHolds) > 0 {
+		d.writeHolds(ctx, r.NeedHolds)
+	}
+}
+
+// writeHolds queues the escrow write that backs awards with holds; the
+// holds, with what their awards carry, go back to the engine on the loop
+// (HoldWritten), which sends the awards or cancels the jobs.
+func (d *marketDriver) writeHolds(ctx context.Context, reqs []market.HoldRequest) {
+	d.writer.add(d.n.escrowWrite(reqs, func(holds [][]byte, errs []error) {
+		results := make([]market.HoldResult, len(reqs))
+		for i, r := range reqs {
+			results[i] = d.holdResult(r, holds[i], errs[i])
+		}
+		select {
+		case d.in <- func() {
+			now := d.clock.Now()
+			for i, r := range reqs {
+				if err := results[i].Err; err != nil {
+					d.n.log.Warn("no escrow for an award; job cancelled", "job", r.Job, "err", err)
+				}
+				d.eng.HoldWritten(now, r.Job, r.Attempt, results[i])
+			}
+		}:
+		case <-ctx.Done():
+		}
+	}))
+}
+
+// holdResult is what an award carries with its hold: the grant its lease
+// entry will quote and, if asked, the entries before the hold that its
+// provider lacks. It runs on the ledger writer's goroutine (chainBefore
+// reads the ledger), not the loop's.
+func (d *marketDriver) holdResult(r market.HoldRequest, hold []byte, err error) market.HoldResult {
+	res := market.HoldResult{Hold: hold, Err: err}
+	if res.Err == nil {
+		res.Grant, res.Err = d.n.signGrant(r)
+	}
+	if res.Err == nil && r.WithChain {
+		res.Chain = d.n.chainBefore(hold, r.KnownSeq)
+	}
+	return res
+}
+
+// signer returns a function that signs messages for one Ready: a message
+// bound for several peers and gossip (an interactive offer) is signed
+// once. It returns nil (logged) for a message it could not sign.
+func (d *marketDriver) signer() func(*pb.MarketMessage) []byte {
+	signed := map[*pb.MarketMessage][]byte{}
+	return func(m *pb.MarketMessage) []byte {
+		raw, ok := signed[m]
+		if !ok {
+			raw = d.sign(m)
+			signed[m] = raw
+		}
+		return raw
+	}
+}
+
+// send signs and sends a Ready's direct messages, in order; a result's
+// receipt is recorded in this provider's chain.
+func (d *marketDriver) send(ctx context.Context, sends []market.Outbound, sign func(*pb.MarketMessage) []byte) {
+	for _, o := range sends {
+		raw := sign(o.Msg)
 		if raw == nil {
 			continue // signing failed (logged)
 		}
-		if res := o.msg.GetResult(); res != nil {
+		if res := o.Msg.GetResult(); res != nil {
 			d.writer.add(d.n.receiptWrite(res, raw))
 		}
-		d.outbox.send(ctx, o.to, raw, isBusiness(o.msg))
-		if a != nil {
-			// The provider's time to accept starts now, not when the
-			// engine made the award. (An award with a hold is sent by
-			// the ledger writer, never by the loop, which would block
-			// here on its own queue.)
-			id, attempt, sent := protocol.JobID(a.JobId), a.Attempt, time.Now()
-			select {
-			case d.in <- func() { d.eng.AwardSent(sent, id, attempt) }:
-			case <-ctx.Done():
-			}
-		}
-	}
-}
-
-// escrowRequests lists the awards among send, each with what its hold
-// must cover.
-func (d *marketDriver) escrowRequests(send []market.Outbound) []escrowRequest {
-	var reqs []escrowRequest
-	for _, o := range send {
-		a := o.Msg.GetAward()
-		if a == nil {
-			continue
-		}
-		id := protocol.JobID(a.JobId)
-		if j, ok := d.eng.Job(id); ok {
-			r := escrowRequest{id: id, award: a, provider: j.Provider, price: a.Price, spec: j.Spec()}
-			// An interactive award carries the requester's entries its
-			// provider lacked when it bid; a batch job's window gives
-			// gossip the time to bring them (carrying them too cost about
-			// a tenth of a burst's leases/s).
-			r.withChain = j.Tier == protocol.TierInteractive
-			for _, b := range j.Bids {
-				if b.Provider == j.Provider {
-					r.knownSeq = b.KnownSeq // its latest bid
-				}
-			}
-			reqs = append(reqs, r)
-		}
-	}
-	return reqs
-}
-
-// attachHolds puts each award's hold entry into it, with the entries
-// before the hold that its provider lacks, and the grant its lease entry
-// will quote; a job whose award cannot be backed is cancelled (on the
-// loop), its award left without a hold, so not sent.
-func (d *marketDriver) attachHolds(ctx context.Context, reqs []escrowRequest, holds [][]byte, errs []error) {
-	for i, r := range reqs {
-		if errs[i] == nil {
-			r.award.Grant, errs[i] = d.n.signGrant(r.award)
-		}
-		if errs[i] == nil {
-			r.award.Hold = holds[i]
-			if r.withChain {
-				r.award.Chain = d.n.chainBefore(holds[i], r.knownSeq)
-			}
-			continue
-		}
-		d.n.log.Warn("no escrow for an award; job cancelled", "job", r.id, "err", errs[i])
-		reason := "escrow failed: " + errs[i].Error()
-		select {
-		case d.in <- func() { d.eng.Cancel(time.Now(), r.id, reason) }:
-		case <-ctx.Done():
-		}
+		d.outbox.send(ctx, o.To, raw, isBusiness(o.Msg))
 	}
 }
 
@@ -655,7 +688,7 @@ func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
 			if r, ok := d.running[l.Job]; ok && r.attempt == l.Attempt {
 				delete(d.running, l.Job)
 			}
-			d.eng.Finished(time.Now(), l.Job, out)
+			d.eng.Finished(d.clock.Now(), l.Job, out)
 		}:
 		case <-d.n.runCtx.Done():
 		}
@@ -699,7 +732,7 @@ func (d *marketDriver) restore() error {
 	var ended []*market.Job
 	invalid := map[protocol.JobID]error{}
 	defer func() {
-		now := time.Now()
+		now := d.clock.Now()
 		for id, err := range invalid {
 			d.n.log.Warn("stored job's offer is no longer valid; job ended", "job", id, "err", err)
 			d.eng.Fail(now, id, "offer no longer valid: "+err.Error())
@@ -782,8 +815,8 @@ func (d *marketDriver) unwatch(id protocol.JobID, w *watcher) {
 }
 
 // SubmitJob signs an offer for spec and hands it to the market: an
-// interactive job also goes directly to the best fitting providers (by
-// price, then measured RTT).
+// interactive job also goes directly to the best fitting providers (the
+// engine ranks those the DHT lookup found by price, then measured RTT).
 func (n *Node) SubmitJob(ctx context.Context, spec *pb.JobSpec, deadline time.Time) (market.Job, error) {
 	if err := protocol.CheckSpec(spec); err != nil {
 		return market.Job{}, err
@@ -803,12 +836,16 @@ func (n *Node) SubmitJob(ctx context.Context, spec *pb.JobSpec, deadline time.Ti
 		// Providers refuse an offer that lives longer.
 		return market.Job{}, fmt.Errorf("deadline: at most %v from now", protocol.MaxJobLifetime)
 	}
-	var candidates []peer.ID
+	var providers []*protocol.Capacity
 	if spec.Tier == protocol.TierInteractive {
 		var err error
-		if candidates, err = n.rankCandidates(ctx, spec); err != nil {
-			return market.Job{}, err
+		if providers, err = n.candidates(ctx, requirements(spec)); err != nil {
+			return market.Job{}, fmt.Errorf("find providers: %w", err)
 		}
+	}
+	rtts := make([]time.Duration, len(providers))
+	for i, c := range providers {
+		rtts[i] = n.host.Peerstore().LatencyEWMA(c.Provider)
 	}
 	nonce := make([]byte, 16)
 	rand.Read(nonce)
@@ -833,32 +870,22 @@ func (n *Node) SubmitJob(ctx context.Context, spec *pb.JobSpec, deadline time.Ti
 		if hold != nil {
 			n.market.postingHolds[id] = hold
 		}
-		job = *n.market.eng.Submit(time.Now(), offer, candidates)
+		// The engine ranks the providers by price, then RTT.
+		for i, c := range providers {
+			n.market.eng.SetRTT(c.Provider, rtts[i])
+		}
+		job = *n.market.eng.Submit(n.market.clock.Now(), offer, providers)
 	})
 	return job, err
 }
 
-func (n *Node) rankCandidates(ctx context.Context, spec *pb.JobSpec) ([]peer.ID, error) {
+// requirements are what a job of spec needs of one provider.
+func requirements(spec *pb.JobSpec) market.Requirements {
 	var r market.Requirements
 	if res := spec.Resources; res != nil {
 		r = market.Requirements{GPUModel: res.GpuModel, GPUs: int(res.Gpus), MinVRAMMiB: int(res.VramMib)}
 	}
-	recs, err := n.candidates(ctx, r)
-	if err != nil {
-		return nil, fmt.Errorf("find providers: %w", err)
-	}
-	recs = slices.DeleteFunc(recs, func(c *protocol.Capacity) bool {
-		return c.Provider == n.host.ID() || c.PriceInteractive > spec.MaxPrice || !slices.Contains(c.Executors, spec.Executor)
-	})
-	lat := n.host.Peerstore().LatencyEWMA
-	slices.SortFunc(recs, func(a, b *protocol.Capacity) int {
-		return cmp.Or(cmp.Compare(a.PriceInteractive, b.PriceInteractive), cmp.Compare(lat(a.Provider), lat(b.Provider)))
-	})
-	out := make([]peer.ID, 0, len(recs))
-	for _, c := range recs {
-		out = append(out, c.Provider)
-	}
-	return out, nil
+	return r
 }
 
 // Jobs returns copies of this node's jobs as requester.
@@ -902,7 +929,7 @@ func (n *Node) CancelJob(ctx context.Context, id protocol.JobID) (market.Job, bo
 	err := n.market.do(ctx, func() {
 		var j *market.Job
 		if j, found = n.market.eng.Job(id); found {
-			ok = n.market.eng.Cancel(time.Now(), id, "cancelled by requester")
+			ok = n.market.eng.Cancel(n.market.clock.Now(), id, "cancelled by requester")
 			out = *j
 		}
 	})
