@@ -192,7 +192,7 @@ func (s *sim) settle(rounds int) bool {
 }
 
 func (s *sim) record(from peer.ID, how string, m *pb.MarketMessage) {
-	kind := strings.TrimPrefix(fmt.Sprintf("%T", m.Body), "*pb.MarketMessage_")
+	kind := kindName(m)
 	s.log[from] = append(s.log[from], fmt.Sprintf("%s %s %d", how, kind, m.Round))
 }
 

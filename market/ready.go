@@ -54,6 +54,12 @@ func (e *Engine) Ready() Ready {
 	if e.handed != nil {
 		r = e.handed.merge(r)
 	}
+	// An award its job has left behind (cancelled, or offered again,
+	// before the Ready was carried out) needs no hold.
+	r.NeedHolds = slices.DeleteFunc(r.NeedHolds, func(h HoldRequest) bool {
+		j := e.jobs[h.Job]
+		return j == nil || !j.awaitingHold || j.Attempt != h.Attempt
+	})
 	e.handed = nil
 	if !r.Empty() {
 		e.handed = &r
