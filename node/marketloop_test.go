@@ -89,17 +89,19 @@ func restoredJob(t *testing.T, d *marketDriver, key crypto.PrivKey) protocol.Job
 // that fails is tried again after a pause, on the loop's clock, and the
 // job's change reaches the database then.
 func TestLoopRetriesAFailedJobWrite(t *testing.T) {
-	db, err := storage.Open(filepath.Join(t.TempDir(), "db"), storage.Options{Network: "testnet"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	self, _ := peer.IDFromPrivateKey(key)
+	dir := t.TempDir()
 	synctest.Test(t, func(t *testing.T) {
+		// Opened in the bubble: Badger's goroutines must be its own.
+		db, err := storage.Open(filepath.Join(dir, "db"), storage.Options{Network: "testnet"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
 		jobs := &flakyJobs{inner: db, fail: 1}
 		d := loopDriver(self, jobs)
 		id := restoredJob(t, d, key)
