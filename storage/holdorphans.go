@@ -6,6 +6,7 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+
 	"github.com/mira-market/mira/protocol/ledger"
 )
 

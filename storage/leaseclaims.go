@@ -5,6 +5,7 @@ import (
 	"math/bits"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/mira-market/mira/protocol/ledger"
 )
 

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
+
 	"github.com/mira-market/mira/protocol/ledger"
 )
 

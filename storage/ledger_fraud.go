@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/mira-market/mira/protocol/ledger"
 )
 

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/mira-market/mira/protocol/ledger"
 )
 

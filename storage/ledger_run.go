@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/mira-market/mira/protocol/ledger"
 )
 

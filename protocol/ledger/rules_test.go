@@ -24,4 +24,3 @@ func TestSeqErrorReadsLikeTheOthers(t *testing.T) {
 		}
 	}
 }
-

@@ -6,8 +6,9 @@ import (
 	"fmt"
 
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/mira-market/mira/protocol/parallel"
 	voied "github.com/oasisprotocol/curve25519-voi/primitives/ed25519"
+
+	"github.com/mira-market/mira/protocol/parallel"
 )
 
 // sigRule is the rule of every check of a ledger entry's signature, alone
