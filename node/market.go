@@ -21,6 +21,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/node/capacity"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
 	"github.com/mira-market/mira/storage"
@@ -52,8 +53,6 @@ type marketDriver struct {
 	writer       *ledgerWriter
 	verified     *verifiedCache
 	gossipSeen   *seenSet // signed messages seen on gossip
-	// collecting marks finished jobs whose result is being fetched.
-	collecting map[protocol.JobID]bool
 }
 
 func messageID(m *pubsubpb.Message) string {
@@ -76,14 +75,14 @@ func (n *Node) marketEngineConfig() market.Config {
 	}
 	if n.IsProvider() {
 		var gpus []protocol.GPU
-		for _, g := range n.capacity.gpus {
+		for _, g := range n.capacity.GPUs() {
 			gpus = append(gpus, protocol.GPU{Model: g.Model, VRAMMiB: g.VRAMMiB, Count: g.Count})
 		}
 		cfg.Provider = &market.ProviderPolicy{
 			GPUs: gpus, Slots: n.cfg.Provider.Slots, Executors: n.cfg.Provider.Executors,
 			MaxMemoryMiB: n.jobLimits.MemoryMiB, MaxCPUMillis: n.jobLimits.CPUMillis, DockerImages: n.cfg.Provider.DockerImages,
-			FloorInteractive: microCredits(n.cfg.Provider.PriceInteractive),
-			FloorBatch:       microCredits(n.cfg.Provider.PriceBatch),
+			FloorInteractive: capacity.MicroCredits(n.cfg.Provider.PriceInteractive),
+			FloorBatch:       capacity.MicroCredits(n.cfg.Provider.PriceBatch),
 		}
 	}
 	return cfg
@@ -101,7 +100,6 @@ func (n *Node) startMarket(ctx context.Context) error {
 		writer:       newLedgerWriter(n),
 		verified:     &verifiedCache{m: map[[32]byte]*protocol.Signed{}},
 		gossipSeen:   &seenSet{m: map[[32]byte]struct{}{}},
-		collecting:   map[protocol.JobID]bool{},
 		stepped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mira_market_messages_total", Help: "Verified market messages fed to the engine, by kind.",
 		}, []string{"kind"}),
@@ -445,7 +443,7 @@ func (d *marketDriver) process(ctx context.Context) {
 			}
 			recs[j.ID.String()] = b
 			d.notify(j)
-			d.collectResult(j)
+			d.n.results.Collect(j)
 		}
 		if err := d.n.db.PutJobs(recs); err != nil {
 			d.n.log.Error("persist jobs; not sending", "err", err)
@@ -630,7 +628,7 @@ func (d *marketDriver) sign(m *pb.MarketMessage) []byte {
 // engine, which sends it to the requester as the signed result.
 func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
 	// The job's deadline bounds staging and the run; max_duration bounds
-	// the run alone (see execute).
+	// the run alone (see runner.Run).
 	rctx, cancel := context.WithDeadline(ctx, l.Deadline)
 	d.running[l.Job] = runningLease{attempt: l.Attempt, cancel: cancel}
 	d.n.wg.Add(1)
@@ -645,7 +643,7 @@ func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
 			out = market.Outcome{ExitCode: -1, Error: err.Error()}
 		} else {
 			d.writer.add(d.n.leaseWrite(l))
-			out = d.n.execute(rctx, l)
+			out = d.n.runner.Run(rctx, l)
 		}
 		out.Attempt = l.Attempt
 		select {
@@ -843,7 +841,7 @@ func (n *Node) rankCandidates(ctx context.Context, spec *pb.JobSpec) ([]peer.ID,
 	if res := spec.Resources; res != nil {
 		r = market.Requirements{GPUModel: res.GpuModel, GPUs: int(res.Gpus), MinVRAMMiB: int(res.VramMib)}
 	}
-	recs, err := n.candidates(ctx, r)
+	recs, err := n.capacity.Candidates(ctx, r)
 	if err != nil {
 		return nil, fmt.Errorf("find providers: %w", err)
 	}

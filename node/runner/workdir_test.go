@@ -1,4 +1,4 @@
-package node
+package runner
 
 import (
 	"io/fs"
@@ -82,7 +82,7 @@ func TestRemoveTreeOpensUpWhatTheJobClosed(t *testing.T) {
 // killed mid-run, a removal that failed) goes at the next start.
 func TestSweepWorkRemovesLeftovers(t *testing.T) {
 	data := t.TempDir()
-	n := &Node{cfg: Config{DataDir: data}, log: slog.New(slog.DiscardHandler)}
+	n := &Runner{cfg: Config{DataDir: data}, log: slog.New(slog.DiscardHandler)}
 	closedTree(t, filepath.Join(data, workDirName, "abc.1"), t.TempDir())
 	if err := os.WriteFile(filepath.Join(data, workDirName, "stray"), []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
@@ -110,7 +110,7 @@ func TestRequesterTextHidesTheDataDir(t *testing.T) {
 	if err := os.Symlink(real, link); err != nil {
 		t.Fatal(err)
 	}
-	n := &Node{cfg: Config{DataDir: link}, log: slog.New(slog.DiscardHandler)}
+	n := &Runner{cfg: Config{DataDir: link}, log: slog.New(slog.DiscardHandler)}
 	l := &market.Lease{Attempt: 1}
 	for _, c := range []struct {
 		text string

@@ -1,8 +1,9 @@
-package node
+package joblogs
 
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"sync"
@@ -31,10 +32,10 @@ func (s *mapLogStore) JobLog(name string) ([]byte, bool, error) {
 	return b, ok, nil
 }
 
-func readLog(t *testing.T, l *jobLog) []byte {
+func readLog(t *testing.T, l *Log) []byte {
 	t.Helper()
 	var got []byte
-	if _, err := l.follow(context.Background(), 0, false, func(b []byte) error { got = append(got, b...); return nil }); err != nil {
+	if _, err := l.Follow(context.Background(), 0, false, func(b []byte) error { got = append(got, b...); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	return got
@@ -49,18 +50,18 @@ func TestJobLogKeepsSmallLogsInTheDatabaseAndSpillsLargeOnes(t *testing.T) {
 	}{
 		{"empty", 0, false, false},
 		{"small", 100, false, true},
-		{"at the spill size", logSpill, false, true},
-		{"larger", logSpill + 1, true, false},
-		{"much larger", 5 * logSpill, true, false},
+		{"at the spill size", spillAt, false, true},
+		{"larger", spillAt + 1, true, false},
+		{"much larger", 5 * spillAt, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir, store := t.TempDir(), &mapLogStore{logs: map[string][]byte{}}
-			book, err := newLogBook(dir, store, slog.New(slog.DiscardHandler))
+			book, err := NewBook(Config{Dir: dir, Store: store, Log: slog.New(slog.DiscardHandler)})
 			if err != nil {
 				t.Fatal(err)
 			}
 			job := protocol.JobID{1}
-			l, err := book.get(job, 1)
+			l, err := book.Get(job, 1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -69,7 +70,7 @@ func TestJobLogKeepsSmallLogsInTheDatabaseAndSpillsLargeOnes(t *testing.T) {
 			followed := make(chan []byte)
 			go func() {
 				var got []byte
-				l.follow(context.Background(), 0, true, func(b []byte) error { got = append(got, b...); return nil })
+				l.Follow(context.Background(), 0, true, func(b []byte) error { got = append(got, b...); return nil })
 				followed <- got
 			}()
 			for rest := want; len(rest) > 0; {
@@ -79,7 +80,7 @@ func TestJobLogKeepsSmallLogsInTheDatabaseAndSpillsLargeOnes(t *testing.T) {
 				}
 				rest = rest[n:]
 			}
-			l.finish()
+			l.Finish()
 			if got := <-followed; !bytes.Equal(got, want) {
 				t.Fatalf("follower read %d bytes, want %d", len(got), len(want))
 			}
@@ -91,7 +92,7 @@ func TestJobLogKeepsSmallLogsInTheDatabaseAndSpillsLargeOnes(t *testing.T) {
 				t.Fatalf("log stored in the database: %v, want %v", stored, tc.wantStore)
 			}
 			// The book has let the finished log go; it reads back whole.
-			again, err := book.get(job, 1)
+			again, err := book.Get(job, 1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -106,31 +107,31 @@ func TestJobLogKeepsSmallLogsInTheDatabaseAndSpillsLargeOnes(t *testing.T) {
 // log resumes from its end after a restart.
 func TestOpenJobLogSurvivesClose(t *testing.T) {
 	dir, store := t.TempDir(), &mapLogStore{logs: map[string][]byte{}}
-	book, err := newLogBook(dir, store, slog.New(slog.DiscardHandler))
+	book, err := NewBook(Config{Dir: dir, Store: store, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	job := protocol.JobID{2}
-	l, err := book.get(job, 3)
+	l, err := book.Get(job, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.Write([]byte("first half, "))
-	book.close()
+	book.Close()
 
-	book, err = newLogBook(dir, store, slog.New(slog.DiscardHandler))
+	book, err = NewBook(Config{Dir: dir, Store: store, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err = book.get(job, 3)
+	l, err = book.Get(job, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if size, done, _ := l.state(); size != int64(len("first half, ")) || done {
+	if size, done, _ := l.State(); size != int64(len("first half, ")) || done {
 		t.Fatalf("reopened log: size %d, complete %v", size, done)
 	}
 	l.Write([]byte("second half"))
-	l.finish()
+	l.Finish()
 	if got := string(readLog(t, l)); got != "first half, second half" {
 		t.Fatalf("log %q", got)
 	}
@@ -139,21 +140,21 @@ func TestOpenJobLogSurvivesClose(t *testing.T) {
 // failingLogStore refuses every write, as a closed database does.
 type failingLogStore struct{ mapLogStore }
 
-func (*failingLogStore) PutJobLog(string, []byte) error { return errDBClosed }
+func (*failingLogStore) PutJobLog(string, []byte) error { return errors.New("database closed") }
 
 // A small log the database refuses at its end is kept in its file.
 func TestJobLogFallsBackToItsFile(t *testing.T) {
 	dir, store := t.TempDir(), &failingLogStore{mapLogStore{logs: map[string][]byte{}}}
-	book, err := newLogBook(dir, store, slog.New(slog.DiscardHandler))
+	book, err := NewBook(Config{Dir: dir, Store: store, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := book.get(protocol.JobID{3}, 1)
+	l, err := book.Get(protocol.JobID{3}, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.Write([]byte("last words\n"))
-	l.finish()
+	l.Finish()
 	if b, err := os.ReadFile(l.path); err != nil || string(b) != "last words\n" {
 		t.Fatalf("log file %q, %v", b, err)
 	}

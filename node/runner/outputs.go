@@ -1,4 +1,4 @@
-package node
+package runner
 
 import (
 	"archive/tar"

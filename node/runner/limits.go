@@ -1,7 +1,8 @@
-package node
+package runner
 
 import (
 	"fmt"
+	"log/slog"
 	"runtime"
 
 	"golang.org/x/sys/unix"
@@ -9,12 +10,21 @@ import (
 	"github.com/mira-market/mira/node/executor"
 )
 
-// jobLimits are what one job may use on this provider, whatever it asks:
+// Limits are what one job may use on this provider, whatever it asks:
 // the market declines a job that asks more, the executors enforce them.
-type jobLimits struct {
+type Limits struct {
 	MemoryMiB uint32 // most memory a job may ask for
 	CPUMillis uint32 // most CPU a job may ask for; a container asking none gets it
 	DiskBytes int64  // scratch-disk quota: what a job may write beyond its inputs
+}
+
+// LimitsConfig is what the provider's config says of job limits (its
+// provider section's keys of the same names).
+type LimitsConfig struct {
+	Slots        int
+	DiskMiB      uint32
+	MaxMemoryMiB uint32 // 0: the host's memory divided by slots
+	MaxCPUMillis uint32 // 0: the host's cores divided by slots
 }
 
 // hostInfo is what limits are derived from and checked against.
@@ -28,9 +38,9 @@ type hostInfo struct {
 // the config leaves at zero is the host's memory or cores divided by
 // slots. It returns what the operator should hear about: configured
 // limits that slots jobs at once would take past what the host has.
-func deriveLimits(p ProviderConfig, h hostInfo) (jobLimits, []string) {
+func deriveLimits(p LimitsConfig, h hostInfo) (Limits, []string) {
 	slots := uint64(max(p.Slots, 1))
-	l := jobLimits{MemoryMiB: p.MaxMemoryMiB, CPUMillis: p.MaxCPUMillis, DiskBytes: int64(p.DiskMiB) << 20}
+	l := Limits{MemoryMiB: p.MaxMemoryMiB, CPUMillis: p.MaxCPUMillis, DiskBytes: int64(p.DiskMiB) << 20}
 	var warnings []string
 	hostMiB := h.memory.Total >> 20
 	switch {
@@ -71,12 +81,13 @@ func measureHost(dataDir string) hostInfo {
 	return h
 }
 
-// providerLimits derives the node's job limits and logs what does not fit.
-func (n *Node) providerLimits() jobLimits {
-	l, warnings := deriveLimits(n.cfg.Provider, measureHost(n.cfg.DataDir))
+// ProviderLimits derives a provider's job limits from its config and the
+// host its data dir is on, and logs what does not fit.
+func ProviderLimits(p LimitsConfig, dataDir string, log *slog.Logger) Limits {
+	l, warnings := deriveLimits(p, measureHost(dataDir))
 	for _, w := range warnings {
-		n.log.Warn("provider limits: " + w)
+		log.Warn("provider limits: " + w)
 	}
-	n.log.Info("job limits", "max_memory_mib", l.MemoryMiB, "max_cpu_millis", l.CPUMillis, "disk_mib", l.DiskBytes>>20)
+	log.Info("job limits", "max_memory_mib", l.MemoryMiB, "max_cpu_millis", l.CPUMillis, "disk_mib", l.DiskBytes>>20)
 	return l
 }
