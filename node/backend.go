@@ -11,6 +11,7 @@ import (
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
+	"github.com/mira-market/mira/node/capacity"
 	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
@@ -134,7 +135,7 @@ func peerString(p peer.ID) string {
 func (b apiBackend) SubmitJob(ctx context.Context, p api.ParsedJob) (api.JobInfo, error) {
 	spec := &pb.JobSpec{
 		Executor: p.Executor, Image: p.Image, Module: p.Module, Command: p.Command, Args: p.Args, Inputs: p.Inputs,
-		Tier: p.Tier, MaxPrice: microCredits(p.MaxPrice), MaxDurationMs: p.MaxDurationD.Milliseconds(),
+		Tier: p.Tier, MaxPrice: capacity.MicroCredits(p.MaxPrice), MaxDurationMs: p.MaxDurationD.Milliseconds(),
 		Resources: &pb.Resources{
 			Gpus: uint32(p.Resources.GPUs), GpuModel: p.Resources.GPUModel, VramMib: uint32(p.Resources.VRAMMiB),
 			CpuMillis: uint32(p.Resources.CPUMillis), MemoryMib: uint32(p.Resources.MemoryMiB),

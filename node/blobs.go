@@ -72,50 +72,6 @@ func (n *Node) collectBlobs(ctx context.Context) {
 	}
 }
 
-// stageBlob makes blob id ready for a run of requester's job and keeps it
-// from the collector until release. The provider's copy serves only a
-// requester entitled to it: one that delivered its bytes (now, or for an
-// earlier job), or the requester of the job whose result it is. Anyone
-// else must send the bytes, checked against id: a content ID is public
-// (gossiped offers and the ledger's receipts name them), so naming one
-// proves nothing.
-func (n *Node) stageBlob(ctx context.Context, id cid.Cid, requester peer.ID) (release func(), err error) {
-	store := n.blobs.Store()
-	release = store.Use(id)
-	// The common case first: the requester's own cached module or input
-	// (a look-up in memory; the result readers are in the database).
-	if store.HeldBy(id, requester) || store.Has(id) && n.mayReadResult(id, requester) {
-		store.Mark(id, 0, "") // used now
-		return release, nil
-	}
-	if err := n.blobs.FetchFor(ctx, id, requester); err != nil {
-		release()
-		return nil, n.stagingError(id, requester, err)
-	}
-	return release, nil
-}
-
-// stagingError says why a requester's blob could not be staged, in words
-// for the requester (the job's error), which name nothing of the
-// provider's: what is not one of the known causes is a fixed text, its
-// details logged.
-func (n *Node) stagingError(id cid.Cid, requester peer.ID, err error) error {
-	switch {
-	case errors.Is(err, blob.ErrNotFound):
-		return errors.New("requester does not hold it")
-	case errors.Is(err, blob.ErrMismatch):
-		return errors.New("the requester sent bytes that do not match its content ID")
-	case errors.Is(err, blob.ErrFull):
-		return errors.New("the provider's blob store is full")
-	case errors.Is(err, blob.ErrTooLarge):
-		return fmt.Errorf("over the provider's limit of %d bytes", n.cfg.MaxBlobSize)
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return errors.New("cancelled while fetching it from the requester")
-	}
-	n.log.Warn("stage a job's blob", "blob", id, "requester", requester, "err", err)
-	return errors.New("the provider could not fetch it from the requester (details in its log)")
-}
-
 // mayReadResult reports whether p is the requester of a job whose result
 // or outputs this provider stored as blob id.
 func (n *Node) mayReadResult(id cid.Cid, p peer.ID) bool {

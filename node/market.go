@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/node/capacity"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
 )
@@ -43,8 +44,6 @@ type marketDriver struct {
 	writer       *ledgerWriter
 	verified     *verifiedCache
 	gossipSeen   *seenSet // signed messages seen on gossip
-	// collecting marks finished jobs whose result is being fetched.
-	collecting map[protocol.JobID]bool
 	// jobs persists the job records; clock is the engine's time and the
 	// loop's timer.
 	jobs  jobStore
@@ -76,14 +75,14 @@ func (n *Node) marketEngineConfig() market.Config {
 	}
 	if n.IsProvider() {
 		var gpus []protocol.GPU
-		for _, g := range n.capacity.gpus {
+		for _, g := range n.capacity.GPUs() {
 			gpus = append(gpus, protocol.GPU{Model: g.Model, VRAMMiB: g.VRAMMiB, Count: g.Count})
 		}
 		cfg.Provider = &market.ProviderPolicy{
 			GPUs: gpus, Slots: n.cfg.Provider.Slots, Executors: n.cfg.Provider.Executors,
 			MaxMemoryMiB: n.jobLimits.MemoryMiB, MaxCPUMillis: n.jobLimits.CPUMillis, DockerImages: n.cfg.Provider.DockerImages,
-			FloorInteractive: microCredits(n.cfg.Provider.PriceInteractive),
-			FloorBatch:       microCredits(n.cfg.Provider.PriceBatch),
+			FloorInteractive: capacity.MicroCredits(n.cfg.Provider.PriceInteractive),
+			FloorBatch:       capacity.MicroCredits(n.cfg.Provider.PriceBatch),
 		}
 	}
 	return cfg
@@ -101,7 +100,6 @@ func (n *Node) startMarket(ctx context.Context) error {
 		writer:       newLedgerWriter(n),
 		verified:     &verifiedCache{m: map[[32]byte]*protocol.Signed{}},
 		gossipSeen:   &seenSet{m: map[[32]byte]struct{}{}},
-		collecting:   map[protocol.JobID]bool{},
 		jobs:         n.db,
 		clock:        realClock{},
 		stepped: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -253,7 +251,7 @@ func (d *marketDriver) process(ctx context.Context) {
 	}
 	for _, j := range r.Save {
 		d.notify(j)
-		d.collectResult(j)
+		d.n.results.Collect(j)
 	}
 	d.queueLedgerWrites(ctx, r)
 	signed := d.signer()
@@ -419,7 +417,7 @@ func (d *marketDriver) sign(m *pb.MarketMessage) []byte {
 // engine, which sends it to the requester as the signed result.
 func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
 	// The job's deadline bounds staging and the run; max_duration bounds
-	// the run alone (see execute).
+	// the run alone (see runner.Run).
 	rctx, cancel := context.WithDeadline(ctx, l.Deadline)
 	d.running[l.Job] = runningLease{attempt: l.Attempt, cancel: cancel}
 	d.n.wg.Add(1)
@@ -434,7 +432,7 @@ func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
 			out = market.Outcome{ExitCode: -1, Error: err.Error()}
 		} else {
 			d.writer.add(d.n.leaseWrite(l))
-			out = d.n.execute(rctx, l)
+			out = d.n.runner.Run(rctx, l)
 		}
 		out.Attempt = l.Attempt
 		select {

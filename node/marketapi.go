@@ -93,7 +93,7 @@ func (n *Node) SubmitJob(ctx context.Context, spec *pb.JobSpec, deadline time.Ti
 	var providers []*protocol.Capacity
 	if spec.Tier == protocol.TierInteractive {
 		var err error
-		if providers, err = n.candidates(ctx, requirements(spec)); err != nil {
+		if providers, err = n.capacity.Candidates(ctx, requirements(spec)); err != nil {
 			return market.Job{}, fmt.Errorf("find providers: %w", err)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/node/results"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
 	"github.com/mira-market/mira/storage"
@@ -44,17 +45,19 @@ func (f *flakyJobs) PutJobs(recs map[string][]byte) error {
 
 // loopDriver is a market driver with only what its loop needs to carry
 // out a requester's job records: an engine, a job store, the real clock
-// (in a synctest bubble, the bubble's), and a ledger writer that is never
-// run.
+// (in a synctest bubble, the bubble's), a ledger writer that is never
+// run, and a result collector with nothing to collect (the jobs here end
+// without results).
 func loopDriver(self peer.ID, jobs jobStore) *marketDriver {
-	n := &Node{log: slog.New(slog.DiscardHandler)}
+	log := slog.New(slog.DiscardHandler)
+	n := &Node{log: log, results: results.New(context.Background(), nil, log)}
 	d := &marketDriver{
 		n: n, in: make(chan func(), 8), jobs: jobs, clock: realClock{},
 		eng: market.NewEngine(market.Config{Self: self, InteractiveWindow: time.Second, BatchWindow: time.Second,
 			AcceptTimeout: time.Second, HeartbeatTimeout: 3 * time.Second, HeartbeatInterval: time.Second}),
 		running: map[protocol.JobID]runningLease{}, watchers: map[protocol.JobID][]*watcher{},
-		postingHolds: map[protocol.JobID]*ledgerWrite{}, collecting: map[protocol.JobID]bool{},
-		offers: prometheus.NewGauge(prometheus.GaugeOpts{Name: "offers"}), offerBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bytes"}),
+		postingHolds: map[protocol.JobID]*ledgerWrite{},
+		offers:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "offers"}), offerBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bytes"}),
 		writer: newLedgerWriter(n),
 	}
 	n.market = d
@@ -71,7 +74,7 @@ func restoredJob(t *testing.T, d *marketDriver, key crypto.PrivKey) protocol.Job
 	self, _ := peer.IDFromPrivateKey(key)
 	o := &pb.Offer{Requester: []byte(self), Network: "testnet", Nonce: nonce, CreatedUnixMs: now.UnixMilli(),
 		DeadlineUnixMs: now.Add(time.Minute).UnixMilli(),
-		Spec: &pb.JobSpec{Executor: "noop", Tier: protocol.TierBatch, MaxPrice: 10, MaxDurationMs: 1000}}
+		Spec:           &pb.JobSpec{Executor: "noop", Tier: protocol.TierBatch, MaxPrice: 10, MaxDurationMs: 1000}}
 	raw, err := protocol.SealMarket(key, "testnet", now.Add(time.Minute), &pb.MarketMessage{Body: &pb.MarketMessage_Offer{Offer: o}})
 	if err != nil {
 		t.Fatal(err)

@@ -31,12 +31,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/node/blob"
+	"github.com/mira-market/mira/node/capacity"
 	"github.com/mira-market/mira/node/disk"
-	"github.com/mira-market/mira/node/executor"
 	"github.com/mira-market/mira/node/gpu"
+	"github.com/mira-market/mira/node/joblogs"
+	"github.com/mira-market/mira/node/results"
+	"github.com/mira-market/mira/node/runner"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/storage"
 )
@@ -50,7 +52,7 @@ type Node struct {
 	log      *slog.Logger
 	priv     crypto.PrivKey
 	gater    *gater
-	capacity capacity
+	capacity *capacity.Service
 	market   *marketDriver
 	limits   *peerLimits
 	host     host.Host
@@ -79,11 +81,11 @@ type Node struct {
 	// chainSyncs serialises fetches of one account's chain.
 	chainMu    sync.Mutex
 	chainSyncs map[peer.ID]*sync.Mutex
-	logs       *logBook
-	executors  executor.Set
-	jobLimits  jobLimits // a provider's, set before its executors start
-	gpuMu      sync.Mutex
-	nextGPU    int
+	logs       *joblogs.Book
+	logStreams *joblogs.Streams
+	runner     *runner.Runner     // a provider's job runtime
+	results    *results.Collector // the results of the node's own jobs
+	jobLimits  runner.Limits      // a provider's, set before its runner starts
 	metrics    *prometheus.Registry
 	api        *http.Server
 	apiAddr    string
@@ -92,7 +94,7 @@ type Node struct {
 	readyAt    time.Duration
 
 	ready  atomic.Bool
-	warm   chan struct{}   // closed once precompile is done
+	warm   <-chan struct{} // closed once the runner's precompile is done
 	runCtx context.Context // ends when Close begins
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -148,17 +150,20 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		runCtx:     runCtx,
 		cancel:     cancel,
 		redial:     make(chan peer.ID, 16),
-		warm:       make(chan struct{}),
 		connected:  make(chan peer.ID, 16),
 		chainSyncs: map[peer.ID]*sync.Mutex{},
 		head:       newHeadGate(),
 		proofsSent: map[accountPeer]proofPush{},
 		rset:       &ledgerSet{set: storage.NewReconcileSet(cfg.ReconcileSymbols)},
 	}
-	n.capacity.changed = make(chan struct{}, 1)
-	n.capacity.cache = market.NewProviderCache()
-	n.capacity.freeSlots = cfg.Provider.Slots
-	if n.capacity.gpus, err = n.discoverGPUs(ctx); err != nil {
+	gpus, err := n.discoverGPUs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if n.capacity, err = capacity.New(capacity.Config{Priv: priv, Network: cfg.Network, GPUs: gpus,
+		Slots: cfg.Provider.Slots, Executors: cfg.Provider.Executors, PriceInteractive: cfg.Provider.PriceInteractive,
+		PriceBatch: cfg.Provider.PriceBatch, TTL: time.Duration(cfg.Provider.CapacityTTL), MemoryMiB: totalMemoryMiB(), Log: o.log,
+	}); err != nil {
 		return nil, err
 	}
 	var blocked []peer.ID
@@ -187,7 +192,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err != nil {
 		return nil, err
 	}
-	if n.logs, err = newLogBook(filepath.Join(cfg.DataDir, logsDir), dbLogStore{n}, n.log); err != nil {
+	if n.logs, err = joblogs.NewBook(joblogs.Config{Dir: filepath.Join(cfg.DataDir, logsDir), Store: dbLogStore{n}, Log: n.log}); err != nil {
 		return nil, err
 	}
 
@@ -250,7 +255,14 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	n.blobs.SetAllow(n.blobAllowed)
 	n.metrics.MustRegister(newBlobCollector(n))
 	n.blobs.WrapHandler(func(h network.StreamHandler) network.StreamHandler { return n.limits.limitStreams("blob", h) })
-	n.host.SetStreamHandler(libp2pproto.ID(protocol.LogsProtocol(cfg.Network)), n.limits.limitStreams("logs", n.handleLogs))
+	n.results = results.New(runCtx, n.blobs, n.log)
+	n.logStreams = joblogs.NewStreams(joblogs.StreamsConfig{Host: n.host, Network: cfg.Network, Book: n.logs, Log: n.log,
+		HoldsLease: func(job protocol.JobID, attempt uint32, p peer.ID) bool {
+			return n.market.isLeaseHolder(job, attempt, p)
+		},
+		Refused: func(err error) { n.market.reject(err) },
+	})
+	n.host.SetStreamHandler(libp2pproto.ID(protocol.LogsProtocol(cfg.Network)), n.limits.limitStreams("logs", n.logStreams.Handle))
 
 	n.host.Network().Notify(&network.NotifyBundle{
 		DisconnectedF: func(_ network.Network, c network.Conn) { n.onDisconnect(c.RemotePeer()) },
@@ -271,12 +283,14 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	n.host.SetStreamHandler(n.syncProtocol(), n.limits.limitStreams("sync", n.handleSync))
 	if n.IsProvider() {
 		n.jobLimits = n.providerLimits()
-		if n.executors, err = n.startExecutors(runCtx); err != nil {
+		if n.runner, err = runner.New(runCtx, n.runnerConfig()); err != nil {
 			return nil, err
 		}
-		n.precompile(runCtx)
+		n.warm = n.runner.Warm()
 	} else {
-		close(n.warm)
+		warm := make(chan struct{})
+		close(warm)
+		n.warm = warm
 	}
 	if err := n.startMarket(runCtx); err != nil {
 		return nil, err
@@ -304,6 +318,7 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err := n.dht.Bootstrap(runCtx); err != nil {
 		return nil, fmt.Errorf("dht bootstrap: %w", err)
 	}
+	n.capacity.Start(runCtx, n.dht)
 	if err := n.serveAPI(); err != nil {
 		return nil, err
 	}
@@ -313,10 +328,6 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	go n.reconcileLoop(runCtx, n.connected)
 	go n.maintainBootstrap(runCtx)
 	go n.measureLatency(runCtx)
-	if n.IsProvider() {
-		n.wg.Add(1)
-		go n.announceLoop(runCtx)
-	}
 
 	n.readyAt = time.Since(started)
 	n.ready.Store(true)
@@ -367,6 +378,15 @@ func (n *Node) Close() error {
 		}
 		n.cancel()
 		n.wg.Wait()
+		if n.runner != nil {
+			n.runner.Close()
+		}
+		if n.results != nil {
+			n.results.Close()
+		}
+		if n.capacity != nil {
+			n.capacity.Close()
+		}
 		if n.dht != nil {
 			errs = append(errs, n.dht.Close())
 		}
@@ -380,9 +400,8 @@ func (n *Node) Close() error {
 			errs = append(errs, n.closeDB())
 		}
 		if n.logs != nil {
-			n.logs.close()
+			n.logs.Close()
 		}
-		n.closeExecutors()
 	})
 	return errors.Join(errs...)
 }

@@ -1,13 +1,11 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"slices"
-	"time"
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -17,75 +15,6 @@ import (
 	"github.com/mira-market/mira/node/blob"
 	"github.com/mira-market/mira/protocol"
 )
-
-// logLinger is how long a follower of a finished job's log waits for the
-// provider's last bytes before it stops.
-const logLinger = 2 * time.Second
-
-// inlineResult returns a job's result when it came inline in the signed
-// result: the job record holds it, and nothing is fetched from the
-// provider (which keeps no copy). The bytes are checked against the
-// content ID the receipt names.
-func inlineResult(j *market.Job) ([]byte, bool) {
-	if j.ResultID == "" || j.ResultSize > protocol.MaxResultOutput || uint64(len(j.Output)) != j.ResultSize {
-		return nil, false
-	}
-	return j.Output, protocol.IsBlob(j.Output, j.ResultID)
-}
-
-// collectResult keeps a finished job's result and outputs in the blob
-// store, in the background, so they can be read as blobs (`GET
-// /v1/blobs/{id}`, or inputs of a later job) even once the provider is
-// gone: an inline result is stored from the job record; the rest is
-// fetched from the provider.
-func (d *marketDriver) collectResult(j *market.Job) {
-	if !j.State.Terminal() || d.collecting[j.ID] {
-		return
-	}
-	// What to keep: the result (inline, or from the provider) and the
-	// outputs (from the provider), unless already here.
-	type blobOfJob struct {
-		id       cid.Cid
-		inline   []byte
-		isInline bool
-	}
-	var keep []blobOfJob
-	// A blob here already (the node cached it as a provider, say) is kept
-	// too, as this node's own: the collector must not evict a result.
-	ownHere := func(id cid.Cid) bool {
-		k, ok := d.n.blobs.Store().KindOf(id)
-		return ok && k&blob.Own != 0
-	}
-	if id, _, err := protocol.ParseBlobID(j.ResultID); err == nil && !ownHere(id) {
-		out, ok := inlineResult(j)
-		keep = append(keep, blobOfJob{id: id, inline: out, isInline: ok})
-	}
-	if id, _, err := protocol.ParseBlobID(j.OutputsID); err == nil && !ownHere(id) {
-		keep = append(keep, blobOfJob{id: id})
-	}
-	if len(keep) == 0 {
-		return
-	}
-	// Storing (a synced write) or fetching happens off the market loop.
-	d.collecting[j.ID] = true
-	job, provider := j.ID, j.Provider
-	d.n.wg.Add(1)
-	go func() {
-		defer d.n.wg.Done()
-		ctx, cancel := context.WithTimeout(d.n.runCtx, 10*time.Minute)
-		defer cancel()
-		for _, b := range keep {
-			if b.isInline {
-				if _, err := d.n.blobs.Store().PutBytes(b.inline, blob.Own); err != nil {
-					d.n.log.Warn("store inline result", "job", job, "err", err)
-				}
-			} else if _, err := d.n.blobs.Fetch(ctx, b.id, blob.Own, provider); err != nil {
-				d.n.log.Warn("fetch a job's blob", "job", job, "blob", b.id, "provider", provider, "err", err)
-			}
-		}
-		d.do(d.n.runCtx, func() { delete(d.collecting, job) })
-	}()
-}
 
 // blobAllowed decides who may fetch a blob from this node: a job's
 // requester its result, from the provider that produced it (recorded in
@@ -123,17 +52,7 @@ func (n *Node) JobResult(ctx context.Context, id protocol.JobID) (io.ReadCloser,
 	if err != nil {
 		return nil, api.BlobInfo{}, err
 	}
-	if j.ResultID == "" {
-		return nil, api.BlobInfo{}, fmt.Errorf("%w: job %s ended %s without a result", api.ErrNotFound, id, j.State)
-	}
-	if out, ok := inlineResult(&j); ok {
-		c, _, err := protocol.ParseBlobID(j.ResultID)
-		if err != nil {
-			return nil, api.BlobInfo{}, err
-		}
-		return io.NopCloser(bytes.NewReader(out)), api.BlobInfo{ID: c.String(), Size: int64(len(out))}, nil
-	}
-	return n.openJobBlob(ctx, j.ResultID, j.Provider)
+	return n.results.OpenResult(ctx, j)
 }
 
 // JobOutputs opens the tar archive of the files a finished job left in
@@ -144,10 +63,7 @@ func (n *Node) JobOutputs(ctx context.Context, id protocol.JobID) (io.ReadCloser
 	if err != nil {
 		return nil, api.BlobInfo{}, err
 	}
-	if j.OutputsID == "" {
-		return nil, api.BlobInfo{}, fmt.Errorf("%w: job %s ended %s without outputs", api.ErrNotFound, id, j.State)
-	}
-	return n.openJobBlob(ctx, j.OutputsID, j.Provider)
+	return n.results.OpenOutputs(ctx, j)
 }
 
 // endedJob returns a job that has ended; one still on its way is
@@ -160,85 +76,10 @@ func (n *Node) endedJob(ctx context.Context, id protocol.JobID) (market.Job, err
 	return j, err
 }
 
-// openJobBlob opens a blob a job's provider produced, fetched from it
-// (and checked against the ID its receipt names) unless already here.
-func (n *Node) openJobBlob(ctx context.Context, id string, provider peer.ID) (io.ReadCloser, api.BlobInfo, error) {
-	c, _, err := protocol.ParseBlobID(id)
-	if err != nil {
-		return nil, api.BlobInfo{}, err
-	}
-	// Not evicted between the fetch and the open.
-	defer n.blobs.Store().Use(c)()
-	if _, err := n.blobs.Fetch(ctx, c, blob.Own, provider); err != nil {
-		return nil, api.BlobInfo{}, fmt.Errorf("%w: %s: %w", api.ErrUnavailable, c, err)
-	}
-	f, size, err := n.blobs.Store().Open(c)
-	if err != nil {
-		return nil, api.BlobInfo{}, err
-	}
-	return f, api.BlobInfo{ID: c.String(), Size: size}, nil
-}
-
 // JobLogs sends the log of a job's current run to w; with follow, as it
-// grows, until the run's log is complete or the job has ended. A short
-// run's log comes in its result instead of a stream: it is sent when the
-// job ends.
+// grows, until the run's log is complete or the job has ended.
 func (n *Node) JobLogs(ctx context.Context, id protocol.JobID, follow bool, w func([]byte) error) error {
-	j, err := n.Job(ctx, id)
-	if err != nil {
-		return err
-	}
-	if j.Attempt == 0 {
-		return nil // never awarded: no run, no log
-	}
-	if len(j.Log) > 0 {
-		return w(j.Log)
-	}
-	l, err := n.logs.get(id, j.Attempt)
-	if err != nil {
-		return err
-	}
-	if !follow {
-		_, err := l.follow(ctx, 0, false, w)
-		return err
-	}
-	fctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	if states, err := n.WatchJob(fctx, id); err == nil {
-		go func() {
-			defer cancel()
-			for {
-				select {
-				case s, ok := <-states:
-					if ok {
-						if s.State.Terminal() && len(s.Log) > 0 {
-							return // the log came in the result
-						}
-						continue
-					}
-					// The job ended: give the provider's last bytes a moment.
-					select {
-					case <-time.After(logLinger):
-					case <-fctx.Done():
-					}
-					return
-				case <-fctx.Done():
-					return
-				}
-			}
-		}()
-	}
-	_, err = l.follow(fctx, 0, true, w)
-	if end, jerr := n.Job(ctx, id); jerr == nil && len(end.Log) > 0 && end.Attempt == j.Attempt {
-		// The run's log came in its result: no stream will fill or end
-		// the one waited on, so it leaves the book.
-		l.finish()
-		return w(end.Log)
-	}
-	if errors.Is(err, context.Canceled) && ctx.Err() == nil {
-		return nil
-	}
-	return err
+	return n.logs.Read(ctx, n, id, follow, w)
 }
 
 // PutBlob stores an uploaded blob: the operator's, pinned until deleted.

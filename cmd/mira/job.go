@@ -272,22 +272,46 @@ func writeOut(cmd *cobra.Command, path string, r io.Reader, id string) error {
 
 // watchJob prints one line per state change from the job's event stream.
 func watchJob(ctx context.Context, out io.Writer, c *api.Client, id string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.BaseURL+"/v1/jobs/"+id+"/events", nil)
+	start := time.Now()
+	var shown api.JobInfo
+	last, err := readJobEvents(ctx, c, id, func(j api.JobInfo) {
+		if line := describe(j); line != describe(shown) {
+			fmt.Fprintf(out, "%8s  %s\n", time.Since(start).Round(time.Millisecond), line)
+		}
+		shown = j
+	})
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
-	resp, err := http.DefaultClient.Do(req)
+	if last.State == "failed" || last.State == "expired" {
+		return fmt.Errorf("job %s", last.State)
+	}
+	return nil
+}
+
+// readJobEvents follows a job's event stream (GET /v1/jobs/{id}/events),
+// which ends when the job does, calling each (if not nil) with every state
+// it sends; it returns the last.
+func readJobEvents(ctx context.Context, c *api.Client, id string, each func(api.JobInfo)) (api.JobInfo, error) {
+	var last api.JobInfo
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.BaseURL+"/v1/jobs/"+id+"/events", nil)
 	if err != nil {
-		return err
+		return last, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	hc := c.HTTP
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return last, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("watch: %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
+		return last, fmt.Errorf("watch: %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
 	}
-	start := time.Now()
-	var last api.JobInfo
 	s := bufio.NewScanner(resp.Body)
 	s.Buffer(make([]byte, 64<<10), 1<<20)
 	for s.Scan() {
@@ -297,17 +321,14 @@ func watchJob(ctx context.Context, out io.Writer, c *api.Client, id string) erro
 		}
 		var j api.JobInfo
 		if err := json.Unmarshal([]byte(data), &j); err != nil {
-			return fmt.Errorf("watch: %w", err)
+			return last, fmt.Errorf("watch: %w", err)
 		}
-		if line := describe(j); line != describe(last) {
-			fmt.Fprintf(out, "%8s  %s\n", time.Since(start).Round(time.Millisecond), line)
+		if each != nil {
+			each(j)
 		}
 		last = j
 	}
-	if last.State == "failed" || last.State == "expired" {
-		return fmt.Errorf("job %s", last.State)
-	}
-	return s.Err()
+	return last, s.Err()
 }
 
 // describe says where a job stands in one line.

@@ -21,12 +21,10 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/distribution/reference"
-	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/client"
 
-	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/protocol/pb"
 )
 
@@ -205,141 +203,6 @@ func (d *Docker) Close() error { return d.c.Close() }
 
 // Client is the engine client the executor uses.
 func (d *Docker) Client() *client.Client { return d.c }
-
-// Run implements Executor.
-func (d *Docker) Run(ctx context.Context, job *Job) (Result, error) {
-	fail := Result{ExitCode: -1}
-	spec := job.Spec
-	if spec.GetImage() == "" {
-		return fail, errors.New("docker: job has no image")
-	}
-	if job.Dir == "" {
-		return fail, errors.New("docker: job has no directory")
-	}
-	dir, err := filepath.Abs(job.Dir)
-	if err != nil {
-		return fail, fmt.Errorf("docker: job directory: %w", err)
-	}
-	if !market.ImageAllowed(d.opts.Images, spec.GetImage()) {
-		return fail, fmt.Errorf("docker: %q: %w", spec.GetImage(), ErrImageNotAllowed)
-	}
-	mem, nanoCPUs, err := d.limits(spec)
-	if err != nil {
-		return fail, err
-	}
-	img, err := d.c.ImageInspect(ctx, spec.GetImage())
-	if err != nil {
-		if cerrdefs.IsNotFound(err) {
-			return fail, fmt.Errorf("docker: %q: %w", spec.GetImage(), ErrNoImage)
-		}
-		if ctx.Err() != nil {
-			return Result{ExitCode: -1, Reason: ctxReason(ctx)}, nil
-		}
-		return fail, fmt.Errorf("docker: inspect image %q: %w", spec.GetImage(), err)
-	}
-	// The engine finds an image by a prefix of its ID too, when no image
-	// has the name asked for: run only one that the name really names,
-	// and by its ID, so that a tag moved since cannot swap it.
-	if !namesImage(spec.GetImage(), img.RepoTags, img.RepoDigests) {
-		return fail, fmt.Errorf("docker: %q: %w", spec.GetImage(), ErrNoImage)
-	}
-	if vols := imageVolumes(img); len(vols) > 0 {
-		return fail, fmt.Errorf("docker: %q: %w: %s", spec.GetImage(), ErrImageVolumes, strings.Join(vols, ", "))
-	}
-	if err := d.handOver(dir); err != nil {
-		return fail, err
-	}
-
-	// The disk watch stops the run through ctx, with its cause.
-	ctx, stop := context.WithCancelCause(ctx)
-	defer stop(nil)
-	disk, err := watchDisk(dir, job.DiskQuota, stop, d.log.With("job", job.ID))
-	if err != nil {
-		return fail, fmt.Errorf("docker: %w", err)
-	}
-	defer disk.done()
-
-	start := time.Now()
-	clock := newOutputClock(start)
-	id, err := d.create(ctx, job, runConfig{dir: dir, image: img.ID, memory: mem, nanoCPUs: nanoCPUs})
-	if err != nil {
-		if ctx.Err() != nil {
-			return Result{ExitCode: -1, Reason: ctxReason(ctx), Wall: time.Since(start)}, nil
-		}
-		return fail, err
-	}
-	// However the run ends, the container goes: with a context of its own,
-	// since ctx may be what ended it.
-	defer d.remove(id)
-
-	att, err := d.c.ContainerAttach(ctx, id, client.ContainerAttachOptions{Stream: true, Stdout: true, Stderr: true})
-	if err != nil {
-		return d.failed(ctx, start, fmt.Errorf("docker: attach: %w", err))
-	}
-	copied := make(chan struct{})
-	go func() {
-		defer close(copied)
-		if _, err := stdcopy.StdCopy(clock.wrap(job.Stdout), clock.wrap(job.Stderr), att.Reader); err != nil {
-			d.log.Debug("docker: output stream", "job", job.ID, "err", err)
-		}
-	}()
-	// No write to the job's writers after Run returns.
-	defer func() {
-		att.Close()
-		<-copied
-	}()
-	// Wait is registered before the start so that a fast exit is not missed.
-	wait := d.c.ContainerWait(ctx, id, client.ContainerWaitOptions{Condition: container.WaitConditionNextExit})
-	if _, err := d.c.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
-		return d.failed(ctx, start, fmt.Errorf("docker: start: %w", err))
-	}
-
-	peak := d.watchMemory(id)
-	defer peak() // if the run ends before its exit
-
-	var status int64
-	select {
-	case w := <-wait.Result:
-		if w.Error != nil && w.Error.Message != "" {
-			return d.failed(ctx, start, fmt.Errorf("docker: wait: %s", w.Error.Message))
-		}
-		status = w.StatusCode
-	case err := <-wait.Error:
-		return d.failed(ctx, start, fmt.Errorf("docker: wait: %w", err))
-	case <-ctx.Done():
-		// Killed at max_duration, for its disk or cancelled: often the
-		// heaviest runs.
-		res, err := d.failed(ctx, start, ctx.Err())
-		res.PeakMemory = peak()
-		return diskReason(res, disk.done()), err
-	}
-	res := Result{ExitCode: int32(status), Wall: time.Since(start), PeakMemory: peak()}
-	// The output stream ends when the container has exited; give it a
-	// moment to drain.
-	select {
-	case <-copied:
-	case <-time.After(5 * time.Second):
-		d.log.Warn("docker: output did not end after exit", "job", job.ID)
-	}
-	// Output can reach us after the exit is reported; it was written before.
-	res.FirstOutput = min(clock.firstOutput(), res.Wall)
-
-	// The engine's OOMKilled flag is not reliable (it misses kills under
-	// load, moby#38352, kubernetes#19825), so a SIGKILL that the executor
-	// did not send (status 137) counts as the kernel's OOM killer too:
-	// nothing inside a container can SIGKILL its init process.
-	oom := status == 128+9
-	if !oom {
-		ictx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		in, err := d.c.ContainerInspect(ictx, id, client.ContainerInspectOptions{})
-		oom = err == nil && in.Container.State != nil && in.Container.State.OOMKilled
-	}
-	if oom {
-		res.ExitCode, res.Reason = -1, ReasonOOM
-	}
-	return diskReason(res, disk.done()), nil
-}
 
 // memoryPoll is how often a running container's memory is sampled. With
 // cgroup v1 the engine reports the cgroup's own peak, so a later sample

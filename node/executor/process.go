@@ -83,31 +83,14 @@ func NewProcess(opts ProcessOptions) *Process {
 // Name implements Executor.
 func (*Process) Name() string { return "process" }
 
-// Run implements Executor.
+// Run implements Executor: prepare the command, start it under the disk
+// watch, wait for it (its process group is killed when ctx ends) and
+// collect its result.
 func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 	fail := Result{ExitCode: -1}
-	spec := job.Spec
-	argv := append(append([]string(nil), spec.GetCommand()...), spec.GetArgs()...)
-	if len(spec.GetCommand()) == 0 || argv[0] == "" {
-		return fail, errors.New("process: job has no command")
-	}
-	if job.Dir == "" {
-		return fail, errors.New("process: job has no directory")
-	}
-	env := make([]string, 0, len(spec.GetEnv())) // not nil: nil would inherit the node's
-	pathEnv, hasPath := "", false
-	for _, e := range spec.GetEnv() {
-		env = append(env, e.GetName()+"="+e.GetValue())
-		if e.GetName() == "PATH" {
-			pathEnv, hasPath = e.GetValue(), true
-		}
-	}
-	if m := spec.GetResources().GetMemoryMib(); m > p.opts.MaxMemoryMib {
-		return fail, fmt.Errorf("process: memory_mib %d: %w of %d", m, ErrOverLimit, p.opts.MaxMemoryMib)
-	}
-	bin, err := lookPath(argv[0], pathEnv, hasPath)
+	cmd, err := p.prepare(job)
 	if err != nil {
-		return fail, fmt.Errorf("process: %w", err)
+		return fail, err
 	}
 	if ctx.Err() != nil {
 		return Result{ExitCode: -1, Reason: ctxReason(ctx)}, nil
@@ -120,50 +103,101 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 		return fail, fmt.Errorf("process: %w", err)
 	}
 	defer disk.done()
+	run, err := p.start(job, cmd)
+	if err != nil {
+		return fail, err
+	}
+	killed, werr := p.wait(ctx, run)
+	res, err := p.collect(ctx, job, run, killed, werr)
+	if err != nil {
+		return res, err
+	}
+	return diskReason(res, disk.done()), nil
+}
 
+// prepare checks the job (a command, a scratch dir, memory within the
+// maximum) and makes its command: only the spec's environment, the binary
+// found on the spec's PATH, in its own process group.
+func (p *Process) prepare(job *Job) (*exec.Cmd, error) {
+	spec := job.Spec
+	argv := append(append([]string(nil), spec.GetCommand()...), spec.GetArgs()...)
+	if len(spec.GetCommand()) == 0 || argv[0] == "" {
+		return nil, errors.New("process: job has no command")
+	}
+	if job.Dir == "" {
+		return nil, errors.New("process: job has no directory")
+	}
+	env := make([]string, 0, len(spec.GetEnv())) // not nil: nil would inherit the node's
+	pathEnv, hasPath := "", false
+	for _, e := range spec.GetEnv() {
+		env = append(env, e.GetName()+"="+e.GetValue())
+		if e.GetName() == "PATH" {
+			pathEnv, hasPath = e.GetValue(), true
+		}
+	}
+	if m := spec.GetResources().GetMemoryMib(); m > p.opts.MaxMemoryMib {
+		return nil, fmt.Errorf("process: memory_mib %d: %w of %d", m, ErrOverLimit, p.opts.MaxMemoryMib)
+	}
+	bin, err := lookPath(argv[0], pathEnv, hasPath)
+	if err != nil {
+		return nil, fmt.Errorf("process: %w", err)
+	}
+	return &exec.Cmd{Path: bin, Args: argv, Env: env, Dir: job.Dir, SysProcAttr: &syscall.SysProcAttr{Setpgid: true}}, nil
+}
+
+// processRun is a started job process and the copies of its output.
+type processRun struct {
+	cmd        *exec.Cmd
+	pid        int
+	start      time.Time
+	wall       time.Duration // set by wait
+	clock      *outputClock
+	outR, errR *os.File
+	copies     sync.WaitGroup
+}
+
+// start starts cmd with its output copied to the job's writers, and
+// applies the job's limits to the process.
+func (p *Process) start(job *Job, cmd *exec.Cmd) (*processRun, error) {
 	// The job writes into pipes of our own rather than those of os/exec,
 	// so that Wait returns when the main process exits even if something
 	// it started holds the pipes open.
 	outR, outW, err := os.Pipe()
 	if err != nil {
-		return fail, fmt.Errorf("process: %w", err)
+		return nil, fmt.Errorf("process: %w", err)
 	}
 	errR, errW, err := os.Pipe()
 	if err != nil {
 		outR.Close()
 		outW.Close()
-		return fail, fmt.Errorf("process: %w", err)
+		return nil, fmt.Errorf("process: %w", err)
 	}
-	cmd := &exec.Cmd{
-		Path:        bin,
-		Args:        argv,
-		Env:         env,
-		Dir:         job.Dir,
-		Stdout:      outW,
-		Stderr:      errW,
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
-	}
-	start := time.Now()
-	clock := newOutputClock(start)
+	cmd.Stdout, cmd.Stderr = outW, errW
+	run := &processRun{cmd: cmd, start: time.Now(), outR: outR, errR: errR}
+	run.clock = newOutputClock(run.start)
 	err = cmd.Start()
 	outW.Close()
 	errW.Close()
 	if err != nil {
 		outR.Close()
 		errR.Close()
-		return fail, fmt.Errorf("process: start: %w", err)
+		return nil, fmt.Errorf("process: start: %w", err)
 	}
-	pid := cmd.Process.Pid
-	var copies sync.WaitGroup
+	run.pid = cmd.Process.Pid
 	for _, c := range []struct {
 		r *os.File
 		w io.Writer
 	}{{outR, job.Stdout}, {errR, job.Stderr}} {
-		copies.Go(func() {
-			io.Copy(clock.wrap(c.w), c.r)
+		run.copies.Go(func() {
+			io.Copy(run.clock.wrap(c.w), c.r)
 		})
 	}
+	p.limit(job, run.pid)
+	return run, nil
+}
 
+// limit applies the job's memory and disk limits to the process pid.
+func (p *Process) limit(job *Job, pid int) {
 	if as, ok := p.addressSpace(job); ok {
 		lim := &unix.Rlimit{Cur: as, Max: as}
 		if err := unix.Prlimit(pid, unix.RLIMIT_AS, lim, nil); err != nil {
@@ -182,44 +216,52 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 			p.log.Warn("process: open files limit not applied", "job", job.ID, "err", err)
 		}
 	}
+}
 
+// wait waits for the main process to exit, killing its group when ctx
+// ends first, and then whatever it left running. It reports whether ctx
+// killed it, and Wait's error.
+func (p *Process) wait(ctx context.Context, run *processRun) (killed bool, err error) {
 	// On ctx done, kill the group; Wait then returns.
 	waited := make(chan struct{})
 	killedByCtx := make(chan bool, 1)
 	go func() {
 		select {
 		case <-ctx.Done():
-			p.killGroup(pid)
+			p.killGroup(run.pid)
 			killedByCtx <- true
 		case <-waited:
 			killedByCtx <- false
 		}
 	}()
-	werr := cmd.Wait()
+	werr := run.cmd.Wait()
 	close(waited)
-	wall := time.Since(start)
+	run.wall = time.Since(run.start)
 	// Whatever the main process left running goes with it.
-	p.killGroup(pid)
-	killed := <-killedByCtx
+	p.killGroup(run.pid)
+	return <-killedByCtx, werr
+}
 
+// collect reads what is left of the output and makes the run's result.
+func (p *Process) collect(ctx context.Context, job *Job, run *processRun, killed bool, werr error) (Result, error) {
 	// Read what is left in the pipes. Processes that left the group could
 	// hold them open: stop reading after a grace period.
 	copied := make(chan struct{})
-	go func() { copies.Wait(); close(copied) }()
+	go func() { run.copies.Wait(); close(copied) }()
 	select {
 	case <-copied:
 	case <-time.After(p.opts.OutputGrace):
 		p.log.Warn("process: output still open after the job ended", "job", job.ID)
-		outR.Close()
-		errR.Close()
+		run.outR.Close()
+		run.errR.Close()
 		<-copied
 	}
-	outR.Close()
-	errR.Close()
+	run.outR.Close()
+	run.errR.Close()
 
 	// Output read after the exit was written before it.
-	res := Result{Wall: wall, FirstOutput: min(clock.firstOutput(), wall)}
-	if ps := cmd.ProcessState; ps != nil {
+	res := Result{Wall: run.wall, FirstOutput: min(run.clock.firstOutput(), run.wall)}
+	if ps := run.cmd.ProcessState; ps != nil {
 		if ru, ok := ps.SysUsage().(*syscall.Rusage); ok && ru != nil {
 			res.PeakMemory = uint64(ru.Maxrss) * 1024
 		}
@@ -232,11 +274,11 @@ func (p *Process) Run(ctx context.Context, job *Job) (Result, error) {
 	case werr != nil && !errors.As(werr, &exitErr):
 		return Result{ExitCode: -1}, fmt.Errorf("process: wait: %w", werr)
 	case res.ExitCode == -1:
-		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		if ws, ok := run.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 			res.Reason = "killed by signal " + ws.Signal().String()
 		}
 	}
-	return diskReason(res, disk.done()), nil
+	return res, nil
 }
 
 // addressSpace is the RLIMIT_AS of job's processes in bytes: what it

@@ -183,32 +183,19 @@ func (w *Wasm) Compile(ctx context.Context, module []byte) error {
 	return nil
 }
 
-// Run implements Executor.
+// Run implements Executor: prepare the job's memory limit and compiled
+// module, then run the module (start, wait for _start, collect).
 func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 	fail := Result{ExitCode: -1}
-	if len(job.Module) == 0 {
-		return fail, errors.New("wasm: job has no module")
+	limit, err := w.prepare(job)
+	if err != nil {
+		return fail, err
 	}
-	if job.Dir == "" {
-		return fail, errors.New("wasm: job has no directory")
-	}
-	limit := uint64(w.opts.DefaultMemoryMib) << 20
-	if m := job.Spec.GetResources().GetMemoryMib(); m > 0 {
-		limit = uint64(m) << 20
-	}
-	if limit > w.maxMem {
-		return fail, fmt.Errorf("wasm: memory_mib %d: %w of %d", limit>>20, ErrOverLimit, w.maxMem>>20)
-	}
-
 	// A guest's memory is unmapped when its module closes: the runtime
 	// must not close under a running guest.
-	w.mu.Lock()
-	if w.closed {
-		w.mu.Unlock()
+	if !w.enter() {
 		return fail, errors.New("wasm: executor closed")
 	}
-	w.runs.Add(1)
-	w.mu.Unlock()
 	defer w.runs.Done()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -232,7 +219,43 @@ func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 		return fail, err
 	}
 	defer w.leave(mem)
+	return w.runModule(ctx, job, cm, mem)
+}
 
+// prepare checks the job (a module, a scratch dir) and returns its memory
+// limit in bytes: what it asks, else the default, within the maximum.
+func (w *Wasm) prepare(job *Job) (uint64, error) {
+	if len(job.Module) == 0 {
+		return 0, errors.New("wasm: job has no module")
+	}
+	if job.Dir == "" {
+		return 0, errors.New("wasm: job has no directory")
+	}
+	limit := uint64(w.opts.DefaultMemoryMib) << 20
+	if m := job.Spec.GetResources().GetMemoryMib(); m > 0 {
+		limit = uint64(m) << 20
+	}
+	if limit > w.maxMem {
+		return 0, fmt.Errorf("wasm: memory_mib %d: %w of %d", limit>>20, ErrOverLimit, w.maxMem>>20)
+	}
+	return limit, nil
+}
+
+// enter counts a run in progress, unless the executor is closed.
+func (w *Wasm) enter() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return false
+	}
+	w.runs.Add(1)
+	return true
+}
+
+// runModule instantiates the compiled module over the job's scratch dir,
+// calls its _start and collects how it ended.
+func (w *Wasm) runModule(ctx context.Context, job *Job, cm wazero.CompiledModule, mem *jobMemory) (Result, error) {
+	fail := Result{ExitCode: -1}
 	start := time.Now()
 	clock := newOutputClock(start)
 	fsys := sandboxFS{FS: sysfs.DirFS(job.Dir)}
@@ -243,6 +266,26 @@ func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 		}
 		fsys.quota = newDiskQuota(job.DiskQuota, base)
 	}
+	mod, err := w.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, mem), cm, moduleConfig(ctx, job, clock, fsys))
+	if err != nil {
+		if ctx.Err() != nil {
+			return Result{ExitCode: -1, Reason: ctxReason(ctx), Wall: time.Since(start)}, nil
+		}
+		return fail, fmt.Errorf("wasm: instantiate: %w", err)
+	}
+	defer mod.Close(context.Background())
+	startFn := mod.ExportedFunction("_start")
+	if startFn == nil {
+		return fail, errors.New("wasm: module is not a WASI command (no _start export)")
+	}
+	_, err = startFn.Call(ctx)
+	res := Result{Wall: time.Since(start), FirstOutput: clock.firstOutput(), PeakMemory: mem.peak.Load()}
+	return collectWasm(ctx, res, err, mem, fsys), nil
+}
+
+// moduleConfig is a guest's world: its args, output, scratch dir at /,
+// clocks, sleep (ended by ctx), randomness and environment.
+func moduleConfig(ctx context.Context, job *Job, clock *outputClock, fsys sandboxFS) wazero.ModuleConfig {
 	cfg := wazero.NewModuleConfig().
 		WithName("").
 		WithStartFunctions(). // _start is called below, to tell link errors from runs
@@ -262,21 +305,13 @@ func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 	if !hasPWD {
 		cfg = cfg.WithEnv("PWD", "/")
 	}
+	return cfg
+}
 
-	mod, err := w.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, mem), cm, cfg)
-	if err != nil {
-		if ctx.Err() != nil {
-			return Result{ExitCode: -1, Reason: ctxReason(ctx), Wall: time.Since(start)}, nil
-		}
-		return fail, fmt.Errorf("wasm: instantiate: %w", err)
-	}
-	defer mod.Close(context.Background())
-	startFn := mod.ExportedFunction("_start")
-	if startFn == nil {
-		return fail, errors.New("wasm: module is not a WASI command (no _start export)")
-	}
-	_, err = startFn.Call(ctx)
-	res := Result{Wall: time.Since(start), FirstOutput: clock.firstOutput(), PeakMemory: mem.peak.Load()}
+// collectWasm completes a run's result from how its _start returned (err):
+// an exit code, a kill by ctx, a trap; memory refused and a broken disk
+// quota name the reason.
+func collectWasm(ctx context.Context, res Result, err error, mem *jobMemory, fsys sandboxFS) Result {
 	var exit *sys.ExitError
 	switch {
 	case err == nil:
@@ -294,7 +329,7 @@ func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 	if fsys.quota != nil && fsys.quota.exceeded.Load() && res.Reason != ReasonCancelled {
 		res.Reason = ReasonDiskQuota
 	}
-	return res, nil
+	return res
 }
 
 // admit counts mem among the runs in progress if its limit fits in the

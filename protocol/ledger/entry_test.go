@@ -1,0 +1,241 @@
+package ledger
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// sampleBodies are bodies of every kind for entries of alice's chain (the
+// lease quotes a grant to alice).
+func sampleBodies(t testing.TB) []Body {
+	_, p := testKey(t, "provider")
+	pk, _ := testKey(t, "provider")
+	_, alice := testKey(t, "alice")
+	return []Body{
+		GrantBody{Amount: 1_000_000},
+		HoldBody{Job: job("a"), Provider: p, Amount: 42},
+		HoldBody{Job: job("b"), Amount: 42}, // any provider
+		ReleaseBody{Job: job("a")},
+		PaymentBody{Job: job("a"), To: p, Receipt: job("receipt"), Amount: 41},
+		grantedLease(t, testNet, pk, alice, job("a"), 7),
+		ReceiptBody{Job: job("a"), Receipt: job("r"), Result: "bafkreigh2akiscaildc", Usage: Usage{WallMS: 1500, GPUMS: 1200, ExitCode: -1}},
+	}
+}
+
+func TestEd25519PeerIDLayout(t *testing.T) {
+	// accountKey relies on the layout libp2p gives Ed25519 peer IDs.
+	priv, id := testKey(t, "layout")
+	pub, err := accountKey(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := priv.GetPublic().Raw()
+	if !bytes.Equal(pub, raw) {
+		t.Fatal("public key from peer ID differs")
+	}
+	_, rsaPub, err := crypto.GenerateSecp256k1Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := peer.IDFromPublicKey(rsaPub)
+	if _, err := accountKey(other); !errors.Is(err, ErrBadAccount) {
+		t.Fatalf("secp256k1 account: err = %v, want ErrBadAccount", err)
+	}
+}
+
+func TestEntryRoundTrip(t *testing.T) {
+	c := newChain(t, "alice", time.Unix(1700000000, 123456789))
+	for _, body := range sampleBodies(t) {
+		t.Run(body.Kind().String(), func(t *testing.T) {
+			raw := c.next(t, body)
+			e, err := DecodeEntry(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(e.Encode(), raw) {
+				t.Fatal("re-encoding differs")
+			}
+			if e.Kind() != body.Kind() || !reflect.DeepEqual(e.Body, body) {
+				t.Fatalf("body %#v, want %#v", e.Body, body)
+			}
+			if err := e.VerifySignature(testNet); err != nil {
+				t.Fatal(err)
+			}
+			if err := e.VerifySignature("other"); !errors.Is(err, ErrBadSignature) {
+				t.Fatalf("other network: err = %v", err)
+			}
+		})
+	}
+}
+
+func TestDecodeEntryRejects(t *testing.T) {
+	c := newChain(t, "alice", time.Unix(1700000000, 0))
+	_, p := testKey(t, "p")
+	good := c.entry(t, HoldBody{Job: job("x"), Provider: p, Amount: 5})
+	raw := good.Encode()
+	with := func(f func(e *Entry)) []byte {
+		e := good
+		f(&e)
+		return e.Encode()
+	}
+	// bodyAt returns where the body's length prefix sits.
+	bodyAt := 1 + 2 + len(good.Account) + 8 + 32 + 1 + 8
+	cases := map[string][]byte{
+		"empty":            nil,
+		"truncated":        raw[:len(raw)-1],
+		"trailing":         append(bytes.Clone(raw), 0),
+		"version":          append([]byte{3}, raw[1:]...),
+		"version zero":     append([]byte{0}, raw[1:]...),
+		"oversized":        append(bytes.Clone(raw), make([]byte, MaxEntrySize)...),
+		"seq zero":         with(func(e *Entry) { e.Seq = 0 }),
+		"seq one, prev":    with(func(e *Entry) { e.Seq, e.Prev = 1, job("p") }),
+		"before 1970":      with(func(e *Entry) { e.Time = time.Unix(-5, 0) }),
+		"no body":          with(func(e *Entry) { e.Body = nil }),
+		"zero hold":        with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Provider: p} }),
+		"zero grant":       with(func(e *Entry) { e.Body = GrantBody{} }),
+		"bad provider":     with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Provider: "nope", Amount: 1} }),
+		"bad account":      with(func(e *Entry) { e.Account = peer.ID("not a peer id at all") }),
+		"short signature":  with(func(e *Entry) { e.Signature = e.Signature[:63] }),
+		"long signature":   with(func(e *Entry) { e.Signature = append(bytes.Clone(e.Signature), 1) }),
+		"non-UTF-8 result": with(func(e *Entry) { e.Body = ReceiptBody{Result: "\xff"} }),
+		"long result":      with(func(e *Entry) { e.Body = ReceiptBody{Result: strings.Repeat("x", maxResultLen+1)} }),
+		"no grant":         with(func(e *Entry) { e.Body = LeaseBody{Requester: p, Price: 1} }),
+		"short grant":      with(func(e *Entry) { e.Body = LeaseBody{Requester: p, Price: 1, Grant: make([]byte, GrantSize-1)} }),
+		"long grant":       with(func(e *Entry) { e.Body = LeaseBody{Requester: p, Price: 1, Grant: make([]byte, GrantSize+1)} }),
+		"lease of version 1 with a grant": func() []byte {
+			b := with(func(e *Entry) { e.Body = LeaseBody{Requester: p, Price: 1, Grant: make([]byte, GrantSize)} })
+			b[0] = entryVersion1
+			return b
+		}(),
+		"lease of version 2 without one": func() []byte {
+			e := good
+			e.v1 = true
+			e.Body = LeaseBody{Requester: p, Price: 1}
+			b := e.Encode()
+			b[0] = entryVersion
+			return b
+		}(),
+		"unknown kind": func() []byte {
+			b := bytes.Clone(raw)
+			b[bodyAt-9] = 99
+			return b
+		}(),
+		"body length past end": func() []byte {
+			b := bytes.Clone(raw)
+			binary.BigEndian.PutUint16(b[bodyAt:], 4000)
+			return b
+		}(),
+		"body trailing byte": func() []byte {
+			e := good
+			body := append(EncodeBody(e.Body), 0)
+			b := e.appendUnsigned(nil)[:bodyAt]
+			b = appendField(b, body)
+			return appendField(b, e.Signature)
+		}(),
+	}
+	if _, err := DecodeEntry(raw); err != nil {
+		t.Fatalf("good entry: %v", err)
+	}
+	for name, b := range cases {
+		t.Run(name, func(t *testing.T) {
+			if _, err := DecodeEntry(b); !errors.Is(err, ErrMalformed) {
+				t.Fatalf("err = %v, want ErrMalformed", err)
+			}
+		})
+	}
+}
+
+// TestEntryOfVersion1 checks the history a ledger stored before leases
+// carried grants: an entry of version 1 decodes and encodes back to its
+// bytes, its signature checks, and a lease of version 1 (which has no
+// grant) is never valid.
+func TestEntryOfVersion1(t *testing.T) {
+	c := newChain(t, "alice", time.Unix(1700000000, 0))
+	_, p := testKey(t, "provider")
+	for _, body := range append(sampleBodies(t), LeaseBody{Job: job("old"), Requester: p, Price: 3}) {
+		t.Run(body.Kind().String(), func(t *testing.T) {
+			if l, ok := body.(LeaseBody); ok {
+				body = LeaseBody{Job: l.Job, Requester: l.Requester, Price: l.Price}
+			}
+			e := Entry{Account: c.id, Seq: 1, Time: c.at, Body: body, v1: true}
+			if err := e.Sign(testNet, c.priv); err != nil {
+				t.Fatal(err)
+			}
+			raw := e.Encode()
+			if raw[0] != entryVersion1 {
+				t.Fatalf("version %d", raw[0])
+			}
+			d, err := DecodeEntry(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(d.Encode(), raw) || !reflect.DeepEqual(d.Body, body) || !d.v1 {
+				t.Fatalf("decoded %#v, re-encodes equal: %v", d, bytes.Equal(d.Encode(), raw))
+			}
+			err = d.VerifySignature(testNet)
+			if body.Kind() == KindLease {
+				if !errors.Is(err, ErrBadLeaseGrant) {
+					t.Fatalf("lease of version 1: err = %v, want ErrBadLeaseGrant", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// FuzzDecodeEntry checks that decoding is strict and canonical (what
+// decodes re-encodes to the same bytes), that a lease has a grant exactly
+// when it is of version 2, and that a lease whose signatures check has a
+// grant that LeaseGrant.Verify, the provider's check of an award, accepts.
+func FuzzDecodeEntry(f *testing.F) {
+	c := newChain(f, "alice", time.Unix(1700000000, 0))
+	for _, body := range sampleBodies(f) {
+		f.Add(c.next(f, body))
+	}
+	old := Entry{Account: c.id, Seq: 1, Time: c.at, Body: LeaseBody{Job: job("old"), Requester: c.id, Price: 3}, v1: true}
+	if err := old.Sign(testNet, c.priv); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(old.Encode())
+	f.Add([]byte{1})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		e, err := DecodeEntry(data)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error not ErrMalformed: %v", err)
+			}
+			return
+		}
+		// The encoding is canonical: what decodes re-encodes to the same
+		// bytes, so an entry has one hash.
+		if !bytes.Equal(e.Encode(), data) {
+			t.Fatalf("decoded entry re-encodes differently")
+		}
+		sigErr := e.VerifySignature(testNet)
+		if l, ok := e.Body.(LeaseBody); ok {
+			if e.v1 != (l.Grant == nil) || !e.v1 && len(l.Grant) != GrantSize || e.v1 && l.Attempt != 0 {
+				t.Fatalf("lease of version %d with a grant of %d bytes, attempt %d", data[0], len(l.Grant), l.Attempt)
+			}
+			if sigErr == nil {
+				if err := l.grantOf(e.Account).Verify(testNet, l.Grant); err != nil {
+					t.Fatalf("signatures check, the grant does not: %v", err)
+				}
+			}
+		}
+		if _, err := DecodeFraudProof(data); err == nil {
+			t.Log("also a fraud proof")
+		}
+	})
+}
