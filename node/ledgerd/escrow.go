@@ -1,13 +1,10 @@
 package ledgerd
 
 import (
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"math"
-	"math/bits"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -17,36 +14,6 @@ import (
 	"github.com/mira-market/mira/protocol/pb"
 	"github.com/mira-market/mira/storage"
 )
-
-// errCostOverflow refuses a price that makes a job's cost overflow.
-var errCostOverflow = errors.New("price times GPUs times max_duration overflows")
-
-// maxCost is what a job can cost at most: its price per GPU-second for
-// every GPU (a job without GPUs is billed as one) for its whole
-// max_duration, in micro-credits.
-func maxCost(price uint64, spec *pb.JobSpec) (uint64, error) {
-	gpus := max(uint64(spec.GetResources().GetGpus()), 1)
-	secs := (uint64(max(spec.GetMaxDurationMs(), 0)) + 999) / 1000
-	hi, perSec := bits.Mul64(price, gpus)
-	hi2, total := bits.Mul64(perSec, secs)
-	if hi != 0 || hi2 != 0 {
-		return 0, errCostOverflow
-	}
-	return total, nil
-}
-
-// cost is what a run used at price: GPU-milliseconds metered by the
-// provider, rounded up to a whole micro-credit, never above the hold.
-func cost(price uint64, u *pb.Usage, hold uint64) uint64 {
-	if u == nil || u.GpuMs <= 0 {
-		return 0
-	}
-	hi, lo := bits.Mul64(price, uint64(u.GpuMs))
-	if hi != 0 || lo > math.MaxUint64-999 {
-		return hold
-	}
-	return min((lo+999)/1000, hold)
-}
 
 // OfferHoldWrite is the ledger write that escrows a job's maximum cost at
 // its max price once the job is posted (and persisted), naming no
@@ -58,8 +25,8 @@ func cost(price uint64, u *pb.Usage, hold uint64) uint64 {
 // Without the credits for it, nothing is written and the award writes a
 // hold at the winning price instead.
 func (s *Service) OfferHoldWrite(id protocol.JobID, spec *pb.JobSpec) *Write {
-	amount, err := maxCost(spec.GetMaxPrice(), spec)
-	if err != nil || amount == 0 {
+	amount, ok := market.PostingHold(spec)
+	if !ok {
 		return nil
 	}
 	body := storage.HoldBody{Job: storage.Hash(id), Amount: amount}
@@ -82,63 +49,40 @@ func (s *Service) OfferHoldWrite(id protocol.JobID, spec *pb.JobSpec) *Write {
 	}
 }
 
-// EscrowWrite is the ledger write that backs awards with holds: the open
-// hold that already covers it (the posting's, naming no provider, for a
-// first award), or a new one (after a release of an old one that does not
-// fit). done gets each award's hold entry, or the error that keeps it from
-// being sent.
-func (s *Service) EscrowWrite(awards []EscrowRequest, done func(holds [][]byte, errs []error)) *Write {
+// EscrowWrite is the ledger write that backs awards with holds, as
+// market.PlanHold decides: the open hold that already covers it (the
+// posting's, naming no provider, for a first award), or a new one (after
+// a release of an old one that does not fit). done gets each award's
+// hold entry, or the error that keeps it from being sent.
+func (s *Service) EscrowWrite(awards []market.HoldRequest, done func(holds [][]byte, errs []error)) *Write {
 	holds, errs := make([][]byte, len(awards)), make([]error, len(awards))
 	at := make([]int, len(awards)) // index of each new hold in the bodies, or -1
 	w := &Write{sends: true}
 	for _, a := range awards {
-		w.jobs = append(w.jobs, a.ID)
+		w.jobs = append(w.jobs, a.Job)
 	}
 	w.bodies = func(*batch) []storage.Body {
 		var bodies []storage.Body
 		for i, a := range awards {
 			at[i] = -1
-			job := storage.Hash(a.ID)
-			amount, err := maxCost(a.Price, a.Spec)
-			if err != nil {
+			job := storage.Hash(a.Job)
+			open, entry, err := s.ledgerHold(job)
+			var plan market.HoldPlan
+			if err == nil {
+				plan, err = market.PlanHold(open, a.Attempt, a.Amount)
+			}
+			switch {
+			case err != nil:
 				errs[i] = err
 				continue
-			}
-			// A hold escrows something (the ledger refuses a hold of
-			// nothing), even for a job at price 0.
-			amount = max(amount, 1)
-			e, ok, err := s.ledger.HoldEntry(s.self, job)
-			if err != nil {
-				errs[i] = err
+			case plan.Reuse:
+				holds[i] = entry.Encode()
 				continue
-			}
-			if !ok {
-				// A job this node's ledger shows paid (by an earlier run,
-				// whose records a restored data dir lacks) is never held
-				// again: it could not be paid twice, and the hold would
-				// stay open.
-				if _, paid, err := s.ledger.PaymentFor(s.self, job); err != nil || paid {
-					errs[i] = cmp.Or(err, errJobPaid)
-					continue
-				}
-			}
-			if ok {
-				// The posting's hold, naming no provider, backs only the
-				// first award: a provider then knows no other award
-				// shares it. Every other award gets a hold of its own,
-				// even one to the provider the open hold names (re-awarded
-				// after it declined or was preempted): the ledger admits
-				// a provider's lease of a job once for each hold that
-				// names it, so a hold backs one award.
-				h, _ := e.Body.(storage.HoldBody)
-				if h.Provider == "" && a.Award.Attempt == 1 && h.Amount >= amount {
-					holds[i] = e.Encode()
-					continue
-				}
+			case plan.Release:
 				bodies = append(bodies, storage.ReleaseBody{Job: job})
 			}
 			at[i] = len(bodies)
-			bodies = append(bodies, storage.HoldBody{Job: job, Provider: a.Provider, Amount: amount})
+			bodies = append(bodies, storage.HoldBody{Job: job, Provider: a.Provider, Amount: plan.Amount})
 		}
 		return bodies
 	}
@@ -164,20 +108,19 @@ func (s *Service) EscrowWrite(awards []EscrowRequest, done func(holds [][]byte, 
 	return w
 }
 
-// errJobPaid refuses a hold for a job this node has already paid.
-var errJobPaid = errors.New("this node's ledger shows the job paid already")
-
-// EscrowRequest is an award to back with a hold.
-type EscrowRequest struct {
-	ID       protocol.JobID
-	Award    *pb.Award
-	Provider peer.ID
-	Price    uint64
-	Spec     *pb.JobSpec
-	// KnownSeq is the provider's head of this node's chain, from its bid;
-	// WithChain says the award carries the entries after it.
-	KnownSeq  uint64
-	WithChain bool
+// ledgerHold is what this node's ledger shows of its job: its open hold
+// (with the entry that opened it), or whether it was paid.
+func (s *Service) ledgerHold(job storage.Hash) (market.LedgerHold, storage.Entry, error) {
+	e, ok, err := s.ledger.HoldEntry(s.self, job)
+	if err != nil {
+		return market.LedgerHold{}, e, err
+	}
+	if ok {
+		h, _ := e.Body.(storage.HoldBody)
+		return market.LedgerHold{Open: true, Provider: h.Provider, Amount: h.Amount}, e, nil
+	}
+	_, paid, err := s.ledger.PaymentFor(s.self, job)
+	return market.LedgerHold{Paid: paid}, e, err
 }
 
 // ChainBefore returns this node's entries after seq after and before the
@@ -238,8 +181,8 @@ func (s *Service) settlements(jobs []*market.Job) []storage.Body {
 	return bodies
 }
 
-// settlement is the entry that settles a finished job's open hold; nil if
-// the job has not finished or has no open hold.
+// settlement is the entry that settles a finished job's open hold, as
+// market.Settle says; nil if the job has not finished or has no open hold.
 func (s *Service) settlement(j *market.Job) storage.Body {
 	if !j.State.Terminal() {
 		return nil
@@ -248,20 +191,11 @@ func (s *Service) settlement(j *market.Job) storage.Body {
 	if err != nil || !ok {
 		return nil
 	}
-	if j.State == market.Succeeded && len(j.Receipt) > 0 {
-		// A hold from the posting covers the max price: the payment is
-		// capped at the agreed price's maximum cost, whatever usage the
-		// provider reports.
-		limit := hold.Amount
-		if agreed, err := maxCost(j.Price, j.Spec()); err == nil {
-			limit = min(limit, agreed)
-		}
-		return storage.PaymentBody{
-			Job: storage.Hash(j.ID), To: j.Provider, Receipt: sha256.Sum256(j.Receipt),
-			Amount: cost(j.Price, j.Usage, limit),
-		}
+	st, _ := market.Settle(j, hold.Amount)
+	if !st.Pay {
+		return storage.ReleaseBody{Job: storage.Hash(j.ID)}
 	}
-	return storage.ReleaseBody{Job: storage.Hash(j.ID)}
+	return storage.PaymentBody{Job: storage.Hash(j.ID), To: st.To, Receipt: sha256.Sum256(j.Receipt), Amount: st.Amount}
 }
 
 // appendAll writes bodies to this node's chain with one sync per batch and
@@ -344,21 +278,9 @@ func (s *Service) CheckHold(ctx context.Context, l *market.Lease) error {
 	if err != nil {
 		return fmt.Errorf("escrow hold: %w", err)
 	}
-	if !ok {
-		return errors.New("escrow hold: none open for the job")
-	}
-	switch {
-	case hold.Provider == "" && l.Attempt != 1:
-		return fmt.Errorf("escrow hold names no provider, and this is award %d of the job", l.Attempt)
-	case hold.Provider != "" && hold.Provider != s.self:
-		return fmt.Errorf("escrow hold names provider %s, not this one", hold.Provider)
-	}
-	want, err := maxCost(l.Price, l.Spec)
-	if err != nil {
-		return fmt.Errorf("escrow hold: %w", err)
-	}
-	if hold.Amount < want {
-		return fmt.Errorf("escrow hold of %d does not cover the job's %d", hold.Amount, want)
+	open := market.LedgerHold{Open: ok, Provider: hold.Provider, Amount: hold.Amount}
+	if err := market.CheckLeaseHold(open, s.self, l.Attempt, l.Price, l.Spec); err != nil {
+		return err
 	}
 	// A requester that awards this provider the job again on a hold that
 	// already backs its lease (a rogue one: an honest one writes a hold
@@ -372,8 +294,8 @@ func (s *Service) CheckHold(ctx context.Context, l *market.Lease) error {
 // SignGrant signs an award's grant: this node, its requester, grants the
 // award's provider a lease of the job at its price and attempt. The
 // provider's lease entry quotes it; without it no ledger takes the lease.
-func (s *Service) SignGrant(a *pb.Award) ([]byte, error) {
-	g := storage.LeaseGrant{Job: storage.Hash(a.JobId), Requester: s.self, Provider: peer.ID(a.Provider),
+func (s *Service) SignGrant(a market.HoldRequest) ([]byte, error) {
+	g := storage.LeaseGrant{Job: storage.Hash(a.Job), Requester: s.self, Provider: a.Provider,
 		Price: a.Price, Attempt: a.Attempt}
 	return g.Sign(s.cfg.Network, s.key)
 }

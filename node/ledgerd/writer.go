@@ -26,7 +26,7 @@ import (
 // Write is one queued write: the entries it makes, computed just before
 // the write (so they see every earlier write), and what to do once they
 // are on disk. The market's writes are made by the service's *Write
-// methods; AfterWrites makes a write of nothing.
+// methods.
 type Write struct {
 	// jobs are the jobs the entries are about: a write is never batched
 	// with an earlier one about the same job, which it must see on disk.
@@ -39,20 +39,13 @@ type Write struct {
 	// is given up unwritten (the node could not confirm its head within
 	// head_wait); a write that sends without it gets done(nil, nil).
 	fail func(err error)
-	// sends marks a write whose done sends market messages: while one is
-	// pending, the market loop queues its messages behind it.
+	// sends marks a write whose done sends market messages (an award
+	// waiting for its hold).
 	sends bool
 	// urgent marks a write that goes at once, without waiting for company
 	// (an interactive job's escrow hold, which its award will need within
 	// milliseconds); a write that sends is urgent too.
 	urgent bool
-}
-
-// AfterWrites returns a write of nothing that sends: fn runs once the
-// writes queued before it are done (the market's messages that must not
-// overtake an award waiting for its hold).
-func AfterWrites(fn func()) *Write {
-	return &Write{sends: true, done: func([]*storage.Entry, []error) { fn() }}
 }
 
 // batch is what the writes of one batch have computed so far, for the
@@ -101,15 +94,6 @@ func (ws *writerState) add(w *Write) {
 	if w.urgent {
 		ws.urgent++
 	}
-}
-
-// Sending reports whether a write that sends messages is pending: then the
-// market loop must queue its messages too (AfterWrites), not overtake an
-// award.
-func (s *Service) Sending() bool {
-	sending := false
-	s.call(func() { sending = s.st.writer.sends > 0 })
-	return sending
 }
 
 // hurried reports whether a queued write must go at once.

@@ -71,6 +71,13 @@ func (p *writeProbe) result(name string) (int, time.Duration) {
 	return b, at
 }
 
+// sending reports whether a write that sends is pending.
+func sending(s *Service) bool {
+	pending := false
+	s.call(func() { pending = s.st.writer.sends > 0 })
+	return pending
+}
+
 // newTestService returns a running service over an in-memory ledger,
 // without a host: its writer and its loop, no gossip, no peers.
 func newTestService(t *testing.T, ctx context.Context) *Service {
@@ -147,7 +154,7 @@ func TestWriterBatches(t *testing.T) {
 						t.Errorf("%s: batch %d after %v, want batch %d after %v", name, b, at, want.batch, want.at)
 					}
 				}
-				if s.Sending() {
+				if sending(s) {
 					t.Error("a write that sends is still pending")
 				}
 			})
@@ -167,7 +174,7 @@ func TestWriterHeadStalled(t *testing.T) {
 		s.Queue(p.write("settle", 1, false, false))
 		s.Queue(p.write("award", 2, false, true))
 		synctest.Wait()
-		if !s.Sending() {
+		if !sending(s) {
 			t.Fatal("the award is not pending")
 		}
 		s.head.stall()
@@ -178,7 +185,7 @@ func TestWriterHeadStalled(t *testing.T) {
 		if !errors.Is(err, errHeadUnconfirmed) {
 			t.Fatalf("award failed with %v, want the head's error", err)
 		}
-		if s.Sending() {
+		if sending(s) {
 			t.Fatal("the failed award is still pending")
 		}
 		cancel()
