@@ -6,6 +6,8 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 // An orphan hold is one of the node's own open holds whose job the node
@@ -14,11 +16,11 @@ import (
 // waits before releasing it survives restarts.
 const orphanHoldPrefix = "node/orphanhold/"
 
-func orphanHoldKey(job Hash) []byte { return append([]byte(orphanHoldPrefix), job[:]...) }
+func orphanHoldKey(job ledger.Hash) []byte { return append([]byte(orphanHoldPrefix), job[:]...) }
 
 // OrphanHolds returns when each recorded orphan hold was first seen.
-func (db *DB) OrphanHolds() (map[Hash]time.Time, error) {
-	out := map[Hash]time.Time{}
+func (db *DB) OrphanHolds() (map[ledger.Hash]time.Time, error) {
+	out := map[ledger.Hash]time.Time{}
 	err := db.bdb.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(orphanHoldPrefix), PrefetchValues: true})
 		defer it.Close()
@@ -28,10 +30,10 @@ func (db *DB) OrphanHolds() (map[Hash]time.Time, error) {
 			if err != nil {
 				return err
 			}
-			if len(k) != len(Hash{}) || len(v) != 8 {
+			if len(k) != len(ledger.Hash{}) || len(v) != 8 {
 				return fmt.Errorf("orphan hold record %x: %d-byte key, %d-byte value", k, len(k), len(v))
 			}
-			out[Hash(k)] = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
+			out[ledger.Hash(k)] = time.Unix(0, int64(binary.BigEndian.Uint64(v)))
 		}
 		return nil
 	})
@@ -43,7 +45,7 @@ func (db *DB) OrphanHolds() (map[Hash]time.Time, error) {
 
 // SetOrphanHolds records the orphan holds in seen (job → first seen) and
 // forgets those in gone, in one transaction.
-func (db *DB) SetOrphanHolds(seen map[Hash]time.Time, gone []Hash) error {
+func (db *DB) SetOrphanHolds(seen map[ledger.Hash]time.Time, gone []ledger.Hash) error {
 	if len(seen)+len(gone) == 0 {
 		return nil
 	}

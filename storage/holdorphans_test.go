@@ -5,19 +5,21 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 // OpenHolds lists an account's open holds with their entries' times, and
 // no other account's; a hold leaves the list when it is paid or released.
 func TestOpenHolds(t *testing.T) {
 	env := newLedgerEnv(t)
-	env.ok(env.a.next(t, GrantBody{Amount: 1000}))
-	env.ok(env.b.next(t, GrantBody{Amount: 500}))
-	h1 := env.ok(env.a.next(t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
-	h2 := env.ok(env.a.next(t, HoldBody{Job: job("2"), Amount: 200}))
-	env.ok(env.a.next(t, HoldBody{Job: job("3"), Amount: 300}))
-	env.ok(env.b.next(t, HoldBody{Job: job("4"), Amount: 50}))
-	env.ok(env.a.next(t, PaymentBody{Job: job("3"), To: env.p.id, Amount: 10}))
+	env.ok(env.a.next(t, ledger.GrantBody{Amount: 1000}))
+	env.ok(env.b.next(t, ledger.GrantBody{Amount: 500}))
+	h1 := env.ok(env.a.next(t, ledger.HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}))
+	h2 := env.ok(env.a.next(t, ledger.HoldBody{Job: job("2"), Amount: 200}))
+	env.ok(env.a.next(t, ledger.HoldBody{Job: job("3"), Amount: 300}))
+	env.ok(env.b.next(t, ledger.HoldBody{Job: job("4"), Amount: 50}))
+	env.ok(env.a.next(t, ledger.PaymentBody{Job: job("3"), To: env.p.id, Amount: 10}))
 	for _, tt := range []struct {
 		name    string
 		account *chain
@@ -43,7 +45,7 @@ func TestOpenHolds(t *testing.T) {
 			}
 		})
 	}
-	env.ok(env.a.next(t, ReleaseBody{Job: job("1")}))
+	env.ok(env.a.next(t, ledger.ReleaseBody{Job: job("1")}))
 	if got, err := env.l.OpenHolds(env.a.id); err != nil || len(got) != 1 || got[0].Job != job("2") {
 		t.Fatalf("after releasing job 1: %+v, %v", got, err)
 	}
@@ -55,14 +57,14 @@ func TestOrphanHoldsPersist(t *testing.T) {
 	dir := t.TempDir()
 	at := time.Date(2030, 1, 2, 3, 4, 5, 6, time.UTC)
 	steps := []struct {
-		seen map[Hash]time.Time
-		gone []Hash
-		want map[Hash]time.Time
+		seen map[ledger.Hash]time.Time
+		gone []ledger.Hash
+		want map[ledger.Hash]time.Time
 	}{
-		{nil, nil, map[Hash]time.Time{}},
-		{map[Hash]time.Time{job("1"): at, job("2"): at.Add(time.Hour)}, nil, map[Hash]time.Time{job("1"): at, job("2"): at.Add(time.Hour)}},
-		{map[Hash]time.Time{job("3"): at}, []Hash{job("1")}, map[Hash]time.Time{job("2"): at.Add(time.Hour), job("3"): at}},
-		{nil, []Hash{job("2"), job("3"), job("9")}, map[Hash]time.Time{}},
+		{nil, nil, map[ledger.Hash]time.Time{}},
+		{map[ledger.Hash]time.Time{job("1"): at, job("2"): at.Add(time.Hour)}, nil, map[ledger.Hash]time.Time{job("1"): at, job("2"): at.Add(time.Hour)}},
+		{map[ledger.Hash]time.Time{job("3"): at}, []ledger.Hash{job("1")}, map[ledger.Hash]time.Time{job("2"): at.Add(time.Hour), job("3"): at}},
+		{nil, []ledger.Hash{job("2"), job("3"), job("9")}, map[ledger.Hash]time.Time{}},
 	}
 	for i, s := range steps {
 		db, err := Open(dir, Options{Network: testNet})

@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"testing"
+
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 // TestKeyFilter checks that the filter never rules out a key it was given,
@@ -39,9 +41,9 @@ func TestKeyFilter(t *testing.T) {
 		key  []byte
 		want bool
 	}{
-		{hashKey(Hash{}), true},
-		{holdKey("p", Hash{}), true},
-		{paidKey("p", Hash{}), true},
+		{hashKey(ledger.Hash{}), true},
+		{holdKey("p", ledger.Hash{}), true},
+		{paidKey("p", ledger.Hash{}), true},
 		{acctKey("p"), false},
 		{entryKey("p", 1), false},
 		{[]byte(keyLedgerCount), false},

@@ -5,11 +5,13 @@ import (
 	"math/bits"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 // A provider runs a job only if the ledger will take its lease record:
-// leaseRule admits a provider's leases of a job only as often as the
-// requester's holds back them. A lease is written after the run starts
+// the lease rule (protocol/ledger) admits a provider's leases of a job
+// only as often as the requester's holds back them. A lease is written after the run starts
 // (the ledger writer batches it), so the provider claims it first: a
 // claim counts as a lease from the moment the provider decides to run
 // until its lease entry is written, and a second award that the holds do
@@ -18,13 +20,13 @@ import (
 // leaseSlot names a provider's leases of one job.
 type leaseSlot struct {
 	provider peer.ID
-	job      Hash
+	job      ledger.Hash
 }
 
 // LeaseFunding returns how many leases of job by provider the requester's
-// holds back, as leaseRule counts them: the holds it has written for the
-// job naming provider or naming no provider, open or closed since.
-func (l *Ledger) LeaseFunding(requester peer.ID, job Hash, provider peer.ID) (uint64, error) {
+// holds back, as the lease rule counts them: the holds it has written for
+// the job naming provider or naming no provider, open or closed since.
+func (l *Ledger) LeaseFunding(requester peer.ID, job ledger.Hash, provider peer.ID) (uint64, error) {
 	named, err := getCount(l.get(fundKey(requester, job, provider)))
 	if err != nil {
 		return 0, err
@@ -45,7 +47,7 @@ func (l *Ledger) LeaseFunding(requester peer.ID, job Hash, provider peer.ID) (ui
 // when the leases provider has stored and claimed use them all up: the
 // ledger would refuse the lease. Each claim is given back with
 // UnclaimLease once its lease entry is written (or refused).
-func (l *Ledger) ClaimLease(provider, requester peer.ID, job Hash) error {
+func (l *Ledger) ClaimLease(provider, requester peer.ID, job ledger.Hash) error {
 	l.claimMu.Lock()
 	defer l.claimMu.Unlock()
 	backed, err := l.LeaseFunding(requester, job, provider)
@@ -60,7 +62,7 @@ func (l *Ledger) ClaimLease(provider, requester peer.ID, job Hash) error {
 	claimed := l.claims[slot]
 	if leases+claimed >= backed {
 		return fmt.Errorf("%w: the holds of %s back %d leases of job %s by %s, which has %d written and %d about to be",
-			ErrUnfunded, requester, backed, job, provider, leases, claimed)
+			ledger.ErrUnfunded, requester, backed, job, provider, leases, claimed)
 	}
 	if l.claims == nil {
 		l.claims = map[leaseSlot]uint64{}
@@ -70,7 +72,7 @@ func (l *Ledger) ClaimLease(provider, requester peer.ID, job Hash) error {
 }
 
 // UnclaimLease gives back a claim of ClaimLease.
-func (l *Ledger) UnclaimLease(provider peer.ID, job Hash) {
+func (l *Ledger) UnclaimLease(provider peer.ID, job ledger.Hash) {
 	l.claimMu.Lock()
 	defer l.claimMu.Unlock()
 	slot := leaseSlot{provider, job}

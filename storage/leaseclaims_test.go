@@ -3,6 +3,8 @@ package storage
 import (
 	"errors"
 	"testing"
+
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 // A provider's claims on the leases a requester's holds back: a named hold
@@ -12,9 +14,9 @@ import (
 func TestClaimLease(t *testing.T) {
 	env := newLedgerEnv(t)
 	q := newChain(t, "q", env.clock.Now())
-	env.ok(env.a.next(t, GrantBody{Amount: 1000}))
-	env.ok(env.a.next(t, HoldBody{Job: job("named"), Provider: env.p.id, Amount: 10}))
-	env.ok(env.a.next(t, HoldBody{Job: job("posted"), Amount: 10}))
+	env.ok(env.a.next(t, ledger.GrantBody{Amount: 1000}))
+	env.ok(env.a.next(t, ledger.HoldBody{Job: job("named"), Provider: env.p.id, Amount: 10}))
+	env.ok(env.a.next(t, ledger.HoldBody{Job: job("posted"), Amount: 10}))
 	claim := func(p *chain, name string) error { return env.l.ClaimLease(p.id, env.a.id, job(name)) }
 	steps := []struct {
 		name string
@@ -22,23 +24,23 @@ func TestClaimLease(t *testing.T) {
 		want error
 	}{
 		{"p claims the named hold's lease", func() error { return claim(env.p, "named") }, nil},
-		{"p claims it again before writing it", func() error { return claim(env.p, "named") }, ErrUnfunded},
-		{"q claims a lease of a hold naming p", func() error { return claim(q, "named") }, ErrUnfunded},
+		{"p claims it again before writing it", func() error { return claim(env.p, "named") }, ledger.ErrUnfunded},
+		{"q claims a lease of a hold naming p", func() error { return claim(q, "named") }, ledger.ErrUnfunded},
 		{"p writes its lease and gives the claim back", func() error {
 			_, err := env.l.Ingest(env.p.next(t, env.a.leaseFor(t, env.p.id, job("named"), 1)))
 			env.l.UnclaimLease(env.p.id, job("named"))
 			return err
 		}, nil},
-		{"p claims again once the lease is written", func() error { return claim(env.p, "named") }, ErrUnfunded},
+		{"p claims again once the lease is written", func() error { return claim(env.p, "named") }, ledger.ErrUnfunded},
 		{"p claims the posting hold's lease", func() error { return claim(env.p, "posted") }, nil},
 		{"q claims the posting hold's lease too", func() error { return claim(q, "posted") }, nil},
-		{"q claims it twice", func() error { return claim(q, "posted") }, ErrUnfunded},
+		{"q claims it twice", func() error { return claim(q, "posted") }, ledger.ErrUnfunded},
 		{"q gives its claim back, unwritten", func() error { env.l.UnclaimLease(q.id, job("posted")); return nil }, nil},
 		{"q claims it anew", func() error { return claim(q, "posted") }, nil},
-		{"a job nobody held", func() error { return claim(env.p, "unheld") }, ErrUnfunded},
+		{"a job nobody held", func() error { return claim(env.p, "unheld") }, ledger.ErrUnfunded},
 		{"a second hold naming p backs a second lease", func() error {
-			env.ok(env.a.next(t, ReleaseBody{Job: job("named")}))
-			env.ok(env.a.next(t, HoldBody{Job: job("named"), Provider: env.p.id, Amount: 10}))
+			env.ok(env.a.next(t, ledger.ReleaseBody{Job: job("named")}))
+			env.ok(env.a.next(t, ledger.HoldBody{Job: job("named"), Provider: env.p.id, Amount: 10}))
 			return claim(env.p, "named")
 		}, nil},
 	}

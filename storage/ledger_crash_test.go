@@ -10,13 +10,15 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 const crashDirEnv = "MIRA_LEDGER_CRASH_DIR"
 
-func crashGenesis(t testing.TB) *Genesis {
+func crashGenesis(t testing.TB) *ledger.Genesis {
 	_, id := testKey(t, "crash")
-	return &Genesis{Network: testNet, Grants: []GenesisGrant{{Peer: id, Amount: 1_000_000}}}
+	return &ledger.Genesis{Network: testNet, Grants: []ledger.GenesisGrant{{Peer: id, Amount: 1_000_000}}}
 }
 
 // TestLedgerCrashChild is the child of TestLedgerCrash: it appends to the
@@ -42,14 +44,14 @@ func TestLedgerCrashChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := bufio.NewWriter(os.Stdout)
-	ack := func(es ...Entry) {
+	ack := func(es ...ledger.Entry) {
 		for _, e := range es {
 			fmt.Fprintln(out, e.Seq)
 		}
 		out.Flush()
 	}
 	if head.Seq == 0 {
-		e, err := l.Append(priv, GrantBody{Amount: 1_000_000})
+		e, err := l.Append(priv, ledger.GrantBody{Amount: 1_000_000})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -57,15 +59,15 @@ func TestLedgerCrashChild(t *testing.T) {
 	}
 	for i := 0; ; i++ {
 		j := job(fmt.Sprintf("%d-%d", head.Seq, i))
-		var bodies []Body
+		var bodies []ledger.Body
 		switch i % 3 {
 		case 0: // hold, release
-			bodies = []Body{HoldBody{Job: j, Provider: provider, Amount: 10}, ReleaseBody{Job: j}}
+			bodies = []ledger.Body{ledger.HoldBody{Job: j, Provider: provider, Amount: 10}, ledger.ReleaseBody{Job: j}}
 		case 1: // hold, pay to itself (keeps the balance for ever)
-			bodies = []Body{HoldBody{Job: j, Provider: provider, Amount: 10}, PaymentBody{Job: j, To: id, Amount: 5}}
+			bodies = []ledger.Body{ledger.HoldBody{Job: j, Provider: provider, Amount: 10}, ledger.PaymentBody{Job: j, To: id, Amount: 5}}
 		case 2: // a job of its own: held for no provider, leased, run, released
-			bodies = []Body{HoldBody{Job: j, Amount: 10}, grantedLease(t, testNet, priv, id, j, 1),
-				ReceiptBody{Job: j, Receipt: j, Result: "bafy"}, ReleaseBody{Job: j}}
+			bodies = []ledger.Body{ledger.HoldBody{Job: j, Amount: 10}, grantedLease(t, testNet, priv, id, j, 1),
+				ledger.ReceiptBody{Job: j, Receipt: j, Result: "bafy"}, ledger.ReleaseBody{Job: j}}
 		}
 		if i%2 == 0 {
 			es, err := l.AppendBatch(priv, bodies)

@@ -7,6 +7,8 @@ import (
 
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 // ledgerFormat is the layout of the ledger's keys this build writes. Format
@@ -35,7 +37,7 @@ const (
 // one would refuse (a lease without a hold or without a grant, a hold of
 // zero, an account's entries over the rate): they are signed history.
 // Verify reports them.
-func upgradeFormat(db *DB, rate entryRate) error {
+func upgradeFormat(db *DB, rate ledger.RateLimit) error {
 	var format []byte
 	var hasEntries bool
 	err := db.bdb.View(func(txn *badger.Txn) error {
@@ -88,7 +90,7 @@ func upgradeFormat(db *DB, rate entryRate) error {
 // buildFormat3 builds what format 3 adds from the entries: the holds ever
 // written, the leases and receipts, and every account record rewritten with
 // its rate limit state, as the rules would have left them.
-func buildFormat3(db *DB, rate entryRate) error {
+func buildFormat3(db *DB, rate ledger.RateLimit) error {
 	for _, p := range []string{keyFundPrefix, keyLeasePrefix} {
 		if err := db.dropPrefix(p); err != nil {
 			return err
@@ -101,7 +103,7 @@ func buildFormat3(db *DB, rate entryRate) error {
 	// counts are complete when the next account starts.
 	var account peer.ID
 	funds := make(map[string]uint64)
-	leased := make(map[string]leaseRec)
+	leased := make(map[string]ledger.LeaseRecord)
 	flush := func() error {
 		for k, n := range funds {
 			if err := wb.set([]byte(k), binary.BigEndian.AppendUint64(nil, n)); err != nil {
@@ -109,7 +111,7 @@ func buildFormat3(db *DB, rate entryRate) error {
 			}
 		}
 		for k, r := range leased {
-			if err := wb.set([]byte(k), r.encode()); err != nil {
+			if err := wb.set([]byte(k), r.Encode()); err != nil {
 				return err
 			}
 		}
@@ -118,7 +120,7 @@ func buildFormat3(db *DB, rate entryRate) error {
 		return nil
 	}
 	err := db.bdb.View(func(txn *badger.Txn) error {
-		err := forEachStoredEntry(txn, func(_ []byte, e Entry) error {
+		err := forEachStoredEntry(txn, func(_ []byte, e ledger.Entry) error {
 			if e.Account != account {
 				if err := flush(); err != nil {
 					return err
@@ -127,20 +129,19 @@ func buildFormat3(db *DB, rate entryRate) error {
 			}
 			// An entry over the rate is history all the same: it paces
 			// the ones after it as if it had been admitted.
-			p := max(paced[e.Account], uint64(max(e.Time.UnixNano(), 0)))
-			paced[e.Account] = p + rate.interval
+			paced[e.Account] = rate.Charge(paced[e.Account], e.Time.UnixNano())
 			switch b := e.Body.(type) {
-			case HoldBody:
+			case ledger.HoldBody:
 				funds[string(fundKey(e.Account, b.Job, b.Provider))]++
-			case LeaseBody:
+			case ledger.LeaseBody:
 				k := string(leaseKey(e.Account, b.Job))
 				r := leased[k]
-				r.leases++
+				r.Leases++
 				leased[k] = r
-			case ReceiptBody:
+			case ledger.ReceiptBody:
 				k := string(leaseKey(e.Account, b.Job))
 				r := leased[k]
-				r.receipts++
+				r.Receipts++
 				leased[k] = r
 			}
 			return nil
@@ -170,12 +171,12 @@ func rewriteAccounts(txn *badger.Txn, wb *guardedBatch, paced map[peer.ID]uint64
 		if err != nil {
 			return err
 		}
-		a, err := decodeAcctStateAny(v)
+		a, err := ledger.DecodeAccountStateAny(v)
 		if err != nil {
 			return fmt.Errorf("account record %x: %w", k, err)
 		}
-		a.paced = paced[peer.ID(k[len(keyAcctPrefix):])]
-		if err := wb.set(k, a.encode()); err != nil {
+		a.Paced = paced[peer.ID(k[len(keyAcctPrefix):])]
+		if err := wb.set(k, a.Encode()); err != nil {
 			return err
 		}
 	}
@@ -188,7 +189,7 @@ func rewriteHashIndex(db *DB) error {
 	wb := db.newGuardedBatch()
 	defer wb.cancel()
 	err := db.bdb.View(func(txn *badger.Txn) error {
-		return forEachStoredEntry(txn, func(raw []byte, e Entry) error {
+		return forEachStoredEntry(txn, func(raw []byte, e ledger.Entry) error {
 			return wb.set(hashKey(sha256.Sum256(raw)), hashRef(e.Account, e.Seq, e.Time.UnixNano()))
 		})
 	})
@@ -200,7 +201,7 @@ func rewriteHashIndex(db *DB) error {
 
 // forEachStoredEntry calls fn with every stored entry, raw and decoded, in
 // key order (account, then seq).
-func forEachStoredEntry(txn *badger.Txn, fn func(raw []byte, e Entry) error) error {
+func forEachStoredEntry(txn *badger.Txn, fn func(raw []byte, e ledger.Entry) error) error {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(keyEntryPrefix), PrefetchValues: true})
 	defer it.Close()
 	for it.Rewind(); it.Valid(); it.Next() {
@@ -208,7 +209,7 @@ func forEachStoredEntry(txn *badger.Txn, fn func(raw []byte, e Entry) error) err
 		if err != nil {
 			return err
 		}
-		e, err := DecodeEntry(raw)
+		e, err := ledger.DecodeEntry(raw)
 		if err != nil {
 			return fmt.Errorf("stored entry %x: %w", it.Item().Key(), err)
 		}

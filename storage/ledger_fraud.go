@@ -1,83 +1,19 @@
 package storage
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/mira-market/mira/protocol/ledger"
 )
-
-// ErrBadFraudProof marks a fraud proof that proves nothing.
-var ErrBadFraudProof = errors.New("invalid fraud proof")
-
-// FraudProof is two different entries, both validly signed, for the same
-// account and seq: proof that the account equivocated. A and B are the
-// entries' wire forms, in byte order.
-type FraudProof struct {
-	A, B []byte
-}
-
-func newFraudProof(a, b []byte) FraudProof {
-	if bytes.Compare(a, b) > 0 {
-		a, b = b, a
-	}
-	return FraudProof{A: bytes.Clone(a), B: bytes.Clone(b)}
-}
-
-// Verify checks the proof for network and returns the account it convicts.
-// Errors wrap ErrBadFraudProof.
-func (p FraudProof) Verify(network string) (peer.ID, error) {
-	a, err := DecodeEntry(p.A)
-	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrBadFraudProof, err)
-	}
-	b, err := DecodeEntry(p.B)
-	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrBadFraudProof, err)
-	}
-	if a.Account != b.Account || a.Seq != b.Seq {
-		return "", fmt.Errorf("%w: entries of different slots", ErrBadFraudProof)
-	}
-	if bytes.Equal(p.A, p.B) {
-		return "", fmt.Errorf("%w: the same entry twice", ErrBadFraudProof)
-	}
-	for _, e := range []Entry{a, b} {
-		if err := e.verifyAccountSignature(network); err != nil {
-			return "", fmt.Errorf("%w: %w", ErrBadFraudProof, err)
-		}
-	}
-	return a.Account, nil
-}
-
-// Encode returns the proof's wire form: a version byte, then A and B,
-// each with a 2-byte length.
-func (p FraudProof) Encode() []byte {
-	out := make([]byte, 0, 5+len(p.A)+len(p.B))
-	out = append(out, 1)
-	out = appendField(out, p.A)
-	return appendField(out, p.B)
-}
-
-// DecodeFraudProof parses a proof's wire form (without verifying it).
-func DecodeFraudProof(data []byte) (FraudProof, error) {
-	r := reader{b: data}
-	if v := r.u8(); r.err == nil && v != 1 {
-		return FraudProof{}, fmt.Errorf("%w: fraud proof version %d", ErrMalformed, v)
-	}
-	p := FraudProof{A: r.field(MaxEntrySize), B: r.field(MaxEntrySize)}
-	if err := r.end(); err != nil {
-		return FraudProof{}, fmt.Errorf("fraud proof: %w", err)
-	}
-	return p, nil
-}
 
 // IngestFraudProof verifies a proof received from a peer and, if it
 // convicts an account not yet frozen, stores it and freezes the account:
 // its past entries stay, later ones are refused with ErrFrozen. A proof
 // against an account already frozen returns an error wrapping
 // ErrDuplicate (no need to gossip it again).
-func (l *Ledger) IngestFraudProof(p FraudProof) error {
+func (l *Ledger) IngestFraudProof(p ledger.FraudProof) error {
 	id, err := p.Verify(l.network)
 	if err != nil {
 		return err
@@ -86,30 +22,30 @@ func (l *Ledger) IngestFraudProof(p FraudProof) error {
 	defer l.mu.Unlock()
 	r := l.newRun()
 	defer func() { r.t.txn.Discard() }()
-	a, err := r.t.account(id)
+	a, err := r.t.Account(id)
 	if err != nil {
 		return err
 	}
-	if a.frozen {
-		return fmt.Errorf("%w: %s is already frozen", ErrDuplicate, id)
+	if a.Frozen {
+		return fmt.Errorf("%w: %s is already frozen", ledger.ErrDuplicate, id)
 	}
-	if err := r.t.set(fraudKey(id), newFraudProof(p.A, p.B).Encode()); err != nil {
+	if err := r.t.set(fraudKey(id), ledger.NewFraudProof(p.A, p.B).Encode()); err != nil {
 		return err
 	}
-	a.frozen = true
-	l.pending.dropAccount(id)
+	a.Frozen = true
+	l.pending.DropAccount(id)
 	return r.finish()
 }
 
 // FraudProofFor returns the stored proof against account, if any.
-func (l *Ledger) FraudProofFor(account peer.ID) (FraudProof, bool, error) {
+func (l *Ledger) FraudProofFor(account peer.ID) (ledger.FraudProof, bool, error) {
 	v, err := l.get(fraudKey(account))
 	if err != nil || v == nil {
-		return FraudProof{}, false, err
+		return ledger.FraudProof{}, false, err
 	}
-	p, err := DecodeFraudProof(v)
+	p, err := ledger.DecodeFraudProof(v)
 	if err != nil {
-		return FraudProof{}, false, fmt.Errorf("stored fraud proof of %s: %w", account, err)
+		return ledger.FraudProof{}, false, fmt.Errorf("stored fraud proof of %s: %w", account, err)
 	}
 	return p, true, nil
 }

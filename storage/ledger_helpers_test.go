@@ -10,6 +10,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 const testNet = "test"
@@ -52,7 +54,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 }
 
 // openTestLedger opens a ledger over an in-memory database.
-func openTestLedger(t testing.TB, g *Genesis, clock func() time.Time, opts ...LedgerOption) *Ledger {
+func openTestLedger(t testing.TB, g *ledger.Genesis, clock func() time.Time, opts ...LedgerOption) *Ledger {
 	t.Helper()
 	db, err := Open("", Options{Network: g.Network, InMemory: true})
 	if err != nil {
@@ -72,7 +74,7 @@ type chain struct {
 	priv crypto.PrivKey
 	id   peer.ID
 	seq  uint64
-	prev Hash
+	prev ledger.Hash
 	at   time.Time
 }
 
@@ -82,9 +84,9 @@ func newChain(t testing.TB, name string, at time.Time) *chain {
 }
 
 // entry signs the chain's next entry without advancing the chain.
-func (c *chain) entry(t testing.TB, body Body) Entry {
+func (c *chain) entry(t testing.TB, body ledger.Body) ledger.Entry {
 	t.Helper()
-	e := Entry{Account: c.id, Seq: c.seq + 1, Prev: c.prev, Time: c.at, Body: body}
+	e := ledger.Entry{Account: c.id, Seq: c.seq + 1, Prev: c.prev, Time: c.at, Body: body}
 	if err := e.Sign(c.net, c.priv); err != nil {
 		t.Fatal(err)
 	}
@@ -92,30 +94,30 @@ func (c *chain) entry(t testing.TB, body Body) Entry {
 }
 
 // next signs the chain's next entry and advances the chain.
-func (c *chain) next(t testing.TB, body Body) []byte {
+func (c *chain) next(t testing.TB, body ledger.Body) []byte {
 	t.Helper()
 	return c.advance(c.entry(t, body))
 }
 
 // nextV1 signs the chain's next entry in the encoding of version 1 (as
 // ledgers stored before leases carried grants) and advances the chain.
-func (c *chain) nextV1(t testing.TB, body Body) []byte {
+func (c *chain) nextV1(t testing.TB, body ledger.Body) []byte {
 	t.Helper()
-	e := Entry{Account: c.id, Seq: c.seq + 1, Prev: c.prev, Time: c.at, Body: body, v1: true}
+	e := ledger.Entry{Account: c.id, Seq: c.seq + 1, Prev: c.prev, Time: c.at, Body: body}.AsVersion1()
 	if err := e.Sign(c.net, c.priv); err != nil {
 		t.Fatal(err)
 	}
 	return c.advance(e)
 }
 
-func (c *chain) advance(e Entry) []byte {
+func (c *chain) advance(e ledger.Entry) []byte {
 	raw := e.Encode()
 	c.seq, c.prev = e.Seq, sha256.Sum256(raw)
 	c.at = c.at.Add(time.Millisecond)
 	return raw
 }
 
-func job(name string) Hash { return sha256.Sum256([]byte("job " + name)) }
+func job(name string) ledger.Hash { return sha256.Sum256([]byte("job " + name)) }
 
 // cycleGrant is what cycleBody's accounts need granted.
 const cycleGrant = 1000
@@ -123,35 +125,35 @@ const cycleGrant = 1000
 // cycleBody is a valid body for entry seq of an account granted
 // cycleGrant: its grant, then holds of one micro-credit for jobs of its
 // own, each released by the entry after it.
-func cycleBody(id peer.ID, seq int) Body {
+func cycleBody(id peer.ID, seq int) ledger.Body {
 	switch {
 	case seq == 1:
-		return GrantBody{Amount: cycleGrant}
+		return ledger.GrantBody{Amount: cycleGrant}
 	case seq%2 == 0:
-		return HoldBody{Job: job(fmt.Sprint(id, "/", seq)), Amount: 1}
+		return ledger.HoldBody{Job: job(fmt.Sprint(id, "/", seq)), Amount: 1}
 	}
-	return ReleaseBody{Job: job(fmt.Sprint(id, "/", seq-1))}
+	return ledger.ReleaseBody{Job: job(fmt.Sprint(id, "/", seq-1))}
 }
 
 // leaseFor is a lease of job j by provider that c, the requester, granted
 // at price on the job's first award.
-func (c *chain) leaseFor(t testing.TB, provider peer.ID, j Hash, price uint64) LeaseBody {
+func (c *chain) leaseFor(t testing.TB, provider peer.ID, j ledger.Hash, price uint64) ledger.LeaseBody {
 	t.Helper()
 	return grantedLease(t, c.net, c.priv, provider, j, price)
 }
 
 // grantedLease is a lease of job j by provider that the owner of priv, the
 // requester, granted on network at price on the job's first award.
-func grantedLease(t testing.TB, network string, priv crypto.PrivKey, provider peer.ID, j Hash, price uint64) LeaseBody {
+func grantedLease(t testing.TB, network string, priv crypto.PrivKey, provider peer.ID, j ledger.Hash, price uint64) ledger.LeaseBody {
 	t.Helper()
 	requester, err := peer.IDFromPrivateKey(priv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := LeaseGrant{Job: j, Requester: requester, Provider: provider, Price: price, Attempt: 1}
+	g := ledger.LeaseGrant{Job: j, Requester: requester, Provider: provider, Price: price, Attempt: 1}
 	sig, err := g.Sign(network, priv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return LeaseBody{Job: j, Requester: requester, Price: price, Attempt: 1, Grant: sig}
+	return ledger.LeaseBody{Job: j, Requester: requester, Price: price, Attempt: 1, Grant: sig}
 }

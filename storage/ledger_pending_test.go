@@ -2,6 +2,8 @@ package storage
 
 import (
 	"testing"
+
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 // A pending entry is retried when, and only when, an entry that can
@@ -26,28 +28,28 @@ func TestPendingEntriesWakeOnWhatUnblocksThem(t *testing.T) {
 			// setup returns the entry that waits, one valid after it, and
 			// the one that frees it (an entry of account a, which Append
 			// writes as a's own).
-			setup func(env *ledgerEnv) (waiting, after, unblocking Body, waiter *chain)
+			setup func(env *ledgerEnv) (waiting, after, unblocking ledger.Body, waiter *chain)
 		}{
-			{"a hold waits for a payment to its account", func(env *ledgerEnv) (Body, Body, Body, *chain) {
+			{"a hold waits for a payment to its account", func(env *ledgerEnv) (ledger.Body, ledger.Body, ledger.Body, *chain) {
 				// b holds more than its grant: it waits for a's payment.
-				env.ok(env.a.next(t, HoldBody{Job: job("paid"), Provider: env.b.id, Amount: 100}))
-				return HoldBody{Job: job("spend"), Amount: 550}, ReleaseBody{Job: job("spend")},
-					PaymentBody{Job: job("paid"), To: env.b.id, Amount: 100}, env.b
+				env.ok(env.a.next(t, ledger.HoldBody{Job: job("paid"), Provider: env.b.id, Amount: 100}))
+				return ledger.HoldBody{Job: job("spend"), Amount: 550}, ledger.ReleaseBody{Job: job("spend")},
+					ledger.PaymentBody{Job: job("paid"), To: env.b.id, Amount: 100}, env.b
 			}},
-			{"a lease waits for its hold", func(env *ledgerEnv) (Body, Body, Body, *chain) {
-				return env.a.leaseFor(t, env.p.id, job("leased"), 1), ReceiptBody{Job: job("leased"), Receipt: job("r"), Result: "bafy"},
-					HoldBody{Job: job("leased"), Provider: env.p.id, Amount: 5}, env.p
+			{"a lease waits for its hold", func(env *ledgerEnv) (ledger.Body, ledger.Body, ledger.Body, *chain) {
+				return env.a.leaseFor(t, env.p.id, job("leased"), 1), ledger.ReceiptBody{Job: job("leased"), Receipt: job("r"), Result: "bafy"},
+					ledger.HoldBody{Job: job("leased"), Provider: env.p.id, Amount: 5}, env.p
 			}},
-			{"a lease waits for the posting hold", func(env *ledgerEnv) (Body, Body, Body, *chain) {
-				return env.a.leaseFor(t, env.p.id, job("posted"), 1), ReceiptBody{Job: job("posted"), Receipt: job("r"), Result: "bafy"},
-					HoldBody{Job: job("posted"), Amount: 5}, env.p
+			{"a lease waits for the posting hold", func(env *ledgerEnv) (ledger.Body, ledger.Body, ledger.Body, *chain) {
+				return env.a.leaseFor(t, env.p.id, job("posted"), 1), ledger.ReceiptBody{Job: job("posted"), Receipt: job("r"), Result: "bafy"},
+					ledger.HoldBody{Job: job("posted"), Amount: 5}, env.p
 			}},
 		} {
 			t.Run(w.name+"/"+tc.name, func(t *testing.T) {
 				env := newLedgerEnv(t)
 				aPriv := env.a.priv
-				env.ok(env.a.next(t, GrantBody{Amount: 1000}))
-				env.ok(env.b.next(t, GrantBody{Amount: 500}))
+				env.ok(env.a.next(t, ledger.GrantBody{Amount: 1000}))
+				env.ok(env.b.next(t, ledger.GrantBody{Amount: 500}))
 				waiting, after, unblocking, waiter := tc.setup(env)
 				// Entries that wait for what never comes, beside it: they
 				// must stay, and cost the write nothing.

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 // TestLedgerEntryRate holds an account to the network's entry rate (here
@@ -36,8 +38,8 @@ func TestLedgerEntryRate(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			clock := newFakeClock()
 			c := newChain(t, "a", clock.Now())
-			g := &Genesis{Network: testNet, Grants: []GenesisGrant{{Peer: c.id, Amount: cycleGrant}},
-				EntryRate: &GenesisEntryRate{Burst: 4, PerSecond: 2}}
+			g := &ledger.Genesis{Network: testNet, Grants: []ledger.GenesisGrant{{Peer: c.id, Amount: cycleGrant}},
+				EntryRate: &ledger.GenesisEntryRate{Burst: 4, PerSecond: 2}}
 			l := openTestLedger(t, g, func() time.Time { return clock.Now().Add(24 * time.Hour) })
 			for i, s := range tc.steps {
 				c.at = c.at.Add(s.after)
@@ -47,7 +49,7 @@ func TestLedgerEntryRate(t *testing.T) {
 				switch {
 				case s.ok && err != nil:
 					t.Fatalf("entry %d: %v", i, err)
-				case !s.ok && !errors.Is(err, ErrRateLimited):
+				case !s.ok && !errors.Is(err, ledger.ErrRateLimited):
 					t.Fatalf("entry %d: err = %v, want ErrRateLimited", i, err)
 				case !s.ok:
 					*c = before // refused: the chain stays where it was
@@ -65,15 +67,15 @@ func TestLedgerEntryRate(t *testing.T) {
 func TestLedgerEntryRateAppend(t *testing.T) {
 	priv, id := testKey(t, "a")
 	clock := newFakeClock()
-	g := &Genesis{Network: testNet, Grants: []GenesisGrant{{Peer: id, Amount: cycleGrant}},
-		EntryRate: &GenesisEntryRate{Burst: 3, PerSecond: 1}}
+	g := &ledger.Genesis{Network: testNet, Grants: []ledger.GenesisGrant{{Peer: id, Amount: cycleGrant}},
+		EntryRate: &ledger.GenesisEntryRate{Burst: 3, PerSecond: 1}}
 	l := openTestLedger(t, g, clock.Now)
 	for seq := 1; seq <= 3; seq++ {
 		if _, err := l.Append(priv, cycleBody(id, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := l.Append(priv, cycleBody(id, 4)); !errors.Is(err, ErrRateLimited) {
+	if _, err := l.Append(priv, cycleBody(id, 4)); !errors.Is(err, ledger.ErrRateLimited) {
 		t.Fatalf("fourth entry at once: %v", err)
 	}
 	clock.Advance(time.Second)
@@ -82,7 +84,7 @@ func TestLedgerEntryRateAppend(t *testing.T) {
 	}
 	// Written behind the rules' back: Verify refuses it.
 	head, _ := l.Head(id)
-	e := Entry{Account: id, Seq: 5, Prev: head.Hash, Time: head.Time, Body: cycleBody(id, 5)}
+	e := ledger.Entry{Account: id, Seq: 5, Prev: head.Hash, Time: head.Time, Body: cycleBody(id, 5)}
 	if err := e.Sign(testNet, priv); err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +92,7 @@ func TestLedgerEntryRateAppend(t *testing.T) {
 		t.Fatal(err)
 	}
 	probs, err := l.Verify(context.Background())
-	if err != nil || len(probs) == 0 || !errors.Is(probs[0], ErrRateLimited) {
+	if err != nil || len(probs) == 0 || !errors.Is(probs[0], ledger.ErrRateLimited) {
 		t.Fatalf("verify: %v, %v", probs, err)
 	}
 }
@@ -106,18 +108,18 @@ func TestLedgerDefaultRateTakesAMarketBurst(t *testing.T) {
 	priv, id := testKey(t, "requester")
 	_, provider := testKey(t, "provider")
 	clock := newFakeClock()
-	l := openTestLedger(t, &Genesis{Network: testNet, Grants: []GenesisGrant{{Peer: id, Amount: 1 << 40}}}, clock.Now)
-	if _, err := l.Append(priv, GrantBody{Amount: 1 << 40}); err != nil {
+	l := openTestLedger(t, &ledger.Genesis{Network: testNet, Grants: []ledger.GenesisGrant{{Peer: id, Amount: 1 << 40}}}, clock.Now)
+	if _, err := l.Append(priv, ledger.GrantBody{Amount: 1 << 40}); err != nil {
 		t.Fatal(err)
 	}
-	var bodies []Body
+	var bodies []ledger.Body
 	for i := range 3000 {
 		j := job(fmt.Sprint(i))
-		bodies = append(bodies, HoldBody{Job: j, Amount: 100}, ReleaseBody{Job: j},
-			HoldBody{Job: j, Provider: provider, Amount: 100})
+		bodies = append(bodies, ledger.HoldBody{Job: j, Amount: 100}, ledger.ReleaseBody{Job: j},
+			ledger.HoldBody{Job: j, Provider: provider, Amount: 100})
 	}
 	for i := range 3000 {
-		bodies = append(bodies, PaymentBody{Job: job(fmt.Sprint(i)), To: provider, Amount: 50})
+		bodies = append(bodies, ledger.PaymentBody{Job: job(fmt.Sprint(i)), To: provider, Amount: 50})
 	}
 	for len(bodies) > 0 {
 		n := min(len(bodies), MaxAppendBatch)

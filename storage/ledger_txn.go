@@ -7,6 +7,8 @@ import (
 
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 // Badger keys of the ledger. Accounts are raw peer ID bytes, seqs and
@@ -14,12 +16,12 @@ import (
 const (
 	keyEntryPrefix = "ledger/e/"    // <account><seq> → entry bytes
 	keyHashPrefix  = "ledger/h/"    // <hash> → <seq><unix nanos><account>
-	keyAcctPrefix  = "ledger/acct/" // <account> → acctState
-	keyHoldPrefix  = "ledger/hold/" // <account><job> → holdRec
+	keyAcctPrefix  = "ledger/acct/" // <account> → ledger.AccountState
+	keyHoldPrefix  = "ledger/hold/" // <account><job> → ledger.HoldRecord
 	keyPaidPrefix  = "ledger/paid/" // <account><job> → payment seq
 	// <requester><job><provider, or nothing> → holds ever written (format 3)
 	keyFundPrefix    = "ledger/fund/"
-	keyLeasePrefix   = "ledger/lease/" // <provider><job> → leaseRec (format 3)
+	keyLeasePrefix   = "ledger/lease/" // <provider><job> → ledger.LeaseRecord (format 3)
 	keyFraudPrefix   = "ledger/fraud/"
 	keyLedgerCount   = "ledger/meta/count"
 	keyLedgerGenesis = "ledger/meta/genesis"
@@ -31,24 +33,24 @@ func entryKey(id peer.ID, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(k, seq)
 }
 
-func hashKey(h Hash) []byte { return append([]byte(keyHashPrefix), h[:]...) }
+func hashKey(h ledger.Hash) []byte { return append([]byte(keyHashPrefix), h[:]...) }
 
 func acctKey(id peer.ID) []byte { return append([]byte(keyAcctPrefix), id...) }
 
-func holdKey(id peer.ID, job Hash) []byte {
+func holdKey(id peer.ID, job ledger.Hash) []byte {
 	return append(append([]byte(keyHoldPrefix), id...), job[:]...)
 }
 
-func paidKey(id peer.ID, job Hash) []byte {
+func paidKey(id peer.ID, job ledger.Hash) []byte {
 	return append(append([]byte(keyPaidPrefix), id...), job[:]...)
 }
 
-func fundKey(requester peer.ID, job Hash, provider peer.ID) []byte {
+func fundKey(requester peer.ID, job ledger.Hash, provider peer.ID) []byte {
 	k := make([]byte, 0, len(keyFundPrefix)+len(requester)+len(job)+len(provider))
 	return append(append(append(append(k, keyFundPrefix...), requester...), job[:]...), provider...)
 }
 
-func leaseKey(provider peer.ID, job Hash) []byte {
+func leaseKey(provider peer.ID, job ledger.Hash) []byte {
 	return append(append([]byte(keyLeasePrefix), provider...), job[:]...)
 }
 
@@ -68,6 +70,11 @@ func parseHashRef(ref []byte) (id peer.ID, seq uint64, nanos int64, ok bool) {
 	}
 	return peer.ID(ref[16:]), binary.BigEndian.Uint64(ref), int64(binary.BigEndian.Uint64(ref[8:])), true
 }
+
+// ErrStore marks a failure of this node's store (no room on its disk, a
+// Badger error), not of what was written: no fault of the peer that sent
+// it.
+var ErrStore = errors.New("ledger store failed")
 
 // storeError marks a failure of the store (not of an entry): it aborts the
 // batch.
@@ -92,10 +99,10 @@ func storeErr(err error) error {
 // staged is an account's state within a transaction, with the committed
 // state it started from.
 type staged struct {
-	orig, cur acctState
+	orig, cur ledger.AccountState
 }
 
-// ledgerTxn is the live ruleState: a Badger update transaction plus the
+// ledgerTxn is the live ledger.State: a Badger update transaction plus the
 // accounts it changed. Account records are written once, at flush.
 type ledgerTxn struct {
 	l      *Ledger
@@ -105,7 +112,7 @@ type ledgerTxn struct {
 	// size and count estimate the transaction's size the way Badger does,
 	// to commit before it refuses with ErrTxnTooBig.
 	size, count int64
-	fresh       []Entry // entries stored in this transaction
+	fresh       []ledger.Entry // entries stored in this transaction
 }
 
 func (l *Ledger) begin() *ledgerTxn {
@@ -116,8 +123,8 @@ func (l *Ledger) begin() *ledgerTxn {
 // entry goes in: a margin for one more entry and the account records.
 func (t *ledgerTxn) full() bool {
 	maxSize, maxCount := t.l.db.bdb.MaxBatchSize(), t.l.db.bdb.MaxBatchCount()
-	accts := int64(len(t.staged)+2) * (acctStateLen + 64)
-	return t.size+accts+2*MaxEntrySize >= maxSize/2 || t.count+int64(len(t.staged))+16 >= maxCount/2
+	accts := int64(len(t.staged)+2) * (ledger.AccountStateLen + 64)
+	return t.size+accts+2*ledger.MaxEntrySize >= maxSize/2 || t.count+int64(len(t.staged))+16 >= maxCount/2
 }
 
 func (t *ledgerTxn) set(k, v []byte) error {
@@ -154,7 +161,7 @@ func (t *ledgerTxn) get(k []byte) ([]byte, error) {
 	return v, storeErr(err)
 }
 
-func (t *ledgerTxn) account(id peer.ID) (*acctState, error) {
+func (t *ledgerTxn) Account(id peer.ID) (*ledger.AccountState, error) {
 	if s, ok := t.staged[id]; ok {
 		return &s.cur, nil
 	}
@@ -165,7 +172,7 @@ func (t *ledgerTxn) account(id peer.ID) (*acctState, error) {
 			return nil, err
 		}
 		if v != nil {
-			if a, err = decodeAcctState(v); err != nil {
+			if a, err = ledger.DecodeAccountState(v); err != nil {
 				return nil, storeErr(fmt.Errorf("account %s: %w", id, err))
 			}
 		}
@@ -176,55 +183,55 @@ func (t *ledgerTxn) account(id peer.ID) (*acctState, error) {
 	return &s.cur, nil
 }
 
-func (t *ledgerTxn) hold(id peer.ID, job Hash) (holdRec, bool, error) {
+func (t *ledgerTxn) Hold(id peer.ID, job ledger.Hash) (ledger.HoldRecord, bool, error) {
 	v, err := t.get(holdKey(id, job))
 	if err != nil || v == nil {
-		return holdRec{}, false, err
+		return ledger.HoldRecord{}, false, err
 	}
-	h, err := decodeHoldRec(v)
+	h, err := ledger.DecodeHoldRecord(v)
 	if err != nil {
-		return holdRec{}, false, storeErr(fmt.Errorf("hold of %s: %w", id, err))
+		return ledger.HoldRecord{}, false, storeErr(fmt.Errorf("hold of %s: %w", id, err))
 	}
 	return h, true, nil
 }
 
-func (t *ledgerTxn) putHold(id peer.ID, job Hash, h holdRec) error {
-	return t.set(holdKey(id, job), h.encode())
+func (t *ledgerTxn) PutHold(id peer.ID, job ledger.Hash, h ledger.HoldRecord) error {
+	return t.set(holdKey(id, job), h.Encode())
 }
 
-func (t *ledgerTxn) delHold(id peer.ID, job Hash) error { return t.del(holdKey(id, job)) }
+func (t *ledgerTxn) DeleteHold(id peer.ID, job ledger.Hash) error { return t.del(holdKey(id, job)) }
 
-func (t *ledgerTxn) paid(id peer.ID, job Hash) (bool, error) {
+func (t *ledgerTxn) Paid(id peer.ID, job ledger.Hash) (bool, error) {
 	v, err := t.get(paidKey(id, job))
 	return v != nil, err
 }
 
-func (t *ledgerTxn) putPaid(id peer.ID, job Hash, seq uint64) error {
+func (t *ledgerTxn) PutPaid(id peer.ID, job ledger.Hash, seq uint64) error {
 	return t.set(paidKey(id, job), binary.BigEndian.AppendUint64(nil, seq))
 }
 
-func (t *ledgerTxn) funding(requester peer.ID, job Hash, provider peer.ID) (uint64, error) {
+func (t *ledgerTxn) Funding(requester peer.ID, job ledger.Hash, provider peer.ID) (uint64, error) {
 	return getCount(t.get(fundKey(requester, job, provider)))
 }
 
-func (t *ledgerTxn) putFunding(requester peer.ID, job Hash, provider peer.ID, n uint64) error {
+func (t *ledgerTxn) PutFunding(requester peer.ID, job ledger.Hash, provider peer.ID, n uint64) error {
 	return t.set(fundKey(requester, job, provider), binary.BigEndian.AppendUint64(nil, n))
 }
 
-func (t *ledgerTxn) leases(provider peer.ID, job Hash) (leaseRec, error) {
+func (t *ledgerTxn) Leases(provider peer.ID, job ledger.Hash) (ledger.LeaseRecord, error) {
 	v, err := t.get(leaseKey(provider, job))
 	if err != nil || v == nil {
-		return leaseRec{}, err
+		return ledger.LeaseRecord{}, err
 	}
-	r, err := decodeLeaseRec(v)
+	r, err := ledger.DecodeLeaseRecord(v)
 	if err != nil {
-		return leaseRec{}, storeErr(fmt.Errorf("leases of %s: %w", provider, err))
+		return ledger.LeaseRecord{}, storeErr(fmt.Errorf("leases of %s: %w", provider, err))
 	}
 	return r, nil
 }
 
-func (t *ledgerTxn) putLeases(provider peer.ID, job Hash, r leaseRec) error {
-	return t.set(leaseKey(provider, job), r.encode())
+func (t *ledgerTxn) PutLeases(provider peer.ID, job ledger.Hash, r ledger.LeaseRecord) error {
+	return t.set(leaseKey(provider, job), r.Encode())
 }
 
 // getCount reads a stored 8-byte count (none: 0).
@@ -239,15 +246,15 @@ func getCount(v []byte, err error) (uint64, error) {
 }
 
 // storeEntry writes an accepted entry and its hash index.
-func (t *ledgerTxn) storeEntry(c *cand) error {
-	if err := t.set(entryKey(c.e.Account, c.e.Seq), c.raw); err != nil {
+func (t *ledgerTxn) storeEntry(c *ledger.Candidate) error {
+	if err := t.set(entryKey(c.Entry.Account, c.Entry.Seq), c.Raw); err != nil {
 		return err
 	}
-	if err := t.set(hashKey(c.hash), hashRef(c.e.Account, c.e.Seq, c.e.Time.UnixNano())); err != nil {
+	if err := t.set(hashKey(c.Hash), hashRef(c.Entry.Account, c.Entry.Seq, c.Entry.Time.UnixNano())); err != nil {
 		return err
 	}
 	t.added++
-	t.fresh = append(t.fresh, c.e)
+	t.fresh = append(t.fresh, c.Entry)
 	return nil
 }
 
@@ -258,7 +265,7 @@ func (t *ledgerTxn) commit() error {
 	defer t.txn.Discard()
 	for id, s := range t.staged {
 		if s.cur != s.orig {
-			if err := t.set(acctKey(id), s.cur.encode()); err != nil {
+			if err := t.set(acctKey(id), s.cur.Encode()); err != nil {
 				return err
 			}
 		}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 // roomGuard is a Room hook that can be told to refuse, and that checks
@@ -99,7 +101,7 @@ func TestWritesAskTheDiskGuard(t *testing.T) {
 	defer func() { db.Close() }()
 
 	g.setFull(true)
-	err := db.SetOrphanHolds(map[Hash]time.Time{job("1"): time.Unix(1, 0)}, nil)
+	err := db.SetOrphanHolds(map[ledger.Hash]time.Time{job("1"): time.Unix(1, 0)}, nil)
 	if !errors.Is(err, ErrNoRoom) {
 		t.Fatalf("SetOrphanHolds on a full disk: %v, want ErrNoRoom", err)
 	}
@@ -116,8 +118,8 @@ func TestWritesAskTheDiskGuard(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, raw := range [][]byte{
-		env.a.next(t, GrantBody{Amount: 1000}),
-		env.a.next(t, HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}),
+		env.a.next(t, ledger.GrantBody{Amount: 1000}),
+		env.a.next(t, ledger.HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100}),
 		env.p.next(t, env.a.leaseFor(t, env.p.id, job("1"), 1)),
 	} {
 		if _, err := l.Ingest(raw); err != nil {

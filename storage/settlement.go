@@ -7,34 +7,36 @@ import (
 
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 // HoldEntry returns the entry of account's open hold for job: what a
 // requester attaches to an award.
-func (l *Ledger) HoldEntry(account peer.ID, job Hash) (Entry, bool, error) {
-	var e *Entry
+func (l *Ledger) HoldEntry(account peer.ID, job ledger.Hash) (ledger.Entry, bool, error) {
+	var e *ledger.Entry
 	err := l.db.bdb.View(func(txn *badger.Txn) error {
 		h, err := holdIn(txn, account, job)
 		if err != nil || h == nil {
 			return err
 		}
-		e, err = entryIn(txn, account, h.seq)
+		e, err = entryIn(txn, account, h.Seq)
 		return err
 	})
 	if err != nil {
-		return Entry{}, false, fmt.Errorf("ledger read: %w", err)
+		return ledger.Entry{}, false, fmt.Errorf("ledger read: %w", err)
 	}
 	if e == nil {
-		return Entry{}, false, nil
+		return ledger.Entry{}, false, nil
 	}
 	return *e, true, nil
 }
 
 // PaymentFor returns account's payment entry for job, if it paid it.
-func (l *Ledger) PaymentFor(account peer.ID, job Hash) (Entry, bool, error) {
+func (l *Ledger) PaymentFor(account peer.ID, job ledger.Hash) (ledger.Entry, bool, error) {
 	es, err := l.EscrowFor(account, job)
 	if err != nil || es.Payment == nil {
-		return Entry{}, false, err
+		return ledger.Entry{}, false, err
 	}
 	return *es.Payment, true, nil
 }
@@ -43,14 +45,14 @@ func (l *Ledger) PaymentFor(account peer.ID, job Hash) (Entry, bool, error) {
 // it paid the job, else its open hold, else neither (never held, or
 // released).
 type Escrow struct {
-	Payment *Entry
-	Hold    *HoldBody
+	Payment *ledger.Entry
+	Hold    *ledger.HoldBody
 }
 
 // EscrowFor reads account's payment and hold for job in one view of the
 // ledger. Two separate reads could straddle the settlement that writes the
 // payment and closes the hold together, and see neither.
-func (l *Ledger) EscrowFor(account peer.ID, job Hash) (Escrow, error) {
+func (l *Ledger) EscrowFor(account peer.ID, job ledger.Hash) (Escrow, error) {
 	var out Escrow
 	err := l.db.bdb.View(func(txn *badger.Txn) error {
 		paid, err := getValue(txn, paidKey(account, job))
@@ -63,7 +65,7 @@ func (l *Ledger) EscrowFor(account peer.ID, job Hash) (Escrow, error) {
 		}
 		h, err := holdIn(txn, account, job)
 		if err == nil && h != nil {
-			out.Hold = &HoldBody{Job: job, Provider: h.provider, Amount: h.amount}
+			out.Hold = &ledger.HoldBody{Job: job, Provider: h.Provider, Amount: h.Amount}
 		}
 		return err
 	})
@@ -74,12 +76,12 @@ func (l *Ledger) EscrowFor(account peer.ID, job Hash) (Escrow, error) {
 }
 
 // holdIn reads account's open hold record for job; nil if there is none.
-func holdIn(txn *badger.Txn, account peer.ID, job Hash) (*holdRec, error) {
+func holdIn(txn *badger.Txn, account peer.ID, job ledger.Hash) (*ledger.HoldRecord, error) {
 	v, err := getValue(txn, holdKey(account, job))
 	if err != nil || v == nil {
 		return nil, err
 	}
-	h, err := decodeHoldRec(v)
+	h, err := ledger.DecodeHoldRecord(v)
 	if err != nil {
 		return nil, fmt.Errorf("hold of %s: %w", account, err)
 	}
@@ -88,12 +90,12 @@ func holdIn(txn *badger.Txn, account peer.ID, job Hash) (*holdRec, error) {
 
 // entryIn reads one entry by its key (a point read, much cheaper than the
 // iterator Entries opens); nil if it is not stored.
-func entryIn(txn *badger.Txn, account peer.ID, seq uint64) (*Entry, error) {
+func entryIn(txn *badger.Txn, account peer.ID, seq uint64) (*ledger.Entry, error) {
 	v, err := getValue(txn, entryKey(account, seq))
 	if err != nil || v == nil {
 		return nil, err
 	}
-	e, err := DecodeEntry(v)
+	e, err := ledger.DecodeEntry(v)
 	if err != nil {
 		return nil, fmt.Errorf("stored entry %d of %s: %w", seq, account, err)
 	}
@@ -103,7 +105,7 @@ func entryIn(txn *badger.Txn, account peer.ID, seq uint64) (*Entry, error) {
 // WithStoreHook has the ledger call f with every entry it stores, own or
 // received, once it is committed; f runs under the ledger's lock and must
 // not call the ledger. A node keeps its reconciliation set current with it.
-func WithStoreHook(f func(Entry)) LedgerOption {
+func WithStoreHook(f func(ledger.Entry)) LedgerOption {
 	return func(l *Ledger) error {
 		l.onStore = f
 		return nil
@@ -124,7 +126,7 @@ func WithReceivedSync(sync bool) LedgerOption {
 
 // OpenHold is one of an account's open holds, with the time of its entry.
 type OpenHold struct {
-	Job      Hash
+	Job      ledger.Hash
 	Provider peer.ID // empty: the hold names no provider
 	Amount   uint64
 	Seq      uint64    // the hold entry's seq
@@ -142,25 +144,25 @@ func (l *Ledger) OpenHolds(account peer.ID) ([]OpenHold, error) {
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			k := it.Item().Key()
-			if len(k) != len(prefix)+len(Hash{}) {
+			if len(k) != len(prefix)+len(ledger.Hash{}) {
 				continue // another account's key that extends this one's bytes
 			}
 			v, err := it.Item().ValueCopy(nil)
 			if err != nil {
 				return err
 			}
-			h, err := decodeHoldRec(v)
+			h, err := ledger.DecodeHoldRecord(v)
 			if err != nil {
 				return fmt.Errorf("hold %x: %w", k, err)
 			}
-			e, err := entryIn(txn, account, h.seq)
+			e, err := entryIn(txn, account, h.Seq)
 			if err != nil {
 				return err
 			}
 			if e == nil {
-				return fmt.Errorf("hold %x: entry %d missing", k, h.seq)
+				return fmt.Errorf("hold %x: entry %d missing", k, h.Seq)
 			}
-			out = append(out, OpenHold{Job: Hash(k[len(prefix):]), Provider: h.provider, Amount: h.amount, Seq: h.seq, Time: e.Time})
+			out = append(out, OpenHold{Job: ledger.Hash(k[len(prefix):]), Provider: h.Provider, Amount: h.Amount, Seq: h.Seq, Time: e.Time})
 		}
 		return nil
 	})

@@ -183,7 +183,7 @@ func (tn *Testnet) writeGenesis(swarmKey []byte) error {
 	}
 	g.Grants = append(g.Grants, tn.opts.Grants...)
 	for _, m := range tn.members {
-		if err := g.Save(filepath.Join(m.dir, node.GenesisFile)); err != nil {
+		if err := storage.SaveGenesis(filepath.Join(m.dir, node.GenesisFile), g); err != nil {
 			return fmt.Errorf("testnet: %w", err)
 		}
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mira-market/mira/node"
+	"github.com/mira-market/mira/protocol/parallel"
 	"github.com/mira-market/mira/storage"
 	"github.com/mira-market/mira/testnet"
 )
@@ -252,7 +253,7 @@ func benchSigs(raws [][]byte) ([]benchSig, error) {
 func verifyRate(calls, sigs int, verify func(i int) bool) (float64, error) {
 	var bad atomic.Int64
 	start := time.Now()
-	parallelFor(calls, func(i int) {
+	parallel.For(runtime.GOMAXPROCS(0), calls, func(i int) {
 		if !verify(i) {
 			bad.Add(1)
 		}
@@ -323,25 +324,6 @@ func ingestRate(raws [][]byte, grants []storage.GenesisGrant, synced bool) (floa
 		}
 	}
 	return float64(len(raws)) / time.Since(start).Seconds(), nil
-}
-
-// parallelFor calls f(0) … f(n-1) on every core, each core taking the
-// next index as it is free.
-func parallelFor(n int, f func(i int)) {
-	var wg sync.WaitGroup
-	var next atomic.Int64
-	for range runtime.GOMAXPROCS(0) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				f(i)
-			}
-		})
-	}
-	wg.Wait()
 }
 
 // benchReconcile fills two real nodes' ledgers with size entries each,

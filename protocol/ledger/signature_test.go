@@ -1,8 +1,7 @@
-package storage
+package ledger
 
 import (
 	"bytes"
-	"context"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
@@ -192,13 +191,13 @@ func TestSignatureSingleAndBatchAgree(t *testing.T) {
 	}
 	for name, idx := range batches {
 		t.Run(name, func(t *testing.T) {
-			cs := make([]*cand, len(idx))
+			cs := make([]*Candidate, len(idx))
 			for j, i := range idx {
-				cs[j] = &cand{e: cases[i].e}
+				cs[j] = &Candidate{Entry: cases[i].e}
 			}
-			verifyBatch(testNet, cs)
+			VerifyBatch(testNet, cs)
 			for j, i := range idx {
-				if got, want := errText(cs[j].err), errText(single[i]); got != want {
+				if got, want := errText(cs[j].Err), errText(single[i]); got != want {
 					t.Errorf("%s in batch: err %q, alone %q", cases[i].name, got, want)
 				}
 			}
@@ -239,84 +238,6 @@ func TestStdlibValidIsValid(t *testing.T) {
 			if err := tc.e.VerifySignature(testNet); err != nil {
 				t.Errorf("%s: crypto/ed25519 accepts it, VerifySignature: %v", tc.name, err)
 			}
-		}
-	}
-}
-
-// TestIngestManyBadSignatureInBatch hides one bad signature among valid
-// entries of several accounts, across several signature batches: only it
-// is refused, with the error VerifySignature gives it, and the rest is
-// stored.
-func TestIngestManyBadSignatureInBatch(t *testing.T) {
-	at := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	spoil := map[string]func(t *testing.T, c *chain, e Entry) Entry{
-		"forged signature": func(t *testing.T, c *chain, e Entry) Entry {
-			e.Signature = bytes.Clone(e.Signature)
-			e.Signature[40] ^= 0x80
-			return e
-		},
-		"signed for another network": func(t *testing.T, c *chain, e Entry) Entry {
-			if err := e.Sign("other", c.priv); err != nil {
-				t.Fatal(err)
-			}
-			return e
-		},
-		"signature of another entry": func(t *testing.T, c *chain, e Entry) Entry {
-			o := e
-			o.Body = c.leaseFor(t, c.id, job("other"), 1)
-			if err := o.Sign(testNet, c.priv); err != nil {
-				t.Fatal(err)
-			}
-			e.Signature = o.Signature
-			return e
-		},
-	}
-	for name, f := range spoil {
-		for _, workers := range []int{1, 2} {
-			t.Run(fmt.Sprintf("%s, %d workers", name, workers), func(t *testing.T) {
-				const accounts, perChain = 5, 40 // 200 entries: 4 batches
-				g := &Genesis{Network: testNet}
-				var chains []*chain
-				for a := range accounts {
-					c := newChain(t, fmt.Sprint("acct-", a), at)
-					chains = append(chains, c)
-					g.Grants = append(g.Grants, GenesisGrant{Peer: c.id, Amount: cycleGrant})
-				}
-				l := openTestLedger(t, g, newFakeClock().Now, WithVerifyWorkers(workers))
-				var raws [][]byte
-				var bad Entry
-				for a, c := range chains {
-					for seq := 1; seq <= perChain; seq++ {
-						body := cycleBody(c.id, seq)
-						if a == 2 && seq == perChain {
-							// The chain's last entry, so none waits on it.
-							bad = f(t, c, c.entry(t, body))
-							raws = append(raws, bad.Encode())
-							continue
-						}
-						raws = append(raws, c.next(t, body))
-					}
-				}
-				want := bad.VerifySignature(testNet)
-				if !errors.Is(want, ErrBadSignature) {
-					t.Fatalf("spoiled entry: VerifySignature = %v", want)
-				}
-				res, err := l.IngestMany(raws)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if len(res.Accepted) != len(raws)-1 || len(res.Rejected) != 1 || res.Pending != 0 {
-					t.Fatalf("accepted %d of %d, rejected %v, pending %d", len(res.Accepted), len(raws), res.Rejected, res.Pending)
-				}
-				r := res.Rejected[0]
-				if r.Account != bad.Account || r.Seq != bad.Seq || !errors.Is(r.Err, ErrBadSignature) || r.Err.Error() != want.Error() {
-					t.Fatalf("rejected %s seq %d: %v; want %s seq %d: %v", r.Account, r.Seq, r.Err, bad.Account, bad.Seq, want)
-				}
-				probs, err := l.Verify(context.Background())
-				if err != nil || len(probs) > 0 {
-					t.Fatalf("verify: %v, %v", probs, err)
-				}
-			})
 		}
 	}
 }

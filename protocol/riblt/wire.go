@@ -1,4 +1,4 @@
-package storage
+package riblt
 
 import (
 	"bytes"
@@ -18,82 +18,82 @@ import (
 //	         flags bit 0: last frame; each list strictly ascending
 //	abort    4 | reason                          1 too large, 2 protocol, 3 limit
 const (
-	// ReconcileMaxFrame bounds every frame, on encode and on decode.
-	ReconcileMaxFrame = 64 << 10
+	// MaxFrame bounds every frame, on encode and on decode.
+	MaxFrame = 64 << 10
 
-	rcMsgSymbols byte = 1
-	rcMsgRequest byte = 2
-	rcMsgDiff    byte = 3
-	rcMsgAbort   byte = 4
+	msgSymbols byte = 1
+	msgRequest byte = 2
+	msgDiff    byte = 3
+	msgAbort   byte = 4
 
-	rcFlagLast byte = 1
+	flagLast byte = 1
 
-	rcReasonTooLarge byte = 1
-	rcReasonProtocol byte = 2
-	rcReasonLimit    byte = 3
+	reasonTooLarge byte = 1
+	reasonProtocol byte = 2
+	reasonLimit    byte = 3
 
-	// rcSymbolMinSize and rcSymbolMaxSize bound one encoded symbol.
-	rcSymbolMinSize = 32 + 8 + 1
-	rcSymbolMaxSize = 32 + 8 + binary.MaxVarintLen64
-	// rcFrameOverhead bounds a frame's bytes other than its symbols or
+	// symbolMinSize and symbolMaxSize bound one encoded symbol.
+	symbolMinSize = 32 + 8 + 1
+	symbolMaxSize = 32 + 8 + binary.MaxVarintLen64
+	// frameOverhead bounds a frame's bytes other than its symbols or
 	// hashes: type, flags and up to two uvarints below 2^32.
-	rcFrameOverhead = 2 + 2*binary.MaxVarintLen32
-	// rcHashesPerFrame is how many hashes a diff frame carries at most.
-	rcHashesPerFrame = (ReconcileMaxFrame - rcFrameOverhead) / 32
+	frameOverhead = 2 + 2*binary.MaxVarintLen32
+	// hashesPerFrame is how many hashes a diff frame carries at most.
+	hashesPerFrame = (MaxFrame - frameOverhead) / 32
 )
 
-// rcMessage is a decoded frame; kind says which fields are meaningful.
-type rcMessage struct {
+// message is a decoded frame; kind says which fields are meaningful.
+type message struct {
 	kind       byte
 	from, to   uint64     // symbols: from; request: [from, to)
-	syms       []rcSymbol // symbols
+	syms       []symbol   // symbols
 	last       bool       // diff
 	have, want [][32]byte // diff: hashes the sender has that the receiver lacks, and the reverse
 	reason     byte       // abort
 }
 
-// rcEncode encodes m, refusing a frame over ReconcileMaxFrame.
-func rcEncode(m *rcMessage) ([]byte, error) {
+// encodeFrame encodes m, refusing a frame over MaxFrame.
+func encodeFrame(m *message) ([]byte, error) {
 	b := []byte{m.kind}
 	switch m.kind {
-	case rcMsgSymbols:
+	case msgSymbols:
 		b = binary.AppendUvarint(b, m.from)
 		b = binary.AppendUvarint(b, uint64(len(m.syms)))
 		for i := range m.syms {
-			b = rcAppendSymbol(b, &m.syms[i])
+			b = appendSymbol(b, &m.syms[i])
 		}
-	case rcMsgRequest:
+	case msgRequest:
 		b = binary.AppendUvarint(b, m.from)
 		b = binary.AppendUvarint(b, m.to)
-	case rcMsgDiff:
-		b = append(b, rcFlags(m.last))
-		b = rcAppendHashes(b, m.have)
-		b = rcAppendHashes(b, m.want)
-	case rcMsgAbort:
+	case msgDiff:
+		b = append(b, flagsOf(m.last))
+		b = appendHashes(b, m.have)
+		b = appendHashes(b, m.want)
+	case msgAbort:
 		b = append(b, m.reason)
 	default:
-		return nil, fmt.Errorf("%w: encode unknown type %d", ErrReconcileFrame, m.kind)
+		return nil, fmt.Errorf("%w: encode unknown type %d", ErrFrame, m.kind)
 	}
-	if len(b) > ReconcileMaxFrame {
-		return nil, fmt.Errorf("%w: frame of %d bytes over %d", ErrReconcileFrame, len(b), ReconcileMaxFrame)
+	if len(b) > MaxFrame {
+		return nil, fmt.Errorf("%w: frame of %d bytes over %d", ErrFrame, len(b), MaxFrame)
 	}
 	return b, nil
 }
 
-func rcFlags(last bool) byte {
+func flagsOf(last bool) byte {
 	if last {
-		return rcFlagLast
+		return flagLast
 	}
 	return 0
 }
 
-// rcSymbolSize is the encoded size of s, so frames can be packed to the limit.
-func rcSymbolSize(s *rcSymbol) int {
+// symbolSize is the encoded size of s, so frames can be packed to the limit.
+func symbolSize(s *symbol) int {
 	var tmp [binary.MaxVarintLen64]byte
 	return 40 + binary.PutVarint(tmp[:], s.count)
 }
 
-func rcAppendSymbol(b []byte, s *rcSymbol) []byte {
+func appendSymbol(b []byte, s *symbol) []byte {
 	for _, w := range s.sum {
 		b = binary.LittleEndian.AppendUint64(b, w)
 	}
@@ -101,7 +101,7 @@ func rcAppendSymbol(b []byte, s *rcSymbol) []byte {
 	return binary.AppendVarint(b, s.count)
 }
 
-func rcAppendHashes(b []byte, hs [][32]byte) []byte {
+func appendHashes(b []byte, hs [][32]byte) []byte {
 	b = binary.AppendUvarint(b, uint64(len(hs)))
 	for i := range hs {
 		b = append(b, hs[i][:]...)
@@ -109,23 +109,23 @@ func rcAppendHashes(b []byte, hs [][32]byte) []byte {
 	return b
 }
 
-// rcDecode decodes one frame strictly.
-func rcDecode(b []byte) (rcMessage, error) {
-	if len(b) == 0 || len(b) > ReconcileMaxFrame {
-		return rcMessage{}, fmt.Errorf("%w: frame of %d bytes", ErrReconcileFrame, len(b))
+// decodeFrame decodes one frame strictly.
+func decodeFrame(b []byte) (message, error) {
+	if len(b) == 0 || len(b) > MaxFrame {
+		return message{}, fmt.Errorf("%w: frame of %d bytes", ErrFrame, len(b))
 	}
-	r := rcReader{b: b[1:]}
-	m := rcMessage{kind: b[0]}
+	r := frameReader{b: b[1:]}
+	m := message{kind: b[0]}
 	switch m.kind {
-	case rcMsgSymbols:
+	case msgSymbols:
 		r.symbols(&m)
-	case rcMsgRequest:
+	case msgRequest:
 		r.request(&m)
-	case rcMsgDiff:
+	case msgDiff:
 		r.diff(&m)
-	case rcMsgAbort:
+	case msgAbort:
 		m.reason = r.byte()
-		if r.err == nil && (m.reason < rcReasonTooLarge || m.reason > rcReasonLimit) {
+		if r.err == nil && (m.reason < reasonTooLarge || m.reason > reasonLimit) {
 			r.fail("unknown abort reason %d", m.reason)
 		}
 	default:
@@ -135,25 +135,25 @@ func rcDecode(b []byte) (rcMessage, error) {
 		r.fail("%d trailing bytes", len(r.b))
 	}
 	if r.err != nil {
-		return rcMessage{}, r.err
+		return message{}, r.err
 	}
 	return m, nil
 }
 
-// rcReader consumes a frame's body; the first error sticks and later reads
+// frameReader consumes a frame's body; the first error sticks and later reads
 // return zero values.
-type rcReader struct {
+type frameReader struct {
 	b   []byte
 	err error
 }
 
-func (r *rcReader) fail(format string, args ...any) {
+func (r *frameReader) fail(format string, args ...any) {
 	if r.err == nil {
-		r.err = fmt.Errorf("%w: "+format, append([]any{ErrReconcileFrame}, args...)...)
+		r.err = fmt.Errorf("%w: "+format, append([]any{ErrFrame}, args...)...)
 	}
 }
 
-func (r *rcReader) byte() byte {
+func (r *frameReader) byte() byte {
 	if r.err != nil || len(r.b) == 0 {
 		r.fail("truncated")
 		return 0
@@ -164,7 +164,7 @@ func (r *rcReader) byte() byte {
 }
 
 // uvarint reads a canonical (shortest-form) uvarint.
-func (r *rcReader) uvarint() uint64 {
+func (r *frameReader) uvarint() uint64 {
 	if r.err != nil {
 		return 0
 	}
@@ -178,7 +178,7 @@ func (r *rcReader) uvarint() uint64 {
 }
 
 // varint reads a canonical zigzag varint.
-func (r *rcReader) varint() int64 {
+func (r *frameReader) varint() int64 {
 	if r.err != nil {
 		return 0
 	}
@@ -193,7 +193,7 @@ func (r *rcReader) varint() int64 {
 
 // count reads a uvarint count of elements of at least minSize bytes each,
 // refusing one the rest of the frame cannot hold.
-func (r *rcReader) count(minSize int) int {
+func (r *frameReader) count(minSize int) int {
 	n := r.uvarint()
 	if r.err == nil && n > uint64(len(r.b)/minSize) {
 		r.fail("count %d exceeds frame", n)
@@ -202,7 +202,7 @@ func (r *rcReader) count(minSize int) int {
 	return int(n)
 }
 
-func (r *rcReader) fixed(n int) []byte {
+func (r *frameReader) fixed(n int) []byte {
 	if r.err != nil || len(r.b) < n {
 		r.fail("truncated")
 		return nil
@@ -212,16 +212,16 @@ func (r *rcReader) fixed(n int) []byte {
 	return p
 }
 
-func (r *rcReader) symbols(m *rcMessage) {
+func (r *frameReader) symbols(m *message) {
 	m.from = r.uvarint()
-	n := r.count(rcSymbolMinSize)
-	if r.err == nil && (n == 0 || m.from > MaxReconcileCapacity || uint64(n) > MaxReconcileCapacity-m.from) {
+	n := r.count(symbolMinSize)
+	if r.err == nil && (n == 0 || m.from > MaxCapacity || uint64(n) > MaxCapacity-m.from) {
 		r.fail("symbols [%d, +%d) out of range", m.from, n)
 	}
 	if r.err != nil {
 		return
 	}
-	m.syms = make([]rcSymbol, n)
+	m.syms = make([]symbol, n)
 	for i := range m.syms {
 		s := &m.syms[i]
 		p := r.fixed(40)
@@ -236,30 +236,30 @@ func (r *rcReader) symbols(m *rcMessage) {
 	}
 }
 
-func (r *rcReader) request(m *rcMessage) {
+func (r *frameReader) request(m *message) {
 	m.from = r.uvarint()
 	m.to = r.uvarint()
-	if r.err == nil && (m.from >= m.to || m.to > MaxReconcileCapacity) {
+	if r.err == nil && (m.from >= m.to || m.to > MaxCapacity) {
 		r.fail("request [%d, %d) out of range", m.from, m.to)
 	}
 }
 
-func (r *rcReader) diff(m *rcMessage) {
+func (r *frameReader) diff(m *message) {
 	switch flags := r.byte(); {
 	case r.err != nil:
 		return
-	case flags&^rcFlagLast != 0:
+	case flags&^flagLast != 0:
 		r.fail("unknown flags %#x", flags)
 		return
 	default:
-		m.last = flags == rcFlagLast
+		m.last = flags == flagLast
 	}
 	m.have = r.hashes()
 	m.want = r.hashes()
 }
 
 // hashes reads a strictly ascending list of hashes.
-func (r *rcReader) hashes() [][32]byte {
+func (r *frameReader) hashes() [][32]byte {
 	n := r.count(32)
 	if r.err != nil || n == 0 {
 		return nil

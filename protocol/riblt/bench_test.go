@@ -1,4 +1,4 @@
-package storage
+package riblt
 
 import (
 	"fmt"
@@ -6,21 +6,21 @@ import (
 	"testing"
 )
 
-// BenchmarkReconcile times one session between two sets of N entries that
+// BenchmarkSession times one session between two sets of N entries that
 // differ by 100 (50 on each side), from the snapshots to both sides knowing
 // the difference; building the sets is not timed. Sessions cycle through 8
 // different differences so that the figures are averages.
-func BenchmarkReconcile(b *testing.B) {
+func BenchmarkSession(b *testing.B) {
 	for _, n := range []struct {
 		name string
 		n    int
 	}{{"N=1e4", 1e4}, {"N=1e5", 1e5}, {"N=1e6", 1e6}} {
 		b.Run(n.name, func(b *testing.B) {
-			pairs := rcBenchPairs(n.n-50, 50, 8)
+			pairs := benchPairs(n.n-50, 50, 8)
 			var bytes, trips, syms, sessions int
 			for b.Loop() {
 				p := pairs[sessions%len(pairs)]
-				r := rcRun(p.a.Snapshot(), p.b.Snapshot(), ReconcileConfig{})
+				r := run(p.a.Snapshot(), p.b.Snapshot(), Config{})
 				if r.err != nil {
 					b.Fatal(r.err)
 				}
@@ -37,15 +37,15 @@ func BenchmarkReconcile(b *testing.B) {
 	}
 }
 
-// rcBenchPairs returns k pairs of sets sharing the same `shared` entries,
+// benchPairs returns k pairs of sets sharing the same `shared` entries,
 // each side with `each` entries of its own (snapshots of one base pair).
-func rcBenchPairs(shared, each, k int) []*rcFixture {
-	base := newRcFixture(1, 0, shared, 0, 0)
+func benchPairs(shared, each, k int) []*fixture {
+	base := newFixture(1, 0, shared, 0, 0)
 	rng := rand.New(rand.NewPCG(2, 3))
-	pairs := make([]*rcFixture, k)
+	pairs := make([]*fixture, k)
 	for i := range pairs {
-		p := &rcFixture{a: base.a.Snapshot(), b: base.b.Snapshot()}
-		for j, h := range rcRandHashes(rng, 2*each) {
+		p := &fixture{a: base.a.Snapshot(), b: base.b.Snapshot()}
+		for j, h := range randHashes(rng, 2*each) {
 			if j%2 == 0 {
 				p.a.Add(h)
 			} else {
@@ -57,12 +57,12 @@ func rcBenchPairs(shared, each, k int) []*rcFixture {
 	return pairs
 }
 
-// BenchmarkReconcileBuild times building a ReconcileSet of 10^6 entries from
+// BenchmarkBuild times building a Set of 10^6 entries from
 // scratch (what a node does once at start, reading its ledger).
-func BenchmarkReconcileBuild(b *testing.B) {
-	hs := rcRandHashes(rand.New(rand.NewPCG(1, 1)), 1e6)
+func BenchmarkBuild(b *testing.B) {
+	hs := randHashes(rand.New(rand.NewPCG(1, 1)), 1e6)
 	for b.Loop() {
-		s := NewReconcileSet(0)
+		s := NewSet(0)
 		for _, h := range hs {
 			s.Add(h)
 		}
@@ -70,19 +70,19 @@ func BenchmarkReconcileBuild(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/1e6, "ns/add")
 }
 
-// BenchmarkReconcileAdd times adding one entry to a live set: alone, and
+// BenchmarkAdd times adding one entry to a live set: alone, and
 // beside sessions, as a node does: a snapshot taken every 100 adds, its
 // first 256 symbols read, and released 50 adds later.
-func BenchmarkReconcileAdd(b *testing.B) {
+func BenchmarkAdd(b *testing.B) {
 	for _, every := range []int{0, 100} {
 		b.Run(fmt.Sprintf("snapshotEvery=%d", every), func(b *testing.B) {
 			rng := rand.New(rand.NewPCG(2, 2))
-			s := NewReconcileSet(0)
-			for _, h := range rcRandHashes(rng, 1e4) {
+			s := NewSet(0)
+			for _, h := range randHashes(rng, 1e4) {
 				s.Add(h)
 			}
-			hs := rcRandHashes(rng, 1<<16)
-			var snap *ReconcileSet
+			hs := randHashes(rng, 1<<16)
+			var snap *Set
 			i := 0
 			for b.Loop() {
 				switch {

@@ -1,16 +1,16 @@
-package storage
+package riblt
 
 import (
 	"fmt"
 	"math"
 )
 
-// rcPeeler decodes a symmetric difference from a peer's coded symbols,
+// peeler decodes a symmetric difference from a peer's coded symbols,
 // received as a growing prefix, against the local set.
-type rcPeeler struct {
-	local  *ReconcileSet
-	syms   []rcSymbol             // peer's symbols minus local ones, peeled so far
-	rec    []rcRecovered          // items recovered, in order
+type peeler struct {
+	local  *Set
+	syms   []symbol               // peer's symbols minus local ones, peeled so far
+	rec    []recovered            // items recovered, in order
 	seen   map[[4]uint64]struct{} // recovered sums, to refuse an item twice
 	queue  []int                  // symbols that may be pure
 	queued []bool                 // queued[j]: j is in queue (at most once)
@@ -24,22 +24,22 @@ type rcPeeler struct {
 	estN   int
 }
 
-// rcRecovered is an item recovered by peeling, with where its walk stopped:
+// recovered is an item recovered by peeling, with where its walk stopped:
 // symbols that arrive later still hold it and must be cleaned.
-type rcRecovered struct {
+type recovered struct {
 	sum   [4]uint64
 	check uint64
 	sign  int64 // +1: only the peer has it; −1: only we have it
-	m     rcMapping
+	m     mapping
 }
 
-func newRcPeeler(local *ReconcileSet, budget int) *rcPeeler {
-	return &rcPeeler{local: local, seen: make(map[[4]uint64]struct{}), budget: budget}
+func newPeeler(local *Set, budget int) *peeler {
+	return &peeler{local: local, seen: make(map[[4]uint64]struct{}), budget: budget}
 }
 
 // add takes the peer's next symbols (which extend the prefix received so far)
 // and peels as far as they allow.
-func (p *rcPeeler) add(batch []rcSymbol) error {
+func (p *peeler) add(batch []symbol) error {
 	start := len(p.syms)
 	if start+len(batch) > p.local.Capacity() {
 		return fmt.Errorf("%w: symbols past local capacity %d", ErrDifferenceTooLarge, p.local.Capacity())
@@ -65,7 +65,7 @@ func (p *rcPeeler) add(batch []rcSymbol) error {
 }
 
 // peel recovers items from pure symbols until none is left.
-func (p *rcPeeler) peel() error {
+func (p *peeler) peel() error {
 	for len(p.queue) > 0 {
 		j := p.queue[len(p.queue)-1]
 		p.queue = p.queue[:len(p.queue)-1]
@@ -77,13 +77,13 @@ func (p *rcPeeler) peel() error {
 		if _, dup := p.seen[s.sum]; dup {
 			// Impossible with honest symbols: a recovered item was removed
 			// from every symbol it maps to.
-			return fmt.Errorf("%w: item recovered twice", ErrReconcileProtocol)
+			return fmt.Errorf("%w: item recovered twice", ErrProtocol)
 		}
 		if len(p.rec) >= len(p.syms) {
-			return fmt.Errorf("%w: more items than symbols", ErrReconcileProtocol)
+			return fmt.Errorf("%w: more items than symbols", ErrProtocol)
 		}
 		p.seen[s.sum] = struct{}{}
-		p.rec = append(p.rec, rcRecovered{sum: s.sum, check: s.check, sign: s.count, m: newRcMapping(s.check)})
+		p.rec = append(p.rec, recovered{sum: s.sum, check: s.check, sign: s.count, m: newMapping(s.check)})
 		if err := p.walk(&p.rec[len(p.rec)-1]); err != nil {
 			return err
 		}
@@ -93,10 +93,10 @@ func (p *rcPeeler) peel() error {
 
 // walk removes a recovered item from the symbols received so far that it maps
 // to and not yet removed from, queueing those it leaves pure.
-func (p *rcPeeler) walk(r *rcRecovered) error {
+func (p *peeler) walk(r *recovered) error {
 	for ; r.m.idx < uint64(len(p.syms)); r.m.next() {
 		if p.work++; p.work > p.budget {
-			return fmt.Errorf("%w: peeling work over %d", ErrReconcileLimit, p.budget)
+			return fmt.Errorf("%w: peeling work over %d", ErrLimit, p.budget)
 		}
 		t := &p.syms[r.m.idx]
 		t.xor(&r.sum, r.check)
@@ -107,7 +107,7 @@ func (p *rcPeeler) walk(r *rcRecovered) error {
 }
 
 // push queues symbol j if it is pure and not queued yet.
-func (p *rcPeeler) push(j int) {
+func (p *peeler) push(j int) {
 	if !p.queued[j] && p.syms[j].pure() {
 		p.queued[j] = true
 		p.queue = append(p.queue, j)
@@ -116,15 +116,15 @@ func (p *rcPeeler) push(j int) {
 
 // done reports whether the whole difference is recovered: every item maps to
 // symbol 0, so it is empty once all are peeled.
-func (p *rcPeeler) done() bool {
+func (p *peeler) done() bool {
 	return len(p.syms) > 0 && p.syms[0].empty()
 }
 
 // result splits the recovered items into those only the peer has and those
 // only we have.
-func (p *rcPeeler) result() (peerOnly, localOnly [][32]byte) {
+func (p *peeler) result() (peerOnly, localOnly [][32]byte) {
 	for i := range p.rec {
-		h := rcHash(&p.rec[i].sum)
+		h := hashOf(&p.rec[i].sum)
 		if p.rec[i].sign > 0 {
 			peerOnly = append(peerOnly, h)
 		} else {
@@ -140,7 +140,7 @@ func (p *rcPeeler) result() (peerOnly, localOnly [][32]byte) {
 // E[c²] = d·ρ(1−ρ) + δ²ρ² where δ, the count of symbol 0, is exact. Each
 // symbol thus gives an unbiased estimate of d; their mean is good to ~25%
 // from 32 symbols, for any d, long before peeling can start.
-func (p *rcPeeler) observe(j int, c int64) {
+func (p *peeler) observe(j int, c int64) {
 	if j == 0 {
 		p.delta = c
 		return
@@ -153,7 +153,7 @@ func (p *rcPeeler) observe(j int, c int64) {
 
 // estimate is the estimated size of the difference: at least |δ| and the
 // number of items recovered so far.
-func (p *rcPeeler) estimate() float64 {
+func (p *peeler) estimate() float64 {
 	d := math.Abs(float64(p.delta))
 	if p.estN > 0 {
 		d = max(d, p.estSum/float64(p.estN))

@@ -1,4 +1,4 @@
-package storage
+package ledger
 
 import (
 	"crypto/ed25519"
@@ -60,7 +60,7 @@ func (g LeaseGrant) signingBytes(network string) []byte {
 // Sign returns the grant signed with priv, the requester's Ed25519 key,
 // for network.
 func (g LeaseGrant) Sign(network string, priv crypto.PrivKey) ([]byte, error) {
-	id, err := accountOf(priv)
+	id, err := AccountOf(priv)
 	if err != nil {
 		return nil, err
 	}

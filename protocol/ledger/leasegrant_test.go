@@ -1,4 +1,4 @@
-package storage
+package ledger
 
 import (
 	"bytes"
@@ -93,7 +93,8 @@ func BenchmarkLeaseGrant(b *testing.B) {
 // grants: a proof is about the account's signatures (a ledger stored
 // before grants holds leases of version 1, which have none).
 func TestFraudProofNeedsOnlyTheAccountsSignatures(t *testing.T) {
-	env := newLedgerEnv(t)
+	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	env := struct{ a, p *chain }{newChain(t, "a", at), newChain(t, "p", at)}
 	fork := *env.p
 	good := env.p.next(t, env.a.leaseFor(t, env.p.id, job("1"), 1))
 	forged := fork.next(t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 2, Attempt: 1, Grant: make([]byte, GrantSize)})
@@ -102,7 +103,7 @@ func TestFraudProofNeedsOnlyTheAccountsSignatures(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, other := range map[string][]byte{"a forged grant": forged, "a lease of version 1": old.Encode()} {
-		if who, err := newFraudProof(good, other).Verify(testNet); err != nil || who != env.p.id {
+		if who, err := NewFraudProof(good, other).Verify(testNet); err != nil || who != env.p.id {
 			t.Errorf("%s: proof against %s, %v", name, who, err)
 		}
 	}
@@ -110,7 +111,7 @@ func TestFraudProofNeedsOnlyTheAccountsSignatures(t *testing.T) {
 	e, _ := DecodeEntry(forged)
 	e.Signature = bytes.Clone(e.Signature)
 	e.Signature[0] ^= 1
-	if _, err := newFraudProof(good, e.Encode()).Verify(testNet); !errors.Is(err, ErrBadFraudProof) {
+	if _, err := NewFraudProof(good, e.Encode()).Verify(testNet); !errors.Is(err, ErrBadFraudProof) {
 		t.Fatalf("proof with a forged entry signature: err = %v", err)
 	}
 }

@@ -1,0 +1,150 @@
+package ledger
+
+import (
+	"container/list"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Candidate is an entry on its way in: its bytes, decoded form, hash, and the
+// outcome of decoding and signature checking.
+type Candidate struct {
+	Raw   []byte
+	Entry Entry
+	Hash  Hash
+	Err   error // decoding or signature error
+	// WaitErr is why the entry waits (ErrGap, ErrOverdraft or
+	// ErrUnfunded, wrapped: see Waits).
+	WaitErr error
+	elem    *list.Element // in Pending.order while pending
+}
+
+// Pending holds entries that cannot be stored yet (predecessor missing,
+// a hold waiting for funds, a lease waiting for its hold), with signatures
+// already checked. It keeps
+// at most max entries; adding beyond that drops the oldest. It is memory
+// only: what it loses, reconciliation brings again.
+//
+// It is indexed by what can unblock an entry, so that a write retries only
+// the entries its own entries may have unblocked (storage's run.wakes): any
+// entry by its account (a later entry of the account, its predecessor),
+// and a lease also by the requester and job whose hold would back it. A
+// hold waiting for funds is found by its account, which a payment names.
+type Pending struct {
+	max   int
+	order *list.List // of *Candidate, oldest first
+	slots map[peer.ID]map[uint64]*Candidate
+	// leases counts, for each hold a pending lease needs (requester, job),
+	// the pending leases of each provider.
+	leases map[holdSlot]map[peer.ID]int
+}
+
+// holdSlot names the holds of a requester's job.
+type holdSlot struct {
+	requester peer.ID
+	job       Hash
+}
+
+// NewPending returns a buffer that keeps at most max entries (none if
+// max ≤ 0).
+func NewPending(max int) Pending {
+	return Pending{max: max, order: list.New(), slots: make(map[peer.ID]map[uint64]*Candidate),
+		leases: make(map[holdSlot]map[peer.ID]int)}
+}
+
+// Len is how many entries wait.
+func (p *Pending) Len() int { return p.order.Len() }
+
+// Has reports whether the account has pending entries.
+func (p *Pending) Has(id peer.ID) bool { return len(p.slots[id]) > 0 }
+
+// LeasesAwaiting calls f with each provider that has a pending lease of
+// requester's job.
+func (p *Pending) LeasesAwaiting(requester peer.ID, job Hash, f func(provider peer.ID)) {
+	for id := range p.leases[holdSlot{requester, job}] {
+		f(id)
+	}
+}
+
+// index adds c to (d = 1) or drops it from (d = −1) the lease index.
+func (p *Pending) index(c *Candidate, d int) {
+	b, ok := c.Entry.Body.(LeaseBody)
+	if !ok {
+		return
+	}
+	slot := holdSlot{b.Requester, b.Job}
+	providers := p.leases[slot]
+	if providers == nil {
+		providers = make(map[peer.ID]int)
+		p.leases[slot] = providers
+	}
+	if providers[c.Entry.Account] += d; providers[c.Entry.Account] <= 0 {
+		delete(providers, c.Entry.Account)
+		if len(providers) == 0 {
+			delete(p.leases, slot)
+		}
+	}
+}
+
+// Get returns the pending copy of c (the same entry), or nil.
+func (p *Pending) Get(c *Candidate) *Candidate {
+	if o, ok := p.slots[c.Entry.Account][c.Entry.Seq]; ok && o.Hash == c.Hash {
+		return o
+	}
+	return nil
+}
+
+// Add keeps c. Of two different entries for one slot, the first stays;
+// the other comes again later and is then caught as an equivocation.
+func (p *Pending) Add(c *Candidate) {
+	if p.max <= 0 {
+		return
+	}
+	slots := p.slots[c.Entry.Account]
+	if slots == nil {
+		slots = make(map[uint64]*Candidate)
+		p.slots[c.Entry.Account] = slots
+	}
+	if _, taken := slots[c.Entry.Seq]; taken {
+		return
+	}
+	slots[c.Entry.Seq] = c
+	c.elem = p.order.PushBack(c)
+	p.index(c, 1)
+	for p.order.Len() > p.max {
+		p.remove(p.order.Front().Value.(*Candidate))
+	}
+}
+
+func (p *Pending) remove(c *Candidate) {
+	if c.elem == nil {
+		return
+	}
+	p.order.Remove(c.elem)
+	c.elem = nil
+	p.index(c, -1)
+	slots := p.slots[c.Entry.Account]
+	delete(slots, c.Entry.Seq)
+	if len(slots) == 0 {
+		delete(p.slots, c.Entry.Account)
+	}
+}
+
+// Pop removes and returns the account's pending entry for seq next (the
+// seq the account needs), or nil. A pending entry for a seq the account
+// has already passed stays until the bound pushes it out.
+func (p *Pending) Pop(id peer.ID, next uint64) *Candidate {
+	c, ok := p.slots[id][next]
+	if !ok {
+		return nil
+	}
+	p.remove(c)
+	return c
+}
+
+// DropAccount forgets the account's pending entries.
+func (p *Pending) DropAccount(id peer.ID) {
+	for _, c := range p.slots[id] {
+		p.remove(c)
+	}
+}

@@ -1,0 +1,145 @@
+package ledger
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// State is the ledger state the rules read and change (Rules.Apply): the
+// live one over storage's Badger transaction, and MemState, in memory,
+// for a replay.
+type State interface {
+	// Account returns the account's state for changing in place; a new
+	// account reads as the zero state.
+	Account(id peer.ID) (*AccountState, error)
+	Hold(id peer.ID, job Hash) (HoldRecord, bool, error)
+	PutHold(id peer.ID, job Hash, h HoldRecord) error
+	DeleteHold(id peer.ID, job Hash) error
+	Paid(id peer.ID, job Hash) (bool, error)
+	PutPaid(id peer.ID, job Hash, seq uint64) error
+	// Funding returns how many holds requester has ever written for job
+	// naming provider ("" for none), open or closed since: a lease needs
+	// a hold, and a hold paid or released before the lease reached this
+	// node backed it all the same.
+	Funding(requester peer.ID, job Hash, provider peer.ID) (uint64, error)
+	PutFunding(requester peer.ID, job Hash, provider peer.ID, n uint64) error
+	Leases(provider peer.ID, job Hash) (LeaseRecord, error)
+	PutLeases(provider peer.ID, job Hash, r LeaseRecord) error
+}
+
+// AccountState is the derived state of one account (storage keeps its
+// record under ledger/acct/<account>).
+type AccountState struct {
+	LastSeq  uint64
+	LastHash Hash
+	LastTime int64 // Unix nanoseconds of entry LastSeq
+	Balance  uint64
+	Held     uint64
+	Granted  uint64
+	Frozen   bool
+	// Paced is the account's rate limit state (RateLimit): the entry
+	// time, in Unix nanoseconds, by which its bucket would be full again.
+	Paced uint64
+}
+
+// The size of an account record: format 1's (version 1) and then Paced
+// (version 2).
+const (
+	AccountStateLenV1 = 1 + 8 + 32 + 8 + 8 + 8 + 8 + 1
+	AccountStateLen   = AccountStateLenV1 + 8
+)
+
+// Encode returns the account's record, of version 2.
+func (a AccountState) Encode() []byte {
+	out := make([]byte, 0, AccountStateLen)
+	out = append(out, 2)
+	out = binary.BigEndian.AppendUint64(out, a.LastSeq)
+	out = append(out, a.LastHash[:]...)
+	out = binary.BigEndian.AppendUint64(out, uint64(a.LastTime))
+	out = binary.BigEndian.AppendUint64(out, a.Balance)
+	out = binary.BigEndian.AppendUint64(out, a.Held)
+	out = binary.BigEndian.AppendUint64(out, a.Granted)
+	frozen := byte(0)
+	if a.Frozen {
+		frozen = 1
+	}
+	out = append(out, frozen)
+	return binary.BigEndian.AppendUint64(out, a.Paced)
+}
+
+// DecodeAccountState reads an account record of version 2.
+func DecodeAccountState(b []byte) (AccountState, error) {
+	a, err := DecodeAccountStateAny(b)
+	if err == nil && b[0] != 2 {
+		err = fmt.Errorf("%w: account record of version %d", ErrMalformed, b[0])
+	}
+	return a, err
+}
+
+// DecodeAccountStateAny reads an account record of this format (version
+// 2) or of the last (version 1, without Paced), for storage's upgrade.
+func DecodeAccountStateAny(b []byte) (AccountState, error) {
+	switch {
+	case len(b) == AccountStateLenV1 && b[0] == 1:
+	case len(b) == AccountStateLen && b[0] == 2:
+	default:
+		return AccountState{}, fmt.Errorf("%w: account record", ErrMalformed)
+	}
+	r := reader{b: b[1:]}
+	a := AccountState{LastSeq: r.u64(), LastHash: r.hash(), LastTime: int64(r.u64()),
+		Balance: r.u64(), Held: r.u64(), Granted: r.u64()}
+	switch r.u8() {
+	case 0:
+	case 1:
+		a.Frozen = true
+	default:
+		return AccountState{}, fmt.Errorf("%w: account record", ErrMalformed)
+	}
+	if b[0] == 2 {
+		a.Paced = r.u64()
+	}
+	return a, r.end()
+}
+
+// HoldRecord is an open hold (storage keeps it under
+// ledger/hold/<account>/<job>).
+type HoldRecord struct {
+	Provider peer.ID
+	Amount   uint64
+	Seq      uint64 // the hold entry's seq
+}
+
+// Encode returns the hold's record.
+func (h HoldRecord) Encode() []byte {
+	out := appendField(nil, []byte(h.Provider))
+	out = binary.BigEndian.AppendUint64(out, h.Amount)
+	return binary.BigEndian.AppendUint64(out, h.Seq)
+}
+
+// DecodeHoldRecord reads a hold's record.
+func DecodeHoldRecord(b []byte) (HoldRecord, error) {
+	r := reader{b: b}
+	h := HoldRecord{Provider: r.optionalPeer(), Amount: r.u64(), Seq: r.u64()}
+	return h, r.end()
+}
+
+// LeaseRecord counts a provider's records of one job (storage keeps it
+// under ledger/lease/<provider>/<job>): the leases it wrote, and the
+// receipts, each of which used up one lease.
+type LeaseRecord struct {
+	Leases, Receipts uint64
+}
+
+// Encode returns the record.
+func (r LeaseRecord) Encode() []byte {
+	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, r.Leases), r.Receipts)
+}
+
+// DecodeLeaseRecord reads a lease record.
+func DecodeLeaseRecord(b []byte) (LeaseRecord, error) {
+	r := reader{b: b}
+	l := LeaseRecord{Leases: r.u64(), Receipts: r.u64()}
+	return l, r.end()
+}
