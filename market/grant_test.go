@@ -41,11 +41,11 @@ func TestAwardWithoutValidGrantIsDeclined(t *testing.T) {
 			req := s.rogue()
 			offer := s.offerFor(req, 1, s.now.Add(time.Minute), noopSpec(1))
 			s.engines[p].Step(s.now, offer)
-			s.engines[p].Ready()
+			take(s.engines[p])
 			s.engines[p].Step(s.now, s.sign(req, &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
 				JobId: offer.Job[:], Provider: []byte(p), Price: 10, Attempt: 1, Grant: tc.grant,
 			}}}))
-			r := s.engines[p].Ready()
+			r := take(s.engines[p])
 			if len(checked) != 1 || checked[0] != offer.Job {
 				t.Fatalf("grant checked for %v", checked)
 			}

@@ -39,7 +39,7 @@ func bidOf(j *Job, p peer.ID, price uint64) *pb.MarketMessage {
 // step feeds one signed message to an engine and returns its Ready.
 func (s *sim) step(to, from peer.ID, m *pb.MarketMessage) Ready {
 	s.engines[to].Step(s.now, s.sign(from, m))
-	return s.engines[to].Ready()
+	return take(s.engines[to])
 }
 
 // A job takes declines only from providers asked about its round, one per
@@ -228,11 +228,11 @@ func TestAwardPassesTheRulesOfABid(t *testing.T) {
 				tc.before(s, p, req)
 			}
 			leases := s.engines[p].ActiveLeases()
-			s.engines[p].Ready()
+			take(s.engines[p])
 			s.engines[p].Step(s.now.Add(tc.late), s.sign(req, &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
 				JobId: offer.Job[:], Provider: []byte(p), Price: tc.price, Attempt: 1,
 			}}}))
-			r := s.engines[p].Ready()
+			r := take(s.engines[p])
 			if len(r.Send) != 1 {
 				t.Fatalf("%d replies to the award", len(r.Send))
 			}
@@ -298,14 +298,14 @@ func TestOfferFloodStaysWithinBudget(t *testing.T) {
 		o := unsignedOffer(t, from[i%requesters], t0, []string{pad, pad})
 		e.Step(t0, o)
 		if i%64 == 0 {
-			e.Ready() // the bids go out
+			take(e) // the bids go out
 		}
 		if i == 0 {
 			first = o
 		}
 		last = o
 	}
-	e.Ready()
+	take(e)
 	growth := int64(liveHeap()) - int64(base)
 	kept, bytes := e.OfferMemory()
 	t.Logf("%d offers remembered in %d KiB; heap grew by %d KiB", kept, bytes>>10, growth>>10)
@@ -321,7 +321,7 @@ func TestOfferFloodStaysWithinBudget(t *testing.T) {
 		e.Step(t0, &protocol.Signed{Signer: o.Signer, Job: o.Job, Msg: &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
 			JobId: o.Job[:], Provider: []byte("provider"), Price: 10, Attempt: 1,
 		}}}})
-		return e.Ready().Send[0].Msg
+		return take(e).Send[0].Msg
 	}
 	if m := award(first); m.GetDecline().GetReason() != ReasonUnknownJob {
 		t.Fatalf("the oldest offer's award: %v, want it forgotten", m.Body)
@@ -426,11 +426,11 @@ func TestRepeatedAwardIsIgnored(t *testing.T) {
 		JobId: offer.Job[:], Provider: []byte(p), Price: 10, Attempt: 1,
 	}}})
 	s.engines[p].Step(s.now, award)
-	if r := s.engines[p].Ready(); len(r.Run) != 1 {
+	if r := take(s.engines[p]); len(r.Run) != 1 {
 		t.Fatalf("the award started %d runs", len(r.Run))
 	}
 	s.engines[p].Step(s.now, award)
-	if r := s.engines[p].Ready(); !r.Empty() {
+	if r := take(s.engines[p]); !r.Empty() {
 		t.Fatalf("the repeated award asked for work: %+v", r)
 	}
 }
@@ -479,7 +479,7 @@ func acceptThenPreempt(self peer.ID, attempt *uint32) func([]byte) []*pb.MarketM
 // deadline an hour away, without delivering anything yet.
 func (s *sim) submitQuiet(req peer.ID, candidates ...peer.ID) *Job {
 	spec := &pb.JobSpec{Executor: "noop", Tier: protocol.TierInteractive, MaxPrice: 50, MaxDurationMs: 1000, Resources: &pb.Resources{Gpus: 1}}
-	return s.engines[req].Submit(s.now, s.offerFor(req, 0, s.now.Add(time.Hour), spec), candidates)
+	return s.engines[req].Submit(s.now, s.offerFor(req, 0, s.now.Add(time.Hour), spec), records(candidates))
 }
 
 // runFor advances the clock by up to d, from one time an engine has work
@@ -614,7 +614,7 @@ func TestOfferFloodDoesNotEvictAnHonestRequestersOffer(t *testing.T) {
 	honest := s.rogue()
 	offer := s.offerFor(honest, 1, s.now.Add(time.Minute), noopSpec(1))
 	s.engines[p].Step(s.now, offer)
-	if b := s.engines[p].Ready().Send[0].Msg.GetBid(); b == nil {
+	if b := take(s.engines[p]).Send[0].Msg.GetBid(); b == nil {
 		t.Fatal("the provider did not bid on the honest offer")
 	}
 	big := noopSpec(1)
@@ -627,7 +627,7 @@ func TestOfferFloodDoesNotEvictAnHonestRequestersOffer(t *testing.T) {
 		for range perIdentity {
 			s.engines[p].Step(s.now, s.offerFor(attacker, 1, s.now.Add(protocol.MaxJobLifetime), big))
 		}
-		s.engines[p].Ready()
+		take(s.engines[p])
 	}
 	if _, bytes := s.engines[p].OfferMemory(); bytes > DefaultOfferMemory || bytes < DefaultOfferMemory*9/10 {
 		t.Fatalf("the flood left %d bytes of memos, want the budget (%d) nearly full", bytes, DefaultOfferMemory)
@@ -635,7 +635,7 @@ func TestOfferFloodDoesNotEvictAnHonestRequestersOffer(t *testing.T) {
 	s.engines[p].Step(s.now, s.sign(honest, &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
 		JobId: offer.Job[:], Provider: []byte(p), Price: 10, Attempt: 1,
 	}}}))
-	r := s.engines[p].Ready()
+	r := take(s.engines[p])
 	if len(r.Send) != 1 || r.Send[0].Msg.GetAccept() == nil || len(r.Run) != 1 {
 		t.Fatalf("the honest award after the flood was answered %v, want a lease", r.Send[0].Msg.Body)
 	}

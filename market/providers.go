@@ -9,6 +9,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
 )
 
 // AnyGPU in Requirements.GPUModel accepts every model.
@@ -119,3 +120,22 @@ func (pc *ProviderCache) Find(r Requirements, now time.Time) []*protocol.Capacit
 // Len is the number of cached records, expired ones included until the
 // next Find.
 func (pc *ProviderCache) Len() int { return len(pc.records) }
+
+// RankCandidates picks, from the capacity records a lookup found, the
+// providers an interactive offer of spec goes to directly, best first:
+// not self, asking at most the spec's max price for interactive work, and
+// allowing its executor; the cheapest first, then the nearest by rtt (the
+// measured round-trip time), then in the lookup's order.
+func RankCandidates(self peer.ID, spec *pb.JobSpec, recs []*protocol.Capacity, rtt func(peer.ID) time.Duration) []peer.ID {
+	recs = slices.DeleteFunc(slices.Clone(recs), func(c *protocol.Capacity) bool {
+		return c.Provider == self || c.PriceInteractive > spec.GetMaxPrice() || !slices.Contains(c.Executors, spec.GetExecutor())
+	})
+	slices.SortStableFunc(recs, func(a, b *protocol.Capacity) int {
+		return cmp.Or(cmp.Compare(a.PriceInteractive, b.PriceInteractive), cmp.Compare(rtt(a.Provider), rtt(b.Provider)))
+	})
+	out := make([]peer.ID, 0, len(recs))
+	for _, c := range recs {
+		out = append(out, c.Provider)
+	}
+	return out
+}

@@ -1,12 +1,14 @@
 package market
 
 import (
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
 )
 
 var t0 = time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)
@@ -83,4 +85,32 @@ func ids(cs []*protocol.Capacity) []peer.ID {
 		out = append(out, c.Provider)
 	}
 	return out
+}
+
+func TestRankCandidates(t *testing.T) {
+	rec := func(id string, price uint64, executors ...string) *protocol.Capacity {
+		return &protocol.Capacity{Provider: peer.ID(id), PriceInteractive: price, Executors: executors}
+	}
+	rtt := map[peer.ID]time.Duration{"near": time.Millisecond, "far": 50 * time.Millisecond}
+	spec := &pb.JobSpec{Executor: "wasm", MaxPrice: 20}
+	for _, tc := range []struct {
+		name string
+		recs []*protocol.Capacity
+		want []peer.ID
+	}{
+		{"none found", nil, []peer.ID{}},
+		{"cheapest first", []*protocol.Capacity{rec("b", 15, "wasm"), rec("a", 5, "wasm")}, []peer.ID{"a", "b"}},
+		{"on a tie, the nearest", []*protocol.Capacity{rec("far", 5, "wasm"), rec("near", 5, "wasm")}, []peer.ID{"near", "far"}},
+		{"on a tie of both, the lookup's order", []*protocol.Capacity{rec("y", 5, "wasm"), rec("x", 5, "wasm")}, []peer.ID{"y", "x"}},
+		{"not over the max price", []*protocol.Capacity{rec("dear", 21, "wasm"), rec("ok", 20, "wasm")}, []peer.ID{"ok"}},
+		{"only the spec's executor", []*protocol.Capacity{rec("docker", 1, "docker"), rec("both", 2, "docker", "wasm")}, []peer.ID{"both"}},
+		{"never itself", []*protocol.Capacity{rec("self", 1, "wasm"), rec("other", 2, "wasm")}, []peer.ID{"other"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := RankCandidates("self", spec, tc.recs, func(p peer.ID) time.Duration { return rtt[p] })
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("ranked %v, want %v", got, tc.want)
+			}
+		})
+	}
 }

@@ -1,13 +1,10 @@
 package node
 
 import (
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"math"
-	"math/bits"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -17,36 +14,6 @@ import (
 	"github.com/mira-market/mira/protocol/pb"
 	"github.com/mira-market/mira/storage"
 )
-
-// errCostOverflow refuses a price that makes a job's cost overflow.
-var errCostOverflow = errors.New("price times GPUs times max_duration overflows")
-
-// maxCost is what a job can cost at most: its price per GPU-second for
-// every GPU (a job without GPUs is billed as one) for its whole
-// max_duration, in micro-credits.
-func maxCost(price uint64, spec *pb.JobSpec) (uint64, error) {
-	gpus := max(uint64(spec.GetResources().GetGpus()), 1)
-	secs := (uint64(max(spec.GetMaxDurationMs(), 0)) + 999) / 1000
-	hi, perSec := bits.Mul64(price, gpus)
-	hi2, total := bits.Mul64(perSec, secs)
-	if hi != 0 || hi2 != 0 {
-		return 0, errCostOverflow
-	}
-	return total, nil
-}
-
-// cost is what a run used at price: GPU-milliseconds metered by the
-// provider, rounded up to a whole micro-credit, never above the hold.
-func cost(price uint64, u *pb.Usage, hold uint64) uint64 {
-	if u == nil || u.GpuMs <= 0 {
-		return 0
-	}
-	hi, lo := bits.Mul64(price, uint64(u.GpuMs))
-	if hi != 0 || lo > math.MaxUint64-999 {
-		return hold
-	}
-	return min((lo+999)/1000, hold)
-}
 
 // offerHoldWrite is the ledger write that escrows a job's maximum cost at
 // its max price once the job is posted (and persisted), naming no
@@ -58,8 +25,8 @@ func cost(price uint64, u *pb.Usage, hold uint64) uint64 {
 // Without the credits for it, nothing is written and the award writes a
 // hold at the winning price instead.
 func (n *Node) offerHoldWrite(id protocol.JobID, spec *pb.JobSpec) *ledgerWrite {
-	amount, err := maxCost(spec.GetMaxPrice(), spec)
-	if err != nil || amount == 0 {
+	amount, ok := market.PostingHold(spec)
+	if !ok {
 		return nil
 	}
 	body := storage.HoldBody{Job: storage.Hash(id), Amount: amount}
@@ -82,63 +49,40 @@ func (n *Node) offerHoldWrite(id protocol.JobID, spec *pb.JobSpec) *ledgerWrite 
 	}
 }
 
-// escrowWrite is the ledger write that backs awards with holds: the open
-// hold that already covers it (the posting's, naming no provider, for a
-// first award), or a new one (after a release of an old one that does not
-// fit). done gets each award's hold entry, or the error that keeps it from
-// being sent.
-func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, errs []error)) *ledgerWrite {
+// escrowWrite is the ledger write that backs awards with holds, as
+// market.PlanHold decides: the open hold that already covers it (the
+// posting's, naming no provider, for a first award), or a new one (after
+// a release of an old one that does not fit). done gets each award's
+// hold entry, or the error that keeps it from being sent.
+func (n *Node) escrowWrite(awards []market.HoldRequest, done func(holds [][]byte, errs []error)) *ledgerWrite {
 	holds, errs := make([][]byte, len(awards)), make([]error, len(awards))
 	at := make([]int, len(awards)) // index of each new hold in the bodies, or -1
 	w := &ledgerWrite{sends: true}
 	for _, a := range awards {
-		w.jobs = append(w.jobs, a.id)
+		w.jobs = append(w.jobs, a.Job)
 	}
 	w.bodies = func() []storage.Body {
 		var bodies []storage.Body
 		for i, a := range awards {
 			at[i] = -1
-			job := storage.Hash(a.id)
-			amount, err := maxCost(a.price, a.spec)
-			if err != nil {
+			job := storage.Hash(a.Job)
+			open, entry, err := n.ledgerHold(job)
+			var plan market.HoldPlan
+			if err == nil {
+				plan, err = market.PlanHold(open, a.Attempt, a.Amount)
+			}
+			switch {
+			case err != nil:
 				errs[i] = err
 				continue
-			}
-			// A hold escrows something (the ledger refuses a hold of
-			// nothing), even for a job at price 0.
-			amount = max(amount, 1)
-			e, ok, err := n.ledger.HoldEntry(n.host.ID(), job)
-			if err != nil {
-				errs[i] = err
+			case plan.Reuse:
+				holds[i] = entry.Encode()
 				continue
-			}
-			if !ok {
-				// A job this node's ledger shows paid (by an earlier run,
-				// whose records a restored data dir lacks) is never held
-				// again: it could not be paid twice, and the hold would
-				// stay open.
-				if _, paid, err := n.ledger.PaymentFor(n.host.ID(), job); err != nil || paid {
-					errs[i] = cmp.Or(err, errJobPaid)
-					continue
-				}
-			}
-			if ok {
-				// The posting's hold, naming no provider, backs only the
-				// first award: a provider then knows no other award
-				// shares it. Every other award gets a hold of its own,
-				// even one to the provider the open hold names (re-awarded
-				// after it declined or was preempted): the ledger admits
-				// a provider's lease of a job once for each hold that
-				// names it, so a hold backs one award.
-				h, _ := e.Body.(storage.HoldBody)
-				if h.Provider == "" && a.award.Attempt == 1 && h.Amount >= amount {
-					holds[i] = e.Encode()
-					continue
-				}
+			case plan.Release:
 				bodies = append(bodies, storage.ReleaseBody{Job: job})
 			}
 			at[i] = len(bodies)
-			bodies = append(bodies, storage.HoldBody{Job: job, Provider: a.provider, Amount: amount})
+			bodies = append(bodies, storage.HoldBody{Job: job, Provider: a.Provider, Amount: plan.Amount})
 		}
 		return bodies
 	}
@@ -164,18 +108,19 @@ func (n *Node) escrowWrite(awards []escrowRequest, done func(holds [][]byte, err
 	return w
 }
 
-// errJobPaid refuses a hold for a job this node has already paid.
-var errJobPaid = errors.New("this node's ledger shows the job paid already")
-
-// escrowRequest is an award to back with a hold.
-type escrowRequest struct {
-	id        protocol.JobID
-	award     *pb.Award
-	provider  peer.ID
-	price     uint64
-	spec      *pb.JobSpec
-	knownSeq  uint64 // the provider's head of this node's chain, from its bid
-	withChain bool   // the award carries the entries after knownSeq
+// ledgerHold is what this node's ledger shows of its job: its open hold
+// (with the entry that opened it), or whether it was paid.
+func (n *Node) ledgerHold(job storage.Hash) (market.LedgerHold, storage.Entry, error) {
+	e, ok, err := n.ledger.HoldEntry(n.host.ID(), job)
+	if err != nil {
+		return market.LedgerHold{}, e, err
+	}
+	if ok {
+		h, _ := e.Body.(storage.HoldBody)
+		return market.LedgerHold{Open: true, Provider: h.Provider, Amount: h.Amount}, e, nil
+	}
+	_, paid, err := n.ledger.PaymentFor(n.host.ID(), job)
+	return market.LedgerHold{Paid: paid}, e, err
 }
 
 // chainBefore returns this node's entries after seq after and before the
@@ -236,8 +181,8 @@ func (n *Node) settlements(jobs []*market.Job) []storage.Body {
 	return bodies
 }
 
-// settlement is the entry that settles a finished job's open hold; nil if
-// the job has not finished or has no open hold.
+// settlement is the entry that settles a finished job's open hold, as
+// market.Settle says; nil if the job has not finished or has no open hold.
 func (n *Node) settlement(j *market.Job) storage.Body {
 	if !j.State.Terminal() {
 		return nil
@@ -246,20 +191,11 @@ func (n *Node) settlement(j *market.Job) storage.Body {
 	if err != nil || !ok {
 		return nil
 	}
-	if j.State == market.Succeeded && len(j.Receipt) > 0 {
-		// A hold from the posting covers the max price: the payment is
-		// capped at the agreed price's maximum cost, whatever usage the
-		// provider reports.
-		limit := hold.Amount
-		if agreed, err := maxCost(j.Price, j.Spec()); err == nil {
-			limit = min(limit, agreed)
-		}
-		return storage.PaymentBody{
-			Job: storage.Hash(j.ID), To: j.Provider, Receipt: sha256.Sum256(j.Receipt),
-			Amount: cost(j.Price, j.Usage, limit),
-		}
+	s, _ := market.Settle(j, hold.Amount)
+	if !s.Pay {
+		return storage.ReleaseBody{Job: storage.Hash(j.ID)}
 	}
-	return storage.ReleaseBody{Job: storage.Hash(j.ID)}
+	return storage.PaymentBody{Job: storage.Hash(j.ID), To: s.To, Receipt: sha256.Sum256(j.Receipt), Amount: s.Amount}
 }
 
 // appendAll writes bodies to this node's chain with one sync per batch and
@@ -344,21 +280,9 @@ func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 	if err != nil {
 		return fmt.Errorf("escrow hold: %w", err)
 	}
-	if !ok {
-		return errors.New("escrow hold: none open for the job")
-	}
-	switch {
-	case hold.Provider == "" && l.Attempt != 1:
-		return fmt.Errorf("escrow hold names no provider, and this is award %d of the job", l.Attempt)
-	case hold.Provider != "" && hold.Provider != n.host.ID():
-		return fmt.Errorf("escrow hold names provider %s, not this one", hold.Provider)
-	}
-	want, err := maxCost(l.Price, l.Spec)
-	if err != nil {
-		return fmt.Errorf("escrow hold: %w", err)
-	}
-	if hold.Amount < want {
-		return fmt.Errorf("escrow hold of %d does not cover the job's %d", hold.Amount, want)
+	open := market.LedgerHold{Open: ok, Provider: hold.Provider, Amount: hold.Amount}
+	if err := market.CheckLeaseHold(open, n.host.ID(), l.Attempt, l.Price, l.Spec); err != nil {
+		return err
 	}
 	// A requester that awards this provider the job again on a hold that
 	// already backs its lease (a rogue one: an honest one writes a hold
@@ -372,8 +296,8 @@ func (n *Node) checkHold(ctx context.Context, l *market.Lease) error {
 // signGrant signs an award's grant: this node, its requester, grants the
 // award's provider a lease of the job at its price and attempt. The
 // provider's lease entry quotes it; without it no ledger takes the lease.
-func (n *Node) signGrant(a *pb.Award) ([]byte, error) {
-	g := storage.LeaseGrant{Job: storage.Hash(a.JobId), Requester: n.host.ID(), Provider: peer.ID(a.Provider),
+func (n *Node) signGrant(a market.HoldRequest) ([]byte, error) {
+	g := storage.LeaseGrant{Job: storage.Hash(a.Job), Requester: n.host.ID(), Provider: a.Provider,
 		Price: a.Price, Attempt: a.Attempt}
 	return g.Sign(n.cfg.Network, n.priv)
 }

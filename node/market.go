@@ -1,30 +1,21 @@
 package node
 
 import (
-	"cmp"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime"
-	"slices"
-	"sync"
 	"time"
 
-	pubsub "github.com/libp2p/go-libp2p-pubsub"
-	pubsubpb "github.com/libp2p/go-libp2p-pubsub/pb"
 	"github.com/libp2p/go-libp2p/core/peer"
 	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/capacity"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
-	"github.com/mira-market/mira/storage"
 )
 
 // messageTTL bounds the life of a market message other than an offer.
@@ -53,11 +44,20 @@ type marketDriver struct {
 	writer       *ledgerWriter
 	verified     *verifiedCache
 	gossipSeen   *seenSet // signed messages seen on gossip
+	// jobs persists the job records; clock is the engine's time and the
+	// loop's timer.
+	jobs  jobStore
+	clock clock
+	// retry is when the loop tries again to carry out a Ready whose jobs
+	// it could not persist (zero: none waits), and backoff the pause
+	// after the next failure.
+	retry   time.Time
+	backoff time.Duration
 }
 
-func messageID(m *pubsubpb.Message) string {
-	sum := sha256.Sum256(m.Data)
-	return string(sum[:])
+// jobStore is where the market keeps its job records (the node's DB).
+type jobStore interface {
+	PutJobs(records map[string][]byte) error
 }
 
 func (n *Node) marketEngineConfig() market.Config {
@@ -100,6 +100,8 @@ func (n *Node) startMarket(ctx context.Context) error {
 		writer:       newLedgerWriter(n),
 		verified:     &verifiedCache{m: map[[32]byte]*protocol.Signed{}},
 		gossipSeen:   &seenSet{m: map[[32]byte]struct{}{}},
+		jobs:         n.db,
+		clock:        realClock{},
 		stepped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mira_market_messages_total", Help: "Verified market messages fed to the engine, by kind.",
 		}, []string{"kind"}),
@@ -147,188 +149,6 @@ func (n *Node) startMarket(ctx context.Context) error {
 	return nil
 }
 
-// validateGossip runs before a gossip message is forwarded: it passes only
-// if every signed message in it verifies, is an offer or a taken notice,
-// and has the same signer (a requester gossips only its own messages);
-// anything else is rejected (and the sender penalised by peer scoring),
-// but for signed messages that fail only by this node's clock (expired,
-// or expiring just past the limit: protocol.ErrTooFarAhead), which are
-// dropped without blame, the whole message ignored when none is left.
-// A peer past its rate of signed messages ([limits]) has its gossip
-// ignored unchecked, without a penalty: it may be relaying others'.
-// Repeats of a gossip message are dropped by the message-ID cache; one
-// that only repacks signed messages already seen on gossip is ignored, so
-// a peer cannot make the network carry them again. The node's own gossip,
-// which it has just signed, is accepted unchecked.
-func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-	raws, err := protocol.SplitMarketGossip(m.Data)
-	if err != nil {
-		d.reject(err)
-		d.n.log.Debug("gossip message rejected", "from", m.ReceivedFrom, "err", err)
-		return pubsub.ValidationReject
-	}
-	if m.ReceivedFrom == d.n.host.ID() {
-		// Our own, signed just now: not checked again, and of no use to
-		// our engine; remembered, so that a peer's repack is ignored.
-		d.gossipSeen.anyNew(raws)
-		return pubsub.ValidationAccept
-	}
-	if !d.n.limits.allowGossip(m.ReceivedFrom, len(raws)) {
-		// Past the peer's rate: not checked, not passed on, and not held
-		// against it (it may only be relaying what others publish).
-		return pubsub.ValidationIgnore
-	}
-	msgs := make([]*protocol.Signed, 0, len(raws))
-	for _, raw := range raws {
-		s, err := d.open(raw)
-		if err == nil {
-			switch s.Msg.Body.(type) {
-			case *pb.MarketMessage_Offer, *pb.MarketMessage_Taken:
-			default:
-				err = fmt.Errorf("%w: %s", errNotForGossip, kindOf(s.Msg))
-			}
-		}
-		if err == nil && len(msgs) > 0 && s.Signer != msgs[0].Signer {
-			err = fmt.Errorf("%w: a gossip message of %s and %s", protocol.ErrSigner, msgs[0].Signer, s.Signer)
-		}
-		if err != nil {
-			d.reject(err)
-			d.n.log.Debug("gossip message rejected", "from", m.ReceivedFrom, "err", err)
-			// A message that expired on the way, or that runs past the
-			// limit of how far ahead it may expire only by this node's
-			// clock being behind the relay's, is no one's fault: it is
-			// dropped, the rest of the gossip message kept, and the relay
-			// not scored down.
-			if errors.Is(err, protocol.ErrExpired) || errors.Is(err, protocol.ErrTooFarAhead) {
-				continue
-			}
-			return pubsub.ValidationReject
-		}
-		msgs = append(msgs, s)
-	}
-	if len(msgs) == 0 {
-		return pubsub.ValidationIgnore
-	}
-	if !d.gossipSeen.anyNew(raws) {
-		d.rejected.WithLabelValues("repacked").Inc()
-		return pubsub.ValidationIgnore
-	}
-	m.ValidatorData = msgs
-	return pubsub.ValidationAccept
-}
-
-// errNotForGossip is a signed market message of a kind that travels only
-// directly.
-var errNotForGossip = errors.New("not for gossip")
-
-func (d *marketDriver) readTopic(ctx context.Context, sub *pubsub.Subscription) {
-	defer d.n.wg.Done()
-	defer sub.Cancel()
-	for {
-		m, err := sub.Next(ctx)
-		if err != nil {
-			return
-		}
-		if msgs, ok := m.ValidatorData.([]*protocol.Signed); ok {
-			for _, s := range msgs {
-				d.step(s)
-			}
-		}
-	}
-}
-
-// open verifies a market message, or recalls that the same bytes passed
-// before: an interactive offer reaches a provider both directly and by
-// gossip, and a signature check is the dearest step on the hot path.
-func (d *marketDriver) open(data []byte) (*protocol.Signed, error) {
-	key := sha256.Sum256(data)
-	if s, ok := d.verified.get(key); ok && time.UnixMilli(s.Msg.ExpiresUnixMs).After(time.Now()) {
-		return s, nil
-	}
-	s, err := protocol.OpenMarket(data, d.n.cfg.Network, time.Now())
-	if err == nil {
-		d.verified.put(key, s)
-	}
-	return s, err
-}
-
-// seenSet remembers which signed messages arrived on gossip, by content
-// hash. It is bounded: when full it starts over.
-type seenSet struct {
-	mu sync.Mutex
-	m  map[[32]byte]struct{}
-}
-
-const seenSetSize = 1 << 16
-
-// anyNew records raws as seen and reports whether any was not seen before.
-func (s *seenSet) anyNew(raws [][]byte) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.m)+len(raws) > seenSetSize {
-		clear(s.m)
-	}
-	fresh := false
-	for _, raw := range raws {
-		k := sha256.Sum256(raw)
-		if _, ok := s.m[k]; !ok {
-			s.m[k] = struct{}{}
-			fresh = true
-		}
-	}
-	return fresh
-}
-
-// verifiedCache remembers recently verified messages by content hash. It
-// is bounded, in messages and in their bytes: when full it starts over.
-type verifiedCache struct {
-	mu    sync.Mutex
-	m     map[[32]byte]*protocol.Signed
-	bytes int
-}
-
-// verifiedCacheSize and verifiedCacheBytes bound the cache. Each message
-// is kept as received and decoded, about twice its bytes: 8 MiB of 64 KiB
-// messages hold 16 MiB; a burst's small offers (a few hundred bytes) fill
-// the count first.
-const (
-	verifiedCacheSize  = 4096
-	verifiedCacheBytes = 8 << 20
-)
-
-func (c *verifiedCache) get(k [32]byte) (*protocol.Signed, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	s, ok := c.m[k]
-	return s, ok
-}
-
-func (c *verifiedCache) put(k [32]byte, s *protocol.Signed) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.m) >= verifiedCacheSize || c.bytes+len(s.Raw) > verifiedCacheBytes {
-		clear(c.m)
-		c.bytes = 0
-	}
-	c.m[k] = s
-	c.bytes += len(s.Raw)
-}
-
-// receive verifies one direct message; its signer must be the peer that
-// sent it.
-func (d *marketDriver) receive(from peer.ID, data []byte) {
-	s, err := d.open(data)
-	if err == nil && s.Signer != from {
-		err = fmt.Errorf("%w: sent by %s, signed by %s", protocol.ErrSigner, from, s.Signer)
-	}
-	if err != nil {
-		d.reject(err)
-		d.n.log.Debug("market message rejected", "from", from, "err", err)
-		return
-	}
-	d.step(s)
-}
-
 // do runs fn in the engine goroutine and waits for it.
 func (d *marketDriver) do(ctx context.Context, fn func()) error {
 	done := make(chan struct{})
@@ -345,38 +165,9 @@ func (d *marketDriver) do(ctx context.Context, fn func()) error {
 	}
 }
 
-// reject counts a refused message under the reason its error names.
-func (d *marketDriver) reject(err error) {
-	reason := "malformed"
-	for _, r := range []struct {
-		err  error
-		name string
-	}{{protocol.ErrTooLarge, "oversized"}, {protocol.ErrSignature, "bad signature"}, {protocol.ErrSigner, "wrong signer"}, {protocol.ErrExpired, "expired"}, {protocol.ErrTooFarAhead, "too far ahead"}, {errNotForGossip, "not for gossip"}} {
-		if errors.Is(err, r.err) {
-			reason = r.name
-			break
-		}
-	}
-	d.rejected.WithLabelValues(reason).Inc()
-}
-
-func (d *marketDriver) step(s *protocol.Signed) {
-	d.stepped.WithLabelValues(kindOf(s.Msg)).Inc()
-	// Block rather than drop: a full queue pushes back on the stream or
-	// topic reader, and so on the sender, instead of losing a bid or an
-	// award that a timeout would later blame on an honest peer.
-	select {
-	case d.in <- func() {
-		d.eng.SetRTT(s.Signer, d.n.host.Peerstore().LatencyEWMA(s.Signer))
-		d.eng.Step(time.Now(), s)
-	}:
-	case <-d.n.runCtx.Done():
-	}
-}
-
 func (d *marketDriver) loop(ctx context.Context) {
 	defer d.n.wg.Done()
-	timer := time.NewTimer(time.Hour)
+	timer := d.clock.NewTimer(time.Hour)
 	defer timer.Stop()
 	d.process(ctx) // what restore left: jobs it ended
 	for {
@@ -389,15 +180,25 @@ func (d *marketDriver) loop(ctx context.Context) {
 		case fn := <-d.in:
 			fn()
 			d.drainInputs()
-		case <-timer.C:
-			d.eng.Tick(time.Now())
+		case <-timer.C():
+			d.eng.Tick(d.clock.Now())
 		}
 		d.process(ctx)
-		timer.Reset(time.Hour)
-		if next := d.eng.NextDeadline(); !next.IsZero() {
-			timer.Reset(max(time.Until(next), time.Millisecond))
-		}
+		timer.Reset(d.sleep())
 	}
+}
+
+// sleep is how long the loop may wait for input: until the engine's next
+// deadline, or the retry of a Ready it could not persist, an hour at most.
+func (d *marketDriver) sleep() time.Duration {
+	now, wake := d.clock.Now(), d.eng.NextDeadline()
+	if !d.retry.IsZero() && (wake.IsZero() || d.retry.Before(wake)) {
+		wake = d.retry
+	}
+	if wake.IsZero() {
+		return time.Hour
+	}
+	return min(max(wake.Sub(now), time.Millisecond), time.Hour)
 }
 
 // maxInputsPerReady bounds how many queued inputs one Ready gathers.
@@ -419,9 +220,19 @@ func (d *marketDriver) drainInputs() {
 }
 
 // process carries out the engine's Ready in the order it asks: persist,
-// then send and publish, then start and stop runs. Ledger writes (holds,
-// settlements) go to the ledger writer; an award leaves once its hold is
-// on disk, and the messages after it wait their turn behind it.
+// then queue the ledger writes (posted jobs' holds, settlements, the holds
+// awards wait for), then send and publish, then start and stop runs; and
+// then Advance. A Ready whose jobs cannot be persisted is not advanced,
+// and nothing of it is done: the engine hands it out again, merged with
+// what came since, when the loop retries (see persistFailed).
+//
+// Messages leave in the order the engine asked for them, all from this
+// goroutine: an award is in a Ready's Send only once its hold is written
+// (the engine asks for the hold in NeedHolds and sends the award when
+// HoldWritten brings it), so what the engine sends after an award leaves
+// after it, and nothing waits behind a ledger write. (What the engine
+// sends about a job while its award waits for the hold presupposes no
+// award: a cancel of the job, which then drops the award.)
 func (d *marketDriver) process(ctx context.Context) {
 	r := d.eng.Ready()
 	if r.Empty() {
@@ -430,75 +241,23 @@ func (d *marketDriver) process(ctx context.Context) {
 	offers, bytes := d.eng.OfferMemory()
 	d.offers.Set(float64(offers))
 	d.offerBytes.Set(float64(bytes))
+	if err := d.persist(r.Save); err != nil {
+		d.persistFailed(err)
+		return
+	}
+	d.retry, d.backoff = time.Time{}, 0
 	for _, j := range r.Changed {
 		d.notify(j)
 	}
-	if len(r.Save) > 0 {
-		recs := map[string][]byte{}
-		for _, j := range r.Save {
-			b, err := json.Marshal(j)
-			if err != nil {
-				d.n.log.Error("encode job", "err", err)
-				continue
-			}
-			recs[j.ID.String()] = b
-			d.notify(j)
-			d.n.results.Collect(j)
-		}
-		if err := d.n.db.PutJobs(recs); err != nil {
-			d.n.log.Error("persist jobs; not sending", "err", err)
-			return
-		}
-		// A posted job's hold is written once the job is on disk (so a
-		// restart finds the job that settles it) and before any award of
-		// it is queued.
-		for _, j := range r.Save {
-			if w, ok := d.postingHolds[j.ID]; ok {
-				delete(d.postingHolds, j.ID)
-				d.writer.add(w)
-			}
-		}
-		if w := d.n.settleWrite(r.Save); w != nil {
-			d.writer.add(w)
-		}
+	for _, j := range r.Save {
+		d.notify(j)
+		d.n.results.Collect(j)
 	}
-	// A message bound for several peers and gossip (an interactive offer)
-	// is signed once, here; an award only once its hold is attached.
-	signed := map[*pb.MarketMessage][]byte{}
-	sign := func(m *pb.MarketMessage) []byte {
-		raw, ok := signed[m]
-		if !ok {
-			raw = d.sign(m)
-			signed[m] = raw
-		}
-		return raw
-	}
-	sends := make([]outgoing, 0, len(r.Send))
-	for _, o := range r.Send {
-		out := outgoing{to: o.To, msg: o.Msg}
-		if b := o.Msg.GetBid(); b != nil {
-			// So that an award carries the requester's entries we lack.
-			if h, err := d.n.ledger.Head(o.To); err == nil {
-				b.KnownSeq = h.Seq
-			}
-		}
-		if o.Msg.GetAward() == nil {
-			out.raw = sign(o.Msg)
-		}
-		sends = append(sends, out)
-	}
-	if reqs := d.escrowRequests(r.Send); len(reqs) > 0 {
-		d.writer.add(d.n.escrowWrite(reqs, func(holds [][]byte, errs []error) {
-			d.attachHolds(ctx, reqs, holds, errs)
-			d.send(ctx, sends)
-		}))
-	} else if d.writer.sending() {
-		d.writer.add(&ledgerWrite{sends: true, done: func([]*storage.Entry, []error) { d.send(ctx, sends) }})
-	} else {
-		d.send(ctx, sends)
-	}
+	d.queueLedgerWrites(ctx, r)
+	signed := d.signer()
+	d.send(ctx, r.Send, signed)
 	for _, o := range r.Publish {
-		if raw := sign(o.Msg); raw != nil {
+		if raw := signed(o.Msg); raw != nil {
 			d.gossip[o.Tier].publish(ctx, raw)
 		}
 	}
@@ -514,99 +273,129 @@ func (d *marketDriver) process(ctx context.Context) {
 	if len(r.Run)+len(r.Stop) > 0 {
 		d.n.SetFreeSlots(d.n.cfg.Provider.Slots - d.eng.ActiveLeases())
 	}
+	d.eng.Advance()
 }
 
-// outgoing is a direct message: signed, or (an award) to be signed when
-// its hold is attached.
-type outgoing struct {
-	to  peer.ID
-	msg *pb.MarketMessage
-	raw []byte
-}
-
-// send sends a Ready's direct messages, in order, signing the awards. An
-// award without a hold (its escrow failed) is not sent.
-func (d *marketDriver) send(ctx context.Context, sends []outgoing) {
-	for _, o := range sends {
-		raw := o.raw
-		a := o.msg.GetAward()
-		if a != nil {
-			if a.Hold == nil {
-				continue
-			}
-			raw = d.sign(o.msg)
+// persist writes the records of jobs, in one write.
+func (d *marketDriver) persist(jobs []*market.Job) error {
+	if len(jobs) == 0 {
+		return nil
+	}
+	recs := map[string][]byte{}
+	for _, j := range jobs {
+		b, err := json.Marshal(j)
+		if err != nil {
+			d.n.log.Error("encode job", "err", err)
+			continue
 		}
+		recs[j.ID.String()] = b
+	}
+	return d.jobs.PutJobs(recs)
+}
+
+// Pauses between tries to persist a Ready's jobs: doubling from the
+// first, up to the last.
+const (
+	persistRetryFirst = 50 * time.Millisecond
+	persistRetryMax   = 5 * time.Second
+)
+
+// persistFailed schedules another try at a Ready whose jobs could not be
+// persisted (a full or failing disk): the engine keeps it, so the state
+// changes it carries are not lost, and its messages wait with it, as no
+// message may promise what the disk does not hold. Meanwhile the engine
+// runs on, and what it asks for joins the Ready.
+func (d *marketDriver) persistFailed(err error) {
+	d.backoff = min(max(2*d.backoff, persistRetryFirst), persistRetryMax)
+	d.retry = d.clock.Now().Add(d.backoff)
+	d.n.log.Error("persist jobs; not sending, will retry", "in", d.backoff, "err", err)
+}
+
+// queueLedgerWrites queues a persisted Ready's ledger writes. A posted
+// job's hold is written once the job is on disk (so a restart finds the
+// job that settles it), and so is a finished job's settlement and an
+// award's hold; the writer keeps their order for each job.
+func (d *marketDriver) queueLedgerWrites(ctx context.Context, r market.Ready) {
+	for _, j := range r.Save {
+		if w, ok := d.postingHolds[j.ID]; ok {
+			delete(d.postingHolds, j.ID)
+			d.writer.add(w)
+		}
+	}
+	if w := d.n.settleWrite(r.Save); w != nil {
+		d.writer.add(w)
+	}
+	if len(r.NeedHolds) > 0 {
+		d.writeHolds(ctx, r.NeedHolds)
+	}
+}
+
+// writeHolds queues the escrow write that backs awards with holds; the
+// holds, with what their awards carry, go back to the engine on the loop
+// (HoldWritten), which sends the awards or cancels the jobs.
+func (d *marketDriver) writeHolds(ctx context.Context, reqs []market.HoldRequest) {
+	d.writer.add(d.n.escrowWrite(reqs, func(holds [][]byte, errs []error) {
+		results := make([]market.HoldResult, len(reqs))
+		for i, r := range reqs {
+			results[i] = d.holdResult(r, holds[i], errs[i])
+		}
+		select {
+		case d.in <- func() {
+			now := d.clock.Now()
+			for i, r := range reqs {
+				if err := results[i].Err; err != nil {
+					d.n.log.Warn("no escrow for an award; job cancelled", "job", r.Job, "err", err)
+				}
+				d.eng.HoldWritten(now, r.Job, r.Attempt, results[i])
+			}
+		}:
+		case <-ctx.Done():
+		}
+	}))
+}
+
+// holdResult is what an award carries with its hold: the grant its lease
+// entry will quote and, if asked, the entries before the hold that its
+// provider lacks. It runs on the ledger writer's goroutine (chainBefore
+// reads the ledger), not the loop's.
+func (d *marketDriver) holdResult(r market.HoldRequest, hold []byte, err error) market.HoldResult {
+	res := market.HoldResult{Hold: hold, Err: err}
+	if res.Err == nil {
+		res.Grant, res.Err = d.n.signGrant(r)
+	}
+	if res.Err == nil && r.WithChain {
+		res.Chain = d.n.chainBefore(hold, r.KnownSeq)
+	}
+	return res
+}
+
+// signer returns a function that signs messages for one Ready: a message
+// bound for several peers and gossip (an interactive offer) is signed
+// once. It returns nil (logged) for a message it could not sign.
+func (d *marketDriver) signer() func(*pb.MarketMessage) []byte {
+	signed := map[*pb.MarketMessage][]byte{}
+	return func(m *pb.MarketMessage) []byte {
+		raw, ok := signed[m]
+		if !ok {
+			raw = d.sign(m)
+			signed[m] = raw
+		}
+		return raw
+	}
+}
+
+// send signs and sends a Ready's direct messages, in order; a result's
+// receipt is recorded in this provider's chain.
+func (d *marketDriver) send(ctx context.Context, sends []market.Outbound, sign func(*pb.MarketMessage) []byte) {
+	for _, o := range sends {
+		raw := sign(o.Msg)
 		if raw == nil {
 			continue // signing failed (logged)
 		}
-		if res := o.msg.GetResult(); res != nil {
+		if res := o.Msg.GetResult(); res != nil {
 			d.writer.add(d.n.receiptWrite(res, raw))
 		}
-		d.outbox.send(ctx, o.to, raw, isBusiness(o.msg))
-		if a != nil {
-			// The provider's time to accept starts now, not when the
-			// engine made the award. (An award with a hold is sent by
-			// the ledger writer, never by the loop, which would block
-			// here on its own queue.)
-			id, attempt, sent := protocol.JobID(a.JobId), a.Attempt, time.Now()
-			select {
-			case d.in <- func() { d.eng.AwardSent(sent, id, attempt) }:
-			case <-ctx.Done():
-			}
-		}
-	}
-}
-
-// escrowRequests lists the awards among send, each with what its hold
-// must cover.
-func (d *marketDriver) escrowRequests(send []market.Outbound) []escrowRequest {
-	var reqs []escrowRequest
-	for _, o := range send {
-		a := o.Msg.GetAward()
-		if a == nil {
-			continue
-		}
-		id := protocol.JobID(a.JobId)
-		if j, ok := d.eng.Job(id); ok {
-			r := escrowRequest{id: id, award: a, provider: j.Provider, price: a.Price, spec: j.Spec()}
-			// An interactive award carries the requester's entries its
-			// provider lacked when it bid; a batch job's window gives
-			// gossip the time to bring them (carrying them too cost about
-			// a tenth of a burst's leases/s).
-			r.withChain = j.Tier == protocol.TierInteractive
-			for _, b := range j.Bids {
-				if b.Provider == j.Provider {
-					r.knownSeq = b.KnownSeq // its latest bid
-				}
-			}
-			reqs = append(reqs, r)
-		}
-	}
-	return reqs
-}
-
-// attachHolds puts each award's hold entry into it, with the entries
-// before the hold that its provider lacks, and the grant its lease entry
-// will quote; a job whose award cannot be backed is cancelled (on the
-// loop), its award left without a hold, so not sent.
-func (d *marketDriver) attachHolds(ctx context.Context, reqs []escrowRequest, holds [][]byte, errs []error) {
-	for i, r := range reqs {
-		if errs[i] == nil {
-			r.award.Grant, errs[i] = d.n.signGrant(r.award)
-		}
-		if errs[i] == nil {
-			r.award.Hold = holds[i]
-			if r.withChain {
-				r.award.Chain = d.n.chainBefore(holds[i], r.knownSeq)
-			}
-			continue
-		}
-		d.n.log.Warn("no escrow for an award; job cancelled", "job", r.id, "err", errs[i])
-		reason := "escrow failed: " + errs[i].Error()
-		select {
-		case d.in <- func() { d.eng.Cancel(time.Now(), r.id, reason) }:
-		case <-ctx.Done():
-		}
+		d.outbox.send(ctx, o.To, raw, isBusiness(o.Msg))
 	}
 }
 
@@ -653,7 +442,7 @@ func (d *marketDriver) run(ctx context.Context, l *market.Lease) {
 			if r, ok := d.running[l.Job]; ok && r.attempt == l.Attempt {
 				delete(d.running, l.Job)
 			}
-			d.eng.Finished(time.Now(), l.Job, out)
+			d.eng.Finished(d.clock.Now(), l.Job, out)
 		}:
 		case <-d.n.runCtx.Done():
 		}
@@ -697,7 +486,7 @@ func (d *marketDriver) restore() error {
 	var ended []*market.Job
 	invalid := map[protocol.JobID]error{}
 	defer func() {
-		now := time.Now()
+		now := d.clock.Now()
 		for id, err := range invalid {
 			d.n.log.Warn("stored job's offer is no longer valid; job ended", "job", id, "err", err)
 			d.eng.Fail(now, id, "offer no longer valid: "+err.Error())
@@ -728,263 +517,4 @@ func (d *marketDriver) restore() error {
 		}
 		return nil
 	})
-}
-
-// watcher is a WatchJob caller's channel, and how to stop waiting for the
-// end of its context.
-type watcher struct {
-	ch   chan market.Job
-	stop func() bool
-}
-
-// notify passes a job's new state to its watchers.
-func (d *marketDriver) notify(j *market.Job) {
-	for _, w := range d.watchers[j.ID] {
-		select {
-		case w.ch <- *j:
-		default:
-			// A slow watcher misses intermediate states, not the last:
-			// the oldest queued state makes room for it.
-			if j.State.Terminal() {
-				select {
-				case <-w.ch:
-				default:
-				}
-				w.ch <- *j
-			}
-		}
-	}
-	if j.State.Terminal() {
-		for _, w := range d.watchers[j.ID] {
-			w.stop()
-			close(w.ch)
-		}
-		delete(d.watchers, j.ID)
-	}
-}
-
-// unwatch drops a watcher whose context ended (a client that went away)
-// and closes its channel.
-func (d *marketDriver) unwatch(id protocol.JobID, w *watcher) {
-	ws := d.watchers[id]
-	i := slices.Index(ws, w)
-	if i < 0 {
-		return // the job ended first
-	}
-	close(w.ch)
-	if ws = slices.Delete(ws, i, i+1); len(ws) == 0 {
-		delete(d.watchers, id)
-	} else {
-		d.watchers[id] = ws
-	}
-}
-
-// SubmitJob signs an offer for spec and hands it to the market: an
-// interactive job also goes directly to the best fitting providers (by
-// price, then measured RTT).
-func (n *Node) SubmitJob(ctx context.Context, spec *pb.JobSpec, deadline time.Time) (market.Job, error) {
-	if err := protocol.CheckSpec(spec); err != nil {
-		return market.Job{}, err
-	}
-	if err := n.diskLow(); err != nil {
-		return market.Job{}, err
-	}
-	// A node that cannot sign cannot hold credits for the job.
-	if err := n.canTakeJobs(); err != nil {
-		return market.Job{}, err
-	}
-	now := time.Now()
-	if !deadline.After(now) {
-		return market.Job{}, errors.New("deadline: already passed")
-	}
-	if deadline.Sub(now) > protocol.MaxJobLifetime {
-		// Providers refuse an offer that lives longer.
-		return market.Job{}, fmt.Errorf("deadline: at most %v from now", protocol.MaxJobLifetime)
-	}
-	var candidates []peer.ID
-	if spec.Tier == protocol.TierInteractive {
-		var err error
-		if candidates, err = n.rankCandidates(ctx, spec); err != nil {
-			return market.Job{}, err
-		}
-	}
-	nonce := make([]byte, 16)
-	rand.Read(nonce)
-	o := &pb.Offer{
-		Requester: []byte(n.host.ID()), Network: n.cfg.Network, Spec: spec,
-		CreatedUnixMs: now.UnixMilli(), DeadlineUnixMs: deadline.UnixMilli(), Nonce: nonce,
-	}
-	msg := &pb.MarketMessage{Body: &pb.MarketMessage_Offer{Offer: o}}
-	raw, err := protocol.SealMarket(n.priv, n.cfg.Network, deadline, msg)
-	if err != nil {
-		return market.Job{}, err
-	}
-	id, err := protocol.OfferJobID(o)
-	if err != nil {
-		return market.Job{}, err
-	}
-	// Our own, just signed: no need to verify it again.
-	offer := &protocol.Signed{Signer: n.host.ID(), Msg: msg, Raw: raw, Job: id}
-	var job market.Job
-	hold := n.offerHoldWrite(id, spec)
-	err = n.market.do(ctx, func() {
-		if hold != nil {
-			n.market.postingHolds[id] = hold
-		}
-		job = *n.market.eng.Submit(time.Now(), offer, candidates)
-	})
-	return job, err
-}
-
-func (n *Node) rankCandidates(ctx context.Context, spec *pb.JobSpec) ([]peer.ID, error) {
-	var r market.Requirements
-	if res := spec.Resources; res != nil {
-		r = market.Requirements{GPUModel: res.GpuModel, GPUs: int(res.Gpus), MinVRAMMiB: int(res.VramMib)}
-	}
-	recs, err := n.capacity.Candidates(ctx, r)
-	if err != nil {
-		return nil, fmt.Errorf("find providers: %w", err)
-	}
-	recs = slices.DeleteFunc(recs, func(c *protocol.Capacity) bool {
-		return c.Provider == n.host.ID() || c.PriceInteractive > spec.MaxPrice || !slices.Contains(c.Executors, spec.Executor)
-	})
-	lat := n.host.Peerstore().LatencyEWMA
-	slices.SortFunc(recs, func(a, b *protocol.Capacity) int {
-		return cmp.Or(cmp.Compare(a.PriceInteractive, b.PriceInteractive), cmp.Compare(lat(a.Provider), lat(b.Provider)))
-	})
-	out := make([]peer.ID, 0, len(recs))
-	for _, c := range recs {
-		out = append(out, c.Provider)
-	}
-	return out, nil
-}
-
-// Jobs returns copies of this node's jobs as requester.
-func (n *Node) Jobs(ctx context.Context) ([]market.Job, error) {
-	var out []market.Job
-	err := n.market.do(ctx, func() {
-		for _, j := range n.market.eng.Jobs() {
-			out = append(out, *j)
-		}
-	})
-	return out, err
-}
-
-// ErrNoJob is returned for a job ID this node does not know.
-var ErrNoJob = errors.New("no such job")
-
-// Job returns a copy of one job.
-func (n *Node) Job(ctx context.Context, id protocol.JobID) (market.Job, error) {
-	var (
-		out market.Job
-		ok  bool
-	)
-	err := n.market.do(ctx, func() {
-		var j *market.Job
-		if j, ok = n.market.eng.Job(id); ok {
-			out = *j
-		}
-	})
-	if err == nil && !ok {
-		err = ErrNoJob
-	}
-	return out, err
-}
-
-// CancelJob cancels a job; it reports false if the job had already ended.
-func (n *Node) CancelJob(ctx context.Context, id protocol.JobID) (market.Job, bool, error) {
-	var (
-		out       market.Job
-		found, ok bool
-	)
-	err := n.market.do(ctx, func() {
-		var j *market.Job
-		if j, found = n.market.eng.Job(id); found {
-			ok = n.market.eng.Cancel(time.Now(), id, "cancelled by requester")
-			out = *j
-		}
-	})
-	if err == nil && !found {
-		err = ErrNoJob
-	}
-	return out, ok, err
-}
-
-// WatchJob returns a channel of a job's states, closed when the job ends
-// or ctx does.
-func (n *Node) WatchJob(ctx context.Context, id protocol.JobID) (<-chan market.Job, error) {
-	ch := make(chan market.Job, 16)
-	found := false
-	err := n.market.do(ctx, func() {
-		j, ok := n.market.eng.Job(id)
-		if !ok {
-			return
-		}
-		found = true
-		ch <- *j
-		if j.State.Terminal() {
-			close(ch)
-			return
-		}
-		w := &watcher{ch: ch}
-		n.market.watchers[id] = append(n.market.watchers[id], w)
-		w.stop = context.AfterFunc(ctx, func() {
-			n.market.do(n.runCtx, func() { n.market.unwatch(id, w) })
-		})
-	})
-	if err == nil && !found {
-		err = ErrNoJob
-	}
-	return ch, err
-}
-
-// kindOf names a market message's body for metrics.
-func kindOf(m *pb.MarketMessage) string {
-	switch m.Body.(type) {
-	case *pb.MarketMessage_Offer:
-		return "offer"
-	case *pb.MarketMessage_Bid:
-		return "bid"
-	case *pb.MarketMessage_Decline:
-		return "decline"
-	case *pb.MarketMessage_Award:
-		return "award"
-	case *pb.MarketMessage_Accept:
-		return "accept"
-	case *pb.MarketMessage_Taken:
-		return "taken"
-	case *pb.MarketMessage_Cancel:
-		return "cancel"
-	case *pb.MarketMessage_Heartbeat:
-		return "heartbeat"
-	case *pb.MarketMessage_Result:
-		return "result"
-	}
-	return "unknown"
-}
-
-// OfferMemory returns how many offers this provider remembers and what
-// they cost in bytes.
-func (n *Node) OfferMemory(ctx context.Context) (offers, bytes int, err error) {
-	err = n.market.do(ctx, func() { offers, bytes = n.market.eng.OfferMemory() })
-	return offers, bytes, err
-}
-
-// MarketStats returns how many market messages of each kind reached the
-// engine, and how many were refused before it, by reason.
-func (n *Node) MarketStats() (stepped, rejected map[string]int) {
-	return counts(n.market.stepped), counts(n.market.rejected)
-}
-
-func counts(v *prometheus.CounterVec) map[string]int {
-	out := map[string]int{}
-	ch := make(chan prometheus.Metric, 64)
-	go func() { v.Collect(ch); close(ch) }()
-	for m := range ch {
-		var pm dto.Metric
-		if m.Write(&pm) == nil && len(pm.Label) == 1 {
-			out[pm.Label[0].GetValue()] = int(pm.Counter.GetValue())
-		}
-	}
-	return out
 }

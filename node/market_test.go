@@ -420,6 +420,52 @@ func TestJobsSurviveRequesterRestart(t *testing.T) {
 	}
 }
 
+// A job's change whose write fails is not lost: the market keeps it and
+// tries again, and it reaches the disk. The change here, a cancel, is the
+// job's last: no later change of the job would write it.
+func TestFailedJobWriteIsRetried(t *testing.T) {
+	tn := startTestnet(t, 2, nil) // no provider: the job waits for bids
+	ctx := context.Background()
+	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
+		t.Fatal(err)
+	}
+	const req = 1
+	writes := tn.Node(req).WatchJobWrites()
+	c := clientFor(t, tn, req)
+	j, err := c.SubmitJob(ctx, noopJob("batch", "0s", "1m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitWrites := func(what string, stored, failed int) {
+		t.Helper()
+		if err := testnet.WaitFor(ctx, deadline, func() error {
+			if s, f := writes.Counts(); s < stored || f < failed {
+				return fmt.Errorf("%s: %d writes stored, %d failed", what, s, f)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitWrites("the posted job", 1, 0)
+	stored, _ := writes.Counts()
+	writes.FailNext(1)
+	if _, err := c.CancelJob(ctx, j.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitWrites("the cancel, tried again", stored+1, 1)
+	if err := tn.Stop(req); err != nil {
+		t.Fatal(err)
+	}
+	var rec market.Job
+	if err := json.Unmarshal(jobRecords(t, tn.Dir(req), []string{j.ID})[j.ID], &rec); err != nil {
+		t.Fatal(err)
+	}
+	if rec.State != market.Cancelled {
+		t.Fatalf("the job's record on disk is %s, want %s", rec.State, market.Cancelled)
+	}
+}
+
 // A watcher that goes away (an events client that disconnects) is dropped
 // at once, not kept until its job ends.
 func TestWatchEndsWithItsContext(t *testing.T) {

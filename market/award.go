@@ -1,0 +1,98 @@
+package market
+
+import (
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
+)
+
+// HoldRequest asks the caller for the escrow hold that backs an award: a
+// hold of Amount naming Provider (PlanHold says whether the posting's
+// hold serves), and the grant of the lease. The caller answers with
+// HoldWritten; only then does the award leave.
+type HoldRequest struct {
+	Job      protocol.JobID
+	Attempt  uint32
+	Provider peer.ID
+	Price    uint64
+	// Amount is what the hold escrows (HoldAmount at Price).
+	Amount uint64
+	// KnownSeq is the provider's head of this requester's ledger chain,
+	// from its latest bid; WithChain asks for the entries after it, up to
+	// the hold, to go with the award. An interactive award carries them;
+	// a batch job's window gives gossip the time to bring them (carrying
+	// them too cost about a tenth of a burst's leases/s).
+	KnownSeq  uint64
+	WithChain bool
+}
+
+// HoldResult is the caller's answer to a HoldRequest: the hold entry that
+// backs the award, the requester's entries before it the provider lacks
+// (if asked for), and the requester's signed grant of the lease; or why
+// the award cannot be backed.
+type HoldResult struct {
+	Hold  []byte
+	Chain [][]byte
+	Grant []byte
+	Err   error
+}
+
+// award gives j to p at price: the job is assigned (and saved), and its
+// award waits for the hold that backs it (NeedHolds). Its accept timeout
+// runs only once the hold is written and the award leaves (HoldWritten):
+// that wait is not the provider's to answer for. A price whose hold
+// cannot be computed cancels the job, as a hold that fails would.
+func (e *Engine) award(j *Job, now time.Time, p peer.ID, price uint64) {
+	j.Attempt++
+	j.State = Assigned
+	j.Provider, j.Price = p, price
+	j.WindowEnds, j.ReofferAt, j.EmptyRounds = time.Time{}, time.Time{}, 0
+	// What a restart finds: the award may have left before it, so its
+	// acceptance is due by then. (While the hold is written, Tick leaves
+	// the job alone.)
+	j.AcceptBy = now.Add(e.cfg.AcceptTimeout)
+	j.awaitingHold = true
+	e.save(j, now)
+	amount, err := HoldAmount(price, j.Spec())
+	if err != nil {
+		e.Cancel(now, j.ID, escrowFailed(err))
+		return
+	}
+	r := HoldRequest{Job: j.ID, Attempt: j.Attempt, Provider: p, Price: price, Amount: amount,
+		WithChain: j.Tier == protocol.TierInteractive}
+	for _, b := range j.Bids {
+		if b.Provider == p {
+			r.KnownSeq = b.KnownSeq // its latest bid
+		}
+	}
+	e.ready.NeedHolds = append(e.ready.NeedHolds, r)
+}
+
+// HoldWritten takes the caller's answer to the hold request of a job's
+// award of attempt. With a hold, the award leaves now, carrying it, and
+// the provider's time to accept starts; the new time is kept in memory
+// only (after a restart the stored, earlier one applies). Without one,
+// the job is cancelled with the reason. An answer for an award the job
+// has left behind (cancelled or re-offered meanwhile) changes nothing.
+func (e *Engine) HoldWritten(now time.Time, id protocol.JobID, attempt uint32, res HoldResult) {
+	j, ok := e.jobs[id]
+	if !ok || j.State != Assigned || j.Attempt != attempt || !j.awaitingHold {
+		return
+	}
+	j.awaitingHold = false
+	if res.Err != nil {
+		e.Cancel(now, id, escrowFailed(res.Err))
+		return
+	}
+	j.AcceptBy = now.Add(e.cfg.AcceptTimeout)
+	e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
+		JobId: j.ID[:], Provider: []byte(j.Provider), Price: j.Price, Attempt: j.Attempt,
+		Hold: res.Hold, Chain: res.Chain, Grant: res.Grant,
+	}}})
+}
+
+// escrowFailed is the reason a job whose award cannot be backed ends with.
+func escrowFailed(err error) string { return "escrow failed: " + err.Error() }
