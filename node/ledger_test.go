@@ -266,6 +266,9 @@ func TestAwardCarriesTheChainTheProviderLacks(t *testing.T) {
 	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
 		t.Fatal(err)
 	}
+	// The requester claims its grant once its head is confirmed: the
+	// holds written below need it.
+	waitHead(t, tn, 2, "confirmed")
 	requester, provider := tn.Node(2), tn.Node(1)
 	key, err := node.LoadIdentity(tn.Dir(2))
 	if err != nil {
