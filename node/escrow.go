@@ -40,10 +40,10 @@ func (n *Node) offerHoldWrite(id protocol.JobID, spec *pb.JobSpec) *ledgerWrite 
 			// Holds computed earlier in the same batch are not applied
 			// yet: count them, so this one does not make the batch fail.
 			b, err := n.ledger.Balance(n.host.ID())
-			if err != nil || b.Available() < n.market.writer.batchHeld+amount {
+			if err != nil || b.Available() < n.ledgerWriter.batchHeld+amount {
 				return nil
 			}
-			n.market.writer.batchHeld += amount
+			n.ledgerWriter.batchHeld += amount
 			return []storage.Body{body}
 		},
 	}
@@ -302,19 +302,13 @@ func (n *Node) signGrant(a market.HoldRequest) ([]byte, error) {
 	return g.Sign(n.cfg.Network, n.priv)
 }
 
-// checkGrant checks an award's grant to this provider (market.Config's
-// CheckGrant, on the engine's loop): the same check every ledger makes of
-// the lease entry that will quote it. An award it refuses is declined,
-// and counted as a refused message ("bad grant").
+// checkGrant checks an award's grant to this provider (the market
+// driver's CheckGrant, on the engine's loop): the same check every ledger
+// makes of the lease entry that will quote it.
 func (n *Node) checkGrant(requester peer.ID, job protocol.JobID, a *pb.Award) error {
 	g := storage.LeaseGrant{Job: storage.Hash(job), Requester: requester, Provider: n.host.ID(),
 		Price: a.Price, Attempt: a.Attempt}
-	if err := g.Verify(n.cfg.Network, a.Grant); err != nil {
-		n.market.rejected.WithLabelValues("bad grant").Inc()
-		n.log.Debug("award declined", "job", job, "requester", requester, "err", err)
-		return err
-	}
-	return nil
+	return g.Verify(n.cfg.Network, a.Grant)
 }
 
 // leaseWrite is the ledger write that records, in this provider's chain,
@@ -326,7 +320,7 @@ func (n *Node) leaseWrite(l *market.Lease) *ledgerWrite {
 		Attempt: l.Attempt, Grant: l.Grant}
 	return &ledgerWrite{
 		bodies: func() []storage.Body {
-			n.market.writer.batchLeases[body.Job]++
+			n.ledgerWriter.batchLeases[body.Job]++
 			return []storage.Body{body}
 		},
 		done: func([]*storage.Entry, []error) { n.ledger.UnclaimLease(n.host.ID(), body.Job) },
@@ -342,7 +336,7 @@ func (n *Node) receiptWrite(r *pb.Result, raw []byte) *ledgerWrite {
 	body := storage.ReceiptBody{Job: storage.Hash(r.JobId), Receipt: sha256.Sum256(raw), Result: r.ResultId,
 		Usage: storage.Usage{WallMS: uint64(r.GetUsage().GetWallMs()), GPUMS: uint64(r.GetUsage().GetGpuMs()), ExitCode: r.ExitCode}}
 	return &ledgerWrite{bodies: func() []storage.Body {
-		w := n.market.writer
+		w := n.ledgerWriter
 		leases, receipts, err := n.ledger.Leases(n.host.ID(), body.Job)
 		if err != nil || leases+w.batchLeases[body.Job] <= receipts+w.batchReceipts[body.Job] {
 			n.log.Debug("no lease left for a receipt; not recorded", "job", body.Job, "err", err)

@@ -526,16 +526,11 @@ func (n *Node) endSettledJobs(ctx context.Context, afterSeq uint64) bool {
 	if len(how) == 0 {
 		return true
 	}
-	ended := 0
-	err = n.market.do(ctx, func() {
-		now := time.Now()
-		for id, h := range how {
-			if j, ok := n.market.eng.Job(id); ok && !j.State.Terminal() {
-				n.market.eng.Cancel(now, id, "ended before this node's data dir was restored: its ledger shows the job "+h)
-				ended++
-			}
-		}
-	})
+	reasons := map[protocol.JobID]string{}
+	for id, h := range how {
+		reasons[id] = "ended before this node's data dir was restored: its ledger shows the job " + h
+	}
+	ended, err := n.market.End(ctx, reasons)
 	if err != nil {
 		return false
 	}

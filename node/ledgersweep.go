@@ -55,17 +55,17 @@ func (n *Node) sweepHolds(ctx context.Context, now time.Time) (sweepReport, erro
 	if err != nil {
 		return r, err
 	}
-	known := map[storage.Hash]*market.Job{}
-	err = n.market.do(ctx, func() {
-		for _, h := range holds {
-			if j, ok := n.market.eng.Job(protocol.JobID(h.Job)); ok {
-				c := *j
-				known[h.Job] = &c
-			}
-		}
-	})
+	ids := make([]protocol.JobID, len(holds))
+	for i, h := range holds {
+		ids[i] = protocol.JobID(h.Job)
+	}
+	byID, err := n.market.Lookup(ctx, ids)
 	if err != nil {
 		return r, err
+	}
+	known := map[storage.Hash]*market.Job{}
+	for id, j := range byID {
+		known[storage.Hash(id)] = j
 	}
 	var ended []*market.Job
 	var release []storage.Hash
@@ -101,12 +101,12 @@ func (n *Node) sweepHolds(ctx context.Context, now time.Time) (sweepReport, erro
 	r.Ended, r.Released = len(ended), len(release)
 	if w := n.settleWrite(ended); w != nil {
 		n.log.Info("settling holds of ended jobs", "jobs", len(ended))
-		n.market.writer.add(w)
+		n.ledgerWriter.add(w)
 	}
 	if len(release) > 0 {
 		n.log.Info("releasing holds of jobs this node has no record of, past their deadline (data dir restored from an older copy?)",
 			"holds", len(release))
-		n.market.writer.add(n.releaseWrite(release))
+		n.ledgerWriter.add(n.releaseWrite(release))
 	}
 	return r, nil
 }

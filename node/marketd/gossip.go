@@ -1,11 +1,13 @@
-package node
+package marketd
 
 import (
 	"context"
+	"log/slog"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 
+	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/protocol"
 )
 
@@ -19,7 +21,8 @@ const batchGossipLinger = 5 * time.Millisecond
 // linger) into one gossip message: every node validates, forwards and
 // delivers a gossip message at a cost of its own, whatever it carries.
 type gossipOut struct {
-	n      *Node
+	log    *slog.Logger
+	clock  clock.Clock
 	topic  *pubsub.Topic
 	linger time.Duration
 	in     chan []byte
@@ -27,7 +30,7 @@ type gossipOut struct {
 
 // publish queues a signed message. A full queue blocks the caller (the
 // market loop) until the publisher catches up, as publishing itself did:
-// nothing is dropped.
+// nothing is dropped (see the package doc on queues).
 func (g *gossipOut) publish(ctx context.Context, raw []byte) {
 	select {
 	case g.in <- raw:
@@ -36,7 +39,6 @@ func (g *gossipOut) publish(ctx context.Context, raw []byte) {
 }
 
 func (g *gossipOut) run(ctx context.Context) {
-	defer g.n.wg.Done()
 	for {
 		var batch [][]byte
 		select {
@@ -46,13 +48,13 @@ func (g *gossipOut) run(ctx context.Context) {
 			batch = append(batch, raw)
 		}
 		if g.linger > 0 {
-			t := time.NewTimer(g.linger)
+			t := g.clock.NewTimer(g.linger)
 		linger:
 			for len(batch) < protocol.MaxGossipMarketMessages {
 				select {
 				case raw := <-g.in:
 					batch = append(batch, raw)
-				case <-t.C:
+				case <-t.C():
 					break linger
 				case <-ctx.Done():
 					t.Stop()
@@ -72,7 +74,7 @@ func (g *gossipOut) run(ctx context.Context) {
 		}
 		for _, data := range protocol.JoinMarketGossip(batch) {
 			if err := g.topic.Publish(ctx, data); err != nil {
-				g.n.log.Debug("publish", "err", err)
+				g.log.Debug("publish", "err", err)
 			}
 		}
 	}
