@@ -1,9 +1,6 @@
 package node
 
 import (
-	"github.com/ipfs/go-cid"
-	"github.com/libp2p/go-libp2p/core/peer"
-
 	"github.com/mira-market/mira/node/runner"
 )
 
@@ -14,7 +11,7 @@ func (n *Node) runnerConfig() runner.Config {
 		DataDir: n.cfg.DataDir, Executors: p.Executors,
 		DockerNetwork: p.DockerNetwork, DockerUser: p.DockerUser, DockerImages: p.DockerImages,
 		WasmCacheDir: p.WasmCacheDir, Owner: n.host.ID().String(), Limits: n.jobLimits, GPUs: n.capacity.GPUs(),
-		Blobs: n.blobs, Results: resultReaders{n}, Logs: n.logs, LogStreams: n.logStreams,
+		Blobs: n.blobs.Transfer(), Results: n.blobs, Logs: n.logs, LogStreams: n.logStreams,
 		MaxBlobSize: n.cfg.MaxBlobSize, Log: n.log,
 	}
 }
@@ -26,13 +23,3 @@ func (n *Node) providerLimits() runner.Limits {
 		Slots: p.Slots, DiskMiB: p.DiskMiB, MaxMemoryMiB: p.MaxMemoryMiB, MaxCPUMillis: p.MaxCPUMillis,
 	}, n.cfg.DataDir, n.log)
 }
-
-// resultReaders keeps, in the node's database, who may fetch the results
-// and outputs the provider stored: each job's requester.
-type resultReaders struct{ n *Node }
-
-func (r resultReaders) AllowReader(id string, reader peer.ID) error {
-	return r.n.db.PutResultReader(id, []byte(reader))
-}
-
-func (r resultReaders) MayRead(id cid.Cid, reader peer.ID) bool { return r.n.mayReadResult(id, reader) }

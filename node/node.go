@@ -32,7 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/mira-market/mira/node/api"
-	"github.com/mira-market/mira/node/blob"
+	"github.com/mira-market/mira/node/blobd"
 	"github.com/mira-market/mira/node/capacity"
 	"github.com/mira-market/mira/node/disk"
 	"github.com/mira-market/mira/node/gpu"
@@ -61,7 +61,7 @@ type Node struct {
 	pubsub   *pubsub.PubSub
 	db       *storage.DB
 	disk     *disk.Guard
-	blobs    *blob.Service
+	blobs    *blobd.Service
 	ledger   *storage.Ledger
 	// ledgerWriter writes the node's own entries for the market.
 	ledgerWriter *ledgerWriter
@@ -191,10 +191,6 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		return nil, err
 	}
 
-	blobs, err := n.openBlobStore(filepath.Join(cfg.DataDir, blobsDir))
-	if err != nil {
-		return nil, err
-	}
 	if n.logs, err = joblogs.NewBook(joblogs.Config{Dir: filepath.Join(cfg.DataDir, logsDir), Store: dbLogStore{n}, Log: n.log}); err != nil {
 		return nil, err
 	}
@@ -254,11 +250,10 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 		return nil, fmt.Errorf("gossipsub: %w", err)
 	}
 	n.registerMetrics()
-	n.blobs = blob.NewService(n.host, cfg.Network, blobs, o.log)
-	n.blobs.SetAllow(n.blobAllowed)
-	n.metrics.MustRegister(newBlobCollector(n))
-	n.blobs.WrapHandler(func(h network.StreamHandler) network.StreamHandler { return n.limits.limitStreams("blob", h) })
-	n.results = results.New(runCtx, n.blobs, n.log)
+	if n.blobs, err = blobd.New(n.blobsConfig()); err != nil {
+		return nil, err
+	}
+	n.results = results.New(runCtx, n.blobs.Transfer(), n.log)
 	n.logStreams = joblogs.NewStreams(joblogs.StreamsConfig{Host: n.host, Network: cfg.Network, Book: n.logs, Log: n.log,
 		HoldsLease: func(job protocol.JobID, attempt uint32, p peer.ID) bool {
 			return n.market.IsLeaseHolder(job, attempt, p)
@@ -325,9 +320,9 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	if err := n.serveAPI(); err != nil {
 		return nil, err
 	}
-	n.wg.Add(5)
+	n.blobs.Start(runCtx)
+	n.wg.Add(4)
 	go n.watchDisk(runCtx)
-	go n.collectBlobs(runCtx)
 	go n.reconcileLoop(runCtx, n.connected)
 	go n.maintainBootstrap(runCtx)
 	go n.measureLatency(runCtx)
@@ -389,6 +384,9 @@ func (n *Node) Close() error {
 		}
 		if n.results != nil {
 			n.results.Close()
+		}
+		if n.blobs != nil {
+			n.blobs.Close() // its collector's last pass writes to the database
 		}
 		if n.capacity != nil {
 			n.capacity.Close()

@@ -2,18 +2,31 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
+	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
-	"github.com/mira-market/mira/node/blob"
+	"github.com/mira-market/mira/node/blobd"
 	"github.com/mira-market/mira/protocol"
 )
+
+// blobsConfig is what the node's blob store is built from.
+func (n *Node) blobsConfig() blobd.Config {
+	return blobd.Config{
+		Dir: filepath.Join(n.cfg.DataDir, blobsDir), MaxSize: n.cfg.MaxBlobSize, Budget: n.cfg.BlobCacheMiB << 20,
+		HeldFor: time.Duration(n.cfg.BlobResultRetention), DB: n.db, WithDB: n.withDB,
+		Host: n.host, Network: n.cfg.Network, Allow: n.blobAllowed,
+		Wrap:    func(h network.StreamHandler) network.StreamHandler { return n.limits.limitStreams("blob", h) },
+		Metrics: n.metrics, Log: n.log,
+	}
+}
 
 // blobAllowed decides who may fetch a blob from this node: a job's
 // requester its result, from the provider that produced it (recorded in
@@ -22,7 +35,7 @@ import (
 // Nothing else is shared: a content ID alone (the ledger's receipts name
 // results) is not a right to the content.
 func (n *Node) blobAllowed(p peer.ID, id cid.Cid) bool {
-	if n.mayReadResult(id, p) {
+	if n.blobs.MayRead(id, p) {
 		return true
 	}
 	return n.market != nil && n.market.LeaseNeeds(n.runCtx, p, id.String())
@@ -70,34 +83,17 @@ func (n *Node) PutBlob(r io.Reader) (api.BlobInfo, error) {
 	if err := n.diskLow(); err != nil {
 		return api.BlobInfo{}, err
 	}
-	c, size, err := n.blobs.Store().Put(r, blob.Operator)
-	if errors.Is(err, blob.ErrTooLarge) {
-		return api.BlobInfo{}, fmt.Errorf("%w: %w", api.ErrTooLarge, err)
-	}
-	if errors.Is(err, blob.ErrFull) {
-		return api.BlobInfo{}, fmt.Errorf("%w: %w (blob_cache_mib)", api.ErrInsufficientStorage, err)
-	}
-	if err != nil {
-		return api.BlobInfo{}, err
-	}
-	return api.BlobInfo{ID: c.String(), Size: size}, nil
+	return n.blobs.Put(r)
 }
 
 // OpenBlob opens a stored blob.
-func (n *Node) OpenBlob(id string) (io.ReadCloser, api.BlobInfo, error) {
-	c, _, err := protocol.ParseBlobID(id)
-	if err != nil {
-		return nil, api.BlobInfo{}, fmt.Errorf("%w: %w", api.ErrNotFound, err)
-	}
-	f, size, err := n.blobs.Store().Open(c)
-	if errors.Is(err, blob.ErrNotFound) {
-		return nil, api.BlobInfo{}, fmt.Errorf("%w: %w", api.ErrNotFound, err)
-	}
-	if err != nil {
-		return nil, api.BlobInfo{}, err
-	}
-	return f, api.BlobInfo{ID: c.String(), Size: size}, nil
-}
+func (n *Node) OpenBlob(id string) (io.ReadCloser, api.BlobInfo, error) { return n.blobs.Open(id) }
+
+// DeleteBlob is the operator's removal of a blob (see blobd.Service.Delete).
+func (n *Node) DeleteBlob(id string) (api.BlobDeleted, error) { return n.blobs.Delete(id) }
+
+// BlobStats returns what the blob store holds and what it has done.
+func (n *Node) BlobStats() blobd.Stats { return n.blobs.Stats() }
 
 // JobLogs answers GET /v1/jobs/{id}/logs.
 func (b apiBackend) JobLogs(ctx context.Context, id string, follow bool, w func([]byte) error) error {
