@@ -13,6 +13,7 @@ import (
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/node/capacity"
 	"github.com/mira-market/mira/node/gpu"
+	"github.com/mira-market/mira/node/marketd"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
 )
@@ -204,7 +205,7 @@ func (b apiBackend) jobID(ctx context.Context, id string) (protocol.JobID, error
 }
 
 func notFound(err error) error {
-	if errors.Is(err, ErrNoJob) {
+	if errors.Is(err, marketd.ErrNoJob) {
 		return fmt.Errorf("%w: %v", api.ErrNotFound, err)
 	}
 	return err

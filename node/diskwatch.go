@@ -58,12 +58,7 @@ func (n *Node) onDiskChange(s disk.Status) {
 	if s.Low {
 		reason = market.ReasonLowDisk
 	}
-	n.market.do(n.runCtx, func() {
-		n.market.eng.Pause(reason)
-		if !s.Low {
-			n.market.settleEnded()
-		}
-	})
+	n.market.Pause(n.runCtx, reason)
 }
 
 // closeDB closes the database, which flushes its memtable into a table:

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/mira-market/mira/node/ledgerd"
+	"github.com/mira-market/mira/node/marketd"
 )
 
 // SweepHolds runs one sweep of leftover holds as if the time were now.
@@ -15,29 +16,25 @@ func (n *Node) SweepHolds(now time.Time) (ledgerd.SweepReport, error) {
 }
 
 // SetOutboxPeers sets how many peers the market outbox keeps queues for.
-func (n *Node) SetOutboxPeers(max int) {
-	n.market.outbox.mu.Lock()
-	defer n.market.outbox.mu.Unlock()
-	n.market.outbox.maxPeers = max
-}
+func (n *Node) SetOutboxPeers(max int) { n.market.SetOutboxPeers(max) }
 
 // OutboxDropped is how many market messages the outbox dropped, by why.
-func (n *Node) OutboxDropped() map[string]int { return counts(n.market.outbox.dropped) }
+func (n *Node) OutboxDropped() map[string]int { return n.market.OutboxDropped() }
 
 // JobWrites counts the market's writes of job records, and makes the
 // next ones fail on demand (a full disk, say).
 type JobWrites struct {
 	mu                   sync.Mutex
-	inner                jobStore
+	inner                marketd.JobStore
 	fail, failed, stored int
 }
 
 // WatchJobWrites puts a JobWrites between the market and the node's DB.
 func (n *Node) WatchJobWrites() *JobWrites {
 	w := &JobWrites{}
-	n.market.do(n.runCtx, func() {
-		w.inner = n.market.jobs
-		n.market.jobs = w
+	n.market.WrapJobStore(func(inner marketd.JobStore) marketd.JobStore {
+		w.inner = inner
+		return w
 	})
 	return w
 }
@@ -57,6 +54,9 @@ func (w *JobWrites) PutJobs(records map[string][]byte) error {
 	w.stored++
 	return nil
 }
+
+// Jobs reads the records.
+func (w *JobWrites) Jobs(fn func(id string, rec []byte) error) error { return w.inner.Jobs(fn) }
 
 // FailNext makes the next k writes fail.
 func (w *JobWrites) FailNext(k int) {

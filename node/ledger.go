@@ -11,7 +11,6 @@ import (
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/node/ledgerd"
 	"github.com/mira-market/mira/protocol"
-	"github.com/mira-market/mira/protocol/pb"
 	"github.com/mira-market/mira/storage"
 )
 
@@ -44,7 +43,7 @@ func (n *Node) startLedger(ctx context.Context) error {
 		Bootstrapped:      len(n.bootstrap) > 0,
 	}, ledgerd.Deps{
 		Host: n.host, PubSub: n.pubsub, DB: n.db, Key: n.priv, Log: n.log, Metrics: n.metrics,
-		Disk: n.disk, Market: marketJobs{n},
+		Disk: n.disk, Market: lazyMarket{n},
 	})
 	return err
 }
@@ -64,18 +63,6 @@ func (n *Node) Reconcile(ctx context.Context, p peer.ID) error { return n.ledger
 // ReconcileStats returns the node's reconciliation counters.
 func (n *Node) ReconcileStats() ledgerd.ReconcileStats { return n.ledger.ReconcileStats() }
 
-// checkGrant is the market's check of an award's grant (see
-// ledgerd.Service.CheckGrant); an award it refuses is declined, and
-// counted as a refused message ("bad grant").
-func (n *Node) checkGrant(requester peer.ID, job protocol.JobID, a *pb.Award) error {
-	err := n.ledger.CheckGrant(requester, job, a)
-	if err != nil {
-		n.market.rejected.WithLabelValues("bad grant").Inc()
-		n.log.Debug("award declined", "job", job, "requester", requester, "err", err)
-	}
-	return err
-}
-
 // Balance answers GET /v1/ledger/balance.
 func (b apiBackend) Balance(ctx context.Context, account string) (api.BalanceInfo, error) {
 	return b.ledger.Balance(ctx, account)
@@ -89,32 +76,20 @@ func (b apiBackend) Entries(ctx context.Context, account string, after uint64, l
 // Verify answers GET /v1/ledger/verify.
 func (b apiBackend) Verify(ctx context.Context) (api.VerifyInfo, error) { return b.ledger.Verify(ctx) }
 
-// marketJobs is what the ledger service asks of the market (ledgerd.Market).
-type marketJobs struct{ n *Node }
+// lazyMarket is the node's market as the ledger service asks it
+// (ledgerd.Market): the service starts before the market does, and asks
+// only once the market has started.
+type lazyMarket struct{ n *Node }
 
-func (m marketJobs) Jobs(ctx context.Context, ids []protocol.JobID) (map[protocol.JobID]*market.Job, error) {
-	known := map[protocol.JobID]*market.Job{}
-	err := m.n.market.do(ctx, func() {
-		for _, id := range ids {
-			if j, ok := m.n.market.eng.Job(id); ok {
-				c := *j
-				known[id] = &c
-			}
-		}
-	})
-	return known, err
+func (m lazyMarket) Lookup(ctx context.Context, ids []protocol.JobID) (map[protocol.JobID]*market.Job, error) {
+	return m.n.market.Lookup(ctx, ids)
 }
 
-func (m marketJobs) End(ctx context.Context, reasons map[protocol.JobID]string) (int, error) {
-	ended := 0
-	err := m.n.market.do(ctx, func() {
-		now := time.Now()
-		for id, reason := range reasons {
-			if j, ok := m.n.market.eng.Job(id); ok && !j.State.Terminal() {
-				m.n.market.eng.Cancel(now, id, reason)
-				ended++
-			}
-		}
-	})
-	return ended, err
+func (m lazyMarket) End(ctx context.Context, reasons map[protocol.JobID]string) (int, error) {
+	return m.n.market.End(ctx, reasons)
 }
+
+// GossipScore returns p's gossip score as this node's pubsub last computed
+// it (see gossip.Scores.Score): a peer that gossips invalid entries or
+// market messages loses it.
+func (n *Node) GossipScore(p peer.ID) (float64, bool) { return n.scores.Score(p) }

@@ -6,6 +6,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/mira-market/mira/node/peerlimit"
 )
@@ -80,4 +81,15 @@ func (l *peerLimits) limitStreams(what string, h network.StreamHandler) network.
 }
 
 // PeerLimited returns what the per-peer limits refused, by what.
-func (n *Node) PeerLimited() map[string]int { return counts(n.limits.limited) }
+func (n *Node) PeerLimited() map[string]int {
+	out := map[string]int{}
+	ch := make(chan prometheus.Metric, 64)
+	go func() { n.limits.limited.Collect(ch); close(ch) }()
+	for m := range ch {
+		var pm dto.Metric
+		if m.Write(&pm) == nil && len(pm.Label) == 1 {
+			out[pm.Label[0].GetValue()] = int(pm.Counter.GetValue())
+		}
+	}
+	return out
+}

@@ -39,6 +39,7 @@ import (
 	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/node/joblogs"
 	"github.com/mira-market/mira/node/ledgerd"
+	"github.com/mira-market/mira/node/marketd"
 	"github.com/mira-market/mira/node/results"
 	"github.com/mira-market/mira/node/runner"
 	"github.com/mira-market/mira/protocol"
@@ -55,7 +56,7 @@ type Node struct {
 	priv     crypto.PrivKey
 	gater    *gater
 	capacity *capacity.Service
-	market   *marketDriver
+	market   *marketd.Driver
 	limits   *peerLimits
 	host     host.Host
 	dht      *dht.IpfsDHT
@@ -233,9 +234,9 @@ func Start(ctx context.Context, cfg Config, opts ...Option) (_ *Node, err error)
 	n.results = results.New(runCtx, n.blobs.Transfer(), n.log)
 	n.logStreams = joblogs.NewStreams(joblogs.StreamsConfig{Host: n.host, Network: cfg.Network, Book: n.logs, Log: n.log,
 		HoldsLease: func(job protocol.JobID, attempt uint32, p peer.ID) bool {
-			return n.market.isLeaseHolder(job, attempt, p)
+			return n.market.IsLeaseHolder(job, attempt, p)
 		},
-		Refused: func(err error) { n.market.reject(err) },
+		Refused: func(err error) { n.market.Refused(err) },
 	})
 	n.host.SetStreamHandler(libp2pproto.ID(protocol.LogsProtocol(cfg.Network)), n.limits.limitStreams("logs", n.logStreams.Handle))
 
@@ -348,6 +349,9 @@ func (n *Node) Close() error {
 			os.Remove(filepath.Join(n.cfg.DataDir, TokenFile))
 		}
 		n.cancel()
+		if n.market != nil {
+			n.market.Close() // its runs end before the runner closes
+		}
 		n.wg.Wait()
 		if n.runner != nil {
 			n.runner.Close()

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -39,23 +38,7 @@ func (n *Node) blobAllowed(p peer.ID, id cid.Cid) bool {
 	if n.blobs.MayRead(id, p) {
 		return true
 	}
-	allowed := false
-	if n.market == nil {
-		return false
-	}
-	n.market.do(n.runCtx, func() {
-		for _, j := range n.market.eng.Jobs() {
-			if j.Provider != p || j.State.Terminal() {
-				continue
-			}
-			spec := j.Spec()
-			if spec.GetModule() == id.String() || slices.Contains(spec.GetInputs(), id.String()) {
-				allowed = true
-				return
-			}
-		}
-	})
-	return allowed
+	return n.market != nil && n.market.LeaseNeeds(n.runCtx, p, id.String())
 }
 
 // JobResult opens a finished job's result blob, fetching it from the

@@ -15,7 +15,7 @@ import (
 	"github.com/mira-market/mira/storage"
 )
 
-// OfferHoldWrite is the ledger write that escrows a job's maximum cost at
+// offerHoldWrite is the ledger write that escrows a job's maximum cost at
 // its max price once the job is posted (and persisted), naming no
 // provider: it is synced while the offer collects bids, so the first award
 // finds it on disk and leaves without waiting for a sync. An interactive
@@ -24,13 +24,13 @@ import (
 // part of its bid window (and an award that comes first takes it along).
 // Without the credits for it, nothing is written and the award writes a
 // hold at the winning price instead.
-func (s *Service) OfferHoldWrite(id protocol.JobID, spec *pb.JobSpec) *Write {
+func (s *Service) offerHoldWrite(id protocol.JobID, spec *pb.JobSpec) *ledgerWrite {
 	amount, ok := market.PostingHold(spec)
 	if !ok {
 		return nil
 	}
 	body := storage.HoldBody{Job: storage.Hash(id), Amount: amount}
-	return &Write{
+	return &ledgerWrite{
 		jobs:   []protocol.JobID{id},
 		urgent: spec.GetTier() == protocol.TierInteractive,
 		bodies: func(batch *batch) []storage.Body {
@@ -49,15 +49,15 @@ func (s *Service) OfferHoldWrite(id protocol.JobID, spec *pb.JobSpec) *Write {
 	}
 }
 
-// EscrowWrite is the ledger write that backs awards with holds, as
+// escrowWrite is the ledger write that backs awards with holds, as
 // market.PlanHold decides: the open hold that already covers it (the
 // posting's, naming no provider, for a first award), or a new one (after
 // a release of an old one that does not fit). done gets each award's
 // hold entry, or the error that keeps it from being sent.
-func (s *Service) EscrowWrite(awards []market.HoldRequest, done func(holds [][]byte, errs []error)) *Write {
+func (s *Service) escrowWrite(awards []market.HoldRequest, done func(holds [][]byte, errs []error)) *ledgerWrite {
 	holds, errs := make([][]byte, len(awards)), make([]error, len(awards))
 	at := make([]int, len(awards)) // index of each new hold in the bodies, or -1
-	w := &Write{sends: true}
+	w := &ledgerWrite{sends: true}
 	for _, a := range awards {
 		w.jobs = append(w.jobs, a.Job)
 	}
@@ -148,12 +148,12 @@ func (s *Service) ChainBefore(hold []byte, after uint64) [][]byte {
 	return chain
 }
 
-// SettleWrite is the ledger write that settles the finished ones among
+// settleWrite is the ledger write that settles the finished ones among
 // jobs, once they are persisted: a payment to the provider whose result
 // was accepted, for the usage its receipt states, or a release. The hold
 // stays open until then, so a crash between the two is settled on
 // restart. nil if none has finished.
-func (s *Service) SettleWrite(jobs []*market.Job) *Write {
+func (s *Service) settleWrite(jobs []*market.Job) *ledgerWrite {
 	var ended []*market.Job
 	for _, j := range jobs {
 		if j.State.Terminal() {
@@ -164,7 +164,7 @@ func (s *Service) SettleWrite(jobs []*market.Job) *Write {
 	if len(ended) == 0 {
 		return nil
 	}
-	w := &Write{bodies: func(*batch) []storage.Body { return s.settlements(ended) }}
+	w := &ledgerWrite{bodies: func(*batch) []storage.Body { return s.settlements(ended) }}
 	for _, j := range ended {
 		w.jobs = append(w.jobs, j.ID)
 	}
@@ -245,7 +245,7 @@ func (s *Service) appendAll(bodies []storage.Body, what string) ([]*storage.Entr
 // lacks earlier entries), cover the price, and back a lease that this
 // provider has not taken yet: a hold backs one run, and a run whose lease
 // the ledger refuses would have no record. On success the lease is
-// claimed (storage.Ledger.ClaimLease) until LeaseWrite has written it.
+// claimed (storage.Ledger.ClaimLease) until leaseWrite has written it.
 func (s *Service) CheckHold(ctx context.Context, l *market.Lease) error {
 	if len(l.Hold) == 0 {
 		return errors.New("award without an escrow hold")
@@ -312,14 +312,14 @@ func (s *Service) CheckGrant(requester peer.ID, job protocol.JobID, a *pb.Award)
 	return nil
 }
 
-// LeaseWrite is the ledger write that records, in this provider's chain,
+// leaseWrite is the ledger write that records, in this provider's chain,
 // that it took a lease (after CheckHold found the hold that backs it and
 // claimed the lease, a claim given back once the lease is written),
 // quoting the requester's grant of the award.
-func (s *Service) LeaseWrite(l *market.Lease) *Write {
+func (s *Service) leaseWrite(l *market.Lease) *ledgerWrite {
 	body := storage.LeaseBody{Job: storage.Hash(l.Job), Requester: l.Requester, Price: l.Price,
 		Attempt: l.Attempt, Grant: l.Grant}
-	return &Write{
+	return &ledgerWrite{
 		bodies: func(b *batch) []storage.Body {
 			b.leases[body.Job]++
 			return []storage.Body{body}
@@ -328,15 +328,15 @@ func (s *Service) LeaseWrite(l *market.Lease) *Write {
 	}
 }
 
-// ReceiptWrite is the ledger write that records, in this provider's
+// receiptWrite is the ledger write that records, in this provider's
 // chain, the receipt it signed: the signed result's hash, the result's
 // content ID and the usage. The ledger takes one receipt for each lease
 // of the job in this chain: a result without a lease (the run stopped at
 // the escrow check) has none, and writes nothing.
-func (s *Service) ReceiptWrite(r *pb.Result, raw []byte) *Write {
+func (s *Service) receiptWrite(r *pb.Result, raw []byte) *ledgerWrite {
 	body := storage.ReceiptBody{Job: storage.Hash(r.JobId), Receipt: sha256.Sum256(raw), Result: r.ResultId,
 		Usage: storage.Usage{WallMS: uint64(r.GetUsage().GetWallMs()), GPUMS: uint64(r.GetUsage().GetGpuMs()), ExitCode: r.ExitCode}}
-	return &Write{bodies: func(b *batch) []storage.Body {
+	return &ledgerWrite{bodies: func(b *batch) []storage.Body {
 		leases, receipts, err := s.ledger.Leases(s.self, body.Job)
 		if err != nil || leases+b.leases[body.Job] <= receipts+b.receipts[body.Job] {
 			s.log.Debug("no lease left for a receipt; not recorded", "job", body.Job, "err", err)

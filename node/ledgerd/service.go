@@ -71,8 +71,8 @@ type Deps struct {
 
 // Market is what the service asks of the node's market.
 type Market interface {
-	// Jobs returns copies of the jobs among ids that the market knows.
-	Jobs(ctx context.Context, ids []protocol.JobID) (map[protocol.JobID]*market.Job, error)
+	// Lookup returns copies of the jobs among ids that the market knows.
+	Lookup(ctx context.Context, ids []protocol.JobID) (map[protocol.JobID]*market.Job, error)
 	// End ends each job that has not ended yet, with its reason, and
 	// returns how many it ended.
 	End(ctx context.Context, reasons map[protocol.JobID]string) (int, error)

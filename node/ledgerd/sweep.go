@@ -59,7 +59,7 @@ func (s *Service) SweepHolds(ctx context.Context, now time.Time) (SweepReport, e
 	for i, h := range holds {
 		ids[i] = protocol.JobID(h.Job)
 	}
-	known, err := s.market.Jobs(ctx, ids)
+	known, err := s.market.Lookup(ctx, ids)
 	if err != nil {
 		return r, err
 	}
@@ -95,14 +95,14 @@ func (s *Service) SweepHolds(ctx context.Context, now time.Time) (SweepReport, e
 		return r, err
 	}
 	r.Ended, r.Released = len(ended), len(release)
-	if w := s.SettleWrite(ended); w != nil {
+	if w := s.settleWrite(ended); w != nil {
 		s.log.Info("settling holds of ended jobs", "jobs", len(ended))
-		s.Queue(w)
+		s.enqueue(w)
 	}
 	if len(release) > 0 {
 		s.log.Info("releasing holds of jobs this node has no record of, past their deadline (data dir restored from an older copy?)",
 			"holds", len(release))
-		s.Queue(s.releaseWrite(release))
+		s.enqueue(s.releaseWrite(release))
 	}
 	return r, nil
 }
@@ -116,8 +116,8 @@ type SweepReport struct {
 
 // releaseWrite is the ledger write that releases the holds of jobs, those
 // still open when it is written.
-func (s *Service) releaseWrite(jobs []storage.Hash) *Write {
-	w := &Write{bodies: func(*batch) []storage.Body {
+func (s *Service) releaseWrite(jobs []storage.Hash) *ledgerWrite {
+	w := &ledgerWrite{bodies: func(*batch) []storage.Body {
 		var bodies []storage.Body
 		for _, job := range jobs {
 			if _, ok, err := s.ledger.HoldFor(s.self, job); err == nil && ok {

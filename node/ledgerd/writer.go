@@ -23,11 +23,11 @@ import (
 // for the market loop, which may be queueing a write meanwhile, so run
 // never waits for them.
 
-// Write is one queued write: the entries it makes, computed just before
-// the write (so they see every earlier write), and what to do once they
-// are on disk. The market's writes are made by the service's *Write
-// methods.
-type Write struct {
+// ledgerWrite is one queued write: the entries it makes, computed just
+// before the write (so they see every earlier write), and what to do once
+// they are on disk. The market's writes are made in escrow.go and queued
+// by the service's market methods (market.go).
+type ledgerWrite struct {
 	// jobs are the jobs the entries are about: a write is never batched
 	// with an earlier one about the same job, which it must see on disk.
 	jobs   []protocol.JobID
@@ -59,14 +59,14 @@ type batch struct {
 // writeJob is work for the writer's goroutine: a batch to write (keep,
 // the writes of batch that are still wanted), or writes to fail with err.
 type writeJob struct {
-	batch, keep []*Write
-	failed      []*Write
+	batch, keep []*ledgerWrite
+	failed      []*ledgerWrite
 	err         error
 }
 
 // writerState is the queue, owned by run's goroutine.
 type writerState struct {
-	queue  []*Write
+	queue  []*ledgerWrite
 	sends  int // queued or active writes that send messages when done
 	urgent int // queued or active writes that must not wait for company
 	// busy: the writer's goroutine has a job. draining: the writes queued
@@ -78,15 +78,15 @@ type writerState struct {
 	stopping bool
 }
 
-// Queue queues w; it never blocks.
-func (s *Service) Queue(w *Write) {
+// enqueue queues w; it never blocks.
+func (s *Service) enqueue(w *ledgerWrite) {
 	if w == nil {
 		return
 	}
 	s.post(func() { s.st.writer.add(w) })
 }
 
-func (ws *writerState) add(w *Write) {
+func (ws *writerState) add(w *ledgerWrite) {
 	ws.queue = append(ws.queue, w)
 	if w.sends {
 		ws.sends++
@@ -116,7 +116,7 @@ func (ws *writerState) finish(job writeJob) {
 	}
 }
 
-func (ws *writerState) forget(w *Write) {
+func (ws *writerState) forget(w *ledgerWrite) {
 	if w.sends {
 		ws.sends--
 	}
@@ -184,10 +184,10 @@ func (s *Service) schedule() bool {
 // unsent, their holds unwritten, the jobs re-offered after a restart),
 // while settlements and lease and receipt records are still written: a
 // node that stops keeps its records.
-func (s *Service) dispatch(b []*Write) {
+func (s *Service) dispatch(b []*ledgerWrite) {
 	keep := b
 	if s.st.writer.stopping {
-		keep = slices.DeleteFunc(slices.Clone(b), func(w *Write) bool { return w.sends })
+		keep = slices.DeleteFunc(slices.Clone(b), func(w *ledgerWrite) bool { return w.sends })
 	}
 	s.st.writer.busy = true
 	s.jobs <- writeJob{batch: b, keep: keep}
@@ -196,8 +196,8 @@ func (s *Service) dispatch(b []*Write) {
 // failSends gives up the queued writes that send, unwritten, with err.
 func (s *Service) failSends(err error) {
 	ws := &s.st.writer
-	var failed []*Write
-	ws.queue = slices.DeleteFunc(ws.queue, func(w *Write) bool {
+	var failed []*ledgerWrite
+	ws.queue = slices.DeleteFunc(ws.queue, func(w *ledgerWrite) bool {
 		if !w.sends {
 			return false
 		}
@@ -225,7 +225,7 @@ func (s *Service) dropUnconfirmed(err error) {
 
 // next takes the longest prefix of the queue whose writes are about
 // different jobs.
-func (ws *writerState) next() []*Write {
+func (ws *writerState) next() []*ledgerWrite {
 	seen := map[protocol.JobID]bool{}
 	k := 0
 prefix:
@@ -267,7 +267,7 @@ func (s *Service) writeLoop() {
 
 // write appends the batch's entries with one sync and hands each write
 // its share.
-func (s *Service) write(writes []*Write) {
+func (s *Service) write(writes []*ledgerWrite) {
 	b := &batch{leases: map[storage.Hash]uint64{}, receipts: map[storage.Hash]uint64{}}
 	var all []storage.Body
 	ends := make([]int, len(writes))

@@ -31,8 +31,8 @@ func newWriteProbe() *writeProbe {
 }
 
 // write returns a write named name about job.
-func (p *writeProbe) write(name string, job byte, urgent, sends bool) *Write {
-	return &Write{
+func (p *writeProbe) write(name string, job byte, urgent, sends bool) *ledgerWrite {
+	return &ledgerWrite{
 		jobs: []protocol.JobID{{job}}, urgent: urgent, sends: sends,
 		bodies: func(b *batch) []storage.Body {
 			p.mu.Lock()
@@ -146,7 +146,7 @@ func TestWriterBatches(t *testing.T) {
 				}
 				for _, q := range tc.writes {
 					time.Sleep(q.after)
-					s.Queue(p.write(q.name, q.job, q.urgent, q.sends))
+					s.enqueue(p.write(q.name, q.job, q.urgent, q.sends))
 				}
 				time.Sleep(2 * time.Second)
 				for name, want := range tc.outcomes {
@@ -171,8 +171,8 @@ func TestWriterHeadStalled(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		s := newTestService(t, ctx)
 		p := newWriteProbe()
-		s.Queue(p.write("settle", 1, false, false))
-		s.Queue(p.write("award", 2, false, true))
+		s.enqueue(p.write("settle", 1, false, false))
+		s.enqueue(p.write("award", 2, false, true))
 		synctest.Wait()
 		if !sending(s) {
 			t.Fatal("the award is not pending")
@@ -208,10 +208,10 @@ func TestWriterStopping(t *testing.T) {
 		release := make(chan struct{})
 		done := slow.done
 		slow.done = func(es []*storage.Entry, errs []error) { <-release; done(es, errs) }
-		s.Queue(slow)
+		s.enqueue(slow)
 		synctest.Wait() // slow is being written
-		s.Queue(p.write("award", 2, false, true))
-		s.Queue(p.write("settle", 3, false, false))
+		s.enqueue(p.write("award", 2, false, true))
+		s.enqueue(p.write("settle", 3, false, false))
 		synctest.Wait() // both queued behind it
 		cancel()
 		synctest.Wait() // the loop knows it stops

@@ -1,11 +1,10 @@
-package node
+package marketd
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
-	"log/slog"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -14,11 +13,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mira-market/mira/market"
-	"github.com/mira-market/mira/node/ledgerd"
-	"github.com/mira-market/mira/node/results"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
 	"github.com/mira-market/mira/storage"
@@ -28,7 +24,7 @@ import (
 // on.
 type flakyJobs struct {
 	mu     sync.Mutex
-	inner  jobStore
+	inner  JobStore
 	fail   int
 	failed int
 }
@@ -44,36 +40,45 @@ func (f *flakyJobs) PutJobs(recs map[string][]byte) error {
 	return f.inner.PutJobs(recs)
 }
 
+func (f *flakyJobs) Jobs(fn func(id string, rec []byte) error) error { return f.inner.Jobs(fn) }
+
+// noLedger is a ledger that writes nothing and checks nothing.
+type noLedger struct{}
+
+func (noLedger) HoldPosted(protocol.JobID, *pb.JobSpec)                   {}
+func (noLedger) WriteHolds([]market.HoldRequest, func([][]byte, []error)) {}
+func (noLedger) SignGrant(market.HoldRequest) ([]byte, error)             { return nil, nil }
+func (noLedger) ChainBefore([]byte, uint64) [][]byte                      { return nil }
+func (noLedger) CheckGrant(peer.ID, protocol.JobID, *pb.Award) error      { return nil }
+func (noLedger) Settle([]*market.Job)                                     {}
+func (noLedger) CheckHold(context.Context, *market.Lease) error           { return nil }
+func (noLedger) RecordLease(*market.Lease)                                {}
+func (noLedger) RecordReceipt(*pb.Result, []byte)                         {}
+func (noLedger) RequesterHead(peer.ID) (uint64, error)                    { return 0, nil }
+
+// noResults collects nothing (the jobs here end without results).
+type noResults struct{}
+
+func (noResults) Collect(*market.Job) {}
+
 // loopDriver is a market driver with only what its loop needs to carry
-// out a requester's job records: an engine, a job store, the real clock
-// (in a synctest bubble, the bubble's), a ledger that writes nothing,
-// and a result collector with nothing to collect (the jobs here end
-// without results).
-func loopDriver(self peer.ID, jobs jobStore) *marketDriver {
-	log := slog.New(slog.DiscardHandler)
-	n := &Node{log: log, results: results.New(context.Background(), nil, log)}
-	d := &marketDriver{
-		n: n, in: make(chan func(), 8), jobs: jobs, clock: realClock{},
-		eng: market.NewEngine(market.Config{Self: self, InteractiveWindow: time.Second, BatchWindow: time.Second,
-			AcceptTimeout: time.Second, HeartbeatTimeout: 3 * time.Second, HeartbeatInterval: time.Second}),
-		running: map[protocol.JobID]runningLease{}, watchers: map[protocol.JobID][]*watcher{},
-		postingHolds: map[protocol.JobID]*ledgerd.Write{}, ledger: idleLedger{},
-		offers: prometheus.NewGauge(prometheus.GaugeOpts{Name: "offers"}), offerBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bytes"}),
+// out a requester's job records: an engine, a job store, the system
+// clock (in a synctest bubble, the bubble's), a ledger that writes
+// nothing and a result collector with nothing to collect.
+func loopDriver(t *testing.T, self peer.ID, jobs JobStore) *Driver {
+	t.Helper()
+	d, err := New(Config{Network: "testnet", Engine: market.Config{Self: self, InteractiveWindow: time.Second, BatchWindow: time.Second,
+		AcceptTimeout: time.Second, HeartbeatTimeout: 3 * time.Second, HeartbeatInterval: time.Second}},
+		Deps{Jobs: jobs, Ledger: noLedger{}, Results: noResults{}})
+	if err != nil {
+		t.Fatal(err)
 	}
-	n.market = d
 	return d
 }
 
-// idleLedger is a ledger service that writes nothing: the settlements the
-// loop queues are dropped.
-type idleLedger struct{ marketLedger }
-
-func (idleLedger) SettleWrite([]*market.Job) *ledgerd.Write { return nil }
-func (idleLedger) Queue(*ledgerd.Write)                     {}
-
 // restoredJob puts a batch job of key's, bidding until its deadline a
 // minute from now, into d's engine as a restart would.
-func restoredJob(t *testing.T, d *marketDriver, key crypto.PrivKey) protocol.JobID {
+func restoredJob(t *testing.T, d *Driver, key crypto.PrivKey) protocol.JobID {
 	t.Helper()
 	now := d.clock.Now()
 	nonce := make([]byte, 16)
@@ -113,12 +118,10 @@ func TestLoopRetriesAFailedJobWrite(t *testing.T) {
 		}
 		defer db.Close()
 		jobs := &flakyJobs{inner: db, fail: 1}
-		d := loopDriver(self, jobs)
+		d := loopDriver(t, self, jobs)
 		id := restoredJob(t, d, key)
-		ctx, stop := context.WithCancel(t.Context())
-		d.n.wg.Add(1)
-		go d.loop(ctx)
-		if err := d.do(ctx, func() { d.eng.Cancel(d.clock.Now(), id, "cancelled by requester") }); err != nil {
+		d.startLoop()
+		if err := d.do(t.Context(), func() { d.eng.Cancel(d.clock.Now(), id, "cancelled by requester") }); err != nil {
 			t.Fatal(err)
 		}
 		synctest.Wait()
@@ -135,8 +138,7 @@ func TestLoopRetriesAFailedJobWrite(t *testing.T) {
 		if got := stored(t, db, id); got != market.Cancelled {
 			t.Fatalf("the job's record is %q, want %q", got, market.Cancelled)
 		}
-		stop()
-		d.n.wg.Wait()
+		d.Close()
 	})
 }
 

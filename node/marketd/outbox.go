@@ -1,17 +1,18 @@
-package node
+package marketd
 
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
-	"github.com/libp2p/go-msgio"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
 )
@@ -38,8 +39,12 @@ const (
 // would cost a stream open and close (three yamux frames) on every hop;
 // one stream also keeps a peer's messages in order.
 type outbox struct {
-	n     *Node
-	proto libp2pproto.ID
+	dial  dialer
+	clock clock.Clock
+	log   *slog.Logger
+	// wg counts the peers' goroutines.
+	wg sync.WaitGroup
+
 	mu    sync.Mutex
 	peers map[peer.ID]*peerQueue
 	// maxPeers is maxOutboxPeers (tests lower it).
@@ -47,7 +52,8 @@ type outbox struct {
 	// sends counts messages queued: the order of the queues' last use.
 	sends uint64
 	// dropped counts messages not sent, by why: "peers" (no place for a
-	// new peer), "queue" (the peer's queue full).
+	// new peer), "queue" (the peer's queue full), "unreachable" (its
+	// stream could not be opened or written).
 	dropped *prometheus.CounterVec
 }
 
@@ -63,13 +69,33 @@ type peerQueue struct {
 	used uint64
 }
 
-func newOutbox(n *Node) *outbox {
-	o := &outbox{n: n, proto: libp2pproto.ID(protocol.MarketProtocol(n.cfg.Network)), peers: map[peer.ID]*peerQueue{}, maxPeers: maxOutboxPeers,
+func newOutbox(dial dialer, clk clock.Clock, log *slog.Logger) *outbox {
+	return &outbox{dial: dial, clock: clk, log: log, peers: map[peer.ID]*peerQueue{}, maxPeers: maxOutboxPeers,
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mira_market_outbox_dropped_total", Help: "Market messages this node dropped instead of sending, by why.",
 		}, []string{"why"})}
-	n.metrics.MustRegister(o.dropped)
-	return o
+}
+
+// peerStream is the outbox's end of a market stream to a peer (a libp2p
+// stream; a test's fake).
+type peerStream interface {
+	Write(p []byte) (int, error)
+	SetWriteDeadline(t time.Time) error
+	Reset() error
+	Close() error
+}
+
+// dialer opens a market stream to a peer.
+type dialer func(ctx context.Context, to peer.ID) (peerStream, error)
+
+// hostDialer opens market streams on h (none without a host).
+func hostDialer(h host.Host, proto libp2pproto.ID) dialer {
+	return func(ctx context.Context, to peer.ID) (peerStream, error) {
+		if h == nil {
+			return nil, errors.New("no host")
+		}
+		return h.NewStream(ctx, to, proto)
+	}
 }
 
 // isBusiness reports whether m is about a job or lease this node has with
@@ -89,18 +115,17 @@ func (o *outbox) send(ctx context.Context, to peer.ID, raw []byte, business bool
 	q, ok := o.peers[to]
 	if !ok {
 		if q = o.admit(to, business); q == nil {
-			o.n.log.Warn("market outbox: too many peers with messages in flight; message dropped", "to", to)
+			o.log.Warn("market outbox: too many peers with messages in flight; message dropped", "to", to)
 			o.dropped.WithLabelValues("peers").Inc()
 			return
 		}
-		o.n.wg.Add(1)
-		go o.run(ctx, to, q)
+		o.wg.Go(func() { o.run(ctx, to, q) })
 	}
 	// Queued under the lock: the peer's goroutine retires only while
 	// holding it with an empty queue, so nothing lands in a queue that
 	// nobody reads any more.
 	if len(q.msgs) >= outboxQueue {
-		o.n.log.Warn("market outbox full; message dropped", "to", to)
+		o.log.Warn("market outbox full; message dropped", "to", to)
 		o.dropped.WithLabelValues("queue").Inc()
 		return
 	}
@@ -148,15 +173,17 @@ func (o *outbox) idlest() (peer.ID, *peerQueue) {
 	return id, best
 }
 
+// run writes what is queued for one peer, on one stream, until the peer
+// is retired: idle for outboxIdle (on the outbox's clock), unreachable,
+// evicted, or the outbox closes.
 func (o *outbox) run(ctx context.Context, to peer.ID, q *peerQueue) {
-	defer o.n.wg.Done()
-	var st network.Stream
+	var st peerStream
 	defer func() {
 		if st != nil {
 			st.Close()
 		}
 	}()
-	idle := time.NewTimer(outboxIdle)
+	idle := o.clock.NewTimer(outboxIdle)
 	defer idle.Stop()
 	for {
 		select {
@@ -164,15 +191,14 @@ func (o *outbox) run(ctx context.Context, to peer.ID, q *peerQueue) {
 			return
 		case <-q.gone:
 			return // evicted while idle
-		case <-idle.C:
-			if o.retire(to, q, false) {
+		case <-idle.C():
+			if o.retire(to, q) {
 				return
 			}
 		case <-q.wake:
-			for framed := o.frames(q); framed != nil; framed = o.frames(q) {
+			for framed, k := o.frames(q); k > 0; framed, k = o.frames(q) {
 				if st = o.write(ctx, to, st, framed); st == nil {
-					// Unreachable: what is queued is dropped with it.
-					o.retire(to, q, true)
+					o.giveUp(ctx, to, q, k)
 					return
 				}
 			}
@@ -181,12 +207,12 @@ func (o *outbox) run(ctx context.Context, to peer.ID, q *peerQueue) {
 	}
 }
 
-// retire removes q's peer from the outbox if its queue is empty, or
-// regardless with drop (which empties it); it reports whether it did.
-func (o *outbox) retire(to peer.ID, q *peerQueue, drop bool) bool {
+// retire removes q's peer from the outbox if its queue is empty; it
+// reports whether it did.
+func (o *outbox) retire(to peer.ID, q *peerQueue) bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if len(q.msgs) > 0 && !drop {
+	if len(q.msgs) > 0 {
 		return false
 	}
 	if o.peers[to] == q {
@@ -195,14 +221,31 @@ func (o *outbox) retire(to peer.ID, q *peerQueue, drop bool) bool {
 	return true
 }
 
+// giveUp removes an unreachable peer's queue: what waits in it is
+// dropped, and counted with the unwritten messages of the failed write
+// (unless the outbox is closing).
+func (o *outbox) giveUp(ctx context.Context, to peer.ID, q *peerQueue, unwritten int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	dropped := unwritten + len(q.msgs)
+	q.msgs = nil
+	if o.peers[to] == q {
+		delete(o.peers, to)
+	}
+	if ctx.Err() == nil {
+		o.dropped.WithLabelValues("unreachable").Add(float64(dropped))
+	}
+}
+
 // maxCoalesced bounds the bytes of queued messages written together.
 const maxCoalesced = 256 << 10
 
 // frames takes the queued messages, up to maxCoalesced bytes (at least
 // one), each with its varint length, into one buffer: under load one
 // stream write (one yamux frame, one encrypted record) carries many
-// messages instead of one each. nil when nothing is queued.
-func (o *outbox) frames(q *peerQueue) []byte {
+// messages instead of one each. It returns the buffer and how many
+// messages it holds (none: nothing is queued).
+func (o *outbox) frames(q *peerQueue) ([]byte, int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	var buf []byte
@@ -219,25 +262,25 @@ func (o *outbox) frames(q *peerQueue) []byte {
 	// Busy from taking messages until a call finds none: the peer is not
 	// idle while they are written.
 	q.busy = n > 0
-	return buf
+	return buf, n
 }
 
 // write sends framed messages, opening the stream if needed and retrying once
 // on a fresh stream if the old one broke. It returns the stream to reuse,
 // nil if none could be opened or written.
-func (o *outbox) write(ctx context.Context, to peer.ID, st network.Stream, framed []byte) network.Stream {
+func (o *outbox) write(ctx context.Context, to peer.ID, st peerStream, framed []byte) peerStream {
 	for attempt := 0; attempt < 2; attempt++ {
 		if st == nil {
 			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			s, err := o.n.host.NewStream(sctx, to, o.proto)
+			s, err := o.dial(sctx, to)
 			cancel()
 			if err != nil {
-				o.n.log.Debug("market stream", "to", to, "err", err)
+				o.log.Debug("market stream", "to", to, "err", err)
 				return nil
 			}
 			st = s
 		}
-		st.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		st.SetWriteDeadline(time.Now().Add(10 * time.Second)) // the stream's own, wall-time deadline
 		// A write that breaks may have delivered some of the messages;
 		// the retry sends them all again, and the receiver drops repeats
 		// (the engine ignores a message it has already acted on).
@@ -248,27 +291,4 @@ func (o *outbox) write(ctx context.Context, to peer.ID, st network.Stream, frame
 		st = nil
 	}
 	return nil
-}
-
-// handleStream reads framed market messages from a peer until it closes
-// the stream; a frame over the size limit ends the stream, and one past the
-// peer's rate limit is dropped unread.
-func (d *marketDriver) handleStream(st network.Stream) {
-	defer st.Close()
-	r := msgio.NewVarintReaderSize(st, protocol.MaxMarketMessageSize)
-	for {
-		data, err := r.ReadMsg()
-		if err != nil {
-			if errors.Is(err, msgio.ErrMsgTooLarge) {
-				d.reject(protocol.ErrTooLarge)
-				st.Reset()
-			}
-			return
-		}
-		from := st.Conn().RemotePeer()
-		if !d.n.limits.allowMarket(from) {
-			continue // dropped (and counted) before its signature is checked
-		}
-		d.receive(from, data)
-	}
 }

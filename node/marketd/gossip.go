@@ -1,4 +1,4 @@
-package node
+package marketd
 
 import (
 	"context"
@@ -6,8 +6,8 @@ import (
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
-	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/node/gossip"
 	"github.com/mira-market/mira/protocol"
 )
@@ -17,12 +17,14 @@ import (
 // a window hundreds of times longer.
 const batchGossipLinger = 5 * time.Millisecond
 
-// newMarketGossip returns the publisher of one tier's signed offers and
-// taken notices: those queued together (and, for the batch tier, those
-// that follow within batchGossipLinger) go out as one gossip message. A
-// full queue blocks the caller (the market loop) until the publisher
-// catches up, as publishing itself did: nothing is dropped.
-func newMarketGossip(t *pubsub.Topic, tier string, log *slog.Logger) *gossip.Batcher {
+// newGossipOut returns the publisher of one tier's signed offers and taken
+// notices: those queued together (and, for the batch tier, those that
+// follow within batchGossipLinger, on clk) go out as one gossip message,
+// since every node validates, forwards and delivers a gossip message at a
+// cost of its own, whatever it carries. A full queue blocks the caller
+// (the market loop) until the publisher catches up, as publishing itself
+// did: nothing is dropped (see the package doc on queues).
+func newGossipOut(t *pubsub.Topic, tier string, clk clock.Clock, log *slog.Logger) *gossip.Batcher {
 	cfg := gossip.Config{
 		FlushAt: protocol.MaxGossipMarketMessages,
 		Limit:   4096,
@@ -32,13 +34,10 @@ func newMarketGossip(t *pubsub.Topic, tier string, log *slog.Logger) *gossip.Bat
 				log.Debug("publish", "err", err)
 			}
 		},
+		Clock: clk,
 	}
 	if tier == protocol.TierBatch {
 		cfg.Delay = batchGossipLinger
 	}
 	return gossip.NewBatcher(cfg)
 }
-
-// GossipScore returns p's gossip score as this node's pubsub last computed
-// it (see gossip.Scores.Score).
-func (n *Node) GossipScore(p peer.ID) (float64, bool) { return n.scores.Score(p) }

@@ -1,4 +1,4 @@
-package node
+package marketd
 
 import (
 	"context"
@@ -9,20 +9,16 @@ import (
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
-	pubsubpb "github.com/libp2p/go-libp2p-pubsub/pb"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-msgio"
 
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
 )
 
-// The market driver's inbound side: gossip validation, the verification
-// cache, and the messages fed to the engine.
-
-func messageID(m *pubsubpb.Message) string {
-	sum := sha256.Sum256(m.Data)
-	return string(sum[:])
-}
+// The driver's inbound side: gossip validation, the verification cache,
+// the market stream handler, and the messages fed to the engine.
 
 // validateGossip runs before a gossip message is forwarded: it passes only
 // if every signed message in it verifies, is an offer or a taken notice,
@@ -37,27 +33,27 @@ func messageID(m *pubsubpb.Message) string {
 // that only repacks signed messages already seen on gossip is ignored, so
 // a peer cannot make the network carry them again. The node's own gossip,
 // which it has just signed, is accepted unchecked.
-func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Message) pubsub.ValidationResult {
-	raws, err := protocol.SplitMarketGossip(m.Data)
+func (m *Driver) validateGossip(_ context.Context, _ peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+	raws, err := protocol.SplitMarketGossip(msg.Data)
 	if err != nil {
-		d.reject(err)
-		d.n.log.Debug("gossip message rejected", "from", m.ReceivedFrom, "err", err)
+		m.reject(err)
+		m.log.Debug("gossip message rejected", "from", msg.ReceivedFrom, "err", err)
 		return pubsub.ValidationReject
 	}
-	if m.ReceivedFrom == d.n.host.ID() {
+	if msg.ReceivedFrom == m.self {
 		// Our own, signed just now: not checked again, and of no use to
 		// our engine; remembered, so that a peer's repack is ignored.
-		d.gossipSeen.anyNew(raws)
+		m.gossipSeen.anyNew(raws)
 		return pubsub.ValidationAccept
 	}
-	if !d.n.limits.allowGossip(m.ReceivedFrom, len(raws)) {
+	if !m.limits.AllowGossip(msg.ReceivedFrom, len(raws)) {
 		// Past the peer's rate: not checked, not passed on, and not held
 		// against it (it may only be relaying what others publish).
 		return pubsub.ValidationIgnore
 	}
 	msgs := make([]*protocol.Signed, 0, len(raws))
 	for _, raw := range raws {
-		s, err := d.open(raw)
+		s, err := m.open(raw)
 		if err == nil {
 			switch s.Msg.Body.(type) {
 			case *pb.MarketMessage_Offer, *pb.MarketMessage_Taken:
@@ -69,8 +65,8 @@ func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Me
 			err = fmt.Errorf("%w: a gossip message of %s and %s", protocol.ErrSigner, msgs[0].Signer, s.Signer)
 		}
 		if err != nil {
-			d.reject(err)
-			d.n.log.Debug("gossip message rejected", "from", m.ReceivedFrom, "err", err)
+			m.reject(err)
+			m.log.Debug("gossip message rejected", "from", msg.ReceivedFrom, "err", err)
 			// A message that expired on the way, or that runs past the
 			// limit of how far ahead it may expire only by this node's
 			// clock being behind the relay's, is no one's fault: it is
@@ -86,11 +82,11 @@ func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Me
 	if len(msgs) == 0 {
 		return pubsub.ValidationIgnore
 	}
-	if !d.gossipSeen.anyNew(raws) {
-		d.rejected.WithLabelValues("repacked").Inc()
+	if !m.gossipSeen.anyNew(raws) {
+		m.rejected.WithLabelValues("repacked").Inc()
 		return pubsub.ValidationIgnore
 	}
-	m.ValidatorData = msgs
+	msg.ValidatorData = msgs
 	return pubsub.ValidationAccept
 }
 
@@ -98,17 +94,16 @@ func (d *marketDriver) validateGossip(_ context.Context, _ peer.ID, m *pubsub.Me
 // directly.
 var errNotForGossip = errors.New("not for gossip")
 
-func (d *marketDriver) readTopic(ctx context.Context, sub *pubsub.Subscription) {
-	defer d.n.wg.Done()
+func (m *Driver) readTopic(sub *pubsub.Subscription) {
 	defer sub.Cancel()
 	for {
-		m, err := sub.Next(ctx)
+		msg, err := sub.Next(m.ctx)
 		if err != nil {
 			return
 		}
-		if msgs, ok := m.ValidatorData.([]*protocol.Signed); ok {
+		if msgs, ok := msg.ValidatorData.([]*protocol.Signed); ok {
 			for _, s := range msgs {
-				d.step(s)
+				m.step(s)
 			}
 		}
 	}
@@ -117,14 +112,14 @@ func (d *marketDriver) readTopic(ctx context.Context, sub *pubsub.Subscription) 
 // open verifies a market message, or recalls that the same bytes passed
 // before: an interactive offer reaches a provider both directly and by
 // gossip, and a signature check is the dearest step on the hot path.
-func (d *marketDriver) open(data []byte) (*protocol.Signed, error) {
+func (m *Driver) open(data []byte) (*protocol.Signed, error) {
 	key := sha256.Sum256(data)
-	if s, ok := d.verified.get(key); ok && time.UnixMilli(s.Msg.ExpiresUnixMs).After(time.Now()) {
+	if s, ok := m.verified.get(key); ok && time.UnixMilli(s.Msg.ExpiresUnixMs).After(m.clock.Now()) {
 		return s, nil
 	}
-	s, err := protocol.OpenMarket(data, d.n.cfg.Network, time.Now())
+	s, err := protocol.OpenMarket(data, m.network, m.clock.Now())
 	if err == nil {
-		d.verified.put(key, s)
+		m.verified.put(key, s)
 	}
 	return s, err
 }
@@ -193,21 +188,21 @@ func (c *verifiedCache) put(k [32]byte, s *protocol.Signed) {
 
 // receive verifies one direct message; its signer must be the peer that
 // sent it.
-func (d *marketDriver) receive(from peer.ID, data []byte) {
-	s, err := d.open(data)
+func (m *Driver) receive(from peer.ID, data []byte) {
+	s, err := m.open(data)
 	if err == nil && s.Signer != from {
 		err = fmt.Errorf("%w: sent by %s, signed by %s", protocol.ErrSigner, from, s.Signer)
 	}
 	if err != nil {
-		d.reject(err)
-		d.n.log.Debug("market message rejected", "from", from, "err", err)
+		m.reject(err)
+		m.log.Debug("market message rejected", "from", from, "err", err)
 		return
 	}
-	d.step(s)
+	m.step(s)
 }
 
 // reject counts a refused message under the reason its error names.
-func (d *marketDriver) reject(err error) {
+func (m *Driver) reject(err error) {
 	reason := "malformed"
 	for _, r := range []struct {
 		err  error
@@ -218,25 +213,26 @@ func (d *marketDriver) reject(err error) {
 			break
 		}
 	}
-	d.rejected.WithLabelValues(reason).Inc()
+	m.rejected.WithLabelValues(reason).Inc()
 }
 
-func (d *marketDriver) step(s *protocol.Signed) {
-	d.stepped.WithLabelValues(kindOf(s.Msg)).Inc()
-	rtt := d.n.host.Peerstore().LatencyEWMA(s.Signer)
-	head, isOffer := d.knownHead(s)
-	// Block rather than drop: a full queue pushes back on the stream or
-	// topic reader, and so on the sender, instead of losing a bid or an
-	// award that a timeout would later blame on an honest peer.
+func (m *Driver) step(s *protocol.Signed) {
+	m.stepped.WithLabelValues(kindOf(s.Msg)).Inc()
+	rtt := m.host.Peerstore().LatencyEWMA(s.Signer)
+	head, isOffer := m.knownHead(s)
+	// Block rather than drop (see the package doc on queues): a full
+	// queue pushes back on the stream or topic reader, and so on the
+	// sender, instead of losing a bid or an award that a timeout would
+	// later blame on an honest peer.
 	select {
-	case d.in <- func() {
-		d.eng.SetRTT(s.Signer, rtt)
+	case m.in <- func() {
+		m.eng.SetRTT(s.Signer, rtt)
 		if isOffer {
-			d.eng.SetKnownHead(s.Signer, head)
+			m.eng.SetKnownHead(s.Signer, head)
 		}
-		d.eng.Step(d.clock.Now(), s)
+		m.eng.Step(m.clock.Now(), s)
 	}:
-	case <-d.n.runCtx.Done():
+	case <-m.ctx.Done():
 	}
 }
 
@@ -245,15 +241,15 @@ func (d *marketDriver) step(s *protocol.Signed) {
 // the engine's bid names it, so that the award carries the requester's
 // entries this node lacks. It is read here, on the reader's goroutine,
 // not on the engine's.
-func (d *marketDriver) knownHead(s *protocol.Signed) (seq uint64, isOffer bool) {
-	if s.Msg.GetOffer() == nil || !d.n.IsProvider() {
+func (m *Driver) knownHead(s *protocol.Signed) (seq uint64, isOffer bool) {
+	if s.Msg.GetOffer() == nil || !m.provider {
 		return 0, false
 	}
-	h, err := d.ledger.Ledger().Head(s.Signer)
+	seq, err := m.ledger.RequesterHead(s.Signer)
 	if err != nil {
 		return 0, true
 	}
-	return h.Seq, true
+	return seq, true
 }
 
 // kindOf names a market message's body for metrics.
@@ -279,4 +275,27 @@ func kindOf(m *pb.MarketMessage) string {
 		return "result"
 	}
 	return "unknown"
+}
+
+// handleStream reads framed market messages from a peer until it closes
+// the stream; a frame over the size limit ends the stream, and one past the
+// peer's rate limit is dropped unread.
+func (m *Driver) handleStream(st network.Stream) {
+	defer st.Close()
+	r := msgio.NewVarintReaderSize(st, protocol.MaxMarketMessageSize)
+	for {
+		data, err := r.ReadMsg()
+		if err != nil {
+			if errors.Is(err, msgio.ErrMsgTooLarge) {
+				m.reject(protocol.ErrTooLarge)
+				st.Reset()
+			}
+			return
+		}
+		from := st.Conn().RemotePeer()
+		if !m.limits.AllowMarket(from) {
+			continue // dropped (and counted) before its signature is checked
+		}
+		m.receive(from, data)
+	}
 }

@@ -1,0 +1,49 @@
+package ledgerd
+
+import (
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
+)
+
+// The market's side of the ledger (what node/marketd's Ledger asks): the
+// writes it queues go in the order queued, each after the earlier ones
+// about the same job are on disk; none blocks the caller.
+
+// HoldPosted queues the hold of a posted (and persisted) job's maximum
+// cost (see offerHoldWrite).
+func (s *Service) HoldPosted(job protocol.JobID, spec *pb.JobSpec) {
+	if w := s.offerHoldWrite(job, spec); w != nil {
+		s.enqueue(w)
+	}
+}
+
+// WriteHolds queues the holds that back awards (see escrowWrite); done
+// gets each award's hold entry or the error that keeps it from being
+// sent, on the writer's goroutine.
+func (s *Service) WriteHolds(reqs []market.HoldRequest, done func(holds [][]byte, errs []error)) {
+	s.enqueue(s.escrowWrite(reqs, done))
+}
+
+// Settle queues the settlement of the finished ones among jobs.
+func (s *Service) Settle(jobs []*market.Job) {
+	if w := s.settleWrite(jobs); w != nil {
+		s.enqueue(w)
+	}
+}
+
+// RecordLease queues this provider's record of a lease it took (after
+// CheckHold).
+func (s *Service) RecordLease(l *market.Lease) { s.enqueue(s.leaseWrite(l)) }
+
+// RecordReceipt queues this provider's record of the result it signed.
+func (s *Service) RecordReceipt(r *pb.Result, signed []byte) { s.enqueue(s.receiptWrite(r, signed)) }
+
+// RequesterHead is the seq of the head of a requester's chain that this
+// node holds.
+func (s *Service) RequesterHead(requester peer.ID) (uint64, error) {
+	h, err := s.ledger.Head(requester)
+	return h.Seq, err
+}

@@ -1,0 +1,110 @@
+package marketd
+
+import (
+	"context"
+	"log/slog"
+
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/node/clock"
+	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
+)
+
+// Config is what the driver is told: the network it trades on, the
+// engine's settings and a provider's job slots.
+type Config struct {
+	Network string
+	// Engine configures the engine. Its CheckGrant is the driver's (the
+	// ledger's check, with the refusal counted), whatever is set here.
+	Engine market.Config
+	// Slots are a provider's job slots: what it announces free is Slots
+	// less its active leases.
+	Slots int
+}
+
+// Deps are what the driver works with.
+type Deps struct {
+	Host   host.Host
+	PubSub *pubsub.PubSub
+	// Key signs the node's market messages.
+	Key      crypto.PrivKey
+	Jobs     JobStore
+	Ledger   Ledger
+	Runner   Runner // nil on a node that is no provider
+	Results  Results
+	Limits   Limits
+	Capacity Capacity
+	Clock    clock.Clock // nil: the system clock
+	Log      *slog.Logger
+	Metrics  prometheus.Registerer
+}
+
+// JobStore is where the market keeps its job records (the node's
+// database): one write per Ready, read back on start.
+type JobStore interface {
+	PutJobs(records map[string][]byte) error
+	Jobs(fn func(id string, record []byte) error) error
+}
+
+// Ledger is what the market asks of the node's ledger. The writes it
+// queues go in the order queued, each after the earlier ones about the
+// same job are on disk; none blocks the caller.
+type Ledger interface {
+	// HoldPosted queues the hold of a posted job's maximum cost, written
+	// once the job is persisted (nothing if the node lacks the credits
+	// then: its award holds the winning price instead).
+	HoldPosted(job protocol.JobID, spec *pb.JobSpec)
+	// WriteHolds queues the holds that back awards (market.PlanHold);
+	// done gets each award's hold entry or the error that keeps it from
+	// being sent, on the writer's goroutine.
+	WriteHolds(reqs []market.HoldRequest, done func(holds [][]byte, errs []error))
+	// SignGrant signs an award's grant of the lease its hold backs.
+	SignGrant(req market.HoldRequest) ([]byte, error)
+	// ChainBefore is the requester's entries after seq after and before
+	// the hold, for the award to carry (nil: none, or too many).
+	ChainBefore(hold []byte, after uint64) [][]byte
+	// CheckGrant checks an award's grant to this provider.
+	CheckGrant(requester peer.ID, job protocol.JobID, a *pb.Award) error
+	// Settle queues the settlement of the finished ones among jobs.
+	Settle(jobs []*market.Job)
+	// CheckHold makes sure the requester escrowed a lease before it runs,
+	// and claims the lease.
+	CheckHold(ctx context.Context, l *market.Lease) error
+	// RecordLease queues the provider's record of a lease it took.
+	RecordLease(l *market.Lease)
+	// RecordReceipt queues the provider's record of the result it signed.
+	RecordReceipt(r *pb.Result, signed []byte)
+	// RequesterHead is the sequence number of the head of a requester's
+	// chain that this node holds.
+	RequesterHead(requester peer.ID) (uint64, error)
+}
+
+// Runner runs a lease's job on its executor (a provider's).
+type Runner interface {
+	Run(ctx context.Context, l *market.Lease) market.Outcome
+}
+
+// Results stores or fetches a finished job's result, off the loop.
+type Results interface {
+	Collect(j *market.Job)
+}
+
+// Limits are the per-peer rates of market messages: the driver drops
+// what a peer sends past them before checking a signature.
+type Limits interface {
+	AllowMarket(p peer.ID) bool
+	AllowGossip(p peer.ID, n int) bool
+}
+
+// Capacity is the node's view of providers: the candidates for an
+// interactive job, and the free slots it announces as one.
+type Capacity interface {
+	Candidates(ctx context.Context, r market.Requirements) ([]*protocol.Capacity, error)
+	SetFreeSlots(free int)
+}

@@ -1,0 +1,96 @@
+package marketd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+
+	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/protocol"
+)
+
+// run starts a lease's job on its executor; the outcome goes back into the
+// engine, which sends it to the requester as the signed result.
+func (m *Driver) run(l *market.Lease) {
+	// The job's deadline bounds staging and the run; max_duration bounds
+	// the run alone (see runner.Run).
+	rctx, cancel := context.WithDeadline(m.ctx, l.Deadline)
+	m.running[l.Job] = runningLease{attempt: l.Attempt, cancel: cancel}
+	m.wg.Go(func() {
+		defer cancel()
+		// A new goroutine runs before the ones already woken: let the
+		// outbox send the acceptance before the run takes the CPU.
+		runtime.Gosched()
+		var out market.Outcome
+		if err := m.ledger.CheckHold(rctx, l); err != nil {
+			out = market.Outcome{ExitCode: -1, Error: err.Error()}
+		} else {
+			m.ledger.RecordLease(l)
+			out = m.runner.Run(rctx, l)
+		}
+		out.Attempt = l.Attempt
+		// Blocks (see the package doc on queues).
+		select {
+		case m.in <- func() {
+			// A newer lease of the same job (re-awarded after a cancel)
+			// is not this run's to end.
+			if r, ok := m.running[l.Job]; ok && r.attempt == l.Attempt {
+				delete(m.running, l.Job)
+			}
+			m.eng.Finished(m.clock.Now(), l.Job, out)
+		}:
+		case <-m.ctx.Done():
+		}
+	})
+}
+
+// runningLease is a run in progress: which attempt, and how to stop it.
+type runningLease struct {
+	attempt uint32
+	cancel  context.CancelFunc
+}
+
+// restore loads persisted jobs into the engine after a restart. A crash
+// between persisting a job's end and settling it left its hold open: it
+// is settled once the node has confirmed its head with its peers (an
+// earlier run may have settled it, in entries this data dir lacks), by
+// the ledger writer, which writes nothing before then. A job whose offer
+// today's checks refuse (stored before a rule tightened, or signed by a
+// clock since set back) is ended with the reason, not offered again:
+// every peer would refuse it. The loop writes and settles it first thing.
+func (m *Driver) restore() error {
+	var ended []*market.Job
+	invalid := map[protocol.JobID]error{}
+	defer func() {
+		now := m.clock.Now()
+		for id, err := range invalid {
+			m.log.Warn("stored job's offer is no longer valid; job ended", "job", id, "err", err)
+			m.eng.Fail(now, id, "offer no longer valid: "+err.Error())
+		}
+		m.ledger.Settle(ended)
+	}()
+	return m.jobs.Jobs(func(id string, rec []byte) error {
+		var j market.Job
+		if err := json.Unmarshal(rec, &j); err != nil {
+			return fmt.Errorf("job %s: %w", id, err)
+		}
+		offer, err := protocol.OpenStoredOffer(j.Offer)
+		if err == nil && offer.Signer != m.self {
+			err = fmt.Errorf("%w: signed by %s", protocol.ErrSigner, offer.Signer)
+		}
+		if err != nil {
+			m.log.Warn("stored job has an invalid offer; skipped", "job", id, "err", err)
+			return nil
+		}
+		m.eng.Restore(&j, offer)
+		if j.State.Terminal() {
+			ended = append(ended, &j)
+		} else if err := offer.Recheck(m.network, m.clock.Now()); err != nil && !errors.Is(err, protocol.ErrExpired) {
+			// An expired job expires on the engine's first tick.
+			invalid[offer.Job] = err
+		}
+		return nil
+	})
+}

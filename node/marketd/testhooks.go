@@ -1,0 +1,18 @@
+package marketd
+
+// Hooks for the node's tests, which drive a whole node and reach the
+// driver through it (node/export_test.go).
+
+// SetOutboxPeers sets how many peers the outbox keeps queues for
+// (maxOutboxPeers), so that a test can fill it with a few.
+func (m *Driver) SetOutboxPeers(max int) {
+	m.outbox.mu.Lock()
+	defer m.outbox.mu.Unlock()
+	m.outbox.maxPeers = max
+}
+
+// WrapJobStore puts wrap's store between the loop and the job store, from
+// the loop's next Ready on (a test's store that fails on demand).
+func (m *Driver) WrapJobStore(wrap func(JobStore) JobStore) error {
+	return m.do(m.ctx, func() { m.jobs = wrap(m.jobs) })
+}
