@@ -18,6 +18,7 @@ import (
 	"github.com/mira-market/mira/node/executor"
 	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/riblt"
 	"github.com/mira-market/mira/storage"
 )
 
@@ -305,7 +306,7 @@ func DefaultConfig(dataDir string) Config {
 		BlobCacheMiB:        10 << 10,
 		BlobResultRetention: Duration(24 * time.Hour),
 		ReconcileInterval:   Duration(10 * time.Second),
-		ReconcileSymbols:    storage.DefaultReconcileCapacity,
+		ReconcileSymbols:    riblt.DefaultCapacity,
 		Provider: ProviderConfig{
 			Slots:            1,
 			PriceInteractive: 0.002,
@@ -418,8 +419,8 @@ func (c Config) Validate() error {
 			return fmt.Errorf("config: market.%s must be positive", name)
 		}
 	}
-	if c.ReconcileSymbols < 256 || c.ReconcileSymbols > storage.MaxReconcileCapacity {
-		return fmt.Errorf("config: reconcile_symbols must be in 256..%d", storage.MaxReconcileCapacity)
+	if c.ReconcileSymbols < 256 || c.ReconcileSymbols > riblt.MaxCapacity {
+		return fmt.Errorf("config: reconcile_symbols must be in 256..%d", riblt.MaxCapacity)
 	}
 	if c.Disk.CheckInterval <= 0 {
 		return errors.New("config: disk.check_interval must be positive")

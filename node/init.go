@@ -9,7 +9,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/mira-market/mira/storage"
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 // InitOptions configure Init.
@@ -43,7 +43,7 @@ func Init(opt InitOptions) (peer.ID, error) {
 		return "", err
 	}
 	if opt.Genesis != nil {
-		g, err := storage.ParseGenesis(opt.Genesis)
+		g, err := ledger.ParseGenesis(opt.Genesis)
 		if err != nil {
 			return "", err
 		}

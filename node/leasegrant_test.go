@@ -13,24 +13,24 @@ import (
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/protocol/pb"
-	"github.com/mira-market/mira/storage"
 	"github.com/mira-market/mira/testnet"
 )
 
 // honestJobs returns what n's ledger shows of the jobs whose posting hold
 // names no provider: the hold's entry, and the lease the winning provider
 // recorded (with the requester's grant it quotes).
-func honestJobs(t *testing.T, n *node.Node) (holds []storage.Entry, leases map[storage.Hash]storage.LeaseBody) {
+func honestJobs(t *testing.T, n *node.Node) (holds []ledger.Entry, leases map[ledger.Hash]ledger.LeaseBody) {
 	t.Helper()
-	leases = map[storage.Hash]storage.LeaseBody{}
+	leases = map[ledger.Hash]ledger.LeaseBody{}
 	for _, e := range allEntries(t, n) {
 		switch b := e.Body.(type) {
-		case storage.HoldBody:
+		case ledger.HoldBody:
 			if b.Provider == "" {
 				holds = append(holds, e)
 			}
-		case storage.LeaseBody:
+		case ledger.LeaseBody:
 			leases[b.Job] = b
 		}
 	}
@@ -42,7 +42,7 @@ func honestJobs(t *testing.T, n *node.Node) (holds []storage.Entry, leases map[s
 // holds backs, each lease naming the hold's requester, with a grant it
 // does not have (fanOutLease). The entries come interleaved round-robin,
 // as a flood would send them.
-func fanOutChains(t *testing.T, accounts int, holds []storage.Entry, leases map[storage.Hash]storage.LeaseBody) (raws [][]byte, ids []peer.ID) {
+func fanOutChains(t *testing.T, accounts int, holds []ledger.Entry, leases map[ledger.Hash]ledger.LeaseBody) (raws [][]byte, ids []peer.ID) {
 	t.Helper()
 	chains := make([]*ledgerChain, accounts)
 	for i := range chains {
@@ -50,12 +50,12 @@ func fanOutChains(t *testing.T, accounts int, holds []storage.Entry, leases map[
 		ids = append(ids, chains[i].id)
 	}
 	for _, hold := range holds {
-		job := hold.Body.(storage.HoldBody).Job
-		receipt := storage.ReceiptBody{Job: job, Receipt: sha256.Sum256(job[:]),
-			Result: "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku", Usage: storage.Usage{WallMS: 1000, GPUMS: 1000}}
+		job := hold.Body.(ledger.HoldBody).Job
+		receipt := ledger.ReceiptBody{Job: job, Receipt: sha256.Sum256(job[:]),
+			Result: "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku", Usage: ledger.Usage{WallMS: 1000, GPUMS: 1000}}
 		for _, lease := range []bool{true, false} {
 			for i, c := range chains {
-				var body storage.Body = receipt
+				var body ledger.Body = receipt
 				if lease {
 					body = fanOutLease(t, i, c.key, job, hold.Account, leases[job])
 				}
@@ -70,9 +70,9 @@ func fanOutChains(t *testing.T, accounts int, holds []storage.Entry, leases map[
 // job of requester, whose winner recorded honest: in turn, with the
 // winner's grant replayed (its price and attempt), with a grant the fresh
 // key signed itself, and with 64 random bytes.
-func fanOutLease(t *testing.T, i int, priv crypto.PrivKey, job storage.Hash, requester peer.ID, honest storage.LeaseBody) storage.Body {
+func fanOutLease(t *testing.T, i int, priv crypto.PrivKey, job ledger.Hash, requester peer.ID, honest ledger.LeaseBody) ledger.Body {
 	t.Helper()
-	l := storage.LeaseBody{Job: job, Requester: requester, Price: honest.Price, Attempt: honest.Attempt}
+	l := ledger.LeaseBody{Job: job, Requester: requester, Price: honest.Price, Attempt: honest.Attempt}
 	switch i % 3 {
 	case 0:
 		l.Grant = honest.Grant
@@ -80,13 +80,13 @@ func fanOutLease(t *testing.T, i int, priv crypto.PrivKey, job storage.Hash, req
 		self, _ := peer.IDFromPrivateKey(priv)
 		// The very bytes the requester would sign for this lease, signed
 		// with the fresh key (Sign takes only the signer's own grants).
-		g, err := storage.LeaseGrant{Job: job, Requester: self, Provider: self, Price: l.Price, Attempt: l.Attempt}.Sign("testnet", priv)
+		g, err := ledger.LeaseGrant{Job: job, Requester: self, Provider: self, Price: l.Price, Attempt: l.Attempt}.Sign("testnet", priv)
 		if err != nil {
 			t.Fatal(err)
 		}
 		l.Grant = g
 	default:
-		l.Grant = make([]byte, storage.GrantSize)
+		l.Grant = make([]byte, ledger.GrantSize)
 		rand.Read(l.Grant)
 	}
 	return l
@@ -195,7 +195,7 @@ func TestAwardWithoutValidGrantIsDeclined(t *testing.T) {
 			if _, rejected := provider.MarketStats(); rejected["bad grant"] != i+1 {
 				t.Fatalf("%d awards counted with a bad grant, want %d", rejected["bad grant"], i+1)
 			}
-			if leases, _, err := provider.Ledger().Leases(provider.ID(), storage.Hash(id)); err != nil || leases != 0 {
+			if leases, _, err := provider.Ledger().Leases(provider.ID(), ledger.Hash(id)); err != nil || leases != 0 {
 				t.Fatalf("the provider recorded %d leases of the job (%v)", leases, err)
 			}
 		})
@@ -206,7 +206,7 @@ func TestAwardWithoutValidGrantIsDeclined(t *testing.T) {
 // price: a valid signature, of another award than the one it sends.
 func rogueGrant(t *testing.T, r *marketRogue, job protocol.JobID, provider peer.ID, price uint64) []byte {
 	t.Helper()
-	g, err := storage.LeaseGrant{Job: storage.Hash(job), Requester: r.id(), Provider: provider, Price: price, Attempt: 1}.Sign("testnet", r.key)
+	g, err := ledger.LeaseGrant{Job: ledger.Hash(job), Requester: r.id(), Provider: provider, Price: price, Attempt: 1}.Sign("testnet", r.key)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/mira-market/mira/node"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/storage"
 	"github.com/mira-market/mira/testnet"
 )
@@ -63,9 +64,9 @@ func ledgersAgree(t *testing.T, tn *testnet.Testnet) {
 }
 
 // allEntries returns every entry of every member's account in n's ledger.
-func allEntries(t *testing.T, n *node.Node) []storage.Entry {
+func allEntries(t *testing.T, n *node.Node) []ledger.Entry {
 	t.Helper()
-	var out []storage.Entry
+	var out []ledger.Entry
 	for item, err := range n.Ledger().Items() {
 		if err != nil {
 			t.Fatal(err)
@@ -85,7 +86,7 @@ type equivocation struct {
 	tn    *testnet.Testnet
 	cheat peer.ID
 	head  storage.Head
-	sign  func(seq uint64, prev storage.Hash, to peer.ID) storage.Entry
+	sign  func(seq uint64, prev ledger.Hash, to peer.ID) ledger.Entry
 }
 
 func startEquivocation(t *testing.T) *equivocation {
@@ -122,9 +123,9 @@ func startEquivocation(t *testing.T) *equivocation {
 	if err := tn.Stop(3); err != nil {
 		t.Fatal(err)
 	}
-	sign := func(seq uint64, prev storage.Hash, to peer.ID) storage.Entry {
-		e := storage.Entry{Account: cheat, Seq: seq, Prev: prev, Time: time.Now(),
-			Body: storage.HoldBody{Job: storage.Hash{byte(seq)}, Provider: to, Amount: 1}}
+	sign := func(seq uint64, prev ledger.Hash, to peer.ID) ledger.Entry {
+		e := ledger.Entry{Account: cheat, Seq: seq, Prev: prev, Time: time.Now(),
+			Body: ledger.HoldBody{Job: ledger.Hash{byte(seq)}, Provider: to, Amount: 1}}
 		if err := e.Sign("testnet", key); err != nil {
 			t.Fatal(err)
 		}
@@ -152,12 +153,12 @@ func (q *equivocation) waitFrozen(t *testing.T, members ...int) {
 
 // frozenEverywhere waits until the running members have all frozen the
 // cheat, then checks that its next entry is refused everywhere.
-func (q *equivocation) frozenEverywhere(t *testing.T, first storage.Entry) {
+func (q *equivocation) frozenEverywhere(t *testing.T, first ledger.Entry) {
 	t.Helper()
 	q.waitFrozen(t, 0, 1, 2)
 	later := q.sign(q.head.Seq+2, first.Hash(), q.tn.Node(1).ID()).Encode()
 	for i := range 3 {
-		if _, err := q.tn.Node(i).Ledger().Ingest(later); !errors.Is(err, storage.ErrFrozen) {
+		if _, err := q.tn.Node(i).Ledger().Ingest(later); !errors.Is(err, ledger.ErrFrozen) {
 			t.Fatalf("node %d took a frozen account's later entry: %v", i, err)
 		}
 	}
@@ -198,7 +199,7 @@ func TestEquivocationFoundOffGossipIsGossiped(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := q.sign(q.head.Seq+1, q.head.Hash, q.tn.Node(2).ID())
-	if err := q.tn.Node(2).IngestEntry(second.Encode()); !errors.Is(err, storage.ErrEquivocation) {
+	if err := q.tn.Node(2).IngestEntry(second.Encode()); !errors.Is(err, ledger.ErrEquivocation) {
 		t.Fatalf("node 2 took the second entry: %v", err)
 	}
 	q.frozenEverywhere(t, first)
@@ -229,12 +230,12 @@ func TestFraudProofReachesANodeThatMissedIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := q.sign(q.head.Seq+1, q.head.Hash, n2.ID())
-	if err := n1.IngestEntry(second.Encode()); !errors.Is(err, storage.ErrEquivocation) {
+	if err := n1.IngestEntry(second.Encode()); !errors.Is(err, ledger.ErrEquivocation) {
 		t.Fatalf("node 1 took the second entry: %v", err)
 	}
 	q.waitFrozen(t, 0)
 	later := q.sign(q.head.Seq+2, first.Hash(), n2.ID())
-	for _, e := range []storage.Entry{first, later} {
+	for _, e := range []ledger.Entry{first, later} {
 		if err := n2.IngestEntry(e.Encode()); err != nil {
 			t.Fatal(err)
 		}
@@ -275,11 +276,11 @@ func TestAwardCarriesTheChainTheProviderLacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := clientFor(t, tn, 2)
-	var unsent []storage.Entry
+	var unsent []ledger.Entry
 	for round := range 3 {
-		var bodies []storage.Body
+		var bodies []ledger.Body
 		for i := range 3 {
-			bodies = append(bodies, storage.HoldBody{Job: storage.Hash{0xc4, byte(round), byte(i)}, Amount: 1})
+			bodies = append(bodies, ledger.HoldBody{Job: ledger.Hash{0xc4, byte(round), byte(i)}, Amount: 1})
 		}
 		es, err := requester.Ledger().AppendBatch(key, bodies)
 		if err != nil {
@@ -377,9 +378,9 @@ func TestPartitionedLedgersConverge(t *testing.T) {
 	}
 }
 
-func mustHash(t *testing.T, s string) storage.Hash {
+func mustHash(t *testing.T, s string) ledger.Hash {
 	t.Helper()
-	var h storage.Hash
+	var h ledger.Hash
 	if err := h.UnmarshalText([]byte(s)); err != nil {
 		t.Fatal(err)
 	}
@@ -474,35 +475,35 @@ func selfJobChains(t *testing.T, tn *testnet.Testnet, accounts, perAccount int) 
 			t.Fatal(err)
 		}
 		id, _ := peer.IDFromPrivateKey(priv)
-		fund := storage.Hash{0xf0, byte(a)}
-		es, err := tn.Node(0).Ledger().AppendBatch(funder, []storage.Body{
-			storage.HoldBody{Job: fund, Provider: id, Amount: 1000},
-			storage.PaymentBody{Job: fund, To: id, Amount: 1000},
+		fund := ledger.Hash{0xf0, byte(a)}
+		es, err := tn.Node(0).Ledger().AppendBatch(funder, []ledger.Body{
+			ledger.HoldBody{Job: fund, Provider: id, Amount: 1000},
+			ledger.PaymentBody{Job: fund, To: id, Amount: 1000},
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 		raws = append(raws, es[0].Encode(), es[1].Encode())
-		var prev storage.Hash
+		var prev ledger.Hash
 		for seq := uint64(1); seq <= uint64(perAccount); seq++ {
-			job := storage.Hash{byte(a), byte((seq - 1) / 4)}
-			var body storage.Body
+			job := ledger.Hash{byte(a), byte((seq - 1) / 4)}
+			var body ledger.Body
 			switch seq % 4 {
 			case 1:
-				body = storage.HoldBody{Job: job, Amount: 1}
+				body = ledger.HoldBody{Job: job, Amount: 1}
 			case 2:
-				g := storage.LeaseGrant{Job: job, Requester: id, Provider: id, Price: 1, Attempt: 1}
+				g := ledger.LeaseGrant{Job: job, Requester: id, Provider: id, Price: 1, Attempt: 1}
 				grant, err := g.Sign("testnet", priv)
 				if err != nil {
 					t.Fatal(err)
 				}
-				body = storage.LeaseBody{Job: job, Requester: id, Price: 1, Attempt: 1, Grant: grant}
+				body = ledger.LeaseBody{Job: job, Requester: id, Price: 1, Attempt: 1, Grant: grant}
 			case 3:
-				body = storage.ReceiptBody{Job: job, Receipt: job, Result: "bafy"}
+				body = ledger.ReceiptBody{Job: job, Receipt: job, Result: "bafy"}
 			default:
-				body = storage.ReleaseBody{Job: job}
+				body = ledger.ReleaseBody{Job: job}
 			}
-			e := storage.Entry{Account: id, Seq: seq, Prev: prev, Time: time.Now(), Body: body}
+			e := ledger.Entry{Account: id, Seq: seq, Prev: prev, Time: time.Now(), Body: body}
 			if err := e.Sign("testnet", priv); err != nil {
 				t.Fatal(err)
 			}

@@ -24,8 +24,8 @@ import (
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/protocol"
+	protoledger "github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/protocol/pb"
-	"github.com/mira-market/mira/storage"
 	"github.com/mira-market/mira/testnet"
 )
 
@@ -71,7 +71,7 @@ type ledgerChain struct {
 	key  crypto.PrivKey
 	id   peer.ID
 	seq  uint64
-	prev storage.Hash
+	prev protoledger.Hash
 }
 
 func newLedgerChain(t *testing.T, key crypto.PrivKey) *ledgerChain {
@@ -87,9 +87,9 @@ func newLedgerChain(t *testing.T, key crypto.PrivKey) *ledgerChain {
 }
 
 // next signs the chain's next entry.
-func (c *ledgerChain) next(body storage.Body) []byte {
+func (c *ledgerChain) next(body protoledger.Body) []byte {
 	c.t.Helper()
-	e := storage.Entry{Account: c.id, Seq: c.seq + 1, Prev: c.prev, Time: time.Now(), Body: body}
+	e := protoledger.Entry{Account: c.id, Seq: c.seq + 1, Prev: c.prev, Time: time.Now(), Body: body}
 	if err := e.Sign("testnet", c.key); err != nil {
 		c.t.Fatal(err)
 	}
@@ -99,9 +99,9 @@ func (c *ledgerChain) next(body storage.Body) []byte {
 }
 
 // forged signs an entry at seq whose prev hash is no entry's.
-func (c *ledgerChain) forged(seq uint64, body storage.Body) []byte {
+func (c *ledgerChain) forged(seq uint64, body protoledger.Body) []byte {
 	c.t.Helper()
-	e := storage.Entry{Account: c.id, Seq: seq, Prev: storage.Hash{0xba, 0xd}, Time: time.Now(), Body: body}
+	e := protoledger.Entry{Account: c.id, Seq: seq, Prev: protoledger.Hash{0xba, 0xd}, Time: time.Now(), Body: body}
 	if err := e.Sign("testnet", c.key); err != nil {
 		c.t.Fatal(err)
 	}
@@ -116,7 +116,7 @@ func TestReawardOnAUsedHoldDoesNotRun(t *testing.T) {
 	key, rid := rogueKey(t)
 	tn, err := testnet.Start(context.Background(), testnet.Options{Nodes: 2, Dir: t.TempDir(),
 		Configure: testnet.WithProviders(1), WasmCacheDir: testWasmCache,
-		Grants: []storage.GenesisGrant{{Peer: rid, Amount: testnet.DefaultCredits}}})
+		Grants: []protoledger.GenesisGrant{{Peer: rid, Amount: testnet.DefaultCredits}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,8 +140,8 @@ func TestReawardOnAUsedHoldDoesNotRun(t *testing.T) {
 	// The rogue's chain: its grant, and one hold for the job naming the
 	// provider, for the job's whole cost.
 	ledger := newLedgerChain(t, key)
-	grant := ledger.next(storage.GrantBody{Amount: testnet.DefaultCredits})
-	hold := ledger.next(storage.HoldBody{Job: storage.Hash(id), Provider: provider.ID(), Amount: 1e6})
+	grant := ledger.next(protoledger.GrantBody{Amount: testnet.DefaultCredits})
+	hold := ledger.next(protoledger.HoldBody{Job: protoledger.Hash(id), Provider: provider.ID(), Amount: 1e6})
 
 	// award offers the job in round, takes the provider's bid, awards it
 	// with the hold, and returns the provider's result of that attempt.
@@ -155,7 +155,7 @@ func TestReawardOnAUsedHoldDoesNotRun(t *testing.T) {
 		if bid == nil {
 			t.Fatalf("round %d: the provider did not bid", round)
 		}
-		leaseGrant, err := storage.LeaseGrant{Job: storage.Hash(id), Requester: rid, Provider: provider.ID(), Price: bid.Price, Attempt: round}.Sign("testnet", key)
+		leaseGrant, err := protoledger.LeaseGrant{Job: protoledger.Hash(id), Requester: rid, Provider: provider.ID(), Price: bid.Price, Attempt: round}.Sign("testnet", key)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -182,7 +182,7 @@ func TestReawardOnAUsedHoldDoesNotRun(t *testing.T) {
 		t.Fatalf("the first award, which the hold backs: exit %d, %q", res.ExitCode, res.Error)
 	}
 	leases := func() uint64 {
-		n, _, err := provider.Ledger().Leases(provider.ID(), storage.Hash(id))
+		n, _, err := provider.Ledger().Leases(provider.ID(), protoledger.Hash(id))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -269,7 +269,7 @@ func publishBatch(t *testing.T, topic *pubsub.Topic, raws ...[]byte) {
 // again, until every member holds one. Right after a testnet forms, its
 // members' gossip meshes may not have formed yet, and a message relayed
 // then reaches no one.
-func relayed(t *testing.T, tn *testnet.Testnet, topic *pubsub.Topic, body func(*ledgerChain) storage.Body) {
+func relayed(t *testing.T, tn *testnet.Testnet, topic *pubsub.Topic, body func(*ledgerChain) protoledger.Body) {
 	t.Helper()
 	err := testnet.WaitFor(context.Background(), deadline, func() error {
 		c := newLedgerChain(t, nil)
@@ -316,7 +316,7 @@ func waitStored(t *testing.T, n *node.Node, raw []byte, what string) {
 func TestRelayIsNotBlamedForEntriesItCouldNotJudge(t *testing.T) {
 	key, gid := rogueKey(t)
 	tn, err := testnet.Start(context.Background(), testnet.Options{Nodes: 3, Dir: t.TempDir(), WasmCacheDir: testWasmCache,
-		Grants: []storage.GenesisGrant{{Peer: gid, Amount: testnet.DefaultCredits}},
+		Grants: []protoledger.GenesisGrant{{Peer: gid, Amount: testnet.DefaultCredits}},
 		// Only the rogue's sessions reconcile, so that C does not take
 		// P's entry 1 from R before the attack.
 		Configure: func(_ int, cfg *node.Config) { cfg.ReconcileInterval = node.Duration(time.Hour) }})
@@ -333,20 +333,20 @@ func TestRelayIsNotBlamedForEntriesItCouldNotJudge(t *testing.T) {
 
 	// The rogue's posting hold, held everywhere.
 	g := newLedgerChain(t, key)
-	job := storage.Hash{0x10, 0xb}
-	posted := [][]byte{g.next(storage.GrantBody{Amount: testnet.DefaultCredits}), g.next(storage.HoldBody{Job: job, Amount: 1})}
+	job := protoledger.Hash{0x10, 0xb}
+	posted := [][]byte{g.next(protoledger.GrantBody{Amount: testnet.DefaultCredits}), g.next(protoledger.HoldBody{Job: job, Amount: 1})}
 	for i, n := range tn.Nodes() {
 		if res, err := n.Ledger().IngestMany(posted); err != nil || len(res.Accepted) != 2 {
 			t.Fatalf("node %d takes the posting hold: %+v, %v", i, res, err)
 		}
 	}
 	// The rogue grants its own posting hold to every key it makes.
-	lease := func(c *ledgerChain) storage.Body {
-		grant, err := storage.LeaseGrant{Job: job, Requester: gid, Provider: c.id, Price: 1, Attempt: 1}.Sign("testnet", key)
+	lease := func(c *ledgerChain) protoledger.Body {
+		grant, err := protoledger.LeaseGrant{Job: job, Requester: gid, Provider: c.id, Price: 1, Attempt: 1}.Sign("testnet", key)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return storage.LeaseBody{Job: job, Requester: gid, Price: 1, Attempt: 1, Grant: grant}
+		return protoledger.LeaseBody{Job: job, Requester: gid, Price: 1, Attempt: 1, Grant: grant}
 	}
 	p := newLedgerChain(t, nil)
 	p1 := p.next(lease(p))
@@ -444,7 +444,7 @@ func (s *chainServer) handle(st network.Stream) {
 	bw := bufio.NewWriter(st)
 	sent := 0
 	for _, raw := range s.entries {
-		if e, err := storage.DecodeEntry(raw); err == nil && e.Seq > after {
+		if e, err := protoledger.DecodeEntry(raw); err == nil && e.Seq > after {
 			bw.Write(protocol.Frame(raw))
 			sent++
 		}
@@ -469,7 +469,7 @@ func (s *chainServer) handle(st network.Stream) {
 func TestHeadGateStaysShutBelowAnOwnEntryShown(t *testing.T) {
 	fkey, funder := rogueKey(t)
 	tn, err := testnet.Start(context.Background(), testnet.Options{Nodes: 2, Dir: t.TempDir(), WasmCacheDir: testWasmCache,
-		Grants: []storage.GenesisGrant{{Peer: funder, Amount: testnet.DefaultCredits}}})
+		Grants: []protoledger.GenesisGrant{{Peer: funder, Amount: testnet.DefaultCredits}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -498,14 +498,14 @@ func TestHeadGateStaysShutBelowAnOwnEntryShown(t *testing.T) {
 	}
 	own := &ledgerChain{t: t, key: key, id: self, seq: head.Seq, prev: head.Hash}
 	later := [][]byte{
-		own.next(storage.HoldBody{Job: storage.Hash{1}, Amount: testnet.DefaultCredits + 1000}),
-		own.next(storage.ReleaseBody{Job: storage.Hash{1}}),
+		own.next(protoledger.HoldBody{Job: protoledger.Hash{1}, Amount: testnet.DefaultCredits + 1000}),
+		own.next(protoledger.ReleaseBody{Job: protoledger.Hash{1}}),
 	}
 	f := newLedgerChain(t, fkey)
 	funding := [][]byte{
-		f.next(storage.GrantBody{Amount: testnet.DefaultCredits}),
-		f.next(storage.HoldBody{Job: storage.Hash{2}, Provider: self, Amount: 2000}),
-		f.next(storage.PaymentBody{Job: storage.Hash{2}, To: self, Amount: 2000}),
+		f.next(protoledger.GrantBody{Amount: testnet.DefaultCredits}),
+		f.next(protoledger.HoldBody{Job: protoledger.Hash{2}, Provider: self, Amount: 2000}),
+		f.next(protoledger.PaymentBody{Job: protoledger.Hash{2}, To: self, Amount: 2000}),
 	}
 
 	if err := tn.Restart(ctx, restored); err != nil {

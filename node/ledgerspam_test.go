@@ -19,7 +19,8 @@ import (
 
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/protocol"
-	"github.com/mira-market/mira/storage"
+	"github.com/mira-market/mira/protocol/ledger"
+	"github.com/mira-market/mira/protocol/riblt"
 	"github.com/mira-market/mira/testnet"
 )
 
@@ -78,15 +79,15 @@ func unfundedChains(t *testing.T, accounts, perAccount int, requester crypto.Pri
 	for seq := uint64(1); seq <= uint64(perAccount); seq++ {
 		for i, c := range chains {
 			job := sha256.Sum256(fmt.Appendf(nil, "%s/%d", c.id, (seq+1)/2))
-			var body storage.Body = storage.ReceiptBody{Job: job, Receipt: sha256.Sum256(job[:]),
-				Result: "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku", Usage: storage.Usage{WallMS: 1000, GPUMS: 1000}}
+			var body ledger.Body = ledger.ReceiptBody{Job: job, Receipt: sha256.Sum256(job[:]),
+				Result: "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku", Usage: ledger.Usage{WallMS: 1000, GPUMS: 1000}}
 			if i%2 == 1 && seq%2 == 1 {
-				g := storage.LeaseGrant{Job: job, Requester: requesterID, Provider: c.id, Price: 1, Attempt: 1}
+				g := ledger.LeaseGrant{Job: job, Requester: requesterID, Provider: c.id, Price: 1, Attempt: 1}
 				grant, err := g.Sign("testnet", requester)
 				if err != nil {
 					t.Fatal(err)
 				}
-				body = storage.LeaseBody{Job: job, Requester: requesterID, Price: 1, Attempt: 1, Grant: grant}
+				body = ledger.LeaseBody{Job: job, Requester: requesterID, Price: 1, Attempt: 1, Grant: grant}
 			}
 			raws = append(raws, c.next(body))
 		}
@@ -160,7 +161,7 @@ func rogueReconcile(t *testing.T, h host.Host, victim *node.Node, raws [][]byte)
 	st.SetDeadline(time.Now().Add(deadline))
 	br, bw := bufio.NewReader(st), bufio.NewWriter(st)
 	byHash := make(map[[32]byte][]byte, len(raws))
-	set := storage.NewReconcileSet(1 << 16)
+	set := riblt.NewSet(1 << 16)
 	for item, err := range victim.Ledger().Items() {
 		if err != nil {
 			t.Fatal(err)
@@ -174,7 +175,7 @@ func rogueReconcile(t *testing.T, h host.Host, victim *node.Node, raws [][]byte)
 	}
 	snap := set.Snapshot()
 	defer snap.Release()
-	x := storage.NewReconcileInitiator(snap, storage.ReconcileConfig{})
+	x := riblt.NewInitiator(snap, riblt.Config{})
 	bw.WriteByte(2) // a reconciliation session
 	writeSyncFrame(t, bw, x.Start())
 	for done := false; !done; {

@@ -20,7 +20,7 @@ import (
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/protocol"
-	"github.com/mira-market/mira/storage"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/testnet"
 )
 
@@ -139,9 +139,9 @@ func TestJobsOfBothTiersSucceedOnce(t *testing.T) {
 	payments, holds := map[string]int{}, map[string]int{}
 	for _, e := range allEntries(t, tn.Node(9)) {
 		switch b := e.Body.(type) {
-		case storage.PaymentBody:
+		case ledger.PaymentBody:
 			payments[b.Job.String()]++
-		case storage.HoldBody:
+		case ledger.HoldBody:
 			// Written when the job was posted, naming no provider, and
 			// reused by the award.
 			if b.Provider == "" {
@@ -157,7 +157,7 @@ func TestJobsOfBothTiersSucceedOnce(t *testing.T) {
 		// (backed by a hold) and its receipt, and keeps nothing waiting.
 		job, _ := hex.DecodeString(id)
 		provider, _ := peer.Decode(j.Provider)
-		leases, receipts, err := tn.Node(9).Ledger().Leases(provider, storage.Hash(job))
+		leases, receipts, err := tn.Node(9).Ledger().Leases(provider, ledger.Hash(job))
 		if err != nil || leases < 1 || receipts < 1 || receipts > leases {
 			t.Errorf("job %s: the provider's chain has %d leases and %d receipts (%v)", id[:8], leases, receipts, err)
 		}
@@ -202,19 +202,19 @@ func TestProviderStoppedMidLeaseJobMovesOn(t *testing.T) {
 	// The posting's hold, naming no provider, backed the first award
 	// only: the second award released it and held again naming its
 	// provider, the only one paid.
-	var kinds []storage.Kind
+	var kinds []ledger.Kind
 	var named []peer.ID
 	chain := allEntries(t, tn.Node(4))
-	slices.SortFunc(chain, func(a, b storage.Entry) int { return cmp.Compare(a.Seq, b.Seq) })
+	slices.SortFunc(chain, func(a, b ledger.Entry) int { return cmp.Compare(a.Seq, b.Seq) })
 	for _, e := range chain {
-		if e.Account == tn.Node(4).ID() && e.Kind() != storage.KindGrant {
+		if e.Account == tn.Node(4).ID() && e.Kind() != ledger.KindGrant {
 			kinds = append(kinds, e.Kind())
-			if h, ok := e.Body.(storage.HoldBody); ok {
+			if h, ok := e.Body.(ledger.HoldBody); ok {
 				named = append(named, h.Provider)
 			}
 		}
 	}
-	want := []storage.Kind{storage.KindHold, storage.KindRelease, storage.KindHold, storage.KindPayment}
+	want := []ledger.Kind{ledger.KindHold, ledger.KindRelease, ledger.KindHold, ledger.KindPayment}
 	if !slices.Equal(kinds, want) || !slices.Equal(named, []peer.ID{"", tn.Node(3 - victim).ID()}) || done.Payment == nil || done.Payment.To != done.Provider {
 		t.Fatalf("requester's entries %v (want %v), holds naming %v, payment %+v", kinds, want, named, done.Payment)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/node/ledgerd"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/storage"
 	"github.com/mira-market/mira/testnet"
 )
@@ -233,15 +234,15 @@ func TestRestoredDataDirDoesNotEquivocate(t *testing.T) {
 	ledgersAgree(t, tn)
 	// Each job paid or released exactly once in the requester's chain, and
 	// nothing of the requester's left held.
-	settled := map[storage.Hash]int{}
+	settled := map[ledger.Hash]int{}
 	for _, e := range allEntries(t, tn.Node(0)) {
 		if e.Account != requester {
 			continue
 		}
 		switch b := e.Body.(type) {
-		case storage.PaymentBody:
+		case ledger.PaymentBody:
 			settled[b.Job]++
-		case storage.ReleaseBody:
+		case ledger.ReleaseBody:
 			settled[b.Job]++
 		}
 	}
@@ -385,7 +386,7 @@ func TestForgottenJobsHoldIsReleased(t *testing.T) {
 	}
 	unservable := noopJob("batch", "0s", "10m")
 	unservable.Resources.GPUs = 8
-	submitHeld := func() storage.Hash {
+	submitHeld := func() ledger.Hash {
 		t.Helper()
 		j, err := clientFor(t, tn, req).SubmitJob(ctx, unservable)
 		if err != nil {
@@ -478,11 +479,11 @@ func TestFrozenAccountsSubmitNamesTheFreeze(t *testing.T) {
 	}
 	// A second grant at seq 1, signed later: what a node restored to an
 	// empty data dir would sign.
-	twin := storage.Entry{Account: self, Seq: 1, Time: time.Now(), Body: storage.GrantBody{Amount: testnet.DefaultCredits}}
+	twin := ledger.Entry{Account: self, Seq: 1, Time: time.Now(), Body: ledger.GrantBody{Amount: testnet.DefaultCredits}}
 	if err := twin.Sign("testnet", key); err != nil {
 		t.Fatal(err)
 	}
-	if err := tn.Node(0).IngestEntry(twin.Encode()); !errors.Is(err, storage.ErrEquivocation) {
+	if err := tn.Node(0).IngestEntry(twin.Encode()); !errors.Is(err, ledger.ErrEquivocation) {
 		t.Fatalf("the twin entry: %v", err)
 	}
 	c := clientFor(t, tn, victim)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/node/gpu"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/storage"
 )
 
@@ -45,7 +46,7 @@ type Options struct {
 	Credits uint64
 	// Grants are the genesis's grants to accounts beside the members'
 	// (benchmarks and tests whose entries are signed by other keys).
-	Grants []storage.GenesisGrant
+	Grants []ledger.GenesisGrant
 	// WasmCacheDir is the wasm compilation cache the members share, so a
 	// module compiles once per testnet, not once per member; default
 	// Dir/wasm-cache. A node uses only a dir of its own user that no one
@@ -162,7 +163,7 @@ func (tn *Testnet) writeGenesis(swarmKey []byte) error {
 	if credits == 0 {
 		credits = DefaultCredits
 	}
-	g := &storage.Genesis{Network: tn.opts.Network, Testnet: true}
+	g := &ledger.Genesis{Network: tn.opts.Network, Testnet: true}
 	if swarmKey != nil {
 		psk, err := node.ParseSwarmKey(swarmKey)
 		if err != nil {
@@ -179,7 +180,7 @@ func (tn *Testnet) writeGenesis(swarmKey []byte) error {
 		if err != nil {
 			return fmt.Errorf("testnet: genesis: node %d: %w", i, err)
 		}
-		g.Grants = append(g.Grants, storage.GenesisGrant{Peer: id, Amount: credits})
+		g.Grants = append(g.Grants, ledger.GenesisGrant{Peer: id, Amount: credits})
 	}
 	g.Grants = append(g.Grants, tn.opts.Grants...)
 	for _, m := range tn.members {
@@ -191,7 +192,7 @@ func (tn *Testnet) writeGenesis(swarmKey []byte) error {
 }
 
 // Genesis returns the testnet's genesis.
-func (tn *Testnet) Genesis() (*storage.Genesis, error) {
+func (tn *Testnet) Genesis() (*ledger.Genesis, error) {
 	return storage.LoadGenesis(filepath.Join(tn.members[0].dir, node.GenesisFile))
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mira-market/mira/node"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/protocol/parallel"
 	"github.com/mira-market/mira/storage"
 	"github.com/mira-market/mira/testnet"
@@ -62,10 +63,10 @@ const benchNet = "bench"
 // whatever else it holds: the account's grant, then jobs of its own, each
 // held (for no provider), leased and run by the account itself, and
 // released. Each entry is what the market writes; none needs another chain.
-func benchChains(accounts, perChain int) ([][][]byte, []storage.GenesisGrant, error) {
+func benchChains(accounts, perChain int) ([][][]byte, []ledger.GenesisGrant, error) {
 	const grant = 1 << 40
 	chains := make([][][]byte, accounts)
-	grants := make([]storage.GenesisGrant, accounts)
+	grants := make([]ledger.GenesisGrant, accounts)
 	errs := make([]error, accounts)
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
@@ -81,15 +82,15 @@ func benchChains(accounts, perChain int) ([][][]byte, []storage.GenesisGrant, er
 				return
 			}
 			id, _ := peer.IDFromPrivateKey(priv)
-			grants[a] = storage.GenesisGrant{Peer: id, Amount: grant}
-			var prev storage.Hash
+			grants[a] = ledger.GenesisGrant{Peer: id, Amount: grant}
+			var prev ledger.Hash
 			for seq := 1; seq <= perChain; seq++ {
 				body, err := benchBody(priv, id, seq, grant)
 				if err != nil {
 					errs[a] = err
 					return
 				}
-				e := storage.Entry{Account: id, Seq: uint64(seq), Prev: prev, Time: start.Add(time.Duration(seq) * time.Millisecond),
+				e := ledger.Entry{Account: id, Seq: uint64(seq), Prev: prev, Time: start.Add(time.Duration(seq) * time.Millisecond),
 					Body: body}
 				if err := e.Sign(benchNet, priv); err != nil {
 					errs[a] = err
@@ -113,30 +114,30 @@ func benchChains(accounts, perChain int) ([][][]byte, []storage.GenesisGrant, er
 // benchBody is entry seq of account id's (priv's) bench chain: its grant,
 // then for each job a hold, a lease (quoting the account's grant of the
 // job to itself), a receipt and a release.
-func benchBody(priv crypto.PrivKey, id peer.ID, seq int, grant uint64) (storage.Body, error) {
+func benchBody(priv crypto.PrivKey, id peer.ID, seq int, grant uint64) (ledger.Body, error) {
 	if seq == 1 {
-		return storage.GrantBody{Amount: grant}, nil
+		return ledger.GrantBody{Amount: grant}, nil
 	}
-	job := storage.Hash(sha256.Sum256(fmt.Appendf(nil, "%s/%d", id, (seq-2)/4)))
+	job := ledger.Hash(sha256.Sum256(fmt.Appendf(nil, "%s/%d", id, (seq-2)/4)))
 	switch (seq - 2) % 4 {
 	case 0:
-		return storage.HoldBody{Job: job, Amount: 1000}, nil
+		return ledger.HoldBody{Job: job, Amount: 1000}, nil
 	case 1:
-		g, err := storage.LeaseGrant{Job: job, Requester: id, Provider: id, Price: 1, Attempt: 1}.Sign(benchNet, priv)
-		return storage.LeaseBody{Job: job, Requester: id, Price: 1, Attempt: 1, Grant: g}, err
+		g, err := ledger.LeaseGrant{Job: job, Requester: id, Provider: id, Price: 1, Attempt: 1}.Sign(benchNet, priv)
+		return ledger.LeaseBody{Job: job, Requester: id, Price: 1, Attempt: 1, Grant: g}, err
 	case 2:
-		return storage.ReceiptBody{Job: job, Receipt: job, Result: "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku",
-			Usage: storage.Usage{WallMS: 1000, GPUMS: 1000}}, nil
+		return ledger.ReceiptBody{Job: job, Receipt: job, Result: "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku",
+			Usage: ledger.Usage{WallMS: 1000, GPUMS: 1000}}, nil
 	}
-	return storage.ReleaseBody{Job: job}, nil
+	return ledger.ReleaseBody{Job: job}, nil
 }
 
-func benchLedger(dir string, syncReceived bool, grants []storage.GenesisGrant) (*storage.DB, *storage.Ledger, error) {
+func benchLedger(dir string, syncReceived bool, grants []ledger.GenesisGrant) (*storage.DB, *storage.Ledger, error) {
 	db, err := storage.Open(dir, storage.Options{Network: benchNet})
 	if err != nil {
 		return nil, nil, err
 	}
-	g := &storage.Genesis{Network: benchNet, Grants: grants}
+	g := &ledger.Genesis{Network: benchNet, Grants: grants}
 	l, err := storage.OpenLedger(db, benchNet, g, nil, storage.WithReceivedSync(syncReceived))
 	if err != nil {
 		db.Close()
@@ -183,7 +184,7 @@ func benchIngest(out io.Writer, n int) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "  (c) curve25519-voi, ZIP-215 rules, batches of %d as the ledger forms them: %.0f/s\n", storage.SignatureBatch, batchRate)
+	fmt.Fprintf(out, "  (c) curve25519-voi, ZIP-215 rules, batches of %d as the ledger forms them: %.0f/s\n", ledger.SignatureBatch, batchRate)
 	// As a node ingests peers' entries (no fsync per batch: see
 	// storage.WithReceivedSync), and with a sync per batch.
 	for _, synced := range []bool{false, true} {
@@ -199,7 +200,7 @@ func benchIngest(out io.Writer, n int) error {
 
 // interleavedChains signs perChain entries for each of accounts accounts
 // and orders them as gossip brings them: each account's next entry in turn.
-func interleavedChains(accounts, perChain int) ([][]byte, []storage.GenesisGrant, error) {
+func interleavedChains(accounts, perChain int) ([][]byte, []ledger.GenesisGrant, error) {
 	chains, grants, err := benchChains(accounts, perChain)
 	if err != nil {
 		return nil, nil, err
@@ -213,7 +214,7 @@ func interleavedChains(accounts, perChain int) ([][]byte, []storage.GenesisGrant
 	return raws, grants, nil
 }
 
-// zip215 is the ledger's signature rule (see storage.Entry.VerifySignature).
+// zip215 is the ledger's signature rule (see ledger.Entry.VerifySignature).
 var zip215 = &voied.Options{Verify: voied.VerifyOptionsZIP_215}
 
 type benchSig struct {
@@ -229,7 +230,7 @@ type benchSig struct {
 func benchSigs(raws [][]byte) ([]benchSig, error) {
 	sigs := make([]benchSig, len(raws))
 	for i, raw := range raws {
-		e, err := storage.DecodeEntry(raw)
+		e, err := ledger.DecodeEntry(raw)
 		if err != nil {
 			return nil, err
 		}
@@ -242,7 +243,7 @@ func benchSigs(raws [][]byte) ([]benchSig, error) {
 			return nil, err
 		}
 		sigs[i] = benchSig{account: e.Account, pub: pub, msg: e.SigningBytes(benchNet), sig: e.Signature, batch: i / 256,
-			lease: e.Kind() == storage.KindLease}
+			lease: e.Kind() == ledger.KindLease}
 	}
 	return sigs, nil
 }
@@ -267,7 +268,7 @@ func verifyRate(calls, sigs int, verify func(i int) bool) (float64, error) {
 
 // batchVerifyRate batch-verifies the signatures on every core the way the
 // ledger does: each batch of 256 that IngestMany gets sorted by account,
-// cut into chunks of storage.SignatureBatch, a public key expanded once
+// cut into chunks of ledger.SignatureBatch, a public key expanded once
 // for the consecutive entries of its account.
 func batchVerifyRate(sigs []benchSig) (float64, error) {
 	sorted := slices.Clone(sigs)
@@ -280,8 +281,8 @@ func batchVerifyRate(sigs []benchSig) (float64, error) {
 	var chunks [][]benchSig
 	for i := 0; i < len(sorted); i += 256 {
 		batch := sorted[i:min(i+256, len(sorted))]
-		for j := 0; j < len(batch); j += storage.SignatureBatch {
-			chunks = append(chunks, batch[j:min(j+storage.SignatureBatch, len(batch))])
+		for j := 0; j < len(batch); j += ledger.SignatureBatch {
+			chunks = append(chunks, batch[j:min(j+ledger.SignatureBatch, len(batch))])
 		}
 	}
 	return verifyRate(len(chunks), len(sorted), func(k int) bool {
@@ -302,7 +303,7 @@ func batchVerifyRate(sigs []benchSig) (float64, error) {
 	})
 }
 
-func ingestRate(raws [][]byte, grants []storage.GenesisGrant, synced bool) (float64, error) {
+func ingestRate(raws [][]byte, grants []ledger.GenesisGrant, synced bool) (float64, error) {
 	dir, err := os.MkdirTemp("", "mira-bench-ledger-")
 	if err != nil {
 		return 0, err

@@ -9,7 +9,7 @@ import (
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
-	"github.com/mira-market/mira/storage"
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 // IngestEntry validates a ledger entry from elsewhere (a tool, a test) and,
@@ -71,24 +71,24 @@ func (s *Service) Entries(_ context.Context, account string, after uint64, limit
 	return out, nil
 }
 
-func entryInfo(e storage.Entry) api.EntryInfo {
+func entryInfo(e ledger.Entry) api.EntryInfo {
 	info := api.EntryInfo{
 		Account: e.Account.String(), Seq: e.Seq, Hash: e.Hash().String(), Prev: e.Prev.String(),
 		Kind: e.Kind().String(), Time: e.Time.UTC(), Body: map[string]any{},
 	}
 	switch b := e.Body.(type) {
-	case storage.GrantBody:
+	case ledger.GrantBody:
 		info.Body["amount"] = credits(b.Amount)
-	case storage.HoldBody:
+	case ledger.HoldBody:
 		info.Body["job"], info.Body["provider"], info.Body["amount"] = b.Job.String(), b.Provider.String(), credits(b.Amount)
-	case storage.ReleaseBody:
+	case ledger.ReleaseBody:
 		info.Body["job"] = b.Job.String()
-	case storage.PaymentBody:
+	case ledger.PaymentBody:
 		info.Body["job"], info.Body["to"], info.Body["receipt"], info.Body["amount"] = b.Job.String(), b.To.String(), b.Receipt.String(), credits(b.Amount)
-	case storage.LeaseBody:
+	case ledger.LeaseBody:
 		info.Body["job"], info.Body["requester"], info.Body["price"] = b.Job.String(), b.Requester.String(), credits(b.Price)
 		info.Body["attempt"], info.Body["grant"] = b.Attempt, hex.EncodeToString(b.Grant)
-	case storage.ReceiptBody:
+	case ledger.ReceiptBody:
 		info.Body["job"], info.Body["receipt"], info.Body["result"] = b.Job.String(), b.Receipt.String(), b.Result
 		info.Body["wall_ms"], info.Body["gpu_ms"], info.Body["exit_code"] = b.Usage.WallMS, b.Usage.GPUMS, b.Usage.ExitCode
 	}
@@ -122,12 +122,12 @@ func (s *Service) Payment(j market.Job) (float64, *api.PaymentInfo) {
 	if s == nil || s.ledger == nil {
 		return 0, nil
 	}
-	es, err := s.ledger.EscrowFor(s.self, storage.Hash(j.ID))
+	es, err := s.ledger.EscrowFor(s.self, ledger.Hash(j.ID))
 	if err != nil {
 		return 0, nil
 	}
 	if e := es.Payment; e != nil {
-		if p, ok := e.Body.(storage.PaymentBody); ok {
+		if p, ok := e.Body.(ledger.PaymentBody); ok {
 			return credits(p.Amount), &api.PaymentInfo{State: "paid", Amount: credits(p.Amount), To: p.To.String(), Entry: e.Hash().String()}
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/protocol/pb"
 	"github.com/mira-market/mira/storage"
 )
@@ -29,11 +30,11 @@ func (s *Service) offerHoldWrite(id protocol.JobID, spec *pb.JobSpec) *ledgerWri
 	if !ok {
 		return nil
 	}
-	body := storage.HoldBody{Job: storage.Hash(id), Amount: amount}
+	body := ledger.HoldBody{Job: ledger.Hash(id), Amount: amount}
 	return &ledgerWrite{
 		jobs:   []protocol.JobID{id},
 		urgent: spec.GetTier() == protocol.TierInteractive,
-		bodies: func(batch *batch) []storage.Body {
+		bodies: func(batch *batch) []ledger.Body {
 			if _, ok, err := s.ledger.HoldFor(s.self, body.Job); err != nil || ok {
 				return nil
 			}
@@ -44,7 +45,7 @@ func (s *Service) offerHoldWrite(id protocol.JobID, spec *pb.JobSpec) *ledgerWri
 				return nil
 			}
 			batch.held += amount
-			return []storage.Body{body}
+			return []ledger.Body{body}
 		},
 	}
 }
@@ -61,11 +62,11 @@ func (s *Service) escrowWrite(awards []market.HoldRequest, done func(holds [][]b
 	for _, a := range awards {
 		w.jobs = append(w.jobs, a.Job)
 	}
-	w.bodies = func(*batch) []storage.Body {
-		var bodies []storage.Body
+	w.bodies = func(*batch) []ledger.Body {
+		var bodies []ledger.Body
 		for i, a := range awards {
 			at[i] = -1
-			job := storage.Hash(a.Job)
+			job := ledger.Hash(a.Job)
 			open, entry, err := s.ledgerHold(job)
 			var plan market.HoldPlan
 			if err == nil {
@@ -79,14 +80,14 @@ func (s *Service) escrowWrite(awards []market.HoldRequest, done func(holds [][]b
 				holds[i] = entry.Encode()
 				continue
 			case plan.Release:
-				bodies = append(bodies, storage.ReleaseBody{Job: job})
+				bodies = append(bodies, ledger.ReleaseBody{Job: job})
 			}
 			at[i] = len(bodies)
-			bodies = append(bodies, storage.HoldBody{Job: job, Provider: a.Provider, Amount: plan.Amount})
+			bodies = append(bodies, ledger.HoldBody{Job: job, Provider: a.Provider, Amount: plan.Amount})
 		}
 		return bodies
 	}
-	w.done = func(written []*storage.Entry, werrs []error) {
+	w.done = func(written []*ledger.Entry, werrs []error) {
 		for i, k := range at {
 			switch {
 			case k < 0:
@@ -110,13 +111,13 @@ func (s *Service) escrowWrite(awards []market.HoldRequest, done func(holds [][]b
 
 // ledgerHold is what this node's ledger shows of its job: its open hold
 // (with the entry that opened it), or whether it was paid.
-func (s *Service) ledgerHold(job storage.Hash) (market.LedgerHold, storage.Entry, error) {
+func (s *Service) ledgerHold(job ledger.Hash) (market.LedgerHold, ledger.Entry, error) {
 	e, ok, err := s.ledger.HoldEntry(s.self, job)
 	if err != nil {
 		return market.LedgerHold{}, e, err
 	}
 	if ok {
-		h, _ := e.Body.(storage.HoldBody)
+		h, _ := e.Body.(ledger.HoldBody)
 		return market.LedgerHold{Open: true, Provider: h.Provider, Amount: h.Amount}, e, nil
 	}
 	_, paid, err := s.ledger.PaymentFor(s.self, job)
@@ -127,7 +128,7 @@ func (s *Service) ledgerHold(job storage.Hash) (market.LedgerHold, storage.Entry
 // hold entry, oldest first, for an award to carry: nil when there are none,
 // or more than an award may carry (the provider then fetches them).
 func (s *Service) ChainBefore(hold []byte, after uint64) [][]byte {
-	h, err := storage.DecodeEntry(hold)
+	h, err := ledger.DecodeEntry(hold)
 	if err != nil || after >= h.Seq-1 || h.Seq-1-after > protocol.MaxAwardChain {
 		return nil
 	}
@@ -164,15 +165,15 @@ func (s *Service) settleWrite(jobs []*market.Job) *ledgerWrite {
 	if len(ended) == 0 {
 		return nil
 	}
-	w := &ledgerWrite{bodies: func(*batch) []storage.Body { return s.settlements(ended) }}
+	w := &ledgerWrite{bodies: func(*batch) []ledger.Body { return s.settlements(ended) }}
 	for _, j := range ended {
 		w.jobs = append(w.jobs, j.ID)
 	}
 	return w
 }
 
-func (s *Service) settlements(jobs []*market.Job) []storage.Body {
-	var bodies []storage.Body
+func (s *Service) settlements(jobs []*market.Job) []ledger.Body {
+	var bodies []ledger.Body
 	for _, j := range jobs {
 		if b := s.settlement(j); b != nil {
 			bodies = append(bodies, b)
@@ -183,19 +184,19 @@ func (s *Service) settlements(jobs []*market.Job) []storage.Body {
 
 // settlement is the entry that settles a finished job's open hold, as
 // market.Settle says; nil if the job has not finished or has no open hold.
-func (s *Service) settlement(j *market.Job) storage.Body {
+func (s *Service) settlement(j *market.Job) ledger.Body {
 	if !j.State.Terminal() {
 		return nil
 	}
-	hold, ok, err := s.ledger.HoldFor(s.self, storage.Hash(j.ID))
+	hold, ok, err := s.ledger.HoldFor(s.self, ledger.Hash(j.ID))
 	if err != nil || !ok {
 		return nil
 	}
 	st, _ := market.Settle(j, hold.Amount)
 	if !st.Pay {
-		return storage.ReleaseBody{Job: storage.Hash(j.ID)}
+		return ledger.ReleaseBody{Job: ledger.Hash(j.ID)}
 	}
-	return storage.PaymentBody{Job: storage.Hash(j.ID), To: st.To, Receipt: sha256.Sum256(j.Receipt), Amount: st.Amount}
+	return ledger.PaymentBody{Job: ledger.Hash(j.ID), To: st.To, Receipt: sha256.Sum256(j.Receipt), Amount: st.Amount}
 }
 
 // appendAll writes bodies to this node's chain with one sync per batch and
@@ -203,8 +204,8 @@ func (s *Service) settlement(j *market.Job) storage.Body {
 // written one by one, so one bad entry costs only itself. It returns the
 // entries written, nil where a body was refused, and each refusal's
 // error. Before the node has confirmed its head it writes nothing.
-func (s *Service) appendAll(bodies []storage.Body, what string) ([]*storage.Entry, []error) {
-	out, errs := make([]*storage.Entry, len(bodies)), make([]error, len(bodies))
+func (s *Service) appendAll(bodies []ledger.Body, what string) ([]*ledger.Entry, []error) {
+	out, errs := make([]*ledger.Entry, len(bodies)), make([]error, len(bodies))
 	if err := s.head.err(); err != nil {
 		if len(bodies) > 0 {
 			s.log.Warn(what+": not written", "entries", len(bodies), "err", err)
@@ -260,21 +261,21 @@ func (s *Service) CheckHold(ctx context.Context, l *market.Lease) error {
 	// A hold that waits for earlier entries of the requester's chain (they
 	// come by gossip, maybe after the award) is fetched from the requester,
 	// retrying until the lease's deadline.
-	for delay := 50 * time.Millisecond; errors.Is(err, storage.ErrGap); delay = min(2*delay, time.Second) {
+	for delay := 50 * time.Millisecond; errors.Is(err, ledger.ErrGap); delay = min(2*delay, time.Second) {
 		if serr := s.syncChainOnce(ctx, l.Requester); serr != nil {
 			s.log.Debug("fetch requester's chain", "requester", l.Requester, "err", serr)
 		}
-		if err = s.ingestOne(l.Hold); !errors.Is(err, storage.ErrGap) {
+		if err = s.ingestOne(l.Hold); !errors.Is(err, ledger.ErrGap) {
 			break
 		}
 		if err := s.sleep(ctx, delay); err != nil {
 			return fmt.Errorf("escrow hold: %w", err)
 		}
 	}
-	if err != nil && !errors.Is(err, storage.ErrDuplicate) {
+	if err != nil && !errors.Is(err, ledger.ErrDuplicate) {
 		return fmt.Errorf("escrow hold: %w", err)
 	}
-	hold, ok, err := s.ledger.HoldFor(l.Requester, storage.Hash(l.Job))
+	hold, ok, err := s.ledger.HoldFor(l.Requester, ledger.Hash(l.Job))
 	if err != nil {
 		return fmt.Errorf("escrow hold: %w", err)
 	}
@@ -285,7 +286,7 @@ func (s *Service) CheckHold(ctx context.Context, l *market.Lease) error {
 	// A requester that awards this provider the job again on a hold that
 	// already backs its lease (a rogue one: an honest one writes a hold
 	// for each award) gets no second run.
-	if err := s.ledger.ClaimLease(s.self, l.Requester, storage.Hash(l.Job)); err != nil {
+	if err := s.ledger.ClaimLease(s.self, l.Requester, ledger.Hash(l.Job)); err != nil {
 		return fmt.Errorf("escrow hold backs no further run of the job by this provider (award %d): %w", l.Attempt, err)
 	}
 	return nil
@@ -295,7 +296,7 @@ func (s *Service) CheckHold(ctx context.Context, l *market.Lease) error {
 // award's provider a lease of the job at its price and attempt. The
 // provider's lease entry quotes it; without it no ledger takes the lease.
 func (s *Service) SignGrant(a market.HoldRequest) ([]byte, error) {
-	g := storage.LeaseGrant{Job: storage.Hash(a.Job), Requester: s.self, Provider: a.Provider,
+	g := ledger.LeaseGrant{Job: ledger.Hash(a.Job), Requester: s.self, Provider: a.Provider,
 		Price: a.Price, Attempt: a.Attempt}
 	return g.Sign(s.cfg.Network, s.key)
 }
@@ -304,7 +305,7 @@ func (s *Service) SignGrant(a market.HoldRequest) ([]byte, error) {
 // CheckGrant, on the engine's loop): the same check every ledger makes of
 // the lease entry that will quote it. An award it refuses is declined.
 func (s *Service) CheckGrant(requester peer.ID, job protocol.JobID, a *pb.Award) error {
-	g := storage.LeaseGrant{Job: storage.Hash(job), Requester: requester, Provider: s.self,
+	g := ledger.LeaseGrant{Job: ledger.Hash(job), Requester: requester, Provider: s.self,
 		Price: a.Price, Attempt: a.Attempt}
 	if err := g.Verify(s.cfg.Network, a.Grant); err != nil {
 		return err
@@ -317,14 +318,14 @@ func (s *Service) CheckGrant(requester peer.ID, job protocol.JobID, a *pb.Award)
 // claimed the lease, a claim given back once the lease is written),
 // quoting the requester's grant of the award.
 func (s *Service) leaseWrite(l *market.Lease) *ledgerWrite {
-	body := storage.LeaseBody{Job: storage.Hash(l.Job), Requester: l.Requester, Price: l.Price,
+	body := ledger.LeaseBody{Job: ledger.Hash(l.Job), Requester: l.Requester, Price: l.Price,
 		Attempt: l.Attempt, Grant: l.Grant}
 	return &ledgerWrite{
-		bodies: func(b *batch) []storage.Body {
+		bodies: func(b *batch) []ledger.Body {
 			b.leases[body.Job]++
-			return []storage.Body{body}
+			return []ledger.Body{body}
 		},
-		done: func([]*storage.Entry, []error) { s.ledger.UnclaimLease(s.self, body.Job) },
+		done: func([]*ledger.Entry, []error) { s.ledger.UnclaimLease(s.self, body.Job) },
 	}
 }
 
@@ -334,15 +335,15 @@ func (s *Service) leaseWrite(l *market.Lease) *ledgerWrite {
 // of the job in this chain: a result without a lease (the run stopped at
 // the escrow check) has none, and writes nothing.
 func (s *Service) receiptWrite(r *pb.Result, raw []byte) *ledgerWrite {
-	body := storage.ReceiptBody{Job: storage.Hash(r.JobId), Receipt: sha256.Sum256(raw), Result: r.ResultId,
-		Usage: storage.Usage{WallMS: uint64(r.GetUsage().GetWallMs()), GPUMS: uint64(r.GetUsage().GetGpuMs()), ExitCode: r.ExitCode}}
-	return &ledgerWrite{bodies: func(b *batch) []storage.Body {
+	body := ledger.ReceiptBody{Job: ledger.Hash(r.JobId), Receipt: sha256.Sum256(raw), Result: r.ResultId,
+		Usage: ledger.Usage{WallMS: uint64(r.GetUsage().GetWallMs()), GPUMS: uint64(r.GetUsage().GetGpuMs()), ExitCode: r.ExitCode}}
+	return &ledgerWrite{bodies: func(b *batch) []ledger.Body {
 		leases, receipts, err := s.ledger.Leases(s.self, body.Job)
 		if err != nil || leases+b.leases[body.Job] <= receipts+b.receipts[body.Job] {
 			s.log.Debug("no lease left for a receipt; not recorded", "job", body.Job, "err", err)
 			return nil
 		}
 		b.receipts[body.Job]++
-		return []storage.Body{body}
+		return []ledger.Body{body}
 	}}
 }

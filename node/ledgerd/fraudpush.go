@@ -11,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/storage"
 )
 
@@ -55,7 +56,7 @@ func (s *Service) sendFraudProofs(p peer.ID, rejected []storage.Rejection) {
 	}
 	var frozen []peer.ID
 	for _, r := range rejected {
-		if errors.Is(r.Err, storage.ErrFrozen) && !slices.Contains(frozen, r.Account) {
+		if errors.Is(r.Err, ledger.ErrFrozen) && !slices.Contains(frozen, r.Account) {
 			frozen = append(frozen, r.Account)
 		}
 	}
@@ -110,7 +111,7 @@ func (s *Service) pushFraudProofs(ctx context.Context, p peer.ID, accounts []pee
 	var sent []peer.ID
 	for _, a := range accounts {
 		var (
-			proof storage.FraudProof
+			proof ledger.FraudProof
 			ok    bool
 			err   error
 		)
@@ -176,10 +177,10 @@ func (s *Service) serveFraudProofs(br *bufio.Reader, bw *bufio.Writer) error {
 
 // takeFraudProof ingests one pushed proof.
 func (s *Service) takeFraudProof(frame []byte) error {
-	proof, err := storage.DecodeFraudProof(frame)
-	var a storage.Entry
+	proof, err := ledger.DecodeFraudProof(frame)
+	var a ledger.Entry
 	if err == nil {
-		a, err = storage.DecodeEntry(proof.A)
+		a, err = ledger.DecodeEntry(proof.A)
 	}
 	if err != nil {
 		s.rejected.Inc()
@@ -192,9 +193,9 @@ func (s *Service) takeFraudProof(frame []byte) error {
 	case err == nil:
 		s.spreadFraud(proof)
 		return nil
-	case errors.Is(err, storage.ErrDuplicate):
+	case errors.Is(err, ledger.ErrDuplicate):
 		return nil
-	case errors.Is(err, storage.ErrBadFraudProof):
+	case errors.Is(err, ledger.ErrBadFraudProof):
 		s.rejected.Inc()
 		return fmt.Errorf("fraud proof: %w", err)
 	default:

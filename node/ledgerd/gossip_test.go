@@ -17,6 +17,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/storage"
 )
 
@@ -45,7 +46,7 @@ func TestDecodeGossipEntries(t *testing.T) {
 		{"length past the end", join(protocol.Frame(a), []byte{5, 1}), -1},
 		{"length not minimally encoded", []byte{0x81, 0x00, 7}, -1},
 		{"bad varint", []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}, -1},
-		{"entry over the size limit", protocol.Frame(make([]byte, storage.MaxEntrySize+1)), -1},
+		{"entry over the size limit", protocol.Frame(make([]byte, ledger.MaxEntrySize+1)), -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			raws, err := decodeGossipEntries(tc.msg)
@@ -72,7 +73,7 @@ func FuzzDecodeGossipEntries(f *testing.F) {
 		}
 		var again []byte
 		for _, r := range raws {
-			if len(r) == 0 || len(r) > storage.MaxEntrySize {
+			if len(r) == 0 || len(r) > ledger.MaxEntrySize {
 				t.Fatalf("entry of %d bytes", len(r))
 			}
 			again = append(again, protocol.Frame(r)...)
@@ -88,10 +89,10 @@ func FuzzDecodeGossipEntries(f *testing.F) {
 // when one of its own entries is refused for a reason an honest sender
 // never gives, and otherwise ignored.
 func TestBatchVerdictJudgesOnlyTheBatchsEntries(t *testing.T) {
-	sign := func(priv crypto.PrivKey, body storage.Body) storage.Entry {
+	sign := func(priv crypto.PrivKey, body ledger.Body) ledger.Entry {
 		t.Helper()
 		id, _ := peer.IDFromPrivateKey(priv)
-		e := storage.Entry{Account: id, Seq: 1, Time: time.Unix(1, 0), Body: body}
+		e := ledger.Entry{Account: id, Seq: 1, Time: time.Unix(1, 0), Body: body}
 		if err := e.Sign("net", priv); err != nil {
 			t.Fatal(err)
 		}
@@ -106,25 +107,25 @@ func TestBatchVerdictJudgesOnlyTheBatchsEntries(t *testing.T) {
 		return priv, id
 	}
 	// A lease of the signer's own job, with its grant.
-	lease := func(priv crypto.PrivKey, id peer.ID, job storage.Hash) storage.Entry {
-		grant, err := storage.LeaseGrant{Job: job, Requester: id, Provider: id, Price: 1, Attempt: 1}.Sign("net", priv)
+	lease := func(priv crypto.PrivKey, id peer.ID, job ledger.Hash) ledger.Entry {
+		grant, err := ledger.LeaseGrant{Job: job, Requester: id, Provider: id, Price: 1, Attempt: 1}.Sign("net", priv)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return sign(priv, storage.LeaseBody{Job: job, Requester: id, Price: 1, Attempt: 1, Grant: grant})
+		return sign(priv, ledger.LeaseBody{Job: job, Requester: id, Price: 1, Attempt: 1, Grant: grant})
 	}
 	priv, id := newKey()
-	e := lease(priv, id, storage.Hash{1})
+	e := lease(priv, id, ledger.Hash{1})
 	wpriv, wid := newKey()
-	w := lease(wpriv, wid, storage.Hash{2}) // waits for its hold
+	w := lease(wpriv, wid, ledger.Hash{2}) // waits for its hold
 	gpriv, gid := newKey()
-	g := sign(gpriv, storage.GrantBody{Amount: 5}) // stored before the verdict, by another ingest
+	g := sign(gpriv, ledger.GrantBody{Amount: 5}) // stored before the verdict, by another ingest
 	db, err := storage.Open("", storage.Options{Network: "net", InMemory: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	l, err := storage.OpenLedger(db, "net", &storage.Genesis{Network: "net", Grants: []storage.GenesisGrant{{Peer: gid, Amount: 5}}}, nil)
+	l, err := storage.OpenLedger(db, "net", &ledger.Genesis{Network: "net", Grants: []ledger.GenesisGrant{{Peer: gid, Amount: 5}}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,34 +135,34 @@ func TestBatchVerdictJudgesOnlyTheBatchsEntries(t *testing.T) {
 	other := peer.ID("someone else")
 	s := &Service{cfg: Config{Network: "net"}, log: slog.New(slog.DiscardHandler), ledger: l,
 		rejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})}
-	its := []storage.Entry{e}
+	its := []ledger.Entry{e}
 	for _, tc := range []struct {
 		name  string
-		batch []storage.Entry
+		batch []ledger.Entry
 		res   storage.IngestResult
 		want  pubsub.ValidationResult
 	}{
-		{"stored", its, storage.IngestResult{Accepted: []storage.Entry{e}}, pubsub.ValidationAccept},
+		{"stored", its, storage.IngestResult{Accepted: []ledger.Entry{e}}, pubsub.ValidationAccept},
 		{"nothing new", its, storage.IngestResult{Duplicates: 1}, pubsub.ValidationIgnore},
-		{"stored meanwhile by another ingest", []storage.Entry{g}, storage.IngestResult{Duplicates: 1}, pubsub.ValidationAccept},
-		{"one stored, another waits", []storage.Entry{e, w}, storage.IngestResult{Accepted: []storage.Entry{e}, Pending: 1}, pubsub.ValidationIgnore},
-		{"one stored, another an equivocation", []storage.Entry{e, w}, storage.IngestResult{Accepted: []storage.Entry{e},
-			Fraud: []storage.FraudProof{{}}}, pubsub.ValidationIgnore},
-		{"its entry refused", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBrokenChain}}}, pubsub.ValidationReject},
-		{"one stored, another refused", []storage.Entry{e, w}, storage.IngestResult{Accepted: []storage.Entry{e},
-			Rejected: []storage.Rejection{{Account: wid, Seq: 1, Err: storage.ErrBrokenChain}}}, pubsub.ValidationReject},
-		{"undecodable entry", its, storage.IngestResult{Rejected: []storage.Rejection{{Err: storage.ErrMalformed}}}, pubsub.ValidationReject},
-		{"another account's waiting entry refused", its, storage.IngestResult{Accepted: []storage.Entry{e},
-			Rejected: []storage.Rejection{{Account: other, Seq: 3, Err: storage.ErrBrokenChain}}}, pubsub.ValidationAccept},
-		{"its receipt without a lease", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrNoLease}}}, pubsub.ValidationReject},
-		{"its entry over the rate", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrRateLimited}}}, pubsub.ValidationReject},
-		{"its grant not in the genesis", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBadGrant}}}, pubsub.ValidationReject},
+		{"stored meanwhile by another ingest", []ledger.Entry{g}, storage.IngestResult{Duplicates: 1}, pubsub.ValidationAccept},
+		{"one stored, another waits", []ledger.Entry{e, w}, storage.IngestResult{Accepted: []ledger.Entry{e}, Pending: 1}, pubsub.ValidationIgnore},
+		{"one stored, another an equivocation", []ledger.Entry{e, w}, storage.IngestResult{Accepted: []ledger.Entry{e},
+			Fraud: []ledger.FraudProof{{}}}, pubsub.ValidationIgnore},
+		{"its entry refused", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: ledger.ErrBrokenChain}}}, pubsub.ValidationReject},
+		{"one stored, another refused", []ledger.Entry{e, w}, storage.IngestResult{Accepted: []ledger.Entry{e},
+			Rejected: []storage.Rejection{{Account: wid, Seq: 1, Err: ledger.ErrBrokenChain}}}, pubsub.ValidationReject},
+		{"undecodable entry", its, storage.IngestResult{Rejected: []storage.Rejection{{Err: ledger.ErrMalformed}}}, pubsub.ValidationReject},
+		{"another account's waiting entry refused", its, storage.IngestResult{Accepted: []ledger.Entry{e},
+			Rejected: []storage.Rejection{{Account: other, Seq: 3, Err: ledger.ErrBrokenChain}}}, pubsub.ValidationAccept},
+		{"its receipt without a lease", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: ledger.ErrNoLease}}}, pubsub.ValidationReject},
+		{"its entry over the rate", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: ledger.ErrRateLimited}}}, pubsub.ValidationReject},
+		{"its grant not in the genesis", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: ledger.ErrBadGrant}}}, pubsub.ValidationReject},
 		{"its lease waits for its hold", its, storage.IngestResult{Pending: 1}, pubsub.ValidationIgnore},
-		{"its lease without a valid grant", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrBadLeaseGrant}}}, pubsub.ValidationReject},
+		{"its lease without a valid grant", its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: ledger.ErrBadLeaseGrant}}}, pubsub.ValidationReject},
 		{"its entry dated past this node's clock",
-			its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: storage.ErrFutureTime}}}, pubsub.ValidationIgnore},
-		{"one stored, another dated past this node's clock", []storage.Entry{e, w}, storage.IngestResult{Accepted: []storage.Entry{e},
-			Rejected: []storage.Rejection{{Account: wid, Seq: 1, Err: storage.ErrFutureTime}}}, pubsub.ValidationIgnore},
+			its, storage.IngestResult{Rejected: []storage.Rejection{{Account: id, Seq: 1, Err: ledger.ErrFutureTime}}}, pubsub.ValidationIgnore},
+		{"one stored, another dated past this node's clock", []ledger.Entry{e, w}, storage.IngestResult{Accepted: []ledger.Entry{e},
+			Rejected: []storage.Rejection{{Account: wid, Seq: 1, Err: ledger.ErrFutureTime}}}, pubsub.ValidationIgnore},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var raws [][]byte
@@ -182,13 +183,13 @@ func TestSenderFault(t *testing.T) {
 		err  error
 		want bool
 	}{
-		{storage.ErrFrozen, false},
-		{storage.ErrFutureTime, false},
-		{storage.ErrBadTimestamp, true}, // before its predecessor
-		{storage.ErrNoLease, true},
-		{storage.ErrRateLimited, true},
-		{storage.ErrBadSignature, true},
-		{storage.ErrBadGrant, true},
+		{ledger.ErrFrozen, false},
+		{ledger.ErrFutureTime, false},
+		{ledger.ErrBadTimestamp, true}, // before its predecessor
+		{ledger.ErrNoLease, true},
+		{ledger.ErrRateLimited, true},
+		{ledger.ErrBadSignature, true},
+		{ledger.ErrBadGrant, true},
 	} {
 		if got := senderFault(fmt.Errorf("wrapped: %w", tc.err)); got != tc.want {
 			t.Errorf("senderFault(%v) = %v, want %v", tc.err, got, tc.want)
@@ -212,7 +213,7 @@ func TestFraudProofStoreFailureIsNotTheSenders(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	l, err := storage.OpenLedger(db, "net", &storage.Genesis{Network: "net"}, nil)
+	l, err := storage.OpenLedger(db, "net", &ledger.Genesis{Network: "net"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,21 +227,21 @@ func TestFraudProofStoreFailureIsNotTheSenders(t *testing.T) {
 	id, _ := peer.IDFromPrivateKey(priv)
 	var raws [2][]byte
 	for i := range raws {
-		e := storage.Entry{Account: id, Seq: 1, Time: time.Unix(int64(i+1), 0), Body: storage.GrantBody{Amount: 1}}
+		e := ledger.Entry{Account: id, Seq: 1, Time: time.Unix(int64(i+1), 0), Body: ledger.GrantBody{Amount: 1}}
 		if err := e.Sign("net", priv); err != nil {
 			t.Fatal(err)
 		}
 		raws[i] = e.Encode()
 	}
-	proof := storage.FraudProof{A: raws[0], B: raws[1]}
-	forged := storage.FraudProof{A: raws[0], B: append(bytes.Clone(raws[1][:len(raws[1])-1]), raws[1][len(raws[1])-1]^1)}
-	msg := func(p storage.FraudProof) *pubsub.Message {
+	proof := ledger.FraudProof{A: raws[0], B: raws[1]}
+	forged := ledger.FraudProof{A: raws[0], B: append(bytes.Clone(raws[1][:len(raws[1])-1]), raws[1][len(raws[1])-1]^1)}
+	msg := func(p ledger.FraudProof) *pubsub.Message {
 		return &pubsub.Message{Message: &pubsubpb.Message{Data: append([]byte{protocol.LedgerGossipFraud}, p.Encode()...)}}
 	}
 	for _, tc := range []struct {
 		name     string
 		full     bool
-		proof    storage.FraudProof
+		proof    ledger.FraudProof
 		want     pubsub.ValidationResult
 		rejected float64 // the counter after the step
 	}{

@@ -16,7 +16,7 @@ import (
 
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/protocol"
-	"github.com/mira-market/mira/storage"
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 // A node whose data dir was restored from an older copy does not know the
@@ -176,7 +176,7 @@ func (e *frozenError) Error() string {
 		"every node refuses its new entries, so it can hold and pay no credits", e.account, at)
 }
 
-func (e *frozenError) Unwrap() []error { return []error{storage.ErrFrozen, api.ErrNotSigning} }
+func (e *frozenError) Unwrap() []error { return []error{ledger.ErrFrozen, api.ErrNotSigning} }
 
 // frozen returns the error that names this node's freeze, or nil if its
 // account is not frozen.
@@ -186,7 +186,7 @@ func (s *Service) frozen() error {
 	}
 	e := &frozenError{account: s.self}
 	if p, ok, err := s.ledger.FraudProofFor(s.self); err == nil && ok {
-		if a, err := storage.DecodeEntry(p.A); err == nil {
+		if a, err := ledger.DecodeEntry(p.A); err == nil {
 			e.seq = a.Seq
 		}
 	}
@@ -210,14 +210,14 @@ func (s *Service) CanTakeJobs() error {
 // describeRefusal turns an own write's error into what a requester is told.
 func (s *Service) describeRefusal(err error) error {
 	switch {
-	case errors.Is(err, storage.ErrFrozen):
+	case errors.Is(err, ledger.ErrFrozen):
 		if ferr := s.frozen(); ferr != nil {
 			return ferr
 		}
 		return err
 	case errors.Is(err, errHeadUnconfirmed):
 		return err
-	case errors.Is(err, storage.ErrOverdraft):
+	case errors.Is(err, ledger.ErrOverdraft):
 		return fmt.Errorf("not enough credits: %w", err)
 	}
 	return fmt.Errorf("the ledger refused the hold: %w", err)
@@ -387,7 +387,7 @@ func (s *Service) ownChainFrom(ctx context.Context, p peer.ID) error {
 			return nil
 		}
 		s.head.saw(s.highestOwn(raws))
-		last, err := storage.DecodeEntry(raws[len(raws)-1])
+		last, err := ledger.DecodeEntry(raws[len(raws)-1])
 		if err != nil || last.Account != s.self {
 			return fmt.Errorf("sent what is not this node's chain (%v)", err)
 		}
@@ -413,13 +413,13 @@ func (s *Service) ownChainFrom(ctx context.Context, p peer.ID) error {
 // the highest seq down, it costs one signature check when the last entry
 // is the node's own.
 func (s *Service) highestOwn(raws [][]byte) uint64 {
-	var own []storage.Entry
+	var own []ledger.Entry
 	for _, raw := range raws {
-		if e, err := storage.DecodeEntry(raw); err == nil && e.Account == s.self {
+		if e, err := ledger.DecodeEntry(raw); err == nil && e.Account == s.self {
 			own = append(own, e)
 		}
 	}
-	slices.SortFunc(own, func(a, b storage.Entry) int { return cmp.Compare(b.Seq, a.Seq) })
+	slices.SortFunc(own, func(a, b ledger.Entry) int { return cmp.Compare(b.Seq, a.Seq) })
 	for _, e := range own {
 		if e.VerifySignature(s.cfg.Network) == nil {
 			return e.Seq
@@ -487,7 +487,7 @@ func (s *Service) claimGrant() error {
 	if head, err := s.ledger.Head(s.self); err != nil || head.Seq != 0 {
 		return err
 	}
-	_, err := s.signEntry(storage.GrantBody{Amount: amount})
+	_, err := s.signEntry(ledger.GrantBody{Amount: amount})
 	return err
 }
 
@@ -506,14 +506,14 @@ func (s *Service) endSettledJobs(ctx context.Context, afterSeq uint64) bool {
 	how := map[protocol.JobID]string{}
 	for _, e := range es {
 		switch b := e.Body.(type) {
-		case storage.PaymentBody:
+		case ledger.PaymentBody:
 			how[protocol.JobID(b.Job)] = fmt.Sprintf("paid (%v credits to %s)", credits(b.Amount), b.To)
-		case storage.ReleaseBody:
+		case ledger.ReleaseBody:
 			how[protocol.JobID(b.Job)] = "released"
 		}
 	}
 	for id := range how {
-		if _, open, err := s.ledger.HoldFor(s.self, storage.Hash(id)); err != nil || open {
+		if _, open, err := s.ledger.HoldFor(s.self, ledger.Hash(id)); err != nil || open {
 			delete(how, id) // held again since (a re-award): the market carries on with it
 		}
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/mira-market/mira/node/gossip"
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/storage"
 )
 
@@ -20,10 +21,10 @@ import (
 // an empty genesis: no grants, so it can earn credits but not spend them.
 // swarmKey, if set, names the node's swarm key (a private network's), which
 // a genesis that names one must match; it is read only then.
-func LoadGenesis(path, network string, swarmKey func() (fingerprint string, err error)) (*storage.Genesis, error) {
+func LoadGenesis(path, network string, swarmKey func() (fingerprint string, err error)) (*ledger.Genesis, error) {
 	g, err := storage.LoadGenesis(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return &storage.Genesis{Network: network}, nil
+		return &ledger.Genesis{Network: network}, nil
 	}
 	if err != nil {
 		return nil, err
@@ -91,7 +92,7 @@ func (s *Service) join(ps *pubsub.PubSub) error {
 // signEntry writes an entry to this node's chain and gossips it, whatever
 // the head gate says: only for appendAll, which checks the gate, and for
 // the caller that has just confirmed the head (see confirmHead).
-func (s *Service) signEntry(body storage.Body) (storage.Entry, error) {
+func (s *Service) signEntry(body ledger.Body) (ledger.Entry, error) {
 	e, err := s.ledger.Append(s.key, body)
 	if err != nil {
 		return e, err
@@ -138,7 +139,7 @@ func (s *Service) publish(ctx context.Context, msg []byte) {
 func decodeGossipEntries(b []byte) ([][]byte, error) {
 	// One encoding per batch (minimal lengths, nothing trailing): the same
 	// entries never travel as different messages.
-	return protocol.SplitFrames(b, protocol.MaxGossipEntries, storage.MaxEntrySize)
+	return protocol.SplitFrames(b, protocol.MaxGossipEntries, ledger.MaxEntrySize)
 }
 
 // validateLedgerGossip ingests gossiped entries and fraud proofs: a batch
@@ -193,7 +194,7 @@ func (s *Service) validateLedgerMessage(from peer.ID, m *pubsub.Message) pubsub.
 		}
 		return s.batchVerdict(from, fresh, res)
 	case protocol.LedgerGossipFraud:
-		p, err := storage.DecodeFraudProof(m.Data[1:])
+		p, err := ledger.DecodeFraudProof(m.Data[1:])
 		if err == nil {
 			err = s.ledger.IngestFraudProof(p)
 		}
@@ -224,7 +225,7 @@ func (s *Service) batchVerdict(from peer.ID, raws [][]byte, res storage.IngestRe
 	s.sendFraudProofs(from, res.Rejected)
 	inBatch := map[accountSeq]bool{}
 	for _, raw := range raws {
-		if e, err := storage.DecodeEntry(raw); err == nil {
+		if e, err := ledger.DecodeEntry(raw); err == nil {
 			inBatch[accountSeq{e.Account, e.Seq}] = true
 		}
 	}
@@ -243,8 +244,8 @@ func (s *Service) batchVerdict(from peer.ID, raws [][]byte, res storage.IngestRe
 // allStored reports whether every entry of raws is now stored: among
 // those the ingest accepted, or (stored meanwhile by another ingest)
 // found in the ledger.
-func (s *Service) allStored(raws [][]byte, accepted []storage.Entry) bool {
-	stored := make(map[storage.Hash]bool, len(accepted))
+func (s *Service) allStored(raws [][]byte, accepted []ledger.Entry) bool {
+	stored := make(map[ledger.Hash]bool, len(accepted))
 	for _, e := range accepted {
 		stored[e.Hash()] = true
 	}
@@ -267,7 +268,7 @@ func (s *Service) allStored(raws [][]byte, accepted []storage.Entry) bool {
 // disagree). Every other refusal is one every node reaches alike, for
 // good, and an honest node neither writes nor forwards such an entry.
 func senderFault(err error) bool {
-	return !errors.Is(err, storage.ErrFrozen) && !errors.Is(err, storage.ErrFutureTime)
+	return !errors.Is(err, ledger.ErrFrozen) && !errors.Is(err, ledger.ErrFutureTime)
 }
 
 // accountSeq names an entry's place: its account and seq.
@@ -281,7 +282,7 @@ type accountSeq struct {
 // freezes the account and not only the one that saw both entries.
 func (s *Service) ingestOne(raw []byte) error {
 	_, err := s.ledger.Ingest(raw)
-	var eq *storage.EquivocationError
+	var eq *ledger.EquivocationError
 	if errors.As(err, &eq) {
 		s.spreadFraud(eq.Proof)
 	}
@@ -290,8 +291,8 @@ func (s *Service) ingestOne(raw []byte) error {
 
 // spreadFraud gossips a proof that this node has just stored: the account
 // it convicts is now frozen here, and must be everywhere.
-func (s *Service) spreadFraud(p storage.FraudProof) {
-	if a, err := storage.DecodeEntry(p.A); err == nil {
+func (s *Service) spreadFraud(p ledger.FraudProof) {
+	if a, err := ledger.DecodeEntry(p.A); err == nil {
 		s.log.Warn("equivocation: account frozen", "account", a.Account, "seq", a.Seq)
 	}
 	s.publish(s.ctx, append([]byte{protocol.LedgerGossipFraud}, p.Encode()...))
@@ -307,7 +308,7 @@ func (s *Service) ledgerVerdict(err error) pubsub.ValidationResult {
 	case errors.Is(err, storage.ErrStore):
 		s.log.Warn("store gossiped fraud proof", "err", err)
 		return pubsub.ValidationIgnore
-	case errors.Is(err, storage.ErrDuplicate), errors.Is(err, storage.ErrGap), errors.Is(err, storage.ErrOverdraft):
+	case errors.Is(err, ledger.ErrDuplicate), errors.Is(err, ledger.ErrGap), errors.Is(err, ledger.ErrOverdraft):
 		return pubsub.ValidationIgnore
 	default:
 		s.rejected.Inc()

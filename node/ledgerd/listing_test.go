@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/storage"
 )
 
@@ -14,7 +15,7 @@ import (
 // oldest first, whatever order the listing came in (hash order).
 func TestOldestKeepsTheOldest(t *testing.T) {
 	item := func(time int64, h byte) storage.LedgerItem {
-		return storage.LedgerItem{Time: time, Hash: storage.Hash{h}}
+		return storage.LedgerItem{Time: time, Hash: ledger.Hash{h}}
 	}
 	for _, tt := range []struct {
 		name  string

@@ -19,6 +19,8 @@ import (
 	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/ledger"
+	"github.com/mira-market/mira/protocol/riblt"
 	"github.com/mira-market/mira/storage"
 )
 
@@ -26,16 +28,16 @@ import (
 // stored entry's hash, kept current by the ledger's store hook.
 type ledgerSet struct {
 	mu  sync.Mutex
-	set *storage.ReconcileSet
+	set *riblt.Set
 }
 
-func (s *ledgerSet) add(h storage.Hash) {
+func (s *ledgerSet) add(h ledger.Hash) {
 	s.mu.Lock()
 	s.set.Add(h)
 	s.mu.Unlock()
 }
 
-func (s *ledgerSet) snapshot() *storage.ReconcileSet {
+func (s *ledgerSet) snapshot() *riblt.Set {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.set.Snapshot()
@@ -100,7 +102,7 @@ func (s *Service) reconcileLoop(ctx context.Context, connected <-chan peer.ID) {
 // with the union of their entries (those that validate).
 func (s *Service) Reconcile(ctx context.Context, p peer.ID) error {
 	err := s.reconcile(ctx, p)
-	if errors.Is(err, storage.ErrDifferenceTooLarge) || errors.Is(err, storage.ErrReconcileAborted) {
+	if errors.Is(err, riblt.ErrDifferenceTooLarge) || errors.Is(err, riblt.ErrAborted) {
 		s.countReconcile(func(st *ReconcileStats) { st.Fallbacks++ })
 		err = s.fetchListing(ctx, p)
 	}
@@ -148,7 +150,7 @@ func (s *Service) reconcile(ctx context.Context, p peer.ID) error {
 	defer stop()
 	snap := s.rset.snapshot()
 	defer snap.Release()
-	x := storage.NewReconcileInitiator(snap, storage.ReconcileConfig{})
+	x := riblt.NewInitiator(snap, riblt.Config{})
 	if err := protocol.WriteFrame(bw, x.Start()); err != nil {
 		return err
 	}
@@ -178,7 +180,7 @@ func (s *Service) reconcile(ctx context.Context, p peer.ID) error {
 func (s *Service) serveReconcile(p peer.ID, br *bufio.Reader, bw *bufio.Writer) error {
 	snap := s.rset.snapshot()
 	defer snap.Release()
-	r := storage.NewReconcileResponder(snap, storage.ReconcileConfig{})
+	r := riblt.NewResponder(snap, riblt.Config{})
 	for done := false; !done; {
 		frame, err := protocol.ReadFrame(br, protocol.MaxSyncFrame)
 		if err != nil {
@@ -246,7 +248,7 @@ func (s *Service) sendEntries(bw *bufio.Writer, hashes [][32]byte) error {
 func (s *Service) receiveEntries(p peer.ID, br *bufio.Reader) error {
 	var raws [][]byte
 	for count := 0; ; count++ {
-		b, err := protocol.ReadFrame(br, storage.MaxEntrySize)
+		b, err := protocol.ReadFrame(br, ledger.MaxEntrySize)
 		if err != nil {
 			return fmt.Errorf("reconcile entries: %w", err)
 		}
@@ -322,7 +324,7 @@ func (s *Service) fetchListing(ctx context.Context, p peer.ID) error {
 	}
 	missing := oldest{limit: protocol.MaxSyncEntries}
 	err = readRecords(br, protocol.ListingRecord, func(rec []byte) error {
-		item := storage.LedgerItem{Hash: storage.Hash(rec[:32]), Time: int64(binary.BigEndian.Uint64(rec[32:]))}
+		item := storage.LedgerItem{Hash: ledger.Hash(rec[:32]), Time: int64(binary.BigEndian.Uint64(rec[32:]))}
 		ok, err := s.ledger.Has(item.Hash)
 		if err == nil && !ok {
 			missing.add(item)

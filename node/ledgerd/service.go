@@ -29,6 +29,8 @@ import (
 	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/node/gossip"
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/ledger"
+	"github.com/mira-market/mira/protocol/riblt"
 	"github.com/mira-market/mira/storage"
 )
 
@@ -36,7 +38,7 @@ import (
 // node's [ledger] and reconciliation settings.
 type Config struct {
 	Network string
-	Genesis *storage.Genesis
+	Genesis *ledger.Genesis
 	// ReconcileSymbols is the capacity of the reconciliation summary;
 	// ReconcileInterval how often the node reconciles with a random peer.
 	ReconcileSymbols  int
@@ -155,7 +157,7 @@ func newService(ctx context.Context, cfg Config, d Deps, self peer.ID) *Service 
 	return &Service{
 		cfg: cfg, host: d.Host, self: self, db: d.DB, key: d.Key, clock: d.Clock, log: d.Log,
 		disk: d.Disk, market: d.Market, ctx: ctx,
-		rset: &ledgerSet{set: storage.NewReconcileSet(cfg.ReconcileSymbols)},
+		rset: &ledgerSet{set: riblt.NewSet(cfg.ReconcileSymbols)},
 		head: newHeadGate(),
 		rejected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mira_ledger_rejected_total", Help: "Ledger entries and fraud proofs from peers refused by validation.",
@@ -177,7 +179,7 @@ func (s *Service) start() {
 func (s *Service) open() error {
 	var err error
 	s.ledger, err = storage.OpenLedger(s.db, s.cfg.Network, s.cfg.Genesis, s.clock.Now,
-		storage.WithStoreHook(func(e storage.Entry) { s.rset.add(e.Hash()) }),
+		storage.WithStoreHook(func(e ledger.Entry) { s.rset.add(e.Hash()) }),
 		// Peers' entries are not fsynced one by one: every node ingests
 		// every entry, and what a power loss drops, reconciliation brings
 		// back. Own entries always are.

@@ -6,6 +6,7 @@ import (
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/storage"
 )
 
@@ -64,9 +65,9 @@ func (s *Service) SweepHolds(ctx context.Context, now time.Time) (SweepReport, e
 		return r, err
 	}
 	var ended []*market.Job
-	var release []storage.Hash
-	fresh := map[storage.Hash]time.Time{}
-	open := map[storage.Hash]bool{}
+	var release []ledger.Hash
+	fresh := map[ledger.Hash]time.Time{}
+	open := map[ledger.Hash]bool{}
 	for _, h := range holds {
 		open[h.Job] = true
 		j, ok := known[protocol.JobID(h.Job)]
@@ -85,7 +86,7 @@ func (s *Service) SweepHolds(ctx context.Context, now time.Time) (SweepReport, e
 			}
 		}
 	}
-	var gone []storage.Hash
+	var gone []ledger.Hash
 	for job := range seenAt {
 		if !open[job] || known[protocol.JobID(job)] != nil {
 			gone = append(gone, job)
@@ -116,12 +117,12 @@ type SweepReport struct {
 
 // releaseWrite is the ledger write that releases the holds of jobs, those
 // still open when it is written.
-func (s *Service) releaseWrite(jobs []storage.Hash) *ledgerWrite {
-	w := &ledgerWrite{bodies: func(*batch) []storage.Body {
-		var bodies []storage.Body
+func (s *Service) releaseWrite(jobs []ledger.Hash) *ledgerWrite {
+	w := &ledgerWrite{bodies: func(*batch) []ledger.Body {
+		var bodies []ledger.Body
 		for _, job := range jobs {
 			if _, ok, err := s.ledger.HoldFor(s.self, job); err == nil && ok {
-				bodies = append(bodies, storage.ReleaseBody{Job: job})
+				bodies = append(bodies, ledger.ReleaseBody{Job: job})
 			}
 		}
 		return bodies

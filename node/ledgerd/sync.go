@@ -14,7 +14,7 @@ import (
 	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/mira-market/mira/protocol"
-	"github.com/mira-market/mira/storage"
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 const syncTimeout = 30 * time.Second
@@ -140,7 +140,7 @@ func (s *Service) fetchChain(ctx context.Context, from, account peer.ID, after u
 	br := bufio.NewReader(st)
 	var raws [][]byte
 	for len(raws) <= protocol.MaxChainBatch {
-		b, err := protocol.ReadFrame(br, storage.MaxEntrySize)
+		b, err := protocol.ReadFrame(br, ledger.MaxEntrySize)
 		if err != nil {
 			return nil, fmt.Errorf("chain from %s: %w", from, err)
 		}

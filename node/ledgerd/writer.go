@@ -6,7 +6,7 @@ import (
 
 	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/protocol"
-	"github.com/mira-market/mira/storage"
+	"github.com/mira-market/mira/protocol/ledger"
 )
 
 // The writer writes this node's own ledger entries for the market (the
@@ -31,10 +31,10 @@ type ledgerWrite struct {
 	// jobs are the jobs the entries are about: a write is never batched
 	// with an earlier one about the same job, which it must see on disk.
 	jobs   []protocol.JobID
-	bodies func(b *batch) []storage.Body
+	bodies func(b *batch) []ledger.Body
 	// done gets the entries written, nil where a body was refused, and
 	// each refusal's error.
-	done func(written []*storage.Entry, errs []error)
+	done func(written []*ledger.Entry, errs []error)
 	// fail, if set, is called instead of done for a write that sends and
 	// is given up unwritten (the node could not confirm its head within
 	// head_wait); a write that sends without it gets done(nil, nil).
@@ -53,7 +53,7 @@ type ledgerWrite struct {
 // receipts by job (for the receipts that need a lease).
 type batch struct {
 	held             uint64
-	leases, receipts map[storage.Hash]uint64
+	leases, receipts map[ledger.Hash]uint64
 }
 
 // writeJob is work for the writer's goroutine: a batch to write (keep,
@@ -268,8 +268,8 @@ func (s *Service) writeLoop() {
 // write appends the batch's entries with one sync and hands each write
 // its share.
 func (s *Service) write(writes []*ledgerWrite) {
-	b := &batch{leases: map[storage.Hash]uint64{}, receipts: map[storage.Hash]uint64{}}
-	var all []storage.Body
+	b := &batch{leases: map[ledger.Hash]uint64{}, receipts: map[ledger.Hash]uint64{}}
+	var all []ledger.Body
 	ends := make([]int, len(writes))
 	for i, w := range writes {
 		if w.bodies != nil {

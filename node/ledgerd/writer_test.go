@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/storage"
 )
 
@@ -34,7 +35,7 @@ func newWriteProbe() *writeProbe {
 func (p *writeProbe) write(name string, job byte, urgent, sends bool) *ledgerWrite {
 	return &ledgerWrite{
 		jobs: []protocol.JobID{{job}}, urgent: urgent, sends: sends,
-		bodies: func(b *batch) []storage.Body {
+		bodies: func(b *batch) []ledger.Body {
 			p.mu.Lock()
 			defer p.mu.Unlock()
 			i := slices.Index(p.batches, b)
@@ -45,7 +46,7 @@ func (p *writeProbe) write(name string, job byte, urgent, sends bool) *ledgerWri
 			p.batchOf[name] = i
 			return nil
 		},
-		done: func([]*storage.Entry, []error) {
+		done: func([]*ledger.Entry, []error) {
 			p.mu.Lock()
 			defer p.mu.Unlock()
 			p.doneAt[name] = time.Since(p.start)
@@ -87,7 +88,7 @@ func newTestService(t *testing.T, ctx context.Context) *Service {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	s := newService(ctx, Config{Network: "net", Genesis: &storage.Genesis{Network: "net"}, ReconcileSymbols: 256},
+	s := newService(ctx, Config{Network: "net", Genesis: &ledger.Genesis{Network: "net"}, ReconcileSymbols: 256},
 		Deps{DB: db, Log: slog.New(slog.DiscardHandler)}, "self")
 	if err := s.open(); err != nil {
 		t.Fatal(err)
@@ -207,7 +208,7 @@ func TestWriterStopping(t *testing.T) {
 		slow := p.write("slow", 1, true, false)
 		release := make(chan struct{})
 		done := slow.done
-		slow.done = func(es []*storage.Entry, errs []error) { <-release; done(es, errs) }
+		slow.done = func(es []*ledger.Entry, errs []error) { <-release; done(es, errs) }
 		s.enqueue(slow)
 		synctest.Wait() // slow is being written
 		s.enqueue(p.write("award", 2, false, true))
