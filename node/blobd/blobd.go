@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mira-market/mira/node/blob"
+	"github.com/mira-market/mira/node/clock"
 )
 
 // CollectInterval is how often the blob store's collector runs besides
@@ -36,17 +37,6 @@ type DB interface {
 	PutResultReader(id string, reader []byte) error
 	MayReadResult(id string, reader []byte) (bool, error)
 }
-
-// Clock is the time the store and its collector go by.
-type Clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time                         { return time.Now() }
-func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // Config is what the service needs.
 type Config struct {
@@ -69,7 +59,7 @@ type Config struct {
 	// open streams); nil leaves it as it is.
 	Wrap    func(network.StreamHandler) network.StreamHandler
 	Metrics prometheus.Registerer // nil: no metrics
-	Clock   Clock                 // the system clock if nil
+	Clock   clock.Clock           // the system clock if nil
 	Log     *slog.Logger
 }
 
@@ -79,7 +69,7 @@ type Service struct {
 	transfer *blob.Service
 	db       DB
 	withDB   func(f func()) bool
-	clock    Clock
+	clock    clock.Clock
 	log      *slog.Logger
 	wg       sync.WaitGroup
 }
@@ -89,7 +79,7 @@ type Service struct {
 // collector.
 func New(cfg Config) (*Service, error) {
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.System
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -136,7 +126,7 @@ func (s *Service) Close() { s.wg.Wait() }
 func (s *Service) collectLoop(ctx context.Context) {
 	for {
 		select {
-		case <-s.clock.After(CollectInterval):
+		case <-clock.After(s.clock, CollectInterval):
 			s.store.Collect()
 		case <-ctx.Done():
 			s.store.Collect()

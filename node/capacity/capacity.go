@@ -22,6 +22,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/routing"
 
 	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/protocol"
 )
@@ -49,17 +50,6 @@ type Routing interface {
 	FindProvidersAsync(ctx context.Context, key cid.Cid, count int) <-chan peer.AddrInfo
 }
 
-// Clock is the time the service's loops wait on.
-type Clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-type systemClock struct{}
-
-func (systemClock) Now() time.Time                         { return time.Now() }
-func (systemClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
-
 // Config is what the service needs.
 type Config struct {
 	Priv             crypto.PrivKey // signs the node's records
@@ -72,14 +62,14 @@ type Config struct {
 	TTL              time.Duration // a capacity record's lifetime
 	MemoryMiB        int64         // the machine's memory; 0 when unknown
 	Log              *slog.Logger
-	Clock            Clock // the system clock if nil
+	Clock            clock.Clock // the system clock if nil
 }
 
 // Service announces the node's capacity and finds others'.
 type Service struct {
 	cfg   Config
 	self  peer.ID
-	clock Clock
+	clock clock.Clock
 	log   *slog.Logger
 
 	// Set by Start.
@@ -107,7 +97,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	if cfg.Clock == nil {
-		cfg.Clock = systemClock{}
+		cfg.Clock = clock.System
 	}
 	return &Service{
 		cfg: cfg, self: self, clock: cfg.Clock, log: cfg.Log,
@@ -194,14 +184,14 @@ func (s *Service) announceLoop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.clock.After(wait):
+		case <-clock.After(s.clock, wait):
 		case <-s.changed:
 			// Slot counts change with every lease; announce them at most
 			// every announceGap (they are hints: a full provider declines).
 			select {
 			case <-ctx.Done():
 				return
-			case <-s.clock.After(announceGap - s.clock.Now().Sub(last)):
+			case <-clock.After(s.clock, announceGap-s.clock.Now().Sub(last)):
 			}
 		}
 	}

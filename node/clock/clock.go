@@ -30,3 +30,8 @@ func (system) NewTimer(d time.Duration) Timer { return systemTimer{time.NewTimer
 type systemTimer struct{ *time.Timer }
 
 func (t systemTimer) C() <-chan time.Time { return t.Timer.C }
+
+// After is time.After on c: the channel receives the time once d has
+// passed. Nothing needs to stop the timer behind it: an unstopped timer
+// is collected once unreferenced, as time.After's is since Go 1.23.
+func After(c Clock, d time.Duration) <-chan time.Time { return c.NewTimer(d).C() }

@@ -12,8 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
+	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/protocol"
 )
 
@@ -41,7 +41,7 @@ type Book struct {
 	dir   string
 	store Store
 	log   *slog.Logger
-	after func(time.Duration) <-chan time.Time
+	clock clock.Clock
 	mu    sync.Mutex
 	logs  map[string]*Log
 }
@@ -51,8 +51,7 @@ type Config struct {
 	Dir   string // spilled logs' files, created 0700
 	Store Store
 	Log   *slog.Logger
-	// After is the clock a reader's waits use; time.After if nil.
-	After func(time.Duration) <-chan time.Time
+	Clock clock.Clock // times a follower's linger; the system clock if nil
 }
 
 // NewBook opens the book of logs kept in cfg.Dir and cfg.Store.
@@ -60,10 +59,10 @@ func NewBook(cfg Config) (*Book, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("logs dir: %w", err)
 	}
-	if cfg.After == nil {
-		cfg.After = time.After
+	if cfg.Clock == nil {
+		cfg.Clock = clock.System
 	}
-	return &Book{dir: cfg.Dir, store: cfg.Store, log: cfg.Log, after: cfg.After, logs: map[string]*Log{}}, nil
+	return &Book{dir: cfg.Dir, store: cfg.Store, log: cfg.Log, clock: cfg.Clock, logs: map[string]*Log{}}, nil
 }
 
 func logName(job protocol.JobID, attempt uint32) string {

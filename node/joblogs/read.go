@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/protocol"
 )
 
@@ -77,7 +78,7 @@ func (b *Book) stopAtEnd(ctx context.Context, cancel context.CancelFunc, states 
 			}
 			// The job ended: give the provider's last bytes a moment.
 			select {
-			case <-b.after(linger):
+			case <-clock.After(b.clock, linger):
 			case <-ctx.Done():
 			}
 			return

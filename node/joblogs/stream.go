@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/protocol"
 )
 
@@ -34,7 +35,7 @@ type Streams struct {
 	log        *slog.Logger
 	holdsLease func(job protocol.JobID, attempt uint32, p peer.ID) bool
 	refused    func(error)
-	after      func(time.Duration) <-chan time.Time
+	clock      clock.Clock
 }
 
 // StreamsConfig is what Streams need.
@@ -48,20 +49,20 @@ type StreamsConfig struct {
 	HoldsLease func(job protocol.JobID, attempt uint32, p peer.ID) bool
 	// Refused is told of a log stream from a peer without the lease.
 	Refused func(error)
-	// After is the clock of the sender's delay and backoff; time.After
-	// if nil.
-	After func(time.Duration) <-chan time.Time
+	// Clock times the sender's delay and backoff; the system clock if
+	// nil.
+	Clock clock.Clock
 }
 
 // NewStreams returns the logs protocol's two ends; the caller registers
 // Handle as the host's handler of LogsProtocol.
 func NewStreams(cfg StreamsConfig) *Streams {
-	if cfg.After == nil {
-		cfg.After = time.After
+	if cfg.Clock == nil {
+		cfg.Clock = clock.System
 	}
 	return &Streams{
 		host: cfg.Host, proto: libp2pproto.ID(protocol.LogsProtocol(cfg.Network)), book: cfg.Book, log: cfg.Log,
-		holdsLease: cfg.HoldsLease, refused: cfg.Refused, after: cfg.After,
+		holdsLease: cfg.HoldsLease, refused: cfg.Refused, clock: cfg.Clock,
 	}
 }
 
@@ -89,7 +90,7 @@ func (s *Streams) Send(ctx context.Context, to peer.ID, job protocol.JobID, atte
 		}
 		s.log.Debug("log stream", "job", job, "to", to, "err", err)
 		select {
-		case <-s.after(backoff):
+		case <-clock.After(s.clock, backoff):
 			backoff = min(2*backoff, 5*time.Second)
 		case <-ctx.Done():
 		}
@@ -111,7 +112,7 @@ func (s *Streams) awaitStream(ctx context.Context, l *Log) bool {
 			return true
 		}
 		if size > 0 && delay == nil {
-			delay = s.after(StreamDelay)
+			delay = clock.After(s.clock, StreamDelay)
 		}
 		select {
 		case <-changed:
