@@ -28,6 +28,7 @@ import (
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/node/blobd"
 	"github.com/mira-market/mira/node/capacity"
+	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/node/disk"
 	"github.com/mira-market/mira/node/gossip"
 	"github.com/mira-market/mira/node/joblogs"
@@ -45,6 +46,7 @@ const Version = "0.1.0-dev"
 type Node struct {
 	cfg      Config
 	log      *slog.Logger
+	clock    clock.Clock // what the node's own loops tick on
 	priv     crypto.PrivKey
 	gater    *gater
 	capacity *capacity.Service

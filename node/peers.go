@@ -10,6 +10,8 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/mira-market/mira/node/clock"
 )
 
 // parseBootstrap turns /p2p/-terminated multiaddrs into peer infos, merging
@@ -86,16 +88,23 @@ func (n *Node) onDisconnect(p peer.ID) {
 // restarts or a link heals.
 func (n *Node) maintainBootstrap(ctx context.Context) {
 	defer n.wg.Done()
-	t := time.NewTicker(time.Duration(n.cfg.RedialInterval))
+	redialLoop(ctx, n.clock, time.Duration(n.cfg.RedialInterval), n.redial, n.dialBootstrap)
+}
+
+// redialLoop calls dial every interval on clk and whenever a bootstrap
+// peer dropped, until ctx ends.
+func redialLoop(ctx context.Context, clk clock.Clock, interval time.Duration, dropped <-chan peer.ID, dial func(context.Context)) {
+	t := clock.NewTicker(clk, interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-		case <-n.redial:
+		case <-t.C():
+			t.Next()
+		case <-dropped:
 		}
-		n.dialBootstrap(ctx)
+		dial(ctx)
 	}
 }
 
@@ -104,21 +113,27 @@ func (n *Node) maintainBootstrap(ctx context.Context) {
 // the market's ranking read it.
 func (n *Node) measureLatency(ctx context.Context) {
 	defer n.wg.Done()
-	t := time.NewTicker(time.Duration(n.cfg.PingInterval))
+	t := clock.NewTicker(n.clock, time.Duration(n.cfg.PingInterval))
 	defer t.Stop()
 	for {
-		for _, p := range n.host.Network().Peers() {
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			res := <-ping.Ping(pctx, n.host, p)
-			cancel()
-			if res.Error != nil {
-				n.log.Debug("ping failed", "peer", p, "err", res.Error)
-			}
-		}
+		n.pingPeers(ctx)
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.C():
+			t.Next()
+		}
+	}
+}
+
+// pingPeers pings the connected peers one after the other.
+func (n *Node) pingPeers(ctx context.Context) {
+	for _, p := range n.host.Network().Peers() {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		res := <-ping.Ping(pctx, n.host, p)
+		cancel()
+		if res.Error != nil {
+			n.log.Debug("ping failed", "peer", p, "err", res.Error)
 		}
 	}
 }

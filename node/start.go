@@ -23,6 +23,7 @@ import (
 
 	"github.com/mira-market/mira/node/blobd"
 	"github.com/mira-market/mira/node/capacity"
+	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/node/gossip"
 	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/node/joblogs"
@@ -101,7 +102,7 @@ func newNode(ctx context.Context, cfg Config, opts []Option) (*Node, error) {
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	n := &Node{
-		cfg: cfg, log: o.log, bootstrap: bootstrap, started: time.Now(), metrics: prometheus.NewRegistry(),
+		cfg: cfg, log: o.log, clock: clock.System, bootstrap: bootstrap, started: time.Now(), metrics: prometheus.NewRegistry(),
 		priv: priv, runCtx: runCtx, cancel: cancel,
 		redial: make(chan peer.ID, 16), connected: make(chan peer.ID, 16),
 	}

@@ -23,3 +23,43 @@ func TestAfterFiresOnceTheDurationPassed(t *testing.T) {
 		}
 	})
 }
+
+// A Ticker ticks when a time.Ticker started with it does, for a reader
+// that keeps up and for one busy past one or several ticks.
+func TestTickerKeepsTimeTickersSchedule(t *testing.T) {
+	const period = 10 * time.Second
+	busy := []time.Duration{0, 3 * time.Second, 15 * time.Second, 0, 25 * time.Second, period, 0, 0}
+	read := func(tick func() <-chan time.Time, next func()) []time.Duration {
+		start := time.Now()
+		var got []time.Duration
+		for _, b := range busy {
+			<-tick()
+			next()
+			got = append(got, time.Since(start))
+			time.Sleep(b)
+		}
+		return got
+	}
+	synctest.Test(t, func(t *testing.T) {
+		var got, want []time.Duration
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			tk := NewTicker(System, period)
+			defer tk.Stop()
+			got = read(tk.C, tk.Next)
+		}()
+		tt := time.NewTicker(period)
+		defer tt.Stop()
+		want = read(func() <-chan time.Time { return tt.C }, func() {})
+		<-done
+		if len(got) != len(want) {
+			t.Fatalf("ticks %v, want %v", got, want)
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("ticks %v, want time.Ticker's %v", got, want)
+			}
+		}
+	})
+}
