@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
@@ -17,9 +18,9 @@ import (
 // GenesisFile is the network's genesis in a node's data dir.
 const GenesisFile = "genesis.json"
 
-// startLedger loads the genesis and starts the ledger service, which runs
-// until ctx ends.
-func (n *Node) startLedger(ctx context.Context) error {
+// startLedger loads the genesis, starts the ledger service (which runs
+// until the node stops) and serves its sync protocol.
+func (n *Node) startLedger(context.Context) error {
 	var swarmKey func() (string, error)
 	if n.cfg.Private {
 		swarmKey = func() (string, error) {
@@ -35,7 +36,7 @@ func (n *Node) startLedger(ctx context.Context) error {
 		return err
 	}
 	c := n.cfg.Ledger
-	n.ledger, err = ledgerd.New(ctx, ledgerd.Config{
+	n.ledger, err = ledgerd.New(n.runCtx, ledgerd.Config{
 		Network: n.cfg.Network, Genesis: g,
 		ReconcileSymbols: n.cfg.ReconcileSymbols, ReconcileInterval: time.Duration(n.cfg.ReconcileInterval),
 		HeadPeers: c.HeadPeers, HeadQuorum: c.HeadQuorum, HeadWait: time.Duration(c.HeadWait),
@@ -45,7 +46,12 @@ func (n *Node) startLedger(ctx context.Context) error {
 		Host: n.host, PubSub: n.pubsub, DB: n.db, Key: n.priv, Log: n.log, Metrics: n.metrics,
 		Disk: n.disk, Market: lazyMarket{n},
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	n.onClose(n.ledger.Close)
+	n.host.SetStreamHandler(libp2pproto.ID(protocol.ReconcileProtocol(n.cfg.Network)), n.limits.limitStreams("sync", n.ledger.HandleSync))
+	return nil
 }
 
 // Ledger is the node's ledger.

@@ -19,7 +19,7 @@ import (
 
 // startMarket starts the market driver, which restores the persisted
 // jobs, joins the tier topics and opens the market stream protocol.
-func (n *Node) startMarket(ctx context.Context) error {
+func (n *Node) startMarket(context.Context) error {
 	d := marketd.Deps{
 		Host: n.host, PubSub: n.pubsub, Key: n.priv, Jobs: n.db, Ledger: n.ledger,
 		Results: n.results, Limits: marketLimits{n.limits}, Capacity: n.capacity, Log: n.log, Metrics: n.metrics,
@@ -32,7 +32,8 @@ func (n *Node) startMarket(ctx context.Context) error {
 		return err
 	}
 	n.market = m
-	return m.Start(ctx)
+	n.onClose(func() error { m.Close(); return nil }) // its runs end before the runner closes
+	return m.Start(n.runCtx)
 }
 
 func (n *Node) marketEngineConfig() market.Config {
