@@ -6,6 +6,7 @@ import (
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/pb"
+	"github.com/mira-market/mira/storage"
 )
 
 // The market's side of the ledger (what node/marketd's Ledger asks): the
@@ -44,6 +45,9 @@ func (s *Service) RecordReceipt(r *pb.Result, signed []byte) { s.enqueue(s.recei
 // RequesterHead is the seq of the head of a requester's chain that this
 // node holds.
 func (s *Service) RequesterHead(requester peer.ID) (uint64, error) {
-	h, err := s.ledger.Head(requester)
+	// Read on a stream handler's goroutine, which may outlive Close.
+	var h storage.Head
+	err := errDBClosed
+	s.withDB(func() { h, err = s.ledger.Head(requester) })
 	return h.Seq, err
 }

@@ -250,8 +250,28 @@ func (s *Service) run() {
 		case <-stop:
 			stop, w.stopping = nil, true
 		}
-		if !s.schedule() {
-			return
+		for !s.schedule() {
+			// Requests already queued are served before the loop ends:
+			// a write queued as it stopped is written, and a caller
+			// waiting for its answer gets it.
+			if !s.runQueued() {
+				return
+			}
+		}
+	}
+}
+
+// runQueued runs the requests queued on ops, without waiting for more,
+// and reports whether there were any.
+func (s *Service) runQueued() bool {
+	ran := false
+	for {
+		select {
+		case op := <-s.ops:
+			op()
+			ran = true
+		default:
+			return ran
 		}
 	}
 }
@@ -270,10 +290,21 @@ func (s *Service) call(f func()) bool {
 	ran := make(chan struct{})
 	select {
 	case s.ops <- func() { f(); close(ran) }:
-		<-ran
-		return true
 	case <-s.done:
 		return false
+	}
+	// Queued just as run ended, f never runs: run closes done only once
+	// it has run what it will.
+	select {
+	case <-ran:
+		return true
+	case <-s.done:
+		select {
+		case <-ran:
+			return true
+		default:
+			return false
+		}
 	}
 }
 

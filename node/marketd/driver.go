@@ -172,6 +172,10 @@ func (m *Driver) Close() {
 	}
 	m.cancel()
 	m.wg.Wait()
+	// The peers' goroutines are the outbox's (the loop queued their
+	// messages): they end with m.ctx, and the host they write on closes
+	// after the driver.
+	m.outbox.wg.Wait()
 }
 
 // do runs fn in the engine goroutine and waits for it.

@@ -2,14 +2,18 @@ package marketd
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/mira-market/mira/node/clock"
@@ -178,3 +182,66 @@ func TestOutboxUnreachable(t *testing.T) {
 		}
 	})
 }
+
+// stuckStream is a market stream to a peer that reads nothing: a write
+// blocks until the stream's write deadline passes.
+type stuckStream struct {
+	mu       sync.Mutex
+	deadline time.Time
+	writing  *atomic.Int32 // writes in progress, on every stuckStream
+}
+
+func (s *stuckStream) SetWriteDeadline(t time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.deadline = t
+	return nil
+}
+
+func (s *stuckStream) Write([]byte) (int, error) {
+	s.writing.Add(1)
+	defer s.writing.Add(-1)
+	s.mu.Lock()
+	d := time.Until(s.deadline)
+	s.mu.Unlock()
+	time.Sleep(d)
+	return 0, os.ErrDeadlineExceeded
+}
+func (s *stuckStream) Reset() error { return nil }
+func (s *stuckStream) Close() error { return nil }
+
+// Close waits for the outbox's goroutines, as it says: none of them is
+// left writing to a peer's stream (on a host the node closes next) once
+// it has returned.
+func TestCloseWaitsForOutbox(t *testing.T) {
+	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, _ := peer.IDFromPrivateKey(key)
+	synctest.Test(t, func(t *testing.T) {
+		d := loopDriver(t, self, noJobs{})
+		var writing atomic.Int32
+		d.outbox.dial = func(ctx context.Context, _ peer.ID) (peerStream, error) {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			return &stuckStream{writing: &writing}, nil
+		}
+		d.outbox.send(d.ctx, "slow reader", []byte("heartbeat"), true)
+		synctest.Wait()
+		if writing.Load() != 1 {
+			t.Fatal("the outbox is not writing to the peer")
+		}
+		d.Close()
+		if n := writing.Load(); n != 0 {
+			t.Fatalf("Close returned with %d outbox writes still in progress", n)
+		}
+	})
+}
+
+// noJobs is a job store that holds no jobs and takes every write.
+type noJobs struct{}
+
+func (noJobs) PutJobs(map[string][]byte) error              { return nil }
+func (noJobs) Jobs(func(id string, rec []byte) error) error { return nil }
