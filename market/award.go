@@ -82,11 +82,11 @@ func (e *Engine) HoldWritten(now time.Time, id protocol.JobID, attempt uint32, r
 	if !ok || j.State != Assigned || j.Attempt != attempt || !j.awaitingHold {
 		return
 	}
-	j.awaitingHold = false
 	if res.Err != nil {
-		e.Cancel(now, id, escrowFailed(res.Err))
+		e.Cancel(now, id, escrowFailed(res.Err)) // the award never left: no Cancel to send
 		return
 	}
+	j.awaitingHold = false
 	j.AcceptBy = now.Add(e.cfg.AcceptTimeout)
 	e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
 		JobId: j.ID[:], Provider: []byte(j.Provider), Price: j.Price, Attempt: j.Attempt,

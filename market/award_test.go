@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/mira-market/mira/protocol"
 )
 
@@ -67,5 +68,35 @@ func TestFailedHoldCancelsTheJob(t *testing.T) {
 	}
 	if slices.ContainsFunc(s.log[req], func(l string) bool { return strings.HasPrefix(l, "send Award") }) || len(s.runs[p]) != 0 {
 		t.Fatalf("log %v, runs %v: the award left", s.log[req], s.runs[p])
+	}
+}
+
+// A job that ends while its award waits for its hold tells no provider to
+// stop: the award never left, so no provider holds the job.
+func TestJobEndedBeforeItsAwardLeftSendsNoCancel(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		end  func(s *sim, req peer.ID, j *Job)
+	}{
+		{"cancelled", func(s *sim, req peer.ID, j *Job) { s.engines[req].Cancel(s.now, j.ID, "changed my mind") }},
+		{"failed", func(s *sim, req peer.ID, j *Job) { s.engines[req].Fail(s.now, j.ID, "offer no longer valid") }},
+		{"hold failed", func(s *sim, req peer.ID, _ *Job) { s.writeHolds(req, errors.New("no credits")) }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := newSim(t)
+			req := s.add(nil)
+			p := s.add(provider(10))
+			s.heldBack = true
+			j := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, p)
+			wantState(t, j, Assigned)
+			c.end(s, req, j)
+			s.flush()
+			if !j.State.Terminal() {
+				t.Fatalf("state %s", j.State)
+			}
+			if slices.ContainsFunc(s.log[req], func(l string) bool { return strings.HasPrefix(l, "send Cancel") }) {
+				t.Fatalf("log %v: a Cancel for an award that never left", s.log[req])
+			}
+		})
 	}
 }

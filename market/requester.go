@@ -109,17 +109,23 @@ func (e *Engine) Fail(now time.Time, id protocol.JobID, reason string) bool {
 	if !ok || j.State.Terminal() {
 		return false
 	}
-	if (j.State == Assigned || j.State == Running) && j.Provider != "" {
+	if providerHolds(j) {
 		e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Cancel{Cancel: &pb.Cancel{JobId: j.ID[:], Reason: reason}}})
 	}
 	e.finish(j, now, Failed, reason)
 	return true
 }
 
+// providerHolds reports whether a provider may hold j: it was awarded j
+// and the award left (an award waiting for its hold has not).
+func providerHolds(j *Job) bool {
+	return (j.State == Assigned || j.State == Running) && j.Provider != "" && !j.awaitingHold
+}
+
 // finish ends a job; a provider that holds it is told to stop, unless the
 // job ended by its result.
 func (e *Engine) finish(j *Job, now time.Time, s State, reason string) {
-	if (j.State == Assigned || j.State == Running) && j.Provider != "" && s != Succeeded && s != Failed {
+	if providerHolds(j) && s != Succeeded && s != Failed {
 		e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Cancel{Cancel: &pb.Cancel{JobId: j.ID[:], Reason: reason}}})
 	}
 	j.State = s
