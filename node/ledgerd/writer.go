@@ -14,8 +14,8 @@ import (
 // jobs, a provider's lease and receipt records) off the market loop and
 // the runs, so neither waits for a disk. Writes queued while one is on
 // disk go together in the next batch, with one sync (group commit).
-// Batches are written in the order they were queued, and what a write
-// sends afterwards (an award carrying its hold) goes out in that order.
+// Batches are written in the order they were queued; an award waits for
+// its hold's batch, whose callback hands the hold back to the market loop.
 //
 // run's goroutine keeps the queue (writerState) and hands one job at a
 // time to the writer's goroutine (writeLoop), which computes the
@@ -39,8 +39,9 @@ type ledgerWrite struct {
 	// is given up unwritten (the node could not confirm its head within
 	// head_wait); a write that sends without it gets done(nil, nil).
 	fail func(err error)
-	// sends marks a write whose done sends market messages (an award
-	// waiting for its hold).
+	// sends marks a write that a message waits for (an award waiting for
+	// its hold): it goes at once, and fails, rather than waits, when the
+	// head stays unconfirmed.
 	sends bool
 	// urgent marks a write that goes at once, without waiting for company
 	// (an interactive job's escrow hold, which its award will need within
