@@ -46,9 +46,10 @@ func (r Ready) Empty() bool {
 // before if that one was not advanced.
 func (e *Engine) Ready() Ready {
 	r := e.ready
-	// A job both saved and changed is in Save only.
-	r.Changed = slices.DeleteFunc(slices.Clone(r.Changed), func(j *Job) bool { return e.saving[j] })
 	e.ready = Ready{}
+	// A job both saved and changed is in Save only. The engine no longer
+	// holds r's slices, so they are filtered in place, with no copy.
+	r.Changed = slices.DeleteFunc(r.Changed, func(j *Job) bool { return e.saving[j] })
 	clear(e.saving)
 	clear(e.changed)
 	if e.handed != nil {
