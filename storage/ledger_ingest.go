@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync/atomic"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/mira-market/mira/protocol/ledger"
+	"github.com/mira-market/mira/protocol/parallel"
 )
 
 // IngestResult reports what IngestMany did.
@@ -162,19 +162,10 @@ func (l *Ledger) verifyAsync(cs []*ledger.Candidate) (ready func(i int), checked
 	for k := range dones {
 		dones[k] = make(chan struct{})
 	}
-	var next atomic.Int64
-	for range min(l.workers, n) {
-		go func() {
-			for {
-				k := int(next.Add(1)) - 1
-				if k >= n {
-					return
-				}
-				ledger.VerifyBatch(l.network, cs[k*chunk:min((k+1)*chunk, len(cs))])
-				close(dones[k])
-			}
-		}()
-	}
+	go parallel.For(l.workers, n, func(k int) {
+		ledger.VerifyBatch(l.network, cs[k*chunk:min((k+1)*chunk, len(cs))])
+		close(dones[k])
+	})
 	ready = func(i int) { <-dones[i/chunk] }
 	checked = func(i int) bool {
 		select {
