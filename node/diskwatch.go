@@ -9,7 +9,6 @@ import (
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/api"
-	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/node/disk"
 	"github.com/mira-market/mira/storage"
 )
@@ -37,14 +36,13 @@ func openDiskGuard(cfg Config, log *slog.Logger) (*disk.Guard, error) {
 // loop, which may be the one writing.
 func (n *Node) watchDisk(ctx context.Context) {
 	defer n.wg.Done()
-	t := clock.NewTicker(n.clock, time.Duration(n.cfg.Disk.CheckInterval))
+	t := n.clock.NewTicker(time.Duration(n.cfg.Disk.CheckInterval))
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C():
-			t.Next()
 			n.disk.Check()
 		case <-n.disk.Changed():
 			n.onDiskChange(n.disk.Status())

@@ -94,14 +94,13 @@ func (n *Node) maintainBootstrap(ctx context.Context) {
 // redialLoop calls dial every interval on clk and whenever a bootstrap
 // peer dropped, until ctx ends.
 func redialLoop(ctx context.Context, clk clock.Clock, interval time.Duration, dropped <-chan peer.ID, dial func(context.Context)) {
-	t := clock.NewTicker(clk, interval)
+	t := clk.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C():
-			t.Next()
 		case <-dropped:
 		}
 		dial(ctx)
@@ -113,7 +112,7 @@ func redialLoop(ctx context.Context, clk clock.Clock, interval time.Duration, dr
 // the market's ranking read it.
 func (n *Node) measureLatency(ctx context.Context) {
 	defer n.wg.Done()
-	t := clock.NewTicker(n.clock, time.Duration(n.cfg.PingInterval))
+	t := n.clock.NewTicker(time.Duration(n.cfg.PingInterval))
 	defer t.Stop()
 	for {
 		n.pingPeers(ctx)
@@ -121,7 +120,6 @@ func (n *Node) measureLatency(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C():
-			t.Next()
 		}
 	}
 }

@@ -5,10 +5,11 @@ package clock
 
 import "time"
 
-// Clock tells the time and makes timers.
+// Clock tells the time and makes timers and tickers.
 type Clock interface {
 	Now() time.Time
 	NewTimer(d time.Duration) Timer
+	NewTicker(d time.Duration) Ticker
 }
 
 // Timer is a time.Timer behind an interface.
@@ -16,6 +17,12 @@ type Timer interface {
 	C() <-chan time.Time
 	Stop() bool
 	Reset(d time.Duration) bool
+}
+
+// Ticker is a time.Ticker behind an interface.
+type Ticker interface {
+	C() <-chan time.Time
+	Stop()
 }
 
 // System is the machine's clock.
@@ -31,41 +38,13 @@ type systemTimer struct{ *time.Timer }
 
 func (t systemTimer) C() <-chan time.Time { return t.Timer.C }
 
+func (system) NewTicker(d time.Duration) Ticker { return systemTicker{time.NewTicker(d)} }
+
+type systemTicker struct{ *time.Ticker }
+
+func (t systemTicker) C() <-chan time.Time { return t.Ticker.C }
+
 // After is time.After on c: the channel receives the time once d has
 // passed. Nothing needs to stop the timer behind it: an unstopped timer
 // is collected once unreferenced, as time.After's is since Go 1.23.
 func After(c Clock, d time.Duration) <-chan time.Time { return c.NewTimer(d).C() }
-
-// Ticker is a time.Ticker on a Clock: it ticks every period from its
-// start, and when the reader is busy past a tick, that tick waits for it
-// and the ones after it are dropped. Built on one Timer and no goroutine,
-// it must be told when a tick was taken: call Next right after each
-// receive from C.
-type Ticker struct {
-	clock  Clock
-	period time.Duration
-	due    time.Time // when the timer fires
-	timer  Timer
-}
-
-// NewTicker starts a Ticker; its first tick is period from now.
-func NewTicker(c Clock, period time.Duration) *Ticker {
-	return &Ticker{clock: c, period: period, due: c.Now().Add(period), timer: c.NewTimer(period)}
-}
-
-// C receives the ticks.
-func (t *Ticker) C() <-chan time.Time { return t.timer.C() }
-
-// Next arms the tick after the one just received: the next one due on
-// the schedule that is still ahead, skipping those a busy reader missed.
-func (t *Ticker) Next() {
-	now := t.clock.Now()
-	t.due = t.due.Add(t.period)
-	if late := now.Sub(t.due); late >= 0 {
-		t.due = t.due.Add((late/t.period + 1) * t.period)
-	}
-	t.timer.Reset(t.due.Sub(now))
-}
-
-// Stop stops the ticks.
-func (t *Ticker) Stop() { t.timer.Stop() }
