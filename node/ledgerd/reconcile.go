@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/protocol/riblt"
@@ -73,7 +74,7 @@ func (s *Service) StartReconciling(connected <-chan peer.ID) {
 }
 
 func (s *Service) reconcileLoop(ctx context.Context, connected <-chan peer.ID) {
-	t := s.clock.NewTimer(s.cfg.ReconcileInterval)
+	t := clock.NewTicker(s.clock, s.cfg.ReconcileInterval)
 	defer t.Stop()
 	for {
 		var p peer.ID
@@ -82,7 +83,7 @@ func (s *Service) reconcileLoop(ctx context.Context, connected <-chan peer.ID) {
 			return
 		case p = <-connected:
 		case <-t.C():
-			t.Reset(s.cfg.ReconcileInterval)
+			t.Next()
 			peers := s.host.Network().Peers()
 			if len(peers) == 0 {
 				continue
