@@ -16,7 +16,6 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/protocol"
@@ -117,7 +116,7 @@ func (s *Service) Reconcile(ctx context.Context, p peer.ID) error {
 }
 
 func (s *Service) openSync(ctx context.Context, p peer.ID, kind byte) (network.Stream, *bufio.Reader, *bufio.Writer, error) {
-	st, err := s.host.NewStream(ctx, p, libp2pproto.ID(protocol.ReconcileProtocol(s.cfg.Network)))
+	st, err := s.host.NewStream(ctx, p, s.syncProtocol())
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("ledger sync with %s: %w", p, err)
 	}
