@@ -43,7 +43,7 @@ func (n *Node) startLedger(context.Context) error {
 		HoldSweepInterval: time.Duration(c.HoldSweepInterval),
 		Bootstrapped:      len(n.bootstrap) > 0,
 	}, ledgerd.Deps{
-		Host: n.host, PubSub: n.pubsub, DB: n.db, Key: n.priv, Log: n.log, Metrics: n.metrics,
+		Host: n.host, PubSub: n.pubsub, DB: n.db, Key: n.priv, Clock: n.clock, Log: n.log, Metrics: n.metrics,
 		Disk: n.disk, Market: lazyMarket{n},
 	})
 	if err != nil {

@@ -28,7 +28,7 @@ func Frame(b []byte) []byte { return AppendFrame(nil, b) }
 // WriteFrame writes b to w with its length as a uvarint before it, in one
 // Write.
 func WriteFrame(w io.Writer, b []byte) error {
-	_, err := w.Write(AppendFrame(nil, b))
+	_, err := w.Write(Frame(b))
 	return err
 }
 

@@ -27,8 +27,9 @@ func ReconcileProtocol(network string) string { return Prefix(network) + "/recon
 
 // Ledger sync request kinds.
 const (
-	// SyncChain: account, after seq → that account's entries, at most
-	// MaxChainBatch.
+	// SyncChain: one frame, a seq (8 bytes, big-endian) and then an
+	// account's ID → that account's entries after the seq, at most
+	// MaxChainBatch, and an empty frame.
 	SyncChain = 1
 	// SyncReconcile: a set reconciliation session, then the entries each
 	// side lacks.

@@ -223,13 +223,11 @@ func (s *Service) batchVerdict(from peer.ID, raws [][]byte, res storage.IngestRe
 	}
 	s.rejected.Add(float64(len(res.Rejected)))
 	s.sendFraudProofs(from, res.Rejected)
-	inBatch := map[accountSeq]bool{}
-	for _, raw := range raws {
-		if e, err := ledger.DecodeEntry(raw); err == nil {
-			inBatch[accountSeq{e.Account, e.Seq}] = true
-		}
-	}
+	var inBatch map[accountSeq]bool // decoded only when something was refused
 	for _, r := range res.Rejected {
+		if inBatch == nil {
+			inBatch = places(raws)
+		}
 		if r.Account == "" || inBatch[accountSeq{r.Account, r.Seq}] && senderFault(r.Err) {
 			s.log.Debug("ledger gossip rejected", "from", from, "err", r.Err)
 			return pubsub.ValidationReject
@@ -239,6 +237,17 @@ func (s *Service) batchVerdict(from peer.ID, raws [][]byte, res storage.IngestRe
 		return pubsub.ValidationAccept
 	}
 	return pubsub.ValidationIgnore
+}
+
+// places returns the places (account and seq) of the entries of raws.
+func places(raws [][]byte) map[accountSeq]bool {
+	in := make(map[accountSeq]bool, len(raws))
+	for _, raw := range raws {
+		if e, err := ledger.DecodeEntry(raw); err == nil {
+			in[accountSeq{e.Account, e.Seq}] = true
+		}
+	}
+	return in
 }
 
 // allStored reports whether every entry of raws is now stored: among

@@ -11,14 +11,12 @@ import (
 
 // The market's side of the ledger (what node/marketd's Ledger asks): the
 // writes it queues go in the order queued, each after the earlier ones
-// about the same job are on disk; none blocks the caller.
+// about the same job are on disk; none waits for the disk.
 
 // HoldPosted queues the hold of a posted (and persisted) job's maximum
 // cost (see offerHoldWrite).
 func (s *Service) HoldPosted(job protocol.JobID, spec *pb.JobSpec) {
-	if w := s.offerHoldWrite(job, spec); w != nil {
-		s.enqueue(w)
-	}
+	s.enqueue(s.offerHoldWrite(job, spec))
 }
 
 // WriteHolds queues the holds that back awards (see escrowWrite); done
@@ -30,9 +28,7 @@ func (s *Service) WriteHolds(reqs []market.HoldRequest, done func(holds [][]byte
 
 // Settle queues the settlement of the finished ones among jobs.
 func (s *Service) Settle(jobs []*market.Job) {
-	if w := s.settleWrite(jobs); w != nil {
-		s.enqueue(w)
-	}
+	s.enqueue(s.settleWrite(jobs))
 }
 
 // RecordLease queues this provider's record of a lease it took (after

@@ -16,8 +16,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	libp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/protocol/riblt"
@@ -73,7 +73,7 @@ func (s *Service) StartReconciling(connected <-chan peer.ID) {
 }
 
 func (s *Service) reconcileLoop(ctx context.Context, connected <-chan peer.ID) {
-	t := s.clock.NewTimer(s.cfg.ReconcileInterval)
+	t := clock.NewTicker(s.clock, s.cfg.ReconcileInterval)
 	defer t.Stop()
 	for {
 		var p peer.ID
@@ -82,7 +82,7 @@ func (s *Service) reconcileLoop(ctx context.Context, connected <-chan peer.ID) {
 			return
 		case p = <-connected:
 		case <-t.C():
-			t.Reset(s.cfg.ReconcileInterval)
+			t.Next()
 			peers := s.host.Network().Peers()
 			if len(peers) == 0 {
 				continue
@@ -116,7 +116,7 @@ func (s *Service) Reconcile(ctx context.Context, p peer.ID) error {
 }
 
 func (s *Service) openSync(ctx context.Context, p peer.ID, kind byte) (network.Stream, *bufio.Reader, *bufio.Writer, error) {
-	st, err := s.host.NewStream(ctx, p, libp2pproto.ID(protocol.ReconcileProtocol(s.cfg.Network)))
+	st, err := s.host.NewStream(ctx, p, s.syncProtocol())
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("ledger sync with %s: %w", p, err)
 	}

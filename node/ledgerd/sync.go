@@ -19,6 +19,12 @@ import (
 
 const syncTimeout = 30 * time.Second
 
+// syncProtocol is the stream protocol ID of ledger sync on the service's
+// network.
+func (s *Service) syncProtocol() libp2pproto.ID {
+	return libp2pproto.ID(protocol.ReconcileProtocol(s.cfg.Network))
+}
+
 // HandleSync answers a ledger sync request from a peer: the stream handler
 // of protocol.ReconcileProtocol.
 func (s *Service) HandleSync(st network.Stream) {
@@ -122,7 +128,7 @@ func (s *Service) syncChain(ctx context.Context, account peer.ID) error {
 func (s *Service) fetchChain(ctx context.Context, from, account peer.ID, after uint64) ([][]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	st, err := s.host.NewStream(ctx, from, libp2pproto.ID(protocol.ReconcileProtocol(s.cfg.Network)))
+	st, err := s.host.NewStream(ctx, from, s.syncProtocol())
 	if err != nil {
 		return nil, fmt.Errorf("ledger sync with %s: %w", from, err)
 	}

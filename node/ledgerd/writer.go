@@ -79,7 +79,8 @@ type writerState struct {
 	stopping bool
 }
 
-// enqueue queues w; it never blocks.
+// enqueue queues w (nothing if w is nil). It does not wait for the
+// write, only for run's goroutine to take the request.
 func (s *Service) enqueue(w *ledgerWrite) {
 	if w == nil {
 		return
