@@ -22,7 +22,7 @@ import (
 func (n *Node) startMarket(context.Context) error {
 	d := marketd.Deps{
 		Host: n.host, PubSub: n.pubsub, Key: n.priv, Jobs: n.db, Ledger: n.ledger,
-		Results: n.results, Limits: marketLimits{n.limits}, Capacity: n.capacity, Log: n.log, Metrics: n.metrics,
+		Results: n.results, Limits: marketLimits{n.limits}, Capacity: n.capacity, Clock: n.clock, Log: n.log, Metrics: n.metrics,
 	}
 	if n.runner != nil {
 		d.Runner = n.runner

@@ -24,7 +24,7 @@ func (n *Node) blobsConfig() blobd.Config {
 		HeldFor: time.Duration(n.cfg.BlobResultRetention), DB: n.db, WithDB: n.withDB,
 		Host: n.host, Network: n.cfg.Network, Allow: n.blobAllowed,
 		Wrap:    func(h network.StreamHandler) network.StreamHandler { return n.limits.limitStreams("blob", h) },
-		Metrics: n.metrics, Log: n.log,
+		Metrics: n.metrics, Clock: n.clock, Log: n.log,
 	}
 }
 

@@ -113,7 +113,7 @@ func newNode(ctx context.Context, cfg Config, opts []Option) (*Node, error) {
 	}
 	if n.capacity, err = capacity.New(capacity.Config{Priv: priv, Network: cfg.Network, GPUs: gpus,
 		Slots: cfg.Provider.Slots, Executors: cfg.Provider.Executors, PriceInteractive: cfg.Provider.PriceInteractive,
-		PriceBatch: cfg.Provider.PriceBatch, TTL: time.Duration(cfg.Provider.CapacityTTL), MemoryMiB: totalMemoryMiB(), Log: o.log,
+		PriceBatch: cfg.Provider.PriceBatch, TTL: time.Duration(cfg.Provider.CapacityTTL), MemoryMiB: totalMemoryMiB(), Clock: n.clock, Log: o.log,
 	}); err != nil {
 		cancel()
 		return nil, err
@@ -149,7 +149,7 @@ func (n *Node) openStorage(context.Context) (err error) {
 		n.dbGate.Unlock()
 		return n.closeDB()
 	})
-	n.logs, err = joblogs.NewBook(joblogs.Config{Dir: filepath.Join(n.cfg.DataDir, logsDir), Store: dbLogStore{n}, Log: n.log})
+	n.logs, err = joblogs.NewBook(joblogs.Config{Dir: filepath.Join(n.cfg.DataDir, logsDir), Store: dbLogStore{n}, Clock: n.clock, Log: n.log})
 	if err != nil {
 		return err
 	}
@@ -239,7 +239,7 @@ func (n *Node) startBlobs(context.Context) (err error) {
 	n.onClose(func() error { n.blobs.Close(); return nil }) // its last pass writes to the database
 	n.results = results.New(n.runCtx, n.blobs.Transfer(), n.log)
 	n.onClose(func() error { n.results.Close(); return nil })
-	n.logStreams = joblogs.NewStreams(joblogs.StreamsConfig{Host: n.host, Network: n.cfg.Network, Book: n.logs, Log: n.log,
+	n.logStreams = joblogs.NewStreams(joblogs.StreamsConfig{Host: n.host, Network: n.cfg.Network, Book: n.logs, Clock: n.clock, Log: n.log,
 		HoldsLease: func(job protocol.JobID, attempt uint32, p peer.ID) bool {
 			return n.market.IsLeaseHolder(job, attempt, p)
 		},

@@ -17,7 +17,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/protocol/riblt"
@@ -73,7 +72,7 @@ func (s *Service) StartReconciling(connected <-chan peer.ID) {
 }
 
 func (s *Service) reconcileLoop(ctx context.Context, connected <-chan peer.ID) {
-	t := clock.NewTicker(s.clock, s.cfg.ReconcileInterval)
+	t := s.clock.NewTicker(s.cfg.ReconcileInterval)
 	defer t.Stop()
 	for {
 		var p peer.ID
@@ -82,7 +81,6 @@ func (s *Service) reconcileLoop(ctx context.Context, connected <-chan peer.ID) {
 			return
 		case p = <-connected:
 		case <-t.C():
-			t.Next()
 			peers := s.host.Network().Peers()
 			if len(peers) == 0 {
 				continue

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/mira-market/mira/market"
-	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/storage"
@@ -27,7 +26,7 @@ const OrphanHoldAge = protocol.MaxMessageTTL + storage.DefaultMaxClockSkew
 // sweepLoop looks for leftover holds once the head is confirmed, and then
 // every hold_sweep_interval.
 func (s *Service) sweepLoop(ctx context.Context) {
-	t := clock.NewTicker(s.clock, s.cfg.HoldSweepInterval)
+	t := s.clock.NewTicker(s.cfg.HoldSweepInterval)
 	defer t.Stop()
 	for {
 		if _, err := s.SweepHolds(ctx, s.clock.Now()); err != nil && ctx.Err() == nil {
@@ -37,7 +36,6 @@ func (s *Service) sweepLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C():
-			t.Next()
 		}
 	}
 }
