@@ -145,6 +145,10 @@ func ParseUser(s string) (uid, gid int, err error) {
 // exited): the cgroup's own peak where the engine reports one (cgroup v1),
 // else the highest usage sampled; zero for a container that exits before
 // the first sample.
+//
+// A pause (Job.Control) is the engine's pause (the cgroup freezer), a
+// resume its unpause; a paused container that is stopped or cancelled
+// is removed as it is.
 type Docker struct {
 	c        *client.Client
 	opts     DockerOptions
@@ -257,9 +261,10 @@ func (d *Docker) memorySample(ctx context.Context, id string) uint64 {
 
 // failed ends a run that did not get to an exit: a done ctx is a killed
 // job, anything else an error.
-func (d *Docker) failed(ctx context.Context, start time.Time, err error) (Result, error) {
+func (d *Docker) failed(ctx context.Context, job *Job, start time.Time, err error) (Result, error) {
+	job.Control.End()
 	if ctx.Err() != nil {
-		return Result{ExitCode: -1, Reason: ctxReason(ctx), Wall: time.Since(start)}, nil
+		return Result{ExitCode: -1, Reason: ctxReason(ctx), Wall: job.Control.Active(start)}, nil
 	}
 	return Result{ExitCode: -1}, err
 }

@@ -107,10 +107,7 @@ func (d *Docker) runContainer(ctx context.Context, job *Job, rc runConfig, disk 
 	clock := newOutputClock(start)
 	id, err := d.create(ctx, job, rc)
 	if err != nil {
-		if ctx.Err() != nil {
-			return Result{ExitCode: -1, Reason: ctxReason(ctx), Wall: time.Since(start)}, nil
-		}
-		return Result{ExitCode: -1}, err
+		return d.failed(ctx, job, start, err)
 	}
 	// However the run ends, the container goes: with a context of its own,
 	// since ctx may be what ended it.
@@ -118,14 +115,17 @@ func (d *Docker) runContainer(ctx context.Context, job *Job, rc runConfig, disk 
 
 	copied, detach, err := d.attach(ctx, id, job, clock)
 	if err != nil {
-		return d.failed(ctx, start, err)
+		return d.failed(ctx, job, start, err)
 	}
 	// No write to the job's writers after Run returns.
 	defer detach()
 	// Wait is registered before the start so that a fast exit is not missed.
 	wait := d.c.ContainerWait(ctx, id, client.ContainerWaitOptions{Condition: container.WaitConditionNextExit})
 	if _, err := d.c.ContainerStart(ctx, id, client.ContainerStartOptions{}); err != nil {
-		return d.failed(ctx, start, fmt.Errorf("docker: start: %w", err))
+		return d.failed(ctx, job, start, fmt.Errorf("docker: start: %w", err))
+	}
+	if err := job.Control.bind(containerPauser{d, id}); err != nil {
+		d.log.Warn("docker: pause asked before the start not applied", "job", job.ID, "err", err)
 	}
 
 	peak := d.watchMemory(id)
@@ -135,19 +135,20 @@ func (d *Docker) runContainer(ctx context.Context, job *Job, rc runConfig, disk 
 	select {
 	case w := <-wait.Result:
 		if w.Error != nil && w.Error.Message != "" {
-			return d.failed(ctx, start, fmt.Errorf("docker: wait: %s", w.Error.Message))
+			return d.failed(ctx, job, start, fmt.Errorf("docker: wait: %s", w.Error.Message))
 		}
 		status = w.StatusCode
 	case err := <-wait.Error:
-		return d.failed(ctx, start, fmt.Errorf("docker: wait: %w", err))
+		return d.failed(ctx, job, start, fmt.Errorf("docker: wait: %w", err))
 	case <-ctx.Done():
 		// Killed at max_duration, for its disk or cancelled: often the
-		// heaviest runs.
-		res, err := d.failed(ctx, start, ctx.Err())
+		// heaviest runs. A paused container is removed as it is.
+		res, err := d.failed(ctx, job, start, ctx.Err())
 		res.PeakMemory = peak()
 		return diskReason(res, disk.done()), err
 	}
-	res := Result{ExitCode: int32(status), Wall: time.Since(start), PeakMemory: peak()}
+	job.Control.End()
+	res := Result{ExitCode: int32(status), Wall: job.Control.Active(start), PeakMemory: peak()}
 	return diskReason(d.collect(job, id, res, copied, clock), disk.done()), nil
 }
 
@@ -200,4 +201,44 @@ func (d *Docker) collect(job *Job, id string, res Result, copied <-chan struct{}
 		res.ExitCode, res.Reason = -1, ReasonOOM
 	}
 	return res
+}
+
+// containerPauser pauses and resumes a job's container through the
+// engine (the cgroup freezer: every process in it).
+type containerPauser struct {
+	d  *Docker
+	id string
+}
+
+// pauseTimeout bounds one pause or unpause call to the engine.
+const pauseTimeout = 10 * time.Second
+
+func (p containerPauser) pause() error {
+	ctx, cancel := context.WithTimeout(context.Background(), pauseTimeout)
+	defer cancel()
+	if _, err := p.d.c.ContainerPause(ctx, p.id, client.ContainerPauseOptions{}); err != nil {
+		return p.ended(fmt.Errorf("docker: pause: %w", err))
+	}
+	return nil
+}
+
+func (p containerPauser) resume() error {
+	ctx, cancel := context.WithTimeout(context.Background(), pauseTimeout)
+	defer cancel()
+	if _, err := p.d.c.ContainerUnpause(ctx, p.id, client.ContainerUnpauseOptions{}); err != nil {
+		return p.ended(fmt.Errorf("docker: unpause: %w", err))
+	}
+	return nil
+}
+
+// ended is ErrEnded for a call that failed because the container exited
+// (or is gone) meanwhile, else err.
+func (p containerPauser) ended(err error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), pauseTimeout)
+	defer cancel()
+	in, ierr := p.d.c.ContainerInspect(ctx, p.id, client.ContainerInspectOptions{})
+	if cerrdefs.IsNotFound(ierr) || ierr == nil && in.Container.State != nil && !in.Container.State.Running {
+		return ErrEnded
+	}
+	return err
 }

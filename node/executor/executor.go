@@ -45,6 +45,10 @@ type Job struct {
 	// Stdout and Stderr receive the job's output as it runs. They must be
 	// safe to call from another goroutine than the one calling Run.
 	Stdout, Stderr io.Writer
+	// Control, when set, lets the caller pause and resume the job while
+	// it runs (see Control): the executor binds it once the job runs, and
+	// ends it when the job exits. Nil: the job cannot be paused.
+	Control *Control
 }
 
 // Result is how a run ended and what it used.
@@ -54,10 +58,11 @@ type Result struct {
 	// Reason says why a run failed ("out of memory", "max_duration
 	// exceeded", "cancelled", ...); empty when it exited by itself.
 	Reason string
-	// Wall is the time from start to exit.
+	// Wall is the time from start to exit less the spans the job was
+	// paused (Job.Control): the time it ran.
 	Wall time.Duration
-	// FirstOutput is the time from start to the first byte of output; zero
-	// when there was none.
+	// FirstOutput is the time from start to the first byte of output
+	// (pauses included, at most Wall); zero when there was none.
 	FirstOutput time.Duration
 	// PeakMemory is the job's peak memory in bytes, where the executor can
 	// tell; zero otherwise.
@@ -128,15 +133,19 @@ func (s Set) Run(ctx context.Context, job *Job) (Result, error) {
 }
 
 // ctxReason maps a done context to a failure reason: a disk watcher's
-// cause is its own, a deadline is the job's max_duration, anything else a
-// cancel.
+// cause is its own, a StopError's its text, a deadline (or a cause of
+// context.DeadlineExceeded: WithActiveTimeout's) is the job's
+// max_duration, anything else a cancel.
 func ctxReason(ctx context.Context) string {
+	var stop *StopError
 	switch cause := context.Cause(ctx); {
 	case errors.Is(cause, errDiskQuota):
 		return ReasonDiskQuota
 	case errors.Is(cause, errScratchUnreadable), errors.Is(cause, errScratchUnmeasurable):
 		return cause.Error()
-	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+	case errors.As(cause, &stop):
+		return stop.Reason
+	case errors.Is(cause, context.DeadlineExceeded), errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return ReasonTimeout
 	}
 	return ReasonCancelled
@@ -154,6 +163,7 @@ func diskReason(res Result, reason string) Result {
 
 // Noop sleeps for args[0] (a Go duration, default 0) and writes a fixed
 // line: enough to run leases and benchmark the market without real work.
+// A pause stops its sleep, a resume goes on with what is left.
 type Noop struct{}
 
 // Name implements Executor.
@@ -172,13 +182,40 @@ func (Noop) Run(ctx context.Context, job *Job) (Result, error) {
 		}
 	}
 	start := time.Now()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		_, err := io.WriteString(job.Stdout, "noop: done after "+d.String()+"\n")
-		return Result{Wall: time.Since(start), FirstOutput: time.Since(start)}, err
-	case <-ctx.Done():
-		return Result{ExitCode: -1, Reason: ctxReason(ctx), Wall: time.Since(start)}, nil
+	s := &noopSleep{t: time.NewTimer(d), left: d, since: start}
+	defer s.t.Stop()
+	if err := job.Control.bind(s); err != nil {
+		return Result{ExitCode: -1}, err
 	}
+	select {
+	case <-s.t.C:
+		job.Control.End()
+		_, err := io.WriteString(job.Stdout, "noop: done after "+d.String()+"\n")
+		wall := job.Control.Active(start)
+		return Result{Wall: wall, FirstOutput: wall}, err
+	case <-ctx.Done():
+		job.Control.End()
+		return Result{ExitCode: -1, Reason: ctxReason(ctx), Wall: job.Control.Active(start)}, nil
+	}
+}
+
+// noopSleep is a noop run's sleep, which a pause stops and a resume goes
+// on with.
+type noopSleep struct {
+	t     *time.Timer
+	left  time.Duration
+	since time.Time
+}
+
+func (s *noopSleep) pause() error {
+	if s.t.Stop() {
+		s.left -= time.Since(s.since)
+	}
+	return nil
+}
+
+func (s *noopSleep) resume() error {
+	s.since = time.Now()
+	s.t.Reset(s.left)
+	return nil
 }

@@ -58,6 +58,9 @@ type ProcessOptions struct {
 // (jobNoFile) bounds the files unlinked while open that the walk cannot
 // see. What the job writes outside its dir is not counted: a process is
 // no sandbox.
+//
+// A pause (Job.Control) sends SIGSTOP to the job's process group, a resume
+// SIGCONT: every process that stayed in the group stops and goes on.
 type Process struct {
 	opts ProcessOptions
 	log  *slog.Logger
@@ -150,7 +153,8 @@ type processRun struct {
 	cmd        *exec.Cmd
 	pid        int
 	start      time.Time
-	wall       time.Duration // set by wait
+	ctl        *Control      // the job's, nil if none
+	wall       time.Duration // set by wait: the time it ran, pauses left out
 	clock      *outputClock
 	outR, errR *os.File
 	copies     sync.WaitGroup
@@ -173,7 +177,7 @@ func (p *Process) start(job *Job, cmd *exec.Cmd) (*processRun, error) {
 		return nil, fmt.Errorf("process: %w", err)
 	}
 	cmd.Stdout, cmd.Stderr = outW, errW
-	run := &processRun{cmd: cmd, start: time.Now(), outR: outR, errR: errR}
+	run := &processRun{cmd: cmd, start: time.Now(), ctl: job.Control, outR: outR, errR: errR}
 	run.clock = newOutputClock(run.start)
 	err = cmd.Start()
 	outW.Close()
@@ -193,7 +197,29 @@ func (p *Process) start(job *Job, cmd *exec.Cmd) (*processRun, error) {
 		})
 	}
 	p.limit(job, run.pid)
+	if err := run.ctl.bind(processGroup(run.pid)); err != nil {
+		p.log.Warn("process: pause asked before the start not applied", "job", job.ID, "err", err)
+	}
 	return run, nil
+}
+
+// processGroup pauses and resumes a job's process group (its pgid).
+type processGroup int
+
+func (g processGroup) pause() error  { return signalGroup(int(g), syscall.SIGSTOP) }
+func (g processGroup) resume() error { return signalGroup(int(g), syscall.SIGCONT) }
+
+// signalGroup sends sig to the process group pgid: ErrEnded when no
+// process is left in it.
+func signalGroup(pgid int, sig syscall.Signal) error {
+	err := syscall.Kill(-pgid, sig)
+	if errors.Is(err, syscall.ESRCH) {
+		return ErrEnded
+	}
+	if err != nil {
+		return fmt.Errorf("process: %v to the job's group: %w", sig, err)
+	}
+	return nil
 }
 
 // limit applies the job's memory and disk limits to the process pid.
@@ -219,7 +245,8 @@ func (p *Process) limit(job *Job, pid int) {
 }
 
 // wait waits for the main process to exit, killing its group when ctx
-// ends first, and then whatever it left running. It reports whether ctx
+// ends first (SIGKILL ends stopped processes too: a paused job is killed
+// as it is), and then whatever it left running. It reports whether ctx
 // killed it, and Wait's error.
 func (p *Process) wait(ctx context.Context, run *processRun) (killed bool, err error) {
 	// On ctx done, kill the group; Wait then returns.
@@ -236,7 +263,9 @@ func (p *Process) wait(ctx context.Context, run *processRun) (killed bool, err e
 	}()
 	werr := run.cmd.Wait()
 	close(waited)
-	run.wall = time.Since(run.start)
+	// No pause once the main process is gone: the group is killed next.
+	run.ctl.End()
+	run.wall = run.ctl.Active(run.start)
 	// Whatever the main process left running goes with it.
 	p.killGroup(run.pid)
 	return <-killedByCtx, werr

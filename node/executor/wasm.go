@@ -66,7 +66,8 @@ type WasmOptions struct {
 // can grow the dir is accounted exactly (see diskQuota) and one that
 // would take it past the quota fails with EIO; the run then fails with
 // ReasonDiskQuota, whatever the guest made of it. ctx stops a running
-// guest.
+// guest. A guest cannot be paused (see Control): a pause stops it, and
+// the run fails with ReasonStoppedAtInterval.
 //
 // Modules are compiled once per process: compiled modules are cached by the
 // SHA-256 of their bytes.
@@ -197,9 +198,10 @@ func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 		return fail, errors.New("wasm: executor closed")
 	}
 	defer w.runs.Done()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	defer context.AfterFunc(w.stop, cancel)()
+	// A pause stops the guest through ctx, with its cause (wasmStopper).
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	defer context.AfterFunc(w.stop, func() { cancel(nil) })()
 
 	cm, release, err := w.acquire(ctx, job.Module)
 	if err != nil {
@@ -219,7 +221,7 @@ func (w *Wasm) Run(ctx context.Context, job *Job) (Result, error) {
 		return fail, err
 	}
 	defer w.leave(mem)
-	return w.runModule(ctx, job, cm, mem)
+	return w.runModule(ctx, cancel, job, cm, mem)
 }
 
 // prepare checks the job (a module, a scratch dir) and returns its memory
@@ -253,8 +255,8 @@ func (w *Wasm) enter() bool {
 }
 
 // runModule instantiates the compiled module over the job's scratch dir,
-// calls its _start and collects how it ended.
-func (w *Wasm) runModule(ctx context.Context, job *Job, cm wazero.CompiledModule, mem *jobMemory) (Result, error) {
+// calls its _start and collects how it ended; stop ends ctx (a pause).
+func (w *Wasm) runModule(ctx context.Context, stop context.CancelCauseFunc, job *Job, cm wazero.CompiledModule, mem *jobMemory) (Result, error) {
 	fail := Result{ExitCode: -1}
 	start := time.Now()
 	clock := newOutputClock(start)
@@ -269,7 +271,7 @@ func (w *Wasm) runModule(ctx context.Context, job *Job, cm wazero.CompiledModule
 	mod, err := w.rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, mem), cm, moduleConfig(ctx, job, clock, fsys))
 	if err != nil {
 		if ctx.Err() != nil {
-			return Result{ExitCode: -1, Reason: ctxReason(ctx), Wall: time.Since(start)}, nil
+			return Result{ExitCode: -1, Reason: ctxReason(ctx), Wall: job.Control.Active(start)}, nil
 		}
 		return fail, fmt.Errorf("wasm: instantiate: %w", err)
 	}
@@ -278,8 +280,12 @@ func (w *Wasm) runModule(ctx context.Context, job *Job, cm wazero.CompiledModule
 	if startFn == nil {
 		return fail, errors.New("wasm: module is not a WASI command (no _start export)")
 	}
+	if err := job.Control.bind(wasmStopper(stop)); err != nil {
+		w.log.Debug("wasm: pause asked before the start", "job", job.ID, "err", err)
+	}
 	_, err = startFn.Call(ctx)
-	res := Result{Wall: time.Since(start), FirstOutput: clock.firstOutput(), PeakMemory: mem.peak.Load()}
+	job.Control.End()
+	res := Result{Wall: job.Control.Active(start), FirstOutput: clock.firstOutput(), PeakMemory: mem.peak.Load()}
 	return collectWasm(ctx, res, err, mem, fsys), nil
 }
 
@@ -511,6 +517,19 @@ func (l *linearMemory) Free() {
 		l.buf = nil
 	}
 }
+
+// wasmStopper is a guest's pauser: wazero cannot suspend a guest, so a
+// pause stops it (through its run's context, which closes the module at
+// its next check) and the run ends with ReasonStoppedAtInterval.
+type wasmStopper context.CancelCauseFunc
+
+func (s wasmStopper) pause() error {
+	s(&StopError{Reason: ReasonStoppedAtInterval})
+	return ErrCannotPause
+}
+
+// resume is never called: a guest is never paused.
+func (wasmStopper) resume() error { return nil }
 
 // sleepCtx sleeps for d or until ctx is done; a guest's sleep must not
 // outlive its job (the guest is closed at its next instruction check).

@@ -34,6 +34,9 @@
 //	sample serve PORT        accept TCP connections on PORT, greet each
 //	sample alloc MIB [HOLD]  allocate and touch MIB MiB of memory, keep it HOLD (a Go duration)
 //	sample spin              loop forever
+//	sample count NAME [EVERY]
+//	                         forever, every EVERY (a Go duration, default 10ms), write
+//	                         the count of ticks so far to NAME (20 digits, in place)
 //	sample sleep DURATION    sleep
 //	sample env               print the environment, one variable a line
 //	sample exit CODE         exit with CODE
@@ -54,7 +57,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fail(2, "usage: sample hash|echo|readfile|write|symlink|fill|pwrite|truncate|fallocate|deepdir|id|dial|serve|alloc|spin|sleep|env|exit ...")
+		fail(2, "usage: sample hash|echo|readfile|write|symlink|fill|pwrite|truncate|fallocate|deepdir|id|dial|serve|alloc|spin|count|sleep|env|exit ...")
 	}
 	cmd, args := os.Args[1], os.Args[2:]
 	switch cmd {
@@ -132,6 +135,9 @@ func main() {
 		alloc(atoi(args[0]), hold)
 	case "spin":
 		spin()
+	case "count":
+		need(args, 1)
+		count(args[0], holdArg(args, 1))
 	case "sleep":
 		need(args, 1)
 		d, err := time.ParseDuration(args[0])
@@ -375,4 +381,23 @@ func atoi(s string) int {
 func fail(code int, format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "sample: "+format+"\n", args...)
 	os.Exit(code)
+}
+
+// count writes, every every (10ms if zero), how many ticks have passed to
+// name, as 20 digits written in place at its start: a reader never sees
+// the file empty or short, as it could after a truncate.
+func count(name string, every time.Duration) {
+	if every <= 0 {
+		every = 10 * time.Millisecond
+	}
+	f, err := os.Create(name)
+	if err != nil {
+		fail(1, "count: %v", err)
+	}
+	for n := 0; ; n++ {
+		if _, err := f.WriteAt(fmt.Appendf(nil, "%020d", n), 0); err != nil {
+			fail(1, "count: %v", err)
+		}
+		time.Sleep(every)
+	}
 }
