@@ -35,11 +35,16 @@ const logGrace = time.Minute
 // runs, or in the result when it ends short), keeps stdout as the result,
 // and returns what the signed result (the receipt) says. ctx bounds
 // staging and the run; the lease's max_duration bounds the run alone.
+//
+// While it runs, Pause, Resume and Stop reach it by its job and attempt.
+// Its usage leaves out the time it was paused.
 func (r *Runner) Run(ctx context.Context, l *market.Lease) market.Outcome {
 	start := time.Now()
-	out := r.run(ctx, l)
+	a, runCtx := r.track(ctx, l)
+	defer r.untrack(a)
+	out := r.run(ctx, runCtx, l, a.ctl)
 	if out.Usage == nil {
-		out.Usage = &pb.Usage{WallMs: time.Since(start).Milliseconds()}
+		out.Usage = &pb.Usage{WallMs: a.ctl.Active(start).Milliseconds()}
 	}
 	out.Error = r.requesterText(l, out.Error)
 	return out
@@ -48,14 +53,20 @@ func (r *Runner) Run(ctx context.Context, l *market.Lease) market.Outcome {
 // failed is the outcome of a run that failed before or instead of an exit.
 func failed(err error) market.Outcome { return market.Outcome{ExitCode: -1, Error: err.Error()} }
 
-func (r *Runner) run(ctx context.Context, l *market.Lease) market.Outcome {
+// run stages and runs the job under stopCtx (ctx, also ended by Stop), and
+// collects its outcome under ctx: a stopped run's outputs are kept.
+func (r *Runner) run(ctx, stopCtx context.Context, l *market.Lease, ctl *executor.Control) market.Outcome {
 	workDir := filepath.Join(r.cfg.DataDir, workDirName, fmt.Sprintf("%s.%d", l.Job, l.Attempt))
 	defer r.removeWork(workDir)
 	job, err := r.prepare(l, workDir)
 	if err != nil {
 		return failed(err)
 	}
-	if err := r.stage(ctx, l, job); err != nil {
+	job.Control = ctl
+	if err := r.stage(stopCtx, l, job); err != nil {
+		if reason := stopReason(stopCtx); reason != "" {
+			return market.Outcome{ExitCode: -1, Error: reason}
+		}
 		return failed(err)
 	}
 	log, err := r.cfg.Logs.Get(l.Job, l.Attempt)
@@ -69,8 +80,10 @@ func (r *Runner) run(ctx context.Context, l *market.Lease) market.Outcome {
 	job.Stdout, job.Stderr = io.MultiWriter(stdout, log), log
 
 	// max_duration counts from here: fetching and compiling are the
-	// provider's overhead, not the job's time.
-	runCtx, stop := context.WithTimeout(ctx, time.Duration(l.Spec.MaxDurationMs)*time.Millisecond)
+	// provider's overhead, not the job's time. Nor does it count while the
+	// job is paused (see executor.Control); ctx's deadline (the lease's)
+	// does.
+	runCtx, stop := ctl.WithActiveTimeout(stopCtx, time.Duration(l.Spec.MaxDurationMs)*time.Millisecond)
 	res, err := r.executors.Run(runCtx, job)
 	stop()
 	inlineLog := logForResult(log, route)

@@ -2,17 +2,54 @@
 // executors the provider's config allows, stages their module and inputs
 // from the requester into a scratch dir, spools stdout, delivers the log,
 // and keeps the result and outputs in the blob store for the requester.
+//
+// # Pausing runs (pay as you go)
+//
+// A long job is paid as it goes: when its requester stops countersigning
+// usage receipts, the provider pauses the run, resumes it when they come
+// back, and stops it after a grace period. The market drives this through
+// four calls, each safe from any goroutine, on a run named by its lease's
+// job and attempt (from Run's start to its return):
+//
+//   - Pause(job, attempt): the job stops where it is (a process group's
+//     SIGSTOP, a container's pause; a run still staging starts paused).
+//     Idempotent. A wasm job cannot be paused (wazero cannot suspend a
+//     guest): it is stopped instead, Pause returns an error wrapping
+//     executor.ErrCannotPause, and the run ends with
+//     executor.ReasonStoppedAtInterval ("cannot pause: stopped at
+//     interval"). A run not resumed within Config.PauseGrace is stopped
+//     with ReasonGraceExpired ("stopped: usage receipts not countersigned
+//     within grace"), which the requester sees as the run's error.
+//   - Resume(job, attempt): the job goes on. Idempotent.
+//   - Stop(job, attempt, reason): the run ends now, paused or not, with
+//     reason as its error; its outputs are kept as after any failure.
+//     Idempotent.
+//   - Config.OnPause hears of each paused span, when it starts and when
+//     it ends (Resume, or the run's end), in order; PausedSpans lists them
+//     while the run lasts.
+//
+// Each returns ErrUnknownRun for a run the runner never had (or has
+// forgotten: it remembers the last 1024 that ended) and ErrRunEnded for
+// one that ended or is being stopped. Paused time is not usage: the
+// outcome's wall and GPU time leave the paused spans out, and
+// max_duration does not run while the job is paused (the requester's
+// silence, not the job's work, holds it up; max_duration bounds the work
+// it pays for). The lease's deadline, the ctx given to Run, still bounds
+// the whole run on the wall clock, pauses included, so pauses never keep
+// a run past its hold's expiry.
 package runner
 
 import (
 	"context"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/mira-market/mira/node/blob"
+	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/node/executor"
 	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/node/joblogs"
@@ -55,6 +92,16 @@ type Config struct {
 	LogStreams    LogSender
 	MaxBlobSize   int64
 	Log           *slog.Logger
+	// PauseGrace is how long a run may stay paused (Pause) before it is
+	// stopped with ReasonGraceExpired; DefaultPauseGrace when zero.
+	PauseGrace time.Duration
+	// Clock times the grace period; the system clock when nil.
+	Clock clock.Clock
+	// OnPause, when set, hears of every span a run is paused: once when
+	// it starts (End zero) and once when it ends (Resume, or the run's
+	// end), in order for each run. It is called under the run's lock:
+	// it must not block, nor call Pause, Resume or Stop.
+	OnPause func(PausedSpan)
 }
 
 // Runner runs a provider's leases.
@@ -68,6 +115,10 @@ type Runner struct {
 	warm      chan struct{} // closed once precompile is done
 	wg        sync.WaitGroup
 
+	runs  runTable // runs in progress, for Pause, Resume and Stop
+	grace time.Duration
+	clock clock.Clock
+
 	gpuMu   sync.Mutex
 	nextGPU int
 }
@@ -78,6 +129,7 @@ type Runner struct {
 // runner's lifetime; Close waits for what it started.
 func New(ctx context.Context, cfg Config) (*Runner, error) {
 	r := &Runner{ctx: ctx, cfg: cfg, log: cfg.Log, warm: make(chan struct{})}
+	r.pauseDefaults()
 	r.sweepWork()
 	var err error
 	if r.executors, err = r.startExecutors(ctx); err != nil {
