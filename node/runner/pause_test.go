@@ -136,7 +136,7 @@ func newTestRunner(t *testing.T, grace time.Duration, heard *spanLog) *Runner {
 	r, err := New(ctx, Config{
 		DataDir: dir, Executors: []string{"process", "noop", "wasm"},
 		Blobs: blob.NewService(h, "test", store, log), Results: &readers{m: map[string]peer.ID{}}, Logs: book,
-		LogStreams: joblogs.NewStreams(joblogs.StreamsConfig{Host: h, Network: "test", Book: book, Log: log}),
+		LogStreams:  joblogs.NewStreams(joblogs.StreamsConfig{Host: h, Network: "test", Book: book, Log: log}),
 		MaxBlobSize: 1 << 20, Log: log, PauseGrace: grace, OnPause: heard.add,
 	})
 	if err != nil {
