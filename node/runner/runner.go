@@ -28,9 +28,10 @@
 //     it ends (Resume, or the run's end), in order; PausedSpans lists them
 //     while the run lasts.
 //
-// Each returns ErrUnknownRun for a run the runner never had (or has
-// forgotten: it remembers the last 1024 that ended) and ErrRunEnded for
-// one that ended or is being stopped. Paused time is not usage: the
+// Each returns ErrUnknownRun for a run the runner never had (Run has not
+// started it yet, or it ended long ago: the runner remembers the last
+// 1024 that ended) and ErrRunEnded for one that ended, or that is being
+// stopped (Stop itself then does nothing). Paused time is not usage: the
 // outcome's wall and GPU time leave the paused spans out, and
 // max_duration does not run while the job is paused (the requester's
 // silence, not the job's work, holds it up; max_duration bounds the work
