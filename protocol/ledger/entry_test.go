@@ -111,24 +111,28 @@ func TestDecodeEntryRejects(t *testing.T) {
 	// bodyAt returns where the body's length prefix sits.
 	bodyAt := 1 + 2 + len(good.Account) + 8 + 32 + 1 + 8
 	cases := map[string][]byte{
-		"empty":            nil,
-		"truncated":        raw[:len(raw)-1],
-		"trailing":         append(bytes.Clone(raw), 0),
-		"version":          append([]byte{4}, raw[1:]...),
-		"version zero":     append([]byte{0}, raw[1:]...),
-		"oversized":        append(bytes.Clone(raw), make([]byte, MaxEntrySize)...),
-		"seq zero":         with(func(e *Entry) { e.Seq = 0 }),
-		"seq one, prev":    with(func(e *Entry) { e.Seq, e.Prev = 1, job("p") }),
-		"before 1970":      with(func(e *Entry) { e.Time = time.Unix(-5, 0) }),
-		"no body":          with(func(e *Entry) { e.Body = nil }),
-		"zero hold":        with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Provider: p, Expiry: farExpiry, Replicas: 1} }),
+		"empty":                     nil,
+		"truncated":                 raw[:len(raw)-1],
+		"trailing":                  append(bytes.Clone(raw), 0),
+		"version":                   append([]byte{4}, raw[1:]...),
+		"version zero":              append([]byte{0}, raw[1:]...),
+		"oversized":                 append(bytes.Clone(raw), make([]byte, MaxEntrySize)...),
+		"seq zero":                  with(func(e *Entry) { e.Seq = 0 }),
+		"seq one, prev":             with(func(e *Entry) { e.Seq, e.Prev = 1, job("p") }),
+		"before 1970":               with(func(e *Entry) { e.Time = time.Unix(-5, 0) }),
+		"no body":                   with(func(e *Entry) { e.Body = nil }),
+		"zero hold":                 with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Provider: p, Expiry: farExpiry, Replicas: 1} }),
 		"named hold without expiry": with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Provider: p, Amount: 1, Replicas: 1} }),
-		"named hold expired":        with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Provider: p, Amount: 1, Replicas: 1, Expiry: e.Time.UnixNano()} }),
-		"named hold, no replicas":   with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Provider: p, Amount: 1, Expiry: farExpiry} }),
-		"six replicas":              with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Provider: p, Amount: 1, Expiry: farExpiry, Replicas: 6} }),
-		"posting hold with expiry":  with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Amount: 1, Expiry: farExpiry} }),
-		"claim, short acceptance":   with(func(e *Entry) { e.Body = ClaimBody{Requester: p, Acceptance: make([]byte, AcceptanceSize-1)} }),
-		"claim, no requester":       with(func(e *Entry) { e.Body = ClaimBody{Acceptance: make([]byte, AcceptanceSize)} }),
+		"named hold expired": with(func(e *Entry) {
+			e.Body = HoldBody{Job: job("x"), Provider: p, Amount: 1, Replicas: 1, Expiry: e.Time.UnixNano()}
+		}),
+		"named hold, no replicas": with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Provider: p, Amount: 1, Expiry: farExpiry} }),
+		"six replicas": with(func(e *Entry) {
+			e.Body = HoldBody{Job: job("x"), Provider: p, Amount: 1, Expiry: farExpiry, Replicas: 6}
+		}),
+		"posting hold with expiry": with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Amount: 1, Expiry: farExpiry} }),
+		"claim, short acceptance":  with(func(e *Entry) { e.Body = ClaimBody{Requester: p, Acceptance: make([]byte, AcceptanceSize-1)} }),
+		"claim, no requester":      with(func(e *Entry) { e.Body = ClaimBody{Acceptance: make([]byte, AcceptanceSize)} }),
 		"claim, final flag 2": func() []byte {
 			b := with(func(e *Entry) { e.Body = ClaimBody{Requester: p, Acceptance: make([]byte, AcceptanceSize)} })
 			b[bodyAt+2+32+2+len(p)+16] = 2

@@ -29,7 +29,7 @@ type MemState struct {
 	// Holds are the open holds, under (requester, job, provider) as
 	// State.Hold names them.
 	Holds  map[FundKey]HoldRecord
-	Paids  map[JobKey]uint64 // the payment entry's seq
+	Paids  map[JobKey]uint64  // the payment entry's seq
 	Claims map[FundKey]uint64 // the final claim's seq
 	Funds  map[FundKey]uint64
 	Leased map[JobKey]LeaseRecord
