@@ -752,7 +752,7 @@ func TestLedgerVerifyTampered(t *testing.T) {
 			return txn.Set(acctKey(env.p.id), a.Encode())
 		}, ErrInconsistent},
 		"hold index deleted": {func(env *ledgerEnv, txn *badger.Txn) error {
-			return txn.Delete(holdKey(env.b.id, job("2")))
+			return txn.Delete(holdKey(env.b.id, job("2"), ""))
 		}, ErrInconsistent},
 		"count edited": {func(env *ledgerEnv, txn *badger.Txn) error {
 			return txn.Set([]byte(keyLedgerCount), []byte{0, 0, 0, 0, 0, 0, 0, 1})
