@@ -84,7 +84,7 @@ func (m *Driver) restore() error {
 			m.log.Warn("stored job has an invalid offer; skipped", "job", id, "err", err)
 			return nil
 		}
-		m.eng.Restore(&j, offer)
+		m.eng.Restore(m.clock.Now(), &j, offer)
 		if j.State.Terminal() {
 			ended = append(ended, &j)
 		} else if err := offer.Recheck(m.network, m.clock.Now()); err != nil && !errors.Is(err, protocol.ErrExpired) {
