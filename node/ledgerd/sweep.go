@@ -95,6 +95,7 @@ func (s *Service) SweepHolds(ctx context.Context, now time.Time) (SweepReport, e
 		return r, err
 	}
 	r.Ended, r.Released = len(ended), len(release)
+	s.releaseExpired(now, holds)
 	if w := s.releaseEnded(ended); w != nil {
 		s.log.Info("releasing holds of ended jobs", "jobs", len(ended))
 		s.enqueue(w)

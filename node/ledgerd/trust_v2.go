@@ -21,6 +21,7 @@ import (
 	"github.com/mira-market/mira/protocol"
 	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/protocol/pb"
+	"github.com/mira-market/mira/storage"
 )
 
 // errNeedsV3 is what the bridge answers where version 3 is needed.
@@ -203,3 +204,6 @@ func (s *Service) releaseWrite(jobs []ledger.Hash) *ledgerWrite {
 	}
 	return w
 }
+
+// releaseExpired does nothing: holds of version 2 do not expire.
+func (s *Service) releaseExpired(time.Time, []storage.OpenHold) {}
