@@ -2,6 +2,7 @@ package market
 
 import (
 	"bytes"
+	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -115,10 +116,18 @@ func (e *Engine) bill(now time.Time, l *Lease, o Outcome, r *pb.Result) {
 }
 
 func declineMsg(job protocol.JobID, self peer.ID, reason string, waive []byte) *pb.MarketMessage {
+	if len(reason) > maxDeclineReason {
+		// A longer one is refused as malformed (an escrow check's error
+		// names peers and amounts).
+		reason = strings.ToValidUTF8(reason[:maxDeclineReason], "?")
+	}
 	return &pb.MarketMessage{Body: &pb.MarketMessage_Decline{Decline: &pb.Decline{
 		JobId: job[:], Provider: []byte(self), Reason: reason, Waive: waive,
 	}}}
 }
+
+// maxDeclineReason bounds a decline's reason (protocol's check).
+const maxDeclineReason = 256
 
 // onAccepted takes the requester's acceptance of a bill: at most the
 // bill's amount, as final as the bill. The claim is written next.
