@@ -27,6 +27,13 @@ type HoldRequest struct {
 	// them too cost about a tenth of a burst's leases/s).
 	KnownSeq  uint64
 	WithChain bool
+	// Expiry is when the hold expires: the award's time, the accept
+	// timeout, the job's max_duration and the claim window, so the
+	// provider can run the whole job and still claim. Until then only the
+	// provider may close it. MinExpiry is the earliest expiry an open hold
+	// naming the provider may have to serve again (PlanHold).
+	Expiry    time.Time
+	MinExpiry time.Time
 }
 
 // HoldResult is the caller's answer to a HoldRequest: the hold entry that
@@ -34,7 +41,10 @@ type HoldRequest struct {
 // (if asked for), and the requester's signed grant of the lease; or why
 // the award cannot be backed.
 type HoldResult struct {
-	Hold  []byte
+	Hold []byte
+	// Seq is the hold entry's sequence number in the requester's chain:
+	// what the provider's bill and claim name.
+	Seq   uint64
 	Chain [][]byte
 	Grant []byte
 	Err   error
@@ -61,8 +71,12 @@ func (e *Engine) award(j *Job, now time.Time, p peer.ID, price uint64) {
 		e.Cancel(now, j.ID, escrowFailed(err))
 		return
 	}
+	run := time.Duration(j.Spec().GetMaxDurationMs()) * time.Millisecond
 	r := HoldRequest{Job: j.ID, Attempt: j.Attempt, Provider: p, Price: price, Amount: amount,
-		WithChain: j.Tier == protocol.TierInteractive}
+		WithChain: j.Tier == protocol.TierInteractive,
+		Expiry:    now.Add(e.cfg.AcceptTimeout + run + e.claimWindow()),
+		MinExpiry: now.Add(run + e.claimWindow()/2)}
+	j.Awards = append(j.Awards, AwardRecord{Attempt: j.Attempt, Provider: p, Price: price, Expiry: r.Expiry})
 	for _, b := range j.Bids {
 		if b.Provider == p {
 			r.KnownSeq = b.KnownSeq // its latest bid
@@ -88,6 +102,9 @@ func (e *Engine) HoldWritten(now time.Time, id protocol.JobID, attempt uint32, r
 	}
 	j.awaitingHold = false
 	j.AcceptBy = now.Add(e.cfg.AcceptTimeout)
+	if a := j.award(attempt, j.Provider); a != nil {
+		a.HoldSeq = res.Seq
+	}
 	e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Award{Award: &pb.Award{
 		JobId: j.ID[:], Provider: []byte(j.Provider), Price: j.Price, Attempt: j.Attempt,
 		Hold: res.Hold, Chain: res.Chain, Grant: res.Grant,

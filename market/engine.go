@@ -36,6 +36,14 @@ type Config struct {
 	// DefaultOfferMemoryPerRequester.
 	OfferMemory             int
 	OfferMemoryPerRequester int
+	// BillTolerance is what a requester accepts in a bill beyond the time
+	// it observed (zero: DefaultBillTolerance).
+	BillTolerance Tolerance
+	// ClaimWindow is how long after a run can have ended (award, accept
+	// timeout, max_duration) an award's hold stays the provider's to
+	// claim (zero: DefaultClaimWindow); the requester may release it only
+	// after that.
+	ClaimWindow time.Duration
 	// Provider is nil for a node that sells nothing.
 	Provider *ProviderPolicy
 	// CheckGrant checks an award's grant, the requester's signature that
@@ -72,7 +80,14 @@ type Engine struct {
 	offers *offerMemos             // offers answered, within a budget of bytes
 	swept  time.Time               // when expired offers were last dropped
 	leases map[protocol.JobID]*Lease
-	rtt    map[peer.ID]time.Duration
+	// stopping are leases cancelled by their requesters whose runs are
+	// ending: their outcomes are billed, not dropped.
+	stopping map[protocol.JobID]*Lease
+	// bills are this provider's runs that ended and are not settled yet:
+	// billed until accepted, then claimed, then the result delivered
+	// until acknowledged.
+	bills map[billKey]*billing
+	rtt   map[peer.ID]time.Duration
 	// heads are the requesters' heads of their ledger chains as this
 	// provider's ledger shows them (SetKnownHead), for its bids.
 	heads map[peer.ID]uint64
@@ -89,15 +104,17 @@ type Engine struct {
 // NewEngine returns an engine with no jobs.
 func NewEngine(cfg Config) *Engine {
 	return &Engine{
-		cfg:     cfg,
-		jobs:    map[protocol.JobID]*Job{},
-		active:  map[protocol.JobID]*Job{},
-		offers:  newOfferMemos(cfg.OfferMemory, cfg.OfferMemoryPerRequester),
-		leases:  map[protocol.JobID]*Lease{},
-		rtt:     map[peer.ID]time.Duration{},
-		heads:   map[peer.ID]uint64{},
-		saving:  map[*Job]bool{},
-		changed: map[*Job]bool{},
+		cfg:      cfg,
+		jobs:     map[protocol.JobID]*Job{},
+		active:   map[protocol.JobID]*Job{},
+		offers:   newOfferMemos(cfg.OfferMemory, cfg.OfferMemoryPerRequester),
+		leases:   map[protocol.JobID]*Lease{},
+		stopping: map[protocol.JobID]*Lease{},
+		bills:    map[billKey]*billing{},
+		rtt:      map[peer.ID]time.Duration{},
+		heads:    map[peer.ID]uint64{},
+		saving:   map[*Job]bool{},
+		changed:  map[*Job]bool{},
 	}
 }
 
@@ -179,6 +196,23 @@ func (e *Engine) publish(j *Job, msg *pb.MarketMessage) {
 	e.ready.Publish = append(e.ready.Publish, Outbound{Tier: j.Tier, Msg: msg})
 }
 
+// DefaultClaimWindow is Config.ClaimWindow's default.
+const DefaultClaimWindow = 10 * time.Minute
+
+func (e *Engine) claimWindow() time.Duration {
+	if e.cfg.ClaimWindow > 0 {
+		return e.cfg.ClaimWindow
+	}
+	return DefaultClaimWindow
+}
+
+func (e *Engine) tolerance() Tolerance {
+	if e.cfg.BillTolerance == (Tolerance{}) {
+		return DefaultBillTolerance
+	}
+	return e.cfg.BillTolerance
+}
+
 func (e *Engine) window(tier string) time.Duration {
 	if tier == protocol.TierInteractive {
 		return e.cfg.InteractiveWindow
@@ -205,6 +239,12 @@ func (e *Engine) Step(now time.Time, m *protocol.Signed) {
 		}
 	case *pb.MarketMessage_Result:
 		e.onResult(now, m, b.Result)
+	case *pb.MarketMessage_Bill:
+		e.onBill(now, m, b.Bill)
+	case *pb.MarketMessage_Accepted:
+		e.onAccepted(now, m, b.Accepted)
+	case *pb.MarketMessage_ResultAck:
+		delete(e.bills, billKey{m.Job, b.ResultAck.Attempt, m.Signer})
 	case *pb.MarketMessage_Cancel:
 		e.onCancel(m)
 	case *pb.MarketMessage_Taken:

@@ -100,7 +100,11 @@ func TestAcceptTimeoutReassigns(t *testing.T) {
 	}
 }
 
-func TestHeartbeatLossReassignsAndRefusesLateResult(t *testing.T) {
+// A provider whose lease was revoked for silence (its heartbeats lost) but
+// that ran the job is still paid for the run: the requester accepts its
+// bill, capped by what it observed, and takes its result without letting
+// it change the job that another provider finished.
+func TestHeartbeatLossReassignsAndPaysTheSilentRun(t *testing.T) {
 	s := newSim(t)
 	req := s.add(nil)
 	first := s.add(provider(10))
@@ -125,11 +129,18 @@ func TestHeartbeatLossReassignsAndRefusesLateResult(t *testing.T) {
 	s.finish(second, j.ID)
 	wantState(t, j, Succeeded)
 
-	// The first provider comes back with its late result: refused.
+	// The first provider comes back with its late result: billed, paid,
+	// delivered and acknowledged, and the job stays the second's.
 	s.cut[first] = false
 	s.finish(first, j.ID)
-	if j.RefusedResults != 1 || j.Provider != second || j.Leases != 2 {
-		t.Fatalf("refused %d, provider %s, leases %d", j.RefusedResults, j.Provider, j.Leases)
+	if len(s.claims[first]) != 1 || len(s.claims[second]) != 1 || j.Provider != second || j.Leases != 2 {
+		t.Fatalf("claims %d and %d, provider %s, leases %d", len(s.claims[first]), len(s.claims[second]), j.Provider, j.Leases)
+	}
+	if a := j.award(1, first); a == nil || !a.Delivered || !a.Final {
+		t.Fatalf("first award %+v, want its result delivered and its bill accepted", a)
+	}
+	if s.engines[first].Bills() != 0 {
+		t.Fatal("the first provider still bills")
 	}
 	wantState(t, j, Succeeded)
 }
@@ -303,7 +314,7 @@ func TestResultWithForgedInlineOutputFails(t *testing.T) {
 	wantState(t, j, Running)
 	// Of the right length, and with a failure of its own: the bytes are
 	// still checked, and not kept.
-	s.engines[prov].Finished(s.now, j.ID, Outcome{Attempt: j.Attempt, Output: []byte("no"), Error: "exit 1", ExitCode: 1, ResultID: okID, ResultSize: 2})
+	s.engines[prov].Finished(s.now, j.ID, Outcome{Attempt: j.Attempt, Output: []byte("no"), Error: "exit 1", ExitCode: 1, ResultID: okID, ResultSize: 2, HoldSeq: 1})
 	s.flush()
 	if j.State != Failed || j.Error == "" || j.Output != nil {
 		t.Fatalf("state %s error %q output %q, want failed with a reason and no output", j.State, j.Error, j.Output)
@@ -322,7 +333,7 @@ func TestResultCarriesOutputsAndAnyError(t *testing.T) {
 	// Invalid UTF-8, and long enough to be cut inside a rune.
 	reason := "outputs: out/\xffx: " + strings.Repeat("é", 600)
 	s.engines[prov].Finished(s.now, j.ID, Outcome{Attempt: j.Attempt, ExitCode: -1, Error: reason,
-		ResultID: okID, ResultSize: 2, OutputsID: okID, OutputsSize: 2})
+		ResultID: okID, ResultSize: 2, OutputsID: okID, OutputsSize: 2, HoldSeq: 1})
 	s.flush()
 	if j.State != Failed || !utf8.ValidString(j.Error) || !strings.HasPrefix(j.Error, "outputs: out/?x: é") || len(j.Error) > 1024 {
 		t.Fatalf("state %s, error of %d bytes %.20q; want failed with the reason, as UTF-8", j.State, len(j.Error), j.Error)
@@ -338,7 +349,7 @@ func TestOutcomeOfAnEarlierLeaseIsDropped(t *testing.T) {
 	prov := s.add(provider(10))
 	j := s.submit(req, protocol.TierInteractive, 50, time.Minute, 1, prov)
 	wantState(t, j, Running)
-	s.engines[prov].Finished(s.now, j.ID, Outcome{Attempt: j.Attempt - 1, Output: []byte("ok"), ResultID: okID, ResultSize: 2})
+	s.engines[prov].Finished(s.now, j.ID, Outcome{Attempt: j.Attempt - 1, Output: []byte("ok"), ResultID: okID, ResultSize: 2, HoldSeq: 1})
 	s.flush()
 	wantState(t, j, Running)
 	s.finish(prov, j.ID)

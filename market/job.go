@@ -146,12 +146,51 @@ type Job struct {
 	// the lease.
 	RefusedResults int `json:"refused_results"`
 
+	// Awards are the job's awards that left or were about to (one per
+	// attempt, so at most MaxAttempts): a provider that took one may
+	// bill it whatever became of the job, and is paid what it ran.
+	Awards []AwardRecord `json:"awards,omitempty"`
+
 	// gossipLater is the first direct round's offer of an interactive
 	// job, still to be gossiped.
 	gossipLater *pb.MarketMessage
 	// awaitingHold marks an assigned job whose award waits for its hold
 	// (HoldWritten): its accept timeout has not started.
 	awaitingHold bool
+}
+
+// AwardRecord is one award of a job and its settlement as the requester
+// sees it: the hold that backs it, when its lease began (the provider's
+// acceptance) and the first bill came, and what the requester accepted.
+type AwardRecord struct {
+	Attempt  uint32    `json:"attempt"`
+	Provider peer.ID   `json:"provider"`
+	Price    uint64    `json:"price"`
+	HoldSeq  uint64    `json:"hold_seq,omitempty"`
+	Expiry   time.Time `json:"expiry"`
+	Leased   time.Time `json:"leased,omitzero"`
+	BillAt   time.Time `json:"bill_at,omitzero"`
+	Billed   uint64    `json:"billed,omitempty"`
+	Accepted uint64    `json:"accepted,omitempty"`
+	Final    bool      `json:"final,omitempty"`
+	// Receipt and Acceptance are the last bill's receipt hash and the
+	// requester's signature of what it accepted, re-sent as they are if
+	// the bill comes again (the Accepted was lost).
+	Receipt    []byte `json:"receipt,omitempty"`
+	Acceptance []byte `json:"acceptance,omitempty"`
+	// Delivered is set once the provider's result came (and was
+	// acknowledged).
+	Delivered bool `json:"delivered,omitempty"`
+}
+
+// award is j's award of attempt to p, if any.
+func (j *Job) award(attempt uint32, p peer.ID) *AwardRecord {
+	for i := range j.Awards {
+		if a := &j.Awards[i]; a.Attempt == attempt && a.Provider == p {
+			return a
+		}
+	}
+	return nil
 }
 
 // AwardDecline is how often a provider gave an award of a job back, and
@@ -181,8 +220,13 @@ type Lease struct {
 	Chain    [][]byte
 	Grant    []byte
 	Deadline time.Time
-	started  time.Time
-	nextBeat time.Time
+	// MinHoldExpiry is the earliest expiry of the hold naming this
+	// provider that the run may rely on: max_duration and half the claim
+	// window from the award (the caller's escrow check refuses a hold
+	// that expires sooner).
+	MinHoldExpiry time.Time
+	started       time.Time
+	nextBeat      time.Time
 }
 
 // Outbound is a message for the caller to sign and send: to one peer, or

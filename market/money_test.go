@@ -5,6 +5,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mira-market/mira/protocol/pb"
 )
@@ -43,22 +44,65 @@ func TestCost(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		price uint64
-		usage *pb.Usage
+		ms    int64
 		limit uint64
 		want  uint64
 	}{
-		{"no usage", 10, nil, 100, 0},
-		{"no GPU time", 10, &pb.Usage{WallMs: 500}, 100, 0},
-		{"GPU-milliseconds at the price", 10, &pb.Usage{GpuMs: 2500}, 100, 25},
-		{"rounded up to a micro-credit", 10, &pb.Usage{GpuMs: 2501}, 100, 26},
-		{"never above the limit", 10, &pb.Usage{GpuMs: 1_000_000}, 100, 100},
-		{"an overflow costs the limit", math.MaxUint64, &pb.Usage{GpuMs: 2}, 100, 100},
+		{"nothing", 10, 0, 100, 0},
+		{"milliseconds at the price", 10, 2500, 100, 25},
+		{"rounded up to a micro-credit", 10, 2501, 100, 26},
+		{"never above the limit", 10, 1_000_000, 100, 100},
+		{"an overflow costs the limit", math.MaxUint64, 2, 100, 100},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := Cost(tc.price, tc.usage, tc.limit); got != tc.want {
+			if got := Cost(tc.price, tc.ms, tc.limit); got != tc.want {
 				t.Fatalf("Cost = %d, want %d", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestBillableAndCap(t *testing.T) {
+	gpu2 := &pb.JobSpec{Executor: "docker", Resources: &pb.Resources{Gpus: 2}}
+	wasm := &pb.JobSpec{Executor: "wasm", Resources: &pb.Resources{Gpus: 2}}
+	noGPU := &pb.JobSpec{Executor: "docker"}
+	u := &pb.Usage{WallMs: 3000, GpuMs: 6000}
+	tol := DefaultBillTolerance
+	for _, tc := range []struct {
+		name     string
+		spec     *pb.JobSpec
+		billable int64
+		observed time.Duration
+		cap      uint64 // at price 1000 (1 per ms), limit 1e9
+	}{
+		// 3 s observed: 3 s + 1 s + 5% of 3 s = 4.15 s.
+		{"GPU job: GPU-ms, cap times the GPUs handed", gpu2, 6000, 3 * time.Second, 8300},
+		{"wasm is handed no GPU: wall time of one unit", wasm, 3000, 3 * time.Second, 4150},
+		{"a job asking for no GPU: wall time", noGPU, 3000, 3 * time.Second, 4150},
+		{"nothing observed: the fixed tolerance", wasm, 3000, 0, 1000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := BillableMS(tc.spec, u); got != tc.billable {
+				t.Fatalf("BillableMS = %d, want %d", got, tc.billable)
+			}
+			if got := BillCap(1000, tc.spec, tc.observed, tol, 1e9); got != tc.cap {
+				t.Fatalf("BillCap = %d, want %d", got, tc.cap)
+			}
+		})
+	}
+	if got := BillUsage(wasm, u); got.GpuMs != 0 || got.WallMs != 3000 {
+		t.Fatalf("a wasm bill's usage %v, want no GPU time", got)
+	}
+	// An hour billed for 6 ms observed: at most the cap.
+	hour := &pb.Usage{WallMs: 3_600_000, GpuMs: 3_600_000}
+	one := &pb.JobSpec{Executor: "docker", Resources: &pb.Resources{Gpus: 1}}
+	cap := BillCap(1000, one, 6*time.Millisecond, tol, 1e12)
+	if got := AcceptedAmount(1000, one, hour, 3_600_000, cap); got != cap || cap > 1007 {
+		t.Fatalf("accepted %d of an hour's bill for 6 ms (cap %d)", got, cap)
+	}
+	// A bill cannot claim more than its own usage costs.
+	if got := AcceptedAmount(1000, one, &pb.Usage{GpuMs: 10}, 5000, cap); got != 10 {
+		t.Fatalf("accepted %d of a bill of 5000 for 10 GPU-ms, want 10", got)
 	}
 }
 
@@ -90,24 +134,22 @@ func TestPostingHoldAndHoldAmount(t *testing.T) {
 }
 
 func TestPlanHold(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	req := HoldRequest{Amount: 100, Expiry: t0.Add(time.Hour), MinExpiry: t0.Add(30 * time.Minute)}
 	for _, tc := range []struct {
-		name    string
-		ledger  LedgerHold
-		attempt uint32
-		amount  uint64
-		want    HoldPlan
-		err     error
+		name   string
+		ledger LedgerHold
+		want   HoldPlan
+		err    error
 	}{
-		{"no hold: a new one", LedgerHold{}, 1, 100, HoldPlan{Amount: 100}, nil},
-		{"the posting's hold backs the first award", LedgerHold{Open: true, Amount: 500}, 1, 100, HoldPlan{Reuse: true}, nil},
-		{"exactly covering", LedgerHold{Open: true, Amount: 100}, 1, 100, HoldPlan{Reuse: true}, nil},
-		{"a posting hold too small is replaced", LedgerHold{Open: true, Amount: 99}, 1, 100, HoldPlan{Release: true, Amount: 100}, nil},
-		{"a later award gets its own hold", LedgerHold{Open: true, Amount: 500}, 2, 100, HoldPlan{Release: true, Amount: 100}, nil},
-		{"even to the provider the hold names", LedgerHold{Open: true, Provider: "p", Amount: 500}, 1, 100, HoldPlan{Release: true, Amount: 100}, nil},
-		{"a paid job is never held again", LedgerHold{Paid: true}, 3, 100, HoldPlan{}, ErrJobPaid},
+		{"none naming the provider: a new one, replacing any posting hold", LedgerHold{}, HoldPlan{Amount: 100, Expiry: req.Expiry}, nil},
+		{"an open one that covers it and lasts", LedgerHold{Open: true, Amount: 100, Expiry: req.MinExpiry}, HoldPlan{Reuse: true}, nil},
+		{"an open one too small", LedgerHold{Open: true, Amount: 99, Expiry: req.Expiry}, HoldPlan{}, ErrHoldOpen},
+		{"an open one expiring too soon", LedgerHold{Open: true, Amount: 500, Expiry: req.MinExpiry.Add(-1)}, HoldPlan{}, ErrHoldOpen},
+		{"a provider paid for the job is never held for again", LedgerHold{Paid: true}, HoldPlan{}, ErrJobPaid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := PlanHold(tc.ledger, tc.attempt, tc.amount)
+			got, err := PlanHold(tc.ledger, req)
 			if got != tc.want || !errors.Is(err, tc.err) {
 				t.Fatalf("PlanHold = %+v, %v; want %+v, %v", got, err, tc.want, tc.err)
 			}
@@ -117,53 +159,21 @@ func TestPlanHold(t *testing.T) {
 
 func TestCheckLeaseHold(t *testing.T) {
 	spec := costSpec(1, 10_000, 50) // 10 s: 10 × price
-	for _, tc := range []struct {
-		name    string
-		hold    LedgerHold
-		attempt uint32
-		want    string // part of the error; "" for none
-	}{
-		{"the posting's hold, first award", LedgerHold{Open: true, Amount: 500}, 1, ""},
-		{"a hold naming this provider", LedgerHold{Open: true, Provider: "me", Amount: 200}, 4, ""},
-		{"none open", LedgerHold{}, 1, "none open"},
-		{"no provider named on a later award", LedgerHold{Open: true, Amount: 500}, 2, "names no provider, and this is award 2"},
-		{"another provider named", LedgerHold{Open: true, Provider: "other", Amount: 500}, 1, "not this one"},
-		{"too small", LedgerHold{Open: true, Provider: "me", Amount: 199}, 1, "of 199 does not cover the job's 200"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			err := CheckLeaseHold(tc.hold, "me", tc.attempt, 20, spec)
-			if (err == nil) != (tc.want == "") || err != nil && !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("CheckLeaseHold: %v, want %q", err, tc.want)
-			}
-		})
-	}
-}
-
-func TestSettle(t *testing.T) {
-	spec := costSpec(1, 10_000, 50)
-	job := func(s State, receipt string, price uint64, gpuMs int64) *Job {
-		return &Job{State: s, Provider: "p", Price: price, Receipt: []byte(receipt), Usage: &pb.Usage{GpuMs: gpuMs},
-			offer: &pb.Offer{Spec: spec}}
-	}
+	t0 := time.Unix(1000, 0)
 	for _, tc := range []struct {
 		name string
-		job  *Job
-		hold uint64
-		want Settlement
-		ok   bool
+		hold LedgerHold
+		want string // part of the error; "" for none
 	}{
-		{"not finished", job(Running, "r", 20, 1000), 500, Settlement{}, false},
-		{"succeeded: the usage at the price", job(Succeeded, "r", 20, 2500), 500, Settlement{Pay: true, To: "p", Amount: 50}, true},
-		{"capped at the agreed price's maximum", job(Succeeded, "r", 20, 60_000), 500, Settlement{Pay: true, To: "p", Amount: 200}, true},
-		{"capped at the hold", job(Succeeded, "r", 20, 60_000), 150, Settlement{Pay: true, To: "p", Amount: 150}, true},
-		{"succeeded without a receipt: released", job(Succeeded, "", 20, 2500), 500, Settlement{}, true},
-		{"failed: released", job(Failed, "r", 20, 2500), 500, Settlement{}, true},
-		{"cancelled: released", job(Cancelled, "", 20, 0), 500, Settlement{}, true},
+		{"a hold naming this provider", LedgerHold{Open: true, Amount: 200, Expiry: t0}, ""},
+		{"none naming it open", LedgerHold{}, "none open"},
+		{"too small", LedgerHold{Open: true, Amount: 199, Expiry: t0}, "of 199 does not cover the job's 200"},
+		{"expiring too soon", LedgerHold{Open: true, Amount: 200, Expiry: t0.Add(-1)}, "too soon"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, ok := Settle(tc.job, tc.hold)
-			if got != tc.want || ok != tc.ok {
-				t.Fatalf("Settle = %+v, %v; want %+v, %v", got, ok, tc.want, tc.ok)
+			err := CheckLeaseHold(tc.hold, 20, spec, t0)
+			if (err == nil) != (tc.want == "") || err != nil && !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("CheckLeaseHold: %v, want %q", err, tc.want)
 			}
 		})
 	}

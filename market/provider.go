@@ -105,12 +105,13 @@ func (e *Engine) preemptible() *Lease {
 
 // preempt stops a batch lease and hands its job back to its requester,
 // which returns it to the market.
+// Giving the lease up is the provider's choice: it waives the hold rather
+// than bill the time run.
 func (e *Engine) preempt(l *Lease) {
 	delete(e.leases, l.Job)
 	e.ready.Stop = append(e.ready.Stop, l.Job)
-	e.send(l.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Decline{Decline: &pb.Decline{
-		JobId: l.Job[:], Provider: []byte(e.cfg.Self), Reason: ReasonPreempted,
-	}}})
+	e.ready.Waives = append(e.ready.Waives, WaiveRequest{Job: l.Job, Requester: l.Requester, Attempt: l.Attempt,
+		Hold: l.Hold, Chain: l.Chain, Reason: ReasonPreempted})
 }
 
 // awardReason is why this provider turns down an award of a job of spec s
@@ -130,11 +131,10 @@ func (e *Engine) onAward(now time.Time, m *protocol.Signed, a *pb.Award) {
 	if e.cfg.Provider == nil || string(a.Provider) != string(e.cfg.Self) {
 		return
 	}
-	decline := func(reason string) {
-		e.send(m.Signer, &pb.MarketMessage{Body: &pb.MarketMessage_Decline{Decline: &pb.Decline{
-			JobId: m.Job[:], Provider: []byte(e.cfg.Self), Reason: reason,
-		}}})
-	}
+	// An award declined names this provider in a hold only it can close
+	// before the hold expires: it gives the hold back (a waive) with the
+	// decline, so the requester's credits return at once.
+	decline := func(reason string) { e.waiveAward(m, a, reason) }
 	if l, ok := e.leases[m.Job]; ok && l.Requester == m.Signer && l.Attempt == a.Attempt {
 		return // the award it took, sent again (a stream retry): not a new one to decline
 	}
@@ -162,16 +162,22 @@ func (e *Engine) onAward(now time.Time, m *protocol.Signed, a *pb.Award) {
 		e.preempt(e.preemptible())
 	}
 	e.offers.forget(o)
+	run := time.Duration(spec.MaxDurationMs) * time.Millisecond
 	l := &Lease{Job: m.Job, Requester: m.Signer, Spec: spec, Attempt: a.Attempt, Price: a.Price, Hold: a.Hold,
-		Chain: a.Chain, Grant: a.Grant, Deadline: o.deadline, started: now, nextBeat: now.Add(e.cfg.HeartbeatInterval)}
+		Chain: a.Chain, Grant: a.Grant, Deadline: o.deadline, MinHoldExpiry: now.Add(run + e.claimWindow()/2),
+		started: now, nextBeat: now.Add(e.cfg.HeartbeatInterval)}
 	e.leases[m.Job] = l
 	e.send(m.Signer, &pb.MarketMessage{Body: &pb.MarketMessage_Accept{Accept: &pb.Accept{JobId: m.Job[:], Attempt: a.Attempt}}})
 	e.ready.Run = append(e.ready.Run, l)
 }
 
+// onCancel stops a lease its requester cancelled; the time it ran is
+// billed when the run has stopped (Finished), as the requester chose to
+// end it.
 func (e *Engine) onCancel(m *protocol.Signed) {
 	if l, ok := e.leases[m.Job]; ok && l.Requester == m.Signer {
 		delete(e.leases, m.Job)
+		e.stopping[m.Job] = l
 		e.ready.Stop = append(e.ready.Stop, m.Job)
 	}
 	if o := e.offers.get(m.Job); o != nil && o.requester == m.Signer {
@@ -199,16 +205,30 @@ type Outcome struct {
 	// Log is the run's whole log when it was never streamed (at most
 	// protocol.MaxResultLog bytes): it travels in the result instead.
 	Log []byte
+	// HoldSeq and HoldExpiry are the hold naming this provider that the
+	// escrow check found backing the lease: the bill draws on it, until
+	// its expiry.
+	HoldSeq    uint64
+	HoldExpiry time.Time
+	// Declined is why the lease was given back before it ran (the escrow
+	// check refused its hold), and Waive the waive entry the caller wrote
+	// of the hold, if any: the requester is sent a decline, not a bill.
+	Declined string
+	Waive    []byte
 }
 
-// Finished reports that a provider's run of a lease ended; the engine sends
-// the outcome to the requester as the signed result.
+// Finished reports that a provider's run of a lease ended (or was
+// cancelled by its requester and stopped); the engine bills the outcome
+// (see bill), and sends the result once the bill is accepted and claimed.
 func (e *Engine) Finished(now time.Time, id protocol.JobID, o Outcome) {
 	l, ok := e.leases[id]
-	if !ok || l.Attempt != o.Attempt {
-		return // cancelled meanwhile, or re-awarded since
+	if ok && l.Attempt == o.Attempt {
+		delete(e.leases, id)
+	} else if l, ok = e.stopping[id]; ok && l.Attempt == o.Attempt {
+		delete(e.stopping, id)
+	} else {
+		return // preempted meanwhile, or re-awarded since
 	}
-	delete(e.leases, id)
 	if len(o.Output) > protocol.MaxResultOutput {
 		o.Output = nil // too big to inline: the requester fetches the blob
 	}
@@ -221,9 +241,9 @@ func (e *Engine) Finished(now time.Time, id protocol.JobID, o Outcome) {
 	// A protobuf string must be UTF-8, or the result cannot be signed; a
 	// job's own bytes (a file name, cut above mid-rune) may not be.
 	o.Error = strings.ToValidUTF8(o.Error, "?")
-	e.send(l.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Result{Result: &pb.Result{
+	e.bill(now, l, o, &pb.Result{
 		JobId: id[:], Attempt: l.Attempt, ExitCode: o.ExitCode, Output: o.Output, Error: o.Error,
 		ResultId: o.ResultID, ResultSize: o.ResultSize, Usage: o.Usage, Log: o.Log,
 		OutputsId: o.OutputsID, OutputsSize: o.OutputsSize,
-	}}})
+	})
 }

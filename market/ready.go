@@ -4,6 +4,7 @@ import (
 	"slices"
 
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
 )
 
 // Ready is the work the engine asks of its caller after inputs. The caller
@@ -34,11 +35,28 @@ type Ready struct {
 	// NeedHolds are awards waiting for the escrow holds that back them:
 	// the award goes into Send once HoldWritten brings its hold.
 	NeedHolds []HoldRequest
+	// NeedAcceptances are bills this requester accepts, waiting for its
+	// signature: the caller answers each with AcceptanceSigned, and the
+	// Accepted leaves then.
+	NeedAcceptances []AcceptanceRequest
+	// Receipts are bills this provider sent for the first time: the
+	// caller records each as a receipt entry in its ledger chain, before
+	// the claim that follows it.
+	Receipts []*pb.Bill
+	// Claims are accepted bills this provider claims: the caller writes
+	// each as a claim entry and answers with ClaimWritten; the result
+	// leaves then.
+	Claims []ClaimRequest
+	// Waives are awards this provider gives back: the caller writes a
+	// waive of each one's hold and answers with Waived, which sends the
+	// decline.
+	Waives []WaiveRequest
 }
 
 // Empty reports whether there is nothing to do.
 func (r Ready) Empty() bool {
-	return len(r.Save)+len(r.Changed)+len(r.Send)+len(r.Publish)+len(r.Run)+len(r.Stop)+len(r.NeedHolds) == 0
+	return len(r.Save)+len(r.Changed)+len(r.Send)+len(r.Publish)+len(r.Run)+len(r.Stop)+len(r.NeedHolds)+
+		len(r.NeedAcceptances)+len(r.Receipts)+len(r.Claims)+len(r.Waives) == 0
 }
 
 // Ready returns the work pending since the last Advance: what the engine
@@ -87,6 +105,13 @@ func (r Ready) merge(next Ready) Ready {
 		Run:       slices.Concat(r.Run, next.Run),
 		Stop:      slices.Concat(r.Stop, next.Stop),
 		NeedHolds: slices.Concat(r.NeedHolds, next.NeedHolds),
+		// Signing, recording, claiming and waiving twice is harmless: an
+		// acceptance signs the same bytes, and the ledger takes one
+		// receipt per lease and one claim of an amount.
+		NeedAcceptances: slices.Concat(r.NeedAcceptances, next.NeedAcceptances),
+		Receipts:        slices.Concat(r.Receipts, next.Receipts),
+		Claims:          slices.Concat(r.Claims, next.Claims),
+		Waives:          slices.Concat(r.Waives, next.Waives),
 	}
 	for _, j := range slices.Concat(r.Save, next.Save) {
 		if !saved[j] {

@@ -49,14 +49,31 @@ func (e *Engine) Submit(now time.Time, offer *protocol.Signed, providers []*prot
 	return j
 }
 
-// Restore puts a persisted job back after a restart; its timers run on.
-// offer is the job's verified first offer.
-func (e *Engine) Restore(j *Job, offer *protocol.Signed) {
+// Restore puts a persisted job back after a restart; its timers run on,
+// but a lease's timeout is at least a full one from now: its provider,
+// which went on running while this node was down, is heard again (its
+// heartbeats, or the bill it re-sends) before the job is given to
+// another. offer is the job's verified first offer.
+func (e *Engine) Restore(now time.Time, j *Job, offer *protocol.Signed) {
 	j.ID, j.offer = offer.Job, offer.Msg.GetOffer()
 	e.jobs[j.ID] = j
-	if !j.State.Terminal() {
-		e.active[j.ID] = j
+	if j.State.Terminal() {
+		return
 	}
+	e.active[j.ID] = j
+	switch j.State {
+	case Running:
+		j.HeartbeatBy = later(j.HeartbeatBy, now.Add(e.cfg.HeartbeatTimeout))
+	case Assigned:
+		j.AcceptBy = later(j.AcceptBy, now.Add(e.cfg.AcceptTimeout))
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // offer (re)opens bidding: direct to candidates for interactive jobs,
@@ -310,6 +327,9 @@ func (e *Engine) markRunning(j *Job, now time.Time) {
 		j.Leases++
 		j.Leased = now
 		j.AcceptBy = time.Time{}
+		if a := j.award(j.Attempt, j.Provider); a != nil && a.Leased.IsZero() {
+			a.Leased = now // the observation of the run starts here
+		}
 		if j.gossipLater != nil {
 			e.publish(j, j.gossipLater)
 			j.gossipLater = nil
@@ -322,11 +342,23 @@ func (e *Engine) markRunning(j *Job, now time.Time) {
 	e.save(j, now)
 }
 
+// onResult takes a provider's result, which comes only after the
+// requester accepted its final bill and the provider claimed it: a result
+// is taken from the provider of one of the job's awards whose bill this
+// node accepted, and only the result that bill named. It is acknowledged
+// (the provider re-sends it until then). The current lease's result ends
+// the job, succeeded or failed with the job's own exit code; so does a
+// result of an earlier lease (one revoked, whose provider ran on) while
+// the job has not ended: the current lease is cancelled then.
 func (e *Engine) onResult(now time.Time, m *protocol.Signed, r *pb.Result) {
-	j := e.leaseHolderJob(m, r.Attempt)
-	if j == nil {
-		if j, ok := e.jobs[m.Job]; ok && (j.Provider == m.Signer || slices.Contains(j.Excluded, m.Signer)) {
-			// A late result from a lease that ended: counted for watchers,
+	j, ok := e.jobs[m.Job]
+	if !ok {
+		return
+	}
+	a := deliveredAward(j, m.Signer, r)
+	if a == nil {
+		if j.Provider == m.Signer || slices.Contains(j.Excluded, m.Signer) {
+			// A result without an accepted bill: counted for watchers,
 			// written with the job's next change, so that a provider
 			// cannot make the requester write the job again and again.
 			j.RefusedResults++
@@ -334,7 +366,22 @@ func (e *Engine) onResult(now time.Time, m *protocol.Signed, r *pb.Result) {
 		}
 		return
 	}
-	if j.State == Assigned { // the result overtook the acceptance
+	e.send(m.Signer, &pb.MarketMessage{Body: &pb.MarketMessage_ResultAck{ResultAck: &pb.ResultAck{JobId: j.ID[:], Attempt: r.Attempt}}})
+	if a.Delivered {
+		return
+	}
+	a.Delivered = true
+	if j.State.Terminal() {
+		e.save(j, now)
+		return
+	}
+	current := j.Provider == m.Signer && j.Attempt == r.Attempt && (j.State == Assigned || j.State == Running)
+	if !current {
+		if providerHolds(j) {
+			e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Cancel{Cancel: &pb.Cancel{JobId: j.ID[:], Reason: "result delivered by an earlier lease"}}})
+		}
+		j.Provider, j.Price = a.Provider, a.Price
+	} else if j.State == Assigned { // the result overtook the acceptance
 		e.markRunning(j, now)
 	}
 	j.ExitCode, j.Output, j.Error = r.ExitCode, r.Output, r.Error

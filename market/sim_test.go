@@ -40,13 +40,39 @@ type sim struct {
 	// when the test answers them (writeHolds).
 	holds    map[peer.ID][]HoldRequest
 	heldBack bool
+	// claims are the claims each provider wrote; claimErr, when set,
+	// refuses them. waives are the waives each provider wrote.
+	claims   map[peer.ID][]ClaimRequest
+	claimErr error
+	waives   map[peer.ID][]WaiveRequest
+}
+
+// settleBills answers a Ready's settlement requests as the node's caller
+// does: acceptances signed (any 64 bytes: no ledger here), claims and
+// waives written.
+func (s *sim) settleBills(from peer.ID, r Ready) {
+	e := s.engines[from]
+	for _, a := range r.NeedAcceptances {
+		e.AcceptanceSigned(s.now, a, make([]byte, protocol.AcceptanceSize), nil)
+	}
+	for _, c := range r.Claims {
+		if s.claimErr == nil {
+			s.claims[from] = append(s.claims[from], c)
+		}
+		e.ClaimWritten(s.now, c, s.claimErr)
+	}
+	for _, w := range r.Waives {
+		s.waives[from] = append(s.waives[from], w)
+		e.Waived(w, []byte("waive"))
+	}
 }
 
 func newSim(t *testing.T) *sim {
 	return &sim{t: t, now: t0, keys: map[peer.ID]crypto.PrivKey{}, engines: map[peer.ID]*Engine{},
 		cut: map[peer.ID]bool{}, runs: map[peer.ID][]protocol.JobID{}, stops: map[peer.ID][]protocol.JobID{},
 		log: map[peer.ID][]string{}, writes: map[peer.ID][]string{}, changes: map[peer.ID][]string{},
-		scripts: map[peer.ID]func(*pb.MarketMessage) []*pb.MarketMessage{}, holds: map[peer.ID][]HoldRequest{}}
+		scripts: map[peer.ID]func(*pb.MarketMessage) []*pb.MarketMessage{}, holds: map[peer.ID][]HoldRequest{},
+		claims: map[peer.ID][]ClaimRequest{}, waives: map[peer.ID][]WaiveRequest{}}
 }
 
 // take returns an engine's Ready, carried out.
@@ -63,7 +89,7 @@ func (s *sim) writeHolds(requester peer.ID, err error) {
 	for _, h := range s.holds[requester] {
 		res := HoldResult{Err: err}
 		if err == nil {
-			res = HoldResult{Hold: []byte("hold"), Grant: make([]byte, protocol.AwardGrantSize)}
+			res = HoldResult{Hold: []byte("hold"), Seq: 1, Grant: make([]byte, protocol.AwardGrantSize)}
 		}
 		s.engines[requester].HoldWritten(s.now, h.Job, h.Attempt, res)
 	}
@@ -173,6 +199,7 @@ func (s *sim) settle(rounds int) bool {
 					}
 				}
 			}
+			s.settleBills(from, r)
 			// The holds are written after the Ready is carried out, as
 			// the node's ledger writer does.
 			s.holds[from] = append(s.holds[from], r.NeedHolds...)
@@ -241,7 +268,7 @@ func (s *sim) finish(p peer.ID, id protocol.JobID) {
 	if l, ok := s.engines[p].leases[id]; ok {
 		attempt = l.Attempt
 	}
-	s.engines[p].Finished(s.now, id, Outcome{Attempt: attempt, Output: []byte("ok"), ResultID: okID, ResultSize: 2, Log: []byte("ok")})
+	s.engines[p].Finished(s.now, id, Outcome{Attempt: attempt, Output: []byte("ok"), ResultID: okID, ResultSize: 2, Log: []byte("ok"), HoldSeq: 1})
 	s.flush()
 }
 

@@ -33,6 +33,7 @@ func (e *Engine) Tick(now time.Time) {
 		e.offers.expire(now)
 		e.swept = now
 	}
+	e.tickBills(now)
 	for _, l := range e.leases {
 		if !now.Before(l.nextBeat) {
 			l.nextBeat = now.Add(e.cfg.HeartbeatInterval)
@@ -126,6 +127,12 @@ func (e *Engine) NextDeadline() time.Time {
 	}
 	for _, l := range e.leases {
 		consider(l.nextBeat)
+	}
+	for _, b := range e.bills {
+		if b.phase != phaseClaiming {
+			consider(b.next)
+		}
+		consider(b.until.Add(time.Nanosecond))
 	}
 	if e.offers.len() > 0 {
 		consider(e.swept.Add(offerSweepInterval))

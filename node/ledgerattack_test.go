@@ -145,7 +145,7 @@ func TestReawardOnAUsedHoldDoesNotRun(t *testing.T) {
 
 	// award offers the job in round, takes the provider's bid, awards it
 	// with the hold, and returns the provider's result of that attempt.
-	award := func(round uint32, chain [][]byte) *pb.Result {
+	award := func(round uint32, chain [][]byte) *pb.MarketMessage {
 		t.Helper()
 		before := len(r.received(id))
 		m.Round = round
@@ -163,23 +163,29 @@ func TestReawardOnAUsedHoldDoesNotRun(t *testing.T) {
 			JobId: id[:], Provider: []byte(provider.ID()), Price: bid.Price, Attempt: round, Hold: hold, Chain: chain, Grant: leaseGrant,
 		}}})
 		r.stream(provider.ID(), 1, func(int) []byte { return a })
-		var res *pb.Result
+		// A run ends in a bill; a run the escrow check refused, in a
+		// decline with the reason.
+		var res *pb.MarketMessage
 		err = testnet.WaitFor(context.Background(), deadline, func() error {
 			for _, s := range r.received(id) {
-				if got := s.Msg.GetResult(); got != nil && got.Attempt == round {
-					res = got
+				if b := s.Msg.GetBill(); b != nil && b.Attempt == round {
+					res = s.Msg
+					return nil
+				}
+				if d := s.Msg.GetDecline(); d != nil && strings.HasPrefix(d.Reason, "escrow") && round > 1 {
+					res = s.Msg
 					return nil
 				}
 			}
-			return fmt.Errorf("no result of attempt %d", round)
+			return fmt.Errorf("no bill or decline of attempt %d", round)
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return res
 	}
-	if res := award(1, [][]byte{grant}); res.ExitCode != 0 || res.Error != "" {
-		t.Fatalf("the first award, which the hold backs: exit %d, %q", res.ExitCode, res.Error)
+	if res := award(1, [][]byte{grant}); res.GetBill() == nil || res.GetBill().ExitCode != 0 {
+		t.Fatalf("the first award, which the hold backs: %v, want a bill of a run that succeeded", res)
 	}
 	leases := func() uint64 {
 		n, _, err := provider.Ledger().Leases(provider.ID(), protoledger.Hash(id))
@@ -198,8 +204,8 @@ func TestReawardOnAUsedHoldDoesNotRun(t *testing.T) {
 	}
 
 	res := award(2, nil)
-	if res.ExitCode == 0 || !strings.Contains(res.Error, "escrow hold backs no further run") {
-		t.Fatalf("award 2 on the hold that backed award 1: exit %d, error %q; want the run refused", res.ExitCode, res.Error)
+	if d := res.GetDecline(); d == nil || !strings.Contains(d.Reason, "escrow hold backs no further run") {
+		t.Fatalf("award 2 on the hold that backed award 1: %v; want the run refused", res)
 	}
 	if n := leases(); n != 1 {
 		t.Fatalf("%d leases recorded after the refused award", n)

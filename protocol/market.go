@@ -44,6 +44,11 @@ const (
 	// AwardGrantSize is the size of an award's grant: the requester's
 	// Ed25519 signature of the award (storage.LeaseGrant).
 	AwardGrantSize = 64
+	// ReceiptSize is the size of a bill's receipt hash (ReceiptHash).
+	ReceiptSize = 32
+	// AcceptanceSize is the size of an Accepted's acceptance: the
+	// requester's Ed25519 signature of ledger.Acceptance.
+	AcceptanceSize = 64
 	// MaxJobDuration bounds a job's max_duration.
 	MaxJobDuration = 24 * time.Hour
 
@@ -227,6 +232,9 @@ func (s *Signed) check(network string, now time.Time) error {
 		if err == nil && len(b.Decline.Reason) > 256 {
 			err = bad("decline reason of %d bytes", len(b.Decline.Reason))
 		}
+		if err == nil && len(b.Decline.Waive) > MaxHoldEntry {
+			err = bad("decline waive of %d bytes, limit %d", len(b.Decline.Waive), MaxHoldEntry)
+		}
 	case *pb.MarketMessage_Award:
 		s.Job, err = jobIDFrom(b.Award.JobId)
 		if err == nil {
@@ -269,6 +277,18 @@ func (s *Signed) check(network string, now time.Time) error {
 		if err == nil {
 			err = checkResult(b.Result)
 		}
+	case *pb.MarketMessage_Bill:
+		s.Job, err = jobIDFrom(b.Bill.JobId)
+		if err == nil {
+			err = checkBill(b.Bill)
+		}
+	case *pb.MarketMessage_Accepted:
+		s.Job, err = jobIDFrom(b.Accepted.JobId)
+		if err == nil && len(b.Accepted.Acceptance) != AcceptanceSize {
+			err = bad("acceptance of %d bytes, want %d", len(b.Accepted.Acceptance), AcceptanceSize)
+		}
+	case *pb.MarketMessage_ResultAck:
+		s.Job, err = jobIDFrom(b.ResultAck.JobId)
 	default:
 		return bad("no body")
 	}
@@ -303,6 +323,43 @@ func checkResult(r *pb.Result) error {
 		return fmt.Errorf("%w: outputs_size without outputs_id", ErrBadMessage)
 	}
 	return nil
+}
+
+// checkBill checks a bill's shape: a receipt hash, usage that is not
+// negative, content IDs that parse. Whether its amount is fair is the
+// requester's check (market's bill cap).
+func checkBill(b *pb.Bill) error {
+	u := b.Usage
+	switch {
+	case len(b.Receipt) != ReceiptSize:
+		return fmt.Errorf("%w: bill receipt of %d bytes, want %d", ErrBadMessage, len(b.Receipt), ReceiptSize)
+	case b.HoldSeq == 0:
+		return fmt.Errorf("%w: bill names no hold", ErrBadMessage)
+	case u != nil && (u.WallMs < 0 || u.GpuMs < 0 || u.FirstOutputMs < 0):
+		return fmt.Errorf("%w: negative usage", ErrBadMessage)
+	}
+	for _, id := range []string{b.ResultId, b.OutputsId} {
+		if id == "" {
+			continue
+		}
+		if _, _, err := ParseBlobID(id); err != nil {
+			return fmt.Errorf("%w: bill content ID: %w", ErrBadMessage, err)
+		}
+	}
+	return nil
+}
+
+// ReceiptHash is what a provider's receipt names a result by: the SHA-256
+// of the result body's deterministic encoding. Unlike the signed message,
+// whose expiry changes with each send, it stays the same however often
+// the result is re-sent, so the bill, the receipt entry, the claim and
+// the result the requester finally gets all name one thing.
+func ReceiptHash(r *pb.Result) ([32]byte, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+	if err != nil {
+		return [32]byte{}, fmt.Errorf("%w: encode result: %v", ErrBadMessage, err)
+	}
+	return sha256.Sum256(b), nil
 }
 
 // isAuthor checks that the peer a message names as its author signed it.

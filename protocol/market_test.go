@@ -78,6 +78,20 @@ func TestOpenMarket(t *testing.T) {
 			JobId: make([]byte, 32), Attempt: 1, OutputsId: outputsID, OutputsSize: outputsSize,
 		}}}
 	}
+	bill := func(mod func(*pb.Bill)) *pb.MarketMessage {
+		b := &pb.Bill{JobId: make([]byte, 32), Attempt: 1, HoldSeq: 3, Receipt: make([]byte, ReceiptSize),
+			Usage: &pb.Usage{WallMs: 5}, ResultId: blob.String(), Amount: 7, Final: true}
+		mod(b)
+		return &pb.MarketMessage{Body: &pb.MarketMessage_Bill{Bill: b}}
+	}
+	accepted := func(sig []byte) *pb.MarketMessage {
+		return &pb.MarketMessage{Body: &pb.MarketMessage_Accepted{Accepted: &pb.Accepted{
+			JobId: make([]byte, 32), Attempt: 1, Amount: 7, Final: true, Acceptance: sig}}}
+	}
+	waived := func(waive []byte) *pb.MarketMessage {
+		return &pb.MarketMessage{Body: &pb.MarketMessage_Decline{Decline: &pb.Decline{
+			JobId: make([]byte, 32), Provider: []byte(id), Reason: "r", Waive: waive}}}
+	}
 
 	for _, tc := range []struct {
 		name string
@@ -85,6 +99,16 @@ func TestOpenMarket(t *testing.T) {
 		want error
 	}{
 		{"valid offer", offer, nil},
+		{"bill", seal(bill(func(*pb.Bill) {}), later), nil},
+		{"bill with a short receipt", seal(bill(func(b *pb.Bill) { b.Receipt = b.Receipt[1:] }), later), ErrBadMessage},
+		{"bill naming no hold", seal(bill(func(b *pb.Bill) { b.HoldSeq = 0 }), later), ErrBadMessage},
+		{"bill with negative usage", seal(bill(func(b *pb.Bill) { b.Usage.GpuMs = -1 }), later), ErrBadMessage},
+		{"bill with a bad content ID", seal(bill(func(b *pb.Bill) { b.OutputsId = "x" }), later), ErrBadMessage},
+		{"accepted", seal(accepted(make([]byte, AcceptanceSize)), later), nil},
+		{"accepted without an acceptance", seal(accepted(nil), later), ErrBadMessage},
+		{"result ack", seal(&pb.MarketMessage{Body: &pb.MarketMessage_ResultAck{ResultAck: &pb.ResultAck{JobId: make([]byte, 32)}}}, later), nil},
+		{"decline with a waive", seal(waived(make([]byte, MaxHoldEntry)), later), nil},
+		{"decline with a waive too large", seal(waived(make([]byte, MaxHoldEntry+1)), later), ErrBadMessage},
 		{"bad signature", flipped, ErrSignature},
 		{"expired", seal(sampleOffer(id), testNow.Add(-time.Millisecond)), ErrExpired},
 		{"expiry just past the limit", seal(sampleOffer(id), testNow.Add(MaxMessageTTL+time.Millisecond)), ErrTooFarAhead},

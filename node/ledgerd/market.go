@@ -26,17 +26,12 @@ func (s *Service) WriteHolds(reqs []market.HoldRequest, done func(holds [][]byte
 	s.enqueue(s.escrowWrite(reqs, done))
 }
 
-// Settle queues the settlement of the finished ones among jobs.
-func (s *Service) Settle(jobs []*market.Job) {
-	s.enqueue(s.settleWrite(jobs))
-}
-
 // RecordLease queues this provider's record of a lease it took (after
 // CheckHold).
 func (s *Service) RecordLease(l *market.Lease) { s.enqueue(s.leaseWrite(l)) }
 
-// RecordReceipt queues this provider's record of the result it signed.
-func (s *Service) RecordReceipt(r *pb.Result, signed []byte) { s.enqueue(s.receiptWrite(r, signed)) }
+// RecordReceipt queues this provider's receipt entry of a bill it sent.
+func (s *Service) RecordReceipt(b *pb.Bill) { s.enqueue(s.receiptWrite(b)) }
 
 // RequesterHead is the seq of the head of a requester's chain that this
 // node holds.

@@ -95,8 +95,9 @@ func (s *Service) SweepHolds(ctx context.Context, now time.Time) (SweepReport, e
 		return r, err
 	}
 	r.Ended, r.Released = len(ended), len(release)
-	if w := s.settleWrite(ended); w != nil {
-		s.log.Info("settling holds of ended jobs", "jobs", len(ended))
+	s.releaseExpired(now, holds)
+	if w := s.releaseEnded(ended); w != nil {
+		s.log.Info("releasing holds of ended jobs", "jobs", len(ended))
 		s.enqueue(w)
 	}
 	if len(release) > 0 {
@@ -112,22 +113,4 @@ func (s *Service) SweepHolds(ctx context.Context, now time.Time) (SweepReport, e
 // released.
 type SweepReport struct {
 	Ended, Orphans, Released int
-}
-
-// releaseWrite is the ledger write that releases the holds of jobs, those
-// still open when it is written.
-func (s *Service) releaseWrite(jobs []ledger.Hash) *ledgerWrite {
-	w := &ledgerWrite{bodies: func(*batch) []ledger.Body {
-		var bodies []ledger.Body
-		for _, job := range jobs {
-			if _, ok, err := s.ledger.HoldFor(s.self, job); err == nil && ok {
-				bodies = append(bodies, ledger.ReleaseBody{Job: job})
-			}
-		}
-		return bodies
-	}}
-	for _, job := range jobs {
-		w.jobs = append(w.jobs, protocol.JobID(job))
-	}
-	return w
 }

@@ -166,13 +166,14 @@ func (m *Driver) End(ctx context.Context, reasons map[protocol.JobID]string) (in
 
 // Pause stops the engine from taking new work, for reason (a low disk:
 // market.ReasonLowDisk), or with "" lets it take work again and queues
-// the settlement of every finished job whose hold is still open (one
-// whose settlement failed, say, for want of disk space).
+// the release of every ended job's posting hold still open (one whose
+// release failed, say, for want of disk space). A provider's claims that
+// failed are written again as their bills are accepted again.
 func (m *Driver) Pause(ctx context.Context, reason string) error {
 	return m.do(ctx, func() {
 		m.eng.Pause(reason)
 		if reason == "" {
-			m.ledger.Settle(m.eng.Jobs())
+			m.ledger.ReleaseUnawarded(m.eng.Jobs())
 		}
 	})
 }

@@ -3,6 +3,7 @@ package marketd
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -71,15 +72,36 @@ type Ledger interface {
 	ChainBefore(hold []byte, after uint64) [][]byte
 	// CheckGrant checks an award's grant to this provider.
 	CheckGrant(requester peer.ID, job protocol.JobID, a *pb.Award) error
-	// Settle queues the settlement of the finished ones among jobs.
-	Settle(jobs []*market.Job)
-	// CheckHold makes sure the requester escrowed a lease before it runs,
-	// and claims the lease.
-	CheckHold(ctx context.Context, l *market.Lease) error
+	// ReleaseUnawarded queues the release of the posting holds (naming
+	// no provider) of the ended ones among jobs: a job that ended without
+	// an award. Holds naming a provider are that provider's to claim or
+	// waive; the requester releases them only after they expire (the
+	// ledger's sweep).
+	ReleaseUnawarded(jobs []*market.Job)
+	// SignAcceptance signs the requester's acceptance of a bill
+	// (ledger.Acceptance), which the provider's claim quotes.
+	SignAcceptance(r market.AcceptanceRequest) ([]byte, error)
+	// CheckHold makes sure the requester escrowed a lease, in a hold
+	// naming this provider that lasts long enough (Lease.MinHoldExpiry),
+	// before it runs, and claims the lease; it returns the hold's seq and
+	// expiry, which the bill names.
+	CheckHold(ctx context.Context, l *market.Lease) (seq uint64, expiry time.Time, err error)
 	// RecordLease queues the provider's record of a lease it took.
 	RecordLease(l *market.Lease)
-	// RecordReceipt queues the provider's record of the result it signed.
-	RecordReceipt(r *pb.Result, signed []byte)
+	// RecordReceipt queues the provider's receipt entry of a bill it
+	// sent.
+	RecordReceipt(b *pb.Bill)
+	// WriteClaim queues the provider's claim entry of an accepted bill;
+	// done gets the refusal, if any, on the writer's goroutine.
+	WriteClaim(c market.ClaimRequest, done func(error))
+	// WriteWaive gives an award's hold back: it ingests the hold (and its
+	// chain) and writes a waive entry, and returns it once written (nil
+	// and the error if the hold is not one this provider can waive).
+	WriteWaive(ctx context.Context, w market.WaiveRequest) ([]byte, error)
+	// IngestWaive takes a provider's waive entry that came with its
+	// decline into this requester's ledger, so the hold it closes is
+	// free before the job's next award.
+	IngestWaive(raw []byte) error
 	// RequesterHead is the sequence number of the head of a requester's
 	// chain that this node holds.
 	RequesterHead(requester peer.ID) (uint64, error)

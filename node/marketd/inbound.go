@@ -220,6 +220,14 @@ func (m *Driver) step(s *protocol.Signed) {
 	m.stepped.WithLabelValues(kindOf(s.Msg)).Inc()
 	rtt := m.host.Peerstore().LatencyEWMA(s.Signer)
 	head, isOffer := m.knownHead(s)
+	if d := s.Msg.GetDecline(); d != nil && len(d.Waive) > 0 {
+		// The waive closes the declined award's hold: in this ledger
+		// before the job's next award is held, so the credits it frees
+		// can back it. Read here, off the loop.
+		if err := m.ledger.IngestWaive(d.Waive); err != nil {
+			m.log.Debug("decline's waive not taken", "from", s.Signer, "err", err)
+		}
+	}
 	// Block rather than drop (see the package doc on queues): a full
 	// queue pushes back on the stream or topic reader, and so on the
 	// sender, instead of losing a bid or an award that a timeout would

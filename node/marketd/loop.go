@@ -6,6 +6,7 @@ import (
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/protocol/pb"
 )
 
@@ -109,6 +110,7 @@ func (m *Driver) process() {
 			m.gossip[o.Tier].Add(m.ctx, raw)
 		}
 	}
+	m.settle(r)
 	for _, l := range r.Run {
 		m.run(l)
 	}
@@ -122,6 +124,53 @@ func (m *Driver) process() {
 		m.capacity.SetFreeSlots(m.slots - m.eng.ActiveLeases())
 	}
 	m.eng.Advance()
+	if len(r.NeedAcceptances) > 0 {
+		// Signed here, on the loop: the Accepted leaves at once, not at
+		// the next input.
+		now := m.clock.Now()
+		for _, a := range r.NeedAcceptances {
+			sig, err := m.ledger.SignAcceptance(a)
+			if err != nil {
+				m.log.Error("sign acceptance", "job", a.Job, "err", err)
+			}
+			m.eng.AcceptanceSigned(now, a, sig, err)
+		}
+		m.process()
+	}
+}
+
+// settle carries out a Ready's settlement work on the provider's side:
+// receipts recorded, claims written (the result leaves once each is,
+// ClaimWritten), awards given back (the decline leaves once the waive is
+// written, Waived).
+func (m *Driver) settle(r market.Ready) {
+	for _, b := range r.Receipts {
+		m.ledger.RecordReceipt(b)
+	}
+	for _, c := range r.Claims {
+		m.ledger.WriteClaim(c, func(err error) {
+			if err != nil {
+				m.log.Warn("claim refused; billing again", "job", c.Job, "requester", c.Requester, "err", err)
+			}
+			// Blocks (see the package doc on queues): this node's business.
+			select {
+			case m.in <- func() { m.eng.ClaimWritten(m.clock.Now(), c, err) }:
+			case <-m.ctx.Done():
+			}
+		})
+	}
+	for _, w := range r.Waives {
+		m.wg.Go(func() {
+			raw, err := m.ledger.WriteWaive(m.ctx, w)
+			if err != nil {
+				m.log.Debug("no waive for a declined award", "job", w.Job, "err", err)
+			}
+			select {
+			case m.in <- func() { m.eng.Waived(w, raw) }:
+			case <-m.ctx.Done():
+			}
+		})
+	}
 }
 
 // persist writes the records of jobs, in one write.
@@ -170,7 +219,7 @@ func (m *Driver) queueLedgerWrites(r market.Ready) {
 			m.ledger.HoldPosted(j.ID, spec)
 		}
 	}
-	m.ledger.Settle(r.Save)
+	m.ledger.ReleaseUnawarded(r.Save)
 	if len(r.NeedHolds) > 0 {
 		m.writeHolds(r.NeedHolds)
 	}
@@ -209,6 +258,12 @@ func (m *Driver) writeHolds(reqs []market.HoldRequest) {
 func (m *Driver) holdResult(r market.HoldRequest, hold []byte, err error) market.HoldResult {
 	res := market.HoldResult{Hold: hold, Err: err}
 	if res.Err == nil {
+		var e ledger.Entry
+		if e, res.Err = ledger.DecodeEntry(hold); res.Err == nil {
+			res.Seq = e.Seq
+		}
+	}
+	if res.Err == nil {
 		res.Grant, res.Err = m.ledger.SignGrant(r)
 	}
 	if res.Err == nil && r.WithChain {
@@ -232,16 +287,12 @@ func (m *Driver) signer() func(*pb.MarketMessage) []byte {
 	}
 }
 
-// send signs and sends a Ready's direct messages, in order; a result's
-// receipt is recorded in this provider's chain.
+// send signs and sends a Ready's direct messages, in order.
 func (m *Driver) send(sends []market.Outbound, sign func(*pb.MarketMessage) []byte) {
 	for _, o := range sends {
 		raw := sign(o.Msg)
 		if raw == nil {
 			continue // signing failed (logged)
-		}
-		if res := o.Msg.GetResult(); res != nil {
-			m.ledger.RecordReceipt(res, raw)
 		}
 		m.outbox.send(m.ctx, o.To, raw, isBusiness(o.Msg))
 	}

@@ -50,11 +50,17 @@ func (noLedger) WriteHolds([]market.HoldRequest, func([][]byte, []error)) {}
 func (noLedger) SignGrant(market.HoldRequest) ([]byte, error)             { return nil, nil }
 func (noLedger) ChainBefore([]byte, uint64) [][]byte                      { return nil }
 func (noLedger) CheckGrant(peer.ID, protocol.JobID, *pb.Award) error      { return nil }
-func (noLedger) Settle([]*market.Job)                                     {}
-func (noLedger) CheckHold(context.Context, *market.Lease) error           { return nil }
-func (noLedger) RecordLease(*market.Lease)                                {}
-func (noLedger) RecordReceipt(*pb.Result, []byte)                         {}
-func (noLedger) RequesterHead(peer.ID) (uint64, error)                    { return 0, nil }
+func (noLedger) ReleaseUnawarded([]*market.Job)                           {}
+func (noLedger) SignAcceptance(market.AcceptanceRequest) ([]byte, error)  { return nil, nil }
+func (noLedger) CheckHold(context.Context, *market.Lease) (uint64, time.Time, error) {
+	return 1, time.Time{}, nil
+}
+func (noLedger) RecordLease(*market.Lease)                                       {}
+func (noLedger) RecordReceipt(*pb.Bill)                                          {}
+func (noLedger) WriteClaim(_ market.ClaimRequest, done func(error))              { done(nil) }
+func (noLedger) WriteWaive(context.Context, market.WaiveRequest) ([]byte, error) { return nil, nil }
+func (noLedger) IngestWaive([]byte) error                                        { return nil }
+func (noLedger) RequesterHead(peer.ID) (uint64, error)                           { return 0, nil }
 
 // noResults collects nothing (the jobs here end without results).
 type noResults struct{}
@@ -95,7 +101,7 @@ func restoredJob(t *testing.T, d *Driver, key crypto.PrivKey) protocol.JobID {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.eng.Restore(&market.Job{Offer: raw, Round: 1, Tier: protocol.TierBatch, MaxPrice: 10, State: market.Bidding,
+	d.eng.Restore(time.Now(), &market.Job{Offer: raw, Round: 1, Tier: protocol.TierBatch, MaxPrice: 10, State: market.Bidding,
 		Deadline: now.Add(time.Minute), Created: now, WindowEnds: now.Add(time.Second)}, offer)
 	return offer.Job
 }

@@ -24,11 +24,16 @@ func (m *Driver) run(l *market.Lease) {
 		// outbox send the acceptance before the run takes the CPU.
 		runtime.Gosched()
 		var out market.Outcome
-		if err := m.ledger.CheckHold(rctx, l); err != nil {
-			out = market.Outcome{ExitCode: -1, Error: err.Error()}
+		if seq, expiry, err := m.ledger.CheckHold(rctx, l); err != nil {
+			// Not run: the award is given back, its hold waived if this
+			// provider can (a hold naming it that expires too soon).
+			out = market.Outcome{Declined: "escrow: " + err.Error()}
+			out.Waive, _ = m.ledger.WriteWaive(m.ctx, market.WaiveRequest{Job: l.Job, Requester: l.Requester,
+				Attempt: l.Attempt, Hold: l.Hold, Chain: l.Chain})
 		} else {
 			m.ledger.RecordLease(l)
 			out = m.runner.Run(rctx, l)
+			out.HoldSeq, out.HoldExpiry = seq, expiry
 		}
 		out.Attempt = l.Attempt
 		// Blocks (see the package doc on queues).
@@ -53,10 +58,10 @@ type runningLease struct {
 }
 
 // restore loads persisted jobs into the engine after a restart. A crash
-// between persisting a job's end and settling it left its hold open: it
-// is settled once the node has confirmed its head with its peers (an
-// earlier run may have settled it, in entries this data dir lacks), by
-// the ledger writer, which writes nothing before then. A job whose offer
+// between persisting a job's end and releasing its posting hold left that
+// hold open: it is released once the node has confirmed its head with its
+// peers (an earlier run may have released it, in entries this data dir
+// lacks), by the ledger writer, which writes nothing before then. A job whose offer
 // today's checks refuse (stored before a rule tightened, or signed by a
 // clock since set back) is ended with the reason, not offered again:
 // every peer would refuse it. The loop writes and settles it first thing.
@@ -69,7 +74,7 @@ func (m *Driver) restore() error {
 			m.log.Warn("stored job's offer is no longer valid; job ended", "job", id, "err", err)
 			m.eng.Fail(now, id, "offer no longer valid: "+err.Error())
 		}
-		m.ledger.Settle(ended)
+		m.ledger.ReleaseUnawarded(ended)
 	}()
 	return m.jobs.Jobs(func(id string, rec []byte) error {
 		var j market.Job
@@ -84,7 +89,7 @@ func (m *Driver) restore() error {
 			m.log.Warn("stored job has an invalid offer; skipped", "job", id, "err", err)
 			return nil
 		}
-		m.eng.Restore(&j, offer)
+		m.eng.Restore(m.clock.Now(), &j, offer)
 		if j.State.Terminal() {
 			ended = append(ended, &j)
 		} else if err := offer.Recheck(m.network, m.clock.Now()); err != nil && !errors.Is(err, protocol.ErrExpired) {

@@ -446,10 +446,14 @@ func (x *Bid) GetKnownSeq() uint64 {
 }
 
 type Decline struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         []byte                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Provider      []byte                 `protobuf:"bytes,2,opt,name=provider,proto3" json:"provider,omitempty"`
-	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	JobId    []byte                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Provider []byte                 `protobuf:"bytes,2,opt,name=provider,proto3" json:"provider,omitempty"`
+	Reason   string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// waive is the provider's signed ledger entry that gives back the hold
+	// of an award it declines (a waive), so the requester's funds return
+	// at once instead of at the hold's expiry; empty when it wrote none.
+	Waive         []byte `protobuf:"bytes,4,opt,name=waive,proto3" json:"waive,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -503,6 +507,13 @@ func (x *Decline) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *Decline) GetWaive() []byte {
+	if x != nil {
+		return x.Waive
+	}
+	return nil
 }
 
 type Award struct {
@@ -1018,6 +1029,277 @@ func (x *Result) GetOutputsSize() uint64 {
 	return 0
 }
 
+// Bill is a provider's claim on a lease's hold after a run (or at a
+// settlement interval), re-sent until the requester answers Accepted.
+// receipt is the hash of the result's deterministic encoding
+// (protocol.ReceiptHash), the same as the provider's receipt entry: the
+// Result delivered after the claim must hash to it. amount is cumulative
+// (micro-credits claimed from the hold after this bill); final closes it.
+type Bill struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         []byte                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	HoldSeq       uint64                 `protobuf:"varint,3,opt,name=hold_seq,json=holdSeq,proto3" json:"hold_seq,omitempty"`
+	Receipt       []byte                 `protobuf:"bytes,4,opt,name=receipt,proto3" json:"receipt,omitempty"`
+	Usage         *Usage                 `protobuf:"bytes,5,opt,name=usage,proto3" json:"usage,omitempty"`
+	ExitCode      int32                  `protobuf:"varint,6,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	ResultId      string                 `protobuf:"bytes,7,opt,name=result_id,json=resultId,proto3" json:"result_id,omitempty"`
+	OutputsId     string                 `protobuf:"bytes,8,opt,name=outputs_id,json=outputsId,proto3" json:"outputs_id,omitempty"`
+	ResultSize    uint64                 `protobuf:"varint,9,opt,name=result_size,json=resultSize,proto3" json:"result_size,omitempty"`
+	OutputsSize   uint64                 `protobuf:"varint,10,opt,name=outputs_size,json=outputsSize,proto3" json:"outputs_size,omitempty"`
+	Amount        uint64                 `protobuf:"varint,11,opt,name=amount,proto3" json:"amount,omitempty"`
+	Final         bool                   `protobuf:"varint,12,opt,name=final,proto3" json:"final,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Bill) Reset() {
+	*x = Bill{}
+	mi := &file_market_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Bill) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Bill) ProtoMessage() {}
+
+func (x *Bill) ProtoReflect() protoreflect.Message {
+	mi := &file_market_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Bill.ProtoReflect.Descriptor instead.
+func (*Bill) Descriptor() ([]byte, []int) {
+	return file_market_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Bill) GetJobId() []byte {
+	if x != nil {
+		return x.JobId
+	}
+	return nil
+}
+
+func (x *Bill) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *Bill) GetHoldSeq() uint64 {
+	if x != nil {
+		return x.HoldSeq
+	}
+	return 0
+}
+
+func (x *Bill) GetReceipt() []byte {
+	if x != nil {
+		return x.Receipt
+	}
+	return nil
+}
+
+func (x *Bill) GetUsage() *Usage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+func (x *Bill) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *Bill) GetResultId() string {
+	if x != nil {
+		return x.ResultId
+	}
+	return ""
+}
+
+func (x *Bill) GetOutputsId() string {
+	if x != nil {
+		return x.OutputsId
+	}
+	return ""
+}
+
+func (x *Bill) GetResultSize() uint64 {
+	if x != nil {
+		return x.ResultSize
+	}
+	return 0
+}
+
+func (x *Bill) GetOutputsSize() uint64 {
+	if x != nil {
+		return x.OutputsSize
+	}
+	return 0
+}
+
+func (x *Bill) GetAmount() uint64 {
+	if x != nil {
+		return x.Amount
+	}
+	return 0
+}
+
+func (x *Bill) GetFinal() bool {
+	if x != nil {
+		return x.Final
+	}
+	return false
+}
+
+// Accepted is the requester's answer to a bill: acceptance is its
+// signature (ledger.Acceptance) of amount, which is at most the bill's
+// and at most what the requester observed; the provider's claim entry
+// quotes it.
+type Accepted struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         []byte                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Amount        uint64                 `protobuf:"varint,3,opt,name=amount,proto3" json:"amount,omitempty"`
+	Final         bool                   `protobuf:"varint,4,opt,name=final,proto3" json:"final,omitempty"`
+	Acceptance    []byte                 `protobuf:"bytes,5,opt,name=acceptance,proto3" json:"acceptance,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Accepted) Reset() {
+	*x = Accepted{}
+	mi := &file_market_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Accepted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Accepted) ProtoMessage() {}
+
+func (x *Accepted) ProtoReflect() protoreflect.Message {
+	mi := &file_market_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Accepted.ProtoReflect.Descriptor instead.
+func (*Accepted) Descriptor() ([]byte, []int) {
+	return file_market_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Accepted) GetJobId() []byte {
+	if x != nil {
+		return x.JobId
+	}
+	return nil
+}
+
+func (x *Accepted) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *Accepted) GetAmount() uint64 {
+	if x != nil {
+		return x.Amount
+	}
+	return 0
+}
+
+func (x *Accepted) GetFinal() bool {
+	if x != nil {
+		return x.Final
+	}
+	return false
+}
+
+func (x *Accepted) GetAcceptance() []byte {
+	if x != nil {
+		return x.Acceptance
+	}
+	return nil
+}
+
+// ResultAck tells the provider its result arrived: it stops re-sending it.
+type ResultAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         []byte                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResultAck) Reset() {
+	*x = ResultAck{}
+	mi := &file_market_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResultAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResultAck) ProtoMessage() {}
+
+func (x *ResultAck) ProtoReflect() protoreflect.Message {
+	mi := &file_market_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResultAck.ProtoReflect.Descriptor instead.
+func (*ResultAck) Descriptor() ([]byte, []int) {
+	return file_market_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ResultAck) GetJobId() []byte {
+	if x != nil {
+		return x.JobId
+	}
+	return nil
+}
+
+func (x *ResultAck) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
 // MarketMessage is what travels, signed, on market streams and topics: the
 // signer is the message's author, and expires bounds its replay.
 type MarketMessage struct {
@@ -1039,6 +1321,9 @@ type MarketMessage struct {
 	//	*MarketMessage_Cancel
 	//	*MarketMessage_Heartbeat
 	//	*MarketMessage_Result
+	//	*MarketMessage_Bill
+	//	*MarketMessage_Accepted
+	//	*MarketMessage_ResultAck
 	Body          isMarketMessage_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1046,7 +1331,7 @@ type MarketMessage struct {
 
 func (x *MarketMessage) Reset() {
 	*x = MarketMessage{}
-	mi := &file_market_proto_msgTypes[13]
+	mi := &file_market_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1343,7 @@ func (x *MarketMessage) String() string {
 func (*MarketMessage) ProtoMessage() {}
 
 func (x *MarketMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[13]
+	mi := &file_market_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1356,7 @@ func (x *MarketMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarketMessage.ProtoReflect.Descriptor instead.
 func (*MarketMessage) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{13}
+	return file_market_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MarketMessage) GetVersion() uint32 {
@@ -1190,6 +1475,33 @@ func (x *MarketMessage) GetResult() *Result {
 	return nil
 }
 
+func (x *MarketMessage) GetBill() *Bill {
+	if x != nil {
+		if x, ok := x.Body.(*MarketMessage_Bill); ok {
+			return x.Bill
+		}
+	}
+	return nil
+}
+
+func (x *MarketMessage) GetAccepted() *Accepted {
+	if x != nil {
+		if x, ok := x.Body.(*MarketMessage_Accepted); ok {
+			return x.Accepted
+		}
+	}
+	return nil
+}
+
+func (x *MarketMessage) GetResultAck() *ResultAck {
+	if x != nil {
+		if x, ok := x.Body.(*MarketMessage_ResultAck); ok {
+			return x.ResultAck
+		}
+	}
+	return nil
+}
+
 type isMarketMessage_Body interface {
 	isMarketMessage_Body()
 }
@@ -1230,6 +1542,18 @@ type MarketMessage_Result struct {
 	Result *Result `protobuf:"bytes,18,opt,name=result,proto3,oneof"`
 }
 
+type MarketMessage_Bill struct {
+	Bill *Bill `protobuf:"bytes,19,opt,name=bill,proto3,oneof"`
+}
+
+type MarketMessage_Accepted struct {
+	Accepted *Accepted `protobuf:"bytes,20,opt,name=accepted,proto3,oneof"`
+}
+
+type MarketMessage_ResultAck struct {
+	ResultAck *ResultAck `protobuf:"bytes,21,opt,name=result_ack,json=resultAck,proto3,oneof"`
+}
+
 func (*MarketMessage_Offer) isMarketMessage_Body() {}
 
 func (*MarketMessage_Bid) isMarketMessage_Body() {}
@@ -1247,6 +1571,12 @@ func (*MarketMessage_Cancel) isMarketMessage_Body() {}
 func (*MarketMessage_Heartbeat) isMarketMessage_Body() {}
 
 func (*MarketMessage_Result) isMarketMessage_Body() {}
+
+func (*MarketMessage_Bill) isMarketMessage_Body() {}
+
+func (*MarketMessage_Accepted) isMarketMessage_Body() {}
+
+func (*MarketMessage_ResultAck) isMarketMessage_Body() {}
 
 var File_market_proto protoreflect.FileDescriptor
 
@@ -1290,11 +1620,12 @@ const file_market_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\fR\bprovider\x12\x14\n" +
 	"\x05price\x18\x03 \x01(\x04R\x05price\x12\x1b\n" +
-	"\tknown_seq\x18\x04 \x01(\x04R\bknownSeq\"T\n" +
+	"\tknown_seq\x18\x04 \x01(\x04R\bknownSeq\"j\n" +
 	"\aDecline\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\fR\bprovider\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xaa\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05waive\x18\x04 \x01(\fR\x05waive\"\xaa\x01\n" +
 	"\x05Award\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\fR\bprovider\x12\x14\n" +
@@ -1334,7 +1665,34 @@ const file_market_proto_rawDesc = "" +
 	"\n" +
 	"outputs_id\x18\n" +
 	" \x01(\tR\toutputsId\x12!\n" +
-	"\foutputs_size\x18\v \x01(\x04R\voutputsSize\"\xeb\x03\n" +
+	"\foutputs_size\x18\v \x01(\x04R\voutputsSize\"\xda\x02\n" +
+	"\x04Bill\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x19\n" +
+	"\bhold_seq\x18\x03 \x01(\x04R\aholdSeq\x12\x18\n" +
+	"\areceipt\x18\x04 \x01(\fR\areceipt\x12!\n" +
+	"\x05usage\x18\x05 \x01(\v2\v.mira.UsageR\x05usage\x12\x1b\n" +
+	"\texit_code\x18\x06 \x01(\x05R\bexitCode\x12\x1b\n" +
+	"\tresult_id\x18\a \x01(\tR\bresultId\x12\x1d\n" +
+	"\n" +
+	"outputs_id\x18\b \x01(\tR\toutputsId\x12\x1f\n" +
+	"\vresult_size\x18\t \x01(\x04R\n" +
+	"resultSize\x12!\n" +
+	"\foutputs_size\x18\n" +
+	" \x01(\x04R\voutputsSize\x12\x16\n" +
+	"\x06amount\x18\v \x01(\x04R\x06amount\x12\x14\n" +
+	"\x05final\x18\f \x01(\bR\x05final\"\x89\x01\n" +
+	"\bAccepted\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x16\n" +
+	"\x06amount\x18\x03 \x01(\x04R\x06amount\x12\x14\n" +
+	"\x05final\x18\x04 \x01(\bR\x05final\x12\x1e\n" +
+	"\n" +
+	"acceptance\x18\x05 \x01(\fR\n" +
+	"acceptance\"<\n" +
+	"\tResultAck\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\fR\x05jobId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\"\xed\x04\n" +
 	"\rMarketMessage\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12&\n" +
@@ -1349,7 +1707,12 @@ const file_market_proto_rawDesc = "" +
 	"\x05taken\x18\x0f \x01(\v2\v.mira.TakenH\x00R\x05taken\x12&\n" +
 	"\x06cancel\x18\x10 \x01(\v2\f.mira.CancelH\x00R\x06cancel\x12/\n" +
 	"\theartbeat\x18\x11 \x01(\v2\x0f.mira.HeartbeatH\x00R\theartbeat\x12&\n" +
-	"\x06result\x18\x12 \x01(\v2\f.mira.ResultH\x00R\x06resultB\x06\n" +
+	"\x06result\x18\x12 \x01(\v2\f.mira.ResultH\x00R\x06result\x12 \n" +
+	"\x04bill\x18\x13 \x01(\v2\n" +
+	".mira.BillH\x00R\x04bill\x12,\n" +
+	"\baccepted\x18\x14 \x01(\v2\x0e.mira.AcceptedH\x00R\baccepted\x120\n" +
+	"\n" +
+	"result_ack\x18\x15 \x01(\v2\x0f.mira.ResultAckH\x00R\tresultAckB\x06\n" +
 	"\x04bodyB)Z'github.com/mira-market/mira/protocol/pbb\x06proto3"
 
 var (
@@ -1364,7 +1727,7 @@ func file_market_proto_rawDescGZIP() []byte {
 	return file_market_proto_rawDescData
 }
 
-var file_market_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_market_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_market_proto_goTypes = []any{
 	(*Resources)(nil),     // 0: mira.Resources
 	(*EnvVar)(nil),        // 1: mira.EnvVar
@@ -1379,27 +1742,34 @@ var file_market_proto_goTypes = []any{
 	(*Heartbeat)(nil),     // 10: mira.Heartbeat
 	(*Usage)(nil),         // 11: mira.Usage
 	(*Result)(nil),        // 12: mira.Result
-	(*MarketMessage)(nil), // 13: mira.MarketMessage
+	(*Bill)(nil),          // 13: mira.Bill
+	(*Accepted)(nil),      // 14: mira.Accepted
+	(*ResultAck)(nil),     // 15: mira.ResultAck
+	(*MarketMessage)(nil), // 16: mira.MarketMessage
 }
 var file_market_proto_depIdxs = []int32{
 	1,  // 0: mira.JobSpec.env:type_name -> mira.EnvVar
 	0,  // 1: mira.JobSpec.resources:type_name -> mira.Resources
 	2,  // 2: mira.Offer.spec:type_name -> mira.JobSpec
 	11, // 3: mira.Result.usage:type_name -> mira.Usage
-	3,  // 4: mira.MarketMessage.offer:type_name -> mira.Offer
-	4,  // 5: mira.MarketMessage.bid:type_name -> mira.Bid
-	5,  // 6: mira.MarketMessage.decline:type_name -> mira.Decline
-	6,  // 7: mira.MarketMessage.award:type_name -> mira.Award
-	7,  // 8: mira.MarketMessage.accept:type_name -> mira.Accept
-	8,  // 9: mira.MarketMessage.taken:type_name -> mira.Taken
-	9,  // 10: mira.MarketMessage.cancel:type_name -> mira.Cancel
-	10, // 11: mira.MarketMessage.heartbeat:type_name -> mira.Heartbeat
-	12, // 12: mira.MarketMessage.result:type_name -> mira.Result
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	11, // 4: mira.Bill.usage:type_name -> mira.Usage
+	3,  // 5: mira.MarketMessage.offer:type_name -> mira.Offer
+	4,  // 6: mira.MarketMessage.bid:type_name -> mira.Bid
+	5,  // 7: mira.MarketMessage.decline:type_name -> mira.Decline
+	6,  // 8: mira.MarketMessage.award:type_name -> mira.Award
+	7,  // 9: mira.MarketMessage.accept:type_name -> mira.Accept
+	8,  // 10: mira.MarketMessage.taken:type_name -> mira.Taken
+	9,  // 11: mira.MarketMessage.cancel:type_name -> mira.Cancel
+	10, // 12: mira.MarketMessage.heartbeat:type_name -> mira.Heartbeat
+	12, // 13: mira.MarketMessage.result:type_name -> mira.Result
+	13, // 14: mira.MarketMessage.bill:type_name -> mira.Bill
+	14, // 15: mira.MarketMessage.accepted:type_name -> mira.Accepted
+	15, // 16: mira.MarketMessage.result_ack:type_name -> mira.ResultAck
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_market_proto_init() }
@@ -1407,7 +1777,7 @@ func file_market_proto_init() {
 	if File_market_proto != nil {
 		return
 	}
-	file_market_proto_msgTypes[13].OneofWrappers = []any{
+	file_market_proto_msgTypes[16].OneofWrappers = []any{
 		(*MarketMessage_Offer)(nil),
 		(*MarketMessage_Bid)(nil),
 		(*MarketMessage_Decline)(nil),
@@ -1417,6 +1787,9 @@ func file_market_proto_init() {
 		(*MarketMessage_Cancel)(nil),
 		(*MarketMessage_Heartbeat)(nil),
 		(*MarketMessage_Result)(nil),
+		(*MarketMessage_Bill)(nil),
+		(*MarketMessage_Accepted)(nil),
+		(*MarketMessage_ResultAck)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1424,7 +1797,7 @@ func file_market_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_market_proto_rawDesc), len(file_market_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
