@@ -1,19 +1,10 @@
-//go:build ledgerv3
-
 package ledgerd
 
-// The settlement on ledger entries of version 3 (TRUST-SPEC.md): awards
+// The settlement on ledger entries of version 3 (docs/TRUST.md): awards
 // hold credits in holds naming their providers, with an expiry; the
 // requester signs acceptances of bills, the provider claims them (and
 // waives awards it gives back); the requester releases a named hold only
-// after its expiry, when the ledger lets it. Built with the tag ledgerv3
-// until branch "ledger" is merged; then trust_v2.go goes and the tag with
-// it.
-//
-// What this assumes of storage.Ledger (branch "ledger"): HoldRecord(account,
-// job, provider) (ledger.HoldRecord, bool, error), where provider "" is the
-// unnamed hold; Claimed(requester, job, provider) (bool, error); and
-// OpenHolds' OpenHold naming its Provider.
+// after its expiry, when the ledger lets it.
 
 import (
 	"context"
@@ -88,9 +79,9 @@ func (s *Service) escrowWrite(awards []market.HoldRequest, done func(holds [][]b
 // namedHold is what this node's ledger shows of requester's hold of job
 // naming provider.
 func (s *Service) namedHold(requester peer.ID, job ledger.Hash, provider peer.ID) (market.LedgerHold, error) {
-	r, ok, err := s.ledger.HoldRecord(requester, job, provider)
+	h, ok, err := s.ledger.HoldOf(requester, job, provider)
 	if err != nil || ok {
-		return market.LedgerHold{Open: ok, Seq: r.Seq, Amount: r.Rest(), Expiry: time.Unix(0, r.Expiry)}, err
+		return market.LedgerHold{Open: ok, Seq: h.Seq, Amount: h.Amount - h.Claimed, Expiry: h.Expiry}, err
 	}
 	paid, err := s.ledger.Claimed(requester, job, provider)
 	return market.LedgerHold{Paid: paid}, err
@@ -136,7 +127,7 @@ func (s *Service) releaseWrite(jobs []ledger.Hash) *ledgerWrite {
 	w := &ledgerWrite{bodies: func(*batch) []ledger.Body {
 		var bodies []ledger.Body
 		for _, job := range jobs {
-			if r, ok, err := s.ledger.HoldRecord(s.self, job, ""); err == nil && ok && r.Provider == "" {
+			if h, ok, err := s.ledger.HoldOf(s.self, job, ""); err == nil && ok && h.Provider == "" {
 				bodies = append(bodies, ledger.ReleaseBody{Job: job})
 			}
 		}
@@ -163,8 +154,7 @@ func (s *Service) releaseExpired(now time.Time, holds []storage.OpenHold) {
 		if h.Provider == "" {
 			continue
 		}
-		r, ok, err := s.ledger.HoldRecord(s.self, h.Job, h.Provider)
-		if err == nil && ok && r.Expiry != 0 && now.UnixNano() > r.Expiry {
+		if h.Named && !h.Expiry.IsZero() && now.After(h.Expiry) {
 			due = append(due, key{h.Job, h.Provider})
 		}
 	}
