@@ -43,6 +43,10 @@ type Config struct {
 	// refuses is declined (ReasonGrant), as no ledger would take its
 	// lease. nil checks nothing (tests of other things).
 	CheckGrant func(requester peer.ID, job protocol.JobID, a *pb.Award) error
+	// Reputation weighs the providers' records in the choice of bid (a
+	// batch window's winner, an interactive job's candidates); the zero
+	// policy weighs nothing: the cheapest bid wins.
+	Reputation ReputationPolicy
 }
 
 // ProviderPolicy is a provider's bid strategy.
