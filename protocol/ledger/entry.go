@@ -13,7 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-// The wire form of a ledger entry, version 2. Integers are big-endian;
+// The wire form of a ledger entry, version 3. Integers are big-endian;
 // variable-size fields carry a 2-byte length prefix, which makes the encoding
 // canonical: one entry has exactly one encoding, so its hash is well defined.
 //
@@ -30,14 +30,18 @@ import (
 // and every byte of the encoding before the signature field, so an entry is
 // bound to one network.
 //
-// Version 2 added a lease's attempt and grant (LeaseBody). Entries of
-// version 1 still decode, and encode back to the same bytes, so a ledger
-// stored before keeps its history; but a lease of version 1 has no grant,
-// so no node admits one any more.
+// Version 2 added a lease's attempt and grant (LeaseBody). Version 3 added
+// a hold's expiry and replicas, a release's provider, and the claim and
+// waive kinds (settlement by the provider, TRUST-SPEC). Entries of older
+// versions still decode, and encode back to the same bytes, so a ledger
+// stored before keeps its history, and keep their version's rules; but a
+// lease of version 1 has no grant, so no node admits one any more.
 const (
-	entryVersion = 2
+	entryVersion = 3
 	// entryVersion1 is the version before leases carried grants.
 	entryVersion1 = 1
+	// entryVersion2 is the version before claims.
+	entryVersion2 = 2
 	// MaxEntrySize is the largest encoded entry accepted.
 	MaxEntrySize = 4096
 	// maxResultLen bounds a receipt's result content ID.
@@ -101,6 +105,12 @@ const (
 	KindLease Kind = 5
 	// KindReceipt records, in the provider's chain, a job's result and usage.
 	KindReceipt Kind = 6
+	// KindClaim pays, in the provider's chain, what the requester accepted
+	// out of the requester's hold naming the provider (version 3).
+	KindClaim Kind = 7
+	// KindWaive gives back, in the provider's chain, an award: it closes
+	// the requester's hold naming the provider (version 3).
+	KindWaive Kind = 8
 )
 
 // String names the kind.
@@ -118,6 +128,10 @@ func (k Kind) String() string {
 		return "lease"
 	case KindReceipt:
 		return "receipt"
+	case KindClaim:
+		return "claim"
+	case KindWaive:
+		return "waive"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -137,10 +151,20 @@ type Entry struct {
 	// Signature is the account's Ed25519 signature (see SigningBytes).
 	Signature []byte
 
-	// v1 marks an entry decoded from the encoding of version 1, which it
-	// encodes back to (its hash and signature are of those bytes). Only
-	// history stored before version 2 has it: nothing writes version 1.
-	v1 bool
+	// version is the encoding an entry decoded from an older version
+	// encodes back to (its hash and signature are of those bytes); 0 is
+	// the current one. Only history stored before version 3 has another:
+	// nothing writes an older version.
+	version uint8
+}
+
+// Version returns the entry's encoding version (and so which rules
+// apply to it).
+func (e Entry) Version() uint8 {
+	if e.version == 0 {
+		return entryVersion
+	}
+	return e.version
 }
 
 // Kind returns the kind of the entry's body (0 without a body).
@@ -156,17 +180,23 @@ func (e Entry) Kind() Kind {
 // version 1 any more: it is for building the history of a store older
 // than version 2, in tests of what reads one.
 func (e Entry) AsVersion1() Entry {
-	e.v1 = true
+	e.version = entryVersion1
+	return e
+}
+
+// AsVersion2 returns e to be encoded as version 2 encoded it (a hold
+// without expiry and replicas, a release without provider), to be signed
+// again, and to be judged by version 2's rules: for building the history
+// of a ledger older than version 3, in tests.
+func (e Entry) AsVersion2() Entry {
+	e.version = entryVersion2
 	return e
 }
 
 // appendUnsigned appends the encoding of everything but the signature.
 func (e Entry) appendUnsigned(out []byte) []byte {
-	if e.v1 {
-		out = append(out, entryVersion1)
-	} else {
-		out = append(out, entryVersion)
-	}
+	v := e.Version()
+	out = append(out, v)
 	out = appendField(out, []byte(e.Account))
 	out = binary.BigEndian.AppendUint64(out, e.Seq)
 	out = append(out, e.Prev[:]...)
@@ -178,11 +208,7 @@ func (e Entry) appendUnsigned(out []byte) []byte {
 	// The body's length prefix is filled in once the body is written.
 	at := len(out)
 	out = append(out, 0, 0)
-	if l, ok := e.Body.(LeaseBody); ok && e.v1 {
-		out = l.appendBodyV1(out)
-	} else {
-		out = e.Body.appendBody(out)
-	}
+	out = e.Body.appendBody(out, v)
 	binary.BigEndian.PutUint16(out[at:], uint16(len(out)-at-2))
 	return out
 }
@@ -239,10 +265,13 @@ func DecodeEntry(data []byte) (Entry, error) {
 	}
 	r := reader{b: data}
 	v := r.u8()
-	if r.err == nil && v != entryVersion && v != entryVersion1 {
+	if r.err == nil && (v < entryVersion1 || v > entryVersion) {
 		return Entry{}, fmt.Errorf("%w: version %d", ErrMalformed, v)
 	}
-	e := Entry{v1: v == entryVersion1}
+	e := Entry{}
+	if v != entryVersion {
+		e.version = v
+	}
 	e.Account = r.peer()
 	e.Seq = r.u64()
 	e.Prev = r.hash()
@@ -267,6 +296,10 @@ func DecodeEntry(data []byte) (Entry, error) {
 	b, err := decodeBody(v, kind, body)
 	if err != nil {
 		return Entry{}, err
+	}
+	if h, ok := b.(HoldBody); ok && h.Expiry != 0 && h.Expiry <= int64(nanos) {
+		// A claim window that closed before it opened.
+		return Entry{}, fmt.Errorf("%w: hold expires before it is written", ErrMalformed)
 	}
 	e.Body = b
 	return e, nil

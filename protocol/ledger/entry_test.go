@@ -21,13 +21,35 @@ func sampleBodies(t testing.TB) []Body {
 	_, alice := testKey(t, "alice")
 	return []Body{
 		GrantBody{Amount: 1_000_000},
-		HoldBody{Job: job("a"), Provider: p, Amount: 42},
+		HoldBody{Job: job("a"), Provider: p, Amount: 42, Expiry: farExpiry, Replicas: 3},
 		HoldBody{Job: job("b"), Amount: 42}, // any provider
 		ReleaseBody{Job: job("a")},
+		ReleaseBody{Job: job("a"), Provider: p},
 		PaymentBody{Job: job("a"), To: p, Receipt: job("receipt"), Amount: 41},
 		grantedLease(t, testNet, pk, alice, job("a"), 7),
 		ReceiptBody{Job: job("a"), Receipt: job("r"), Result: "bafkreigh2akiscaildc", Usage: Usage{WallMS: 1500, GPUMS: 1200, ExitCode: -1}},
+		acceptedClaim(t, testNet, pk, alice, ClaimBody{Job: job("a"), HoldSeq: 2, Amount: 40, Final: true, Receipt: job("r")}),
+		WaiveBody{Job: job("a"), Requester: p, HoldSeq: 9},
 	}
+}
+
+// farExpiry is a hold's expiry after every sample entry's time.
+const farExpiry = int64(1 << 62)
+
+// olderBody is body as an entry of an older version can hold it (without
+// the fields of version 3); nil for the kinds version 3 added.
+func olderBody(body Body) Body {
+	switch b := body.(type) {
+	case HoldBody:
+		b.Expiry, b.Replicas = 0, 0
+		return b
+	case ReleaseBody:
+		b.Provider = ""
+		return b
+	case ClaimBody, WaiveBody:
+		return nil
+	}
+	return body
 }
 
 func TestEd25519PeerIDLayout(t *testing.T) {
@@ -79,7 +101,7 @@ func TestEntryRoundTrip(t *testing.T) {
 func TestDecodeEntryRejects(t *testing.T) {
 	c := newChain(t, "alice", time.Unix(1700000000, 0))
 	_, p := testKey(t, "p")
-	good := c.entry(t, HoldBody{Job: job("x"), Provider: p, Amount: 5})
+	good := c.entry(t, HoldBody{Job: job("x"), Provider: p, Amount: 5, Expiry: farExpiry, Replicas: 1})
 	raw := good.Encode()
 	with := func(f func(e *Entry)) []byte {
 		e := good
@@ -89,17 +111,39 @@ func TestDecodeEntryRejects(t *testing.T) {
 	// bodyAt returns where the body's length prefix sits.
 	bodyAt := 1 + 2 + len(good.Account) + 8 + 32 + 1 + 8
 	cases := map[string][]byte{
-		"empty":            nil,
-		"truncated":        raw[:len(raw)-1],
-		"trailing":         append(bytes.Clone(raw), 0),
-		"version":          append([]byte{3}, raw[1:]...),
-		"version zero":     append([]byte{0}, raw[1:]...),
-		"oversized":        append(bytes.Clone(raw), make([]byte, MaxEntrySize)...),
-		"seq zero":         with(func(e *Entry) { e.Seq = 0 }),
-		"seq one, prev":    with(func(e *Entry) { e.Seq, e.Prev = 1, job("p") }),
-		"before 1970":      with(func(e *Entry) { e.Time = time.Unix(-5, 0) }),
-		"no body":          with(func(e *Entry) { e.Body = nil }),
-		"zero hold":        with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Provider: p} }),
+		"empty":                     nil,
+		"truncated":                 raw[:len(raw)-1],
+		"trailing":                  append(bytes.Clone(raw), 0),
+		"version":                   append([]byte{4}, raw[1:]...),
+		"version zero":              append([]byte{0}, raw[1:]...),
+		"oversized":                 append(bytes.Clone(raw), make([]byte, MaxEntrySize)...),
+		"seq zero":                  with(func(e *Entry) { e.Seq = 0 }),
+		"seq one, prev":             with(func(e *Entry) { e.Seq, e.Prev = 1, job("p") }),
+		"before 1970":               with(func(e *Entry) { e.Time = time.Unix(-5, 0) }),
+		"no body":                   with(func(e *Entry) { e.Body = nil }),
+		"zero hold":                 with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Provider: p, Expiry: farExpiry, Replicas: 1} }),
+		"named hold without expiry": with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Provider: p, Amount: 1, Replicas: 1} }),
+		"named hold expired": with(func(e *Entry) {
+			e.Body = HoldBody{Job: job("x"), Provider: p, Amount: 1, Replicas: 1, Expiry: e.Time.UnixNano()}
+		}),
+		"named hold, no replicas": with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Provider: p, Amount: 1, Expiry: farExpiry} }),
+		"six replicas": with(func(e *Entry) {
+			e.Body = HoldBody{Job: job("x"), Provider: p, Amount: 1, Expiry: farExpiry, Replicas: 6}
+		}),
+		"posting hold with expiry": with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Amount: 1, Expiry: farExpiry} }),
+		"claim, short acceptance":  with(func(e *Entry) { e.Body = ClaimBody{Requester: p, Acceptance: make([]byte, AcceptanceSize-1)} }),
+		"claim, no requester":      with(func(e *Entry) { e.Body = ClaimBody{Acceptance: make([]byte, AcceptanceSize)} }),
+		"claim, final flag 2": func() []byte {
+			b := with(func(e *Entry) { e.Body = ClaimBody{Requester: p, Acceptance: make([]byte, AcceptanceSize)} })
+			b[bodyAt+2+32+2+len(p)+16] = 2
+			return b
+		}(),
+		"claim of version 2": func() []byte {
+			e := good
+			e.version = entryVersion2
+			e.Body = WaiveBody{Requester: p}
+			return e.Encode()
+		}(),
 		"zero grant":       with(func(e *Entry) { e.Body = GrantBody{} }),
 		"bad provider":     with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Provider: "nope", Amount: 1} }),
 		"bad account":      with(func(e *Entry) { e.Account = peer.ID("not a peer id at all") }),
@@ -117,10 +161,10 @@ func TestDecodeEntryRejects(t *testing.T) {
 		}(),
 		"lease of version 2 without one": func() []byte {
 			e := good
-			e.v1 = true
+			e.version = entryVersion1
 			e.Body = LeaseBody{Requester: p, Price: 1}
 			b := e.Encode()
-			b[0] = entryVersion
+			b[0] = entryVersion2
 			return b
 		}(),
 		"unknown kind": func() []byte {
@@ -161,11 +205,14 @@ func TestEntryOfVersion1(t *testing.T) {
 	c := newChain(t, "alice", time.Unix(1700000000, 0))
 	_, p := testKey(t, "provider")
 	for _, body := range append(sampleBodies(t), LeaseBody{Job: job("old"), Requester: p, Price: 3}) {
+		if body = olderBody(body); body == nil {
+			continue
+		}
 		t.Run(body.Kind().String(), func(t *testing.T) {
 			if l, ok := body.(LeaseBody); ok {
 				body = LeaseBody{Job: l.Job, Requester: l.Requester, Price: l.Price}
 			}
-			e := Entry{Account: c.id, Seq: 1, Time: c.at, Body: body, v1: true}
+			e := Entry{Account: c.id, Seq: 1, Time: c.at, Body: body, version: entryVersion1}
 			if err := e.Sign(testNet, c.priv); err != nil {
 				t.Fatal(err)
 			}
@@ -177,7 +224,7 @@ func TestEntryOfVersion1(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !bytes.Equal(d.Encode(), raw) || !reflect.DeepEqual(d.Body, body) || !d.v1 {
+			if !bytes.Equal(d.Encode(), raw) || !reflect.DeepEqual(d.Body, body) || d.Version() != entryVersion1 {
 				t.Fatalf("decoded %#v, re-encodes equal: %v", d, bytes.Equal(d.Encode(), raw))
 			}
 			err = d.VerifySignature(testNet)
@@ -194,6 +241,38 @@ func TestEntryOfVersion1(t *testing.T) {
 	}
 }
 
+// TestEntryOfVersion2 checks the history a ledger stored before claims:
+// an entry of version 2 decodes and encodes back to its bytes (a hold
+// without expiry, a release without provider), and its signature checks.
+func TestEntryOfVersion2(t *testing.T) {
+	c := newChain(t, "alice", time.Unix(1700000000, 0))
+	for _, body := range sampleBodies(t) {
+		if body = olderBody(body); body == nil {
+			continue
+		}
+		t.Run(body.Kind().String(), func(t *testing.T) {
+			e := Entry{Account: c.id, Seq: 1, Time: c.at, Body: body}.AsVersion2()
+			if err := e.Sign(testNet, c.priv); err != nil {
+				t.Fatal(err)
+			}
+			raw := e.Encode()
+			if raw[0] != entryVersion2 {
+				t.Fatalf("version %d", raw[0])
+			}
+			d, err := DecodeEntry(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(d.Encode(), raw) || !reflect.DeepEqual(d.Body, body) || d.Version() != entryVersion2 {
+				t.Fatalf("decoded %#v, re-encodes equal: %v", d, bytes.Equal(d.Encode(), raw))
+			}
+			if err := d.VerifySignature(testNet); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
 // FuzzDecodeEntry checks that decoding is strict and canonical (what
 // decodes re-encodes to the same bytes), that a lease has a grant exactly
 // when it is of version 2, and that a lease whose signatures check has a
@@ -203,7 +282,7 @@ func FuzzDecodeEntry(f *testing.F) {
 	for _, body := range sampleBodies(f) {
 		f.Add(c.next(f, body))
 	}
-	old := Entry{Account: c.id, Seq: 1, Time: c.at, Body: LeaseBody{Job: job("old"), Requester: c.id, Price: 3}, v1: true}
+	old := Entry{Account: c.id, Seq: 1, Time: c.at, Body: LeaseBody{Job: job("old"), Requester: c.id, Price: 3}, version: entryVersion1}
 	if err := old.Sign(testNet, c.priv); err != nil {
 		f.Fatal(err)
 	}
@@ -225,7 +304,8 @@ func FuzzDecodeEntry(f *testing.F) {
 		}
 		sigErr := e.VerifySignature(testNet)
 		if l, ok := e.Body.(LeaseBody); ok {
-			if e.v1 != (l.Grant == nil) || !e.v1 && len(l.Grant) != GrantSize || e.v1 && l.Attempt != 0 {
+			v1 := e.Version() == entryVersion1
+			if v1 != (l.Grant == nil) || !v1 && len(l.Grant) != GrantSize || v1 && l.Attempt != 0 {
 				t.Fatalf("lease of version %d with a grant of %d bytes, attempt %d", data[0], len(l.Grant), l.Attempt)
 			}
 			if sigErr == nil {

@@ -35,6 +35,9 @@ type chain struct {
 	seq  uint64
 	prev Hash
 	at   time.Time
+	// v2 has the chain write entries of version 2 (and so be judged by
+	// version 2's rules), as ledgers stored before version 3 hold.
+	v2 bool
 }
 
 func newChain(t testing.TB, name string, at time.Time) *chain {
@@ -46,6 +49,9 @@ func newChain(t testing.TB, name string, at time.Time) *chain {
 func (c *chain) entry(t testing.TB, body Body) Entry {
 	t.Helper()
 	e := Entry{Account: c.id, Seq: c.seq + 1, Prev: c.prev, Time: c.at, Body: body}
+	if c.v2 {
+		e = e.AsVersion2()
+	}
 	if err := e.Sign(c.net, c.priv); err != nil {
 		t.Fatal(err)
 	}
@@ -85,4 +91,21 @@ func grantedLease(t testing.TB, network string, priv crypto.PrivKey, provider pe
 		t.Fatal(err)
 	}
 	return LeaseBody{Job: j, Requester: requester, Price: price, Attempt: 1, Grant: sig}
+}
+
+// acceptedClaim is claim c by provider with its requester's acceptance,
+// signed with priv, the requester's key, on network.
+func acceptedClaim(t testing.TB, network string, priv crypto.PrivKey, provider peer.ID, c ClaimBody) ClaimBody {
+	t.Helper()
+	requester, err := peer.IDFromPrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Requester = requester
+	sig, err := c.acceptanceOf(provider).Sign(network, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Acceptance = sig
+	return c
 }

@@ -98,7 +98,7 @@ func TestFraudProofNeedsOnlyTheAccountsSignatures(t *testing.T) {
 	fork := *env.p
 	good := env.p.next(t, env.a.leaseFor(t, env.p.id, job("1"), 1))
 	forged := fork.next(t, LeaseBody{Job: job("1"), Requester: env.a.id, Price: 2, Attempt: 1, Grant: make([]byte, GrantSize)})
-	old := Entry{Account: env.p.id, Seq: 1, Time: env.p.at, Body: LeaseBody{Job: job("1"), Requester: env.a.id, Price: 3}, v1: true}
+	old := Entry{Account: env.p.id, Seq: 1, Time: env.p.at, Body: LeaseBody{Job: job("1"), Requester: env.a.id, Price: 3}, version: entryVersion1}
 	if err := old.Sign(testNet, env.p.priv); err != nil {
 		t.Fatal(err)
 	}

@@ -13,8 +13,8 @@ type Candidate struct {
 	Entry Entry
 	Hash  Hash
 	Err   error // decoding or signature error
-	// WaitErr is why the entry waits (ErrGap, ErrOverdraft or
-	// ErrUnfunded, wrapped: see Waits).
+	// WaitErr is why the entry waits (ErrGap, ErrOverdraft, ErrUnfunded
+	// or ErrClaimWindowOpen, wrapped: see Waits).
 	WaitErr error
 	elem    *list.Element // in Pending.order while pending
 }
@@ -28,8 +28,11 @@ type Candidate struct {
 // It is indexed by what can unblock an entry, so that a write retries only
 // the entries its own entries may have unblocked (storage's run.wakes): any
 // entry by its account (a later entry of the account, its predecessor),
-// and a lease also by the requester and job whose hold would back it. A
-// hold waiting for funds is found by its account, which a payment names.
+// a lease also by the requester and job whose hold would back it, a claim
+// or waive by its requester (whose hold it draws on), a release or hold
+// naming a provider by that provider (whose entries past the old hold's
+// expiry it may wait for). A hold waiting for funds is found by its
+// account, which a payment, a claim or a hold's closing names.
 type Pending struct {
 	max   int
 	order *list.List // of *Candidate, oldest first
@@ -37,6 +40,10 @@ type Pending struct {
 	// leases counts, for each hold a pending lease needs (requester, job),
 	// the pending leases of each provider.
 	leases map[holdSlot]map[peer.ID]int
+	// others counts, for each account, the pending entries of each other
+	// account that may wait for its chain (claims, waives, releases and
+	// holds naming a provider).
+	others map[peer.ID]map[peer.ID]int
 }
 
 // holdSlot names the holds of a requester's job.
@@ -49,7 +56,46 @@ type holdSlot struct {
 // max ≤ 0).
 func NewPending(max int) Pending {
 	return Pending{max: max, order: list.New(), slots: make(map[peer.ID]map[uint64]*Candidate),
-		leases: make(map[holdSlot]map[peer.ID]int)}
+		leases: make(map[holdSlot]map[peer.ID]int), others: make(map[peer.ID]map[peer.ID]int)}
+}
+
+// Awaiting calls f with each account that has a pending entry that may
+// wait for id's chain (other than a lease, see LeasesAwaiting).
+func (p *Pending) Awaiting(id peer.ID, f func(waiter peer.ID)) {
+	for w := range p.others[id] {
+		f(w)
+	}
+}
+
+// awaited is the other chain c's entry may wait for, besides a lease's
+// hold: "" for none.
+func awaited(c *Candidate) peer.ID {
+	switch b := c.Entry.Body.(type) {
+	case ClaimBody:
+		return b.Requester
+	case WaiveBody:
+		return b.Requester
+	case ReleaseBody:
+		return b.Provider
+	case HoldBody:
+		return b.Provider
+	}
+	return ""
+}
+
+// count adds d to m[k][w], dropping what falls to zero.
+func count[K comparable](m map[K]map[peer.ID]int, k K, w peer.ID, d int) {
+	ws := m[k]
+	if ws == nil {
+		ws = make(map[peer.ID]int)
+		m[k] = ws
+	}
+	if ws[w] += d; ws[w] <= 0 {
+		delete(ws, w)
+		if len(ws) == 0 {
+			delete(m, k)
+		}
+	}
 }
 
 // Len is how many entries wait.
@@ -66,23 +112,14 @@ func (p *Pending) LeasesAwaiting(requester peer.ID, job Hash, f func(provider pe
 	}
 }
 
-// index adds c to (d = 1) or drops it from (d = −1) the lease index.
+// index adds c to (d = 1) or drops it from (d = −1) the indexes of what
+// it waits for.
 func (p *Pending) index(c *Candidate, d int) {
-	b, ok := c.Entry.Body.(LeaseBody)
-	if !ok {
-		return
+	if o := awaited(c); o != "" && o != c.Entry.Account {
+		count(p.others, o, c.Entry.Account, d)
 	}
-	slot := holdSlot{b.Requester, b.Job}
-	providers := p.leases[slot]
-	if providers == nil {
-		providers = make(map[peer.ID]int)
-		p.leases[slot] = providers
-	}
-	if providers[c.Entry.Account] += d; providers[c.Entry.Account] <= 0 {
-		delete(providers, c.Entry.Account)
-		if len(providers) == 0 {
-			delete(p.leases, slot)
-		}
+	if b, ok := c.Entry.Body.(LeaseBody); ok {
+		count(p.leases, holdSlot{b.Requester, b.Job}, c.Entry.Account, d)
 	}
 }
 

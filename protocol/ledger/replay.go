@@ -2,7 +2,6 @@ package ledger
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 
@@ -27,16 +26,21 @@ type FundKey struct {
 // derives, to hold its indexes against.
 type MemState struct {
 	Accounts map[peer.ID]*AccountState
-	Holds    map[JobKey]HoldRecord
-	Paids    map[JobKey]uint64 // the payment entry's seq
-	Funds    map[FundKey]uint64
-	Leased   map[JobKey]LeaseRecord
+	// Holds are the open holds, under (requester, job, provider) as
+	// State.Hold names them.
+	Holds  map[FundKey]HoldRecord
+	Paids  map[JobKey]uint64  // the payment entry's seq
+	Claims map[FundKey]uint64 // the final claim's seq
+	Funds  map[FundKey]uint64
+	Leased map[JobKey]LeaseRecord
+	Reps   map[peer.ID]Reputation
 }
 
 // NewMemState returns an empty state.
 func NewMemState() *MemState {
-	return &MemState{Accounts: make(map[peer.ID]*AccountState), Holds: make(map[JobKey]HoldRecord),
-		Paids: make(map[JobKey]uint64), Funds: make(map[FundKey]uint64), Leased: make(map[JobKey]LeaseRecord)}
+	return &MemState{Accounts: make(map[peer.ID]*AccountState), Holds: make(map[FundKey]HoldRecord),
+		Paids: make(map[JobKey]uint64), Claims: make(map[FundKey]uint64), Funds: make(map[FundKey]uint64),
+		Leased: make(map[JobKey]LeaseRecord), Reps: make(map[peer.ID]Reputation)}
 }
 
 // Account implements State.
@@ -50,20 +54,41 @@ func (v *MemState) Account(id peer.ID) (*AccountState, error) {
 }
 
 // Hold implements State.
-func (v *MemState) Hold(id peer.ID, job Hash) (HoldRecord, bool, error) {
-	h, ok := v.Holds[JobKey{id, job}]
+func (v *MemState) Hold(id peer.ID, job Hash, provider peer.ID) (HoldRecord, bool, error) {
+	h, ok := v.Holds[FundKey{id, provider, job}]
 	return h, ok, nil
 }
 
 // PutHold implements State.
-func (v *MemState) PutHold(id peer.ID, job Hash, h HoldRecord) error {
-	v.Holds[JobKey{id, job}] = h
+func (v *MemState) PutHold(id peer.ID, job Hash, provider peer.ID, h HoldRecord) error {
+	v.Holds[FundKey{id, provider, job}] = h
 	return nil
 }
 
 // DeleteHold implements State.
-func (v *MemState) DeleteHold(id peer.ID, job Hash) error {
-	delete(v.Holds, JobKey{id, job})
+func (v *MemState) DeleteHold(id peer.ID, job Hash, provider peer.ID) error {
+	delete(v.Holds, FundKey{id, provider, job})
+	return nil
+}
+
+// Claimed implements State.
+func (v *MemState) Claimed(requester peer.ID, job Hash, provider peer.ID) (bool, error) {
+	_, ok := v.Claims[FundKey{requester, provider, job}]
+	return ok, nil
+}
+
+// PutClaimed implements State.
+func (v *MemState) PutClaimed(requester peer.ID, job Hash, provider peer.ID, seq uint64) error {
+	v.Claims[FundKey{requester, provider, job}] = seq
+	return nil
+}
+
+// Reputation implements State.
+func (v *MemState) Reputation(id peer.ID) (Reputation, error) { return v.Reps[id], nil }
+
+// PutReputation implements State.
+func (v *MemState) PutReputation(id peer.ID, r Reputation) error {
+	v.Reps[id] = r
 	return nil
 }
 
@@ -97,6 +122,7 @@ func (v *MemState) Leases(provider peer.ID, job Hash) (LeaseRecord, error) {
 
 // PutLeases implements State.
 func (v *MemState) PutLeases(provider peer.ID, job Hash, r LeaseRecord) error {
+	r.ReceiptTimes = slices.Clone(r.ReceiptTimes) // the caller's slice may grow in place
 	v.Leased[JobKey{provider, job}] = r
 	return nil
 }
@@ -133,9 +159,9 @@ type Replayed struct {
 // Replay re-validates chains from scratch (each account's candidates in
 // seq order, their signatures already checked: a candidate's Err is its
 // first problem): chain, rate and kind rules, in an order that lets holds
-// see the payments they rely on, and leases the holds. A hold refused for
-// want of funds, or a lease for want of its hold, is retried after the
-// other chains have moved on; a chain stops at its first problem. Times
+// see the payments they rely on, leases and claims the holds, and
+// releases the provider's entries. An entry that waits for another chain
+// (Waits) is retried after the other chains have moved on; a chain stops at its first problem. Times
 // are not checked against a clock: an entry valid when stored stays
 // valid. The error is ctx's.
 func (r *Rules) Replay(ctx context.Context, chains map[peer.ID][]*Candidate) (*Replayed, error) {
@@ -176,7 +202,7 @@ func (r *Rules) replayChain(out *Replayed, id peer.ID, ch []*Candidate, next map
 		if err == nil {
 			err = r.Apply(out.State, &c.Entry, c.Hash)
 		}
-		if errors.Is(err, ErrOverdraft) || errors.Is(err, ErrUnfunded) {
+		if waitsOnOthers(err) {
 			break
 		}
 		if err != nil {

@@ -65,6 +65,24 @@ var (
 	// an (account, seq) already stored. The error is an *EquivocationError
 	// holding the fraud proof.
 	ErrEquivocation = errors.New("ledger equivocation")
+	// ErrClaimExpired means a claim or waive dated after its hold's
+	// expiry: final, since neither date changes.
+	ErrClaimExpired = errors.New("claim after its hold's expiry")
+	// ErrClaimWindowOpen means a release of a hold naming a provider (or
+	// a new hold naming it for the job) while that provider may still
+	// claim or waive the hold: its chain, as applied here, has no entry
+	// dated after the hold's expiry yet. It waits (see Waits).
+	ErrClaimWindowOpen = errors.New("hold's claim window still open")
+	// ErrReleaseEarly means a release of a hold naming a provider dated
+	// before the hold's expiry: only the provider closes such a hold
+	// before then. Final, since neither date changes.
+	ErrReleaseEarly = errors.New("release before its hold's expiry")
+	// ErrPaymentRetired means a payment of version 3: a provider is paid
+	// by its own claim, not by the requester.
+	ErrPaymentRetired = errors.New("payments are retired: providers claim")
+	// ErrWrongPayee means a payment (version 2) to another peer than the
+	// provider its hold names.
+	ErrWrongPayee = errors.New("payment to a peer its hold does not name")
 )
 
 // seqError refuses an entry for its place in its account's chain: a
@@ -96,10 +114,17 @@ func Duplicate(account peer.ID, seq uint64) error {
 
 // Waits reports whether err refuses an entry only until something it
 // needs arrives: its predecessor (ErrGap), funds paid to its account
-// (ErrOverdraft), the hold that backs a lease (ErrUnfunded). Such an
-// entry is kept pending, not refused.
+// (ErrOverdraft), the hold that backs a lease or that a claim or waive
+// draws on (ErrUnfunded), the provider's entries past a hold's expiry
+// (ErrClaimWindowOpen). Such an entry is kept pending, not refused.
 func Waits(err error) bool {
-	return errors.Is(err, ErrGap) || errors.Is(err, ErrOverdraft) || errors.Is(err, ErrUnfunded)
+	return errors.Is(err, ErrGap) || waitsOnOthers(err)
+}
+
+// waitsOnOthers reports whether err waits for another chain (Waits but
+// for ErrGap).
+func waitsOnOthers(err error) bool {
+	return errors.Is(err, ErrOverdraft) || errors.Is(err, ErrUnfunded) || errors.Is(err, ErrClaimWindowOpen)
 }
 
 // Rules are a network's rules for ledger entries, with its parameters
@@ -159,6 +184,9 @@ func (r *Rules) Apply(st State, e *Entry, h Hash) error {
 	if err := r.applyKind(st, a, e); err != nil {
 		return err
 	}
+	if err := countEntry(st, e); err != nil {
+		return err
+	}
 	a.LastSeq, a.LastHash, a.LastTime, a.Paced = e.Seq, h, e.Time.UnixNano(), paced
 	return nil
 }
@@ -181,6 +209,10 @@ func (r *Rules) applyKind(st State, a *AccountState, e *Entry) error {
 		return leaseRule(st, e, b)
 	case ReceiptBody:
 		return receiptRule(st, e, b)
+	case ClaimBody:
+		return claimRule(st, e, b)
+	case WaiveBody:
+		return waiveRule(st, e, b)
 	default:
 		return fmt.Errorf("%w: entry without a body", ErrMalformed)
 	}
@@ -203,26 +235,30 @@ func (r *Rules) grantRule(a *AccountState, e *Entry, b GrantBody) error {
 
 // holdRule opens a hold on a job not paid and not held, within the
 // account's available balance, and counts it among the holds of the job
-// ever written.
+// ever written. A hold of version 3 naming a provider has its own rule
+// (namedHoldRule).
 func holdRule(st State, a *AccountState, e *Entry, b HoldBody) error {
+	if b.Provider != "" && e.Version() >= entryVersion {
+		return namedHoldRule(st, a, e, b)
+	}
 	if paid, err := st.Paid(e.Account, b.Job); err != nil {
 		return err
 	} else if paid {
 		return where(e, ErrAlreadyPaid)
 	}
-	if _, open, err := st.Hold(e.Account, b.Job); err != nil {
+	if _, open, err := st.Hold(e.Account, b.Job, ""); err != nil {
 		return err
 	} else if open {
 		return where(e, ErrHoldExists)
 	}
 	if b.Amount > a.Balance-a.Held {
-		return fmt.Errorf("%w: %s seq %d holds %d, available %d", ErrOverdraft, e.Account, e.Seq, b.Amount, a.Balance-a.Held)
-	}
-	if err := st.PutHold(e.Account, b.Job, HoldRecord{Provider: b.Provider, Amount: b.Amount, Seq: e.Seq}); err != nil {
-		return err
+		return overdraft(e, b.Amount, a.Balance-a.Held)
 	}
 	n, err := st.Funding(e.Account, b.Job, b.Provider)
 	if err != nil {
+		return err
+	}
+	if err := st.PutHold(e.Account, b.Job, "", HoldRecord{Provider: b.Provider, Amount: b.Amount, Seq: e.Seq, Replicas: b.Replicas}); err != nil {
 		return err
 	}
 	if err := st.PutFunding(e.Account, b.Job, b.Provider, n+1); err != nil {
@@ -232,16 +268,24 @@ func holdRule(st State, a *AccountState, e *Entry, b HoldBody) error {
 	return nil
 }
 
-// releaseRule closes an open hold without paying.
+func overdraft(e *Entry, amount, available uint64) error {
+	return fmt.Errorf("%w: %s seq %d holds %d, available %d", ErrOverdraft, e.Account, e.Seq, amount, available)
+}
+
+// releaseRule closes an open hold without paying. A hold of version 3
+// naming a provider has its own rule (namedReleaseRule).
 func releaseRule(st State, a *AccountState, e *Entry, b ReleaseBody) error {
-	hr, open, err := st.Hold(e.Account, b.Job)
+	if b.Provider != "" {
+		return namedReleaseRule(st, a, e, b)
+	}
+	hr, open, err := st.Hold(e.Account, b.Job, "")
 	if err != nil {
 		return err
 	}
 	if !open {
 		return where(e, ErrNoHold)
 	}
-	if err := st.DeleteHold(e.Account, b.Job); err != nil {
+	if err := st.DeleteHold(e.Account, b.Job, ""); err != nil {
 		return err
 	}
 	a.Held -= hr.Amount
@@ -249,21 +293,27 @@ func releaseRule(st State, a *AccountState, e *Entry, b ReleaseBody) error {
 }
 
 // paymentRule pays out of an open hold, at most its amount, once per job,
-// and closes the hold.
+// only to the provider the hold names (if it names one), and closes the
+// hold. Only entries of version 2 and before pay: providers claim.
 func paymentRule(st State, a *AccountState, e *Entry, b PaymentBody) error {
+	if e.Version() >= entryVersion {
+		return where(e, ErrPaymentRetired)
+	}
 	if paid, err := st.Paid(e.Account, b.Job); err != nil {
 		return err
 	} else if paid {
 		return where(e, ErrAlreadyPaid)
 	}
-	hr, open, err := st.Hold(e.Account, b.Job)
+	hr, open, err := st.Hold(e.Account, b.Job, "")
 	if err != nil {
 		return err
 	}
-	if !open {
+	switch {
+	case !open:
 		return where(e, ErrNoHold)
-	}
-	if b.Amount > hr.Amount {
+	case hr.Provider != "" && b.To != hr.Provider:
+		return fmt.Errorf("%w: %s seq %d pays %s, the hold names %s", ErrWrongPayee, e.Account, e.Seq, b.To, hr.Provider)
+	case b.Amount > hr.Amount:
 		return fmt.Errorf("%w: %s seq %d pays %d out of %d", ErrPaymentAboveHold, e.Account, e.Seq, b.Amount, hr.Amount)
 	}
 	to, err := st.Account(b.To)
@@ -275,7 +325,7 @@ func paymentRule(st State, a *AccountState, e *Entry, b PaymentBody) error {
 			return where(e, ErrOverflow)
 		}
 	}
-	if err := st.DeleteHold(e.Account, b.Job); err != nil {
+	if err := st.DeleteHold(e.Account, b.Job, ""); err != nil {
 		return err
 	}
 	if err := st.PutPaid(e.Account, b.Job, e.Seq); err != nil {
@@ -300,6 +350,10 @@ func paymentRule(st State, a *AccountState, e *Entry, b PaymentBody) error {
 // VerifyBatch: on ingest and in a replay; storage's AppendBatch for a
 // node's own), once per entry, not again each time a lease that waits for
 // its hold is retried here.
+//
+// A lease of version 3 is backed only by holds naming its provider: a
+// hold naming none backs an award to no one in particular, and one award
+// it backed would let a second provider lease the same funds.
 func leaseRule(st State, e *Entry, b LeaseBody) error {
 	r, err := st.Leases(e.Account, b.Job)
 	if err != nil {
@@ -309,9 +363,11 @@ func leaseRule(st State, e *Entry, b LeaseBody) error {
 	if err != nil {
 		return err
 	}
-	open, err := st.Funding(b.Requester, b.Job, "")
-	if err != nil {
-		return err
+	var open uint64
+	if e.Version() < entryVersion {
+		if open, err = st.Funding(b.Requester, b.Job, ""); err != nil {
+			return err
+		}
 	}
 	if backed, c := bits.Add64(named, open, 0); c == 0 && r.Leases >= backed {
 		return fmt.Errorf("%w: %s seq %d: job %s of %s backs %d leases, this would be lease %d",
@@ -333,5 +389,36 @@ func receiptRule(st State, e *Entry, b ReceiptBody) error {
 		return fmt.Errorf("%w: %s seq %d: job %s has %d leases and %d receipts", ErrNoLease, e.Account, e.Seq, b.Job, r.Leases, r.Receipts)
 	}
 	r.Receipts++
+	r.ReceiptTimes = append(r.ReceiptTimes, e.Time.UnixNano())
 	return st.PutLeases(e.Account, b.Job, r)
+}
+
+// countEntry adds to the reputations what e says by itself (ReputationOf):
+// the rules of the kinds count the rest.
+func countEntry(st State, e *Entry) error {
+	switch e.Body.(type) {
+	case LeaseBody, ReceiptBody, PaymentBody:
+	default:
+		return nil
+	}
+	own, err := st.Reputation(e.Account)
+	if err != nil {
+		return err
+	}
+	to := &own
+	var other Reputation
+	if p, ok := e.Body.(PaymentBody); ok && p.To != e.Account {
+		if other, err = st.Reputation(p.To); err != nil {
+			return err
+		}
+		to = &other
+	}
+	ReputationOf(e, &own, to)
+	if err := st.PutReputation(e.Account, own); err != nil {
+		return err
+	}
+	if p, ok := e.Body.(PaymentBody); ok && p.To != e.Account {
+		return st.PutReputation(p.To, other)
+	}
+	return nil
 }

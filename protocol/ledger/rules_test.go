@@ -28,13 +28,14 @@ func TestSeqErrorReadsLikeTheOthers(t *testing.T) {
 	}
 }
 
-// TestReplayOrderFree replays chains whose entries wait on other chains (a
-// hold on a payment still to come, a lease on its hold) in memory: every
-// valid entry is applied, whichever chain comes first, and a chain stops
-// at its first invalid entry.
+// TestReplayOrderFree replays chains of version 2 whose entries wait on
+// other chains (a hold on a payment still to come, a lease on its hold)
+// in memory: every valid entry is applied, whichever chain comes first,
+// and a chain stops at its first invalid entry.
 func TestReplayOrderFree(t *testing.T) {
 	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	a, b, p := newChain(t, "a", at), newChain(t, "b", at), newChain(t, "p", at)
+	a.v2, b.v2, p.v2 = true, true, true
 	g := &Genesis{Network: testNet, Grants: []GenesisGrant{{Peer: a.id, Amount: 1000}, {Peer: b.id, Amount: 10}}}
 	chains := map[peer.ID][][]byte{
 		// b holds more than its grant: it waits for a's payment.
@@ -42,7 +43,7 @@ func TestReplayOrderFree(t *testing.T) {
 		// p leases a's job: it waits for a's hold.
 		p.id: {p.next(t, a.leaseFor(t, p.id, job("a"), 100)), p.next(t, ReceiptBody{Job: job("a"), Receipt: job("r")}),
 			p.next(t, ReceiptBody{Job: job("a"), Receipt: job("r2")})}, // a second receipt: no lease left
-		a.id: {a.next(t, GrantBody{Amount: 1000}), a.next(t, HoldBody{Job: job("a"), Provider: p.id, Amount: 500}),
+		a.id: {a.next(t, GrantBody{Amount: 1000}), a.next(t, HoldBody{Job: job("a"), Amount: 500}),
 			a.next(t, PaymentBody{Job: job("a"), To: b.id, Receipt: job("r"), Amount: 400})},
 	}
 	cands := map[peer.ID][]*Candidate{}
@@ -78,7 +79,7 @@ func TestReplayOrderFree(t *testing.T) {
 			t.Errorf("account %s: %+v, want %+v", id, st, want)
 		}
 	}
-	if r := got.State.Leased[JobKey{p.id, job("a")}]; r != (LeaseRecord{Leases: 1, Receipts: 1}) {
+	if r := got.State.Leased[JobKey{p.id, job("a")}]; r.Leases != 1 || r.Receipts != 1 || len(r.ReceiptTimes) != 1 {
 		t.Errorf("p's leases of job a: %+v", r)
 	}
 }

@@ -26,10 +26,11 @@ import (
 var sigRule = &voied.Options{Verify: voied.VerifyOptionsZIP_215}
 
 // VerifySignature checks the signatures an entry carries, for network: the
-// account's over the entry and, in a lease, the requester's grant (a lease
-// without a valid one is not an entry anyone may write, whatever the
-// state of the ledger). The error wraps ErrBadSignature (or ErrBadAccount)
-// for the first, ErrBadLeaseGrant for the second.
+// account's over the entry and, in a lease, the requester's grant, in a
+// claim the requester's acceptance (a lease or claim without a valid one
+// is not an entry anyone may write, whatever the state of the ledger).
+// The error wraps ErrBadSignature (or ErrBadAccount) for the first,
+// ErrBadLeaseGrant or ErrBadAcceptance for the second.
 func (e Entry) VerifySignature(network string) error {
 	if err := e.verifyAccountSignature(network); err != nil {
 		return err
@@ -51,14 +52,45 @@ func (e *Entry) verifyAccountSignature(network string) error {
 	return nil
 }
 
-// VerifyGrant checks a lease's grant (of any other kind, nothing).
+// VerifyGrant checks the requester's signature an entry quotes: a lease's
+// grant, a claim's acceptance (of any other kind, nothing).
 func (e *Entry) VerifyGrant(network string) error {
-	if l, ok := e.Body.(LeaseBody); ok {
-		if err := l.grantOf(e.Account).Verify(network, l.Grant); err != nil {
-			return e.badGrant(err)
-		}
+	cs, ok := e.coSignature(network)
+	if !ok {
+		return nil
+	}
+	pub, err := cs.check()
+	if err == nil && !voied.VerifyWithOptions(pub, cs.msg, cs.sig, sigRule) {
+		err = cs.forged()
+	}
+	if err != nil {
+		return e.badGrant(err)
 	}
 	return nil
+}
+
+// coSig is a signature by another account than the entry's that the
+// entry quotes, with how to check it.
+type coSig struct {
+	msg, sig []byte
+	check    func() (voied.PublicKey, error)
+	forged   func() error
+}
+
+// coSignature returns the requester's signature that e quotes, if e is a
+// lease (its grant) or a claim (its acceptance).
+func (e *Entry) coSignature(network string) (coSig, bool) {
+	switch b := e.Body.(type) {
+	case LeaseBody:
+		g := b.grantOf(e.Account)
+		return coSig{msg: g.signingBytes(network), sig: b.Grant,
+			check: func() (voied.PublicKey, error) { return g.check(b.Grant) }, forged: g.forged}, true
+	case ClaimBody:
+		a := b.acceptanceOf(e.Account)
+		return coSig{msg: a.signingBytes(network), sig: b.Acceptance,
+			check: func() (voied.PublicKey, error) { return a.check(b.Acceptance) }, forged: a.forged}, true
+	}
+	return coSig{}, false
 }
 
 func (e *Entry) badSignature() error {
@@ -81,7 +113,7 @@ func VerifyBatch(network string, cs []*Candidate) {
 	for _, c := range cs {
 		if c.Err == nil {
 			n++
-			if c.Entry.Kind() == KindLease {
+			if k := c.Entry.Kind(); k == KindLease || k == KindClaim {
 				n++
 			}
 		}
@@ -97,12 +129,13 @@ func VerifyBatch(network string, cs []*Candidate) {
 	}
 	bv := voied.NewBatchVerifierWithCapacity(n)
 	// in is what the batch checks of each Candidate: its signature at index
-	// sig, and its grant at index grant (-1: none, or grantErr already
-	// refuses it).
+	// sig, and the requester's signature it quotes (coSignature) at index
+	// grant (-1: none, or grantErr already refuses it).
 	type item struct {
 		c          *Candidate
 		sig, grant int
 		grantErr   error
+		forged     func() error
 	}
 	in := make([]item, 0, n)
 	added := 0
@@ -141,13 +174,12 @@ func VerifyBatch(network string, cs []*Candidate) {
 		}
 		it := item{c: c, sig: added, grant: -1}
 		added++
-		if l, ok := c.Entry.Body.(LeaseBody); ok {
-			g := l.grantOf(c.Entry.Account)
-			if rpub, err := g.check(l.Grant); err != nil {
+		if cs, ok := c.Entry.coSignature(network); ok {
+			if rpub, err := cs.check(); err != nil {
 				it.grantErr = err
 			} else {
-				bv.AddWithOptions(rpub, g.signingBytes(network), l.Grant, sigRule)
-				it.grant = added
+				bv.AddWithOptions(rpub, cs.msg, cs.sig, sigRule)
+				it.grant, it.forged = added, cs.forged
 				added++
 			}
 		}
@@ -166,8 +198,7 @@ func VerifyBatch(network string, cs []*Candidate) {
 		case it.grantErr != nil:
 			it.c.Err = it.c.Entry.badGrant(it.grantErr)
 		case it.grant >= 0 && !valid[it.grant]:
-			l := it.c.Entry.Body.(LeaseBody)
-			it.c.Err = it.c.Entry.badGrant(l.grantOf(it.c.Entry.Account).forged())
+			it.c.Err = it.c.Entry.badGrant(it.forged())
 		}
 	}
 }

@@ -14,11 +14,22 @@ type State interface {
 	// Account returns the account's state for changing in place; a new
 	// account reads as the zero state.
 	Account(id peer.ID) (*AccountState, error)
-	Hold(id peer.ID, job Hash) (HoldRecord, bool, error)
-	PutHold(id peer.ID, job Hash, h HoldRecord) error
-	DeleteHold(id peer.ID, job Hash) error
+	// Hold returns the account's open hold of job naming provider, which
+	// a hold of version 3 naming a provider opens; provider "" is the
+	// job's other hold: the one naming no provider, or the one a hold of
+	// an older version opened, whichever provider it names (its record
+	// says).
+	Hold(id peer.ID, job Hash, provider peer.ID) (HoldRecord, bool, error)
+	PutHold(id peer.ID, job Hash, provider peer.ID, h HoldRecord) error
+	DeleteHold(id peer.ID, job Hash, provider peer.ID) error
+	// Paid reports whether the account paid job with a payment (version
+	// 2 and before).
 	Paid(id peer.ID, job Hash) (bool, error)
 	PutPaid(id peer.ID, job Hash, seq uint64) error
+	// Claimed reports whether provider's final claim closed a hold of
+	// requester's job naming it; PutClaimed records the claim's seq.
+	Claimed(requester peer.ID, job Hash, provider peer.ID) (bool, error)
+	PutClaimed(requester peer.ID, job Hash, provider peer.ID, seq uint64) error
 	// Funding returns how many holds requester has ever written for job
 	// naming provider ("" for none), open or closed since: a lease needs
 	// a hold, and a hold paid or released before the lease reached this
@@ -27,6 +38,9 @@ type State interface {
 	PutFunding(requester peer.ID, job Hash, provider peer.ID, n uint64) error
 	Leases(provider peer.ID, job Hash) (LeaseRecord, error)
 	PutLeases(provider peer.ID, job Hash, r LeaseRecord) error
+	// Reputation returns the peer's counters (zero for a new one).
+	Reputation(id peer.ID) (Reputation, error)
+	PutReputation(id peer.ID, r Reputation) error
 }
 
 // AccountState is the derived state of one account (storage keeps its
@@ -104,42 +118,90 @@ func DecodeAccountStateAny(b []byte) (AccountState, error) {
 }
 
 // HoldRecord is an open hold (storage keeps it under
-// ledger/hold/<account>/<job>).
+// ledger/hold/<account>/<job>[/<provider>], see State.Hold).
 type HoldRecord struct {
 	Provider peer.ID
 	Amount   uint64
 	Seq      uint64 // the hold entry's seq
+	// Of a hold of version 3 naming a provider: the end of its claim
+	// window and its entry's time (Unix ns), the job's replicas, and what
+	// claims have drawn from it so far. Zero for the others (Replicas
+	// may be set on one naming none).
+	Expiry, Time int64
+	Replicas     uint8
+	Claimed      uint64
 }
+
+// holdRecordShort is the size of a record without the fields of version
+// 3 (Provider's length prefix, Amount, Seq, beside the provider), which a
+// hold without them keeps: records stored before version 3 stay valid.
+const holdRecordShort = 2 + 8 + 8
 
 // Encode returns the hold's record.
 func (h HoldRecord) Encode() []byte {
 	out := appendField(nil, []byte(h.Provider))
 	out = binary.BigEndian.AppendUint64(out, h.Amount)
-	return binary.BigEndian.AppendUint64(out, h.Seq)
+	out = binary.BigEndian.AppendUint64(out, h.Seq)
+	if h.Expiry == 0 && h.Time == 0 && h.Replicas == 0 && h.Claimed == 0 {
+		return out
+	}
+	out = binary.BigEndian.AppendUint64(out, uint64(h.Expiry))
+	out = binary.BigEndian.AppendUint64(out, uint64(h.Time))
+	out = append(out, h.Replicas)
+	return binary.BigEndian.AppendUint64(out, h.Claimed)
 }
 
 // DecodeHoldRecord reads a hold's record.
 func DecodeHoldRecord(b []byte) (HoldRecord, error) {
 	r := reader{b: b}
 	h := HoldRecord{Provider: r.optionalPeer(), Amount: r.u64(), Seq: r.u64()}
+	if r.err == nil && len(r.b) > 0 {
+		h.Expiry, h.Time, h.Replicas, h.Claimed = int64(r.u64()), int64(r.u64()), r.u8(), r.u64()
+	}
 	return h, r.end()
 }
 
+// Rest is what of the hold no claim has drawn.
+func (h HoldRecord) Rest() uint64 { return h.Amount - h.Claimed }
+
 // LeaseRecord counts a provider's records of one job (storage keeps it
 // under ledger/lease/<provider>/<job>): the leases it wrote, and the
-// receipts, each of which used up one lease.
+// receipts, each of which used up one lease, with each receipt's time
+// (Unix ns, in chain order), which tells whether the provider had run an
+// award when its hold was released.
 type LeaseRecord struct {
 	Leases, Receipts uint64
+	ReceiptTimes     []int64
 }
 
 // Encode returns the record.
 func (r LeaseRecord) Encode() []byte {
-	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, r.Leases), r.Receipts)
+	out := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, r.Leases), r.Receipts)
+	for _, t := range r.ReceiptTimes {
+		out = binary.BigEndian.AppendUint64(out, uint64(t))
+	}
+	return out
 }
 
 // DecodeLeaseRecord reads a lease record.
 func DecodeLeaseRecord(b []byte) (LeaseRecord, error) {
 	r := reader{b: b}
 	l := LeaseRecord{Leases: r.u64(), Receipts: r.u64()}
+	if r.err == nil && uint64(len(r.b)) != 8*l.Receipts {
+		return l, fmt.Errorf("%w: lease record of %d receipts with %d bytes of times", ErrMalformed, l.Receipts, len(r.b))
+	}
+	for range l.Receipts {
+		l.ReceiptTimes = append(l.ReceiptTimes, int64(r.u64()))
+	}
 	return l, r.end()
+}
+
+// receiptBetween reports whether one of the receipts is dated from..to.
+func (r LeaseRecord) receiptBetween(from, to int64) bool {
+	for _, t := range r.ReceiptTimes {
+		if t >= from && t <= to {
+			return true
+		}
+	}
+	return false
 }
