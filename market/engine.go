@@ -15,10 +15,11 @@ type Config struct {
 	Self peer.ID
 	// InteractiveWindow is how long an interactive job waits for a first
 	// acceptable bid; BatchWindow is how long a batch job collects bids
-	// before the best wins (the cheapest, weighed by Reputation). A window that ends without an acceptable
-	// bid leaves the job waiting: the first acceptable bid that comes late
-	// wins at once, and the job is offered again only after a pause that
-	// doubles with each empty round (see reofferDelay).
+	// before the best wins (the cheapest, weighed by Reputation). A
+	// window that ends without an acceptable bid leaves the job waiting:
+	// the first acceptable bid that comes late wins at once, and the job
+	// is offered again only after a pause that doubles with each empty
+	// round (see reofferDelay).
 	InteractiveWindow time.Duration
 	BatchWindow       time.Duration
 	// AcceptTimeout bounds award → acceptance; HeartbeatTimeout bounds the
