@@ -67,10 +67,7 @@ func (e *Engine) floor(tier string) uint64 {
 // award both pass (awardReason adds the award's price).
 func (e *Engine) declineReason(now time.Time, s *pb.JobSpec, deadline time.Time) string {
 	p := e.cfg.Provider
-	var r Requirements
-	if s.Resources != nil {
-		r = Requirements{GPUModel: s.Resources.GpuModel, GPUs: int(s.Resources.Gpus), MinVRAMMiB: int(s.Resources.VramMib)}
-	}
+	r := SpecRequirements(s)
 	switch {
 	case !deadline.After(now):
 		return ReasonExpired

@@ -23,6 +23,19 @@ type Requirements struct {
 	GPUs int
 	// MinVRAMMiB is the least memory each of those GPUs must have.
 	MinVRAMMiB int
+	// DetectedOnly counts only GPUs the provider's node detected, not
+	// those its operator declared (the job's gpu_source "detected").
+	DetectedOnly bool
+}
+
+// SpecRequirements are what a job of spec s needs of one provider.
+func SpecRequirements(s *pb.JobSpec) Requirements {
+	var r Requirements
+	if res := s.GetResources(); res != nil {
+		r = Requirements{GPUModel: res.GpuModel, GPUs: int(res.Gpus), MinVRAMMiB: int(res.VramMib)}
+	}
+	r.DetectedOnly = s.GetGpuSource() == protocol.GPUSourceDetected
+	return r
 }
 
 // Validate reports requirements that cannot make sense.
@@ -45,14 +58,15 @@ func (r Requirements) ContentKey() string {
 }
 
 // Fits reports whether a provider's capacity meets the requirements: it has
-// at least r.GPUs GPUs of the model, each with at least r.MinVRAMMiB.
+// at least r.GPUs GPUs of the model, each with at least r.MinVRAMMiB, and
+// detected where r.DetectedOnly.
 func Fits(c *protocol.Capacity, r Requirements) bool {
 	n := 0
 	for _, g := range c.GPUs {
 		if r.GPUModel != "" && r.GPUModel != AnyGPU && g.Model != r.GPUModel {
 			continue
 		}
-		if g.VRAMMiB < r.MinVRAMMiB {
+		if g.VRAMMiB < r.MinVRAMMiB || r.DetectedOnly && !g.Detected {
 			continue
 		}
 		n += g.Count

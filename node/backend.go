@@ -73,7 +73,7 @@ func (b apiBackend) Providers(ctx context.Context, q api.ProviderQuery) ([]api.P
 	if model != "" && model != market.AnyGPU {
 		model = gpu.NormalizeModel(model)
 	}
-	recs, err := b.FindProviders(ctx, market.Requirements{GPUModel: model, GPUs: q.Count, MinVRAMMiB: q.VRAMMiB})
+	recs, err := b.FindProviders(ctx, market.Requirements{GPUModel: model, GPUs: q.Count, MinVRAMMiB: q.VRAMMiB, DetectedOnly: q.Source == gpu.SourceDetected})
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +139,7 @@ func peerString(p peer.ID) string {
 func (b apiBackend) SubmitJob(ctx context.Context, p api.ParsedJob) (api.JobInfo, error) {
 	spec := &pb.JobSpec{
 		Executor: p.Executor, Image: p.Image, Module: p.Module, Command: p.Command, Args: p.Args, Inputs: p.Inputs,
-		Tier: p.Tier, MaxPrice: capacity.MicroCredits(p.MaxPrice), MaxDurationMs: p.MaxDurationD.Milliseconds(),
+		Tier: p.Tier, MaxPrice: capacity.MicroCredits(p.MaxPrice), MaxDurationMs: p.MaxDurationD.Milliseconds(), GpuSource: p.GPUSource,
 		Resources: &pb.Resources{
 			Gpus: uint32(p.Resources.GPUs), GpuModel: p.Resources.GPUModel, VramMib: uint32(p.Resources.VRAMMiB),
 			CpuMillis: uint32(p.Resources.CPUMillis), MemoryMib: uint32(p.Resources.MemoryMiB),

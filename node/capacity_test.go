@@ -84,6 +84,9 @@ func TestFindProvidersThroughDHT(t *testing.T) {
 	queryUntil(t, c, api.ProviderQuery{GPU: "NVIDIA GeForce RTX 4090"}, []string{id(2)})
 	queryUntil(t, c, api.ProviderQuery{GPU: "any", Count: 1, VRAMMiB: 30000}, []string{id(1), id(3)})
 	queryUntil(t, c, api.ProviderQuery{GPU: "nvidia-a100", Count: 8}, []string{})
+	// Every GPU here is declared: visible as such above, and none counts
+	// for a requester that wants detected ones.
+	queryUntil(t, c, api.ProviderQuery{GPU: "any", Count: 1, Source: gpu.SourceDetected}, []string{})
 
 	for i := range providerGPUs {
 		for _, p := range asker.ConnectedPeers() {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/capacity"
+	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/node/marketd"
 	"github.com/mira-market/mira/protocol"
 )
@@ -54,7 +55,8 @@ func (n *Node) marketEngineConfig() market.Config {
 	if n.IsProvider() {
 		var gpus []protocol.GPU
 		for _, g := range n.capacity.GPUs() {
-			gpus = append(gpus, protocol.GPU{Model: g.Model, VRAMMiB: g.VRAMMiB, Count: g.Count})
+			// Detected or not decides which jobs it may take (gpu_source).
+			gpus = append(gpus, protocol.GPU{Model: g.Model, VRAMMiB: g.VRAMMiB, Count: g.Count, Detected: g.Source == gpu.SourceDetected})
 		}
 		cfg.Provider = &market.ProviderPolicy{
 			GPUs: gpus, Slots: n.cfg.Provider.Slots, Executors: n.cfg.Provider.Executors,

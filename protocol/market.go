@@ -343,6 +343,10 @@ func checkOffer(o *pb.Offer, signer peer.ID, network string, now time.Time) erro
 	return checkAhead("deadline", deadline.Sub(now), MaxJobLifetime+MaxClockSkew)
 }
 
+// GPUSourceDetected in a JobSpec's gpu_source asks for GPUs the provider's
+// node detected, not ones its operator only declared.
+const GPUSourceDetected = "detected"
+
 // CheckSpec validates a job spec; its errors name the field, for API users.
 func CheckSpec(s *pb.JobSpec) error {
 	switch {
@@ -379,6 +383,12 @@ func CheckSpec(s *pb.JobSpec) error {
 		if r.Gpus > 64 || len(r.GpuModel) > 64 {
 			return fmt.Errorf("resources.gpus: at most 64, gpu_model at most 64 characters")
 		}
+	}
+	switch {
+	case s.GpuSource != "" && s.GpuSource != GPUSourceDetected:
+		return fmt.Errorf("gpu_source: %q is not %q (or empty, for any)", s.GpuSource, GPUSourceDetected)
+	case s.GpuSource != "" && s.GetResources().GetGpus() == 0:
+		return fmt.Errorf("gpu_source: %q needs resources.gpus of at least 1", s.GpuSource)
 	}
 	return nil
 }

@@ -17,7 +17,7 @@ import (
 // before it, and a lease the leases, and of the two holds a lease looks
 // for (naming its provider, naming none) one is usually absent.
 var filteredPrefixes = [][]byte{[]byte(keyHashPrefix), []byte(keyHoldPrefix), []byte(keyPaidPrefix),
-	[]byte(keyFundPrefix), []byte(keyLeasePrefix)}
+	[]byte(keyFundPrefix), []byte(keyLeasePrefix), []byte(keyClaimPrefix)}
 
 // keyFilterProbes is how many bits of its word a key sets. At 11 bits a
 // key (the size the filter is made for) four give about 1.5 % false

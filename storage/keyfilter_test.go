@@ -42,7 +42,9 @@ func TestKeyFilter(t *testing.T) {
 		want bool
 	}{
 		{hashKey(ledger.Hash{}), true},
-		{holdKey("p", ledger.Hash{}), true},
+		{holdKey("p", ledger.Hash{}, ""), true},
+		{claimKey("p", ledger.Hash{}, "q"), true},
+		{repKey("p"), false},
 		{paidKey("p", ledger.Hash{}), true},
 		{acctKey("p"), false},
 		{entryKey("p", 1), false},

@@ -2,7 +2,6 @@ package storage
 
 import (
 	"fmt"
-	"math/bits"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -24,22 +23,11 @@ type leaseSlot struct {
 }
 
 // LeaseFunding returns how many leases of job by provider the requester's
-// holds back, as the lease rule counts them: the holds it has written for
-// the job naming provider or naming no provider, open or closed since.
+// holds back, as the lease rule counts them for the leases this build
+// writes (version 3): the holds it has written for the job naming
+// provider, open or closed since.
 func (l *Ledger) LeaseFunding(requester peer.ID, job ledger.Hash, provider peer.ID) (uint64, error) {
-	named, err := getCount(l.get(fundKey(requester, job, provider)))
-	if err != nil {
-		return 0, err
-	}
-	open, err := getCount(l.get(fundKey(requester, job, "")))
-	if err != nil {
-		return 0, err
-	}
-	backed, c := bits.Add64(named, open, 0)
-	if c != 0 {
-		return ^uint64(0), nil
-	}
-	return backed, nil
+	return getCount(l.get(fundKey(requester, job, provider)))
 }
 
 // ClaimLease reserves, for provider's lease of job about to be written,

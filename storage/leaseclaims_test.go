@@ -8,8 +8,8 @@ import (
 )
 
 // A provider's claims on the leases a requester's holds back: a named hold
-// backs one lease of that provider, the posting hold (naming none) one of
-// each provider; a claim counts as a lease until it is given back, so a
+// backs one lease of that provider, the posting hold (naming none) none
+// (this build writes leases of version 3); a claim counts as a lease until it is given back, so a
 // second award is refused before the first lease is written, and after.
 func TestClaimLease(t *testing.T) {
 	env := newLedgerEnv(t)
@@ -32,11 +32,15 @@ func TestClaimLease(t *testing.T) {
 			return err
 		}, nil},
 		{"p claims again once the lease is written", func() error { return claim(env.p, "named") }, ledger.ErrUnfunded},
-		{"p claims the posting hold's lease", func() error { return claim(env.p, "posted") }, nil},
-		{"q claims the posting hold's lease too", func() error { return claim(q, "posted") }, nil},
-		{"q claims it twice", func() error { return claim(q, "posted") }, ledger.ErrUnfunded},
-		{"q gives its claim back, unwritten", func() error { env.l.UnclaimLease(q.id, job("posted")); return nil }, nil},
-		{"q claims it anew", func() error { return claim(q, "posted") }, nil},
+		{"p claims the posting hold's lease", func() error { return claim(env.p, "posted") }, ledger.ErrUnfunded},
+		{"q claims the posting hold's lease", func() error { return claim(q, "posted") }, ledger.ErrUnfunded},
+		{"an award to q backs q's lease", func() error {
+			env.ok(env.a.next(t, ledger.HoldBody{Job: job("awarded"), Provider: q.id, Amount: 10}))
+			return claim(q, "awarded")
+		}, nil},
+		{"q claims it twice", func() error { return claim(q, "awarded") }, ledger.ErrUnfunded},
+		{"q gives its claim back, unwritten", func() error { env.l.UnclaimLease(q.id, job("awarded")); return nil }, nil},
+		{"q claims it anew", func() error { return claim(q, "awarded") }, nil},
 		{"a job nobody held", func() error { return claim(env.p, "unheld") }, ledger.ErrUnfunded},
 		{"a second hold naming p backs a second lease", func() error {
 			env.ok(env.a.next(t, ledger.ReleaseBody{Job: job("named")}))

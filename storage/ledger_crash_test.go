@@ -62,12 +62,13 @@ func TestLedgerCrashChild(t *testing.T) {
 		var bodies []ledger.Body
 		switch i % 3 {
 		case 0: // hold, release
-			bodies = []ledger.Body{ledger.HoldBody{Job: j, Provider: provider, Amount: 10}, ledger.ReleaseBody{Job: j}}
-		case 1: // hold, pay to itself (keeps the balance for ever)
-			bodies = []ledger.Body{ledger.HoldBody{Job: j, Provider: provider, Amount: 10}, ledger.PaymentBody{Job: j, To: id, Amount: 5}}
-		case 2: // a job of its own: held for no provider, leased, run, released
-			bodies = []ledger.Body{ledger.HoldBody{Job: j, Amount: 10}, grantedLease(t, testNet, priv, id, j, 1),
-				ledger.ReceiptBody{Job: j, Receipt: j, Result: "bafy"}, ledger.ReleaseBody{Job: j}}
+			bodies = []ledger.Body{ledger.HoldBody{Job: j, Amount: 10}, ledger.ReleaseBody{Job: j}}
+		case 1: // a posting hold, replaced by an award to another
+			bodies = []ledger.Body{ledger.HoldBody{Job: j, Amount: 10},
+				ledger.HoldBody{Job: j, Provider: provider, Amount: 5, Expiry: time.Now().Add(time.Hour).UnixNano(), Replicas: 1}}
+		case 2: // a job of its own: awarded to itself, leased, run, claimed
+			bodies = []ledger.Body{ledger.HoldBody{Job: j, Provider: id, Amount: 10, Expiry: time.Now().Add(time.Hour).UnixNano(), Replicas: 1},
+				grantedLease(t, testNet, priv, id, j, 1), ledger.ReceiptBody{Job: j, Receipt: j, Result: "bafy"}}
 		}
 		if i%2 == 0 {
 			es, err := l.AppendBatch(priv, bodies)

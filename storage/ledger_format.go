@@ -19,9 +19,14 @@ import (
 // account's rate limit state to its record (version 2); format 4 stores
 // entries of version 2 (leases with their grants), which a build of
 // format 3 cannot decode, and keeps format 3's keys: a store of format 3
-// is only marked, its entries of version 1 kept as they are.
+// is only marked, its entries of version 1 kept as they are; format 5
+// stores entries of version 3 (claims), keeps the holds naming a provider
+// under their provider too (ledger/hold/<account><job><provider>, where
+// holds of older entries stay under <account><job>), the final claims
+// (ledger/claim/), each peer's reputation (ledger/rep/), and receipt
+// times in the lease records.
 const (
-	ledgerFormat     = 4
+	ledgerFormat     = 5
 	keyLedgerFormat  = "ledger/meta/format"
 	keyOldTimePrefix = "ledger/t/" // format 1's time index
 )
@@ -30,7 +35,8 @@ const (
 // an older one is rewritten step by step (format 1 to 2: the hash index
 // rewritten from the entries and the time index dropped; 2 to 3: the new
 // indexes and account records built from the entries under rate; 3 to 4:
-// nothing to rebuild), then marked. A crash part way leaves it at its old mark, and the next open
+// nothing to rebuild; 4 to 5: the lease records with their receipt
+// times, and the reputations, built from the entries), then marked. A crash part way leaves it at its old mark, and the next open
 // does the steps again.
 //
 // Entries stored under an older format stay, even those the rules of this
@@ -82,19 +88,23 @@ func upgradeFormat(db *DB, rate ledger.RateLimit) error {
 			return fmt.Errorf("upgrade the ledger to format 3: %w", err)
 		}
 	}
+	if from < 5 {
+		if err := buildFormat5(db); err != nil {
+			return fmt.Errorf("upgrade the ledger to format 5: %w", err)
+		}
+	}
 	return db.update(func(txn *badger.Txn) error {
 		return txn.Set([]byte(keyLedgerFormat), []byte{ledgerFormat})
 	})
 }
 
 // buildFormat3 builds what format 3 adds from the entries: the holds ever
-// written, the leases and receipts, and every account record rewritten with
-// its rate limit state, as the rules would have left them.
+// written, and every account record rewritten with its rate limit state,
+// as the rules would have left them. (Format 3's lease records are built
+// by buildFormat5, which adds to them.)
 func buildFormat3(db *DB, rate ledger.RateLimit) error {
-	for _, p := range []string{keyFundPrefix, keyLeasePrefix} {
-		if err := db.dropPrefix(p); err != nil {
-			return err
-		}
+	if err := db.dropPrefix(keyFundPrefix); err != nil {
+		return err
 	}
 	wb := db.newGuardedBatch()
 	defer wb.cancel()
@@ -103,20 +113,13 @@ func buildFormat3(db *DB, rate ledger.RateLimit) error {
 	// counts are complete when the next account starts.
 	var account peer.ID
 	funds := make(map[string]uint64)
-	leased := make(map[string]ledger.LeaseRecord)
 	flush := func() error {
 		for k, n := range funds {
 			if err := wb.set([]byte(k), binary.BigEndian.AppendUint64(nil, n)); err != nil {
 				return err
 			}
 		}
-		for k, r := range leased {
-			if err := wb.set([]byte(k), r.Encode()); err != nil {
-				return err
-			}
-		}
 		clear(funds)
-		clear(leased)
 		return nil
 	}
 	err := db.bdb.View(func(txn *badger.Txn) error {
@@ -130,19 +133,8 @@ func buildFormat3(db *DB, rate ledger.RateLimit) error {
 			// An entry over the rate is history all the same: it paces
 			// the ones after it as if it had been admitted.
 			paced[e.Account] = rate.Charge(paced[e.Account], e.Time.UnixNano())
-			switch b := e.Body.(type) {
-			case ledger.HoldBody:
+			if b, ok := e.Body.(ledger.HoldBody); ok {
 				funds[string(fundKey(e.Account, b.Job, b.Provider))]++
-			case ledger.LeaseBody:
-				k := string(leaseKey(e.Account, b.Job))
-				r := leased[k]
-				r.Leases++
-				leased[k] = r
-			case ledger.ReceiptBody:
-				k := string(leaseKey(e.Account, b.Job))
-				r := leased[k]
-				r.Receipts++
-				leased[k] = r
 			}
 			return nil
 		})
@@ -154,6 +146,85 @@ func buildFormat3(db *DB, rate ledger.RateLimit) error {
 		}
 		return rewriteAccounts(txn, wb, paced)
 	})
+	if err != nil {
+		return err
+	}
+	return wb.flush()
+}
+
+// buildFormat5 builds what format 5 adds from the entries, as the rules
+// would have left them (a store before format 5 holds no entry of
+// version 3, so none of the counters only they bring): the lease records
+// with their receipts' times, and the reputations (ledger.ReputationOf).
+func buildFormat5(db *DB) error {
+	for _, p := range []string{keyLeasePrefix, keyRepPrefix} {
+		if err := db.dropPrefix(p); err != nil {
+			return err
+		}
+	}
+	wb := db.newGuardedBatch()
+	defer wb.cancel()
+	// One account's chain at a time (the entries come in key order): its
+	// lease records are complete when the next account starts. The
+	// reputations of all are kept to the end: payments count for their
+	// payees too.
+	var account peer.ID
+	leased := make(map[string]ledger.LeaseRecord)
+	reps := make(map[peer.ID]*ledger.Reputation)
+	rep := func(id peer.ID) *ledger.Reputation {
+		r := reps[id]
+		if r == nil {
+			r = &ledger.Reputation{}
+			reps[id] = r
+		}
+		return r
+	}
+	flush := func() error {
+		for k, r := range leased {
+			if err := wb.set([]byte(k), r.Encode()); err != nil {
+				return err
+			}
+		}
+		clear(leased)
+		return nil
+	}
+	err := db.bdb.View(func(txn *badger.Txn) error {
+		return forEachStoredEntry(txn, func(_ []byte, e ledger.Entry) error {
+			if e.Account != account {
+				if err := flush(); err != nil {
+					return err
+				}
+				account = e.Account
+			}
+			to := rep(e.Account)
+			if p, ok := e.Body.(ledger.PaymentBody); ok {
+				to = rep(p.To)
+			}
+			ledger.ReputationOf(&e, rep(e.Account), to)
+			switch b := e.Body.(type) {
+			case ledger.LeaseBody:
+				k := string(leaseKey(e.Account, b.Job))
+				r := leased[k]
+				r.Leases++
+				leased[k] = r
+			case ledger.ReceiptBody:
+				k := string(leaseKey(e.Account, b.Job))
+				r := leased[k]
+				r.Receipts++
+				r.ReceiptTimes = append(r.ReceiptTimes, e.Time.UnixNano())
+				leased[k] = r
+			}
+			return nil
+		})
+	})
+	if err == nil {
+		err = flush()
+	}
+	for id, r := range reps {
+		if err == nil && *r != (ledger.Reputation{}) {
+			err = wb.set(repKey(id), r.Encode())
+		}
+	}
 	if err != nil {
 		return err
 	}

@@ -76,17 +76,32 @@ type chain struct {
 	seq  uint64
 	prev ledger.Hash
 	at   time.Time
+	// v2 has the chain write entries of version 2, judged by version 2's
+	// rules (payments by the requester, holds without expiry).
+	v2 bool
 }
 
+// newChain returns a chain that writes entries of version 2: the tests
+// written before version 3 check that its rules still hold for them.
 func newChain(t testing.TB, name string, at time.Time) *chain {
 	priv, id := testKey(t, name)
-	return &chain{net: testNet, priv: priv, id: id, at: at}
+	return &chain{net: testNet, priv: priv, id: id, at: at, v2: true}
+}
+
+// newChainV3 returns a chain that writes entries of the current version.
+func newChainV3(t testing.TB, name string, at time.Time) *chain {
+	c := newChain(t, name, at)
+	c.v2 = false
+	return c
 }
 
 // entry signs the chain's next entry without advancing the chain.
 func (c *chain) entry(t testing.TB, body ledger.Body) ledger.Entry {
 	t.Helper()
 	e := ledger.Entry{Account: c.id, Seq: c.seq + 1, Prev: c.prev, Time: c.at, Body: body}
+	if c.v2 {
+		e = e.AsVersion2()
+	}
 	if err := e.Sign(c.net, c.priv); err != nil {
 		t.Fatal(err)
 	}
@@ -156,4 +171,20 @@ func grantedLease(t testing.TB, network string, priv crypto.PrivKey, provider pe
 		t.Fatal(err)
 	}
 	return ledger.LeaseBody{Job: j, Requester: requester, Price: price, Attempt: 1, Grant: sig}
+}
+
+// acceptedClaim is claim c by provider with its requester's acceptance,
+// signed with priv, the requester's key.
+func acceptedClaim(t testing.TB, priv crypto.PrivKey, provider peer.ID, c ledger.ClaimBody) ledger.ClaimBody {
+	t.Helper()
+	requester, err := peer.IDFromPrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Requester = requester
+	a := ledger.Acceptance{Job: c.Job, Requester: requester, Provider: provider, HoldSeq: c.HoldSeq, Amount: c.Amount, Final: c.Final, Receipt: c.Receipt}
+	if c.Acceptance, err = a.Sign(testNet, priv); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -96,13 +96,13 @@ func (l *Ledger) Frozen(account peer.ID) (bool, error) {
 	return a.Frozen, err
 }
 
-// HoldFor returns the account's open hold for job. A provider checks it
-// before it runs the job: the hold exists, names it as provider (or, for
-// the job's first award, no provider), and covers the price.
+// HoldFor returns the account's open hold for job naming no provider (or
+// written before version 3, whichever provider it names): a job's posting
+// hold. HoldOf finds the holds of version 3 naming a provider.
 func (l *Ledger) HoldFor(account peer.ID, job ledger.Hash) (ledger.HoldBody, bool, error) {
 	var h *ledger.HoldRecord
 	err := l.db.bdb.View(func(txn *badger.Txn) (err error) {
-		h, err = holdIn(txn, account, job)
+		h, err = holdIn(txn, account, job, "")
 		return err
 	})
 	if err != nil {
@@ -111,7 +111,7 @@ func (l *Ledger) HoldFor(account peer.ID, job ledger.Hash) (ledger.HoldBody, boo
 	if h == nil {
 		return ledger.HoldBody{}, false, nil
 	}
-	return ledger.HoldBody{Job: job, Provider: h.Provider, Amount: h.Amount}, true, nil
+	return ledger.HoldBody{Job: job, Provider: h.Provider, Amount: h.Amount, Replicas: h.Replicas}, true, nil
 }
 
 // Leases returns how many leases and receipts of job the provider's chain

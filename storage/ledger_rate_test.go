@@ -116,10 +116,12 @@ func TestLedgerDefaultRateTakesAMarketBurst(t *testing.T) {
 	for i := range 3000 {
 		j := job(fmt.Sprint(i))
 		bodies = append(bodies, ledger.HoldBody{Job: j, Amount: 100}, ledger.ReleaseBody{Job: j},
-			ledger.HoldBody{Job: j, Provider: provider, Amount: 100})
+			ledger.HoldBody{Job: j, Provider: provider, Amount: 100, Expiry: clock.Now().Add(time.Hour).UnixNano(), Replicas: 1})
 	}
 	for i := range 3000 {
-		bodies = append(bodies, ledger.PaymentBody{Job: job(fmt.Sprint(i)), To: provider, Amount: 50})
+		// What a requester writes for a job besides its holds, now that
+		// providers claim: a posting hold of another.
+		bodies = append(bodies, ledger.HoldBody{Job: job(fmt.Sprint("next", i)), Amount: 1})
 	}
 	for len(bodies) > 0 {
 		n := min(len(bodies), MaxAppendBatch)

@@ -88,8 +88,10 @@ func (r *run) finish() error {
 
 // wakes returns, sorted, the accounts with pending entries that the
 // entries stored since the last call may have unblocked: their own
-// accounts', the accounts payments went to, the providers whose leases
-// wait for a hold written; and those of retry.
+// accounts', the accounts payments went to (or claims and waives returned
+// funds to), the providers whose leases wait for a hold written, the
+// accounts whose claims, waives, releases or holds wait for their chains;
+// and those of retry.
 func (r *run) wakes() []peer.ID {
 	set := r.retry
 	r.retry = nil
@@ -104,9 +106,16 @@ func (r *run) wakes() []peer.ID {
 			e = &r.t.fresh[i-len(r.res.Accepted)]
 		}
 		set[e.Account] = struct{}{}
+		// Claims, waives, releases and holds naming a provider that wait
+		// for this chain (its hold, its entries past an expiry).
+		r.l.pending.Awaiting(e.Account, func(w peer.ID) { set[w] = struct{}{} })
 		switch b := e.Body.(type) {
 		case ledger.PaymentBody:
 			set[b.To] = struct{}{}
+		case ledger.ClaimBody:
+			set[b.Requester] = struct{}{} // what it returns may fund a hold
+		case ledger.WaiveBody:
+			set[b.Requester] = struct{}{}
 		case ledger.HoldBody:
 			r.l.pending.LeasesAwaiting(e.Account, b.Job, func(p peer.ID) { set[p] = struct{}{} })
 		}

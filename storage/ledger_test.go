@@ -468,7 +468,7 @@ func TestAppendRefusesLeaseWithoutGrant(t *testing.T) {
 	if _, err := env.l.Append(env.a.priv, ledger.GrantBody{Amount: 1000}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := env.l.Append(env.a.priv, ledger.HoldBody{Job: job("1"), Amount: 100}); err != nil {
+	if _, err := env.l.Append(env.a.priv, ledger.HoldBody{Job: job("1"), Provider: env.p.id, Amount: 100, Expiry: env.clock.Now().Add(time.Hour).UnixNano(), Replicas: 1}); err != nil {
 		t.Fatal(err)
 	}
 	good := env.a.leaseFor(t, env.p.id, job("1"), 5)
@@ -496,7 +496,10 @@ func TestAppendRefusesLeaseWithoutGrant(t *testing.T) {
 	}
 }
 
-// TestLedgerJobFlow follows one job's ledger entries and the balances.
+// TestLedgerJobFlow follows jobs' ledger entries (of version 3) and the
+// balances: an award replacing the posting hold, a lease, a receipt, the
+// provider's claim with the requester's acceptance; a posting hold
+// released; a provider spending what it earned.
 func TestLedgerJobFlow(t *testing.T) {
 	env := newLedgerEnv(t)
 	l := env.l
@@ -507,29 +510,52 @@ func TestLedgerJobFlow(t *testing.T) {
 		}
 		return e
 	}
+	expiry := env.clock.Now().Add(time.Hour).UnixNano()
 	must(l.Append(env.a.priv, ledger.GrantBody{Amount: 1000}))
 	must(l.Append(env.b.priv, ledger.GrantBody{Amount: 500}))
-	// Award: the requester holds, the provider checks the hold.
-	must(l.Append(env.a.priv, ledger.HoldBody{Job: job("1"), Provider: env.p.id, Amount: 300}))
-	if h, ok, err := l.HoldFor(env.a.id, job("1")); err != nil || !ok || h.Provider != env.p.id || h.Amount != 300 {
-		t.Fatalf("HoldFor = %+v, %v, %v", h, ok, err)
+	// Posted, then awarded: the named hold replaces the posting hold.
+	must(l.Append(env.a.priv, ledger.HoldBody{Job: job("1"), Amount: 400}))
+	hold := must(l.Append(env.a.priv, ledger.HoldBody{Job: job("1"), Provider: env.p.id, Amount: 300, Expiry: expiry, Replicas: 1}))
+	if _, ok, err := l.HoldFor(env.a.id, job("1")); err != nil || ok {
+		t.Fatalf("posting hold still open: %v, %v", ok, err)
+	}
+	e, h, ok, err := l.HoldEntryOf(env.a.id, job("1"), env.p.id)
+	if err != nil || !ok || e.Hash() != hold.Hash() || h.Provider != env.p.id || h.Amount != 300 || !h.Named || h.Expiry.UnixNano() != expiry || h.Seq != hold.Seq {
+		t.Fatalf("HoldEntryOf = %+v, %v, %v", h, ok, err)
 	}
 	must(l.Append(env.p.priv, env.a.leaseFor(t, env.p.id, job("1"), 250)))
 	rc := must(l.Append(env.p.priv, ledger.ReceiptBody{Job: job("1"), Receipt: job("r1"), Result: "bafy", Usage: ledger.Usage{WallMS: 10, GPUMS: 9}}))
 	if b := env.balance(env.a.id); b.Balance != 1000 || b.Held != 300 || b.Available() != 700 {
 		t.Fatalf("a while held: %+v", b)
 	}
-	// Accepted: pay 250 out of 300; the rest is released.
-	must(l.Append(env.a.priv, ledger.PaymentBody{Job: job("1"), To: env.p.id, Receipt: rc.Hash(), Amount: 250}))
-	if _, ok, _ := l.HoldFor(env.a.id, job("1")); ok {
-		t.Fatal("hold still open after payment")
+	if o, ok, err := l.ClaimableHold(env.p.id, env.a.id, job("1"), env.clock.Now()); err != nil || !ok || o.Seq != hold.Seq {
+		t.Fatalf("ClaimableHold = %+v, %v, %v", o, ok, err)
 	}
-	// A job re-assigned: paid to another provider than the hold named.
-	must(l.Append(env.a.priv, ledger.HoldBody{Job: job("2"), Provider: env.p.id, Amount: 100}))
-	if h, ok, err := l.HoldFor(env.a.id, job("2")); err != nil || !ok || h.Provider != env.p.id {
-		t.Fatalf("HoldFor = %+v, %v, %v", h, ok, err)
+	if _, ok, _ := l.ClaimableHold(env.p.id, env.a.id, job("1"), time.Unix(0, expiry+1)); ok {
+		t.Fatal("a hold claimable after its expiry")
 	}
-	must(l.Append(env.a.priv, ledger.PaymentBody{Job: job("2"), To: env.b.id, Amount: 100}))
+	// Accepted: the provider claims 250 out of 300; the rest returns.
+	claim := acceptedClaim(t, env.a.priv, env.p.id, ledger.ClaimBody{Job: job("1"), HoldSeq: hold.Seq, Amount: 250, Final: true, Receipt: rc.Body.(ledger.ReceiptBody).Receipt})
+	ce := must(l.Append(env.p.priv, claim))
+	if _, ok, _ := l.HoldOf(env.a.id, job("1"), env.p.id); ok {
+		t.Fatal("hold still open after the final claim")
+	}
+	if got, ok, err := l.FinalClaim(env.a.id, job("1"), env.p.id); err != nil || !ok || got.Hash() != ce.Hash() {
+		t.Fatalf("FinalClaim: %v, %v", ok, err)
+	}
+	if c, err := l.Claimed(env.a.id, job("1"), env.p.id); err != nil || !c {
+		t.Fatalf("Claimed: %v, %v", c, err)
+	}
+	// A job awarded to two providers at once (replicas), one waives.
+	hb := must(l.Append(env.a.priv, ledger.HoldBody{Job: job("2"), Provider: env.b.id, Amount: 100, Expiry: expiry, Replicas: 2}))
+	must(l.Append(env.a.priv, ledger.HoldBody{Job: job("2"), Provider: env.p.id, Amount: 100, Expiry: expiry, Replicas: 2}))
+	if hs, err := l.JobHolds(env.a.id, job("2")); err != nil || len(hs) != 2 {
+		t.Fatalf("JobHolds = %+v, %v", hs, err)
+	}
+	must(l.Append(env.b.priv, ledger.WaiveBody{Job: job("2"), Requester: env.a.id, HoldSeq: hb.Seq}))
+	if hs, err := l.JobHolds(env.a.id, job("2")); err != nil || len(hs) != 1 || hs[0].Provider != env.p.id {
+		t.Fatalf("JobHolds after the waive = %+v, %v", hs, err)
+	}
 	// Failed job, held when it was posted (no provider named): released.
 	must(l.Append(env.b.priv, ledger.HoldBody{Job: job("3"), Amount: 500}))
 	if h, ok, err := l.HoldFor(env.b.id, job("3")); err != nil || !ok || h.Provider != "" || h.Amount != 500 {
@@ -537,14 +563,34 @@ func TestLedgerJobFlow(t *testing.T) {
 	}
 	must(l.Append(env.b.priv, ledger.ReleaseBody{Job: job("3")}))
 	// The provider spends what it earned.
-	must(l.Append(env.p.priv, ledger.HoldBody{Job: job("4"), Provider: env.b.id, Amount: 250}))
-	if _, err := l.Append(env.p.priv, ledger.HoldBody{Job: job("5"), Provider: env.b.id, Amount: 1}); !errors.Is(err, ledger.ErrOverdraft) {
+	must(l.Append(env.p.priv, ledger.HoldBody{Job: job("4"), Provider: env.b.id, Amount: 250, Expiry: expiry, Replicas: 1}))
+	if _, err := l.Append(env.p.priv, ledger.HoldBody{Job: job("5"), Amount: 1}); !errors.Is(err, ledger.ErrOverdraft) {
 		t.Fatalf("provider overdraft: err = %v", err)
+	}
+	rep := func(id peer.ID) ledger.Reputation {
+		r, err := l.Reputation(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if r := rep(env.p.id); r != (ledger.Reputation{Leases: 1, Receipts: 1, JobsPaid: 1, Earned: 250, GPUMS: 9, WallMS: 10, Awards: 1}) {
+		t.Errorf("p's reputation %+v", r)
+	}
+	if r := rep(env.a.id); r != (ledger.Reputation{Awards: 3, PaidFor: 1, Spent: 250}) {
+		t.Errorf("a's reputation %+v", r)
+	}
+	if r := rep(env.b.id); r != (ledger.Reputation{Waived: 1}) {
+		t.Errorf("b's reputation %+v", r)
+	}
+	n := 0
+	if err := l.Reputations(func(peer.ID, ledger.Reputation) error { n++; return nil }); err != nil || n != 3 {
+		t.Fatalf("Reputations: %d peers, %v", n, err)
 	}
 
 	want := map[peer.ID]Balance{
-		env.a.id: {Balance: 650},
-		env.b.id: {Balance: 600},
+		env.a.id: {Balance: 750, Held: 100},
+		env.b.id: {Balance: 500},
 		env.p.id: {Balance: 250, Held: 250},
 	}
 	for id, w := range want {
@@ -560,7 +606,7 @@ func TestLedgerJobFlow(t *testing.T) {
 	if total != 1500 || granted != 1500 || env.g.Total([]peer.ID{env.a.id, env.b.id}) != total {
 		t.Fatalf("total %d, granted %d", total, granted)
 	}
-	if l.Count() != 11 {
+	if l.Count() != 13 {
 		t.Fatalf("count %d", l.Count())
 	}
 	env.noProblems()
@@ -588,7 +634,7 @@ func TestLedgerJobFlow(t *testing.T) {
 		last = item.Hash
 		n++
 	}
-	if n != 11 {
+	if n != 13 {
 		t.Fatalf("%d items", n)
 	}
 }
@@ -597,14 +643,14 @@ func TestAppendBatchAtomic(t *testing.T) {
 	env := newLedgerEnv(t)
 	if _, err := env.l.AppendBatch(env.a.priv, []ledger.Body{
 		ledger.GrantBody{Amount: 1000},
-		ledger.HoldBody{Job: job("1"), Provider: env.p.id, Amount: 1001},
+		ledger.HoldBody{Job: job("1"), Amount: 1001},
 	}); !errors.Is(err, ledger.ErrOverdraft) {
 		t.Fatalf("err = %v", err)
 	}
 	if env.l.Count() != 0 {
 		t.Fatal("a refused batch left entries")
 	}
-	es, err := env.l.AppendBatch(env.a.priv, []ledger.Body{ledger.GrantBody{Amount: 1000}, ledger.HoldBody{Job: job("1"), Provider: env.p.id, Amount: 1000}})
+	es, err := env.l.AppendBatch(env.a.priv, []ledger.Body{ledger.GrantBody{Amount: 1000}, ledger.HoldBody{Job: job("1"), Amount: 1000}})
 	if err != nil || len(es) != 2 || es[1].Seq != 2 {
 		t.Fatalf("%v, %v", es, err)
 	}
@@ -737,7 +783,7 @@ func TestLedgerVerifyTampered(t *testing.T) {
 		}, ledger.ErrBadSignature},
 		"validly signed entry that breaks a rule": {func(env *ledgerEnv, txn *badger.Txn) error {
 			e := ledger.Entry{Account: env.a.id, Seq: 4, Prev: env.l.mustHead(env.t, env.a.id), Time: env.a.at,
-				Body: ledger.PaymentBody{Job: job("none"), To: env.p.id, Amount: 1}}
+				Body: ledger.PaymentBody{Job: job("none"), To: env.p.id, Amount: 1}}.AsVersion2()
 			if err := e.Sign(testNet, env.a.priv); err != nil {
 				return err
 			}
@@ -752,7 +798,7 @@ func TestLedgerVerifyTampered(t *testing.T) {
 			return txn.Set(acctKey(env.p.id), a.Encode())
 		}, ErrInconsistent},
 		"hold index deleted": {func(env *ledgerEnv, txn *badger.Txn) error {
-			return txn.Delete(holdKey(env.b.id, job("2")))
+			return txn.Delete(holdKey(env.b.id, job("2"), ""))
 		}, ErrInconsistent},
 		"count edited": {func(env *ledgerEnv, txn *badger.Txn) error {
 			return txn.Set([]byte(keyLedgerCount), []byte{0, 0, 0, 0, 0, 0, 0, 1})
@@ -1354,7 +1400,7 @@ func TestLedgerUpgradesFormat3(t *testing.T) {
 	defer db.Close()
 	var format []byte
 	db.bdb.View(func(txn *badger.Txn) (err error) { format, err = getValue(txn, []byte(keyLedgerFormat)); return err })
-	if !bytes.Equal(format, []byte{ledgerFormat}) || ledgerFormat != 4 {
+	if !bytes.Equal(format, []byte{ledgerFormat}) || ledgerFormat != 5 {
 		t.Fatalf("format %x after the upgrade", format)
 	}
 	if got, err := l.EntryByHash(sha256.Sum256(old)); err != nil || !bytes.Equal(got.Encode(), old) {

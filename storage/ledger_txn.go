@@ -17,8 +17,13 @@ const (
 	keyEntryPrefix = "ledger/e/"    // <account><seq> → entry bytes
 	keyHashPrefix  = "ledger/h/"    // <hash> → <seq><unix nanos><account>
 	keyAcctPrefix  = "ledger/acct/" // <account> → ledger.AccountState
-	keyHoldPrefix  = "ledger/hold/" // <account><job> → ledger.HoldRecord
-	keyPaidPrefix  = "ledger/paid/" // <account><job> → payment seq
+	// <account><job><provider, or nothing> → ledger.HoldRecord; the
+	// provider for a hold of version 3 naming one (format 5)
+	keyHoldPrefix = "ledger/hold/"
+	keyPaidPrefix = "ledger/paid/" // <account><job> → payment seq
+	// <requester><job><provider> → the provider's final claim's seq (format 5)
+	keyClaimPrefix = "ledger/claim/"
+	keyRepPrefix   = "ledger/rep/" // <peer> → ledger.Reputation (format 5)
 	// <requester><job><provider, or nothing> → holds ever written (format 3)
 	keyFundPrefix    = "ledger/fund/"
 	keyLeasePrefix   = "ledger/lease/" // <provider><job> → ledger.LeaseRecord (format 3)
@@ -37,8 +42,20 @@ func hashKey(h ledger.Hash) []byte { return append([]byte(keyHashPrefix), h[:]..
 
 func acctKey(id peer.ID) []byte { return append([]byte(keyAcctPrefix), id...) }
 
-func holdKey(id peer.ID, job ledger.Hash) []byte {
-	return append(append([]byte(keyHoldPrefix), id...), job[:]...)
+func holdKey(id peer.ID, job ledger.Hash, provider peer.ID) []byte {
+	return threeKey(keyHoldPrefix, id, job, provider)
+}
+
+func claimKey(requester peer.ID, job ledger.Hash, provider peer.ID) []byte {
+	return threeKey(keyClaimPrefix, requester, job, provider)
+}
+
+func repKey(id peer.ID) []byte { return append([]byte(keyRepPrefix), id...) }
+
+// threeKey is prefix, an account, a job and a second account or nothing.
+func threeKey(prefix string, a peer.ID, job ledger.Hash, b peer.ID) []byte {
+	k := make([]byte, 0, len(prefix)+len(a)+len(job)+len(b))
+	return append(append(append(append(k, prefix...), a...), job[:]...), b...)
 }
 
 func paidKey(id peer.ID, job ledger.Hash) []byte {
@@ -46,8 +63,7 @@ func paidKey(id peer.ID, job ledger.Hash) []byte {
 }
 
 func fundKey(requester peer.ID, job ledger.Hash, provider peer.ID) []byte {
-	k := make([]byte, 0, len(keyFundPrefix)+len(requester)+len(job)+len(provider))
-	return append(append(append(append(k, keyFundPrefix...), requester...), job[:]...), provider...)
+	return threeKey(keyFundPrefix, requester, job, provider)
 }
 
 func leaseKey(provider peer.ID, job ledger.Hash) []byte {
@@ -183,8 +199,8 @@ func (t *ledgerTxn) Account(id peer.ID) (*ledger.AccountState, error) {
 	return &s.cur, nil
 }
 
-func (t *ledgerTxn) Hold(id peer.ID, job ledger.Hash) (ledger.HoldRecord, bool, error) {
-	v, err := t.get(holdKey(id, job))
+func (t *ledgerTxn) Hold(id peer.ID, job ledger.Hash, provider peer.ID) (ledger.HoldRecord, bool, error) {
+	v, err := t.get(holdKey(id, job, provider))
 	if err != nil || v == nil {
 		return ledger.HoldRecord{}, false, err
 	}
@@ -195,11 +211,38 @@ func (t *ledgerTxn) Hold(id peer.ID, job ledger.Hash) (ledger.HoldRecord, bool, 
 	return h, true, nil
 }
 
-func (t *ledgerTxn) PutHold(id peer.ID, job ledger.Hash, h ledger.HoldRecord) error {
-	return t.set(holdKey(id, job), h.Encode())
+func (t *ledgerTxn) PutHold(id peer.ID, job ledger.Hash, provider peer.ID, h ledger.HoldRecord) error {
+	return t.set(holdKey(id, job, provider), h.Encode())
 }
 
-func (t *ledgerTxn) DeleteHold(id peer.ID, job ledger.Hash) error { return t.del(holdKey(id, job)) }
+func (t *ledgerTxn) DeleteHold(id peer.ID, job ledger.Hash, provider peer.ID) error {
+	return t.del(holdKey(id, job, provider))
+}
+
+func (t *ledgerTxn) Claimed(requester peer.ID, job ledger.Hash, provider peer.ID) (bool, error) {
+	v, err := t.get(claimKey(requester, job, provider))
+	return v != nil, err
+}
+
+func (t *ledgerTxn) PutClaimed(requester peer.ID, job ledger.Hash, provider peer.ID, seq uint64) error {
+	return t.set(claimKey(requester, job, provider), binary.BigEndian.AppendUint64(nil, seq))
+}
+
+func (t *ledgerTxn) Reputation(id peer.ID) (ledger.Reputation, error) {
+	v, err := t.get(repKey(id))
+	if err != nil || v == nil {
+		return ledger.Reputation{}, err
+	}
+	r, err := ledger.DecodeReputation(v)
+	if err != nil {
+		return r, storeErr(fmt.Errorf("reputation of %s: %w", id, err))
+	}
+	return r, nil
+}
+
+func (t *ledgerTxn) PutReputation(id peer.ID, r ledger.Reputation) error {
+	return t.set(repKey(id), r.Encode())
+}
 
 func (t *ledgerTxn) Paid(id peer.ID, job ledger.Hash) (bool, error) {
 	v, err := t.get(paidKey(id, job))

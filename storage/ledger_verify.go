@@ -44,7 +44,10 @@ func (l *Ledger) Verify(ctx context.Context) ([]ledger.Problem, error) {
 	c.fraudProofs(l.network)
 	c.accounts()
 	c.jobIndexes()
+	c.holds()
 	c.funds()
+	c.claims()
+	c.reputations()
 	c.hashes()
 	c.count()
 	return c.probs, nil
@@ -102,18 +105,57 @@ func (c *indexCheck) accounts() {
 	}
 }
 
-// jobIndexes checks the indexes of open holds, payments and leases.
-func (c *indexCheck) jobIndexes() {
+// holds checks the index of open holds.
+func (c *indexCheck) holds() {
 	for k, hr := range c.want.Holds {
-		if v, ok := c.s.holds[k]; !c.broken[k.Account] && (!ok || !bytes.Equal(v, hr.Encode())) {
-			c.bad(k.Account, hr.Seq, "open hold for job %s not indexed as such", k.Job)
+		if v, ok := c.s.holds[k]; !c.broken[k.Requester] && (!ok || !bytes.Equal(v, hr.Encode())) {
+			c.bad(k.Requester, hr.Seq, "open hold for job %s naming %q not indexed as such", k.Job, k.Provider)
 		}
 	}
 	for k := range c.s.holds {
-		if _, ok := c.want.Holds[k]; !ok && !c.broken[k.Account] {
-			c.bad(k.Account, 0, "hold index for job %s without an open hold", k.Job)
+		if _, ok := c.want.Holds[k]; !ok && !c.broken[k.Requester] {
+			c.bad(k.Requester, 0, "hold index for job %s naming %q without an open hold", k.Job, k.Provider)
 		}
 	}
+}
+
+// claims checks the index of final claims. A claim is the provider's
+// entry, so the provider's chain is the one that must not be broken.
+func (c *indexCheck) claims() {
+	for k, seq := range c.want.Claims {
+		if v, ok := c.s.claims[k]; !c.broken[k.Provider] && (!ok || !bytes.Equal(v, binary.BigEndian.AppendUint64(nil, seq))) {
+			c.bad(k.Provider, seq, "final claim of job %s of %s not indexed", k.Job, k.Requester)
+		}
+	}
+	for k := range c.s.claims {
+		if _, ok := c.want.Claims[k]; !ok && !c.broken[k.Provider] {
+			c.bad(k.Provider, 0, "claim index for job %s of %s without a final claim", k.Job, k.Requester)
+		}
+	}
+}
+
+// reputations checks the reputation counters. A peer's counters also
+// count other chains' entries (claims against it, payments to it): when
+// any chain is broken they may differ without an index being wrong, so
+// they are checked only when none is.
+func (c *indexCheck) reputations() {
+	if len(c.broken) > 0 {
+		return
+	}
+	for id, want := range c.want.Reps {
+		if got, ok := c.s.reps[id]; !ok && want != (ledger.Reputation{}) || ok && got != want {
+			c.bad(id, 0, "reputation %+v, entries give %+v", got, want)
+		}
+	}
+	for id, got := range c.s.reps {
+		if _, ok := c.want.Reps[id]; !ok && got != (ledger.Reputation{}) {
+			c.bad(id, 0, "reputation %+v without entries", got)
+		}
+	}
+}
+
+// jobIndexes checks the indexes of payments and leases.
+func (c *indexCheck) jobIndexes() {
 	for k, seq := range c.want.Paids {
 		if v, ok := c.s.paids[k]; !c.broken[k.Account] && (!ok || !bytes.Equal(v, binary.BigEndian.AppendUint64(nil, seq))) {
 			c.bad(k.Account, seq, "payment for job %s not indexed", k.Job)

@@ -19,8 +19,10 @@ type stored struct {
 	nEntry uint64
 	hashes map[ledger.Hash][]byte
 	accts  map[peer.ID]ledger.AccountState
-	holds  map[ledger.JobKey][]byte
+	holds  map[ledger.FundKey][]byte
 	paids  map[ledger.JobKey][]byte
+	claims map[ledger.FundKey][]byte
+	reps   map[peer.ID]ledger.Reputation
 	funds  map[ledger.FundKey][]byte
 	leases map[ledger.JobKey][]byte
 	fraud  map[peer.ID][]byte
@@ -37,8 +39,8 @@ func sortedAccounts(chains map[peer.ID][]*ledger.Candidate) []peer.ID {
 	return ids
 }
 
-// parseFundKey reads a key of the fund index without its prefix: a
-// requester, a job and a provider or none.
+// parseFundKey reads a key of the hold, fund or claim index without its
+// prefix: a requester, a job and a provider or none.
 func parseFundKey(k []byte) (ledger.FundKey, bool) {
 	const head = ledger.AccountIDLen + len(ledger.Hash{})
 	if len(k) != head && len(k) != head+ledger.AccountIDLen {
@@ -47,7 +49,7 @@ func parseFundKey(k []byte) (ledger.FundKey, bool) {
 	return ledger.FundKey{Requester: peer.ID(k[:ledger.AccountIDLen]), Job: ledger.Hash(k[ledger.AccountIDLen:head]), Provider: peer.ID(k[head:])}, true
 }
 
-// parseJobKey reads a key of the hold, payment or lease index without its
+// parseJobKey reads a key of the payment or lease index without its
 // prefix: an account and a job.
 func parseJobKey(k []byte) (ledger.JobKey, bool) {
 	if len(k) != ledger.AccountIDLen+len(ledger.Hash{}) {
@@ -71,13 +73,14 @@ type snapshotReader struct {
 func (l *Ledger) readAll(ctx context.Context) (*stored, []ledger.Problem, error) {
 	s := &stored{
 		chains: make(map[peer.ID][]*ledger.Candidate), hashes: make(map[ledger.Hash][]byte),
-		accts: make(map[peer.ID]ledger.AccountState), holds: make(map[ledger.JobKey][]byte), paids: make(map[ledger.JobKey][]byte),
+		accts: make(map[peer.ID]ledger.AccountState), holds: make(map[ledger.FundKey][]byte), paids: make(map[ledger.JobKey][]byte),
+		claims: make(map[ledger.FundKey][]byte), reps: make(map[peer.ID]ledger.Reputation),
 		funds: make(map[ledger.FundKey][]byte), leases: make(map[ledger.JobKey][]byte), fraud: make(map[peer.ID][]byte),
 	}
 	var probs []ledger.Problem
 	err := l.db.bdb.View(func(txn *badger.Txn) error {
 		r := &snapshotReader{ctx: ctx, txn: txn, s: s}
-		for _, step := range []func() error{r.entries, r.hashes, r.accounts, r.jobIndexes, r.funds, r.fraud} {
+		for _, step := range []func() error{r.entries, r.hashes, r.accounts, r.jobIndexes, r.threeKeyed, r.reputations, r.fraud} {
 			if err := step(); err != nil {
 				return err
 			}
@@ -161,7 +164,7 @@ func (r *snapshotReader) jobIndexes() error {
 	for _, idx := range []struct {
 		prefix string
 		m      map[ledger.JobKey][]byte
-	}{{keyHoldPrefix, r.s.holds}, {keyPaidPrefix, r.s.paids}, {keyLeasePrefix, r.s.leases}} {
+	}{{keyPaidPrefix, r.s.paids}, {keyLeasePrefix, r.s.leases}} {
 		err := r.scan(idx.prefix, func(k, v []byte) {
 			jk, ok := parseJobKey(k)
 			if !ok {
@@ -177,14 +180,36 @@ func (r *snapshotReader) jobIndexes() error {
 	return nil
 }
 
-func (r *snapshotReader) funds() error {
-	return r.scan(keyFundPrefix, func(k, v []byte) {
-		fk, ok := parseFundKey(k)
-		if !ok {
-			r.problem(ledger.Problem{Err: fmt.Errorf("%w: key %s%x", ErrInconsistent, keyFundPrefix, k)})
+// threeKeyed reads the indexes keyed by an account, a job and another
+// account or none: holds, holds ever written, final claims.
+func (r *snapshotReader) threeKeyed() error {
+	for _, idx := range []struct {
+		prefix string
+		m      map[ledger.FundKey][]byte
+	}{{keyHoldPrefix, r.s.holds}, {keyFundPrefix, r.s.funds}, {keyClaimPrefix, r.s.claims}} {
+		err := r.scan(idx.prefix, func(k, v []byte) {
+			fk, ok := parseFundKey(k)
+			if !ok || idx.prefix == keyClaimPrefix && fk.Provider == "" {
+				r.problem(ledger.Problem{Err: fmt.Errorf("%w: key %s%x", ErrInconsistent, idx.prefix, k)})
+				return
+			}
+			idx.m[fk] = v
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *snapshotReader) reputations() error {
+	return r.scan(keyRepPrefix, func(k, v []byte) {
+		rep, err := ledger.DecodeReputation(v)
+		if err != nil {
+			r.problem(ledger.Problem{Account: peer.ID(k), Err: err})
 			return
 		}
-		r.s.funds[fk] = v
+		r.s.reps[peer.ID(k)] = rep
 	})
 }
 

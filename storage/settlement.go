@@ -11,12 +11,13 @@ import (
 	"github.com/mira-market/mira/protocol/ledger"
 )
 
-// HoldEntry returns the entry of account's open hold for job: what a
-// requester attaches to an award.
+// HoldEntry returns the entry of account's open hold for job naming no
+// provider (or written before version 3): what a requester attaches to an
+// award it backs. HoldEntryOf finds a hold naming a provider.
 func (l *Ledger) HoldEntry(account peer.ID, job ledger.Hash) (ledger.Entry, bool, error) {
 	var e *ledger.Entry
 	err := l.db.bdb.View(func(txn *badger.Txn) error {
-		h, err := holdIn(txn, account, job)
+		h, err := holdIn(txn, account, job, "")
 		if err != nil || h == nil {
 			return err
 		}
@@ -63,9 +64,9 @@ func (l *Ledger) EscrowFor(account peer.ID, job ledger.Hash) (Escrow, error) {
 			out.Payment, err = entryIn(txn, account, binary.BigEndian.Uint64(paid))
 			return err
 		}
-		h, err := holdIn(txn, account, job)
+		h, err := holdIn(txn, account, job, "")
 		if err == nil && h != nil {
-			out.Hold = &ledger.HoldBody{Job: job, Provider: h.Provider, Amount: h.Amount}
+			out.Hold = &ledger.HoldBody{Job: job, Provider: h.Provider, Amount: h.Amount, Replicas: h.Replicas}
 		}
 		return err
 	})
@@ -75,9 +76,10 @@ func (l *Ledger) EscrowFor(account peer.ID, job ledger.Hash) (Escrow, error) {
 	return out, nil
 }
 
-// holdIn reads account's open hold record for job; nil if there is none.
-func holdIn(txn *badger.Txn, account peer.ID, job ledger.Hash) (*ledger.HoldRecord, error) {
-	v, err := getValue(txn, holdKey(account, job))
+// holdIn reads account's open hold record for job naming provider (see
+// ledger.State.Hold); nil if there is none.
+func holdIn(txn *badger.Txn, account peer.ID, job ledger.Hash, provider peer.ID) (*ledger.HoldRecord, error) {
+	v, err := getValue(txn, holdKey(account, job, provider))
 	if err != nil || v == nil {
 		return nil, err
 	}
@@ -131,43 +133,197 @@ type OpenHold struct {
 	Amount   uint64
 	Seq      uint64    // the hold entry's seq
 	Time     time.Time // the hold entry's time
+	// Of a hold of version 3 naming a provider: the end of its claim
+	// window (zero time for the others), what claims drew from it so far.
+	Expiry  time.Time
+	Claimed uint64
+	// Replicas is the job's verification k the hold states (0: not
+	// stated, a hold naming none may leave it out).
+	Replicas uint8
+	// Named is whether the hold is of version 3 naming Provider: only
+	// Provider closes it before Expiry. A hold written before version 3
+	// may name a provider without being Named.
+	Named bool
 }
 
-// OpenHolds returns account's open holds, in job order: what a node looks
-// through for holds that nothing will settle (a job its restored data dir
-// forgot).
+func openHold(job ledger.Hash, h *ledger.HoldRecord, named bool, at time.Time) OpenHold {
+	o := OpenHold{Job: job, Provider: h.Provider, Amount: h.Amount, Seq: h.Seq, Time: at,
+		Claimed: h.Claimed, Replicas: h.Replicas, Named: named}
+	if h.Expiry != 0 {
+		o.Expiry = time.Unix(0, h.Expiry).UTC()
+	}
+	return o
+}
+
+// OpenHolds returns account's open holds, in job order (for each job the
+// one naming no provider first, then those naming one in provider
+// order): what a node looks through for holds that nothing will settle
+// (a job its restored data dir forgot).
 func (l *Ledger) OpenHolds(account peer.ID) ([]OpenHold, error) {
 	var out []OpenHold
-	prefix := append([]byte(keyHoldPrefix), account...)
 	err := l.db.bdb.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true})
-		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
-			k := it.Item().Key()
-			if len(k) != len(prefix)+len(ledger.Hash{}) {
-				continue // another account's key that extends this one's bytes
-			}
-			v, err := it.Item().ValueCopy(nil)
-			if err != nil {
-				return err
-			}
-			h, err := ledger.DecodeHoldRecord(v)
-			if err != nil {
-				return fmt.Errorf("hold %x: %w", k, err)
-			}
-			e, err := entryIn(txn, account, h.Seq)
-			if err != nil {
-				return err
-			}
-			if e == nil {
-				return fmt.Errorf("hold %x: entry %d missing", k, h.Seq)
-			}
-			out = append(out, OpenHold{Job: ledger.Hash(k[len(prefix):]), Provider: h.Provider, Amount: h.Amount, Seq: h.Seq, Time: e.Time})
-		}
-		return nil
+		return scanHolds(txn, append([]byte(keyHoldPrefix), account...), account, func(o OpenHold) { out = append(out, o) })
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open holds of %s: %w", account, err)
 	}
 	return out, nil
+}
+
+// JobHolds returns account's open holds of job: the one naming no
+// provider, if open, first, then those naming one, in provider order.
+func (l *Ledger) JobHolds(account peer.ID, job ledger.Hash) ([]OpenHold, error) {
+	var out []OpenHold
+	err := l.db.bdb.View(func(txn *badger.Txn) error {
+		return scanHolds(txn, holdKey(account, job, ""), account, func(o OpenHold) { out = append(out, o) })
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open holds of %s for job %s: %w", account, job, err)
+	}
+	return out, nil
+}
+
+// scanHolds calls f with each open hold of account under prefix (a prefix
+// of its hold keys), with its entry's time.
+func scanHolds(txn *badger.Txn, prefix []byte, account peer.ID, f func(OpenHold)) error {
+	base := len(keyHoldPrefix) + len(account)
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true})
+	defer it.Close()
+	for it.Rewind(); it.Valid(); it.Next() {
+		k := it.Item().Key()
+		named := len(k) == base+len(ledger.Hash{})+ledger.AccountIDLen
+		if len(k) != base+len(ledger.Hash{}) && !named {
+			continue // another account's key that extends this one's bytes
+		}
+		v, err := it.Item().ValueCopy(nil)
+		if err != nil {
+			return err
+		}
+		h, err := ledger.DecodeHoldRecord(v)
+		if err != nil {
+			return fmt.Errorf("hold %x: %w", k, err)
+		}
+		e, err := entryIn(txn, account, h.Seq)
+		if err != nil {
+			return err
+		}
+		if e == nil {
+			return fmt.Errorf("hold %x: entry %d missing", k, h.Seq)
+		}
+		f(openHold(ledger.Hash(k[base:base+len(ledger.Hash{})]), &h, named, e.Time))
+	}
+	return nil
+}
+
+// HoldOf returns requester's open hold of job naming provider (of version
+// 3), or with provider "" the job's hold naming none (or written before
+// version 3), as ledger.State.Hold names them. A provider reads the hold
+// its claims draw on with it: Seq is the claim's HoldSeq, Claimed what it
+// claimed before.
+func (l *Ledger) HoldOf(requester peer.ID, job ledger.Hash, provider peer.ID) (OpenHold, bool, error) {
+	_, o, ok, err := l.HoldEntryOf(requester, job, provider)
+	return o, ok, err
+}
+
+// HoldEntryOf is HoldOf with the hold's entry: what a requester attaches
+// to an award.
+func (l *Ledger) HoldEntryOf(requester peer.ID, job ledger.Hash, provider peer.ID) (ledger.Entry, OpenHold, bool, error) {
+	var e *ledger.Entry
+	var o OpenHold
+	err := l.db.bdb.View(func(txn *badger.Txn) error {
+		h, err := holdIn(txn, requester, job, provider)
+		if err != nil || h == nil {
+			return err
+		}
+		if e, err = entryIn(txn, requester, h.Seq); err == nil && e == nil {
+			err = fmt.Errorf("hold of job %s: entry %d missing", job, h.Seq)
+		}
+		if err == nil {
+			o = openHold(job, h, provider != "", e.Time)
+		}
+		return err
+	})
+	if err != nil {
+		return ledger.Entry{}, OpenHold{}, false, fmt.Errorf("ledger read: %w", err)
+	}
+	if e == nil {
+		return ledger.Entry{}, OpenHold{}, false, nil
+	}
+	return *e, o, true, nil
+}
+
+// ClaimableHold returns the hold a claim (or waive) by provider dated at
+// would draw on: requester's open hold of job naming provider, if at is
+// within its claim window.
+func (l *Ledger) ClaimableHold(provider, requester peer.ID, job ledger.Hash, at time.Time) (OpenHold, bool, error) {
+	o, ok, err := l.HoldOf(requester, job, provider)
+	if err != nil || !ok || at.After(o.Expiry) {
+		return OpenHold{}, false, err
+	}
+	return o, true, nil
+}
+
+// FinalClaim returns provider's final claim of requester's job, if it
+// wrote one (and this ledger applied it): the job is paid to it.
+func (l *Ledger) FinalClaim(requester peer.ID, job ledger.Hash, provider peer.ID) (ledger.Entry, bool, error) {
+	var e *ledger.Entry
+	err := l.db.bdb.View(func(txn *badger.Txn) error {
+		v, err := getValue(txn, claimKey(requester, job, provider))
+		if err != nil || len(v) != 8 {
+			return err
+		}
+		e, err = entryIn(txn, provider, binary.BigEndian.Uint64(v))
+		return err
+	})
+	if err != nil || e == nil {
+		return ledger.Entry{}, false, err
+	}
+	return *e, true, nil
+}
+
+// Claimed reports whether provider's final claim of requester's job is
+// applied: the job is paid to it, and no hold naming it can be written
+// for the job again.
+func (l *Ledger) Claimed(requester peer.ID, job ledger.Hash, provider peer.ID) (bool, error) {
+	v, err := l.get(claimKey(requester, job, provider))
+	return v != nil, err
+}
+
+// Reputation returns a peer's reputation counters as the entries this
+// ledger applied give them (zero for a peer without any).
+func (l *Ledger) Reputation(id peer.ID) (ledger.Reputation, error) {
+	v, err := l.get(repKey(id))
+	if err != nil || v == nil {
+		return ledger.Reputation{}, err
+	}
+	r, err := ledger.DecodeReputation(v)
+	if err != nil {
+		return r, fmt.Errorf("reputation of %s: %w", id, err)
+	}
+	return r, nil
+}
+
+// Reputations calls fn with every peer that has reputation counters, in
+// peer ID order, from one snapshot; an error of fn ends the scan and is
+// returned.
+func (l *Ledger) Reputations(fn func(peer.ID, ledger.Reputation) error) error {
+	return l.db.bdb.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(keyRepPrefix), PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			id := peer.ID(it.Item().KeyCopy(nil)[len(keyRepPrefix):])
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			r, err := ledger.DecodeReputation(v)
+			if err != nil {
+				return fmt.Errorf("reputation of %s: %w", id, err)
+			}
+			if err := fn(id, r); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

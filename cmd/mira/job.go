@@ -94,6 +94,7 @@ func newJobSubmitCmd(g *globals) *cobra.Command {
 	f.IntVar(&req.Resources.CPUMillis, "cpu-millis", 0, "CPU limit in thousandths of a core (docker)")
 	f.IntVar(&req.Resources.GPUs, "gpus", 0, "GPUs needed")
 	f.StringVar(&req.Resources.GPUModel, "gpu-model", "", "GPU model, e.g. nvidia-h100 (default any)")
+	f.StringVar(&req.GPUSource, "gpu-source", "", `"detected": only providers whose GPUs their node detected, not declared ones`)
 	f.IntVar(&req.Resources.VRAMMiB, "vram-mib", 0, "least VRAM per GPU")
 	f.StringVar(&req.Tier, "tier", "batch", "interactive or batch")
 	f.Float64Var(&req.MaxPrice, "max-price", 0.01, "credits per GPU-second at most")

@@ -78,6 +78,9 @@ type ProviderQuery struct {
 	GPU     string // model key or "any"
 	Count   int
 	VRAMMiB int
+	// Source "detected" counts only GPUs the provider's node detected
+	// (query parameter gpu_source); "" counts declared ones too.
+	Source string
 }
 
 // ProviderInfo is one element of GET /v1/providers.
@@ -99,7 +102,9 @@ type ProviderGPU struct {
 	Model   string `json:"model"`
 	VRAMMiB int    `json:"vram_mib"`
 	Count   int    `json:"count"`
-	Source  string `json:"source"`
+	// Source is "detected" (the provider's node found the device) or
+	// "declared" (its operator's config says so; nothing checks it).
+	Source string `json:"source"`
 }
 
 // PeerInfo is one element of GET /v1/peers.
@@ -250,7 +255,11 @@ func (s *server) postPeers(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) getProviders(w http.ResponseWriter, r *http.Request) {
-	q := ProviderQuery{GPU: r.URL.Query().Get("gpu")}
+	q := ProviderQuery{GPU: r.URL.Query().Get("gpu"), Source: r.URL.Query().Get("gpu_source")}
+	if q.Source != "" && q.Source != "detected" {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("gpu_source: %q is not \"detected\" (or empty, for any)", q.Source))
+		return
+	}
 	for _, p := range []struct {
 		name string
 		dst  *int

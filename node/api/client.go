@@ -128,6 +128,9 @@ func (c *Client) Providers(ctx context.Context, q ProviderQuery) ([]ProviderInfo
 	if q.VRAMMiB > 0 {
 		v.Set("vram_mib", strconv.Itoa(q.VRAMMiB))
 	}
+	if q.Source != "" {
+		v.Set("gpu_source", q.Source)
+	}
 	var out []ProviderInfo
 	err := c.Do(ctx, http.MethodGet, "/v1/providers?"+v.Encode(), nil, &out)
 	return out, err

@@ -12,17 +12,20 @@ import (
 
 // JobRequest is the body of POST /v1/jobs.
 type JobRequest struct {
-	Executor    string            `json:"executor"`
-	Image       string            `json:"image,omitempty"`
-	Module      string            `json:"module,omitempty"`
-	Command     []string          `json:"command,omitempty"`
-	Args        []string          `json:"args,omitempty"`
-	Env         map[string]string `json:"env,omitempty"`
-	Resources   Resources         `json:"resources"`
-	Tier        string            `json:"tier"`
-	MaxPrice    float64           `json:"max_price"`
-	MaxDuration string            `json:"max_duration"`
-	Deadline    string            `json:"deadline"`
+	Executor  string            `json:"executor"`
+	Image     string            `json:"image,omitempty"`
+	Module    string            `json:"module,omitempty"`
+	Command   []string          `json:"command,omitempty"`
+	Args      []string          `json:"args,omitempty"`
+	Env       map[string]string `json:"env,omitempty"`
+	Resources Resources         `json:"resources"`
+	// GPUSource "detected" takes only providers whose GPUs their node
+	// detected, never ones only declared in a config; "" takes either.
+	GPUSource   string  `json:"gpu_source,omitempty"`
+	Tier        string  `json:"tier"`
+	MaxPrice    float64 `json:"max_price"`
+	MaxDuration string  `json:"max_duration"`
+	Deadline    string  `json:"deadline"`
 	// Inputs are content IDs of blobs uploaded with POST /v1/blobs; the
 	// provider fetches them into the job's working dir under inputs/.
 	Inputs []string `json:"inputs,omitempty"`
@@ -59,6 +62,9 @@ func (r JobRequest) Parse(now time.Time) (ParsedJob, error) {
 	}
 	if r.Resources.GPUs < 0 || r.Resources.VRAMMiB < 0 || r.Resources.CPUMillis < 0 || r.Resources.MemoryMiB < 0 {
 		return p, errors.New("resources: values must not be negative")
+	}
+	if r.GPUSource != "" && (r.GPUSource != "detected" || r.Resources.GPUs == 0) {
+		return p, errors.New(`gpu_source: "detected" (with resources.gpus of at least 1) or empty, for any`)
 	}
 	d, err := time.ParseDuration(r.MaxDuration)
 	if err != nil || d <= 0 {

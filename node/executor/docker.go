@@ -125,7 +125,8 @@ func ParseUser(s string) (uid, gid int, err error) {
 // given, replaces the image's entrypoint and spec.args are its arguments;
 // without a command, spec.args replace the image's CMD and the image's
 // entrypoint (if any) runs them. The container gets: the spec's env and no
-// other variable but those the image sets, job.Dir bind-mounted read-write
+// other variable but those the image sets, save the GPU device lists, which
+// are the executor's (containerEnv: the job's GPUs, or "void"), job.Dir bind-mounted read-write
 // at /work as its working directory and only mount, a read-only root
 // filesystem, no capabilities, no-new-privileges, a pids limit, memory =
 // resources.memory_mib with no swap, NanoCPUs = resources.cpu_millis, no
@@ -375,9 +376,9 @@ func (d *Docker) containerConfig(job *Job, rc runConfig) (*container.Config, *co
 	if len(spec.GetCommand()) > 0 {
 		cfg.Entrypoint = spec.GetCommand()
 	}
-	for _, e := range spec.GetEnv() {
-		cfg.Env = append(cfg.Env, e.GetName()+"="+e.GetValue())
-	}
+	// The device lists are the executor's (containerEnv): the image's
+	// and the spec's would otherwise reach the NVIDIA runtime.
+	cfg.Env = containerEnv(spec.GetEnv(), job.GPUs)
 	pids := d.opts.PidsLimit
 	network := "none"
 	if d.opts.AllowNetwork {

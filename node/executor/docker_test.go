@@ -222,6 +222,7 @@ func TestDocker(t *testing.T) {
 					case "A":
 						found = kv == "A=1"
 					case "PATH", "HOSTNAME", "HOME": // set by the engine
+					case "NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES": // no GPU (TestDockerGPUVisibility)
 					default:
 						t.Errorf("unexpected variable %q", kv)
 					}
@@ -303,7 +304,7 @@ func TestDockerConfig(t *testing.T) {
 				if !slices.Equal(cfg.Entrypoint, []string{"/bin/train"}) || !slices.Equal(cfg.Cmd, []string{"--epochs", "3"}) {
 					t.Errorf("entrypoint %q cmd %q", cfg.Entrypoint, cfg.Cmd)
 				}
-				if !slices.Equal(cfg.Env, []string{"A=1"}) || cfg.WorkingDir != "/work" || cfg.Labels[LabelJob] != "j1" {
+				if !slices.Equal(cfg.Env, []string{"A=1", "NVIDIA_VISIBLE_DEVICES=0,2"}) || cfg.WorkingDir != "/work" || cfg.Labels[LabelJob] != "j1" {
 					t.Errorf("env %q workdir %q labels %v", cfg.Env, cfg.WorkingDir, cfg.Labels)
 				}
 				if len(hc.Mounts) != 1 || hc.Mounts[0].Source != "/jobs/j1" || hc.Mounts[0].Target != "/work" || hc.Mounts[0].ReadOnly {

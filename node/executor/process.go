@@ -36,7 +36,9 @@ type ProcessOptions struct {
 // sandbox, only for operators who trust their requesters (a private
 // network).
 //
-// The process's environment is exactly the spec's env. A command without a
+// The process's environment is the spec's env, but for the GPU device
+// lists, which name the job's GPUs (host indices) or none (see
+// processEnv): CUDA_VISIBLE_DEVICES, ROCR_VISIBLE_DEVICES. A command without a
 // slash is looked up in the spec's PATH when it gives one, else in the
 // node's. The job runs in a process group of its own; when its main process
 // exits, or ctx is done, the whole group is killed (SIGKILL), so nothing it
@@ -127,10 +129,11 @@ func (p *Process) prepare(job *Job) (*exec.Cmd, error) {
 	if job.Dir == "" {
 		return nil, errors.New("process: job has no directory")
 	}
-	env := make([]string, 0, len(spec.GetEnv())) // not nil: nil would inherit the node's
+	// The device lists are the executor's, not the spec's: a host
+	// process would otherwise see every GPU of the machine.
+	env := processEnv(spec.GetEnv(), job.GPUs)
 	pathEnv, hasPath := "", false
 	for _, e := range spec.GetEnv() {
-		env = append(env, e.GetName()+"="+e.GetValue())
 		if e.GetName() == "PATH" {
 			pathEnv, hasPath = e.GetValue(), true
 		}

@@ -139,6 +139,19 @@ func run(ctx context.Context, timeout time.Duration, name string, args ...string
 	return out, nil
 }
 
+// vendorOf is the vendor a GPU name names, or "".
+func vendorOf(lower string) string {
+	for _, t := range strings.FieldsFunc(nonAlnum.ReplaceAllString(lower, " "), func(r rune) bool { return r == ' ' }) {
+		switch t {
+		case "nvidia", "geforce", "tesla", "quadro":
+			return "nvidia"
+		case "amd", "ati", "radeon", "instinct":
+			return "amd"
+		}
+	}
+	return ""
+}
+
 var (
 	nonAlnum = regexp.MustCompile(`[^a-z0-9]+`)
 	memSize  = regexp.MustCompile(`^[0-9]+(gb|g)$`)
@@ -161,6 +174,18 @@ var dropTokens = map[string]bool{
 // "AMD Instinct MI300X" → "amd-mi300x". An empty name gives "".
 func NormalizeModel(name string) string {
 	lower := strings.ToLower(name)
+	// PCI ID names are "Codename [Marketing name]" ("Arcturus GL-XL
+	// [Instinct MI100]"): the marketing name is the model; the vendor
+	// comes from the whole.
+	if open := strings.Index(lower, "["); open >= 0 {
+		if end := strings.Index(lower[open:], "]"); end > 1 {
+			inner := lower[open+1 : open+end]
+			if v := vendorOf(lower); v != "" && !strings.Contains(inner, v) {
+				inner = v + " " + inner
+			}
+			lower = inner
+		}
+	}
 	tokens := strings.FieldsFunc(nonAlnum.ReplaceAllString(lower, " "), func(r rune) bool { return r == ' ' })
 	if len(tokens) == 0 {
 		return ""

@@ -67,10 +67,12 @@ func ParseNvidiaSMI(out []byte) ([]Device, error) {
 	return devs, nil
 }
 
-// naToEmpty maps nvidia-smi's placeholders for unreadable fields to "".
+// naToEmpty maps nvidia-smi's placeholders for unreadable fields to "":
+// "[N/A]", "[Not Supported]", "[Unknown Error]", ... and, from older
+// drivers (440), a bare "N/A".
 func naToEmpty(s string) string {
-	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
-		return "" // [N/A], [Not Supported], [Unknown Error], ...
+	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") || s == "N/A" {
+		return ""
 	}
 	return s
 }

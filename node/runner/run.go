@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node/blob"
@@ -85,8 +84,8 @@ func (r *Runner) run(ctx context.Context, l *market.Lease) market.Outcome {
 }
 
 // prepare makes a run's job: its scratch dir (with an empty out/) when
-// the job can see one, its GPUs, and for a host process the environment
-// that names them.
+// the job can see one, and its GPUs (the executor hands them over, and
+// hides the others).
 func (r *Runner) prepare(l *market.Lease, workDir string) (*executor.Job, error) {
 	job := &executor.Job{ID: l.Job.String(), Spec: l.Spec, GPUs: r.assignGPUs(l.Spec)}
 	// A scratch directory is two mkdirs and a removal: only for a job that
@@ -96,12 +95,6 @@ func (r *Runner) prepare(l *market.Lease, workDir string) (*executor.Job, error)
 		if err := os.MkdirAll(filepath.Join(job.Dir, outputsDir), 0o700); err != nil {
 			return nil, r.providerFault(l, "scratch dir", err)
 		}
-	}
-	if l.Spec.Executor == "process" && len(job.GPUs) > 0 {
-		// A host process sees every device; CUDA and ROCm honour these.
-		job.Spec = proto.Clone(l.Spec).(*pb.JobSpec)
-		devs := strings.Join(job.GPUs, ",")
-		job.Spec.Env = append(job.Spec.Env, &pb.EnvVar{Name: "CUDA_VISIBLE_DEVICES", Value: devs}, &pb.EnvVar{Name: "ROCR_VISIBLE_DEVICES", Value: devs})
 	}
 	return job, nil
 }

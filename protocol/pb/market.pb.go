@@ -166,7 +166,11 @@ type JobSpec struct {
 	MaxDurationMs int64  `protobuf:"varint,10,opt,name=max_duration_ms,json=maxDurationMs,proto3" json:"max_duration_ms,omitempty"`
 	// inputs are content IDs of blobs the requester serves; the provider
 	// fetches them into the job's scratch dir under inputs/<content ID>.
-	Inputs        []string `protobuf:"bytes,11,rep,name=inputs,proto3" json:"inputs,omitempty"`
+	Inputs []string `protobuf:"bytes,11,rep,name=inputs,proto3" json:"inputs,omitempty"`
+	// gpu_source "detected" asks for GPUs the provider's node detected
+	// (NVML, nvidia-smi, rocm-smi), never ones its operator declared in
+	// config; "" takes either.
+	GpuSource     string `protobuf:"bytes,20,opt,name=gpu_source,json=gpuSource,proto3" json:"gpu_source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -276,6 +280,13 @@ func (x *JobSpec) GetInputs() []string {
 		return x.Inputs
 	}
 	return nil
+}
+
+func (x *JobSpec) GetGpuSource() string {
+	if x != nil {
+		return x.GpuSource
+	}
+	return ""
 }
 
 // Offer is a requester's job offer; the job ID is the SHA-256 of its
@@ -1252,7 +1263,7 @@ const file_market_proto_rawDesc = "" +
 	"memory_mib\x18\x05 \x01(\rR\tmemoryMib\"2\n" +
 	"\x06EnvVar\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xc1\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xe0\x02\n" +
 	"\aJobSpec\x12\x1a\n" +
 	"\bexecutor\x18\x01 \x01(\tR\bexecutor\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12\x16\n" +
@@ -1265,7 +1276,9 @@ const file_market_proto_rawDesc = "" +
 	"\tmax_price\x18\t \x01(\x04R\bmaxPrice\x12&\n" +
 	"\x0fmax_duration_ms\x18\n" +
 	" \x01(\x03R\rmaxDurationMs\x12\x16\n" +
-	"\x06inputs\x18\v \x03(\tR\x06inputs\"\xca\x01\n" +
+	"\x06inputs\x18\v \x03(\tR\x06inputs\x12\x1d\n" +
+	"\n" +
+	"gpu_source\x18\x14 \x01(\tR\tgpuSource\"\xca\x01\n" +
 	"\x05Offer\x12\x1c\n" +
 	"\trequester\x18\x01 \x01(\fR\trequester\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12!\n" +
