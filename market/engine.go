@@ -15,10 +15,11 @@ type Config struct {
 	Self peer.ID
 	// InteractiveWindow is how long an interactive job waits for a first
 	// acceptable bid; BatchWindow is how long a batch job collects bids
-	// before the cheapest wins. A window that ends without an acceptable
-	// bid leaves the job waiting: the first acceptable bid that comes late
-	// wins at once, and the job is offered again only after a pause that
-	// doubles with each empty round (see reofferDelay).
+	// before the best wins (the cheapest, weighed by Reputation). A
+	// window that ends without an acceptable bid leaves the job waiting:
+	// the first acceptable bid that comes late wins at once, and the job
+	// is offered again only after a pause that doubles with each empty
+	// round (see reofferDelay).
 	InteractiveWindow time.Duration
 	BatchWindow       time.Duration
 	// AcceptTimeout bounds award → acceptance; HeartbeatTimeout bounds the
@@ -51,6 +52,10 @@ type Config struct {
 	// refuses is declined (ReasonGrant), as no ledger would take its
 	// lease. nil checks nothing (tests of other things).
 	CheckGrant func(requester peer.ID, job protocol.JobID, a *pb.Award) error
+	// Reputation weighs the providers' records in the choice of bid (a
+	// batch window's winner, an interactive job's candidates); the zero
+	// policy weighs nothing: the cheapest bid wins.
+	Reputation ReputationPolicy
 }
 
 // ProviderPolicy is a provider's bid strategy.

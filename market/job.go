@@ -52,7 +52,8 @@ const (
 	// direct candidates: one per provider, the latest round's.
 	MaxDeclines = 32
 	// MaxBids bounds the bids a round keeps; past it a bid replaces the
-	// dearest kept one if it is cheaper, so the cheapest always win.
+	// worst-ranked kept one if it ranks better (worstBid), so the best
+	// always win.
 	MaxBids = 64
 	// MaxExcluded bounds the providers a job remembers it excluded; the
 	// longest excluded may bid again.

@@ -37,7 +37,7 @@ func (e *Engine) Submit(now time.Time, offer *protocol.Signed, providers []*prot
 		Declines: []Decline{},
 	}
 	if j.Tier == protocol.TierInteractive {
-		candidates := RankCandidates(e.cfg.Self, o.Spec, providers, func(p peer.ID) time.Duration { return e.rtt[p] })
+		candidates := e.rankCandidates(offer.Job, o.Spec, providers)
 		if len(candidates) > e.cfg.MaxCandidates && e.cfg.MaxCandidates > 0 {
 			candidates = candidates[:e.cfg.MaxCandidates]
 		}
@@ -163,18 +163,13 @@ func (e *Engine) onBid(now time.Time, m *protocol.Signed, b *pb.Bid) {
 		return // one bid per provider
 	}
 	if len(j.Bids) >= MaxBids {
-		// Full: the cheapest bids are kept, so the window's winner is the
-		// same as without the bound.
-		dearest := 0
-		for i, old := range j.Bids {
-			if old.Price > j.Bids[dearest].Price {
-				dearest = i
-			}
-		}
-		if b.Price >= j.Bids[dearest].Price {
+		// Full: the best bids by the window's ranking are kept, so the
+		// window's winner is the same as without the bound.
+		worst := worstBid(j.Bids, e.cfg.Reputation, e.rttOf)
+		if !e.ranksBefore(Bid{Provider: m.Signer, Price: b.Price}, j.Bids[worst]) {
 			return
 		}
-		j.Bids = slices.Delete(j.Bids, dearest, dearest+1)
+		j.Bids = slices.Delete(j.Bids, worst, worst+1)
 	}
 	j.Bids = append(j.Bids, Bid{Provider: m.Signer, Price: b.Price, At: now, KnownSeq: b.KnownSeq})
 	if (j.Tier == protocol.TierInteractive || j.WindowEnds.IsZero()) && b.Price <= j.MaxPrice {

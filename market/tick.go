@@ -1,8 +1,6 @@
 package market
 
 import (
-	"cmp"
-	"slices"
 	"time"
 
 	"github.com/mira-market/mira/protocol"
@@ -42,23 +40,14 @@ func (e *Engine) Tick(now time.Time) {
 	}
 }
 
-// closeWindow awards a batch job to its cheapest acceptable bid (ties: lower
-// RTT, then peer ID). With none, the job waits for a late bid until
-// reofferDelay has passed, then is offered again.
+// closeWindow awards a batch job to its best acceptable bid (chooseBid:
+// the cheapest, weighed by the providers' records; ties: lower RTT, then
+// peer ID). With none, the job waits for a late bid until reofferDelay has
+// passed, then is offered again.
 func (e *Engine) closeWindow(j *Job, now time.Time) {
 	var best *Bid
-	for i := range j.Bids {
-		b := &j.Bids[i]
-		if b.Price > j.MaxPrice || slices.Contains(j.Excluded, b.Provider) {
-			continue
-		}
-		if best == nil || cmp.Or(
-			cmp.Compare(b.Price, best.Price),
-			cmp.Compare(e.rtt[b.Provider], e.rtt[best.Provider]),
-			cmp.Compare(b.Provider, best.Provider),
-		) < 0 {
-			best = b
-		}
+	if i := chooseBid(j, e.cfg.Reputation, e.rttOf); i >= 0 {
+		best = &j.Bids[i]
 	}
 	if best == nil {
 		if j.gossipLater != nil {

@@ -92,6 +92,9 @@ func (b apiBackend) Providers(ctx context.Context, q api.ProviderQuery) ([]api.P
 			ExpiresAt: r.Expires.UTC(),
 			GPUs:      []api.ProviderGPU{},
 		}
+		if info.Reputation, err = b.reputation(r.Provider); err != nil {
+			return nil, err
+		}
 		for _, g := range r.GPUs {
 			src := gpu.SourceDeclared
 			if g.Detected {

@@ -227,6 +227,26 @@ type MarketConfig struct {
 	// HeartbeatTimeout is how long a running provider may stay silent
 	// before its job returns to the market; it beats at a third of it.
 	HeartbeatTimeout Duration `toml:"heartbeat_timeout"`
+	// ReputationWeight weighs providers' ledger records in the choice of
+	// bid: a bid's price counts as price × (1 + weight × risk), risk 0
+	// (a long spotless record) to 2 (losses only), and providers paid for
+	// more jobs than they lost come first; 0 turns reputation off (the
+	// cheapest bid wins). See market.ReputationPolicy.
+	ReputationWeight float64 `toml:"reputation_weight"`
+	// NewcomerShare is the fraction of jobs, 0..1, that go to a provider
+	// without history when one bids, so that a new provider can start.
+	NewcomerShare float64 `toml:"newcomer_share"`
+}
+
+// validate reports the reputation settings that cannot make sense.
+func (m MarketConfig) validate() error {
+	if !(m.ReputationWeight >= 0) || math.IsInf(m.ReputationWeight, 0) {
+		return fmt.Errorf("reputation_weight: %v, want a number 0 or more (0: off)", m.ReputationWeight)
+	}
+	if !(m.NewcomerShare >= 0 && m.NewcomerShare <= 1) {
+		return fmt.Errorf("newcomer_share: %v, want a fraction in 0..1", m.NewcomerShare)
+	}
+	return nil
 }
 
 // ProviderConfig is the [provider] table: what a node offers and for how much.
@@ -323,6 +343,8 @@ func DefaultConfig(dataDir string) Config {
 			BatchWindow:       Duration(3 * time.Second),
 			AcceptTimeout:     Duration(5 * time.Second),
 			HeartbeatTimeout:  Duration(15 * time.Second),
+			ReputationWeight:  market.DefaultReputationWeight,
+			NewcomerShare:     market.DefaultNewcomerShare,
 		},
 		Ledger: LedgerConfig{
 			HeadPeers:         3,
@@ -418,6 +440,9 @@ func (c Config) Validate() error {
 		if d <= 0 {
 			return fmt.Errorf("config: market.%s must be positive", name)
 		}
+	}
+	if err := c.Market.validate(); err != nil {
+		return fmt.Errorf("config: market.%w", err)
 	}
 	if c.ReconcileSymbols < 256 || c.ReconcileSymbols > riblt.MaxCapacity {
 		return fmt.Errorf("config: reconcile_symbols must be in 256..%d", riblt.MaxCapacity)

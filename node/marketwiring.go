@@ -48,6 +48,9 @@ func (n *Node) marketEngineConfig() market.Config {
 		MaxCandidates:           3,
 		OfferMemory:             n.cfg.Limits.OfferMemory,
 		OfferMemoryPerRequester: n.cfg.Limits.OfferMemoryPerRequester,
+		Reputation: market.ReputationPolicy{
+			Of: n.marketRecord, Weight: n.cfg.Market.ReputationWeight, NewcomerShare: n.cfg.Market.NewcomerShare,
+		},
 	}
 	if n.IsProvider() {
 		var gpus []protocol.GPU

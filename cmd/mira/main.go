@@ -45,6 +45,7 @@ func newRootCmd() *cobra.Command {
 		newJobCmd(g),
 		newBlobCmd(g),
 		newLedgerCmd(g),
+		newReputationCmd(g),
 		newTestnetCmd(g),
 		newBenchCmd(g),
 	)

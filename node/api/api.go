@@ -93,6 +93,8 @@ type ProviderInfo struct {
 	CPUCores  int                `json:"cpu_cores"`
 	MemoryMiB int64              `json:"memory_mib"`
 	ExpiresAt time.Time          `json:"expires_at"`
+	// Reputation is the provider's record in this node's ledger.
+	Reputation Reputation `json:"reputation"`
 }
 
 // ProviderGPU is a GPU entry of ProviderInfo.
@@ -126,6 +128,7 @@ type Backend interface {
 	Providers(ctx context.Context, q ProviderQuery) ([]ProviderInfo, error)
 	JobBackend
 	LedgerBackend
+	ReputationBackend
 }
 
 // Config configures NewServer.
@@ -174,6 +177,7 @@ func NewServer(cfg Config) http.Handler {
 	s.mux.Handle("POST /v1/peers", s.auth(http.HandlerFunc(s.postPeers)))
 	s.mux.Handle("GET /v1/providers", s.auth(http.HandlerFunc(s.getProviders)))
 	s.routeJobs()
+	s.routeReputation()
 	return s
 }
 
