@@ -255,6 +255,9 @@ func (b *ballot) vote(ref ReceiptRef) (Vote, error) {
 		return Vote{}, b.bad("%s quoted twice", ref.Provider)
 	}
 	b.seen[ref.Provider] = true
+	if !b.voters.Has(ref.Provider) && b.voters.full() {
+		return Vote{}, b.bad("%s is not a voter of job %s", ref.Provider, b.job)
+	}
 	p, err := b.st.Account(ref.Provider)
 	if err != nil {
 		return Vote{}, err
@@ -270,9 +273,6 @@ func (b *ballot) vote(ref ReceiptRef) (Vote, error) {
 		return Vote{}, b.bad("seq %d of %s is not its vote on job %s of %s", ref.Seq, ref.Provider, b.job, b.requester)
 	}
 	if !b.voters.Has(ref.Provider) {
-		if b.voters.full() {
-			return Vote{}, b.bad("%s is not a voter of job %s", ref.Provider, b.job)
-		}
 		return Vote{}, fmt.Errorf("%w: %s seq %d: %s is not a voter of job %s yet", ErrVerdictWaits, b.e.Account, b.e.Seq, ref.Provider, b.job)
 	}
 	return lr.Vote, nil
