@@ -34,6 +34,9 @@ type HoldRequest struct {
 	// naming the provider may have to serve again (PlanHold).
 	Expiry    time.Time
 	MinExpiry time.Time
+	// Replicas is the job's verify.replicas, which the hold states
+	// (0: 1, none).
+	Replicas int
 }
 
 // HoldResult is the caller's answer to a HoldRequest: the hold entry that
@@ -93,6 +96,10 @@ func (e *Engine) award(j *Job, now time.Time, p peer.ID, price uint64) {
 // has left behind (cancelled or re-offered meanwhile) changes nothing.
 func (e *Engine) HoldWritten(now time.Time, id protocol.JobID, attempt uint32, res HoldResult) {
 	j, ok := e.jobs[id]
+	if ok && replicated(j) {
+		e.replicaHoldWritten(now, j, attempt, res)
+		return
+	}
 	if !ok || j.State != Assigned || j.Attempt != attempt || !j.awaitingHold {
 		return
 	}

@@ -76,8 +76,11 @@ type billing struct {
 	bill   *pb.Bill
 	result *pb.Result
 	phase  int
-	next   time.Time // the next re-send
-	until  time.Time // when it gives up
+	// replicated: a replica's bill, settled by a majority claim
+	// (replicas.go), never by an acceptance.
+	replicated bool
+	next       time.Time // the next re-send
+	until      time.Time // when it gives up
 }
 
 // bill starts the settlement of a lease's outcome: the bill leaves now
@@ -110,7 +113,8 @@ func (e *Engine) bill(now time.Time, l *Lease, o Outcome, r *pb.Result) {
 		until = now.Add(e.claimWindow())
 	}
 	k := billKey{l.Job, l.Attempt, l.Requester}
-	e.bills[k] = &billing{key: k, bill: b, result: r, next: now.Add(e.cfg.HeartbeatInterval), until: until}
+	e.bills[k] = &billing{key: k, bill: b, result: r, next: now.Add(e.cfg.HeartbeatInterval), until: until,
+		replicated: protocol.Replicas(l.Spec) > 1}
 	e.ready.Receipts = append(e.ready.Receipts, b)
 	e.send(l.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Bill{Bill: b}})
 }
@@ -133,7 +137,7 @@ const maxDeclineReason = 256
 // bill's amount, as final as the bill. The claim is written next.
 func (e *Engine) onAccepted(now time.Time, m *protocol.Signed, a *pb.Accepted) {
 	b := e.bills[billKey{m.Job, a.Attempt, m.Signer}]
-	if b == nil || b.phase != phaseBilling || a.Amount > b.bill.Amount || a.Final != b.bill.Final {
+	if b == nil || b.replicated || b.phase != phaseBilling || a.Amount > b.bill.Amount || a.Final != b.bill.Final {
 		return
 	}
 	b.phase = phaseClaiming
@@ -190,6 +194,9 @@ func (e *Engine) tickBills(now time.Time) {
 		case b.phase == phaseBilling:
 			b.next = now.Add(e.cfg.HeartbeatInterval)
 			e.send(k.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Bill{Bill: b.bill}})
+			if b.replicated {
+				e.replicaClaim(b)
+			}
 		case b.phase == phaseDelivering:
 			b.next = now.Add(e.cfg.HeartbeatInterval)
 			e.send(k.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Result{Result: b.result}})
@@ -216,6 +223,10 @@ func (e *Engine) onBill(now time.Time, m *protocol.Signed, b *pb.Bill) {
 	}
 	a := j.award(b.Attempt, m.Signer)
 	if a == nil || (a.HoldSeq != 0 && a.HoldSeq != b.HoldSeq) {
+		return
+	}
+	if replicated(j) {
+		e.replicaBill(now, j, a, b)
 		return
 	}
 	if j.Provider == m.Signer && j.Attempt == b.Attempt && (j.State == Assigned || j.State == Running) {

@@ -100,10 +100,14 @@ type Engine struct {
 	paused string
 	// ready is the work asked for since the last Ready call; handed is
 	// the last Ready, until it is advanced.
-	ready   Ready
-	handed  *Ready
-	saving  map[*Job]bool // the jobs in ready.Save
-	changed map[*Job]bool // the jobs in ready.Changed
+	ready  Ready
+	handed *Ready
+	// retryRelease are majority releases waiting for receipts, asked
+	// again at retryAt.
+	retryRelease []MajorityReleaseRequest
+	retryAt      time.Time
+	saving       map[*Job]bool // the jobs in ready.Save
+	changed      map[*Job]bool // the jobs in ready.Changed
 }
 
 // NewEngine returns an engine with no jobs.
@@ -237,8 +241,13 @@ func (e *Engine) Step(now time.Time, m *protocol.Signed) {
 	case *pb.MarketMessage_Award:
 		e.onAward(now, m, b.Award)
 	case *pb.MarketMessage_Accept:
-		e.onAccept(now, m, b.Accept.Attempt)
+		if !e.replicaAlive(now, m, b.Accept.Attempt) {
+			e.onAccept(now, m, b.Accept.Attempt)
+		}
 	case *pb.MarketMessage_Heartbeat:
+		if e.replicaAlive(now, m, b.Heartbeat.Attempt) {
+			break
+		}
 		if j := e.leaseHolderJob(m, b.Heartbeat.Attempt); j != nil {
 			e.markRunning(j, now)
 		}

@@ -151,6 +151,9 @@ type Job struct {
 	// attempt, so at most MaxAttempts): a provider that took one may
 	// bill it whatever became of the job, and is paid what it ran.
 	Awards []AwardRecord `json:"awards,omitempty"`
+	// Majority is the outcome (result and outputs IDs) a majority of a
+	// job's replicas returned, once one did.
+	Majority string `json:"majority,omitempty"`
 
 	// gossipLater is the first direct round's offer of an interactive
 	// job, still to be gossiped.
@@ -182,6 +185,18 @@ type AwardRecord struct {
 	// Delivered is set once the provider's result came (and was
 	// acknowledged).
 	Delivered bool `json:"delivered,omitempty"`
+
+	// Of a job with replicas (replicas.go): the award's own timers; the
+	// outcome its bill named (its vote); its verdict once a majority
+	// decided, and for a minority whether its hold's release is done;
+	// Gone once it cannot vote (declined, silent, or its hold failed).
+	AcceptBy     time.Time `json:"accept_by,omitzero"`
+	HeartbeatBy  time.Time `json:"heartbeat_by,omitzero"`
+	Outcome      string    `json:"outcome,omitempty"`
+	Verdict      string    `json:"verdict,omitempty"`
+	Released     bool      `json:"released,omitempty"`
+	Gone         bool      `json:"gone,omitempty"`
+	awaitingHold bool
 }
 
 // award is j's award of attempt to p, if any.

@@ -51,12 +51,19 @@ type Ready struct {
 	// waive of each one's hold and answers with Waived, which sends the
 	// decline.
 	Waives []WaiveRequest
+	// MajorityClaims are replicas' bills this provider claims by a
+	// majority's receipts (answer: MajorityClaimWritten); MajorityReleases
+	// are this requester's holds of replicas a majority contradicts
+	// (answer: MajorityReleased).
+	MajorityClaims   []MajorityClaimRequest
+	MajorityReleases []MajorityReleaseRequest
 }
 
 // Empty reports whether there is nothing to do.
 func (r Ready) Empty() bool {
 	return len(r.Save)+len(r.Changed)+len(r.Send)+len(r.Publish)+len(r.Run)+len(r.Stop)+len(r.NeedHolds)+
-		len(r.NeedAcceptances)+len(r.Receipts)+len(r.Claims)+len(r.Waives) == 0
+		len(r.NeedAcceptances)+len(r.Receipts)+len(r.Claims)+len(r.Waives)+
+		len(r.MajorityClaims)+len(r.MajorityReleases) == 0
 }
 
 // Ready returns the work pending since the last Advance: what the engine
@@ -75,10 +82,7 @@ func (e *Engine) Ready() Ready {
 	}
 	// An award its job has left behind (cancelled, or offered again,
 	// before the Ready was carried out) needs no hold.
-	r.NeedHolds = slices.DeleteFunc(r.NeedHolds, func(h HoldRequest) bool {
-		j := e.jobs[h.Job]
-		return j == nil || !j.awaitingHold || j.Attempt != h.Attempt
-	})
+	r.NeedHolds = slices.DeleteFunc(r.NeedHolds, func(h HoldRequest) bool { return !e.holdWanted(h) })
 	e.handed = nil
 	if !r.Empty() {
 		e.handed = &r
@@ -112,6 +116,10 @@ func (r Ready) merge(next Ready) Ready {
 		Receipts:        slices.Concat(r.Receipts, next.Receipts),
 		Claims:          slices.Concat(r.Claims, next.Claims),
 		Waives:          slices.Concat(r.Waives, next.Waives),
+		// A verdict asked twice is written once: the second finds the
+		// hold closed.
+		MajorityClaims:   slices.Concat(r.MajorityClaims, next.MajorityClaims),
+		MajorityReleases: slices.Concat(r.MajorityReleases, next.MajorityReleases),
 	}
 	for _, j := range slices.Concat(r.Save, next.Save) {
 		if !saved[j] {

@@ -142,7 +142,11 @@ func providerHolds(j *Job) bool {
 // finish ends a job; a provider that holds it is told to stop, unless the
 // job ended by its result.
 func (e *Engine) finish(j *Job, now time.Time, s State, reason string) {
-	if providerHolds(j) && s != Succeeded && s != Failed {
+	if replicated(j) {
+		if s != Succeeded {
+			e.cancelReplicas(j, reason)
+		}
+	} else if providerHolds(j) && s != Succeeded && s != Failed {
 		e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Cancel{Cancel: &pb.Cancel{JobId: j.ID[:], Reason: reason}}})
 	}
 	j.State = s
@@ -172,6 +176,10 @@ func (e *Engine) onBid(now time.Time, m *protocol.Signed, b *pb.Bid) {
 		j.Bids = slices.Delete(j.Bids, worst, worst+1)
 	}
 	j.Bids = append(j.Bids, Bid{Provider: m.Signer, Price: b.Price, At: now, KnownSeq: b.KnownSeq})
+	if replicated(j) {
+		e.replicaBid(j, now)
+		return
+	}
 	if (j.Tier == protocol.TierInteractive || j.WindowEnds.IsZero()) && b.Price <= j.MaxPrice {
 		// An interactive job takes its first acceptable bid; so does any
 		// job whose window has already ended (a bid that came late).
@@ -190,6 +198,8 @@ func (e *Engine) onDecline(now time.Time, m *protocol.Signed, d *pb.Decline) {
 		return
 	}
 	switch {
+	case (j.State == Assigned || j.State == Running) && replicated(j):
+		e.replicaDecline(now, j, m.Signer, d.Reason)
 	case (j.State == Assigned || j.State == Running) && j.Provider == m.Signer:
 		// The provider turned the award down (it filled up since it bid)
 		// or gave the lease up for interactive work: offer again; it may
@@ -350,6 +360,10 @@ func (e *Engine) onResult(now time.Time, m *protocol.Signed, r *pb.Result) {
 	if !ok {
 		return
 	}
+	if replicated(j) {
+		e.replicaResult(now, j, m, r)
+		return
+	}
 	a := deliveredAward(j, m.Signer, r)
 	if a == nil {
 		if j.Provider == m.Signer || slices.Contains(j.Excluded, m.Signer) {
@@ -379,6 +393,12 @@ func (e *Engine) onResult(now time.Time, m *protocol.Signed, r *pb.Result) {
 	} else if j.State == Assigned { // the result overtook the acceptance
 		e.markRunning(j, now)
 	}
+	e.takeResult(j, now, m, r)
+}
+
+// takeResult ends j with r, its provider's result: succeeded, or failed
+// with the job's own exit code or error.
+func (e *Engine) takeResult(j *Job, now time.Time, m *protocol.Signed, r *pb.Result) {
 	j.ExitCode, j.Output, j.Error = r.ExitCode, r.Output, r.Error
 	j.ResultID, j.ResultSize, j.Usage, j.Receipt, j.Log = r.ResultId, r.ResultSize, r.Usage, m.Raw, r.Log
 	j.OutputsID, j.OutputsSize = r.OutputsId, r.OutputsSize

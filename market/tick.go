@@ -16,6 +16,8 @@ func (e *Engine) Tick(now time.Time) {
 		switch {
 		case !j.Deadline.After(now):
 			e.finish(j, now, Expired, "deadline passed")
+		case replicated(j) && (j.State == Assigned || j.State == Running):
+			e.tickReplicas(j, now)
 		case j.State == Bidding && !j.WindowEnds.IsZero() && !now.Before(j.WindowEnds):
 			e.closeWindow(j, now)
 		case j.State == Bidding && !j.ReofferAt.IsZero() && !now.Before(j.ReofferAt):
@@ -32,6 +34,10 @@ func (e *Engine) Tick(now time.Time) {
 		e.swept = now
 	}
 	e.tickBills(now)
+	if len(e.retryRelease) > 0 && !now.Before(e.retryAt) {
+		e.ready.MajorityReleases = append(e.ready.MajorityReleases, e.retryRelease...)
+		e.retryRelease = nil
+	}
 	for _, l := range e.leases {
 		if !now.Before(l.nextBeat) {
 			l.nextBeat = now.Add(e.cfg.HeartbeatInterval)
@@ -49,6 +55,13 @@ func (e *Engine) closeWindow(j *Job, now time.Time) {
 	if i := chooseBid(j, e.cfg.Reputation, e.rttOf); i >= 0 {
 		best = &j.Bids[i]
 	}
+	var replicaBids []Bid
+	if replicated(j) {
+		// k bids of distinct providers, or none.
+		if replicaBids = e.chooseBids(j, protocol.Replicas(j.Spec())); replicaBids == nil {
+			best = nil
+		}
+	}
 	if best == nil {
 		if j.gossipLater != nil {
 			// The direct round is over: the rest of the market may bid.
@@ -59,6 +72,10 @@ func (e *Engine) closeWindow(j *Job, now time.Time) {
 		j.EmptyRounds++
 		j.ReofferAt = now.Add(e.reofferDelay(j))
 		e.save(j, now)
+		return
+	}
+	if replicaBids != nil {
+		e.awardReplicas(j, now, replicaBids)
 		return
 	}
 	e.award(j, now, best.Provider, best.Price)
@@ -113,6 +130,10 @@ func (e *Engine) NextDeadline() time.Time {
 			consider(j.AcceptBy)
 		}
 		consider(j.HeartbeatBy)
+		replicaTimers(j, consider)
+	}
+	if len(e.retryRelease) > 0 {
+		consider(e.retryAt)
 	}
 	for _, l := range e.leases {
 		consider(l.nextBeat)

@@ -145,6 +145,9 @@ func (b apiBackend) SubmitJob(ctx context.Context, p api.ParsedJob) (api.JobInfo
 			CpuMillis: uint32(p.Resources.CPUMillis), MemoryMib: uint32(p.Resources.MemoryMiB),
 		},
 	}
+	if p.Verify != nil && p.Verify.Replicas > 1 {
+		spec.Verify = &pb.Verify{Replicas: uint32(p.Verify.Replicas)}
+	}
 	if m := spec.Resources.GpuModel; m != "" && m != market.AnyGPU {
 		spec.Resources.GpuModel = gpu.NormalizeModel(m)
 	}

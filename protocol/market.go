@@ -446,6 +446,16 @@ func CheckSpec(s *pb.JobSpec) error {
 		return fmt.Errorf("gpu_source: %q is not %q (or empty, for any)", s.GpuSource, GPUSourceDetected)
 	case s.GpuSource != "" && s.GetResources().GetGpus() == 0:
 		return fmt.Errorf("gpu_source: %q needs resources.gpus of at least 1", s.GpuSource)
+	case s.GetVerify().GetReplicas() > MaxReplicas:
+		return fmt.Errorf("verify.replicas: %d, at most %d", s.GetVerify().GetReplicas(), MaxReplicas)
 	}
 	return nil
 }
+
+// MaxReplicas bounds a job's verify.replicas: the ledger counts the votes
+// of at most this many providers (ledger.MaxReplicas).
+const MaxReplicas = 5
+
+// Replicas is how many providers run a job of spec s: its
+// verify.replicas, at least 1.
+func Replicas(s *pb.JobSpec) int { return max(1, int(s.GetVerify().GetReplicas())) }

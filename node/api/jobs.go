@@ -29,6 +29,15 @@ type JobRequest struct {
 	// Inputs are content IDs of blobs uploaded with POST /v1/blobs; the
 	// provider fetches them into the job's working dir under inputs/.
 	Inputs []string `json:"inputs,omitempty"`
+	// Verify asks for the result to be checked: Replicas k (1..5) runs
+	// the job on k distinct providers, and the result a majority of them
+	// returned is the job's (docs/TRUST.md).
+	Verify *Verify `json:"verify,omitempty"`
+}
+
+// Verify is how a job's result is checked.
+type Verify struct {
+	Replicas int `json:"replicas"`
 }
 
 // Resources are what a job needs from one provider.
@@ -65,6 +74,9 @@ func (r JobRequest) Parse(now time.Time) (ParsedJob, error) {
 	}
 	if r.GPUSource != "" && (r.GPUSource != "detected" || r.Resources.GPUs == 0) {
 		return p, errors.New(`gpu_source: "detected" (with resources.gpus of at least 1) or empty, for any`)
+	}
+	if r.Verify != nil && (r.Verify.Replicas < 1 || r.Verify.Replicas > 5) {
+		return p, fmt.Errorf("verify.replicas: %d, want 1..5", r.Verify.Replicas)
 	}
 	d, err := time.ParseDuration(r.MaxDuration)
 	if err != nil || d <= 0 {

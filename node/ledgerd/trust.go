@@ -50,7 +50,7 @@ func (s *Service) escrowWrite(awards []market.HoldRequest, done func(holds [][]b
 			default:
 				at[i] = len(bodies)
 				bodies = append(bodies, ledger.HoldBody{Job: job, Provider: a.Provider, Amount: plan.Amount,
-					Expiry: plan.Expiry.UnixNano(), Replicas: 1})
+					Expiry: plan.Expiry.UnixNano(), Replicas: uint8(max(1, a.Replicas))})
 			}
 		}
 		return bodies
@@ -272,5 +272,6 @@ func (s *Service) WriteWaive(ctx context.Context, w market.WaiveRequest) ([]byte
 // receiptBody is a bill's receipt entry.
 func receiptBody(b *pb.Bill) ledger.ReceiptBody {
 	return ledger.ReceiptBody{Job: ledger.Hash(b.JobId), Receipt: ledger.Hash(b.Receipt), Result: b.ResultId,
-		Usage: ledger.Usage{WallMS: uint64(b.GetUsage().GetWallMs()), GPUMS: uint64(b.GetUsage().GetGpuMs()), ExitCode: b.ExitCode}}
+		Usage:   ledger.Usage{WallMS: uint64(b.GetUsage().GetWallMs()), GPUMS: uint64(b.GetUsage().GetGpuMs()), ExitCode: b.ExitCode},
+		Outputs: b.OutputsId}
 }

@@ -98,6 +98,13 @@ type Ledger interface {
 	// chain) and writes a waive entry, and returns it once written (nil
 	// and the error if the hold is not one this provider can waive).
 	WriteWaive(ctx context.Context, w market.WaiveRequest) ([]byte, error)
+	// WriteMajorityClaim queues the provider's majority claim of a
+	// replica's hold, and WriteMajorityRelease the requester's release
+	// of the hold of a replica a majority contradicts; done gets
+	// market.ErrNoMajorityYet while the ledger does not decide yet (the
+	// engine asks again), or another refusal, on the writer's goroutine.
+	WriteMajorityClaim(c market.MajorityClaimRequest, done func(error))
+	WriteMajorityRelease(r market.MajorityReleaseRequest, done func(error))
 	// IngestWaive takes a provider's waive entry that came with its
 	// decline into this requester's ledger, so the hold it closes is
 	// free before the job's next award.

@@ -2,6 +2,7 @@ package marketd
 
 import (
 	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/mira-market/mira/market"
@@ -159,6 +160,7 @@ func (m *Driver) settle(r market.Ready) {
 			}
 		})
 	}
+	m.settleVerdicts(r)
 	for _, w := range r.Waives {
 		m.wg.Go(func() {
 			raw, err := m.ledger.WriteWaive(m.ctx, w)
@@ -310,4 +312,32 @@ func (m *Driver) sign(msg *pb.MarketMessage) []byte {
 		return nil
 	}
 	return raw
+}
+
+// settleVerdicts writes the verdicts among replicas a Ready asks for: a
+// provider's majority claims (its result leaves once one is written) and a
+// requester's majority releases; the answers go back to the engine.
+func (m *Driver) settleVerdicts(r market.Ready) {
+	for _, c := range r.MajorityClaims {
+		m.ledger.WriteMajorityClaim(c, func(err error) {
+			if err != nil && !errors.Is(err, market.ErrNoMajorityYet) {
+				m.log.Info("no majority claim", "job", c.Job, "requester", c.Requester, "err", err)
+			}
+			select {
+			case m.in <- func() { m.eng.MajorityClaimWritten(m.clock.Now(), c, err) }:
+			case <-m.ctx.Done():
+			}
+		})
+	}
+	for _, rel := range r.MajorityReleases {
+		m.ledger.WriteMajorityRelease(rel, func(err error) {
+			if err != nil && !errors.Is(err, market.ErrNoMajorityYet) {
+				m.log.Warn("majority release refused", "job", rel.Job, "loser", rel.Loser, "err", err)
+			}
+			select {
+			case m.in <- func() { m.eng.MajorityReleased(m.clock.Now(), rel, err) }:
+			case <-m.ctx.Done():
+			}
+		})
+	}
 }

@@ -60,6 +60,8 @@ func (noLedger) RecordReceipt(*pb.Bill)                                         
 func (noLedger) WriteClaim(_ market.ClaimRequest, done func(error))              { done(nil) }
 func (noLedger) WriteWaive(context.Context, market.WaiveRequest) ([]byte, error) { return nil, nil }
 func (noLedger) IngestWaive([]byte) error                                        { return nil }
+func (noLedger) WriteMajorityClaim(market.MajorityClaimRequest, func(error))     {}
+func (noLedger) WriteMajorityRelease(market.MajorityReleaseRequest, func(error)) {}
 func (noLedger) RequesterHead(peer.ID) (uint64, error)                           { return 0, nil }
 
 // noResults collects nothing (the jobs here end without results).

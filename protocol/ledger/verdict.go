@@ -420,3 +420,10 @@ func majorityReleaseRule(st State, a *AccountState, e *Entry, b MajorityReleaseB
 	a.Held -= hr.Rest()
 	return bump(st, b.Loser.Provider, func(r *Reputation) { sat(&r.VerificationLosses, 1) })
 }
+
+// MajorityBill is what a majority claim of the provider that cast own may
+// draw at most, with the majority's votes (own among them) and the hold's
+// amount: what majorityClaimRule allows.
+func MajorityBill(own Vote, majority []Vote, hold uint64) uint64 {
+	return majorityBill(own, majority, hold)
+}

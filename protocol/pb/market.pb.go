@@ -170,7 +170,10 @@ type JobSpec struct {
 	// gpu_source "detected" asks for GPUs the provider's node detected
 	// (NVML, nvidia-smi, rocm-smi), never ones its operator declared in
 	// config; "" takes either.
-	GpuSource     string `protobuf:"bytes,20,opt,name=gpu_source,json=gpuSource,proto3" json:"gpu_source,omitempty"`
+	GpuSource string `protobuf:"bytes,20,opt,name=gpu_source,json=gpuSource,proto3" json:"gpu_source,omitempty"`
+	// verify asks for the job's result to be checked by replicas: k
+	// distinct providers run it and a majority's result is the job's.
+	Verify        *Verify `protobuf:"bytes,21,opt,name=verify,proto3" json:"verify,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -289,6 +292,60 @@ func (x *JobSpec) GetGpuSource() string {
 	return ""
 }
 
+func (x *JobSpec) GetVerify() *Verify {
+	if x != nil {
+		return x.Verify
+	}
+	return nil
+}
+
+// Verify is how a job's result is checked. replicas k (1..5; 0 and 1:
+// none) runs the job on k distinct providers; the result whose content
+// IDs (result and outputs) a majority of them returned is the job's.
+type Verify struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Replicas      uint32                 `protobuf:"varint,1,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Verify) Reset() {
+	*x = Verify{}
+	mi := &file_market_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Verify) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Verify) ProtoMessage() {}
+
+func (x *Verify) ProtoReflect() protoreflect.Message {
+	mi := &file_market_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Verify.ProtoReflect.Descriptor instead.
+func (*Verify) Descriptor() ([]byte, []int) {
+	return file_market_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Verify) GetReplicas() uint32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
 // Offer is a requester's job offer; the job ID is the SHA-256 of its
 // deterministic encoding, the same in every round it is offered.
 type Offer struct {
@@ -305,7 +362,7 @@ type Offer struct {
 
 func (x *Offer) Reset() {
 	*x = Offer{}
-	mi := &file_market_proto_msgTypes[3]
+	mi := &file_market_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -317,7 +374,7 @@ func (x *Offer) String() string {
 func (*Offer) ProtoMessage() {}
 
 func (x *Offer) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[3]
+	mi := &file_market_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -330,7 +387,7 @@ func (x *Offer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Offer.ProtoReflect.Descriptor instead.
 func (*Offer) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{3}
+	return file_market_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Offer) GetRequester() []byte {
@@ -389,7 +446,7 @@ type Bid struct {
 
 func (x *Bid) Reset() {
 	*x = Bid{}
-	mi := &file_market_proto_msgTypes[4]
+	mi := &file_market_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -401,7 +458,7 @@ func (x *Bid) String() string {
 func (*Bid) ProtoMessage() {}
 
 func (x *Bid) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[4]
+	mi := &file_market_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -414,7 +471,7 @@ func (x *Bid) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bid.ProtoReflect.Descriptor instead.
 func (*Bid) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{4}
+	return file_market_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Bid) GetJobId() []byte {
@@ -460,7 +517,7 @@ type Decline struct {
 
 func (x *Decline) Reset() {
 	*x = Decline{}
-	mi := &file_market_proto_msgTypes[5]
+	mi := &file_market_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -472,7 +529,7 @@ func (x *Decline) String() string {
 func (*Decline) ProtoMessage() {}
 
 func (x *Decline) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[5]
+	mi := &file_market_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -485,7 +542,7 @@ func (x *Decline) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decline.ProtoReflect.Descriptor instead.
 func (*Decline) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{5}
+	return file_market_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Decline) GetJobId() []byte {
@@ -540,7 +597,7 @@ type Award struct {
 
 func (x *Award) Reset() {
 	*x = Award{}
-	mi := &file_market_proto_msgTypes[6]
+	mi := &file_market_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -552,7 +609,7 @@ func (x *Award) String() string {
 func (*Award) ProtoMessage() {}
 
 func (x *Award) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[6]
+	mi := &file_market_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -565,7 +622,7 @@ func (x *Award) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Award.ProtoReflect.Descriptor instead.
 func (*Award) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{6}
+	return file_market_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Award) GetJobId() []byte {
@@ -627,7 +684,7 @@ type Accept struct {
 
 func (x *Accept) Reset() {
 	*x = Accept{}
-	mi := &file_market_proto_msgTypes[7]
+	mi := &file_market_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +696,7 @@ func (x *Accept) String() string {
 func (*Accept) ProtoMessage() {}
 
 func (x *Accept) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[7]
+	mi := &file_market_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +709,7 @@ func (x *Accept) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Accept.ProtoReflect.Descriptor instead.
 func (*Accept) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{7}
+	return file_market_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Accept) GetJobId() []byte {
@@ -679,7 +736,7 @@ type Taken struct {
 
 func (x *Taken) Reset() {
 	*x = Taken{}
-	mi := &file_market_proto_msgTypes[8]
+	mi := &file_market_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +748,7 @@ func (x *Taken) String() string {
 func (*Taken) ProtoMessage() {}
 
 func (x *Taken) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[8]
+	mi := &file_market_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +761,7 @@ func (x *Taken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Taken.ProtoReflect.Descriptor instead.
 func (*Taken) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{8}
+	return file_market_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Taken) GetJobId() []byte {
@@ -731,7 +788,7 @@ type Cancel struct {
 
 func (x *Cancel) Reset() {
 	*x = Cancel{}
-	mi := &file_market_proto_msgTypes[9]
+	mi := &file_market_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -743,7 +800,7 @@ func (x *Cancel) String() string {
 func (*Cancel) ProtoMessage() {}
 
 func (x *Cancel) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[9]
+	mi := &file_market_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -756,7 +813,7 @@ func (x *Cancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cancel.ProtoReflect.Descriptor instead.
 func (*Cancel) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{9}
+	return file_market_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Cancel) GetJobId() []byte {
@@ -783,7 +840,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_market_proto_msgTypes[10]
+	mi := &file_market_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +852,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[10]
+	mi := &file_market_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +865,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{10}
+	return file_market_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Heartbeat) GetJobId() []byte {
@@ -839,7 +896,7 @@ type Usage struct {
 
 func (x *Usage) Reset() {
 	*x = Usage{}
-	mi := &file_market_proto_msgTypes[11]
+	mi := &file_market_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +908,7 @@ func (x *Usage) String() string {
 func (*Usage) ProtoMessage() {}
 
 func (x *Usage) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[11]
+	mi := &file_market_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +921,7 @@ func (x *Usage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Usage.ProtoReflect.Descriptor instead.
 func (*Usage) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{11}
+	return file_market_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Usage) GetWallMs() int64 {
@@ -924,7 +981,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_market_proto_msgTypes[12]
+	mi := &file_market_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +993,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[12]
+	mi := &file_market_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1006,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{12}
+	return file_market_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Result) GetJobId() []byte {
@@ -1055,7 +1112,7 @@ type Bill struct {
 
 func (x *Bill) Reset() {
 	*x = Bill{}
-	mi := &file_market_proto_msgTypes[13]
+	mi := &file_market_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1067,7 +1124,7 @@ func (x *Bill) String() string {
 func (*Bill) ProtoMessage() {}
 
 func (x *Bill) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[13]
+	mi := &file_market_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1080,7 +1137,7 @@ func (x *Bill) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bill.ProtoReflect.Descriptor instead.
 func (*Bill) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{13}
+	return file_market_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Bill) GetJobId() []byte {
@@ -1184,7 +1241,7 @@ type Accepted struct {
 
 func (x *Accepted) Reset() {
 	*x = Accepted{}
-	mi := &file_market_proto_msgTypes[14]
+	mi := &file_market_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1253,7 @@ func (x *Accepted) String() string {
 func (*Accepted) ProtoMessage() {}
 
 func (x *Accepted) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[14]
+	mi := &file_market_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1266,7 @@ func (x *Accepted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Accepted.ProtoReflect.Descriptor instead.
 func (*Accepted) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{14}
+	return file_market_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Accepted) GetJobId() []byte {
@@ -1258,7 +1315,7 @@ type ResultAck struct {
 
 func (x *ResultAck) Reset() {
 	*x = ResultAck{}
-	mi := &file_market_proto_msgTypes[15]
+	mi := &file_market_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1270,7 +1327,7 @@ func (x *ResultAck) String() string {
 func (*ResultAck) ProtoMessage() {}
 
 func (x *ResultAck) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[15]
+	mi := &file_market_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1283,7 +1340,7 @@ func (x *ResultAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResultAck.ProtoReflect.Descriptor instead.
 func (*ResultAck) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{15}
+	return file_market_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ResultAck) GetJobId() []byte {
@@ -1331,7 +1388,7 @@ type MarketMessage struct {
 
 func (x *MarketMessage) Reset() {
 	*x = MarketMessage{}
-	mi := &file_market_proto_msgTypes[16]
+	mi := &file_market_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1343,7 +1400,7 @@ func (x *MarketMessage) String() string {
 func (*MarketMessage) ProtoMessage() {}
 
 func (x *MarketMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_market_proto_msgTypes[16]
+	mi := &file_market_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1356,7 +1413,7 @@ func (x *MarketMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MarketMessage.ProtoReflect.Descriptor instead.
 func (*MarketMessage) Descriptor() ([]byte, []int) {
-	return file_market_proto_rawDescGZIP(), []int{16}
+	return file_market_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *MarketMessage) GetVersion() uint32 {
@@ -1593,7 +1650,7 @@ const file_market_proto_rawDesc = "" +
 	"memory_mib\x18\x05 \x01(\rR\tmemoryMib\"2\n" +
 	"\x06EnvVar\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xe0\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\x86\x03\n" +
 	"\aJobSpec\x12\x1a\n" +
 	"\bexecutor\x18\x01 \x01(\tR\bexecutor\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12\x16\n" +
@@ -1608,7 +1665,10 @@ const file_market_proto_rawDesc = "" +
 	" \x01(\x03R\rmaxDurationMs\x12\x16\n" +
 	"\x06inputs\x18\v \x03(\tR\x06inputs\x12\x1d\n" +
 	"\n" +
-	"gpu_source\x18\x14 \x01(\tR\tgpuSource\"\xca\x01\n" +
+	"gpu_source\x18\x14 \x01(\tR\tgpuSource\x12$\n" +
+	"\x06verify\x18\x15 \x01(\v2\f.mira.VerifyR\x06verify\"$\n" +
+	"\x06Verify\x12\x1a\n" +
+	"\breplicas\x18\x01 \x01(\rR\breplicas\"\xca\x01\n" +
 	"\x05Offer\x12\x1c\n" +
 	"\trequester\x18\x01 \x01(\fR\trequester\x12\x18\n" +
 	"\anetwork\x18\x02 \x01(\tR\anetwork\x12!\n" +
@@ -1727,49 +1787,51 @@ func file_market_proto_rawDescGZIP() []byte {
 	return file_market_proto_rawDescData
 }
 
-var file_market_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_market_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_market_proto_goTypes = []any{
 	(*Resources)(nil),     // 0: mira.Resources
 	(*EnvVar)(nil),        // 1: mira.EnvVar
 	(*JobSpec)(nil),       // 2: mira.JobSpec
-	(*Offer)(nil),         // 3: mira.Offer
-	(*Bid)(nil),           // 4: mira.Bid
-	(*Decline)(nil),       // 5: mira.Decline
-	(*Award)(nil),         // 6: mira.Award
-	(*Accept)(nil),        // 7: mira.Accept
-	(*Taken)(nil),         // 8: mira.Taken
-	(*Cancel)(nil),        // 9: mira.Cancel
-	(*Heartbeat)(nil),     // 10: mira.Heartbeat
-	(*Usage)(nil),         // 11: mira.Usage
-	(*Result)(nil),        // 12: mira.Result
-	(*Bill)(nil),          // 13: mira.Bill
-	(*Accepted)(nil),      // 14: mira.Accepted
-	(*ResultAck)(nil),     // 15: mira.ResultAck
-	(*MarketMessage)(nil), // 16: mira.MarketMessage
+	(*Verify)(nil),        // 3: mira.Verify
+	(*Offer)(nil),         // 4: mira.Offer
+	(*Bid)(nil),           // 5: mira.Bid
+	(*Decline)(nil),       // 6: mira.Decline
+	(*Award)(nil),         // 7: mira.Award
+	(*Accept)(nil),        // 8: mira.Accept
+	(*Taken)(nil),         // 9: mira.Taken
+	(*Cancel)(nil),        // 10: mira.Cancel
+	(*Heartbeat)(nil),     // 11: mira.Heartbeat
+	(*Usage)(nil),         // 12: mira.Usage
+	(*Result)(nil),        // 13: mira.Result
+	(*Bill)(nil),          // 14: mira.Bill
+	(*Accepted)(nil),      // 15: mira.Accepted
+	(*ResultAck)(nil),     // 16: mira.ResultAck
+	(*MarketMessage)(nil), // 17: mira.MarketMessage
 }
 var file_market_proto_depIdxs = []int32{
 	1,  // 0: mira.JobSpec.env:type_name -> mira.EnvVar
 	0,  // 1: mira.JobSpec.resources:type_name -> mira.Resources
-	2,  // 2: mira.Offer.spec:type_name -> mira.JobSpec
-	11, // 3: mira.Result.usage:type_name -> mira.Usage
-	11, // 4: mira.Bill.usage:type_name -> mira.Usage
-	3,  // 5: mira.MarketMessage.offer:type_name -> mira.Offer
-	4,  // 6: mira.MarketMessage.bid:type_name -> mira.Bid
-	5,  // 7: mira.MarketMessage.decline:type_name -> mira.Decline
-	6,  // 8: mira.MarketMessage.award:type_name -> mira.Award
-	7,  // 9: mira.MarketMessage.accept:type_name -> mira.Accept
-	8,  // 10: mira.MarketMessage.taken:type_name -> mira.Taken
-	9,  // 11: mira.MarketMessage.cancel:type_name -> mira.Cancel
-	10, // 12: mira.MarketMessage.heartbeat:type_name -> mira.Heartbeat
-	12, // 13: mira.MarketMessage.result:type_name -> mira.Result
-	13, // 14: mira.MarketMessage.bill:type_name -> mira.Bill
-	14, // 15: mira.MarketMessage.accepted:type_name -> mira.Accepted
-	15, // 16: mira.MarketMessage.result_ack:type_name -> mira.ResultAck
-	17, // [17:17] is the sub-list for method output_type
-	17, // [17:17] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	3,  // 2: mira.JobSpec.verify:type_name -> mira.Verify
+	2,  // 3: mira.Offer.spec:type_name -> mira.JobSpec
+	12, // 4: mira.Result.usage:type_name -> mira.Usage
+	12, // 5: mira.Bill.usage:type_name -> mira.Usage
+	4,  // 6: mira.MarketMessage.offer:type_name -> mira.Offer
+	5,  // 7: mira.MarketMessage.bid:type_name -> mira.Bid
+	6,  // 8: mira.MarketMessage.decline:type_name -> mira.Decline
+	7,  // 9: mira.MarketMessage.award:type_name -> mira.Award
+	8,  // 10: mira.MarketMessage.accept:type_name -> mira.Accept
+	9,  // 11: mira.MarketMessage.taken:type_name -> mira.Taken
+	10, // 12: mira.MarketMessage.cancel:type_name -> mira.Cancel
+	11, // 13: mira.MarketMessage.heartbeat:type_name -> mira.Heartbeat
+	13, // 14: mira.MarketMessage.result:type_name -> mira.Result
+	14, // 15: mira.MarketMessage.bill:type_name -> mira.Bill
+	15, // 16: mira.MarketMessage.accepted:type_name -> mira.Accepted
+	16, // 17: mira.MarketMessage.result_ack:type_name -> mira.ResultAck
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_market_proto_init() }
@@ -1777,7 +1839,7 @@ func file_market_proto_init() {
 	if File_market_proto != nil {
 		return
 	}
-	file_market_proto_msgTypes[16].OneofWrappers = []any{
+	file_market_proto_msgTypes[17].OneofWrappers = []any{
 		(*MarketMessage_Offer)(nil),
 		(*MarketMessage_Bid)(nil),
 		(*MarketMessage_Decline)(nil),
@@ -1797,7 +1859,7 @@ func file_market_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_market_proto_rawDesc), len(file_market_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
