@@ -45,6 +45,8 @@ type sim struct {
 	claims   map[peer.ID][]ClaimRequest
 	claimErr error
 	waives   map[peer.ID][]WaiveRequest
+	// ledger decides verdicts among replicas (replicas_test.go).
+	ledger simVotes
 }
 
 // settleBills answers a Ready's settlement requests as the node's caller
@@ -200,6 +202,7 @@ func (s *sim) settle(rounds int) bool {
 				}
 			}
 			s.settleBills(from, r)
+			s.settleVerdicts(from, r)
 			// The holds are written after the Ready is carried out, as
 			// the node's ledger writer does.
 			s.holds[from] = append(s.holds[from], r.NeedHolds...)
