@@ -116,6 +116,9 @@ func (e *Engine) bill(now time.Time, l *Lease, o Outcome, r *pb.Result) {
 	e.bills[k] = &billing{key: k, bill: b, result: r, next: now.Add(e.cfg.HeartbeatInterval), until: until,
 		replicated: protocol.Replicas(l.Spec) > 1}
 	e.ready.Receipts = append(e.ready.Receipts, b)
+	if e.bills[k].replicated {
+		e.pollVerdict(k, now)
+	}
 	e.send(l.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Bill{Bill: b}})
 }
 
@@ -194,9 +197,6 @@ func (e *Engine) tickBills(now time.Time) {
 		case b.phase == phaseBilling:
 			b.next = now.Add(e.cfg.HeartbeatInterval)
 			e.send(k.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Bill{Bill: b.bill}})
-			if b.replicated {
-				e.replicaClaim(b)
-			}
 		case b.phase == phaseDelivering:
 			b.next = now.Add(e.cfg.HeartbeatInterval)
 			e.send(k.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Result{Result: b.result}})

@@ -106,8 +106,11 @@ type Engine struct {
 	// again at retryAt.
 	retryRelease []MajorityReleaseRequest
 	retryAt      time.Time
-	saving       map[*Job]bool // the jobs in ready.Save
-	changed      map[*Job]bool // the jobs in ready.Changed
+	// polls are when this provider next looks for a verdict on each of
+	// its replicas' bills (a majority claim).
+	polls   map[billKey]time.Time
+	saving  map[*Job]bool // the jobs in ready.Save
+	changed map[*Job]bool // the jobs in ready.Changed
 }
 
 // NewEngine returns an engine with no jobs.

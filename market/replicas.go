@@ -336,7 +336,7 @@ func (e *Engine) MajorityReleased(now time.Time, r MajorityReleaseRequest, err e
 		}
 		if errors.Is(err, ErrNoMajorityYet) && now.Before(a.Expiry) {
 			if len(e.retryRelease) == 0 {
-				e.retryAt = now.Add(e.cfg.HeartbeatInterval)
+				e.retryAt = now.Add(e.verdictPoll())
 			}
 			e.retryRelease = append(e.retryRelease, r)
 			return
@@ -351,10 +351,18 @@ func (e *Engine) MajorityReleased(now time.Time, r MajorityReleaseRequest, err e
 // receipt is a majority award's bill's. The first ends the job.
 func (e *Engine) replicaResult(now time.Time, j *Job, m *protocol.Signed, r *pb.Result) {
 	a := j.award(r.Attempt, m.Signer)
-	if a == nil || a.Verdict != VerdictMajority {
+	h, err := protocol.ReceiptHash(r)
+	if a == nil || err != nil {
 		return
 	}
-	if h, err := protocol.ReceiptHash(r); err != nil || !bytes.Equal(h[:], a.Receipt) {
+	if a.Outcome == "" && !j.State.Terminal() {
+		// Its bill was lost, and it claimed by a majority the ledger
+		// holds: the result names what the bill did.
+		a.Outcome, a.Receipt, a.BillAt = outcomeKey(r.ResultId, r.OutputsId), h[:], now
+		e.save(j, now)
+		e.decide(j, now)
+	}
+	if a.Verdict != VerdictMajority || !bytes.Equal(h[:], a.Receipt) {
 		return
 	}
 	e.send(m.Signer, &pb.MarketMessage{Body: &pb.MarketMessage_ResultAck{ResultAck: &pb.ResultAck{JobId: j.ID[:], Attempt: r.Attempt}}})
@@ -382,11 +390,35 @@ func (e *Engine) cancelReplicas(j *Job, reason string) {
 // The provider's side: a replica's bill is settled by a majority claim,
 // tried at each re-send of the bill until the ledger decides.
 
-// replicaClaim asks for the majority claim of a replica's bill.
-func (e *Engine) replicaClaim(b *billing) {
-	b.phase = phaseClaiming
-	e.ready.MajorityClaims = append(e.ready.MajorityClaims, MajorityClaimRequest{Job: b.key.Job,
-		Attempt: b.key.Attempt, Requester: b.key.Requester, HoldSeq: b.bill.HoldSeq})
+// verdictPoll is how often a provider looks for a verdict on its
+// replica's bill: a tenth of the heartbeat interval, at least 50 ms (a
+// look reads the ledger; it writes only a claim the votes support).
+func (e *Engine) verdictPoll() time.Duration {
+	return max(e.cfg.HeartbeatInterval/10, 50*time.Millisecond)
+}
+
+// pollVerdict schedules the next look for a verdict on bill k.
+func (e *Engine) pollVerdict(k billKey, now time.Time) {
+	if e.polls == nil {
+		e.polls = map[billKey]time.Time{}
+	}
+	e.polls[k] = now.Add(e.verdictPoll())
+}
+
+// tickVerdicts asks for the majority claims of the replicas' bills due.
+func (e *Engine) tickVerdicts(now time.Time) {
+	for k, at := range e.polls {
+		b := e.bills[k]
+		switch {
+		case b == nil || b.phase != phaseBilling:
+			delete(e.polls, k)
+		case !now.Before(at):
+			delete(e.polls, k)
+			b.phase = phaseClaiming
+			e.ready.MajorityClaims = append(e.ready.MajorityClaims, MajorityClaimRequest{Job: k.Job,
+				Attempt: k.Attempt, Requester: k.Requester, HoldSeq: b.bill.HoldSeq})
+		}
+	}
 }
 
 // MajorityClaimWritten takes the caller's answer to a majority claim:
@@ -407,7 +439,7 @@ func (e *Engine) MajorityClaimWritten(now time.Time, c MajorityClaimRequest, err
 		e.send(c.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Result{Result: b.result}})
 	case errors.Is(err, ErrNoMajorityYet):
 		b.phase = phaseBilling
-		b.next = now.Add(e.cfg.HeartbeatInterval)
+		e.pollVerdict(b.key, now)
 	default:
 		delete(e.bills, b.key)
 	}

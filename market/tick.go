@@ -34,6 +34,7 @@ func (e *Engine) Tick(now time.Time) {
 		e.swept = now
 	}
 	e.tickBills(now)
+	e.tickVerdicts(now)
 	if len(e.retryRelease) > 0 && !now.Before(e.retryAt) {
 		e.ready.MajorityReleases = append(e.ready.MajorityReleases, e.retryRelease...)
 		e.retryRelease = nil
@@ -134,6 +135,9 @@ func (e *Engine) NextDeadline() time.Time {
 	}
 	if len(e.retryRelease) > 0 {
 		consider(e.retryAt)
+	}
+	for _, at := range e.polls {
+		consider(at)
 	}
 	for _, l := range e.leases {
 		consider(l.nextBeat)

@@ -18,6 +18,7 @@ func (m *Driver) run(l *market.Lease) {
 	// the run alone (see runner.Run).
 	rctx, cancel := context.WithDeadline(m.ctx, l.Deadline)
 	m.running[l.Job] = runningLease{attempt: l.Attempt, cancel: cancel}
+	runner := m.runner // read on the loop (a test may wrap it)
 	m.wg.Go(func() {
 		defer cancel()
 		// A new goroutine runs before the ones already woken: let the
@@ -32,7 +33,7 @@ func (m *Driver) run(l *market.Lease) {
 				Attempt: l.Attempt, Hold: l.Hold, Chain: l.Chain})
 		} else {
 			m.ledger.RecordLease(l)
-			out = m.runner.Run(rctx, l)
+			out = runner.Run(rctx, l)
 			out.HoldSeq, out.HoldExpiry = seq, expiry
 		}
 		out.Attempt = l.Attempt

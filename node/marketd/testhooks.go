@@ -16,3 +16,9 @@ func (m *Driver) SetOutboxPeers(max int) {
 func (m *Driver) WrapJobStore(wrap func(JobStore) JobStore) error {
 	return m.do(m.ctx, func() { m.jobs = wrap(m.jobs) })
 }
+
+// WrapRunner puts wrap's runner between the loop and the runner, for the
+// runs started from the loop's next input on (a rogue provider's).
+func (m *Driver) WrapRunner(wrap func(Runner) Runner) error {
+	return m.do(m.ctx, func() { m.runner = wrap(m.runner) })
+}
