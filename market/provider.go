@@ -226,6 +226,9 @@ func (e *Engine) Finished(now time.Time, id protocol.JobID, o Outcome) {
 		delete(e.leases, id)
 	} else if l, ok = e.stopping[id]; ok && l.Attempt == o.Attempt {
 		delete(e.stopping, id)
+		if e.cancelledReplica(l, o) {
+			return
+		}
 	} else {
 		return // preempted meanwhile, or re-awarded since
 	}

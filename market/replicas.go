@@ -444,3 +444,18 @@ func (e *Engine) MajorityClaimWritten(now time.Time, c MajorityClaimRequest, err
 		delete(e.bills, b.key)
 	}
 }
+
+// cancelledReplica gives back the award of a replica its requester
+// cancelled (a waive; the decline follows it) rather than bill it: the
+// receipt of a run cut short would be its vote, which a majority that
+// ran to the end would outvote, and count a verification loss against a
+// provider that did nothing wrong. The time it ran is not paid (a voter's
+// hold is paid only by a majority). It reports whether l was one.
+func (e *Engine) cancelledReplica(l *Lease, o Outcome) bool {
+	if protocol.Replicas(l.Spec) < 2 || o.Declined != "" || o.HoldSeq == 0 {
+		return false
+	}
+	e.ready.Waives = append(e.ready.Waives, WaiveRequest{Job: l.Job, Requester: l.Requester, Attempt: l.Attempt,
+		Hold: l.Hold, Chain: l.Chain, Reason: "replica cancelled by its requester"})
+	return true
+}

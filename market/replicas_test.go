@@ -261,3 +261,44 @@ func sameSet(a, b []peer.ID) bool {
 	}
 	return true
 }
+
+// A replica its requester cancels (the job failed, say) gives its award
+// back with a waive, and writes no receipt: a vote cut short would count
+// as a verification loss against it.
+func TestCancelledReplicaWaivesAndDoesNotVote(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	ps := []peer.ID{s.add(provider(1)), s.add(provider(2)), s.add(provider(3))}
+	j := s.submitReplicated(req, 3)
+	wantState(t, j, Running)
+	if !s.engines[req].Cancel(s.now, j.ID, "user") {
+		t.Fatal("not cancelled")
+	}
+	s.flush()
+	for _, p := range ps {
+		if got := s.stops[p]; len(got) != 1 {
+			t.Fatalf("provider %s stopped %v", p, got)
+		}
+		l := s.engines[p].stopping[j.ID]
+		s.engines[p].Finished(s.now, j.ID, Outcome{Attempt: l.Attempt, HoldSeq: 1, Usage: &pb.Usage{WallMs: 10}})
+		s.flush()
+		if len(s.waives[p]) != 1 || s.engines[p].Bills() != 0 || len(s.ledger.votes[j.ID]) != 0 {
+			t.Fatalf("provider %s: waives %d, bills %d, votes %v", p, len(s.waives[p]), s.engines[p].Bills(), s.ledger.votes[j.ID])
+		}
+	}
+}
+
+// The attack replicas stop: without them (replicas 1), a rogue's random
+// output is the job's result and is paid.
+func TestWithoutReplicasARogueResultIsPaid(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	rogue := s.add(provider(1))
+	j := s.submitReplicated(req, 1)
+	wantState(t, j, Running)
+	s.replicaOf(rogue, j, "random")
+	wantState(t, j, Succeeded)
+	if j.ResultID != badID || len(s.claims[rogue]) != 1 {
+		t.Fatalf("result %s, claims %v", j.ResultID, s.claims[rogue])
+	}
+}
