@@ -459,3 +459,32 @@ func (e *Engine) cancelledReplica(l *Lease, o Outcome) bool {
 		Hold: l.Hold, Chain: l.Chain, Reason: "replica cancelled by its requester"})
 	return true
 }
+
+// replicaCandidates is how many providers an interactive job with
+// replicas asks directly: one more than it needs (0: no replicas).
+func replicaCandidates(s *pb.JobSpec) int {
+	if k := protocol.Replicas(s); k > 1 {
+		return k + 1
+	}
+	return 0
+}
+
+// restoreReplicas asks again, after a restart, for the majority releases
+// not done before it, and gives the replicas still running a full
+// heartbeat timeout to be heard from.
+func (e *Engine) restoreReplicas(j *Job, now time.Time) {
+	if !replicated(j) {
+		return
+	}
+	for i := range j.Awards {
+		a := &j.Awards[i]
+		switch {
+		case a.Verdict == VerdictMinority && !a.Released:
+			e.ready.MajorityReleases = append(e.ready.MajorityReleases, MajorityReleaseRequest{Job: j.ID, Loser: a.Provider})
+		case a.live() && !a.Leased.IsZero():
+			a.HeartbeatBy = later(a.HeartbeatBy, now.Add(e.cfg.HeartbeatTimeout))
+		case a.live():
+			a.AcceptBy = later(a.AcceptBy, now.Add(e.cfg.AcceptTimeout))
+		}
+	}
+}

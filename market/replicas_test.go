@@ -2,6 +2,7 @@ package market
 
 import (
 	"crypto/sha256"
+	"encoding/json"
 	"slices"
 	"testing"
 	"time"
@@ -300,5 +301,42 @@ func TestWithoutReplicasARogueResultIsPaid(t *testing.T) {
 	wantState(t, j, Succeeded)
 	if j.ResultID != badID || len(s.claims[rogue]) != 1 {
 		t.Fatalf("result %s, claims %v", j.ResultID, s.claims[rogue])
+	}
+}
+
+// A requester restarted before the release of a minority replica's hold
+// was written asks for it again: the record keeps the verdict.
+func TestRestartedRequesterReleasesTheMinorityAgain(t *testing.T) {
+	s := newSim(t)
+	req := s.add(nil)
+	rogue := s.add(provider(1))
+	honest := []peer.ID{s.add(provider(5)), s.add(provider(6))}
+	j := s.submitReplicated(req, 3)
+	s.cut[req] = true // the releases and results do not get through
+	s.replicaOf(rogue, j, "random")
+	s.replicaOf(honest[0], j, "ok")
+	s.replicaOf(honest[1], j, "ok")
+	s.cut[req] = false
+	s.advance(simTiming.HeartbeatInterval) // the bills come again
+	a := awardOf(j, rogue)
+	if a.Verdict != VerdictMinority || !a.Released {
+		t.Fatalf("the rogue's award %+v", a)
+	}
+	a.Released = false // as if the node died before the release was written
+	rec, err := json.Marshal(j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var restored Job
+	if err := json.Unmarshal(rec, &restored); err != nil {
+		t.Fatal(err)
+	}
+	cfg := simTiming
+	cfg.Self = req
+	s.engines[req] = NewEngine(cfg)
+	s.engines[req].Restore(s.now, &restored, s.sign(req, &pb.MarketMessage{Body: &pb.MarketMessage_Offer{Offer: j.offer}}))
+	r := s.engines[req].Ready()
+	if len(r.MajorityReleases) != 1 || r.MajorityReleases[0].Loser != rogue {
+		t.Fatalf("releases after the restart: %+v", r.MajorityReleases)
 	}
 }

@@ -38,8 +38,9 @@ func (e *Engine) Submit(now time.Time, offer *protocol.Signed, providers []*prot
 	}
 	if j.Tier == protocol.TierInteractive {
 		candidates := e.rankCandidates(offer.Job, o.Spec, providers)
-		if len(candidates) > e.cfg.MaxCandidates && e.cfg.MaxCandidates > 0 {
-			candidates = candidates[:e.cfg.MaxCandidates]
+		// A job with replicas asks one more than it needs.
+		if limit := max(e.cfg.MaxCandidates, replicaCandidates(o.Spec)); len(candidates) > limit && e.cfg.MaxCandidates > 0 {
+			candidates = candidates[:limit]
 		}
 		j.Candidates = candidates
 	}
@@ -57,6 +58,7 @@ func (e *Engine) Submit(now time.Time, offer *protocol.Signed, providers []*prot
 func (e *Engine) Restore(now time.Time, j *Job, offer *protocol.Signed) {
 	j.ID, j.offer = offer.Job, offer.Msg.GetOffer()
 	e.jobs[j.ID] = j
+	e.restoreReplicas(j, now)
 	if j.State.Terminal() {
 		return
 	}
