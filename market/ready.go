@@ -51,12 +51,16 @@ type Ready struct {
 	// waive of each one's hold and answers with Waived, which sends the
 	// decline.
 	Waives []WaiveRequest
+	// Pauses are runs this provider pauses (its requester left an interim
+	// bill unanswered) or resumes (the acceptance came), in the order
+	// asked: the caller carries them out in that order.
+	Pauses []PauseRequest
 }
 
 // Empty reports whether there is nothing to do.
 func (r Ready) Empty() bool {
 	return len(r.Save)+len(r.Changed)+len(r.Send)+len(r.Publish)+len(r.Run)+len(r.Stop)+len(r.NeedHolds)+
-		len(r.NeedAcceptances)+len(r.Receipts)+len(r.Claims)+len(r.Waives) == 0
+		len(r.NeedAcceptances)+len(r.Receipts)+len(r.Claims)+len(r.Waives)+len(r.Pauses) == 0
 }
 
 // Ready returns the work pending since the last Advance: what the engine
@@ -112,6 +116,7 @@ func (r Ready) merge(next Ready) Ready {
 		Receipts:        slices.Concat(r.Receipts, next.Receipts),
 		Claims:          slices.Concat(r.Claims, next.Claims),
 		Waives:          slices.Concat(r.Waives, next.Waives),
+		Pauses:          slices.Concat(r.Pauses, next.Pauses),
 	}
 	for _, j := range slices.Concat(r.Save, next.Save) {
 		if !saved[j] {
