@@ -51,6 +51,7 @@ type PauseRequest struct {
 // its run's start until its final bill is settled.
 type payState struct {
 	holdSeq uint64
+	expiry  time.Time // the hold's: no claim is dated after it
 	receipt [32]byte // InterimReceipt: what every interim acceptance names
 	// next is when the next interim bill is due (while none is open).
 	next time.Time
@@ -110,9 +111,10 @@ func InterimReceipt(job protocol.JobID, attempt uint32, holdSeq uint64) [32]byte
 }
 
 // RunStarted tells a provider's engine that a lease's run starts, backed
-// by the hold at holdSeq (the caller's escrow check found it): a lease
-// longer than a settlement interval is billed as it goes from now on.
-func (e *Engine) RunStarted(now time.Time, id protocol.JobID, attempt uint32, holdSeq uint64) {
+// by the hold at holdSeq that expires at expiry (the caller's escrow check
+// found it): a lease longer than a settlement interval is billed as it
+// goes from now on.
+func (e *Engine) RunStarted(now time.Time, id protocol.JobID, attempt uint32, holdSeq uint64, expiry time.Time) {
 	l, ok := e.leases[id]
 	if !ok || l.Attempt != attempt || l.pay != nil || e.cfg.RunUsage == nil || holdSeq == 0 {
 		return
@@ -120,7 +122,7 @@ func (e *Engine) RunStarted(now time.Time, id protocol.JobID, attempt uint32, ho
 	if time.Duration(l.Spec.GetMaxDurationMs())*time.Millisecond <= e.settlementInterval() {
 		return // billed once, at the end: one interval at most
 	}
-	l.pay = &payState{holdSeq: holdSeq, receipt: InterimReceipt(id, attempt, holdSeq), next: now.Add(e.interimCadence())}
+	l.pay = &payState{holdSeq: holdSeq, expiry: expiry, receipt: InterimReceipt(id, attempt, holdSeq), next: now.Add(e.interimCadence())}
 }
 
 // Paused reports whether a provider's lease of job is paused for an
@@ -135,6 +137,12 @@ func (e *Engine) Paused(job protocol.JobID) bool {
 func (e *Engine) tickInterim(now time.Time) {
 	for _, l := range e.leases {
 		p := l.pay
+		if by, ok := p.claimBy(e); ok && p.accepted > p.tried && !now.Before(by) {
+			// Pauses stretched the run towards its hold's expiry: what
+			// was countersigned is claimed while a claim can draw on it.
+			p.tried = p.accepted
+			e.ready.Claims = append(e.ready.Claims, p.claim(l.Job, l.Attempt, l.Requester))
+		}
 		switch {
 		case p == nil:
 		case p.bill != nil:
@@ -222,6 +230,16 @@ func (e *Engine) onInterimAccepted(now time.Time, m *protocol.Signed, a *pb.Acce
 	}
 }
 
+// claimBy is when a run still going claims its latest interim acceptance:
+// half a claim window before its hold expires (ok false: no lease, or no
+// expiry known).
+func (p *payState) claimBy(e *Engine) (by time.Time, ok bool) {
+	if p == nil || p.expiry.IsZero() {
+		return time.Time{}, false
+	}
+	return p.expiry.Add(-e.claimWindow() / 2), true
+}
+
 // claim is a claim of the latest interim acceptance.
 func (p *payState) claim(job protocol.JobID, attempt uint32, requester peer.ID) ClaimRequest {
 	return ClaimRequest{Job: job, Attempt: attempt, Requester: requester, HoldSeq: p.holdSeq,
@@ -255,6 +273,9 @@ func (e *Engine) claimInterim(now time.Time, k billKey, b *billing) {
 // nextInterim is the earliest time tickInterim or claimInterim has work.
 func (e *Engine) nextInterim(consider func(time.Time)) {
 	for _, l := range e.leases {
+		if by, ok := l.pay.claimBy(e); ok && l.pay.accepted > l.pay.tried {
+			consider(by)
+		}
 		switch p := l.pay; {
 		case p == nil:
 		case p.bill != nil:

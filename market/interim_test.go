@@ -1,6 +1,7 @@
 package market
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -81,7 +82,7 @@ func startPayRun(t *testing.T, checkAcceptances bool) *payRun {
 	r.j = s.submitExec(r.req, "noop", 1, payPrice, r.prov) // max_duration 1 h
 	wantState(t, r.j, Running)
 	r.m.start = s.now
-	pe.RunStarted(s.now, r.j.ID, r.j.Attempt, 1)
+	pe.RunStarted(s.now, r.j.ID, r.j.Attempt, 1, s.now.Add(time.Hour))
 	return r
 }
 
@@ -196,6 +197,33 @@ func TestVanishedRequesterIsClaimedItsLastAcceptance(t *testing.T) {
 	}
 }
 
+// A run that pauses stretched towards its hold's expiry claims what was
+// countersigned half a claim window before the expiry, while a claim can
+// still draw on the hold, and runs on; each later acceptance is claimed as
+// it comes.
+func TestInterimAcceptanceIsClaimedBeforeTheHoldExpires(t *testing.T) {
+	r := startPayRun(t, true)
+	pe := r.s.engines[r.prov]
+	pe.cfg.ClaimWindow = 8 * time.Second
+	pe.leases[r.j.ID].pay.expiry = r.s.now.Add(20 * time.Second) // claimed from 16 s
+	r.runFor(15 * time.Second)
+	if len(r.s.claims[r.prov]) != 0 {
+		t.Fatalf("claims %+v before the time", r.s.claims[r.prov])
+	}
+	r.runFor(2 * time.Second)
+	if c := r.s.claims[r.prov]; len(c) != 1 || c[0].Final || c[0].Amount != 15000 {
+		t.Fatalf("claims %+v, want one interim claim of the 15 s acceptance", c)
+	}
+	r.runFor(5 * time.Second)
+	var amounts []uint64
+	for _, c := range r.s.claims[r.prov] {
+		amounts = append(amounts, c.Amount)
+	}
+	if !slices.Equal(amounts, []uint64{15000, 18000, 21000}) || r.m.pauses != 0 {
+		t.Fatalf("claimed %v (want each acceptance from then on), pauses %d", amounts, r.m.pauses)
+	}
+}
+
 // A patched provider's interim bills are accepted only up to what the
 // requester observed since the lease's acceptance, plus the tolerance,
 // and never above their own usage; a bill accepted already gets the same
@@ -271,7 +299,7 @@ func TestShortLeaseHasNoInterimBills(t *testing.T) {
 	s.engines[prov].cfg.SettlementInterval = payInterval
 	s.engines[prov].cfg.RunUsage = func(_ protocol.JobID, _ uint32) (*pb.Usage, bool) { return &pb.Usage{WallMs: 1, GpuMs: 1}, true }
 	j := s.submit(req, "interactive", payPrice, time.Minute, 1, prov) // max_duration 1 s
-	s.engines[prov].RunStarted(s.now, j.ID, j.Attempt, 1)
+	s.engines[prov].RunStarted(s.now, j.ID, j.Attempt, 1, s.now.Add(time.Hour))
 	s.advance(2 * payInterval)
 	for _, l := range s.log[prov] {
 		if l == "send Bill 0" {

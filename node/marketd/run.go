@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"time"
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/protocol"
@@ -32,7 +33,7 @@ func (m *Driver) run(l *market.Lease) {
 				Attempt: l.Attempt, Hold: l.Hold, Chain: l.Chain})
 		} else {
 			m.ledger.RecordLease(l)
-			m.runStarted(l, seq)
+			m.runStarted(l, seq, expiry)
 			out = m.runner.Run(rctx, l)
 			out.HoldSeq, out.HoldExpiry = seq, expiry
 		}
@@ -52,12 +53,13 @@ func (m *Driver) run(l *market.Lease) {
 	})
 }
 
-// runStarted tells the engine that l's run starts on the hold at seq: a
+// runStarted tells the engine that l's run starts on the hold at seq
+// (expiring at expiry): a
 // long lease is billed as it goes from now. Blocks (see the package doc
 // on queues).
-func (m *Driver) runStarted(l *market.Lease, seq uint64) {
+func (m *Driver) runStarted(l *market.Lease, seq uint64, expiry time.Time) {
 	select {
-	case m.in <- func() { m.eng.RunStarted(m.clock.Now(), l.Job, l.Attempt, seq) }:
+	case m.in <- func() { m.eng.RunStarted(m.clock.Now(), l.Job, l.Attempt, seq, expiry) }:
 	case <-m.ctx.Done():
 	}
 }
