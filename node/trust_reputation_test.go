@@ -10,7 +10,6 @@ import (
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/protocol/pb"
-	"github.com/mira-market/mira/testnet"
 )
 
 // TestReputationIdenticalAfterRogueRun: on a 10-member testnet, honest
