@@ -23,8 +23,9 @@ import (
 // stores entries of version 3 (claims), keeps the holds naming a provider
 // under their provider too (ledger/hold/<account><job><provider>, where
 // holds of older entries stay under <account><job>), the final claims
-// (ledger/claim/), each peer's reputation (ledger/rep/), and receipt
-// times in the lease records.
+// (ledger/claim/), each peer's reputation (ledger/rep/), receipt times
+// and votes in the lease records, and the voters of jobs with replicas
+// (ledger/voters/).
 const (
 	ledgerFormat     = 5
 	keyLedgerFormat  = "ledger/meta/format"

@@ -3,6 +3,7 @@ package ledger
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -38,6 +39,10 @@ type State interface {
 	PutFunding(requester peer.ID, job Hash, provider peer.ID, n uint64) error
 	Leases(provider peer.ID, job Hash) (LeaseRecord, error)
 	PutLeases(provider peer.ID, job Hash, r LeaseRecord) error
+	// Voters returns the voters of requester's job (zero: no hold of
+	// version 3 named a provider for it yet).
+	Voters(requester peer.ID, job Hash) (Voters, error)
+	PutVoters(requester peer.ID, job Hash, v Voters) error
 	// Reputation returns the peer's counters (zero for a new one).
 	Reputation(id peer.ID) (Reputation, error)
 	PutReputation(id peer.ID, r Reputation) error
@@ -168,32 +173,116 @@ func (h HoldRecord) Rest() uint64 { return h.Amount - h.Claimed }
 // under ledger/lease/<provider>/<job>): the leases it wrote, and the
 // receipts, each of which used up one lease, with each receipt's time
 // (Unix ns, in chain order), which tells whether the provider had run an
-// award when its hold was released.
+// award when its hold was released. Requester and Price are those of its
+// latest lease of version 3 of the job (the award a receipt after it
+// answers); Vote is its first receipt of the job, if that is of version 3
+// and follows such a lease: what it says of the job in a verdict among
+// the job's replicas. Both follow from the provider's own chain alone.
 type LeaseRecord struct {
 	Leases, Receipts uint64
 	ReceiptTimes     []int64
+	Requester        peer.ID
+	Price            uint64
+	Vote             Vote
 }
 
-// Encode returns the record.
+// Vote is a provider's first receipt of a job (of version 3), as verdicts
+// among the job's replicas count it: one per provider and job, so no
+// provider can change its answer or answer twice.
+type Vote struct {
+	Seq       uint64  // the receipt's seq in the provider's chain; 0: none
+	Requester peer.ID // whose award (lease) it answers
+	Price     uint64  // that lease's price, per unit-second
+	// Units is what the receipt bills: GPU-ms, or wall ms for a run
+	// that metered no GPU time (one unit).
+	Units uint64
+	// Outcome is the digest of the result's and the outputs' content
+	// IDs: what replicas agree on.
+	Outcome Hash
+}
+
+// Encode returns the record: the counts and receipt times (format 3 and
+// 5's record), then, once the provider leased the job under version 3,
+// the latest such lease's requester and price and the vote.
 func (r LeaseRecord) Encode() []byte {
 	out := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, r.Leases), r.Receipts)
 	for _, t := range r.ReceiptTimes {
 		out = binary.BigEndian.AppendUint64(out, uint64(t))
 	}
-	return out
+	if r.Requester == "" {
+		return out
+	}
+	out = appendField(out, []byte(r.Requester))
+	out = binary.BigEndian.AppendUint64(out, r.Price)
+	out = binary.BigEndian.AppendUint64(out, r.Vote.Seq)
+	if r.Vote.Seq == 0 {
+		return out
+	}
+	out = appendField(out, []byte(r.Vote.Requester))
+	out = binary.BigEndian.AppendUint64(out, r.Vote.Price)
+	out = binary.BigEndian.AppendUint64(out, r.Vote.Units)
+	return append(out, r.Vote.Outcome[:]...)
 }
 
 // DecodeLeaseRecord reads a lease record.
 func DecodeLeaseRecord(b []byte) (LeaseRecord, error) {
 	r := reader{b: b}
 	l := LeaseRecord{Leases: r.u64(), Receipts: r.u64()}
-	if r.err == nil && uint64(len(r.b)) != 8*l.Receipts {
+	if r.err == nil && uint64(len(r.b)) < 8*l.Receipts {
 		return l, fmt.Errorf("%w: lease record of %d receipts with %d bytes of times", ErrMalformed, l.Receipts, len(r.b))
 	}
 	for range l.Receipts {
 		l.ReceiptTimes = append(l.ReceiptTimes, int64(r.u64()))
 	}
+	if r.err != nil || len(r.b) == 0 {
+		return l, r.end()
+	}
+	l.Requester, l.Price, l.Vote.Seq = r.peer(), r.u64(), r.u64()
+	if l.Vote.Seq != 0 {
+		l.Vote.Requester, l.Vote.Price, l.Vote.Units, l.Vote.Outcome = r.peer(), r.u64(), r.u64(), r.hash()
+	}
 	return l, r.end()
+}
+
+// Voters are the replicas of a requester's job whose votes count in its
+// verdicts (storage keeps them under ledger/voters/<requester><job>): the
+// job's Replicas (k), which every hold of version 3 naming a provider for
+// the job carries, and the first k distinct providers those holds named,
+// in the requester's chain order. Bounding the voters by k is what makes
+// two disagreeing majorities impossible, so a majority claim and a
+// majority release never both apply to one hold, whatever order entries
+// arrive in.
+type Voters struct {
+	Replicas  uint8
+	Providers []peer.ID
+}
+
+// Has reports whether p votes.
+func (v Voters) Has(p peer.ID) bool { return slices.Contains(v.Providers, p) }
+
+// full reports whether no provider may join the voters any more.
+func (v Voters) full() bool { return len(v.Providers) >= int(v.Replicas) }
+
+// Encode returns the record: the replicas, then each voter.
+func (v Voters) Encode() []byte {
+	out := []byte{v.Replicas}
+	for _, p := range v.Providers {
+		out = appendField(out, []byte(p))
+	}
+	return out
+}
+
+// DecodeVoters reads a voters record.
+func DecodeVoters(b []byte) (Voters, error) {
+	r := reader{b: b}
+	v := Voters{Replicas: r.u8()}
+	for r.err == nil && len(r.b) > 0 && len(v.Providers) < MaxReplicas {
+		v.Providers = append(v.Providers, r.peer())
+	}
+	if r.err == nil && (v.Replicas == 0 || v.Replicas > MaxReplicas || len(v.Providers) > int(v.Replicas)) {
+		return v, fmt.Errorf("%w: voters record of %d replicas, %d voters", ErrMalformed, v.Replicas, len(v.Providers))
+	}
+	return v, r.end()
 }
 
 // receiptBetween reports whether one of the receipts is dated from..to.
