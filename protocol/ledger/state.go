@@ -3,6 +3,7 @@ package ledger
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -33,7 +34,8 @@ type State interface {
 	// Funding returns how many holds requester has ever written for job
 	// naming provider ("" for none), open or closed since: a lease needs
 	// a hold, and a hold paid or released before the lease reached this
-	// node backed it all the same.
+	// node backed it all the same. Holds of version 3 naming a provider
+	// count under V3Holds(provider); those naming none do not count.
 	Funding(requester peer.ID, job Hash, provider peer.ID) (uint64, error)
 	PutFunding(requester peer.ID, job Hash, provider peer.ID, n uint64) error
 	Leases(provider peer.ID, job Hash) (LeaseRecord, error)
@@ -53,6 +55,9 @@ type AccountState struct {
 	Held     uint64
 	Granted  uint64
 	Frozen   bool
+	// V3 is whether the account wrote an entry of version 3: its chain
+	// takes no entry of an older version after it (ErrVersionDown).
+	V3 bool
 	// Paced is the account's rate limit state (RateLimit): the entry
 	// time, in Unix nanoseconds, by which its bucket would be full again.
 	Paced uint64
@@ -65,7 +70,9 @@ const (
 	AccountStateLen   = AccountStateLenV1 + 8
 )
 
-// Encode returns the account's record, of version 2.
+// Encode returns the account's record, of version 2. Its byte after
+// Granted holds flags: 1 Frozen, 2 V3 (records written before V3 never
+// set 2, so they read as they should: no upgrade needed).
 func (a AccountState) Encode() []byte {
 	out := make([]byte, 0, AccountStateLen)
 	out = append(out, 2)
@@ -75,11 +82,7 @@ func (a AccountState) Encode() []byte {
 	out = binary.BigEndian.AppendUint64(out, a.Balance)
 	out = binary.BigEndian.AppendUint64(out, a.Held)
 	out = binary.BigEndian.AppendUint64(out, a.Granted)
-	frozen := byte(0)
-	if a.Frozen {
-		frozen = 1
-	}
-	out = append(out, frozen)
+	out = append(out, boolByte(a.Frozen)|boolByte(a.V3)<<1)
 	return binary.BigEndian.AppendUint64(out, a.Paced)
 }
 
@@ -104,13 +107,11 @@ func DecodeAccountStateAny(b []byte) (AccountState, error) {
 	r := reader{b: b[1:]}
 	a := AccountState{LastSeq: r.u64(), LastHash: r.hash(), LastTime: int64(r.u64()),
 		Balance: r.u64(), Held: r.u64(), Granted: r.u64()}
-	switch r.u8() {
-	case 0:
-	case 1:
-		a.Frozen = true
-	default:
+	flags := r.u8()
+	if flags > 3 || b[0] == 1 && flags > 1 {
 		return AccountState{}, fmt.Errorf("%w: account record", ErrMalformed)
 	}
+	a.Frozen, a.V3 = flags&1 != 0, flags&2 != 0
 	if b[0] == 2 {
 		a.Paced = r.u64()
 	}
@@ -164,44 +165,69 @@ func DecodeHoldRecord(b []byte) (HoldRecord, error) {
 // Rest is what of the hold no claim has drawn.
 func (h HoldRecord) Rest() uint64 { return h.Amount - h.Claimed }
 
+// V3Holds is the provider under which State.Funding counts the holds of
+// version 3 naming provider, apart from those of older versions naming it:
+// each kind backs only leases of its own version. (Its bytes are no peer
+// ID's: a peer ID never ends in "/v3".)
+func V3Holds(provider peer.ID) peer.ID { return provider + "/v3" }
+
 // LeaseRecord counts a provider's records of one job (storage keeps it
-// under ledger/lease/<provider>/<job>): the leases it wrote, and the
-// receipts, each of which used up one lease, with each receipt's time
-// (Unix ns, in chain order), which tells whether the provider had run an
-// award when its hold was released.
+// under ledger/lease/<provider>/<job>): the leases it wrote, the price of
+// the last (which its requester granted), and the receipts, each of which
+// used up one lease, with the last receipt's time (Unix ns), which tells
+// whether the provider had run an award when its hold was released, and
+// its usage, which counts as delivered once a claim shows the requester
+// paid for it. Only the last receipt is kept: the record stays of one
+// size however many awards the job had.
 type LeaseRecord struct {
 	Leases, Receipts uint64
-	ReceiptTimes     []int64
+	Price            uint64
+	LastReceipt      int64
+	GPUMS, WallMS    uint64
 }
+
+// leaseRecordLen is the size of a lease record.
+const leaseRecordLen = 6 * 8
 
 // Encode returns the record.
 func (r LeaseRecord) Encode() []byte {
-	out := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, r.Leases), r.Receipts)
-	for _, t := range r.ReceiptTimes {
-		out = binary.BigEndian.AppendUint64(out, uint64(t))
+	out := make([]byte, 0, leaseRecordLen)
+	for _, v := range []uint64{r.Leases, r.Receipts, r.Price, uint64(r.LastReceipt), r.GPUMS, r.WallMS} {
+		out = binary.BigEndian.AppendUint64(out, v)
 	}
 	return out
 }
 
 // DecodeLeaseRecord reads a lease record.
 func DecodeLeaseRecord(b []byte) (LeaseRecord, error) {
+	if len(b) != leaseRecordLen {
+		return LeaseRecord{}, fmt.Errorf("%w: lease record of %d bytes", ErrMalformed, len(b))
+	}
 	r := reader{b: b}
-	l := LeaseRecord{Leases: r.u64(), Receipts: r.u64()}
-	if r.err == nil && uint64(len(r.b)) != 8*l.Receipts {
-		return l, fmt.Errorf("%w: lease record of %d receipts with %d bytes of times", ErrMalformed, l.Receipts, len(r.b))
-	}
-	for range l.Receipts {
-		l.ReceiptTimes = append(l.ReceiptTimes, int64(r.u64()))
-	}
+	l := LeaseRecord{Leases: r.u64(), Receipts: r.u64(), Price: r.u64(), LastReceipt: int64(r.u64()), GPUMS: r.u64(), WallMS: r.u64()}
 	return l, r.end()
 }
 
-// receiptBetween reports whether one of the receipts is dated from..to.
-func (r LeaseRecord) receiptBetween(from, to int64) bool {
-	for _, t := range r.ReceiptTimes {
-		if t >= from && t <= to {
-			return true
-		}
+// ranBetween reports whether the last receipt is dated from..to. A
+// provider that writes a receipt after a hold's expiry (on a lease an
+// older hold backed) hides an earlier one: that only turns its own
+// Unclaimed into NotRun.
+func (r LeaseRecord) ranBetween(from, to int64) bool {
+	return r.Receipts > 0 && r.LastReceipt >= from && r.LastReceipt <= to
+}
+
+// paidUsage is the usage of the last receipt that a claim of amount in
+// all pays for at the last lease's price (Price per second of billable
+// time, rounded up: ms ≤ amount×1000/Price), so that no provider's own
+// receipt adds more delivered time than its requester accepted to pay.
+func (r LeaseRecord) paidUsage(amount uint64) (gpuMS, wallMS uint64) {
+	if r.Price == 0 || r.Receipts == 0 {
+		return 0, 0
 	}
-	return false
+	hi, lo := bits.Mul64(amount, 1000)
+	ms := ^uint64(0)
+	if hi < r.Price {
+		ms, _ = bits.Div64(hi, lo, r.Price)
+	}
+	return min(r.GPUMS, ms), min(r.WallMS, ms)
 }
