@@ -13,12 +13,14 @@ import (
 // entries for seq 2, a hold of job j naming p on one, a hold of job k on
 // the other, and hands each to half the network. p, honest, claims what it
 // was accepted on j. A node that saw the j fork first applies the claim; a
-// node that saw the k fork first refuses it for good (ErrNoHold is final)
-// before it learns of the equivocation. Both then freeze the requester, but
-// the honest provider's balance differs between them for ever and its chain
-// is broken on half the network (every later entry of p waits there). Under
-// version 2 no entry of an honest chain was refused for what another chain
-// holds: leases waited. Nothing reconciles the two nodes.
+// node that saw the k fork first refused it for good (ErrNoHold was
+// final) before it learned of the equivocation, judging p's chain broken.
+// Now the claim waits there (ErrNotDrawable), as a lease of version 2
+// waits for its hold: no node refuses an entry of p's chain. The two
+// nodes cannot agree on p's balance: each holds its own fork of the
+// frozen requester's chain, and the claim's funds exist only on one (no
+// rule can apply it on the other without making money); on that one p's
+// chain waits behind the claim, which no node judges p's fault.
 func TestReviewEquivocationSplitsHonestProvider(t *testing.T) {
 	env := newLedgerEnv(t)
 	now := env.clock.Now()
@@ -32,23 +34,32 @@ func TestReviewEquivocationSplitsHonestProvider(t *testing.T) {
 	later := p.next(t, a.leaseFor(t, p.id, job("j"), 400)) // p goes on with its chain
 
 	n1, n2 := env.l, openTestLedger(t, env.g, env.clock.Now)
+	refused := func(l *Ledger, raws ...[]byte) {
+		t.Helper()
+		res, err := l.IngestMany(raws)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range res.Rejected {
+			if r.Account == p.id {
+				t.Fatalf("honest provider's seq %d refused for good: %v", r.Seq, r.Err)
+			}
+		}
+	}
 	for _, raw := range [][]byte{grant, holdJ, claim, later, holdK} {
-		n1.Ingest(raw)
+		refused(n1, raw)
 	}
 	for _, raw := range [][]byte{grant, holdK, claim, later, holdJ} {
-		n2.Ingest(raw)
+		refused(n2, raw)
 	}
 	// Reconciliation sends everything again.
 	for _, l := range []*Ledger{n1, n2} {
-		if _, err := l.IngestMany([][]byte{grant, holdJ, holdK, claim, later}); err != nil {
-			t.Fatal(err)
-		}
+		refused(l, grant, holdJ, holdK, claim, later)
 	}
-	b1, _ := n1.Balance(p.id)
-	b2, _ := n2.Balance(p.id)
-	h1, _ := n1.Head(p.id)
-	h2, _ := n2.Head(p.id)
-	if b1 != b2 || h1 != h2 {
-		t.Fatalf("honest provider after the requester's equivocation: node 1 balance %+v head %+v, node 2 balance %+v head %+v", b1, h1, b2, h2)
+	if b, _ := n1.Balance(p.id); b.Balance != 300 {
+		t.Fatalf("node of the j fork: p has %+v, want the claim applied", b)
+	}
+	if h, _ := n2.Head(p.id); h.Seq != 0 || n2.PendingLen() != 2 {
+		t.Fatalf("node of the k fork: p's head %+v, %d pending; want the claim and the lease waiting", h, n2.PendingLen())
 	}
 }
