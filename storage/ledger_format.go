@@ -23,11 +23,12 @@ import (
 // stores entries of version 3 (claims), keeps the holds naming a provider
 // under their provider too (ledger/hold/<account><job><provider>, where
 // holds of older entries stay under <account><job>), the final claims
-// (ledger/claim/), each peer's reputation (ledger/rep/), the last lease's
-// price and the last receipt's time and usage in the lease records, and
-// counts the holds of version 3 naming a provider apart
-// (ledger.V3Holds); account records flag a chain of version 3 in their
-// frozen byte, which records written before read as not.
+// (ledger/claim/), each peer's reputation (ledger/rep/), the last
+// receipt's time and usage and the votes in the lease records, and the
+// voters of jobs with replicas (ledger/voters/), and counts the holds of
+// version 3 naming a provider apart (ledger.V3Holds); account records
+// flag a chain of version 3 in their frozen byte, which records written
+// before read as not.
 const (
 	ledgerFormat     = 5
 	keyLedgerFormat  = "ledger/meta/format"
@@ -210,7 +211,6 @@ func buildFormat5(db *DB) error {
 				k := string(leaseKey(e.Account, b.Job))
 				r := leased[k]
 				r.Leases++
-				r.Price = b.Price
 				leased[k] = r
 			case ledger.ReceiptBody:
 				k := string(leaseKey(e.Account, b.Job))

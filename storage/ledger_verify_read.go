@@ -25,6 +25,7 @@ type stored struct {
 	reps   map[peer.ID]ledger.Reputation
 	funds  map[ledger.FundKey][]byte
 	leases map[ledger.JobKey][]byte
+	voters map[ledger.JobKey][]byte
 	fraud  map[peer.ID][]byte
 	count  []byte
 }
@@ -78,7 +79,7 @@ func (l *Ledger) readAll(ctx context.Context) (*stored, []ledger.Problem, error)
 		chains: make(map[peer.ID][]*ledger.Candidate), hashes: make(map[ledger.Hash][]byte),
 		accts: make(map[peer.ID]ledger.AccountState), holds: make(map[ledger.FundKey][]byte), paids: make(map[ledger.JobKey][]byte),
 		claims: make(map[ledger.FundKey][]byte), reps: make(map[peer.ID]ledger.Reputation),
-		funds: make(map[ledger.FundKey][]byte), leases: make(map[ledger.JobKey][]byte), fraud: make(map[peer.ID][]byte),
+		funds: make(map[ledger.FundKey][]byte), leases: make(map[ledger.JobKey][]byte), voters: make(map[ledger.JobKey][]byte), fraud: make(map[peer.ID][]byte),
 	}
 	var probs []ledger.Problem
 	err := l.db.bdb.View(func(txn *badger.Txn) error {
@@ -167,7 +168,7 @@ func (r *snapshotReader) jobIndexes() error {
 	for _, idx := range []struct {
 		prefix string
 		m      map[ledger.JobKey][]byte
-	}{{keyPaidPrefix, r.s.paids}, {keyLeasePrefix, r.s.leases}} {
+	}{{keyPaidPrefix, r.s.paids}, {keyLeasePrefix, r.s.leases}, {keyVotersPrefix, r.s.voters}} {
 		err := r.scan(idx.prefix, func(k, v []byte) {
 			jk, ok := parseJobKey(k)
 			if !ok {

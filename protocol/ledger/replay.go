@@ -34,13 +34,14 @@ type MemState struct {
 	Funds  map[FundKey]uint64
 	Leased map[JobKey]LeaseRecord
 	Reps   map[peer.ID]Reputation
+	Votes  map[JobKey]Voters // under (requester, job)
 }
 
 // NewMemState returns an empty state.
 func NewMemState() *MemState {
 	return &MemState{Accounts: make(map[peer.ID]*AccountState), Holds: make(map[FundKey]HoldRecord),
 		Paids: make(map[JobKey]uint64), Claims: make(map[FundKey]uint64), Funds: make(map[FundKey]uint64),
-		Leased: make(map[JobKey]LeaseRecord), Reps: make(map[peer.ID]Reputation)}
+		Leased: make(map[JobKey]LeaseRecord), Reps: make(map[peer.ID]Reputation), Votes: make(map[JobKey]Voters)}
 }
 
 // Account implements State.
@@ -80,6 +81,18 @@ func (v *MemState) Claimed(requester peer.ID, job Hash, provider peer.ID) (bool,
 // PutClaimed implements State.
 func (v *MemState) PutClaimed(requester peer.ID, job Hash, provider peer.ID, seq uint64) error {
 	v.Claims[FundKey{requester, provider, job}] = seq
+	return nil
+}
+
+// Voters implements State.
+func (v *MemState) Voters(requester peer.ID, job Hash) (Voters, error) {
+	return v.Votes[JobKey{requester, job}], nil
+}
+
+// PutVoters implements State.
+func (v *MemState) PutVoters(requester peer.ID, job Hash, vs Voters) error {
+	vs.Providers = slices.Clone(vs.Providers) // the caller's slice may grow in place
+	v.Votes[JobKey{requester, job}] = vs
 	return nil
 }
 

@@ -135,7 +135,8 @@ func Duplicate(account peer.ID, seq uint64) error {
 // needs arrives: its predecessor (ErrGap), funds paid to its account
 // (ErrOverdraft), the hold that backs a lease or that a claim or waive
 // draws on (ErrUnfunded, ErrNotDrawable), the provider's entries past a
-// hold's expiry (ErrClaimWindowOpen). Such an entry is kept pending, not refused.
+// hold's expiry (ErrClaimWindowOpen), the receipts a verdict quotes
+// (ErrVerdictWaits). Such an entry is kept pending, not refused.
 func Waits(err error) bool {
 	return errors.Is(err, ErrGap) || waitsOnOthers(err)
 }
@@ -144,7 +145,7 @@ func Waits(err error) bool {
 // for ErrGap).
 func waitsOnOthers(err error) bool {
 	return errors.Is(err, ErrOverdraft) || errors.Is(err, ErrUnfunded) || errors.Is(err, ErrClaimWindowOpen) ||
-		errors.Is(err, ErrNotDrawable)
+		errors.Is(err, ErrNotDrawable) || errors.Is(err, ErrVerdictWaits)
 }
 
 // Rules are a network's rules for ledger entries, with its parameters
@@ -237,6 +238,10 @@ func (r *Rules) applyKind(st State, a *AccountState, e *Entry) error {
 		return claimRule(st, e, b)
 	case WaiveBody:
 		return waiveRule(st, e, b)
+	case MajorityClaimBody:
+		return majorityClaimRule(st, e, b)
+	case MajorityReleaseBody:
+		return majorityReleaseRule(st, a, e, b)
 	default:
 		return fmt.Errorf("%w: entry without a body", ErrMalformed)
 	}
@@ -403,13 +408,16 @@ func leaseRule(st State, e *Entry, b LeaseBody) error {
 			ErrUnfunded, e.Account, e.Seq, b.Job, b.Requester, backed, r.Leases+1)
 	}
 	r.Leases++
-	r.Price = b.Price
+	if e.Version() >= entryVersion {
+		r.Requester, r.Price = b.Requester, b.Price
+	}
 	return st.PutLeases(e.Account, b.Job, r)
 }
 
 // receiptRule admits a provider's record of a run: one for each lease of
 // the job in its own chain, so a receipt is never more than its lease's
-// funding allows.
+// funding allows. The first of a job, of version 3, is the provider's
+// vote in a verdict among the job's replicas (voteOf).
 func receiptRule(st State, e *Entry, b ReceiptBody) error {
 	r, err := st.Leases(e.Account, b.Job)
 	if err != nil {
@@ -418,6 +426,7 @@ func receiptRule(st State, e *Entry, b ReceiptBody) error {
 	if r.Receipts >= r.Leases {
 		return fmt.Errorf("%w: %s seq %d: job %s has %d leases and %d receipts", ErrNoLease, e.Account, e.Seq, b.Job, r.Leases, r.Receipts)
 	}
+	voteOf(&r, e, b)
 	r.Receipts++
 	r.LastReceipt, r.GPUMS, r.WallMS = e.Time.UnixNano(), b.Usage.GPUMS, b.Usage.WallMS
 	return st.PutLeases(e.Account, b.Job, r)

@@ -19,8 +19,10 @@ import (
 // award), within the available balance, unless the provider was paid for
 // the job by a final claim or a hold naming it is open. A hold naming it
 // that the provider may still close (its chain not past the hold's
-// expiry) is waited for. A hold naming its own account is refused: a
-// job it pays itself proves nothing.
+// expiry) is waited for. Its replicas must be the job's, and it makes
+// the provider a voter of the job while there is room (joinVoters). A
+// hold naming its own account is refused: a job it pays itself proves
+// nothing.
 func namedHoldRule(st State, a *AccountState, e *Entry, b HoldBody) error {
 	if b.Provider == e.Account {
 		return where(e, ErrSelfAward)
@@ -43,6 +45,10 @@ func namedHoldRule(st State, a *AccountState, e *Entry, b HoldBody) error {
 		return err
 	} else if claimed {
 		return where(e, ErrAlreadyPaid)
+	}
+	voters, err := joinVoters(st, e, b)
+	if err != nil {
+		return err
 	}
 	posting, open, err := st.Hold(e.Account, b.Job, "")
 	if err != nil {
@@ -69,6 +75,9 @@ func namedHoldRule(st State, a *AccountState, e *Entry, b HoldBody) error {
 		return err
 	}
 	if err := st.PutFunding(e.Account, b.Job, V3Holds(b.Provider), n+1); err != nil {
+		return err
+	}
+	if err := st.PutVoters(e.Account, b.Job, voters); err != nil {
 		return err
 	}
 	a.Held = a.Held - replaced + b.Amount
@@ -154,7 +163,8 @@ func drawnHold(st State, e *Entry, requester peer.ID, job Hash, seq uint64) (*Ac
 // the hold) and at most the hold. A final claim closes the hold, returns
 // the rest and marks the job paid to the provider; one above zero counts
 // the job paid (JobsPaid, PaidFor) and the run's time as delivered, as
-// far as the amount pays for it (LeaseRecord.paidUsage).
+// far as the amount pays for it (LeaseRecord.paidUsage). A voter of a job
+// with replicas claims by acceptance only before it votes (ErrVoted).
 func claimRule(st State, e *Entry, b ClaimBody) error {
 	req, hr, err := drawnHold(st, e, b.Requester, b.Job, b.HoldSeq)
 	if err != nil {
@@ -166,7 +176,19 @@ func claimRule(st State, e *Entry, b ClaimBody) error {
 	case b.Amount < hr.Claimed || b.Amount == hr.Claimed && !b.Final:
 		return fmt.Errorf("%w: %s seq %d claims %d in all, %d claimed before", ErrAlreadyPaid, e.Account, e.Seq, b.Amount, hr.Claimed)
 	}
-	delta := b.Amount - hr.Claimed
+	if voted, err := hasVoted(st, b.Requester, e.Account, b.Job, hr); err != nil {
+		return err
+	} else if voted {
+		return where(e, ErrVoted)
+	}
+	return drawClaim(st, e, req, b.Requester, b.Job, hr, b.Amount, b.Final)
+}
+
+// drawClaim moves what a claim by e's account draws from requester's hold
+// hr (amount in all, at least what was claimed before) and, if final,
+// closes the hold and marks the job paid to the provider.
+func drawClaim(st State, e *Entry, req *AccountState, requester peer.ID, job Hash, hr HoldRecord, amount uint64, final bool) error {
+	delta := amount - hr.Claimed
 	p, err := st.Account(e.Account)
 	if err != nil {
 		return err
@@ -176,14 +198,14 @@ func claimRule(st State, e *Entry, b ClaimBody) error {
 			return where(e, ErrOverflow)
 		}
 	}
-	hr.Claimed = b.Amount
-	if b.Final {
-		err = closeHold(st, req, b.Requester, b.Job, e.Account, hr)
+	hr.Claimed = amount
+	if final {
+		err = closeHold(st, req, requester, job, e.Account, hr)
 		if err == nil {
-			err = st.PutClaimed(b.Requester, b.Job, e.Account, e.Seq)
+			err = st.PutClaimed(requester, job, e.Account, e.Seq)
 		}
 	} else {
-		err = st.PutHold(b.Requester, b.Job, e.Account, hr)
+		err = st.PutHold(requester, job, e.Account, hr)
 	}
 	if err != nil {
 		return err
@@ -191,14 +213,14 @@ func claimRule(st State, e *Entry, b ClaimBody) error {
 	req.Balance -= delta
 	req.Held -= delta
 	p.Balance += delta
-	paid := b.Final && b.Amount > 0
+	paid := final && amount > 0
 	var gpu, wall uint64
 	if paid {
-		lr, err := st.Leases(e.Account, b.Job)
+		lr, err := st.Leases(e.Account, job)
 		if err != nil {
 			return err
 		}
-		gpu, wall = lr.paidUsage(b.Amount)
+		gpu, wall = lr.paidUsage(amount)
 	}
 	if err := bump(st, e.Account, func(r *Reputation) {
 		sat(&r.Earned, delta)
@@ -210,7 +232,7 @@ func claimRule(st State, e *Entry, b ClaimBody) error {
 	}); err != nil {
 		return err
 	}
-	return bump(st, b.Requester, func(r *Reputation) {
+	return bump(st, requester, func(r *Reputation) {
 		sat(&r.Spent, delta)
 		if paid {
 			sat(&r.PaidFor, 1)
@@ -219,11 +241,17 @@ func claimRule(st State, e *Entry, b ClaimBody) error {
 }
 
 // waiveRule closes the hold naming the provider at its own word (it gives
-// the award back): the unclaimed rest returns to the requester.
+// the award back): the unclaimed rest returns to the requester. A voter
+// of a job with replicas waives only before it votes (ErrVoted).
 func waiveRule(st State, e *Entry, b WaiveBody) error {
 	req, hr, err := drawnHold(st, e, b.Requester, b.Job, b.HoldSeq)
 	if err != nil {
 		return err
+	}
+	if voted, err := hasVoted(st, b.Requester, e.Account, b.Job, hr); err != nil {
+		return err
+	} else if voted {
+		return where(e, ErrVoted)
 	}
 	if err := closeHold(st, req, b.Requester, b.Job, e.Account, hr); err != nil {
 		return err

@@ -322,10 +322,29 @@ func (n *settleNet) node(arrivals [][]byte) (*MemState, map[string]bool) {
 
 // TestSettlementOrderFree delivers the same entries to nodes in many
 // orders: every node ends with the same balances, holds, claims, lease
-// records and reputations, and refuses the same entries.
+// records, voters and reputations, and refuses the same entries; what
+// they end with is what the scenario wants.
 func TestSettlementOrderFree(t *testing.T) {
-	n := newSettleNet(t)
-	entries := settleScenario(t, n)
+	for _, sc := range []struct {
+		name  string
+		build func(*testing.T, *settleNet) [][]byte
+		check func(*testing.T, *settleNet, *MemState, map[string]bool)
+	}{
+		{"claims, waives, releases", settleScenario, checkSettleScenario},
+		{"replicas", replicaScenario, checkReplicaScenario},
+	} {
+		t.Run(sc.name, func(t *testing.T) {
+			n := newSettleNet(t)
+			want, refused := orderFree(t, n, sc.build(t, n))
+			sc.check(t, n, want, refused)
+		})
+	}
+}
+
+// orderFree applies entries in chain order and in 200 random orders, and
+// fails unless every order gives the same state and refusals: it returns
+// them.
+func orderFree(t *testing.T, n *settleNet, entries [][]byte) (*MemState, map[string]bool) {
 	want, wantRefused := n.node(entries)
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range 200 {
@@ -338,13 +357,18 @@ func TestSettlementOrderFree(t *testing.T) {
 		}{
 			{"accounts", got.Accounts, want.Accounts}, {"holds", got.Holds, want.Holds}, {"claims", got.Claims, want.Claims},
 			{"leases", got.Leased, want.Leased}, {"reputations", got.Reps, want.Reps}, {"refused", refused, wantRefused},
+			{"voters", got.Votes, want.Votes},
 		} {
 			if !reflect.DeepEqual(m.got, m.want) {
 				t.Fatalf("order %d: %s %+v, in chain order %+v", i, m.name, m.got, m.want)
 			}
 		}
 	}
-	// What the chain order gives.
+	return want, wantRefused
+}
+
+// checkSettleScenario checks what every order of settleScenario gives.
+func checkSettleScenario(t *testing.T, n *settleNet, want *MemState, wantRefused map[string]bool) {
 	a, p, q, r := want.Accounts[n.a.id], want.Accounts[n.p.id], want.Accounts[n.q.id], want.Accounts[n.r.id]
 	if a.Balance != 750 || a.Held != 400 || p.Balance != 250 || q.Balance != 0 || r.Balance != 0 || a.LastSeq != 7 {
 		t.Fatalf("balances a %+v p %+v q %+v r %+v", a, p, q, r)
