@@ -52,7 +52,7 @@ type PauseRequest struct {
 type payState struct {
 	holdSeq uint64
 	expiry  time.Time // the hold's: no claim is dated after it
-	receipt [32]byte // InterimReceipt: what every interim acceptance names
+	receipt [32]byte  // InterimReceipt: what every interim acceptance names
 	// next is when the next interim bill is due (while none is open).
 	next time.Time
 	// bill is the latest interim bill while it is unanswered, sampled at

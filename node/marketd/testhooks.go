@@ -7,6 +7,7 @@ import (
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
 )
 
 // Hooks for the node's tests, which drive a whole node and reach the
@@ -56,3 +57,8 @@ func (m *Driver) Awards(ctx context.Context, id protocol.JobID) ([]market.AwardR
 	})
 	return out, err
 }
+
+// SetUsageHook has each run from now on report the usage rewrite returns
+// (given the usage metered): a patched provider whose meter lies, which
+// bills, records in its receipt and claims what it reports.
+func (m *Driver) SetUsageHook(rewrite func(*pb.Usage) *pb.Usage) { m.usageHook.Store(&rewrite) }
