@@ -51,6 +51,10 @@ type Ready struct {
 	// waive of each one's hold and answers with Waived, which sends the
 	// decline.
 	Waives []WaiveRequest
+	// Pauses are runs this provider pauses (its requester left an interim
+	// bill unanswered) or resumes (the acceptance came), in the order
+	// asked: the caller carries them out in that order.
+	Pauses []PauseRequest
 	// MajorityClaims are replicas' bills this provider claims by a
 	// majority's receipts (answer: MajorityClaimWritten); MajorityReleases
 	// are this requester's holds of replicas a majority contradicts
@@ -62,7 +66,7 @@ type Ready struct {
 // Empty reports whether there is nothing to do.
 func (r Ready) Empty() bool {
 	return len(r.Save)+len(r.Changed)+len(r.Send)+len(r.Publish)+len(r.Run)+len(r.Stop)+len(r.NeedHolds)+
-		len(r.NeedAcceptances)+len(r.Receipts)+len(r.Claims)+len(r.Waives)+
+		len(r.NeedAcceptances)+len(r.Receipts)+len(r.Claims)+len(r.Waives)+len(r.Pauses)+
 		len(r.MajorityClaims)+len(r.MajorityReleases) == 0
 }
 
@@ -116,6 +120,7 @@ func (r Ready) merge(next Ready) Ready {
 		Receipts:        slices.Concat(r.Receipts, next.Receipts),
 		Claims:          slices.Concat(r.Claims, next.Claims),
 		Waives:          slices.Concat(r.Waives, next.Waives),
+		Pauses:          slices.Concat(r.Pauses, next.Pauses),
 		// A verdict asked twice is written once: the second finds the
 		// hold closed.
 		MajorityClaims:   slices.Concat(r.MajorityClaims, next.MajorityClaims),

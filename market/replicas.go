@@ -265,8 +265,8 @@ func replicaTimers(j *Job, consider func(time.Time)) {
 // ledger's is its receipt, which the bill names). No acceptance is
 // signed: the majority claims the holds.
 func (e *Engine) replicaBill(now time.Time, j *Job, a *AwardRecord, b *pb.Bill) {
-	if a.Outcome != "" {
-		return
+	if a.Outcome != "" || !b.Final {
+		return // an interim bill is no vote (replicas bill none)
 	}
 	a.Outcome = outcomeKey(b.ResultId, b.OutputsId)
 	a.Receipt, a.Billed, a.HoldSeq, a.BillAt = b.Receipt, b.Amount, b.HoldSeq, now

@@ -34,6 +34,7 @@ func (e *Engine) Tick(now time.Time) {
 		e.swept = now
 	}
 	e.tickBills(now)
+	e.tickInterim(now)
 	e.tickVerdicts(now)
 	if len(e.retryRelease) > 0 && !now.Before(e.retryAt) {
 		e.ready.MajorityReleases = append(e.ready.MajorityReleases, e.retryRelease...)
@@ -142,6 +143,7 @@ func (e *Engine) NextDeadline() time.Time {
 	for _, l := range e.leases {
 		consider(l.nextBeat)
 	}
+	e.nextInterim(consider)
 	for _, b := range e.bills {
 		if b.phase != phaseClaiming {
 			consider(b.next)

@@ -236,6 +236,13 @@ type MarketConfig struct {
 	// NewcomerShare is the fraction of jobs, 0..1, that go to a provider
 	// without history when one bids, so that a new provider can start.
 	NewcomerShare float64 `toml:"newcomer_share"`
+	// SettlementInterval is how long a provider runs a job without its
+	// requester's countersignature: a lease whose max_duration is longer
+	// is billed as it goes, every ¾ interval, and paused when a bill goes
+	// unanswered for ¼ interval; a run left paused two intervals is
+	// stopped. Neither side risks more than one interval's price (see
+	// market's interim.go). At least 1 s; default 60 s.
+	SettlementInterval Duration `toml:"settlement_interval"`
 }
 
 // validate reports the reputation settings that cannot make sense.
@@ -246,8 +253,19 @@ func (m MarketConfig) validate() error {
 	if !(m.NewcomerShare >= 0 && m.NewcomerShare <= 1) {
 		return fmt.Errorf("newcomer_share: %v, want a fraction in 0..1", m.NewcomerShare)
 	}
+	if m.SettlementInterval < Duration(MinSettlementInterval) {
+		return fmt.Errorf("settlement_interval: %v, want at least %v", time.Duration(m.SettlementInterval), MinSettlementInterval)
+	}
 	return nil
 }
+
+// MinSettlementInterval is the shortest [market] settlement_interval: a
+// quarter of it is how long a bill may wait for its answer.
+const MinSettlementInterval = time.Second
+
+// pauseGrace is how long a run paused for an unanswered interim bill may
+// stay paused before it is stopped: two settlement intervals.
+func (m MarketConfig) pauseGrace() time.Duration { return 2 * time.Duration(m.SettlementInterval) }
 
 // ProviderConfig is the [provider] table: what a node offers and for how much.
 type ProviderConfig struct {
@@ -339,12 +357,13 @@ func DefaultConfig(dataDir string) Config {
 		},
 		Disk: DiskConfig{MinFreeMiB: 512, ReserveMiB: 64, CheckInterval: Duration(500 * time.Millisecond)},
 		Market: MarketConfig{
-			InteractiveWindow: Duration(time.Second),
-			BatchWindow:       Duration(3 * time.Second),
-			AcceptTimeout:     Duration(5 * time.Second),
-			HeartbeatTimeout:  Duration(15 * time.Second),
-			ReputationWeight:  market.DefaultReputationWeight,
-			NewcomerShare:     market.DefaultNewcomerShare,
+			InteractiveWindow:  Duration(time.Second),
+			BatchWindow:        Duration(3 * time.Second),
+			AcceptTimeout:      Duration(5 * time.Second),
+			HeartbeatTimeout:   Duration(15 * time.Second),
+			ReputationWeight:   market.DefaultReputationWeight,
+			NewcomerShare:      market.DefaultNewcomerShare,
+			SettlementInterval: Duration(market.DefaultSettlementInterval),
 		},
 		Ledger: LedgerConfig{
 			HeadPeers:         3,

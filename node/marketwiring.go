@@ -46,6 +46,7 @@ func (n *Node) marketEngineConfig() market.Config {
 		HeartbeatTimeout:        time.Duration(n.cfg.Market.HeartbeatTimeout),
 		HeartbeatInterval:       time.Duration(n.cfg.Market.HeartbeatTimeout) / 3,
 		MaxCandidates:           3,
+		SettlementInterval:      time.Duration(n.cfg.Market.SettlementInterval),
 		OfferMemory:             n.cfg.Limits.OfferMemory,
 		OfferMemoryPerRequester: n.cfg.Limits.OfferMemoryPerRequester,
 		Reputation: market.ReputationPolicy{

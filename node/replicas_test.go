@@ -20,10 +20,10 @@ import (
 
 // rogueRunner runs the job, then returns random output in place of its
 // result: a provider that does not compute what it is paid for.
-type rogueRunner struct{ inner marketd.Runner }
+type rogueRunner struct{ marketd.Runner }
 
 func (r rogueRunner) Run(ctx context.Context, l *market.Lease) market.Outcome {
-	o := r.inner.Run(ctx, l)
+	o := r.Runner.Run(ctx, l)
 	junk := make([]byte, 16)
 	rand.Read(junk)
 	out := []byte(hex.EncodeToString(junk))

@@ -41,10 +41,13 @@ func sortedAccounts(chains map[peer.ID][]*ledger.Candidate) []peer.ID {
 }
 
 // parseFundKey reads a key of the hold, fund or claim index without its
-// prefix: a requester, a job and a provider or none.
+// prefix: a requester, a job and a provider or none (or, in the fund
+// index, a provider as ledger.V3Holds names it).
 func parseFundKey(k []byte) (ledger.FundKey, bool) {
 	const head = ledger.AccountIDLen + len(ledger.Hash{})
-	if len(k) != head && len(k) != head+ledger.AccountIDLen {
+	v3 := ledger.V3Holds("")
+	named := head + ledger.AccountIDLen
+	if len(k) != head && len(k) != named && (len(k) != named+len(v3) || string(k[named:]) != string(v3)) {
 		return ledger.FundKey{}, false
 	}
 	return ledger.FundKey{Requester: peer.ID(k[:ledger.AccountIDLen]), Job: ledger.Hash(k[ledger.AccountIDLen:head]), Provider: peer.ID(k[head:])}, true

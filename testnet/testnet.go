@@ -273,6 +273,9 @@ func DefaultConfig(dir, network string) node.Config {
 		// that is running fine (and refuses its result).
 		AcceptTimeout:    node.Duration(10 * time.Second),
 		HeartbeatTimeout: node.Duration(10 * time.Second),
+		// Long jobs of a test are billed as they go; a job of a few
+		// seconds is billed once.
+		SettlementInterval: node.Duration(10 * time.Second),
 	}
 	return cfg
 }

@@ -112,6 +112,7 @@ func (m *Driver) process() {
 		}
 	}
 	m.settle(r)
+	m.pauseRuns(r.Pauses)
 	for _, l := range r.Run {
 		m.run(l)
 	}
@@ -130,8 +131,8 @@ func (m *Driver) process() {
 		// the next input.
 		now := m.clock.Now()
 		for _, a := range r.NeedAcceptances {
-			sig, err := m.ledger.SignAcceptance(a)
-			if err != nil {
+			sig, err := m.signAcceptance(a)
+			if err != nil && !errors.Is(err, errWithheld) {
 				m.log.Error("sign acceptance", "job", a.Job, "err", err)
 			}
 			m.eng.AcceptanceSigned(now, a, sig, err)

@@ -135,7 +135,6 @@ func (v *MemState) Leases(provider peer.ID, job Hash) (LeaseRecord, error) {
 
 // PutLeases implements State.
 func (v *MemState) PutLeases(provider peer.ID, job Hash, r LeaseRecord) error {
-	r.ReceiptTimes = slices.Clone(r.ReceiptTimes) // the caller's slice may grow in place
 	v.Leased[JobKey{provider, job}] = r
 	return nil
 }

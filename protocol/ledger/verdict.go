@@ -341,10 +341,14 @@ func majorityBill(own Vote, votes []Vote, hold uint64) uint64 {
 // majorityClaimRule pays a member of a majority out of its hold: the hold
 // as a claim's (drawnHold), its own vote and the quoted ones agreeing, at
 // least a majority, Amount within majorityBill. It closes the hold.
+//
+// A hold not as the claim draws on it (ErrNotDrawable, which waits) is
+// reported only after the votes: a claim the votes refuse for good is
+// refused whether a release closed the hold first or not.
 func majorityClaimRule(st State, e *Entry, b MajorityClaimBody) error {
-	req, hr, err := drawnHold(st, e, b.Requester, b.Job, b.HoldSeq)
-	if err != nil {
-		return err
+	req, hr, holdErr := drawnHold(st, e, b.Requester, b.Job, b.HoldSeq)
+	if holdErr != nil && !errors.Is(holdErr, ErrNotDrawable) {
+		return holdErr
 	}
 	bal, err := newBallot(st, e, b.Requester, b.Job)
 	if err != nil {
@@ -364,6 +368,9 @@ func majorityClaimRule(st State, e *Entry, b MajorityClaimBody) error {
 	}
 	if t.wait != nil {
 		return t.wait
+	}
+	if holdErr != nil {
+		return holdErr
 	}
 	limit := max(hr.Claimed, majorityBill(t.votes[0], t.votes, hr.Amount))
 	switch {

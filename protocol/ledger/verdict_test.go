@@ -301,8 +301,10 @@ func checkReplicaScenario(t *testing.T, n *settleNet, want *MemState, refused ma
 	reps := map[peer.ID]Reputation{
 		n.a.id: {Awards: 3, PaidFor: 2, Spent: 400},
 		n.p.id: {Leases: 1, Receipts: 1, JobsPaid: 1, Earned: 200, GPUMS: 2000, WallMS: 2000},
-		n.q.id: {Leases: 1, Receipts: 1, JobsPaid: 1, Earned: 200, GPUMS: 3000, WallMS: 3000},
-		n.r.id: {Leases: 1, Receipts: 1, GPUMS: 9_000_000, WallMS: 9_000_000, VerificationLosses: 1},
+		// Delivered time is what the claims paid for: q's 3000 ms at the
+		// majority's bill (200 at 100/s) count 2000, r's unpaid none.
+		n.q.id: {Leases: 1, Receipts: 1, JobsPaid: 1, Earned: 200, GPUMS: 2000, WallMS: 2000},
+		n.r.id: {Leases: 1, Receipts: 1, VerificationLosses: 1},
 	}
 	if !reflect.DeepEqual(want.Reps, reps) {
 		t.Fatalf("reputations %+v, want %+v", want.Reps, reps)
@@ -316,9 +318,9 @@ func TestVerdictRecords(t *testing.T) {
 	_, p := testKey(t, "p")
 	for _, r := range []LeaseRecord{
 		{},
-		{Leases: 2, Receipts: 1, ReceiptTimes: []int64{5}},
+		{Leases: 2, Receipts: 1, LastReceipt: 5, GPUMS: 3, WallMS: 4},
 		{Leases: 1, Requester: p, Price: 7},
-		{Leases: 1, Receipts: 1, ReceiptTimes: []int64{9}, Requester: p, Price: 7,
+		{Leases: 1, Receipts: 1, LastReceipt: 9, Requester: p, Price: 7,
 			Vote: Vote{Seq: 3, Requester: p, Price: 7, Units: 1000, Outcome: job("o")}},
 	} {
 		got, err := DecodeLeaseRecord(r.Encode())
