@@ -33,7 +33,7 @@ func (s *Service) WriteMajorityClaim(c market.MajorityClaimRequest, done func(er
 			return []ledger.Body{body}
 		},
 		done: func(written []*ledger.Entry, errs []error) {
-			if len(written) == 1 && written[0] != nil {
+			if len(written) == 1 && written[0] != nil || errors.Is(why, errClaimedBefore) {
 				done(nil)
 				return
 			}
@@ -48,6 +48,11 @@ func (s *Service) WriteMajorityClaim(c market.MajorityClaimRequest, done func(er
 func (s *Service) majorityClaim(c market.MajorityClaimRequest) (ledger.Body, error) {
 	job := ledger.Hash(c.Job)
 	h, ok, err := s.ledger.HoldOf(c.Requester, job, s.self)
+	if err == nil && !ok {
+		if paid, err := s.ledger.Claimed(c.Requester, job, s.self); err == nil && paid {
+			return nil, errClaimedBefore // a claim asked twice: the result may leave
+		}
+	}
 	if err != nil || !ok {
 		return nil, cmpErr([]error{err}, fmt.Errorf("%w: no open hold naming this provider", market.ErrMinority))
 	}
@@ -78,6 +83,10 @@ func (s *Service) majorityClaim(c market.MajorityClaimRequest) (ledger.Body, err
 	body.Amount = max(h.Claimed, ledger.MajorityBill(own, votes, h.Amount))
 	return body, nil
 }
+
+// errClaimedBefore means this provider's hold of the job was claimed in
+// full already: the claim asked again is done.
+var errClaimedBefore = errors.New("hold claimed before")
 
 // voted is one voter's vote.
 type voted struct {
