@@ -78,6 +78,8 @@ type billing struct {
 	phase  int
 	next   time.Time // the next re-send
 	until  time.Time // when it gives up
+	// claim is the accepted claim, from phaseClaiming on.
+	claim *ClaimRequest
 }
 
 // bill starts the settlement of a lease's outcome: the bill leaves now
@@ -111,6 +113,7 @@ func (e *Engine) bill(now time.Time, l *Lease, o Outcome, r *pb.Result) {
 	}
 	k := billKey{l.Job, l.Attempt, l.Requester}
 	e.bills[k] = &billing{key: k, bill: b, result: r, next: now.Add(e.cfg.HeartbeatInterval), until: until}
+	e.markBill(k)
 	e.ready.Receipts = append(e.ready.Receipts, b)
 	e.send(l.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Bill{Bill: b}})
 }
@@ -137,9 +140,12 @@ func (e *Engine) onAccepted(now time.Time, m *protocol.Signed, a *pb.Accepted) {
 		return
 	}
 	b.phase = phaseClaiming
-	e.ready.Claims = append(e.ready.Claims, ClaimRequest{Job: m.Job, Attempt: a.Attempt, Requester: m.Signer,
+	b.claim = &ClaimRequest{Job: m.Job, Attempt: a.Attempt, Requester: m.Signer,
 		HoldSeq: b.bill.HoldSeq, Amount: a.Amount, Final: a.Final, Receipt: [32]byte(b.bill.Receipt),
-		Acceptance: a.Acceptance})
+		Acceptance: a.Acceptance}
+	// Persisted before the claim is written: a restart claims it again.
+	e.markBill(b.key)
+	e.ready.Claims = append(e.ready.Claims, *b.claim)
 }
 
 // ClaimWritten takes the caller's answer to a claim request: written, the
@@ -150,8 +156,9 @@ func (e *Engine) ClaimWritten(now time.Time, c ClaimRequest, err error) {
 	if b == nil || b.phase != phaseClaiming {
 		return
 	}
+	e.markBill(b.key)
 	if err != nil {
-		b.phase = phaseBilling
+		b.phase, b.claim = phaseBilling, nil
 		b.next = now
 		return
 	}
@@ -186,6 +193,7 @@ func (e *Engine) tickBills(now time.Time) {
 		switch {
 		case now.After(b.until):
 			delete(e.bills, k)
+			e.markBill(k)
 		case b.phase == phaseClaiming || now.Before(b.next):
 		case b.phase == phaseBilling:
 			b.next = now.Add(e.cfg.HeartbeatInterval)
@@ -194,6 +202,14 @@ func (e *Engine) tickBills(now time.Time) {
 			b.next = now.Add(e.cfg.HeartbeatInterval)
 			e.send(k.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Result{Result: b.result}})
 		}
+	}
+}
+
+// onResultAck ends a bill: the requester has the result.
+func (e *Engine) onResultAck(k billKey) {
+	if _, ok := e.bills[k]; ok {
+		delete(e.bills, k)
+		e.markBill(k)
 	}
 }
 

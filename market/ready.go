@@ -51,12 +51,16 @@ type Ready struct {
 	// waive of each one's hold and answers with Waived, which sends the
 	// decline.
 	Waives []WaiveRequest
+	// Bills are this provider's bills changed since the last Ready, to
+	// persist with Save (a Done one deleted): a bill leaves, and a claim
+	// is written, only once its record is on disk.
+	Bills []BillRecord
 }
 
 // Empty reports whether there is nothing to do.
 func (r Ready) Empty() bool {
 	return len(r.Save)+len(r.Changed)+len(r.Send)+len(r.Publish)+len(r.Run)+len(r.Stop)+len(r.NeedHolds)+
-		len(r.NeedAcceptances)+len(r.Receipts)+len(r.Claims)+len(r.Waives) == 0
+		len(r.NeedAcceptances)+len(r.Receipts)+len(r.Claims)+len(r.Waives)+len(r.Bills) == 0
 }
 
 // Ready returns the work pending since the last Advance: what the engine
@@ -65,6 +69,7 @@ func (r Ready) Empty() bool {
 func (e *Engine) Ready() Ready {
 	r := e.ready
 	e.ready = Ready{}
+	r.Bills = e.billRecords()
 	// A job both saved and changed is in Save only. The engine no longer
 	// holds r's slices, so they are filtered in place, with no copy.
 	r.Changed = slices.DeleteFunc(r.Changed, func(j *Job) bool { return e.saving[j] })
@@ -112,6 +117,7 @@ func (r Ready) merge(next Ready) Ready {
 		Receipts:        slices.Concat(r.Receipts, next.Receipts),
 		Claims:          slices.Concat(r.Claims, next.Claims),
 		Waives:          slices.Concat(r.Waives, next.Waives),
+		Bills:           mergeBills(r.Bills, next.Bills),
 	}
 	for _, j := range slices.Concat(r.Save, next.Save) {
 		if !saved[j] {
@@ -127,4 +133,18 @@ func (r Ready) merge(next Ready) Ready {
 		}
 	}
 	return out
+}
+
+// mergeBills is the records of bills in r and next, each bill's latest
+// (next's) only: a record is the bill's whole state.
+func mergeBills(r, next []BillRecord) []BillRecord {
+	if len(r) == 0 {
+		return next
+	}
+	latest := map[string]bool{}
+	for _, b := range next {
+		latest[b.Key()] = true
+	}
+	out := slices.DeleteFunc(slices.Clone(r), func(b BillRecord) bool { return latest[b.Key()] })
+	return append(out, next...)
 }
