@@ -16,3 +16,11 @@ func (m *Driver) SetOutboxPeers(max int) {
 func (m *Driver) WrapJobStore(wrap func(JobStore) JobStore) error {
 	return m.do(m.ctx, func() { m.jobs = wrap(m.jobs) })
 }
+
+// OpenBills is how many runs this provider has billed and not settled.
+func (m *Driver) OpenBills() (n int) {
+	if m.do(m.ctx, func() { n = m.eng.Bills() }) != nil {
+		return -1
+	}
+	return n
+}
