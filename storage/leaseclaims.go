@@ -27,7 +27,7 @@ type leaseSlot struct {
 // writes (version 3): the holds it has written for the job naming
 // provider, open or closed since.
 func (l *Ledger) LeaseFunding(requester peer.ID, job ledger.Hash, provider peer.ID) (uint64, error) {
-	return getCount(l.get(fundKey(requester, job, provider)))
+	return getCount(l.get(fundKey(requester, job, ledger.V3Holds(provider))))
 }
 
 // ClaimLease reserves, for provider's lease of job about to be written,

@@ -3,6 +3,7 @@ package storage
 import (
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/mira-market/mira/protocol/ledger"
 )
@@ -13,9 +14,14 @@ import (
 // second award is refused before the first lease is written, and after.
 func TestClaimLease(t *testing.T) {
 	env := newLedgerEnv(t)
-	q := newChain(t, "q", env.clock.Now())
+	env.a.v2, env.p.v2 = false, false
+	q := newChainV3(t, "q", env.clock.Now())
+	expiry := env.clock.Now().Add(time.Hour).UnixNano()
+	named := func(j string, p *chain) ledger.HoldBody {
+		return ledger.HoldBody{Job: job(j), Provider: p.id, Amount: 10, Expiry: expiry, Replicas: 1}
+	}
 	env.ok(env.a.next(t, ledger.GrantBody{Amount: 1000}))
-	env.ok(env.a.next(t, ledger.HoldBody{Job: job("named"), Provider: env.p.id, Amount: 10}))
+	env.ok(env.a.next(t, named("named", env.p)))
 	env.ok(env.a.next(t, ledger.HoldBody{Job: job("posted"), Amount: 10}))
 	claim := func(p *chain, name string) error { return env.l.ClaimLease(p.id, env.a.id, job(name)) }
 	steps := []struct {
@@ -35,7 +41,7 @@ func TestClaimLease(t *testing.T) {
 		{"p claims the posting hold's lease", func() error { return claim(env.p, "posted") }, ledger.ErrUnfunded},
 		{"q claims the posting hold's lease", func() error { return claim(q, "posted") }, ledger.ErrUnfunded},
 		{"an award to q backs q's lease", func() error {
-			env.ok(env.a.next(t, ledger.HoldBody{Job: job("awarded"), Provider: q.id, Amount: 10}))
+			env.ok(env.a.next(t, named("awarded", q)))
 			return claim(q, "awarded")
 		}, nil},
 		{"q claims it twice", func() error { return claim(q, "awarded") }, ledger.ErrUnfunded},
@@ -43,8 +49,8 @@ func TestClaimLease(t *testing.T) {
 		{"q claims it anew", func() error { return claim(q, "awarded") }, nil},
 		{"a job nobody held", func() error { return claim(env.p, "unheld") }, ledger.ErrUnfunded},
 		{"a second hold naming p backs a second lease", func() error {
-			env.ok(env.a.next(t, ledger.ReleaseBody{Job: job("named")}))
-			env.ok(env.a.next(t, ledger.HoldBody{Job: job("named"), Provider: env.p.id, Amount: 10}))
+			env.ok(env.p.next(t, ledger.WaiveBody{Job: job("named"), Requester: env.a.id, HoldSeq: 2}))
+			env.ok(env.a.next(t, named("named", env.p)))
 			return claim(env.p, "named")
 		}, nil},
 	}

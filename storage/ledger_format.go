@@ -23,8 +23,12 @@ import (
 // stores entries of version 3 (claims), keeps the holds naming a provider
 // under their provider too (ledger/hold/<account><job><provider>, where
 // holds of older entries stay under <account><job>), the final claims
-// (ledger/claim/), each peer's reputation (ledger/rep/), and receipt
-// times in the lease records.
+// (ledger/claim/), each peer's reputation (ledger/rep/), the last
+// receipt's time and usage and the votes in the lease records, and the
+// voters of jobs with replicas (ledger/voters/), and counts the holds of
+// version 3 naming a provider apart (ledger.V3Holds); account records
+// flag a chain of version 3 in their frozen byte, which records written
+// before read as not.
 const (
 	ledgerFormat     = 5
 	keyLedgerFormat  = "ledger/meta/format"
@@ -35,9 +39,9 @@ const (
 // an older one is rewritten step by step (format 1 to 2: the hash index
 // rewritten from the entries and the time index dropped; 2 to 3: the new
 // indexes and account records built from the entries under rate; 3 to 4:
-// nothing to rebuild; 4 to 5: the lease records with their receipt
-// times, and the reputations, built from the entries), then marked. A crash part way leaves it at its old mark, and the next open
-// does the steps again.
+// nothing to rebuild; 4 to 5: the lease records with their last receipt,
+// and the reputations, built from the entries), then marked. A crash part
+// way leaves it at its old mark, and the next open does the steps again.
 //
 // Entries stored under an older format stay, even those the rules of this
 // one would refuse (a lease without a hold or without a grant, a hold of
@@ -154,8 +158,9 @@ func buildFormat3(db *DB, rate ledger.RateLimit) error {
 
 // buildFormat5 builds what format 5 adds from the entries, as the rules
 // would have left them (a store before format 5 holds no entry of
-// version 3, so none of the counters only they bring): the lease records
-// with their receipts' times, and the reputations (ledger.ReputationOf).
+// version 3, so none of the counters only they bring, nor an account
+// whose chain is of version 3): the lease records with their last
+// receipt, and the reputations (ledger.ReputationOf).
 func buildFormat5(db *DB) error {
 	for _, p := range []string{keyLeasePrefix, keyRepPrefix} {
 		if err := db.dropPrefix(p); err != nil {
@@ -211,7 +216,7 @@ func buildFormat5(db *DB) error {
 				k := string(leaseKey(e.Account, b.Job))
 				r := leased[k]
 				r.Receipts++
-				r.ReceiptTimes = append(r.ReceiptTimes, e.Time.UnixNano())
+				r.LastReceipt, r.GPUMS, r.WallMS = e.Time.UnixNano(), b.Usage.GPUMS, b.Usage.WallMS
 				leased[k] = r
 			}
 			return nil

@@ -116,6 +116,8 @@ func (r *run) wakes() []peer.ID {
 			set[b.Requester] = struct{}{} // what it returns may fund a hold
 		case ledger.WaiveBody:
 			set[b.Requester] = struct{}{}
+		case ledger.MajorityClaimBody:
+			set[b.Requester] = struct{}{}
 		case ledger.HoldBody:
 			r.l.pending.LeasesAwaiting(e.Account, b.Job, func(p peer.ID) { set[p] = struct{}{} })
 		}

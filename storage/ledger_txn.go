@@ -24,6 +24,8 @@ const (
 	// <requester><job><provider> → the provider's final claim's seq (format 5)
 	keyClaimPrefix = "ledger/claim/"
 	keyRepPrefix   = "ledger/rep/" // <peer> → ledger.Reputation (format 5)
+	// <requester><job> → ledger.Voters: the job's replicas and voters (format 5)
+	keyVotersPrefix = "ledger/voters/"
 	// <requester><job><provider, or nothing> → holds ever written (format 3)
 	keyFundPrefix    = "ledger/fund/"
 	keyLeasePrefix   = "ledger/lease/" // <provider><job> → ledger.LeaseRecord (format 3)
@@ -48,6 +50,10 @@ func holdKey(id peer.ID, job ledger.Hash, provider peer.ID) []byte {
 
 func claimKey(requester peer.ID, job ledger.Hash, provider peer.ID) []byte {
 	return threeKey(keyClaimPrefix, requester, job, provider)
+}
+
+func votersKey(requester peer.ID, job ledger.Hash) []byte {
+	return threeKey(keyVotersPrefix, requester, job, "")
 }
 
 func repKey(id peer.ID) []byte { return append([]byte(keyRepPrefix), id...) }
@@ -226,6 +232,22 @@ func (t *ledgerTxn) Claimed(requester peer.ID, job ledger.Hash, provider peer.ID
 
 func (t *ledgerTxn) PutClaimed(requester peer.ID, job ledger.Hash, provider peer.ID, seq uint64) error {
 	return t.set(claimKey(requester, job, provider), binary.BigEndian.AppendUint64(nil, seq))
+}
+
+func (t *ledgerTxn) Voters(requester peer.ID, job ledger.Hash) (ledger.Voters, error) {
+	v, err := t.get(votersKey(requester, job))
+	if err != nil || v == nil {
+		return ledger.Voters{}, err
+	}
+	vs, err := ledger.DecodeVoters(v)
+	if err != nil {
+		return vs, storeErr(fmt.Errorf("voters of %s: %w", requester, err))
+	}
+	return vs, nil
+}
+
+func (t *ledgerTxn) PutVoters(requester peer.ID, job ledger.Hash, v ledger.Voters) error {
+	return t.set(votersKey(requester, job), v.Encode())
 }
 
 func (t *ledgerTxn) Reputation(id peer.ID) (ledger.Reputation, error) {

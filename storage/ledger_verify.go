@@ -18,7 +18,7 @@ var ErrInconsistent = errors.New("ledger index inconsistent with entries")
 // Verify re-validates the whole ledger from scratch: every entry's
 // encoding, signature, chain, rate and kind rules (ledger.Rules.Replay),
 // and every index (hashes, accounts, holds, payments, holds ever written,
-// leases, count, fraud proofs) against the entries. It returns the
+// leases, voters, count, fraud proofs) against the entries. It returns the
 // problems found; the error is for failing to read. It reads one snapshot
 // and holds it in memory. Times are not checked against the clock: an
 // entry valid when stored stays valid.
@@ -46,6 +46,7 @@ func (l *Ledger) Verify(ctx context.Context) ([]ledger.Problem, error) {
 	c.jobIndexes()
 	c.holds()
 	c.funds()
+	c.voters()
 	c.claims()
 	c.reputations()
 	c.hashes()
@@ -174,6 +175,21 @@ func (c *indexCheck) jobIndexes() {
 	for k := range c.s.leases {
 		if _, ok := c.want.Leased[k]; !ok && !c.broken[k.Account] {
 			c.bad(k.Account, 0, "lease index for job %s without a lease", k.Job)
+		}
+	}
+}
+
+// voters checks the voters of jobs with replicas: the requester's holds
+// made them.
+func (c *indexCheck) voters() {
+	for k, vs := range c.want.Votes {
+		if v, ok := c.s.voters[k]; !c.broken[k.Account] && (!ok || !bytes.Equal(v, vs.Encode())) {
+			c.bad(k.Account, 0, "voters of job %s: %+v written, index says %x", k.Job, vs, v)
+		}
+	}
+	for k := range c.s.voters {
+		if _, ok := c.want.Votes[k]; !ok && !c.broken[k.Account] {
+			c.bad(k.Account, 0, "voters index for job %s without a hold", k.Job)
 		}
 	}
 }

@@ -25,6 +25,7 @@ type stored struct {
 	reps   map[peer.ID]ledger.Reputation
 	funds  map[ledger.FundKey][]byte
 	leases map[ledger.JobKey][]byte
+	voters map[ledger.JobKey][]byte
 	fraud  map[peer.ID][]byte
 	count  []byte
 }
@@ -40,10 +41,13 @@ func sortedAccounts(chains map[peer.ID][]*ledger.Candidate) []peer.ID {
 }
 
 // parseFundKey reads a key of the hold, fund or claim index without its
-// prefix: a requester, a job and a provider or none.
+// prefix: a requester, a job and a provider or none (or, in the fund
+// index, a provider as ledger.V3Holds names it).
 func parseFundKey(k []byte) (ledger.FundKey, bool) {
 	const head = ledger.AccountIDLen + len(ledger.Hash{})
-	if len(k) != head && len(k) != head+ledger.AccountIDLen {
+	v3 := ledger.V3Holds("")
+	named := head + ledger.AccountIDLen
+	if len(k) != head && len(k) != named && (len(k) != named+len(v3) || string(k[named:]) != string(v3)) {
 		return ledger.FundKey{}, false
 	}
 	return ledger.FundKey{Requester: peer.ID(k[:ledger.AccountIDLen]), Job: ledger.Hash(k[ledger.AccountIDLen:head]), Provider: peer.ID(k[head:])}, true
@@ -75,7 +79,7 @@ func (l *Ledger) readAll(ctx context.Context) (*stored, []ledger.Problem, error)
 		chains: make(map[peer.ID][]*ledger.Candidate), hashes: make(map[ledger.Hash][]byte),
 		accts: make(map[peer.ID]ledger.AccountState), holds: make(map[ledger.FundKey][]byte), paids: make(map[ledger.JobKey][]byte),
 		claims: make(map[ledger.FundKey][]byte), reps: make(map[peer.ID]ledger.Reputation),
-		funds: make(map[ledger.FundKey][]byte), leases: make(map[ledger.JobKey][]byte), fraud: make(map[peer.ID][]byte),
+		funds: make(map[ledger.FundKey][]byte), leases: make(map[ledger.JobKey][]byte), voters: make(map[ledger.JobKey][]byte), fraud: make(map[peer.ID][]byte),
 	}
 	var probs []ledger.Problem
 	err := l.db.bdb.View(func(txn *badger.Txn) error {
@@ -164,7 +168,7 @@ func (r *snapshotReader) jobIndexes() error {
 	for _, idx := range []struct {
 		prefix string
 		m      map[ledger.JobKey][]byte
-	}{{keyPaidPrefix, r.s.paids}, {keyLeasePrefix, r.s.leases}} {
+	}{{keyPaidPrefix, r.s.paids}, {keyLeasePrefix, r.s.leases}, {keyVotersPrefix, r.s.voters}} {
 		err := r.scan(idx.prefix, func(k, v []byte) {
 			jk, ok := parseJobKey(k)
 			if !ok {

@@ -23,7 +23,8 @@ type ProviderCounters struct {
 	JobsPaid uint64 `json:"jobs_paid"`
 	// EarnedMicro is what it claimed, in micro-credits.
 	EarnedMicro uint64 `json:"earned_micro"`
-	// GPUMS and WallMS are summed from its receipts.
+	// GPUMS and WallMS are what its paid jobs delivered: each final
+	// claim's receipt usage, capped at what the claim paid for.
 	GPUMS  uint64 `json:"gpu_ms"`
 	WallMS uint64 `json:"wall_ms"`
 	// Waived counts awards it gave back.

@@ -40,7 +40,7 @@ func (m *Driver) Submit(ctx context.Context, spec *pb.JobSpec, deadline time.Tim
 	var providers []*protocol.Capacity
 	if spec.Tier == protocol.TierInteractive {
 		var err error
-		if providers, err = m.capacity.Candidates(ctx, requirements(spec)); err != nil {
+		if providers, err = m.capacity.Candidates(ctx, market.SpecRequirements(spec)); err != nil {
 			return market.Job{}, fmt.Errorf("find providers: %w", err)
 		}
 	}
@@ -75,15 +75,6 @@ func (m *Driver) Submit(ctx context.Context, spec *pb.JobSpec, deadline time.Tim
 		job = *m.eng.Submit(m.clock.Now(), offer, providers)
 	})
 	return job, err
-}
-
-// requirements are what a job of spec needs of one provider.
-func requirements(spec *pb.JobSpec) market.Requirements {
-	var r market.Requirements
-	if res := spec.Resources; res != nil {
-		r = market.Requirements{GPUModel: res.GpuModel, GPUs: int(res.Gpus), MinVRAMMiB: int(res.VramMib)}
-	}
-	return r
 }
 
 // Jobs returns copies of this node's jobs as requester.

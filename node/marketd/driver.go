@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
@@ -40,6 +41,9 @@ type Driver struct {
 	log      *slog.Logger
 	// clock is the engine's time, the loop's timer and the outbox's.
 	clock clock.Clock
+	// usageHook, if set, rewrites each run's usage (a test's patched
+	// provider whose meter lies: SetUsageHook).
+	usageHook atomic.Pointer[func(*pb.Usage) *pb.Usage]
 
 	eng *market.Engine
 	// in is the engine's input queue (see the package doc on queues).

@@ -35,6 +35,9 @@ func (m *Driver) run(l *market.Lease) {
 		} else {
 			m.ledger.RecordLease(l)
 			out = m.runner.Run(rctx, l)
+			if rewrite := m.usageHook.Load(); rewrite != nil {
+				out.Usage = (*rewrite)(out.Usage)
+			}
 			out.HoldSeq, out.HoldExpiry = seq, expiry
 		}
 		out.Attempt = l.Attempt

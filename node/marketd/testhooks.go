@@ -1,5 +1,7 @@
 package marketd
 
+import "github.com/mira-market/mira/protocol/pb"
+
 // Hooks for the node's tests, which drive a whole node and reach the
 // driver through it (node/export_test.go).
 
@@ -24,3 +26,8 @@ func (m *Driver) OpenBills() (n int) {
 	}
 	return n
 }
+
+// SetUsageHook has each run from now on report the usage rewrite returns
+// (given the usage metered): a patched provider whose meter lies, which
+// bills, records in its receipt and claims what it reports.
+func (m *Driver) SetUsageHook(rewrite func(*pb.Usage) *pb.Usage) { m.usageHook.Store(&rewrite) }

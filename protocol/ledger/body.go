@@ -10,7 +10,8 @@ import (
 )
 
 // Body is the kind-specific part of an entry: one of GrantBody, HoldBody,
-// ReleaseBody, PaymentBody, LeaseBody, ReceiptBody, ClaimBody, WaiveBody.
+// ReleaseBody, PaymentBody, LeaseBody, ReceiptBody, ClaimBody, WaiveBody,
+// MajorityClaimBody, MajorityReleaseBody.
 type Body interface {
 	// Kind is the entry kind this body belongs to.
 	Kind() Kind
@@ -89,12 +90,17 @@ type Usage struct {
 }
 
 // ReceiptBody records, in a provider's chain, the outcome of Job: the
-// receipt's hash, the result's content ID and the metered usage.
+// receipt's hash, the result's content ID and the metered usage, and
+// (version 3) the content ID of the job's outputs ("" for none). A
+// provider's first receipt of a job of version 3 is its vote in a
+// verdict among the job's replicas (LeaseRecord.Vote): the result and
+// the outputs are what replicas must agree on.
 type ReceiptBody struct {
 	Job     Hash
 	Receipt Hash
 	Result  string
 	Usage   Usage
+	Outputs string
 }
 
 // ClaimBody pays, in a provider's chain, out of the requester's open hold
@@ -223,13 +229,19 @@ func (b LeaseBody) appendBodyV1(out []byte) []byte {
 	return binary.BigEndian.AppendUint64(out, b.Price)
 }
 
-func (b ReceiptBody) appendBody(out []byte, _ uint8) []byte {
+// appendBody appends a receipt: version 3 adds the outputs' content ID
+// after the usage, so older receipts keep their bytes.
+func (b ReceiptBody) appendBody(out []byte, v uint8) []byte {
 	out = append(out, b.Job[:]...)
 	out = append(out, b.Receipt[:]...)
 	out = appendField(out, []byte(b.Result))
 	out = binary.BigEndian.AppendUint64(out, b.Usage.WallMS)
 	out = binary.BigEndian.AppendUint64(out, b.Usage.GPUMS)
-	return binary.BigEndian.AppendUint32(out, uint32(b.Usage.ExitCode))
+	out = binary.BigEndian.AppendUint32(out, uint32(b.Usage.ExitCode))
+	if v < entryVersion {
+		return out
+	}
+	return appendField(out, []byte(b.Outputs))
 }
 
 // EncodeBody returns a body's wire form (of the current version).
@@ -277,12 +289,12 @@ func decodeBody(v uint8, kind Kind, data []byte) (Body, error) {
 		}
 		body = l
 	case KindReceipt:
-		rc := ReceiptBody{Job: r.hash(), Receipt: r.hash(), Result: string(r.field(maxResultLen))}
-		rc.Usage = Usage{WallMS: r.u64(), GPUMS: r.u64(), ExitCode: int32(r.u32())}
-		if r.err == nil && !utf8.ValidString(rc.Result) {
-			r.fail("result is not UTF-8")
+		body = decodeReceipt(&r, v)
+	case KindMajorityClaim, KindMajorityRelease:
+		if v < entryVersion {
+			return nil, fmt.Errorf("%w: %s in an entry of version %d", ErrMalformed, kind, v)
 		}
-		body = rc
+		body = decodeVerdict(&r, kind)
 	default:
 		return nil, fmt.Errorf("%w: unknown kind %d", ErrMalformed, kind)
 	}
@@ -290,6 +302,19 @@ func decodeBody(v uint8, kind Kind, data []byte) (Body, error) {
 		return nil, fmt.Errorf("%s body: %w", kind, err)
 	}
 	return body, nil
+}
+
+// decodeReceipt reads a receipt of version v.
+func decodeReceipt(r *reader, v uint8) ReceiptBody {
+	rc := ReceiptBody{Job: r.hash(), Receipt: r.hash(), Result: string(r.field(maxResultLen))}
+	rc.Usage = Usage{WallMS: r.u64(), GPUMS: r.u64(), ExitCode: int32(r.u32())}
+	if v >= entryVersion {
+		rc.Outputs = string(r.field(maxResultLen))
+	}
+	if r.err == nil && (!utf8.ValidString(rc.Result) || !utf8.ValidString(rc.Outputs)) {
+		r.fail("result or outputs ID is not UTF-8")
+	}
+	return rc
 }
 
 // decodeHold reads a hold of version v: of version 3, one naming a

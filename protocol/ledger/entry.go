@@ -111,6 +111,14 @@ const (
 	// KindWaive gives back, in the provider's chain, an award: it closes
 	// the requester's hold naming the provider (version 3).
 	KindWaive Kind = 8
+	// KindMajorityClaim pays, in the provider's chain, out of the
+	// requester's hold naming it, on the word of a majority of the job's
+	// replicas (their receipts) instead of the requester's (version 3).
+	KindMajorityClaim Kind = 9
+	// KindMajorityRelease closes, in the requester's chain, the hold of a
+	// replica whose receipt a majority of the job's replicas contradicts
+	// (version 3).
+	KindMajorityRelease Kind = 10
 )
 
 // String names the kind.
@@ -132,6 +140,10 @@ func (k Kind) String() string {
 		return "claim"
 	case KindWaive:
 		return "waive"
+	case KindMajorityClaim:
+		return "majority-claim"
+	case KindMajorityRelease:
+		return "majority-release"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -30,6 +31,10 @@ func sampleBodies(t testing.TB) []Body {
 		ReceiptBody{Job: job("a"), Receipt: job("r"), Result: "bafkreigh2akiscaildc", Usage: Usage{WallMS: 1500, GPUMS: 1200, ExitCode: -1}},
 		acceptedClaim(t, testNet, pk, alice, ClaimBody{Job: job("a"), HoldSeq: 2, Amount: 40, Final: true, Receipt: job("r")}),
 		WaiveBody{Job: job("a"), Requester: p, HoldSeq: 9},
+		ReceiptBody{Job: job("a"), Receipt: job("r"), Result: "bafy-res", Outputs: "bafy-out", Usage: Usage{WallMS: 5}},
+		MajorityClaimBody{Job: job("a"), Requester: p, HoldSeq: 2, Amount: 40, Receipt: 3,
+			Majority: []ReceiptRef{{Provider: p, Seq: 4}, {Provider: alice, Seq: 1}}},
+		MajorityReleaseBody{Job: job("a"), Loser: ReceiptRef{Provider: p, Seq: 2}, Majority: []ReceiptRef{{Provider: alice, Seq: 7}}},
 	}
 }
 
@@ -46,7 +51,10 @@ func olderBody(body Body) Body {
 	case ReleaseBody:
 		b.Provider = ""
 		return b
-	case ClaimBody, WaiveBody:
+	case ReceiptBody:
+		b.Outputs = ""
+		return b
+	case ClaimBody, WaiveBody, MajorityClaimBody, MajorityReleaseBody:
 		return nil
 	}
 	return body
@@ -144,16 +152,33 @@ func TestDecodeEntryRejects(t *testing.T) {
 			e.Body = WaiveBody{Requester: p}
 			return e.Encode()
 		}(),
-		"zero grant":       with(func(e *Entry) { e.Body = GrantBody{} }),
-		"bad provider":     with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Provider: "nope", Amount: 1} }),
-		"bad account":      with(func(e *Entry) { e.Account = peer.ID("not a peer id at all") }),
-		"short signature":  with(func(e *Entry) { e.Signature = e.Signature[:63] }),
-		"long signature":   with(func(e *Entry) { e.Signature = append(bytes.Clone(e.Signature), 1) }),
-		"non-UTF-8 result": with(func(e *Entry) { e.Body = ReceiptBody{Result: "\xff"} }),
-		"long result":      with(func(e *Entry) { e.Body = ReceiptBody{Result: strings.Repeat("x", maxResultLen+1)} }),
-		"no grant":         with(func(e *Entry) { e.Body = LeaseBody{Requester: p, Price: 1} }),
-		"short grant":      with(func(e *Entry) { e.Body = LeaseBody{Requester: p, Price: 1, Grant: make([]byte, GrantSize-1)} }),
-		"long grant":       with(func(e *Entry) { e.Body = LeaseBody{Requester: p, Price: 1, Grant: make([]byte, GrantSize+1)} }),
+		"verdict quoting none": with(func(e *Entry) { e.Body = MajorityReleaseBody{Loser: ReceiptRef{Provider: p, Seq: 1}} }),
+		"verdict quoting five": with(func(e *Entry) {
+			e.Body = MajorityClaimBody{Requester: p, Receipt: 1, Majority: slices.Repeat([]ReceiptRef{{Provider: p, Seq: 1}}, MaxReplicas)}
+		}),
+		"verdict quoting seq 0": with(func(e *Entry) {
+			e.Body = MajorityReleaseBody{Loser: ReceiptRef{Provider: p, Seq: 1}, Majority: []ReceiptRef{{Provider: p}}}
+		}),
+		"majority claim of receipt 0": with(func(e *Entry) {
+			e.Body = MajorityClaimBody{Requester: p, Majority: []ReceiptRef{{Provider: p, Seq: 1}}}
+		}),
+		"verdict of version 2": func() []byte {
+			e := good
+			e.version = entryVersion2
+			e.Body = MajorityReleaseBody{Loser: ReceiptRef{Provider: p, Seq: 1}, Majority: []ReceiptRef{{Provider: p, Seq: 2}}}
+			return e.Encode()
+		}(),
+		"non-UTF-8 outputs": with(func(e *Entry) { e.Body = ReceiptBody{Outputs: "\xff"} }),
+		"zero grant":        with(func(e *Entry) { e.Body = GrantBody{} }),
+		"bad provider":      with(func(e *Entry) { e.Body = HoldBody{Job: job("x"), Provider: "nope", Amount: 1} }),
+		"bad account":       with(func(e *Entry) { e.Account = peer.ID("not a peer id at all") }),
+		"short signature":   with(func(e *Entry) { e.Signature = e.Signature[:63] }),
+		"long signature":    with(func(e *Entry) { e.Signature = append(bytes.Clone(e.Signature), 1) }),
+		"non-UTF-8 result":  with(func(e *Entry) { e.Body = ReceiptBody{Result: "\xff"} }),
+		"long result":       with(func(e *Entry) { e.Body = ReceiptBody{Result: strings.Repeat("x", maxResultLen+1)} }),
+		"no grant":          with(func(e *Entry) { e.Body = LeaseBody{Requester: p, Price: 1} }),
+		"short grant":       with(func(e *Entry) { e.Body = LeaseBody{Requester: p, Price: 1, Grant: make([]byte, GrantSize-1)} }),
+		"long grant":        with(func(e *Entry) { e.Body = LeaseBody{Requester: p, Price: 1, Grant: make([]byte, GrantSize+1)} }),
 		"lease of version 1 with a grant": func() []byte {
 			b := with(func(e *Entry) { e.Body = LeaseBody{Requester: p, Price: 1, Grant: make([]byte, GrantSize)} })
 			b[0] = entryVersion1

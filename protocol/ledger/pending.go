@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"container/list"
+	"slices"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -32,7 +33,8 @@ type Candidate struct {
 // or waive by its requester (whose hold it draws on), a release or hold
 // naming a provider by that provider (whose entries past the old hold's
 // expiry it may wait for). A hold waiting for funds is found by its
-// account, which a payment, a claim or a hold's closing names.
+// account, which a payment, a claim or a hold's closing names. A verdict
+// waits for its requester's or loser's chain and each chain it quotes.
 type Pending struct {
 	max   int
 	order *list.List // of *Candidate, oldest first
@@ -67,20 +69,33 @@ func (p *Pending) Awaiting(id peer.ID, f func(waiter peer.ID)) {
 	}
 }
 
-// awaited is the other chain c's entry may wait for, besides a lease's
-// hold: "" for none.
-func awaited(c *Candidate) peer.ID {
+// awaited is the other chains c's entry may wait for, besides a lease's
+// hold ("" entries are none): a verdict's, each it quotes.
+func awaited(c *Candidate) []peer.ID {
 	switch b := c.Entry.Body.(type) {
 	case ClaimBody:
-		return b.Requester
+		return []peer.ID{b.Requester}
 	case WaiveBody:
-		return b.Requester
+		return []peer.ID{b.Requester}
 	case ReleaseBody:
-		return b.Provider
+		return []peer.ID{b.Provider}
 	case HoldBody:
-		return b.Provider
+		return []peer.ID{b.Provider}
+	case MajorityClaimBody:
+		return append(quoted(b.Majority), b.Requester)
+	case MajorityReleaseBody:
+		return append(quoted(b.Majority), b.Loser.Provider)
 	}
-	return ""
+	return nil
+}
+
+// quoted is the providers refs name.
+func quoted(refs []ReceiptRef) []peer.ID {
+	out := make([]peer.ID, 0, len(refs)+1)
+	for _, r := range refs {
+		out = append(out, r.Provider)
+	}
+	return out
 }
 
 // count adds d to m[k][w], dropping what falls to zero.
@@ -115,8 +130,11 @@ func (p *Pending) LeasesAwaiting(requester peer.ID, job Hash, f func(provider pe
 // index adds c to (d = 1) or drops it from (d = −1) the indexes of what
 // it waits for.
 func (p *Pending) index(c *Candidate, d int) {
-	if o := awaited(c); o != "" && o != c.Entry.Account {
-		count(p.others, o, c.Entry.Account, d)
+	others := awaited(c)
+	for i, o := range others {
+		if o != "" && o != c.Entry.Account && !slices.Contains(others[:i], o) {
+			count(p.others, o, c.Entry.Account, d)
+		}
 	}
 	if b, ok := c.Entry.Body.(LeaseBody); ok {
 		count(p.leases, holdSlot{b.Requester, b.Job}, c.Entry.Account, d)

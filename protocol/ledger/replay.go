@@ -34,13 +34,14 @@ type MemState struct {
 	Funds  map[FundKey]uint64
 	Leased map[JobKey]LeaseRecord
 	Reps   map[peer.ID]Reputation
+	Votes  map[JobKey]Voters // under (requester, job)
 }
 
 // NewMemState returns an empty state.
 func NewMemState() *MemState {
 	return &MemState{Accounts: make(map[peer.ID]*AccountState), Holds: make(map[FundKey]HoldRecord),
 		Paids: make(map[JobKey]uint64), Claims: make(map[FundKey]uint64), Funds: make(map[FundKey]uint64),
-		Leased: make(map[JobKey]LeaseRecord), Reps: make(map[peer.ID]Reputation)}
+		Leased: make(map[JobKey]LeaseRecord), Reps: make(map[peer.ID]Reputation), Votes: make(map[JobKey]Voters)}
 }
 
 // Account implements State.
@@ -83,6 +84,18 @@ func (v *MemState) PutClaimed(requester peer.ID, job Hash, provider peer.ID, seq
 	return nil
 }
 
+// Voters implements State.
+func (v *MemState) Voters(requester peer.ID, job Hash) (Voters, error) {
+	return v.Votes[JobKey{requester, job}], nil
+}
+
+// PutVoters implements State.
+func (v *MemState) PutVoters(requester peer.ID, job Hash, vs Voters) error {
+	vs.Providers = slices.Clone(vs.Providers) // the caller's slice may grow in place
+	v.Votes[JobKey{requester, job}] = vs
+	return nil
+}
+
 // Reputation implements State.
 func (v *MemState) Reputation(id peer.ID) (Reputation, error) { return v.Reps[id], nil }
 
@@ -122,7 +135,6 @@ func (v *MemState) Leases(provider peer.ID, job Hash) (LeaseRecord, error) {
 
 // PutLeases implements State.
 func (v *MemState) PutLeases(provider peer.ID, job Hash, r LeaseRecord) error {
-	r.ReceiptTimes = slices.Clone(r.ReceiptTimes) // the caller's slice may grow in place
 	v.Leased[JobKey{provider, job}] = r
 	return nil
 }

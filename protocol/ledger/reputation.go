@@ -19,8 +19,11 @@ type Reputation struct {
 	Leases, Receipts uint64
 	JobsPaid         uint64 // final claims (and payments of version 2 and before)
 	Earned           uint64 // micro-credits claimed (or paid)
-	GPUMS, WallMS    uint64 // summed from its receipts
-	Waived           uint64 // awards given back
+	// GPUMS, WallMS sum, over its final claims above zero, its last
+	// receipt's usage of the job as far as the claim pays for it at the
+	// lease's price: never what its own receipts say alone.
+	GPUMS, WallMS uint64
+	Waived        uint64 // awards given back
 	// NotRun counts holds naming it released at expiry with no receipt
 	// of the job in its chain dated from the hold to the expiry.
 	NotRun uint64
@@ -91,7 +94,7 @@ func bump(st State, id peer.ID, f func(*Reputation)) error {
 // ReputationOf is what entry e alone adds to the reputation of its
 // account and of the account it names (to: a payment's payee; nothing
 // otherwise), among the counters that depend on the entry alone: leases,
-// receipts and usage, and version 2's payments. storage's upgrade builds
+// receipts, and version 2's payments. storage's upgrade builds
 // the counters of a ledger stored before reputations from it; Apply
 // counts the rest (claims, waives, awards, releases at expiry), which
 // only entries of version 3 bring.
@@ -101,8 +104,6 @@ func ReputationOf(e *Entry, own, to *Reputation) {
 		sat(&own.Leases, 1)
 	case ReceiptBody:
 		sat(&own.Receipts, 1)
-		sat(&own.GPUMS, b.Usage.GPUMS)
-		sat(&own.WallMS, b.Usage.WallMS)
 	case PaymentBody:
 		sat(&own.PaidFor, 1)
 		sat(&own.Spent, b.Amount)

@@ -83,6 +83,25 @@ var (
 	// ErrWrongPayee means a payment (version 2) to another peer than the
 	// provider its hold names.
 	ErrWrongPayee = errors.New("payment to a peer its hold does not name")
+	// ErrNotDrawable means a claim or waive that the requester's hold at
+	// its HoldSeq, as this node applied the requester's chain, does not
+	// admit (not that job's hold naming the provider, closed, below the
+	// amount, expired before it), or a release of a hold naming a
+	// provider that is not open. It waits (see Waits): a requester (or
+	// provider) that equivocates shows other nodes another chain, on
+	// which the entry may be valid, so refusing it here for good would
+	// split an honest counterparty's chain between nodes. A rogue entry
+	// waits for ever and stalls only its own chain. It wraps the reason
+	// (ErrNoHold, ErrPaymentAboveHold, ErrClaimExpired).
+	ErrNotDrawable = errors.New("hold not as the entry draws on it here")
+	// ErrSelfAward means a hold naming its own account as the provider:
+	// it would let one key pay itself jobs.
+	ErrSelfAward = errors.New("hold naming its own account")
+	// ErrVersionDown means an entry of an older version than one its
+	// account wrote before: once a chain is of version 3, the rules of
+	// older versions (payments, holds any lease may draw on) are closed
+	// to it. Final: it depends on the chain alone.
+	ErrVersionDown = errors.New("entry version below its chain's")
 )
 
 // seqError refuses an entry for its place in its account's chain: a
@@ -115,8 +134,9 @@ func Duplicate(account peer.ID, seq uint64) error {
 // Waits reports whether err refuses an entry only until something it
 // needs arrives: its predecessor (ErrGap), funds paid to its account
 // (ErrOverdraft), the hold that backs a lease or that a claim or waive
-// draws on (ErrUnfunded), the provider's entries past a hold's expiry
-// (ErrClaimWindowOpen). Such an entry is kept pending, not refused.
+// draws on (ErrUnfunded, ErrNotDrawable), the provider's entries past a
+// hold's expiry (ErrClaimWindowOpen), the receipts a verdict quotes
+// (ErrVerdictWaits). Such an entry is kept pending, not refused.
 func Waits(err error) bool {
 	return errors.Is(err, ErrGap) || waitsOnOthers(err)
 }
@@ -124,7 +144,8 @@ func Waits(err error) bool {
 // waitsOnOthers reports whether err waits for another chain (Waits but
 // for ErrGap).
 func waitsOnOthers(err error) bool {
-	return errors.Is(err, ErrOverdraft) || errors.Is(err, ErrUnfunded) || errors.Is(err, ErrClaimWindowOpen)
+	return errors.Is(err, ErrOverdraft) || errors.Is(err, ErrUnfunded) || errors.Is(err, ErrClaimWindowOpen) ||
+		errors.Is(err, ErrNotDrawable) || errors.Is(err, ErrVerdictWaits)
 }
 
 // Rules are a network's rules for ledger entries, with its parameters
@@ -177,6 +198,9 @@ func (r *Rules) Apply(st State, e *Entry, h Hash) error {
 	case e.Time.UnixNano() < a.LastTime:
 		return fmt.Errorf("%w: %s seq %d is older than its predecessor", ErrBadTimestamp, e.Account, e.Seq)
 	}
+	if v := e.Version(); v < entryVersion && a.V3 {
+		return fmt.Errorf("%w: %s seq %d is of version %d", ErrVersionDown, e.Account, e.Seq, v)
+	}
 	paced, ok := r.rate.Admit(a.Paced, e.Time.UnixNano())
 	if !ok {
 		return where(e, ErrRateLimited)
@@ -188,6 +212,7 @@ func (r *Rules) Apply(st State, e *Entry, h Hash) error {
 		return err
 	}
 	a.LastSeq, a.LastHash, a.LastTime, a.Paced = e.Seq, h, e.Time.UnixNano(), paced
+	a.V3 = a.V3 || e.Version() >= entryVersion
 	return nil
 }
 
@@ -213,6 +238,10 @@ func (r *Rules) applyKind(st State, a *AccountState, e *Entry) error {
 		return claimRule(st, e, b)
 	case WaiveBody:
 		return waiveRule(st, e, b)
+	case MajorityClaimBody:
+		return majorityClaimRule(st, e, b)
+	case MajorityReleaseBody:
+		return majorityReleaseRule(st, a, e, b)
 	default:
 		return fmt.Errorf("%w: entry without a body", ErrMalformed)
 	}
@@ -254,18 +283,21 @@ func holdRule(st State, a *AccountState, e *Entry, b HoldBody) error {
 	if b.Amount > a.Balance-a.Held {
 		return overdraft(e, b.Amount, a.Balance-a.Held)
 	}
+	if err := st.PutHold(e.Account, b.Job, "", HoldRecord{Provider: b.Provider, Amount: b.Amount, Seq: e.Seq, Replicas: b.Replicas}); err != nil {
+		return err
+	}
+	a.Held += b.Amount
+	if e.Version() >= entryVersion {
+		// A posting hold of version 3 backs no lease: leases of version
+		// 3 need a hold naming their provider, and one of version 2
+		// must not find it (two providers would lease one hold).
+		return nil
+	}
 	n, err := st.Funding(e.Account, b.Job, b.Provider)
 	if err != nil {
 		return err
 	}
-	if err := st.PutHold(e.Account, b.Job, "", HoldRecord{Provider: b.Provider, Amount: b.Amount, Seq: e.Seq, Replicas: b.Replicas}); err != nil {
-		return err
-	}
-	if err := st.PutFunding(e.Account, b.Job, b.Provider, n+1); err != nil {
-		return err
-	}
-	a.Held += b.Amount
-	return nil
+	return st.PutFunding(e.Account, b.Job, b.Provider, n+1)
 }
 
 func overdraft(e *Entry, amount, available uint64) error {
@@ -351,35 +383,41 @@ func paymentRule(st State, a *AccountState, e *Entry, b PaymentBody) error {
 // node's own), once per entry, not again each time a lease that waits for
 // its hold is retried here.
 //
-// A lease of version 3 is backed only by holds naming its provider: a
-// hold naming none backs an award to no one in particular, and one award
-// it backed would let a second provider lease the same funds.
+// A lease of version 3 is backed only by holds of version 3 naming its
+// provider (counted apart, under V3Holds): a hold naming none backs an
+// award to no one in particular, and one award it backed would let a
+// second provider lease the same funds; a hold of version 2 naming it
+// its requester may release at will. A lease of version 2 is backed only
+// by holds of version 2.
 func leaseRule(st State, e *Entry, b LeaseBody) error {
 	r, err := st.Leases(e.Account, b.Job)
 	if err != nil {
 		return err
 	}
-	named, err := st.Funding(b.Requester, b.Job, e.Account)
+	var named, open uint64
+	if e.Version() >= entryVersion {
+		named, err = st.Funding(b.Requester, b.Job, V3Holds(e.Account))
+	} else if named, err = st.Funding(b.Requester, b.Job, e.Account); err == nil {
+		open, err = st.Funding(b.Requester, b.Job, "")
+	}
 	if err != nil {
 		return err
-	}
-	var open uint64
-	if e.Version() < entryVersion {
-		if open, err = st.Funding(b.Requester, b.Job, ""); err != nil {
-			return err
-		}
 	}
 	if backed, c := bits.Add64(named, open, 0); c == 0 && r.Leases >= backed {
 		return fmt.Errorf("%w: %s seq %d: job %s of %s backs %d leases, this would be lease %d",
 			ErrUnfunded, e.Account, e.Seq, b.Job, b.Requester, backed, r.Leases+1)
 	}
 	r.Leases++
+	if e.Version() >= entryVersion {
+		r.Requester, r.Price = b.Requester, b.Price
+	}
 	return st.PutLeases(e.Account, b.Job, r)
 }
 
 // receiptRule admits a provider's record of a run: one for each lease of
 // the job in its own chain, so a receipt is never more than its lease's
-// funding allows.
+// funding allows. The first of a job, of version 3, is the provider's
+// vote in a verdict among the job's replicas (voteOf).
 func receiptRule(st State, e *Entry, b ReceiptBody) error {
 	r, err := st.Leases(e.Account, b.Job)
 	if err != nil {
@@ -388,8 +426,9 @@ func receiptRule(st State, e *Entry, b ReceiptBody) error {
 	if r.Receipts >= r.Leases {
 		return fmt.Errorf("%w: %s seq %d: job %s has %d leases and %d receipts", ErrNoLease, e.Account, e.Seq, b.Job, r.Leases, r.Receipts)
 	}
+	voteOf(&r, e, b)
 	r.Receipts++
-	r.ReceiptTimes = append(r.ReceiptTimes, e.Time.UnixNano())
+	r.LastReceipt, r.GPUMS, r.WallMS = e.Time.UnixNano(), b.Usage.GPUMS, b.Usage.WallMS
 	return st.PutLeases(e.Account, b.Job, r)
 }
 

@@ -19,8 +19,14 @@ import (
 // award), within the available balance, unless the provider was paid for
 // the job by a final claim or a hold naming it is open. A hold naming it
 // that the provider may still close (its chain not past the hold's
-// expiry) is waited for.
+// expiry) is waited for. Its replicas must be the job's, and it makes
+// the provider a voter of the job while there is room (joinVoters). A
+// hold naming its own account is refused: a job it pays itself proves
+// nothing.
 func namedHoldRule(st State, a *AccountState, e *Entry, b HoldBody) error {
+	if b.Provider == e.Account {
+		return where(e, ErrSelfAward)
+	}
 	prev, open, err := st.Hold(e.Account, b.Job, b.Provider)
 	if err != nil {
 		return err
@@ -40,6 +46,10 @@ func namedHoldRule(st State, a *AccountState, e *Entry, b HoldBody) error {
 	} else if claimed {
 		return where(e, ErrAlreadyPaid)
 	}
+	voters, err := joinVoters(st, e, b)
+	if err != nil {
+		return err
+	}
 	posting, open, err := st.Hold(e.Account, b.Job, "")
 	if err != nil {
 		return err
@@ -51,7 +61,7 @@ func namedHoldRule(st State, a *AccountState, e *Entry, b HoldBody) error {
 	if avail := a.Balance - a.Held + replaced; b.Amount > avail {
 		return overdraft(e, b.Amount, avail)
 	}
-	n, err := st.Funding(e.Account, b.Job, b.Provider)
+	n, err := st.Funding(e.Account, b.Job, V3Holds(b.Provider))
 	if err != nil {
 		return err
 	}
@@ -64,7 +74,10 @@ func namedHoldRule(st State, a *AccountState, e *Entry, b HoldBody) error {
 	if err := st.PutHold(e.Account, b.Job, b.Provider, h); err != nil {
 		return err
 	}
-	if err := st.PutFunding(e.Account, b.Job, b.Provider, n+1); err != nil {
+	if err := st.PutFunding(e.Account, b.Job, V3Holds(b.Provider), n+1); err != nil {
+		return err
+	}
+	if err := st.PutVoters(e.Account, b.Job, voters); err != nil {
 		return err
 	}
 	a.Held = a.Held - replaced + b.Amount
@@ -74,14 +87,16 @@ func namedHoldRule(st State, a *AccountState, e *Entry, b HoldBody) error {
 // namedReleaseRule closes a hold naming a provider after its expiry, once
 // the provider's chain is applied past it, so every claim and waive of it
 // has been: the unclaimed rest returns. Whether the provider had written
-// a receipt of the job by then goes into both reputations.
+// a receipt of the job by then goes into both reputations. A hold not
+// open waits (ErrNotDrawable): a provider that equivocates may have
+// closed it on this node's copy of its chain and not on another's.
 func namedReleaseRule(st State, a *AccountState, e *Entry, b ReleaseBody) error {
 	hr, open, err := st.Hold(e.Account, b.Job, b.Provider)
 	if err != nil {
 		return err
 	}
 	if !open {
-		return where(e, ErrNoHold)
+		return fmt.Errorf("%w: %w: %s seq %d releases job %s naming %s", ErrNotDrawable, ErrNoHold, e.Account, e.Seq, b.Job, b.Provider)
 	}
 	if e.Time.UnixNano() <= hr.Expiry {
 		return where(e, ErrReleaseEarly)
@@ -101,7 +116,7 @@ func namedReleaseRule(st State, a *AccountState, e *Entry, b ReleaseBody) error 
 		return err
 	}
 	a.Held -= hr.Rest()
-	ran := lr.receiptBetween(hr.Time, hr.Expiry)
+	ran := lr.ranBetween(hr.Time, hr.Expiry)
 	if err := bump(st, b.Provider, func(r *Reputation) {
 		if ran {
 			sat(&r.Unclaimed, 1)
@@ -118,7 +133,9 @@ func namedReleaseRule(st State, a *AccountState, e *Entry, b ReleaseBody) error 
 // claim or waive draws on, once it is certain: the requester's chain is
 // applied up to the hold's seq (else ErrUnfunded: it waits), the hold is
 // that entry's and still open (else ErrNoHold), and the entry is dated
-// within its claim window (else ErrClaimExpired).
+// within its claim window (else ErrClaimExpired); these two wait too
+// (ErrNotDrawable): they depend on what the requester's chain holds at
+// the seq, which an equivocating requester makes differ between nodes.
 func drawnHold(st State, e *Entry, requester peer.ID, job Hash, seq uint64) (*AccountState, HoldRecord, error) {
 	req, err := st.Account(requester)
 	if err != nil {
@@ -132,10 +149,10 @@ func drawnHold(st State, e *Entry, requester peer.ID, job Hash, seq uint64) (*Ac
 		return nil, HoldRecord{}, err
 	}
 	if !open || hr.Seq != seq {
-		return nil, HoldRecord{}, fmt.Errorf("%w: %s seq %d: no open hold of seq %d of %s naming it", ErrNoHold, e.Account, e.Seq, seq, requester)
+		return nil, HoldRecord{}, fmt.Errorf("%w: %w: %s seq %d: no open hold of seq %d of %s naming it", ErrNotDrawable, ErrNoHold, e.Account, e.Seq, seq, requester)
 	}
 	if e.Time.UnixNano() > hr.Expiry {
-		return nil, HoldRecord{}, where(e, ErrClaimExpired)
+		return nil, HoldRecord{}, fmt.Errorf("%w: %w: %s seq %d", ErrNotDrawable, ErrClaimExpired, e.Account, e.Seq)
 	}
 	return req, hr, nil
 }
@@ -144,7 +161,10 @@ func drawnHold(st State, e *Entry, requester peer.ID, job Hash, seq uint64) (*Ac
 // is checked with the entry's) out of the hold naming it: Amount is the
 // total claimed so far, above what was claimed before (or equal, to close
 // the hold) and at most the hold. A final claim closes the hold, returns
-// the rest and marks the job paid to the provider.
+// the rest and marks the job paid to the provider; one above zero counts
+// the job paid (JobsPaid, PaidFor) and the run's time as delivered, as
+// far as the amount pays for it (LeaseRecord.paidUsage). A voter of a job
+// with replicas claims by acceptance only before it votes (ErrVoted).
 func claimRule(st State, e *Entry, b ClaimBody) error {
 	req, hr, err := drawnHold(st, e, b.Requester, b.Job, b.HoldSeq)
 	if err != nil {
@@ -152,11 +172,23 @@ func claimRule(st State, e *Entry, b ClaimBody) error {
 	}
 	switch {
 	case b.Amount > hr.Amount:
-		return fmt.Errorf("%w: %s seq %d claims %d out of %d", ErrPaymentAboveHold, e.Account, e.Seq, b.Amount, hr.Amount)
+		return fmt.Errorf("%w: %w: %s seq %d claims %d out of %d", ErrNotDrawable, ErrPaymentAboveHold, e.Account, e.Seq, b.Amount, hr.Amount)
 	case b.Amount < hr.Claimed || b.Amount == hr.Claimed && !b.Final:
 		return fmt.Errorf("%w: %s seq %d claims %d in all, %d claimed before", ErrAlreadyPaid, e.Account, e.Seq, b.Amount, hr.Claimed)
 	}
-	delta := b.Amount - hr.Claimed
+	if voted, err := hasVoted(st, b.Requester, e.Account, b.Job, hr); err != nil {
+		return err
+	} else if voted {
+		return where(e, ErrVoted)
+	}
+	return drawClaim(st, e, req, b.Requester, b.Job, hr, b.Amount, b.Final)
+}
+
+// drawClaim moves what a claim by e's account draws from requester's hold
+// hr (amount in all, at least what was claimed before) and, if final,
+// closes the hold and marks the job paid to the provider.
+func drawClaim(st State, e *Entry, req *AccountState, requester peer.ID, job Hash, hr HoldRecord, amount uint64, final bool) error {
+	delta := amount - hr.Claimed
 	p, err := st.Account(e.Account)
 	if err != nil {
 		return err
@@ -166,14 +198,14 @@ func claimRule(st State, e *Entry, b ClaimBody) error {
 			return where(e, ErrOverflow)
 		}
 	}
-	hr.Claimed = b.Amount
-	if b.Final {
-		err = closeHold(st, req, b.Requester, b.Job, e.Account, hr)
+	hr.Claimed = amount
+	if final {
+		err = closeHold(st, req, requester, job, e.Account, hr)
 		if err == nil {
-			err = st.PutClaimed(b.Requester, b.Job, e.Account, e.Seq)
+			err = st.PutClaimed(requester, job, e.Account, e.Seq)
 		}
 	} else {
-		err = st.PutHold(b.Requester, b.Job, e.Account, hr)
+		err = st.PutHold(requester, job, e.Account, hr)
 	}
 	if err != nil {
 		return err
@@ -181,28 +213,45 @@ func claimRule(st State, e *Entry, b ClaimBody) error {
 	req.Balance -= delta
 	req.Held -= delta
 	p.Balance += delta
+	paid := final && amount > 0
+	var gpu, wall uint64
+	if paid {
+		lr, err := st.Leases(e.Account, job)
+		if err != nil {
+			return err
+		}
+		gpu, wall = lr.paidUsage(amount)
+	}
 	if err := bump(st, e.Account, func(r *Reputation) {
 		sat(&r.Earned, delta)
-		if b.Final {
+		if paid {
 			sat(&r.JobsPaid, 1)
+			sat(&r.GPUMS, gpu)
+			sat(&r.WallMS, wall)
 		}
 	}); err != nil {
 		return err
 	}
-	return bump(st, b.Requester, func(r *Reputation) {
+	return bump(st, requester, func(r *Reputation) {
 		sat(&r.Spent, delta)
-		if b.Final {
+		if paid {
 			sat(&r.PaidFor, 1)
 		}
 	})
 }
 
 // waiveRule closes the hold naming the provider at its own word (it gives
-// the award back): the unclaimed rest returns to the requester.
+// the award back): the unclaimed rest returns to the requester. A voter
+// of a job with replicas waives only before it votes (ErrVoted).
 func waiveRule(st State, e *Entry, b WaiveBody) error {
 	req, hr, err := drawnHold(st, e, b.Requester, b.Job, b.HoldSeq)
 	if err != nil {
 		return err
+	}
+	if voted, err := hasVoted(st, b.Requester, e.Account, b.Job, hr); err != nil {
+		return err
+	} else if voted {
+		return where(e, ErrVoted)
 	}
 	if err := closeHold(st, req, b.Requester, b.Job, e.Account, hr); err != nil {
 		return err

@@ -79,7 +79,7 @@ func TestSettlementAttacks(t *testing.T) {
 				{n.a.next(t, GrantBody{Amount: 1000}), nil},
 				{n.a.next(t, n.hold("j", n.p.id, 400)), nil},
 				{n.q.entryRaw(t, n.a.leaseFor(t, n.q.id, job("j"), 400)), ErrUnfunded},
-				{n.q.entryRaw(t, n.claim(n.q.id, "j", 2, 400, true)), ErrNoHold},
+				{n.q.entryRaw(t, n.claim(n.q.id, "j", 2, 400, true)), ErrNotDrawable},
 				{n.p.next(t, n.a.leaseFor(t, n.p.id, job("j"), 400)), nil},
 			}
 		}},
@@ -134,7 +134,7 @@ func TestSettlementAttacks(t *testing.T) {
 				{waiting, ErrClaimWindowOpen},
 				{n.after(n.p, time.Millisecond).entryRaw(t, n.a.leaseFor(t, n.p.id, job("j"), 400)), ErrUnfunded},
 				{n.after(n.p, time.Millisecond).entryRaw(t, ReceiptBody{Job: job("j"), Receipt: job("r2")}), ErrNoLease},
-				{n.after(n.p, time.Millisecond).next(t, WaiveBody{Job: job("j"), Requester: n.a.id, HoldSeq: 2}), ErrClaimExpired},
+				{n.after(n.p, time.Millisecond).next(t, WaiveBody{Job: job("j"), Requester: n.a.id, HoldSeq: 2}), ErrNotDrawable},
 			}...)
 		}},
 		{"a release once the provider's chain passed the expiry, after its receipt", func(n *settleNet) []step {
@@ -173,22 +173,22 @@ func TestSettlementAttacks(t *testing.T) {
 				{n.a.next(t, n.hold("j", n.p.id, 400)), nil},
 				{n.p.entryRaw(t, forged), ErrBadAcceptance},
 				{n.p.entryRaw(t, raised), ErrBadAcceptance},
-				{n.p.entryRaw(t, n.claim(n.p.id, "j", 2, 401, false)), ErrPaymentAboveHold},
-				{n.p.entryRaw(t, n.claim(n.p.id, "j", 1, 100, false)), ErrNoHold},
+				{n.p.entryRaw(t, n.claim(n.p.id, "j", 2, 401, false)), ErrNotDrawable},
+				{n.p.entryRaw(t, n.claim(n.p.id, "j", 1, 100, false)), ErrNotDrawable},
 				{n.p.next(t, n.claim(n.p.id, "j", 2, 100, false)), nil},
 				{n.p.entryRaw(t, n.claim(n.p.id, "j", 2, 100, false)), ErrAlreadyPaid},
 				{n.p.next(t, n.claim(n.p.id, "j", 2, 300, true)), nil},
-				{n.p.entryRaw(t, n.claim(n.p.id, "j", 2, 400, true)), ErrNoHold},
+				{n.p.entryRaw(t, n.claim(n.p.id, "j", 2, 400, true)), ErrNotDrawable},
 				{n.a.entryRaw(t, n.hold("j", n.p.id, 10)), ErrAlreadyPaid},
-				{n.after(n.q, time.Millisecond).entryRaw(t, n.claim(n.q.id, "j", 2, 1, true)), ErrNoHold},
+				{n.after(n.q, time.Millisecond).entryRaw(t, n.claim(n.q.id, "j", 2, 1, true)), ErrNotDrawable},
 			}
 		}},
 		{"a claim after the expiry", func(n *settleNet) []step {
 			return []step{
 				{n.a.next(t, GrantBody{Amount: 1000}), nil},
 				{n.a.next(t, n.hold("j", n.p.id, 400)), nil},
-				{n.after(n.p, time.Nanosecond).entryRaw(t, n.claim(n.p.id, "j", 2, 400, true)), ErrClaimExpired},
-				{n.after(n.p, time.Nanosecond).entryRaw(t, WaiveBody{Job: job("j"), Requester: n.a.id, HoldSeq: 2}), ErrClaimExpired},
+				{n.after(n.p, time.Nanosecond).entryRaw(t, n.claim(n.p.id, "j", 2, 400, true)), ErrNotDrawable},
+				{n.after(n.p, time.Nanosecond).entryRaw(t, WaiveBody{Job: job("j"), Requester: n.a.id, HoldSeq: 2}), ErrNotDrawable},
 			}
 		}},
 		{"a claim waits for the hold it draws on", func(n *settleNet) []step {
@@ -207,7 +207,7 @@ func TestSettlementAttacks(t *testing.T) {
 				{n.a.next(t, n.hold("j", n.p.id, 400)), nil},
 				{n.p.next(t, n.claim(n.p.id, "j", 2, 250, true)), nil},
 				{n.after(n.p, time.Millisecond).next(t, n.a.leaseFor(t, n.p.id, job("j"), 400)), nil},
-				{n.after(n.a, time.Second).entryRaw(t, ReleaseBody{Job: job("j"), Provider: n.p.id}), ErrNoHold},
+				{n.after(n.a, time.Second).entryRaw(t, ReleaseBody{Job: job("j"), Provider: n.p.id}), ErrNotDrawable},
 			}
 		}},
 		{"a waive, then a claim", func(n *settleNet) []step {
@@ -215,7 +215,7 @@ func TestSettlementAttacks(t *testing.T) {
 				{n.a.next(t, GrantBody{Amount: 1000}), nil},
 				{n.a.next(t, n.hold("j", n.p.id, 400)), nil},
 				{n.p.next(t, WaiveBody{Job: job("j"), Requester: n.a.id, HoldSeq: 2}), nil},
-				{n.p.entryRaw(t, n.claim(n.p.id, "j", 2, 400, true)), ErrNoHold},
+				{n.p.entryRaw(t, n.claim(n.p.id, "j", 2, 400, true)), ErrNotDrawable},
 				{n.a.next(t, n.hold("j", n.p.id, 400)), nil}, // awarded to it again
 			}
 		}},
@@ -284,7 +284,7 @@ func settleScenario(t *testing.T, n *settleNet) [][]byte {
 		r.next(t, a.leaseFor(t, r.id, job("k"), 100)),
 		n.after(r, time.Millisecond).next(t, ReceiptBody{Job: job("k"), Receipt: job("rr")}), // too late
 		n.after(a, time.Second).next(t, ReleaseBody{Job: job("k"), Provider: r.id}),
-		q.next(t, n.claim(q.id, "j", 4, 1, true)), // after its waive: refused
+		q.next(t, n.claim(q.id, "j", 4, 1, true)), // after its waive: waits for ever
 	}
 	return out
 }
@@ -322,10 +322,29 @@ func (n *settleNet) node(arrivals [][]byte) (*MemState, map[string]bool) {
 
 // TestSettlementOrderFree delivers the same entries to nodes in many
 // orders: every node ends with the same balances, holds, claims, lease
-// records and reputations, and refuses the same entries.
+// records, voters and reputations, and refuses the same entries; what
+// they end with is what the scenario wants.
 func TestSettlementOrderFree(t *testing.T) {
-	n := newSettleNet(t)
-	entries := settleScenario(t, n)
+	for _, sc := range []struct {
+		name  string
+		build func(*testing.T, *settleNet) [][]byte
+		check func(*testing.T, *settleNet, *MemState, map[string]bool)
+	}{
+		{"claims, waives, releases", settleScenario, checkSettleScenario},
+		{"replicas", replicaScenario, checkReplicaScenario},
+	} {
+		t.Run(sc.name, func(t *testing.T) {
+			n := newSettleNet(t)
+			want, refused := orderFree(t, n, sc.build(t, n))
+			sc.check(t, n, want, refused)
+		})
+	}
+}
+
+// orderFree applies entries in chain order and in 200 random orders, and
+// fails unless every order gives the same state and refusals: it returns
+// them.
+func orderFree(t *testing.T, n *settleNet, entries [][]byte) (*MemState, map[string]bool) {
 	want, wantRefused := n.node(entries)
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range 200 {
@@ -338,19 +357,25 @@ func TestSettlementOrderFree(t *testing.T) {
 		}{
 			{"accounts", got.Accounts, want.Accounts}, {"holds", got.Holds, want.Holds}, {"claims", got.Claims, want.Claims},
 			{"leases", got.Leased, want.Leased}, {"reputations", got.Reps, want.Reps}, {"refused", refused, wantRefused},
+			{"voters", got.Votes, want.Votes},
 		} {
 			if !reflect.DeepEqual(m.got, m.want) {
 				t.Fatalf("order %d: %s %+v, in chain order %+v", i, m.name, m.got, m.want)
 			}
 		}
 	}
-	// What the chain order gives.
+	return want, wantRefused
+}
+
+// checkSettleScenario checks what every order of settleScenario gives.
+func checkSettleScenario(t *testing.T, n *settleNet, want *MemState, wantRefused map[string]bool) {
 	a, p, q, r := want.Accounts[n.a.id], want.Accounts[n.p.id], want.Accounts[n.q.id], want.Accounts[n.r.id]
 	if a.Balance != 750 || a.Held != 400 || p.Balance != 250 || q.Balance != 0 || r.Balance != 0 || a.LastSeq != 7 {
 		t.Fatalf("balances a %+v p %+v q %+v r %+v", a, p, q, r)
 	}
-	if len(wantRefused) != 1 || len(want.Holds) != 1 {
-		t.Fatalf("refused %v, open holds %v: want q's claim after its waive refused, m's hold open", wantRefused, want.Holds)
+	if len(wantRefused) != 0 || len(want.Holds) != 1 || want.Accounts[n.q.id].LastSeq != 1 {
+		t.Fatalf("refused %v, open holds %v, q %+v: want q's claim after its waive waiting, m's hold open",
+			wantRefused, want.Holds, want.Accounts[n.q.id])
 	}
 	reps := map[peer.ID]Reputation{
 		n.a.id: {Awards: 3, PaidFor: 1, Spent: 250},
