@@ -94,7 +94,7 @@ type Engine struct {
 	bills map[billKey]*billing
 	// billsChanged are the bills to persist with the next Ready.
 	billsChanged map[billKey]bool
-	rtt   map[peer.ID]time.Duration
+	rtt          map[peer.ID]time.Duration
 	// heads are the requesters' heads of their ledger chains as this
 	// provider's ledger shows them (SetKnownHead), for its bids.
 	heads map[peer.ID]uint64
