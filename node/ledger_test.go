@@ -124,8 +124,9 @@ func startEquivocation(t *testing.T) *equivocation {
 		t.Fatal(err)
 	}
 	sign := func(seq uint64, prev ledger.Hash, to peer.ID) ledger.Entry {
-		e := ledger.Entry{Account: cheat, Seq: seq, Prev: prev, Time: time.Now(),
-			Body: ledger.HoldBody{Job: ledger.Hash{byte(seq)}, Provider: to, Amount: 1}}
+		now := time.Now()
+		e := ledger.Entry{Account: cheat, Seq: seq, Prev: prev, Time: now,
+			Body: ledger.HoldBody{Job: ledger.Hash{byte(seq)}, Provider: to, Amount: 1, Expiry: now.Add(time.Hour).UnixNano(), Replicas: 1}}
 		if err := e.Sign("testnet", key); err != nil {
 			t.Fatal(err)
 		}
