@@ -78,6 +78,7 @@ type billing struct {
 	phase  int
 	next   time.Time // the next re-send
 	until  time.Time // when it gives up
+	pay    *payState // the run's interim settlement, if it had one
 	// claim is the accepted claim, from phaseClaiming on.
 	claim *ClaimRequest
 }
@@ -106,13 +107,13 @@ func (e *Engine) bill(now time.Time, l *Lease, o Outcome, r *pb.Result) {
 	b := &pb.Bill{JobId: l.Job[:], Attempt: l.Attempt, HoldSeq: o.HoldSeq, Receipt: receipt[:],
 		Usage: r.Usage, ExitCode: r.ExitCode, ResultId: r.ResultId, OutputsId: r.OutputsId,
 		ResultSize: r.ResultSize, OutputsSize: r.OutputsSize,
-		Amount: Cost(l.Price, BillableMS(l.Spec, r.Usage), limit), Final: true}
+		Amount: l.pay.finalBilled(now, Cost(l.Price, BillableMS(l.Spec, r.Usage), limit)), Final: true}
 	until := o.HoldExpiry
 	if until.IsZero() {
 		until = now.Add(e.claimWindow())
 	}
 	k := billKey{l.Job, l.Attempt, l.Requester}
-	e.bills[k] = &billing{key: k, bill: b, result: r, next: now.Add(e.cfg.HeartbeatInterval), until: until}
+	e.bills[k] = &billing{key: k, bill: b, result: r, next: now.Add(e.cfg.HeartbeatInterval), until: until, pay: l.pay}
 	e.markBill(k)
 	e.ready.Receipts = append(e.ready.Receipts, b)
 	e.send(l.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Bill{Bill: b}})
@@ -135,6 +136,10 @@ const maxDeclineReason = 256
 // onAccepted takes the requester's acceptance of a bill: at most the
 // bill's amount, as final as the bill. The claim is written next.
 func (e *Engine) onAccepted(now time.Time, m *protocol.Signed, a *pb.Accepted) {
+	if !a.Final {
+		e.onInterimAccepted(now, m, a)
+		return
+	}
 	b := e.bills[billKey{m.Job, a.Attempt, m.Signer}]
 	if b == nil || b.phase != phaseBilling || a.Amount > b.bill.Amount || a.Final != b.bill.Final {
 		return
@@ -152,6 +157,9 @@ func (e *Engine) onAccepted(now time.Time, m *protocol.Signed, a *pb.Accepted) {
 // result leaves now and is re-sent until acknowledged; refused (a bad
 // acceptance, say), the bill is sent again.
 func (e *Engine) ClaimWritten(now time.Time, c ClaimRequest, err error) {
+	if !c.Final {
+		return // an interim acceptance's claim (claimInterim): the bill goes on
+	}
 	b := e.bills[billKey{c.Job, c.Attempt, c.Requester}]
 	if b == nil || b.phase != phaseClaiming {
 		return
@@ -185,15 +193,19 @@ func (e *Engine) waiveAward(m *protocol.Signed, a *pb.Award, reason string) {
 		Hold: a.Hold, Chain: a.Chain, Reason: reason})
 }
 
-// tickBills re-sends what waits for an answer, and gives up on a bill
+// tickBills re-sends what waits for an answer, claims the interim
+// acceptance of a final bill left unanswered, and gives up on a bill
 // past its hold's expiry (no claim can draw on it then) and on a result
 // not acknowledged within a claim window.
 func (e *Engine) tickBills(now time.Time) {
 	for k, b := range e.bills {
-		switch {
-		case now.After(b.until):
+		if now.After(b.until) {
 			delete(e.bills, k)
 			e.markBill(k)
+			continue
+		}
+		e.claimInterim(now, k, b)
+		switch {
 		case b.phase == phaseClaiming || now.Before(b.next):
 		case b.phase == phaseBilling:
 			b.next = now.Add(e.cfg.HeartbeatInterval)
@@ -243,6 +255,10 @@ func (e *Engine) onBill(now time.Time, m *protocol.Signed, b *pb.Bill) {
 		}
 		return
 	}
+	if !b.Final {
+		e.onInterimBill(now, j, a, b)
+		return
+	}
 	if a.BillAt.IsZero() {
 		// The first arrival ends the observation: a bill re-sent (while
 		// this node was down, say) does not stretch it.
@@ -258,10 +274,9 @@ func (e *Engine) onBill(now time.Time, m *protocol.Signed, b *pb.Bill) {
 		return
 	}
 	cap := BillCap(a.Price, j.Spec(), observed, e.tolerance(), limit)
-	amount := AcceptedAmount(a.Price, j.Spec(), b.Usage, b.Amount, cap)
-	if !b.Final && amount <= a.Accepted {
-		return
-	}
+	// What it countersigned of the run's interim bills is owed already
+	// (the provider can claim it): the final amount is not less.
+	amount := max(AcceptedAmount(a.Price, j.Spec(), b.Usage, b.Amount, cap), min(a.Accepted, b.Amount))
 	a.Billed = b.Amount
 	e.ready.NeedAcceptances = append(e.ready.NeedAcceptances, AcceptanceRequest{Job: j.ID, Attempt: a.Attempt,
 		Provider: a.Provider, HoldSeq: b.HoldSeq, Amount: amount, Final: b.Final, Receipt: [32]byte(b.Receipt)})
@@ -277,8 +292,8 @@ func (e *Engine) AcceptanceSigned(now time.Time, r AcceptanceRequest, sig []byte
 		return
 	}
 	a := j.award(r.Attempt, r.Provider)
-	if a == nil || a.Final {
-		return
+	if a == nil || a.Final || !r.Final && r.Amount <= a.Accepted {
+		return // settled, or an interim acceptance overtaken by a later one
 	}
 	a.HoldSeq, a.Accepted, a.Final, a.Receipt, a.Acceptance = r.HoldSeq, r.Amount, r.Final, r.Receipt[:], sig
 	e.save(j, now)

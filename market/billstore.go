@@ -37,7 +37,42 @@ type BillRecord struct {
 	// Until is when the provider gives up on the bill (the hold's
 	// expiry; a claim window after the claim).
 	Until time.Time `json:"until"`
-	Done  bool      `json:"-"`
+	// Interim is the run's settlement as it went (pay as you go), if it
+	// had one: the latest interim acceptance is claimed if the final
+	// bill goes unanswered.
+	Interim *InterimRecord `json:"interim,omitempty"`
+	Done    bool           `json:"-"`
+}
+
+// InterimRecord is what a bill keeps of its run's interim settlement.
+type InterimRecord struct {
+	HoldSeq    uint64    `json:"hold_seq"`
+	Expiry     time.Time `json:"expiry"`
+	Receipt    []byte    `json:"receipt"`
+	Billed     uint64    `json:"billed,omitempty"`
+	Accepted   uint64    `json:"accepted,omitempty"`
+	Acceptance []byte    `json:"acceptance,omitempty"`
+	FinalAt    time.Time `json:"final_at"`
+	Tried      uint64    `json:"tried,omitempty"`
+}
+
+func interimRecord(p *payState) *InterimRecord {
+	if p == nil {
+		return nil
+	}
+	return &InterimRecord{HoldSeq: p.holdSeq, Expiry: p.expiry, Receipt: p.receipt[:], Billed: p.billed,
+		Accepted: p.accepted, Acceptance: p.acceptance, FinalAt: p.finalAt, Tried: p.tried}
+}
+
+func (r *InterimRecord) payState() (*payState, error) {
+	if r == nil {
+		return nil, nil
+	}
+	if len(r.Receipt) != 32 {
+		return nil, fmt.Errorf("interim receipt of %d bytes", len(r.Receipt))
+	}
+	return &payState{holdSeq: r.HoldSeq, expiry: r.Expiry, receipt: [32]byte(r.Receipt), billed: r.Billed,
+		accepted: r.Accepted, acceptance: r.Acceptance, finalAt: r.FinalAt, tried: r.Tried}, nil
 }
 
 // Key names the record in the caller's store: job, attempt, requester.
@@ -74,7 +109,7 @@ func (e *Engine) billRecords() []BillRecord {
 		if err != nil {
 			continue // not for a bill this engine built
 		}
-		rec.Phase, rec.Until = phaseNames[b.phase], b.until
+		rec.Phase, rec.Until, rec.Interim = phaseNames[b.phase], b.until, interimRecord(b.pay)
 		if c := b.claim; c != nil {
 			rec.Amount, rec.Final, rec.Acceptance = c.Amount, c.Final, c.Acceptance
 		}
@@ -97,6 +132,10 @@ func (e *Engine) RestoreBill(now time.Time, rec BillRecord) error {
 	}
 	if err := proto.Unmarshal(rec.Result, b.result); err != nil {
 		return fmt.Errorf("result of job %s: %w", rec.Job, err)
+	}
+	var err error
+	if b.pay, err = rec.Interim.payState(); err != nil {
+		return fmt.Errorf("bill of job %s: %w", rec.Job, err)
 	}
 	if len(b.bill.JobId) != len(rec.Job) || protocol.JobID(b.bill.JobId) != rec.Job || b.bill.Attempt != rec.Attempt || len(b.bill.Receipt) != 32 {
 		return fmt.Errorf("bill of job %s: names job %x attempt %d", rec.Job, b.bill.JobId, b.bill.Attempt)

@@ -45,6 +45,19 @@ type Config struct {
 	// claim (zero: DefaultClaimWindow); the requester may release it only
 	// after that.
 	ClaimWindow time.Duration
+	// SettlementInterval is the most a provider runs a lease without its
+	// requester's countersignature of the usage so far (interim bills,
+	// interim.go); zero: DefaultSettlementInterval.
+	SettlementInterval time.Duration
+	// RunUsage reads a provider's running lease's usage so far (paused
+	// spans left out); ok is false before its job started. nil: no
+	// interim bills (the run is billed when it ends).
+	RunUsage func(job protocol.JobID, attempt uint32) (u *pb.Usage, ok bool)
+	// CheckAcceptance checks that an interim acceptance is the
+	// requester's signature of c, as every ledger checks the claim that
+	// would quote it: the provider goes on running only on acceptances it
+	// can claim. nil checks nothing (tests of other things).
+	CheckAcceptance func(c ClaimRequest) error
 	// Provider is nil for a node that sells nothing.
 	Provider *ProviderPolicy
 	// CheckGrant checks an award's grant, the requester's signature that

@@ -228,6 +228,9 @@ type Lease struct {
 	MinHoldExpiry time.Time
 	started       time.Time
 	nextBeat      time.Time
+	// pay is the run's interim settlement (interim.go): nil until the
+	// run starts, and for a lease not longer than a settlement interval.
+	pay *payState
 }
 
 // Outbound is a message for the caller to sign and send: to one peer, or

@@ -55,12 +55,16 @@ type Ready struct {
 	// persist with Save (a Done one deleted): a bill leaves, and a claim
 	// is written, only once its record is on disk.
 	Bills []BillRecord
+	// Pauses are runs this provider pauses (its requester left an interim
+	// bill unanswered) or resumes (the acceptance came), in the order
+	// asked: the caller carries them out in that order.
+	Pauses []PauseRequest
 }
 
 // Empty reports whether there is nothing to do.
 func (r Ready) Empty() bool {
 	return len(r.Save)+len(r.Changed)+len(r.Send)+len(r.Publish)+len(r.Run)+len(r.Stop)+len(r.NeedHolds)+
-		len(r.NeedAcceptances)+len(r.Receipts)+len(r.Claims)+len(r.Waives)+len(r.Bills) == 0
+		len(r.NeedAcceptances)+len(r.Receipts)+len(r.Claims)+len(r.Waives)+len(r.Bills)+len(r.Pauses) == 0
 }
 
 // Ready returns the work pending since the last Advance: what the engine
@@ -118,6 +122,7 @@ func (r Ready) merge(next Ready) Ready {
 		Claims:          slices.Concat(r.Claims, next.Claims),
 		Waives:          slices.Concat(r.Waives, next.Waives),
 		Bills:           mergeBills(r.Bills, next.Bills),
+		Pauses:          slices.Concat(r.Pauses, next.Pauses),
 	}
 	for _, j := range slices.Concat(r.Save, next.Save) {
 		if !saved[j] {

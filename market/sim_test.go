@@ -11,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/protocol/pb"
 )
 
@@ -51,15 +52,34 @@ type sim struct {
 	bills      map[peer.ID]map[string]BillRecord
 	claimsHeld bool
 	heldClaims map[peer.ID][]ClaimRequest
+	// onPause, when set, hears each provider's pause and resume requests.
+	onPause func(provider peer.ID, p PauseRequest)
+	// withhold, when set, keeps requesters from signing acceptances: they
+	// stay online and stop countersigning.
+	withhold bool
 }
 
 // settleBills answers a Ready's settlement requests as the node's caller
-// does: acceptances signed (any 64 bytes: no ledger here), claims and
-// waives written.
+// does: acceptances signed with the requester's key (ledger.Acceptance),
+// claims and waives written, pauses heard.
 func (s *sim) settleBills(from peer.ID, r Ready) {
 	e := s.engines[from]
 	for _, a := range r.NeedAcceptances {
-		e.AcceptanceSigned(s.now, a, make([]byte, protocol.AcceptanceSize), nil)
+		if s.withhold {
+			e.AcceptanceSigned(s.now, a, nil, errBadTest)
+			continue
+		}
+		sig, err := ledger.Acceptance{Job: ledger.Hash(a.Job), Requester: from, Provider: a.Provider, HoldSeq: a.HoldSeq,
+			Amount: a.Amount, Final: a.Final, Receipt: a.Receipt}.Sign(simNet, s.keys[from])
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		e.AcceptanceSigned(s.now, a, sig, nil)
+	}
+	for _, p := range r.Pauses {
+		if s.onPause != nil {
+			s.onPause(from, p)
+		}
 	}
 	for _, c := range r.Claims {
 		if s.claimsHeld {

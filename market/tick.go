@@ -32,6 +32,7 @@ func (e *Engine) Tick(now time.Time) {
 		e.swept = now
 	}
 	e.tickBills(now)
+	e.tickInterim(now)
 	for _, l := range e.leases {
 		if !now.Before(l.nextBeat) {
 			l.nextBeat = now.Add(e.cfg.HeartbeatInterval)
@@ -117,6 +118,7 @@ func (e *Engine) NextDeadline() time.Time {
 	for _, l := range e.leases {
 		consider(l.nextBeat)
 	}
+	e.nextInterim(consider)
 	for _, b := range e.bills {
 		if b.phase != phaseClaiming {
 			consider(b.next)

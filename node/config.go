@@ -246,6 +246,13 @@ type MarketConfig struct {
 	// provider, the node declines an award whose hold leaves it less than
 	// half its own window. A testnet may shorten it.
 	ClaimWindow Duration `toml:"claim_window"`
+	// SettlementInterval is how long a provider runs a job without its
+	// requester's countersignature: a lease whose max_duration is longer
+	// is billed as it goes, every ¾ interval, and paused when a bill goes
+	// unanswered for ¼ interval; a run left paused two intervals is
+	// stopped. Neither side risks more than one interval's price (see
+	// market's interim.go). At least 1 s; default 60 s.
+	SettlementInterval Duration `toml:"settlement_interval"`
 }
 
 // BillTolerance is market.Tolerance in config.toml: a duration plus a
@@ -312,6 +319,9 @@ func (m MarketConfig) validate() error {
 		return fmt.Errorf("claim_window: %s, want at least heartbeat_timeout (%s) and at most %s",
 			w, time.Duration(m.HeartbeatTimeout), maxClaimWindow)
 	}
+	if m.SettlementInterval < Duration(MinSettlementInterval) {
+		return fmt.Errorf("settlement_interval: %v, want at least %v", time.Duration(m.SettlementInterval), MinSettlementInterval)
+	}
 	return nil
 }
 
@@ -319,6 +329,14 @@ func (t BillTolerance) String() string {
 	b, _ := t.MarshalText()
 	return string(b)
 }
+
+// MinSettlementInterval is the shortest [market] settlement_interval: a
+// quarter of it is how long a bill may wait for its answer.
+const MinSettlementInterval = time.Second
+
+// pauseGrace is how long a run paused for an unanswered interim bill may
+// stay paused before it is stopped: two settlement intervals.
+func (m MarketConfig) pauseGrace() time.Duration { return 2 * time.Duration(m.SettlementInterval) }
 
 // ProviderConfig is the [provider] table: what a node offers and for how much.
 type ProviderConfig struct {
@@ -410,14 +428,15 @@ func DefaultConfig(dataDir string) Config {
 		},
 		Disk: DiskConfig{MinFreeMiB: 512, ReserveMiB: 64, CheckInterval: Duration(500 * time.Millisecond)},
 		Market: MarketConfig{
-			InteractiveWindow: Duration(time.Second),
-			BatchWindow:       Duration(3 * time.Second),
-			AcceptTimeout:     Duration(5 * time.Second),
-			HeartbeatTimeout:  Duration(15 * time.Second),
-			ReputationWeight:  market.DefaultReputationWeight,
-			NewcomerShare:     market.DefaultNewcomerShare,
-			BillTolerance:     BillTolerance(market.DefaultBillTolerance),
-			ClaimWindow:       Duration(market.DefaultClaimWindow),
+			InteractiveWindow:  Duration(time.Second),
+			BatchWindow:        Duration(3 * time.Second),
+			AcceptTimeout:      Duration(5 * time.Second),
+			HeartbeatTimeout:   Duration(15 * time.Second),
+			ReputationWeight:   market.DefaultReputationWeight,
+			NewcomerShare:      market.DefaultNewcomerShare,
+			SettlementInterval: Duration(market.DefaultSettlementInterval),
+			BillTolerance:      BillTolerance(market.DefaultBillTolerance),
+			ClaimWindow:        Duration(market.DefaultClaimWindow),
 		},
 		Ledger: LedgerConfig{
 			HeadPeers:         3,

@@ -6,8 +6,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/node/executor"
 	"github.com/mira-market/mira/node/ledgerd"
 	"github.com/mira-market/mira/node/marketd"
+	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
 )
 
 // SweepHolds runs one sweep of leftover holds as if the time were now.
@@ -81,4 +85,24 @@ func (w *JobWrites) Counts() (stored, failed int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.stored, w.failed
+}
+
+// WithholdAcceptances makes this requester stop countersigning bills
+// (on), or start again.
+func (n *Node) WithholdAcceptances(on bool) { n.market.WithholdAcceptances(on) }
+
+// Awards are a job's awards as this requester holds them.
+func (n *Node) Awards(id protocol.JobID) ([]market.AwardRecord, error) {
+	return n.market.Awards(context.Background(), id)
+}
+
+// PausedSpans are the spans this provider's run of a job's attempt was
+// paused so far (runner.PausedSpans).
+func (n *Node) PausedSpans(id protocol.JobID, attempt uint32) ([]executor.Span, error) {
+	return n.runner.PausedSpans(id, attempt)
+}
+
+// RunUsage is this provider's run's usage so far (runner.Usage).
+func (n *Node) RunUsage(id protocol.JobID, attempt uint32) (*pb.Usage, bool) {
+	return n.runner.Usage(id, attempt)
 }

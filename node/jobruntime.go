@@ -12,7 +12,7 @@ func (n *Node) runnerConfig() runner.Config {
 		DockerNetwork: p.DockerNetwork, DockerUser: p.DockerUser, DockerImages: p.DockerImages,
 		WasmCacheDir: p.WasmCacheDir, Owner: n.host.ID().String(), Limits: n.jobLimits, GPUs: n.capacity.GPUs(),
 		Blobs: n.blobs.Transfer(), Results: n.blobs, Logs: n.logs, LogStreams: n.logStreams,
-		MaxBlobSize: n.cfg.MaxBlobSize, Log: n.log, Clock: n.clock,
+		MaxBlobSize: n.cfg.MaxBlobSize, Log: n.log, Clock: n.clock, PauseGrace: n.cfg.Market.pauseGrace(),
 	}
 }
 

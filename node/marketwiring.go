@@ -48,6 +48,7 @@ func (n *Node) marketEngineConfig() market.Config {
 		BillTolerance:           market.Tolerance(n.cfg.Market.BillTolerance),
 		ClaimWindow:             time.Duration(n.cfg.Market.ClaimWindow),
 		MaxCandidates:           3,
+		SettlementInterval:      time.Duration(n.cfg.Market.SettlementInterval),
 		OfferMemory:             n.cfg.Limits.OfferMemory,
 		OfferMemoryPerRequester: n.cfg.Limits.OfferMemoryPerRequester,
 		Reputation: market.ReputationPolicy{

@@ -276,6 +276,9 @@ func DefaultConfig(dir, network string) node.Config {
 		HeartbeatTimeout: node.Duration(10 * time.Second),
 		BillTolerance:    node.BillTolerance(market.DefaultBillTolerance),
 		ClaimWindow:      node.Duration(market.DefaultClaimWindow),
+		// Long jobs of a test are billed as they go; a job of a few
+		// seconds is billed once.
+		SettlementInterval: node.Duration(10 * time.Second),
 	}
 	return cfg
 }

@@ -75,6 +75,9 @@ type Control struct {
 	paused bool
 	spans  []Span // the last is open while paused
 	budget *budget
+	// started is when the executor bound the running job: its usage so
+	// far (Ran) counts from here.
+	started time.Time
 }
 
 // NewControl returns the Control of a job that has not started.
@@ -183,6 +186,20 @@ func (c *Control) Active(start time.Time) time.Duration {
 	return now.Sub(start) - paused
 }
 
+// Ran is how long the job has run so far, since its executor started it,
+// less the spans it was paused: what its interim bills meter. The
+// executor's own start (Result.Wall's) comes a little before, so the
+// final usage is never less. ok is false before the job started.
+func (c *Control) Ran() (d time.Duration, ok bool) {
+	c.mu.Lock()
+	started := c.started
+	c.mu.Unlock()
+	if started.IsZero() {
+		return 0, false
+	}
+	return c.Active(started), true
+}
+
 // bind attaches the running job's pauser; a pause asked before is applied
 // now. When that fails (wasm, which stops instead) the pause is over.
 func (c *Control) bind(p pauser) error {
@@ -195,6 +212,9 @@ func (c *Control) bind(p pauser) error {
 		return nil
 	}
 	c.p = p
+	if c.started.IsZero() {
+		c.started = time.Now()
+	}
 	if !c.paused {
 		return nil
 	}

@@ -111,9 +111,15 @@ type Ledger interface {
 	RequesterHead(requester peer.ID) (uint64, error)
 }
 
-// Runner runs a lease's job on its executor (a provider's).
+// Runner runs a lease's job on its executor (a provider's), and meters,
+// pauses and resumes it while it runs (a long lease paid as it goes).
 type Runner interface {
 	Run(ctx context.Context, l *market.Lease) market.Outcome
+	// Usage is the run's usage so far, paused spans left out; ok is
+	// false before its job started.
+	Usage(job protocol.JobID, attempt uint32) (u *pb.Usage, ok bool)
+	Pause(job protocol.JobID, attempt uint32) error
+	Resume(job protocol.JobID, attempt uint32) error
 }
 
 // Results stores or fetches a finished job's result, off the loop.

@@ -19,6 +19,7 @@ import (
 	"github.com/mira-market/mira/node/clock"
 	"github.com/mira-market/mira/node/gossip"
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/protocol/pb"
 )
 
@@ -76,6 +77,10 @@ type Driver struct {
 	// and what they cost (within [limits] offer_memory).
 	offers, offerBytes prometheus.Gauge
 
+	// withhold makes the requester sign no acceptance (a test hook:
+	// WithholdAcceptances).
+	withhold atomic.Bool
+
 	// ctx ends when Close begins; wg counts the driver's goroutines.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -120,6 +125,10 @@ func New(cfg Config, d Deps) (*Driver, error) {
 		d.Metrics.MustRegister(m.stepped, m.rejected, m.offers, m.offerBytes, m.outbox.dropped)
 	}
 	cfg.Engine.CheckGrant = m.checkGrant
+	cfg.Engine.CheckAcceptance = m.checkAcceptance
+	if d.Runner != nil {
+		cfg.Engine.RunUsage = d.Runner.Usage
+	}
 	m.eng = market.NewEngine(cfg.Engine)
 	if err := m.restore(); err != nil {
 		return nil, err
@@ -211,6 +220,21 @@ func (m *Driver) checkGrant(requester peer.ID, job protocol.JobID, a *pb.Award) 
 	if err != nil {
 		m.rejected.WithLabelValues("bad grant").Inc()
 		m.log.Debug("award declined", "job", job, "requester", requester, "err", err)
+	}
+	return err
+}
+
+// checkAcceptance is the engine's check of a requester's interim
+// acceptance (market.Config's CheckAcceptance, on the loop): the check
+// every ledger makes of the claim that would quote it. The provider runs
+// on only for acceptances it can claim; one refused is counted ("bad
+// acceptance").
+func (m *Driver) checkAcceptance(c market.ClaimRequest) error {
+	err := ledger.Acceptance{Job: ledger.Hash(c.Job), Requester: c.Requester, Provider: m.self, HoldSeq: c.HoldSeq,
+		Amount: c.Amount, Final: c.Final, Receipt: c.Receipt}.Verify(m.network, c.Acceptance)
+	if err != nil {
+		m.rejected.WithLabelValues("bad acceptance").Inc()
+		m.log.Debug("interim acceptance refused", "job", c.Job, "requester", c.Requester, "err", err)
 	}
 	return err
 }

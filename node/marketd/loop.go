@@ -2,6 +2,7 @@ package marketd
 
 import (
 	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/mira-market/mira/market"
@@ -115,6 +116,7 @@ func (m *Driver) process() {
 		}
 	}
 	m.settle(r)
+	m.pauseRuns(r.Pauses)
 	for _, l := range r.Run {
 		m.run(l)
 	}
@@ -133,8 +135,8 @@ func (m *Driver) process() {
 		// the next input.
 		now := m.clock.Now()
 		for _, a := range r.NeedAcceptances {
-			sig, err := m.ledger.SignAcceptance(a)
-			if err != nil {
+			sig, err := m.signAcceptance(a)
+			if err != nil && !errors.Is(err, errWithheld) {
 				m.log.Error("sign acceptance", "job", a.Job, "err", err)
 			}
 			m.eng.AcceptanceSigned(now, a, sig, err)

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/protocol"
@@ -34,6 +35,7 @@ func (m *Driver) run(l *market.Lease) {
 				Attempt: l.Attempt, Hold: l.Hold, Chain: l.Chain})
 		} else {
 			m.ledger.RecordLease(l)
+			m.runStarted(l, seq, expiry)
 			out = m.runner.Run(rctx, l)
 			if rewrite := m.usageHook.Load(); rewrite != nil {
 				out.Usage = (*rewrite)(out.Usage)
@@ -54,6 +56,38 @@ func (m *Driver) run(l *market.Lease) {
 		case <-m.ctx.Done():
 		}
 	})
+}
+
+// runStarted tells the engine that l's run starts on the hold at seq
+// (expiring at expiry): a
+// long lease is billed as it goes from now. Blocks (see the package doc
+// on queues).
+func (m *Driver) runStarted(l *market.Lease, seq uint64, expiry time.Time) {
+	select {
+	case m.in <- func() { m.eng.RunStarted(m.clock.Now(), l.Job, l.Attempt, seq, expiry) }:
+	case <-m.ctx.Done():
+	}
+}
+
+// pauseRuns pauses and resumes runs as the engine asks, in order. On the
+// loop: a process's signal is immediate, a container's pause a call to
+// the engine, and pauses come only of a requester's silence.
+func (m *Driver) pauseRuns(reqs []market.PauseRequest) {
+	for _, p := range reqs {
+		var err error
+		if p.Resume {
+			err = m.runner.Resume(p.Job, p.Attempt)
+		} else {
+			err = m.runner.Pause(p.Job, p.Attempt)
+		}
+		if err != nil {
+			// A run that ended meanwhile; or a wasm run, which cannot
+			// pause: it was stopped instead, and ends (billed) like any.
+			m.log.Info("run not paused or resumed", "job", p.Job, "attempt", p.Attempt, "resume", p.Resume, "err", err)
+			continue
+		}
+		m.log.Info("run paused or resumed for an interim bill", "job", p.Job, "attempt", p.Attempt, "resumed", p.Resume)
+	}
 }
 
 // runningLease is a run in progress: which attempt, and how to stop it.

@@ -1,6 +1,14 @@
 package marketd
 
-import "github.com/mira-market/mira/protocol/pb"
+import (
+	"context"
+	"errors"
+	"slices"
+
+	"github.com/mira-market/mira/market"
+	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/pb"
+)
 
 // Hooks for the node's tests, which drive a whole node and reach the
 // driver through it (node/export_test.go).
@@ -25,6 +33,37 @@ func (m *Driver) OpenBills() (n int) {
 		return -1
 	}
 	return n
+}
+
+// WithholdAcceptances makes this requester stop countersigning bills
+// (on) or start again (off): it stays online, its jobs' providers hear
+// from it, but every acceptance it would sign is withheld, as a requester
+// that wants the work without paying for it would.
+func (m *Driver) WithholdAcceptances(on bool) { m.withhold.Store(on) }
+
+// errWithheld is the refusal of an acceptance WithholdAcceptances holds
+// back.
+var errWithheld = errors.New("acceptances withheld (test hook)")
+
+// signAcceptance signs a bill's acceptance, unless acceptances are
+// withheld.
+func (m *Driver) signAcceptance(a market.AcceptanceRequest) ([]byte, error) {
+	if m.withhold.Load() {
+		return nil, errWithheld
+	}
+	return m.ledger.SignAcceptance(a)
+}
+
+// Awards returns a copy of a job's awards as this requester holds them
+// (what it accepted of each), read on the loop.
+func (m *Driver) Awards(ctx context.Context, id protocol.JobID) ([]market.AwardRecord, error) {
+	var out []market.AwardRecord
+	err := m.do(ctx, func() {
+		if j, ok := m.eng.Job(id); ok {
+			out = slices.Clone(j.Awards)
+		}
+	})
+	return out, err
 }
 
 // SetUsageHook has each run from now on report the usage rewrite returns

@@ -54,6 +54,7 @@ type activeRun struct {
 	key  runKey
 	ctl  *executor.Control
 	stop context.CancelCauseFunc // stops the run (staging and executor) with a reason
+	gpus int64                   // the units its time is metered in (Usage)
 
 	mu       sync.Mutex
 	ended    bool
@@ -73,7 +74,8 @@ type runTable struct {
 // (and the grace period) with the reason as cause.
 func (r *Runner) track(ctx context.Context, l *market.Lease) (*activeRun, context.Context) {
 	ctx, stop := context.WithCancelCause(ctx)
-	a := &activeRun{key: runKey{l.Job, l.Attempt}, ctl: executor.NewControl(), stop: stop}
+	a := &activeRun{key: runKey{l.Job, l.Attempt}, ctl: executor.NewControl(), stop: stop,
+		gpus: int64(max(l.Spec.GetResources().GetGpus(), 1))}
 	t := &r.runs
 	t.mu.Lock()
 	defer t.mu.Unlock()
