@@ -79,6 +79,8 @@ type billing struct {
 	next   time.Time // the next re-send
 	until  time.Time // when it gives up
 	pay    *payState // the run's interim settlement, if it had one
+	// claim is the accepted claim, from phaseClaiming on.
+	claim *ClaimRequest
 	// replicated: a replica's bill, settled by a majority claim
 	// (replicas.go), never by an acceptance.
 	replicated bool
@@ -116,6 +118,7 @@ func (e *Engine) bill(now time.Time, l *Lease, o Outcome, r *pb.Result) {
 	k := billKey{l.Job, l.Attempt, l.Requester}
 	e.bills[k] = &billing{key: k, bill: b, result: r, next: now.Add(e.cfg.HeartbeatInterval), until: until, pay: l.pay,
 		replicated: protocol.Replicas(l.Spec) > 1}
+	e.markBill(k)
 	e.ready.Receipts = append(e.ready.Receipts, b)
 	if e.bills[k].replicated {
 		e.pollVerdict(k, now)
@@ -149,9 +152,12 @@ func (e *Engine) onAccepted(now time.Time, m *protocol.Signed, a *pb.Accepted) {
 		return
 	}
 	b.phase = phaseClaiming
-	e.ready.Claims = append(e.ready.Claims, ClaimRequest{Job: m.Job, Attempt: a.Attempt, Requester: m.Signer,
+	b.claim = &ClaimRequest{Job: m.Job, Attempt: a.Attempt, Requester: m.Signer,
 		HoldSeq: b.bill.HoldSeq, Amount: a.Amount, Final: a.Final, Receipt: [32]byte(b.bill.Receipt),
-		Acceptance: a.Acceptance})
+		Acceptance: a.Acceptance}
+	// Persisted before the claim is written: a restart claims it again.
+	e.markBill(b.key)
+	e.ready.Claims = append(e.ready.Claims, *b.claim)
 }
 
 // ClaimWritten takes the caller's answer to a claim request: written, the
@@ -165,8 +171,9 @@ func (e *Engine) ClaimWritten(now time.Time, c ClaimRequest, err error) {
 	if b == nil || b.phase != phaseClaiming {
 		return
 	}
+	e.markBill(b.key)
 	if err != nil {
-		b.phase = phaseBilling
+		b.phase, b.claim = phaseBilling, nil
 		b.next = now
 		return
 	}
@@ -201,6 +208,7 @@ func (e *Engine) tickBills(now time.Time) {
 	for k, b := range e.bills {
 		if now.After(b.until) {
 			delete(e.bills, k)
+			e.markBill(k)
 			continue
 		}
 		e.claimInterim(now, k, b)
@@ -213,6 +221,14 @@ func (e *Engine) tickBills(now time.Time) {
 			b.next = now.Add(e.cfg.HeartbeatInterval)
 			e.send(k.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Result{Result: b.result}})
 		}
+	}
+}
+
+// onResultAck ends a bill: the requester has the result.
+func (e *Engine) onResultAck(k billKey) {
+	if _, ok := e.bills[k]; ok {
+		delete(e.bills, k)
+		e.markBill(k)
 	}
 }
 

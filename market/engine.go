@@ -105,7 +105,9 @@ type Engine struct {
 	// billed until accepted, then claimed, then the result delivered
 	// until acknowledged.
 	bills map[billKey]*billing
-	rtt   map[peer.ID]time.Duration
+	// billsChanged are the bills to persist with the next Ready.
+	billsChanged map[billKey]bool
+	rtt          map[peer.ID]time.Duration
 	// heads are the requesters' heads of their ledger chains as this
 	// provider's ledger shows them (SetKnownHead), for its bids.
 	heads map[peer.ID]uint64
@@ -274,7 +276,7 @@ func (e *Engine) Step(now time.Time, m *protocol.Signed) {
 	case *pb.MarketMessage_Accepted:
 		e.onAccepted(now, m, b.Accepted)
 	case *pb.MarketMessage_ResultAck:
-		delete(e.bills, billKey{m.Job, b.ResultAck.Attempt, m.Signer})
+		e.onResultAck(billKey{m.Job, b.ResultAck.Attempt, m.Signer})
 	case *pb.MarketMessage_Cancel:
 		e.onCancel(m)
 	case *pb.MarketMessage_Taken:

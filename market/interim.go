@@ -217,6 +217,9 @@ func (e *Engine) onInterimAccepted(now time.Time, m *protocol.Signed, a *pb.Acce
 		return // a forged or garbled acceptance answers nothing
 	}
 	p.accepted, p.acceptance = a.Amount, a.Acceptance
+	if !running {
+		e.markBill(billKey{m.Job, a.Attempt, m.Signer}) // a bill's: persisted with it
+	}
 	if p.bill == nil || p.accepted < p.bill.Amount {
 		return
 	}
@@ -270,6 +273,7 @@ func (e *Engine) claimInterim(now time.Time, k billKey, b *billing) {
 		return
 	}
 	p.tried = p.accepted
+	e.markBill(k)
 	e.ready.Claims = append(e.ready.Claims, p.claim(k.Job, k.Attempt, k.Requester))
 }
 

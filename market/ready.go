@@ -51,6 +51,10 @@ type Ready struct {
 	// waive of each one's hold and answers with Waived, which sends the
 	// decline.
 	Waives []WaiveRequest
+	// Bills are this provider's bills changed since the last Ready, to
+	// persist with Save (a Done one deleted): a bill leaves, and a claim
+	// is written, only once its record is on disk.
+	Bills []BillRecord
 	// Pauses are runs this provider pauses (its requester left an interim
 	// bill unanswered) or resumes (the acceptance came), in the order
 	// asked: the caller carries them out in that order.
@@ -66,7 +70,7 @@ type Ready struct {
 // Empty reports whether there is nothing to do.
 func (r Ready) Empty() bool {
 	return len(r.Save)+len(r.Changed)+len(r.Send)+len(r.Publish)+len(r.Run)+len(r.Stop)+len(r.NeedHolds)+
-		len(r.NeedAcceptances)+len(r.Receipts)+len(r.Claims)+len(r.Waives)+len(r.Pauses)+
+		len(r.NeedAcceptances)+len(r.Receipts)+len(r.Claims)+len(r.Waives)+len(r.Bills)+len(r.Pauses)+
 		len(r.MajorityClaims)+len(r.MajorityReleases) == 0
 }
 
@@ -76,6 +80,7 @@ func (r Ready) Empty() bool {
 func (e *Engine) Ready() Ready {
 	r := e.ready
 	e.ready = Ready{}
+	r.Bills = e.billRecords()
 	// A job both saved and changed is in Save only. The engine no longer
 	// holds r's slices, so they are filtered in place, with no copy.
 	r.Changed = slices.DeleteFunc(r.Changed, func(j *Job) bool { return e.saving[j] })
@@ -120,6 +125,7 @@ func (r Ready) merge(next Ready) Ready {
 		Receipts:        slices.Concat(r.Receipts, next.Receipts),
 		Claims:          slices.Concat(r.Claims, next.Claims),
 		Waives:          slices.Concat(r.Waives, next.Waives),
+		Bills:           mergeBills(r.Bills, next.Bills),
 		Pauses:          slices.Concat(r.Pauses, next.Pauses),
 		// A verdict asked twice is written once: the second finds the
 		// hold closed.
@@ -140,4 +146,18 @@ func (r Ready) merge(next Ready) Ready {
 		}
 	}
 	return out
+}
+
+// mergeBills is the records of bills in r and next, each bill's latest
+// (next's) only: a record is the bill's whole state.
+func mergeBills(r, next []BillRecord) []BillRecord {
+	if len(r) == 0 {
+		return next
+	}
+	latest := map[string]bool{}
+	for _, b := range next {
+		latest[b.Key()] = true
+	}
+	out := slices.DeleteFunc(slices.Clone(r), func(b BillRecord) bool { return latest[b.Key()] })
+	return append(out, next...)
 }

@@ -431,6 +431,7 @@ func (e *Engine) MajorityClaimWritten(now time.Time, c MajorityClaimRequest, err
 	if b == nil || b.phase != phaseClaiming {
 		return
 	}
+	e.markBill(b.key)
 	switch {
 	case err == nil:
 		b.phase = phaseDelivering

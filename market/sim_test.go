@@ -46,6 +46,12 @@ type sim struct {
 	claims   map[peer.ID][]ClaimRequest
 	claimErr error
 	waives   map[peer.ID][]WaiveRequest
+	// bills are each provider's persisted bill records (Ready.Bills),
+	// JSON as the node stores them; claimsHeld keeps claims unanswered,
+	// in heldClaims, as a claim write cut short by a restart.
+	bills      map[peer.ID]map[string]BillRecord
+	claimsHeld bool
+	heldClaims map[peer.ID][]ClaimRequest
 	// onPause, when set, hears each provider's pause and resume requests.
 	onPause func(provider peer.ID, p PauseRequest)
 	// withhold, when set, keeps requesters from signing acceptances: they
@@ -78,6 +84,10 @@ func (s *sim) settleBills(from peer.ID, r Ready) {
 		}
 	}
 	for _, c := range r.Claims {
+		if s.claimsHeld {
+			s.heldClaims[from] = append(s.heldClaims[from], c)
+			continue
+		}
 		if s.claimErr == nil {
 			s.claims[from] = append(s.claims[from], c)
 		}
@@ -94,7 +104,8 @@ func newSim(t *testing.T) *sim {
 		cut: map[peer.ID]bool{}, runs: map[peer.ID][]protocol.JobID{}, stops: map[peer.ID][]protocol.JobID{},
 		log: map[peer.ID][]string{}, writes: map[peer.ID][]string{}, changes: map[peer.ID][]string{},
 		scripts: map[peer.ID]func(*pb.MarketMessage) []*pb.MarketMessage{}, holds: map[peer.ID][]HoldRequest{},
-		claims: map[peer.ID][]ClaimRequest{}, waives: map[peer.ID][]WaiveRequest{}}
+		claims: map[peer.ID][]ClaimRequest{}, waives: map[peer.ID][]WaiveRequest{},
+		bills: map[peer.ID]map[string]BillRecord{}, heldClaims: map[peer.ID][]ClaimRequest{}}
 }
 
 // take returns an engine's Ready, carried out.
@@ -221,6 +232,7 @@ func (s *sim) settle(rounds int) bool {
 					}
 				}
 			}
+			s.storeBills(from, r.Bills)
 			s.settleBills(from, r)
 			s.settleVerdicts(from, r)
 			// The holds are written after the Ready is carried out, as

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -236,6 +237,15 @@ type MarketConfig struct {
 	// NewcomerShare is the fraction of jobs, 0..1, that go to a provider
 	// without history when one bids, so that a new provider can start.
 	NewcomerShare float64 `toml:"newcomer_share"`
+	// BillTolerance is what this requester accepts in a provider's bill
+	// beyond the run time it observed itself: "1s+5%" (clocks, the
+	// network, a run's start and end around the messages).
+	BillTolerance BillTolerance `toml:"bill_tolerance"`
+	// ClaimWindow is how long after a run can have ended a provider may
+	// still claim its bill: part of each award's hold expiry. As a
+	// provider, the node declines an award whose hold leaves it less than
+	// half its own window. A testnet may shorten it.
+	ClaimWindow Duration `toml:"claim_window"`
 	// SettlementInterval is how long a provider runs a job without its
 	// requester's countersignature: a lease whose max_duration is longer
 	// is billed as it goes, every ¾ interval, and paused when a bill goes
@@ -245,6 +255,51 @@ type MarketConfig struct {
 	SettlementInterval Duration `toml:"settlement_interval"`
 }
 
+// BillTolerance is market.Tolerance in config.toml: a duration plus a
+// percentage of the observed time, "1s+5%"; either part may stand alone
+// ("2s", "10%").
+type BillTolerance market.Tolerance
+
+// MarshalText implements encoding.TextMarshaler.
+func (t BillTolerance) MarshalText() ([]byte, error) {
+	return fmt.Appendf(nil, "%s+%d%%", t.Fixed, t.Percent), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (t *BillTolerance) UnmarshalText(b []byte) error {
+	var out BillTolerance
+	parts := strings.Split(strings.ReplaceAll(string(b), " ", ""), "+")
+	if len(parts) > 2 || parts[0] == "" {
+		return fmt.Errorf("bill_tolerance %q: want a duration plus a percentage, like \"1s+5%%\"", b)
+	}
+	for _, p := range parts {
+		if pct, ok := strings.CutSuffix(p, "%"); ok {
+			v, err := strconv.ParseUint(pct, 10, 8)
+			if err != nil || v > 100 {
+				return fmt.Errorf("bill_tolerance %q: percentage %q, want a whole number 0..100", b, p)
+			}
+			out.Percent = uint(v)
+			continue
+		}
+		d, err := time.ParseDuration(p)
+		if err != nil || d < 0 {
+			return fmt.Errorf("bill_tolerance %q: %q is neither a duration (0 or more) nor a percentage", b, p)
+		}
+		out.Fixed = d
+	}
+	*t = out
+	return nil
+}
+
+// Longest bill tolerance and claim window a config may set: a requester
+// that accepts more than an hour beyond what it saw accepts anything, and
+// a claim window is as long as the award's credits stay held after the
+// run (a job lives at most a day).
+const (
+	maxBillTolerance = time.Hour
+	maxClaimWindow   = 24 * time.Hour
+)
+
 // validate reports the reputation settings that cannot make sense.
 func (m MarketConfig) validate() error {
 	if !(m.ReputationWeight >= 0) || math.IsInf(m.ReputationWeight, 0) {
@@ -253,10 +308,26 @@ func (m MarketConfig) validate() error {
 	if !(m.NewcomerShare >= 0 && m.NewcomerShare <= 1) {
 		return fmt.Errorf("newcomer_share: %v, want a fraction in 0..1", m.NewcomerShare)
 	}
+	// market.Config reads a zero tolerance as its default: a config that
+	// says zero must not get 1s+5% silently.
+	if t := m.BillTolerance; t == (BillTolerance{}) || t.Fixed > maxBillTolerance || t.Percent > 100 {
+		return fmt.Errorf("bill_tolerance: %q, want more than nothing, at most %s plus at most 100%%", t.String(), maxBillTolerance)
+	}
+	// The bill is re-sent every third of heartbeat_timeout; a window
+	// shorter than that leaves a provider no second try at its claim.
+	if w := time.Duration(m.ClaimWindow); w < time.Duration(m.HeartbeatTimeout) || w > maxClaimWindow {
+		return fmt.Errorf("claim_window: %s, want at least heartbeat_timeout (%s) and at most %s",
+			w, time.Duration(m.HeartbeatTimeout), maxClaimWindow)
+	}
 	if m.SettlementInterval < Duration(MinSettlementInterval) {
 		return fmt.Errorf("settlement_interval: %v, want at least %v", time.Duration(m.SettlementInterval), MinSettlementInterval)
 	}
 	return nil
+}
+
+func (t BillTolerance) String() string {
+	b, _ := t.MarshalText()
+	return string(b)
 }
 
 // MinSettlementInterval is the shortest [market] settlement_interval: a
@@ -364,6 +435,8 @@ func DefaultConfig(dataDir string) Config {
 			ReputationWeight:   market.DefaultReputationWeight,
 			NewcomerShare:      market.DefaultNewcomerShare,
 			SettlementInterval: Duration(market.DefaultSettlementInterval),
+			BillTolerance:      BillTolerance(market.DefaultBillTolerance),
+			ClaimWindow:        Duration(market.DefaultClaimWindow),
 		},
 		Ledger: LedgerConfig{
 			HeadPeers:         3,

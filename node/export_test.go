@@ -62,6 +62,17 @@ func (w *JobWrites) PutJobs(records map[string][]byte) error {
 // Jobs reads the records.
 func (w *JobWrites) Jobs(fn func(id string, rec []byte) error) error { return w.inner.Jobs(fn) }
 
+// PutBills writes a provider's bill records (never failed on demand).
+func (w *JobWrites) PutBills(records map[string][]byte, drop []string) error {
+	return w.inner.PutBills(records, drop)
+}
+
+// Bills reads the bill records.
+func (w *JobWrites) Bills(fn func(key string, rec []byte) error) error { return w.inner.Bills(fn) }
+
+// OpenBills is how many runs this provider billed and has not settled.
+func (n *Node) OpenBills() int { return n.market.OpenBills() }
+
 // FailNext makes the next k writes fail.
 func (w *JobWrites) FailNext(k int) {
 	w.mu.Lock()

@@ -124,8 +124,9 @@ func startEquivocation(t *testing.T) *equivocation {
 		t.Fatal(err)
 	}
 	sign := func(seq uint64, prev ledger.Hash, to peer.ID) ledger.Entry {
-		e := ledger.Entry{Account: cheat, Seq: seq, Prev: prev, Time: time.Now(),
-			Body: ledger.HoldBody{Job: ledger.Hash{byte(seq)}, Provider: to, Amount: 1}}
+		now := time.Now()
+		e := ledger.Entry{Account: cheat, Seq: seq, Prev: prev, Time: now,
+			Body: ledger.HoldBody{Job: ledger.Hash{byte(seq)}, Provider: to, Amount: 1, Expiry: now.Add(time.Hour).UnixNano(), Replicas: 1}}
 		if err := e.Sign("testnet", key); err != nil {
 			t.Fatal(err)
 		}
@@ -344,9 +345,9 @@ func TestPartitionedLedgersConverge(t *testing.T) {
 			}
 		}
 	}
-	// While cut off, neither half has the other's payments.
-	if _, ok, _ := tn.Node(5).Ledger().PaymentFor(tn.Node(2).ID(), mustHash(t, ids[0][0])); ok {
-		t.Fatal("a payment crossed the partition")
+	// While cut off, neither half has the other's claims.
+	if cs, err := tn.Node(5).Ledger().FinalClaims(tn.Node(2).ID(), mustHash(t, ids[0][0])); err != nil || len(cs) != 0 {
+		t.Fatalf("a claim crossed the partition (%v)", err)
 	}
 	// Heal: the halves reconnect and reconcile.
 	for _, a := range sides[0] {
@@ -370,8 +371,9 @@ func TestPartitionedLedgersConverge(t *testing.T) {
 	for s, side := range sides {
 		for _, id := range ids[s] {
 			for _, n := range tn.Nodes() {
-				if _, ok, err := n.Ledger().PaymentFor(tn.Node(side[2]).ID(), mustHash(t, id)); err != nil || !ok {
-					t.Fatalf("%s lacks the payment for job %s of side %d", n.ID(), id[:8], s)
+				cs, err := n.Ledger().FinalClaims(tn.Node(side[2]).ID(), mustHash(t, id))
+				if err != nil || len(cs) != 1 || cs[0].Account != tn.Node(side[1]).ID() {
+					t.Fatalf("%s has %d final claims for job %s of side %d (%v), want its provider's", n.ID(), len(cs), id[:8], s, err)
 				}
 			}
 		}

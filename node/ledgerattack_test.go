@@ -141,7 +141,8 @@ func TestReawardOnAUsedHoldDoesNotRun(t *testing.T) {
 	// provider, for the job's whole cost.
 	ledger := newLedgerChain(t, key)
 	grant := ledger.next(protoledger.GrantBody{Amount: testnet.DefaultCredits})
-	hold := ledger.next(protoledger.HoldBody{Job: protoledger.Hash(id), Provider: provider.ID(), Amount: 1e6})
+	hold := ledger.next(protoledger.HoldBody{Job: protoledger.Hash(id), Provider: provider.ID(), Amount: 1e6,
+		Expiry: time.Now().Add(time.Hour).UnixNano(), Replicas: 1})
 
 	// award offers the job in round, takes the provider's bid, awards it
 	// with the hold, and returns the provider's result of that attempt.

@@ -124,9 +124,9 @@ func TestJobsOfBothTiersSucceedOnce(t *testing.T) {
 	}
 	t.Logf("%d jobs over %d providers, %d batch leases preempted", len(final), len(providers), preempted)
 
-	// Settlement: each succeeded job is paid exactly once, to the provider
-	// whose result was accepted, and every ledger ends with the same
-	// entries and the genesis total.
+	// Settlement: each succeeded job is paid exactly once, by the final
+	// claim of the provider whose result was accepted, and every ledger
+	// ends with the same entries and the genesis total.
 	paid := 0
 	for id, j := range final {
 		if j.Payment == nil || j.Payment.State != "paid" || j.Payment.To != j.Provider || j.Cost <= 0 {
@@ -136,27 +136,21 @@ func TestJobsOfBothTiersSucceedOnce(t *testing.T) {
 		paid++
 	}
 	ledgersAgree(t, tn)
-	payments, holds := map[string]int{}, map[string]int{}
-	for _, e := range allEntries(t, tn.Node(9)) {
-		switch b := e.Body.(type) {
-		case ledger.PaymentBody:
-			payments[b.Job.String()]++
-		case ledger.HoldBody:
-			// Written when the job was posted, naming no provider, and
-			// reused by the award.
-			if b.Provider == "" {
-				holds[b.Job.String()]++
-			}
-		}
-	}
+	requester := tn.Node(9).ID()
+	settled := settlements(t, tn.Node(9), requester)
 	for id, j := range final {
-		if payments[id] != 1 || holds[id] != 1 {
-			t.Errorf("job %s paid %d times in the ledger, %d holds from its posting", id[:8], payments[id], holds[id])
+		// The posting hold was replaced by the award's hold, naming the
+		// provider, in one entry: the requester released nothing and paid
+		// nothing itself; the provider's final claim drew on the hold.
+		provider, _ := peer.Decode(j.Provider)
+		s := settled[mustHash(t, id)]
+		if !s.paidOnceTo(provider) || s.Posted != 1 || s.Named < 1 || s.ReleasedPosted+s.ReleasedNamed != 0 {
+			t.Errorf("job %s: settlement %+v, want one final claim by %s, one posting hold replaced by named holds, no release",
+				id[:8], s, provider)
 		}
 		// The provider's records of its run: the ledger took a lease
 		// (backed by a hold) and its receipt, and keeps nothing waiting.
 		job, _ := hex.DecodeString(id)
-		provider, _ := peer.Decode(j.Provider)
 		leases, receipts, err := tn.Node(9).Ledger().Leases(provider, ledger.Hash(job))
 		if err != nil || leases < 1 || receipts < 1 || receipts > leases {
 			t.Errorf("job %s: the provider's chain has %d leases and %d receipts (%v)", id[:8], leases, receipts, err)
@@ -199,9 +193,16 @@ func TestProviderStoppedMidLeaseJobMovesOn(t *testing.T) {
 	if done.Provider == running.Provider || done.Attempt < 2 || done.Leases != 2 {
 		t.Fatalf("after the stop: provider %s (was %s), attempt %d, leases %d", done.Provider, running.Provider, done.Attempt, done.Leases)
 	}
-	// The posting's hold, naming no provider, backed the first award
-	// only: the second award released it and held again naming its
-	// provider, the only one paid.
+	// The posting's hold, naming no provider, was replaced by the first
+	// award's hold naming the victim; the second award held again, naming
+	// its provider, whose final claim paid the job. The victim's hold
+	// stays open until it expires (and the victim's chain shows that
+	// time): only the victim could close it before.
+	survivor := tn.Node(3 - victim).ID()
+	victimID, err := peer.Decode(running.Provider) // its node is stopped
+	if err != nil {
+		t.Fatal(err)
+	}
 	var kinds []ledger.Kind
 	var named []peer.ID
 	chain := allEntries(t, tn.Node(4))
@@ -214,9 +215,17 @@ func TestProviderStoppedMidLeaseJobMovesOn(t *testing.T) {
 			}
 		}
 	}
-	want := []ledger.Kind{ledger.KindHold, ledger.KindRelease, ledger.KindHold, ledger.KindPayment}
-	if !slices.Equal(kinds, want) || !slices.Equal(named, []peer.ID{"", tn.Node(3 - victim).ID()}) || done.Payment == nil || done.Payment.To != done.Provider {
-		t.Fatalf("requester's entries %v (want %v), holds naming %v, payment %+v", kinds, want, named, done.Payment)
+	want := []ledger.Kind{ledger.KindHold, ledger.KindHold, ledger.KindHold}
+	if !slices.Equal(kinds, want) || !slices.Equal(named, []peer.ID{"", victimID, survivor}) {
+		t.Fatalf("requester's entries %v (want %v), holds naming %v", kinds, want, named)
+	}
+	s := settlements(t, tn.Node(4), tn.Node(4).ID())[mustHash(t, j.ID)]
+	if !s.paidOnceTo(survivor) || done.Payment == nil || done.Payment.State != "paid" || done.Payment.To != survivor.String() {
+		t.Fatalf("settlement %+v, payment %+v; want one final claim by %s", s, done.Payment, survivor)
+	}
+	left, ok, err := tn.Node(4).Ledger().HoldOf(tn.Node(4).ID(), mustHash(t, j.ID), victimID)
+	if err != nil || !ok || done.Payment.Held != float64(left.Amount)/1e6 {
+		t.Fatalf("the victim's hold %+v (open %v, %v); the job's payment says %v held", left, ok, err, done.Payment.Held)
 	}
 }
 

@@ -45,6 +45,8 @@ func (n *Node) marketEngineConfig() market.Config {
 		AcceptTimeout:           time.Duration(n.cfg.Market.AcceptTimeout),
 		HeartbeatTimeout:        time.Duration(n.cfg.Market.HeartbeatTimeout),
 		HeartbeatInterval:       time.Duration(n.cfg.Market.HeartbeatTimeout) / 3,
+		BillTolerance:           market.Tolerance(n.cfg.Market.BillTolerance),
+		ClaimWindow:             time.Duration(n.cfg.Market.ClaimWindow),
 		MaxCandidates:           3,
 		SettlementInterval:      time.Duration(n.cfg.Market.SettlementInterval),
 		OfferMemory:             n.cfg.Limits.OfferMemory,

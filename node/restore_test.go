@@ -112,8 +112,8 @@ func jobRecords(t *testing.T, dir string, ids []string) map[string][]byte {
 // A requester's data dir copied while its payments were pending, restored
 // after it ran more jobs: the node must take back from its peers what it
 // signed after the copy, and sign nothing at a seq the network has. Every
-// job is paid or released exactly once, nothing stays held, and every
-// ledger ends the same and verifies.
+// job is paid exactly once (its provider's final claim), nothing stays
+// held, and every ledger ends the same and verifies.
 //
 // The copy is taken from the stopped node, so that Badger is consistent.
 // It holds jobs still running, and (like a snapshot of a running machine
@@ -232,24 +232,16 @@ func TestRestoredDataDirDoesNotEquivocate(t *testing.T) {
 		t.Fatalf("restored requester's head %d (%v), the network had %d before the restore", h.Seq, err, head.Seq)
 	}
 	ledgersAgree(t, tn)
-	// Each job paid or released exactly once in the requester's chain, and
-	// nothing of the requester's left held.
-	settled := map[ledger.Hash]int{}
-	for _, e := range allEntries(t, tn.Node(0)) {
-		if e.Account != requester {
-			continue
-		}
-		switch b := e.Body.(type) {
-		case ledger.PaymentBody:
-			settled[b.Job]++
-		case ledger.ReleaseBody:
-			settled[b.Job]++
-		}
-	}
+	// Each job paid exactly once, by the provider's final claim of the
+	// award's hold, which replaced its posting hold: the requester's chain
+	// releases nothing of them (and pays nothing itself); nothing of the
+	// requester's is left held.
+	provider := tn.Node(1).ID()
+	settled := settlements(t, tn.Node(0), requester)
 	for _, ids := range [][]string{pending, later, after} {
 		for _, id := range ids {
-			if k := settled[mustHash(t, id)]; k != 1 {
-				t.Errorf("job %s settled %d times in the requester's chain", id[:8], k)
+			if s := settled[mustHash(t, id)]; !s.paidOnceTo(provider) || s.Posted != 1 || s.ReleasedPosted+s.ReleasedNamed != 0 {
+				t.Errorf("job %s: settlement %+v; want one final claim by the provider, no release", id[:8], s)
 			}
 		}
 	}

@@ -523,6 +523,9 @@ func TestLedgerJobFlow(t *testing.T) {
 	if err != nil || !ok || e.Hash() != hold.Hash() || h.Provider != env.p.id || h.Amount != 300 || !h.Named || h.Expiry.UnixNano() != expiry || h.Seq != hold.Seq {
 		t.Fatalf("HoldEntryOf = %+v, %v, %v", h, ok, err)
 	}
+	if es, err := l.EscrowFor(env.a.id, job("1")); err != nil || es.Hold != nil || len(es.Claims) != 0 || len(es.Named) != 1 || es.Named[0].Seq != hold.Seq {
+		t.Fatalf("EscrowFor once awarded = %+v, %v", es, err)
+	}
 	must(l.Append(env.p.priv, env.a.leaseFor(t, env.p.id, job("1"), 250)))
 	rc := must(l.Append(env.p.priv, ledger.ReceiptBody{Job: job("1"), Receipt: job("r1"), Result: "bafy", Usage: ledger.Usage{WallMS: 10, GPUMS: 9}}))
 	if b := env.balance(env.a.id); b.Balance != 1000 || b.Held != 300 || b.Available() != 700 {
@@ -545,6 +548,17 @@ func TestLedgerJobFlow(t *testing.T) {
 	}
 	if c, err := l.Claimed(env.a.id, job("1"), env.p.id); err != nil || !c {
 		t.Fatalf("Claimed: %v, %v", c, err)
+	}
+	// The requester's escrow shows the claim, its own chain no payment.
+	if es, err := l.EscrowFor(env.a.id, job("1")); err != nil || len(es.Claims) != 1 || es.Claims[0].Hash() != ce.Hash() ||
+		es.Payment != nil || es.Hold != nil || len(es.Named) != 0 {
+		t.Fatalf("EscrowFor once claimed = %+v, %v", es, err)
+	}
+	if cs, err := l.FinalClaims(env.a.id, job("1")); err != nil || len(cs) != 1 || cs[0].Hash() != ce.Hash() {
+		t.Fatalf("FinalClaims = %v, %v", cs, err)
+	}
+	if cs, err := l.FinalClaims(env.b.id, job("1")); err != nil || len(cs) != 0 {
+		t.Fatalf("FinalClaims of another requester = %v, %v", cs, err)
 	}
 	// A job awarded to two providers at once (replicas), one waives.
 	hb := must(l.Append(env.a.priv, ledger.HoldBody{Job: job("2"), Provider: env.b.id, Amount: 100, Expiry: expiry, Replicas: 2}))

@@ -42,36 +42,97 @@ func (l *Ledger) PaymentFor(account peer.ID, job ledger.Hash) (ledger.Entry, boo
 	return *es.Payment, true, nil
 }
 
-// Escrow is how account's escrow for a job stands: its payment entry if
-// it paid the job, else its open hold, else neither (never held, or
-// released).
+// Escrow is how account's escrow for a job stands, as the requester's
+// ledger shows it: the final claims of providers paid from its holds (of
+// version 3), its payment entry if it paid the job itself (version 2 and
+// before), and its holds of the job still open.
 type Escrow struct {
+	// Claims are the providers' final claims of the job against
+	// account's holds, in provider order: each a provider paid.
+	Claims  []ledger.Entry
 	Payment *ledger.Entry
-	Hold    *ledger.HoldBody
+	// Hold is the open hold naming no provider (a posting hold, or one
+	// written before version 3); Named the open holds of version 3
+	// naming a provider, in provider order.
+	Hold  *ledger.HoldBody
+	Named []OpenHold
 }
 
-// EscrowFor reads account's payment and hold for job in one view of the
-// ledger. Two separate reads could straddle the settlement that writes the
-// payment and closes the hold together, and see neither.
+// EscrowFor reads account's claims, payment and holds for job in one view
+// of the ledger. Separate reads could straddle the settlement that closes
+// a hold and pays from it in one entry, and see neither.
 func (l *Ledger) EscrowFor(account peer.ID, job ledger.Hash) (Escrow, error) {
 	var out Escrow
 	err := l.db.bdb.View(func(txn *badger.Txn) error {
+		var err error
+		if out.Claims, err = finalClaimsIn(txn, account, job); err != nil {
+			return err
+		}
 		paid, err := getValue(txn, paidKey(account, job))
 		if err != nil {
 			return err
 		}
 		if len(paid) == 8 {
-			out.Payment, err = entryIn(txn, account, binary.BigEndian.Uint64(paid))
-			return err
+			if out.Payment, err = entryIn(txn, account, binary.BigEndian.Uint64(paid)); err != nil {
+				return err
+			}
 		}
-		h, err := holdIn(txn, account, job, "")
-		if err == nil && h != nil {
-			out.Hold = &ledger.HoldBody{Job: job, Provider: h.Provider, Amount: h.Amount, Replicas: h.Replicas}
-		}
-		return err
+		return scanHolds(txn, holdKey(account, job, ""), account, func(o OpenHold) {
+			if !o.Named {
+				out.Hold = &ledger.HoldBody{Job: job, Provider: o.Provider, Amount: o.Amount, Replicas: o.Replicas}
+				return
+			}
+			out.Named = append(out.Named, o)
+		})
 	})
 	if err != nil {
 		return Escrow{}, fmt.Errorf("escrow of %s: %w", account, err)
+	}
+	return out, nil
+}
+
+// FinalClaims returns the final claims of requester's job that this ledger
+// applied, in provider order: one for each provider paid for the job.
+func (l *Ledger) FinalClaims(requester peer.ID, job ledger.Hash) ([]ledger.Entry, error) {
+	var out []ledger.Entry
+	err := l.db.bdb.View(func(txn *badger.Txn) error {
+		var err error
+		out, err = finalClaimsIn(txn, requester, job)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claims of job %s: %w", job, err)
+	}
+	return out, nil
+}
+
+// finalClaimsIn reads the final claims of requester's job (see claimKey).
+func finalClaimsIn(txn *badger.Txn, requester peer.ID, job ledger.Hash) ([]ledger.Entry, error) {
+	prefix := claimKey(requester, job, "")
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, PrefetchValues: true})
+	defer it.Close()
+	var out []ledger.Entry
+	for it.Rewind(); it.Valid(); it.Next() {
+		k := it.Item().Key()
+		if len(k) != len(prefix)+ledger.AccountIDLen {
+			continue // another requester's key that extends this one's bytes
+		}
+		provider := peer.ID(k[len(prefix):])
+		v, err := it.Item().ValueCopy(nil)
+		if err != nil {
+			return nil, err
+		}
+		if len(v) != 8 {
+			return nil, fmt.Errorf("claim %x: bad value", k)
+		}
+		e, err := entryIn(txn, provider, binary.BigEndian.Uint64(v))
+		if err != nil {
+			return nil, err
+		}
+		if e == nil {
+			return nil, fmt.Errorf("claim %x: entry missing", k)
+		}
+		out = append(out, *e)
 	}
 	return out, nil
 }

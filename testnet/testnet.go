@@ -19,6 +19,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/mira-market/mira/market"
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/node/gpu"
 	"github.com/mira-market/mira/protocol/ledger"
@@ -273,6 +274,8 @@ func DefaultConfig(dir, network string) node.Config {
 		// that is running fine (and refuses its result).
 		AcceptTimeout:    node.Duration(10 * time.Second),
 		HeartbeatTimeout: node.Duration(10 * time.Second),
+		BillTolerance:    node.BillTolerance(market.DefaultBillTolerance),
+		ClaimWindow:      node.Duration(market.DefaultClaimWindow),
 		// Long jobs of a test are billed as they go; a job of a few
 		// seconds is billed once.
 		SettlementInterval: node.Duration(10 * time.Second),

@@ -140,13 +140,17 @@ type JobInfo struct {
 }
 
 // PaymentInfo is how a job's escrow stands in the requester's ledger:
-// "held" (open hold of Amount), "paid" (payment of Amount to To, in Entry),
-// or "released" (the hold was returned).
+// "held" (open holds of Amount), "paid" (Amount paid to To: the provider's
+// final claim, or before ledger version 3 the requester's payment, in
+// Entry), or "released" (the holds were returned). Held is what is still
+// held for a paid job: the holds of other awards (a provider that went
+// silent, say), which return once they expire.
 type PaymentInfo struct {
 	State  string  `json:"state"`
 	Amount float64 `json:"amount"`
 	To     string  `json:"to,omitempty"`
 	Entry  string  `json:"entry,omitempty"`
+	Held   float64 `json:"held,omitempty"`
 }
 
 // UsageInfo is what a run used, as its provider metered it.

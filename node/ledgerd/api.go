@@ -117,7 +117,10 @@ func (s *Service) Verify(ctx context.Context) (api.VerifyInfo, error) {
 }
 
 // Payment describes how a job's escrow stands in this node's ledger: what
-// it paid, and the escrow's state (nil if it has none).
+// was paid for it, and the escrow's state (nil if it has none). A job is
+// paid by its providers' final claims (the one of the provider whose
+// result the job took is the one shown), or, on a ledger written before
+// version 3, by the requester's payment.
 func (s *Service) Payment(j market.Job) (float64, *api.PaymentInfo) {
 	if s == nil || s.ledger == nil {
 		return 0, nil
@@ -126,13 +129,35 @@ func (s *Service) Payment(j market.Job) (float64, *api.PaymentInfo) {
 	if err != nil {
 		return 0, nil
 	}
-	if e := es.Payment; e != nil {
-		if p, ok := e.Body.(ledger.PaymentBody); ok {
-			return credits(p.Amount), &api.PaymentInfo{State: "paid", Amount: credits(p.Amount), To: p.To.String(), Entry: e.Hash().String()}
+	var held, cost uint64
+	if es.Hold != nil {
+		held += es.Hold.Amount
+	}
+	for _, h := range es.Named {
+		held += h.Amount - h.Claimed
+		cost += h.Claimed // drawn by claims that did not close the hold
+	}
+	var shown *ledger.Entry
+	for i, e := range es.Claims {
+		if c, ok := e.Body.(ledger.ClaimBody); ok {
+			cost += c.Amount
+			if shown == nil || e.Account == j.Provider {
+				shown = &es.Claims[i]
+			}
 		}
 	}
-	if h := es.Hold; h != nil {
-		return 0, &api.PaymentInfo{State: "held", Amount: credits(h.Amount)}
+	if shown != nil {
+		return credits(cost), &api.PaymentInfo{State: "paid", Amount: credits(shown.Body.(ledger.ClaimBody).Amount),
+			To: shown.Account.String(), Entry: shown.Hash().String(), Held: credits(held)}
+	}
+	if e := es.Payment; e != nil {
+		if p, ok := e.Body.(ledger.PaymentBody); ok {
+			return credits(p.Amount), &api.PaymentInfo{State: "paid", Amount: credits(p.Amount), To: p.To.String(),
+				Entry: e.Hash().String(), Held: credits(held)}
+		}
+	}
+	if es.Hold != nil || len(es.Named) > 0 {
+		return credits(cost), &api.PaymentInfo{State: "held", Amount: credits(held)}
 	}
 	if j.State.Terminal() && j.Attempt > 0 {
 		return 0, &api.PaymentInfo{State: "released"}

@@ -234,6 +234,7 @@ func (s *Service) StartHeadSync() {
 	go func() {
 		defer s.wg.Done()
 		if s.confirmHead(s.ctx) {
+			s.wg.Go(func() { s.claimedLoop(s.ctx) })
 			s.sweepLoop(s.ctx)
 		}
 	}()

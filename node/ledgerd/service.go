@@ -97,6 +97,7 @@ type Service struct {
 	entries  *gossip.Batcher // own new entries, gossiped in batches
 	rejected prometheus.Counter
 	rset     *ledgerSet
+	claimed  *claimWatch // final claims against this node, to look at (claimed.go)
 	head     *headGate
 
 	ctx context.Context // the service's life
@@ -157,7 +158,7 @@ func newService(ctx context.Context, cfg Config, d Deps, self peer.ID) *Service 
 	return &Service{
 		cfg: cfg, host: d.Host, self: self, db: d.DB, key: d.Key, clock: d.Clock, log: d.Log,
 		disk: d.Disk, market: d.Market, ctx: ctx,
-		rset: &ledgerSet{set: riblt.NewSet(cfg.ReconcileSymbols)},
+		rset: &ledgerSet{set: riblt.NewSet(cfg.ReconcileSymbols)}, claimed: newClaimWatch(),
 		head: newHeadGate(),
 		rejected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mira_ledger_rejected_total", Help: "Ledger entries and fraud proofs from peers refused by validation.",
@@ -179,7 +180,10 @@ func (s *Service) start() {
 func (s *Service) open() error {
 	var err error
 	s.ledger, err = storage.OpenLedger(s.db, s.cfg.Network, s.cfg.Genesis, s.clock.Now,
-		storage.WithStoreHook(func(e ledger.Entry) { s.rset.add(e.Hash()) }),
+		storage.WithStoreHook(func(e ledger.Entry) {
+			s.rset.add(e.Hash())
+			s.claimed.stored(s.self, e)
+		}),
 		// Peers' entries are not fsynced one by one: every node ingests
 		// every entry, and what a power loss drops, reconciliation brings
 		// back. Own entries always are.

@@ -209,14 +209,25 @@ func (s *Service) CheckHold(ctx context.Context, l *market.Lease) (uint64, time.
 }
 
 // WriteClaim queues this provider's claim of an accepted bill; it goes at
-// once (the result waits for it).
+// once (the result waits for it). A final claim of the same bill already
+// in the ledger (written before a restart that lost the bill's later
+// state) counts as written: the hold it closed takes no second one.
 func (s *Service) WriteClaim(c market.ClaimRequest, done func(error)) {
 	body := ledger.ClaimBody{Job: ledger.Hash(c.Job), Requester: c.Requester, HoldSeq: c.HoldSeq, Amount: c.Amount,
 		Final: c.Final, Receipt: c.Receipt, Acceptance: c.Acceptance}
+	already := false
 	s.enqueue(&ledgerWrite{jobs: []protocol.JobID{c.Job}, sends: true,
-		bodies: func(*batch) []ledger.Body { return []ledger.Body{body} },
+		bodies: func(*batch) []ledger.Body {
+			if e, ok, err := s.ledger.FinalClaim(c.Requester, body.Job, s.self); err == nil && ok {
+				if w, _ := e.Body.(ledger.ClaimBody); w.HoldSeq == c.HoldSeq && w.Receipt == c.Receipt {
+					already = true
+					return nil
+				}
+			}
+			return []ledger.Body{body}
+		},
 		done: func(written []*ledger.Entry, errs []error) {
-			if len(written) == 1 && written[0] != nil {
+			if already || len(written) == 1 && written[0] != nil {
 				done(nil)
 				return
 			}

@@ -51,6 +51,10 @@ type Deps struct {
 type JobStore interface {
 	PutJobs(records map[string][]byte) error
 	Jobs(fn func(id string, record []byte) error) error
+	// PutBills stores a provider's open bills' records by key and drops
+	// those of drop; Bills reads them back on start.
+	PutBills(records map[string][]byte, drop []string) error
+	Bills(fn func(key string, record []byte) error) error
 }
 
 // Ledger is what the market asks of the node's ledger. The writes it

@@ -95,6 +95,10 @@ func (m *Driver) process() {
 		m.persistFailed(err)
 		return
 	}
+	if err := m.persistBills(r.Bills); err != nil {
+		m.persistFailed(err)
+		return
+	}
 	m.retry, m.backoff = time.Time{}, 0
 	for _, j := range r.Changed {
 		m.notify(j)
@@ -191,6 +195,29 @@ func (m *Driver) persist(jobs []*market.Job) error {
 		recs[j.ID.String()] = b
 	}
 	return m.jobs.PutJobs(recs)
+}
+
+// persistBills writes the records of a provider's bills that changed,
+// and drops those of bills settled or given up, in one write.
+func (m *Driver) persistBills(bills []market.BillRecord) error {
+	if len(bills) == 0 {
+		return nil
+	}
+	recs := map[string][]byte{}
+	var drop []string
+	for _, b := range bills {
+		if b.Done {
+			drop = append(drop, b.Key())
+			continue
+		}
+		raw, err := json.Marshal(b)
+		if err != nil {
+			m.log.Error("encode bill", "err", err)
+			continue
+		}
+		recs[b.Key()] = raw
+	}
+	return m.jobs.PutBills(recs, drop)
 }
 
 // Pauses between tries to persist a Ready's jobs: doubling from the

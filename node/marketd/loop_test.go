@@ -42,6 +42,12 @@ func (f *flakyJobs) PutJobs(recs map[string][]byte) error {
 
 func (f *flakyJobs) Jobs(fn func(id string, rec []byte) error) error { return f.inner.Jobs(fn) }
 
+func (f *flakyJobs) PutBills(recs map[string][]byte, drop []string) error {
+	return f.inner.PutBills(recs, drop)
+}
+
+func (f *flakyJobs) Bills(fn func(key string, rec []byte) error) error { return f.inner.Bills(fn) }
+
 // noLedger is a ledger that writes nothing and checks nothing.
 type noLedger struct{}
 

@@ -243,5 +243,7 @@ func TestCloseWaitsForOutbox(t *testing.T) {
 // noJobs is a job store that holds no jobs and takes every write.
 type noJobs struct{}
 
-func (noJobs) PutJobs(map[string][]byte) error              { return nil }
-func (noJobs) Jobs(func(id string, rec []byte) error) error { return nil }
+func (noJobs) PutJobs(map[string][]byte) error                { return nil }
+func (noJobs) Jobs(func(id string, rec []byte) error) error   { return nil }
+func (noJobs) PutBills(map[string][]byte, []string) error     { return nil }
+func (noJobs) Bills(func(key string, rec []byte) error) error { return nil }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/mira-market/mira/market"
@@ -104,6 +106,9 @@ type runningLease struct {
 // clock since set back) is ended with the reason, not offered again:
 // every peer would refuse it. The loop writes and settles it first thing.
 func (m *Driver) restore() error {
+	if err := m.restoreBills(); err != nil {
+		return err
+	}
 	var ended []*market.Job
 	invalid := map[protocol.JobID]error{}
 	defer func() {
@@ -136,4 +141,46 @@ func (m *Driver) restore() error {
 		}
 		return nil
 	})
+}
+
+// restoreBills loads a provider's open bills after a restart: the runs
+// that ended before it are billed, claimed and delivered as if it had not
+// happened. A record that does not decode is dropped with a warning: its
+// run goes unpaid, the rest are not held up by it.
+func (m *Driver) restoreBills() error {
+	var bad []string
+	err := m.jobs.Bills(func(key string, rec []byte) error {
+		var b market.BillRecord
+		err := json.Unmarshal(rec, &b)
+		if err == nil {
+			b.Job, b.Attempt, err = billKeyJob(key)
+		}
+		if err == nil {
+			err = m.eng.RestoreBill(m.clock.Now(), b)
+		}
+		if err != nil {
+			m.log.Warn("stored bill unreadable; dropped", "bill", key, "err", err)
+			bad = append(bad, key)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return m.jobs.PutBills(nil, bad)
+}
+
+// billKeyJob reads the job and attempt out of a bill record's key
+// (market.BillRecord.Key).
+func billKeyJob(key string) (protocol.JobID, uint32, error) {
+	parts := strings.Split(key, "/")
+	if len(parts) != 3 {
+		return protocol.JobID{}, 0, fmt.Errorf("bill key %q", key)
+	}
+	id, err := protocol.ParseJobID(parts[0])
+	if err != nil {
+		return id, 0, err
+	}
+	attempt, err := strconv.ParseUint(parts[1], 10, 32)
+	return id, uint32(attempt), err
 }

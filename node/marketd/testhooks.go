@@ -33,6 +33,14 @@ func (m *Driver) WrapRunner(wrap func(Runner) Runner) error {
 	return m.do(m.ctx, func() { m.runner = wrap(m.runner) })
 }
 
+// OpenBills is how many runs this provider has billed and not settled.
+func (m *Driver) OpenBills() (n int) {
+	if m.do(m.ctx, func() { n = m.eng.Bills() }) != nil {
+		return -1
+	}
+	return n
+}
+
 // WithholdAcceptances makes this requester stop countersigning bills
 // (on) or start again (off): it stays online, its jobs' providers hear
 // from it, but every acceptance it would sign is withheld, as a requester
