@@ -443,8 +443,8 @@ func TestReconcileFallsBackToListing(t *testing.T) {
 	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
 		t.Fatal(err)
 	}
-	// 510 entries only node 0 has: its payments to 5 fresh accounts, and
-	// their jobs.
+	// 510 entries only node 0 has: its holds naming 5 fresh accounts,
+	// their claims of them, and their jobs.
 	raws := selfJobChains(t, tn, 5, 100)
 	if res, err := tn.Node(0).Ledger().IngestMany(raws); err != nil || len(res.Accepted)+res.Duplicates != len(raws) {
 		t.Fatalf("ingest: %d of %d, %v", len(res.Accepted)+res.Duplicates, len(raws), err)
@@ -458,60 +458,81 @@ func TestReconcileFallsBackToListing(t *testing.T) {
 	ledgersAgree(t, tn)
 }
 
-// selfJobChains has node 0 fund accounts fresh accounts (a hold and a
-// payment each, written to node 0's ledger and not gossiped), and signs
-// perAccount entries for each of them: jobs of its own, each held for no
-// provider, leased, run and released by the account itself. It returns
-// node 0's funding entries and then the accounts' chains, which any ledger
-// takes.
+// selfJobChains has node 0 fund accounts fresh accounts, and signs
+// perAccount entries more for each of them: jobs of its own, each posted
+// (a hold naming no provider) and withdrawn (its release). Under version
+// 3 an account cannot lease a job of its own (a lease needs a hold naming
+// its provider, and no hold names its own account), so posting is what
+// one account does alone. It returns node 0's funding holds and then the
+// accounts' chains (each opening with its claim of that hold), which any
+// ledger takes: accounts × (perAccount + 2) entries.
 func selfJobChains(t *testing.T, tn *testnet.Testnet, accounts, perAccount int) [][]byte {
+	t.Helper()
+	var holds, chains [][]byte
+	for a := range accounts {
+		hold, c := fundedAccount(t, tn, ledger.Hash{0xf0, byte(a)}, 1000)
+		holds = append(holds, hold)
+		for i := range perAccount {
+			job := ledger.Hash{byte(a), byte(i / 2)}
+			if i%2 == 0 {
+				c.next(ledger.HoldBody{Job: job, Amount: 1})
+			} else {
+				c.next(ledger.ReleaseBody{Job: job})
+			}
+		}
+		chains = append(chains, c.raws...)
+	}
+	return append(holds, chains...)
+}
+
+// signedChain is a fresh account's chain, signed entry by entry.
+type signedChain struct {
+	t    *testing.T
+	key  crypto.PrivKey
+	id   peer.ID
+	prev ledger.Hash
+	raws [][]byte
+}
+
+// next signs body as the chain's next entry and keeps it.
+func (c *signedChain) next(body ledger.Body) {
+	c.t.Helper()
+	e := ledger.Entry{Account: c.id, Seq: uint64(len(c.raws)) + 1, Prev: c.prev, Time: time.Now(), Body: body}
+	if err := e.Sign("testnet", c.key); err != nil {
+		c.t.Fatal(err)
+	}
+	c.raws, c.prev = append(c.raws, e.Encode()), e.Hash()
+}
+
+// fundedAccount has node 0 fund a fresh account with amount for job fund,
+// as the market would pay a provider: node 0 writes (to its own ledger,
+// not gossiped) a hold naming the account, and the account claims all of
+// it, quoting node 0's acceptance. It returns the hold's entry and the
+// account's chain, its claim the one entry.
+func fundedAccount(t *testing.T, tn *testnet.Testnet, fund ledger.Hash, amount uint64) ([]byte, *signedChain) {
 	t.Helper()
 	funder, err := node.LoadIdentity(tn.Dir(0))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var raws [][]byte
-	for a := range accounts {
-		priv, _, err := crypto.GenerateEd25519Key(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, _ := peer.IDFromPrivateKey(priv)
-		fund := ledger.Hash{0xf0, byte(a)}
-		es, err := tn.Node(0).Ledger().AppendBatch(funder, []ledger.Body{
-			ledger.HoldBody{Job: fund, Provider: id, Amount: 1000},
-			ledger.PaymentBody{Job: fund, To: id, Amount: 1000},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		raws = append(raws, es[0].Encode(), es[1].Encode())
-		var prev ledger.Hash
-		for seq := uint64(1); seq <= uint64(perAccount); seq++ {
-			job := ledger.Hash{byte(a), byte((seq - 1) / 4)}
-			var body ledger.Body
-			switch seq % 4 {
-			case 1:
-				body = ledger.HoldBody{Job: job, Amount: 1}
-			case 2:
-				g := ledger.LeaseGrant{Job: job, Requester: id, Provider: id, Price: 1, Attempt: 1}
-				grant, err := g.Sign("testnet", priv)
-				if err != nil {
-					t.Fatal(err)
-				}
-				body = ledger.LeaseBody{Job: job, Requester: id, Price: 1, Attempt: 1, Grant: grant}
-			case 3:
-				body = ledger.ReceiptBody{Job: job, Receipt: job, Result: "bafy"}
-			default:
-				body = ledger.ReleaseBody{Job: job}
-			}
-			e := ledger.Entry{Account: id, Seq: seq, Prev: prev, Time: time.Now(), Body: body}
-			if err := e.Sign("testnet", priv); err != nil {
-				t.Fatal(err)
-			}
-			raws = append(raws, e.Encode())
-			prev = e.Hash()
-		}
+	priv, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return raws
+	id, _ := peer.IDFromPrivateKey(priv)
+	es, err := tn.Node(0).Ledger().AppendBatch(funder, []ledger.Body{ledger.HoldBody{Job: fund, Provider: id, Amount: amount,
+		Expiry: time.Now().Add(time.Hour).UnixNano(), Replicas: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	acc := ledger.Acceptance{Job: fund, Requester: tn.Node(0).ID(), Provider: id, HoldSeq: es[0].Seq,
+		Amount: amount, Final: true, Receipt: fund}
+	sig, err := acc.Sign("testnet", funder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &signedChain{t: t, key: priv, id: id}
+	c.next(ledger.ClaimBody{Job: fund, Requester: acc.Requester, HoldSeq: acc.HoldSeq, Amount: amount,
+		Final: true, Receipt: fund, Acceptance: sig})
+	return es[0].Encode(), c
 }

@@ -312,14 +312,14 @@ func waitStored(t *testing.T, n *node.Node, raw []byte, what string) {
 // A relay that forwards a batch it could judge only in part is blamed for
 // the part it could not. The rogue makes victim R (member 1) hold entry 1
 // of a fresh account P, taken by reconciliation so that relay C (member
-// 2) lacks it: a lease of a job whose posting hold (naming no provider)
-// backs one lease of every provider, so it costs nothing. Then it gossips
-// to C alone a batch of a fresh valid lease and P's entry 2 with a broken
-// prev hash. C stores the lease and parks entry 2 for want of entry 1;
-// if C forwarded the batch, R would find entry 2 breaking P's chain, a
-// refusal that counts against the sender, C; four such batches graylist
-// C at R, and done to each of R's peers, that eclipses R. A relay must
-// forward only batches it has judged whole.
+// 2) lacks it: a lease of a job the rogue holds a credit for, naming P
+// (as it does for every key it makes), so it costs next to nothing. Then
+// it gossips to C alone a batch of a fresh valid lease and P's entry 2
+// with a broken prev hash. C stores the lease and parks entry 2 for want
+// of entry 1; if C forwarded the batch, R would find entry 2 breaking P's
+// chain, a refusal that counts against the sender, C; four such batches
+// graylist C at R, and done to each of R's peers, that eclipses R. A
+// relay must forward only batches it has judged whole.
 func TestRelayIsNotBlamedForEntriesItCouldNotJudge(t *testing.T) {
 	key, gid := rogueKey(t)
 	tn, err := testnet.Start(context.Background(), testnet.Options{Nodes: 3, Dir: t.TempDir(), WasmCacheDir: testWasmCache,
@@ -338,22 +338,30 @@ func TestRelayIsNotBlamedForEntriesItCouldNotJudge(t *testing.T) {
 	const r, c = 1, 2
 	victim, relay := tn.Node(r), tn.Node(c)
 
-	// The rogue's posting hold, held everywhere.
+	// The rogue's grant, held everywhere.
 	g := newLedgerChain(t, key)
 	job := protoledger.Hash{0x10, 0xb}
-	posted := [][]byte{g.next(protoledger.GrantBody{Amount: testnet.DefaultCredits}), g.next(protoledger.HoldBody{Job: job, Amount: 1})}
-	for i, n := range tn.Nodes() {
-		if res, err := n.Ledger().IngestMany(posted); err != nil || len(res.Accepted) != 2 {
-			t.Fatalf("node %d takes the posting hold: %+v, %v", i, res, err)
+	store := func(raw []byte, what string) {
+		for i, n := range tn.Nodes() {
+			if res, err := n.Ledger().IngestMany([][]byte{raw}); err != nil || len(res.Accepted)+res.Duplicates != 1 {
+				t.Fatalf("node %d takes %s: %+v, %v", i, what, res, err)
+			}
 		}
 	}
-	// The rogue grants its own posting hold to every key it makes.
-	lease := func(c *ledgerChain) protoledger.Body {
+	store(g.next(protoledger.GrantBody{Amount: testnet.DefaultCredits}), "the rogue's grant")
+	// The rogue awards its job to every key it makes: its grant of the
+	// lease, backed by a hold of a credit naming the key, held everywhere.
+	grant := func(c *ledgerChain) protoledger.Body {
 		grant, err := protoledger.LeaseGrant{Job: job, Requester: gid, Provider: c.id, Price: 1, Attempt: 1}.Sign("testnet", key)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return protoledger.LeaseBody{Job: job, Requester: gid, Price: 1, Attempt: 1, Grant: grant}
+	}
+	lease := func(c *ledgerChain) protoledger.Body {
+		store(g.next(protoledger.HoldBody{Job: job, Provider: c.id, Amount: 1,
+			Expiry: time.Now().Add(time.Hour).UnixNano(), Replicas: 1}), "the rogue's hold")
+		return grant(c)
 	}
 	p := newLedgerChain(t, nil)
 	p1 := p.next(lease(p))
@@ -375,7 +383,7 @@ func TestRelayIsNotBlamedForEntriesItCouldNotJudge(t *testing.T) {
 	before := ledgerRejected(t, tn, r)
 	q := newLedgerChain(t, nil)
 	q1 := q.next(lease(q))
-	publishBatch(t, topic, q1, p.forged(2, lease(p)))
+	publishBatch(t, topic, q1, p.forged(2, grant(p)))
 	waitStored(t, relay, q1, "the batch's valid lease at C")
 	// A batch C judges whole, sent after: when R holds it, R has had
 	// whatever C forwarded before it.
@@ -466,13 +474,13 @@ func (s *chainServer) handle(st network.Stream) {
 // A node restored from an older copy must not sign a seq that any peer
 // has shown it an own entry for. The rogue serves the restored node its
 // own later entries (which it signed before the restore), the first of
-// them a hold funded by a payment the rogue withholds, so the node cannot
-// take them, and it cuts off the reconciliation that would bring the
-// payment: the node counts the rogue as failed. Then a peer that holds
-// none of the node's later entries (a lagging peer, or a sybil) answers
+// them a claim of a hold the rogue withholds, so the node cannot take
+// them, and it cuts off the reconciliation that would bring the hold:
+// the node counts the rogue as failed. Then a peer that holds none of
+// the node's later entries (a lagging peer, or a sybil) answers
 // "nothing", which makes the quorum of one: the gate must stay closed,
 // the status saying why, until the node holds the entries shown; once an
-// honest peer has the payment, the node takes them and signs after them.
+// honest peer has the hold, the node takes them and signs after them.
 func TestHeadGateStaysShutBelowAnOwnEntryShown(t *testing.T) {
 	fkey, funder := rogueKey(t)
 	tn, err := testnet.Start(context.Background(), testnet.Options{Nodes: 2, Dir: t.TempDir(), WasmCacheDir: testWasmCache,
@@ -497,22 +505,31 @@ func TestHeadGateStaysShutBelowAnOwnEntryShown(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// What the node signed after its copy was taken: a hold above its
-	// grant, funded by a payment from the funder, and the release of it.
+	// What the node signed after its copy was taken: its claim of a hold
+	// naming it that the funder wrote, which waits for that hold, and a
+	// hold above its grant that the claim funds.
 	key, err := node.LoadIdentity(tn.Dir(restored))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const paid = 2000
+	f := newLedgerChain(t, fkey)
+	funding := [][]byte{
+		f.next(protoledger.GrantBody{Amount: testnet.DefaultCredits}),
+		f.next(protoledger.HoldBody{Job: protoledger.Hash{2}, Provider: self, Amount: paid,
+			Expiry: time.Now().Add(time.Hour).UnixNano(), Replicas: 1}),
+	}
+	accepted := protoledger.Acceptance{Job: protoledger.Hash{2}, Requester: funder, Provider: self, HoldSeq: f.seq,
+		Amount: paid, Final: true, Receipt: protoledger.Hash{2}}
+	sig, err := accepted.Sign("testnet", fkey)
 	if err != nil {
 		t.Fatal(err)
 	}
 	own := &ledgerChain{t: t, key: key, id: self, seq: head.Seq, prev: head.Hash}
 	later := [][]byte{
-		own.next(protoledger.HoldBody{Job: protoledger.Hash{1}, Amount: testnet.DefaultCredits + 1000}),
-		own.next(protoledger.ReleaseBody{Job: protoledger.Hash{1}}),
-	}
-	f := newLedgerChain(t, fkey)
-	funding := [][]byte{
-		f.next(protoledger.GrantBody{Amount: testnet.DefaultCredits}),
-		f.next(protoledger.HoldBody{Job: protoledger.Hash{2}, Provider: self, Amount: 2000}),
-		f.next(protoledger.PaymentBody{Job: protoledger.Hash{2}, To: self, Amount: 2000}),
+		own.next(protoledger.ClaimBody{Job: accepted.Job, Requester: funder, HoldSeq: accepted.HoldSeq, Amount: paid,
+			Final: true, Receipt: accepted.Receipt, Acceptance: sig}),
+		own.next(protoledger.HoldBody{Job: protoledger.Hash{1}, Amount: testnet.DefaultCredits + paid/2}),
 	}
 
 	if err := tn.Restart(ctx, restored); err != nil {
@@ -557,7 +574,7 @@ func TestHeadGateStaysShutBelowAnOwnEntryShown(t *testing.T) {
 		t.Fatalf("own head %+v (%v) while the gate is shut", h, err)
 	}
 
-	// An honest peer gets the payment: the node takes it by
+	// An honest peer gets the hold: the node takes it by
 	// reconciliation, then its own entries, and signs after them.
 	if res, err := tn.Node(0).Ledger().IngestMany(funding); err != nil || len(res.Accepted) != len(funding) {
 		t.Fatalf("node 0 takes the funding: %+v, %v", res, err)
