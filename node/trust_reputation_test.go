@@ -3,6 +3,7 @@ package node_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/protocol/pb"
+	"github.com/mira-market/mira/testnet"
 )
 
 // TestReputationIdenticalAfterRogueRun: on a 10-member testnet, honest
@@ -70,6 +72,19 @@ func TestReputationIdenticalAfterRogueRun(t *testing.T) {
 		waitJobs(t, clientFor(t, tn, i), ids, "succeeded", time.Minute)
 	}
 	amount := paidEverywhere(t, tn, r.id(), paid.id, paid.provider)
+	// The bill leaves as its receipt entry is queued: wait for that entry
+	// to reach every member before the ledgers are compared.
+	receipted := func() error {
+		for i, n := range tn.Nodes() {
+			if _, receipts, err := n.Ledger().Leases(unpaid.provider, ledger.Hash(unpaid.id)); err != nil || receipts == 0 {
+				return fmt.Errorf("node %d holds no receipt of the unpaid job (%v)", i, err)
+			}
+		}
+		return nil
+	}
+	if err := testnet.WaitFor(ctx, 30*time.Second, receipted); err != nil {
+		t.Fatal(err)
+	}
 	ledgersAgree(t, tn)
 
 	body := rawGet(t, clientFor(t, tn, 0), "/v1/reputation")

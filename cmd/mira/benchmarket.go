@@ -23,8 +23,8 @@ import (
 
 // marketBench is what `mira bench market` was asked to run.
 type marketBench struct {
-	nodes, providers, jobs, burst, bursts, slots int
-	executor, cpuProfile                         string
+	nodes, providers, jobs, burst, bursts, slots, replicas int
+	executor, cpuProfile                                   string
 }
 
 const benchMarketLong = `Start an in-process testnet whose last node is the requester, and post
@@ -67,6 +67,7 @@ func newBenchMarketCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&b.burst, "burst", 1000, "batch jobs posted one after another without waiting, for leases/s (0: skip)")
 	cmd.Flags().IntVar(&b.bursts, "bursts", 1, "how many bursts, one after another (a VM's speed drifts: their median is steadier)")
 	cmd.Flags().IntVar(&b.slots, "slots", 1024, "slots per provider")
+	cmd.Flags().IntVar(&b.replicas, "replicas", 1, "verify.replicas of every job: run by this many providers, the majority's result taken (1..5)")
 	cmd.Flags().StringVar(&b.executor, "executor", "noop", "noop, or wasm (the shipped sample module, echo hi)")
 	cmd.Flags().StringVar(&b.cpuProfile, "cpuprofile", "", "write a CPU profile of the timed part to this file")
 	return cmd
@@ -138,6 +139,9 @@ func (b marketBench) jobRequest(tier, executor, deadline string) api.JobRequest 
 	if executor == "wasm" {
 		req.Module, req.Args = "sample", []string{"echo", "hi"}
 	}
+	if b.replicas > 1 {
+		req.Verify = &api.Verify{Replicas: b.replicas}
+	}
 	return req
 }
 
@@ -147,8 +151,10 @@ func (b marketBench) jobRequest(tier, executor, deadline string) api.JobRequest 
 type tierTimes struct {
 	// answered: the POST's response; leased: the record's lease time (the
 	// acceptance reached the requester); ended: the succeeded state read
-	// on GET /v1/jobs/{id}/events.
-	answered, leased, ended []time.Duration
+	// on GET /v1/jobs/{id}/events; paid: GET /v1/jobs/{id} first showing
+	// the payment paid (the provider's final claim, applied in the
+	// requester's ledger).
+	answered, leased, ended, paid []time.Duration
 	// created → assigned (the award) and assigned → leased, where the
 	// events stream showed the assigned state.
 	toAssigned, toLeased []time.Duration
@@ -188,7 +194,11 @@ func (t *tierTimes) timeJob(ctx context.Context, c *api.Client, req api.JobReque
 	if last.State != string(market.Succeeded) {
 		return fmt.Errorf("job %s ended %s: %s", j.ID, last.State, last.Error)
 	}
-	t.answered, t.ended = append(t.answered, answered), append(t.ended, ended)
+	paid, err := waitPaid(ctx, c, j.ID)
+	if err != nil {
+		return err
+	}
+	t.answered, t.ended, t.paid = append(t.answered, answered), append(t.ended, ended), append(t.paid, paid.Sub(start))
 	// The record's times are wall-clock (they came as JSON), as is start's
 	// wall reading: one clock, one process.
 	t.leased = append(t.leased, last.Leased.Sub(start))
@@ -200,7 +210,7 @@ func (t *tierTimes) timeJob(ctx context.Context, c *api.Client, req api.JobReque
 }
 
 func (t *tierTimes) print(out io.Writer, tier, executor string) {
-	for _, d := range [][]time.Duration{t.answered, t.leased, t.ended, t.toAssigned, t.toLeased} {
+	for _, d := range [][]time.Duration{t.answered, t.leased, t.ended, t.paid, t.toAssigned, t.toLeased} {
 		slices.Sort(d)
 	}
 	n := len(t.leased)
@@ -209,12 +219,32 @@ func (t *tierTimes) print(out io.Writer, tier, executor string) {
 	fmt.Fprintf(out, "%-11s   → %-51s p50 %v  p99 %v  max %v\n", tier, "lease seen by requester (its record's lease time)",
 		pct(t.leased, 50), pct(t.leased, 99), t.leased[n-1].Round(10*time.Microsecond))
 	fmt.Fprintf(out, "%-11s   → %-51s p50 %v  p99 %v\n", tier, "succeeded read on GET /v1/jobs/{id}/events", pct(t.ended, 50), pct(t.ended, 99))
+	fmt.Fprintf(out, "%-11s   → %-51s p50 %v  p99 %v\n", tier, "paid on GET /v1/jobs/{id} (polled every 2 ms)", pct(t.paid, 50), pct(t.paid, 99))
 	if len(t.toAssigned) > 0 {
 		// Assigned is the engine's award (the bid's arrival); the award
 		// leaves once the posting hold is on disk, so the second stage
 		// holds that wait and the provider's acceptance.
 		fmt.Fprintf(out, "%-11s stages of %d in the requester's record: created→assigned p50 %v  p99 %v;  assigned→leased p50 %v  p99 %v\n",
 			tier, len(t.toAssigned), pct(t.toAssigned, 50), pct(t.toAssigned, 99), pct(t.toLeased, 50), pct(t.toLeased, 99))
+	}
+}
+
+// waitPaid polls GET /v1/jobs/{id} every 2 ms until it shows the job
+// paid, and returns when it first did.
+func waitPaid(ctx context.Context, c *api.Client, id string) (time.Time, error) {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		j, err := c.Job(ctx, id)
+		if err != nil {
+			return time.Time{}, err
+		}
+		if p := j.Payment; p != nil && p.State == "paid" {
+			return time.Now(), nil
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("job %s not paid after a minute: %+v", id, j.Payment)
+		}
+		time.Sleep(2 * time.Millisecond)
 	}
 }
 
@@ -254,9 +284,12 @@ type burstJob struct {
 // without waiting for any, reads each one's record once it has ended, and
 // then waits until every node's ledger has settled them.
 func benchBurst(ctx context.Context, out io.Writer, tn *testnet.Testnet, c *api.Client, req api.JobRequest, n int) (burstFigures, error) {
-	// Each job adds four entries (hold, lease, receipt, payment) to every
-	// ledger; the count is read before the first job goes out.
-	settledAt := maxLedgerCount(tn) + 4*uint64(n)
+	// Each job adds at least 1 + 4k entries to every ledger, k its
+	// replicas: the posting hold, and for each replica a hold naming its
+	// provider, a lease, a receipt, and a claim (or a release); the count
+	// is read before the first job goes out.
+	before := maxLedgerCount(tn)
+	settledAt := before + uint64(1+4*replicasOf(req))*uint64(n)
 	start, cpu0 := time.Now(), processCPU()
 	jobs := make([]burstJob, n)
 	for i := range jobs {
@@ -291,7 +324,8 @@ func benchBurst(ctx context.Context, out io.Writer, tn *testnet.Testnet, c *api.
 		return burstFigures{}, fmt.Errorf("burst: ledgers did not settle: %w", err)
 	}
 	settled, settledCPU := time.Since(start), processCPU()-cpu0
-	fmt.Fprintf(out, "burst: every ledger settled after %v; %.2f ms of CPU per job to then (the whole process)\n", settled.Round(time.Millisecond), ms(settledCPU/time.Duration(n)))
+	fmt.Fprintf(out, "burst: every ledger settled after %v; %.2f ms of CPU per job to then (the whole process); %.2f ledger entries per job (every node holds each)\n",
+		settled.Round(time.Millisecond), ms(settledCPU/time.Duration(n)), float64(maxLedgerCount(tn)-before)/float64(n))
 	return burstFigures{leaseRate: leases.rate(), cpuPerJob: cpu / time.Duration(n), settledCPUPerJob: settledCPU / time.Duration(n)}, nil
 }
 
@@ -365,6 +399,14 @@ func printPeerLimited(out io.Writer, tn *testnet.Testnet) {
 		}
 	}
 	fmt.Fprintf(out, "burst: refused by per-peer limits, all nodes: %v\n", refused)
+}
+
+// replicasOf is how many providers run each job of req.
+func replicasOf(req api.JobRequest) int {
+	if req.Verify != nil {
+		return req.Verify.Replicas
+	}
+	return 1
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
