@@ -10,8 +10,8 @@ import (
 
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/node/api"
-	"github.com/mira-market/mira/testnet"
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/testnet"
 )
 
 // Review 2: fair exchange. A requester that never signs an acceptance
