@@ -2,6 +2,7 @@ package market
 
 import (
 	"bytes"
+	"math/bits"
 	"strings"
 	"time"
 
@@ -84,6 +85,15 @@ type billing struct {
 	// replicated: a replica's bill, settled by a majority claim
 	// (replicas.go), never by an acceptance.
 	replicated bool
+	// short is a final acceptance below what the provider takes
+	// (leastAcceptable): kept, not claimed at once, and the result not
+	// delivered; it is claimed only shortly before the hold expires, if
+	// nothing better came (claimShort). shortTried: that claim was asked.
+	short      *ClaimRequest
+	shortTried bool
+	// pollEvery is the current pause between a replica's looks for its
+	// verdict (replicas.go): it doubles up to verdictPollMax.
+	pollEvery time.Duration
 }
 
 // bill starts the settlement of a lease's outcome: the bill leaves now
@@ -96,6 +106,7 @@ func (e *Engine) bill(now time.Time, l *Lease, o Outcome, r *pb.Result) {
 			reason = "no hold backs the lease"
 		}
 		e.send(l.Requester, declineMsg(l.Job, e.cfg.Self, reason, o.Waive))
+		e.markBill(billKey{l.Job, l.Attempt, l.Requester}) // drops a running record (billstore.go)
 		return
 	}
 	r.Usage = BillUsage(l.Spec, r.Usage)
@@ -141,7 +152,9 @@ func declineMsg(job protocol.JobID, self peer.ID, reason string, waive []byte) *
 const maxDeclineReason = 256
 
 // onAccepted takes the requester's acceptance of a bill: at most the
-// bill's amount, as final as the bill. The claim is written next.
+// bill's amount, as final as the bill. One the provider takes
+// (leastAcceptable) is claimed next, and the result delivered once it
+// is; a short one is kept instead (shortAccepted).
 func (e *Engine) onAccepted(now time.Time, m *protocol.Signed, a *pb.Accepted) {
 	if !a.Final {
 		e.onInterimAccepted(now, m, a)
@@ -151,27 +164,136 @@ func (e *Engine) onAccepted(now time.Time, m *protocol.Signed, a *pb.Accepted) {
 	if b == nil || b.replicated || b.phase != phaseBilling || a.Amount > b.bill.Amount || a.Final != b.bill.Final {
 		return
 	}
-	b.phase = phaseClaiming
-	b.claim = &ClaimRequest{Job: m.Job, Attempt: a.Attempt, Requester: m.Signer,
+	c := &ClaimRequest{Job: m.Job, Attempt: a.Attempt, Requester: m.Signer,
 		HoldSeq: b.bill.HoldSeq, Amount: a.Amount, Final: a.Final, Receipt: [32]byte(b.bill.Receipt),
 		Acceptance: a.Acceptance}
+	if a.Amount < e.leastAcceptable(b) {
+		e.shortAccepted(b, c)
+		return
+	}
+	b.phase, b.claim = phaseClaiming, c
 	// Persisted before the claim is written: a restart claims it again.
 	e.markBill(b.key)
 	e.ready.Claims = append(e.ready.Claims, *b.claim)
 }
 
+// leastAcceptable is the least final acceptance of bill b the provider
+// claims and delivers the result for: never less than the interim
+// acceptance it holds (a final claim below it would forfeit what was
+// countersigned, the ledger taking no claim below one made), and never
+// less than the bill less the requester's tolerance, in the provider's
+// favour. The requester accepts min(bill, cap) with cap the time it
+// observed, O, plus the tolerance tol(O) (Config.BillTolerance, the same
+// on both sides). Its O is the run's wall time W less what the network
+// shaves off the start (the lease's Accept in transit); the end only adds
+// (the bill leaves after the run). So while O falls short of W by at most
+// tol(W), cap ≥ W − tol(W) + tol(O) ≥ W − tol(W), and an honest
+// acceptance is at least the bill scaled by (W − tol(W))/W: the units per
+// millisecond of wall time (GPUs handed) are the same on both sides. A
+// smaller one means the requester saw less than the run by more than two
+// tolerances: a requester that signs a token amount, or one whose
+// observation ended early (it revoked the lease while the provider ran
+// on). Neither gets the result for it.
+func (e *Engine) leastAcceptable(b *billing) uint64 {
+	least := uint64(0)
+	if b.pay != nil {
+		least = b.pay.accepted
+	}
+	w := b.bill.GetUsage().GetWallMs()
+	if w <= 0 {
+		return least
+	}
+	tol := e.tolerance()
+	keep := time.Duration(w)*time.Millisecond - tol.Fixed - time.Duration(w)*time.Millisecond*time.Duration(tol.Percent)/100
+	if keep <= 0 {
+		return least
+	}
+	hi, lo := bits.Mul64(b.bill.Amount, uint64(keep.Milliseconds()))
+	if hi >= uint64(w) {
+		return b.bill.Amount // cannot happen (keep < w); never more than the bill
+	}
+	q, _ := bits.Div64(hi, lo, uint64(w))
+	return max(least, q)
+}
+
+// shortAccepted keeps a final acceptance below leastAcceptable, checked as
+// a ledger would check its claim, and counted (ShortAcceptances) so the
+// operator sees it. Nothing final is claimed now and the result stays
+// here; an interim acceptance in hand is claimed at once (a claim that
+// leaves the hold open), and the bill is sent again until the hold's
+// expiry: a requester that reconsiders may still accept it. The
+// acceptance signs Final (a ledger checks a claim's Final with its
+// signature), so it can back only a final claim: claimShort writes it
+// shortly before the expiry if it draws more than the interim claim,
+// since the hold's rest returns to the requester after it anyway.
+func (e *Engine) shortAccepted(b *billing, c *ClaimRequest) {
+	if b.short != nil && c.Amount <= b.short.Amount {
+		return // the same answer to a bill sent again
+	}
+	if e.cfg.CheckAcceptance != nil && e.cfg.CheckAcceptance(*c) != nil {
+		return // no ledger would take it: nothing in hand
+	}
+	b.short, b.shortTried = c, false
+	e.shortAcceptances.Add(1)
+	e.markBill(b.key)
+	if p := b.pay; p != nil && p.accepted > p.tried {
+		p.tried = p.accepted
+		e.ready.Claims = append(e.ready.Claims, p.claim(b.key.Job, b.key.Attempt, b.key.Requester))
+	}
+}
+
+// shortClaimBy is when a bill's short acceptance is claimed: half a claim
+// window before the hold expires (b.until while it bills).
+func (e *Engine) shortClaimBy(b *billing) time.Time { return b.until.Add(-e.claimWindow() / 2) }
+
+// claimShort claims a bill's short final acceptance when its time comes
+// (shortClaimBy), if it draws more than the interim acceptance claimed.
+func (e *Engine) claimShort(now time.Time, b *billing) {
+	if b.short == nil || b.shortTried || b.phase != phaseBilling || now.Before(e.shortClaimBy(b)) {
+		return
+	}
+	b.shortTried = true
+	if p := b.pay; p != nil && b.short.Amount <= p.tried {
+		return // it draws nothing more
+	}
+	b.phase, b.claim = phaseClaiming, b.short
+	e.markBill(b.key)
+	e.ready.Claims = append(e.ready.Claims, *b.claim)
+}
+
+// ShortAcceptances counts the final acceptances this provider kept
+// without delivering the result: below its bill less the tolerance, or
+// below an interim acceptance (shortAccepted). Safe to read from any
+// goroutine.
+func (e *Engine) ShortAcceptances() uint64 { return e.shortAcceptances.Load() }
+
 // ClaimWritten takes the caller's answer to a claim request: written, the
 // result leaves now and is re-sent until acknowledged; refused (a bad
 // acceptance, say), the bill is sent again.
 func (e *Engine) ClaimWritten(now time.Time, c ClaimRequest, err error) {
+	k := billKey{c.Job, c.Attempt, c.Requester}
 	if !c.Final {
-		return // an interim acceptance's claim (claimInterim): the bill goes on
+		// An interim acceptance's claim (claimInterim): the bill goes
+		// on. One of a run a restart lost (restoreRun) ends its record.
+		if e.bills[k] == nil && e.runningPay(k) == nil {
+			e.markBill(k)
+		}
+		return
 	}
-	b := e.bills[billKey{c.Job, c.Attempt, c.Requester}]
+	b := e.bills[k]
 	if b == nil || b.phase != phaseClaiming {
 		return
 	}
 	e.markBill(b.key)
+	if b.claim == b.short {
+		// A short acceptance, claimed before the expiry: the result
+		// stays here, tried once.
+		b.phase, b.claim = phaseBilling, nil
+		if err == nil {
+			delete(e.bills, b.key)
+		}
+		return
+	}
 	if err != nil {
 		b.phase, b.claim = phaseBilling, nil
 		b.next = now
@@ -212,6 +334,7 @@ func (e *Engine) tickBills(now time.Time) {
 			continue
 		}
 		e.claimInterim(now, k, b)
+		e.claimShort(now, b)
 		switch {
 		case b.phase == phaseClaiming || now.Before(b.next):
 		case b.phase == phaseBilling:
@@ -241,7 +364,8 @@ func (e *Engine) Bills() int { return len(e.bills) }
 // whatever became of the job since (a run that ended through the job's
 // own fault, a lease the requester revoked or cancelled: the time run is
 // paid), against the requester's own observation: from the lease's
-// acceptance to the bill's first arrival, by this node's clock, plus the
+// acceptance to the bill's first arrival or the lease's end for this
+// node (AwardRecord.Ended), whichever came first, by its clock, plus the
 // tolerance. It accepts the bill's amount up to that, signed by the
 // caller (NeedAcceptances).
 func (e *Engine) onBill(now time.Time, m *protocol.Signed, b *pb.Bill) {
@@ -276,10 +400,7 @@ func (e *Engine) onBill(now time.Time, m *protocol.Signed, b *pb.Bill) {
 		a.BillAt = now
 		e.save(j, now)
 	}
-	observed := time.Duration(0)
-	if !a.Leased.IsZero() {
-		observed = a.BillAt.Sub(a.Leased)
-	}
+	observed := a.observed(a.BillAt)
 	limit, err := MaxCost(a.Price, j.Spec())
 	if err != nil {
 		return
@@ -307,6 +428,9 @@ func (e *Engine) AcceptanceSigned(now time.Time, r AcceptanceRequest, sig []byte
 		return // settled, or an interim acceptance overtaken by a later one
 	}
 	a.HoldSeq, a.Accepted, a.Final, a.Receipt, a.Acceptance = r.HoldSeq, r.Amount, r.Final, r.Receipt[:], sig
+	if !r.Final {
+		a.InterimAt = now
+	}
 	e.save(j, now)
 	e.sendAccepted(j, a)
 }

@@ -43,7 +43,9 @@ func wasmProvider(floor uint64) *ProviderPolicy {
 
 // A patched provider that bills an hour of GPU time for a run the
 // requester saw take 6 ms is accepted at most what the requester observed
-// plus the tolerance; the claim it writes is that amount.
+// plus the tolerance. Its engine takes such an acceptance (far below the
+// bill) as short: the result stays, and only shortly before the hold's
+// expiry is the acceptance claimed, that amount, final.
 func TestBillIsCappedByWhatTheRequesterObserved(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -68,7 +70,20 @@ func TestBillIsCappedByWhatTheRequesterObserved(t *testing.T) {
 			wantState(t, j, Running)
 			s.now = s.now.Add(6 * time.Millisecond)
 			s.finishWith(prov, j.ID, Outcome{Usage: tc.usage})
-			wantState(t, j, Succeeded)
+			if a := j.award(j.Attempt, prov); a.Accepted != tc.want || !a.Final {
+				t.Fatalf("requester accepted %d (final %v), want %d", a.Accepted, a.Final, tc.want)
+			}
+			if short := int64(tc.want) < BillableMS(j.Spec(), tc.usage); short {
+				if len(s.claims[prov]) != 0 || sentResult(s, prov) || s.engines[prov].ShortAcceptances() != 1 {
+					t.Fatalf("short acceptance: claims %+v, result sent %v", s.claims[prov], sentResult(s, prov))
+				}
+				s.advance(DefaultClaimWindow / 2) // the bill's hold expires a claim window after the run
+				if sentResult(s, prov) || s.engines[prov].Bills() != 0 {
+					t.Fatal("the result left, or the bill stayed, after the short acceptance was claimed")
+				}
+			} else {
+				wantState(t, j, Succeeded)
+			}
 			claims := s.claims[prov]
 			if len(claims) != 1 || claims[0].Amount != tc.want || !claims[0].Final {
 				t.Fatalf("claims %+v, want one final claim of %d", claims, tc.want)

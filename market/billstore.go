@@ -1,6 +1,8 @@
 package market
 
 import (
+	"cmp"
+	"errors"
 	"fmt"
 	"time"
 
@@ -28,12 +30,16 @@ type BillRecord struct {
 	Result []byte `json:"result,omitempty"`
 	// Phase is "billing" (the bill is re-sent until accepted), "claiming"
 	// (the acceptance is in hand: the claim is written) or "delivering"
-	// (claimed: the result is re-sent until acknowledged).
+	// (claimed: the result is re-sent until acknowledged); or "running":
+	// a lease still running that holds an interim acceptance (Interim;
+	// no Bill, no Result yet), claimed if a restart loses the run.
 	Phase string `json:"phase,omitempty"`
-	// The requester's acceptance the claim quotes, from claiming on.
+	// The requester's acceptance the claim quotes, from claiming on; while
+	// billing, a short final acceptance kept (Short, shortAccepted).
 	Amount     uint64 `json:"amount,omitempty"`
 	Final      bool   `json:"final,omitempty"`
 	Acceptance []byte `json:"acceptance,omitempty"`
+	Short      bool   `json:"short,omitempty"`
 	// Until is when the provider gives up on the bill (the hold's
 	// expiry; a claim window after the claim).
 	Until time.Time `json:"until"`
@@ -86,6 +92,20 @@ func (r BillRecord) Key() string {
 
 var phaseNames = map[int]string{phaseBilling: "billing", phaseClaiming: "claiming", phaseDelivering: "delivering"}
 
+// phaseRunning names the record of a running lease's interim settlement.
+const phaseRunning = "running"
+
+// runningPay is the interim settlement of k's lease while it runs (or is
+// being stopped), if it holds an acceptance: what a "running" record keeps.
+func (e *Engine) runningPay(k billKey) *payState {
+	for _, ls := range []map[protocol.JobID]*Lease{e.leases, e.stopping} {
+		if l, ok := ls[k.Job]; ok && l.Attempt == k.Attempt && l.Requester == k.Requester && l.pay != nil && l.pay.accepted > 0 {
+			return l.pay
+		}
+	}
+	return nil
+}
+
 // markBill has the bill of k persisted with the next Ready: as it is then,
 // or deleted if it is gone by then.
 func (e *Engine) markBill(k billKey) {
@@ -102,7 +122,11 @@ func (e *Engine) billRecords() []BillRecord {
 		rec := BillRecord{Job: k.Job, Attempt: k.Attempt, Requester: k.Requester}
 		b, ok := e.bills[k]
 		if !ok {
-			rec.Done = true
+			if p := e.runningPay(k); p != nil {
+				rec.Phase, rec.Until, rec.Interim = phaseRunning, p.expiry, interimRecord(p)
+			} else {
+				rec.Done = true
+			}
 			out = append(out, rec)
 			continue
 		}
@@ -117,8 +141,9 @@ func (e *Engine) billRecords() []BillRecord {
 		if rec.Replicated = b.replicated; b.replicated && b.phase == phaseClaiming {
 			rec.Phase = phaseNames[phaseBilling]
 		}
-		if c := b.claim; c != nil {
+		if c := cmp.Or(b.claim, b.short); c != nil {
 			rec.Amount, rec.Final, rec.Acceptance = c.Amount, c.Final, c.Acceptance
+			rec.Short = c == b.short
 		}
 		out = append(out, rec)
 	}
@@ -132,6 +157,9 @@ func (e *Engine) billRecords() []BillRecord {
 // answers ClaimWritten without a second one). A bill past its Until is
 // left for Tick to drop.
 func (e *Engine) RestoreBill(now time.Time, rec BillRecord) error {
+	if rec.Phase == phaseRunning {
+		return e.restoreRun(now, rec)
+	}
 	b := &billing{key: billKey{rec.Job, rec.Attempt, rec.Requester}, bill: &pb.Bill{}, result: &pb.Result{},
 		next: now, until: rec.Until, replicated: rec.Replicated}
 	if err := proto.Unmarshal(rec.Bill, b.bill); err != nil {
@@ -153,6 +181,10 @@ func (e *Engine) RestoreBill(now time.Time, rec BillRecord) error {
 		// Its receipt entry may not have reached the disk before the
 		// restart; the caller writes one only where none is.
 		e.ready.Receipts = append(e.ready.Receipts, b.bill)
+		if rec.Short {
+			b.short = &ClaimRequest{Job: rec.Job, Attempt: rec.Attempt, Requester: rec.Requester, HoldSeq: b.bill.HoldSeq,
+				Amount: rec.Amount, Final: rec.Final, Receipt: [32]byte(b.bill.Receipt), Acceptance: rec.Acceptance}
+		}
 		if b.replicated {
 			e.pollVerdict(b.key, now)
 		}
@@ -160,6 +192,9 @@ func (e *Engine) RestoreBill(now time.Time, rec BillRecord) error {
 		b.phase = phaseClaiming
 		b.claim = &ClaimRequest{Job: rec.Job, Attempt: rec.Attempt, Requester: rec.Requester, HoldSeq: b.bill.HoldSeq,
 			Amount: rec.Amount, Final: rec.Final, Receipt: [32]byte(b.bill.Receipt), Acceptance: rec.Acceptance}
+		if rec.Short {
+			b.short = b.claim
+		}
 		e.ready.Claims = append(e.ready.Claims, *b.claim)
 	case "delivering":
 		b.phase = phaseDelivering
@@ -167,5 +202,24 @@ func (e *Engine) RestoreBill(now time.Time, rec BillRecord) error {
 		return fmt.Errorf("bill of job %s: phase %q", rec.Job, rec.Phase)
 	}
 	e.bills[b.key] = b
+	return nil
+}
+
+// restoreRun takes the record of a lease that was running when the
+// provider stopped: the restart lost the run, so its latest interim
+// acceptance is claimed now (a claim that leaves the hold open; the
+// requester's release after the expiry returns the rest). The record goes
+// once the claim is answered (ClaimWritten), or now if the hold expired.
+func (e *Engine) restoreRun(now time.Time, rec BillRecord) error {
+	p, err := rec.Interim.payState()
+	if err != nil || p == nil {
+		return fmt.Errorf("running lease of job %s: %w", rec.Job, cmp.Or(err, errors.New("no interim record")))
+	}
+	k := billKey{rec.Job, rec.Attempt, rec.Requester}
+	if p.accepted == 0 || !rec.Until.IsZero() && now.After(rec.Until) {
+		e.markBill(k) // nothing a ledger would take now: dropped
+		return nil
+	}
+	e.ready.Claims = append(e.ready.Claims, p.claim(rec.Job, rec.Attempt, rec.Requester))
 	return nil
 }

@@ -2,6 +2,7 @@ package market
 
 import (
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -123,9 +124,12 @@ type Engine struct {
 	retryAt      time.Time
 	// polls are when this provider next looks for a verdict on each of
 	// its replicas' bills (a majority claim).
-	polls   map[billKey]time.Time
-	saving  map[*Job]bool // the jobs in ready.Save
-	changed map[*Job]bool // the jobs in ready.Changed
+	polls map[billKey]time.Time
+	// shortAcceptances counts final acceptances kept without delivering
+	// the result (shortAccepted); read by the operator's metrics.
+	shortAcceptances atomic.Uint64
+	saving           map[*Job]bool // the jobs in ready.Save
+	changed          map[*Job]bool // the jobs in ready.Changed
 }
 
 // NewEngine returns an engine with no jobs.

@@ -217,9 +217,9 @@ func (e *Engine) onInterimAccepted(now time.Time, m *protocol.Signed, a *pb.Acce
 		return // a forged or garbled acceptance answers nothing
 	}
 	p.accepted, p.acceptance = a.Amount, a.Acceptance
-	if !running {
-		e.markBill(billKey{m.Job, a.Attempt, m.Signer}) // a bill's: persisted with it
-	}
+	// Persisted now, with a bill's record or a running lease's
+	// (billRecords): a restart that loses the run still claims it.
+	e.markBill(billKey{m.Job, a.Attempt, m.Signer})
 	if p.bill == nil || p.accepted < p.bill.Amount {
 		return
 	}
@@ -316,8 +316,14 @@ func (e *Engine) onInterimBill(now time.Time, j *Job, a *AwardRecord, b *pb.Bill
 	if err != nil {
 		return
 	}
-	cap := BillCap(a.Price, j.Spec(), now.Sub(a.Leased), e.tolerance(), limit)
+	cap := BillCap(a.Price, j.Spec(), a.observed(now), e.tolerance(), limit)
 	amount := AcceptedAmount(a.Price, j.Spec(), b.Usage, b.Amount, cap)
+	if amount > a.Accepted && !a.InterimAt.IsZero() && now.Before(a.InterimAt.Add(e.settlementInterval()/2)) {
+		// An honest provider bills every ¾ I; one that raises its bill
+		// by a micro-credit at every message would cost a signature and
+		// a job write each. It waits for the next half interval.
+		amount = a.Accepted
+	}
 	if amount <= a.Accepted {
 		if a.Acceptance != nil && amount > 0 {
 			e.sendAccepted(j, a)

@@ -173,10 +173,17 @@ type AwardRecord struct {
 	HoldSeq  uint64    `json:"hold_seq,omitempty"`
 	Expiry   time.Time `json:"expiry"`
 	Leased   time.Time `json:"leased,omitzero"`
-	BillAt   time.Time `json:"bill_at,omitzero"`
-	Billed   uint64    `json:"billed,omitempty"`
-	Accepted uint64    `json:"accepted,omitempty"`
-	Final    bool      `json:"final,omitempty"`
+	// Ended is when the lease ended for the requester (cancelled,
+	// revoked, the job offered again or finished): its observation of
+	// the run stops there, whenever the bill comes.
+	Ended  time.Time `json:"ended,omitzero"`
+	BillAt time.Time `json:"bill_at,omitzero"`
+	// InterimAt is when the requester last signed an interim acceptance
+	// of the award: the next waits half a settlement interval.
+	InterimAt time.Time `json:"interim_at,omitzero"`
+	Billed    uint64    `json:"billed,omitempty"`
+	Accepted  uint64    `json:"accepted,omitempty"`
+	Final     bool      `json:"final,omitempty"`
 	// Receipt and Acceptance are the last bill's receipt hash and the
 	// requester's signature of what it accepted, re-sent as they are if
 	// the bill comes again (the Accepted was lost).
@@ -207,6 +214,28 @@ func (j *Job) award(attempt uint32, p peer.ID) *AwardRecord {
 		}
 	}
 	return nil
+}
+
+// observed is how long the requester saw the award's lease run up to at:
+// from its acceptance to at, or to its end if that came first.
+func (a *AwardRecord) observed(at time.Time) time.Duration {
+	if a.Leased.IsZero() {
+		return 0
+	}
+	if !a.Ended.IsZero() && a.Ended.Before(at) {
+		at = a.Ended
+	}
+	return max(at.Sub(a.Leased), 0)
+}
+
+// endAwards records that every award of j still open ended at now: the
+// job was offered again (a revoke, a timeout, a decline) or finished.
+func endAwards(j *Job, now time.Time) {
+	for i := range j.Awards {
+		if a := &j.Awards[i]; a.Ended.IsZero() {
+			a.Ended = now
+		}
+	}
 }
 
 // AwardDecline is how often a provider gave an award of a job back, and

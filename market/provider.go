@@ -109,6 +109,7 @@ func (e *Engine) preemptible() *Lease {
 // than bill the time run.
 func (e *Engine) preempt(l *Lease) {
 	delete(e.leases, l.Job)
+	e.markBill(billKey{l.Job, l.Attempt, l.Requester}) // its waive closes the hold: no running record
 	e.ready.Stop = append(e.ready.Stop, l.Job)
 	e.ready.Waives = append(e.ready.Waives, WaiveRequest{Job: l.Job, Requester: l.Requester, Attempt: l.Attempt,
 		Hold: l.Hold, Chain: l.Chain, Reason: ReasonPreempted})

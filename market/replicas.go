@@ -390,19 +390,37 @@ func (e *Engine) cancelReplicas(j *Job, reason string) {
 // The provider's side: a replica's bill is settled by a majority claim,
 // tried at each re-send of the bill until the ledger decides.
 
-// verdictPoll is how often a provider looks for a verdict on its
-// replica's bill: a tenth of the heartbeat interval, at least 50 ms (a
-// look reads the ledger; it writes only a claim the votes support).
+// verdictPoll is how soon a provider first looks for a verdict on its
+// replica's bill: a tenth of the heartbeat interval, at least 50 ms. Each
+// look is a job of the ledger writer, so the pause doubles after every
+// look that finds no majority yet, up to verdictPollMax.
 func (e *Engine) verdictPoll() time.Duration {
 	return max(e.cfg.HeartbeatInterval/10, 50*time.Millisecond)
 }
 
-// pollVerdict schedules the next look for a verdict on bill k.
+// verdictPollMax bounds the pause between looks: a heartbeat interval, or
+// a 64th of the claim window if longer. The claim must be written within
+// the window, and a majority found a pause late loses at most that much
+// of it; a bill whose other voters never vote (a requester's silent
+// Sybils) costs at most about 64 looks a claim window, not one per tick.
+func (e *Engine) verdictPollMax() time.Duration {
+	return max(e.cfg.HeartbeatInterval, e.claimWindow()/64, e.verdictPoll())
+}
+
+// pollVerdict schedules the next look for a verdict on bill k: the first
+// after verdictPoll, each later one twice as far as the last.
 func (e *Engine) pollVerdict(k billKey, now time.Time) {
 	if e.polls == nil {
 		e.polls = map[billKey]time.Time{}
 	}
-	e.polls[k] = now.Add(e.verdictPoll())
+	d := e.verdictPoll()
+	if b := e.bills[k]; b != nil {
+		if b.pollEvery > 0 {
+			d = min(2*b.pollEvery, e.verdictPollMax())
+		}
+		b.pollEvery = d
+	}
+	e.polls[k] = now.Add(d)
 }
 
 // tickVerdicts asks for the majority claims of the replicas' bills due.

@@ -82,6 +82,7 @@ func later(a, b time.Time) time.Time {
 // gossip for both tiers.
 func (e *Engine) offer(j *Job, now time.Time) {
 	j.State = Bidding
+	endAwards(j, now) // a lease of an earlier award is over for this node
 	j.Provider, j.Price, j.Leased = "", 0, time.Time{}
 	j.AcceptBy, j.HeartbeatBy, j.ReofferAt = time.Time{}, time.Time{}, time.Time{}
 	j.awaitingHold = false
@@ -152,6 +153,7 @@ func (e *Engine) finish(j *Job, now time.Time, s State, reason string) {
 		e.send(j.Provider, &pb.MarketMessage{Body: &pb.MarketMessage_Cancel{Cancel: &pb.Cancel{JobId: j.ID[:], Reason: reason}}})
 	}
 	j.State = s
+	endAwards(j, now)
 	delete(e.active, j.ID)
 	if reason != "" && j.Error == "" && s != Succeeded {
 		j.Error = reason

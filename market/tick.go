@@ -148,6 +148,9 @@ func (e *Engine) NextDeadline() time.Time {
 		if b.phase != phaseClaiming {
 			consider(b.next)
 		}
+		if b.short != nil && !b.shortTried {
+			consider(e.shortClaimBy(b))
+		}
 		consider(b.until.Add(time.Nanosecond))
 	}
 	if e.offers.len() > 0 {

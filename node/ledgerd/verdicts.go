@@ -20,7 +20,8 @@ import (
 // WriteMajorityClaim queues this provider's majority claim of its hold
 // for c's job; done gets market.ErrNoMajorityYet while the votes here do
 // not make a majority with its own, market.ErrMinority once a majority of
-// another outcome is here, or the ledger's refusal.
+// another outcome is here or the votes still to come cannot make one with
+// its own (all k in, split), or the ledger's refusal.
 func (s *Service) WriteMajorityClaim(c market.MajorityClaimRequest, done func(error)) {
 	var why error
 	s.enqueue(&ledgerWrite{jobs: []protocol.JobID{c.Job}, sends: true,
@@ -68,6 +69,10 @@ func (s *Service) majorityClaim(c market.MajorityClaimRequest) (ledger.Body, err
 	switch {
 	case t.decided != nil && *t.decided != own.Outcome:
 		return nil, fmt.Errorf("%w: a majority of %d voters returned another result", market.ErrMinority, t.voters.Replicas)
+	case len(agree)+int(t.voters.Replicas)-t.votes < t.need:
+		// The votes still to come cannot make this one a majority (all
+		// k are in, split): the provider stops looking.
+		return nil, fmt.Errorf("%w: %d of %d votes agree with this provider's, %d still to come, %d needed", market.ErrMinority, len(agree), t.voters.Replicas, int(t.voters.Replicas)-t.votes, t.need)
 	case len(agree) < t.need:
 		return nil, fmt.Errorf("%w: %d of %d votes agree, %d needed", market.ErrNoMajorityYet, len(agree), t.voters.Replicas, t.need)
 	}
@@ -100,6 +105,7 @@ type tally struct {
 	need    int
 	by      map[ledger.Hash][]voted
 	decided *ledger.Hash // the outcome with a majority, if one has
+	votes   int          // the voters' votes here, whatever their outcome
 }
 
 func (s *Service) tally(requester peer.ID, job ledger.Hash) (tally, error) {
@@ -119,6 +125,7 @@ func (s *Service) tally(requester peer.ID, job ledger.Hash) (tally, error) {
 		if v.Seq == 0 || v.Requester != requester {
 			continue
 		}
+		t.votes++
 		t.by[v.Outcome] = append(t.by[v.Outcome], voted{p, v})
 		if len(t.by[v.Outcome]) >= t.need {
 			o := v.Outcome
