@@ -307,3 +307,31 @@ func TestShortLeaseHasNoInterimBills(t *testing.T) {
 		}
 	}
 }
+
+// A rogue provider that raises its interim bill by 1 µcr at every
+// message would cost its requester a signature and a job write each: the
+// requester signs at most one new interim acceptance per half interval of
+// each award, and answers the rest with the acceptance it holds.
+func TestInterimAcceptancesAreRateLimited(t *testing.T) {
+	r := startPayRun(t, false)
+	r.runFor(4 * time.Second) // one honest bill at 3 s, accepted
+	first := r.j.award(r.j.Attempt, r.prov).Accepted
+	l := r.s.engines[r.prov].leases[r.j.ID]
+	re := r.s.engines[r.req]
+	asked := 0
+	for i := range uint64(50) {
+		r.s.now = r.s.now.Add(10 * time.Millisecond)
+		bill := &pb.Bill{JobId: r.j.ID[:], Attempt: r.j.Attempt, HoldSeq: 1, Receipt: l.pay.receipt[:],
+			Usage: &pb.Usage{WallMs: int64(first + 1 + i)}, Amount: first + 1 + i}
+		re.Step(r.s.now, r.s.sign(r.prov, &pb.MarketMessage{Body: &pb.MarketMessage_Bill{Bill: bill}}))
+		rd := take(re)
+		asked += len(rd.NeedAcceptances)
+		r.s.settleBills(r.req, rd) // signed as the node signs them
+	}
+	if got := r.j.award(r.j.Attempt, r.prov).Accepted; got > first+1 {
+		t.Errorf("requester raised its acceptance from %d to %d within half an interval", first, got)
+	}
+	if asked > 1 {
+		t.Errorf("50 bills raised by 1 µcr each within half an interval cost the requester %d signatures", asked)
+	}
+}

@@ -130,6 +130,13 @@ func New(cfg Config, d Deps) (*Driver, error) {
 		cfg.Engine.RunUsage = d.Runner.Usage
 	}
 	m.eng = market.NewEngine(cfg.Engine)
+	if d.Metrics != nil {
+		eng := m.eng
+		d.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "mira_market_short_acceptances_total",
+			Help: "Final acceptances below this provider's bill less the tolerance (or its interim acceptance): kept without delivering the result.",
+		}, func() float64 { return float64(eng.ShortAcceptances()) }))
+	}
 	if err := m.restore(); err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-msgio"
 
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/protocol/pb"
 )
 
@@ -223,8 +224,13 @@ func (m *Driver) step(s *protocol.Signed) {
 	if d := s.Msg.GetDecline(); d != nil && len(d.Waive) > 0 {
 		// The waive closes the declined award's hold: in this ledger
 		// before the job's next award is held, so the credits it frees
-		// can back it. Read here, off the loop.
-		if err := m.ledger.IngestWaive(d.Waive); err != nil {
+		// can back it. Read here, off the loop; only a waive of this job
+		// by the decline's signer, so a decline cannot carry any other
+		// entry into the ledger's ingest.
+		if err := declineWaive(s, d.Waive); err != nil {
+			m.rejected.WithLabelValues("bad waive").Inc()
+			m.log.Debug("decline's waive ignored", "from", s.Signer, "err", err)
+		} else if err := m.ledger.IngestWaive(d.Waive); err != nil {
 			m.log.Debug("decline's waive not taken", "from", s.Signer, "err", err)
 		}
 	}
@@ -306,4 +312,23 @@ func (m *Driver) handleStream(st network.Stream) {
 		}
 		m.receive(from, data)
 	}
+}
+
+// declineWaive checks the waive a decline s carries: an entry that decodes
+// as a waive, in the chain of the decline's signer, of the decline's job.
+func declineWaive(s *protocol.Signed, raw []byte) error {
+	e, err := ledger.DecodeEntry(raw)
+	if err != nil {
+		return err
+	}
+	w, ok := e.Body.(ledger.WaiveBody)
+	switch {
+	case !ok:
+		return fmt.Errorf("a %v entry, not a waive", e.Kind())
+	case e.Account != s.Signer:
+		return fmt.Errorf("a waive by %s, not by the decline's signer", e.Account)
+	case w.Job != ledger.Hash(s.Job):
+		return fmt.Errorf("a waive of job %x, not of job %s", w.Job, s.Job)
+	}
+	return nil
 }
