@@ -239,7 +239,9 @@ type MarketConfig struct {
 	NewcomerShare float64 `toml:"newcomer_share"`
 	// BillTolerance is what this requester accepts in a provider's bill
 	// beyond the run time it observed itself: "1s+5%" (clocks, the
-	// network, a run's start and end around the messages).
+	// network, a run's start and end around the messages). As a
+	// provider, it takes a final acceptance (and delivers the result)
+	// only if it is at least its bill less this tolerance.
 	BillTolerance BillTolerance `toml:"bill_tolerance"`
 	// ClaimWindow is how long after a run can have ended a provider may
 	// still claim its bill: part of each award's hold expiry. As a

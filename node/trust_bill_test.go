@@ -40,6 +40,11 @@ func TestPatchedProviderBillingAnHourIsPaidWhatTheRequesterObserved(t *testing.T
 	tn := startTestnet(t, 3, func(i int, cfg *node.Config) {
 		testnet.WithProviders(1)(i, cfg)
 		cfg.Provider.Executors = []string{"noop", "process", "wasm"}
+		if i == 1 {
+			// The patched provider takes whatever it is accepted (an
+			// honest one keeps the result for an acceptance this short).
+			cfg.Market.BillTolerance = node.BillTolerance{Fixed: time.Hour, Percent: 100}
+		}
 	})
 	ctx := context.Background()
 	if err := testnet.WaitFor(ctx, deadline, tn.Formed); err != nil {
