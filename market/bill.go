@@ -302,7 +302,7 @@ func (e *Engine) ClaimWritten(now time.Time, c ClaimRequest, err error) {
 	b.phase = phaseDelivering
 	b.until = now.Add(e.claimWindow())
 	b.next = now.Add(e.cfg.HeartbeatInterval)
-	e.send(c.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Result{Result: b.result}})
+	e.deliver(b.key, b.result)
 }
 
 // Waived takes the caller's answer to a waive request: the decline leaves
@@ -342,7 +342,7 @@ func (e *Engine) tickBills(now time.Time) {
 			e.send(k.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Bill{Bill: b.bill}})
 		case b.phase == phaseDelivering:
 			b.next = now.Add(e.cfg.HeartbeatInterval)
-			e.send(k.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Result{Result: b.result}})
+			e.deliver(k, b.result)
 		}
 	}
 }

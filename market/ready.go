@@ -65,13 +65,17 @@ type Ready struct {
 	// (answer: MajorityReleased).
 	MajorityClaims   []MajorityClaimRequest
 	MajorityReleases []MajorityReleaseRequest
+	// Deliveries are results this provider sends, their claims written:
+	// the caller lets each requester fetch its result's blobs, before
+	// Send leaves (see Delivery).
+	Deliveries []Delivery
 }
 
 // Empty reports whether there is nothing to do.
 func (r Ready) Empty() bool {
 	return len(r.Save)+len(r.Changed)+len(r.Send)+len(r.Publish)+len(r.Run)+len(r.Stop)+len(r.NeedHolds)+
 		len(r.NeedAcceptances)+len(r.Receipts)+len(r.Claims)+len(r.Waives)+len(r.Bills)+len(r.Pauses)+
-		len(r.MajorityClaims)+len(r.MajorityReleases) == 0
+		len(r.MajorityClaims)+len(r.MajorityReleases)+len(r.Deliveries) == 0
 }
 
 // Ready returns the work pending since the last Advance: what the engine
@@ -131,6 +135,8 @@ func (r Ready) merge(next Ready) Ready {
 		// hold closed.
 		MajorityClaims:   slices.Concat(r.MajorityClaims, next.MajorityClaims),
 		MajorityReleases: slices.Concat(r.MajorityReleases, next.MajorityReleases),
+		// A grant asked twice is written twice, to the same effect.
+		Deliveries: slices.Concat(r.Deliveries, next.Deliveries),
 	}
 	for _, j := range slices.Concat(r.Save, next.Save) {
 		if !saved[j] {

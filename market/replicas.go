@@ -455,7 +455,7 @@ func (e *Engine) MajorityClaimWritten(now time.Time, c MajorityClaimRequest, err
 		b.phase = phaseDelivering
 		b.until = now.Add(e.claimWindow())
 		b.next = now.Add(e.cfg.HeartbeatInterval)
-		e.send(c.Requester, &pb.MarketMessage{Body: &pb.MarketMessage_Result{Result: b.result}})
+		e.deliver(b.key, b.result)
 	case errors.Is(err, ErrNoMajorityYet):
 		b.phase = phaseBilling
 		e.pollVerdict(b.key, now)

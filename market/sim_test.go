@@ -218,6 +218,7 @@ func (s *sim) settle(rounds int) bool {
 			for _, j := range r.Changed {
 				s.changes[from] = append(s.changes[from], fmt.Sprintf("%s %d", j.State, len(j.Bids)))
 			}
+			s.checkDeliveries(from, r)
 			s.runs[from] = append(s.runs[from], leaseIDs(r.Run)...)
 			s.stops[from] = append(s.stops[from], r.Stop...)
 			for _, o := range r.Send {

@@ -26,7 +26,7 @@ func (n *Node) startMarket(context.Context) error {
 		Results: n.results, Limits: marketLimits{n.limits}, Capacity: n.capacity, Clock: n.clock, Log: n.log, Metrics: n.metrics,
 	}
 	if n.runner != nil {
-		d.Runner = n.runner
+		d.Runner, d.Readers = n.runner, n.blobs
 	}
 	m, err := marketd.New(marketd.Config{Network: n.cfg.Network, Engine: n.marketEngineConfig(), Slots: n.cfg.Provider.Slots}, d)
 	if err != nil {

@@ -515,6 +515,11 @@ func TestHeldResultGoesOnceItsRequesterFetchedIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Kept for the requester, not delivered by it: it may not stage the
+	// bytes as its own (HeldBy) before it paid for them.
+	if g.HeldBy(id, requester.host.ID()) {
+		t.Fatal("a result held for its requester counts as delivered by it")
+	}
 	fetch := func(c *Service) {
 		t.Helper()
 		if _, err := c.Fetch(context.Background(), id, Own, server.host.ID()); err != nil {

@@ -241,6 +241,7 @@ func (s *Store) Put(r io.Reader, kind Kind) (cid.Cid, int64, error) {
 
 // PutFor is Put of a blob for holder: a Held result for the requester
 // of its job, whose retention ends once holder has fetched it (Served).
+// It does not make holder one that delivered the bytes (HeldBy).
 func (s *Store) PutFor(r io.Reader, kind Kind, holder peer.ID) (cid.Cid, int64, error) {
 	tmp, err := os.CreateTemp(s.dir, "put-*.part")
 	if err != nil {
@@ -334,11 +335,17 @@ func (e *entry) apply(kind Kind, holder peer.ID, now time.Time, heldFor time.Dur
 			e.heldUntil, changed = until, true
 		}
 	}
-	if holder != "" && e.addHolder(holder) {
-		changed = true
-	}
-	if holder != "" && kind&Held != 0 && e.addWaiting(holder) {
-		changed = true
+	// A Held blob's holder is the requester it is kept for (PutFor), not
+	// one that delivered its bytes: the provider made them, and they are
+	// the requester's only once it paid for them (the market then opens
+	// them to it). Recorded as a holder (HeldBy), it could stage them as
+	// its next job's input unpaid.
+	switch {
+	case holder == "":
+	case kind&Held != 0:
+		changed = e.addWaiting(holder) || changed
+	default:
+		changed = e.addHolder(holder) || changed
 	}
 	return changed
 }

@@ -138,16 +138,17 @@ func (s *Service) Payment(j market.Job) (float64, *api.PaymentInfo) {
 		cost += h.Claimed // drawn by claims that did not close the hold
 	}
 	var shown *ledger.Entry
+	var shownAmount uint64
 	for i, e := range es.Claims {
-		if c, ok := e.Body.(ledger.ClaimBody); ok {
-			cost += c.Amount
+		if amount, ok := finalClaimAmount(e); ok {
+			cost += amount
 			if shown == nil || e.Account == j.Provider {
-				shown = &es.Claims[i]
+				shown, shownAmount = &es.Claims[i], amount
 			}
 		}
 	}
 	if shown != nil {
-		return credits(cost), &api.PaymentInfo{State: "paid", Amount: credits(shown.Body.(ledger.ClaimBody).Amount),
+		return credits(cost), &api.PaymentInfo{State: "paid", Amount: credits(shownAmount),
 			To: shown.Account.String(), Entry: shown.Hash().String(), Held: credits(held)}
 	}
 	if e := es.Payment; e != nil {
@@ -163,4 +164,16 @@ func (s *Service) Payment(j market.Job) (float64, *api.PaymentInfo) {
 		return 0, &api.PaymentInfo{State: "released"}
 	}
 	return 0, nil
+}
+
+// finalClaimAmount is what a final claim (by acceptance, or by a
+// replicas' majority) drew in all.
+func finalClaimAmount(e ledger.Entry) (uint64, bool) {
+	switch c := e.Body.(type) {
+	case ledger.ClaimBody:
+		return c.Amount, true
+	case ledger.MajorityClaimBody:
+		return c.Amount, true
+	}
+	return 0, false
 }

@@ -39,6 +39,7 @@ type Deps struct {
 	Ledger   Ledger
 	Runner   Runner // nil on a node that is no provider
 	Results  Results
+	Readers  ResultReaders // nil on a node that is no provider
 	Limits   Limits
 	Capacity Capacity
 	Clock    clock.Clock // nil: the system clock
@@ -132,6 +133,14 @@ type Runner interface {
 // Results stores or fetches a finished job's result, off the loop.
 type Results interface {
 	Collect(j *market.Job)
+}
+
+// ResultReaders records who may fetch the results a provider stored
+// (the blob store's readers): the driver opens a result's blobs to its
+// requester once the engine delivers it (market.Delivery), after the
+// claim that pays for it is written.
+type ResultReaders interface {
+	AllowReader(id string, reader peer.ID) error
 }
 
 // Limits are the per-peer rates of market messages: the driver drops

@@ -37,6 +37,7 @@ type Driver struct {
 	ledger   Ledger
 	runner   Runner
 	results  Results
+	readers  ResultReaders
 	limits   Limits
 	capacity Capacity
 	log      *slog.Logger
@@ -98,7 +99,7 @@ func New(cfg Config, d Deps) (*Driver, error) {
 	}
 	m := &Driver{
 		network: cfg.Network, slots: cfg.Slots, provider: cfg.Engine.Provider != nil, self: cfg.Engine.Self,
-		key: d.Key, host: d.Host, pubsub: d.PubSub, ledger: d.Ledger, runner: d.Runner, results: d.Results,
+		key: d.Key, host: d.Host, pubsub: d.PubSub, ledger: d.Ledger, runner: d.Runner, results: d.Results, readers: d.Readers,
 		limits: d.Limits, capacity: d.Capacity, log: d.Log, clock: d.Clock, jobs: d.Jobs,
 		in:      make(chan func(), inputQueue),
 		running: map[protocol.JobID]runningLease{}, watchers: map[protocol.JobID][]*watcher{},

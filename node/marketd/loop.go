@@ -108,6 +108,7 @@ func (m *Driver) process() {
 		m.results.Collect(j)
 	}
 	m.queueLedgerWrites(r)
+	m.deliver(r.Deliveries)
 	signed := m.signer()
 	m.send(r.Send, signed)
 	for _, o := range r.Publish {
@@ -177,6 +178,26 @@ func (m *Driver) settle(r market.Ready) {
 			case <-m.ctx.Done():
 			}
 		})
+	}
+}
+
+// deliver opens the blobs of the results a Ready sends to their
+// requesters, before the results leave: only now, their claims written,
+// may a requester fetch them (market.Delivery). A grant that fails
+// (the database closing) is asked again with the result's next re-send.
+func (m *Driver) deliver(ds []market.Delivery) {
+	if m.readers == nil {
+		return // no provider: it delivers nothing
+	}
+	for _, d := range ds {
+		for _, id := range []string{d.ResultID, d.OutputsID} {
+			if id == "" {
+				continue
+			}
+			if err := m.readers.AllowReader(id, d.Requester); err != nil {
+				m.log.Warn("open result to its requester", "blob", id, "requester", d.Requester, "err", err)
+			}
+		}
 	}
 }
 

@@ -212,7 +212,9 @@ func (r *Runner) namesDataDir(s string) bool {
 // storeResult names a run's stdout in o. A result small enough to travel
 // inline in the signed result is only hashed: the requester keeps it from
 // that message. A larger one goes into the blob store, for the requester
-// (and only it) to fetch.
+// (and only it) to fetch once its claim is written: the market opens it
+// then (market.Delivery), not here, or a requester could fetch what the
+// bill names and never sign for it.
 func (r *Runner) storeResult(stdout *spool, requester peer.ID, o *market.Outcome) error {
 	if stdout.err != nil {
 		return fmt.Errorf("result file: %w", stdout.err)
@@ -234,12 +236,13 @@ func (r *Runner) storeResult(stdout *spool, requester peer.ID, o *market.Outcome
 		return fmt.Errorf("store result: %w", err)
 	}
 	o.ResultID, o.ResultSize = id.String(), uint64(size)
-	return r.cfg.Results.AllowReader(id.String(), requester)
+	return nil
 }
 
 // storeOutputs archives the files a run left in out/ in its scratch dir
-// into the blob store, for the requester (and only it) to fetch, and
-// names the archive in o. A run that left none has no outputs.
+// into the blob store, for the requester (and only it) to fetch once its
+// claim is written (as storeResult's), and names the archive in o. A run
+// that left none has no outputs.
 func (r *Runner) storeOutputs(scratch string, requester peer.ID, o *market.Outcome) error {
 	if outputsEmpty(scratch) {
 		return nil
@@ -268,8 +271,6 @@ func (r *Runner) storeOutputs(scratch string, requester peer.ID, o *market.Outco
 		return a.err // the job's doing: the text names nothing of the provider's
 	case err == nil && a.err == nil && a.entries == 0:
 		return nil // only links and special files
-	case err == nil && a.err == nil:
-		err = r.cfg.Results.AllowReader(id.String(), requester)
 	}
 	if err := cmp.Or(err, a.err); err != nil {
 		r.log.Warn("store outputs", "err", err)

@@ -57,11 +57,11 @@ import (
 	"github.com/mira-market/mira/protocol"
 )
 
-// ResultReaders records who may fetch the results a provider stored: a
-// job's requester, its job's result and outputs.
+// ResultReaders says who may fetch the results a provider stored: a
+// job's requester, its job's result and outputs, once the claim that pays
+// for them is written (the market grants it then, not the runner). Such a
+// requester may also use them as inputs of its next job here.
 type ResultReaders interface {
-	// AllowReader lets reader fetch blob id.
-	AllowReader(id string, reader peer.ID) error
 	// MayRead reports whether reader may fetch blob id.
 	MayRead(id cid.Cid, reader peer.ID) bool
 }
