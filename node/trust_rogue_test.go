@@ -157,12 +157,6 @@ func (c *ledgerChain) try(at time.Time, v2 bool, body ledger.Body) []byte {
 	return e.Encode()
 }
 
-// keep advances the chain past raw, its next entry (signed by try).
-func (c *ledgerChain) keep(raw []byte) []byte {
-	c.seq, c.prev = c.seq+1, sha256.Sum256(raw)
-	return raw
-}
-
 // offer offers a noop job of a second to each of providers directly and
 // returns the job and each provider's bid price, by provider.
 func (r *rogueRequester) offer(providers ...*node.Node) (protocol.JobID, map[peer.ID]uint64) {

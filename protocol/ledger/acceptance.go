@@ -60,21 +60,7 @@ func (a Acceptance) signingBytes(network string) []byte {
 // Sign returns the acceptance signed with priv, the requester's Ed25519
 // key, for network.
 func (a Acceptance) Sign(network string, priv crypto.PrivKey) ([]byte, error) {
-	id, err := AccountOf(priv)
-	if err != nil {
-		return nil, err
-	}
-	if id != a.Requester {
-		return nil, fmt.Errorf("sign an acceptance of %s with the key of %s", a.Requester, id)
-	}
-	if !isEd25519Peer([]byte(a.Provider)) {
-		return nil, fmt.Errorf("%w: provider %q", ErrBadAccount, a.Provider)
-	}
-	sig, err := priv.Sign(a.signingBytes(network))
-	if err != nil {
-		return nil, fmt.Errorf("sign acceptance: %w", err)
-	}
-	return sig, nil
+	return signAsRequester("acceptance", a.Requester, a.Provider, a.signingBytes(network), priv)
 }
 
 // Verify checks that sig is the requester's acceptance a for network,

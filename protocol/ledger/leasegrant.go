@@ -60,19 +60,25 @@ func (g LeaseGrant) signingBytes(network string) []byte {
 // Sign returns the grant signed with priv, the requester's Ed25519 key,
 // for network.
 func (g LeaseGrant) Sign(network string, priv crypto.PrivKey) ([]byte, error) {
+	return signAsRequester("grant", g.Requester, g.Provider, g.signingBytes(network), priv)
+}
+
+// signAsRequester signs msg, what (a grant, an acceptance) requester
+// gives provider, with priv, which must be requester's key.
+func signAsRequester(what string, requester, provider peer.ID, msg []byte, priv crypto.PrivKey) ([]byte, error) {
 	id, err := AccountOf(priv)
 	if err != nil {
 		return nil, err
 	}
-	if id != g.Requester {
-		return nil, fmt.Errorf("sign a grant of %s with the key of %s", g.Requester, id)
+	if id != requester {
+		return nil, fmt.Errorf("sign a %s of %s with the key of %s", what, requester, id)
 	}
-	if !isEd25519Peer([]byte(g.Provider)) {
-		return nil, fmt.Errorf("%w: provider %q", ErrBadAccount, g.Provider)
+	if !isEd25519Peer([]byte(provider)) {
+		return nil, fmt.Errorf("%w: provider %q", ErrBadAccount, provider)
 	}
-	sig, err := priv.Sign(g.signingBytes(network))
+	sig, err := priv.Sign(msg)
 	if err != nil {
-		return nil, fmt.Errorf("sign grant: %w", err)
+		return nil, fmt.Errorf("sign %s: %w", what, err)
 	}
 	return sig, nil
 }
