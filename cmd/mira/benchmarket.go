@@ -284,12 +284,13 @@ type burstJob struct {
 // without waiting for any, reads each one's record once it has ended, and
 // then waits until every node's ledger has settled them.
 func benchBurst(ctx context.Context, out io.Writer, tn *testnet.Testnet, c *api.Client, req api.JobRequest, n int) (burstFigures, error) {
-	// Each job adds at least 1 + 4k entries to every ledger, k its
-	// replicas: the posting hold, and for each replica a hold naming its
-	// provider, a lease, a receipt, and a claim (or a release); the count
-	// is read before the first job goes out.
+	// Each job adds at least 4k entries to every ledger, k its replicas:
+	// for each replica a hold naming its provider, a lease, a receipt,
+	// and a claim (or a release); and a posting hold, when the requester
+	// has the credits for it as it posts. The count is read before the
+	// first job goes out.
 	before := maxLedgerCount(tn)
-	settledAt := before + uint64(1+4*replicasOf(req))*uint64(n)
+	settledAt := before + uint64(4*replicasOf(req))*uint64(n)
 	start, cpu0 := time.Now(), processCPU()
 	jobs := make([]burstJob, n)
 	for i := range jobs {
