@@ -1,6 +1,7 @@
 package market
 
 import (
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -248,6 +249,16 @@ type AwardDecline struct {
 
 // Spec is the job's spec as offered.
 func (j *Job) Spec() *pb.JobSpec { return j.offer.GetSpec() }
+
+// Copy returns a copy of the job that shares no slice the engine changes
+// in place (its awards, bids, declines): what the engine's goroutine
+// hands to another.
+func (j *Job) Copy() Job {
+	c := *j
+	c.Bids, c.Declines, c.Excluded = slices.Clone(j.Bids), slices.Clone(j.Declines), slices.Clone(j.Excluded)
+	c.DeclinedAwards, c.Candidates, c.Awards = slices.Clone(j.DeclinedAwards), slices.Clone(j.Candidates), slices.Clone(j.Awards)
+	return c
+}
 
 // Lease is a provider's running job.
 type Lease struct {

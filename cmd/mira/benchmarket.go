@@ -18,6 +18,7 @@ import (
 	"github.com/mira-market/mira/node"
 	"github.com/mira-market/mira/node/api"
 	"github.com/mira-market/mira/protocol"
+	"github.com/mira-market/mira/protocol/ledger"
 	"github.com/mira-market/mira/testnet"
 )
 
@@ -322,7 +323,7 @@ func benchBurst(ctx context.Context, out io.Writer, tn *testnet.Testnet, c *api.
 	// The jobs' ledger entries (their payments last) are still reaching
 	// the other nodes: a sustained rate pays for that too.
 	if err := testnet.WaitFor(ctx, time.Minute, func() error { return ledgersSettled(tn, settledAt) }); err != nil {
-		return burstFigures{}, fmt.Errorf("burst: ledgers did not settle: %w", err)
+		return burstFigures{}, fmt.Errorf("burst: ledgers did not settle: %w (the first node holds %s)", err, entryKinds(tn))
 	}
 	settled, settledCPU := time.Since(start), processCPU()-cpu0
 	fmt.Fprintf(out, "burst: every ledger settled after %v; %.2f ms of CPU per job to then (the whole process); %.2f ledger entries per job (every node holds each)\n",
@@ -431,6 +432,26 @@ func ledgersSettled(tn *testnet.Testnet, want uint64) error {
 		}
 	}
 	return nil
+}
+
+// entryKinds counts the entries of the members' own chains that the
+// first member holds, by kind: what a burst that does not settle lacks.
+func entryKinds(tn *testnet.Testnet) string {
+	counts := map[ledger.Kind]int{}
+	l := tn.Nodes()[0].Ledger()
+	for _, n := range tn.Nodes() {
+		for after := uint64(0); ; {
+			es, err := l.Entries(n.ID(), after, 1024)
+			if err != nil || len(es) == 0 {
+				break
+			}
+			for _, e := range es {
+				counts[e.Kind()]++
+			}
+			after = es[len(es)-1].Seq
+		}
+	}
+	return fmt.Sprint(counts)
 }
 
 // processCPU returns the CPU time (user and system, all threads) this

@@ -82,7 +82,7 @@ func (m *Driver) Jobs(ctx context.Context) ([]market.Job, error) {
 	var out []market.Job
 	err := m.do(ctx, func() {
 		for _, j := range m.eng.Jobs() {
-			out = append(out, *j)
+			out = append(out, j.Copy())
 		}
 	})
 	return out, err
@@ -97,7 +97,7 @@ func (m *Driver) Job(ctx context.Context, id protocol.JobID) (market.Job, error)
 	err := m.do(ctx, func() {
 		var j *market.Job
 		if j, ok = m.eng.Job(id); ok {
-			out = *j
+			out = j.Copy()
 		}
 	})
 	if err == nil && !ok {
@@ -112,7 +112,7 @@ func (m *Driver) Lookup(ctx context.Context, ids []protocol.JobID) (map[protocol
 	err := m.do(ctx, func() {
 		for _, id := range ids {
 			if j, ok := m.eng.Job(id); ok {
-				c := *j
+				c := j.Copy()
 				known[id] = &c
 			}
 		}
@@ -130,7 +130,7 @@ func (m *Driver) Cancel(ctx context.Context, id protocol.JobID) (market.Job, boo
 		var j *market.Job
 		if j, found = m.eng.Job(id); found {
 			ok = m.eng.Cancel(m.clock.Now(), id, "cancelled by requester")
-			out = *j
+			out = j.Copy()
 		}
 	})
 	if err == nil && !found {
@@ -180,7 +180,7 @@ func (m *Driver) Watch(ctx context.Context, id protocol.JobID) (<-chan market.Jo
 			return
 		}
 		found = true
-		ch <- *j
+		ch <- j.Copy()
 		if j.State.Terminal() {
 			close(ch)
 			return
@@ -210,7 +210,7 @@ type watcher struct {
 func (m *Driver) notify(j *market.Job) {
 	for _, w := range m.watchers[j.ID] {
 		select {
-		case w.ch <- *j:
+		case w.ch <- j.Copy():
 		default:
 			// The oldest queued state makes room for the last.
 			if j.State.Terminal() {
@@ -218,7 +218,7 @@ func (m *Driver) notify(j *market.Job) {
 				case <-w.ch:
 				default:
 				}
-				w.ch <- *j
+				w.ch <- j.Copy()
 			}
 		}
 	}
