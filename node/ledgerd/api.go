@@ -140,10 +140,10 @@ func (s *Service) Payment(j market.Job) (float64, *api.PaymentInfo) {
 	var shown *ledger.Entry
 	var shownAmount uint64
 	for i, e := range es.Claims {
-		if amount, ok := finalClaimAmount(e); ok {
-			cost += amount
+		if c, ok := finalClaimOf(e); ok {
+			cost += c.Amount
 			if shown == nil || e.Account == j.Provider {
-				shown, shownAmount = &es.Claims[i], amount
+				shown, shownAmount = &es.Claims[i], c.Amount
 			}
 		}
 	}
@@ -166,14 +166,24 @@ func (s *Service) Payment(j market.Job) (float64, *api.PaymentInfo) {
 	return 0, nil
 }
 
-// finalClaimAmount is what a final claim (by acceptance, or by a
-// replicas' majority) drew in all.
-func finalClaimAmount(e ledger.Entry) (uint64, bool) {
+// finalClaim is what a final claim of either kind (by acceptance, or by
+// a replicas' majority) says of its job: both close the hold at HoldSeq
+// having drawn Amount in all, and both mean the job ran to its end.
+type finalClaim struct {
+	Job       ledger.Hash
+	Requester peer.ID
+	HoldSeq   uint64
+	Amount    uint64
+	Majority  bool // a majority claim: the requester signed no acceptance
+}
+
+// finalClaimOf reads e as a final claim, if it is one.
+func finalClaimOf(e ledger.Entry) (finalClaim, bool) {
 	switch c := e.Body.(type) {
 	case ledger.ClaimBody:
-		return c.Amount, true
+		return finalClaim{Job: c.Job, Requester: c.Requester, HoldSeq: c.HoldSeq, Amount: c.Amount}, c.Final
 	case ledger.MajorityClaimBody:
-		return c.Amount, true
+		return finalClaim{Job: c.Job, Requester: c.Requester, HoldSeq: c.HoldSeq, Amount: c.Amount, Majority: true}, true
 	}
-	return 0, false
+	return finalClaim{}, false
 }

@@ -24,6 +24,17 @@ import (
 // the head is confirmed: a job the market has not ended, whose record
 // lacks the acceptance the claim quotes, and that was not awarded again
 // after the claimed hold, is ended as paid.
+//
+// A job with replicas is paid by majority claims instead (the requester
+// signs no acceptance): one proves that a majority of its replicas agreed
+// and was paid, so the job ran to its end. Its award's record is the proof
+// that the market knows of that run: a record that lacks the award was
+// copied before it (the job would be offered again), and the job is ended.
+// A record that holds it (or an award held later) is left to the market,
+// even without the verdict: a live node may take the majority claim
+// before the bills (one may be lost; the result names what it did), and a
+// replica is never awarded again, so the job completes or fails with no
+// majority, never runs twice.
 
 // claimWatch collects the jobs of final claims against this node as the
 // ledger stores them (under its lock: they are only noted here).
@@ -37,11 +48,11 @@ func newClaimWatch() *claimWatch {
 	return &claimWatch{claims: map[protocol.JobID][]ledger.Entry{}, wake: make(chan struct{}, 1)}
 }
 
-// stored notes e if it is a final claim against requester (the ledger's
-// store hook calls it, under the ledger's lock).
+// stored notes e if it is a final claim (of either kind) against
+// requester (the ledger's store hook calls it, under the ledger's lock).
 func (w *claimWatch) stored(requester peer.ID, e ledger.Entry) {
-	c, ok := e.Body.(ledger.ClaimBody)
-	if !ok || !c.Final || c.Requester != requester {
+	c, ok := finalClaimOf(e)
+	if !ok || c.Requester != requester {
 		return
 	}
 	w.mu.Lock()
@@ -96,8 +107,8 @@ func (s *Service) endClaimedJobs(ctx context.Context, claims map[protocol.JobID]
 			continue
 		}
 		for _, e := range claims[id] {
-			c := e.Body.(ledger.ClaimBody)
-			if knowsAcceptance(j, e) || s.awardedAfter(c) {
+			c, _ := finalClaimOf(e)
+			if s.carriesOn(j, e.Account, c) {
 				continue
 			}
 			reasons[id] = fmt.Sprintf("ended before this node's data dir was restored: its ledger shows the job paid (%v credits to %s)",
@@ -114,21 +125,42 @@ func (s *Service) endClaimedJobs(ctx context.Context, claims map[protocol.JobID]
 	return err
 }
 
+// carriesOn reports whether the market carries on with j, which provider
+// c claims as paid: its record knows the run c pays (see above), or the
+// job was awarded again since.
+func (s *Service) carriesOn(j *market.Job, provider peer.ID, c finalClaim) bool {
+	if c.Majority {
+		return knowsReplica(j, provider, c.HoldSeq)
+	}
+	return knowsAcceptance(j, provider, c.HoldSeq) || s.awardedAfter(c.Job, c.HoldSeq)
+}
+
 // knowsAcceptance reports whether j's record holds the final acceptance
-// that claim e quotes: the market takes the result as it comes.
-func knowsAcceptance(j *market.Job, e ledger.Entry) bool {
-	c := e.Body.(ledger.ClaimBody)
+// of provider's hold at holdSeq that its claim quotes: the market takes
+// the result as it comes.
+func knowsAcceptance(j *market.Job, provider peer.ID, holdSeq uint64) bool {
 	return slices.ContainsFunc(j.Awards, func(a market.AwardRecord) bool {
-		return a.Provider == e.Account && a.HoldSeq == c.HoldSeq && a.Final && a.Acceptance != nil
+		return a.Provider == provider && a.HoldSeq == holdSeq && a.Final && a.Acceptance != nil
+	})
+}
+
+// knowsReplica reports whether j's record holds provider's replica award
+// whose hold (at holdSeq) a majority claim closed, its hold's seq not
+// noted yet (0) or noted, or an award held after it: one made since the
+// record was copied (the awards of one round are recorded together).
+func knowsReplica(j *market.Job, provider peer.ID, holdSeq uint64) bool {
+	return slices.ContainsFunc(j.Awards, func(a market.AwardRecord) bool {
+		return a.HoldSeq > holdSeq || a.Provider == provider && (a.HoldSeq == holdSeq || a.HoldSeq == 0)
 	})
 }
 
 // awardedAfter reports whether the job was held again, naming a provider,
-// after the hold claim c drew on: the market carries on with that award.
-func (s *Service) awardedAfter(c ledger.ClaimBody) bool {
-	holds, err := s.ledger.JobHolds(s.self, c.Job)
+// after the hold at holdSeq the claim drew on: the market carries on with
+// that award. (Not for replicas: the other replicas' holds come later.)
+func (s *Service) awardedAfter(job ledger.Hash, holdSeq uint64) bool {
+	holds, err := s.ledger.JobHolds(s.self, job)
 	if err != nil {
 		return true // unsure: leave the job to the market
 	}
-	return slices.ContainsFunc(holds, func(h storage.OpenHold) bool { return h.Named && h.Seq > c.HoldSeq })
+	return slices.ContainsFunc(holds, func(h storage.OpenHold) bool { return h.Named && h.Seq > holdSeq })
 }
