@@ -32,7 +32,7 @@ import (
 //
 // Version 2 added a lease's attempt and grant (LeaseBody). Version 3 added
 // a hold's expiry and replicas, a release's provider, and the claim and
-// waive kinds (settlement by the provider, TRUST-SPEC). Entries of older
+// waive kinds (settlement by the provider, docs/TRUST.md). Entries of older
 // versions still decode, and encode back to the same bytes, so a ledger
 // stored before keeps its history, and keep their version's rules; but a
 // lease of version 1 has no grant, so no node admits one any more.
